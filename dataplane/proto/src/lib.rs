@@ -1,0 +1,13 @@
+//! Sans-IO protocol cores for network boot.
+//!
+//! No sockets, no clock, no globals: every core takes `now` and input bytes through
+//! `handle_*(now, ..)`, writes its output into a buffer the caller lends through
+//! `poll_*(now, buf)`, and says when it next needs to run through `poll_timeout()`. The same cores
+//! serve real machines in the appliance and drive simulated machines in the benchmark harness.
+#![forbid(unsafe_code)]
+
+pub mod bootpath;
+pub mod dhcp;
+pub mod http;
+pub mod ipxe;
+pub mod tftp;
