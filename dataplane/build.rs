@@ -6,7 +6,9 @@ use anyhow::{Context as _, bail};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
-    let workspace = Path::new(&manifest_dir).parent().context("dataplane has a parent")?;
+    let workspace = Path::new(&manifest_dir)
+        .parent()
+        .context("dataplane has a parent")?;
     let program_dir = workspace.join("ebpf/xdp");
     let common_dir = workspace.join("ebpf/common");
     // aya-build watches the program crate; the shared types crate feeds it too.
@@ -21,12 +23,18 @@ fn main() -> anyhow::Result<()> {
     }
     let root_dir = program_dir.to_str().context("program path is UTF-8")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "stampede-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "stampede-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Nightly,
     )
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }

@@ -82,7 +82,9 @@ impl std::str::FromStr for AttachMode {
             "auto" => Ok(Self::Auto),
             "native" => Ok(Self::Native),
             "generic" => Ok(Self::Generic),
-            other => Err(format!("unknown XDP mode {other:?}: expected auto, native or generic")),
+            other => Err(format!(
+                "unknown XDP mode {other:?}: expected auto, native or generic"
+            )),
         }
     }
 }
@@ -96,7 +98,10 @@ pub struct ClassCounters {
 impl ClassCounters {
     /// Counts for one class (an index from [`class`]); zero for an unknown index.
     pub fn get(&self, class: u32) -> ClassCounter {
-        self.by_class.get(class as usize).copied().unwrap_or_default()
+        self.by_class
+            .get(class as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn packets(&self, class: u32) -> u64 {
@@ -148,15 +153,24 @@ impl XdpClassifier {
     /// Loads the classifier into the kernel (verifier included) and writes its configuration.
     pub fn load(config: XdpConfig) -> Result<Self, XdpError> {
         let mut ebpf = Ebpf::load(ebpf_object()).map_err(XdpError::Load)?;
-        let map = ebpf.map_mut(CONFIG_MAP).ok_or(XdpError::Missing(CONFIG_MAP))?;
+        let map = ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(XdpError::Missing(CONFIG_MAP))?;
         let mut cfg: Array<_, XdpConfig> =
-            Array::try_from(map).map_err(|source| XdpError::Map { name: CONFIG_MAP, source })?;
-        cfg.set(0, config, 0).map_err(|source| XdpError::Map { name: CONFIG_MAP, source })?;
+            Array::try_from(map).map_err(|source| XdpError::Map {
+                name: CONFIG_MAP,
+                source,
+            })?;
+        cfg.set(0, config, 0).map_err(|source| XdpError::Map {
+            name: CONFIG_MAP,
+            source,
+        })?;
         let mut this = Self { ebpf, link: None };
         let program = this.program_mut()?;
-        program
-            .load()
-            .map_err(|source| XdpError::Program { name: CLASSIFIER_PROGRAM, source })?;
+        program.load().map_err(|source| XdpError::Program {
+            name: CLASSIFIER_PROGRAM,
+            source,
+        })?;
         Ok(this)
     }
 
@@ -165,17 +179,21 @@ impl XdpClassifier {
             .ebpf
             .program_mut(CLASSIFIER_PROGRAM)
             .ok_or(XdpError::Missing(CLASSIFIER_PROGRAM))?;
-        program
-            .try_into()
-            .map_err(|source| XdpError::Program { name: CLASSIFIER_PROGRAM, source })
+        program.try_into().map_err(|source| XdpError::Program {
+            name: CLASSIFIER_PROGRAM,
+            source,
+        })
     }
 
     fn program(&self) -> Result<&Xdp, XdpError> {
-        let program =
-            self.ebpf.program(CLASSIFIER_PROGRAM).ok_or(XdpError::Missing(CLASSIFIER_PROGRAM))?;
-        program
-            .try_into()
-            .map_err(|source| XdpError::Program { name: CLASSIFIER_PROGRAM, source })
+        let program = self
+            .ebpf
+            .program(CLASSIFIER_PROGRAM)
+            .ok_or(XdpError::Missing(CLASSIFIER_PROGRAM))?;
+        program.try_into().map_err(|source| XdpError::Program {
+            name: CLASSIFIER_PROGRAM,
+            source,
+        })
     }
 
     /// Attaches to `iface`. In `Auto` mode a driver without native XDP support makes it fall back
@@ -185,12 +203,26 @@ impl XdpClassifier {
         let program = self.program_mut()?;
         let (id, attachment) = match mode {
             AttachMode::Native | AttachMode::Generic => {
-                let kernel_mode =
-                    if mode == AttachMode::Native { XdpMode::Driver } else { XdpMode::Skb };
-                let id = program.attach(iface, kernel_mode).map_err(|source| {
-                    XdpError::Attach { iface: iface.to_owned(), mode, source }
-                })?;
-                (id, Attachment { iface: iface.to_owned(), mode, fallback_reason: None })
+                let kernel_mode = if mode == AttachMode::Native {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                let id = program
+                    .attach(iface, kernel_mode)
+                    .map_err(|source| XdpError::Attach {
+                        iface: iface.to_owned(),
+                        mode,
+                        source,
+                    })?;
+                (
+                    id,
+                    Attachment {
+                        iface: iface.to_owned(),
+                        mode,
+                        fallback_reason: None,
+                    },
+                )
             }
             AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
                 Ok(id) => (
@@ -230,7 +262,10 @@ impl XdpClassifier {
         if let Some((id, _)) = self.link.take() {
             self.program_mut()?
                 .detach(id)
-                .map_err(|source| XdpError::Program { name: CLASSIFIER_PROGRAM, source })?;
+                .map_err(|source| XdpError::Program {
+                    name: CLASSIFIER_PROGRAM,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -277,9 +312,10 @@ impl XdpClassifier {
             repeat,
             ..TestRunOptions::default()
         };
-        let result = program
-            .test_run(opts)
-            .map_err(|source| XdpError::Program { name: CLASSIFIER_PROGRAM, source })?;
+        let result = program.test_run(opts).map_err(|source| XdpError::Program {
+            name: CLASSIFIER_PROGRAM,
+            source,
+        })?;
         Ok((result.return_value, result.duration.as_nanos() as u64))
     }
 }

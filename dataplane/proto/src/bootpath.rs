@@ -136,9 +136,21 @@ mod tests {
 
     #[test]
     fn normal_names_normalise() {
-        assert_eq!(BootPath::parse(b"undionly.kpxe").unwrap().as_str(), "undionly.kpxe");
-        assert_eq!(BootPath::parse(b"efi//x64/./snponly.efi").unwrap().as_str(), "efi/x64/snponly.efi");
-        assert_eq!(BootPath::parse(b"a/b/").unwrap().components().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            BootPath::parse(b"undionly.kpxe").unwrap().as_str(),
+            "undionly.kpxe"
+        );
+        assert_eq!(
+            BootPath::parse(b"efi//x64/./snponly.efi").unwrap().as_str(),
+            "efi/x64/snponly.efi"
+        );
+        assert_eq!(
+            BootPath::parse(b"a/b/")
+                .unwrap()
+                .components()
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 
     #[test]
@@ -156,14 +168,25 @@ mod tests {
             (b"\xff\xfe", PathRejection::NotUtf8),
         ];
         for (raw, want) in cases {
-            assert_eq!(BootPath::parse(raw), Err(*want), "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                BootPath::parse(raw),
+                Err(*want),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
         }
-        assert_eq!(BootPath::parse(&[b'a'; MAX_LEN + 1]), Err(PathRejection::TooLong));
+        assert_eq!(
+            BootPath::parse(&[b'a'; MAX_LEN + 1]),
+            Err(PathRejection::TooLong)
+        );
         assert!(BootPath::parse(&[b'a'; MAX_LEN]).is_ok());
     }
 
     #[test]
     fn dots_inside_names_are_fine() {
-        assert_eq!(BootPath::parse(b"..hidden/x..y").unwrap().as_str(), "..hidden/x..y");
+        assert_eq!(
+            BootPath::parse(b"..hidden/x..y").unwrap().as_str(),
+            "..hidden/x..y"
+        );
     }
 }

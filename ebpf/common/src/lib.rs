@@ -25,8 +25,14 @@ pub mod class {
     pub const COUNT: u32 = 6;
 
     /// Human names, in index order, as used in logs and metrics.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["dhcp_server", "proxy_dhcp", "tftp", "http", "other", "malformed"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "dhcp_server",
+        "proxy_dhcp",
+        "tftp",
+        "http",
+        "other",
+        "malformed",
+    ];
 }
 
 /// Name of the per-CPU array of [`ClassCounter`], indexed by [`class`].
@@ -61,7 +67,10 @@ impl XdpConfig {
     pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
     pub const fn new(http_port: u16) -> Self {
-        Self { http_port, _pad: [0; 6] }
+        Self {
+            http_port,
+            _pad: [0; 6],
+        }
     }
 }
 

@@ -114,7 +114,11 @@ fn classify_frame(ctx: &XdpContext) -> Option<u32> {
             let tcp = bytes_at::<TCP_MIN_HLEN>(ctx, l4)?;
             let http_port = CONFIG.get(0).map_or(0, |c| c.http_port);
             let dport = be16([tcp[2], tcp[3]]);
-            Some(if http_port != 0 && dport == http_port { class::HTTP } else { class::OTHER })
+            Some(if http_port != 0 && dport == http_port {
+                class::HTTP
+            } else {
+                class::OTHER
+            })
         }
         _ => Some(class::OTHER),
     }
