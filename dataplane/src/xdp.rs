@@ -22,34 +22,34 @@ pub fn ebpf_object() -> &'static [u8] {
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error("loading the eBPF object failed (is this root, with BPF enabled in the kernel?)")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no program or map named {0:?}")]
     Missing(&'static str),
     #[error("the kernel rejected the XDP program {name:?}")]
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("map {name:?}: {source}")]
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("attaching to interface {iface:?} in {mode} mode failed")]
     Attach {
         iface: String,
         mode: AttachMode,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching to {iface:?} failed in native mode ({native}) and in generic mode")]
     AttachAuto {
         iface: String,
         native: String,
         #[source]
-        generic: ProgramError,
+        generic: Box<ProgramError>,
     },
 }
 
@@ -152,24 +152,24 @@ pub struct XdpClassifier {
 impl XdpClassifier {
     /// Loads the classifier into the kernel (verifier included) and writes its configuration.
     pub fn load(config: XdpConfig) -> Result<Self, XdpError> {
-        let mut ebpf = Ebpf::load(ebpf_object()).map_err(XdpError::Load)?;
+        let mut ebpf = Ebpf::load(ebpf_object()).map_err(|e| XdpError::Load(Box::new(e)))?;
         let map = ebpf
             .map_mut(CONFIG_MAP)
             .ok_or(XdpError::Missing(CONFIG_MAP))?;
         let mut cfg: Array<_, XdpConfig> =
             Array::try_from(map).map_err(|source| XdpError::Map {
                 name: CONFIG_MAP,
-                source,
+                source: Box::new(source),
             })?;
         cfg.set(0, config, 0).map_err(|source| XdpError::Map {
             name: CONFIG_MAP,
-            source,
+            source: Box::new(source),
         })?;
         let mut this = Self { ebpf, link: None };
         let program = this.program_mut()?;
         program.load().map_err(|source| XdpError::Program {
             name: CLASSIFIER_PROGRAM,
-            source,
+            source: Box::new(source),
         })?;
         Ok(this)
     }
@@ -181,7 +181,7 @@ impl XdpClassifier {
             .ok_or(XdpError::Missing(CLASSIFIER_PROGRAM))?;
         program.try_into().map_err(|source| XdpError::Program {
             name: CLASSIFIER_PROGRAM,
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -192,7 +192,7 @@ impl XdpClassifier {
             .ok_or(XdpError::Missing(CLASSIFIER_PROGRAM))?;
         program.try_into().map_err(|source| XdpError::Program {
             name: CLASSIFIER_PROGRAM,
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -213,7 +213,7 @@ impl XdpClassifier {
                     .map_err(|source| XdpError::Attach {
                         iface: iface.to_owned(),
                         mode,
-                        source,
+                        source: Box::new(source),
                     })?;
                 (
                     id,
@@ -239,7 +239,7 @@ impl XdpClassifier {
                         XdpError::AttachAuto {
                             iface: iface.to_owned(),
                             native: native.clone(),
-                            generic,
+                            generic: Box::new(generic),
                         }
                     })?;
                     (
@@ -264,7 +264,7 @@ impl XdpClassifier {
                 .detach(id)
                 .map_err(|source| XdpError::Program {
                     name: CLASSIFIER_PROGRAM,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())
@@ -279,12 +279,18 @@ impl XdpClassifier {
         let name = CLASS_COUNTERS_MAP;
         let map = self.ebpf.map(name).ok_or(XdpError::Missing(name))?;
         let array: PerCpuArray<_, ClassCounter> =
-            PerCpuArray::try_from(map).map_err(|source| XdpError::Map { name, source })?;
+            PerCpuArray::try_from(map).map_err(|source| XdpError::Map {
+                name,
+                source: Box::new(source),
+            })?;
         let mut out = ClassCounters::default();
         for (index, slot) in out.by_class.iter_mut().enumerate() {
             let per_cpu = array
                 .get(&(index as u32), 0)
-                .map_err(|source| XdpError::Map { name, source })?;
+                .map_err(|source| XdpError::Map {
+                    name,
+                    source: Box::new(source),
+                })?;
             for value in per_cpu.iter() {
                 slot.packets += value.packets;
                 slot.bytes += value.bytes;
@@ -314,7 +320,7 @@ impl XdpClassifier {
         };
         let result = program.test_run(opts).map_err(|source| XdpError::Program {
             name: CLASSIFIER_PROGRAM,
-            source,
+            source: Box::new(source),
         })?;
         Ok((result.return_value, result.duration.as_nanos() as u64))
     }

@@ -1,0 +1,137 @@
+//! `cargo xtask setup`: installs what building and testing Stampede needs, idempotently.
+//!
+//! When everything is present it only asks dpkg, rustup and bpf-linker what they have (a couple
+//! of seconds). When something is missing it installs it; when it cannot, it says exactly what
+//! and why.
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages, each with the reason it is needed.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker links eBPF objects with LLVM 22"),
+    ("libpolly-22-dev", "LLVM 22's static libraries reference Polly"),
+    ("libzstd-dev", "bpf-linker links LLVM, which needs zstd"),
+    ("zlib1g-dev", "bpf-linker links LLVM, which needs zlib"),
+    ("iproute2", "the namespace lab (ip netns, veth, bridge, tuntap)"),
+    ("procps", "sysctl inside lab namespaces"),
+    ("iputils-ping", "lab self-test: reachability across a veth"),
+    ("busybox-static", "udhcpc, a real DHCP client, in tests and the demo"),
+    ("curl", "a real HTTP client in the demo"),
+];
+
+/// bpf-linker release known to build against Debian's LLVM 22 with this machine's stable Rust.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    debian_packages()?;
+    rust_toolchains()?;
+    bpf_linker()?;
+    eprintln!("xtask: setup complete in {:.1?}", start.elapsed());
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running `{program} {}`", args.join(" ")))
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(name, _)| *name).collect();
+    let mut args = vec!["-W", "-f", "${Package} ${db:Status-Status}\n"];
+    args.extend(&names);
+    // dpkg-query exits non-zero when some package is unknown to it; the output still lists the
+    // known ones, which is all we need.
+    let listing = output("dpkg-query", &args)?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| !listing.lines().any(|line| line == format!("{name} installed")))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for name in &missing {
+        let why = DEBIAN_PACKAGES.iter().find(|(n, _)| n == name).map_or("", |(_, w)| *w);
+        eprintln!("xtask: setup: missing Debian package {name} ({why})");
+    }
+    if !nix_is_root() {
+        bail!(
+            "installing Debian packages needs root; run as root or install them yourself: \
+             apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-q"]);
+    crate::run(update).context("apt-get update failed: is a Debian mirror reachable?")?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    crate::run(install).with_context(|| format!("apt-get install {}", missing.join(" ")))
+}
+
+fn nix_is_root() -> bool {
+    output("id", &["-u"]).is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn rust_toolchains() -> anyhow::Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"])
+        .context("rustup is needed to manage the nightly toolchain the eBPF build uses")?;
+    let toolchains = String::from_utf8_lossy(&toolchains.stdout);
+    if !toolchains.lines().any(|l| l.starts_with("nightly-")) {
+        eprintln!("xtask: setup: installing the nightly toolchain (the eBPF build needs it)");
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        crate::run(install)?;
+    }
+    ensure_components("nightly", &["rust-src"], "eBPF programs build core with -Z build-std")?;
+    ensure_components("stable", &["clippy", "rustfmt"], "`cargo xtask test` lints and checks format")
+}
+
+fn ensure_components(toolchain: &str, components: &[&str], why: &str) -> anyhow::Result<()> {
+    let installed = output("rustup", &["component", "list", "--installed", "--toolchain", toolchain])?;
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.split('-').next() == Some(c) || l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: setup: adding {} to {toolchain} ({why})", missing.join(", "));
+    let mut add = Command::new("rustup");
+    add.args(["component", "add", "--toolchain", toolchain]).args(&missing);
+    crate::run(add)
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Ok(out) = output("bpf-linker", &["--version"])
+        && String::from_utf8_lossy(&out.stdout).trim() == format!("bpf-linker {BPF_LINKER_VERSION}")
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: setup: building bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} \
+         (a few minutes, once)"
+    );
+    let mut install = crate::cargo();
+    install
+        .args(["install", "--locked", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        // Without LLVM_PREFIX the build links against a libLLVM that Debian does not ship.
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    crate::run(install).context(
+        "bpf-linker could not be built; it needs Debian's llvm-22-dev, libpolly-22-dev, \
+         libzstd-dev and zlib1g-dev (installed above) and crates.io",
+    )
+}
