@@ -33,14 +33,19 @@ pub fn run() -> anyhow::Result<()> {
         lab.client_if
     );
 
-    let mut serve_cmd: Command = lab.server.command(binary.to_str().context("path is UTF-8")?);
+    let mut serve_cmd: Command = lab
+        .server
+        .command(binary.to_str().context("path is UTF-8")?);
     serve_cmd
         .args(["serve", "--iface", &lab.server_if, "--stats-interval", "1"])
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     let serve = Process::spawn(serve_cmd)?;
     let attached = wait_for(Duration::from_secs(15), || {
-        let link = lab.server.ip(&["link", "show", "dev", &lab.server_if]).ok()?;
+        let link = lab
+            .server
+            .ip(&["link", "show", "dev", &lab.server_if])
+            .ok()?;
         link.contains("xdp").then_some(())
     });
     if attached.is_none() {
@@ -50,30 +55,58 @@ pub fn run() -> anyhow::Result<()> {
     println!("\n== a machine without an address broadcasts DHCP DISCOVERs (busybox udhcpc)");
     let udhcpc = lab.client.run(
         "busybox",
-        &["udhcpc", "-i", &lab.client_if, "-f", "-q", "-n", "-t", "3", "-T", "1", "-s", "/bin/true"],
+        &[
+            "udhcpc",
+            "-i",
+            &lab.client_if,
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ],
         Duration::from_secs(15),
     )?;
     print!("{}", indent(&udhcpc.stderr));
 
-    lab.client.ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])?;
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])?;
     println!("\n== it asks for a boot program over TFTP (busybox tftp; nothing serves it yet)");
     // busybox tftp retries for a long time when nobody answers; three seconds show enough.
     match lab.client.run(
         "busybox",
-        &["tftp", "-g", "-r", "undionly.kpxe", "-l", "/dev/null", &server_ip],
+        &[
+            "tftp",
+            "-g",
+            "-r",
+            "undionly.kpxe",
+            "-l",
+            "/dev/null",
+            &server_ip,
+        ],
         Duration::from_secs(3),
     ) {
         Ok(tftp) => print!("{}", indent(&format!("{}{}", tftp.stdout, tftp.stderr))),
         Err(stampede_lab::LabError::Timeout { .. }) => {
-            print!("{}", indent("no answer after 3 s (no TFTP server yet): stopped"));
+            print!(
+                "{}",
+                indent("no answer after 3 s (no TFTP server yet): stopped")
+            );
         }
         Err(err) => return Err(err.into()),
     }
 
     println!("\n== and for its iPXE script over HTTP (curl; nothing serves it yet)");
     let url = format!("http://{server_ip}:8080/boot.ipxe");
-    let curl =
-        lab.client.run("curl", &["-sS", "--max-time", "3", &url], Duration::from_secs(10))?;
+    let curl = lab.client.run(
+        "curl",
+        &["-sS", "--max-time", "3", &url],
+        Duration::from_secs(10),
+    )?;
     print!("{}", indent(&format!("{}{}", curl.stdout, curl.stderr)));
 
     // Let one more counter report go by so the live output shows the last requests.

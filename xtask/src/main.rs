@@ -51,7 +51,10 @@ fn main() -> std::process::ExitCode {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 /// Runs a command in the workspace root, streaming its output; fails with the command line.
@@ -60,7 +63,9 @@ pub fn run(mut command: Command) -> anyhow::Result<()> {
     let shown = format!("{command:?}");
     let start = Instant::now();
     eprintln!("xtask: $ {shown}");
-    let status = command.status().with_context(|| format!("starting {shown}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status}) after {:.0?}", start.elapsed());
     }
@@ -78,7 +83,14 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     run(fmt).context("formatting differs: run `cargo fmt --all`")?;
 
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run(clippy)?;
 
     let mut test = cargo();

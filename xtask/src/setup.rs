@@ -10,13 +10,22 @@ use anyhow::{Context as _, bail};
 /// Debian packages, each with the reason it is needed.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("llvm-22-dev", "bpf-linker links eBPF objects with LLVM 22"),
-    ("libpolly-22-dev", "LLVM 22's static libraries reference Polly"),
+    (
+        "libpolly-22-dev",
+        "LLVM 22's static libraries reference Polly",
+    ),
     ("libzstd-dev", "bpf-linker links LLVM, which needs zstd"),
     ("zlib1g-dev", "bpf-linker links LLVM, which needs zlib"),
-    ("iproute2", "the namespace lab (ip netns, veth, bridge, tuntap)"),
+    (
+        "iproute2",
+        "the namespace lab (ip netns, veth, bridge, tuntap)",
+    ),
     ("procps", "sysctl inside lab namespaces"),
     ("iputils-ping", "lab self-test: reachability across a veth"),
-    ("busybox-static", "udhcpc, a real DHCP client, in tests and the demo"),
+    (
+        "busybox-static",
+        "udhcpc, a real DHCP client, in tests and the demo",
+    ),
     ("curl", "a real HTTP client in the demo"),
 ];
 
@@ -51,13 +60,20 @@ fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = names
         .iter()
         .copied()
-        .filter(|name| !listing.lines().any(|line| line == format!("{name} installed")))
+        .filter(|name| {
+            !listing
+                .lines()
+                .any(|line| line == format!("{name} installed"))
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     for name in &missing {
-        let why = DEBIAN_PACKAGES.iter().find(|(n, _)| n == name).map_or("", |(_, w)| *w);
+        let why = DEBIAN_PACKAGES
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, w)| *w);
         eprintln!("xtask: setup: missing Debian package {name} ({why})");
     }
     if !nix_is_root() {
@@ -92,24 +108,43 @@ fn rust_toolchains() -> anyhow::Result<()> {
         install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
         crate::run(install)?;
     }
-    ensure_components("nightly", &["rust-src"], "eBPF programs build core with -Z build-std")?;
-    ensure_components("stable", &["clippy", "rustfmt"], "`cargo xtask test` lints and checks format")
+    ensure_components(
+        "nightly",
+        &["rust-src"],
+        "eBPF programs build core with -Z build-std",
+    )?;
+    ensure_components(
+        "stable",
+        &["clippy", "rustfmt"],
+        "`cargo xtask test` lints and checks format",
+    )
 }
 
 fn ensure_components(toolchain: &str, components: &[&str], why: &str) -> anyhow::Result<()> {
-    let installed = output("rustup", &["component", "list", "--installed", "--toolchain", toolchain])?;
+    let installed = output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", toolchain],
+    )?;
     let installed = String::from_utf8_lossy(&installed.stdout);
     let missing: Vec<&str> = components
         .iter()
         .copied()
-        .filter(|c| !installed.lines().any(|l| l.split('-').next() == Some(c) || l.starts_with(c)))
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l.split('-').next() == Some(c) || l.starts_with(c))
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: setup: adding {} to {toolchain} ({why})", missing.join(", "));
+    eprintln!(
+        "xtask: setup: adding {} to {toolchain} ({why})",
+        missing.join(", ")
+    );
     let mut add = Command::new("rustup");
-    add.args(["component", "add", "--toolchain", toolchain]).args(&missing);
+    add.args(["component", "add", "--toolchain", toolchain])
+        .args(&missing);
     crate::run(add)
 }
 
@@ -125,7 +160,14 @@ fn bpf_linker() -> anyhow::Result<()> {
     );
     let mut install = crate::cargo();
     install
-        .args(["install", "--locked", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         // Without LLVM_PREFIX the build links against a libLLVM that Debian does not ship.
         .env("LLVM_PREFIX", LLVM_PREFIX)
