@@ -101,6 +101,10 @@ impl ClientError {
 }
 
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per connection, never moved in bulk"
+)]
 enum State {
     Idle,
     Head(FetchRequest),
