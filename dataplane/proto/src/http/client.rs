@@ -1,0 +1,376 @@
+//! A sans-IO HTTP/1.1 client that fetches boot files the way iPXE does: `GET` (optionally with a
+//! single `Range`), one request at a time over a kept-alive connection, bodies framed by
+//! `Content-Length`. The benchmark harness runs thousands of these to simulate machines.
+//!
+//! Use: [`HttpClient::fetch`] queues requests; [`HttpClient::poll_transmit`] gives bytes to
+//! write; [`HttpClient::handle_input`] takes received bytes (body bytes are hashed straight from
+//! the caller's slice, never buffered); [`HttpClient::poll_result`] yields one
+//! [`FetchResult`] or [`ClientError`] per request, in order. A connection that failed, or that the
+//! server closes, is not reused ([`HttpClient::is_reusable`]).
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::request::{ByteRange, RequestRepr};
+use super::response::{ParsedResponse, ResponseError};
+
+/// One file to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Request target: `/path?query`, already percent-encoded.
+    pub target: String,
+    pub range: Option<ByteRange>,
+    /// Checked against the received body of a 2xx response, if set.
+    pub expect_len: Option<u64>,
+    /// Checked against the SHA-256 of the received body of a 2xx response, if set.
+    pub expect_sha256: Option<[u8; 32]>,
+}
+
+impl FetchRequest {
+    pub fn get(target: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            range: None,
+            expect_len: None,
+            expect_sha256: None,
+        }
+    }
+
+    pub fn with_range(mut self, range: ByteRange) -> Self {
+        self.range = Some(range);
+        self
+    }
+
+    /// Expect this exact body (its length and SHA-256).
+    pub fn expecting(mut self, body: &[u8]) -> Self {
+        self.expect_len = Some(body.len() as u64);
+        self.expect_sha256 = Some(Sha256::digest(body).into());
+        self
+    }
+}
+
+/// A completed fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResult {
+    pub status: u16,
+    pub body_len: u64,
+    pub sha256: [u8; 32],
+    pub content_range: Option<(u64, u64, Option<u64>)>,
+    pub etag: Option<String>,
+}
+
+/// Why a fetch failed. After any of these the connection is not reused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad response head: {0}")]
+    Response(#[from] ResponseError),
+    #[error("response without Content-Length")]
+    MissingContentLength,
+    #[error("chunked (or other) transfer coding is not supported")]
+    TransferCoding,
+    #[error("body length {got}, expected {expected}")]
+    LengthMismatch { expected: u64, got: u64 },
+    #[error("body SHA-256 differs from the expected digest")]
+    DigestMismatch,
+    #[error("connection closed before the response was complete")]
+    Truncated,
+    #[error("bytes received with no request outstanding")]
+    Unsolicited,
+    #[error("no response progress before the timeout")]
+    Timeout,
+    #[error("connection is closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// Stable short name, used as a metrics label.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Response(e) => e.as_str(),
+            Self::MissingContentLength => "missing_content_length",
+            Self::TransferCoding => "transfer_coding",
+            Self::LengthMismatch { .. } => "length_mismatch",
+            Self::DigestMismatch => "digest_mismatch",
+            Self::Truncated => "truncated",
+            Self::Unsolicited => "unsolicited",
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per connection, never moved in bulk"
+)]
+enum State {
+    Idle,
+    Head(FetchRequest),
+    Body {
+        req: FetchRequest,
+        head: ParsedResponse,
+        remaining: u64,
+        received: u64,
+        hasher: Sha256,
+    },
+}
+
+/// One client connection (sans-IO).
+#[derive(Debug)]
+pub struct HttpClient {
+    host: String,
+    user_agent: String,
+    max_head: usize,
+    timeout: Duration,
+    queue: VecDeque<FetchRequest>,
+    state: State,
+    head_buf: Vec<u8>,
+    out: Vec<u8>,
+    results: VecDeque<Result<FetchResult, ClientError>>,
+    closed: bool,
+    server_closes: bool,
+    deadline: Option<Instant>,
+}
+
+impl HttpClient {
+    /// A client for a connection to `host` (sent as `Host`, e.g. `10.0.0.1:8080`).
+    pub fn new(host: &str) -> Self {
+        Self {
+            host: host.to_owned(),
+            user_agent: "stampede-bench/0.1 (iPXE-like)".to_owned(),
+            max_head: 16 * 1024,
+            timeout: Duration::from_secs(30),
+            queue: VecDeque::new(),
+            state: State::Idle,
+            head_buf: Vec::new(),
+            out: Vec::new(),
+            results: VecDeque::new(),
+            closed: false,
+            server_closes: false,
+            deadline: None,
+        }
+    }
+
+    /// Time allowed between progress events while a response is awaited.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Queues a fetch; requests go out one at a time, each after the previous response.
+    pub fn fetch(&mut self, now: Instant, req: FetchRequest) {
+        if self.closed {
+            self.results.push_back(Err(ClientError::Closed));
+            return;
+        }
+        self.queue.push_back(req);
+        self.start_next(now);
+    }
+
+    fn start_next(&mut self, now: Instant) {
+        if !matches!(self.state, State::Idle) || self.closed {
+            return;
+        }
+        let Some(req) = self.queue.pop_front() else {
+            self.deadline = None;
+            return;
+        };
+        let range = req.range.map(|r| format!("bytes={r}"));
+        // Same fields, same order as iPXE (src/net/tcp/httpcore.c).
+        let mut fields = vec![
+            ("Connection", "keep-alive"),
+            ("User-Agent", self.user_agent.as_str()),
+            ("Host", self.host.as_str()),
+        ];
+        if let Some(r) = &range {
+            fields.push(("Range", r));
+        }
+        RequestRepr::new("GET", &req.target, &fields).emit(&mut self.out);
+        self.state = State::Head(req);
+        self.deadline = Some(now + self.timeout);
+    }
+
+    /// Appends request bytes to write to `buf`; returns how many.
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        buf.append(&mut self.out);
+        n
+    }
+
+    /// Takes received bytes (always all of them). An error fails the current fetch (also
+    /// reported by [`Self::poll_result`]) and closes the connection.
+    pub fn handle_input(&mut self, now: Instant, mut input: &[u8]) -> Result<(), ClientError> {
+        if self.closed {
+            return Err(ClientError::Closed);
+        }
+        while !input.is_empty() {
+            match self.step(now, input) {
+                Ok(n) => input = &input[n..],
+                Err(e) => {
+                    self.fail(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        if !matches!(self.state, State::Idle) {
+            self.deadline = Some(now + self.timeout);
+        }
+        Ok(())
+    }
+
+    /// Consumes a prefix of `input` for the current state.
+    fn step(&mut self, now: Instant, input: &[u8]) -> Result<usize, ClientError> {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Idle => Err(ClientError::Unsolicited),
+            State::Head(req) => {
+                let before = self.head_buf.len();
+                let take = input
+                    .len()
+                    .min(self.max_head + 1 - before.min(self.max_head));
+                self.head_buf.extend_from_slice(&input[..take]);
+                let Some(head) = ParsedResponse::parse(&self.head_buf, self.max_head)? else {
+                    self.state = State::Head(req);
+                    return Ok(take);
+                };
+                let used = head.head_len - before;
+                self.head_buf.clear();
+                if head.chunked {
+                    return Err(ClientError::TransferCoding);
+                }
+                // RFC 9112 §6.3: 1xx/204/304 have no body. (1xx interim responses are not
+                // expected from a boot server and are treated as final here.)
+                let remaining = if head.status == 204 || head.status == 304 || head.status < 200 {
+                    0
+                } else {
+                    head.content_length
+                        .ok_or(ClientError::MissingContentLength)?
+                };
+                self.server_closes |= head.close;
+                self.state = State::Body {
+                    req,
+                    head,
+                    remaining,
+                    received: 0,
+                    hasher: Sha256::new(),
+                };
+                self.finish_if_done(now)?;
+                Ok(used)
+            }
+            State::Body {
+                req,
+                head,
+                remaining,
+                received,
+                mut hasher,
+            } => {
+                let n = input
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                hasher.update(&input[..n]);
+                self.state = State::Body {
+                    req,
+                    head,
+                    remaining: remaining - n as u64,
+                    received: received + n as u64,
+                    hasher,
+                };
+                self.finish_if_done(now)?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn finish_if_done(&mut self, now: Instant) -> Result<(), ClientError> {
+        let State::Body { remaining: 0, .. } = self.state else {
+            return Ok(());
+        };
+        let State::Body {
+            req,
+            head,
+            received,
+            hasher,
+            ..
+        } = std::mem::replace(&mut self.state, State::Idle)
+        else {
+            return Ok(());
+        };
+        let sha256: [u8; 32] = hasher.finalize().into();
+        if (200..300).contains(&head.status) {
+            if let Some(expected) = req.expect_len
+                && expected != received
+            {
+                return Err(ClientError::LengthMismatch {
+                    expected,
+                    got: received,
+                });
+            }
+            if req.expect_sha256.is_some_and(|d| d != sha256) {
+                return Err(ClientError::DigestMismatch);
+            }
+        }
+        self.results.push_back(Ok(FetchResult {
+            status: head.status,
+            body_len: received,
+            sha256,
+            content_range: head.content_range,
+            etag: head.etag,
+        }));
+        if self.server_closes {
+            self.close_with(ClientError::Closed);
+        } else {
+            self.start_next(now);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: ClientError) {
+        self.state = State::Idle;
+        self.results.push_back(Err(e));
+        self.close_with(ClientError::Closed);
+    }
+
+    /// Marks the connection closed; queued fetches fail with `err`.
+    fn close_with(&mut self, err: ClientError) {
+        self.closed = true;
+        self.deadline = None;
+        for _ in self.queue.drain(..) {
+            self.results.push_back(Err(err.clone()));
+        }
+    }
+
+    /// The server closed the connection (read returned 0).
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if !matches!(self.state, State::Idle) {
+            self.fail(ClientError::Truncated);
+        } else {
+            self.close_with(ClientError::Closed);
+        }
+    }
+
+    /// Next finished fetch, in request order.
+    pub fn poll_result(&mut self) -> Option<Result<FetchResult, ClientError>> {
+        self.results.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.fail(ClientError::Timeout);
+        }
+    }
+
+    /// No fetch queued or in progress.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle) && self.queue.is_empty()
+    }
+
+    /// The connection can carry further fetches.
+    pub fn is_reusable(&self) -> bool {
+        !self.closed && !self.server_closes
+    }
+}
