@@ -254,7 +254,7 @@ fn ip(data: &[u8]) -> Option<Ipv4Addr> {
 }
 
 fn ips(data: &[u8]) -> Option<Vec<Ipv4Addr>> {
-    if data.is_empty() || data.len() % 4 != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(4) {
         return None;
     }
     Some(data.chunks_exact(4).filter_map(ip).collect())
@@ -363,7 +363,7 @@ impl DhcpOptions {
             OptionCode::BootfileName => set(&mut self.bootfile, bytes()),
             OptionCode::UserClass => set(&mut self.user_class, bytes()),
             OptionCode::RelayAgentInfo => set(&mut self.relay_agent_info, bytes()),
-            OptionCode::ClientArch if !data.is_empty() && data.len() % 2 == 0 => set_vec(
+            OptionCode::ClientArch if !data.is_empty() && data.len().is_multiple_of(2) => set_vec(
                 &mut self.client_arch,
                 Some(
                     data.chunks_exact(2)
