@@ -1,5 +1,6 @@
 //! DHCPv4 and PXE (RFC 2131, RFC 2132, RFC 4578, PXE 2.1): wire format, server and client cores.
 pub mod boot;
+pub mod client;
 pub mod lease;
 pub mod options;
 pub mod server;
@@ -8,6 +9,7 @@ pub mod wire;
 pub use boot::{
     BootClient, BootConfig, BootDecision, BootProfile, Firmware, Loaders, NoBoot, decide,
 };
+pub use client::{Backoff, ClientConfig, ClientLease, ClientState, DhcpClient};
 pub use lease::{
     ClientKey, CommitSeq, Lease, LeaseChange, LeaseState, LeaseStore, LeaseStoreError,
     MemoryLeaseStore,
