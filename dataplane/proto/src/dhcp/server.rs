@@ -876,3 +876,517 @@ impl DhcpServer {
         self.enqueue(reply, to, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::lease::MemoryLeaseStore;
+    use crate::dhcp::options::{ClientArch, PxeVendorOptions};
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const UEFI_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/udhcpc_uefi_discover.bin");
+    const IPXE_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/qemu_ipxe_discover.bin");
+    const PLAIN_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/udhcpc_discover.bin");
+    const PLAIN_REQUEST: &[u8] = include_bytes!("../../fixtures/dhcp/udhcpc_request.bin");
+
+    fn boot() -> BootConfig {
+        BootConfig::new(SERVER, "http://198.18.0.1:8080")
+    }
+
+    fn pool(first: u8, last: u8) -> Pool {
+        Pool {
+            subnet: Ipv4Addr::new(198, 18, 0, 0),
+            prefix_len: 24,
+            first: Ipv4Addr::new(198, 18, 0, first),
+            last: Ipv4Addr::new(198, 18, 0, last),
+            routers: vec![SERVER],
+            dns_servers: vec![Ipv4Addr::new(198, 18, 0, 53)],
+            lease_time: Duration::from_secs(3600),
+            reservations: HashMap::new(),
+        }
+    }
+
+    fn authoritative(pools: Vec<Pool>) -> DhcpServer {
+        DhcpServer::new(ServerConfig::authoritative(SERVER, boot(), pools)).expect("config")
+    }
+
+    fn bcast() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT)
+    }
+
+    fn from_client() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT)
+    }
+
+    fn emit(r: &Repr) -> Vec<u8> {
+        let mut buf = vec![0u8; r.buffer_len()];
+        let n = r.emit_bytes(&mut buf).expect("emit");
+        buf.truncate(n);
+        buf
+    }
+
+    fn request(mt: MessageType, mac_last: u8) -> Repr {
+        let mut r = Repr::new(
+            OpCode::BootRequest,
+            0x55 + u32::from(mac_last),
+            [2, 0, 0, 0, 0, mac_last],
+        );
+        r.options.message_type = Some(mt);
+        r
+    }
+
+    fn next(server: &mut DhcpServer, now: Instant) -> (Transmit, Repr) {
+        let mut buf = [0u8; 1500];
+        let t = server
+            .poll_transmit(now, &mut buf)
+            .expect("a reply is queued");
+        (t, Repr::parse_bytes(&buf[..t.len]).expect("reply parses"))
+    }
+
+    fn handle(
+        server: &mut DhcpServer,
+        store: &mut MemoryLeaseStore,
+        now: Instant,
+        r: &Repr,
+    ) -> Result<Handled, DropReason> {
+        server.handle_datagram(now, from_client(), bcast(), &emit(r), store)
+    }
+
+    /// Full DORA for one client; returns the bound address.
+    fn bind(
+        server: &mut DhcpServer,
+        store: &mut MemoryLeaseStore,
+        now: Instant,
+        mac: u8,
+    ) -> Ipv4Addr {
+        let d = request(MessageType::Discover, mac);
+        assert_eq!(
+            handle(server, store, now, &d),
+            Ok(Handled::Replied(MessageType::Offer))
+        );
+        let (_, offer) = next(server, now);
+        let mut r = request(MessageType::Request, mac);
+        r.options.server_id = Some(SERVER);
+        r.options.requested_ip = Some(offer.yiaddr);
+        assert_eq!(
+            handle(server, store, now, &r),
+            Ok(Handled::Replied(MessageType::Ack))
+        );
+        let (_, ack) = next(server, now);
+        assert_eq!(ack.yiaddr, offer.yiaddr);
+        ack.yiaddr
+    }
+
+    #[test]
+    fn proxy_offers_boot_file_per_client_kind() {
+        let now = Instant::now();
+        let mut server = DhcpServer::new(ServerConfig::proxy(SERVER, boot())).expect("config");
+        let mut store = MemoryLeaseStore::new();
+        let cases: [(&[u8], &str); 2] = [
+            (UEFI_DISCOVER, "snponly.efi"),
+            (
+                IPXE_DISCOVER,
+                "http://198.18.0.1:8080/boot.ipxe?mac=52-54-00-ab-cd-ef",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let got = server.handle_datagram(now, from_client(), bcast(), bytes, &mut store);
+            assert_eq!(got, Ok(Handled::Replied(MessageType::Offer)));
+            let (t, offer) = next(&mut server, now);
+            assert!(t.broadcast && t.dst_ip == Ipv4Addr::BROADCAST && t.dst_port == CLIENT_PORT);
+            assert_eq!(
+                offer.yiaddr,
+                Ipv4Addr::UNSPECIFIED,
+                "proxy gives no address"
+            );
+            assert_eq!(offer.siaddr, SERVER);
+            assert_eq!(offer.options.server_id, Some(SERVER));
+            assert_eq!(
+                offer.options.vendor_class.as_deref(),
+                Some(&b"PXEClient"[..])
+            );
+            assert_eq!(offer.options.bootfile.as_deref(), Some(want.as_bytes()));
+            assert_eq!(offer.file, want.as_bytes());
+        }
+        // The UEFI ROM got discovery control "download the file in this packet".
+        server
+            .handle_datagram(now, from_client(), bcast(), UEFI_DISCOVER, &mut store)
+            .expect("offer");
+        let (_, offer) = next(&mut server, now);
+        assert_eq!(
+            offer.options.pxe().and_then(|p| p.discovery_control),
+            Some(0x0b)
+        );
+        assert_eq!(offer.options.lease_time, None);
+
+        // A plain DHCP client is the LAN server's business; a REQUEST on 67 too.
+        let plain = server.handle_datagram(now, from_client(), bcast(), PLAIN_DISCOVER, &mut store);
+        assert_eq!(plain, Err(DropReason::NotBootClient));
+        let req = server.handle_datagram(now, from_client(), bcast(), PLAIN_REQUEST, &mut store);
+        assert_eq!(req, Err(DropReason::NotForProxy));
+        assert_eq!(server.stats().dropped(DropReason::NotBootClient), 1);
+        assert_eq!(server.stats().dropped(DropReason::NotForProxy), 1);
+        assert!(store.is_empty(), "proxy mode never touches leases");
+    }
+
+    #[test]
+    fn proxy_answers_port_4011_request_with_unicast_ack() {
+        let now = Instant::now();
+        let mut server = DhcpServer::new(ServerConfig::proxy(SERVER, boot())).expect("config");
+        let mut store = MemoryLeaseStore::new();
+        let mut r = Repr::parse_bytes(UEFI_DISCOVER).expect("fixture");
+        r.options.message_type = Some(MessageType::Request);
+        r.ciaddr = Ipv4Addr::new(198, 18, 0, 157);
+        let src = SocketAddrV4::new(r.ciaddr, CLIENT_PORT);
+        let local = SocketAddrV4::new(SERVER, PXE_PORT);
+        let got = server.handle_datagram(now, src, local, &emit(&r), &mut store);
+        assert_eq!(got, Ok(Handled::Replied(MessageType::Ack)));
+        let (t, ack) = next(&mut server, now);
+        assert_eq!(
+            (t.dst_ip, t.dst_port, t.src_port),
+            (r.ciaddr, CLIENT_PORT, PXE_PORT)
+        );
+        assert!(!t.broadcast);
+        assert_eq!(ack.file, b"snponly.efi");
+    }
+
+    #[test]
+    fn http_boot_client_gets_url_and_httpclient_echo() {
+        let now = Instant::now();
+        let mut server = DhcpServer::new(ServerConfig::proxy(SERVER, boot())).expect("config");
+        let mut store = MemoryLeaseStore::new();
+        let mut d = request(MessageType::Discover, 9);
+        d.options.vendor_class = Some(b"HTTPClient:Arch:00016:UNDI:003001".to_vec());
+        d.options.client_arch = vec![ClientArch::EfiX64Http];
+        assert!(handle(&mut server, &mut store, now, &d).is_ok());
+        let (_, offer) = next(&mut server, now);
+        assert_eq!(
+            offer.options.vendor_class.as_deref(),
+            Some(&b"HTTPClient"[..])
+        );
+        assert_eq!(
+            offer.options.bootfile.as_deref(),
+            Some(&b"http://198.18.0.1:8080/snponly.efi"[..])
+        );
+        assert_eq!(
+            offer.options.vendor_specific, None,
+            "no PXE menu options for HTTP Boot"
+        );
+    }
+
+    #[test]
+    fn relayed_requests_are_answered_to_the_relay_with_option_82() {
+        let now = Instant::now();
+        let mut relayed = pool(10, 20);
+        relayed.subnet = Ipv4Addr::new(198, 19, 5, 0);
+        relayed.first = Ipv4Addr::new(198, 19, 5, 10);
+        relayed.last = Ipv4Addr::new(198, 19, 5, 20);
+        let mut server = authoritative(vec![pool(100, 200), relayed]);
+        let mut store = MemoryLeaseStore::new();
+        let mut d = Repr::parse_bytes(UEFI_DISCOVER).expect("fixture");
+        d.giaddr = Ipv4Addr::new(198, 19, 5, 1);
+        d.hops = 1;
+        let agent_info = vec![1, 4, b'p', b'o', b'r', b't', 2, 2, 0xab, 0xcd];
+        d.options.relay_agent_info = Some(agent_info.clone());
+        assert!(handle(&mut server, &mut store, now, &d).is_ok());
+        let (t, offer) = next(&mut server, now);
+        assert_eq!(
+            (t.dst_ip, t.dst_port, t.broadcast),
+            (d.giaddr, SERVER_PORT, false)
+        );
+        assert_eq!(offer.giaddr, d.giaddr);
+        assert_eq!(
+            offer.yiaddr,
+            Ipv4Addr::new(198, 19, 5, 10),
+            "pool of the relay's subnet"
+        );
+        assert_eq!(offer.options.relay_agent_info, Some(agent_info));
+        assert_eq!(offer.file, b"snponly.efi");
+        // A relay from a subnet we do not serve.
+        d.giaddr = Ipv4Addr::new(198, 19, 9, 1);
+        assert_eq!(
+            handle(&mut server, &mut store, now, &d),
+            Err(DropReason::NoPool)
+        );
+    }
+
+    #[test]
+    fn replies_are_addressed_per_rfc2131_section_4_1() {
+        let now = Instant::now();
+        let mut server = authoritative(vec![pool(100, 200)]);
+        let mut store = MemoryLeaseStore::new();
+        let d = request(MessageType::Discover, 1);
+        handle(&mut server, &mut store, now, &d).expect("offer");
+        let (t, offer) = next(&mut server, now);
+        assert_eq!(
+            t.dst_ip, offer.yiaddr,
+            "no broadcast bit: unicast to yiaddr"
+        );
+        assert_eq!(t.dst_mac, Some([2, 0, 0, 0, 0, 1]));
+        assert!(!t.broadcast);
+        let mut d = request(MessageType::Discover, 2);
+        d.flags = FLAG_BROADCAST;
+        handle(&mut server, &mut store, now, &d).expect("offer");
+        let (t, _) = next(&mut server, now);
+        assert!(t.broadcast && t.dst_ip == Ipv4Addr::BROADCAST);
+        // Non-boot clients still get addresses, without boot fields.
+        let (_, offer) = {
+            server
+                .handle_datagram(now, from_client(), bcast(), PLAIN_DISCOVER, &mut store)
+                .expect("offer");
+            next(&mut server, now)
+        };
+        assert!(offer.file.is_empty() && offer.options.vendor_class.is_none());
+        assert_eq!(offer.options.lease_time, Some(3600));
+        assert_eq!(offer.options.renewal_time, Some(1800));
+        assert_eq!(offer.options.rebinding_time, Some(3150));
+        assert_eq!(
+            offer.options.subnet_mask,
+            Some(Ipv4Addr::new(255, 255, 255, 0))
+        );
+    }
+
+    #[test]
+    fn request_states_and_naks() {
+        let now = Instant::now();
+        let mut server = authoritative(vec![pool(100, 200)]);
+        let mut store = MemoryLeaseStore::new();
+        let ip = bind(&mut server, &mut store, now, 1);
+
+        // INIT-REBOOT of the holder: ACK.
+        let mut r = request(MessageType::Request, 1);
+        r.options.requested_ip = Some(ip);
+        assert_eq!(
+            RequestState::classify(&r, Ipv4Addr::BROADCAST),
+            Some(RequestState::InitReboot)
+        );
+        assert_eq!(
+            handle(&mut server, &mut store, now, &r),
+            Ok(Handled::Replied(MessageType::Ack))
+        );
+        next(&mut server, now);
+
+        // INIT-REBOOT of another client asking for that address: NAK, broadcast.
+        let mut other = request(MessageType::Request, 2);
+        other.options.requested_ip = Some(ip);
+        assert_eq!(
+            handle(&mut server, &mut store, now, &other),
+            Ok(Handled::Replied(MessageType::Nak))
+        );
+        let (t, nak) = next(&mut server, now);
+        assert!(t.broadcast);
+        assert_eq!(nak.yiaddr, Ipv4Addr::UNSPECIFIED);
+        // ... or for an address from another network.
+        other.options.requested_ip = Some(Ipv4Addr::new(198, 19, 0, 5));
+        assert_eq!(
+            handle(&mut server, &mut store, now, &other),
+            Ok(Handled::Replied(MessageType::Nak))
+        );
+        next(&mut server, now);
+        // Unknown client, free address: RFC 2131 §4.3.2 says stay silent.
+        other.options.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 150));
+        assert_eq!(
+            handle(&mut server, &mut store, now, &other),
+            Err(DropReason::UnknownClient)
+        );
+
+        // RENEWING (unicast) and REBINDING (broadcast) extend the lease; the ACK goes to ciaddr.
+        let mut renew = request(MessageType::Request, 1);
+        renew.ciaddr = ip;
+        let later = now + Duration::from_secs(1800);
+        let local = SocketAddrV4::new(SERVER, SERVER_PORT);
+        assert_eq!(
+            RequestState::classify(&renew, SERVER),
+            Some(RequestState::Renewing)
+        );
+        assert_eq!(
+            RequestState::classify(&renew, Ipv4Addr::BROADCAST),
+            Some(RequestState::Rebinding)
+        );
+        let src = SocketAddrV4::new(ip, CLIENT_PORT);
+        let got = server.handle_datagram(later, src, local, &emit(&renew), &mut store);
+        assert_eq!(got, Ok(Handled::Replied(MessageType::Ack)));
+        let (t, ack) = next(&mut server, later);
+        assert_eq!((t.dst_ip, t.broadcast, t.dst_mac), (ip, false, None));
+        assert_eq!(ack.ciaddr, ip);
+        assert_eq!(
+            store.by_ip(ip).map(|l| l.expires),
+            Some(later + Duration::from_secs(3600))
+        );
+
+        // SELECTING another server: dropped and counted, our hold released.
+        let d = request(MessageType::Discover, 3);
+        handle(&mut server, &mut store, now, &d).expect("offer");
+        let (_, offer) = next(&mut server, now);
+        let mut r = request(MessageType::Request, 3);
+        r.options.server_id = Some(Ipv4Addr::new(198, 18, 0, 2));
+        r.options.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 77));
+        assert_eq!(
+            handle(&mut server, &mut store, now, &r),
+            Err(DropReason::WrongServerId)
+        );
+        assert_eq!(store.by_ip(offer.yiaddr), None);
+        assert_eq!(server.stats().dropped(DropReason::WrongServerId), 1);
+        assert_eq!(server.stats().naks, 2);
+    }
+
+    #[test]
+    fn release_frees_and_decline_quarantines() {
+        let now = Instant::now();
+        let mut server = authoritative(vec![pool(100, 101)]);
+        let mut store = MemoryLeaseStore::new();
+        let a = bind(&mut server, &mut store, now, 1);
+        assert_eq!(a, Ipv4Addr::new(198, 18, 0, 100));
+
+        let mut release = request(MessageType::Release, 1);
+        release.ciaddr = a;
+        release.options.server_id = Some(SERVER);
+        let mut not_mine = release.clone();
+        not_mine.chaddr[5] = 9;
+        assert_eq!(
+            handle(&mut server, &mut store, now, &not_mine),
+            Err(DropReason::NotClientsLease)
+        );
+        assert_eq!(
+            handle(&mut server, &mut store, now, &release),
+            Ok(Handled::Absorbed)
+        );
+        assert!(store.by_ip(a).is_none());
+        assert_eq!(server.stats().releases, 1);
+
+        // Client 2 gets .101 and declines it: conflicted for the quarantine.
+        let b = bind(&mut server, &mut store, now, 2);
+        assert_eq!(b, Ipv4Addr::new(198, 18, 0, 101));
+        let mut decline = request(MessageType::Decline, 2);
+        decline.options.requested_ip = Some(b);
+        decline.options.server_id = Some(SERVER);
+        assert_eq!(
+            handle(&mut server, &mut store, now, &decline),
+            Ok(Handled::Absorbed)
+        );
+        assert_eq!(server.stats().declines, 1);
+        assert_eq!(store.by_ip(b).map(|l| l.state), Some(LeaseState::Declined));
+
+        // Two clients, one free address: the third request is exhaustion, counted.
+        assert_eq!(
+            bind(&mut server, &mut store, now, 2),
+            a,
+            "decliner gets the other one"
+        );
+        let d = request(MessageType::Discover, 3);
+        assert_eq!(
+            handle(&mut server, &mut store, now, &d),
+            Err(DropReason::PoolExhausted)
+        );
+        assert_eq!(server.stats().dropped(DropReason::PoolExhausted), 1);
+        // After the quarantine the declined address is offered again.
+        let later = now + Duration::from_secs(601);
+        assert!(handle(&mut server, &mut store, later, &d).is_ok());
+        assert_eq!(next(&mut server, later).1.yiaddr, b);
+    }
+
+    #[test]
+    fn reservations_win() {
+        let now = Instant::now();
+        let mut p = pool(100, 200);
+        p.reservations
+            .insert([2, 0, 0, 0, 0, 7], Ipv4Addr::new(198, 18, 0, 42));
+        let mut server = authoritative(vec![p]);
+        let mut store = MemoryLeaseStore::new();
+        assert_eq!(
+            bind(&mut server, &mut store, now, 7),
+            Ipv4Addr::new(198, 18, 0, 42)
+        );
+        assert_eq!(
+            bind(&mut server, &mut store, now, 8),
+            Ipv4Addr::new(198, 18, 0, 100)
+        );
+    }
+
+    /// A store that acknowledges writes only when told, like a group-committing journal.
+    #[derive(Debug, Default)]
+    struct SlowStore {
+        inner: MemoryLeaseStore,
+        durable: CommitSeq,
+    }
+
+    impl LeaseStore for SlowStore {
+        fn by_ip(&self, ip: Ipv4Addr) -> Option<Lease> {
+            self.inner.by_ip(ip)
+        }
+        fn by_client(&self, client: &ClientKey) -> Option<Lease> {
+            self.inner.by_client(client)
+        }
+        fn apply(
+            &mut self,
+            change: LeaseChange,
+        ) -> Result<CommitSeq, crate::dhcp::lease::LeaseStoreError> {
+            self.inner.apply(change)
+        }
+        fn durable_seq(&self) -> CommitSeq {
+            self.durable
+        }
+    }
+
+    #[test]
+    fn ack_waits_for_durable_lease_write() {
+        let now = Instant::now();
+        let mut server = authoritative(vec![pool(100, 200)]);
+        let mut store = SlowStore::default();
+        let d = emit(&request(MessageType::Discover, 1));
+        server
+            .handle_datagram(now, from_client(), bcast(), &d, &mut store)
+            .expect("offer");
+        let mut buf = [0u8; 1500];
+        assert!(
+            server.poll_transmit(now, &mut buf).is_some(),
+            "offers need no durability"
+        );
+        let mut r = request(MessageType::Request, 1);
+        r.options.server_id = Some(SERVER);
+        r.options.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 100));
+        server
+            .handle_datagram(now, from_client(), bcast(), &emit(&r), &mut store)
+            .expect("ack");
+        assert!(server.poll_transmit(now, &mut buf).is_none(), "ACK held");
+        assert_eq!(server.queued(), 1);
+        let seq = store.inner.durable_seq();
+        server.handle_lease_durable(seq);
+        let t = server.poll_transmit(now, &mut buf).expect("ACK released");
+        let ack = Repr::parse_bytes(&buf[..t.len]).expect("parses");
+        assert_eq!(ack.options.message_type, Some(MessageType::Ack));
+        assert!(server.poll_transmit(now, &mut [0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn junk_is_dropped_with_reasons() {
+        let now = Instant::now();
+        let mut server = authoritative(vec![pool(100, 200)]);
+        let mut store = MemoryLeaseStore::new();
+        let mut send =
+            |bytes: &[u8]| server.handle_datagram(now, from_client(), bcast(), bytes, &mut store);
+        assert_eq!(send(&[0u8; 10]), Err(DropReason::Malformed));
+        let mut offer = request(MessageType::Offer, 1);
+        assert_eq!(send(&emit(&offer)), Err(DropReason::UnexpectedMessageType));
+        offer.op = OpCode::BootReply;
+        assert_eq!(send(&emit(&offer)), Err(DropReason::NotARequest));
+        assert_eq!(
+            send(&emit(&request(MessageType::Unknown(200), 1))),
+            Err(DropReason::UnknownMessageType)
+        );
+        let mut none = request(MessageType::Discover, 1);
+        none.options.message_type = None;
+        assert_eq!(send(&emit(&none)), Err(DropReason::NoMessageType));
+        let mut ib = request(MessageType::Discover, 1);
+        ib.htype = 32;
+        ib.hlen = 20;
+        assert_eq!(send(&emit(&ib)), Err(DropReason::UnsupportedHardware));
+        assert_eq!(
+            send(&emit(&request(MessageType::Request, 1))),
+            Err(DropReason::BadRequest)
+        );
+        assert_eq!(server.stats().total_dropped(), 7);
+        assert!(DropReason::ALL.iter().all(|r| !r.as_str().is_empty()));
+        let _ = PxeVendorOptions::default();
+    }
+}
