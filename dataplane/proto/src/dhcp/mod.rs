@@ -155,7 +155,7 @@ mod tests {
                 }
                 let at = (r >> 8) as usize % bytes.len().max(1);
                 match r % 6 {
-                    0 => bytes[at] ^= 1 << (r >> 32) % 8,
+                    0 => bytes[at] ^= 1 << ((r >> 32) % 8),
                     1 => bytes[at] = (r >> 40) as u8,
                     // Aim at the options area, where the lengths are.
                     2 => {
