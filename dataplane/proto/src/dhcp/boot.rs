@@ -1,0 +1,411 @@
+//! What each machine boots: a pure function from what the client says about itself to a
+//! [`BootDecision`].
+//!
+//! The chain is firmware PXE ROM → iPXE (by TFTP) → iPXE script (by HTTP), or UEFI HTTP Boot →
+//! iPXE (by HTTP) → script. A client that is already iPXE must get the script, not iPXE again, or it
+//! chainloads itself forever; iPXE identifies itself with user class "iPXE" (option 77) and its own
+//! option 175.
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use super::options::{ClientArch, ClientUuid};
+use super::wire::Repr;
+
+/// Firmware family, from option 93 (RFC 4578 §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Firmware {
+    Bios,
+    EfiIa32,
+    EfiX64,
+    EfiArm32,
+    EfiArm64,
+    Other(ClientArch),
+}
+
+impl Firmware {
+    /// The family and whether the arch code is one of the UEFI HTTP Boot codes.
+    pub fn from_arch(arch: ClientArch) -> (Self, bool) {
+        match arch {
+            ClientArch::X86Bios => (Self::Bios, false),
+            ClientArch::EfiIa32 => (Self::EfiIa32, false),
+            // 9 is what x64 firmware sends as "EFI BC" in the wild (RFC 4578 errata).
+            ClientArch::EfiX64 | ClientArch::EfiBc => (Self::EfiX64, false),
+            ClientArch::EfiArm32 => (Self::EfiArm32, false),
+            ClientArch::EfiArm64 => (Self::EfiArm64, false),
+            ClientArch::EfiIa32Http => (Self::EfiIa32, true),
+            ClientArch::EfiX64Http | ClientArch::EfiBcHttp => (Self::EfiX64, true),
+            ClientArch::EfiArm32Http => (Self::EfiArm32, true),
+            ClientArch::EfiArm64Http => (Self::EfiArm64, true),
+            other => (Self::Other(other), false),
+        }
+    }
+}
+
+/// What the decision needs to know about a client, read from its DISCOVER/REQUEST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootClient {
+    pub mac: [u8; 6],
+    pub arch: Option<ClientArch>,
+    pub vendor_class: Vec<u8>,
+    /// User class says "iPXE" or option 175 is present.
+    pub is_ipxe: bool,
+    pub uuid: Option<ClientUuid>,
+}
+
+impl BootClient {
+    pub fn from_request(req: &Repr) -> Option<Self> {
+        let o = &req.options;
+        let user_ipxe = o.user_class.as_deref().is_some_and(|u| {
+            // iPXE sends the bare string; RFC 3004 user classes are length-prefixed.
+            u == b"iPXE" || u.strip_prefix(&[4]) == Some(b"iPXE")
+        });
+        Some(Self {
+            mac: req.mac()?,
+            arch: o
+                .arch()
+                .or_else(|| arch_from_vendor_class(o.vendor_class.as_deref()?)),
+            vendor_class: o.vendor_class.clone().unwrap_or_default(),
+            is_ipxe: user_ipxe || o.ipxe_encap.is_some(),
+            uuid: o.client_uuid,
+        })
+    }
+
+    pub fn is_pxe(&self) -> bool {
+        self.vendor_class.starts_with(b"PXEClient")
+    }
+
+    pub fn is_http_boot(&self) -> bool {
+        self.vendor_class.starts_with(b"HTTPClient")
+    }
+}
+
+/// Reads the arch from `PXEClient:Arch:00007:UNDI:003016` (PXE 2.1 §2.2.5), for clients that
+/// leave out option 93.
+pub fn arch_from_vendor_class(vc: &[u8]) -> Option<ClientArch> {
+    let text = std::str::from_utf8(vc).ok()?;
+    let mut parts = text.split(':');
+    parts.next()?;
+    if parts.next()? != "Arch" {
+        return None;
+    }
+    parts.next()?.parse::<u16>().ok().map(ClientArch::from)
+}
+
+/// Per-machine (or default) choice of iPXE script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootProfile {
+    pub name: String,
+    /// Path of the iPXE script under [`BootConfig::http_base`], e.g. `boot.ipxe`.
+    pub ipxe_script: String,
+}
+
+/// iPXE builds handed to firmware, by family. `None` means that family is not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaders {
+    pub bios: Option<String>,
+    pub efi_ia32: Option<String>,
+    pub efi_x64: Option<String>,
+    pub efi_arm32: Option<String>,
+    pub efi_arm64: Option<String>,
+}
+
+impl Default for Loaders {
+    /// The Debian `ipxe` package names: `undionly.kpxe` uses the ROM's UNDI driver (works on any
+    /// NIC with a PXE ROM), `snponly.efi` the firmware's SNP driver (any UEFI NIC).
+    fn default() -> Self {
+        Self {
+            bios: Some("undionly.kpxe".into()),
+            efi_ia32: None,
+            efi_x64: Some("snponly.efi".into()),
+            efi_arm32: None,
+            efi_arm64: Some("snponly-arm64.efi".into()),
+        }
+    }
+}
+
+impl Loaders {
+    pub fn for_firmware(&self, fw: Firmware) -> Option<&str> {
+        match fw {
+            Firmware::Bios => self.bios.as_deref(),
+            Firmware::EfiIa32 => self.efi_ia32.as_deref(),
+            Firmware::EfiX64 => self.efi_x64.as_deref(),
+            Firmware::EfiArm32 => self.efi_arm32.as_deref(),
+            Firmware::EfiArm64 => self.efi_arm64.as_deref(),
+            Firmware::Other(_) => None,
+        }
+    }
+}
+
+/// Where boot files come from and which machine gets which profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    /// TFTP server given as `siaddr` (next-server).
+    pub tftp_server: Ipv4Addr,
+    /// Base URL of the HTTP server without a trailing slash, e.g. `http://198.18.0.1:8080`.
+    pub http_base: String,
+    pub loaders: Loaders,
+    pub default_profile: BootProfile,
+    pub profiles_by_mac: HashMap<[u8; 6], BootProfile>,
+    /// Keyed by the 16-byte GUID of option 97.
+    pub profiles_by_uuid: HashMap<[u8; 16], BootProfile>,
+}
+
+impl BootConfig {
+    pub fn new(tftp_server: Ipv4Addr, http_base: impl Into<String>) -> Self {
+        Self {
+            tftp_server,
+            http_base: http_base.into(),
+            loaders: Loaders::default(),
+            default_profile: BootProfile {
+                name: "default".into(),
+                ipxe_script: "boot.ipxe".into(),
+            },
+            profiles_by_mac: HashMap::new(),
+            profiles_by_uuid: HashMap::new(),
+        }
+    }
+
+    /// MAC first (the operator's most specific key), then UUID, then the default. An all-zero
+    /// GUID (QEMU's default) identifies nothing.
+    pub fn profile_for(&self, client: &BootClient) -> &BootProfile {
+        if let Some(p) = self.profiles_by_mac.get(&client.mac) {
+            return p;
+        }
+        client
+            .uuid
+            .filter(|u| u.id != [0; 16])
+            .and_then(|u| self.profiles_by_uuid.get(&u.id))
+            .unwrap_or(&self.default_profile)
+    }
+}
+
+/// What a boot client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootDecision {
+    /// A firmware PXE ROM: fetch iPXE by TFTP from `next_server`.
+    Chainload { next_server: Ipv4Addr, file: String },
+    /// iPXE: fetch the profile's script by HTTP.
+    IpxeScript { url: String },
+    /// UEFI HTTP Boot: fetch iPXE by HTTP; the reply echoes vendor class `HTTPClient` (UEFI 2.5
+    /// §24.7.2), without which the firmware ignores the offer.
+    HttpBoot { url: String },
+}
+
+impl BootDecision {
+    pub fn boot_file(&self) -> &str {
+        match self {
+            Self::Chainload { file, .. } => file,
+            Self::IpxeScript { url } | Self::HttpBoot { url } => url,
+        }
+    }
+
+    /// Option 60 to put in the reply.
+    pub fn vendor_class(&self) -> &'static [u8] {
+        match self {
+            Self::HttpBoot { .. } => b"HTTPClient",
+            _ => b"PXEClient",
+        }
+    }
+}
+
+/// Why a client gets no boot instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoBoot {
+    #[error("client is neither PXE, iPXE nor UEFI HTTP Boot")]
+    NotBootClient,
+    #[error("no loader configured for architecture {0:?}")]
+    UnsupportedArch(Option<ClientArch>),
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Decides what `client` boots. Pure: same inputs, same answer.
+///
+/// iPXE is checked first because iPXE also calls itself `PXEClient` in option 60.
+pub fn decide(client: &BootClient, config: &BootConfig) -> Result<BootDecision, NoBoot> {
+    if client.is_ipxe {
+        let profile = config.profile_for(client);
+        return Ok(BootDecision::IpxeScript {
+            url: format!(
+                "{}/{}?mac={}",
+                config.http_base,
+                profile.ipxe_script,
+                mac_text(&client.mac)
+            ),
+        });
+    }
+    if !client.is_pxe() && !client.is_http_boot() {
+        return Err(NoBoot::NotBootClient);
+    }
+    let (firmware, http_arch) = match client.arch {
+        Some(arch) => Firmware::from_arch(arch),
+        // No option 93 and no Arch in option 60: PXE 2.1 predates UEFI, so a BIOS ROM.
+        None => (Firmware::Bios, false),
+    };
+    let loader = config
+        .loaders
+        .for_firmware(firmware)
+        .ok_or(NoBoot::UnsupportedArch(client.arch))?;
+    if client.is_http_boot() || http_arch {
+        return Ok(BootDecision::HttpBoot {
+            url: format!("{}/{}", config.http_base, loader),
+        });
+    }
+    Ok(BootDecision::Chainload {
+        next_server: config.tftp_server,
+        file: loader.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 0xef];
+
+    fn client(vc: &str, arch: Option<u16>, ipxe: bool) -> BootClient {
+        BootClient {
+            mac: MAC,
+            arch: arch.map(ClientArch::from),
+            vendor_class: vc.as_bytes().to_vec(),
+            is_ipxe: ipxe,
+            uuid: None,
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        let config = BootConfig::new(Ipv4Addr::new(198, 18, 0, 1), "http://198.18.0.1:8080");
+        let tftp = |f: &str| {
+            Ok(BootDecision::Chainload {
+                next_server: Ipv4Addr::new(198, 18, 0, 1),
+                file: f.into(),
+            })
+        };
+        let http = |f: &str| {
+            Ok(BootDecision::HttpBoot {
+                url: format!("http://198.18.0.1:8080/{f}"),
+            })
+        };
+        let script = Ok(BootDecision::IpxeScript {
+            url: "http://198.18.0.1:8080/boot.ipxe?mac=52-54-00-ab-cd-ef".into(),
+        });
+        let cases = [
+            (
+                "PXEClient:Arch:00000:UNDI:002001",
+                Some(0),
+                false,
+                tftp("undionly.kpxe"),
+            ),
+            (
+                "PXEClient:Arch:00007:UNDI:003016",
+                Some(7),
+                false,
+                tftp("snponly.efi"),
+            ),
+            (
+                "PXEClient:Arch:00009:UNDI:003016",
+                Some(9),
+                false,
+                tftp("snponly.efi"),
+            ),
+            (
+                "PXEClient:Arch:00007:UNDI:003016",
+                None,
+                false,
+                tftp("snponly.efi"),
+            ),
+            ("PXEClient", None, false, tftp("undionly.kpxe")),
+            (
+                "PXEClient:Arch:00011:UNDI:003000",
+                Some(11),
+                false,
+                tftp("snponly-arm64.efi"),
+            ),
+            (
+                "PXEClient:Arch:00006:UNDI:003016",
+                Some(6),
+                false,
+                Err(NoBoot::UnsupportedArch(Some(ClientArch::EfiIa32))),
+            ),
+            (
+                "HTTPClient:Arch:00016:UNDI:003001",
+                Some(16),
+                false,
+                http("snponly.efi"),
+            ),
+            ("HTTPClient", Some(19), false, http("snponly-arm64.efi")),
+            (
+                "PXEClient:Arch:00000:UNDI:002001",
+                Some(0),
+                true,
+                script.clone(),
+            ),
+            (
+                "PXEClient:Arch:00007:UNDI:003016",
+                Some(7),
+                true,
+                script.clone(),
+            ),
+            ("", None, true, script),
+            ("udhcp 1.35.0", None, false, Err(NoBoot::NotBootClient)),
+            ("", Some(7), false, Err(NoBoot::NotBootClient)),
+        ];
+        for (vc, arch, ipxe, want) in cases {
+            let mut c = client(vc, arch, ipxe);
+            if c.arch.is_none() {
+                c.arch = arch_from_vendor_class(vc.as_bytes());
+            }
+            assert_eq!(decide(&c, &config), want, "{vc} {arch:?} ipxe={ipxe}");
+        }
+    }
+
+    #[test]
+    fn profiles_by_mac_then_uuid() {
+        let mut config = BootConfig::new(Ipv4Addr::new(198, 18, 0, 1), "http://h");
+        let profile = |n: &str| BootProfile {
+            name: n.into(),
+            ipxe_script: format!("{n}.ipxe"),
+        };
+        config.profiles_by_uuid.insert([7; 16], profile("by-uuid"));
+        let mut c = client("PXEClient", None, true);
+        c.uuid = Some(ClientUuid {
+            kind: 0,
+            id: [7; 16],
+        });
+        assert_eq!(config.profile_for(&c).name, "by-uuid");
+        config.profiles_by_mac.insert(MAC, profile("by-mac"));
+        assert_eq!(config.profile_for(&c).name, "by-mac");
+        assert_eq!(
+            decide(&c, &config).expect("boots").boot_file(),
+            "http://h/by-mac.ipxe?mac=52-54-00-ab-cd-ef"
+        );
+        c.mac = [1; 6];
+        c.uuid = Some(ClientUuid {
+            kind: 0,
+            id: [0; 16],
+        });
+        assert_eq!(config.profile_for(&c).name, "default");
+    }
+
+    #[test]
+    fn ipxe_rom_fixture_is_stage_two() {
+        let req = Repr::parse_bytes(include_bytes!("../../fixtures/dhcp/qemu_ipxe_discover.bin"))
+            .expect("fixture parses");
+        let c = BootClient::from_request(&req).expect("ethernet client");
+        assert!(c.is_ipxe && c.is_pxe());
+        assert_eq!(c.arch, Some(ClientArch::X86Bios));
+        let uefi = Repr::parse_bytes(include_bytes!(
+            "../../fixtures/dhcp/udhcpc_uefi_discover.bin"
+        ))
+        .expect("fixture parses");
+        let c = BootClient::from_request(&uefi).expect("ethernet client");
+        assert!(!c.is_ipxe);
+        assert_eq!(c.arch, Some(ClientArch::EfiX64));
+    }
+}
