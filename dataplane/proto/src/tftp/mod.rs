@@ -48,7 +48,7 @@ mod scenarios;
 
 use std::net::SocketAddr;
 
-// client
+pub use client::{ClientConfig, ClientDrop, ClientFailure, ClientOutcome, Expected, TftpClient};
 pub use options::{OptionSet, RawOptions};
 pub use server::{Refusal, Request, RequestDrop, ServerConfig, TftpServer};
 pub use transfer::{
