@@ -546,7 +546,7 @@ impl TftpClient {
 
     /// Runs the timers: retransmission of the RRQ or the last ACK, end of the dally.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if !self.deadline.is_some_and(|d| now >= d) {
+        if self.deadline.is_none_or(|d| now < d) {
             return;
         }
         self.deadline = None;
