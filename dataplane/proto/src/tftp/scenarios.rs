@@ -895,3 +895,106 @@ fn final_ack_lost_is_recovered_by_the_dally() {
     assert_eq!(server.retransmits, 1);
     assert_eq!(server.duration, secs(1), "one retransmission timeout");
 }
+
+#[test]
+fn rollover_under_loss_with_tiny_blocks() {
+    // blksize 8 makes 65537 blocks out of half a megabyte: the 16-bit ACK numbers wrap while
+    // windows are being resent.
+    let data = pattern(8 * 65_536 + 3);
+    let mut client = ClientConfig::plain();
+    client.options.blksize = Some(8);
+    client.options.windowsize = Some(16);
+    let faults = Faults {
+        loss: 2,
+        duplicate: 2,
+        reorder: 2,
+    };
+    let (outcome, server, _) = download(&data, ServerConfig::default(), client, faults);
+    assert_eq!(outcome.result, Ok(()), "download across the wrap verifies");
+    let server = server.expect("server finished");
+    assert_eq!(server.result, Ok(()));
+    assert_eq!(server.file_bytes, data.len() as u64);
+}
+
+#[test]
+fn no_oack_without_an_accepted_option() {
+    let t0 = Instant::now();
+    let client = addr(CLIENT);
+    for options in [
+        &b"multicast\x00\x00"[..],
+        b"blksize\x004\x00",
+        b"timeout\x000\x00windowsize\x00x\x00",
+    ] {
+        let mut transfer = accept(t0, 600, options, NO_IDLE);
+        assert_eq!(
+            drain(&mut transfer, t0),
+            [(Opcode::Data, 1, client)],
+            "{options:?}: plain DATA 1"
+        );
+        assert_eq!(transfer.params().blksize, 512);
+    }
+    // Mixed: the valid one is acknowledged, with the server's limit applied.
+    let mut transfer = accept(t0, 600, b"BLKSIZE\x0065464\x00foo\x00bar\x00", NO_IDLE);
+    let mut buf = [0u8; 2048];
+    let tx = transfer.poll_transmit(t0, &mut buf).expect("OACK");
+    assert_eq!(&buf[..tx.len], b"\x00\x06blksize\x001468\x00");
+}
+
+#[test]
+fn per_transfer_state_is_small() {
+    // A Bytes handle, addresses, timers, counters and the window position: no buffers. 432 bytes
+    // on x86_64 today; the bound catches a buffer or a collection sneaking in.
+    let size = size_of::<TftpTransfer>();
+    assert!(size <= 512, "TftpTransfer is {size} bytes");
+}
+
+#[test]
+fn random_datagrams_never_panic_any_core() {
+    let t0 = Instant::now();
+    let mut rng = Rng(0xF022_1350);
+    let server = TftpServer::new(ServerConfig::default(), catalog(&[("f", &pattern(5000))]));
+    let mut transfer = accept(t0, 5000, b"windowsize\x008\x00tsize\x000\x00", NO_IDLE);
+    let mut client = TftpClient::new(t0, addr(LISTEN), "f", ClientConfig::edk2());
+    let mut buf = vec![0u8; 2048];
+    let seeds: [&[u8]; 6] = [
+        b"\0\x04\0\x00",
+        b"\0\x03\0\x01abc",
+        b"\0\x06blksize\x00512\0windowsize\x002\0",
+        b"\0\x05\0\x01x\0",
+        b"\0\x01f\0octet\0tsize\x000\0",
+        b"\0\x01../f\0NETASCII\0",
+    ];
+    let mut now = t0;
+    for i in 0..50_000u64 {
+        let mut bytes = seeds[(i % 6) as usize].to_vec();
+        for _ in 0..rng.next() % 3 {
+            let at = (rng.next() as usize) % (bytes.len() + 1);
+            match rng.next() % 3 {
+                0 if at < bytes.len() => bytes[at] = rng.next() as u8,
+                1 => bytes.truncate(at),
+                _ => bytes.insert(at, rng.next() as u8),
+            }
+        }
+        let from = if rng.percent(90) {
+            addr(CLIENT)
+        } else {
+            addr(STRANGER)
+        };
+        now += Duration::from_millis(rng.next() % 700);
+        let _ = server.handle_request(now, from, &bytes, &mut buf);
+        let _ = transfer.handle_datagram(now, from, &bytes);
+        let server_from = if rng.percent(90) {
+            addr(TID)
+        } else {
+            addr(LISTEN)
+        };
+        let _ = client.handle_datagram(now, server_from, &bytes);
+        transfer.handle_timeout(now);
+        client.handle_timeout(now);
+        while transfer.poll_transmit(now, &mut buf).is_some() {}
+        while client.poll_transmit(now, &mut buf).is_some() {}
+        // Tiny buffers are refused, not overrun.
+        let _ = transfer.poll_transmit(now, &mut [0u8; 3]);
+        let _ = client.poll_transmit(now, &mut [0u8; 3]);
+    }
+}
