@@ -578,3 +578,44 @@ fn within<T: PartialOrd>(granted: Option<T>, asked: Option<T>) -> bool {
         (Some(granted), Some(asked)) => granted <= asked,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rrq_bytes(config: ClientConfig) -> Vec<u8> {
+        let now = Instant::now();
+        let server = "198.18.0.1:69".parse().expect("address");
+        let mut client = TftpClient::new(now, server, "boot.efi", config);
+        let mut buf = vec![0u8; client.max_datagram_len()];
+        let tx = client.poll_transmit(now, &mut buf).expect("RRQ first");
+        assert_eq!(tx.dst, server);
+        buf.truncate(tx.len);
+        buf
+    }
+
+    #[test]
+    fn presets_send_their_options() {
+        assert_eq!(
+            rrq_bytes(ClientConfig::edk2()),
+            b"\0\x01boot.efi\0octet\0blksize\x001468\0tsize\x000\0windowsize\x001\0"
+        );
+        assert_eq!(
+            rrq_bytes(ClientConfig::ipxe()),
+            b"\0\x01boot.efi\0octet\0blksize\x001432\0tsize\x000\0"
+        );
+        // tftp-hpa's request (fixture) differs only in the mode.
+        let hpa = include_bytes!("../../fixtures/tftp/tftp-hpa-rrq-netascii.bin");
+        let plain = rrq_bytes(ClientConfig::plain());
+        assert_eq!(plain, b"\0\x01boot.efi\0octet\0");
+        assert_eq!(plain[..11], hpa[..11]);
+    }
+
+    #[test]
+    fn oack_acceptance_rules() {
+        assert!(within(Some(512u16), Some(1468)));
+        assert!(!within(Some(1469u16), Some(1468)), "larger than asked");
+        assert!(!within(Some(8u16), None), "not asked");
+        assert!(within::<u16>(None, Some(1468)), "ignored is fine");
+    }
+}

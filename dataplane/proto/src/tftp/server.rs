@@ -282,3 +282,40 @@ impl<C: FileCatalog> TftpServer<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_mtu_sets_the_largest_block() {
+        assert_eq!(ServerConfig::for_path_mtu(1500).max_blksize, 1468);
+        assert_eq!(ServerConfig::for_path_mtu(9000).max_blksize, 8968);
+        assert_eq!(ServerConfig::for_path_mtu(20).max_blksize, MIN_BLKSIZE);
+        assert_eq!(
+            ServerConfig::for_path_mtu(u16::MAX).max_blksize,
+            MAX_BLKSIZE
+        );
+    }
+
+    #[test]
+    fn refusals_have_codes_and_labels() {
+        let all = [
+            Refusal::FileNotFound,
+            Refusal::PathRejected(PathRejection::ParentDir),
+            Refusal::NotServable(OpenError::OutsideRoot),
+            Refusal::NotServable(OpenError::NotAFile),
+            Refusal::Unreadable,
+            Refusal::WriteRequest,
+            Refusal::UnsupportedMode,
+            Refusal::Malformed(WireError::Unterminated),
+        ];
+        let labels: std::collections::HashSet<_> = all.iter().map(Refusal::as_str).collect();
+        assert_eq!(labels.len(), all.len(), "labels are distinct");
+        for reason in PathRejection::ALL {
+            let refusal = Refusal::PathRejected(reason);
+            assert!(refusal.as_str().ends_with(reason.as_str()), "{refusal:?}");
+            assert_eq!(refusal.code(), ErrorCode::AccessViolation);
+        }
+    }
+}

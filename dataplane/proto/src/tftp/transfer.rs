@@ -499,3 +499,68 @@ pub(crate) fn emit_error(buf: &mut [u8], code: ErrorCode, message: &[u8]) -> Opt
     let repr = Repr::Error { code, message };
     (buf.len() >= repr.buffer_len()).then(|| repr.emit(buf))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(len: usize, blksize: u16) -> TftpTransfer {
+        TftpTransfer::new(
+            Instant::now(),
+            "198.18.0.2:50000".parse().expect("address"),
+            Bytes::from(vec![7u8; len]),
+            TransferParams {
+                blksize,
+                windowsize: 1,
+                timeout: Duration::from_secs(1),
+                netascii: false,
+                oack: OptionSet::default(),
+            },
+            TransferLimits::default(),
+        )
+    }
+
+    #[test]
+    fn last_block_is_short_or_empty() {
+        assert_eq!(
+            transfer(0, 512).last_block,
+            1,
+            "empty file: one empty block"
+        );
+        assert_eq!(transfer(511, 512).last_block, 1);
+        assert_eq!(
+            transfer(512, 512).last_block,
+            2,
+            "exact multiple: empty block ends it"
+        );
+        assert_eq!(transfer(1025, 512).last_block, 3);
+    }
+
+    #[test]
+    fn data_is_written_straight_into_the_lent_buffer() {
+        let now = Instant::now();
+        let mut t = transfer(600, 512);
+        assert_eq!(
+            t.poll_transmit(now, &mut [0u8; 515]),
+            None,
+            "buffer too small"
+        );
+        let mut buf = [0u8; 516];
+        let tx = t.poll_transmit(now, &mut buf).expect("DATA 1");
+        assert_eq!(tx.len, 516);
+        assert_eq!(&buf[..4], b"\0\x03\0\x01");
+        assert!(buf[4..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn backoff_caps() {
+        let mut t = transfer(10, 512);
+        let rtos: Vec<_> = (0..6)
+            .map(|retries| {
+                t.retries = retries;
+                t.rto().as_secs()
+            })
+            .collect();
+        assert_eq!(rtos, [1, 2, 4, 8, 8, 8]);
+    }
+}
