@@ -20,7 +20,12 @@ usage: cargo xtask <command>
 commands:
   setup   install every prerequisite (Debian packages, nightly rust-src, bpf-linker); idempotent
   test    setup, then cargo fmt --check, clippy -D warnings, and every test of the workspace
-  demo    setup, then a lab where `stampede serve` watches real DHCP/TFTP/HTTP clients";
+  demo    setup, then a lab where `stampede serve` watches real DHCP/TFTP/HTTP clients
+  fuzz [TARGET] [SECONDS]
+          setup, then run one fuzz target (or all) for SECONDS each (default 300)
+
+environment:
+  STAMPEDE_FUZZ_SECONDS  seconds per fuzz target in `cargo xtask test` (default 10; 0 skips)";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +33,7 @@ fn main() -> std::process::ExitCode {
         Some("setup") => setup::run(),
         Some("test") => setup::run().and_then(|()| test(&args[1..])),
         Some("demo") => setup::run().and_then(|()| demo::run()),
+        Some("fuzz") => setup::run().and_then(|()| fuzz(&args[1..])),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -97,5 +103,85 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // The eBPF program crate only builds for the BPF target (dataplane/build.rs does that).
     test.args(["test", "--workspace", "--exclude", "stampede-ebpf"]);
     test.args(extra.iter().skip_while(|a| *a == "--"));
-    run(test)
+    run(test)?;
+
+    // A short run of every fuzz target from its checked-in corpus: catches regressions in the
+    // parsers' no-panic and round-trip guarantees. Longer runs: `cargo xtask fuzz`.
+    let seconds: u64 = match std::env::var("STAMPEDE_FUZZ_SECONDS") {
+        Ok(v) => v
+            .parse()
+            .context("STAMPEDE_FUZZ_SECONDS must be a whole number")?,
+        Err(_) => 10,
+    };
+    if seconds == 0 {
+        eprintln!("xtask: fuzzing skipped (STAMPEDE_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    for target in fuzz_targets()? {
+        fuzz_run(&target, seconds)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask fuzz [TARGET] [SECONDS]`.
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    let targets = match args.first() {
+        Some(target) => vec![target.clone()],
+        None => fuzz_targets()?,
+    };
+    let seconds = match args.get(1) {
+        Some(s) => s.parse().context("SECONDS must be a whole number")?,
+        None => 300,
+    };
+    for target in targets {
+        fuzz_run(&target, seconds)?;
+    }
+    Ok(())
+}
+
+fn fuzz_targets() -> anyhow::Result<Vec<String>> {
+    let out = cargo()
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(workspace_root().join("fuzz"))
+        .output()
+        .context("cargo fuzz list")?;
+    if !out.status.success() {
+        bail!(
+            "cargo fuzz list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Runs one target for `seconds`. New inputs go to a scratch directory, so the checked-in corpus
+/// (read-only here) only changes when someone decides to add to it.
+fn fuzz_run(target: &str, seconds: u64) -> anyhow::Result<()> {
+    let scratch =
+        std::env::temp_dir().join(format!("stampede-fuzz-{}-{target}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let corpus = workspace_root().join("fuzz/corpus").join(target);
+    let mut command = cargo();
+    command
+        .args(["+nightly", "fuzz", "run", target])
+        .arg(&scratch)
+        .arg(&corpus)
+        .args(["--", &format!("-max_total_time={seconds}")]);
+    command.current_dir(workspace_root().join("fuzz"));
+    let shown = format!("{command:?}");
+    eprintln!("xtask: $ {shown}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting {shown}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    if !status?.success() {
+        bail!(
+            "fuzz target {target} failed: the crashing input is in fuzz/artifacts/{target}/; \
+             reproduce with `cd fuzz && cargo +nightly fuzz run {target} <file>`"
+        );
+    }
+    Ok(())
 }

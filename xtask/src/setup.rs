@@ -29,6 +29,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "a real HTTP client in the demo"),
 ];
 
+/// cargo-fuzz release used for the fuzz targets in `fuzz/` (builds with stable 1.95).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// bpf-linker release known to build against Debian's LLVM 22 with this machine's stable Rust.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -38,6 +41,7 @@ pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     rust_toolchains()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     eprintln!("xtask: setup complete in {:.1?}", start.elapsed());
     Ok(())
 }
@@ -176,4 +180,25 @@ fn bpf_linker() -> anyhow::Result<()> {
         "bpf-linker could not be built; it needs Debian's llvm-22-dev, libpolly-22-dev, \
          libzstd-dev and zlib1g-dev (installed above) and crates.io",
     )
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if let Ok(out) = output("cargo", &["fuzz", "--version"])
+        && String::from_utf8_lossy(&out.stdout).trim() == format!("cargo-fuzz {CARGO_FUZZ_VERSION}")
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (the fuzz targets in fuzz/)"
+    );
+    let mut install = crate::cargo();
+    install.args([
+        "install",
+        "--locked",
+        "--force",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]);
+    crate::run(install).context("cargo-fuzz could not be installed from crates.io")
 }

@@ -338,6 +338,10 @@ impl Repr {
         if overload.sname {
             reader.read(packet.sname())?;
         }
+        // Option 52 is structural and only means something in the options area (RFC 2132
+        // §9.3): one found inside `file` or `sname` is discarded, never kept as a raw option,
+        // or emitting it into the options area would change what the message means.
+        let _ = reader.take(OptionCode::Overload);
         let mut chaddr = [0u8; 16];
         chaddr.copy_from_slice(packet.chaddr());
         Ok(Self {
@@ -576,5 +580,19 @@ mod tests {
         assert_eq!(r.options.hostname.as_deref(), Some(&b"abc"[..]));
         assert_eq!(r.options.vendor_class.as_deref(), Some(&b"PXE"[..]));
         assert!(r.file.is_empty() && r.sname.is_empty());
+    }
+
+    /// Found by the `dhcp_message` fuzz target: an option 52 inside the overloaded `file` field
+    /// was kept as a raw option and re-emitted into the options area, changing the message.
+    #[test]
+    fn overload_option_inside_file_is_discarded() {
+        let bytes = include_bytes!("../../fixtures/dhcp/fuzz/overload-inside-file.bin");
+        let first = Repr::parse_bytes(bytes).expect("parses");
+        assert!(
+            first.options.other.iter().all(|(code, _)| *code != 52),
+            "option 52 kept raw: {:?}",
+            first.options.other
+        );
+        assert!(crate::dhcp::roundtrip_check(bytes));
     }
 }

@@ -1,0 +1,8 @@
+//! DHCP messages: parsing never panics, and parse(emit(parse(x))) == parse(x).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    stampede_proto::dhcp::roundtrip_check(data);
+});
