@@ -140,8 +140,8 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn fuzz_targets() -> anyhow::Result<Vec<String>> {
-    let out = cargo()
-        .args(["+nightly", "fuzz", "list"])
+    let out = cargo_fuzz()
+        .arg("list")
         .current_dir(workspace_root().join("fuzz"))
         .output()
         .context("cargo fuzz list")?;
@@ -157,6 +157,14 @@ fn fuzz_targets() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// `cargo fuzz` on the nightly toolchain. Through `rustup run` because `$CARGO` (what
+/// `cargo xtask` runs under) is the stable toolchain's own cargo, which knows no `+nightly`.
+fn cargo_fuzz() -> Command {
+    let mut command = Command::new("rustup");
+    command.args(["run", "nightly", "cargo", "fuzz"]);
+    command
+}
+
 /// Runs one target for `seconds`. New inputs go to a scratch directory, so the checked-in corpus
 /// (read-only here) only changes when someone decides to add to it.
 fn fuzz_run(target: &str, seconds: u64) -> anyhow::Result<()> {
@@ -164,9 +172,9 @@ fn fuzz_run(target: &str, seconds: u64) -> anyhow::Result<()> {
         std::env::temp_dir().join(format!("stampede-fuzz-{}-{target}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let corpus = workspace_root().join("fuzz/corpus").join(target);
-    let mut command = cargo();
+    let mut command = cargo_fuzz();
     command
-        .args(["+nightly", "fuzz", "run", target])
+        .args(["run", target])
         .arg(&scratch)
         .arg(&corpus)
         .args(["--", &format!("-max_total_time={seconds}")]);
@@ -180,7 +188,7 @@ fn fuzz_run(target: &str, seconds: u64) -> anyhow::Result<()> {
     if !status?.success() {
         bail!(
             "fuzz target {target} failed: the crashing input is in fuzz/artifacts/{target}/; \
-             reproduce with `cd fuzz && cargo +nightly fuzz run {target} <file>`"
+             reproduce with `cd fuzz && rustup run nightly cargo fuzz run {target} <file>`"
         );
     }
     Ok(())
