@@ -186,10 +186,10 @@ impl BootRoot {
             .map_err(|e| open_error(&e))?;
         // A directory on the path could have been swapped for a symlink between canonicalize and
         // open; the kernel's own name for the open file settles where we really are.
-        if let Ok(actual) = fs::read_link(format!("/proc/self/fd/{}", fd_number(&file))) {
-            if !actual.starts_with(&self.inner.root) {
-                return Err(OpenError::OutsideRoot);
-            }
+        if let Ok(actual) = fs::read_link(format!("/proc/self/fd/{}", fd_number(&file)))
+            && !actual.starts_with(&self.inner.root)
+        {
+            return Err(OpenError::OutsideRoot);
         }
         let mut meta = file.metadata().map_err(|e| open_error(&e))?;
         if !meta.is_file() {
@@ -197,18 +197,18 @@ impl BootRoot {
         }
         for _ in 0..LOAD_ATTEMPTS {
             let identity = FileIdentity::of(&meta);
-            if let Some(cached) = self.read_cache().get(canonical) {
-                if cached.identity == identity {
-                    return Ok(cached.file.clone());
-                }
+            if let Some(cached) = self.read_cache().get(canonical)
+                && cached.identity == identity
+            {
+                return Ok(cached.file.clone());
             }
-            if let Some(limit) = self.max_file_size {
-                if identity.size > limit {
-                    return Err(OpenError::Unreadable(format!(
-                        "file is {} bytes, over the {limit}-byte limit",
-                        identity.size
-                    )));
-                }
+            if let Some(limit) = self.max_file_size
+                && identity.size > limit
+            {
+                return Err(OpenError::Unreadable(format!(
+                    "file is {} bytes, over the {limit}-byte limit",
+                    identity.size
+                )));
             }
             self.inner.loads.fetch_add(1, Ordering::Relaxed);
             let data = read_all(&file, identity.size).map_err(|e| open_error(&e))?;
