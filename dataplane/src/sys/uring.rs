@@ -353,8 +353,11 @@ impl BufRing {
     /// Writes buffer `bid` into the next ring slot (not yet visible to the kernel).
     fn push(&mut self, bid: u16) {
         let slot = usize::from(self.tail & (self.count - 1));
-        // SAFETY: `slot < count`, so the entry is inside the mapping; the kernel only reads
-        // entries between its head and the published tail, and this slot is past the tail.
+        // SAFETY: `slot < count`, so the entry is inside the mapping. The kernel only reads
+        // entries between its head and the published tail. Each buffer id is in the ring at most
+        // once and the ring has one slot per buffer; we are pushing a buffer the kernel gave back
+        // (or filling the ring before registering it), so at most count-1 entries are published
+        // and the slot at our tail is not among them.
         let entry = unsafe { &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot) };
         entry.set_addr(self.buffer_ptr(bid) as u64);
         entry.set_len(self.size);
@@ -1424,6 +1427,12 @@ mod tests {
             "the datagram that fits arrives whole"
         );
         assert_eq!(worker.stats().truncated, 1, "{:?}", worker.stats());
+    }
+
+    #[test]
+    fn worker_can_move_to_its_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<UdpWorker>();
     }
 
     #[test]
