@@ -714,6 +714,10 @@ impl UdpWorker {
 
     /// Queues one datagram; it is submitted by the next [`run_once`](Self::run_once) (or
     /// [`flush`](Self::flush)). The payload is kept until the kernel reports the send done.
+    ///
+    /// There is no cap on sends in flight: UDP sends on a local socket complete as soon as the
+    /// kernel has queued them, so the slab stays about one batch large. A caller that produces
+    /// faster than the NIC drains can watch [`sends_in_flight`](Self::sends_in_flight).
     pub fn send_to(
         &mut self,
         destination: SocketAddr,
