@@ -2,8 +2,21 @@
 //!
 //! - [`xdp`]: loads the XDP classifier built from `ebpf/xdp`, attaches it, reads its counters, and
 //!   runs it on crafted frames with `BPF_PROG_TEST_RUN`.
+//! - [`store`]: boot files from a served directory and a content-addressed store, read once and
+//!   shared by every transfer.
+//! - [`sys`]: the only place with `unsafe`: io_uring rings and their buffers.
 //! - [`proto`]: the sans-IO protocol cores (DHCP, TFTP, HTTP, iPXE), re-exported.
 
+pub mod store;
+// The syscall layer: io_uring submission and the memory the kernel writes into cannot be expressed
+// in safe Rust. Every unsafe block inside carries a `// SAFETY:` comment
+// (`clippy::undocumented_unsafe_blocks`); everything outside `sys` stays unsafe-free (the crate
+// denies `unsafe_code`).
+#[expect(
+    unsafe_code,
+    reason = "io_uring ring memory and SQE submission need unsafe; confined to this module"
+)]
+pub mod sys;
 pub mod xdp;
 
 pub use stampede_proto as proto;

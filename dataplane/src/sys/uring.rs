@@ -1,0 +1,1500 @@
+//! One io_uring per worker thread, driving a UDP socket for the sans-IO protocol cores.
+//!
+//! The shape follows tokio-rs/io-uring and monoio: building a submission entry is safe; pushing
+//! it is the one `unsafe` point, because whatever it points at (a `msghdr`, a payload, a
+//! `timespec`, the provided buffers) must stay valid until the kernel posts the completion. Here
+//! every such thing is owned by the [`UdpWorker`] and kept until its completion arrives (also
+//! when the operation is cancelled), and dropping a worker cancels and drains its operations
+//! before freeing any memory.
+//!
+//! Receiving uses one multishot `IORING_OP_RECVMSG` (kernel 6.0, commit 9bb66906f23e
+//! "io_uring: support multishot in recvmsg") drawing from a provided-buffer ring
+//! (`IORING_REGISTER_PBUF_RING`, 5.19, commit c7fb19428d67 "io_uring: add support for ring mapped
+//! supplied buffers"): the kernel picks a buffer per datagram and writes an
+//! `io_uring_recvmsg_out` header, the source address and the payload into it; we hand the buffer
+//! back to the ring once the datagram has been handled. See io_uring_register_buf_ring(3) and
+//! io_uring_prep_recvmsg_multishot(3).
+use std::{
+    collections::VecDeque,
+    io,
+    mem::ManuallyDrop,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU16, Ordering},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use io_uring::{
+    IoUring, cqueue, opcode,
+    register::Probe,
+    squeue,
+    types::{self, BufRingEntry, Timespec},
+};
+
+/// Errors from the ring.
+#[derive(Debug, thiserror::Error)]
+pub enum UringError {
+    /// The kernel lacks operations the engine cannot work without; every missing one is named.
+    #[error("this kernel's io_uring lacks {}", missing.join(", "))]
+    Unsupported { missing: Vec<&'static str> },
+    #[error("{op}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid worker configuration: {0}")]
+    Config(&'static str),
+}
+
+impl UringError {
+    fn io(op: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |source| Self::Io { op, source }
+    }
+}
+
+/// What this kernel's io_uring can do, found by [`probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    pub recvmsg: bool,
+    /// Multishot `RECVMSG` with provided buffers (6.0), checked by receiving a datagram.
+    pub recvmsg_multishot: bool,
+    pub sendmsg: bool,
+    pub recv: bool,
+    pub send: bool,
+    pub accept: bool,
+    /// Multishot `ACCEPT` (5.19), checked by accepting a connection.
+    pub accept_multishot: bool,
+    pub splice: bool,
+    pub timeout: bool,
+    pub timeout_remove: bool,
+    pub async_cancel: bool,
+    pub provide_buffers: bool,
+    /// `IORING_REGISTER_PBUF_RING` (5.19), checked by registering one.
+    pub buf_ring: bool,
+    /// Zero-copy send (6.0). Optional: the engine falls back to plain send without it.
+    pub send_zc: bool,
+    /// Zero-copy sendmsg (6.1). Optional, like `send_zc`.
+    pub sendmsg_zc: bool,
+}
+
+impl Capabilities {
+    /// Names of the required capabilities that are missing; empty when the engine can run.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let required = [
+            (self.recvmsg, "RecvMsg"),
+            (self.recvmsg_multishot, "RecvMsg (multishot)"),
+            (self.sendmsg, "SendMsg"),
+            (self.recv, "Recv"),
+            (self.send, "Send"),
+            (self.accept, "Accept"),
+            (self.accept_multishot, "Accept (multishot)"),
+            (self.splice, "Splice"),
+            (self.timeout, "Timeout"),
+            (self.timeout_remove, "TimeoutRemove"),
+            (self.async_cancel, "AsyncCancel"),
+            (self.provide_buffers, "ProvideBuffers"),
+            (
+                self.buf_ring,
+                "buffer ring registration (IORING_REGISTER_PBUF_RING)",
+            ),
+        ];
+        required
+            .into_iter()
+            .filter(|(present, _)| !present)
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// Names of the optional capabilities that are missing (the engine degrades without them).
+    pub fn missing_optional(&self) -> Vec<&'static str> {
+        [(self.send_zc, "SendZc"), (self.sendmsg_zc, "SendMsgZc")]
+            .into_iter()
+            .filter(|(present, _)| !present)
+            .map(|(_, name)| name)
+            .collect()
+    }
+}
+
+/// Checks at start-up that this kernel's io_uring has everything the engine needs.
+///
+/// Opcodes come from `IORING_REGISTER_PROBE`; what an opcode probe cannot show (multishot flags,
+/// buffer-ring registration) is checked by doing it once on loopback: a buffer ring is registered,
+/// a UDP datagram sent to ourselves on 127.0.0.1 is received through multishot recvmsg, and a TCP
+/// connection to ourselves is accepted through multishot accept.
+pub fn probe() -> Result<Capabilities, UringError> {
+    let ring = IoUring::new(8).map_err(UringError::io(
+        "creating an io_uring (is io_uring disabled by the kernel.io_uring_disabled sysctl?)",
+    ))?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(UringError::io("IORING_REGISTER_PROBE"))?;
+    let has = |code: u8| probe.is_supported(code);
+    let mut caps = Capabilities {
+        recvmsg: has(opcode::RecvMsg::CODE),
+        sendmsg: has(opcode::SendMsg::CODE),
+        recv: has(opcode::Recv::CODE),
+        send: has(opcode::Send::CODE),
+        accept: has(opcode::Accept::CODE),
+        splice: has(opcode::Splice::CODE),
+        timeout: has(opcode::Timeout::CODE),
+        timeout_remove: has(opcode::TimeoutRemove::CODE),
+        async_cancel: has(opcode::AsyncCancel::CODE),
+        provide_buffers: has(opcode::ProvideBuffers::CODE),
+        send_zc: has(opcode::SendZc::CODE),
+        sendmsg_zc: has(opcode::SendMsgZc::CODE),
+        ..Capabilities::default()
+    };
+    drop(ring);
+
+    caps.buf_ring = BufRing::new(2, 64)
+        .and_then(|bufs| {
+            let ring = IoUring::new(2)?;
+            bufs.register(&ring, 0)?;
+            ring.submitter().unregister_buf_ring(0)
+        })
+        .is_ok();
+    if caps.buf_ring && caps.recvmsg && caps.timeout && caps.async_cancel {
+        caps.recvmsg_multishot = probe_recvmsg_multishot().is_ok();
+    }
+    if caps.accept && caps.async_cancel {
+        caps.accept_multishot = probe_accept_multishot().unwrap_or(false);
+    }
+    let missing = caps.missing();
+    if missing.is_empty() {
+        Ok(caps)
+    } else {
+        Err(UringError::Unsupported { missing })
+    }
+}
+
+fn probe_recvmsg_multishot() -> Result<(), UringError> {
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let socket = UdpSocket::bind(loopback).map_err(UringError::io("binding probe socket"))?;
+    let address = socket
+        .local_addr()
+        .map_err(UringError::io("probe socket address"))?;
+    let sender = UdpSocket::bind(loopback).map_err(UringError::io("binding probe socket"))?;
+    let config = UdpWorkerConfig {
+        ring_entries: 8,
+        buffer_count: 2,
+        buffer_size: 256,
+        ..UdpWorkerConfig::default()
+    };
+    let mut worker = UdpWorker::new(socket, config)?;
+    sender
+        .send_to(b"probe", address)
+        .map_err(UringError::io("sending probe datagram"))?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut got = false;
+    while !got && Instant::now() < deadline {
+        worker.run_once(Some(deadline), |d, _| got |= d.payload == b"probe")?;
+    }
+    if got {
+        Ok(())
+    } else {
+        Err(UringError::Unsupported {
+            missing: vec!["RecvMsg (multishot)"],
+        })
+    }
+}
+
+/// Arms a multishot accept on a loopback listener and connects to it once. A kernel without
+/// `IORING_ACCEPT_MULTISHOT` fails the request with `EINVAL`.
+fn probe_accept_multishot() -> io::Result<bool> {
+    const ACCEPT: u64 = 1;
+    const CANCEL: u64 = 2;
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let mut ring = IoUring::new(4)?;
+    let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+        .build()
+        .user_data(ACCEPT);
+    // SAFETY: multishot accept points at no user memory (no address buffer); the listener fd
+    // outlives the request because the ring is dropped (cancelling the request) before it.
+    unsafe { push_entry(&mut ring, &accept)? };
+    ring.submit()?;
+    let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| io::Error::other("no accept completion"))?;
+    if cqe.result() < 0 {
+        // EINVAL: the kernel does not know IORING_ACCEPT_MULTISHOT. The request is over.
+        return Ok(false);
+    }
+    // SAFETY: a non-negative accept result is a new file descriptor the kernel gave us and
+    // nobody else owns; OwnedFd closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
+    if !cqueue::more(cqe.flags()) {
+        return Ok(false);
+    }
+    let cancel = opcode::AsyncCancel::new(ACCEPT).build().user_data(CANCEL);
+    // SAFETY: async cancel refers to no memory.
+    unsafe { push_entry(&mut ring, &cancel)? };
+    // The cancel's completion and the accept's final one (ECANCELED).
+    ring.submit_and_wait(2)?;
+    Ok(true)
+}
+
+/// Pushes one entry, submitting to make room when the queue is full.
+///
+/// # Safety
+/// Everything `entry` points at must stay valid until its completion is reaped.
+unsafe fn push_entry(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+    loop {
+        // SAFETY: forwarded from the caller's contract.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+}
+
+/// An anonymous private mapping, unmapped on drop. Page-aligned, as the buffer ring requires.
+#[derive(Debug)]
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing aliases no
+        // existing memory; the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave 0"))?;
+        Ok(Self { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe a mapping we created and nothing borrows any more (its
+        // owners only drop it after the kernel is done with it).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is plain memory owned by this value; moving it to another thread moves
+// that ownership.
+unsafe impl Send for Mapping {}
+
+/// A provided-buffer ring: `count` buffers of `size` bytes, and the ring of `io_uring_buf`
+/// entries through which they are lent to the kernel.
+///
+/// Each buffer is either lent to the kernel (its entry published in the ring) or held by us
+/// (its id came back in a completion). Ring entries equal buffers in number, so the ring can
+/// never overflow.
+#[derive(Debug)]
+struct BufRing {
+    entries: Mapping,
+    buffers: Mapping,
+    count: u16,
+    size: u32,
+    /// Our copy of the tail: entries below it are published.
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(count: u16, size: u32) -> io::Result<Self> {
+        if !count.is_power_of_two() || count > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two up to 32768",
+            ));
+        }
+        let entries = Mapping::new(usize::from(count) * size_of::<BufRingEntry>())?;
+        let buffers = Mapping::new(usize::from(count) * size as usize)?;
+        let mut ring = Self {
+            entries,
+            buffers,
+            count,
+            size,
+            tail: 0,
+        };
+        for bid in 0..count {
+            ring.push(bid);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    /// Registers the ring with `ring` as buffer group `group`.
+    fn register(&self, ring: &IoUring, group: u16) -> io::Result<()> {
+        // SAFETY: the entry memory is a page-aligned mapping of `count` entries that lives as
+        // long as `self`; every owner of a registered BufRing drops the io_uring (which
+        // unregisters it) before the BufRing.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                self.entries.ptr.as_ptr() as u64,
+                self.count,
+                group,
+                0,
+            )
+        }
+    }
+
+    /// Writes buffer `bid` into the next ring slot (not yet visible to the kernel).
+    fn push(&mut self, bid: u16) {
+        let slot = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `slot < count`, so the entry is inside the mapping. The kernel only reads
+        // entries between its head and the published tail. Each buffer id is in the ring at most
+        // once and the ring has one slot per buffer; we are pushing a buffer the kernel gave back
+        // (or filling the ring before registering it), so at most count-1 entries are published
+        // and the slot at our tail is not among them.
+        let entry = unsafe { &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot) };
+        entry.set_addr(self.buffer_ptr(bid) as u64);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes pushed entries visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail field overlays the `resv` of entry 0 (io_uring_buf_ring's layout);
+        // it is a u16 aligned to 2, which is all AtomicU16 needs, and the kernel only reads it.
+        let tail = unsafe {
+            &*BufRingEntry::tail(self.entries.ptr.as_ptr().cast::<BufRingEntry>())
+                .cast::<AtomicU16>()
+        };
+        // Release: the entries written before must be visible before the new tail is
+        // (io_uring_buf_ring_advance uses a store-release for the same reason).
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    fn buffer_ptr(&self, bid: u16) -> *mut u8 {
+        // SAFETY: bid < count, so the offset is inside the buffers mapping.
+        unsafe {
+            self.buffers
+                .ptr
+                .as_ptr()
+                .add(usize::from(bid) * self.size as usize)
+        }
+    }
+
+    /// The first `len` bytes of buffer `bid`, which the kernel has handed back to us.
+    fn filled(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(bid < self.count, "kernel returned unknown buffer id {bid}");
+        let len = len.min(self.size as usize);
+        // SAFETY: the buffer is inside the mapping (bid < count, len <= size); the kernel
+        // returned it in a completion and does not write it again until we recycle it, which
+        // needs `&mut self` and so cannot happen while this borrow lives.
+        unsafe { std::slice::from_raw_parts(self.buffer_ptr(bid), len) }
+    }
+
+    /// Lends buffer `bid` back to the kernel.
+    fn recycle(&mut self, bid: u16) {
+        self.push(bid);
+        self.publish();
+    }
+}
+
+/// Space for the source address in each received buffer: a `sockaddr_in6` holds either family.
+const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
+
+/// `CMSG_SPACE(sizeof(u32))` for the `SO_RXQ_OVFL` drop counter.
+const CONTROL_LEN: usize = cmsg_align(size_of::<libc::cmsghdr>()) + cmsg_align(size_of::<u32>());
+
+const fn cmsg_align(len: usize) -> usize {
+    (len + size_of::<usize>() - 1) & !(size_of::<usize>() - 1)
+}
+
+/// Bytes of each received buffer taken before the payload.
+const RECV_HEADER_LEN: usize = RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN;
+
+/// `struct io_uring_recvmsg_out`: four u32s (include/uapi/linux/io_uring.h).
+const RECVMSG_OUT_LEN: usize = 16;
+
+/// Tuning of one worker. Defaults are sized for one core serving TFTP/DHCP on a 1500-byte MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpWorkerConfig {
+    /// Submission queue entries; the completion queue gets four times as many, since one
+    /// multishot receive posts many completions. 256 covers a batch of replies per wakeup.
+    pub ring_entries: u32,
+    /// Receive buffers (a power of two, at most 32768). 1024 absorbs a burst of 1024 datagrams
+    /// between two wakeups; beyond that the socket's receive queue holds them.
+    pub buffer_count: u16,
+    /// Bytes per receive buffer, including the 16-byte `io_uring_recvmsg_out` header, the source
+    /// address and control data ([`UdpWorkerConfig::max_payload`] says what is left). 2048 fits
+    /// a full 1500-byte frame.
+    pub buffer_size: u32,
+    /// Buffer group id of this worker's buffer ring (unique per ring).
+    pub buffer_group: u16,
+}
+
+impl Default for UdpWorkerConfig {
+    fn default() -> Self {
+        Self {
+            ring_entries: 256,
+            buffer_count: 1024,
+            buffer_size: 2048,
+            buffer_group: 0,
+        }
+    }
+}
+
+impl UdpWorkerConfig {
+    /// Largest payload received whole; longer datagrams are dropped as truncated.
+    pub fn max_payload(&self) -> usize {
+        (self.buffer_size as usize).saturating_sub(RECV_HEADER_LEN)
+    }
+}
+
+/// One datagram, borrowed from a receive buffer for the duration of the callback.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub source: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+/// Replies collected while handling a batch; sent when the batch is done.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    datagrams: Vec<(SocketAddr, Bytes)>,
+}
+
+impl Outbox {
+    pub fn send_to(&mut self, destination: SocketAddr, payload: impl Into<Bytes>) {
+        self.datagrams.push((destination, payload.into()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+}
+
+/// Counters of one worker, cumulative since it started. Every drop has its own counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub received: u64,
+    pub sent: u64,
+    /// Sends the kernel failed (the completion's errno); the datagram is lost.
+    pub send_errors: u64,
+    /// Times the multishot receive ended and was re-armed.
+    pub recv_rearms: u64,
+    /// Of those, times it ended because every buffer was in use (`ENOBUFS`). Datagrams are not
+    /// lost by this: they wait in the socket's receive queue until the receive is re-armed.
+    pub buffer_exhaustions: u64,
+    /// Datagrams larger than a buffer, dropped.
+    pub truncated: u64,
+    /// Datagrams whose source address could not be read, dropped.
+    pub bad_source: u64,
+    /// The kernel's count of datagrams dropped because the socket's receive queue was full
+    /// (`SO_RXQ_OVFL`), as of the last datagram received.
+    pub kernel_drops: u64,
+}
+
+/// What one [`UdpWorker::run_once`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub received: usize,
+    pub sent: usize,
+    /// The deadline passed (the timeout SQE fired, or it was already past).
+    pub timer_fired: bool,
+}
+
+/// A `sendmsg` in flight: the payload, address and headers the kernel reads, kept at a stable
+/// heap address until the completion.
+struct SendOp {
+    _payload: Bytes,
+    name: SockAddrBytes,
+    iov: libc::iovec,
+    msg: libc::msghdr,
+}
+
+// SAFETY: the raw pointers in `iov` and `msg` point into this same boxed value and into the
+// `Bytes` it owns, so moving the box (with the worker) to another thread keeps them valid.
+unsafe impl Send for SendOp {}
+
+impl std::fmt::Debug for SendOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendOp")
+            .field("len", &self.iov.iov_len)
+            .finish()
+    }
+}
+
+/// A socket address in kernel layout.
+#[repr(C, align(8))]
+#[derive(Debug, Clone, Copy)]
+struct SockAddrBytes {
+    bytes: [u8; NAME_LEN],
+    len: u32,
+}
+
+impl SockAddrBytes {
+    fn new(address: SocketAddr) -> Self {
+        let mut bytes = [0u8; NAME_LEN];
+        let len = match address {
+            SocketAddr::V4(a) => {
+                bytes[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+                bytes[2..4].copy_from_slice(&a.port().to_be_bytes());
+                bytes[4..8].copy_from_slice(&a.ip().octets());
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                bytes[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+                bytes[2..4].copy_from_slice(&a.port().to_be_bytes());
+                bytes[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
+                bytes[8..24].copy_from_slice(&a.ip().octets());
+                bytes[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        Self {
+            bytes,
+            len: len as u32,
+        }
+    }
+
+    /// Reads a `sockaddr_in`/`sockaddr_in6` as the kernel wrote it.
+    fn parse(bytes: &[u8]) -> Option<SocketAddr> {
+        let family = i32::from(u16::from_ne_bytes(bytes.get(0..2)?.try_into().ok()?));
+        let port = u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?);
+        if family == libc::AF_INET {
+            let ip: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
+            Some(SocketAddrV4::new(Ipv4Addr::from(ip), port).into())
+        } else if family == libc::AF_INET6 {
+            let flowinfo = u32::from_be_bytes(bytes.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = bytes.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(bytes.get(24..28)?.try_into().ok()?);
+            Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope).into())
+        } else {
+            None
+        }
+    }
+}
+
+/// The `msghdr` of the multishot receive: only `msg_namelen` and `msg_controllen` matter (they
+/// size the regions of each buffer); the pointers stay null.
+struct RecvHeader(libc::msghdr);
+
+// SAFETY: the msghdr holds only null pointers.
+unsafe impl Send for RecvHeader {}
+
+// user_data tags. Sends use their slab index (below 2^32).
+const RECV: u64 = 1 << 63;
+const TIMER: u64 = 1 << 62;
+const CONTROL: u64 = 1 << 61;
+
+/// A pending timeout: its `timespec` is read when the SQE is prepared, but it stays boxed until
+/// the completion so that no submission path can outlive it.
+#[derive(Debug)]
+struct Timer {
+    generation: u64,
+    deadline: Instant,
+    _timespec: Box<Timespec>,
+    /// Still pending in the kernel (no completion yet).
+    armed: bool,
+    /// A TimeoutRemove was pushed for it.
+    removing: bool,
+}
+
+/// One worker's ring driving one UDP socket.
+///
+/// Drive it in a loop: [`run_once`](Self::run_once) waits for datagrams (or the deadline), hands
+/// each to a callback that may queue replies in an [`Outbox`], then submits the replies. A
+/// sans-IO core plugs in as `handle(now, datagram)` in the callback and `poll_transmit` into
+/// the outbox, with `poll_timeout` as the next deadline.
+pub struct UdpWorker {
+    // Field order is drop order: the ring goes first (after `Drop` has drained it), so the kernel
+    // holds no reference to the buffers, headers or payloads below when they are freed.
+    ring: IoUring,
+    /// Freed by `Drop` only once the kernel is done with it (leaked otherwise).
+    buffers: ManuallyDrop<BufRing>,
+    recv_header: Box<RecvHeader>,
+    sends: Vec<Option<Box<SendOp>>>,
+    free_sends: Vec<usize>,
+    timers: Vec<Timer>,
+    next_timer: u64,
+    /// Receive completions reaped but not yet handed to the callback (they own their buffers).
+    pending: VecDeque<(i32, u32)>,
+    recv_armed: bool,
+    control_in_flight: usize,
+    timer_fired: bool,
+    stats: WorkerStats,
+    config: UdpWorkerConfig,
+    socket: UdpSocket,
+}
+
+impl std::fmt::Debug for UdpWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpWorker")
+            .field("socket", &self.socket)
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .field("sends_in_flight", &self.sends_in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UdpWorker {
+    /// Takes over `socket` (bound by the caller) with a new ring and buffer ring.
+    pub fn new(socket: UdpSocket, config: UdpWorkerConfig) -> Result<Self, UringError> {
+        if config.max_payload() == 0 {
+            return Err(UringError::Config(
+                "buffer_size leaves no room for a payload after the recvmsg header",
+            ));
+        }
+        if !config.buffer_count.is_power_of_two() || config.buffer_count > 32768 {
+            return Err(UringError::Config(
+                "buffer_count must be a power of two, at most 32768 (io_uring_register_buf_ring(3))",
+            ));
+        }
+        if config.ring_entries == 0 {
+            return Err(UringError::Config("ring_entries must be at least 1"));
+        }
+        let ring = IoUring::builder()
+            .setup_cqsize(config.ring_entries.saturating_mul(4))
+            .build(config.ring_entries)
+            .map_err(UringError::io("creating the worker's io_uring"))?;
+        let buffers = BufRing::new(config.buffer_count, config.buffer_size)
+            .map_err(UringError::io("allocating receive buffers"))?;
+        buffers
+            .register(&ring, config.buffer_group)
+            .map_err(UringError::io("registering the buffer ring"))?;
+        enable_drop_counter(&socket).map_err(UringError::io("setting SO_RXQ_OVFL"))?;
+        // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_namelen = NAME_LEN as u32;
+        header.msg_controllen = CONTROL_LEN;
+        Ok(Self {
+            ring,
+            buffers: ManuallyDrop::new(buffers),
+            recv_header: Box::new(RecvHeader(header)),
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+            timers: Vec::new(),
+            next_timer: 0,
+            pending: VecDeque::new(),
+            recv_armed: false,
+            control_in_flight: 0,
+            timer_fired: false,
+            stats: WorkerStats::default(),
+            config,
+            socket,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        self.stats
+    }
+
+    pub fn config(&self) -> &UdpWorkerConfig {
+        &self.config
+    }
+
+    pub fn sends_in_flight(&self) -> usize {
+        self.sends.len() - self.free_sends.len()
+    }
+
+    /// Queues one datagram; it is submitted by the next [`run_once`](Self::run_once) (or
+    /// [`flush`](Self::flush)). The payload is kept until the kernel reports the send done.
+    ///
+    /// There is no cap on sends in flight: UDP sends on a local socket complete as soon as the
+    /// kernel has queued them, so the slab stays about one batch large. A caller that produces
+    /// faster than the NIC drains can watch [`sends_in_flight`](Self::sends_in_flight).
+    pub fn send_to(
+        &mut self,
+        destination: SocketAddr,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), UringError> {
+        let payload = payload.into();
+        let mut op = Box::new(SendOp {
+            iov: libc::iovec {
+                iov_base: payload.as_ptr().cast_mut().cast(),
+                iov_len: payload.len(),
+            },
+            _payload: payload,
+            name: SockAddrBytes::new(destination),
+            // SAFETY: msghdr is plain data; all-zero is a valid value, filled in below.
+            msg: unsafe { std::mem::zeroed() },
+        });
+        op.msg.msg_name = (&raw mut op.name.bytes).cast();
+        op.msg.msg_namelen = op.name.len;
+        op.msg.msg_iov = &raw mut op.iov;
+        op.msg.msg_iovlen = 1;
+        let msg_ptr = &raw const op.msg;
+        let index = match self.free_sends.pop() {
+            Some(i) => i,
+            None => {
+                self.sends.push(None);
+                self.sends.len() - 1
+            }
+        };
+        self.sends[index] = Some(op);
+        let entry = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), msg_ptr)
+            .build()
+            .user_data(index as u64);
+        // SAFETY: the msghdr, address, iovec and payload live in the boxed SendOp at
+        // `sends[index]`, which is only freed when this entry's completion is reaped (or after
+        // Drop has drained the ring); the socket lives as long as the worker.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Submits queued entries without waiting.
+    pub fn flush(&mut self) -> Result<(), UringError> {
+        self.submit(0)
+    }
+
+    /// Waits until at least one datagram arrives or `deadline` passes (forever if `None`), then
+    /// hands every received datagram to `on_datagram` and submits the replies it queued. Returns
+    /// without waiting if datagrams are already there. The wait is one `io_uring_enter`, woken by
+    /// the multishot receive or by the worker's timeout SQE armed at `deadline`.
+    ///
+    /// Each datagram's buffer goes back to the kernel as soon as its callback returns. The
+    /// multishot receive is re-armed whenever the kernel ends it (no `IORING_CQE_F_MORE`), e.g.
+    /// after running out of buffers.
+    pub fn run_once(
+        &mut self,
+        deadline: Option<Instant>,
+        mut on_datagram: impl FnMut(Received<'_>, &mut Outbox),
+    ) -> Result<RunReport, UringError> {
+        self.timer_fired = false;
+        self.arm_recv()?;
+        self.arm_timer(deadline)?;
+        let mut report = RunReport::default();
+        self.submit(0)?;
+        self.reap()?;
+        // Completions of sends and cancellations also wake us; keep waiting until there is a
+        // datagram (or a receive error) to handle or the deadline has passed.
+        while self.pending.is_empty() && !self.timer_fired {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.timer_fired = true;
+                break;
+            }
+            self.submit(1)?;
+            self.reap()?;
+        }
+        let mut outbox = Outbox::default();
+        while let Some((result, flags)) = self.pending.pop_front() {
+            self.handle_recv(result, flags, &mut outbox, &mut on_datagram, &mut report)?;
+        }
+        report.sent = outbox.len();
+        for (destination, payload) in outbox.datagrams {
+            self.send_to(destination, payload)?;
+        }
+        // A receive that ended is re-armed now rather than on the next call, so datagrams keep
+        // landing in buffers while the caller works.
+        self.arm_recv()?;
+        self.submit(0)?;
+        report.timer_fired = self.timer_fired;
+        Ok(report)
+    }
+
+    fn handle_recv(
+        &mut self,
+        result: i32,
+        flags: u32,
+        outbox: &mut Outbox,
+        on_datagram: &mut impl FnMut(Received<'_>, &mut Outbox),
+        report: &mut RunReport,
+    ) -> Result<(), UringError> {
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            if result >= 0 {
+                return Ok(());
+            }
+            // A failed receive selects no buffer. ENOBUFS: every buffer was in use; the
+            // datagram stays in the socket queue and the re-armed receive picks it up.
+            if -result == libc::ENOBUFS {
+                self.stats.buffer_exhaustions += 1;
+                return Ok(());
+            }
+            return Err(UringError::Io {
+                op: "multishot recvmsg",
+                source: io::Error::from_raw_os_error(-result),
+            });
+        };
+        let data = self
+            .buffers
+            .filled(bid, usize::try_from(result).unwrap_or(0));
+        match types::RecvMsgOut::parse(data, &self.recv_header.0) {
+            Ok(out) if out.is_payload_truncated() => self.stats.truncated += 1,
+            Ok(out) => {
+                if let Some(drops) = rxq_overflow(out.control_data()) {
+                    self.stats.kernel_drops = u64::from(drops);
+                }
+                match SockAddrBytes::parse(out.name_data()) {
+                    Some(source) => {
+                        self.stats.received += 1;
+                        report.received += 1;
+                        on_datagram(
+                            Received {
+                                source,
+                                payload: out.payload_data(),
+                            },
+                            outbox,
+                        );
+                    }
+                    None => self.stats.bad_source += 1,
+                }
+            }
+            // The kernel always writes the header; a short buffer means a config bug.
+            Err(()) => self.stats.truncated += 1,
+        }
+        self.buffers.recycle(bid);
+        Ok(())
+    }
+
+    fn arm_recv(&mut self) -> Result<(), UringError> {
+        if self.recv_armed {
+            return Ok(());
+        }
+        let entry = opcode::RecvMsgMulti::new(
+            types::Fd(self.socket.as_raw_fd()),
+            &raw const self.recv_header.0,
+            self.config.buffer_group,
+        )
+        .build()
+        .user_data(RECV);
+        // SAFETY: the msghdr is boxed in the worker and the buffer ring registered with it;
+        // both outlive the request, which Drop cancels and drains before freeing them.
+        unsafe { self.push(&entry)? };
+        self.recv_armed = true;
+        Ok(())
+    }
+
+    /// Keeps one timer armed at `deadline`, replacing a timer for another deadline.
+    fn arm_timer(&mut self, deadline: Option<Instant>) -> Result<(), UringError> {
+        let current = self
+            .timers
+            .iter()
+            .any(|t| t.armed && !t.removing && Some(t.deadline) == deadline);
+        if current {
+            return Ok(());
+        }
+        let stale: Vec<u64> = self
+            .timers
+            .iter_mut()
+            .filter(|t| t.armed && !t.removing)
+            .map(|t| {
+                t.removing = true;
+                t.generation
+            })
+            .collect();
+        for generation in stale {
+            let entry = opcode::TimeoutRemove::new(TIMER | generation)
+                .build()
+                .user_data(CONTROL);
+            // SAFETY: TimeoutRemove refers to no memory, only to a user_data value.
+            unsafe { self.push(&entry)? };
+            self.control_in_flight += 1;
+        }
+        let Some(deadline) = deadline else {
+            return Ok(());
+        };
+        let generation = self.next_timer;
+        self.next_timer += 1;
+        let timespec = Box::new(Timespec::from(
+            deadline.saturating_duration_since(Instant::now()),
+        ));
+        let entry = opcode::Timeout::new(&raw const *timespec)
+            .build()
+            .user_data(TIMER | generation);
+        self.timers.push(Timer {
+            generation,
+            deadline,
+            _timespec: timespec,
+            armed: true,
+            removing: false,
+        });
+        // SAFETY: the timespec is boxed in `self.timers` until the timeout's completion.
+        unsafe { self.push(&entry) }
+    }
+
+    /// # Safety
+    /// Everything `entry` points at must stay valid until its completion is reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), UringError> {
+        loop {
+            // SAFETY: forwarded from the caller's contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            // Full: hand what is queued to the kernel and try again.
+            self.submit(0)?;
+        }
+    }
+
+    /// Submits and, if `want > 0`, waits for that many completions.
+    fn submit(&mut self, want: usize) -> Result<(), UringError> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EBUSY: the completion queue overflowed and the kernel wants us to reap before
+                // it accepts more submissions (IORING_FEAT_NODROP, 5.5).
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap()?,
+                Err(e) => return Err(UringError::io("io_uring_enter")(e)),
+            }
+        }
+    }
+
+    /// Takes every completion off the queue: sends free their slot, timers update, receives are
+    /// queued for the callback.
+    fn reap(&mut self) -> Result<(), UringError> {
+        let completions: Vec<cqueue::Entry> = self.ring.completion().collect();
+        for cqe in completions {
+            let user_data = cqe.user_data();
+            let (result, flags) = (cqe.result(), cqe.flags());
+            if user_data == RECV {
+                if !cqueue::more(flags) {
+                    self.recv_armed = false;
+                    self.stats.recv_rearms += 1;
+                }
+                self.pending.push_back((result, flags));
+            } else if user_data & TIMER != 0 {
+                let generation = user_data & !TIMER;
+                if let Some(i) = self.timers.iter().position(|t| t.generation == generation) {
+                    let timer = self.timers.swap_remove(i);
+                    if -result == libc::ETIME && !timer.removing {
+                        self.timer_fired = true;
+                    }
+                }
+            } else if user_data == CONTROL {
+                self.control_in_flight -= 1;
+            } else {
+                let index = usize::try_from(user_data).unwrap_or(usize::MAX);
+                match self.sends.get_mut(index).and_then(Option::take) {
+                    Some(_op) => {
+                        self.free_sends.push(index);
+                        if result < 0 {
+                            self.stats.send_errors += 1;
+                        } else {
+                            self.stats.sent += 1;
+                        }
+                    }
+                    None => {
+                        return Err(UringError::Io {
+                            op: "reaping completions",
+                            source: io::Error::other(format!(
+                                "completion for unknown user_data {user_data:#x}"
+                            )),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.sends_in_flight()
+            + usize::from(self.recv_armed)
+            + self.timers.len()
+            + self.control_in_flight
+    }
+}
+
+impl Drop for UdpWorker {
+    /// Cancels the receive and timers and waits for every operation's completion, so the kernel
+    /// holds no pointer into memory about to be freed. If the kernel does not finish in time the
+    /// buffers are leaked rather than freed under it.
+    fn drop(&mut self) {
+        let mut targets = vec![RECV];
+        targets.extend(self.timers.iter().map(|t| TIMER | t.generation));
+        for target in targets {
+            let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
+            // SAFETY: AsyncCancel refers to no memory.
+            if unsafe { self.push(&entry) }.is_ok() {
+                self.control_in_flight += 1;
+            }
+        }
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while self.in_flight() > 0 && Instant::now() < give_up {
+            let wait = Timespec::from(Duration::from_millis(100));
+            let args = types::SubmitArgs::new().timespec(&wait);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+            if self.reap().is_err() {
+                break;
+            }
+            // Receives completed during shutdown still own buffers; nobody will read them.
+            self.pending.clear();
+        }
+        if self.in_flight() > 0 {
+            tracing::error!(
+                in_flight = self.in_flight(),
+                "io_uring operations did not complete on shutdown; leaking their memory"
+            );
+            std::mem::forget(std::mem::take(&mut self.sends));
+            return;
+        }
+        // Nothing in flight: the kernel can no longer pick a buffer, but unregister anyway so
+        // the ring holds no address of memory we free (the ring's own teardown would do it too).
+        let _ = self
+            .ring
+            .submitter()
+            .unregister_buf_ring(self.config.buffer_group);
+        // SAFETY: dropped once, here; no operation is in flight and the buffer ring is
+        // unregistered, so the kernel holds no pointer into the buffers.
+        unsafe { ManuallyDrop::drop(&mut self.buffers) };
+    }
+}
+
+/// Asks the kernel to attach its count of dropped datagrams to each one received
+/// (`SO_RXQ_OVFL`, socket(7)).
+fn enable_drop_counter(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is a live socket borrowed from `socket`; the option value is a c_int on
+    // our stack and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Finds the `SO_RXQ_OVFL` counter in received control data.
+fn rxq_overflow(control: &[u8]) -> Option<u32> {
+    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } (glibc and musl).
+    const W: usize = size_of::<usize>();
+    let header = size_of::<libc::cmsghdr>();
+    let mut rest = control;
+    while rest.len() >= header {
+        let len = usize::from_ne_bytes(rest[0..W].try_into().ok()?);
+        let level = i32::from_ne_bytes(rest[W..W + 4].try_into().ok()?);
+        let kind = i32::from_ne_bytes(rest[W + 4..W + 8].try_into().ok()?);
+        if len < header || len > rest.len() {
+            return None;
+        }
+        if level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL && len >= header + 4 {
+            return Some(u32::from_ne_bytes(
+                rest[header..header + 4].try_into().ok()?,
+            ));
+        }
+        rest = &rest[cmsg_align(len).min(rest.len())..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, net::UdpSocket};
+
+    use super::*;
+
+    /// Whether io_uring tests can run. Outside CI a kernel without the features is a skip; under
+    /// `CI=true` it is a failure, so a misconfigured CI machine cannot pass by skipping.
+    fn uring_available() -> bool {
+        match probe() {
+            Ok(_) => true,
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("skipping io_uring test: {e}");
+                false
+            }
+            Err(e) => panic!("CI=true and io_uring is not usable: {e}"),
+        }
+    }
+
+    fn loopback_socket() -> UdpSocket {
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a loopback UDP socket")
+    }
+
+    fn worker(config: UdpWorkerConfig) -> (UdpWorker, SocketAddr) {
+        let worker = UdpWorker::new(loopback_socket(), config).expect("creating the worker");
+        let address = worker.local_addr().expect("worker address");
+        (worker, address)
+    }
+
+    /// Runs the worker until `want` datagrams arrived in total or `within` passed, echoing each.
+    fn echo_until(
+        worker: &mut UdpWorker,
+        want: usize,
+        within: Duration,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while seen.len() < want && Instant::now() < deadline {
+            worker
+                .run_once(Some(deadline), |d, out| {
+                    seen.push((d.source, d.payload.to_vec()));
+                    out.send_to(d.source, d.payload.to_vec());
+                })
+                .expect("run_once");
+        }
+        seen
+    }
+
+    fn payload(i: usize) -> Vec<u8> {
+        // Distinct lengths and contents so a mixed-up buffer cannot pass.
+        let len = 1 + (i * 37) % 1400;
+        (0..len).map(|j| (i.wrapping_mul(31) + j) as u8).collect()
+    }
+
+    #[test]
+    fn probe_succeeds_on_this_kernel() {
+        match probe() {
+            Ok(caps) => {
+                assert!(caps.missing().is_empty(), "probe returned Ok with {caps:?}");
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    assert!(
+                        caps.missing_optional().is_empty(),
+                        "CI kernels must support zero-copy send: missing {:?}",
+                        caps.missing_optional()
+                    );
+                }
+            }
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("io_uring probe failed (not CI, not failing): {e}");
+            }
+            Err(e) => panic!("io_uring probe failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn missing_capabilities_are_all_named() {
+        let caps = Capabilities {
+            recvmsg_multishot: false,
+            buf_ring: false,
+            ..probe().unwrap_or(Capabilities {
+                recvmsg: true,
+                sendmsg: true,
+                recv: true,
+                send: true,
+                accept: true,
+                accept_multishot: true,
+                splice: true,
+                timeout: true,
+                timeout_remove: true,
+                async_cancel: true,
+                provide_buffers: true,
+                send_zc: true,
+                sendmsg_zc: true,
+                recvmsg_multishot: true,
+                buf_ring: true,
+            })
+        };
+        assert_eq!(
+            caps.missing(),
+            [
+                "RecvMsg (multishot)",
+                "buffer ring registration (IORING_REGISTER_PBUF_RING)"
+            ]
+        );
+        let error = UringError::Unsupported {
+            missing: caps.missing(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "this kernel's io_uring lacks RecvMsg (multishot), buffer ring registration \
+             (IORING_REGISTER_PBUF_RING)"
+        );
+    }
+
+    #[test]
+    fn udp_echo_of_a_thousand_datagrams() {
+        if !uring_available() {
+            return;
+        }
+        let (mut worker, address) = worker(UdpWorkerConfig {
+            buffer_count: 256,
+            ..UdpWorkerConfig::default()
+        });
+        let client = loopback_socket();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let client_address = client.local_addr().expect("client address");
+        let mut echoed = Vec::new();
+        // Rounds of 100 keep every datagram within the sockets' default receive buffers, so any
+        // loss is the ring's fault.
+        for round in 0..10 {
+            let batch: Vec<usize> = (round * 100..(round + 1) * 100).collect();
+            for &i in &batch {
+                client.send_to(&payload(i), address).expect("client send");
+            }
+            let seen = echo_until(&mut worker, 100, Duration::from_secs(5));
+            assert_eq!(
+                seen.len(),
+                100,
+                "round {round}: worker received {}",
+                seen.len()
+            );
+            for (i, (source, data)) in batch.iter().zip(&seen) {
+                assert_eq!(*source, client_address, "source address of datagram {i}");
+                assert_eq!(
+                    *data,
+                    payload(*i),
+                    "datagram {i} received byte-exact, in order"
+                );
+            }
+            let mut buf = [0u8; 2048];
+            for _ in 0..100 {
+                let (n, from) = client.recv_from(&mut buf).expect("echo arrives");
+                assert_eq!(from, address, "echo comes from the worker's socket");
+                echoed.push(buf[..n].to_vec());
+            }
+        }
+        let want: HashSet<Vec<u8>> = (0..1000).map(payload).collect();
+        let got: HashSet<Vec<u8>> = echoed.into_iter().collect();
+        assert_eq!(got.len(), 1000, "1000 distinct echoes");
+        assert_eq!(got, want, "every echo byte-exact");
+        // Let the last sends complete.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while worker.sends_in_flight() > 0 && Instant::now() < deadline {
+            worker
+                .run_once(Some(Instant::now() + Duration::from_millis(10)), |_, _| {})
+                .expect("run_once");
+        }
+        let stats = worker.stats();
+        assert_eq!(stats.received, 1000, "{stats:?}");
+        assert_eq!(stats.sent, 1000, "{stats:?}");
+        assert_eq!(
+            stats.send_errors + stats.truncated + stats.kernel_drops,
+            0,
+            "{stats:?}"
+        );
+    }
+
+    #[test]
+    fn buffer_exhaustion_rearms_and_loses_nothing() {
+        if !uring_available() {
+            return;
+        }
+        let (mut worker, address) = worker(UdpWorkerConfig {
+            buffer_count: 8,
+            buffer_size: 512,
+            ..UdpWorkerConfig::default()
+        });
+        let client = loopback_socket();
+        // Queue 64 datagrams for 8 buffers before the receive is even armed.
+        for i in 0..64u32 {
+            client
+                .send_to(&i.to_be_bytes(), address)
+                .expect("client send");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < 64 && Instant::now() < deadline {
+            worker
+                .run_once(Some(deadline), |d, _| {
+                    got.push(u32::from_be_bytes(d.payload.try_into().expect("4 bytes")));
+                })
+                .expect("run_once");
+        }
+        assert_eq!(got, (0..64).collect::<Vec<_>>(), "all datagrams, in order");
+        let stats = worker.stats();
+        assert!(
+            stats.buffer_exhaustions >= 1 && stats.recv_rearms >= stats.buffer_exhaustions,
+            "ran out of buffers and re-armed: {stats:?}"
+        );
+        assert_eq!(
+            stats.kernel_drops, 0,
+            "the socket queue held the overflow: {stats:?}"
+        );
+    }
+
+    #[test]
+    fn socket_queue_overflow_is_counted() {
+        if !uring_available() {
+            return;
+        }
+        let socket = loopback_socket();
+        // The smallest receive queue the kernel allows (it doubles and floors the value).
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &1024)
+            .expect("SO_RCVBUF");
+        let mut worker = UdpWorker::new(
+            socket,
+            UdpWorkerConfig {
+                buffer_count: 4,
+                ..UdpWorkerConfig::default()
+            },
+        )
+        .expect("worker");
+        let address = worker.local_addr().expect("address");
+        let client = loopback_socket();
+        for _ in 0..200 {
+            client.send_to(&[0u8; 1000], address).expect("client send");
+        }
+        let mut received = 0u64;
+        while worker
+            .run_once(Some(Instant::now() + Duration::from_millis(200)), |_, _| {
+                received += 1
+            })
+            .expect("run_once")
+            .received
+            > 0
+        {}
+        assert!(
+            received < 200,
+            "a tiny queue must have overflowed ({received} arrived)"
+        );
+        // Drop counts ride on datagrams queued after the drops (SO_RXQ_OVFL, socket(7)).
+        client.send_to(b"marker", address).expect("marker");
+        let got = echo_until(&mut worker, 1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1, "the marker arrives");
+        let stats = worker.stats();
+        assert_eq!(
+            received + 1 + stats.kernel_drops,
+            201,
+            "every datagram either arrived or was counted as dropped: {stats:?}"
+        );
+    }
+
+    #[test]
+    fn timer_wakes_the_worker_at_its_deadline() {
+        if !uring_available() {
+            return;
+        }
+        let (mut worker, address) = worker(UdpWorkerConfig::default());
+        let start = Instant::now();
+        let report = worker
+            .run_once(Some(start + Duration::from_millis(50)), |_, _| {
+                panic!("no datagram was sent")
+            })
+            .expect("run_once");
+        let waited = start.elapsed();
+        assert!(report.timer_fired, "{report:?}");
+        assert!(
+            waited >= Duration::from_millis(50) && waited < Duration::from_secs(2),
+            "woke after {waited:?}"
+        );
+
+        // A datagram before a far deadline returns early without the timer...
+        let client = loopback_socket();
+        client.send_to(b"hello", address).expect("send");
+        let far = Instant::now() + Duration::from_secs(30);
+        let report = worker.run_once(Some(far), |_, _| {}).expect("run_once");
+        assert_eq!((report.received, report.timer_fired), (1, false));
+        // ...and a nearer deadline replaces the far timer rather than waiting for it.
+        let start = Instant::now();
+        let report = worker
+            .run_once(Some(start + Duration::from_millis(20)), |_, _| {})
+            .expect("run_once");
+        assert!(report.timer_fired, "{report:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        // Dropping with the receive armed and timers pending cancels and drains them.
+        drop(worker);
+    }
+
+    #[test]
+    fn oversized_datagrams_are_dropped_and_counted() {
+        if !uring_available() {
+            return;
+        }
+        let config = UdpWorkerConfig {
+            buffer_count: 4,
+            buffer_size: 256,
+            ..UdpWorkerConfig::default()
+        };
+        let max = config.max_payload();
+        let (mut worker, address) = worker(config);
+        let client = loopback_socket();
+        client.send_to(&vec![1u8; max + 1], address).expect("send");
+        client.send_to(&vec![2u8; max], address).expect("send");
+        let got = echo_until(&mut worker, 1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].1,
+            vec![2u8; max],
+            "the datagram that fits arrives whole"
+        );
+        assert_eq!(worker.stats().truncated, 1, "{:?}", worker.stats());
+    }
+
+    #[test]
+    fn worker_can_move_to_its_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<UdpWorker>();
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for (config, why) in [
+            (
+                UdpWorkerConfig {
+                    buffer_count: 100,
+                    ..UdpWorkerConfig::default()
+                },
+                "power of two",
+            ),
+            (
+                UdpWorkerConfig {
+                    buffer_size: 64,
+                    ..UdpWorkerConfig::default()
+                },
+                "no room",
+            ),
+        ] {
+            match UdpWorker::new(loopback_socket(), config) {
+                Err(UringError::Config(message)) => assert!(message.contains(why), "{message}"),
+                other => panic!("expected a config error about {why}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn socket_addresses_round_trip_through_kernel_layout() {
+        for address in [
+            SocketAddr::from((Ipv4Addr::new(192, 0, 2, 7), 69)),
+            SocketAddr::from(SocketAddrV6::new(
+                "2001:db8::1".parse().unwrap(),
+                4011,
+                0x12345,
+                3,
+            )),
+        ] {
+            let raw = SockAddrBytes::new(address);
+            let len = raw.len as usize;
+            assert_eq!(SockAddrBytes::parse(&raw.bytes[..len]), Some(address));
+        }
+        assert_eq!(SockAddrBytes::parse(&[0u8; 16]), None, "AF_UNSPEC");
+        assert_eq!(SockAddrBytes::parse(&[2, 0, 0]), None, "short");
+    }
+
+    #[test]
+    fn drop_counter_is_found_in_control_data() {
+        let mut control = vec![0u8; CONTROL_LEN];
+        let header = size_of::<libc::cmsghdr>();
+        control[..8].copy_from_slice(&(header + 4).to_ne_bytes());
+        control[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        control[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
+        control[16..20].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(rxq_overflow(&control), Some(77));
+        assert_eq!(rxq_overflow(&control[..10]), None, "short");
+        assert_eq!(rxq_overflow(&[]), None, "absent");
+        control[..8].copy_from_slice(&1000usize.to_ne_bytes());
+        assert_eq!(rxq_overflow(&control), None, "length past the end");
+    }
+}
