@@ -408,8 +408,13 @@ impl BufRing {
 /// Space for the source address in each received buffer: a `sockaddr_in6` holds either family.
 const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
 
-/// `CMSG_SPACE(sizeof(u32))` for the `SO_RXQ_OVFL` drop counter.
-const CONTROL_LEN: usize = cmsg_align(size_of::<libc::cmsghdr>()) + cmsg_align(size_of::<u32>());
+/// `CMSG_SPACE(sizeof(u32))` for the `SO_RXQ_OVFL` drop counter, plus
+/// `CMSG_SPACE(sizeof(struct in_pktinfo))` for `IP_PKTINFO` (the address a datagram was sent to:
+/// a DHCP server must tell a broadcast from a unicast, RFC 2131 §4.3.2).
+const CONTROL_LEN: usize = cmsg_align(size_of::<libc::cmsghdr>())
+    + cmsg_align(size_of::<u32>())
+    + cmsg_align(size_of::<libc::cmsghdr>())
+    + cmsg_align(size_of::<libc::in_pktinfo>());
 
 const fn cmsg_align(len: usize) -> usize {
     (len + size_of::<usize>() - 1) & !(size_of::<usize>() - 1)
@@ -459,19 +464,34 @@ impl UdpWorkerConfig {
 /// One datagram, borrowed from a receive buffer for the duration of the callback.
 #[derive(Debug, Clone, Copy)]
 pub struct Received<'a> {
+    /// Index of the worker's socket it arrived on (order given to [`UdpWorker::with_sockets`]).
+    pub socket: usize,
     pub source: SocketAddr,
+    /// The address it was sent to (`IP_PKTINFO`): a unicast address of this host, or a
+    /// broadcast. `None` for IPv6 sockets.
+    pub destination: Option<Ipv4Addr>,
     pub payload: &'a [u8],
 }
 
 /// Replies collected while handling a batch; sent when the batch is done.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    datagrams: Vec<(SocketAddr, Bytes)>,
+    datagrams: Vec<(usize, SocketAddr, Bytes)>,
+    /// Socket of the datagram being handled: where [`Outbox::send_to`] replies from.
+    current: usize,
 }
 
 impl Outbox {
+    /// Replies from the socket the datagram being handled arrived on.
     pub fn send_to(&mut self, destination: SocketAddr, payload: impl Into<Bytes>) {
-        self.datagrams.push((destination, payload.into()));
+        self.datagrams
+            .push((self.current, destination, payload.into()));
+    }
+
+    /// Sends from the worker's socket `socket` (e.g. a TFTP transfer port answering a request
+    /// that arrived on port 69).
+    pub fn send_from(&mut self, socket: usize, destination: SocketAddr, payload: impl Into<Bytes>) {
+        self.datagrams.push((socket, destination, payload.into()));
     }
 
     pub fn len(&self) -> usize {
@@ -593,7 +613,9 @@ struct RecvHeader(libc::msghdr);
 unsafe impl Send for RecvHeader {}
 
 // user_data tags. Sends use their slab index (below 2^32).
+/// Receives carry the socket index in the low 16 bits.
 const RECV: u64 = 1 << 63;
+const SOCKET_MASK: u64 = 0xFFFF;
 const TIMER: u64 = 1 << 62;
 const CONTROL: u64 = 1 << 61;
 
@@ -610,7 +632,7 @@ struct Timer {
     removing: bool,
 }
 
-/// One worker's ring driving one UDP socket.
+/// One worker's ring driving one or more UDP sockets.
 ///
 /// Drive it in a loop: [`run_once`](Self::run_once) waits for datagrams (or the deadline), hands
 /// each to a callback that may queue replies in an [`Outbox`], then submits the replies. A
@@ -628,19 +650,20 @@ pub struct UdpWorker {
     timers: Vec<Timer>,
     next_timer: u64,
     /// Receive completions reaped but not yet handed to the callback (they own their buffers).
-    pending: VecDeque<(i32, u32)>,
-    recv_armed: bool,
+    pending: VecDeque<(usize, i32, u32)>,
+    /// Per socket: a multishot receive is armed.
+    recv_armed: Vec<bool>,
     control_in_flight: usize,
     timer_fired: bool,
     stats: WorkerStats,
     config: UdpWorkerConfig,
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
 }
 
 impl std::fmt::Debug for UdpWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UdpWorker")
-            .field("socket", &self.socket)
+            .field("sockets", &self.sockets)
             .field("config", &self.config)
             .field("stats", &self.stats)
             .field("sends_in_flight", &self.sends_in_flight())
@@ -651,6 +674,18 @@ impl std::fmt::Debug for UdpWorker {
 impl UdpWorker {
     /// Takes over `socket` (bound by the caller) with a new ring and buffer ring.
     pub fn new(socket: UdpSocket, config: UdpWorkerConfig) -> Result<Self, UringError> {
+        Self::with_sockets(vec![socket], config)
+    }
+
+    /// Takes over several sockets (bound by the caller), all received through one ring and one
+    /// buffer ring: a worker serves DHCP, ProxyDHCP, TFTP requests and TFTP transfers together.
+    pub fn with_sockets(
+        sockets: Vec<UdpSocket>,
+        config: UdpWorkerConfig,
+    ) -> Result<Self, UringError> {
+        if sockets.is_empty() || sockets.len() > SOCKET_MASK as usize {
+            return Err(UringError::Config("a worker needs 1 to 65535 sockets"));
+        }
         if config.max_payload() == 0 {
             return Err(UringError::Config(
                 "buffer_size leaves no room for a payload after the recvmsg header",
@@ -673,7 +708,12 @@ impl UdpWorker {
         buffers
             .register(&ring, config.buffer_group)
             .map_err(UringError::io("registering the buffer ring"))?;
-        enable_drop_counter(&socket).map_err(UringError::io("setting SO_RXQ_OVFL"))?;
+        for socket in &sockets {
+            enable_drop_counter(socket).map_err(UringError::io("setting SO_RXQ_OVFL"))?;
+            if socket.local_addr().is_ok_and(|a| a.is_ipv4()) {
+                enable_pktinfo(socket).map_err(UringError::io("setting IP_PKTINFO"))?;
+            }
+        }
         // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
         let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
         header.msg_namelen = NAME_LEN as u32;
@@ -687,17 +727,26 @@ impl UdpWorker {
             timers: Vec::new(),
             next_timer: 0,
             pending: VecDeque::new(),
-            recv_armed: false,
+            recv_armed: vec![false; sockets.len()],
             control_in_flight: 0,
             timer_fired: false,
             stats: WorkerStats::default(),
             config,
-            socket,
+            sockets,
         })
     }
 
+    /// Address of the first socket.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.local_addr_of(0)
+    }
+
+    /// Address of socket `index`.
+    pub fn local_addr_of(&self, index: usize) -> io::Result<SocketAddr> {
+        self.sockets
+            .get(index)
+            .ok_or_else(|| io::Error::other(format!("no socket {index}")))?
+            .local_addr()
     }
 
     pub fn stats(&self) -> WorkerStats {
@@ -723,6 +772,20 @@ impl UdpWorker {
         destination: SocketAddr,
         payload: impl Into<Bytes>,
     ) -> Result<(), UringError> {
+        self.send_from(0, destination, payload)
+    }
+
+    /// Like [`send_to`](Self::send_to), from socket `socket`.
+    pub fn send_from(
+        &mut self,
+        socket: usize,
+        destination: SocketAddr,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), UringError> {
+        let fd = match self.sockets.get(socket) {
+            Some(s) => s.as_raw_fd(),
+            None => return Err(UringError::Config("send_from: no such socket")),
+        };
         let payload = payload.into();
         let mut op = Box::new(SendOp {
             iov: libc::iovec {
@@ -747,7 +810,7 @@ impl UdpWorker {
             }
         };
         self.sends[index] = Some(op);
-        let entry = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), msg_ptr)
+        let entry = opcode::SendMsg::new(types::Fd(fd), msg_ptr)
             .build()
             .user_data(index as u64);
         // SAFETY: the msghdr, address, iovec and payload live in the boxed SendOp at
@@ -791,12 +854,20 @@ impl UdpWorker {
             self.reap()?;
         }
         let mut outbox = Outbox::default();
-        while let Some((result, flags)) = self.pending.pop_front() {
-            self.handle_recv(result, flags, &mut outbox, &mut on_datagram, &mut report)?;
+        while let Some((socket, result, flags)) = self.pending.pop_front() {
+            outbox.current = socket;
+            self.handle_recv(
+                socket,
+                result,
+                flags,
+                &mut outbox,
+                &mut on_datagram,
+                &mut report,
+            )?;
         }
         report.sent = outbox.len();
-        for (destination, payload) in outbox.datagrams {
-            self.send_to(destination, payload)?;
+        for (socket, destination, payload) in outbox.datagrams {
+            self.send_from(socket, destination, payload)?;
         }
         // A receive that ended is re-armed now rather than on the next call, so datagrams keep
         // landing in buffers while the caller works.
@@ -808,6 +879,7 @@ impl UdpWorker {
 
     fn handle_recv(
         &mut self,
+        socket: usize,
         result: i32,
         flags: u32,
         outbox: &mut Outbox,
@@ -835,7 +907,8 @@ impl UdpWorker {
         match types::RecvMsgOut::parse(data, &self.recv_header.0) {
             Ok(out) if out.is_payload_truncated() => self.stats.truncated += 1,
             Ok(out) => {
-                if let Some(drops) = rxq_overflow(out.control_data()) {
+                let control = parse_control(out.control_data());
+                if let Some(drops) = control.rxq_overflow {
                     self.stats.kernel_drops = u64::from(drops);
                 }
                 match SockAddrBytes::parse(out.name_data()) {
@@ -844,7 +917,9 @@ impl UdpWorker {
                         report.received += 1;
                         on_datagram(
                             Received {
+                                socket,
                                 source,
+                                destination: control.destination,
                                 payload: out.payload_data(),
                             },
                             outbox,
@@ -861,20 +936,23 @@ impl UdpWorker {
     }
 
     fn arm_recv(&mut self) -> Result<(), UringError> {
-        if self.recv_armed {
-            return Ok(());
+        for index in 0..self.sockets.len() {
+            if self.recv_armed[index] {
+                continue;
+            }
+            let entry = opcode::RecvMsgMulti::new(
+                types::Fd(self.sockets[index].as_raw_fd()),
+                &raw const self.recv_header.0,
+                self.config.buffer_group,
+            )
+            .build()
+            .user_data(RECV | index as u64);
+            // SAFETY: the msghdr is boxed in the worker and the buffer ring registered with it;
+            // both outlive the request, which Drop cancels and drains before freeing them; the
+            // socket lives as long as the worker.
+            unsafe { self.push(&entry)? };
+            self.recv_armed[index] = true;
         }
-        let entry = opcode::RecvMsgMulti::new(
-            types::Fd(self.socket.as_raw_fd()),
-            &raw const self.recv_header.0,
-            self.config.buffer_group,
-        )
-        .build()
-        .user_data(RECV);
-        // SAFETY: the msghdr is boxed in the worker and the buffer ring registered with it;
-        // both outlive the request, which Drop cancels and drains before freeing them.
-        unsafe { self.push(&entry)? };
-        self.recv_armed = true;
         Ok(())
     }
 
@@ -960,12 +1038,15 @@ impl UdpWorker {
         for cqe in completions {
             let user_data = cqe.user_data();
             let (result, flags) = (cqe.result(), cqe.flags());
-            if user_data == RECV {
+            if user_data & RECV != 0 {
+                let index = (user_data & SOCKET_MASK) as usize;
                 if !cqueue::more(flags) {
-                    self.recv_armed = false;
+                    if let Some(armed) = self.recv_armed.get_mut(index) {
+                        *armed = false;
+                    }
                     self.stats.recv_rearms += 1;
                 }
-                self.pending.push_back((result, flags));
+                self.pending.push_back((index, result, flags));
             } else if user_data & TIMER != 0 {
                 let generation = user_data & !TIMER;
                 if let Some(i) = self.timers.iter().position(|t| t.generation == generation) {
@@ -1003,7 +1084,7 @@ impl UdpWorker {
 
     fn in_flight(&self) -> usize {
         self.sends_in_flight()
-            + usize::from(self.recv_armed)
+            + self.recv_armed.iter().filter(|a| **a).count()
             + self.timers.len()
             + self.control_in_flight
     }
@@ -1014,7 +1095,7 @@ impl Drop for UdpWorker {
     /// holds no pointer into memory about to be freed. If the kernel does not finish in time the
     /// buffers are leaked rather than freed under it.
     fn drop(&mut self) {
-        let mut targets = vec![RECV];
+        let mut targets: Vec<u64> = (0..self.sockets.len() as u64).map(|i| RECV | i).collect();
         targets.extend(self.timers.iter().map(|t| TIMER | t.generation));
         for target in targets {
             let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
@@ -1081,27 +1162,66 @@ fn enable_drop_counter(socket: &UdpSocket) -> io::Result<()> {
     }
 }
 
-/// Finds the `SO_RXQ_OVFL` counter in received control data.
-fn rxq_overflow(control: &[u8]) -> Option<u32> {
+/// Asks the kernel for each datagram's destination address (`IP_PKTINFO`, ip(7)).
+fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is a live socket borrowed from `socket`; the option value is a c_int on
+    // our stack and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What the control messages of one datagram said.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Control {
+    /// `SO_RXQ_OVFL`: datagrams the socket dropped so far.
+    rxq_overflow: Option<u32>,
+    /// `IP_PKTINFO`'s `ipi_addr`: the destination address in the IP header.
+    destination: Option<Ipv4Addr>,
+}
+
+/// Reads the control messages (cmsg(3)) the kernel wrote. Parsed by hand from bytes, not through
+/// `CMSG_*` pointer walks, so no unsafe is needed and a short buffer cannot be over-read.
+fn parse_control(control: &[u8]) -> Control {
     // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } (glibc and musl).
     const W: usize = size_of::<usize>();
     let header = size_of::<libc::cmsghdr>();
+    let mut out = Control::default();
     let mut rest = control;
     while rest.len() >= header {
-        let len = usize::from_ne_bytes(rest[0..W].try_into().ok()?);
-        let level = i32::from_ne_bytes(rest[W..W + 4].try_into().ok()?);
-        let kind = i32::from_ne_bytes(rest[W + 4..W + 8].try_into().ok()?);
+        let word = |at: usize, n: usize| rest.get(at..at + n);
+        let (Some(len), Some(level), Some(kind)) = (word(0, W), word(W, 4), word(W + 4, 4)) else {
+            break;
+        };
+        let len = usize::from_ne_bytes(len.try_into().unwrap_or([0; W]));
+        let level = i32::from_ne_bytes(level.try_into().unwrap_or([0; 4]));
+        let kind = i32::from_ne_bytes(kind.try_into().unwrap_or([0; 4]));
         if len < header || len > rest.len() {
-            return None;
+            break;
         }
-        if level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL && len >= header + 4 {
-            return Some(u32::from_ne_bytes(
-                rest[header..header + 4].try_into().ok()?,
-            ));
+        let data = &rest[header..len];
+        if level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL && data.len() >= 4 {
+            out.rxq_overflow = Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
+        }
+        // struct in_pktinfo { int ipi_ifindex; struct in_addr ipi_spec_dst, ipi_addr; }
+        if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO && data.len() >= 12 {
+            out.destination = Some(Ipv4Addr::new(data[8], data[9], data[10], data[11]));
         }
         rest = &rest[cmsg_align(len).min(rest.len())..];
     }
-    None
+    out
 }
 
 #[cfg(test)]
@@ -1491,10 +1611,56 @@ mod tests {
         control[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
         control[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
         control[16..20].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(rxq_overflow(&control), Some(77));
-        assert_eq!(rxq_overflow(&control[..10]), None, "short");
-        assert_eq!(rxq_overflow(&[]), None, "absent");
+        assert_eq!(parse_control(&control).rxq_overflow, Some(77));
+        assert_eq!(parse_control(&control[..10]).rxq_overflow, None, "short");
+        assert_eq!(parse_control(&[]).rxq_overflow, None, "absent");
         control[..8].copy_from_slice(&1000usize.to_ne_bytes());
-        assert_eq!(rxq_overflow(&control), None, "length past the end");
+        assert_eq!(
+            parse_control(&control).rxq_overflow,
+            None,
+            "length past the end"
+        );
+    }
+
+    #[test]
+    fn several_sockets_share_one_ring_and_reply_from_the_chosen_one() {
+        if !uring_available() {
+            return;
+        }
+        let (a, b) = (loopback_socket(), loopback_socket());
+        let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut worker =
+            UdpWorker::with_sockets(vec![a, b], UdpWorkerConfig::default()).expect("worker");
+        let client = loopback_socket();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        client.send_to(b"to-a", addr_a).unwrap();
+        client.send_to(b"to-b", addr_b).unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.len() < 2 && Instant::now() < deadline {
+            worker
+                .run_once(Some(deadline), |d, out| {
+                    seen.push((d.socket, d.destination, d.payload.to_vec()));
+                    // Every answer leaves from socket 1, whichever socket the request reached.
+                    out.send_from(1, d.source, d.payload.to_vec());
+                })
+                .expect("run");
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                (0, Some(Ipv4Addr::LOCALHOST), b"to-a".to_vec()),
+                (1, Some(Ipv4Addr::LOCALHOST), b"to-b".to_vec()),
+            ]
+        );
+        worker.flush().expect("flush");
+        let mut buf = [0u8; 16];
+        for _ in 0..2 {
+            let (_, from) = client.recv_from(&mut buf).expect("reply");
+            assert_eq!(from, addr_b, "replies come from the chosen socket");
+        }
     }
 }
