@@ -4,6 +4,7 @@
 //!   runs it on crafted frames with `BPF_PROG_TEST_RUN`.
 //! - [`proto`]: the sans-IO protocol cores (DHCP, TFTP, HTTP, iPXE), re-exported.
 
+pub mod boot;
 pub mod config;
 pub mod xdp;
 
