@@ -18,6 +18,8 @@
 //!   with the [`ScriptRoute`] in front of a [`BootCatalog`]: `/<loader>` from the iPXE directory
 //!   (UEFI HTTP Boot), `/files/<path>` from the boot root (what scripts reference), and the
 //!   generated scripts below.
+//! - [`BootPlan::missing_files`]: loaders and profile files the catalogs cannot open, for the
+//!   engine to log at start-up.
 //!
 //! # URLs
 //! DHCP hands iPXE `{http_base}/boot.ipxe?mac=aa-bb-cc-dd-ee-ff` (machines known by MAC and
@@ -83,6 +85,8 @@ pub struct BootPlan {
     http: http::ServerConfig,
     http_catalog: BootCatalog,
     scripts: ScriptRoute,
+    /// Every file the plan promises: (profile name or `None` for a loader, path).
+    promised: Vec<(Option<String>, BootPath)>,
 }
 
 impl BootPlan {
@@ -172,6 +176,22 @@ impl BootPlan {
             .filter_map(|name| BootPath::parse(name.as_bytes()).ok())
             .collect(),
         );
+        let mut promised: Vec<(Option<String>, BootPath)> =
+            loaders.iter().map(|l| (None, l.clone())).collect();
+        for p in &config.profiles {
+            let files =
+                std::iter::once(&p.boot.default).chain(p.boot.variants.iter().map(|(_, f)| f));
+            for f in files {
+                for raw in std::iter::once(&f.kernel).chain(&f.initrds) {
+                    if let Ok(path) = BootPath::parse(raw.as_bytes())
+                        && !promised.iter().any(|(_, q)| *q == path)
+                    {
+                        promised.push((Some(p.name.clone()), path));
+                    }
+                }
+            }
+        }
+        promised.sort_by(|a, b| a.1.cmp(&b.1));
         let catalog = |namespace| BootCatalog {
             namespace,
             loaders: loaders.clone(),
@@ -189,7 +209,28 @@ impl BootPlan {
             http: config.http.server,
             http_catalog: catalog(Namespace::Http),
             scripts: ScriptRoute::new(config, server_url)?,
+            promised,
         })
+    }
+
+    /// Files the plan hands out that its catalogs cannot open now: loaders (from the iPXE
+    /// directory) and profile kernels and initrds (from the boot root). The engine logs these
+    /// at start-up; they are not errors because the store may fill in later.
+    pub fn missing_files(&self) -> Vec<MissingFile> {
+        self.promised
+            .iter()
+            .filter_map(|(profile, path)| {
+                let opened = match profile {
+                    None => self.tftp_catalog.ipxe.open(path),
+                    Some(_) => self.tftp_catalog.root.open(path),
+                };
+                opened.err().map(|error| MissingFile {
+                    profile: profile.clone(),
+                    path: path.clone(),
+                    error,
+                })
+            })
+            .collect()
     }
 
     pub fn server_ip(&self) -> Ipv4Addr {
@@ -244,6 +285,15 @@ impl BootPlan {
     pub fn scripts(&self) -> &ScriptRoute {
         &self.scripts
     }
+}
+
+/// A promised file that cannot be served (see [`BootPlan::missing_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingFile {
+    /// The first profile naming it; `None` for an iPXE loader.
+    pub profile: Option<String>,
+    pub path: BootPath,
+    pub error: OpenError,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1101,6 +1151,29 @@ mod tests {
         assert_eq!(
             http_get(&plan, "/uuid/zz/boot.ipxe?mac=52-54-00-ab-cd-ef").status,
             Status::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn missing_files_are_listed() {
+        let missing: Vec<(Option<String>, String)> = example_plan()
+            .missing_files()
+            .into_iter()
+            .map(|m| (m.profile, m.path.to_string()))
+            .collect();
+        let want = [
+            (Some("rescue"), "rescue/firmware.cpio"),
+            (None, "snponly-arm64.efi"),
+            (Some("ubuntu"), "ubuntu/24.04/arm64/initrd"),
+            (Some("ubuntu"), "ubuntu/24.04/arm64/vmlinuz"),
+            (Some("ubuntu"), "ubuntu/24.04/initrd"),
+        ]
+        .map(|(p, f)| (p.map(String::from), f.to_owned()));
+        assert_eq!(missing, want);
+        let quick = quick_plan().missing_files();
+        assert!(
+            quick.iter().all(|m| m.profile.is_none()),
+            "quick mode: kernel and initrd present, only the arm64 loader missing: {quick:?}"
         );
     }
 

@@ -684,7 +684,7 @@ fn dhcp(w: &wire::Dhcp, mode: DhcpMode) -> Result<DhcpSettings, ConfigError> {
             parse_subnet(&p.subnet).map_err(|e| ConfigError::invalid(key("subnet"), e))?;
         let (first, last) =
             parse_range(&p.range).map_err(|e| ConfigError::invalid(key("range"), e))?;
-        let mut pool = Pool {
+        let pool = Pool {
             subnet,
             prefix_len,
             first,
@@ -733,7 +733,6 @@ fn dhcp(w: &wire::Dhcp, mode: DhcpMode) -> Result<DhcpSettings, ConfigError> {
                 Problem::PoolsOverlap(other),
             ));
         }
-        pool.reservations.shrink_to_fit();
         pools.push(pool);
     }
 
