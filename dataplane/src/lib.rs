@@ -2,11 +2,15 @@
 //!
 //! - [`xdp`]: loads the XDP classifier built from `ebpf/xdp`, attaches it, reads its counters, and
 //!   runs it on crafted frames with `BPF_PROG_TEST_RUN`.
+//! - [`config`]: the appliance's TOML configuration, validated into domain types; quick mode.
+//! - [`boot`]: the boot plan: the protocol cores configured from the appliance config.
 //! - [`store`]: boot files from a served directory and a content-addressed store, read once and
 //!   shared by every transfer.
 //! - [`sys`]: the only place with `unsafe`: io_uring rings and their buffers.
 //! - [`proto`]: the sans-IO protocol cores (DHCP, TFTP, HTTP, iPXE), re-exported.
 
+pub mod boot;
+pub mod config;
 pub mod store;
 // The syscall layer: io_uring submission and the memory the kernel writes into cannot be expressed
 // in safe Rust. Every unsafe block inside carries a `// SAFETY:` comment

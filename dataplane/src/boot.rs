@@ -1,0 +1,1191 @@
+//! The boot plan: everything the engine needs to serve, derived once from a validated
+//! [`ApplianceConfig`] and the server's address on one boot network.
+//!
+//! # Public API
+//! - [`BootPlan::new`]`(&config, server_ip, root, ipxe)` with two [`SharedCatalog`]s: `root`
+//!   serves the boot files (`boot.root` plus `boot.files`, looked up by the engine's store),
+//!   `ipxe` the iPXE builds of `boot.ipxe_dir`.
+//! - DHCP: [`BootPlan::dhcp_config`] / [`BootPlan::dhcp_server`] give the proto server in proxy
+//!   or authoritative mode (`None` when `dhcp.mode = "off"`), its [`BootConfig`] mapping
+//!   machines to scripts. [`BootPlan::admit_dhcp`] is a **pre-filter the engine applies before
+//!   [`DhcpServer::handle_datagram`]**: `dhcp::boot` has no deny list, so machines with
+//!   `allow = false` (and, in proxy mode, machines no profile applies to) are dropped there,
+//!   each with a counted [`DhcpRefusal`].
+//! - TFTP: [`BootPlan::tftp_server`] — a [`TftpServer`] over a [`BootCatalog`] that answers the
+//!   loader names (`undionly.kpxe`, `snponly.efi`, ..) from the iPXE directory and every other
+//!   name from the boot root.
+//! - HTTP: [`BootPlan::http_connection`] — an [`HttpConnection`] for one accepted connection,
+//!   with the [`ScriptRoute`] in front of a [`BootCatalog`]: `/<loader>` from the iPXE directory
+//!   (UEFI HTTP Boot), `/files/<path>` from the boot root (what scripts reference), and the
+//!   generated scripts below.
+//! - [`BootPlan::missing_files`]: loaders and profile files the catalogs cannot open, for the
+//!   engine to log at start-up.
+//!
+//! # URLs
+//! DHCP hands iPXE `{http_base}/boot.ipxe?mac=aa-bb-cc-dd-ee-ff` (machines known by MAC and
+//! unknown machines) or `{http_base}/uuid/<uuid>/boot.ipxe?mac=..` (machines known only by
+//! UUID: the HTTP request carries no option 97, so the URL does). The [`ScriptRoute`] looks the
+//! machine up again the same way (MAC first, then UUID, then the default profile), so DHCP and
+//! HTTP cannot disagree.
+//!
+//! The DHCP URL says nothing about the architecture, which picks a profile's variant and fills
+//! `{arch}`. So a request without `arch` (or iPXE's `platform` and `buildarch`) gets a two-line
+//! probe script that chains back with iPXE's own `${platform}`, `${buildarch}` and `${ip}`;
+//! the second request is answered with the machine's script. `{ip}` comes from that query, else
+//! from a `[[dhcp.reservations]]` entry; `{hostname}` and `{uuid}` from the machine entry (or the
+//! reservation's hostname, or the URL's UUID).
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use stampede_proto::bootpath::BootPath;
+use stampede_proto::dhcp::{self, BootConfig, BootProfile as DhcpProfile, DhcpServer, Repr};
+use stampede_proto::files::{BootFile, FileCatalog, OpenError};
+use stampede_proto::http::{self, HttpConnection, Route};
+use stampede_proto::ipxe::{self, Arch, MachineFacts, RenderError, ServerUrl, ValidProfile};
+use stampede_proto::tftp::{self, TftpServer};
+
+use crate::config::{ApplianceConfig, DhcpMode, parse_arch, parse_mac, parse_uuid};
+
+/// A file source shared by every worker and connection.
+pub type SharedCatalog = Arc<dyn FileCatalog + Send + Sync>;
+
+/// Where HTTP serves the boot root, so that boot files cannot shadow generated scripts or
+/// loaders.
+pub const FILES_PREFIX: &str = "files/";
+/// The script path DHCP hands to machines known by MAC and to unknown machines.
+pub const SCRIPT_PATH: &str = "boot.ipxe";
+
+/// Why a plan could not be built. Unreachable from a validated config in practice; kept as an
+/// error rather than a panic because the proto checks are the authority.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("DHCP configuration refused: {0}")]
+    Dhcp(#[from] dhcp::ConfigError),
+    #[error("profile {name:?} refused: {source}")]
+    Profile {
+        name: String,
+        #[source]
+        source: ipxe::ProfileError,
+    },
+}
+
+/// Everything the engine serves on one boot network.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    server_ip: Ipv4Addr,
+    http_base: String,
+    dhcp: Option<dhcp::ServerConfig>,
+    admission: Arc<DhcpAdmission>,
+    tftp: tftp::ServerConfig,
+    tftp_catalog: BootCatalog,
+    http: http::ServerConfig,
+    http_catalog: BootCatalog,
+    scripts: ScriptRoute,
+    /// Every file the plan promises: (profile name or `None` for a loader, path).
+    promised: Vec<(Option<String>, BootPath)>,
+}
+
+impl BootPlan {
+    /// The plan for `config` on the network where this server is `server_ip`.
+    pub fn new(
+        config: &ApplianceConfig,
+        server_ip: Ipv4Addr,
+        root: SharedCatalog,
+        ipxe: SharedCatalog,
+    ) -> Result<Self, PlanError> {
+        let http_base = format!("http://{server_ip}:{}", config.server.http_port);
+        let server_url = ServerUrl::new(IpAddr::V4(server_ip), config.server.http_port);
+
+        let mut boot = BootConfig::new(server_ip, http_base.clone());
+        boot.loaders = config.boot.loaders.clone();
+        boot.default_profile = DhcpProfile {
+            name: config
+                .boot
+                .default_profile
+                .map_or("none", |i| &config.profiles[i].name)
+                .to_owned(),
+            ipxe_script: SCRIPT_PATH.into(),
+        };
+        let mut admission = DhcpAdmission {
+            drop_unknown: config.dhcp.mode == DhcpMode::Proxy
+                && config.boot.default_profile.is_none(),
+            ..DhcpAdmission::default()
+        };
+        for m in &config.machines {
+            let profile = config.profile_of(m);
+            if let Some(mac) = m.mac {
+                if m.allow {
+                    admission.known_macs.insert(mac);
+                } else {
+                    admission.denied_macs.insert(mac);
+                }
+                if let Some(p) = profile {
+                    boot.profiles_by_mac.insert(
+                        mac,
+                        DhcpProfile {
+                            name: p.name.clone(),
+                            ipxe_script: SCRIPT_PATH.into(),
+                        },
+                    );
+                }
+            }
+            if let Some(uuid) = m.uuid {
+                if m.allow {
+                    admission.known_uuids.insert(uuid);
+                } else {
+                    admission.denied_uuids.insert(uuid);
+                }
+                if let Some(p) = profile {
+                    boot.profiles_by_uuid.insert(
+                        uuid,
+                        DhcpProfile {
+                            name: p.name.clone(),
+                            ipxe_script: format!("uuid/{}/{SCRIPT_PATH}", ipxe::format_uuid(&uuid)),
+                        },
+                    );
+                }
+            }
+        }
+        let dhcp = match config.dhcp.mode {
+            DhcpMode::Off => None,
+            DhcpMode::Proxy => Some(dhcp::ServerConfig::proxy(server_ip, boot)),
+            DhcpMode::Authoritative => Some(dhcp::ServerConfig::authoritative(
+                server_ip,
+                boot,
+                config.dhcp.pools.clone(),
+            )),
+        };
+        if let Some(d) = &dhcp {
+            d.validate()?;
+        }
+
+        let loaders: Arc<HashSet<BootPath>> = Arc::new(
+            [
+                &config.boot.loaders.bios,
+                &config.boot.loaders.efi_ia32,
+                &config.boot.loaders.efi_x64,
+                &config.boot.loaders.efi_arm32,
+                &config.boot.loaders.efi_arm64,
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|name| BootPath::parse(name.as_bytes()).ok())
+            .collect(),
+        );
+        let mut promised: Vec<(Option<String>, BootPath)> =
+            loaders.iter().map(|l| (None, l.clone())).collect();
+        for p in &config.profiles {
+            let files =
+                std::iter::once(&p.boot.default).chain(p.boot.variants.iter().map(|(_, f)| f));
+            for f in files {
+                for raw in std::iter::once(&f.kernel).chain(&f.initrds) {
+                    if let Ok(path) = BootPath::parse(raw.as_bytes())
+                        && !promised.iter().any(|(_, q)| *q == path)
+                    {
+                        promised.push((Some(p.name.clone()), path));
+                    }
+                }
+            }
+        }
+        promised.sort_by(|a, b| a.1.cmp(&b.1));
+        let catalog = |namespace| BootCatalog {
+            namespace,
+            loaders: loaders.clone(),
+            ipxe: ipxe.clone(),
+            root: root.clone(),
+        };
+
+        Ok(Self {
+            server_ip,
+            http_base,
+            dhcp,
+            admission: Arc::new(admission),
+            tftp: config.tftp.server,
+            tftp_catalog: catalog(Namespace::Tftp),
+            http: config.http.server,
+            http_catalog: catalog(Namespace::Http),
+            scripts: ScriptRoute::new(config, server_url)?,
+            promised,
+        })
+    }
+
+    /// Files the plan hands out that its catalogs cannot open now: loaders (from the iPXE
+    /// directory) and profile kernels and initrds (from the boot root). The engine logs these
+    /// at start-up; they are not errors because the store may fill in later.
+    pub fn missing_files(&self) -> Vec<MissingFile> {
+        self.promised
+            .iter()
+            .filter_map(|(profile, path)| {
+                let opened = match profile {
+                    None => self.tftp_catalog.ipxe.open(path),
+                    Some(_) => self.tftp_catalog.root.open(path),
+                };
+                opened.err().map(|error| MissingFile {
+                    profile: profile.clone(),
+                    path: path.clone(),
+                    error,
+                })
+            })
+            .collect()
+    }
+
+    pub fn server_ip(&self) -> Ipv4Addr {
+        self.server_ip
+    }
+
+    /// `http://<server_ip>:<http_port>`, no trailing slash (as [`BootConfig::http_base`]).
+    pub fn http_base(&self) -> &str {
+        &self.http_base
+    }
+
+    /// The DHCP server's configuration; `None` when `dhcp.mode = "off"`.
+    pub fn dhcp_config(&self) -> Option<&dhcp::ServerConfig> {
+        self.dhcp.as_ref()
+    }
+
+    /// A DHCP server core for one worker; `Ok(None)` when `dhcp.mode = "off"`.
+    pub fn dhcp_server(&self) -> Result<Option<DhcpServer>, dhcp::ConfigError> {
+        self.dhcp.clone().map(DhcpServer::new).transpose()
+    }
+
+    /// The pre-filter: whether a datagram reaching the DHCP ports may go to the server. Apply
+    /// it before [`DhcpServer::handle_datagram`] and count refusals by
+    /// [`DhcpRefusal::as_str`]. Datagrams that do not parse pass (the server counts those).
+    pub fn admit_dhcp(&self, datagram: &[u8]) -> Result<(), DhcpRefusal> {
+        let Ok(req) = Repr::parse_bytes(datagram) else {
+            return Ok(());
+        };
+        self.admission.admit(&req)
+    }
+
+    /// The TFTP listening core (cheap to clone per worker).
+    pub fn tftp_server(&self) -> TftpServer<BootCatalog> {
+        TftpServer::new(self.tftp, self.tftp_catalog.clone())
+    }
+
+    pub fn tftp_catalog(&self) -> &BootCatalog {
+        &self.tftp_catalog
+    }
+
+    /// The HTTP core for a connection accepted at `now`.
+    pub fn http_connection(&self, now: Instant) -> HttpConnection<BootCatalog> {
+        HttpConnection::new(now, self.http_catalog.clone(), self.http)
+            .with_route(self.scripts.clone())
+    }
+
+    pub fn http_catalog(&self) -> &BootCatalog {
+        &self.http_catalog
+    }
+
+    /// The script generator (shared by every connection: its counters are the plan's).
+    pub fn scripts(&self) -> &ScriptRoute {
+        &self.scripts
+    }
+}
+
+/// A promised file that cannot be served (see [`BootPlan::missing_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingFile {
+    /// The first profile naming it; `None` for an iPXE loader.
+    pub profile: Option<String>,
+    pub path: BootPath,
+    pub error: OpenError,
+}
+
+// ---------------------------------------------------------------------------------------------
+// DHCP pre-filter
+
+/// Why a DHCP datagram was kept from the server. Each is a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum DhcpRefusal {
+    /// The machine is listed with `allow = false`.
+    #[error("machine is not allowed to boot")]
+    Denied,
+    /// Proxy mode, no machine entry and no default profile: stay silent so the firmware moves on
+    /// to its next boot device quickly. (Authoritative mode still gives such machines an address:
+    /// the boot network may hold BMCs and switches.)
+    #[error("unknown machine and no default profile")]
+    UnknownMachine,
+}
+
+impl DhcpRefusal {
+    pub const ALL: [Self; 2] = [Self::Denied, Self::UnknownMachine];
+
+    /// Stable metrics label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Denied => "denied",
+            Self::UnknownMachine => "unknown_machine",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct DhcpAdmission {
+    denied_macs: HashSet<[u8; 6]>,
+    denied_uuids: HashSet<[u8; 16]>,
+    known_macs: HashSet<[u8; 6]>,
+    known_uuids: HashSet<[u8; 16]>,
+    drop_unknown: bool,
+}
+
+impl DhcpAdmission {
+    fn admit(&self, req: &Repr) -> Result<(), DhcpRefusal> {
+        let mac = req.mac();
+        // An all-zero GUID (QEMU's default) identifies nothing, as in `BootConfig::profile_for`.
+        let uuid = req
+            .options
+            .client_uuid
+            .map(|u| u.id)
+            .filter(|u| *u != [0; 16]);
+        if mac.is_some_and(|m| self.denied_macs.contains(&m))
+            || uuid.is_some_and(|u| self.denied_uuids.contains(&u))
+        {
+            return Err(DhcpRefusal::Denied);
+        }
+        let known = mac.is_some_and(|m| self.known_macs.contains(&m))
+            || uuid.is_some_and(|u| self.known_uuids.contains(&u));
+        if self.drop_unknown && !known {
+            return Err(DhcpRefusal::UnknownMachine);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catalogs
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Namespace {
+    /// Loader names, else the boot root at its own paths.
+    Tftp,
+    /// Loader names, and the boot root under [`FILES_PREFIX`].
+    Http,
+}
+
+/// The files one protocol serves: the configured loader names from the iPXE directory, and the
+/// boot root (at its own paths for TFTP, under `/files/` for HTTP).
+#[derive(Clone)]
+pub struct BootCatalog {
+    namespace: Namespace,
+    loaders: Arc<HashSet<BootPath>>,
+    ipxe: SharedCatalog,
+    root: SharedCatalog,
+}
+
+impl fmt::Debug for BootCatalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BootCatalog")
+            .field("namespace", &self.namespace)
+            .field("loaders", &self.loaders)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileCatalog for BootCatalog {
+    fn open(&self, path: &BootPath) -> Result<BootFile, OpenError> {
+        if self.loaders.contains(path) {
+            return self.ipxe.open(path);
+        }
+        match self.namespace {
+            Namespace::Tftp => self.root.open(path),
+            Namespace::Http => {
+                let rest = path
+                    .as_str()
+                    .strip_prefix(FILES_PREFIX)
+                    .ok_or(OpenError::NotFound)?;
+                let inner = BootPath::parse(rest.as_bytes()).map_err(|_| OpenError::NotFound)?;
+                self.root.open(&inner)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts
+
+/// Why no script was served. Each is a counter; all but `RenderFailed` answer 404, which
+/// answers 500 (a configuration problem, not the client's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptRefusal {
+    /// No `mac`, or a value that does not parse.
+    #[error("missing or malformed query")]
+    BadQuery,
+    #[error("unknown machine and no default profile")]
+    UnknownMachine,
+    #[error("machine is not allowed to boot")]
+    Denied,
+    /// `platform`/`buildarch` name an architecture no profile can describe (e.g. 32-bit EFI).
+    #[error("unsupported architecture")]
+    UnsupportedArch,
+    #[error("script could not be rendered: {0}")]
+    RenderFailed(RenderError),
+}
+
+impl ScriptRefusal {
+    /// Stable metrics labels, in counter order.
+    pub const LABELS: [&'static str; 5] = [
+        "bad_query",
+        "unknown_machine",
+        "denied",
+        "unsupported_arch",
+        "render_failed",
+    ];
+
+    const fn index(&self) -> usize {
+        match self {
+            Self::BadQuery => 0,
+            Self::UnknownMachine => 1,
+            Self::Denied => 2,
+            Self::UnsupportedArch => 3,
+            Self::RenderFailed(_) => 4,
+        }
+    }
+
+    pub const fn as_str(&self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
+}
+
+/// A snapshot of the script counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScriptCounts {
+    /// Machine scripts served.
+    pub scripts: u64,
+    /// Architecture probes served (first request of a boot).
+    pub probes: u64,
+    refused: [u64; 5],
+}
+
+impl ScriptCounts {
+    pub fn refused(&self, reason: &ScriptRefusal) -> u64 {
+        self.refused[reason.index()]
+    }
+
+    /// `(label, count)` for every refusal reason.
+    pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ScriptRefusal::LABELS.into_iter().zip(self.refused)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ScriptCounters {
+    scripts: AtomicU64,
+    probes: AtomicU64,
+    refused: [AtomicU64; 5],
+}
+
+#[derive(Debug)]
+struct ScriptMachine {
+    uuid: Option<[u8; 16]>,
+    /// Index into `profiles`; `None` with `allow`: the default.
+    profile: Option<usize>,
+    hostname: Option<String>,
+    allow: bool,
+}
+
+#[derive(Debug)]
+struct ScriptBook {
+    server: ServerUrl,
+    /// Profiles with paths under [`FILES_PREFIX`], as the scripts reference them.
+    profiles: Vec<ValidProfile>,
+    default_profile: Option<usize>,
+    machines: Vec<ScriptMachine>,
+    by_mac: HashMap<[u8; 6], usize>,
+    by_uuid: HashMap<[u8; 16], usize>,
+    reservations: HashMap<[u8; 6], (Ipv4Addr, Option<String>)>,
+    counters: ScriptCounters,
+}
+
+/// What a script request asks for, from its path and query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptRequest {
+    pub mac: [u8; 6],
+    /// From a `uuid/<uuid>/boot.ipxe` path.
+    pub uuid: Option<[u8; 16]>,
+    /// `None`: not known yet, answer with the probe.
+    pub arch: Option<Arch>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// The [`Route`] that renders per-machine iPXE scripts. Cloning shares the profiles and the
+/// counters.
+#[derive(Debug, Clone)]
+pub struct ScriptRoute {
+    book: Arc<ScriptBook>,
+}
+
+impl ScriptRoute {
+    fn new(config: &ApplianceConfig, server: ServerUrl) -> Result<Self, PlanError> {
+        let profiles = config
+            .profiles
+            .iter()
+            .map(|p| {
+                let prefixed = |f: &ipxe::BootFiles| ipxe::BootFiles {
+                    kernel: format!("{FILES_PREFIX}{}", f.kernel),
+                    initrds: f
+                        .initrds
+                        .iter()
+                        .map(|i| format!("{FILES_PREFIX}{i}"))
+                        .collect(),
+                    cmdline: f.cmdline.clone(),
+                };
+                ipxe::BootProfile {
+                    default: prefixed(&p.boot.default),
+                    variants: p
+                        .boot
+                        .variants
+                        .iter()
+                        .map(|(a, f)| (*a, prefixed(f)))
+                        .collect(),
+                }
+                .validate()
+                .map_err(|source| PlanError::Profile {
+                    name: p.name.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut by_mac = HashMap::new();
+        let mut by_uuid = HashMap::new();
+        let machines = config
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if let Some(mac) = m.mac {
+                    by_mac.insert(mac, i);
+                }
+                if let Some(uuid) = m.uuid {
+                    by_uuid.insert(uuid, i);
+                }
+                ScriptMachine {
+                    uuid: m.uuid,
+                    profile: m.profile,
+                    hostname: m.hostname.clone(),
+                    allow: m.allow,
+                }
+            })
+            .collect();
+        let reservations = config
+            .dhcp
+            .reservations
+            .iter()
+            .map(|r| (r.mac, (r.ip, r.hostname.clone())))
+            .collect();
+        Ok(Self {
+            book: Arc::new(ScriptBook {
+                server,
+                profiles,
+                default_profile: config.boot.default_profile,
+                machines,
+                by_mac,
+                by_uuid,
+                reservations,
+                counters: ScriptCounters::default(),
+            }),
+        })
+    }
+
+    /// Parses a script request: `boot.ipxe` or `uuid/<uuid>/boot.ipxe`, with the query string
+    /// (percent-encoded, without `?`). `None`: the path is not a script (the catalog's business).
+    pub fn parse_request(
+        path: &BootPath,
+        query: Option<&str>,
+    ) -> Option<Result<ScriptRequest, ScriptRefusal>> {
+        let uuid = match path.as_str() {
+            SCRIPT_PATH => None,
+            other => {
+                let text = other
+                    .strip_prefix("uuid/")?
+                    .strip_suffix(&format!("/{SCRIPT_PATH}"))?;
+                match parse_uuid(text) {
+                    Ok(u) => Some(u),
+                    Err(_) => return Some(Err(ScriptRefusal::BadQuery)),
+                }
+            }
+        };
+        Some(parse_query(query.unwrap_or("")).map(|req| ScriptRequest { uuid, ..req }))
+    }
+
+    /// The script for a request: the machine's, or the architecture probe when `arch` is not
+    /// known yet. Counts the outcome.
+    pub fn render(&self, req: &ScriptRequest) -> Result<String, ScriptRefusal> {
+        let result = self.render_uncounted(req);
+        let c = &self.book.counters;
+        match &result {
+            Ok(_) if req.arch.is_none() => c.probes.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => c.scripts.fetch_add(1, Ordering::Relaxed),
+            Err(e) => c.refused[e.index()].fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn render_uncounted(&self, req: &ScriptRequest) -> Result<String, ScriptRefusal> {
+        let book = &*self.book;
+        let machine = book
+            .by_mac
+            .get(&req.mac)
+            .or_else(|| req.uuid.and_then(|u| book.by_uuid.get(&u)))
+            .map(|i| &book.machines[*i]);
+        let profile = match machine {
+            Some(m) if !m.allow => return Err(ScriptRefusal::Denied),
+            Some(m) => m.profile.or(book.default_profile),
+            None => book.default_profile,
+        }
+        .and_then(|i| book.profiles.get(i))
+        .ok_or(ScriptRefusal::UnknownMachine)?;
+        let Some(arch) = req.arch else {
+            return Ok(self.probe(req));
+        };
+        let reservation = book.reservations.get(&req.mac);
+        let facts = MachineFacts {
+            mac: req.mac,
+            uuid: machine.and_then(|m| m.uuid).or(req.uuid),
+            arch,
+            ip: req.ip.or(reservation.map(|r| r.0)),
+            hostname: machine
+                .and_then(|m| m.hostname.clone())
+                .or_else(|| reservation.and_then(|r| r.1.clone())),
+        };
+        profile
+            .render(&facts, &book.server)
+            .map_err(ScriptRefusal::RenderFailed)
+    }
+
+    /// Chains back to the same script with iPXE's own view of the architecture and address.
+    fn probe(&self, req: &ScriptRequest) -> String {
+        let path = match req.uuid {
+            Some(u) => format!("uuid/{}/{SCRIPT_PATH}", ipxe::format_uuid(&u)),
+            None => SCRIPT_PATH.to_owned(),
+        };
+        let url = BootPath::parse(path.as_bytes())
+            .map(|p| self.book.server.url(&p))
+            .unwrap_or_default();
+        let mac = ipxe::format_mac(&req.mac).replace(':', "-");
+        format!(
+            "#!ipxe\n# stampede: {} architecture probe\n\
+             chain {url}?mac={mac}&platform=${{platform}}&buildarch=${{buildarch}}&ip=${{ip}}\n",
+            ipxe::format_mac(&req.mac)
+        )
+    }
+
+    pub fn counts(&self) -> ScriptCounts {
+        let c = &self.book.counters;
+        ScriptCounts {
+            scripts: c.scripts.load(Ordering::Relaxed),
+            probes: c.probes.load(Ordering::Relaxed),
+            refused: std::array::from_fn(|i| c.refused[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// `mac=aa-bb-..` (required), then `arch=x86_64-efi` or iPXE's `platform=efi&buildarch=x86_64`,
+/// and `ip=` (empty: iPXE had no address setting). Other keys are ignored.
+fn parse_query(query: &str) -> Result<ScriptRequest, ScriptRefusal> {
+    let (mut mac, mut arch, mut platform, mut buildarch, mut ip) = (None, None, None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = http::percent_decode(raw.as_bytes())
+            .and_then(|v| String::from_utf8(v).ok())
+            .ok_or(ScriptRefusal::BadQuery)?;
+        match key {
+            "mac" => mac = Some(parse_mac(&value).map_err(|_| ScriptRefusal::BadQuery)?),
+            "arch" => arch = Some(parse_arch(&value).ok_or(ScriptRefusal::UnsupportedArch)?),
+            "platform" => platform = Some(value),
+            "buildarch" => buildarch = Some(value),
+            "ip" if value.is_empty() => {}
+            "ip" => ip = Some(value.parse().map_err(|_| ScriptRefusal::BadQuery)?),
+            _ => {}
+        }
+    }
+    let mac = mac.ok_or(ScriptRefusal::BadQuery)?;
+    if arch.is_none()
+        && let Some(platform) = platform
+    {
+        // iPXE's ${platform} is pcbios or efi; ${buildarch} i386, x86_64, arm64, ..
+        arch = Some(match (platform.as_str(), buildarch.as_deref()) {
+            ("pcbios", _) => Arch::X86Bios,
+            ("efi", Some("x86_64")) => Arch::X86_64Efi,
+            ("efi", Some("arm64")) => Arch::Arm64Efi,
+            _ => return Err(ScriptRefusal::UnsupportedArch),
+        });
+    }
+    Ok(ScriptRequest {
+        mac,
+        uuid: None,
+        arch,
+        ip,
+    })
+}
+
+impl Route for ScriptRoute {
+    fn route(&self, path: &BootPath, query: Option<&str>) -> Option<Result<BootFile, OpenError>> {
+        let req = Self::parse_request(path, query)?;
+        let rendered = match req {
+            Ok(req) => self.render(&req),
+            Err(e) => {
+                self.book.counters.refused[e.index()].fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        };
+        Some(match rendered {
+            Ok(script) => Ok(BootFile::new(script)),
+            Err(ScriptRefusal::RenderFailed(e)) => Err(OpenError::Unreadable(e.to_string())),
+            Err(_) => Err(OpenError::NotFound),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, SocketAddrV4};
+
+    use stampede_proto::dhcp::{
+        ClientArch, ClientUuid, Handled, MemoryLeaseStore, MessageType, SERVER_PORT,
+    };
+    use stampede_proto::files::MemoryCatalog;
+    use stampede_proto::http::Status;
+    use stampede_proto::tftp::Request;
+
+    use super::*;
+    use crate::config::QuickBoot;
+
+    const EXAMPLE: &str = include_str!("../../docs/stampede.example.toml");
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    /// `machines[0]` of the example: profile "rescue", hostname node-010, reserved 198.18.0.10.
+    const KNOWN_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const DENIED_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x66, 0x66, 0x66];
+    const UEFI_DISCOVER: &[u8] = include_bytes!("../proto/fixtures/dhcp/udhcpc_uefi_discover.bin");
+    const IPXE_DISCOVER: &[u8] = include_bytes!("../proto/fixtures/dhcp/qemu_ipxe_discover.bin");
+
+    fn catalog(files: &[(&str, &str)]) -> SharedCatalog {
+        let mut c = MemoryCatalog::new();
+        for (name, data) in files {
+            c.insert(name, BootFile::new(data.as_bytes().to_vec()));
+        }
+        Arc::new(c)
+    }
+
+    fn ipxe_dir() -> SharedCatalog {
+        catalog(&[("undionly.kpxe", "UNDI"), ("snponly.efi", "SNP")])
+    }
+
+    fn plan_for(config: &ApplianceConfig, root: SharedCatalog) -> BootPlan {
+        BootPlan::new(config, SERVER, root, ipxe_dir()).unwrap_or_else(|e| panic!("plan: {e}"))
+    }
+
+    fn example_plan_from(text: &str) -> BootPlan {
+        let config = ApplianceConfig::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        plan_for(
+            &config,
+            catalog(&[
+                ("rescue/vmlinuz", "RESCUE KERNEL"),
+                ("rescue/initrd.img", "RESCUE INITRD"),
+                ("ubuntu/24.04/vmlinuz", "UBUNTU KERNEL"),
+            ]),
+        )
+    }
+
+    fn example_plan() -> BootPlan {
+        example_plan_from(EXAMPLE)
+    }
+
+    fn quick_plan() -> BootPlan {
+        let config = ApplianceConfig::quick(QuickBoot {
+            kernel: "/build/out/vmlinuz".into(),
+            initrds: vec!["/build/out/initrd.img".into()],
+            cmdline: "console=ttyS0 node={mac}".into(),
+            ..QuickBoot::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        plan_for(
+            &config,
+            catalog(&[("vmlinuz", "QUICK KERNEL"), ("initrd.img", "QUICK INITRD")]),
+        )
+    }
+
+    /// A DHCP message from a fixture, edited, emitted again.
+    fn edited(fixture: &[u8], edit: impl FnOnce(&mut Repr)) -> Vec<u8> {
+        let mut repr = Repr::parse_bytes(fixture).expect("fixture parses");
+        edit(&mut repr);
+        let mut buf = vec![0u8; repr.buffer_len()];
+        let len = repr.emit_bytes(&mut buf).expect("emit");
+        buf.truncate(len);
+        buf
+    }
+
+    fn bios_pxe_discover() -> Vec<u8> {
+        edited(UEFI_DISCOVER, |r| {
+            r.options.vendor_class = Some(b"PXEClient:Arch:00000:UNDI:002001".to_vec());
+            r.options.client_arch = vec![ClientArch::X86Bios];
+        })
+    }
+
+    /// Runs one datagram through the plan's pre-filter and DHCP server; the reply, if any.
+    fn dhcp_exchange(plan: &BootPlan, datagram: &[u8]) -> Result<Repr, String> {
+        plan.admit_dhcp(datagram)
+            .map_err(|r| format!("pre-filter: {}", r.as_str()))?;
+        let mut server = plan
+            .dhcp_server()
+            .expect("valid DHCP config")
+            .expect("DHCP on");
+        let mut store = MemoryLeaseStore::new();
+        let now = Instant::now();
+        let handled = server.handle_datagram(
+            now,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT),
+            datagram,
+            &mut store,
+        );
+        assert_eq!(
+            handled,
+            Ok(Handled::Replied(MessageType::Offer)),
+            "server outcome"
+        );
+        let mut buf = [0u8; 1500];
+        let t = server.poll_transmit(now, &mut buf).expect("an OFFER");
+        Ok(Repr::parse_bytes(&buf[..t.len]).expect("reply parses"))
+    }
+
+    fn bootfile(reply: &Repr) -> String {
+        String::from_utf8(reply.options.bootfile.clone().expect("option 67")).expect("utf-8")
+    }
+
+    struct Reply {
+        status: Status,
+        head: String,
+        body: Vec<u8>,
+    }
+
+    fn http_get(plan: &BootPlan, target: &str) -> Reply {
+        let now = Instant::now();
+        let mut conn = plan.http_connection(now);
+        let request = format!("GET {target} HTTP/1.1\r\nHost: 198.18.0.1\r\n\r\n");
+        assert_eq!(conn.handle_input(now, request.as_bytes()), request.len());
+        let mut buf = Vec::new();
+        let t = conn.poll_output(now, &mut buf).expect("a response");
+        Reply {
+            status: t.status,
+            head: String::from_utf8_lossy(&buf[..t.head_len]).into_owned(),
+            body: t.body.bytes().to_vec(),
+        }
+    }
+
+    fn text(reply: &Reply) -> String {
+        String::from_utf8(reply.body.clone()).expect("utf-8 body")
+    }
+
+    fn rrq(name: &str) -> Vec<u8> {
+        let mut d = vec![0, 1];
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(b"\0octet\0blksize\x001468\0");
+        d
+    }
+
+    #[test]
+    fn pxe_roms_get_the_loader_for_their_firmware() {
+        let plan = example_plan();
+        assert!(
+            matches!(
+                plan.dhcp_config().map(|c| &c.mode),
+                Some(dhcp::ServerMode::Authoritative { .. })
+            ),
+            "the example is authoritative"
+        );
+        let offer = dhcp_exchange(&plan, &bios_pxe_discover()).expect("offer");
+        assert_eq!(bootfile(&offer), "undionly.kpxe");
+        assert_eq!(offer.siaddr, SERVER, "next-server is us");
+        assert!(!offer.yiaddr.is_unspecified(), "authoritative: an address");
+
+        let offer = dhcp_exchange(&plan, UEFI_DISCOVER).expect("offer");
+        assert_eq!(bootfile(&offer), "snponly.efi");
+
+        let plan = quick_plan();
+        assert!(matches!(
+            plan.dhcp_config().map(|c| &c.mode),
+            Some(dhcp::ServerMode::Proxy)
+        ));
+        let offer = dhcp_exchange(&plan, &bios_pxe_discover()).expect("proxy offer");
+        assert_eq!(bootfile(&offer), "undionly.kpxe");
+        assert!(offer.yiaddr.is_unspecified(), "proxy: no address");
+    }
+
+    #[test]
+    fn ipxe_gets_the_script_url_the_route_answers() {
+        let plan = example_plan();
+        let offer = dhcp_exchange(&plan, IPXE_DISCOVER).expect("offer");
+        let url = bootfile(&offer);
+        assert_eq!(
+            url,
+            "http://198.18.0.1:8080/boot.ipxe?mac=52-54-00-ab-cd-ef"
+        );
+        let target = url.strip_prefix(plan.http_base()).expect("our base");
+
+        // First request: the architecture probe, chaining back to the same script.
+        let probe = http_get(&plan, target);
+        assert_eq!(probe.status, Status::OK, "{}", probe.head);
+        let probe = text(&probe);
+        assert!(
+            probe.contains(&format!(
+                "chain {url}&platform=${{platform}}&buildarch=${{buildarch}}&ip=${{ip}}\n"
+            )),
+            "{probe}"
+        );
+        // Second: what iPXE asks after expanding the settings. Unknown MAC → default profile.
+        let reply = http_get(
+            &plan,
+            &format!("{target}&platform=efi&buildarch=x86_64&ip="),
+        );
+        assert_eq!(reply.status, Status::OK, "{}", reply.head);
+        assert_eq!(
+            text(&reply),
+            "#!ipxe\n# stampede: 52:54:00:ab:cd:ef x86_64-efi\n\
+             kernel http://198.18.0.1:8080/files/ubuntu/24.04/vmlinuz initrd=initrd \
+             console=ttyS0,115200 ip=dhcp stampede.mac=52:54:00:ab:cd:ef arch=x86_64-efi\n\
+             initrd --name initrd http://198.18.0.1:8080/files/ubuntu/24.04/initrd\nboot\n"
+        );
+        let counts = plan.scripts().counts();
+        assert_eq!((counts.probes, counts.scripts), (1, 1));
+    }
+
+    #[test]
+    fn known_machine_script_has_its_profile_and_facts() {
+        let plan = example_plan();
+        let reply = http_get(
+            &plan,
+            "/boot.ipxe?mac=52-54-00-12-34-56&platform=pcbios&buildarch=i386&ip=",
+        );
+        assert_eq!(reply.status, Status::OK, "{}", reply.head);
+        assert!(reply.head.contains("text/plain"), "{}", reply.head);
+        let script = text(&reply);
+        assert_eq!(
+            script,
+            "#!ipxe\n# stampede: 52:54:00:12:34:56 x86-bios\n\
+             kernel http://198.18.0.1:8080/files/rescue/vmlinuz initrd=initrd.img \
+             initrd=firmware.cpio console=ttyS0 rescue hostname=node-010 ip=198.18.0.10\n\
+             initrd --name initrd.img http://198.18.0.1:8080/files/rescue/initrd.img\n\
+             initrd --name firmware.cpio http://198.18.0.1:8080/files/rescue/firmware.cpio\n\
+             boot\n"
+        );
+        // The address iPXE reports wins over the reservation.
+        let req = ScriptRequest {
+            mac: KNOWN_MAC,
+            uuid: None,
+            arch: Some(Arch::X86Bios),
+            ip: Some(Ipv4Addr::new(198, 18, 0, 77)),
+        };
+        let script = plan.scripts().render(&req).expect("script");
+        assert!(script.contains(" ip=198.18.0.77\n"), "{script}");
+        // The arm64 variant of the default profile.
+        let script = plan
+            .scripts()
+            .render(&ScriptRequest {
+                mac: [2; 6],
+                arch: Some(Arch::Arm64Efi),
+                ..req
+            })
+            .expect("script");
+        assert!(
+            script.contains("files/ubuntu/24.04/arm64/vmlinuz initrd=initrd console=ttyAMA0"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn per_mac_profile_change_changes_the_script() {
+        let req = ScriptRequest {
+            mac: KNOWN_MAC,
+            uuid: None,
+            arch: Some(Arch::X86_64Efi),
+            ip: None,
+        };
+        let before = example_plan().scripts().render(&req).expect("script");
+        let edited = EXAMPLE.replacen("profile = \"rescue\"", "profile = \"ubuntu\"", 1);
+        assert_ne!(edited, EXAMPLE, "the example assigns rescue to a MAC");
+        let after = example_plan_from(&edited)
+            .scripts()
+            .render(&req)
+            .expect("script");
+        assert!(before.contains("/files/rescue/vmlinuz"), "{before}");
+        assert!(after.contains("/files/ubuntu/24.04/vmlinuz"), "{after}");
+    }
+
+    #[test]
+    fn boot_files_and_loaders_are_served_over_http() {
+        let plan = example_plan();
+        let kernel = http_get(&plan, "/files/rescue/vmlinuz");
+        assert_eq!(kernel.status, Status::OK, "{}", kernel.head);
+        assert_eq!(kernel.body, b"RESCUE KERNEL");
+        let loader = http_get(&plan, "/snponly.efi");
+        assert_eq!(loader.body, b"SNP", "UEFI HTTP Boot fetches the loader");
+        for missing in [
+            "/rescue/vmlinuz",
+            "/files/undionly.kpxe",
+            "/files/nope",
+            "/boot.ipxe",
+        ] {
+            assert_eq!(
+                http_get(&plan, missing).status,
+                Status::NOT_FOUND,
+                "{missing}"
+            );
+        }
+        let plan = quick_plan();
+        assert_eq!(http_get(&plan, "/files/vmlinuz").body, b"QUICK KERNEL");
+        assert_eq!(http_get(&plan, "/files/initrd.img").body, b"QUICK INITRD");
+        let script = plan
+            .scripts()
+            .render(&ScriptRequest {
+                mac: KNOWN_MAC,
+                uuid: None,
+                arch: Some(Arch::X86Bios),
+                ip: None,
+            })
+            .expect("quick script");
+        assert!(
+            script.contains(
+                "kernel http://198.18.0.1:8080/files/vmlinuz initrd=initrd.img \
+                 console=ttyS0 node=52:54:00:12:34:56\n"
+            ),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn tftp_serves_loaders_from_the_ipxe_dir_and_the_root() {
+        let plan = example_plan();
+        let server = plan.tftp_server();
+        assert_eq!(server.config().max_blksize, 1468);
+        let from: SocketAddr = "198.18.0.100:2070".parse().expect("addr");
+        let mut buf = [0u8; 128];
+        for name in ["undionly.kpxe", "snponly.efi", "rescue/vmlinuz"] {
+            let got = server.handle_request(Instant::now(), from, &rrq(name), &mut buf);
+            assert!(matches!(got, Request::Accepted(_)), "{name}: {got:?}");
+        }
+        let got =
+            server.handle_request(Instant::now(), from, &rrq("files/rescue/vmlinuz"), &mut buf);
+        assert!(
+            matches!(got, Request::Refused { .. }),
+            "TFTP has no /files/ prefix: {got:?}"
+        );
+    }
+
+    #[test]
+    fn denied_and_unknown_machines_do_not_boot_and_are_counted() {
+        let plan = example_plan();
+        let denied = edited(IPXE_DISCOVER, |r| {
+            r.chaddr[..6].copy_from_slice(&DENIED_MAC)
+        });
+        assert_eq!(plan.admit_dhcp(&denied), Err(DhcpRefusal::Denied));
+        let reply = http_get(&plan, "/boot.ipxe?mac=52-54-00-66-66-66&arch=x86-bios");
+        assert_eq!(reply.status, Status::NOT_FOUND);
+        assert_eq!(plan.scripts().counts().refused(&ScriptRefusal::Denied), 1);
+        assert_eq!(
+            http_get(&plan, "/boot.ipxe?arch=x86-bios").status,
+            Status::NOT_FOUND,
+            "no mac"
+        );
+        assert_eq!(
+            http_get(
+                &plan,
+                "/boot.ipxe?mac=52-54-00-12-34-56&platform=efi&buildarch=i386"
+            )
+            .status,
+            Status::NOT_FOUND,
+            "32-bit EFI"
+        );
+        let counts = plan.scripts().counts();
+        assert_eq!(counts.refused(&ScriptRefusal::BadQuery), 1);
+        assert_eq!(counts.refused(&ScriptRefusal::UnsupportedArch), 1);
+
+        // No default profile, proxy mode: unknown machines are dropped before the server.
+        let config = ApplianceConfig::from_toml_str(
+            "[boot]\nroot = \"/srv\"\n[[profiles]]\nname = \"p\"\nkernel = \"k\"\n\
+             [[machines]]\nmac = \"52:54:00:12:34:56\"\nprofile = \"p\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_for(&config, catalog(&[("k", "K")]));
+        assert_eq!(
+            plan.admit_dhcp(IPXE_DISCOVER),
+            Err(DhcpRefusal::UnknownMachine)
+        );
+        assert_eq!(
+            plan.admit_dhcp(UEFI_DISCOVER),
+            Ok(()),
+            "known MAC 52:54:00:12:34:56"
+        );
+        let reply = http_get(&plan, "/boot.ipxe?mac=52-54-00-ab-cd-ef&arch=x86-bios");
+        assert_eq!(reply.status, Status::NOT_FOUND);
+        assert_eq!(
+            plan.scripts()
+                .counts()
+                .refused(&ScriptRefusal::UnknownMachine),
+            1
+        );
+    }
+
+    #[test]
+    fn machines_known_by_uuid_get_a_uuid_url() {
+        let plan = example_plan();
+        let uuid = parse_uuid("4c4c4544-004d-5910-8052-b2c04f353032").expect("uuid");
+        let discover = edited(IPXE_DISCOVER, |r| {
+            r.options.client_uuid = Some(ClientUuid { kind: 0, id: uuid });
+        });
+        let url = bootfile(&dhcp_exchange(&plan, &discover).expect("offer"));
+        assert_eq!(
+            url,
+            "http://198.18.0.1:8080/uuid/4c4c4544-004d-5910-8052-b2c04f353032/boot.ipxe\
+             ?mac=52-54-00-ab-cd-ef"
+        );
+        let target = url.strip_prefix(plan.http_base()).expect("our base");
+        let probe = text(&http_get(&plan, target));
+        assert!(probe.contains(&format!("chain {url}&platform=")), "{probe}");
+        let script = text(&http_get(&plan, &format!("{target}&arch=x86_64-efi")));
+        assert!(script.contains("files/ubuntu/24.04/vmlinuz"), "{script}");
+        assert_eq!(
+            http_get(&plan, "/uuid/zz/boot.ipxe?mac=52-54-00-ab-cd-ef").status,
+            Status::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn missing_files_are_listed() {
+        let missing: Vec<(Option<String>, String)> = example_plan()
+            .missing_files()
+            .into_iter()
+            .map(|m| (m.profile, m.path.to_string()))
+            .collect();
+        let want = [
+            (Some("rescue"), "rescue/firmware.cpio"),
+            (None, "snponly-arm64.efi"),
+            (Some("ubuntu"), "ubuntu/24.04/arm64/initrd"),
+            (Some("ubuntu"), "ubuntu/24.04/arm64/vmlinuz"),
+            (Some("ubuntu"), "ubuntu/24.04/initrd"),
+        ]
+        .map(|(p, f)| (p.map(String::from), f.to_owned()));
+        assert_eq!(missing, want);
+        let quick = quick_plan().missing_files();
+        assert!(
+            quick.iter().all(|m| m.profile.is_none()),
+            "quick mode: kernel and initrd present, only the arm64 loader missing: {quick:?}"
+        );
+    }
+
+    #[test]
+    fn dhcp_off_has_no_server() {
+        let config = ApplianceConfig::from_toml_str(
+            "[dhcp]\nmode = \"off\"\n[boot]\nroot = \"/srv\"\ndefault_profile = \"p\"\n\
+             [[profiles]]\nname = \"p\"\nkernel = \"k\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_for(&config, catalog(&[]));
+        assert!(plan.dhcp_config().is_none());
+        assert!(matches!(plan.dhcp_server(), Ok(None)));
+    }
+}

@@ -1,0 +1,1749 @@
+//! The appliance configuration: the TOML file of `stampede serve --config FILE`, and the same
+//! configuration built from the command line of `stampede boot` ([`ApplianceConfig::quick`]).
+//!
+//! Two layers, as in dora: [`wire`] holds serde types that mirror the file one to one
+//! (`deny_unknown_fields` everywhere, so a misspelt key is an error and not a silently ignored
+//! setting), and [`ApplianceConfig`] is the validated domain type the engine and
+//! [`crate::boot::BootPlan`] consume. `TryFrom<wire::Config>` is the only way from one to the
+//! other; every check happens there, and every [`ConfigError`] names the key it is about:
+//!
+//! ```text
+//! dhcp.pools[0].range: start 198.18.0.50 is after end 198.18.0.10
+//! profiles[2].cmdline: unknown placeholder {macc}
+//! machines[3].profile: no profile named "rescue"
+//! ```
+//!
+//! # Public API
+//! - [`ApplianceConfig::from_toml_str`]: parse and validate a file's text; syntax and type errors
+//!   come back as [`ConfigError::Toml`] with line and column.
+//! - [`ApplianceConfig::quick`]: the configuration `stampede boot KERNEL INITRD..` means
+//!   ([`QuickBoot`]); goes through the same wire type and the same validation.
+//! - The sections: [`ServerSettings`], [`DhcpSettings`] (with proto [`Pool`]s ready to use),
+//!   [`BootSettings`], [`Profile`] (an [`ipxe::BootProfile`] already validated), [`Machine`],
+//!   [`TftpSettings`], [`HttpSettings`], and `xdp` as an optional [`AttachMode`].
+//!
+//! The annotated example `docs/stampede.example.toml` lists every key with its default; a test
+//! below parses it, so it cannot drift from this code.
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stampede_proto::bootpath::{BootPath, PathRejection};
+use stampede_proto::dhcp::{Loaders, Pool};
+use stampede_proto::ipxe::{self, Arch, BootFiles, ProfileError, Template};
+use stampede_proto::{http, tftp};
+
+use crate::xdp::AttachMode;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplianceConfig {
+    pub server: ServerSettings,
+    pub dhcp: DhcpSettings,
+    pub boot: BootSettings,
+    /// In file order; names are unique.
+    pub profiles: Vec<Profile>,
+    /// In file order; MACs and UUIDs are unique.
+    pub machines: Vec<Machine>,
+    pub tftp: TftpSettings,
+    pub http: HttpSettings,
+    /// `None` when `xdp.mode = "off"`: everything is then served from sockets alone.
+    pub xdp: Option<AttachMode>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Boot networks. Empty means "the interface of the default route", which the engine
+    /// resolves; only allowed when DHCP is not authoritative.
+    pub interfaces: Vec<String>,
+    /// This server's IPv4 address on the boot network; `None`: the engine takes the
+    /// interface's own (one per interface).
+    pub address: Option<Ipv4Addr>,
+    pub http_port: u16,
+    /// Where the control API listens.
+    pub api: SocketAddr,
+    /// Worker threads (one io_uring each); `None`: one per core.
+    pub workers: Option<NonZeroUsize>,
+}
+
+/// `[dhcp] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpMode {
+    /// ProxyDHCP (PXE 2.1 §2.2.3): boot instructions only, beside the LAN's DHCP server.
+    Proxy,
+    /// Addresses from [`DhcpSettings::pools`] as well as boot instructions.
+    Authoritative,
+    /// No DHCP at all (machines find the server some other way, e.g. a static iPXE script).
+    Off,
+}
+
+impl DhcpMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Authoritative => "authoritative",
+            Self::Off => "off",
+        }
+    }
+}
+
+/// `[dhcp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpSettings {
+    pub mode: DhcpMode,
+    /// Non-empty exactly when the mode is authoritative. Reservations are already sorted into
+    /// the pool whose subnet holds their address.
+    pub pools: Vec<Pool>,
+    /// `[[dhcp.reservations]]` as written, for the facts they give scripts (IP, hostname).
+    pub reservations: Vec<Reservation>,
+}
+
+/// `[[dhcp.reservations]]`: a fixed address for one MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+/// `[boot]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSettings {
+    /// Directory whose files are served by TFTP (at their relative path) and by HTTP (under
+    /// `/files/`).
+    pub root: Option<PathBuf>,
+    /// Single files served under a name of their own, looked up before `root` (this is how
+    /// `stampede boot` serves a kernel from anywhere).
+    pub files: BTreeMap<BootPath, PathBuf>,
+    /// Where the iPXE builds named in `loaders` are read from.
+    pub ipxe_dir: PathBuf,
+    /// iPXE builds handed to firmware, by family.
+    pub loaders: Loaders,
+    /// Index into [`ApplianceConfig::profiles`] of the profile unknown machines boot; `None`:
+    /// unknown machines do not boot.
+    pub default_profile: Option<usize>,
+}
+
+/// `[[profiles]]`: what a machine boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub name: String,
+    /// Paths relative to the boot root; already checked by [`ipxe::BootProfile::validate`].
+    pub boot: ipxe::BootProfile,
+}
+
+/// `[[machines]]`: one known machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub mac: Option<[u8; 6]>,
+    /// The 16 bytes of DHCP option 97 in wire order.
+    pub uuid: Option<[u8; 16]>,
+    /// Index into [`ApplianceConfig::profiles`]; `None` means the default profile (present
+    /// whenever `allow` is true: checked at validation).
+    pub profile: Option<usize>,
+    pub hostname: Option<String>,
+    pub labels: Vec<String>,
+    /// `false`: the appliance ignores this machine entirely (no DHCP reply, no script).
+    pub allow: bool,
+}
+
+/// `[tftp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TftpSettings {
+    pub server: tftp::ServerConfig,
+    /// Transfers running at once; each holds a UDP port (its TID), so requests beyond this
+    /// are dropped (the client retransmits its RRQ).
+    pub max_transfers: usize,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub server: http::ServerConfig,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+/// Every default, with what it is tuned for.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Unprivileged, and leaves 80 to a web server that may share the host. iPXE and UEFI HTTP
+    /// Boot take any port in a URL.
+    pub const HTTP_PORT: u16 = 8080;
+    /// Loopback: the API has no authentication.
+    pub const API: &str = "127.0.0.1:7070";
+    /// The Debian/Ubuntu `ipxe` package's directory (undionly.kpxe, snponly.efi).
+    pub const IPXE_DIR: &str = "/usr/lib/ipxe";
+    /// dnsmasq's default. Boot networks churn (machines reinstalled, replaced), and a short
+    /// lease returns their addresses to the pool within the hour.
+    pub const LEASE_TIME: Duration = Duration::from_secs(3600);
+    /// Below this, renewals (at half the lease) would come faster than a slow PXE boot.
+    pub const MIN_LEASE_TIME: Duration = Duration::from_secs(60);
+    /// DHCP option 51 is 32-bit seconds; 0xffffffff means "infinite" (RFC 2131 §3.3).
+    pub const MAX_LEASE_TIME: Duration = Duration::from_secs(u32::MAX as u64 - 1);
+    /// 1500-byte Ethernet MTU minus IPv4 (20), UDP (8) and TFTP (4) headers: DATA never
+    /// fragments on a standard LAN.
+    pub const TFTP_MAX_BLKSIZE: u16 = 1468;
+    /// RFC 7440 windows: 16 × 1468 B ≈ 23 KB in flight per transfer, which thousands of
+    /// concurrent transfers can keep without overrunning shallow switch buffers, while still
+    /// cutting the ACK round trips 16-fold. The proto core caps it at 64.
+    pub const TFTP_MAX_WINDOWSIZE: u16 = 16;
+    /// Below Linux's default ephemeral port range (32768-60999, 28232 ports): each transfer
+    /// holds one port, and other sockets need some too.
+    pub const TFTP_MAX_TRANSFERS: usize = 16_384;
+    /// Generous for boot clients, which hold one or two connections each; a few thousand
+    /// machines booting at once stay under it, and so does a raised `ulimit -n`.
+    pub const HTTP_MAX_CONNECTIONS: usize = 16_384;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("line {line}, column {column}: {message}")]
+    Toml {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value that parses but does not make sense.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: Problem },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: Problem) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem,
+        }
+    }
+
+    /// The key path (`dhcp.pools[0].range`) of an [`ConfigError::Invalid`].
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            Self::Toml { .. } => None,
+        }
+    }
+}
+
+/// What is wrong with a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("must not be empty")]
+    Empty,
+    #[error("{0:?} is not an interface name (1-15 bytes, no '/', ':' or whitespace)")]
+    BadInterfaceName(String),
+    #[error("{value} is already used by {first}")]
+    Duplicate { value: String, first: String },
+    #[error(
+        "one address cannot belong to {0} interfaces; leave it out to use each interface's own"
+    )]
+    AddressNeedsOneInterface(usize),
+    #[error("{value} is out of range {min}..={max}")]
+    OutOfRange { value: u64, min: u64, max: u64 },
+    #[error("{0:?} is not a socket address like 127.0.0.1:7070")]
+    BadSocketAddr(String),
+    #[error("authoritative DHCP needs server.interfaces to name the boot network")]
+    AuthoritativeNeedsInterface,
+    #[error("authoritative mode needs at least one [[dhcp.pools]]")]
+    NoPools,
+    #[error("pools are only used with mode = \"authoritative\" (mode is {0:?})")]
+    PoolsNeedAuthoritative(&'static str),
+    #[error("{0:?} is not a range like 198.18.0.100-198.18.0.200")]
+    BadRange(String),
+    #[error("start {start} is after end {end}")]
+    RangeReversed { start: Ipv4Addr, end: Ipv4Addr },
+    #[error("{0:?} is not a subnet like 198.18.0.0/24")]
+    BadSubnet(String),
+    #[error("{given} has host bits set (did you mean {network}/{prefix}?)")]
+    HostBitsSet {
+        given: String,
+        network: Ipv4Addr,
+        prefix: u8,
+    },
+    #[error("{ip} is outside subnet {subnet}")]
+    OutsideSubnet { ip: Ipv4Addr, subnet: String },
+    #[error("subnet overlaps dhcp.pools[{0}]")]
+    PoolsOverlap(usize),
+    #[error("{0} is inside no pool's subnet")]
+    NoPoolFor(Ipv4Addr),
+    #[error("{0:?} is not a duration like 90, \"90s\", \"15m\", \"12h\" or \"1h30m\"")]
+    BadDuration(String),
+    #[error("{value:?} is out of range {min:?}..={max:?}")]
+    DurationOutOfRange {
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    },
+    #[error("{0:?} is not a MAC address like 52:54:00:12:34:56")]
+    BadMac(String),
+    #[error("{0:?} is not a UUID like 4c4c4544-004d-5910-8052-b2c04f353032")]
+    BadUuid(String),
+    #[error("{0:?} is not a host name (letters, digits, '-', dot-separated labels)")]
+    BadHostname(String),
+    #[error("{0:?} is not a name (letters, digits, '-', '_', '.')")]
+    BadName(String),
+    #[error("invalid path {path:?}: {reason}")]
+    BadPath { path: String, reason: PathRejection },
+    #[error("{0}")]
+    Profile(ProfileError),
+    #[error("unknown architecture {0:?}: expected x86-bios, x86_64-efi or arm64-efi")]
+    UnknownArch(String),
+    #[error("no profile named {0:?}")]
+    UnknownProfile(String),
+    #[error("at least one [[profiles]] is needed")]
+    NoProfiles,
+    #[error("no profile given and boot.default_profile is not set")]
+    NoProfile,
+    #[error("a machine needs a mac or a uuid")]
+    MachineWithoutKey,
+    #[error("set boot.root (a directory) or boot.files")]
+    NoBootFiles,
+    #[error("{0:?} is not in boot.files, and boot.root is not set")]
+    FileNotServed(String),
+    #[error("{0:?} has no file name usable as a boot file name")]
+    NoFileName(PathBuf),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire types
+
+/// The file as serde sees it. Every section but `[boot]` and `[[profiles]]` may be left out.
+pub mod wire {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+    use std::path::PathBuf;
+
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        #[serde(default)]
+        pub server: Server,
+        #[serde(default)]
+        pub dhcp: Dhcp,
+        pub boot: Boot,
+        #[serde(default)]
+        pub profiles: Vec<Profile>,
+        #[serde(default)]
+        pub machines: Vec<Machine>,
+        #[serde(default)]
+        pub tftp: Tftp,
+        #[serde(default)]
+        pub http: Http,
+        #[serde(default)]
+        pub xdp: Xdp,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        #[serde(default)]
+        pub interfaces: Vec<String>,
+        pub address: Option<Ipv4Addr>,
+        pub http_port: Option<u16>,
+        pub api: Option<String>,
+        pub workers: Option<u64>,
+    }
+
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum DhcpMode {
+        #[default]
+        Proxy,
+        Authoritative,
+        Off,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Dhcp {
+        #[serde(default)]
+        pub mode: DhcpMode,
+        #[serde(default)]
+        pub pools: Vec<Pool>,
+        #[serde(default)]
+        pub reservations: Vec<Reservation>,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Pool {
+        pub range: String,
+        pub subnet: String,
+        pub router: Option<Ipv4Addr>,
+        #[serde(default)]
+        pub dns: Vec<Ipv4Addr>,
+        pub lease_time: Option<Duration>,
+    }
+
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Reservation {
+        pub mac: String,
+        pub ip: Ipv4Addr,
+        pub hostname: Option<String>,
+    }
+
+    /// Seconds as an integer, or text with units.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(untagged)]
+    pub enum Duration {
+        Seconds(u64),
+        Text(String),
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Boot {
+        pub root: Option<PathBuf>,
+        /// Served name → file.
+        #[serde(default)]
+        pub files: BTreeMap<String, PathBuf>,
+        pub ipxe_dir: Option<PathBuf>,
+        pub default_profile: Option<String>,
+        #[serde(default)]
+        pub loaders: Loaders,
+    }
+
+    /// Keys are [`stampede_proto::ipxe::Arch`] names.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Loaders {
+        #[serde(rename = "x86-bios")]
+        pub x86_bios: Option<String>,
+        #[serde(rename = "x86_64-efi")]
+        pub x86_64_efi: Option<String>,
+        #[serde(rename = "arm64-efi")]
+        pub arm64_efi: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Profile {
+        pub name: String,
+        pub kernel: String,
+        #[serde(default)]
+        pub initrds: Vec<String>,
+        #[serde(default)]
+        pub cmdline: String,
+        /// Architecture name → what differs for it.
+        #[serde(default)]
+        pub arch: BTreeMap<String, ArchVariant>,
+    }
+
+    /// Keys left out are inherited from the profile.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ArchVariant {
+        pub kernel: Option<String>,
+        pub initrds: Option<Vec<String>>,
+        pub cmdline: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Machine {
+        pub mac: Option<String>,
+        pub uuid: Option<String>,
+        pub profile: Option<String>,
+        pub hostname: Option<String>,
+        #[serde(default)]
+        pub labels: Vec<String>,
+        pub allow: Option<bool>,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tftp {
+        pub max_blksize: Option<u64>,
+        pub max_windowsize: Option<u64>,
+        pub retransmit_timeout: Option<Duration>,
+        pub max_retries: Option<u64>,
+        pub max_backoff: Option<Duration>,
+        pub idle_timeout: Option<Duration>,
+        pub max_duration: Option<Duration>,
+        pub max_transfers: Option<u64>,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Http {
+        pub max_connections: Option<u64>,
+        pub idle_timeout: Option<Duration>,
+        pub header_timeout: Option<Duration>,
+        pub max_pending: Option<u64>,
+        pub max_request_line: Option<u64>,
+        pub max_head: Option<u64>,
+        pub max_headers: Option<u64>,
+    }
+
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum XdpMode {
+        #[default]
+        Auto,
+        Native,
+        Generic,
+        Off,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Xdp {
+        #[serde(default)]
+        pub mode: XdpMode,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+impl ApplianceConfig {
+    /// Parses and validates the text of a configuration file.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let wire: wire::Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map_or((0, 0), |span| line_column(text, span.start));
+            ConfigError::Toml {
+                line,
+                column,
+                message: e.message().trim_end().to_owned(),
+            }
+        })?;
+        Self::try_from(wire)
+    }
+
+    /// The profile a machine boots, if it boots: its own, else the default.
+    pub fn profile_of(&self, machine: &Machine) -> Option<&Profile> {
+        if !machine.allow {
+            return None;
+        }
+        machine
+            .profile
+            .or(self.boot.default_profile)
+            .and_then(|i| self.profiles.get(i))
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl TryFrom<wire::Config> for ApplianceConfig {
+    type Error = ConfigError;
+
+    fn try_from(w: wire::Config) -> Result<Self, ConfigError> {
+        let dhcp_mode = match w.dhcp.mode {
+            wire::DhcpMode::Proxy => DhcpMode::Proxy,
+            wire::DhcpMode::Authoritative => DhcpMode::Authoritative,
+            wire::DhcpMode::Off => DhcpMode::Off,
+        };
+        let server = server(&w.server, dhcp_mode)?;
+        let profiles = profiles(&w.profiles)?;
+        let boot = boot(&w.boot, &profiles)?;
+        let dhcp = dhcp(&w.dhcp, dhcp_mode)?;
+        let machines = machines(&w.machines, &profiles, boot.default_profile)?;
+        Ok(Self {
+            server,
+            dhcp,
+            boot,
+            profiles,
+            machines,
+            tftp: tftp_settings(&w.tftp)?,
+            http: http_settings(&w.http)?,
+            xdp: match w.xdp.mode {
+                wire::XdpMode::Auto => Some(AttachMode::Auto),
+                wire::XdpMode::Native => Some(AttachMode::Native),
+                wire::XdpMode::Generic => Some(AttachMode::Generic),
+                wire::XdpMode::Off => None,
+            },
+        })
+    }
+}
+
+fn server(w: &wire::Server, dhcp_mode: DhcpMode) -> Result<ServerSettings, ConfigError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in w.interfaces.iter().enumerate() {
+        let key = format!("server.interfaces[{i}]");
+        // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' (aliases) and whitespace
+        // (dev_valid_name in net/core/dev.c).
+        let valid = !name.is_empty()
+            && name.len() <= 15
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', ':'])
+            && !name.chars().any(char::is_whitespace);
+        if !valid {
+            return Err(ConfigError::invalid(
+                key,
+                Problem::BadInterfaceName(name.clone()),
+            ));
+        }
+        if let Some(first) = seen.insert(name, i) {
+            return Err(ConfigError::invalid(
+                key,
+                Problem::Duplicate {
+                    value: format!("{name:?}"),
+                    first: format!("server.interfaces[{first}]"),
+                },
+            ));
+        }
+    }
+    if w.address.is_some() && w.interfaces.len() > 1 {
+        return Err(ConfigError::invalid(
+            "server.address",
+            Problem::AddressNeedsOneInterface(w.interfaces.len()),
+        ));
+    }
+    if dhcp_mode == DhcpMode::Authoritative && w.interfaces.is_empty() {
+        // Handing out addresses on whatever network the default route is on could take over
+        // an office LAN; the operator must name the boot network.
+        return Err(ConfigError::invalid(
+            "server.interfaces",
+            Problem::AuthoritativeNeedsInterface,
+        ));
+    }
+    let http_port = match w.http_port {
+        None => defaults::HTTP_PORT,
+        Some(0) => return Err(out_of_range("server.http_port", 0, 1, 65535)),
+        Some(p) => p,
+    };
+    let api_text = w.api.as_deref().unwrap_or(defaults::API);
+    let api = api_text.parse().map_err(|_| {
+        ConfigError::invalid("server.api", Problem::BadSocketAddr(api_text.to_owned()))
+    })?;
+    let workers = match w.workers {
+        None => None,
+        Some(n) => Some(
+            usize::try_from(n)
+                .ok()
+                .and_then(NonZeroUsize::new)
+                .filter(|n| n.get() <= 4096)
+                .ok_or_else(|| out_of_range("server.workers", n, 1, 4096))?,
+        ),
+    };
+    Ok(ServerSettings {
+        interfaces: w.interfaces.clone(),
+        address: w.address,
+        http_port,
+        api,
+        workers,
+    })
+}
+
+fn out_of_range(key: &str, value: u64, min: u64, max: u64) -> ConfigError {
+    ConfigError::invalid(key, Problem::OutOfRange { value, min, max })
+}
+
+fn number(
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(out_of_range(key, v, min, max))
+    }
+}
+
+fn dhcp(w: &wire::Dhcp, mode: DhcpMode) -> Result<DhcpSettings, ConfigError> {
+    if mode != DhcpMode::Authoritative && !w.pools.is_empty() {
+        return Err(ConfigError::invalid(
+            "dhcp.pools",
+            Problem::PoolsNeedAuthoritative(mode.as_str()),
+        ));
+    }
+    if mode == DhcpMode::Authoritative && w.pools.is_empty() {
+        return Err(ConfigError::invalid("dhcp.pools", Problem::NoPools));
+    }
+    let mut pools: Vec<Pool> = Vec::new();
+    for (i, p) in w.pools.iter().enumerate() {
+        let key = |field: &str| format!("dhcp.pools[{i}].{field}");
+        let (subnet, prefix_len) =
+            parse_subnet(&p.subnet).map_err(|e| ConfigError::invalid(key("subnet"), e))?;
+        let (first, last) =
+            parse_range(&p.range).map_err(|e| ConfigError::invalid(key("range"), e))?;
+        let pool = Pool {
+            subnet,
+            prefix_len,
+            first,
+            last,
+            routers: p.router.into_iter().collect(),
+            dns_servers: p.dns.clone(),
+            lease_time: match &p.lease_time {
+                None => defaults::LEASE_TIME,
+                Some(d) => duration(
+                    &key("lease_time"),
+                    d,
+                    defaults::MIN_LEASE_TIME,
+                    defaults::MAX_LEASE_TIME,
+                )?,
+            },
+            reservations: HashMap::new(),
+        };
+        let subnet_text = format!("{subnet}/{prefix_len}");
+        for ip in [first, last] {
+            if !pool.contains(ip) {
+                return Err(ConfigError::invalid(
+                    key("range"),
+                    Problem::OutsideSubnet {
+                        ip,
+                        subnet: subnet_text,
+                    },
+                ));
+            }
+        }
+        if let Some(r) = pool.routers.iter().find(|r| !pool.contains(**r)) {
+            return Err(ConfigError::invalid(
+                key("router"),
+                Problem::OutsideSubnet {
+                    ip: *r,
+                    subnet: subnet_text,
+                },
+            ));
+        }
+        // Overlapping subnets would make the pool for a client depend on file order.
+        if let Some(other) = pools
+            .iter()
+            .position(|q| q.contains(pool.subnet) || pool.contains(q.subnet))
+        {
+            return Err(ConfigError::invalid(
+                key("subnet"),
+                Problem::PoolsOverlap(other),
+            ));
+        }
+        pools.push(pool);
+    }
+
+    let mut reservations = Vec::new();
+    let mut by_mac: HashMap<[u8; 6], usize> = HashMap::new();
+    let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for (i, r) in w.reservations.iter().enumerate() {
+        let key = |field: &str| format!("dhcp.reservations[{i}].{field}");
+        let mac = parse_mac(&r.mac).map_err(|e| ConfigError::invalid(key("mac"), e))?;
+        if let Some(first) = by_mac.insert(mac, i) {
+            return Err(duplicate(
+                key("mac"),
+                &r.mac,
+                format!("dhcp.reservations[{first}]"),
+            ));
+        }
+        if let Some(first) = by_ip.insert(r.ip, i) {
+            return Err(duplicate(
+                key("ip"),
+                &r.ip,
+                format!("dhcp.reservations[{first}]"),
+            ));
+        }
+        let hostname = r
+            .hostname
+            .as_deref()
+            .map(|h| check_hostname(h).map_err(|e| ConfigError::invalid(key("hostname"), e)))
+            .transpose()?;
+        if mode == DhcpMode::Authoritative {
+            let pool = pools
+                .iter_mut()
+                .find(|p| p.contains(r.ip))
+                .ok_or_else(|| ConfigError::invalid(key("ip"), Problem::NoPoolFor(r.ip)))?;
+            pool.reservations.insert(mac, r.ip);
+        }
+        reservations.push(Reservation {
+            mac,
+            ip: r.ip,
+            hostname,
+        });
+    }
+    Ok(DhcpSettings {
+        mode,
+        pools,
+        reservations,
+    })
+}
+
+fn duplicate(key: String, value: &dyn fmt::Display, first: String) -> ConfigError {
+    ConfigError::invalid(
+        key,
+        Problem::Duplicate {
+            value: value.to_string(),
+            first,
+        },
+    )
+}
+
+fn boot(w: &wire::Boot, profiles: &[Profile]) -> Result<BootSettings, ConfigError> {
+    if w.root.is_none() && w.files.is_empty() {
+        return Err(ConfigError::invalid("boot.root", Problem::NoBootFiles));
+    }
+    if w.root.as_ref().is_some_and(|r| r.as_os_str().is_empty()) {
+        return Err(ConfigError::invalid("boot.root", Problem::Empty));
+    }
+    let mut files = BTreeMap::new();
+    for (name, path) in &w.files {
+        let key = format!("boot.files.{name:?}");
+        let served = parse_path(name).map_err(|e| ConfigError::invalid(&key, e))?;
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(key, Problem::Empty));
+        }
+        if let Some(prev) = files.insert(served.clone(), path.clone()) {
+            // Two spellings of one name ("a//b" and "a/b").
+            return Err(duplicate(key, &served, format!("{}", prev.display())));
+        }
+    }
+    // Without a root, a profile may only name listed files: catch the typo now, not at boot.
+    if w.root.is_none() {
+        for (i, p) in profiles.iter().enumerate() {
+            let all =
+                std::iter::once(&p.boot.default).chain(p.boot.variants.iter().map(|(_, f)| f));
+            for f in all {
+                for (field, path) in std::iter::once(("kernel", &f.kernel))
+                    .chain(f.initrds.iter().map(|i| ("initrds", i)))
+                {
+                    let served = BootPath::parse(path.as_bytes()).ok();
+                    if served.is_none_or(|s| !files.contains_key(&s)) {
+                        return Err(ConfigError::invalid(
+                            format!("profiles[{i}].{field}"),
+                            Problem::FileNotServed(path.clone()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut loaders = Loaders::default();
+    for (key, value, slot) in [
+        (
+            "boot.loaders.x86-bios",
+            &w.loaders.x86_bios,
+            &mut loaders.bios,
+        ),
+        (
+            "boot.loaders.x86_64-efi",
+            &w.loaders.x86_64_efi,
+            &mut loaders.efi_x64,
+        ),
+        (
+            "boot.loaders.arm64-efi",
+            &w.loaders.arm64_efi,
+            &mut loaders.efi_arm64,
+        ),
+    ] {
+        if let Some(name) = value {
+            *slot = Some(
+                parse_path(name)
+                    .map_err(|e| ConfigError::invalid(key, e))?
+                    .to_string(),
+            );
+        }
+    }
+    let default_profile = w
+        .default_profile
+        .as_deref()
+        .map(|name| {
+            profiles.iter().position(|p| p.name == name).ok_or_else(|| {
+                ConfigError::invalid(
+                    "boot.default_profile",
+                    Problem::UnknownProfile(name.to_owned()),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(BootSettings {
+        root: w.root.clone(),
+        files,
+        ipxe_dir: w
+            .ipxe_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::IPXE_DIR)),
+        loaders,
+        default_profile,
+    })
+}
+
+fn profiles(w: &[wire::Profile]) -> Result<Vec<Profile>, ConfigError> {
+    if w.is_empty() {
+        return Err(ConfigError::invalid("profiles", Problem::NoProfiles));
+    }
+    let mut out: Vec<Profile> = Vec::with_capacity(w.len());
+    for (i, p) in w.iter().enumerate() {
+        let at = format!("profiles[{i}]");
+        check_name(&p.name).map_err(|e| ConfigError::invalid(format!("{at}.name"), e))?;
+        if let Some(first) = out.iter().position(|q| q.name == p.name) {
+            return Err(duplicate(
+                format!("{at}.name"),
+                &format!("{:?}", p.name),
+                format!("profiles[{first}]"),
+            ));
+        }
+        let default = BootFiles {
+            kernel: p.kernel.clone(),
+            initrds: p.initrds.clone(),
+            cmdline: p.cmdline.clone(),
+        };
+        check_files(&at, &default)?;
+        let mut variants = Vec::new();
+        for (arch_name, v) in &p.arch {
+            let vat = format!("{at}.arch.{arch_name}");
+            let arch = parse_arch(arch_name).ok_or_else(|| {
+                ConfigError::invalid(&vat, Problem::UnknownArch(arch_name.clone()))
+            })?;
+            let files = BootFiles {
+                kernel: v.kernel.clone().unwrap_or_else(|| p.kernel.clone()),
+                initrds: v.initrds.clone().unwrap_or_else(|| p.initrds.clone()),
+                cmdline: v.cmdline.clone().unwrap_or_else(|| p.cmdline.clone()),
+            };
+            check_files(&vat, &files)?;
+            variants.push((arch, files));
+        }
+        let boot = ipxe::BootProfile { default, variants };
+        // What the per-field checks above do not cover (initrd names: unique, plain).
+        boot.validate()
+            .map_err(|e| ConfigError::invalid(format!("{at}.initrds"), Problem::Profile(e)))?;
+        out.push(Profile {
+            name: p.name.clone(),
+            boot,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks each field on its own so the error names it.
+fn check_files(at: &str, f: &BootFiles) -> Result<(), ConfigError> {
+    parse_path(&f.kernel).map_err(|e| ConfigError::invalid(format!("{at}.kernel"), e))?;
+    for (j, initrd) in f.initrds.iter().enumerate() {
+        parse_path(initrd).map_err(|e| ConfigError::invalid(format!("{at}.initrds[{j}]"), e))?;
+    }
+    Template::parse(&f.cmdline)
+        .map_err(|e| ConfigError::invalid(format!("{at}.cmdline"), Problem::Profile(e)))?;
+    Ok(())
+}
+
+/// The `{arch}` names of [`Arch::as_str`].
+pub fn parse_arch(name: &str) -> Option<Arch> {
+    [Arch::X86Bios, Arch::X86_64Efi, Arch::Arm64Efi]
+        .into_iter()
+        .find(|a| a.as_str() == name)
+}
+
+fn machines(
+    w: &[wire::Machine],
+    profiles: &[Profile],
+    default_profile: Option<usize>,
+) -> Result<Vec<Machine>, ConfigError> {
+    let mut out = Vec::with_capacity(w.len());
+    let mut by_mac: HashMap<[u8; 6], usize> = HashMap::new();
+    let mut by_uuid: HashMap<[u8; 16], usize> = HashMap::new();
+    for (i, m) in w.iter().enumerate() {
+        let key = |field: &str| format!("machines[{i}].{field}");
+        let mac = m
+            .mac
+            .as_deref()
+            .map(|t| parse_mac(t).map_err(|e| ConfigError::invalid(key("mac"), e)))
+            .transpose()?;
+        let uuid = m
+            .uuid
+            .as_deref()
+            .map(|t| parse_uuid(t).map_err(|e| ConfigError::invalid(key("uuid"), e)))
+            .transpose()?;
+        if mac.is_none() && uuid.is_none() {
+            return Err(ConfigError::invalid(
+                format!("machines[{i}]"),
+                Problem::MachineWithoutKey,
+            ));
+        }
+        if let Some(mac) = mac
+            && let Some(first) = by_mac.insert(mac, i)
+        {
+            return Err(duplicate(
+                key("mac"),
+                &ipxe::format_mac(&mac),
+                format!("machines[{first}]"),
+            ));
+        }
+        if let Some(uuid) = uuid
+            && let Some(first) = by_uuid.insert(uuid, i)
+        {
+            return Err(duplicate(
+                key("uuid"),
+                &ipxe::format_uuid(&uuid),
+                format!("machines[{first}]"),
+            ));
+        }
+        let allow = m.allow.unwrap_or(true);
+        let profile =
+            match m.profile.as_deref() {
+                Some(name) => Some(profiles.iter().position(|p| p.name == name).ok_or_else(
+                    || {
+                        ConfigError::invalid(
+                            key("profile"),
+                            Problem::UnknownProfile(name.to_owned()),
+                        )
+                    },
+                )?),
+                None if allow && default_profile.is_none() => {
+                    return Err(ConfigError::invalid(key("profile"), Problem::NoProfile));
+                }
+                None => None,
+            };
+        let hostname = m
+            .hostname
+            .as_deref()
+            .map(|h| check_hostname(h).map_err(|e| ConfigError::invalid(key("hostname"), e)))
+            .transpose()?;
+        for (j, label) in m.labels.iter().enumerate() {
+            check_name(label)
+                .map_err(|e| ConfigError::invalid(format!("machines[{i}].labels[{j}]"), e))?;
+        }
+        out.push(Machine {
+            mac,
+            uuid,
+            profile,
+            hostname,
+            labels: m.labels.clone(),
+            allow,
+        });
+    }
+    Ok(out)
+}
+
+fn tftp_settings(w: &wire::Tftp) -> Result<TftpSettings, ConfigError> {
+    let d = tftp::TransferLimits::default();
+    let dur =
+        |key: &str, v: &Option<wire::Duration>, default: Duration, min: Duration, max: Duration| {
+            v.as_ref()
+                .map_or(Ok(default), |v| duration(key, v, min, max))
+        };
+    let s = Duration::from_secs;
+    let limits = tftp::TransferLimits {
+        // RFC 2349 allows 1..=255 s when a client asks; the server's own may be finer.
+        default_timeout: dur(
+            "tftp.retransmit_timeout",
+            &w.retransmit_timeout,
+            d.default_timeout,
+            Duration::from_millis(100),
+            s(255),
+        )?,
+        max_retries: number(
+            "tftp.max_retries",
+            w.max_retries,
+            d.max_retries.into(),
+            0,
+            100,
+        )? as u32,
+        max_backoff: dur(
+            "tftp.max_backoff",
+            &w.max_backoff,
+            d.max_backoff,
+            Duration::from_millis(100),
+            s(255),
+        )?,
+        idle_timeout: dur(
+            "tftp.idle_timeout",
+            &w.idle_timeout,
+            d.idle_timeout,
+            s(1),
+            s(3600),
+        )?,
+        max_duration: dur(
+            "tftp.max_duration",
+            &w.max_duration,
+            d.max_duration,
+            s(1),
+            s(86_400),
+        )?,
+    };
+    let server = tftp::ServerConfig {
+        // RFC 2348 §2: blksize 8..=65464.
+        max_blksize: number(
+            "tftp.max_blksize",
+            w.max_blksize,
+            defaults::TFTP_MAX_BLKSIZE.into(),
+            8,
+            65464,
+        )? as u16,
+        max_windowsize: number(
+            "tftp.max_windowsize",
+            w.max_windowsize,
+            defaults::TFTP_MAX_WINDOWSIZE.into(),
+            1,
+            tftp::server::MAX_SERVER_WINDOWSIZE.into(),
+        )? as u16,
+        limits,
+    };
+    Ok(TftpSettings {
+        server,
+        max_transfers: number(
+            "tftp.max_transfers",
+            w.max_transfers,
+            defaults::TFTP_MAX_TRANSFERS as u64,
+            1,
+            1 << 20,
+        )? as usize,
+    })
+}
+
+fn http_settings(w: &wire::Http) -> Result<HttpSettings, ConfigError> {
+    let d = http::ServerConfig::default();
+    let s = Duration::from_secs;
+    let dur = |key: &str, v: &Option<wire::Duration>, default: Duration| {
+        v.as_ref()
+            .map_or(Ok(default), |v| duration(key, v, s(1), s(3600)))
+    };
+    let server = http::ServerConfig {
+        limits: http::Limits {
+            max_request_line: number(
+                "http.max_request_line",
+                w.max_request_line,
+                d.limits.max_request_line as u64,
+                64,
+                1 << 16,
+            )? as usize,
+            max_head: number(
+                "http.max_head",
+                w.max_head,
+                d.limits.max_head as u64,
+                256,
+                1 << 20,
+            )? as usize,
+            max_headers: number(
+                "http.max_headers",
+                w.max_headers,
+                d.limits.max_headers as u64,
+                8,
+                1024,
+            )? as usize,
+        },
+        idle_timeout: dur("http.idle_timeout", &w.idle_timeout, d.idle_timeout)?,
+        header_timeout: dur("http.header_timeout", &w.header_timeout, d.header_timeout)?,
+        max_pending: number(
+            "http.max_pending",
+            w.max_pending,
+            d.max_pending as u64,
+            1,
+            1024,
+        )? as usize,
+    };
+    Ok(HttpSettings {
+        server,
+        max_connections: number(
+            "http.max_connections",
+            w.max_connections,
+            defaults::HTTP_MAX_CONNECTIONS as u64,
+            1,
+            1 << 20,
+        )? as usize,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers
+
+fn parse_path(text: &str) -> Result<BootPath, Problem> {
+    BootPath::parse(text.as_bytes()).map_err(|reason| Problem::BadPath {
+        path: text.to_owned(),
+        reason,
+    })
+}
+
+/// `198.18.0.100-198.18.0.200`, spaces around `-` allowed.
+pub fn parse_range(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), Problem> {
+    let bad = || Problem::BadRange(text.to_owned());
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let start: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+    let end: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+    if u32::from(start) > u32::from(end) {
+        return Err(Problem::RangeReversed { start, end });
+    }
+    Ok((start, end))
+}
+
+/// `198.18.0.0/24`; host bits must be zero (a typo otherwise, more often than not).
+pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), Problem> {
+    let bad = || Problem::BadSubnet(text.to_owned());
+    let (a, p) = text.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+    let prefix: u8 = p.trim().parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let network = Ipv4Addr::from(u32::from(ip) & mask);
+    if network != ip {
+        return Err(Problem::HostBitsSet {
+            given: text.to_owned(),
+            network,
+            prefix,
+        });
+    }
+    Ok((network, prefix))
+}
+
+/// `52:54:00:12:34:56` or `52-54-00-12-34-56`, any case.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], Problem> {
+    let bad = || Problem::BadMac(text.to_owned());
+    let sep = if text.contains('-') { '-' } else { ':' };
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(sep);
+    for b in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// `8-4-4-4-12` hex or 32 hex digits, bytes in text order.
+pub fn parse_uuid(text: &str) -> Result<[u8; 16], Problem> {
+    let bad = || Problem::BadUuid(text.to_owned());
+    let groups: Vec<&str> = text.split('-').collect();
+    let shape_ok = match groups.len() {
+        1 => groups[0].len() == 32,
+        5 => groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]),
+        _ => false,
+    };
+    let hex: String = groups.concat();
+    if !shape_ok || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// RFC 1123 §2.1 host names: what the iPXE `{hostname}` placeholder accepts, and stricter.
+fn check_hostname(h: &str) -> Result<String, Problem> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(h.to_owned())
+    } else {
+        Err(Problem::BadHostname(h.to_owned()))
+    }
+}
+
+/// Profile names and labels: they show up in URLs, metrics and the API.
+fn check_name(name: &str) -> Result<(), Problem> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::BadName(name.to_owned()))
+    }
+}
+
+/// Integer seconds, or `<n><unit>` groups with units `ms`, `s`, `m`, `h`, `d` (`1h30m`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400)?),
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(part)?;
+    }
+    Some(total)
+}
+
+fn duration(
+    key: &str,
+    w: &wire::Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = match w {
+        wire::Duration::Seconds(s) => Duration::from_secs(*s),
+        wire::Duration::Text(t) => parse_duration(t)
+            .ok_or_else(|| ConfigError::invalid(key, Problem::BadDuration(t.clone())))?,
+    };
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            Problem::DurationOutOfRange { value, min, max },
+        ));
+    }
+    Ok(value)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quick mode
+
+/// What `stampede boot [--iface IF] [--dhcp-range START-END] [--cmdline STR] [--ipxe-dir DIR]
+/// KERNEL INITRD...` asks for: boot every machine on the network into one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuickBoot {
+    /// `None`: the interface of the default route (proxy mode only).
+    pub iface: Option<String>,
+    pub kernel: PathBuf,
+    pub initrds: Vec<PathBuf>,
+    pub cmdline: String,
+    /// `None`: [`defaults::IPXE_DIR`].
+    pub ipxe_dir: Option<PathBuf>,
+    /// `Some`: authoritative DHCP handing out this range; `None`: ProxyDHCP beside the LAN's
+    /// own DHCP server.
+    pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// `None`: [`defaults::HTTP_PORT`].
+    pub http_port: Option<u16>,
+}
+
+/// Name of the single profile quick mode makes.
+pub const QUICK_PROFILE: &str = "quick";
+
+impl ApplianceConfig {
+    /// The configuration quick mode means, as a file would give it. The kernel and initrds are
+    /// served by their file names (`/files/vmlinuz`), every machine boots them, the subnet of
+    /// `dhcp_range` is the smallest one holding both ends but at least a /24 (the engine checks
+    /// it against the interface's own prefix).
+    pub fn quick(q: QuickBoot) -> Result<Self, ConfigError> {
+        let mut files = BTreeMap::new();
+        let mut served = |key: String, path: &PathBuf| -> Result<String, ConfigError> {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| BootPath::parse(n.as_bytes()).is_ok())
+                .ok_or_else(|| ConfigError::invalid(&key, Problem::NoFileName(path.clone())))?
+                .to_owned();
+            if files.insert(name.clone(), path.clone()).is_some() {
+                return Err(duplicate(
+                    key,
+                    &format!("file name {name:?}"),
+                    "another file".into(),
+                ));
+            }
+            Ok(name)
+        };
+        let kernel = served("kernel".into(), &q.kernel)?;
+        let initrds = q
+            .initrds
+            .iter()
+            .enumerate()
+            .map(|(i, p)| served(format!("initrds[{i}]"), p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dhcp = match q.dhcp_range {
+            None => wire::Dhcp::default(),
+            Some((start, end)) => {
+                let common = (u32::from(start) ^ u32::from(end)).leading_zeros().min(24);
+                let mask = u32::MAX.checked_shl(32 - common).unwrap_or(0);
+                wire::Dhcp {
+                    mode: wire::DhcpMode::Authoritative,
+                    pools: vec![wire::Pool {
+                        range: format!("{start}-{end}"),
+                        subnet: format!("{}/{common}", Ipv4Addr::from(u32::from(start) & mask)),
+                        ..wire::Pool::default()
+                    }],
+                    reservations: Vec::new(),
+                }
+            }
+        };
+        let wire = wire::Config {
+            server: wire::Server {
+                interfaces: q.iface.into_iter().collect(),
+                http_port: q.http_port,
+                ..wire::Server::default()
+            },
+            dhcp,
+            boot: wire::Boot {
+                files,
+                ipxe_dir: q.ipxe_dir,
+                default_profile: Some(QUICK_PROFILE.into()),
+                ..wire::Boot::default()
+            },
+            profiles: vec![wire::Profile {
+                name: QUICK_PROFILE.into(),
+                kernel,
+                initrds,
+                cmdline: q.cmdline,
+                arch: BTreeMap::new(),
+            }],
+            ..wire::Config::default()
+        };
+        Self::try_from(wire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../docs/stampede.example.toml");
+
+    const MINIMAL: &str = r#"
+[boot]
+root = "/srv/boot"
+default_profile = "live"
+
+[[profiles]]
+name = "live"
+kernel = "vmlinuz"
+"#;
+
+    fn parse(text: &str) -> ApplianceConfig {
+        ApplianceConfig::from_toml_str(text).unwrap_or_else(|e| panic!("config refused: {e}"))
+    }
+
+    /// The error for `MINIMAL` with `extra` appended; panics if it is accepted.
+    fn refused(extra: &str) -> ConfigError {
+        match ApplianceConfig::from_toml_str(&format!("{MINIMAL}\n{extra}")) {
+            Ok(_) => panic!("accepted:\n{extra}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let c = parse(EXAMPLE);
+        assert_eq!(c.server.interfaces, ["eth1"]);
+        assert_eq!(c.dhcp.mode, DhcpMode::Authoritative);
+        assert_eq!(c.dhcp.pools.len(), 1, "one pool in the example");
+        assert!(c.profiles.len() >= 2, "example shows several profiles");
+        assert!(
+            c.machines.iter().any(|m| !m.allow),
+            "example shows a denied machine"
+        );
+        assert!(
+            c.profiles.iter().any(|p| !p.boot.variants.is_empty()),
+            "example shows an arch variant"
+        );
+        assert_eq!(c.xdp, Some(AttachMode::Auto));
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = parse(MINIMAL);
+        assert_eq!(c.server.http_port, 8080);
+        assert_eq!(c.server.api, "127.0.0.1:7070".parse().expect("address"));
+        assert_eq!(c.server.workers, None, "all cores");
+        assert_eq!(
+            c.dhcp.mode,
+            DhcpMode::Proxy,
+            "safe beside a LAN DHCP server"
+        );
+        assert_eq!(c.boot.ipxe_dir, PathBuf::from("/usr/lib/ipxe"));
+        assert_eq!(c.boot.loaders, Loaders::default());
+        assert_eq!(c.tftp.server.max_blksize, 1468);
+        assert_eq!(c.tftp.server.max_windowsize, 16);
+        assert_eq!(c.tftp.server.limits, tftp::TransferLimits::default());
+        assert_eq!(c.http.server, http::ServerConfig::default());
+        assert_eq!(c.xdp, Some(AttachMode::Auto));
+        assert_eq!(c.boot.default_profile, Some(0));
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_report_line_and_column() {
+        let e = ApplianceConfig::from_toml_str("[server]\nhttp_port = 80\nhtp_port = 1\n")
+            .expect_err("misspelt key");
+        let ConfigError::Toml { line, message, .. } = &e else {
+            panic!("expected a TOML error, got {e}");
+        };
+        assert_eq!(*line, 3, "{e}");
+        assert!(message.contains("htp_port"), "{e}");
+        let e = ApplianceConfig::from_toml_str("[boot\nroot = 1").expect_err("bad syntax");
+        assert!(matches!(e, ConfigError::Toml { line: 1, .. }), "{e}");
+        let e = refused("[dhcp]\nmode = \"dhcp\"");
+        assert!(e.to_string().contains("dhcp"), "{e}");
+    }
+
+    /// Every validation error names its key; the message says what is wrong.
+    #[test]
+    fn each_invalid_value_names_its_key() {
+        let pool = |range: &str, subnet: &str| {
+            format!(
+                "[server]\ninterfaces = [\"eth1\"]\n[dhcp]\nmode = \"authoritative\"\n\
+                 [[dhcp.pools]]\nrange = \"{range}\"\nsubnet = \"{subnet}\"\n"
+            )
+        };
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                pool("198.18.0.50-198.18.0.10", "198.18.0.0/24"),
+                "dhcp.pools[0].range",
+                "start 198.18.0.50 is after end 198.18.0.10",
+            ),
+            (pool("198.18.1.1-198.18.1.9", "198.18.0.0/24"), "dhcp.pools[0].range", "outside subnet"),
+            (pool("198.18.0.1-198.18.0.9", "198.18.0.5/24"), "dhcp.pools[0].subnet", "did you mean 198.18.0.0/24"),
+            (pool("198.18.0.1", "198.18.0.0/24"), "dhcp.pools[0].range", "not a range"),
+            (
+                pool("198.18.0.1-198.18.0.9", "198.18.0.0/24") + "lease_time = \"12 parsecs\"",
+                "dhcp.pools[0].lease_time",
+                "not a duration",
+            ),
+            (
+                pool("198.18.0.1-198.18.0.9", "198.18.0.0/24") + "lease_time = 5",
+                "dhcp.pools[0].lease_time",
+                "out of range",
+            ),
+            (
+                pool("198.18.0.1-198.18.0.9", "198.18.0.0/24") + "router = \"10.0.0.1\"",
+                "dhcp.pools[0].router",
+                "outside subnet",
+            ),
+            (
+                pool("198.18.0.1-198.18.0.9", "198.18.0.0/24")
+                    + "[[dhcp.pools]]\nrange = \"198.18.0.10-198.18.0.20\"\nsubnet = \"198.18.0.0/25\"",
+                "dhcp.pools[1].subnet",
+                "overlaps dhcp.pools[0]",
+            ),
+            (
+                pool("198.18.0.1-198.18.0.9", "198.18.0.0/24")
+                    + "[[dhcp.reservations]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.1.1.1\"",
+                "dhcp.reservations[0].ip",
+                "inside no pool",
+            ),
+            (
+                "[dhcp]\nmode = \"authoritative\"\n[[dhcp.pools]]\nrange = \"198.18.0.1-198.18.0.9\"\nsubnet = \"198.18.0.0/24\"".into(),
+                "server.interfaces",
+                "needs server.interfaces",
+            ),
+            ("[server]\ninterfaces = [\"eth1\"]\n[dhcp]\nmode = \"authoritative\"".into(), "dhcp.pools", "at least one"),
+            (
+                "[[dhcp.pools]]\nrange = \"198.18.0.1-198.18.0.9\"\nsubnet = \"198.18.0.0/24\"".into(),
+                "dhcp.pools",
+                "only used with mode = \"authoritative\"",
+            ),
+            (
+                "[[dhcp.reservations]]\nmac = \"52:54:00:00:00\"\nip = \"10.1.1.1\"".into(),
+                "dhcp.reservations[0].mac",
+                "not a MAC",
+            ),
+            ("[server]\ninterfaces = [\"eth1\", \"eth1\"]".into(), "server.interfaces[1]", "already used by server.interfaces[0]"),
+            ("[server]\ninterfaces = [\"a very long name\"]".into(), "server.interfaces[0]", "not an interface name"),
+            (
+                "[server]\ninterfaces = [\"eth1\", \"eth2\"]\naddress = \"198.18.0.1\"".into(),
+                "server.address",
+                "2 interfaces",
+            ),
+            ("[server]\nhttp_port = 0".into(), "server.http_port", "out of range"),
+            ("[server]\nworkers = 0".into(), "server.workers", "out of range"),
+            ("[server]\napi = \"localhost\"".into(), "server.api", "not a socket address"),
+            (
+                "[[profiles]]\nname = \"x\"\nkernel = \"k\"\ncmdline = \"ip={macc}\"".into(),
+                "profiles[1].cmdline",
+                "unknown placeholder {macc}",
+            ),
+            ("[[profiles]]\nname = \"x\"\nkernel = \"../etc/passwd\"".into(), "profiles[1].kernel", "`..`"),
+            (
+                "[[profiles]]\nname = \"x\"\nkernel = \"k\"\ninitrds = [\"a/i.img\", \"b/i.img\"]".into(),
+                "profiles[1].initrds",
+                "two initrds",
+            ),
+            ("[[profiles]]\nname = \"live\"\nkernel = \"k\"".into(), "profiles[1].name", "already used by profiles[0]"),
+            ("[[profiles]]\nname = \"a b\"\nkernel = \"k\"".into(), "profiles[1].name", "not a name"),
+            (
+                "[[profiles]]\nname = \"x\"\nkernel = \"k\"\n[profiles.arch.efi-x64]\nkernel = \"k2\"".into(),
+                "profiles[1].arch.efi-x64",
+                "expected x86-bios, x86_64-efi or arm64-efi",
+            ),
+            (
+                "[[profiles]]\nname = \"x\"\nkernel = \"k\"\n[profiles.arch.x86_64-efi]\ncmdline = \"a\\\\b\"".into(),
+                "profiles[1].arch.x86_64-efi.cmdline",
+                "not allowed",
+            ),
+            ("[[machines]]\nmac = \"52:54:00:00:00:01\"\nprofile = \"rescue\"".into(), "machines[0].profile", "no profile named \"rescue\""),
+            ("[[machines]]\nprofile = \"live\"".into(), "machines[0]", "needs a mac or a uuid"),
+            ("[[machines]]\nuuid = \"1234\"".into(), "machines[0].uuid", "not a UUID"),
+            ("[[machines]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"-bad\"".into(), "machines[0].hostname", "not a host name"),
+            (
+                "[[machines]]\nmac = \"52:54:00:00:00:01\"\n[[machines]]\nmac = \"52-54-00-00-00-01\"".into(),
+                "machines[1].mac",
+                "52:54:00:00:00:01 is already used by machines[0]",
+            ),
+            ("[tftp]\nmax_windowsize = 65".into(), "tftp.max_windowsize", "65 is out of range 1..=64"),
+            ("[tftp]\nmax_blksize = 4".into(), "tftp.max_blksize", "out of range 8..=65464"),
+            ("[tftp]\nidle_timeout = \"2x\"".into(), "tftp.idle_timeout", "not a duration"),
+            ("[http]\nmax_connections = 0".into(), "http.max_connections", "out of range"),
+        ];
+        for (extra, key, text) in cases {
+            let e = refused(&extra);
+            assert_eq!(e.key(), Some(key), "wrong key for:\n{extra}\nerror: {e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("{key}: ")), "{msg}");
+            assert!(msg.contains(text), "{msg:?} should say {text:?}");
+        }
+    }
+
+    #[test]
+    fn structural_errors_name_their_key() {
+        let e =
+            ApplianceConfig::from_toml_str("[boot]\nroot = \"/srv\"\n").expect_err("no profiles");
+        assert_eq!(
+            e.to_string(),
+            "profiles: at least one [[profiles]] is needed"
+        );
+        let e = ApplianceConfig::from_toml_str(
+            "[boot]\ndefault_profile = \"x\"\n[[profiles]]\nname = \"x\"\nkernel = \"k\"\n",
+        )
+        .expect_err("nothing to serve");
+        assert_eq!(e.key(), Some("boot.root"), "{e}");
+        let e = ApplianceConfig::from_toml_str(
+            "[boot]\nfiles = { k = \"/tmp/k\" }\n[[profiles]]\nname = \"x\"\nkernel = \"k\"\ninitrds = [\"i\"]\n",
+        )
+        .expect_err("initrd not listed");
+        assert_eq!(
+            e.to_string(),
+            "profiles[0].initrds: \"i\" is not in boot.files, and boot.root is not set"
+        );
+        let e = ApplianceConfig::from_toml_str(
+            "[boot]\nroot = \"/srv\"\n[[profiles]]\nname = \"x\"\nkernel = \"k\"\n[[machines]]\nmac = \"52:54:00:00:00:01\"\n",
+        )
+        .expect_err("machine without a profile and no default");
+        assert_eq!(
+            e.to_string(),
+            "machines[0].profile: no profile given and boot.default_profile is not set"
+        );
+        parse(MINIMAL);
+    }
+
+    #[test]
+    fn denied_machine_needs_no_profile() {
+        let c = ApplianceConfig::from_toml_str(
+            "[boot]\nroot = \"/srv\"\n[[profiles]]\nname = \"x\"\nkernel = \"k\"\n\
+             [[machines]]\nmac = \"52:54:00:00:00:01\"\nallow = false\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.machines[0].allow);
+        assert_eq!(c.profile_of(&c.machines[0]), None);
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
+        for bad in ["", "h", "1y", "1.5h", "-1s", "1h 30m"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse_mac("52:54:00:AB:cd:ef"),
+            Ok([0x52, 0x54, 0, 0xab, 0xcd, 0xef])
+        );
+        assert!(parse_mac("52:54:00:ab:cd:ef:00").is_err());
+        assert!(parse_mac("5254.00ab.cdef").is_err());
+        let uuid = parse_uuid("4c4c4544-004d-5910-8052-b2c04f353032").expect("uuid");
+        assert_eq!(
+            ipxe::format_uuid(&uuid),
+            "4c4c4544-004d-5910-8052-b2c04f353032"
+        );
+        assert_eq!(parse_uuid("4c4c4544004d59108052b2c04f353032"), Ok(uuid));
+        assert_eq!(
+            parse_subnet("10.0.0.0/8"),
+            Ok((Ipv4Addr::new(10, 0, 0, 0), 8))
+        );
+        assert_eq!(parse_subnet("0.0.0.0/0"), Ok((Ipv4Addr::UNSPECIFIED, 0)));
+        assert!(parse_subnet("10.0.0.0/33").is_err());
+        assert_eq!(line_column("ab\ncde\nf", 5), (2, 3));
+    }
+
+    #[test]
+    fn quick_mode_is_proxy_unless_given_a_range() {
+        let q = QuickBoot {
+            kernel: "/tmp/build/vmlinuz".into(),
+            initrds: vec!["/tmp/build/initrd.img".into(), "/opt/x/modules.cpio".into()],
+            cmdline: "console=ttyS0 host={mac}".into(),
+            ..QuickBoot::default()
+        };
+        let c = ApplianceConfig::quick(q.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.dhcp.mode, DhcpMode::Proxy);
+        assert!(c.server.interfaces.is_empty());
+        assert_eq!(c.profiles[0].boot.default.kernel, "vmlinuz");
+        assert_eq!(
+            c.profiles[0].boot.default.initrds,
+            ["initrd.img", "modules.cpio"]
+        );
+        assert_eq!(
+            c.boot
+                .files
+                .get(&BootPath::parse(b"modules.cpio").expect("path")),
+            Some(&PathBuf::from("/opt/x/modules.cpio"))
+        );
+        assert_eq!(c.boot.default_profile, Some(0));
+
+        let e = ApplianceConfig::quick(QuickBoot {
+            dhcp_range: Some((
+                Ipv4Addr::new(198, 18, 0, 100),
+                Ipv4Addr::new(198, 18, 0, 200),
+            )),
+            ..q.clone()
+        })
+        .expect_err("authoritative without an interface");
+        assert_eq!(e.key(), Some("server.interfaces"));
+
+        let c = ApplianceConfig::quick(QuickBoot {
+            iface: Some("eth1".into()),
+            dhcp_range: Some((
+                Ipv4Addr::new(198, 18, 0, 100),
+                Ipv4Addr::new(198, 18, 0, 200),
+            )),
+            ..q.clone()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.dhcp.mode, DhcpMode::Authoritative);
+        let pool = &c.dhcp.pools[0];
+        assert_eq!(
+            (pool.subnet, pool.prefix_len),
+            (Ipv4Addr::new(198, 18, 0, 0), 24)
+        );
+
+        let e = ApplianceConfig::quick(QuickBoot {
+            initrds: vec!["/a/vmlinuz".into()],
+            ..q.clone()
+        })
+        .expect_err("two files named vmlinuz");
+        assert_eq!(e.key(), Some("initrds[0]"), "{e}");
+        let e = ApplianceConfig::quick(QuickBoot {
+            cmdline: "root=$x".into(),
+            ..q
+        })
+        .expect_err("hostile cmdline");
+        assert_eq!(e.key(), Some("profiles[0].cmdline"), "{e}");
+    }
+}
