@@ -7,6 +7,8 @@ use stampede_dataplane::xdp::{AttachMode, XdpClassifier, error_chain};
 use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
+mod appliance;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "stampede",
@@ -20,15 +22,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Attach the XDP boot-traffic classifier to an interface and report what it sees.
+    /// Serve the boot network described by a config file (`--config`); with only `--iface`,
+    /// attach the XDP boot-traffic classifier and report what it sees.
     Serve(ServeArgs),
+    /// Quick mode: boot every machine on the network into KERNEL and INITRDs, no config file.
+    Boot(BootArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Interface the boot network is on.
+    /// The appliance's TOML configuration (see docs/stampede.example.toml).
     #[arg(long)]
-    iface: String,
+    config: Option<std::path::PathBuf>,
+    /// Interface the boot network is on (overrides the config's `server.interfaces`).
+    #[arg(long, required_unless_present = "config")]
+    iface: Option<String>,
     /// XDP attach mode: auto (native, falling back to generic), native or generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: AttachMode,
@@ -38,6 +46,39 @@ struct ServeArgs {
     /// Seconds between counter reports on stdout.
     #[arg(long, default_value_t = 5.0)]
     stats_interval: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct BootArgs {
+    /// Interface the machines boot on; default: the interface of the default route.
+    #[arg(long)]
+    iface: Option<String>,
+    /// Be the authoritative DHCP server for this range (START-END) on the interface's subnet;
+    /// without it, answer as ProxyDHCP beside the network's own DHCP server.
+    #[arg(long, value_name = "START-END")]
+    dhcp_range: Option<String>,
+    /// Kernel command line; {mac} {uuid} {ip} {hostname} {arch} are filled in per machine.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Where the iPXE builds handed to firmware are (undionly.kpxe, snponly.efi).
+    #[arg(long)]
+    ipxe_dir: Option<std::path::PathBuf>,
+    /// HTTP port for iPXE scripts, kernels and initrds.
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Worker threads (one io_uring each); default: one per core.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// XDP classifier: auto, native, generic or off.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: String,
+    /// Seconds between counter reports on stdout.
+    #[arg(long, default_value_t = 10.0)]
+    stats_interval: f64,
+    /// The kernel every machine boots.
+    kernel: std::path::PathBuf,
+    /// Initrds, in order.
+    initrds: Vec<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +91,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) if args.config.is_some() => appliance::serve_config(args),
         Command::Serve(args) => serve(args),
+        Command::Boot(args) => appliance::boot(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,16 +104,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if !(args.stats_interval.is_finite() && args.stats_interval >= 0.1) {
-        anyhow::bail!(
-            "--stats-interval must be at least 0.1 seconds, got {}",
-            args.stats_interval
-        );
+fn check_interval(seconds: f64) -> anyhow::Result<Duration> {
+    if !(seconds.is_finite() && seconds >= 0.1) {
+        anyhow::bail!("--stats-interval must be at least 0.1 seconds, got {seconds}");
     }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// XDP classifier only: attach, print counters, detach on SIGINT/SIGTERM.
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let interval = check_interval(args.stats_interval)?;
+    let iface = args.iface.context("--iface is required without --config")?;
     let mut classifier =
         XdpClassifier::load(XdpConfig::new(args.http_port)).context("loading the classifier")?;
-    let attachment = classifier.attach(&args.iface, args.xdp_mode)?;
+    let attachment = classifier.attach(&iface, args.xdp_mode)?;
     match &attachment.fallback_reason {
         None => {
             tracing::info!(iface = %attachment.iface, mode = %attachment.mode, "XDP classifier attached")
@@ -95,7 +142,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(args.stats_interval));
+        let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         let signal_name = loop {
             tokio::select! {
@@ -113,6 +160,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let counters = classifier.counters()?;
     classifier.detach()?;
     println!("final counters {counters}");
-    println!("detached iface={}", args.iface);
+    println!("detached iface={iface}");
     Ok(())
 }

@@ -11,6 +11,7 @@
 
 pub mod boot;
 pub mod config;
+pub mod engine;
 pub mod store;
 // The syscall layer: io_uring submission and the memory the kernel writes into cannot be expressed
 // in safe Rust. Every unsafe block inside carries a `// SAFETY:` comment

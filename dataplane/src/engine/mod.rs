@@ -1,0 +1,230 @@
+//! The engine: worker threads that drive the sans-IO protocol cores with io_uring.
+//!
+//! Thread-per-core: each UDP worker owns one ring ([`crate::sys::uring::UdpWorker`]) and the
+//! sockets it serves, and shares nothing mutable with the others on the hot path. Worker 0 also
+//! serves DHCP (ports 67 and 4011) so lease state lives in one place; every worker serves TFTP
+//! requests on port 69 (`SO_REUSEPORT` spreads clients over workers) and runs the transfers they
+//! start from a transfer port of its own.
+//!
+//! TFTP transfer ports: RFC 1350 §4 has the server answer from a new port (its TID) per
+//! transfer. Here each worker answers every transfer from one port and tells transfers apart by
+//! the client's address and port, which are unique per transfer on the client side. Clients only
+//! check that a transfer's packets keep coming from the port its first reply came from, which
+//! holds. It keeps the socket count per worker constant whatever the number of machines, and
+//! gives the XDP program a small, known set of transfer ports to steer.
+pub mod udp;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use crate::boot::BootPlan;
+
+pub use udp::{UdpStats, UdpWorkerSet};
+
+/// Errors starting the engine, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("io_uring is not usable: {0}")]
+    Uring(#[from] crate::sys::uring::UringError),
+    #[error("binding {what} ({addr}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interface {iface:?}: {problem}")]
+    Interface { iface: String, problem: String },
+    #[error("the DHCP configuration was refused: {0}")]
+    Dhcp(#[from] stampede_proto::dhcp::ConfigError),
+    #[error("starting a worker thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Where and how the engine serves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The boot network's interface (sockets are bound to it with `SO_BINDTODEVICE`); `None`
+    /// serves on every interface (tests on loopback).
+    pub iface: Option<String>,
+    /// UDP workers (rings). At least 1.
+    pub workers: usize,
+    /// Port numbers, overridable so tests can run without the privileged ones.
+    pub ports: Ports,
+    /// Transfers one worker runs at once; requests beyond it are dropped (the client retries).
+    pub max_transfers_per_worker: usize,
+}
+
+/// The well-known ports, as numbers the engine binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub dhcp: u16,
+    pub proxy_dhcp: u16,
+    pub tftp: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            dhcp: 67,
+            proxy_dhcp: 4011,
+            tftp: 69,
+        }
+    }
+}
+
+/// A running engine. Stop it with [`Engine::stop`]; dropping it stops it too.
+#[derive(Debug)]
+pub struct Engine {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    udp: UdpWorkerSet,
+    plan: Arc<Mutex<Arc<BootPlan>>>,
+}
+
+impl Engine {
+    /// Binds every socket and starts the workers. Binding happens before any thread starts, so
+    /// a port in use or a missing interface is reported here, not logged from a thread.
+    pub fn start(plan: Arc<BootPlan>, config: EngineConfig) -> Result<Self, EngineError> {
+        crate::sys::uring::probe()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared_plan = Arc::new(Mutex::new(plan));
+        let (udp, threads) = udp::start(&shared_plan, &config, &stop)?;
+        Ok(Self {
+            stop,
+            threads,
+            udp,
+            plan: shared_plan,
+        })
+    }
+
+    /// Counters of the UDP side, summed over workers.
+    pub fn udp_stats(&self) -> UdpStats {
+        self.udp.stats()
+    }
+
+    /// Replaces the boot plan (config reload). Transfers in progress keep the files they have;
+    /// new requests use the new plan; DHCP leases are kept.
+    pub fn reload(&self, plan: Arc<BootPlan>) {
+        *self
+            .plan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = plan;
+        self.udp.notify_reload();
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The first IPv4 address of `iface`.
+pub fn interface_ipv4(iface: &str) -> Result<(Ipv4Addr, u8), EngineError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| EngineError::Interface {
+        iface: iface.to_owned(),
+        problem: format!("listing addresses failed: {e}"),
+    })?;
+    let mut exists = false;
+    for ifa in addrs {
+        if ifa.interface_name != iface {
+            continue;
+        }
+        exists = true;
+        let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        let prefix = ifa
+            .netmask
+            .as_ref()
+            .and_then(|m| m.as_sockaddr_in())
+            .map_or(32, |m| m.ip().to_bits().count_ones() as u8);
+        return Ok((addr.ip(), prefix));
+    }
+    Err(EngineError::Interface {
+        iface: iface.to_owned(),
+        problem: if exists {
+            "has no IPv4 address: give it one, or set server.address".into()
+        } else {
+            "no such interface".into()
+        },
+    })
+}
+
+/// The catalogs a boot plan serves from, as the configuration names them: the boot root
+/// directory and the single files of `[boot] files` (looked up first), and the iPXE directory.
+pub fn catalogs(
+    config: &crate::config::ApplianceConfig,
+) -> Result<(crate::boot::SharedCatalog, crate::boot::SharedCatalog), crate::store::StoreError> {
+    let root = match &config.boot.root {
+        Some(dir) => Some(crate::store::BootRoot::new(dir)?),
+        None => None,
+    };
+    let mut files = std::collections::HashMap::new();
+    for (name, path) in &config.boot.files {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| stampede_proto::bootpath::BootPath::parse(n.as_bytes()).ok())
+            .ok_or_else(|| crate::store::StoreError::Io {
+                op: "serving a file whose name is not a valid boot file name",
+                path: path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            })?;
+        files.insert(
+            name.clone(),
+            (crate::store::BootRoot::new(parent)?, file_name),
+        );
+    }
+    let ipxe = crate::store::BootRoot::new(&config.boot.ipxe_dir)?;
+    Ok((Arc::new(FileMap { files, root }), Arc::new(ipxe)))
+}
+
+/// Named single files, then a directory.
+#[derive(Debug)]
+struct FileMap {
+    files: std::collections::HashMap<
+        stampede_proto::bootpath::BootPath,
+        (crate::store::BootRoot, stampede_proto::bootpath::BootPath),
+    >,
+    root: Option<crate::store::BootRoot>,
+}
+
+impl stampede_proto::files::FileCatalog for FileMap {
+    fn open(
+        &self,
+        path: &stampede_proto::bootpath::BootPath,
+    ) -> Result<stampede_proto::files::BootFile, stampede_proto::files::OpenError> {
+        if let Some((dir, name)) = self.files.get(path) {
+            return dir.open(name);
+        }
+        match &self.root {
+            Some(root) => root.open(path),
+            None => Err(stampede_proto::files::OpenError::NotFound),
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! UDP workers: DHCP (67), ProxyDHCP (4011), TFTP requests (69) and TFTP transfers, each
+//! worker on one io_uring.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use socket2::{Domain, Protocol, Socket, Type};
+use stampede_proto::{
+    dhcp::{self, DhcpServer, MemoryLeaseStore},
+    tftp::{self, TftpServer, TftpTransfer},
+};
+
+use super::{EngineConfig, EngineError};
+use crate::{
+    boot::{BootCatalog, BootPlan},
+    sys::uring::{Outbox, Received, UdpWorker, UdpWorkerConfig},
+};
+
+/// Longest wait in one turn of a worker's loop: how soon it notices a stop or reload request
+/// and publishes its counters when nothing else wakes it.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Receive buffer of each socket. A boot storm arrives in bursts (a rack powering on): 4 MiB
+/// holds about 10,000 DHCP DISCOVERs while a worker is busy.
+const SOCKET_RCVBUF: usize = 4 << 20;
+
+/// Largest datagram a core writes: a TFTP DATA block of the largest blksize (RFC 2348: 65464)
+/// plus its 4-byte header.
+const TX_BUF_LEN: usize = 65_468;
+
+/// Counters of the UDP side, summed over workers. Every drop has a reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    pub dhcp_received: u64,
+    pub dhcp_replies: u64,
+    /// Kept from the DHCP server by the boot plan (deny list, unknown machines in proxy mode).
+    pub dhcp_refused: BTreeMap<&'static str, u64>,
+    /// Dropped by the DHCP server, by reason.
+    pub dhcp_dropped: BTreeMap<&'static str, u64>,
+    pub tftp_requests: u64,
+    /// Requests answered with a TFTP ERROR, by reason.
+    pub tftp_refused: BTreeMap<&'static str, u64>,
+    /// Requests dropped without an answer, by reason.
+    pub tftp_dropped: BTreeMap<&'static str, u64>,
+    pub tftp_transfers_started: u64,
+    pub tftp_transfers_completed: u64,
+    /// Transfers that ended without the client having everything, by reason.
+    pub tftp_transfers_failed: BTreeMap<&'static str, u64>,
+    pub tftp_transfers_active: u64,
+    /// File bytes clients acknowledged.
+    pub tftp_bytes: u64,
+    pub tftp_retransmits: u64,
+    /// Datagrams at a transfer port that no transfer or no valid packet matched, by reason.
+    pub tftp_stray: BTreeMap<&'static str, u64>,
+    /// Datagrams the kernel dropped because a socket's queue was full (`SO_RXQ_OVFL`).
+    pub kernel_drops: u64,
+    /// Sends the kernel failed.
+    pub send_errors: u64,
+}
+
+impl UdpStats {
+    fn add(&mut self, other: &Self) {
+        self.dhcp_received += other.dhcp_received;
+        self.dhcp_replies += other.dhcp_replies;
+        self.tftp_requests += other.tftp_requests;
+        self.tftp_transfers_started += other.tftp_transfers_started;
+        self.tftp_transfers_completed += other.tftp_transfers_completed;
+        self.tftp_transfers_active += other.tftp_transfers_active;
+        self.tftp_bytes += other.tftp_bytes;
+        self.tftp_retransmits += other.tftp_retransmits;
+        self.kernel_drops += other.kernel_drops;
+        self.send_errors += other.send_errors;
+        for (mine, theirs) in [
+            (&mut self.dhcp_refused, &other.dhcp_refused),
+            (&mut self.dhcp_dropped, &other.dhcp_dropped),
+            (&mut self.tftp_refused, &other.tftp_refused),
+            (&mut self.tftp_dropped, &other.tftp_dropped),
+            (
+                &mut self.tftp_transfers_failed,
+                &other.tftp_transfers_failed,
+            ),
+            (&mut self.tftp_stray, &other.tftp_stray),
+        ] {
+            for (reason, n) in theirs {
+                *mine.entry(reason).or_default() += n;
+            }
+        }
+    }
+}
+
+fn bump(map: &mut BTreeMap<&'static str, u64>, reason: &'static str) {
+    *map.entry(reason).or_default() += 1;
+}
+
+/// What one worker shares with the rest of the process: its published counters and the reload
+/// generation it has seen. Nothing here is touched per packet.
+#[derive(Debug, Default)]
+struct WorkerShared {
+    stats: Mutex<UdpStats>,
+}
+
+/// The UDP workers of an engine, for reading counters and requesting reloads.
+#[derive(Debug, Clone)]
+pub struct UdpWorkerSet {
+    workers: Vec<Arc<WorkerShared>>,
+    reload: Arc<AtomicU64>,
+}
+
+impl UdpWorkerSet {
+    pub fn stats(&self) -> UdpStats {
+        let mut total = UdpStats::default();
+        for worker in &self.workers {
+            total.add(&worker.stats.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        total
+    }
+
+    pub(super) fn notify_reload(&self) {
+        self.reload.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What each socket of a worker is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Dhcp,
+    ProxyDhcp,
+    TftpListen,
+    TftpTransfer,
+}
+
+fn udp_socket(
+    port: u16,
+    iface: Option<&str>,
+    reuse_port: bool,
+    what: &'static str,
+) -> Result<UdpSocket, EngineError> {
+    let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    let bind_err = |source| EngineError::Bind {
+        what,
+        addr: addr.into(),
+        source,
+    };
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(bind_err)?;
+    }
+    // DHCP replies to machines without an address go to 255.255.255.255.
+    socket.set_broadcast(true).map_err(bind_err)?;
+    if let Some(iface) = iface {
+        // Bound to the boot interface: broadcasts leave through it, and only its traffic is
+        // seen (socket(7) SO_BINDTODEVICE).
+        socket
+            .bind_device(Some(iface.as_bytes()))
+            .map_err(bind_err)?;
+    }
+    // Best effort: a smaller buffer than asked only means earlier drops, which are counted.
+    let _ = socket.set_recv_buffer_size(SOCKET_RCVBUF);
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    Ok(socket.into())
+}
+
+/// Binds every socket, then starts one thread per worker.
+pub(super) fn start(
+    plan: &Arc<Mutex<Arc<BootPlan>>>,
+    config: &EngineConfig,
+    stop: &Arc<AtomicBool>,
+) -> Result<(UdpWorkerSet, Vec<JoinHandle<()>>), EngineError> {
+    let current = Arc::clone(&plan.lock().unwrap_or_else(PoisonError::into_inner));
+    let workers = config.workers.max(1);
+    let iface = config.iface.as_deref();
+    let mut bound = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let mut sockets = Vec::new();
+        let mut roles = Vec::new();
+        if index == 0 && current.dhcp_config().is_some() {
+            sockets.push(udp_socket(
+                config.ports.dhcp,
+                iface,
+                false,
+                "the DHCP port",
+            )?);
+            roles.push(Role::Dhcp);
+            sockets.push(udp_socket(
+                config.ports.proxy_dhcp,
+                iface,
+                false,
+                "the PXE port",
+            )?);
+            roles.push(Role::ProxyDhcp);
+        }
+        sockets.push(udp_socket(config.ports.tftp, iface, true, "the TFTP port")?);
+        roles.push(Role::TftpListen);
+        sockets.push(udp_socket(0, iface, false, "a TFTP transfer port")?);
+        roles.push(Role::TftpTransfer);
+        let ring = UdpWorker::with_sockets(
+            sockets,
+            UdpWorkerConfig {
+                buffer_group: index as u16,
+                ..UdpWorkerConfig::default()
+            },
+        )?;
+        bound.push((ring, roles));
+    }
+    let reload = Arc::new(AtomicU64::new(0));
+    let mut shared = Vec::new();
+    let mut threads = Vec::new();
+    let per_worker_transfers = (config.max_transfers_per_worker).max(1);
+    for (index, (ring, roles)) in bound.into_iter().enumerate() {
+        let worker_shared = Arc::new(WorkerShared::default());
+        shared.push(Arc::clone(&worker_shared));
+        let mut state = WorkerState::new(index, &current, roles, per_worker_transfers)?;
+        let plan = Arc::clone(plan);
+        let stop = Arc::clone(stop);
+        let reload = Arc::clone(&reload);
+        let thread = std::thread::Builder::new()
+            .name(format!("stampede-udp-{index}"))
+            .spawn(move || {
+                if let Err(err) = state.run(ring, &plan, &stop, &reload, &worker_shared) {
+                    tracing::error!(worker = index, error = %err, "UDP worker stopped");
+                }
+            })
+            .map_err(EngineError::Thread)?;
+        threads.push(thread);
+    }
+    Ok((
+        UdpWorkerSet {
+            workers: shared,
+            reload,
+        },
+        threads,
+    ))
+}
+
+/// A running TFTP transfer and what the log says about it.
+#[derive(Debug)]
+struct TransferEntry {
+    transfer: Box<TftpTransfer>,
+    file: String,
+}
+
+/// One worker's protocol state. Owned by its thread; nothing in it is shared.
+struct WorkerState {
+    index: usize,
+    roles: Vec<Role>,
+    dhcp: Option<DhcpServer>,
+    leases: MemoryLeaseStore,
+    plan: Arc<BootPlan>,
+    tftp: TftpServer<BootCatalog>,
+    transfers: HashMap<SocketAddr, TransferEntry>,
+    max_transfers: usize,
+    stats: UdpStats,
+    buf: Vec<u8>,
+    /// Datagrams produced outside a receive callback (timeouts), sent by the loop.
+    deferred: Vec<(usize, SocketAddr, Bytes)>,
+}
+
+impl WorkerState {
+    fn new(
+        index: usize,
+        plan: &Arc<BootPlan>,
+        roles: Vec<Role>,
+        max_transfers: usize,
+    ) -> Result<Self, EngineError> {
+        let dhcp = if roles.contains(&Role::Dhcp) {
+            plan.dhcp_server()?
+        } else {
+            None
+        };
+        Ok(Self {
+            index,
+            roles,
+            dhcp,
+            leases: MemoryLeaseStore::new(),
+            plan: Arc::clone(plan),
+            tftp: plan.tftp_server(),
+            transfers: HashMap::new(),
+            max_transfers,
+            stats: UdpStats::default(),
+            buf: vec![0u8; TX_BUF_LEN],
+            deferred: Vec::new(),
+        })
+    }
+
+    fn socket_of(&self, role: Role) -> Option<usize> {
+        self.roles.iter().position(|r| *r == role)
+    }
+
+    fn run(
+        &mut self,
+        mut ring: UdpWorker,
+        plan: &Mutex<Arc<BootPlan>>,
+        stop: &AtomicBool,
+        reload: &AtomicU64,
+        shared: &WorkerShared,
+    ) -> Result<(), crate::sys::uring::UringError> {
+        let mut seen_reload = reload.load(Ordering::Relaxed);
+        let mut next_publish = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let generation = reload.load(Ordering::Relaxed);
+            if generation != seen_reload {
+                seen_reload = generation;
+                let new = Arc::clone(&plan.lock().unwrap_or_else(PoisonError::into_inner));
+                self.apply_plan(new);
+            }
+            let now = Instant::now();
+            let deadline = self
+                .earliest_deadline()
+                .map_or(now + TICK, |d| d.min(now + TICK));
+            ring.run_once(Some(deadline), |datagram, outbox| {
+                self.handle(datagram, outbox)
+            })?;
+            self.handle_timeouts(Instant::now());
+            for (socket, destination, payload) in self.deferred.drain(..) {
+                ring.send_from(socket, destination, payload)?;
+            }
+            if Instant::now() >= next_publish {
+                self.publish(&ring, shared);
+                next_publish = Instant::now() + TICK;
+            }
+        }
+        self.publish(&ring, shared);
+        Ok(())
+    }
+
+    fn publish(&mut self, ring: &UdpWorker, shared: &WorkerShared) {
+        let ring_stats = ring.stats();
+        self.stats.kernel_drops = ring_stats.kernel_drops;
+        self.stats.send_errors = ring_stats.send_errors;
+        self.stats.tftp_transfers_active = self.transfers.len() as u64;
+        *shared.stats.lock().unwrap_or_else(PoisonError::into_inner) = self.stats.clone();
+    }
+
+    /// A new boot plan: new requests follow it; running transfers keep their files; leases stay.
+    fn apply_plan(&mut self, plan: Arc<BootPlan>) {
+        self.tftp = plan.tftp_server();
+        if self.roles.contains(&Role::Dhcp) {
+            match plan.dhcp_server() {
+                Ok(server) => self.dhcp = server,
+                Err(err) => {
+                    tracing::error!(error = %err, "reload: DHCP config refused, keeping the old one")
+                }
+            }
+        }
+        self.plan = plan;
+        tracing::info!(worker = self.index, "boot plan reloaded");
+    }
+
+    fn earliest_deadline(&self) -> Option<Instant> {
+        self.transfers
+            .values()
+            .filter_map(|e| e.transfer.poll_timeout())
+            .min()
+    }
+
+    fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
+        let now = Instant::now();
+        match self.roles.get(datagram.socket).copied() {
+            Some(Role::Dhcp) => self.handle_dhcp(now, datagram, dhcp::SERVER_PORT, outbox),
+            Some(Role::ProxyDhcp) => self.handle_dhcp(now, datagram, dhcp::PXE_PORT, outbox),
+            Some(Role::TftpListen) => self.handle_tftp_request(now, datagram, outbox),
+            Some(Role::TftpTransfer) => self.handle_tftp_data(now, datagram, outbox),
+            None => {}
+        }
+    }
+
+    fn handle_dhcp(
+        &mut self,
+        now: Instant,
+        datagram: Received<'_>,
+        protocol_port: u16,
+        outbox: &mut Outbox,
+    ) {
+        self.stats.dhcp_received += 1;
+        let SocketAddr::V4(source) = datagram.source else {
+            return;
+        };
+        let dhcp_socket = self.socket_of(Role::Dhcp);
+        let proxy_socket = self.socket_of(Role::ProxyDhcp);
+        let Some(server) = self.dhcp.as_mut() else {
+            return;
+        };
+        if let Err(refusal) = self.plan.admit_dhcp(datagram.payload) {
+            bump(&mut self.stats.dhcp_refused, refusal.as_str());
+            return;
+        }
+        let local = SocketAddrV4::new(
+            datagram.destination.unwrap_or(Ipv4Addr::BROADCAST),
+            protocol_port,
+        );
+        if let Err(reason) =
+            server.handle_datagram(now, source, local, datagram.payload, &mut self.leases)
+        {
+            bump(&mut self.stats.dhcp_dropped, reason.as_str());
+        }
+        while let Some(transmit) = server.poll_transmit(now, &mut self.buf) {
+            let reply = &self.buf[..transmit.len];
+            // A client without an address cannot answer ARP for the address we unicast to, and
+            // a UDP socket cannot name the MAC to send to: broadcast instead, which RFC 2131
+            // §4.1 allows ("If unicasting is not possible, the message MAY be sent as an IP
+            // broadcast"). The AF_XDP path can unicast at layer 2.
+            let destination = if transmit.broadcast || transmit.dst_mac.is_some() {
+                Ipv4Addr::BROADCAST
+            } else {
+                transmit.dst_ip
+            };
+            let socket = if transmit.src_port == dhcp::PXE_PORT {
+                proxy_socket
+            } else {
+                dhcp_socket
+            };
+            let Some(socket) = socket else { continue };
+            log_dhcp_reply(reply, destination);
+            self.stats.dhcp_replies += 1;
+            outbox.send_from(
+                socket,
+                SocketAddr::new(destination.into(), transmit.dst_port),
+                Bytes::copy_from_slice(reply),
+            );
+        }
+    }
+
+    fn handle_tftp_request(&mut self, now: Instant, datagram: Received<'_>, outbox: &mut Outbox) {
+        self.stats.tftp_requests += 1;
+        // The listening core keeps no state: a retransmitted RRQ of a running transfer must not
+        // start a second one.
+        if self.transfers.contains_key(&datagram.source) {
+            bump(&mut self.stats.tftp_dropped, "duplicate_request");
+            return;
+        }
+        if self.transfers.len() >= self.max_transfers {
+            // The client retransmits its request; by then a slot may be free.
+            bump(&mut self.stats.tftp_dropped, "too_many_transfers");
+            return;
+        }
+        match self
+            .tftp
+            .handle_request(now, datagram.source, datagram.payload, &mut self.buf)
+        {
+            tftp::Request::Accepted(transfer) => {
+                let file = request_file_name(datagram.payload);
+                let params = transfer.params();
+                tracing::info!(
+                    target: "stampede::boot",
+                    client = %datagram.source,
+                    file = %file,
+                    blksize = params.blksize,
+                    windowsize = params.windowsize,
+                    "tftp transfer started"
+                );
+                self.stats.tftp_transfers_started += 1;
+                self.transfers
+                    .insert(datagram.source, TransferEntry { transfer, file });
+                self.drive_transfer(now, datagram.source, Some(outbox));
+            }
+            tftp::Request::Refused { reason, reply } => {
+                tracing::info!(
+                    target: "stampede::boot",
+                    client = %datagram.source,
+                    file = %request_file_name(datagram.payload),
+                    reason = reason.as_str(),
+                    "tftp request refused"
+                );
+                bump(&mut self.stats.tftp_refused, reason.as_str());
+                outbox.send_to(reply.dst, Bytes::copy_from_slice(&self.buf[..reply.len]));
+            }
+            tftp::Request::Dropped(reason) => bump(&mut self.stats.tftp_dropped, reason.as_str()),
+        }
+    }
+
+    fn handle_tftp_data(&mut self, now: Instant, datagram: Received<'_>, outbox: &mut Outbox) {
+        let Some(entry) = self.transfers.get_mut(&datagram.source) else {
+            bump(&mut self.stats.tftp_stray, "no_transfer");
+            return;
+        };
+        if let Err(reason) = entry
+            .transfer
+            .handle_datagram(now, datagram.source, datagram.payload)
+        {
+            bump(&mut self.stats.tftp_stray, reason.as_str());
+        }
+        self.drive_transfer(now, datagram.source, Some(outbox));
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        let due: Vec<SocketAddr> = self
+            .transfers
+            .iter()
+            .filter(|(_, e)| e.transfer.poll_timeout().is_some_and(|d| d <= now))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            if let Some(entry) = self.transfers.get_mut(&peer) {
+                entry.transfer.handle_timeout(now);
+            }
+            self.drive_transfer(now, peer, None);
+        }
+    }
+
+    /// Sends what the transfer has to send (into `outbox` inside a receive callback, else
+    /// deferred to the loop) and retires it when finished.
+    fn drive_transfer(&mut self, now: Instant, peer: SocketAddr, mut outbox: Option<&mut Outbox>) {
+        let Some(socket) = self.socket_of(Role::TftpTransfer) else {
+            return;
+        };
+        let Some(entry) = self.transfers.get_mut(&peer) else {
+            return;
+        };
+        while let Some(transmit) = entry.transfer.poll_transmit(now, &mut self.buf) {
+            let payload = Bytes::copy_from_slice(&self.buf[..transmit.len]);
+            match outbox.as_deref_mut() {
+                Some(outbox) => outbox.send_from(socket, transmit.dst, payload),
+                None => self.deferred.push((socket, transmit.dst, payload)),
+            }
+        }
+        let Some(outcome) = entry.transfer.is_finished() else {
+            return;
+        };
+        let Some(entry) = self.transfers.remove(&peer) else {
+            return;
+        };
+        self.stats.tftp_bytes += outcome.file_bytes;
+        self.stats.tftp_retransmits += outcome.retransmits;
+        match outcome.result {
+            Ok(()) => {
+                self.stats.tftp_transfers_completed += 1;
+                tracing::info!(
+                    target: "stampede::boot",
+                    client = %peer,
+                    file = %entry.file,
+                    bytes = outcome.file_bytes,
+                    retransmits = outcome.retransmits,
+                    duration_ms = outcome.duration.as_millis() as u64,
+                    "tftp transfer done"
+                );
+            }
+            Err(failure) => {
+                bump(&mut self.stats.tftp_transfers_failed, failure.as_str());
+                tracing::warn!(
+                    target: "stampede::boot",
+                    client = %peer,
+                    file = %entry.file,
+                    bytes = outcome.file_bytes,
+                    reason = failure.as_str(),
+                    "tftp transfer failed"
+                );
+            }
+        }
+    }
+}
+
+/// The file name of a read request, for the log (lossy; the core did the real parsing).
+fn request_file_name(datagram: &[u8]) -> String {
+    let name = datagram.get(2..).unwrap_or_default();
+    let end = name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(name.len())
+        .min(256);
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
+/// One log line per DHCP reply: which machine, what it was told. Parses our own reply, which
+/// costs less than a microsecond and keeps the core free of logging.
+fn log_dhcp_reply(reply: &[u8], destination: Ipv4Addr) {
+    if !tracing::enabled!(target: "stampede::boot", tracing::Level::INFO) {
+        return;
+    }
+    let Ok(repr) = dhcp::Repr::parse_bytes(reply) else {
+        return;
+    };
+    let mac = repr.mac().map(|m| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    });
+    let kind = repr
+        .options
+        .message_type
+        .map(|t| format!("{t:?}"))
+        .unwrap_or_default();
+    let boot_file = repr
+        .options
+        .bootfile
+        .as_deref()
+        .or((!repr.file.is_empty()).then_some(repr.file.as_slice()))
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "stampede::boot",
+        mac = mac.as_deref().unwrap_or("?"),
+        message = %kind,
+        yiaddr = %repr.yiaddr,
+        to = %destination,
+        boot_file = %boot_file,
+        "dhcp reply"
+    );
+}

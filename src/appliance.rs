@@ -1,0 +1,262 @@
+//! The appliance: one boot network served from a configuration (a file for `serve --config`,
+//! the command line for `boot`), with reload on SIGHUP and a clean stop on SIGINT/SIGTERM.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use stampede_dataplane::{
+    boot::BootPlan,
+    config::{ApplianceConfig, DhcpMode, QuickBoot, parse_range},
+    engine::{self, Engine, EngineConfig, Ports, UdpStats},
+    xdp::{AttachMode, XdpClassifier, error_chain},
+};
+use stampede_ebpf_common::XdpConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{BootArgs, ServeArgs, check_interval};
+
+/// Where the configuration comes from, so SIGHUP can read it again.
+enum Source {
+    File(PathBuf),
+    Quick(QuickBoot),
+}
+
+impl Source {
+    fn load(&self) -> anyhow::Result<ApplianceConfig> {
+        match self {
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                ApplianceConfig::from_toml_str(&text)
+                    .with_context(|| format!("{} is not a valid configuration", path.display()))
+            }
+            Self::Quick(quick) => {
+                ApplianceConfig::quick(quick.clone()).context("the command line is not usable")
+            }
+        }
+    }
+}
+
+pub fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
+    let interval = check_interval(args.stats_interval)?;
+    let path = args.config.context("--config")?;
+    let source = Source::File(path);
+    let config = source.load()?;
+    let iface = match args
+        .iface
+        .or_else(|| config.server.interfaces.first().cloned())
+    {
+        Some(iface) => iface,
+        None => default_route_interface()?,
+    };
+    if config.server.interfaces.len() > 1 {
+        tracing::warn!(
+            serving = %iface,
+            "several interfaces are configured; this version serves the first one only"
+        );
+    }
+    let xdp = config.xdp;
+    run(source, config, iface, xdp, interval)
+}
+
+pub fn boot(args: BootArgs) -> anyhow::Result<()> {
+    let interval = check_interval(args.stats_interval)?;
+    let dhcp_range = match &args.dhcp_range {
+        Some(text) => Some(parse_range(text).with_context(|| format!("--dhcp-range {text:?}"))?),
+        None => None,
+    };
+    let iface = match &args.iface {
+        Some(iface) => iface.clone(),
+        None if dhcp_range.is_some() => {
+            bail!("--dhcp-range needs --iface: authoritative DHCP must know its network")
+        }
+        None => default_route_interface()?,
+    };
+    let xdp = match args.xdp_mode.as_str() {
+        "off" => None,
+        mode => Some(mode.parse::<AttachMode>().map_err(anyhow::Error::msg)?),
+    };
+    let quick = QuickBoot {
+        iface: Some(iface.clone()),
+        kernel: args.kernel,
+        initrds: args.initrds,
+        cmdline: args.cmdline,
+        ipxe_dir: args.ipxe_dir,
+        dhcp_range,
+        http_port: args.http_port,
+    };
+    let source = Source::Quick(quick);
+    let mut config = source.load()?;
+    if let Some(workers) = args.workers {
+        config.server.workers =
+            Some(std::num::NonZeroUsize::new(workers).context("--workers must be at least 1")?);
+    }
+    run(source, config, iface, xdp, interval)
+}
+
+fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPlan>> {
+    let server_ip = match config.server.address {
+        Some(ip) => ip,
+        None => engine::interface_ipv4(iface)?.0,
+    };
+    let (root, ipxe) = engine::catalogs(config).context("opening the boot files")?;
+    let plan = BootPlan::new(config, server_ip, root, ipxe).context("building the boot plan")?;
+    for missing in plan.missing_files() {
+        tracing::warn!(?missing, "a file the boot plan hands out cannot be opened");
+    }
+    Ok(Arc::new(plan))
+}
+
+fn run(
+    source: Source,
+    config: ApplianceConfig,
+    iface: String,
+    xdp: Option<AttachMode>,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let plan = plan_for(&config, &iface)?;
+    let workers = config
+        .server
+        .workers
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut classifier = match xdp {
+        Some(mode) => attach_classifier(&iface, mode, config.server.http_port),
+        None => None,
+    };
+    let engine = Engine::start(
+        Arc::clone(&plan),
+        EngineConfig {
+            iface: Some(iface.clone()),
+            workers,
+            ports: Ports::default(),
+            max_transfers_per_worker: config.tftp.max_transfers.div_ceil(workers),
+        },
+    )
+    .context("starting the engine")?;
+    let dhcp = match config.dhcp.mode {
+        DhcpMode::Proxy => "proxy",
+        DhcpMode::Authoritative => "authoritative",
+        DhcpMode::Off => "off",
+    };
+    println!(
+        "ready iface={iface} address={} dhcp={dhcp} tftp=69 http={} workers={workers}",
+        plan.server_ip(),
+        config.server.http_port
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => println!("stats {}", format_stats(&engine.udp_stats())),
+                _ = sighup.recv() => {
+                    match source.load().and_then(|c| plan_for(&c, &iface)) {
+                        Ok(plan) => {
+                            engine.reload(plan);
+                            tracing::info!("configuration reloaded");
+                        }
+                        Err(err) => tracing::error!(
+                            error = %error_chain(err.as_ref()),
+                            "reload refused; still serving the previous configuration"
+                        ),
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let stats = engine.udp_stats();
+    engine.stop();
+    if let Some(classifier) = classifier.as_mut() {
+        match classifier.counters() {
+            Ok(counters) => println!("xdp {counters}"),
+            Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP counters"),
+        }
+        classifier.detach()?;
+    }
+    println!("final stats {}", format_stats(&stats));
+    Ok(())
+}
+
+/// Attaches the classifier; the appliance serves without it when it cannot (the kernel lacks
+/// BPF, or the process lacks the capability), saying why.
+fn attach_classifier(iface: &str, mode: AttachMode, http_port: u16) -> Option<XdpClassifier> {
+    let attempt = || -> anyhow::Result<XdpClassifier> {
+        let mut classifier = XdpClassifier::load(XdpConfig::new(http_port))?;
+        let attachment = classifier.attach(iface, mode)?;
+        if let Some(reason) = &attachment.fallback_reason {
+            tracing::warn!(%iface, native_error = %reason, "XDP attached in generic mode");
+        } else {
+            tracing::info!(%iface, mode = %attachment.mode, "XDP classifier attached");
+        }
+        Ok(classifier)
+    };
+    match attempt() {
+        Ok(classifier) => Some(classifier),
+        Err(err) => {
+            tracing::warn!(
+                %iface,
+                error = %error_chain(err.as_ref()),
+                "XDP classifier not attached; serving from sockets alone"
+            );
+            None
+        }
+    }
+}
+
+/// `key=value` tokens, stable for scripts and tests.
+pub fn format_stats(s: &UdpStats) -> String {
+    let mut out = format!(
+        "dhcp_received={} dhcp_replies={} tftp_requests={} tftp_started={} tftp_completed={} \
+         tftp_active={} tftp_bytes={} tftp_retransmits={} kernel_drops={} send_errors={}",
+        s.dhcp_received,
+        s.dhcp_replies,
+        s.tftp_requests,
+        s.tftp_transfers_started,
+        s.tftp_transfers_completed,
+        s.tftp_transfers_active,
+        s.tftp_bytes,
+        s.tftp_retransmits,
+        s.kernel_drops,
+        s.send_errors
+    );
+    for (prefix, map) in [
+        ("dhcp_refused", &s.dhcp_refused),
+        ("dhcp_dropped", &s.dhcp_dropped),
+        ("tftp_refused", &s.tftp_refused),
+        ("tftp_dropped", &s.tftp_dropped),
+        ("tftp_failed", &s.tftp_transfers_failed),
+        ("tftp_stray", &s.tftp_stray),
+    ] {
+        for (reason, n) in map {
+            out.push_str(&format!(" {prefix}.{reason}={n}"));
+        }
+    }
+    out
+}
+
+/// The interface of the IPv4 default route, from /proc/net/route.
+fn default_route_interface() -> anyhow::Result<String> {
+    let table = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let iface = fields.next()?;
+            let destination = fields.next()?;
+            (destination == "00000000").then(|| iface.to_owned())
+        })
+        .next()
+        .context("no default route: name the boot interface with --iface")
+}
