@@ -175,8 +175,7 @@ fn run(
         }
         anyhow::Ok(())
     })?;
-    let stats = engine.udp_stats();
-    engine.stop();
+    let stats = engine.stop();
     if let Some(classifier) = classifier.as_mut() {
         match classifier.counters() {
             Ok(counters) => println!("xdp {counters}"),

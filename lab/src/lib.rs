@@ -367,6 +367,70 @@ impl TwoHosts {
     }
 }
 
+/// A layer-2 segment: a bridge in a namespace of its own, with hosts plugged in by veth. Models
+/// a rack's switch: the boot server, the LAN's own DHCP server and the machines on one link.
+#[derive(Debug)]
+pub struct Lan {
+    pub switch: Netns,
+    pub bridge: String,
+    pub subnet: Subnet,
+}
+
+impl Lan {
+    pub fn new() -> Result<Self> {
+        let switch = Netns::new("switch")?;
+        let bridge = bridge(&switch)?;
+        Ok(Self {
+            switch,
+            bridge,
+            subnet: Subnet::allocate(),
+        })
+    }
+
+    /// A new host namespace plugged into the switch, IPv6 off, optionally addressed as host `n`
+    /// of the LAN's subnet. Returns the namespace and its interface name.
+    pub fn host(&self, tag: &str, address: Option<u8>) -> Result<(Netns, String)> {
+        let ns = Netns::new(tag)?;
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        let (port, iface) = veth_pair(&self.switch, &ns)?;
+        enslave(&self.switch, &port, &self.bridge)?;
+        if let Some(n) = address {
+            ns.ip(&["addr", "add", &self.subnet.cidr(n), "dev", &iface])?;
+        }
+        Ok((ns, iface))
+    }
+}
+
+impl Netns {
+    /// Runs `f` on a new thread that has entered this namespace (setns(2) changes the network
+    /// namespace of the calling thread only), and returns its result. Sockets it creates live in
+    /// the namespace.
+    pub fn in_namespace<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).map_err(|source| LabError::Spawn {
+            command: format!("open {path}"),
+            source,
+        })?;
+        let handle = thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map(|()| f())
+                .map_err(std::io::Error::from)
+        });
+        match handle.join() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(LabError::Spawn {
+                command: format!("setns {}", self.name),
+                source,
+            }),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
 /// Output of a finished command.
 #[derive(Debug, Clone)]
 pub struct Output {

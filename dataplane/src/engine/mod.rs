@@ -120,9 +120,11 @@ impl Engine {
         self.udp.notify_reload();
     }
 
-    /// Stops the workers and waits for them.
-    pub fn stop(mut self) {
+    /// Stops the workers, waits for them, and returns their final counters (each worker
+    /// publishes its last ones as it exits).
+    pub fn stop(mut self) -> UdpStats {
         self.shutdown();
+        self.udp.stats()
     }
 
     fn shutdown(&mut self) {
