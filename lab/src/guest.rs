@@ -120,7 +120,12 @@ impl Payload {
 pub fn cache_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|| {
+            let lab = Path::new(env!("CARGO_MANIFEST_DIR"));
+            lab.parent().unwrap_or(lab).join("target")
+        });
+    // No `..` in the result: dnsmasq refuses TFTP paths containing `/../`, its root included.
+    let target = fs::canonicalize(&target).unwrap_or(target);
     target.join("lab-cache")
 }
 
