@@ -161,7 +161,11 @@ pub fn kernel() -> Result<PathBuf, PayloadError> {
     if image.is_file() {
         return Ok(image);
     }
-    let work = kernels.join(format!("{package}.tmp-{}-{}", std::process::id(), next_seq()));
+    let work = kernels.join(format!(
+        "{package}.tmp-{}-{}",
+        std::process::id(),
+        next_seq()
+    ));
     fs::create_dir_all(&work).map_err(io_err(&work))?;
     let result = download_and_extract(&package, &work);
     if result.is_ok() {
@@ -191,9 +195,7 @@ fn newest_cached_kernel(kernels: &Path) -> Option<PathBuf> {
 
 fn download_and_extract(package: &str, work: &Path) -> Result<(), PayloadError> {
     let mut download = Command::new("apt-get");
-    download
-        .args(["download", "-q", package])
-        .current_dir(work);
+    download.args(["download", "-q", package]).current_dir(work);
     run_with_timeout(download, Duration::from_secs(600))
         .and_then(crate::Output::ok)
         .map_err(|source| PayloadError::Download {
@@ -283,10 +285,23 @@ pub fn parse_marker(console: &str) -> Option<String> {
 /// One member of a newc cpio archive.
 #[derive(Debug, Clone)]
 pub enum CpioEntry<'a> {
-    Dir { path: &'a str },
-    File { path: &'a str, mode: u32, data: &'a [u8] },
-    Symlink { path: &'a str, target: &'a str },
-    CharDevice { path: &'a str, major: u32, minor: u32 },
+    Dir {
+        path: &'a str,
+    },
+    File {
+        path: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
+    Symlink {
+        path: &'a str,
+        target: &'a str,
+    },
+    CharDevice {
+        path: &'a str,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// Writes a newc ("070701") cpio archive, the format the kernel unpacks as initramfs
@@ -297,8 +312,7 @@ pub enum CpioEntry<'a> {
 /// `mknod`, and owners and times are fixed (root, epoch 0) so the archive is reproducible.
 pub fn newc_archive(entries: &[CpioEntry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut ino = 1;
-    for entry in entries {
+    for (ino, entry) in (1..).zip(entries) {
         let (path, mode, data, rdev): (&str, u32, &[u8], (u32, u32)) = match *entry {
             CpioEntry::Dir { path } => (path, 0o040_755, &[], (0, 0)),
             CpioEntry::File { path, mode, data } => (path, 0o100_000 | mode, data, (0, 0)),
@@ -307,7 +321,6 @@ pub fn newc_archive(entries: &[CpioEntry<'_>]) -> Vec<u8> {
         };
         let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
         newc_member(&mut out, ino, mode, nlink, path, data, rdev);
-        ino += 1;
     }
     newc_member(&mut out, 0, 0, 1, "TRAILER!!!", &[], (0, 0));
     out
@@ -440,12 +453,7 @@ mod tests {
         assert_eq!(&header[14..22], b"00002180", "character device, 0600");
         assert_eq!(&header[78..86], b"00000005", "rdev major");
         assert_eq!(&header[86..94], b"00000001", "rdev minor");
-        assert!(
-            archive
-                .windows(11)
-                .any(|w| w == b"TRAILER!!!\0"),
-            "trailer"
-        );
+        assert!(archive.windows(11).any(|w| w == b"TRAILER!!!\0"), "trailer");
     }
 
     #[test]

@@ -29,9 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    LabError, Netns, Process, Subnet, bridge, enslave, guest, next_seq, tap, veth_pair,
-};
+use crate::{LabError, Netns, Process, Subnet, bridge, enslave, guest, next_seq, tap, veth_pair};
 
 /// OVMF's code, mapped read-only and shared by every UEFI machine.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -200,7 +198,10 @@ impl MachineSpec {
                 "-drive".to_owned(),
                 format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
                 "-drive".to_owned(),
-                format!("if=pflash,format=raw,unit=1,file={}", self.vars_path().display()),
+                format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    self.vars_path().display()
+                ),
             ]);
         }
         if self.firmware == Firmware::UefiHttp {
@@ -531,15 +532,24 @@ mod tests {
         assert!(args.contains("-no-reboot"), "{args}");
         assert!(args.contains("-serial file:/tmp/x.log"), "{args}");
         assert!(args.contains("-boot n"), "{args}");
-        assert!(args.contains("-device e1000,netdev=n0,mac=52:54:00:"), "{args}");
+        assert!(
+            args.contains("-device e1000,netdev=n0,mac=52:54:00:"),
+            "{args}"
+        );
         assert!(!args.contains("pflash"), "{args}");
-        assert!(!args.contains("romfile="), "BIOS keeps the iPXE ROM: {args}");
+        assert!(
+            !args.contains("romfile="),
+            "BIOS keeps the iPXE ROM: {args}"
+        );
     }
 
     #[test]
     fn uefi_pxe_uses_ovmf_and_no_option_rom() {
         let args = spec(Firmware::UefiPxe).args().join(" ");
-        assert!(args.contains(&format!("readonly=on,file={OVMF_CODE}")), "{args}");
+        assert!(
+            args.contains(&format!("readonly=on,file={OVMF_CODE}")),
+            "{args}"
+        );
         assert!(args.contains("unit=1,file=/tmp/x.log.vars.fd"), "{args}");
         assert!(args.contains("virtio-net-pci,netdev=n0"), "{args}");
         assert!(args.contains("romfile=,"), "{args}");

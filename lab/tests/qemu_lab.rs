@@ -13,7 +13,7 @@ use std::{
 use stampede_lab::{
     Process,
     guest::{INITRD_NAME, Payload},
-    qemu::{BootLab, Firmware, MachineSpec, QemuMachine, WorkDir},
+    qemu::{BootLab, Firmware, MachineError, MachineSpec, QemuMachine, WorkDir},
     require,
 };
 
@@ -52,7 +52,13 @@ impl Drop for Slot {
     }
 }
 
-const PROGRAMS: &[&str] = &["qemu-system-x86_64", "busybox", "apt-get", "dpkg-deb", "gzip"];
+const PROGRAMS: &[&str] = &[
+    "qemu-system-x86_64",
+    "busybox",
+    "apt-get",
+    "dpkg-deb",
+    "gzip",
+];
 
 fn payload() -> Payload {
     Payload::prepare().unwrap_or_else(|err| panic!("payload: {err}"))
@@ -94,6 +100,30 @@ fn payload_boots_directly_and_prints_its_marker() {
     );
 }
 
+#[test]
+fn a_guest_without_marker_is_reported_with_its_console() {
+    if !require(
+        "a_guest_without_marker_is_reported_with_its_console",
+        PROGRAMS,
+    ) {
+        return;
+    }
+    let payload = payload();
+    let work = WorkDir::new("nomarker").expect("work dir");
+    let ns = stampede_lab::Netns::new("nomarker").expect("netns");
+    let _slot = SLOTS.take();
+    // The payload's command line minus the marker: /init prints STAMPEDE-NO-MARKER, powers off.
+    let cmdline = format!("console=ttyS0 panic=-1 initrd={INITRD_NAME}");
+    let spec = MachineSpec::direct_kernel(&payload, &cmdline, work.join("console.log"));
+    let mut machine = QemuMachine::start(&ns, spec).expect("qemu starts");
+    match machine.wait_for_marker(BOOT_TIMEOUT) {
+        Err(MachineError::ExitedWithoutMarker { tail, .. }) => {
+            assert!(tail.contains("STAMPEDE-NO-MARKER"), "{tail}");
+        }
+        other => panic!("expected ExitedWithoutMarker, got {other:?}"),
+    }
+}
+
 /// dnsmasq as DHCP + TFTP server in the lab's server namespace, logging to a file.
 struct Dnsmasq {
     _process: Process,
@@ -102,7 +132,13 @@ struct Dnsmasq {
 
 impl Dnsmasq {
     /// `--no-ping`: the realistic fast setting (LAB.md: the ping costs ~3 s per offer).
-    fn start(lab: &BootLab, work: &WorkDir, tftp_root: &std::path::Path) -> Self {
+    /// `ipxe_script` is the boot file handed to iPXE (stage 2): a TFTP name or an HTTP URL.
+    fn start(
+        lab: &BootLab,
+        work: &WorkDir,
+        tftp_root: &std::path::Path,
+        ipxe_script: &str,
+    ) -> Self {
         let log = work.join("dnsmasq.log");
         let (low, high) = lab.dhcp_range();
         let server = lab.server_ip();
@@ -122,9 +158,13 @@ impl Dnsmasq {
             // Stage 2 (iPXE, which sends option 175) gets the script; stage 1 gets iPXE itself.
             "--dhcp-match=set:ipxe,175".to_owned(),
             "--dhcp-match=set:efi64,option:client-arch,7".to_owned(),
-            "--dhcp-boot=tag:ipxe,boot.ipxe".to_owned(),
-            format!("--dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi,,{server}"),
-            format!("--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,{server}"),
+            // UEFI HTTP Boot: the offer must echo vendor class `HTTPClient` and carry a URL.
+            "--dhcp-vendorclass=set:http,HTTPClient".to_owned(),
+            "--dhcp-option-force=tag:http,tag:!ipxe,60,HTTPClient".to_owned(),
+            format!("--dhcp-boot=tag:ipxe,{ipxe_script}"),
+            format!("--dhcp-boot=tag:!ipxe,tag:http,http://{server}/snponly.efi"),
+            format!("--dhcp-boot=tag:!ipxe,tag:!http,tag:efi64,snponly.efi,,{server}"),
+            format!("--dhcp-boot=tag:!ipxe,tag:!http,tag:!efi64,undionly.kpxe,,{server}"),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = lab
@@ -134,7 +174,11 @@ impl Dnsmasq {
         // dnsmasq creates the log at start-up; wait for it so a bad flag fails here.
         let started =
             stampede_lab::wait_for(Duration::from_secs(10), || log.exists().then_some(()));
-        assert!(started.is_some(), "dnsmasq did not start (no {})", log.display());
+        assert!(
+            started.is_some(),
+            "dnsmasq did not start (no {})",
+            log.display()
+        );
         Self {
             _process: process,
             log,
@@ -162,15 +206,38 @@ fn pxe_boot_from_dnsmasq(firmware: Firmware) -> Duration {
     let work = WorkDir::new(firmware.tag()).expect("work dir");
     let root = work.subdir("tftp").expect("tftp root");
     let marker = format!("{firmware}-{}", std::process::id());
-    work.copy_in(&root, "vmlinuz", &payload.kernel).expect("kernel");
-    work.copy_in(&root, INITRD_NAME, &payload.initrd).expect("initrd");
+    work.copy_in(&root, "vmlinuz", &payload.kernel)
+        .expect("kernel");
+    work.copy_in(&root, INITRD_NAME, &payload.initrd)
+        .expect("initrd");
     work.copy_in(&root, "snponly.efi", "/usr/lib/ipxe/snponly.efi".as_ref())
         .expect("snponly.efi");
-    work.copy_in(&root, "undionly.kpxe", "/usr/lib/ipxe/undionly.kpxe".as_ref())
-        .expect("undionly.kpxe");
+    work.copy_in(
+        &root,
+        "undionly.kpxe",
+        "/usr/lib/ipxe/undionly.kpxe".as_ref(),
+    )
+    .expect("undionly.kpxe");
     work.write(&root, "boot.ipxe", boot_script(&payload, &marker))
         .expect("script");
-    let dnsmasq = Dnsmasq::start(&lab, &work, &root);
+    // UEFI HTTP Boot fetches snponly.efi over HTTP, and iPXE then takes the script (and with
+    // it kernel and initramfs) from the same web server; the other paths stay on TFTP.
+    let httpd_log = work.join("httpd.log");
+    let (_httpd, ipxe_script) = if firmware == Firmware::UefiHttp {
+        let listen = format!("{}:80", lab.server_ip());
+        let log = fs::File::create(&httpd_log).expect("httpd log");
+        let mut httpd = lab.server.command("busybox");
+        httpd
+            .args(["httpd", "-f", "-vv", "-p", &listen, "-h"])
+            .arg(&root)
+            .stdout(log.try_clone().expect("httpd log"))
+            .stderr(log);
+        let httpd = Process::spawn(httpd).unwrap_or_else(|err| panic!("busybox httpd: {err}"));
+        (Some(httpd), format!("http://{}/boot.ipxe", lab.server_ip()))
+    } else {
+        (None, "boot.ipxe".to_owned())
+    };
+    let dnsmasq = Dnsmasq::start(&lab, &work, &root, &ipxe_script);
     let tap = lab.add_tap().expect("tap");
     let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
 
@@ -179,13 +246,15 @@ fn pxe_boot_from_dnsmasq(firmware: Firmware) -> Duration {
     let mut machine = lab.start_machine(spec).expect("qemu starts");
     let seen = machine.wait_for_marker(BOOT_TIMEOUT).unwrap_or_else(|err| {
         panic!(
-            "{firmware} boot from dnsmasq failed: {err}\n--- dnsmasq log ---\n{}",
-            dnsmasq.log()
+            "{firmware} boot from dnsmasq failed: {err}\n--- dnsmasq log ---\n{}\n\
+             --- httpd log ---\n{}",
+            dnsmasq.log(),
+            fs::read_to_string(&httpd_log).unwrap_or_default(),
         )
     });
     assert_eq!(seen.value, marker, "{}", machine.console_tail(20));
     eprintln!(
-        "{firmware} PXE boot from dnsmasq (--no-ping, no RA): QEMU start to marker {:.1} s \
+        "{firmware} network boot from dnsmasq (--no-ping, no RA): QEMU start to marker {:.1} s \
          (slot wait {:.1} s)",
         seen.elapsed_since_start.as_secs_f64(),
         (queued.elapsed() - machine.elapsed()).as_secs_f64(),
@@ -213,4 +282,15 @@ fn ovmf_uefi_pxe_boots_snponly_then_the_payload_from_dnsmasq() {
         return;
     }
     pxe_boot_from_dnsmasq(Firmware::UefiPxe);
+}
+
+#[test]
+fn ovmf_uefi_http_boot_loads_snponly_over_http_then_the_payload() {
+    if !require(
+        "ovmf_uefi_http_boot_loads_snponly_over_http_then_the_payload",
+        &[PROGRAMS, &["dnsmasq"]].concat(),
+    ) {
+        return;
+    }
+    pxe_boot_from_dnsmasq(Firmware::UefiHttp);
 }
