@@ -451,16 +451,17 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
+    /// Creates `<cache>/run/<pid>-<seq>-<tag>`. The first call in a process also removes the
+    /// directories of processes that no longer exist (a run killed before its drops ran).
     pub fn new(tag: &str) -> Result<Self, MachineError> {
-        let path = guest::cache_dir().join("run").join(format!(
-            "{}-{}-{tag}",
-            std::process::id(),
-            next_seq()
-        ));
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        let run = guest::cache_dir().join("run");
+        SWEEP.call_once(|| remove_stale_work_dirs(&run));
+        let path = run.join(format!("{}-{}-{tag}", std::process::id(), next_seq()));
         fs::create_dir_all(&path).map_err(io_err(&path))?;
         let dir = Self { path };
+        // Every ancestor must be traversable by `nobody` too; target/ normally is (0755).
         dir.make_world_readable(&dir.path)?;
-        // Every ancestor must be traversable too; target/ normally is (0755).
         Ok(dir)
     }
 
@@ -504,6 +505,25 @@ impl WorkDir {
     fn make_world_readable(&self, path: &Path) -> Result<(), MachineError> {
         let mode = if path.is_dir() { 0o755 } else { 0o644 };
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))
+    }
+}
+
+fn remove_stale_work_dirs(run: &Path) {
+    let Ok(entries) = fs::read_dir(run) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 
