@@ -1,5 +1,9 @@
-//! Real firmware against a known-good peer: the payload boots, and SeaBIOS + iPXE ROM and OVMF's
-//! UEFI PXE client boot it from dnsmasq over the bridged [`BootLab`] topology.
+//! Real firmware against a known-good peer: the payload boots, and SeaBIOS + iPXE ROM, OVMF's
+//! UEFI PXE client and OVMF's UEFI HTTP Boot (with busybox httpd) boot it from dnsmasq over the
+//! bridged [`BootLab`] topology.
+//!
+//! `BOOT_TIMEOUT` is 90 s although one boot alone takes 25-36 s: with two guests sharing the
+//! two cores under TCG the UEFI boots were measured at 44-46 s.
 //!
 //! Each test takes a machine slot first (at most two QEMUs at once: TCG on two cores) and bounds
 //! every wait. On failure the panic message carries the console tail and dnsmasq's log.
