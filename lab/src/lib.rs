@@ -22,6 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod guest;
+pub mod qemu;
+
 /// Prefix of every namespace the lab creates: `stampede-<pid>-<seq>-<tag>`.
 pub const NETNS_PREFIX: &str = "stampede-";
 
