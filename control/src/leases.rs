@@ -193,8 +193,9 @@ pub fn read_leases(db: &Database) -> Result<(Vec<LeaseRecord>, CommitSeq), Store
 #[derive(Debug)]
 pub struct DurableLeaseStore {
     memory: MemoryLeaseStore,
-    /// Sequence numbers continue from the file's, so they stay comparable across restarts.
-    base_seq: CommitSeq,
+    /// Last sequence number handed out. Numbering continues from the file's, so sequence numbers
+    /// stay comparable across restarts.
+    seq: CommitSeq,
     clock: Clock,
     shared: Arc<Shared>,
     config: GroupCommitConfig,
@@ -238,7 +239,7 @@ impl DurableLeaseStore {
         };
         Ok(Self {
             memory,
-            base_seq,
+            seq: base_seq,
             clock,
             shared,
             config,
@@ -248,7 +249,7 @@ impl DurableLeaseStore {
 
     /// Sequence number of the last applied change (durable or not).
     pub fn applied_seq(&self) -> CommitSeq {
-        self.base_seq + self.memory.durable_seq()
+        self.seq
     }
 
     /// Follows `durable_seq`; the data plane calls `DhcpServer::handle_lease_durable` with each
@@ -317,7 +318,9 @@ impl LeaseStore for DurableLeaseStore {
             }
             LeaseChange::Remove(ip) => (vec![*ip], None),
         };
-        let seq = self.base_seq + self.memory.apply(change)?;
+        self.memory.apply(change)?;
+        self.seq += 1;
+        let seq = self.seq;
         let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         queue.writes.push_back(QueuedWrite { seq, delete, put });
         drop(queue);
