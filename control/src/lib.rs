@@ -30,5 +30,5 @@ pub use auth::{Caller, Role};
 pub use leases::{DurableLeaseStore, GroupCommitConfig, LeaseRecord};
 pub use metrics::{Counter, Gauge, Metrics};
 pub use model::{BootProfile, FleetSnapshot, MacAddr, Machine, MachineSpec, ProfileSpec};
-pub use state::{ControlError, ControlState, PutOutcome};
+pub use state::{ADMIN_TOKEN_ENV, ControlError, ControlState, PutOutcome};
 pub use store::StoreError;

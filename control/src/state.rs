@@ -20,6 +20,9 @@ use crate::store::{
     self, DbContext, IMAGES, MACHINES, PROFILES, StoreError, TOKENS, decode, encode, read_all,
 };
 
+/// Environment variable that may hold the first admin token.
+pub const ADMIN_TOKEN_ENV: &str = "STAMPEDE_ADMIN_TOKEN";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("{kind} {key} not found")]
@@ -424,6 +427,15 @@ impl ControlState {
         Ok(Some(token))
     }
 
+    /// [`Self::ensure_admin_token`] with the token from the `STAMPEDE_ADMIN_TOKEN` environment
+    /// variable, if set. The binary prints a returned token once, at start-up.
+    pub fn ensure_admin_token_from_env(&self) -> Result<Option<String>, ControlError> {
+        let token = std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        self.ensure_admin_token(token.as_deref())
+    }
+
     /// Creates a token and returns it; only its hash is kept.
     pub fn create_token(
         &self,
@@ -594,4 +606,60 @@ fn load_snapshot(db: &Database) -> Result<FleetSnapshot, StoreError> {
             .map(|p| (p.name().to_owned(), p))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MachineSpec;
+
+    #[test]
+    fn admin_bootstrap_and_fleet_survive_reopen() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("state.redb");
+        let admin = {
+            let state = ControlState::open(&path, Metrics::new()).expect("open");
+            let token = state
+                .ensure_admin_token(None)
+                .expect("bootstrap")
+                .expect("first start generates a token");
+            assert_eq!(
+                state.ensure_admin_token(None).expect("bootstrap"),
+                None,
+                "an admin exists: nothing is generated again"
+            );
+            state
+                .ensure_admin_token(Some("stp_from-env"))
+                .expect("env token");
+            let caller = state.authenticate(&token).expect("auth").expect("known");
+            let machine = Machine::try_from(MachineSpec {
+                mac: "52:54:00:00:00:01".into(),
+                uuid: None,
+                arch: None,
+                hostname: None,
+                labels: Default::default(),
+                profile: None,
+                boot: Default::default(),
+            })
+            .expect("valid");
+            state.put_machine(&caller, machine, true).expect("put");
+            token
+        };
+        let state = ControlState::open(&path, Metrics::new()).expect("reopen");
+        assert_eq!(
+            state.machines().len(),
+            1,
+            "machines are loaded from the file"
+        );
+        let env = state
+            .authenticate("stp_from-env")
+            .expect("auth")
+            .expect("env token stored");
+        assert_eq!(env.role, Role::Admin);
+        assert_eq!(
+            state.authenticate(&admin).expect("auth").map(|c| c.role),
+            Some(Role::Admin)
+        );
+        assert!(state.verify_audit().expect("verify").is_intact());
+    }
 }

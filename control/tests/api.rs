@@ -645,3 +645,41 @@ async fn metrics_and_leases_reach_the_api() {
     );
     assert!(text.contains("stampede_api_requests_total{"), "{text}");
 }
+
+#[tokio::test]
+async fn ctl_audit_verify_reports_tampering() {
+    let s = start().await;
+    let op = s.token("provisioner", Role::Operator).await;
+    let verify = || CtlCommand::Audit(ctl::AuditCommand::Verify);
+    let mut out = Vec::new();
+    ctl::run_to(s.ctl(&op, false, verify()), &mut out)
+        .await
+        .expect("intact log verifies");
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("audit log intact: 2 entries"),
+        "bootstrap token and issued token are audited: {}",
+        String::from_utf8_lossy(&out)
+    );
+
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+    let txn = s.state.db().begin_write().expect("write");
+    txn.open_table(table)
+        .expect("audit table")
+        .remove(1)
+        .expect("delete the first entry");
+    txn.commit().expect("commit");
+
+    let err = ctl::run_to(s.ctl(&op, true, verify()), &mut Vec::new())
+        .await
+        .expect_err("tampered log fails verification");
+    assert!(
+        matches!(
+            err,
+            ctl::CtlError::AuditDamaged(stampede_control::AuditProblem::Missing {
+                expected: 1,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
