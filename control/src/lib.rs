@@ -1,4 +1,34 @@
-//! Stampede's control plane (HTTP/JSON API, durable state, authentication, audit log, metrics).
+//! Stampede's control plane: an HTTP/JSON API over the fleet (machines, boot profiles, images,
+//! leases), kept in one embedded redb file, with bearer-token roles, a hash-chained audit log and
+//! a Prometheus metrics registry.
 //!
-//! Not built yet: see the control-plane issue. The crate exists so the workspace layout is the
-//! final one from the start.
+//! # How the data plane uses it
+//! - Fleet: [`ControlState::snapshot`] gives the current [`FleetSnapshot`] (an `Arc`, replaced
+//!   whole on every change); [`ControlState::subscribe`] gives a `watch` receiver that sees each
+//!   new one. Workers read the `Arc` they hold; no lock is taken on the boot path.
+//! - Leases: [`DurableLeaseStore`] is the DHCP server's `LeaseStore`, backed by the same file,
+//!   with group commit; [`DurableLeaseStore::subscribe_durable`] says when held ACKs may go.
+//! - Metrics: the data plane registers counters and gauges in [`Metrics`]; `/metrics` renders
+//!   them.
+//!
+//! # Running the API
+//! [`api::serve`] with an [`api::ApiConfig`] (default `127.0.0.1:7070`); the API runs on the
+//! tokio runtime it is given, which is meant to live on cores the data plane does not use.
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod ctl;
+pub mod leases;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod state;
+mod store;
+
+pub use audit::{AuditEntry, AuditProblem, AuditReport};
+pub use auth::{Caller, Role};
+pub use leases::{DurableLeaseStore, GroupCommitConfig, LeaseRecord};
+pub use metrics::{Counter, Gauge, Metrics};
+pub use model::{BootProfile, FleetSnapshot, MacAddr, Machine, MachineSpec, ProfileSpec};
+pub use state::{ADMIN_TOKEN_ENV, ControlError, ControlState, PutOutcome};
+pub use store::StoreError;

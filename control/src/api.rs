@@ -1,0 +1,599 @@
+//! The HTTP/JSON API under `/api/v1`, plus `/metrics`.
+//!
+//! Every route is declared once, in [`router`], with the least role it needs; the same table
+//! feeds authorization and the OpenAPI completeness test. Handlers that touch the disk run on
+//! tokio's blocking pool (a redb commit fsyncs).
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::auth::{Caller, Role};
+use crate::model::{BootProfile, ImageSpec, MacAddr, Machine, MachineSpec, ProfileSpec};
+use crate::state::{ControlError, ControlState, PutOutcome};
+
+/// Header that tells whether a PUT created, updated or left a resource unchanged.
+pub const OUTCOME_HEADER: &str = "stampede-outcome";
+
+/// Where the API listens, as written in the appliance's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfigWire {
+    /// `host:port`; default `127.0.0.1:7070`.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// Validated API configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Loopback by default: until the API has TLS, remote access should go through an SSH tunnel
+    /// or a reverse proxy that terminates TLS. 7070 is free on a typical boot appliance (no
+    /// HTTP boot on it; that is on 80).
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid API listen address {0:?}: expected host:port, e.g. 127.0.0.1:7070")]
+pub struct ApiConfigError(String);
+
+impl TryFrom<ApiConfigWire> for ApiConfig {
+    type Error = ApiConfigError;
+
+    fn try_from(wire: ApiConfigWire) -> Result<Self, Self::Error> {
+        match wire.listen {
+            None => Ok(Self::default()),
+            Some(s) => s
+                .parse()
+                .map(|listen| Self { listen })
+                .map_err(|_| ApiConfigError(s)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves the API on `config.listen` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    config: ApiConfig,
+    state: ControlState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// [`serve`] on a listener the caller bound (tests bind port 0 and read the port first).
+pub async fn serve_on(
+    listener: TcpListener,
+    state: ControlState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "control API listening");
+    }
+    let (app, _) = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
+}
+
+/// One served route: what OpenAPI must describe and who may call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: Method,
+    /// axum path syntax, which for these routes is also OpenAPI's (`{param}`).
+    pub path: &'static str,
+    /// `None`: no token needed.
+    pub role: Option<Role>,
+}
+
+struct Routes {
+    router: Router<ControlState>,
+    specs: Vec<RouteSpec>,
+    state: ControlState,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &'static str, role: Option<Role>, h: H) -> Self
+    where
+        H: axum::handler::Handler<T, ControlState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("routes use standard methods");
+        let mut endpoint = on(filter, h);
+        if let Some(role) = role {
+            let guard = RouteGuard {
+                state: self.state.clone(),
+                role,
+            };
+            endpoint = endpoint.route_layer(middleware::from_fn_with_state(guard, require_role));
+        }
+        self.router = self.router.route(path, endpoint);
+        self.specs.push(RouteSpec { method, path, role });
+        self
+    }
+}
+
+/// The API's router and the table of its routes.
+pub fn router(state: ControlState) -> (Router, Vec<RouteSpec>) {
+    use Method as M;
+    use Role::{Admin, Operator, Read};
+    let routes = Routes {
+        router: Router::new(),
+        specs: Vec::new(),
+        state: state.clone(),
+    }
+    .add(M::GET, "/api/v1/health", None, health)
+    .add(M::GET, "/api/v1/openapi.json", None, openapi)
+    .add(M::GET, "/metrics", Some(Read), metrics)
+    .add(M::GET, "/api/v1/machines", Some(Read), list_machines)
+    .add(M::POST, "/api/v1/machines", Some(Operator), create_machine)
+    .add(M::GET, "/api/v1/machines/{mac}", Some(Read), get_machine)
+    .add(
+        M::PUT,
+        "/api/v1/machines/{mac}",
+        Some(Operator),
+        put_machine,
+    )
+    .add(
+        M::DELETE,
+        "/api/v1/machines/{mac}",
+        Some(Operator),
+        delete_machine,
+    )
+    .add(M::GET, "/api/v1/profiles", Some(Read), list_profiles)
+    .add(M::POST, "/api/v1/profiles", Some(Operator), create_profile)
+    .add(M::GET, "/api/v1/profiles/{name}", Some(Read), get_profile)
+    .add(
+        M::PUT,
+        "/api/v1/profiles/{name}",
+        Some(Operator),
+        put_profile,
+    )
+    .add(
+        M::DELETE,
+        "/api/v1/profiles/{name}",
+        Some(Operator),
+        delete_profile,
+    )
+    .add(M::GET, "/api/v1/images", Some(Read), list_images)
+    .add(M::POST, "/api/v1/images", Some(Operator), register_image)
+    .add(M::GET, "/api/v1/images/{sha256}", Some(Read), get_image)
+    .add(
+        M::DELETE,
+        "/api/v1/images/{sha256}",
+        Some(Operator),
+        delete_image,
+    )
+    .add(M::GET, "/api/v1/leases", Some(Read), list_leases)
+    .add(M::GET, "/api/v1/audit", Some(Read), list_audit)
+    .add(M::GET, "/api/v1/audit/verify", Some(Read), verify_audit)
+    .add(M::GET, "/api/v1/tokens", Some(Admin), list_tokens)
+    .add(M::POST, "/api/v1/tokens", Some(Admin), create_token)
+    .add(
+        M::DELETE,
+        "/api/v1/tokens/{name}",
+        Some(Admin),
+        revoke_token,
+    );
+    let router = routes
+        .router
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state);
+    (router, routes.specs)
+}
+
+/// Errors as the API returns them: a status and `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or unknown bearer token")]
+    Unauthenticated,
+    #[error("this needs the {need} role; the token has {have}")]
+    Forbidden { need: Role, have: Role },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Control(e) => match e {
+                ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
+                ControlError::Exists { .. } | ControlError::InUse { .. } => StatusCode::CONFLICT,
+                ControlError::UnknownProfile { .. }
+                | ControlError::Invalid(_)
+                | ControlError::ImageFile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                ControlError::Random(_) | ControlError::Store(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "API request failed");
+        }
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: a 401 names the scheme the client should use.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"stampede\""),
+            );
+        }
+        response
+    }
+}
+
+#[derive(Clone)]
+struct RouteGuard {
+    state: ControlState,
+    role: Role,
+}
+
+async fn require_role(
+    State(guard): State<RouteGuard>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = bearer_token(req.headers()).ok_or(ApiError::Unauthenticated)?;
+    let caller = guard
+        .state
+        .authenticate(token)?
+        .ok_or(ApiError::Unauthenticated)?;
+    if caller.role < guard.role {
+        return Err(ApiError::Forbidden {
+            need: guard.role,
+            have: caller.role,
+        });
+    }
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    // RFC 7235 §2.1: the scheme is case-insensitive.
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+async fn count_requests(State(state): State<ControlState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    // The matched route, not the raw path, so label values stay bounded.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    if let Ok(c) = state.metrics().counter(
+        "stampede_api_requests_total",
+        "API requests by route, method and status",
+        &[
+            ("route", &route),
+            ("method", method.as_str()),
+            ("status", response.status().as_str()),
+        ],
+    ) {
+        c.inc();
+    }
+    response
+}
+
+/// Runs blocking state work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+fn with_outcome<T: Serialize>(outcome: PutOutcome, body: T) -> Response {
+    let status = if outcome == PutOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let value = match outcome {
+        PutOutcome::Created => "created",
+        PutOutcome::Updated => "updated",
+        PutOutcome::Unchanged => "unchanged",
+    };
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(OUTCOME_HEADER, HeaderValue::from_static(value));
+    response
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, ApiError> {
+    s.parse()
+        .map_err(|e: crate::model::ValidationError| ApiError::BadRequest(e.to_string()))
+}
+
+/// `/api/v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub machines: usize,
+    pub profiles: usize,
+    pub generation: u64,
+}
+
+async fn health(State(state): State<ControlState>) -> Json<Health> {
+    let snap = state.snapshot();
+    Json(Health {
+        status: "ok".into(),
+        machines: snap.machines.len(),
+        profiles: snap.profiles.len(),
+        generation: snap.generation,
+    })
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+async fn metrics(State(state): State<ControlState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn list_machines(State(state): State<ControlState>) -> Json<Vec<Machine>> {
+    Json(state.machines())
+}
+
+async fn get_machine(
+    State(state): State<ControlState>,
+    Path(mac): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    Ok(Json(state.machine(parse_mac(&mac)?)?))
+}
+
+async fn create_machine(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Json(spec): Json<MachineSpec>,
+) -> Result<Response, ApiError> {
+    let machine = Machine::try_from(spec).map_err(ControlError::from)?;
+    let body = machine.clone();
+    let outcome = blocking(move || state.put_machine(&caller, machine, true)).await?;
+    Ok(with_outcome(outcome, body))
+}
+
+async fn put_machine(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Path(mac): Path<String>,
+    Json(spec): Json<MachineSpec>,
+) -> Result<Response, ApiError> {
+    let machine = Machine::try_from(spec).map_err(ControlError::from)?;
+    if machine.mac != parse_mac(&mac)? {
+        return Err(ApiError::BadRequest(format!(
+            "the body's MAC {} is not the path's {mac}",
+            machine.mac
+        )));
+    }
+    let body = machine.clone();
+    let outcome = blocking(move || state.put_machine(&caller, machine, false)).await?;
+    Ok(with_outcome(outcome, body))
+}
+
+async fn delete_machine(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Path(mac): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mac = parse_mac(&mac)?;
+    blocking(move || state.delete_machine(&caller, mac)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_profiles(State(state): State<ControlState>) -> Json<Vec<BootProfile>> {
+    Json(state.profiles())
+}
+
+async fn get_profile(
+    State(state): State<ControlState>,
+    Path(name): Path<String>,
+) -> Result<Json<BootProfile>, ApiError> {
+    Ok(Json(state.profile(&name)?))
+}
+
+async fn create_profile(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Json(spec): Json<ProfileSpec>,
+) -> Result<Response, ApiError> {
+    let profile = BootProfile::try_from(spec).map_err(ControlError::from)?;
+    let body = profile.clone();
+    let outcome = blocking(move || state.put_profile(&caller, profile, true)).await?;
+    Ok(with_outcome(outcome, body))
+}
+
+async fn put_profile(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(spec): Json<ProfileSpec>,
+) -> Result<Response, ApiError> {
+    if spec.name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the body's name {:?} is not the path's {name:?}",
+            spec.name
+        )));
+    }
+    let profile = BootProfile::try_from(spec).map_err(ControlError::from)?;
+    let body = profile.clone();
+    let outcome = blocking(move || state.put_profile(&caller, profile, false)).await?;
+    Ok(with_outcome(outcome, body))
+}
+
+async fn delete_profile(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || state.delete_profile(&caller, &name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_images(State(state): State<ControlState>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || state.images()).await?).into_response())
+}
+
+async fn get_image(
+    State(state): State<ControlState>,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || state.image(&sha256)).await?).into_response())
+}
+
+async fn register_image(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Json(spec): Json<ImageSpec>,
+) -> Result<Response, ApiError> {
+    let (image, outcome) = blocking(move || state.register_image(&caller, spec)).await?;
+    Ok(with_outcome(outcome, image))
+}
+
+async fn delete_image(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Path(sha256): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || state.delete_image(&caller, &sha256)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_leases(State(state): State<ControlState>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || state.leases()).await?).into_response())
+}
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: u64,
+    /// Default and cap 1000: one page stays a few hundred kilobytes.
+    #[serde(default = "default_audit_limit")]
+    limit: usize,
+}
+
+fn default_audit_limit() -> usize {
+    1000
+}
+
+async fn list_audit(
+    State(state): State<ControlState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.min(1000);
+    Ok(Json(blocking(move || state.audit_entries(q.after, limit)).await?).into_response())
+}
+
+async fn verify_audit(State(state): State<ControlState>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || state.verify_audit()).await?).into_response())
+}
+
+async fn list_tokens(State(state): State<ControlState>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || state.tokens()).await?).into_response())
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Answer to `POST /api/v1/tokens`: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+async fn create_token(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Json(req): Json<NewToken>,
+) -> Result<Response, ApiError> {
+    let NewToken { name, role } = req;
+    let n = name.clone();
+    let token = blocking(move || state.create_token(&caller, &n, role)).await?;
+    Ok((StatusCode::CREATED, Json(IssuedToken { name, role, token })).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || state.revoke_token(&caller, &name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

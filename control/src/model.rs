@@ -1,0 +1,498 @@
+//! The fleet as the control plane stores it: machines, boot profiles, images.
+//!
+//! Each resource has a serde wire type (`*Spec`, what the API and `fleet.toml` accept) that is
+//! validated by `TryFrom` into the domain type that is stored and published to the data plane.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use stampede_proto::dhcp::ClientArch;
+
+/// Why a resource was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("invalid MAC address {0:?}: expected six hex octets separated by ':' or '-'")]
+    Mac(String),
+    #[error("invalid UUID {0:?}: expected 32 hex digits, optionally in 8-4-4-4-12 groups")]
+    Uuid(String),
+    #[error(
+        "invalid hostname {0:?}: RFC 1123 labels of letters, digits and '-', at most 253 bytes"
+    )]
+    Hostname(String),
+    #[error("invalid name {0:?}: 1 to 64 of [A-Za-z0-9._-], not starting with '.' or '-'")]
+    Name(String),
+    #[error("invalid label {key:?}: {reason}")]
+    Label { key: String, reason: &'static str },
+    #[error("profile {profile:?}: {reason}")]
+    Profile {
+        profile: String,
+        reason: &'static str,
+    },
+}
+
+/// An Ethernet address, written `aa:bb:cc:dd:ee:ff` (lower case) on the wire and in keys.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MacAddr({self})")
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ValidationError::Mac(s.to_owned());
+        let mut octets = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for octet in &mut octets {
+            let part = parts.next().ok_or_else(err)?;
+            if part.len() != 2 {
+                return Err(err());
+            }
+            *octet = u8::from_str_radix(part, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Self(octets))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Firmware family a profile variant is chosen by. HTTP-boot flavours of an architecture boot the
+/// same kernel, so they map to the same `Arch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86Bios,
+    EfiIa32,
+    EfiX64,
+    EfiArm32,
+    EfiArm64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X86Bios => "x86_bios",
+            Self::EfiIa32 => "efi_ia32",
+            Self::EfiX64 => "efi_x64",
+            Self::EfiArm32 => "efi_arm32",
+            Self::EfiArm64 => "efi_arm64",
+        }
+    }
+
+    /// The family of a DHCP option 93 value; `None` for architectures Stampede does not boot.
+    pub fn from_client_arch(arch: ClientArch) -> Option<Self> {
+        Some(match arch {
+            ClientArch::X86Bios => Self::X86Bios,
+            ClientArch::EfiIa32 | ClientArch::EfiIa32Http => Self::EfiIa32,
+            // 9 is x64 in practice (see `ClientArch::EfiBc`).
+            ClientArch::EfiX64
+            | ClientArch::EfiBc
+            | ClientArch::EfiX64Http
+            | ClientArch::EfiBcHttp => Self::EfiX64,
+            ClientArch::EfiArm32 | ClientArch::EfiArm32Http => Self::EfiArm32,
+            ClientArch::EfiArm64 | ClientArch::EfiArm64Http => Self::EfiArm64,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether the data plane answers a machine at all. `Deny` keeps a machine that is known (and
+/// audited) from booting, e.g. while it is being repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootPolicy {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// A machine as the API and `fleet.toml` declare it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSpec {
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub boot: BootPolicy,
+}
+
+/// A validated machine. Serialized form is the same shape as [`MachineSpec`], normalized (MAC and
+/// UUID in lower case), so what the API returns can be sent back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub mac: MacAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub boot: BootPolicy,
+}
+
+impl TryFrom<MachineSpec> for Machine {
+    type Error = ValidationError;
+
+    fn try_from(spec: MachineSpec) -> Result<Self, Self::Error> {
+        let mac = spec.mac.parse()?;
+        let uuid = spec.uuid.map(|u| normalize_uuid(&u)).transpose()?;
+        if let Some(host) = &spec.hostname {
+            validate_hostname(host)?;
+        }
+        for (key, value) in &spec.labels {
+            validate_label(key, value)?;
+        }
+        if let Some(profile) = &spec.profile {
+            validate_name(profile)?;
+        }
+        Ok(Self {
+            mac,
+            uuid,
+            arch: spec.arch,
+            hostname: spec.hostname.map(|h| h.to_ascii_lowercase()),
+            labels: spec.labels,
+            profile: spec.profile,
+            boot: spec.boot,
+        })
+    }
+}
+
+impl From<Machine> for MachineSpec {
+    fn from(m: Machine) -> Self {
+        Self {
+            mac: m.mac.to_string(),
+            uuid: m.uuid,
+            arch: m.arch,
+            hostname: m.hostname,
+            labels: m.labels,
+            profile: m.profile,
+            boot: m.boot,
+        }
+    }
+}
+
+/// What to boot: a kernel, its initrds and command line, for one architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootTarget {
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initrds: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
+}
+
+/// A boot profile as the API and `fleet.toml` declare it; also its stored form (validation does
+/// not change its shape). Unknown fields are refused by the flattened [`BootTarget`] (serde does
+/// not support `deny_unknown_fields` next to `flatten`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub default: BootTarget,
+    /// iPXE script template; `None` means the data plane's built-in script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipxe_template: Option<String>,
+    /// Per-architecture overrides of the default boot target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<Arch, BootTarget>,
+}
+
+/// A validated boot profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BootProfile(ProfileSpec);
+
+impl BootProfile {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn spec(&self) -> &ProfileSpec {
+        &self.0
+    }
+
+    pub fn ipxe_template(&self) -> Option<&str> {
+        self.0.ipxe_template.as_deref()
+    }
+
+    /// The boot target for a machine of `arch`: its variant if there is one, else the default.
+    pub fn target(&self, arch: Option<Arch>) -> &BootTarget {
+        arch.and_then(|a| self.0.variants.get(&a))
+            .unwrap_or(&self.0.default)
+    }
+}
+
+impl TryFrom<ProfileSpec> for BootProfile {
+    type Error = ValidationError;
+
+    fn try_from(spec: ProfileSpec) -> Result<Self, Self::Error> {
+        validate_name(&spec.name)?;
+        let bad = |reason| ValidationError::Profile {
+            profile: spec.name.clone(),
+            reason,
+        };
+        for target in std::iter::once(&spec.default).chain(spec.variants.values()) {
+            if target.kernel.trim().is_empty() {
+                return Err(bad("kernel must not be empty"));
+            }
+            if target.initrds.iter().any(|i| i.trim().is_empty()) {
+                return Err(bad("initrd paths must not be empty"));
+            }
+            // The command line ends up in an iPXE script line and a DHCP reply: a newline there
+            // would inject script commands.
+            if target.cmdline.contains(['\n', '\r']) {
+                return Err(bad("cmdline must be one line"));
+            }
+        }
+        Ok(Self(spec))
+    }
+}
+
+/// A registered boot image: a file on the appliance, addressed by the SHA-256 of its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Hex SHA-256 of the content; the image's key.
+    pub sha256: String,
+    pub name: String,
+    pub path: String,
+    pub size: u64,
+    /// Unix time in milliseconds.
+    pub registered_at_ms: u64,
+}
+
+/// Request to register an image: a file already on the appliance's disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub name: String,
+    pub path: String,
+}
+
+/// What the data plane boots from: every machine and profile at one point in time. Replaced
+/// whole on every change, so a reader never sees half a change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetSnapshot {
+    /// Increases by one with every published change.
+    pub generation: u64,
+    pub machines: BTreeMap<MacAddr, Machine>,
+    pub profiles: BTreeMap<String, BootProfile>,
+}
+
+impl FleetSnapshot {
+    /// The profile a machine boots, if it is known, allowed, and its profile exists.
+    pub fn boot_profile(&self, mac: MacAddr) -> Option<(&Machine, &BootProfile)> {
+        let machine = self.machines.get(&mac)?;
+        if machine.boot == BootPolicy::Deny {
+            return None;
+        }
+        let profile = self.profiles.get(machine.profile.as_deref()?)?;
+        Some((machine, profile))
+    }
+}
+
+pub(crate) fn validate_name(name: &str) -> Result<(), ValidationError> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::Name(name.to_owned()))
+    }
+}
+
+fn validate_hostname(host: &str) -> Result<(), ValidationError> {
+    // RFC 1123 §2.1: labels of letters, digits and hyphens, not starting or ending with a hyphen.
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.len() <= 253 && host.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(ValidationError::Hostname(host.to_owned()))
+    }
+}
+
+fn validate_label(key: &str, value: &str) -> Result<(), ValidationError> {
+    let bad = |reason| ValidationError::Label {
+        key: key.to_owned(),
+        reason,
+    };
+    if key.is_empty() || key.len() > 63 {
+        return Err(bad("key must be 1 to 63 bytes"));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+    {
+        return Err(bad("key may hold only [A-Za-z0-9._/-]"));
+    }
+    if value.len() > 253 || value.chars().any(char::is_control) {
+        return Err(bad(
+            "value must be at most 253 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn normalize_uuid(uuid: &str) -> Result<String, ValidationError> {
+    let digits: String = uuid.chars().filter(|&c| c != '-').collect();
+    let grouped = uuid.len() == 36
+        && [8, 13, 18, 23]
+            .iter()
+            .all(|&i| uuid.as_bytes().get(i) == Some(&b'-'));
+    if digits.len() != 32
+        || !digits.chars().all(|c| c.is_ascii_hexdigit())
+        || !(uuid.len() == 32 || grouped)
+    {
+        return Err(ValidationError::Uuid(uuid.to_owned()));
+    }
+    let d = digits.to_ascii_lowercase();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &d[..8],
+        &d[8..12],
+        &d[12..16],
+        &d[16..20],
+        &d[20..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mac: &str) -> MachineSpec {
+        MachineSpec {
+            mac: mac.into(),
+            uuid: None,
+            arch: None,
+            hostname: None,
+            labels: BTreeMap::new(),
+            profile: None,
+            boot: BootPolicy::Allow,
+        }
+    }
+
+    #[test]
+    fn mac_parses_both_separators_and_prints_lower_case() {
+        let mac: MacAddr = "AA-bb-0C-dd-ee-FF".parse().expect("dash form parses");
+        assert_eq!(mac.to_string(), "aa:bb:0c:dd:ee:ff");
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "a:bb:cc:dd:ee:ff",
+            "zz:bb:cc:dd:ee:ff",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn machine_validation_normalizes_and_refuses() {
+        let mut s = spec("AA:BB:CC:DD:EE:01");
+        s.uuid = Some("4C4C4544-0042-3510-8052-B4C04F4E4B32".into());
+        s.hostname = Some("Node-01.rack3".into());
+        let m = Machine::try_from(s).expect("valid machine");
+        assert_eq!(m.mac.to_string(), "aa:bb:cc:dd:ee:01");
+        assert_eq!(
+            m.uuid.as_deref(),
+            Some("4c4c4544-0042-3510-8052-b4c04f4e4b32")
+        );
+        assert_eq!(m.hostname.as_deref(), Some("node-01.rack3"));
+
+        let mut s = spec("aa:bb:cc:dd:ee:01");
+        s.hostname = Some("-bad".into());
+        assert!(matches!(
+            Machine::try_from(s),
+            Err(ValidationError::Hostname(_))
+        ));
+        let mut s = spec("aa:bb:cc:dd:ee:01");
+        s.uuid = Some("1234".into());
+        assert!(matches!(
+            Machine::try_from(s),
+            Err(ValidationError::Uuid(_))
+        ));
+    }
+
+    #[test]
+    fn profile_variant_chosen_by_arch() {
+        let target = |k: &str| BootTarget {
+            kernel: k.into(),
+            initrds: vec![],
+            cmdline: String::new(),
+        };
+        let profile = BootProfile::try_from(ProfileSpec {
+            name: "rescue".into(),
+            default: target("vmlinuz"),
+            ipxe_template: None,
+            variants: [(Arch::EfiArm64, target("Image"))].into(),
+        })
+        .expect("valid profile");
+        assert_eq!(profile.target(Some(Arch::EfiArm64)).kernel, "Image");
+        assert_eq!(profile.target(Some(Arch::EfiX64)).kernel, "vmlinuz");
+        assert_eq!(profile.target(None).kernel, "vmlinuz");
+
+        let injected = ProfileSpec {
+            name: "evil".into(),
+            default: BootTarget {
+                kernel: "k".into(),
+                initrds: vec![],
+                cmdline: "quiet\nshell".into(),
+            },
+            ipxe_template: None,
+            variants: BTreeMap::new(),
+        };
+        assert!(
+            BootProfile::try_from(injected).is_err(),
+            "multi-line cmdline refused"
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! The OpenAPI 3.0 description of [`crate::api`], written by hand. A test checks it against the
+//! router's route table both ways, including the role each operation needs
+//! (`x-stampede-role`), so it cannot drift from what is served.
+use serde_json::{Value, json};
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn json_body(schema: Value) -> Value {
+    json!({ "content": { "application/json": { "schema": schema } } })
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    let mut r = json_body(schema);
+    r["description"] = json!(description);
+    r
+}
+
+fn error(description: &str) -> Value {
+    ok(description, schema_ref("Error"))
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": description,
+            "schema": { "type": "string" } })
+}
+
+/// One operation. `role` is `None` for public routes.
+fn op(summary: &str, role: Option<&str>, mut responses: Value) -> Value {
+    let mut o = json!({ "summary": summary });
+    if let Some(role) = role {
+        o["security"] = json!([{ "bearer": [] }]);
+        o["x-stampede-role"] = json!(role);
+        responses["401"] = error("Missing or unknown bearer token");
+        responses["403"] = error("The token's role is too low");
+    } else {
+        o["security"] = json!([]);
+    }
+    o["responses"] = responses;
+    o
+}
+
+fn with_body(mut o: Value, schema: Value) -> Value {
+    let mut body = json_body(schema);
+    body["required"] = json!(true);
+    o["requestBody"] = body;
+    o
+}
+
+fn with_params(mut o: Value, params: Value) -> Value {
+    o["parameters"] = params;
+    o
+}
+
+fn outcome_header() -> Value {
+    json!({ "stampede-outcome": { "description": "created, updated or unchanged",
+            "schema": { "type": "string", "enum": ["created", "updated", "unchanged"] } } })
+}
+
+fn put_responses(schema: &str) -> Value {
+    let mut created = ok("Created", schema_ref(schema));
+    created["headers"] = outcome_header();
+    let mut updated = ok("Updated or unchanged", schema_ref(schema));
+    updated["headers"] = outcome_header();
+    json!({ "200": updated, "201": created, "400": error("Bad request"),
+            "409": error("Conflict"), "422": error("Invalid resource") })
+}
+
+fn list_of(schema: &str) -> Value {
+    json!({ "type": "array", "items": schema_ref(schema) })
+}
+
+fn deleted() -> Value {
+    json!({ "204": { "description": "Deleted" }, "404": error("Not found"),
+            "409": error("In use") })
+}
+
+fn schemas() -> Value {
+    let boot_target = json!({
+        "type": "object", "required": ["kernel"],
+        "properties": {
+            "kernel": { "type": "string" },
+            "initrds": { "type": "array", "items": { "type": "string" } },
+            "cmdline": { "type": "string" }
+        }
+    });
+    let arch = json!({ "type": "string",
+        "enum": ["x86_bios", "efi_ia32", "efi_x64", "efi_arm32", "efi_arm64"] });
+    json!({
+        "Error": { "type": "object", "required": ["error"],
+                   "properties": { "error": { "type": "string" } } },
+        "Health": { "type": "object", "required": ["status", "machines", "profiles", "generation"],
+            "properties": { "status": { "type": "string" }, "machines": { "type": "integer" },
+                            "profiles": { "type": "integer" },
+                            "generation": { "type": "integer", "format": "int64" } } },
+        "Arch": arch,
+        "Machine": { "type": "object", "required": ["mac"], "additionalProperties": false,
+            "properties": {
+                "mac": { "type": "string", "example": "52:54:00:12:34:56" },
+                "uuid": { "type": "string", "format": "uuid" },
+                "arch": schema_ref("Arch"),
+                "hostname": { "type": "string" },
+                "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                "profile": { "type": "string" },
+                "boot": { "type": "string", "enum": ["allow", "deny"], "default": "allow" }
+            } },
+        "BootTarget": boot_target,
+        "Profile": { "type": "object", "required": ["name", "kernel"],
+            "properties": {
+                "name": { "type": "string" },
+                "kernel": { "type": "string" },
+                "initrds": { "type": "array", "items": { "type": "string" } },
+                "cmdline": { "type": "string" },
+                "ipxe_template": { "type": "string" },
+                "variants": { "type": "object", "description": "Keyed by Arch",
+                              "additionalProperties": schema_ref("BootTarget") }
+            } },
+        "ImageSpec": { "type": "object", "required": ["name", "path"],
+            "properties": { "name": { "type": "string" },
+                            "path": { "type": "string", "description": "File on the appliance" } } },
+        "Image": { "type": "object", "required": ["sha256", "name", "path", "size", "registered_at_ms"],
+            "properties": { "sha256": { "type": "string" }, "name": { "type": "string" },
+                            "path": { "type": "string" }, "size": { "type": "integer" },
+                            "registered_at_ms": { "type": "integer", "format": "int64" } } },
+        "Lease": { "type": "object", "required": ["ip", "client", "mac", "state", "expires_ms"],
+            "properties": { "ip": { "type": "string", "format": "ipv4" },
+                            "client": { "type": "string", "description": "Hex client key" },
+                            "mac": { "type": "string" },
+                            "state": { "type": "string", "enum": ["offered", "bound", "declined"] },
+                            "expires_ms": { "type": "integer", "format": "int64" } } },
+        "AuditEntry": { "type": "object",
+            "required": ["seq", "at_ms", "actor", "action", "target", "detail", "prev_hash", "hash"],
+            "properties": { "seq": { "type": "integer" }, "at_ms": { "type": "integer" },
+                            "actor": { "type": "string" }, "action": { "type": "string" },
+                            "target": { "type": "string" }, "detail": {},
+                            "prev_hash": { "type": "string" }, "hash": { "type": "string" } } },
+        "AuditReport": { "type": "object", "required": ["entries", "head_hash"],
+            "properties": { "entries": { "type": "integer" }, "head_hash": { "type": "string" },
+                            "problem": { "type": "object", "nullable": true,
+                                         "description": "First problem found; null when intact" } } },
+        "Token": { "type": "object", "required": ["name", "role", "created_at_ms"],
+            "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
+                            "created_at_ms": { "type": "integer" } } },
+        "Role": { "type": "string", "enum": ["read", "operator", "admin"] },
+        "NewToken": { "type": "object", "required": ["name", "role"],
+            "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } },
+        "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
+            "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
+                            "token": { "type": "string", "description": "Shown once" } } }
+    })
+}
+
+/// The document served at `/api/v1/openapi.json`.
+pub fn document() -> Value {
+    let read = Some("read");
+    let operator = Some("operator");
+    let admin = Some("admin");
+    let mac = json!([path_param("mac", "aa:bb:cc:dd:ee:ff")]);
+    let name = json!([path_param("name", "Profile name")]);
+    let sha = json!([path_param("sha256", "Hex SHA-256 of the image")]);
+    let token_name = json!([path_param("name", "Token name")]);
+    let not_found = || error("Not found");
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Stampede control API", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Machines, boot profiles, images and leases of a Stampede network-boot appliance." },
+        "servers": [{ "url": "http://127.0.0.1:7070" }],
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": schemas()
+        },
+        "paths": {
+            "/api/v1/health": {
+                "get": op("Liveness and fleet size", None,
+                          json!({ "200": ok("Healthy", schema_ref("Health")) }))
+            },
+            "/api/v1/openapi.json": {
+                "get": op("This document", None,
+                          json!({ "200": ok("OpenAPI 3 document", json!({ "type": "object" })) }))
+            },
+            "/metrics": {
+                "get": op("Prometheus metrics (text format 0.0.4)", read, json!({ "200": {
+                    "description": "Metrics",
+                    "content": { "text/plain": { "schema": { "type": "string" } } } } }))
+            },
+            "/api/v1/machines": {
+                "get": op("List machines", read, json!({ "200": ok("Machines", list_of("Machine")) })),
+                "post": with_body(op("Add a machine (409 if it exists)", operator, put_responses("Machine")),
+                                  schema_ref("Machine"))
+            },
+            "/api/v1/machines/{mac}": {
+                "get": with_params(op("Get a machine", read,
+                    json!({ "200": ok("Machine", schema_ref("Machine")), "400": error("Bad MAC"),
+                            "404": not_found() })), mac.clone()),
+                "put": with_params(with_body(op("Create or replace a machine", operator,
+                    put_responses("Machine")), schema_ref("Machine")), mac.clone()),
+                "delete": with_params(op("Remove a machine", operator, deleted()), mac)
+            },
+            "/api/v1/profiles": {
+                "get": op("List boot profiles", read, json!({ "200": ok("Profiles", list_of("Profile")) })),
+                "post": with_body(op("Add a boot profile (409 if it exists)", operator,
+                                     put_responses("Profile")), schema_ref("Profile"))
+            },
+            "/api/v1/profiles/{name}": {
+                "get": with_params(op("Get a boot profile", read,
+                    json!({ "200": ok("Profile", schema_ref("Profile")), "404": not_found() })), name.clone()),
+                "put": with_params(with_body(op("Create or replace a boot profile", operator,
+                    put_responses("Profile")), schema_ref("Profile")), name.clone()),
+                "delete": with_params(op("Remove a boot profile no machine uses", operator, deleted()), name)
+            },
+            "/api/v1/images": {
+                "get": op("List images", read, json!({ "200": ok("Images", list_of("Image")) })),
+                "post": with_body(op("Register a file on the appliance as an image (hashed)", operator,
+                                     put_responses("Image")), schema_ref("ImageSpec"))
+            },
+            "/api/v1/images/{sha256}": {
+                "get": with_params(op("Get an image", read,
+                    json!({ "200": ok("Image", schema_ref("Image")), "404": not_found() })), sha.clone()),
+                "delete": with_params(op("Forget an image", operator, deleted()), sha)
+            },
+            "/api/v1/leases": {
+                "get": op("Committed DHCP leases", read, json!({ "200": ok("Leases", list_of("Lease")) }))
+            },
+            "/api/v1/audit": {
+                "get": with_params(op("Audit entries, oldest first", read,
+                    json!({ "200": ok("Entries", list_of("AuditEntry")) })),
+                    json!([
+                        { "name": "after", "in": "query", "schema": { "type": "integer", "default": 0 } },
+                        { "name": "limit", "in": "query",
+                          "schema": { "type": "integer", "default": 1000, "maximum": 1000 } }
+                    ]))
+            },
+            "/api/v1/audit/verify": {
+                "get": op("Verify the audit hash chain", read,
+                          json!({ "200": ok("Report", schema_ref("AuditReport")) }))
+            },
+            "/api/v1/tokens": {
+                "get": op("List tokens (never the tokens themselves)", admin,
+                          json!({ "200": ok("Tokens", list_of("Token")) })),
+                "post": with_body(op("Issue a token", admin, json!({
+                    "201": ok("The token, shown once", schema_ref("IssuedToken")),
+                    "409": error("Name taken"), "422": error("Invalid name") })),
+                    schema_ref("NewToken"))
+            },
+            "/api/v1/tokens/{name}": {
+                "delete": with_params(op("Revoke a token", admin, deleted()), token_name)
+            }
+        }
+    })
+}

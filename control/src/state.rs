@@ -1,0 +1,665 @@
+//! [`ControlState`]: the fleet in the redb file, the snapshot the data plane reads, and every
+//! mutation (each one committed together with its audit entry, then published).
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase as _, ReadableTable, WriteTransaction};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::audit::{self, AuditEntry, AuditReport};
+use crate::auth::{self, Caller, RandomError, Role, TokenRecord};
+use crate::leases::{self, LeaseRecord};
+use crate::metrics::Metrics;
+use crate::model::{
+    BootProfile, FleetSnapshot, Image, ImageSpec, MacAddr, Machine, ValidationError, validate_name,
+};
+use crate::store::{
+    self, DbContext, IMAGES, MACHINES, PROFILES, StoreError, TOKENS, decode, encode, read_all,
+};
+
+/// Environment variable that may hold the first admin token.
+pub const ADMIN_TOKEN_ENV: &str = "STAMPEDE_ADMIN_TOKEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{kind} {key} not found")]
+    NotFound { kind: &'static str, key: String },
+    #[error("{kind} {key} already exists")]
+    Exists { kind: &'static str, key: String },
+    #[error("{kind} {key} is in use: {reason}")]
+    InUse {
+        kind: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("machine {mac} names profile {profile:?}, which does not exist")]
+    UnknownProfile { mac: String, profile: String },
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("cannot read image file {path}: {source}")]
+    ImageFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a PUT did; an unchanged PUT writes nothing, audits nothing and publishes nothing, which
+/// is what makes `apply` idempotent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutOutcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// A token as listed (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Arc<Database>,
+    snapshot: watch::Sender<Arc<FleetSnapshot>>,
+    /// Serializes commit + publish so snapshots are published in commit order.
+    writer: Mutex<()>,
+    metrics: Metrics,
+}
+
+/// Shared handle to the control plane's state; cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct ControlState {
+    inner: Arc<Inner>,
+}
+
+impl ControlState {
+    /// Opens (or creates) the state file.
+    pub fn open(path: impl AsRef<Path>, metrics: Metrics) -> Result<Self, StoreError> {
+        let db = Database::create(path).db("opening the state file")?;
+        Self::from_db(Arc::new(db), metrics)
+    }
+
+    /// Uses an open database, e.g. one shared with a [`leases::DurableLeaseStore`].
+    pub fn from_db(db: Arc<Database>, metrics: Metrics) -> Result<Self, StoreError> {
+        store::create_tables(&db)?;
+        let snapshot = load_snapshot(&db)?;
+        let (tx, _) = watch::channel(Arc::new(snapshot));
+        let state = Self {
+            inner: Arc::new(Inner {
+                db,
+                snapshot: tx,
+                writer: Mutex::new(()),
+                metrics,
+            }),
+        };
+        state.update_fleet_gauges();
+        Ok(state)
+    }
+
+    pub fn db(&self) -> &Arc<Database> {
+        &self.inner.db
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The fleet as of the last change.
+    pub fn snapshot(&self) -> Arc<FleetSnapshot> {
+        self.inner.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every new snapshot (or at least the newest, if it falls behind).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<FleetSnapshot>> {
+        self.inner.snapshot.subscribe()
+    }
+
+    // --- machines ---
+
+    pub fn machines(&self) -> Vec<Machine> {
+        self.snapshot().machines.values().cloned().collect()
+    }
+
+    pub fn machine(&self, mac: MacAddr) -> Result<Machine, ControlError> {
+        self.snapshot()
+            .machines
+            .get(&mac)
+            .cloned()
+            .ok_or_else(|| not_found("machine", mac))
+    }
+
+    /// Creates or replaces a machine. `must_be_new` turns an existing one into an error (POST).
+    pub fn put_machine(
+        &self,
+        actor: &Caller,
+        machine: Machine,
+        must_be_new: bool,
+    ) -> Result<PutOutcome, ControlError> {
+        self.mutate(|txn, snap| {
+            let key = machine.mac.to_string();
+            let old = snap.machines.get(&machine.mac);
+            if must_be_new && old.is_some() {
+                return Err(ControlError::Exists {
+                    kind: "machine",
+                    key,
+                });
+            }
+            if old == Some(&machine) {
+                return Ok(PutOutcome::Unchanged);
+            }
+            if let Some(profile) = &machine.profile
+                && !snap.profiles.contains_key(profile)
+            {
+                return Err(ControlError::UnknownProfile {
+                    mac: key,
+                    profile: profile.clone(),
+                });
+            }
+            let outcome = if old.is_some() {
+                PutOutcome::Updated
+            } else {
+                PutOutcome::Created
+            };
+            txn.open_table(MACHINES)
+                .db("opening machines")?
+                .insert(key.as_str(), encode(&machine).as_slice())
+                .db("writing a machine")?;
+            audit::append(txn, &actor.name, "machine.put", &key, json(&machine))?;
+            snap.machines.insert(machine.mac, machine.clone());
+            Ok(outcome)
+        })
+    }
+
+    pub fn delete_machine(&self, actor: &Caller, mac: MacAddr) -> Result<(), ControlError> {
+        self.mutate(|txn, snap| {
+            let key = mac.to_string();
+            if snap.machines.remove(&mac).is_none() {
+                return Err(not_found("machine", mac));
+            }
+            txn.open_table(MACHINES)
+                .db("opening machines")?
+                .remove(key.as_str())
+                .db("removing a machine")?;
+            audit::append(
+                txn,
+                &actor.name,
+                "machine.delete",
+                &key,
+                serde_json::Value::Null,
+            )?;
+            Ok(())
+        })
+    }
+
+    // --- profiles ---
+
+    pub fn profiles(&self) -> Vec<BootProfile> {
+        self.snapshot().profiles.values().cloned().collect()
+    }
+
+    pub fn profile(&self, name: &str) -> Result<BootProfile, ControlError> {
+        self.snapshot()
+            .profiles
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("profile", name))
+    }
+
+    pub fn put_profile(
+        &self,
+        actor: &Caller,
+        profile: BootProfile,
+        must_be_new: bool,
+    ) -> Result<PutOutcome, ControlError> {
+        self.mutate(|txn, snap| {
+            let key = profile.name().to_owned();
+            let old = snap.profiles.get(&key);
+            if must_be_new && old.is_some() {
+                return Err(ControlError::Exists {
+                    kind: "profile",
+                    key,
+                });
+            }
+            if old == Some(&profile) {
+                return Ok(PutOutcome::Unchanged);
+            }
+            let outcome = if old.is_some() {
+                PutOutcome::Updated
+            } else {
+                PutOutcome::Created
+            };
+            txn.open_table(PROFILES)
+                .db("opening profiles")?
+                .insert(key.as_str(), encode(&profile).as_slice())
+                .db("writing a profile")?;
+            audit::append(txn, &actor.name, "profile.put", &key, json(&profile))?;
+            snap.profiles.insert(key, profile.clone());
+            Ok(outcome)
+        })
+    }
+
+    /// Refused while a machine still boots the profile: deleting it would silently stop those
+    /// machines from booting.
+    pub fn delete_profile(&self, actor: &Caller, name: &str) -> Result<(), ControlError> {
+        self.mutate(|txn, snap| {
+            if !snap.profiles.contains_key(name) {
+                return Err(not_found("profile", name));
+            }
+            let users: Vec<String> = snap
+                .machines
+                .values()
+                .filter(|m| m.profile.as_deref() == Some(name))
+                .map(|m| m.mac.to_string())
+                .collect();
+            if !users.is_empty() {
+                return Err(ControlError::InUse {
+                    kind: "profile",
+                    key: name.to_owned(),
+                    reason: format!("machines {} boot it", users.join(", ")),
+                });
+            }
+            snap.profiles.remove(name);
+            txn.open_table(PROFILES)
+                .db("opening profiles")?
+                .remove(name)
+                .db("removing a profile")?;
+            audit::append(
+                txn,
+                &actor.name,
+                "profile.delete",
+                name,
+                serde_json::Value::Null,
+            )?;
+            Ok(())
+        })
+    }
+
+    // --- images ---
+
+    pub fn images(&self) -> Result<Vec<Image>, ControlError> {
+        let txn = self.inner.db.begin_read().db("beginning a read")?;
+        let table = txn.open_table(IMAGES).db("opening images")?;
+        Ok(read_all(&table, "images")?)
+    }
+
+    pub fn image(&self, sha256: &str) -> Result<Image, ControlError> {
+        let txn = self.inner.db.begin_read().db("beginning a read")?;
+        let table = txn.open_table(IMAGES).db("opening images")?;
+        let row = table.get(sha256).db("reading an image")?;
+        match row {
+            Some(v) => Ok(decode("images", sha256, v.value())?),
+            None => Err(not_found("image", sha256)),
+        }
+    }
+
+    /// Hashes the file (blocking: call it off the async workers) and records it under its
+    /// SHA-256. Registering the same content again is a no-op.
+    pub fn register_image(
+        &self,
+        actor: &Caller,
+        spec: ImageSpec,
+    ) -> Result<(Image, PutOutcome), ControlError> {
+        validate_name(&spec.name)?;
+        let file_err = |source| ControlError::ImageFile {
+            path: spec.path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(&spec.path).map_err(file_err)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(file_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        let image = Image {
+            sha256: sha256.clone(),
+            name: spec.name,
+            path: spec.path,
+            size,
+            registered_at_ms: store::now_ms(),
+        };
+        self.mutate(|txn, _| {
+            let mut table = txn.open_table(IMAGES).db("opening images")?;
+            if let Some(v) = table.get(sha256.as_str()).db("reading an image")? {
+                let old: Image = decode("images", &sha256, v.value())?;
+                return Ok((old, PutOutcome::Unchanged));
+            }
+            table
+                .insert(sha256.as_str(), encode(&image).as_slice())
+                .db("writing an image")?;
+            drop(table);
+            audit::append(txn, &actor.name, "image.register", &sha256, json(&image))?;
+            Ok((image.clone(), PutOutcome::Created))
+        })
+    }
+
+    pub fn delete_image(&self, actor: &Caller, sha256: &str) -> Result<(), ControlError> {
+        self.mutate(|txn, _| {
+            let removed = txn
+                .open_table(IMAGES)
+                .db("opening images")?
+                .remove(sha256)
+                .db("removing an image")?
+                .is_some();
+            if !removed {
+                return Err(not_found("image", sha256));
+            }
+            audit::append(
+                txn,
+                &actor.name,
+                "image.delete",
+                sha256,
+                serde_json::Value::Null,
+            )?;
+            Ok(())
+        })
+    }
+
+    // --- leases, audit ---
+
+    /// Leases as last committed by the data plane's [`leases::DurableLeaseStore`].
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>, ControlError> {
+        Ok(leases::read_leases(&self.inner.db)?.0)
+    }
+
+    pub fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, ControlError> {
+        Ok(audit::list(&self.inner.db, after, limit)?)
+    }
+
+    /// Walks the audit chain; see [`audit`] for what it detects.
+    pub fn verify_audit(&self) -> Result<AuditReport, ControlError> {
+        Ok(audit::verify(&self.inner.db)?)
+    }
+
+    // --- tokens ---
+
+    /// The caller a bearer token belongs to, if any.
+    pub fn authenticate(&self, token: &str) -> Result<Option<Caller>, ControlError> {
+        let hash = auth::hash_token(token);
+        let txn = self.inner.db.begin_read().db("beginning a read")?;
+        let table = txn.open_table(TOKENS).db("opening tokens")?;
+        let row = table.get(hash.as_str()).db("reading a token")?;
+        let Some(v) = row else { return Ok(None) };
+        let record: TokenRecord = decode("tokens", "(hash)", v.value())?;
+        Ok(Some(Caller {
+            name: record.name,
+            role: record.role,
+        }))
+    }
+
+    /// Makes sure an admin can log in. With `token` (from `STAMPEDE_ADMIN_TOKEN`) that token is
+    /// stored as admin `bootstrap`; without one, when no admin token exists yet, a new one is
+    /// generated and returned so the caller can print it once (it is not stored anywhere).
+    pub fn ensure_admin_token(&self, token: Option<&str>) -> Result<Option<String>, ControlError> {
+        let system = Caller {
+            name: "system".into(),
+            role: Role::Admin,
+        };
+        if let Some(token) = token {
+            if self.authenticate(token)?.is_none() {
+                self.store_token(&system, "bootstrap", Role::Admin, token)?;
+            }
+            return Ok(None);
+        }
+        if self.tokens()?.iter().any(|t| t.role == Role::Admin) {
+            return Ok(None);
+        }
+        let token = auth::generate_token()?;
+        self.store_token(&system, "bootstrap", Role::Admin, &token)?;
+        Ok(Some(token))
+    }
+
+    /// [`Self::ensure_admin_token`] with the token from the `STAMPEDE_ADMIN_TOKEN` environment
+    /// variable, if set. The binary prints a returned token once, at start-up.
+    pub fn ensure_admin_token_from_env(&self) -> Result<Option<String>, ControlError> {
+        let token = std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        self.ensure_admin_token(token.as_deref())
+    }
+
+    /// Creates a token and returns it; only its hash is kept.
+    pub fn create_token(
+        &self,
+        actor: &Caller,
+        name: &str,
+        role: Role,
+    ) -> Result<String, ControlError> {
+        validate_name(name)?;
+        if self.tokens()?.iter().any(|t| t.name == name) {
+            return Err(ControlError::Exists {
+                kind: "token",
+                key: name.to_owned(),
+            });
+        }
+        let token = auth::generate_token()?;
+        self.store_token(actor, name, role, &token)?;
+        Ok(token)
+    }
+
+    fn store_token(
+        &self,
+        actor: &Caller,
+        name: &str,
+        role: Role,
+        token: &str,
+    ) -> Result<(), ControlError> {
+        let record = TokenRecord {
+            name: name.to_owned(),
+            role,
+            created_at_ms: store::now_ms(),
+        };
+        self.mutate(|txn, _| {
+            txn.open_table(TOKENS)
+                .db("opening tokens")?
+                .insert(auth::hash_token(token).as_str(), encode(&record).as_slice())
+                .db("writing a token")?;
+            let detail = serde_json::json!({ "name": name, "role": role });
+            audit::append(txn, &actor.name, "token.create", name, detail)?;
+            Ok(())
+        })
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>, ControlError> {
+        let txn = self.inner.db.begin_read().db("beginning a read")?;
+        let table = txn.open_table(TOKENS).db("opening tokens")?;
+        let records: Vec<TokenRecord> = read_all(&table, "tokens")?;
+        let mut out: Vec<TokenInfo> = records
+            .into_iter()
+            .map(|r| TokenInfo {
+                name: r.name,
+                role: r.role,
+                created_at_ms: r.created_at_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Revokes every token with this name.
+    pub fn revoke_token(&self, actor: &Caller, name: &str) -> Result<(), ControlError> {
+        self.mutate(|txn, _| {
+            let mut table = txn.open_table(TOKENS).db("opening tokens")?;
+            let mut doomed = Vec::new();
+            for row in table.iter().db("iterating tokens")? {
+                let (k, v) = row.db("reading a token")?;
+                let record: TokenRecord = decode("tokens", "(hash)", v.value())?;
+                if record.name == name {
+                    doomed.push(k.value().to_owned());
+                }
+            }
+            if doomed.is_empty() {
+                return Err(not_found("token", name));
+            }
+            for hash in &doomed {
+                table.remove(hash.as_str()).db("removing a token")?;
+            }
+            drop(table);
+            audit::append(
+                txn,
+                &actor.name,
+                "token.revoke",
+                name,
+                serde_json::Value::Null,
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Runs `change` in one write transaction on a copy of the snapshot. On success the
+    /// transaction commits and, if the fleet changed, the copy is published; on error nothing is
+    /// written.
+    fn mutate<T>(
+        &self,
+        change: impl FnOnce(&WriteTransaction, &mut FleetSnapshot) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
+        let _writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let mut next = FleetSnapshot::clone(&current);
+        let txn = self.inner.db.begin_write().db("beginning a write")?;
+        let out = match change(&txn, &mut next) {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = txn.abort();
+                return Err(e);
+            }
+        };
+        txn.commit().db("committing a change")?;
+        if next.machines != current.machines || next.profiles != current.profiles {
+            next.generation = current.generation + 1;
+            self.inner.snapshot.send_replace(Arc::new(next));
+            self.update_fleet_gauges();
+        }
+        Ok(out)
+    }
+
+    fn update_fleet_gauges(&self) {
+        let snap = self.snapshot();
+        let m = &self.inner.metrics;
+        let set = |name: &str, help: &str, v: usize| {
+            if let Ok(g) = m.gauge(name, help, &[]) {
+                g.set(v as f64);
+            }
+        };
+        set(
+            "stampede_control_machines",
+            "Machines known to the control plane",
+            snap.machines.len(),
+        );
+        set(
+            "stampede_control_profiles",
+            "Boot profiles known to the control plane",
+            snap.profiles.len(),
+        );
+        set(
+            "stampede_control_snapshot_generation",
+            "Generation of the fleet snapshot last published to the data plane",
+            usize::try_from(snap.generation).unwrap_or(usize::MAX),
+        );
+    }
+}
+
+fn not_found(kind: &'static str, key: impl ToString) -> ControlError {
+    ControlError::NotFound {
+        kind,
+        key: key.to_string(),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn load_snapshot(db: &Database) -> Result<FleetSnapshot, StoreError> {
+    let txn = db.begin_read().db("beginning a read")?;
+    let machines: Vec<Machine> = read_all(
+        &txn.open_table(MACHINES).db("opening machines")?,
+        "machines",
+    )?;
+    let profiles: Vec<BootProfile> = read_all(
+        &txn.open_table(PROFILES).db("opening profiles")?,
+        "profiles",
+    )?;
+    Ok(FleetSnapshot {
+        generation: 0,
+        machines: machines.into_iter().map(|m| (m.mac, m)).collect(),
+        profiles: profiles
+            .into_iter()
+            .map(|p| (p.name().to_owned(), p))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MachineSpec;
+
+    #[test]
+    fn admin_bootstrap_and_fleet_survive_reopen() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("state.redb");
+        let admin = {
+            let state = ControlState::open(&path, Metrics::new()).expect("open");
+            let token = state
+                .ensure_admin_token(None)
+                .expect("bootstrap")
+                .expect("first start generates a token");
+            assert_eq!(
+                state.ensure_admin_token(None).expect("bootstrap"),
+                None,
+                "an admin exists: nothing is generated again"
+            );
+            state
+                .ensure_admin_token(Some("stp_from-env"))
+                .expect("env token");
+            let caller = state.authenticate(&token).expect("auth").expect("known");
+            let machine = Machine::try_from(MachineSpec {
+                mac: "52:54:00:00:00:01".into(),
+                uuid: None,
+                arch: None,
+                hostname: None,
+                labels: Default::default(),
+                profile: None,
+                boot: Default::default(),
+            })
+            .expect("valid");
+            state.put_machine(&caller, machine, true).expect("put");
+            token
+        };
+        let state = ControlState::open(&path, Metrics::new()).expect("reopen");
+        assert_eq!(
+            state.machines().len(),
+            1,
+            "machines are loaded from the file"
+        );
+        let env = state
+            .authenticate("stp_from-env")
+            .expect("auth")
+            .expect("env token stored");
+        assert_eq!(env.role, Role::Admin);
+        assert_eq!(
+            state.authenticate(&admin).expect("auth").map(|c| c.role),
+            Some(Role::Admin)
+        );
+        assert!(state.verify_audit().expect("verify").is_intact());
+    }
+}

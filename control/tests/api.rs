@@ -1,0 +1,685 @@
+//! The API over real HTTP on 127.0.0.1 (ephemeral port), as the data plane and `stampede ctl`
+//! see it.
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use stampede_control::api::{self, RouteSpec};
+use stampede_control::ctl::{self, CtlArgs, CtlCommand};
+use stampede_control::{
+    ControlState, DurableLeaseStore, GroupCommitConfig, Metrics, Role, openapi,
+};
+use stampede_proto::dhcp::{ClientKey, Lease, LeaseChange, LeaseState, LeaseStore};
+use tokio::sync::oneshot;
+
+struct Server {
+    url: String,
+    admin: String,
+    state: ControlState,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let state =
+        ControlState::open(dir.path().join("state.redb"), Metrics::new()).expect("open state file");
+    let admin = state
+        .ensure_admin_token(None)
+        .expect("bootstrap admin")
+        .expect("a fresh store generates the first admin token");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral port");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(api::serve_on(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    Server {
+        url,
+        admin,
+        state,
+        http: reqwest::Client::new(),
+        dir,
+        stop: Some(stop),
+    }
+}
+
+impl Server {
+    async fn token(&self, name: &str, role: Role) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                Some(&self.admin),
+                Some(json!({ "name": name, "role": role })),
+            )
+            .await;
+        assert_eq!(r.0, StatusCode::CREATED, "admin issues a token: {}", r.1);
+        r.1["token"].as_str().expect("token in answer").to_owned()
+    }
+
+    /// One request; returns status and JSON body (Null if none).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let method: reqwest::Method = method.parse().expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("server answers");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn ctl(&self, token: &str, json: bool, command: CtlCommand) -> CtlArgs {
+        CtlArgs {
+            url: self.url.clone(),
+            token: Some(token.to_owned()),
+            json,
+            command,
+        }
+    }
+}
+
+fn profile(name: &str) -> Value {
+    json!({ "name": name, "kernel": "vmlinuz", "initrds": ["initrd.img"], "cmdline": "quiet",
+            "variants": { "efi_arm64": { "kernel": "Image" } } })
+}
+
+#[tokio::test]
+async fn unauthenticated_and_wrong_role_are_rejected() {
+    let s = start().await;
+    let read = s.token("dashboard", Role::Read).await;
+    let operator = s.token("provisioner", Role::Operator).await;
+
+    let (status, _) = s.call("GET", "/api/v1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "health is public");
+
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/machines", s.url))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "no token");
+    assert!(
+        resp.headers().get("www-authenticate").is_some(),
+        "401 names the Bearer scheme"
+    );
+    let (status, _) = s
+        .call("GET", "/api/v1/machines", Some("stp_not-a-token"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "unknown token");
+    let (status, _) = s.call("GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "metrics need a token");
+
+    let (status, _) = s.call("GET", "/api/v1/machines", Some(&read), None).await;
+    assert_eq!(status, StatusCode::OK, "read may list");
+    let (status, body) = s
+        .call("POST", "/api/v1/profiles", Some(&read), Some(profile("p")))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "read may not mutate: {body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("operator"),
+        "{body}"
+    );
+    let (status, _) = s
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&operator),
+            Some(json!({ "name": "x", "role": "admin" })),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "operator may not issue tokens"
+    );
+    let (status, _) = s.call("GET", "/api/v1/tokens", Some(&read), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "read may not list tokens");
+    let (status, _) = s
+        .call(
+            "POST",
+            "/api/v1/profiles",
+            Some(&operator),
+            Some(profile("p")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "operator may mutate");
+
+    // Only hashes are stored: the token text is nowhere in the file.
+    let (status, tokens) = s.call("GET", "/api/v1/tokens", Some(&s.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !tokens.to_string().contains(&operator),
+        "listing never shows a token"
+    );
+    let file = std::fs::read(s.dir.path().join("state.redb")).expect("read state file");
+    let needle = operator.as_bytes();
+    assert!(
+        !file.windows(needle.len()).any(|w| w == needle),
+        "the token itself is not stored"
+    );
+
+    // Revoked tokens stop working.
+    let (status, _) = s
+        .call("DELETE", "/api/v1/tokens/provisioner", Some(&s.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s
+        .call("GET", "/api/v1/machines", Some(&operator), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked token refused");
+}
+
+#[tokio::test]
+async fn machine_crud_round_trip() {
+    let s = start().await;
+    let op = s.token("provisioner", Role::Operator).await;
+    let mac = "52:54:00:aa:bb:01";
+    let machine = json!({ "mac": "52-54-00-AA-BB-01", "hostname": "node01", "profile": "rescue",
+                          "arch": "efi_x64", "labels": { "rack": "r3" } });
+
+    let (status, body) = s
+        .call("POST", "/api/v1/machines", Some(&op), Some(machine.clone()))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown profile refused: {body}"
+    );
+    let (status, _) = s
+        .call(
+            "POST",
+            "/api/v1/profiles",
+            Some(&op),
+            Some(profile("rescue")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, created) = s
+        .call("POST", "/api/v1/machines", Some(&op), Some(machine.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["mac"], mac, "MAC normalized");
+    let (status, _) = s
+        .call("POST", "/api/v1/machines", Some(&op), Some(machine.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "POST of an existing machine");
+
+    let (status, got) = s
+        .call("GET", &format!("/api/v1/machines/{mac}"), Some(&op), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, created, "GET returns what POST stored");
+    let (status, _) = s
+        .call("GET", "/api/v1/machines/not-a-mac", Some(&op), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let mut changed = got.clone();
+    changed["boot"] = json!("deny");
+    let (status, _) = s
+        .call(
+            "PUT",
+            &format!("/api/v1/machines/{mac}"),
+            Some(&op),
+            Some(changed.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "PUT replaces");
+    let (_, list) = s.call("GET", "/api/v1/machines", Some(&op), None).await;
+    assert_eq!(list, json!([changed]), "list shows the replaced machine");
+
+    let (status, body) = s
+        .call("DELETE", "/api/v1/profiles/rescue", Some(&op), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "profile in use: {body}");
+    let (status, _) = s
+        .call(
+            "DELETE",
+            &format!("/api/v1/machines/{mac}"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s
+        .call("GET", &format!("/api/v1/machines/{mac}"), Some(&op), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s
+        .call("DELETE", "/api/v1/profiles/rescue", Some(&op), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "unused profile can go");
+
+    // Every change above is in the audit log, attributed, and the chain verifies.
+    let (_, entries) = s.call("GET", "/api/v1/audit", Some(&op), None).await;
+    let actions: Vec<&str> = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["actor"] == "provisioner")
+        .map(|e| e["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "profile.put",
+            "machine.put",
+            "machine.put",
+            "machine.delete",
+            "profile.delete"
+        ]
+    );
+    let (_, report) = s.call("GET", "/api/v1/audit/verify", Some(&op), None).await;
+    assert_eq!(report["problem"], Value::Null, "{report}");
+}
+
+#[tokio::test]
+async fn a_change_publishes_a_new_snapshot() {
+    let s = start().await;
+    let op = s.token("provisioner", Role::Operator).await;
+    let mut rx = s.state.subscribe();
+    let before = s.state.snapshot().generation;
+
+    let (status, _) = s
+        .call(
+            "PUT",
+            "/api/v1/profiles/rescue",
+            Some(&op),
+            Some(profile("rescue")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = s
+        .call(
+            "PUT",
+            "/api/v1/machines/52:54:00:00:00:01",
+            Some(&op),
+            Some(json!({ "mac": "52:54:00:00:00:01", "profile": "rescue", "arch": "efi_arm64" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("a snapshot is published within 5 s")
+        .expect("sender alive");
+    let snap = rx.borrow_and_update().clone();
+    assert_eq!(snap.generation, before + 2, "one generation per change");
+    let mac = "52:54:00:00:00:01".parse().expect("mac");
+    let (machine, boot) = snap
+        .boot_profile(mac)
+        .expect("the data plane can boot the machine");
+    assert_eq!(
+        boot.target(machine.arch).kernel,
+        "Image",
+        "arm64 variant chosen"
+    );
+    assert!(
+        Arc::ptr_eq(&snap, &s.state.snapshot()),
+        "snapshot() is the published one"
+    );
+
+    // A PUT that changes nothing publishes nothing.
+    let (status, _) = s
+        .call(
+            "PUT",
+            "/api/v1/machines/52:54:00:00:00:01",
+            Some(&op),
+            Some(json!({ "mac": "52:54:00:00:00:01", "profile": "rescue", "arch": "efi_arm64" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !rx.has_changed().expect("sender alive"),
+        "no-op PUT publishes nothing"
+    );
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let s = start().await;
+    let (status, doc) = s.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc, openapi::document(), "served document is the built one");
+    let (_, routes) = api::router(s.state.clone());
+    let paths = doc["paths"].as_object().expect("paths object");
+    for RouteSpec { method, path, role } in &routes {
+        let op = &paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} missing from OpenAPI"))
+            [method.as_str().to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {path} missing from OpenAPI");
+        let documented = op["x-stampede-role"].as_str();
+        assert_eq!(
+            documented,
+            role.map(|r| r.as_str()),
+            "{method} {path}: documented role"
+        );
+    }
+    let served: usize = paths
+        .values()
+        .map(|p| p.as_object().expect("path item").len())
+        .sum();
+    assert_eq!(
+        served,
+        routes.len(),
+        "OpenAPI documents no route the router lacks"
+    );
+
+    // Every documented operation really is served (not 404/405).
+    for RouteSpec { method, path, .. } in &routes {
+        let concrete = path
+            .replace("{mac}", "52:54:00:00:00:09")
+            .replace("{name}", "nothing")
+            .replace("{sha256}", "00");
+        let (status, _) = s
+            .call(method.as_str(), &concrete, Some(&s.admin), None)
+            .await;
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED
+                && !(status == StatusCode::NOT_FOUND && concrete == *path),
+            "{method} {path} is routed (got {status})"
+        );
+    }
+}
+
+fn write_fleet(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("fleet.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[profiles]]
+name = "ubuntu"
+kernel = "ubuntu/vmlinuz"
+initrds = ["ubuntu/initrd"]
+cmdline = "ip=dhcp"
+
+[profiles.variants.efi_arm64]
+kernel = "ubuntu/Image"
+
+[[machines]]
+mac = "52:54:00:10:00:01"
+hostname = "web01"
+profile = "ubuntu"
+labels = { role = "web" }
+
+[[machines]]
+mac = "52-54-00-10-00-02"
+uuid = "4C4C4544-0042-3510-8052-B4C04F4E4B32"
+profile = "ubuntu"
+boot = "deny"
+"#,
+    )
+    .expect("write fleet.toml");
+    path
+}
+
+#[tokio::test]
+async fn apply_is_idempotent() {
+    let s = start().await;
+    let op = s.token("gitops", Role::Operator).await;
+    let fleet = write_fleet(s.dir.path());
+    let apply = || CtlCommand::Apply {
+        file: fleet.clone(),
+    };
+
+    let mut out = Vec::new();
+    ctl::run_to(s.ctl(&op, true, apply()), &mut out)
+        .await
+        .expect("first apply");
+    let first: ctl::ApplyReport = serde_json::from_slice(&out).expect("JSON report");
+    assert_eq!(
+        (first.profiles.created, first.machines.created),
+        (1, 2),
+        "{first:?}"
+    );
+    let generation = s.state.snapshot().generation;
+    let audit_len = s.state.audit_entries(0, 10_000).expect("audit").len();
+
+    let mut out = Vec::new();
+    ctl::run_to(s.ctl(&op, false, apply()), &mut out)
+        .await
+        .expect("second apply");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert!(
+        text.contains("profiles  0        0        1"),
+        "table output:\n{text}"
+    );
+    assert!(
+        text.contains("machines  0        0        2"),
+        "table output:\n{text}"
+    );
+    assert_eq!(
+        s.state.snapshot().generation,
+        generation,
+        "second apply publishes nothing"
+    );
+    assert_eq!(
+        s.state.audit_entries(0, 10_000).expect("audit").len(),
+        audit_len,
+        "second apply audits nothing"
+    );
+
+    // And people can see the result.
+    let mut out = Vec::new();
+    ctl::run_to(
+        s.ctl(&op, false, CtlCommand::Machines(ctl::MachinesCommand::List)),
+        &mut out,
+    )
+    .await
+    .expect("machines list");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert!(text.starts_with("MAC "), "table header:\n{text}");
+    assert!(text.contains("52:54:00:10:00:01  web01"), "{text}");
+    assert!(text.contains("deny"), "{text}");
+
+    // ctl add and rm.
+    let add = CtlCommand::Machines(ctl::MachinesCommand::Add {
+        mac: "52:54:00:10:00:03".into(),
+        profile: Some("ubuntu".into()),
+        hostname: None,
+        uuid: None,
+        arch: None,
+        labels: vec![("rack".into(), "r1".into())],
+        deny: false,
+    });
+    let mut out = Vec::new();
+    ctl::run_to(s.ctl(&op, false, add), &mut out)
+        .await
+        .expect("machines add");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "machine 52:54:00:10:00:03 created\n"
+    );
+    let rm = CtlCommand::Machines(ctl::MachinesCommand::Rm {
+        mac: "52:54:00:10:00:03".into(),
+    });
+    ctl::run_to(s.ctl(&op, false, rm.clone()), &mut Vec::new())
+        .await
+        .expect("machines rm");
+    let err = ctl::run_to(s.ctl(&op, false, rm), &mut Vec::new())
+        .await
+        .expect_err("second rm finds nothing");
+    assert!(err.to_string().contains("404"), "{err}");
+
+    // A read token cannot apply.
+    let read = s.token("viewer", Role::Read).await;
+    let err = ctl::run_to(s.ctl(&read, false, apply()), &mut Vec::new())
+        .await
+        .expect_err("read token cannot apply");
+    assert!(err.to_string().contains("403"), "{err}");
+}
+
+#[tokio::test]
+async fn images_are_content_addressed() {
+    let s = start().await;
+    let op = s.token("provisioner", Role::Operator).await;
+    let file = s.dir.path().join("vmlinuz");
+    std::fs::write(&file, b"not really a kernel").expect("write image");
+    let body = json!({ "name": "vmlinuz-6.8", "path": file.to_str().expect("utf-8 path") });
+    let (status, image) = s
+        .call("POST", "/api/v1/images", Some(&op), Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{image}");
+    // sha256("not really a kernel")
+    let expected = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"not really a kernel"))
+    };
+    assert_eq!(image["sha256"], expected.as_str());
+    assert_eq!(image["size"], 19);
+    let (status, _) = s
+        .call("POST", "/api/v1/images", Some(&op), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "same content registers once");
+    let (status, got) = s
+        .call(
+            "GET",
+            &format!("/api/v1/images/{expected}"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!((status, &got), (StatusCode::OK, &image));
+    let (status, _) = s
+        .call(
+            "POST",
+            "/api/v1/images",
+            Some(&op),
+            Some(json!({ "name": "gone", "path": "/nonexistent/stampede-image" })),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing file refused"
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_leases_reach_the_api() {
+    let s = start().await;
+    let read = s.token("prometheus", Role::Read).await;
+
+    // The data plane feeds the registry through a handle.
+    s.state
+        .metrics()
+        .counter(
+            "stampede_dhcp_drops_total",
+            "DHCP datagrams dropped",
+            &[("reason", "malformed")],
+        )
+        .expect("counter")
+        .add(7);
+    // The data plane's lease store shares the state file.
+    let mut leases = DurableLeaseStore::open(s.state.db().clone(), GroupCommitConfig::default())
+        .expect("lease store");
+    let seq = leases
+        .apply(LeaseChange::Put(Lease {
+            ip: Ipv4Addr::new(198, 18, 0, 10),
+            client: ClientKey(vec![1, 0x52, 0x54, 0, 0, 0, 1]),
+            mac: [0x52, 0x54, 0, 0, 0, 1],
+            state: LeaseState::Bound,
+            expires: Instant::now() + Duration::from_secs(600),
+        }))
+        .expect("apply");
+    assert!(leases.flush(Duration::from_secs(10)), "lease committed");
+    assert!(leases.durable_seq() >= seq);
+
+    let (status, list) = s.call("GET", "/api/v1/leases", Some(&read), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list[0]["ip"], "198.18.0.10", "{list}");
+    assert_eq!(list[0]["mac"], "52:54:00:00:00:01", "{list}");
+    assert_eq!(list[0]["state"], "bound", "{list}");
+
+    let resp = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4"),
+        "Prometheus content type"
+    );
+    let text = resp.text().await.expect("body");
+    assert!(
+        text.contains("stampede_dhcp_drops_total{reason=\"malformed\"} 7\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE stampede_control_machines gauge\n"),
+        "{text}"
+    );
+    assert!(text.contains("stampede_api_requests_total{"), "{text}");
+}
+
+#[tokio::test]
+async fn ctl_audit_verify_reports_tampering() {
+    let s = start().await;
+    let op = s.token("provisioner", Role::Operator).await;
+    let verify = || CtlCommand::Audit(ctl::AuditCommand::Verify);
+    let mut out = Vec::new();
+    ctl::run_to(s.ctl(&op, false, verify()), &mut out)
+        .await
+        .expect("intact log verifies");
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("audit log intact: 2 entries"),
+        "bootstrap token and issued token are audited: {}",
+        String::from_utf8_lossy(&out)
+    );
+
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+    let txn = s.state.db().begin_write().expect("write");
+    txn.open_table(table)
+        .expect("audit table")
+        .remove(1)
+        .expect("delete the first entry");
+    txn.commit().expect("commit");
+
+    let err = ctl::run_to(s.ctl(&op, true, verify()), &mut Vec::new())
+        .await
+        .expect_err("tampered log fails verification");
+    assert!(
+        matches!(
+            err,
+            ctl::CtlError::AuditDamaged(stampede_control::AuditProblem::Missing {
+                expected: 1,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
