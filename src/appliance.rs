@@ -12,7 +12,7 @@ use stampede_dataplane::{
 use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{BootArgs, ServeArgs, check_interval};
+use crate::{BootArgs, ControlArgs, ServeArgs, check_interval};
 
 /// Where the configuration comes from, so SIGHUP can read it again.
 enum Source {
@@ -55,7 +55,7 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let xdp = config.xdp;
-    run(source, config, iface, xdp, interval)
+    run(source, config, iface, xdp, interval, &args.control)
 }
 
 pub fn boot(args: BootArgs) -> anyhow::Result<()> {
@@ -90,7 +90,30 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         config.server.workers =
             Some(std::num::NonZeroUsize::new(workers).context("--workers must be at least 1")?);
     }
-    run(source, config, iface, xdp, interval)
+    run(source, config, iface, xdp, interval, &args.control)
+}
+
+/// Opens the state and, unless the API is `off`, says where it will listen.
+fn control_plane(
+    args: &ControlArgs,
+) -> anyhow::Result<(stampede_control::ControlState, Option<std::net::SocketAddr>)> {
+    let listen = match args.api.as_str() {
+        "off" => None,
+        addr => Some(
+            addr.parse()
+                .with_context(|| format!("--api {addr:?}: not host:port or off"))?,
+        ),
+    };
+    if let Some(dir) = args.state.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let state = stampede_control::ControlState::open(&args.state, stampede_control::Metrics::new())
+        .with_context(|| format!("opening the state file {}", args.state.display()))?;
+    if let Some(token) = state.ensure_admin_token_from_env()? {
+        // Shown once: only its hash is stored.
+        println!("admin token (shown once, store it now): {token}");
+    }
+    Ok((state, listen))
 }
 
 fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPlan>> {
@@ -112,8 +135,10 @@ fn run(
     iface: String,
     xdp: Option<AttachMode>,
     interval: Duration,
+    control: &ControlArgs,
 ) -> anyhow::Result<()> {
     let plan = plan_for(&config, &iface)?;
+    let (control_state, api_listen) = control_plane(control)?;
     let workers = config
         .server
         .workers
@@ -149,6 +174,18 @@ fn run(
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
+        let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = api_listen.map(|listen| {
+            let config = stampede_control::api::ApiConfig { listen };
+            let shutdown = async move {
+                let _ = api_stopped.await;
+            };
+            tokio::spawn(stampede_control::api::serve(
+                config,
+                control_state.clone(),
+                shutdown,
+            ))
+        });
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -171,6 +208,14 @@ fn run(
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+            }
+        }
+        let _ = api_stop.send(());
+        if let Some(api) = api {
+            match api.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(error = %error_chain(&err), "control API failed"),
+                Err(err) => tracing::error!(error = %err, "control API task failed"),
             }
         }
         anyhow::Ok(())

@@ -27,6 +27,19 @@ enum Command {
     Serve(ServeArgs),
     /// Quick mode: boot every machine on the network into KERNEL and INITRDs, no config file.
     Boot(BootArgs),
+    /// Drive a running appliance through its control API.
+    Ctl(stampede_control::ctl::CtlArgs),
+}
+
+/// The control API and its state, shared by `serve` and `boot`.
+#[derive(Debug, Clone, clap::Args)]
+struct ControlArgs {
+    /// Address the control API listens on, or `off`. Loopback by default: the API has no TLS yet.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: String,
+    /// The appliance's state (machines, profiles, images, leases, audit log): one redb file.
+    #[arg(long, default_value = "/var/lib/stampede/stampede.redb")]
+    state: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +59,8 @@ struct ServeArgs {
     /// Seconds between counter reports on stdout.
     #[arg(long, default_value_t = 5.0)]
     stats_interval: f64,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +90,8 @@ struct BootArgs {
     /// Seconds between counter reports on stdout.
     #[arg(long, default_value_t = 10.0)]
     stats_interval: f64,
+    #[command(flatten)]
+    control: ControlArgs,
     /// The kernel every machine boots.
     kernel: std::path::PathBuf,
     /// Initrds, in order.
@@ -94,6 +111,7 @@ fn main() -> ExitCode {
         Command::Serve(args) if args.config.is_some() => appliance::serve_config(args),
         Command::Serve(args) => serve(args),
         Command::Boot(args) => appliance::boot(args),
+        Command::Ctl(args) => ctl(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +120,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn ctl(args: stampede_control::ctl::CtlArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(stampede_control::ctl::run(args))?;
+    Ok(())
 }
 
 fn check_interval(seconds: f64) -> anyhow::Result<Duration> {

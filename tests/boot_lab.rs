@@ -667,3 +667,74 @@ fn malformed_packet_barrage_is_counted_and_the_next_client_still_boots() {
         out.stdout
     );
 }
+
+#[test]
+fn the_control_api_is_served_and_stampede_ctl_drives_it() {
+    if !require("control_api", &["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let api = "http://127.0.0.1:7070";
+    let up = wait_for(Duration::from_secs(10), || {
+        let out = lab
+            .server
+            .run(
+                "curl",
+                &["-sf", &format!("{api}/api/v1/health")],
+                Duration::from_secs(5),
+            )
+            .ok()?;
+        out.status.success().then_some(())
+    });
+    assert!(up.is_some(), "the control API did not answer on {api}");
+
+    let unauthenticated = lab
+        .server
+        .run(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{api}/api/v1/machines"),
+            ],
+            Duration::from_secs(5),
+        )
+        .expect("curl");
+    assert_eq!(unauthenticated.stdout, "401", "machines need a token");
+
+    let ctl = |args: &[&str]| {
+        let mut command = lab.server.command(STAMPEDE);
+        command
+            .args(["ctl", "--url", api, "--token", ADMIN_TOKEN])
+            .args(args);
+        let out =
+            stampede_lab::run_with_timeout(command, Duration::from_secs(15)).expect("ctl runs");
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    };
+    ctl(&[
+        "machines",
+        "add",
+        "52:54:00:aa:bb:cc",
+        "--hostname",
+        "node-17",
+    ]);
+    let listed = ctl(&["--json", "machines", "list"]);
+    assert!(
+        listed.contains("52:54:00:aa:bb:cc") && listed.contains("node-17"),
+        "{listed}"
+    );
+    let verified = ctl(&["audit", "verify"]);
+    assert!(!verified.is_empty(), "audit verify reports");
+    stop(server);
+}

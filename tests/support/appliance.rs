@@ -14,6 +14,9 @@ use stampede_lab::{Netns, Output, Process, wait_for};
 
 pub const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
 
+/// The first admin token the tests' appliances start with (`STAMPEDE_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A kernel and an initrd of deterministic pseudo-random bytes, in a directory removed on drop.
 #[derive(Debug)]
 pub struct Payload {
@@ -75,6 +78,9 @@ pub fn start_boot(ns: &Netns, iface: &str, extra: &[&str], payload: &Payload) ->
             "--stats-interval",
             "60",
         ])
+        .arg("--state")
+        .arg(payload.dir.path().join("state.redb"))
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
         .args(extra)
         .arg(&payload.kernel)
         .arg(&payload.initrd)

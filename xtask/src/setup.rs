@@ -26,7 +26,32 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "busybox-static",
         "udhcpc, a real DHCP client, in tests and the demo",
     ),
-    ("curl", "a real HTTP client in the demo"),
+    ("curl", "a real HTTP and TFTP client in tests and the demo"),
+    ("isc-dhcp-client", "dhclient, a second real DHCP client"),
+    (
+        "tftp-hpa",
+        "a TFTP client that sends no options (512-byte lock-step)",
+    ),
+    ("atftp", "a TFTP client with blksize, tsize and windowsize"),
+    (
+        "dnsmasq-base",
+        "the LAN's own DHCP server beside ProxyDHCP; the peer in firmware labs",
+    ),
+    (
+        "tcpdump",
+        "captures what reaches a test machine's interface",
+    ),
+    (
+        "ipxe",
+        "undionly.kpxe and snponly.efi, the iPXE builds handed to firmware",
+    ),
+    (
+        "qemu-system-x86",
+        "real firmware (SeaBIOS, OVMF) booting in the lab",
+    ),
+    ("seabios", "QEMU's BIOS"),
+    ("ipxe-qemu", "the iPXE option ROM of QEMU's NICs"),
+    ("ovmf", "UEFI firmware for QEMU"),
 ];
 
 /// cargo-fuzz release used for the fuzz targets in `fuzz/` (builds with stable 1.95).
