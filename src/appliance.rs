@@ -96,8 +96,10 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
 /// Opens the state and, unless the API is `off`, says where it will listen.
 fn control_plane(
     args: &ControlArgs,
+    configured_api: std::net::SocketAddr,
 ) -> anyhow::Result<(stampede_control::ControlState, Option<std::net::SocketAddr>)> {
-    let listen = match args.api.as_str() {
+    let api = args.api.clone().unwrap_or_else(|| configured_api.to_string());
+    let listen = match api.as_str() {
         "off" => None,
         addr => Some(
             addr.parse()
@@ -138,7 +140,7 @@ fn run(
     control: &ControlArgs,
 ) -> anyhow::Result<()> {
     let plan = plan_for(&config, &iface)?;
-    let (control_state, api_listen) = control_plane(control)?;
+    let (control_state, api_listen) = control_plane(control, config.server.api)?;
     let workers = config
         .server
         .workers

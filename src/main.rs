@@ -34,9 +34,10 @@ enum Command {
 /// The control API and its state, shared by `serve` and `boot`.
 #[derive(Debug, Clone, clap::Args)]
 struct ControlArgs {
-    /// Address the control API listens on, or `off`. Loopback by default: the API has no TLS yet.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    api: String,
+    /// Address the control API listens on, or `off` [default: the config's `server.api`, else
+    /// 127.0.0.1:7070; loopback because the API has no TLS yet].
+    #[arg(long)]
+    api: Option<String>,
     /// The appliance's state (machines, profiles, images, leases, audit log): one redb file.
     #[arg(long, default_value = "/var/lib/stampede/stampede.redb")]
     state: std::path::PathBuf,
