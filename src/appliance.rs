@@ -98,7 +98,10 @@ fn control_plane(
     args: &ControlArgs,
     configured_api: std::net::SocketAddr,
 ) -> anyhow::Result<(stampede_control::ControlState, Option<std::net::SocketAddr>)> {
-    let api = args.api.clone().unwrap_or_else(|| configured_api.to_string());
+    let api = args
+        .api
+        .clone()
+        .unwrap_or_else(|| configured_api.to_string());
     let listen = match api.as_str() {
         "off" => None,
         addr => Some(
