@@ -408,4 +408,55 @@ mod tests {
         assert!(!c.is_ipxe);
         assert_eq!(c.arch, Some(ClientArch::EfiX64));
     }
+
+    /// Real UEFI firmware (OVMF under QEMU): its own PXE client chainloads `snponly.efi` by
+    /// TFTP, HTTP Boot gets a URL and the `HTTPClient` echo. Both send an all-zero UUID, which
+    /// must not select a profile.
+    #[test]
+    fn ovmf_fixtures_decide() {
+        let mut config = BootConfig::new(Ipv4Addr::new(198, 18, 0, 1), "http://198.18.0.1:8080");
+        config.profiles_by_uuid.insert(
+            [0; 16],
+            BootProfile {
+                name: "zero-uuid".into(),
+                ipxe_script: "zero-uuid.ipxe".into(),
+            },
+        );
+        for bytes in [
+            &include_bytes!("../../fixtures/dhcp/ovmf_pxe_discover.bin")[..],
+            include_bytes!("../../fixtures/dhcp/ovmf_pxe_request.bin"),
+        ] {
+            let req = Repr::parse_bytes(bytes).expect("fixture parses");
+            let c = BootClient::from_request(&req).expect("ethernet client");
+            assert!(c.is_pxe() && !c.is_http_boot() && !c.is_ipxe);
+            assert_eq!(c.arch, Some(ClientArch::EfiX64));
+            assert_eq!(config.profile_for(&c).name, "default");
+            let d = decide(&c, &config).expect("boots");
+            assert_eq!(
+                d,
+                BootDecision::Chainload {
+                    next_server: Ipv4Addr::new(198, 18, 0, 1),
+                    file: "snponly.efi".into(),
+                }
+            );
+            assert_eq!(d.vendor_class(), b"PXEClient");
+        }
+        for bytes in [
+            &include_bytes!("../../fixtures/dhcp/ovmf_http_discover.bin")[..],
+            include_bytes!("../../fixtures/dhcp/ovmf_http_request.bin"),
+        ] {
+            let req = Repr::parse_bytes(bytes).expect("fixture parses");
+            let c = BootClient::from_request(&req).expect("ethernet client");
+            assert!(c.is_http_boot() && !c.is_pxe() && !c.is_ipxe);
+            assert_eq!(c.arch, Some(ClientArch::EfiX64Http));
+            let d = decide(&c, &config).expect("boots");
+            assert_eq!(
+                d,
+                BootDecision::HttpBoot {
+                    url: "http://198.18.0.1:8080/snponly.efi".into(),
+                }
+            );
+            assert_eq!(d.vendor_class(), b"HTTPClient");
+        }
+    }
 }

@@ -94,11 +94,19 @@ mod tests {
     use super::client::splitmix64;
     use super::*;
 
-    const FIXTURES: [&[u8]; 16] = [
+    const FIXTURES: [&[u8]; 24] = [
         include_bytes!("../../fixtures/dhcp/dhclient_ack.bin"),
         include_bytes!("../../fixtures/dhcp/dhclient_discover.bin"),
         include_bytes!("../../fixtures/dhcp/dhclient_offer.bin"),
         include_bytes!("../../fixtures/dhcp/dhclient_request.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_http_ack.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_http_discover.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_http_offer.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_http_request.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_pxe_ack.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_pxe_discover.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_pxe_offer.bin"),
+        include_bytes!("../../fixtures/dhcp/ovmf_pxe_request.bin"),
         include_bytes!("../../fixtures/dhcp/qemu_ipxe_ack.bin"),
         include_bytes!("../../fixtures/dhcp/qemu_ipxe_discover.bin"),
         include_bytes!("../../fixtures/dhcp/qemu_ipxe_offer.bin"),

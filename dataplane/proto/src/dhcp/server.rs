@@ -888,6 +888,8 @@ mod tests {
     const IPXE_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/qemu_ipxe_discover.bin");
     const PLAIN_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/udhcpc_discover.bin");
     const PLAIN_REQUEST: &[u8] = include_bytes!("../../fixtures/dhcp/udhcpc_request.bin");
+    const OVMF_PXE_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/ovmf_pxe_discover.bin");
+    const OVMF_HTTP_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/ovmf_http_discover.bin");
 
     fn boot() -> BootConfig {
         BootConfig::new(SERVER, "http://198.18.0.1:8080")
@@ -1072,6 +1074,34 @@ mod tests {
             offer.options.vendor_specific, None,
             "no PXE menu options for HTTP Boot"
         );
+    }
+
+    /// The DISCOVERs of real UEFI firmware (OVMF's PXE client and its HTTP Boot) in proxy mode.
+    #[test]
+    fn proxy_offers_to_ovmf_pxe_and_http_boot() {
+        let now = Instant::now();
+        let mut server = DhcpServer::new(ServerConfig::proxy(SERVER, boot())).expect("config");
+        let mut store = MemoryLeaseStore::new();
+        let cases: [(&[u8], &[u8], &[u8]); 2] = [
+            (OVMF_PXE_DISCOVER, b"PXEClient", b"snponly.efi"),
+            (
+                OVMF_HTTP_DISCOVER,
+                b"HTTPClient",
+                b"http://198.18.0.1:8080/snponly.efi",
+            ),
+        ];
+        for (bytes, vendor_class, file) in cases {
+            let got = server.handle_datagram(now, from_client(), bcast(), bytes, &mut store);
+            assert_eq!(got, Ok(Handled::Replied(MessageType::Offer)));
+            let (t, offer) = next(&mut server, now);
+            assert!(t.broadcast && t.dst_ip == Ipv4Addr::BROADCAST);
+            let d = Repr::parse_bytes(bytes).expect("fixture");
+            assert_eq!((offer.xid, offer.mac()), (d.xid, d.mac()));
+            assert_eq!(offer.options.vendor_class.as_deref(), Some(vendor_class));
+            assert_eq!(offer.options.bootfile.as_deref(), Some(file));
+            assert_eq!(offer.file, file);
+        }
+        assert!(store.is_empty());
     }
 
     #[test]

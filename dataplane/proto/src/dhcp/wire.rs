@@ -439,6 +439,10 @@ mod tests {
     const IPXE_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/qemu_ipxe_discover.bin");
     const DHCLIENT_REQUEST: &[u8] = include_bytes!("../../fixtures/dhcp/dhclient_request.bin");
     const DNSMASQ_ACK: &[u8] = include_bytes!("../../fixtures/dhcp/qemu_ipxe_ack.bin");
+    const OVMF_PXE_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/ovmf_pxe_discover.bin");
+    const OVMF_PXE_REQUEST: &[u8] = include_bytes!("../../fixtures/dhcp/ovmf_pxe_request.bin");
+    const OVMF_HTTP_DISCOVER: &[u8] = include_bytes!("../../fixtures/dhcp/ovmf_http_discover.bin");
+    const OVMF_HTTP_REQUEST: &[u8] = include_bytes!("../../fixtures/dhcp/ovmf_http_request.bin");
 
     fn parse(bytes: &[u8]) -> Repr {
         Repr::parse_bytes(bytes).unwrap_or_else(|e| panic!("fixture does not parse: {e}"))
@@ -520,6 +524,96 @@ mod tests {
         assert_eq!(ack.options.other, [(28, vec![198, 18, 0, 255])]);
     }
 
+    /// What OVMF's EDK2 DHCP client puts in every DISCOVER and REQUEST, PXE or HTTP Boot.
+    fn assert_edk2_client(r: &Repr, mac: [u8; 6], xid: u32) {
+        assert_eq!(r.op, OpCode::BootRequest);
+        assert_eq!(r.xid, xid);
+        assert_eq!(r.mac(), Some(mac));
+        assert!(r.broadcast(), "EDK2 sets the broadcast flag");
+        assert!(r.ciaddr.is_unspecified() && r.giaddr.is_unspecified());
+        assert!(r.sname.is_empty() && r.file.is_empty());
+        // UNDI 3.0 (RFC 4578 §2.2: type 1, major 3, minor 0).
+        assert_eq!(r.options.client_ndi, Some([1, 3, 0]));
+        // Type 0 + the SMBIOS UUID, all zero because QEMU ran without -uuid.
+        let uuid = r.options.client_uuid.expect("option 97");
+        assert_eq!((uuid.kind, uuid.id), (0, [0; 16]));
+        assert_eq!(r.options.client_id, None);
+        assert_eq!(r.options.hostname, None);
+        assert_eq!(r.options.user_class, None);
+        assert_eq!(r.options.ipxe_encap, None);
+        assert!(r.options.other.is_empty(), "{:?}", r.options.other);
+    }
+
+    #[test]
+    fn ovmf_pxe_discover_and_request_fields() {
+        let mac = [0x52, 0x54, 0, 0xc3, 0, 0x08];
+        let d = parse(OVMF_PXE_DISCOVER);
+        assert_edk2_client(&d, mac, 0xe6e6_e9b8);
+        assert_eq!(d.options.message_type, Some(MessageType::Discover));
+        assert_eq!(d.options.client_arch, [ClientArch::EfiX64]);
+        assert_eq!(
+            d.options.vendor_class.as_deref(),
+            Some(&b"PXEClient:Arch:00007:UNDI:003000"[..])
+        );
+        assert_eq!(d.options.max_message_size, Some(1472));
+        assert_eq!(d.options.requested_ip, None);
+        assert_eq!(d.options.server_id, None);
+        // The PXE client also asks for 66/67 (TFTP server, boot file) and 128-135 (PXE).
+        assert_eq!(
+            d.options.parameter_request,
+            [
+                1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58,
+                59, 60, 66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135
+            ]
+        );
+
+        let r = parse(OVMF_PXE_REQUEST);
+        assert_edk2_client(&r, mac, 0xe6e6_e9b8);
+        assert_eq!(r.options.message_type, Some(MessageType::Request));
+        assert_eq!(r.options.requested_ip, Some(Ipv4Addr::new(198, 18, 4, 117)));
+        assert_eq!(r.options.server_id, Some(Ipv4Addr::new(198, 18, 4, 1)));
+        assert_eq!(r.options.client_arch, d.options.client_arch);
+        assert_eq!(r.options.vendor_class, d.options.vendor_class);
+        assert_eq!(r.options.parameter_request, d.options.parameter_request);
+        // The REQUEST announces a maximum message size of 65280, the DISCOVER 1472.
+        assert_eq!(r.options.max_message_size, Some(0xff00));
+    }
+
+    #[test]
+    fn ovmf_http_discover_and_request_fields() {
+        let mac = [0x52, 0x54, 0, 0xc3, 0, 0x11];
+        let d = parse(OVMF_HTTP_DISCOVER);
+        assert_edk2_client(&d, mac, 0xe503_a29f);
+        assert_eq!(d.options.message_type, Some(MessageType::Discover));
+        assert_eq!(d.options.client_arch, [ClientArch::EfiX64Http]);
+        assert_eq!(
+            d.options.vendor_class.as_deref(),
+            Some(&b"HTTPClient:Arch:00016:UNDI:003000"[..])
+        );
+        assert_eq!(d.options.max_message_size, Some(1472));
+        // Boot file (67) but neither 66 nor the PXE options; 235 is EDK2's own.
+        assert_eq!(
+            d.options.parameter_request,
+            [
+                1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58,
+                59, 60, 235, 67, 97
+            ]
+        );
+
+        let r = parse(OVMF_HTTP_REQUEST);
+        assert_edk2_client(&r, mac, 0xe503_a29f);
+        assert_eq!(r.options.message_type, Some(MessageType::Request));
+        assert_eq!(
+            r.options.requested_ip,
+            Some(Ipv4Addr::new(198, 18, 13, 126))
+        );
+        assert_eq!(r.options.server_id, Some(Ipv4Addr::new(198, 18, 13, 1)));
+        assert_eq!(r.options.client_arch, d.options.client_arch);
+        assert_eq!(r.options.vendor_class, d.options.vendor_class);
+        assert_eq!(r.options.parameter_request, d.options.parameter_request);
+        assert_eq!(r.options.max_message_size, Some(1472));
+    }
+
     #[test]
     fn fixtures_round_trip() {
         for bytes in [
@@ -528,6 +622,10 @@ mod tests {
             IPXE_DISCOVER,
             DHCLIENT_REQUEST,
             DNSMASQ_ACK,
+            OVMF_PXE_DISCOVER,
+            OVMF_PXE_REQUEST,
+            OVMF_HTTP_DISCOVER,
+            OVMF_HTTP_REQUEST,
         ] {
             let first = parse(bytes);
             let mut buf = vec![0u8; first.buffer_len()];
