@@ -2,11 +2,14 @@
 //!
 //! - [`xdp`]: loads the XDP classifier built from `ebpf/xdp`, attaches it, reads its counters, and
 //!   runs it on crafted frames with `BPF_PROG_TEST_RUN`.
+//! - [`http_server`]: the HTTP boot server, the sans-IO HTTP core over io_uring, one ring per
+//!   worker thread.
 //! - [`store`]: boot files from a served directory and a content-addressed store, read once and
 //!   shared by every transfer.
 //! - [`sys`]: the only place with `unsafe`: io_uring rings and their buffers.
 //! - [`proto`]: the sans-IO protocol cores (DHCP, TFTP, HTTP, iPXE), re-exported.
 
+pub mod http_server;
 pub mod store;
 // The syscall layer: io_uring submission and the memory the kernel writes into cannot be expressed
 // in safe Rust. Every unsafe block inside carries a `// SAFETY:` comment
