@@ -384,12 +384,16 @@ impl WorkerState {
                     return Ok(());
                 }
             }
-            let mut wake = now + PUBLISH_INTERVAL;
+            // Anchored at the last publish rather than `now`, so the deadline stays the same
+            // across busy iterations and the ring's timeout SQE is not replaced on every call.
+            let mut wake = self.published + PUBLISH_INTERVAL;
             if let Some(Reverse((t, _))) = self.timers.peek() {
                 wake = wake.min(*t);
             }
-            if let Some(d) = self.stop_deadline {
-                wake = wake.min(d.max(now));
+            // A stop deadline already passed has been acted on (abort_all); waking for it again
+            // would spin until the cancelled connections report closed.
+            if let Some(d) = self.stop_deadline.filter(|d| *d > now) {
+                wake = wake.min(d);
             }
             let report = ring.run_once(Some(wake), |event, outbox| {
                 self.handle_event(event, outbox);
@@ -582,7 +586,22 @@ impl WorkerState {
             if let Some(t) = deadline {
                 self.timers.push(Reverse((t, conn)));
             }
+            self.compact_timers();
         }
+    }
+
+    /// Entries are invalidated lazily (a moved deadline leaves its old entry behind), so a
+    /// busy keep-alive connection leaves one stale entry per response until it expires. Past
+    /// a few per session the heap is rebuilt from the sessions' current deadlines.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 4 * self.sessions.len() + 64 {
+            return;
+        }
+        self.timers = self
+            .sessions
+            .iter()
+            .filter_map(|(conn, s)| s.timer.map(|t| Reverse((t, *conn))))
+            .collect();
     }
 
     fn close(&mut self, conn: ConnId) {

@@ -1045,3 +1045,146 @@ fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     };
     (storage, len as libc::socklen_t)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn uring_available() -> bool {
+        match super::super::uring::probe() {
+            Ok(_) => true,
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("skipping io_uring test: {e}");
+                false
+            }
+            Err(e) => panic!("CI=true and io_uring is not usable: {e}"),
+        }
+    }
+
+    /// Runs the worker until `until` returns true for an event, collecting the events' kinds.
+    fn run_until(
+        worker: &mut TcpWorker,
+        mut on: impl FnMut(&TcpEvent<'_>, &mut TcpOutbox) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut done = false;
+        while !done {
+            assert!(Instant::now() < deadline, "event did not arrive in time");
+            worker
+                .run_once(Some(deadline), |event, outbox| done |= on(&event, outbox))
+                .expect("run_once");
+        }
+    }
+
+    #[test]
+    fn echo_close_and_stale_ids() {
+        if !uring_available() {
+            return;
+        }
+        let listener =
+            reuseport_listener(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("listener");
+        let address = listener.local_addr().expect("address");
+        // SO_REUSEPORT: a second listener on the same port is allowed. Closed again before the
+        // client connects, or the kernel could hand the connection to it.
+        drop(reuseport_listener(address, 16).expect("second listener, same port"));
+        let mut worker = TcpWorker::new(listener, TcpWorkerConfig::default()).expect("worker");
+        let mut client = TcpStream::connect(address).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let client_addr = client.local_addr().expect("client address");
+        let mut conn = None;
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Accepted { conn: c, peer } => {
+                assert_eq!(*peer, client_addr, "peer address");
+                conn = Some(*c);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let conn = conn.expect("accepted");
+        client.write_all(b"hello").expect("client write");
+        run_until(&mut worker, |event, outbox| match event {
+            TcpEvent::Data { conn: c, data } => {
+                assert_eq!((*c, *data), (conn, &b"hello"[..]));
+                // Head and body as two iovecs of one sendmsg.
+                outbox.send(*c, b"he".to_vec(), Bytes::from_static(b"llo"));
+                false
+            }
+            TcpEvent::Sent { conn: c } => {
+                assert_eq!(*c, conn);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let mut echo = [0u8; 5];
+        client.read_exact(&mut echo).expect("echo");
+        assert_eq!(&echo, b"hello");
+        assert_eq!(worker.stats().bytes_sent, 5);
+
+        assert!(worker.close(conn).expect("close"), "live id closes");
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Closed { conn: c, reason } => {
+                assert_eq!((*c, *reason), (conn, CloseReason::Local));
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        assert_eq!(client.read(&mut echo).expect("EOF after close"), 0);
+        assert_eq!(worker.connections(), 0);
+        assert!(
+            !worker.send(conn, Vec::new(), Bytes::new()).expect("send"),
+            "a dead id is refused"
+        );
+        assert!(!worker.close(conn).expect("close"), "a dead id is refused");
+
+        // A new connection reuses the slot with a new generation: the old id stays dead.
+        let _client2 = TcpStream::connect(address).expect("connect");
+        let mut conn2 = None;
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Accepted { conn: c, .. } => {
+                conn2 = Some(*c);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let conn2 = conn2.expect("accepted");
+        assert_eq!(conn2.index(), conn.index(), "slot reused");
+        assert_ne!(conn2, conn, "new generation");
+        assert!(!worker.close(conn).expect("close"), "old id still dead");
+        // Dropping with a receive in flight cancels and drains it.
+        drop(worker);
+    }
+
+    #[test]
+    fn peer_close_is_reported() {
+        if !uring_available() {
+            return;
+        }
+        let listener =
+            reuseport_listener(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("listener");
+        let address = listener.local_addr().expect("address");
+        let mut worker = TcpWorker::new(listener, TcpWorkerConfig::default()).expect("worker");
+        let client = TcpStream::connect(address).expect("connect");
+        run_until(&mut worker, |event, _| {
+            matches!(event, TcpEvent::Accepted { .. })
+        });
+        drop(client);
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Closed { reason, .. } => {
+                assert_eq!(*reason, CloseReason::PeerClosed);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        assert_eq!(worker.stats().closed, 1);
+    }
+
+    #[test]
+    fn worker_can_move_to_its_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<TcpWorker>();
+    }
+}
