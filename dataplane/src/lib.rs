@@ -4,6 +4,8 @@
 //!   runs it on crafted frames with `BPF_PROG_TEST_RUN`.
 //! - [`config`]: the appliance's TOML configuration, validated into domain types; quick mode.
 //! - [`boot`]: the boot plan: the protocol cores configured from the appliance config.
+//! - [`http_server`]: the HTTP boot server, the sans-IO HTTP core over io_uring, one ring per
+//!   worker thread.
 //! - [`store`]: boot files from a served directory and a content-addressed store, read once and
 //!   shared by every transfer.
 //! - [`sys`]: the only place with `unsafe`: io_uring rings and their buffers.
@@ -12,6 +14,7 @@
 pub mod boot;
 pub mod config;
 pub mod engine;
+pub mod http_server;
 pub mod store;
 // The syscall layer: io_uring submission and the memory the kernel writes into cannot be expressed
 // in safe Rust. Every unsafe block inside carries a `// SAFETY:` comment

@@ -2,4 +2,8 @@
 //!
 //! - [`uring`]: one io_uring per worker: probing, a provided-buffer ring, multishot UDP receive,
 //!   datagram send and deadline timers, behind a safe [`uring::UdpWorker`].
+//! - [`uring_tcp`]: one io_uring per worker driving a TCP listener (multishot accept with
+//!   `SO_REUSEPORT`) and its connections (receive, vectored send of head and shared body,
+//!   close after every operation completed), behind a safe [`uring_tcp::TcpWorker`].
 pub mod uring;
+pub mod uring_tcp;

@@ -1,0 +1,1190 @@
+//! One io_uring per worker thread, driving a TCP listener and its connections.
+//!
+//! Same ownership rules as [`super::uring`] (and tokio-rs/io-uring, monoio): building an entry is
+//! safe, pushing it is the one `unsafe` point, and everything an entry points at (a receive
+//! buffer, a `msghdr` and the head and body it describes, a `timespec`) is owned by the
+//! [`TcpWorker`] until the kernel posts that entry's completion, also when it is cancelled. A
+//! connection's socket is closed (its `TcpStream` dropped) only once none of its operations is in
+//! flight, so the kernel never works on a reused descriptor number. Dropping the worker cancels
+//! and drains everything before freeing memory.
+//!
+//! - Accepting: one multishot `IORING_OP_ACCEPT` (`IORING_ACCEPT_MULTISHOT`, 5.19, commit
+//!   390ed29b5e42 "io_uring: add IORING_ACCEPT_MULTISHOT for accept"), re-armed whenever the kernel
+//!   ends it. Listeners are made with `SO_REUSEPORT` ([`reuseport_listener`]) so each worker owns
+//!   one listener on the shared port and the kernel spreads connections across them (socket(7)):
+//!   thread-per-core with no shared accept queue.
+//! - Receiving: one single-shot `IORING_OP_RECV` per connection into a small buffer the
+//!   connection owns. Boot clients send one short request head and then read megabytes, so a
+//!   receive is rare and small; a per-connection buffer keeps the ownership story trivial (the
+//!   buffer lives in the connection, the connection outlives its operations). The cost is
+//!   `recv_buffer_size` bytes per connection (4 KiB by default: 40 MiB for 10 000 connections);
+//!   a multishot receive over a shared provided-buffer ring (as the UDP worker does) would cut
+//!   that and is the next step if memory per connection matters.
+//! - Sending: one `IORING_OP_SENDMSG` per connection at a time, with two iovecs (response head,
+//!   body slice) so a response is one submission and the body is never copied. The head `Vec`
+//!   and the body [`Bytes`] live in the boxed operation until its completion. A short write
+//!   (normal for a stream socket once its send buffer fills) is resubmitted from where it
+//!   stopped. `MSG_NOSIGNAL` keeps a peer reset from raising `SIGPIPE` (send(2)). Further sends
+//!   queue behind the one in flight, which keeps responses in order.
+//! - Deadlines: one `IORING_OP_TIMEOUT` at the caller's earliest deadline, replaced (with
+//!   `IORING_OP_TIMEOUT_REMOVE`) when the deadline changes.
+//!
+//! Plain `SENDMSG`, not `SEND_ZC`: loopback and most NICs copy anyway until a benchmark shows
+//! zero-copy send pays for its extra notification completion per send; none was run yet.
+use std::{
+    collections::VecDeque,
+    io,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use io_uring::{
+    IoUring, cqueue, opcode, squeue,
+    types::{self, Timespec},
+};
+
+use super::uring::UringError;
+
+/// Identifies one connection of one worker. Ids are not reused while the connection lives, and
+/// a stale id (of a closed connection whose slot was reused) is recognised as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    /// A small number for logs and maps (the slot; reused after close).
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
+/// Why a connection went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The worker's owner called [`TcpWorker::close`].
+    Local,
+    /// The peer closed its side (a receive returned 0).
+    PeerClosed,
+    /// A receive or send failed with this errno (e.g. `ECONNRESET`, `EPIPE`).
+    Error(i32),
+}
+
+/// What happened, handed to the callback of [`TcpWorker::run_once`].
+#[derive(Debug)]
+pub enum TcpEvent<'a> {
+    /// A new connection; a receive is armed on it after the callback returns unless the callback
+    /// closes it (e.g. over a connection limit).
+    Accepted { conn: ConnId, peer: SocketAddr },
+    /// Bytes received, borrowed from the connection's buffer for the duration of the callback.
+    /// The next receive is armed after the callback returns.
+    Data { conn: ConnId, data: &'a [u8] },
+    /// One [`TcpWorker::send`] (head and body) was written completely.
+    Sent { conn: ConnId },
+    /// The connection is gone: every operation on it completed and its socket is closed. Sends
+    /// still queued were dropped. The id is dead from now on.
+    Closed { conn: ConnId, reason: CloseReason },
+}
+
+/// Sends and closes requested from inside the callback, applied in order right after it returns.
+#[derive(Debug, Default)]
+pub struct TcpOutbox {
+    commands: Vec<Command>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Send(ConnId, Vec<u8>, Bytes),
+    Close(ConnId),
+}
+
+impl TcpOutbox {
+    pub fn send(&mut self, conn: ConnId, head: Vec<u8>, body: Bytes) {
+        self.commands.push(Command::Send(conn, head, body));
+    }
+
+    pub fn close(&mut self, conn: ConnId) {
+        self.commands.push(Command::Close(conn));
+    }
+}
+
+/// Tuning of one worker. Defaults are sized for one core serving HTTP boot to a few thousand
+/// clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpWorkerConfig {
+    /// Submission queue entries; the completion queue gets four times as many (multishot accept
+    /// and a burst of receives and sends per wakeup). 1024 covers a wakeup in which a thousand
+    /// connections each complete one operation; a full queue is submitted, not an error.
+    pub ring_entries: u32,
+    /// Receive buffer per connection. 4096 holds a typical request head (iPXE and UEFI HTTP
+    /// boot send a few hundred bytes); longer heads arrive in several receives.
+    pub recv_buffer_size: u32,
+}
+
+impl Default for TcpWorkerConfig {
+    fn default() -> Self {
+        Self {
+            ring_entries: 1024,
+            recv_buffer_size: 4096,
+        }
+    }
+}
+
+/// Counters of one worker, cumulative since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpWorkerStats {
+    pub accepted: u64,
+    /// Accept completions with an error (e.g. `EMFILE` when out of descriptors); the multishot
+    /// accept is re-armed.
+    pub accept_errors: u64,
+    pub closed: u64,
+    /// Of `closed`, connections that ended on a receive or send error.
+    pub closed_on_error: u64,
+    /// Bytes the kernel took from completed and partial sends.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Sends that came back short and were resubmitted for the rest.
+    pub short_writes: u64,
+}
+
+/// What one [`TcpWorker::run_once`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpRunReport {
+    /// Events handed to the callback.
+    pub events: usize,
+    /// The deadline passed (the timeout SQE fired, or it was already past).
+    pub timer_fired: bool,
+}
+
+// user_data layout. Connection operations: bits 0..32 the slot, 32..56 the generation, 56..58
+// the kind. The top three bits tag the worker's own operations.
+const ACCEPT: u64 = 1 << 63;
+const TIMER: u64 = 1 << 62;
+const CONTROL: u64 = 1 << 61;
+const KIND_RECV: u64 = 1 << 56;
+const KIND_SEND: u64 = 2 << 56;
+const KIND_MASK: u64 = 3 << 56;
+const GENERATION_MASK: u32 = (1 << 24) - 1;
+
+fn op_data(conn: ConnId, kind: u64) -> u64 {
+    kind | (u64::from(conn.generation) << 32) | u64::from(conn.index)
+}
+
+fn op_conn(user_data: u64) -> ConnId {
+    ConnId {
+        index: user_data as u32,
+        generation: ((user_data >> 32) as u32) & GENERATION_MASK,
+    }
+}
+
+/// A `sendmsg` in flight: the head and body the kernel reads and the iovecs and header pointing
+/// at them, at a stable heap address until the completion.
+struct SendOp {
+    head: Vec<u8>,
+    body: Bytes,
+    /// Bytes of head + body already taken by the kernel.
+    done: usize,
+    iov: [libc::iovec; 2],
+    msg: libc::msghdr,
+}
+
+// SAFETY: the raw pointers in `iov` and `msg` point into this same boxed value and into the
+// `Vec`/`Bytes` it owns, whose heap memory does not move when the box moves to another thread.
+unsafe impl Send for SendOp {}
+
+impl std::fmt::Debug for SendOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendOp")
+            .field("head", &self.head.len())
+            .field("body", &self.body.len())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl SendOp {
+    fn new(head: Vec<u8>, body: Bytes) -> Box<Self> {
+        let mut op = Box::new(Self {
+            head,
+            body,
+            done: 0,
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 2],
+            // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+            msg: unsafe { std::mem::zeroed() },
+        });
+        op.aim();
+        op
+    }
+
+    fn total(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Points the iovecs at what is still unsent.
+    fn aim(&mut self) {
+        let head_done = self.done.min(self.head.len());
+        let body_done = self.done - head_done;
+        let head = &self.head[head_done..];
+        let body = &self.body[body_done..];
+        let mut n = 0;
+        for part in [head, body] {
+            if !part.is_empty() {
+                self.iov[n] = libc::iovec {
+                    iov_base: part.as_ptr().cast_mut().cast(),
+                    iov_len: part.len(),
+                };
+                n += 1;
+            }
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = n as _;
+    }
+}
+
+struct Conn {
+    generation: u32,
+    stream: TcpStream,
+    recv_buf: Box<[u8]>,
+    recv_in_flight: bool,
+    send: Option<Box<SendOp>>,
+    queued: VecDeque<(Vec<u8>, Bytes)>,
+    /// Set once the connection is being closed: no new operations, cancels pushed.
+    closing: Option<CloseReason>,
+}
+
+impl Conn {
+    fn idle(&self) -> bool {
+        !self.recv_in_flight && self.send.is_none()
+    }
+}
+
+/// A pending timeout; its `timespec` stays boxed until the completion (see the UDP worker).
+#[derive(Debug)]
+struct Timer {
+    generation: u64,
+    deadline: Instant,
+    _timespec: Box<Timespec>,
+    removing: bool,
+}
+
+/// One worker's ring driving one listening socket and the connections accepted on it.
+///
+/// Drive it in a loop with [`run_once`](Self::run_once), which waits for completions (or the
+/// deadline) and hands [`TcpEvent`]s to a callback; the callback answers through a
+/// [`TcpOutbox`]. Outside the callback, [`send`](Self::send) and [`close`](Self::close) act
+/// directly (e.g. after a timer fired).
+pub struct TcpWorker {
+    // Field order is drop order: the ring goes first (after `Drop` has drained it).
+    ring: IoUring,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    next_generation: u32,
+    live: usize,
+    timers: Vec<Timer>,
+    next_timer: u64,
+    completions: VecDeque<(u64, i32, u32)>,
+    outbox: TcpOutbox,
+    accept_armed: bool,
+    /// `None` once accepting stopped and the accept's last completion arrived.
+    listener: Option<TcpListener>,
+    listening: bool,
+    control_in_flight: usize,
+    timer_fired: bool,
+    stats: TcpWorkerStats,
+    config: TcpWorkerConfig,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for TcpWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpWorker")
+            .field("local_addr", &self.local_addr)
+            .field("connections", &self.live)
+            .field("listening", &self.listening)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpWorker {
+    /// Takes over `listener` (bound and listening, e.g. from [`reuseport_listener`]).
+    pub fn new(listener: TcpListener, config: TcpWorkerConfig) -> Result<Self, UringError> {
+        if config.ring_entries == 0 {
+            return Err(UringError::Config("ring_entries must be at least 1"));
+        }
+        if config.recv_buffer_size == 0 {
+            return Err(UringError::Config("recv_buffer_size must be at least 1"));
+        }
+        let local_addr = listener
+            .local_addr()
+            .map_err(io_error("listener address"))?;
+        let ring = IoUring::builder()
+            .setup_cqsize(config.ring_entries.saturating_mul(4))
+            .build(config.ring_entries)
+            .map_err(io_error("creating the worker's io_uring"))?;
+        Ok(Self {
+            ring,
+            conns: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
+            live: 0,
+            timers: Vec::new(),
+            next_timer: 0,
+            completions: VecDeque::new(),
+            outbox: TcpOutbox::default(),
+            accept_armed: false,
+            listener: Some(listener),
+            listening: true,
+            control_in_flight: 0,
+            timer_fired: false,
+            stats: TcpWorkerStats::default(),
+            config,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> TcpWorkerStats {
+        self.stats
+    }
+
+    /// Connections accepted and not yet reported closed.
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    /// Whether the listener is still open (false once [`stop_accepting`](Self::stop_accepting)
+    /// has taken effect).
+    pub fn is_listening(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Stops accepting: cancels the multishot accept and closes the listener once the kernel has
+    /// confirmed, so new connections go to other workers' listeners (or are refused).
+    pub fn stop_accepting(&mut self) -> Result<(), UringError> {
+        if !self.listening {
+            return Ok(());
+        }
+        self.listening = false;
+        if self.accept_armed {
+            self.push_cancel(ACCEPT)?;
+        } else {
+            self.listener = None;
+        }
+        Ok(())
+    }
+
+    /// Queues `head` then `body` on `conn`; [`TcpEvent::Sent`] follows once both are written.
+    /// Returns false (and drops the data) if the connection is closed or closing.
+    pub fn send(&mut self, conn: ConnId, head: Vec<u8>, body: Bytes) -> Result<bool, UringError> {
+        let Some(c) = self.conn_mut(conn) else {
+            return Ok(false);
+        };
+        if c.closing.is_some() {
+            return Ok(false);
+        }
+        if c.send.is_some() {
+            c.queued.push_back((head, body));
+            return Ok(true);
+        }
+        c.send = Some(SendOp::new(head, body));
+        self.push_send(conn)?;
+        Ok(true)
+    }
+
+    /// Closes `conn`: cancels its receive and any send in flight, drops queued sends, and closes
+    /// the socket once every operation has completed ([`TcpEvent::Closed`] with
+    /// [`CloseReason::Local`] then). Returns false if the id is dead or already closing.
+    ///
+    /// Callers that want a response delivered close after its [`TcpEvent::Sent`].
+    pub fn close(&mut self, conn: ConnId) -> Result<bool, UringError> {
+        self.begin_close(conn, CloseReason::Local)
+    }
+
+    /// Submits queued entries without waiting.
+    pub fn flush(&mut self) -> Result<(), UringError> {
+        self.submit(0)
+    }
+
+    /// Waits until something happens or `deadline` passes (forever if `None`), hands every
+    /// event to `on_event`, applies what it put in the outbox and submits. One `io_uring_enter`
+    /// per wait; the wait is ended by any completion of ours or by the timeout SQE.
+    pub fn run_once(
+        &mut self,
+        deadline: Option<Instant>,
+        mut on_event: impl FnMut(TcpEvent<'_>, &mut TcpOutbox),
+    ) -> Result<TcpRunReport, UringError> {
+        self.timer_fired = false;
+        self.arm_accept()?;
+        self.arm_timer(deadline)?;
+        self.submit(0)?;
+        self.reap();
+        while self.completions.is_empty() && !self.timer_fired {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.timer_fired = true;
+                break;
+            }
+            self.submit(1)?;
+            self.reap();
+        }
+        let mut report = TcpRunReport::default();
+        while let Some((user_data, result, flags)) = self.completions.pop_front() {
+            report.events += self.complete(user_data, result, flags, &mut on_event)?;
+            // Later completions of this batch may already be queued for the same connections;
+            // they are matched by generation, so commands applied now cannot confuse them.
+            self.apply_outbox()?;
+        }
+        self.arm_accept()?;
+        self.submit(0)?;
+        report.timer_fired = self.timer_fired;
+        Ok(report)
+    }
+
+    /// Handles one completion; returns how many events it produced.
+    fn complete(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        flags: u32,
+        on_event: &mut impl FnMut(TcpEvent<'_>, &mut TcpOutbox),
+    ) -> Result<usize, UringError> {
+        if user_data == ACCEPT {
+            if !cqueue::more(flags) {
+                self.accept_armed = false;
+                if !self.listening {
+                    // The kernel is done with the listener: close it.
+                    self.listener = None;
+                }
+            }
+            if result < 0 {
+                if -result != libc::ECANCELED {
+                    self.stats.accept_errors += 1;
+                }
+                return Ok(0);
+            }
+            // SAFETY: a non-negative accept result is a new descriptor the kernel gave us and
+            // nobody else owns; the TcpStream closes it.
+            let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(result) });
+            if !self.listening {
+                // Accepted in the window between stop_accepting and the cancellation.
+                drop(stream);
+                return Ok(0);
+            }
+            self.stats.accepted += 1;
+            // Responses are one sendmsg each; without NODELAY the tail segment of a response
+            // can wait for the peer's delayed ACK (tcp(7), Nagle), stalling keep-alive clients.
+            let _ = stream.set_nodelay(true);
+            let peer = match stream.peer_addr() {
+                Ok(peer) => peer,
+                // ENOTCONN: the peer already reset it. Nothing to serve.
+                Err(_) => return Ok(0),
+            };
+            let conn = self.insert(stream);
+            on_event(TcpEvent::Accepted { conn, peer }, &mut self.outbox);
+            self.apply_outbox()?;
+            self.arm_recv(conn)?;
+            return Ok(1);
+        }
+        if user_data & TIMER != 0 {
+            let generation = user_data & !TIMER;
+            if let Some(i) = self.timers.iter().position(|t| t.generation == generation) {
+                let timer = self.timers.swap_remove(i);
+                if -result == libc::ETIME && !timer.removing {
+                    self.timer_fired = true;
+                }
+            }
+            return Ok(0);
+        }
+        if user_data == CONTROL {
+            self.control_in_flight -= 1;
+            return Ok(0);
+        }
+        let conn = op_conn(user_data);
+        let mut events = 0;
+        match user_data & KIND_MASK {
+            KIND_RECV => {
+                let Some(c) = slot(&mut self.conns, conn) else {
+                    return Err(unknown(user_data));
+                };
+                c.recv_in_flight = false;
+                if c.closing.is_none() {
+                    if result > 0 {
+                        let n = result as usize;
+                        self.stats.bytes_received += n as u64;
+                        let Some(Some(c)) = self.conns.get(conn.index as usize) else {
+                            return Err(unknown(user_data));
+                        };
+                        on_event(
+                            TcpEvent::Data {
+                                conn,
+                                data: &c.recv_buf[..n],
+                            },
+                            &mut self.outbox,
+                        );
+                        events += 1;
+                        self.apply_outbox()?;
+                        self.arm_recv(conn)?;
+                    } else if result == 0 {
+                        self.begin_close(conn, CloseReason::PeerClosed)?;
+                    } else if matches!(-result, libc::EINTR | libc::EAGAIN) {
+                        self.arm_recv(conn)?;
+                    } else {
+                        self.begin_close(conn, CloseReason::Error(-result))?;
+                    }
+                }
+            }
+            KIND_SEND => {
+                let Some(c) = slot(&mut self.conns, conn) else {
+                    return Err(unknown(user_data));
+                };
+                let Some(mut op) = c.send.take() else {
+                    return Err(unknown(user_data));
+                };
+                if c.closing.is_none() {
+                    if result >= 0 {
+                        let n = result as usize;
+                        op.done += n;
+                        self.stats.bytes_sent += n as u64;
+                        if op.done < op.total() {
+                            // Short write: the socket buffer filled. Send the rest.
+                            self.stats.short_writes += 1;
+                            op.aim();
+                            c.send = Some(op);
+                            self.push_send(conn)?;
+                        } else {
+                            drop(op);
+                            if let Some((head, body)) = c.queued.pop_front() {
+                                c.send = Some(SendOp::new(head, body));
+                                self.push_send(conn)?;
+                            }
+                            on_event(TcpEvent::Sent { conn }, &mut self.outbox);
+                            events += 1;
+                            self.apply_outbox()?;
+                        }
+                    } else if matches!(-result, libc::EINTR | libc::EAGAIN) {
+                        c.send = Some(op);
+                        self.push_send(conn)?;
+                    } else {
+                        self.begin_close(conn, CloseReason::Error(-result))?;
+                    }
+                }
+            }
+            // A connection closed with nothing in flight (see begin_close).
+            CONTROL_CLOSE => {}
+            _ => return Err(unknown(user_data)),
+        }
+        events += self.finish_close(conn, on_event)?;
+        Ok(events)
+    }
+
+    /// Closes the socket of a closing connection once nothing is in flight on it.
+    fn finish_close(
+        &mut self,
+        conn: ConnId,
+        on_event: &mut impl FnMut(TcpEvent<'_>, &mut TcpOutbox),
+    ) -> Result<usize, UringError> {
+        let Some(c) = self.conn_mut(conn) else {
+            return Ok(0);
+        };
+        let Some(reason) = c.closing else {
+            return Ok(0);
+        };
+        if !c.idle() {
+            return Ok(0);
+        }
+        let c = self.conns[conn.index as usize]
+            .take()
+            .expect("checked above");
+        // Best effort FIN before close; the kernel would send one anyway, but shutdown makes
+        // it explicit even if a clone of the descriptor existed.
+        let _ = c.stream.shutdown(Shutdown::Both);
+        drop(c);
+        self.free.push(conn.index);
+        self.live -= 1;
+        self.stats.closed += 1;
+        if matches!(reason, CloseReason::Error(_)) {
+            self.stats.closed_on_error += 1;
+        }
+        on_event(TcpEvent::Closed { conn, reason }, &mut self.outbox);
+        self.apply_outbox()?;
+        Ok(1)
+    }
+
+    fn apply_outbox(&mut self) -> Result<(), UringError> {
+        // Commands are few per event; take the Vec to avoid borrowing self twice, and give its
+        // allocation back afterwards.
+        let mut commands = std::mem::take(&mut self.outbox.commands);
+        for command in commands.drain(..) {
+            match command {
+                Command::Send(conn, head, body) => {
+                    self.send(conn, head, body)?;
+                }
+                Command::Close(conn) => {
+                    self.begin_close(conn, CloseReason::Local)?;
+                }
+            }
+        }
+        if self.outbox.commands.is_empty() {
+            self.outbox.commands = commands;
+        }
+        Ok(())
+    }
+
+    fn begin_close(&mut self, conn: ConnId, reason: CloseReason) -> Result<bool, UringError> {
+        let Some(c) = self.conn_mut(conn) else {
+            return Ok(false);
+        };
+        if c.closing.is_some() {
+            return Ok(false);
+        }
+        c.closing = Some(reason);
+        c.queued.clear();
+        let (recv, send, idle) = (c.recv_in_flight, c.send.is_some(), c.idle());
+        if recv {
+            self.push_cancel(op_data(conn, KIND_RECV))?;
+        }
+        if send {
+            self.push_cancel(op_data(conn, KIND_SEND))?;
+        }
+        if idle {
+            // Nothing in flight: close now, reporting through the next run_once.
+            self.completions
+                .push_back((CONTROL_CLOSE | op_data(conn, 0), 0, 0));
+        }
+        Ok(true)
+    }
+
+    fn insert(&mut self, stream: TcpStream) -> ConnId {
+        let generation = self.next_generation & GENERATION_MASK;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let conn = Conn {
+            generation,
+            stream,
+            recv_buf: vec![0; self.config.recv_buffer_size as usize].into_boxed_slice(),
+            recv_in_flight: false,
+            send: None,
+            queued: VecDeque::new(),
+            closing: None,
+        };
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.conns[i as usize] = Some(conn);
+                i
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.live += 1;
+        ConnId { index, generation }
+    }
+
+    fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        slot(&mut self.conns, conn)
+    }
+
+    fn arm_recv(&mut self, conn: ConnId) -> Result<(), UringError> {
+        let Some(c) = self.conn_mut(conn) else {
+            return Ok(());
+        };
+        if c.recv_in_flight || c.closing.is_some() {
+            return Ok(());
+        }
+        c.recv_in_flight = true;
+        let entry = opcode::Recv::new(
+            types::Fd(c.stream.as_raw_fd()),
+            c.recv_buf.as_mut_ptr(),
+            c.recv_buf.len() as u32,
+        )
+        .build()
+        .user_data(op_data(conn, KIND_RECV));
+        // SAFETY: the buffer is the connection's boxed slice and the fd its stream; the
+        // connection (and so both) is only dropped once this receive's completion is reaped
+        // (finish_close checks recv_in_flight), or after Drop has drained the ring.
+        unsafe { self.push(&entry) }
+    }
+
+    fn push_send(&mut self, conn: ConnId) -> Result<(), UringError> {
+        let Some(c) = self.conn_mut(conn) else {
+            return Ok(());
+        };
+        let fd = c.stream.as_raw_fd();
+        let Some(op) = c.send.as_deref() else {
+            return Ok(());
+        };
+        let entry = opcode::SendMsg::new(types::Fd(fd), &raw const op.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(op_data(conn, KIND_SEND));
+        // SAFETY: the msghdr, iovecs, head and body live in the boxed SendOp held in
+        // `c.send` until this entry's completion is reaped (finish_close waits for it); the fd
+        // is the connection's stream, dropped only then too.
+        unsafe { self.push(&entry) }
+    }
+
+    fn push_cancel(&mut self, target: u64) -> Result<(), UringError> {
+        let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
+        // SAFETY: AsyncCancel refers to no memory, only to a user_data value.
+        unsafe { self.push(&entry)? };
+        self.control_in_flight += 1;
+        Ok(())
+    }
+
+    fn arm_accept(&mut self) -> Result<(), UringError> {
+        if self.accept_armed || !self.listening {
+            return Ok(());
+        }
+        let Some(listener) = &self.listener else {
+            return Ok(());
+        };
+        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ACCEPT);
+        // SAFETY: multishot accept points at no user memory; the listener is dropped only after
+        // the accept's final completion (or after Drop drained the ring).
+        unsafe { self.push(&entry)? };
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    /// Keeps one timer armed at `deadline`, replacing a timer for another deadline.
+    fn arm_timer(&mut self, deadline: Option<Instant>) -> Result<(), UringError> {
+        if self
+            .timers
+            .iter()
+            .any(|t| !t.removing && Some(t.deadline) == deadline)
+        {
+            return Ok(());
+        }
+        let stale: Vec<u64> = self
+            .timers
+            .iter_mut()
+            .filter(|t| !t.removing)
+            .map(|t| {
+                t.removing = true;
+                t.generation
+            })
+            .collect();
+        for generation in stale {
+            let entry = opcode::TimeoutRemove::new(TIMER | generation)
+                .build()
+                .user_data(CONTROL);
+            // SAFETY: TimeoutRemove refers to no memory, only to a user_data value.
+            unsafe { self.push(&entry)? };
+            self.control_in_flight += 1;
+        }
+        let Some(deadline) = deadline else {
+            return Ok(());
+        };
+        let generation = self.next_timer;
+        self.next_timer += 1;
+        let timespec = Box::new(Timespec::from(
+            deadline.saturating_duration_since(Instant::now()),
+        ));
+        let entry = opcode::Timeout::new(&raw const *timespec)
+            .build()
+            .user_data(TIMER | generation);
+        self.timers.push(Timer {
+            generation,
+            deadline,
+            _timespec: timespec,
+            removing: false,
+        });
+        // SAFETY: the timespec is boxed in `self.timers` until the timeout's completion.
+        unsafe { self.push(&entry) }
+    }
+
+    /// # Safety
+    /// Everything `entry` points at must stay valid until its completion is reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), UringError> {
+        loop {
+            // SAFETY: forwarded from the caller's contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            // Full: hand what is queued to the kernel and try again.
+            self.submit(0)?;
+        }
+    }
+
+    /// Submits and, if `want > 0`, waits for that many completions.
+    fn submit(&mut self, want: usize) -> Result<(), UringError> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EBUSY: the completion queue overflowed and the kernel wants us to reap before
+                // it accepts more submissions (IORING_FEAT_NODROP, 5.5).
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
+                Err(e) => return Err(io_error("io_uring_enter")(e)),
+            }
+        }
+    }
+
+    /// Moves every completion off the ring into `completions`, to be handled in order.
+    fn reap(&mut self) {
+        for cqe in self.ring.completion() {
+            self.completions
+                .push_back((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        let conn_ops: usize = self
+            .conns
+            .iter()
+            .flatten()
+            .map(|c| usize::from(c.recv_in_flight) + usize::from(c.send.is_some()))
+            .sum();
+        conn_ops + usize::from(self.accept_armed) + self.timers.len() + self.control_in_flight
+    }
+}
+
+/// A completion we make up ourselves for a connection closed with nothing in flight, so its
+/// `Closed` event is delivered from `run_once` like every other event.
+const CONTROL_CLOSE: u64 = 3 << 56;
+
+fn io_error(op: &'static str) -> impl FnOnce(io::Error) -> UringError {
+    move |source| UringError::Io { op, source }
+}
+
+/// The live connection `conn` names (borrowing only the slab, so other fields stay usable).
+fn slot(conns: &mut [Option<Conn>], conn: ConnId) -> Option<&mut Conn> {
+    conns
+        .get_mut(conn.index as usize)
+        .and_then(Option::as_mut)
+        .filter(|c| c.generation == conn.generation)
+}
+
+fn unknown(user_data: u64) -> UringError {
+    UringError::Io {
+        op: "reaping completions",
+        source: io::Error::other(format!("completion for unknown user_data {user_data:#x}")),
+    }
+}
+
+impl Drop for TcpWorker {
+    /// Cancels every operation and waits for each completion, so the kernel holds no pointer
+    /// into memory about to be freed. If the kernel does not finish in time the connections are
+    /// leaked rather than freed under it.
+    fn drop(&mut self) {
+        let mut targets = Vec::new();
+        if self.accept_armed {
+            targets.push(ACCEPT);
+        }
+        targets.extend(self.timers.iter().map(|t| TIMER | t.generation));
+        for (index, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let id = ConnId {
+                index: index as u32,
+                generation: c.generation,
+            };
+            if c.recv_in_flight {
+                targets.push(op_data(id, KIND_RECV));
+            }
+            if c.send.is_some() {
+                targets.push(op_data(id, KIND_SEND));
+            }
+        }
+        for target in targets {
+            let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
+            // SAFETY: AsyncCancel refers to no memory.
+            if unsafe { self.push(&entry) }.is_ok() {
+                self.control_in_flight += 1;
+            }
+        }
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while self.in_flight() > 0 && Instant::now() < give_up {
+            let wait = Timespec::from(Duration::from_millis(100));
+            let args = types::SubmitArgs::new().timespec(&wait);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+            self.reap();
+            while let Some((user_data, result, flags)) = self.completions.pop_front() {
+                self.retire(user_data, result, flags);
+            }
+        }
+        if self.in_flight() > 0 {
+            tracing::error!(
+                in_flight = self.in_flight(),
+                "io_uring operations did not complete on shutdown; leaking their memory"
+            );
+            std::mem::forget(std::mem::take(&mut self.conns));
+            std::mem::forget(std::mem::take(&mut self.timers));
+            std::mem::forget(self.listener.take());
+        }
+    }
+}
+
+impl TcpWorker {
+    /// Bookkeeping of a completion during Drop: marks the operation finished, no events.
+    fn retire(&mut self, user_data: u64, result: i32, flags: u32) {
+        if user_data == ACCEPT {
+            if !cqueue::more(flags) {
+                self.accept_armed = false;
+            }
+            if result >= 0 {
+                // SAFETY: a new descriptor nobody owns; closed at once.
+                drop(unsafe { OwnedFd::from_raw_fd(result) });
+            }
+        } else if user_data & TIMER != 0 {
+            let generation = user_data & !TIMER;
+            self.timers.retain(|t| t.generation != generation);
+        } else if user_data == CONTROL {
+            self.control_in_flight -= 1;
+        } else {
+            let conn = op_conn(user_data);
+            if let Some(c) = self.conn_mut(conn) {
+                match user_data & KIND_MASK {
+                    KIND_RECV => c.recv_in_flight = false,
+                    KIND_SEND => c.send = None,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// A TCP listener with `SO_REUSEADDR` and `SO_REUSEPORT` set before `bind`, so several workers
+/// can each listen on `address` and the kernel balances connections across them (socket(7),
+/// `SO_REUSEPORT`, Linux 3.9). `backlog` is capped by `net.core.somaxconn` (listen(2)).
+pub fn reuseport_listener(address: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let family = match address {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns; OwnedFd closes it on every error path.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        let on: libc::c_int = 1;
+        // SAFETY: the fd is live; the option value is a c_int on our stack, its size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let (storage, len) = sockaddr(address);
+    // SAFETY: `storage` holds a sockaddr_in/sockaddr_in6 of `len` bytes for the socket's family.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const storage).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on a bound socket we own.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpListener::from(fd))
+}
+
+fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match address {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn uring_available() -> bool {
+        match super::super::uring::probe() {
+            Ok(_) => true,
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("skipping io_uring test: {e}");
+                false
+            }
+            Err(e) => panic!("CI=true and io_uring is not usable: {e}"),
+        }
+    }
+
+    /// Runs the worker until `until` returns true for an event, collecting the events' kinds.
+    fn run_until(
+        worker: &mut TcpWorker,
+        mut on: impl FnMut(&TcpEvent<'_>, &mut TcpOutbox) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut done = false;
+        while !done {
+            assert!(Instant::now() < deadline, "event did not arrive in time");
+            worker
+                .run_once(Some(deadline), |event, outbox| done |= on(&event, outbox))
+                .expect("run_once");
+        }
+    }
+
+    #[test]
+    fn echo_close_and_stale_ids() {
+        if !uring_available() {
+            return;
+        }
+        let listener =
+            reuseport_listener(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("listener");
+        let address = listener.local_addr().expect("address");
+        // SO_REUSEPORT: a second listener on the same port is allowed. Closed again before the
+        // client connects, or the kernel could hand the connection to it.
+        drop(reuseport_listener(address, 16).expect("second listener, same port"));
+        let mut worker = TcpWorker::new(listener, TcpWorkerConfig::default()).expect("worker");
+        let mut client = TcpStream::connect(address).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let client_addr = client.local_addr().expect("client address");
+        let mut conn = None;
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Accepted { conn: c, peer } => {
+                assert_eq!(*peer, client_addr, "peer address");
+                conn = Some(*c);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let conn = conn.expect("accepted");
+        client.write_all(b"hello").expect("client write");
+        run_until(&mut worker, |event, outbox| match event {
+            TcpEvent::Data { conn: c, data } => {
+                assert_eq!((*c, *data), (conn, &b"hello"[..]));
+                // Head and body as two iovecs of one sendmsg.
+                outbox.send(*c, b"he".to_vec(), Bytes::from_static(b"llo"));
+                false
+            }
+            TcpEvent::Sent { conn: c } => {
+                assert_eq!(*c, conn);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let mut echo = [0u8; 5];
+        client.read_exact(&mut echo).expect("echo");
+        assert_eq!(&echo, b"hello");
+        assert_eq!(worker.stats().bytes_sent, 5);
+
+        assert!(worker.close(conn).expect("close"), "live id closes");
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Closed { conn: c, reason } => {
+                assert_eq!((*c, *reason), (conn, CloseReason::Local));
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        assert_eq!(client.read(&mut echo).expect("EOF after close"), 0);
+        assert_eq!(worker.connections(), 0);
+        assert!(
+            !worker.send(conn, Vec::new(), Bytes::new()).expect("send"),
+            "a dead id is refused"
+        );
+        assert!(!worker.close(conn).expect("close"), "a dead id is refused");
+
+        // A new connection reuses the slot with a new generation: the old id stays dead.
+        let _client2 = TcpStream::connect(address).expect("connect");
+        let mut conn2 = None;
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Accepted { conn: c, .. } => {
+                conn2 = Some(*c);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let conn2 = conn2.expect("accepted");
+        assert_eq!(conn2.index(), conn.index(), "slot reused");
+        assert_ne!(conn2, conn, "new generation");
+        assert!(!worker.close(conn).expect("close"), "old id still dead");
+        // Dropping with a receive in flight cancels and drains it.
+        drop(worker);
+    }
+
+    #[test]
+    fn peer_close_is_reported() {
+        if !uring_available() {
+            return;
+        }
+        let listener =
+            reuseport_listener(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("listener");
+        let address = listener.local_addr().expect("address");
+        let mut worker = TcpWorker::new(listener, TcpWorkerConfig::default()).expect("worker");
+        let client = TcpStream::connect(address).expect("connect");
+        run_until(&mut worker, |event, _| {
+            matches!(event, TcpEvent::Accepted { .. })
+        });
+        drop(client);
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Closed { reason, .. } => {
+                assert_eq!(*reason, CloseReason::PeerClosed);
+                true
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        assert_eq!(worker.stats().closed, 1);
+    }
+
+    #[test]
+    fn worker_can_move_to_its_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<TcpWorker>();
+    }
+}
