@@ -738,3 +738,129 @@ fn the_control_api_is_served_and_stampede_ctl_drives_it() {
     assert!(!verified.is_empty(), "audit verify reports");
     stop(server);
 }
+
+#[test]
+fn http_serves_scripts_kernels_and_ranges_to_curl() {
+    if !require("http_curl", &["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let payload = Payload::new(3 << 20, 1 << 20);
+    let server = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &["--cmdline", "console=ttyS0 stampede.marker={mac}"],
+        &payload,
+    );
+    let base = format!("http://{}:8080", lab.server_ip());
+    let dir = payload.dir.path();
+    let t = Duration::from_secs(30);
+    let curl = |args: &[&str]| {
+        let out = lab.client.run("curl", args, t).expect("curl runs");
+        assert!(out.status.success(), "curl {args:?}: {}", out.stderr);
+        out.stdout
+    };
+
+    // GET, byte-exact.
+    let got = dir.join("http.vmlinuz");
+    curl(&[
+        "-sS",
+        "-o",
+        got.to_str().unwrap(),
+        &format!("{base}/files/vmlinuz"),
+    ]);
+    assert_eq!(
+        sha256_file(&got),
+        sha256_file(&payload.kernel),
+        "GET /files/vmlinuz"
+    );
+    // HEAD: the length, no body.
+    let head = curl(&["-sS", "-I", &format!("{base}/files/initrd.img")]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", 1 << 20)),
+        "{head}"
+    );
+    // Range: exactly the bytes asked for.
+    let part = dir.join("range");
+    let code = curl(&[
+        "-sS",
+        "-r",
+        "1000-4999",
+        "-o",
+        part.to_str().unwrap(),
+        "-w",
+        "%{http_code}",
+        &format!("{base}/files/vmlinuz"),
+    ]);
+    assert_eq!(code, "206");
+    let kernel = std::fs::read(&payload.kernel).unwrap();
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        kernel[1000..5000],
+        "Range bytes=1000-4999"
+    );
+    // An unsatisfiable range.
+    let code = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-r",
+        "99999999-",
+        &format!("{base}/files/vmlinuz"),
+    ]);
+    assert_eq!(code, "416");
+    // Hostile paths.
+    for path in [
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/files/..%2f..%2fetc/passwd",
+        "/files/a%00b",
+    ] {
+        let code = curl(&[
+            "-s",
+            "--path-as-is",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}{path}"),
+        ]);
+        assert_eq!(code, "404", "{path}");
+    }
+    // The iPXE script, as iPXE fetches it: the probe, then the machine's script.
+    let probe = curl(&["-sS", &format!("{base}/boot.ipxe?mac=52-54-00-12-34-56")]);
+    assert!(probe.starts_with("#!ipxe"), "{probe}");
+    let chain = probe
+        .lines()
+        .find_map(|l| l.strip_prefix("chain "))
+        .unwrap_or_else(|| panic!("no chain line: {probe}"))
+        .replace("${platform}", "pcbios")
+        .replace("${buildarch}", "i386")
+        .replace("${ip}", &lab.subnet.host(2).to_string());
+    let script = curl(&["-sS", &chain]);
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(
+        script.contains(&format!("kernel {base}/files/vmlinuz")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("initrd --name initrd.img {base}/files/initrd.img")),
+        "{script}"
+    );
+    assert!(
+        script.contains("stampede.marker=52:54:00:12:34:56"),
+        "{{mac}} filled in: {script}"
+    );
+    assert!(script.trim_end().ends_with("boot"), "{script}");
+
+    let (out, stats) = stop(server);
+    assert_eq!(stats["http_4xx"], 5, "{}", out.stdout);
+    assert!(stats["http_2xx"] >= 5, "{}", out.stdout);
+}

@@ -230,3 +230,45 @@ impl stampede_proto::files::FileCatalog for FileMap {
         }
     }
 }
+
+/// The HTTP side's view of the boot plan: every request reads the engine's current plan, so a
+/// reload reaches HTTP at the next request, and a response already being sent keeps its bytes.
+#[derive(Debug, Clone)]
+pub struct CurrentPlan(Arc<Mutex<Arc<BootPlan>>>);
+
+impl CurrentPlan {
+    fn get(&self) -> Arc<BootPlan> {
+        Arc::clone(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl stampede_proto::files::FileCatalog for CurrentPlan {
+    fn open(
+        &self,
+        path: &stampede_proto::bootpath::BootPath,
+    ) -> Result<stampede_proto::files::BootFile, stampede_proto::files::OpenError> {
+        self.get().http_catalog().open(path)
+    }
+}
+
+impl stampede_proto::http::Route for CurrentPlan {
+    fn route(
+        &self,
+        path: &stampede_proto::bootpath::BootPath,
+        query: Option<&str>,
+    ) -> Option<Result<stampede_proto::files::BootFile, stampede_proto::files::OpenError>> {
+        self.get().scripts().route(path, query)
+    }
+}
+
+impl Engine {
+    /// What the HTTP server serves from: the engine's current boot plan.
+    pub fn current_plan(&self) -> CurrentPlan {
+        CurrentPlan(Arc::clone(&self.plan))
+    }
+}
