@@ -862,5 +862,11 @@ fn http_serves_scripts_kernels_and_ranges_to_curl() {
 
     let (out, stats) = stop(server);
     assert_eq!(stats["http_4xx"], 5, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("http response")
+            && out.stderr.contains("path=/files/vmlinuz status=200"),
+        "one log line per request:\n{}",
+        out.stderr
+    );
     assert!(stats["http_2xx"] >= 5, "{}", out.stdout);
 }

@@ -308,6 +308,8 @@ struct Session {
     timer: Option<Instant>,
     /// Close requested; events until `Closed` are ignored.
     closing: bool,
+    /// The client, for the log.
+    peer: SocketAddr,
 }
 
 enum Action {
@@ -472,7 +474,7 @@ impl WorkerState {
     fn handle_event(&mut self, event: TcpEvent<'_>, outbox: &mut TcpOutbox) {
         let now = Instant::now();
         match event {
-            TcpEvent::Accepted { conn, .. } => {
+            TcpEvent::Accepted { conn, peer } => {
                 if self.sessions.len() >= self.config.max_connections_per_worker
                     || self.stop_deadline.is_some()
                 {
@@ -495,6 +497,7 @@ impl WorkerState {
                         sending: 0,
                         timer: None,
                         closing: false,
+                        peer,
                     },
                 );
                 self.pump(conn, now);
@@ -571,6 +574,16 @@ impl WorkerState {
             if let Some(rejection) = transmit.rejection {
                 *self.stats.rejections.entry(rejection.as_str()).or_default() += 1;
             }
+            // One line per request: with the DHCP and TFTP lines it is the machine's boot
+            // timeline (`stampede::boot`).
+            tracing::info!(
+                target: "stampede::boot",
+                client = %session.peer,
+                path = %transmit.target,
+                status = transmit.status.0,
+                bytes = transmit.body.len,
+                "http response"
+            );
             session.sending += 1;
             self.actions
                 .push(Action::Send(conn, head, transmit.body.bytes()));

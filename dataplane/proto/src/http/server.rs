@@ -156,7 +156,13 @@ pub struct Transmit {
     pub close: bool,
     /// Set when the request was refused; count it by [`Rejection::as_str`].
     pub rejection: Option<Rejection>,
+    /// The request target as received (at most [`MAX_LOGGED_TARGET`] bytes), for the log;
+    /// empty when the request did not parse.
+    pub target: String,
 }
+
+/// Longest request target kept for the log.
+pub const MAX_LOGGED_TARGET: usize = 256;
 
 #[derive(Debug)]
 struct Pending {
@@ -165,6 +171,7 @@ struct Pending {
     body: Body,
     close: bool,
     rejection: Option<Rejection>,
+    target: String,
 }
 
 /// One HTTP/1.1 server connection (sans-IO).
@@ -244,7 +251,14 @@ impl<C: FileCatalog> HttpConnection<C> {
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete(req)) => {
                     off += req.len();
-                    respond(&self.catalog, self.route.as_deref(), &req)
+                    let mut pending = respond(&self.catalog, self.route.as_deref(), &req);
+                    let target = req.target();
+                    let mut end = target.len().min(MAX_LOGGED_TARGET);
+                    while !target.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    pending.target = target[..end].to_owned();
+                    pending
                 }
                 Err(e) => {
                     off = self.inbuf.len();
@@ -277,6 +291,7 @@ impl<C: FileCatalog> HttpConnection<C> {
             body: p.body,
             close: p.close,
             rejection: p.rejection,
+            target: p.target,
         })
     }
 
@@ -360,6 +375,7 @@ fn error_response(status: Status, rejection: Rejection, close: bool, head_only: 
         },
         close,
         rejection: Some(rejection),
+        target: String::new(),
     }
 }
 
@@ -552,6 +568,7 @@ fn serve_file(
         body,
         close: !keep_alive,
         rejection,
+        target: String::new(),
     }
 }
 
