@@ -870,3 +870,125 @@ fn http_serves_scripts_kernels_and_ranges_to_curl() {
     );
     assert!(stats["http_2xx"] >= 5, "{}", out.stdout);
 }
+
+fn write_config(path: &std::path::Path, iface: &str, payload: &Payload, marker: &str) {
+    let text = format!(
+        "[server]\ninterfaces = [\"{iface}\"]\n\
+         [dhcp]\nmode = \"proxy\"\n\
+         [boot]\nfiles = {{ \"vmlinuz\" = \"{}\", \"initrd.img\" = \"{}\" }}\ndefault_profile = \"lab\"\n\
+         [[profiles]]\nname = \"lab\"\nkernel = \"vmlinuz\"\ninitrds = [\"initrd.img\"]\n\
+         cmdline = \"console=ttyS0 stampede.marker={marker}\"\n\
+         [xdp]\nmode = \"off\"\n",
+        payload.kernel.display(),
+        payload.initrd.display()
+    );
+    std::fs::write(path, text).expect("write config");
+}
+
+#[test]
+fn sighup_reloads_the_config_without_dropping_transfers() {
+    if !require("sighup_reload", &["curl", "tftp", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let payload = Payload::new(8 << 20, 4096);
+    let dir = payload.dir.path();
+    let config = dir.join("stampede.toml");
+    write_config(&config, &lab.server_if, &payload, "first");
+
+    let mut command = lab.server.command(STAMPEDE);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state")
+        .arg(dir.join("state.redb"))
+        .args(["--api", "off", "--stats-interval", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let server = Process::spawn(command).expect("serve");
+    let up = wait_for(Duration::from_secs(20), || {
+        let out = lab
+            .server
+            .run("ss", &["-ulnH"], Duration::from_secs(5))
+            .ok()?;
+        out.stdout.contains(":69 ").then_some(())
+    });
+    assert!(up.is_some(), "serve --config did not come up");
+
+    let script_url = format!(
+        "http://{}:8080/boot.ipxe?mac=52-54-00-00-00-01&platform=pcbios&buildarch=i386&ip=",
+        lab.server_ip()
+    );
+    let script = || {
+        let out = lab
+            .client
+            .run("curl", &["-sS", &script_url], Duration::from_secs(10))
+            .ok()?;
+        out.status.success().then_some(out.stdout)
+    };
+    assert!(
+        script().is_some_and(|s| s.contains("stampede.marker=first")),
+        "{:?}",
+        script()
+    );
+
+    // A transfer in progress across the reload: 8 MiB in 512-byte lock-step takes a while.
+    let got = dir.join("across-reload");
+    let mut tftp = lab.client.command("tftp");
+    tftp.args([
+        &lab.server_ip().to_string(),
+        "-m",
+        "binary",
+        "-c",
+        "get",
+        "vmlinuz",
+    ])
+    .arg(&got)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let transfer = Process::spawn(tftp).expect("tftp");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::metadata(&got)
+                .ok()
+                .filter(|m| m.len() > 0)
+                .map(drop)
+        })
+        .is_some(),
+        "the transfer did not start"
+    );
+
+    write_config(&config, &lab.server_if, &payload, "second");
+    server.signal(Signal::SIGHUP).expect("SIGHUP");
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        script().filter(|s| s.contains("stampede.marker=second"))
+    });
+    assert!(
+        reloaded.is_some(),
+        "the new profile is not served after SIGHUP: {:?}",
+        script()
+    );
+
+    // A broken file is refused; the running configuration stays.
+    std::fs::write(&config, "[server\nthis is not toml").expect("write");
+    server.signal(Signal::SIGHUP).expect("SIGHUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(script().is_some_and(|s| s.contains("stampede.marker=second")));
+
+    let out = transfer
+        .wait_output(Duration::from_secs(120))
+        .expect("the transfer finishes");
+    assert!(out.status.success(), "tftp: {}", out.stderr);
+    assert_eq!(
+        sha256_file(&got),
+        sha256_file(&payload.kernel),
+        "the transfer survived the reload"
+    );
+
+    let (out, stats) = stop(server);
+    assert!(out.stderr.contains("reload refused"), "{}", out.stderr);
+    assert_eq!(stats["tftp_completed"], 1, "{}", out.stdout);
+}
