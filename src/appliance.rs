@@ -154,6 +154,13 @@ fn run(
         Some(mode) => attach_classifier(&iface, mode, config.server.http_port),
         None => None,
     };
+    // Leases live in the state file: an ACK leaves once its lease is durable, and a restart
+    // hands nobody an address another machine holds.
+    let leases = stampede_control::DurableLeaseStore::open(
+        Arc::clone(control_state.db()),
+        stampede_control::GroupCommitConfig::default(),
+    )
+    .context("opening the lease store")?;
     let engine = Engine::start(
         Arc::clone(&plan),
         EngineConfig {
@@ -162,6 +169,7 @@ fn run(
             ports: Ports::default(),
             max_transfers_per_worker: config.tftp.max_transfers.div_ceil(workers),
         },
+        Box::new(leases),
     )
     .context("starting the engine")?;
     let http_listen = std::net::SocketAddr::new(plan.server_ip().into(), config.server.http_port);

@@ -992,3 +992,50 @@ fn sighup_reloads_the_config_without_dropping_transfers() {
     assert!(out.stderr.contains("reload refused"), "{}", out.stderr);
     assert_eq!(stats["tftp_completed"], 1, "{}", out.stdout);
 }
+
+#[test]
+fn leases_survive_a_restart() {
+    if !require("leases_survive_a_restart", &["busybox", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
+    let script = udhcpc_script(payload.dir.path());
+    let set_mac = |mac: &str| {
+        lab.client
+            .ip(&["addr", "flush", "dev", &lab.client_if])
+            .expect("flush");
+        lab.client
+            .ip(&["link", "set", "dev", &lab.client_if, "address", mac])
+            .expect("mac");
+    };
+
+    set_mac("52:54:00:00:00:0a");
+    let server = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &["--dhcp-range", &range],
+        &payload,
+    );
+    let first = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_BIOS))["ip"].clone();
+    stop(server);
+
+    // Same state file, new process: the lease is still there.
+    let server = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &["--dhcp-range", &range],
+        &payload,
+    );
+    set_mac("52:54:00:00:00:0b");
+    let other = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_BIOS))["ip"].clone();
+    assert_ne!(other, first, "a restart handed {first} to a second machine");
+    set_mac("52:54:00:00:00:0a");
+    let again = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_BIOS))["ip"].clone();
+    assert_eq!(
+        again, first,
+        "the first machine keeps its address across the restart"
+    );
+    stop(server);
+}

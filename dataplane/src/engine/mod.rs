@@ -24,6 +24,8 @@ use std::{
     thread::JoinHandle,
 };
 
+use stampede_proto::dhcp::LeaseStore;
+
 use crate::boot::BootPlan;
 
 pub use udp::{UdpStats, UdpWorkerSet};
@@ -92,11 +94,18 @@ pub struct Engine {
 impl Engine {
     /// Binds every socket and starts the workers. Binding happens before any thread starts, so
     /// a port in use or a missing interface is reported here, not logged from a thread.
-    pub fn start(plan: Arc<BootPlan>, config: EngineConfig) -> Result<Self, EngineError> {
+    ///
+    /// `leases` is where the DHCP server keeps leases: an ACK leaves only once the store reports
+    /// its change durable (`LeaseStore::durable_seq`).
+    pub fn start(
+        plan: Arc<BootPlan>,
+        config: EngineConfig,
+        leases: Box<dyn LeaseStore + Send>,
+    ) -> Result<Self, EngineError> {
         crate::sys::uring::probe()?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared_plan = Arc::new(Mutex::new(plan));
-        let (udp, threads) = udp::start(&shared_plan, &config, &stop)?;
+        let (udp, threads) = udp::start(&shared_plan, &config, &stop, leases)?;
         Ok(Self {
             stop,
             threads,

@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use stampede_proto::{
-    dhcp::{self, DhcpServer, MemoryLeaseStore},
+    dhcp::{self, DhcpServer, LeaseStore, MemoryLeaseStore},
     tftp::{self, TftpServer, TftpTransfer},
 };
 
@@ -31,6 +31,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// Receive buffer of each socket. A boot storm arrives in bursts (a rack powering on): 4 MiB
 /// holds about 10,000 DHCP DISCOVERs while a worker is busy.
 const SOCKET_RCVBUF: usize = 4 << 20;
+
+/// How often a worker holding DHCP ACKs looks whether their leases became durable. A group
+/// commit (one fsync for a batch of leases) takes about a millisecond on an SSD.
+const HELD_ACK_POLL: Duration = Duration::from_millis(1);
 
 /// Largest datagram a core writes: a TFTP DATA block of the largest blksize (RFC 2348: 65464)
 /// plus its 4-byte header.
@@ -174,7 +178,9 @@ pub(super) fn start(
     plan: &Arc<Mutex<Arc<BootPlan>>>,
     config: &EngineConfig,
     stop: &Arc<AtomicBool>,
+    leases: Box<dyn LeaseStore + Send>,
 ) -> Result<(UdpWorkerSet, Vec<JoinHandle<()>>), EngineError> {
+    let mut leases = Some(leases);
     let current = Arc::clone(&plan.lock().unwrap_or_else(PoisonError::into_inner));
     let workers = config.workers.max(1);
     let iface = config.iface.as_deref();
@@ -218,7 +224,15 @@ pub(super) fn start(
     for (index, (ring, roles)) in bound.into_iter().enumerate() {
         let worker_shared = Arc::new(WorkerShared::default());
         shared.push(Arc::clone(&worker_shared));
-        let mut state = WorkerState::new(index, &current, roles, per_worker_transfers)?;
+        // The DHCP worker gets the appliance's store; the others serve no DHCP.
+        let store: Box<dyn LeaseStore + Send> = if roles.contains(&Role::Dhcp) {
+            leases
+                .take()
+                .unwrap_or_else(|| Box::new(MemoryLeaseStore::new()))
+        } else {
+            Box::new(MemoryLeaseStore::new())
+        };
+        let mut state = WorkerState::new(index, &current, roles, per_worker_transfers, store)?;
         let plan = Arc::clone(plan);
         let stop = Arc::clone(stop);
         let reload = Arc::clone(&reload);
@@ -253,7 +267,7 @@ struct WorkerState {
     index: usize,
     roles: Vec<Role>,
     dhcp: Option<DhcpServer>,
-    leases: MemoryLeaseStore,
+    leases: Box<dyn LeaseStore + Send>,
     plan: Arc<BootPlan>,
     tftp: TftpServer<BootCatalog>,
     transfers: HashMap<SocketAddr, TransferEntry>,
@@ -270,6 +284,7 @@ impl WorkerState {
         plan: &Arc<BootPlan>,
         roles: Vec<Role>,
         max_transfers: usize,
+        leases: Box<dyn LeaseStore + Send>,
     ) -> Result<Self, EngineError> {
         let dhcp = if roles.contains(&Role::Dhcp) {
             plan.dhcp_server()?
@@ -280,7 +295,7 @@ impl WorkerState {
             index,
             roles,
             dhcp,
-            leases: MemoryLeaseStore::new(),
+            leases,
             plan: Arc::clone(plan),
             tftp: plan.tftp_server(),
             transfers: HashMap::new(),
@@ -313,13 +328,18 @@ impl WorkerState {
                 self.apply_plan(new);
             }
             let now = Instant::now();
-            let deadline = self
+            let mut deadline = self
                 .earliest_deadline()
                 .map_or(now + TICK, |d| d.min(now + TICK));
+            if self.dhcp.as_ref().is_some_and(|d| d.queued() > 0) {
+                // ACKs wait for their lease to be durable (group commit): look again soon.
+                deadline = deadline.min(now + HELD_ACK_POLL);
+            }
             ring.run_once(Some(deadline), |datagram, outbox| {
                 self.handle(datagram, outbox)
             })?;
             self.handle_timeouts(Instant::now());
+            self.send_dhcp_replies(Instant::now());
             for (socket, destination, payload) in self.deferred.drain(..) {
                 ring.send_from(socket, destination, payload)?;
             }
@@ -355,53 +375,18 @@ impl WorkerState {
         tracing::info!(worker = self.index, "boot plan reloaded");
     }
 
-    fn earliest_deadline(&self) -> Option<Instant> {
-        self.transfers
-            .values()
-            .filter_map(|e| e.transfer.poll_timeout())
-            .min()
-    }
-
-    fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
-        let now = Instant::now();
-        match self.roles.get(datagram.socket).copied() {
-            Some(Role::Dhcp) => self.handle_dhcp(now, datagram, dhcp::SERVER_PORT, outbox),
-            Some(Role::ProxyDhcp) => self.handle_dhcp(now, datagram, dhcp::PXE_PORT, outbox),
-            Some(Role::TftpListen) => self.handle_tftp_request(now, datagram, outbox),
-            Some(Role::TftpTransfer) => self.handle_tftp_data(now, datagram, outbox),
-            None => {}
-        }
-    }
-
-    fn handle_dhcp(
-        &mut self,
-        now: Instant,
-        datagram: Received<'_>,
-        protocol_port: u16,
-        outbox: &mut Outbox,
-    ) {
-        self.stats.dhcp_received += 1;
-        let SocketAddr::V4(source) = datagram.source else {
-            return;
-        };
-        let dhcp_socket = self.socket_of(Role::Dhcp);
-        let proxy_socket = self.socket_of(Role::ProxyDhcp);
+    /// Queues the DHCP replies that may leave: all but ACKs whose lease change is not durable
+    /// yet (those wait for the store's group commit). Sent right after the current batch.
+    fn send_dhcp_replies(&mut self, now: Instant) {
         let Some(server) = self.dhcp.as_mut() else {
             return;
         };
-        if let Err(refusal) = self.plan.admit_dhcp(datagram.payload) {
-            bump(&mut self.stats.dhcp_refused, refusal.as_str());
+        if server.queued() == 0 {
             return;
         }
-        let local = SocketAddrV4::new(
-            datagram.destination.unwrap_or(Ipv4Addr::BROADCAST),
-            protocol_port,
-        );
-        if let Err(reason) =
-            server.handle_datagram(now, source, local, datagram.payload, &mut self.leases)
-        {
-            bump(&mut self.stats.dhcp_dropped, reason.as_str());
-        }
+        server.handle_lease_durable(self.leases.durable_seq());
+        let dhcp_socket = self.roles.iter().position(|r| *r == Role::Dhcp);
+        let proxy_socket = self.roles.iter().position(|r| *r == Role::ProxyDhcp);
         while let Some(transmit) = server.poll_transmit(now, &mut self.buf) {
             let reply = &self.buf[..transmit.len];
             // A client without an address cannot answer ARP for the address we unicast to, and
@@ -421,12 +406,54 @@ impl WorkerState {
             let Some(socket) = socket else { continue };
             log_dhcp_reply(reply, destination);
             self.stats.dhcp_replies += 1;
-            outbox.send_from(
+            self.deferred.push((
                 socket,
                 SocketAddr::new(destination.into(), transmit.dst_port),
                 Bytes::copy_from_slice(reply),
-            );
+            ));
         }
+    }
+
+    fn earliest_deadline(&self) -> Option<Instant> {
+        self.transfers
+            .values()
+            .filter_map(|e| e.transfer.poll_timeout())
+            .min()
+    }
+
+    fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
+        let now = Instant::now();
+        match self.roles.get(datagram.socket).copied() {
+            Some(Role::Dhcp) => self.handle_dhcp(now, datagram, dhcp::SERVER_PORT),
+            Some(Role::ProxyDhcp) => self.handle_dhcp(now, datagram, dhcp::PXE_PORT),
+            Some(Role::TftpListen) => self.handle_tftp_request(now, datagram, outbox),
+            Some(Role::TftpTransfer) => self.handle_tftp_data(now, datagram, outbox),
+            None => {}
+        }
+    }
+
+    fn handle_dhcp(&mut self, now: Instant, datagram: Received<'_>, protocol_port: u16) {
+        self.stats.dhcp_received += 1;
+        let SocketAddr::V4(source) = datagram.source else {
+            return;
+        };
+        let Some(server) = self.dhcp.as_mut() else {
+            return;
+        };
+        if let Err(refusal) = self.plan.admit_dhcp(datagram.payload) {
+            bump(&mut self.stats.dhcp_refused, refusal.as_str());
+            return;
+        }
+        let local = SocketAddrV4::new(
+            datagram.destination.unwrap_or(Ipv4Addr::BROADCAST),
+            protocol_port,
+        );
+        if let Err(reason) =
+            server.handle_datagram(now, source, local, datagram.payload, &mut self.leases)
+        {
+            bump(&mut self.stats.dhcp_dropped, reason.as_str());
+        }
+        self.send_dhcp_replies(now);
     }
 
     fn handle_tftp_request(&mut self, now: Instant, datagram: Received<'_>, outbox: &mut Outbox) {

@@ -89,6 +89,22 @@ pub trait LeaseStore {
     fn durable_seq(&self) -> CommitSeq;
 }
 
+/// A boxed store is a store: the engine holds whichever one the appliance chose.
+impl<T: LeaseStore + ?Sized> LeaseStore for Box<T> {
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<Lease> {
+        (**self).by_ip(ip)
+    }
+    fn by_client(&self, client: &ClientKey) -> Option<Lease> {
+        (**self).by_client(client)
+    }
+    fn apply(&mut self, change: LeaseChange) -> Result<CommitSeq, LeaseStoreError> {
+        (**self).apply(change)
+    }
+    fn durable_seq(&self) -> CommitSeq {
+        (**self).durable_seq()
+    }
+}
+
 /// Leases in two hash maps; every write is durable when applied.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLeaseStore {
