@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use stampede_dataplane::{
     boot::BootPlan,
-    config::{ApplianceConfig, DhcpMode, QuickBoot, parse_range},
+    config::{ApplianceConfig, DhcpMode, QuickBoot, parse_range, wire},
     engine::{self, Engine, EngineConfig, Ports, UdpStats},
     http_server::{HttpServer, HttpServerConfig, HttpStats},
     xdp::{AttachMode, XdpClassifier, error_chain},
@@ -18,22 +18,47 @@ use crate::{BootArgs, ControlArgs, ServeArgs, check_interval};
 /// Where the configuration comes from, so SIGHUP can read it again.
 enum Source {
     File(PathBuf),
-    Quick(QuickBoot),
+    Quick(QuickBoot, Option<std::num::NonZeroUsize>),
 }
 
 impl Source {
-    fn load(&self) -> anyhow::Result<ApplianceConfig> {
+    fn load_wire(&self) -> anyhow::Result<wire::Config> {
         match self {
             Self::File(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                ApplianceConfig::from_toml_str(&text)
+                wire::Config::from_toml_str(&text)
                     .with_context(|| format!("{} is not a valid configuration", path.display()))
             }
-            Self::Quick(quick) => {
-                ApplianceConfig::quick(quick.clone()).context("the command line is not usable")
+            Self::Quick(quick, workers) => {
+                let mut config = ApplianceConfig::quick_wire(quick.clone())
+                    .context("the command line is not usable")?;
+                config.server.workers = workers.map(|n| n.get() as u64);
+                Ok(config)
             }
         }
+    }
+
+    /// The configuration with the control plane's machines and profiles merged in.
+    fn load(
+        &self,
+        fleet: Option<&stampede_control::FleetSnapshot>,
+    ) -> anyhow::Result<ApplianceConfig> {
+        let mut config = self.load_wire()?;
+        if let Some(fleet) = fleet {
+            crate::fleet::merge(&mut config, fleet);
+        }
+        let what = match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Quick(..) => "the command line".into(),
+        };
+        ApplianceConfig::try_from(config).with_context(|| {
+            if fleet.is_some_and(|f| !f.machines.is_empty() || !f.profiles.is_empty()) {
+                format!("{what}, with the machines and profiles of the control API, is not valid")
+            } else {
+                format!("{what} is not a valid configuration")
+            }
+        })
     }
 }
 
@@ -41,7 +66,7 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
     let interval = check_interval(args.stats_interval)?;
     let path = args.config.context("--config")?;
     let source = Source::File(path);
-    let config = source.load()?;
+    let config = source.load(None)?;
     let iface = match args
         .iface
         .or_else(|| config.server.interfaces.first().cloned())
@@ -85,12 +110,12 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         dhcp_range,
         http_port: args.http_port,
     };
-    let source = Source::Quick(quick);
-    let mut config = source.load()?;
-    if let Some(workers) = args.workers {
-        config.server.workers =
-            Some(std::num::NonZeroUsize::new(workers).context("--workers must be at least 1")?);
-    }
+    let workers = match args.workers {
+        Some(n) => Some(std::num::NonZeroUsize::new(n).context("--workers must be at least 1")?),
+        None => None,
+    };
+    let source = Source::Quick(quick, workers);
+    let config = source.load(None)?;
     run(source, config, iface, xdp, interval, &args.control)
 }
 
@@ -143,8 +168,11 @@ fn run(
     interval: Duration,
     control: &ControlArgs,
 ) -> anyhow::Result<()> {
-    let plan = plan_for(&config, &iface)?;
     let (control_state, api_listen) = control_plane(control, config.server.api)?;
+    // The machines and profiles the control API holds join the configuration's.
+    let mut fleet = control_state.subscribe();
+    let config = source.load(Some(&fleet.borrow_and_update()))?;
+    let plan = plan_for(&config, &iface)?;
     let workers = config
         .server
         .workers
@@ -227,16 +255,12 @@ fn run(
                     format_http_stats(&http.stats())
                 ),
                 _ = sighup.recv() => {
-                    match source.load().and_then(|c| plan_for(&c, &iface)) {
-                        Ok(plan) => {
-                            engine.reload(plan);
-                            tracing::info!("configuration reloaded");
-                        }
-                        Err(err) => tracing::error!(
-                            error = %error_chain(err.as_ref()),
-                            "reload refused; still serving the previous configuration"
-                        ),
-                    }
+                    let snapshot = Arc::clone(&fleet.borrow());
+                    reload(&engine, &source, &snapshot, &iface, "SIGHUP");
+                }
+                Ok(()) = fleet.changed() => {
+                    let snapshot = Arc::clone(&fleet.borrow_and_update());
+                    reload(&engine, &source, &snapshot, &iface, "control API");
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -268,6 +292,32 @@ fn run(
         format_http_stats(&http_stats)
     );
     Ok(())
+}
+
+/// Builds a new plan from the source and the fleet and hands it to the engine; a refused one
+/// leaves the running plan in place.
+fn reload(
+    engine: &Engine,
+    source: &Source,
+    fleet: &stampede_control::FleetSnapshot,
+    iface: &str,
+    why: &str,
+) {
+    match source.load(Some(fleet)).and_then(|c| plan_for(&c, iface)) {
+        Ok(plan) => {
+            engine.reload(plan);
+            tracing::info!(
+                trigger = why,
+                generation = fleet.generation,
+                "configuration reloaded"
+            );
+        }
+        Err(err) => tracing::error!(
+            trigger = why,
+            error = %error_chain(err.as_ref()),
+            "reload refused; still serving the previous configuration"
+        ),
+    }
 }
 
 /// Attaches the classifier; the appliance serves without it when it cannot (the kernel lacks

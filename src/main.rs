@@ -8,6 +8,7 @@ use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
 mod appliance;
+mod fleet;
 
 #[derive(Debug, Parser)]
 #[command(

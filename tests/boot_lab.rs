@@ -1039,3 +1039,137 @@ fn leases_survive_a_restart() {
     );
     stop(server);
 }
+
+fn write_fleet(path: &std::path::Path, profile_of_machine: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[[profiles]]\nname = \"rescue\"\nkernel = \"vmlinuz\"\ninitrds = [\"initrd.img\"]\n\
+             cmdline = \"console=ttyS0 stampede.marker=rescue-{{mac}}\"\n\
+             [[profiles]]\nname = \"install\"\nkernel = \"vmlinuz\"\n\
+             cmdline = \"console=ttyS0 stampede.marker=install-{{hostname}}\"\n\
+             [[machines]]\nmac = \"52:54:00:aa:00:01\"\nhostname = \"node-01\"\n\
+             profile = \"{profile_of_machine}\"\n"
+        ),
+    )
+    .expect("write fleet.toml");
+}
+
+#[test]
+fn a_profile_change_through_the_api_changes_what_the_machine_boots() {
+    if !require("profile_change_through_api", &["busybox", "curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
+    let server = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &[
+            "--dhcp-range",
+            &range,
+            "--cmdline",
+            "console=ttyS0 stampede.marker=quick",
+        ],
+        &payload,
+    );
+    let api = "http://127.0.0.1:7070";
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let out = lab
+                .server
+                .run(
+                    "curl",
+                    &["-sf", &format!("{api}/api/v1/health")],
+                    Duration::from_secs(5),
+                )
+                .ok()?;
+            out.status.success().then_some(())
+        })
+        .is_some(),
+        "no control API"
+    );
+    let apply = |fleet: &std::path::Path| {
+        let mut command = lab.server.command(STAMPEDE);
+        command
+            .args(["ctl", "--url", api, "--token", ADMIN_TOKEN, "apply", "-f"])
+            .arg(fleet);
+        let out = stampede_lab::run_with_timeout(command, Duration::from_secs(15)).expect("ctl");
+        assert!(
+            out.status.success(),
+            "ctl apply: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    };
+    lab.client
+        .ip(&[
+            "link",
+            "set",
+            "dev",
+            &lab.client_if,
+            "address",
+            "52:54:00:aa:00:01",
+        ])
+        .expect("mac");
+    let script = udhcpc_script(payload.dir.path());
+    // What the machine, as iPXE, is told by DHCP and then fetches over HTTP.
+    let boot = || {
+        lab.client
+            .ip(&["addr", "flush", "dev", &lab.client_if])
+            .expect("flush");
+        let url =
+            bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_IPXE))["boot_file"].clone();
+        let fetch = |url: &str| {
+            let out = lab
+                .client
+                .run("curl", &["-sS", url], Duration::from_secs(10))
+                .expect("curl");
+            assert!(out.status.success(), "{url}: {}", out.stderr);
+            out.stdout
+        };
+        let probe = fetch(&url);
+        let chain = probe
+            .lines()
+            .find_map(|l| l.strip_prefix("chain "))
+            .unwrap_or_else(|| panic!("{probe}"))
+            .replace("${platform}", "pcbios")
+            .replace("${buildarch}", "i386")
+            .replace("${ip}", "");
+        fetch(&chain)
+    };
+    assert!(
+        boot().contains("stampede.marker=quick"),
+        "before: the quick-mode profile"
+    );
+
+    let fleet = payload.dir.path().join("fleet.toml");
+    write_fleet(&fleet, "rescue");
+    apply(&fleet);
+    let got = wait_for(Duration::from_secs(5), || {
+        Some(boot()).filter(|s| s.contains("marker=rescue"))
+    });
+    let got = got.unwrap_or_else(boot);
+    assert!(
+        got.contains("stampede.marker=rescue-52:54:00:aa:00:01"),
+        "after apply: {got}"
+    );
+    assert!(got.contains("initrd --name initrd.img"), "{got}");
+
+    write_fleet(&fleet, "install");
+    apply(&fleet);
+    let got = wait_for(Duration::from_secs(5), || {
+        Some(boot()).filter(|s| s.contains("marker=install"))
+    });
+    let got = got.unwrap_or_else(boot);
+    assert!(
+        got.contains("stampede.marker=install-node-01"),
+        "after the profile change: {got}"
+    );
+    assert!(
+        !got.contains("initrd --name"),
+        "the install profile has no initrd: {got}"
+    );
+    stop(server);
+}

@@ -326,8 +326,28 @@ pub mod wire {
 
     use serde::Deserialize;
 
+    impl Config {
+        /// Parses TOML into the wire form; syntax errors, unknown keys and wrong types are
+        /// reported with their line and column.
+        pub fn from_toml_str(text: &str) -> Result<Self, super::ConfigError> {
+            toml::from_str(text).map_err(|e| {
+                let (line, column) = e
+                    .span()
+                    .map_or((0, 0), |span| super::line_column(text, span.start));
+                super::ConfigError::Toml {
+                    line,
+                    column,
+                    message: e.message().trim_end().to_owned(),
+                }
+            })
+        }
+    }
+
     #[derive(Debug, Clone, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
+    /// The file as written, before validation; [`super::ApplianceConfig`] is made from it by
+    /// `TryFrom`. Machines and profiles declared through the control API are merged in at this
+    /// level, so they are validated exactly like the file's.
     pub struct Config {
         #[serde(default)]
         pub server: Server,
@@ -513,17 +533,12 @@ pub mod wire {
 impl ApplianceConfig {
     /// Parses and validates the text of a configuration file.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let wire: wire::Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map_or((0, 0), |span| line_column(text, span.start));
-            ConfigError::Toml {
-                line,
-                column,
-                message: e.message().trim_end().to_owned(),
-            }
-        })?;
-        Self::try_from(wire)
+        Self::try_from(wire::Config::from_toml_str(text)?)
+    }
+
+    /// The configuration quick mode means, before validation (see [`ApplianceConfig::quick`]).
+    pub fn quick_wire(q: QuickBoot) -> Result<wire::Config, ConfigError> {
+        Self::quick_parts(q)
     }
 
     /// The profile a machine boots, if it boots: its own, else the default.
@@ -1345,6 +1360,10 @@ impl ApplianceConfig {
     /// `dhcp_range` is the smallest one holding both ends but at least a /24 (the engine checks
     /// it against the interface's own prefix).
     pub fn quick(q: QuickBoot) -> Result<Self, ConfigError> {
+        Self::try_from(Self::quick_parts(q)?)
+    }
+
+    fn quick_parts(q: QuickBoot) -> Result<wire::Config, ConfigError> {
         let mut files = BTreeMap::new();
         let mut served = |key: String, path: &PathBuf| -> Result<String, ConfigError> {
             let name = path
@@ -1407,7 +1426,7 @@ impl ApplianceConfig {
             }],
             ..wire::Config::default()
         };
-        Self::try_from(wire)
+        Ok(wire)
     }
 }
 

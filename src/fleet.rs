@@ -1,0 +1,75 @@
+//! Machines and profiles declared through the control API, merged into the configuration the
+//! data plane serves. They are merged at the wire level and validated exactly like the file's
+//! own entries; an API entry replaces a file entry with the same MAC (machines) or name
+//! (profiles).
+use stampede_control::{
+    FleetSnapshot,
+    model::{Arch, BootPolicy},
+};
+use stampede_dataplane::config::wire;
+
+/// The configuration's name of an architecture (`[profiles.arch.<name>]`), for the ones the
+/// boot plan distinguishes.
+fn arch_name(arch: Arch) -> Option<&'static str> {
+    match arch {
+        Arch::X86Bios => Some("x86-bios"),
+        Arch::EfiX64 => Some("x86_64-efi"),
+        Arch::EfiArm64 => Some("arm64-efi"),
+        Arch::EfiIa32 | Arch::EfiArm32 => None,
+    }
+}
+
+pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
+    for profile in fleet.profiles.values() {
+        let spec = profile.spec();
+        if spec.ipxe_template.is_some() {
+            tracing::warn!(
+                profile = %spec.name,
+                "custom iPXE templates are not served yet; the built-in script is used"
+            );
+        }
+        let arch = spec
+            .variants
+            .iter()
+            .filter_map(|(arch, target)| {
+                let name = arch_name(*arch)?;
+                Some((
+                    name.to_owned(),
+                    wire::ArchVariant {
+                        kernel: Some(target.kernel.clone()),
+                        initrds: Some(target.initrds.clone()),
+                        cmdline: Some(target.cmdline.clone()),
+                    },
+                ))
+            })
+            .collect();
+        config.profiles.retain(|p| p.name != spec.name);
+        config.profiles.push(wire::Profile {
+            name: spec.name.clone(),
+            kernel: spec.default.kernel.clone(),
+            initrds: spec.default.initrds.clone(),
+            cmdline: spec.default.cmdline.clone(),
+            arch,
+        });
+    }
+    for (mac, machine) in &fleet.machines {
+        let mac = mac.to_string();
+        config.machines.retain(|m| {
+            m.mac
+                .as_deref()
+                .is_none_or(|theirs| !theirs.eq_ignore_ascii_case(&mac))
+        });
+        config.machines.push(wire::Machine {
+            mac: Some(mac),
+            uuid: machine.uuid.clone(),
+            profile: machine.profile.clone(),
+            hostname: machine.hostname.clone(),
+            labels: machine
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            allow: Some(machine.boot != BootPolicy::Deny),
+        });
+    }
+}
