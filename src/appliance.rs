@@ -247,6 +247,7 @@ fn run(
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
+        let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
         loop {
             tokio::select! {
                 _ = ticker.tick() => println!(
@@ -254,6 +255,15 @@ fn run(
                     format_stats(&engine.udp_stats()),
                     format_http_stats(&http.stats())
                 ),
+                _ = metrics_tick.tick() => {
+                    let xdp = classifier.as_ref().and_then(|c| c.counters().ok());
+                    crate::metrics::publish(
+                        control_state.metrics(),
+                        &engine.udp_stats(),
+                        &http.stats(),
+                        xdp.as_ref(),
+                    );
+                }
                 _ = sighup.recv() => {
                     let snapshot = Arc::clone(&fleet.borrow());
                     reload(&engine, &source, &snapshot, &iface, "SIGHUP");
@@ -345,6 +355,9 @@ fn attach_classifier(iface: &str, mode: AttachMode, http_port: u16) -> Option<Xd
         }
     }
 }
+
+/// How often the data plane's counters are copied into `/metrics`.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a stopping appliance lets HTTP responses in progress finish: a 100 MiB initrd at
 /// 100 Mbit/s takes 8 s; longer transfers are cut and counted (`http_aborted_at_stop`).

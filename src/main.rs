@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 mod appliance;
 mod fleet;
+mod metrics;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -670,7 +670,7 @@ fn malformed_packet_barrage_is_counted_and_the_next_client_still_boots() {
 
 #[test]
 fn the_control_api_is_served_and_stampede_ctl_drives_it() {
-    if !require("control_api", &["curl", "ss"]) {
+    if !require("control_api", &["curl", "tftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -736,6 +736,37 @@ fn the_control_api_is_served_and_stampede_ctl_drives_it() {
     );
     let verified = ctl(&["audit", "verify"]);
     assert!(!verified.is_empty(), "audit verify reports");
+
+    // The data plane's counters reach /metrics: a refused TFTP request, with its reason.
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let got = payload.dir.path().join("nope");
+    let _ = lab.client.run(
+        "tftp",
+        &[
+            &lab.server_ip().to_string(),
+            "-c",
+            "get",
+            "no-such-file",
+            got.to_str().unwrap(),
+        ],
+        Duration::from_secs(10),
+    );
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let want = r#"stampede_tftp_refused_total{reason="file_not_found"} 1"#;
+    let metrics = wait_for(Duration::from_secs(5), || {
+        let out = lab
+            .server
+            .run(
+                "curl",
+                &["-sf", "-H", &auth, &format!("{api}/metrics")],
+                Duration::from_secs(5),
+            )
+            .ok()?;
+        out.stdout.contains(want).then_some(out.stdout)
+    });
+    assert!(metrics.is_some(), "{want} not in /metrics");
     stop(server);
 }
 

@@ -48,6 +48,12 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Sets the running total, for counts kept elsewhere and published here (the data plane's
+    /// workers count without touching shared memory; their totals are copied in periodically).
+    pub fn set(&self, total: u64) {
+        self.0.store(total, Ordering::Relaxed);
+    }
 }
 
 /// A value that goes up and down; stored as `f64` bits.
