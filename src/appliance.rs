@@ -18,7 +18,11 @@ use crate::{BootArgs, ControlArgs, ServeArgs, check_interval};
 /// Where the configuration comes from, so SIGHUP can read it again.
 enum Source {
     File(PathBuf),
-    Quick(QuickBoot, Option<std::num::NonZeroUsize>),
+    Quick(
+        QuickBoot,
+        Option<std::num::NonZeroUsize>,
+        wire::RouterAdvertisements,
+    ),
 }
 
 impl Source {
@@ -30,10 +34,11 @@ impl Source {
                 wire::Config::from_toml_str(&text)
                     .with_context(|| format!("{} is not a valid configuration", path.display()))
             }
-            Self::Quick(quick, workers) => {
+            Self::Quick(quick, workers, ra) => {
                 let mut config = ApplianceConfig::quick_wire(quick.clone())
                     .context("the command line is not usable")?;
                 config.server.workers = workers.map(|n| n.get() as u64);
+                config.server.router_advertisements = Some(*ra);
                 Ok(config)
             }
         }
@@ -114,7 +119,12 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         Some(n) => Some(std::num::NonZeroUsize::new(n).context("--workers must be at least 1")?),
         None => None,
     };
-    let source = Source::Quick(quick, workers);
+    let ra = match args.router_advertisements.as_str() {
+        "auto" => wire::RouterAdvertisements::Auto,
+        "off" => wire::RouterAdvertisements::Off,
+        other => bail!("--router-advertisements {other:?}: expected auto or off"),
+    };
+    let source = Source::Quick(quick, workers, ra);
     let config = source.load(None)?;
     run(source, config, iface, xdp, interval, &args.control)
 }
@@ -214,6 +224,17 @@ fn run(
         Some(Arc::new(current)),
     )
     .with_context(|| format!("starting the HTTP server on {http_listen}"))?;
+    let _router_advertisements = if config.server.router_advertisements {
+        match engine::ra::RaResponder::start(&iface, Default::default()) {
+            Ok(responder) => Some(responder),
+            Err(err) => {
+                tracing::warn!(error = %error_chain(&err), "not answering IPv6 router solicitations");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let dhcp = match config.dhcp.mode {
         DhcpMode::Proxy => "proxy",
         DhcpMode::Authoritative => "authoritative",

@@ -90,6 +90,10 @@ struct BootArgs {
     /// XDP classifier: auto, native, generic or off.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
+    /// IPv6 router solicitations: auto answers them with an empty RA where no other router
+    /// speaks (firmware then stops waiting for IPv6); off never does.
+    #[arg(long, default_value = "auto")]
+    router_advertisements: String,
     /// Seconds between counter reports on stdout.
     #[arg(long, default_value_t = 10.0)]
     stats_interval: f64,

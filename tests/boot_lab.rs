@@ -1204,3 +1204,154 @@ fn a_profile_change_through_the_api_changes_what_the_machine_boots() {
     );
     stop(server);
 }
+
+/// Sends one ICMPv6 message from `ns` out of `iface` to `to`, and collects the Router
+/// Advertisements that arrive within `wait` (source, message).
+fn icmpv6_exchange(
+    ns: &stampede_lab::Netns,
+    iface: &str,
+    to: std::net::Ipv6Addr,
+    message: Vec<u8>,
+    wait: Duration,
+) -> Vec<(std::net::Ipv6Addr, Vec<u8>)> {
+    let iface = iface.to_owned();
+    ns.in_namespace(move || {
+        use std::os::fd::AsRawFd as _;
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).expect("raw socket");
+        socket.bind_device(Some(iface.as_bytes())).expect("bind device");
+        socket.set_multicast_hops_v6(255).expect("hops");
+        socket.set_unicast_hops_v6(255).expect("hops");
+        let index = nix::net::if_::if_nametoindex(iface.as_str()).expect("ifindex");
+        socket.set_multicast_if_v6(index).expect("multicast if");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        socket
+            .send_to(&message, &SockAddr::from(std::net::SocketAddrV6::new(to, 0, 0, index)))
+            .expect("send");
+        let deadline = std::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1500];
+        while std::time::Instant::now() < deadline {
+            if let Ok((len, Some(from))) =
+                nix::sys::socket::recvfrom::<nix::sys::socket::SockaddrIn6>(socket.as_raw_fd(), &mut buf)
+                && buf[0] == 134
+            {
+                got.push((from.ip(), buf[..len].to_vec()));
+            }
+        }
+        got
+    })
+    .expect("in namespace")
+}
+
+#[test]
+fn router_solicitations_get_an_empty_ra_unless_another_router_speaks() {
+    if !require("router_advertisements", &["ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    for (ns, iface) in [(&lab.server, &lab.server_if), (&lab.client, &lab.client_if)] {
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")
+            .expect("dad");
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0")
+            .expect("ipv6");
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")
+            .expect("ipv6");
+    }
+    let link_local = |ns: &stampede_lab::Netns, iface: &str| {
+        wait_for(Duration::from_secs(5), || {
+            let out = ns
+                .ip(&["-6", "addr", "show", "dev", iface, "scope", "link"])
+                .ok()?;
+            let addr = out
+                .split_whitespace()
+                .skip_while(|w| *w != "inet6")
+                .nth(1)?;
+            addr.split('/').next()?.parse::<std::net::Ipv6Addr>().ok()
+        })
+        .unwrap_or_else(|| panic!("{iface} got no IPv6 link-local address"))
+    };
+    let server_ll = link_local(&lab.server, &lab.server_if);
+    link_local(&lab.client, &lab.client_if);
+    let payload = Payload::new(4096, 4096);
+    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let all_routers: std::net::Ipv6Addr = "ff02::2".parse().unwrap();
+    let all_nodes: std::net::Ipv6Addr = "ff02::1".parse().unwrap();
+    let solicitation = vec![133u8, 0, 0, 0, 0, 0, 0, 0];
+    let from_server = |got: &[(std::net::Ipv6Addr, Vec<u8>)]| {
+        got.iter()
+            .filter(|(src, _)| *src == server_ll)
+            .map(|(_, m)| m.clone())
+            .collect::<Vec<_>>()
+    };
+
+    // Listening first (3 s): no answer yet.
+    let early = icmpv6_exchange(
+        &lab.client,
+        &lab.client_if,
+        all_routers,
+        solicitation.clone(),
+        Duration::from_millis(800),
+    );
+    assert!(
+        from_server(&early).is_empty(),
+        "answered while still listening: {early:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let got = icmpv6_exchange(
+        &lab.client,
+        &lab.client_if,
+        all_routers,
+        solicitation.clone(),
+        Duration::from_secs(1),
+    );
+    let ras = from_server(&got);
+    assert!(
+        !ras.is_empty(),
+        "no RA for a solicitation after listening: {got:?}"
+    );
+    let ra = &ras[0];
+    assert_eq!(ra.len(), 16, "no options (no prefix): {ra:?}");
+    assert_eq!(
+        &ra[6..8],
+        &[0, 0],
+        "router lifetime 0: not a default router"
+    );
+    assert_eq!(ra[5] & 0xC0, 0, "M and O flags clear");
+
+    // Another router advertises: Stampede falls silent.
+    let mut other = vec![134u8, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    other[6..8].copy_from_slice(&1800u16.to_be_bytes());
+    icmpv6_exchange(
+        &lab.client,
+        &lab.client_if,
+        all_nodes,
+        other,
+        Duration::from_millis(300),
+    );
+    let after = icmpv6_exchange(
+        &lab.client,
+        &lab.client_if,
+        all_routers,
+        solicitation,
+        Duration::from_secs(1),
+    );
+    assert!(
+        from_server(&after).is_empty(),
+        "answered beside another router: {after:?}"
+    );
+
+    let (out, _) = stop(server);
+    assert!(
+        out.stderr
+            .contains("answering router solicitations with an empty RA"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("another IPv6 router advertises here"),
+        "{}",
+        out.stderr
+    );
+}

@@ -68,6 +68,9 @@ pub struct ServerSettings {
     pub api: SocketAddr,
     /// Worker threads (one io_uring each); `None`: one per core.
     pub workers: Option<NonZeroUsize>,
+    /// Answer IPv6 router solicitations with an empty RA where no other router speaks, so
+    /// firmware stops waiting for IPv6 autoconfiguration ([`stampede_proto::ndp`]).
+    pub router_advertisements: bool,
 }
 
 /// `[dhcp] mode`.
@@ -375,6 +378,15 @@ pub mod wire {
         pub http_port: Option<u16>,
         pub api: Option<String>,
         pub workers: Option<u64>,
+        pub router_advertisements: Option<RouterAdvertisements>,
+    }
+
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum RouterAdvertisements {
+        #[default]
+        Auto,
+        Off,
     }
 
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -660,6 +672,8 @@ fn server(w: &wire::Server, dhcp_mode: DhcpMode) -> Result<ServerSettings, Confi
         http_port,
         api,
         workers,
+        router_advertisements: w.router_advertisements.unwrap_or_default()
+            == wire::RouterAdvertisements::Auto,
     })
 }
 

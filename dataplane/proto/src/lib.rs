@@ -11,4 +11,5 @@ pub mod dhcp;
 pub mod files;
 pub mod http;
 pub mod ipxe;
+pub mod ndp;
 pub mod tftp;

@@ -12,6 +12,7 @@
 //! check that a transfer's packets keep coming from the port its first reply came from, which
 //! holds. It keeps the socket count per worker constant whatever the number of machines, and
 //! gives the XDP program a small, known set of transfer ports to steer.
+pub mod ra;
 pub mod udp;
 
 use std::{
