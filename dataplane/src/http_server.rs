@@ -33,7 +33,8 @@ use stampede_proto::{
 use crate::sys::{
     uring::UringError,
     uring_tcp::{
-        CloseReason, ConnId, TcpEvent, TcpOutbox, TcpWorker, TcpWorkerConfig, reuseport_listener,
+        CloseReason, ConnId, TcpEvent, TcpOutbox, TcpWorker, TcpWorkerConfig, TcpWorkerStats,
+        reuseport_listener,
     },
 };
 
@@ -120,6 +121,10 @@ pub struct HttpStats {
     pub responses_by_class: [u64; 6],
     /// Bytes written to sockets (heads and bodies).
     pub bytes_sent: u64,
+    /// Sends made with `SENDMSG_ZC` ([`TcpWorkerConfig::zero_copy_min_len`]).
+    pub zero_copy_sends: u64,
+    /// Zero-copy notifications saying the kernel copied after all (loopback, veth).
+    pub zero_copy_copied: u64,
     /// Refused requests by [`stampede_proto::http::Rejection::as_str`], plus
     /// `pipeline_overflow` for connections closed past `max_unconsumed`.
     pub rejections: BTreeMap<&'static str, u64>,
@@ -142,6 +147,8 @@ impl HttpStats {
             *sum += n;
         }
         self.bytes_sent += other.bytes_sent;
+        self.zero_copy_sends += other.zero_copy_sends;
+        self.zero_copy_copied += other.zero_copy_copied;
         for (reason, n) in &other.rejections {
             *self.rejections.entry(reason).or_default() += n;
         }
@@ -360,7 +367,7 @@ impl WorkerState {
     fn run(&mut self, mut ring: TcpWorker) -> Result<(), UringError> {
         let result = self.serve(&mut ring);
         // Drop the ring (cancelling and draining whatever is left) before the final publish.
-        self.stats.bytes_sent = ring.stats().bytes_sent;
+        copy_ring_stats(&mut self.stats, ring.stats());
         drop(ring);
         self.publish();
         result
@@ -405,7 +412,7 @@ impl WorkerState {
                 self.apply(ring)?;
             }
             if self.published.elapsed() >= PUBLISH_INTERVAL {
-                self.stats.bytes_sent = ring.stats().bytes_sent;
+                copy_ring_stats(&mut self.stats, ring.stats());
                 self.publish();
             }
         }
@@ -648,4 +655,10 @@ impl WorkerState {
             self.pump(conn, now);
         }
     }
+}
+
+fn copy_ring_stats(stats: &mut HttpStats, ring: TcpWorkerStats) {
+    stats.bytes_sent = ring.bytes_sent;
+    stats.zero_copy_sends = ring.zero_copy_sends;
+    stats.zero_copy_copied = ring.zero_copy_copied;
 }

@@ -28,9 +28,21 @@
 //!   queue behind the one in flight, which keeps responses in order.
 //! - Deadlines: one `IORING_OP_TIMEOUT` at the caller's earliest deadline, replaced (with
 //!   `IORING_OP_TIMEOUT_REMOVE`) when the deadline changes.
+//! - Zero-copy sending (opt-in, [`TcpWorkerConfig::zero_copy_min_len`]): bodies at least that
+//!   long go out with `IORING_OP_SENDMSG_ZC` (6.1, "io_uring/net: zerocopy sendmsg").
+//!   The kernel then posts two completions per submission: the result (with
+//!   `IORING_CQE_F_MORE`) and later a notification (`IORING_CQE_F_NOTIF`) once the network
+//!   stack has released the pages, which for TCP is when the data is acknowledged
+//!   (io_uring_prep_send_zc(3)). The payload must live until the notification, not just the
+//!   result, so a finished zero-copy send moves into the connection's `ZeroCopyHold` and is
+//!   freed when every notification of that connection has arrived; a connection closed before
+//!   that leaves its hold behind in `lingering` until it has. `IORING_SEND_ZC_REPORT_USAGE`
+//!   (6.2) makes the notification say whether the kernel copied after all
+//!   ([`TcpWorkerStats::zero_copy_copied`]).
 //!
-//! Plain `SENDMSG`, not `SEND_ZC`: loopback and most NICs copy anyway until a benchmark shows
-//! zero-copy send pays for its extra notification completion per send; none was run yet.
+//! Plain `SENDMSG` is the default: measured in `docs/benchmarks/http_server.md`, zero-copy send
+//! did not pay on loopback or on a veth pair (the kernel copies for local delivery) and costs an
+//! extra completion per send; it is kept for machines whose NIC can transmit from user pages.
 use std::{
     collections::VecDeque,
     io,
@@ -122,6 +134,12 @@ pub struct TcpWorkerConfig {
     /// Receive buffer per connection. 4096 holds a typical request head (iPXE and UEFI HTTP
     /// boot send a few hundred bytes); longer heads arrive in several receives.
     pub recv_buffer_size: u32,
+    /// Send bodies of at least this many bytes with `SENDMSG_ZC` instead of `SENDMSG`; `None`
+    /// (the default) never does. Off by default because it did not pay where it was measured
+    /// (loopback and veth, `docs/benchmarks/http_server.md`); the kernel's msg_zerocopy
+    /// documentation puts the break-even around 10 KB per send on a real NIC. Ignored (with a
+    /// warning) on kernels without `IORING_OP_SENDMSG_ZC`.
+    pub zero_copy_min_len: Option<usize>,
 }
 
 impl Default for TcpWorkerConfig {
@@ -129,6 +147,7 @@ impl Default for TcpWorkerConfig {
         Self {
             ring_entries: 1024,
             recv_buffer_size: 4096,
+            zero_copy_min_len: None,
         }
     }
 }
@@ -149,6 +168,13 @@ pub struct TcpWorkerStats {
     pub bytes_received: u64,
     /// Sends that came back short and were resubmitted for the rest.
     pub short_writes: u64,
+    /// Submissions made with `SENDMSG_ZC` (a short write resubmitted counts again).
+    pub zero_copy_sends: u64,
+    /// Zero-copy notifications received: the kernel released the pages of one submission.
+    pub zero_copy_notifications: u64,
+    /// Of `zero_copy_notifications`, those saying the kernel copied the data after all
+    /// (`IORING_NOTIF_USAGE_ZC_COPIED`: loopback, veth, a device without scatter-gather).
+    pub zero_copy_copied: u64,
 }
 
 /// What one [`TcpWorker::run_once`] did.
@@ -170,6 +196,17 @@ const KIND_SEND: u64 = 2 << 56;
 const KIND_MASK: u64 = 3 << 56;
 const GENERATION_MASK: u32 = (1 << 24) - 1;
 
+/// `IORING_SEND_ZC_REPORT_USAGE` (include/uapi/linux/io_uring.h, 6.2, "io_uring/net:
+/// introduce IORING_SEND_ZC_REPORT_USAGE flag"), set in the SQE's `ioprio`.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`: set in a notification's result when the data was copied.
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+/// Finished zero-copy sends one connection may hold while waiting for notifications; past it
+/// the connection sends with plain `SENDMSG` until they catch up. Each held send is a head
+/// `Vec` and a `Bytes` handle (the file itself is shared), so 64 is a few KiB; it only fills
+/// when a client pipelines many requests and acknowledges slowly.
+const MAX_ZERO_COPY_HELD: usize = 64;
+
 fn op_data(conn: ConnId, kind: u64) -> u64 {
     kind | (u64::from(conn.generation) << 32) | u64::from(conn.index)
 }
@@ -188,6 +225,8 @@ struct SendOp {
     body: Bytes,
     /// Bytes of head + body already taken by the kernel.
     done: usize,
+    /// Every submission of this send is a `SENDMSG_ZC`.
+    zero_copy: bool,
     iov: [libc::iovec; 2],
     msg: libc::msghdr,
 }
@@ -202,16 +241,18 @@ impl std::fmt::Debug for SendOp {
             .field("head", &self.head.len())
             .field("body", &self.body.len())
             .field("done", &self.done)
+            .field("zero_copy", &self.zero_copy)
             .finish()
     }
 }
 
 impl SendOp {
-    fn new(head: Vec<u8>, body: Bytes) -> Box<Self> {
+    fn new(head: Vec<u8>, body: Bytes, zero_copy: bool) -> Box<Self> {
         let mut op = Box::new(Self {
             head,
             body,
             done: 0,
+            zero_copy,
             iov: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -248,6 +289,50 @@ impl SendOp {
     }
 }
 
+/// Zero-copy sends of one connection whose pages the kernel may still read.
+///
+/// Notifications name only the connection (the user_data of every send on it is the same), and
+/// the kernel does not promise they arrive in submission order, so the hold counts submissions
+/// whose notification is outstanding and frees its finished sends only when that count is zero.
+#[derive(Debug, Default)]
+struct ZeroCopyHold {
+    /// `SENDMSG_ZC` submissions pushed whose notification has not arrived (a result without
+    /// `IORING_CQE_F_MORE` means none will, and is counted off then).
+    pending: u32,
+    /// Finished sends kept for the kernel: their results arrived, notifications may not have.
+    #[expect(
+        clippy::vec_box,
+        reason = "sends arrive boxed (an in-flight SendOp's msghdr points into itself); only \
+                  the head and body heap memory must stay put, and unboxing would just move them"
+    )]
+    held: Vec<Box<SendOp>>,
+}
+
+impl ZeroCopyHold {
+    /// Takes a finished (or abandoned) send: kept while notifications are outstanding.
+    fn retire(&mut self, op: Box<SendOp>) {
+        if op.zero_copy && self.pending > 0 {
+            self.held.push(op);
+        }
+    }
+
+    /// One submission is settled (notified, or completed without a notification to come).
+    fn settle(&mut self) -> Result<(), UringError> {
+        self.pending = self.pending.checked_sub(1).ok_or_else(|| UringError::Io {
+            op: "reaping completions",
+            source: io::Error::other("zero-copy notification without a send"),
+        })?;
+        if self.pending == 0 {
+            self.held.clear();
+        }
+        Ok(())
+    }
+}
+
+fn wants_zero_copy(min_len: Option<usize>, hold: &ZeroCopyHold, body: &Bytes) -> bool {
+    min_len.is_some_and(|min| body.len() >= min) && hold.held.len() < MAX_ZERO_COPY_HELD
+}
+
 struct Conn {
     generation: u32,
     stream: TcpStream,
@@ -255,6 +340,7 @@ struct Conn {
     recv_in_flight: bool,
     send: Option<Box<SendOp>>,
     queued: VecDeque<(Vec<u8>, Bytes)>,
+    zero_copy: ZeroCopyHold,
     /// Set once the connection is being closed: no new operations, cancels pushed.
     closing: Option<CloseReason>,
 }
@@ -299,6 +385,14 @@ pub struct TcpWorker {
     timer_fired: bool,
     stats: TcpWorkerStats,
     config: TcpWorkerConfig,
+    /// `config.zero_copy_min_len` if this kernel has `SENDMSG_ZC`.
+    zero_copy_min_len: Option<usize>,
+    /// Whether zero-copy submissions ask for `IORING_SEND_ZC_REPORT_USAGE`; cleared if the
+    /// kernel refuses the flag (6.1).
+    zero_copy_report_usage: bool,
+    /// Holds of closed connections still waiting for zero-copy notifications, by the id the
+    /// notifications carry.
+    lingering: Vec<(ConnId, ZeroCopyHold)>,
     local_addr: SocketAddr,
 }
 
@@ -329,6 +423,21 @@ impl TcpWorker {
             .setup_cqsize(config.ring_entries.saturating_mul(4))
             .build(config.ring_entries)
             .map_err(io_error("creating the worker's io_uring"))?;
+        let zero_copy_min_len = match config.zero_copy_min_len {
+            Some(min) => {
+                let mut probe = io_uring::Probe::new();
+                ring.submitter()
+                    .register_probe(&mut probe)
+                    .map_err(io_error("IORING_REGISTER_PROBE"))?;
+                if probe.is_supported(opcode::SendMsgZc::CODE) {
+                    Some(min)
+                } else {
+                    tracing::warn!("this kernel lacks IORING_OP_SENDMSG_ZC; sending with SENDMSG");
+                    None
+                }
+            }
+            None => None,
+        };
         Ok(Self {
             ring,
             conns: Vec::new(),
@@ -346,6 +455,9 @@ impl TcpWorker {
             timer_fired: false,
             stats: TcpWorkerStats::default(),
             config,
+            zero_copy_min_len,
+            zero_copy_report_usage: true,
+            lingering: Vec::new(),
             local_addr,
         })
     }
@@ -356,6 +468,12 @@ impl TcpWorker {
 
     pub fn stats(&self) -> TcpWorkerStats {
         self.stats
+    }
+
+    /// Whether bodies of [`TcpWorkerConfig::zero_copy_min_len`] bytes or more go out with
+    /// `SENDMSG_ZC` (configured, and the kernel has it).
+    pub fn zero_copy_enabled(&self) -> bool {
+        self.zero_copy_min_len.is_some()
     }
 
     /// Connections accepted and not yet reported closed.
@@ -387,6 +505,7 @@ impl TcpWorker {
     /// Queues `head` then `body` on `conn`; [`TcpEvent::Sent`] follows once both are written.
     /// Returns false (and drops the data) if the connection is closed or closing.
     pub fn send(&mut self, conn: ConnId, head: Vec<u8>, body: Bytes) -> Result<bool, UringError> {
+        let min_len = self.zero_copy_min_len;
         let Some(c) = self.conn_mut(conn) else {
             return Ok(false);
         };
@@ -397,7 +516,8 @@ impl TcpWorker {
             c.queued.push_back((head, body));
             return Ok(true);
         }
-        c.send = Some(SendOp::new(head, body));
+        let zero_copy = wants_zero_copy(min_len, &c.zero_copy, &body);
+        c.send = Some(SendOp::new(head, body, zero_copy));
         self.push_send(conn)?;
         Ok(true)
     }
@@ -543,14 +663,22 @@ impl TcpWorker {
                     }
                 }
             }
+            KIND_SEND if cqueue::notif(flags) => self.zero_copy_notified(conn, result)?,
             KIND_SEND => {
+                let min_len = self.zero_copy_min_len;
                 let Some(c) = slot(&mut self.conns, conn) else {
                     return Err(unknown(user_data));
                 };
                 let Some(mut op) = c.send.take() else {
                     return Err(unknown(user_data));
                 };
-                if c.closing.is_none() {
+                if op.zero_copy && !cqueue::more(flags) {
+                    // No notification follows this one (io_uring_prep_send_zc(3)).
+                    c.zero_copy.settle()?;
+                }
+                if c.closing.is_some() {
+                    c.zero_copy.retire(op);
+                } else {
                     if result >= 0 {
                         let n = result as usize;
                         op.done += n;
@@ -562,9 +690,10 @@ impl TcpWorker {
                             c.send = Some(op);
                             self.push_send(conn)?;
                         } else {
-                            drop(op);
+                            c.zero_copy.retire(op);
                             if let Some((head, body)) = c.queued.pop_front() {
-                                c.send = Some(SendOp::new(head, body));
+                                let zero_copy = wants_zero_copy(min_len, &c.zero_copy, &body);
+                                c.send = Some(SendOp::new(head, body, zero_copy));
                                 self.push_send(conn)?;
                             }
                             on_event(TcpEvent::Sent { conn }, &mut self.outbox);
@@ -574,7 +703,14 @@ impl TcpWorker {
                     } else if matches!(-result, libc::EINTR | libc::EAGAIN) {
                         c.send = Some(op);
                         self.push_send(conn)?;
+                    } else if -result == libc::EINVAL && op.zero_copy && self.zero_copy_report_usage
+                    {
+                        // 6.1 has SENDMSG_ZC but not IORING_SEND_ZC_REPORT_USAGE: drop the flag.
+                        c.send = Some(op);
+                        self.zero_copy_report_usage = false;
+                        self.push_send(conn)?;
                     } else {
+                        c.zero_copy.retire(op);
                         self.begin_close(conn, CloseReason::Error(-result))?;
                     }
                 }
@@ -605,10 +741,7 @@ impl TcpWorker {
         let c = self.conns[conn.index as usize]
             .take()
             .expect("checked above");
-        // Best effort FIN before close; the kernel would send one anyway, but shutdown makes
-        // it explicit even if a clone of the descriptor existed.
-        let _ = c.stream.shutdown(Shutdown::Both);
-        drop(c);
+        self.release(conn, c);
         self.free.push(conn.index);
         self.live -= 1;
         self.stats.closed += 1;
@@ -618,6 +751,39 @@ impl TcpWorker {
         on_event(TcpEvent::Closed { conn, reason }, &mut self.outbox);
         self.apply_outbox()?;
         Ok(1)
+    }
+
+    /// Closes the socket of a connection with nothing in flight. Zero-copy pages the kernel may
+    /// still read (queued in the now orphaned socket until acknowledged) stay held in
+    /// `lingering` until their notifications arrive.
+    fn release(&mut self, conn: ConnId, mut c: Conn) {
+        // Best effort FIN before close; the kernel would send one anyway, but shutdown makes
+        // it explicit even if a clone of the descriptor existed.
+        let _ = c.stream.shutdown(Shutdown::Both);
+        if c.zero_copy.pending > 0 {
+            self.lingering
+                .push((conn, std::mem::take(&mut c.zero_copy)));
+        }
+        drop(c);
+    }
+
+    /// A zero-copy notification for `conn`, live or closed.
+    fn zero_copy_notified(&mut self, conn: ConnId, result: i32) -> Result<(), UringError> {
+        self.stats.zero_copy_notifications += 1;
+        if result as u32 & NOTIF_USAGE_ZC_COPIED != 0 {
+            self.stats.zero_copy_copied += 1;
+        }
+        if let Some(c) = slot(&mut self.conns, conn) {
+            return c.zero_copy.settle();
+        }
+        let Some(i) = self.lingering.iter().position(|(id, _)| *id == conn) else {
+            return Err(unknown(op_data(conn, KIND_SEND)));
+        };
+        self.lingering[i].1.settle()?;
+        if self.lingering[i].1.pending == 0 {
+            self.lingering.swap_remove(i);
+        }
+        Ok(())
     }
 
     fn apply_outbox(&mut self) -> Result<(), UringError> {
@@ -674,6 +840,7 @@ impl TcpWorker {
             recv_in_flight: false,
             send: None,
             queued: VecDeque::new(),
+            zero_copy: ZeroCopyHold::default(),
             closing: None,
         };
         let index = match self.free.pop() {
@@ -716,20 +883,39 @@ impl TcpWorker {
     }
 
     fn push_send(&mut self, conn: ConnId) -> Result<(), UringError> {
-        let Some(c) = self.conn_mut(conn) else {
+        let report_usage = if self.zero_copy_report_usage {
+            SEND_ZC_REPORT_USAGE
+        } else {
+            0
+        };
+        let Some(c) = slot(&mut self.conns, conn) else {
             return Ok(());
         };
-        let fd = c.stream.as_raw_fd();
+        let fd = types::Fd(c.stream.as_raw_fd());
         let Some(op) = c.send.as_deref() else {
             return Ok(());
         };
-        let entry = opcode::SendMsg::new(types::Fd(fd), &raw const op.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(op_data(conn, KIND_SEND));
+        let flags = libc::MSG_NOSIGNAL as u32;
+        let entry = if op.zero_copy {
+            // Counted before the push: an overcount only keeps buffers longer.
+            c.zero_copy.pending += 1;
+            self.stats.zero_copy_sends += 1;
+            opcode::SendMsgZc::new(fd, &raw const op.msg)
+                .ioprio(report_usage)
+                .flags(flags)
+                .build()
+        } else {
+            opcode::SendMsg::new(fd, &raw const op.msg)
+                .flags(flags)
+                .build()
+        };
+        let entry = entry.user_data(op_data(conn, KIND_SEND));
         // SAFETY: the msghdr, iovecs, head and body live in the boxed SendOp held in
         // `c.send` until this entry's completion is reaped (finish_close waits for it); the fd
-        // is the connection's stream, dropped only then too.
+        // is the connection's stream, dropped only then too. For SENDMSG_ZC the kernel may read
+        // the head and body until the notification: the finished SendOp then moves into the
+        // connection's ZeroCopyHold (and with it into `lingering` if the connection closes),
+        // freed only once every notification counted in `pending` has arrived.
         unsafe { self.push(&entry) }
     }
 
@@ -846,9 +1032,22 @@ impl TcpWorker {
             .conns
             .iter()
             .flatten()
-            .map(|c| usize::from(c.recv_in_flight) + usize::from(c.send.is_some()))
+            .map(|c| {
+                usize::from(c.recv_in_flight)
+                    + usize::from(c.send.is_some())
+                    + c.zero_copy.pending as usize
+            })
             .sum();
-        conn_ops + usize::from(self.accept_armed) + self.timers.len() + self.control_in_flight
+        let notifications: usize = self
+            .lingering
+            .iter()
+            .map(|(_, hold)| hold.pending as usize)
+            .sum();
+        conn_ops
+            + notifications
+            + usize::from(self.accept_armed)
+            + self.timers.len()
+            + self.control_in_flight
     }
 }
 
@@ -919,6 +1118,18 @@ impl Drop for TcpWorker {
             while let Some((user_data, result, flags)) = self.completions.pop_front() {
                 self.retire(user_data, result, flags);
             }
+            // Close connections with nothing left in flight, so the orphaned sockets deliver
+            // (or time out) what zero-copy sends queued and the notifications come.
+            for index in 0..self.conns.len() {
+                if self.conns[index].as_ref().is_some_and(Conn::idle) {
+                    let c = self.conns[index].take().expect("checked above");
+                    let id = ConnId {
+                        index: index as u32,
+                        generation: c.generation,
+                    };
+                    self.release(id, c);
+                }
+            }
         }
         if self.in_flight() > 0 {
             tracing::error!(
@@ -926,6 +1137,7 @@ impl Drop for TcpWorker {
                 "io_uring operations did not complete on shutdown; leaking their memory"
             );
             std::mem::forget(std::mem::take(&mut self.conns));
+            std::mem::forget(std::mem::take(&mut self.lingering));
             std::mem::forget(std::mem::take(&mut self.timers));
             std::mem::forget(self.listener.take());
         }
@@ -950,10 +1162,19 @@ impl TcpWorker {
             self.control_in_flight -= 1;
         } else {
             let conn = op_conn(user_data);
-            if let Some(c) = self.conn_mut(conn) {
+            if user_data & KIND_MASK == KIND_SEND && cqueue::notif(flags) {
+                let _ = self.zero_copy_notified(conn, result);
+            } else if let Some(c) = self.conn_mut(conn) {
                 match user_data & KIND_MASK {
                     KIND_RECV => c.recv_in_flight = false,
-                    KIND_SEND => c.send = None,
+                    KIND_SEND => {
+                        if let Some(op) = c.send.take() {
+                            if op.zero_copy && !cqueue::more(flags) {
+                                let _ = c.zero_copy.settle();
+                            }
+                            c.zero_copy.retire(op);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -1180,6 +1401,104 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         });
         assert_eq!(worker.stats().closed, 1);
+    }
+
+    #[test]
+    fn zero_copy_transfer_is_byte_exact() {
+        if !uring_available() {
+            return;
+        }
+        let caps = super::super::uring::probe().expect("probe");
+        if !caps.sendmsg_zc {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI=true and the kernel lacks IORING_OP_SENDMSG_ZC"
+            );
+            eprintln!("skipping: no IORING_OP_SENDMSG_ZC");
+            return;
+        }
+        let listener =
+            reuseport_listener(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("listener");
+        let address = listener.local_addr().expect("address");
+        let config = TcpWorkerConfig {
+            zero_copy_min_len: Some(4096),
+            ..TcpWorkerConfig::default()
+        };
+        let mut worker = TcpWorker::new(listener, config).expect("worker");
+        assert!(worker.zero_copy_enabled());
+        // 8 MiB overflows the socket buffer, so zero-copy short writes are resubmitted; the
+        // second, short body goes out with plain SENDMSG behind it on the same connection.
+        let big: Vec<u8> = (0..8 << 20)
+            .map(|i: usize| (i * 31 + i / 997) as u8)
+            .collect();
+        let mut expected = b"head-1".to_vec();
+        expected.extend_from_slice(&big);
+        expected.extend_from_slice(b"head-2tail");
+        let want = expected.len();
+        let reader = std::thread::spawn(move || {
+            let mut client = TcpStream::connect(address).expect("connect");
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut got = vec![0u8; want];
+            client.read_exact(&mut got).expect("read all");
+            got
+        });
+        let mut conn = None;
+        let mut sent = 0;
+        run_until(&mut worker, |event, outbox| match event {
+            TcpEvent::Accepted { conn: c, .. } => {
+                conn = Some(*c);
+                outbox.send(*c, b"head-1".to_vec(), Bytes::from(big.clone()));
+                outbox.send(*c, b"head-2".to_vec(), Bytes::from_static(b"tail"));
+                false
+            }
+            TcpEvent::Sent { .. } => {
+                sent += 1;
+                sent == 2
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let got = reader.join().expect("reader");
+        assert!(got == expected, "bytes differ from what was sent");
+        let conn = conn.expect("accepted");
+        // Close at once: notifications still outstanding linger past the connection.
+        assert!(worker.close(conn).expect("close"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut closed = false;
+        loop {
+            let stats = worker.stats();
+            if closed && stats.zero_copy_notifications == stats.zero_copy_sends {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "notifications missing: {stats:?}"
+            );
+            worker
+                .run_once(
+                    Some(Instant::now() + Duration::from_millis(50)),
+                    |event, _| match event {
+                        TcpEvent::Closed { conn: c, .. } => closed |= c == conn,
+                        other => panic!("unexpected {other:?}"),
+                    },
+                )
+                .expect("run_once");
+        }
+        let stats = worker.stats();
+        assert_eq!(stats.bytes_sent, want as u64);
+        assert!(stats.zero_copy_sends >= 1, "{stats:?}");
+        assert!(
+            stats.short_writes >= 1,
+            "8 MiB fits no socket buffer: {stats:?}"
+        );
+        // Loopback delivers to a local socket, which always copies (kernel
+        // Documentation/networking/msg_zerocopy.rst, "Loopback").
+        if worker.zero_copy_report_usage {
+            assert_eq!(stats.zero_copy_copied, stats.zero_copy_notifications);
+        }
+        assert!(worker.lingering.is_empty(), "every hold released");
     }
 
     #[test]
