@@ -84,6 +84,7 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         ipxe_dir: args.ipxe_dir,
         dhcp_range,
         http_port: args.http_port,
+        chainload: args.chainload,
     };
     let source = Source::Quick(quick);
     let mut config = source.load()?;
