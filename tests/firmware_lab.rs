@@ -246,11 +246,13 @@ fn boot_and_wait(
     drop(machine);
     let boot_lines = appliance.boot_lines();
     let stats = appliance.stop();
-    Booted {
+    let booted = Booted {
         elapsed: seen.elapsed_since_start,
         boot_lines,
         stats,
-    }
+    };
+    assert_http_boot(&booted, what);
+    booted
 }
 
 fn payload() -> Payload {
@@ -376,6 +378,25 @@ fn downloads_of(booted: &Booted, file: &str) -> usize {
         .iter()
         .filter(|l| l.contains("tftp transfer done") && l.contains(&format!("file={file} ")))
         .count()
+}
+
+/// The machine fetched its script, kernel and initrd over HTTP (one `http response` log line
+/// each, status 200).
+fn assert_http_boot(booted: &Booted, what: &str) {
+    for path in [
+        "/boot.ipxe",
+        "/files/vmlinuz",
+        &format!("/files/{INITRD_NAME}"),
+    ] {
+        assert!(
+            booted
+                .boot_lines
+                .iter()
+                .any(|l| l.contains(&format!("path={path} status=200"))),
+            "{what}: no 200 for {path}\n{}",
+            booted.boot_lines.join("\n")
+        );
+    }
 }
 
 fn assert_no_tftp(booted: &Booted, what: &str) {

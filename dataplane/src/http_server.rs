@@ -299,6 +299,8 @@ impl Drop for HttpServer {
 /// One connection's core and what the engine tracks beside it.
 struct Session {
     http: HttpConnection<Catalog>,
+    /// The client, for the `stampede::boot` log.
+    peer: SocketAddr,
     /// Received bytes the core did not take yet (back-pressure), offered again after each
     /// transmit completes.
     unconsumed: Vec<u8>,
@@ -472,7 +474,7 @@ impl WorkerState {
     fn handle_event(&mut self, event: TcpEvent<'_>, outbox: &mut TcpOutbox) {
         let now = Instant::now();
         match event {
-            TcpEvent::Accepted { conn, .. } => {
+            TcpEvent::Accepted { conn, peer } => {
                 if self.sessions.len() >= self.config.max_connections_per_worker
                     || self.stop_deadline.is_some()
                 {
@@ -491,6 +493,7 @@ impl WorkerState {
                     conn,
                     Session {
                         http,
+                        peer,
                         unconsumed: Vec::new(),
                         sending: 0,
                         timer: None,
@@ -571,6 +574,16 @@ impl WorkerState {
             if let Some(rejection) = transmit.rejection {
                 *self.stats.rejections.entry(rejection.as_str()).or_default() += 1;
             }
+            // One line per response, like DHCP replies and TFTP transfers: the operator sees a
+            // machine fetch its script, kernel and initrds.
+            tracing::info!(
+                target: "stampede::boot",
+                client = %session.peer,
+                path = %transmit.path.as_deref().unwrap_or("?"),
+                status = transmit.status.0,
+                bytes = transmit.body.len,
+                "http response"
+            );
             session.sending += 1;
             self.actions
                 .push(Action::Send(conn, head, transmit.body.bytes()));

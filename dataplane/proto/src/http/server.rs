@@ -156,6 +156,9 @@ pub struct Transmit {
     pub close: bool,
     /// Set when the request was refused; count it by [`Rejection::as_str`].
     pub rejection: Option<Rejection>,
+    /// The request's path (without the query), for the engine's log; `None` when the request
+    /// did not parse.
+    pub path: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -165,6 +168,7 @@ struct Pending {
     body: Body,
     close: bool,
     rejection: Option<Rejection>,
+    path: Option<Box<str>>,
 }
 
 /// One HTTP/1.1 server connection (sans-IO).
@@ -244,7 +248,10 @@ impl<C: FileCatalog> HttpConnection<C> {
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete(req)) => {
                     off += req.len();
-                    respond(&self.catalog, self.route.as_deref(), &req)
+                    Pending {
+                        path: Some(req.path().into()),
+                        ..respond(&self.catalog, self.route.as_deref(), &req)
+                    }
                 }
                 Err(e) => {
                     off = self.inbuf.len();
@@ -277,6 +284,7 @@ impl<C: FileCatalog> HttpConnection<C> {
             body: p.body,
             close: p.close,
             rejection: p.rejection,
+            path: p.path,
         })
     }
 
@@ -360,6 +368,7 @@ fn error_response(status: Status, rejection: Rejection, close: bool, head_only: 
         },
         close,
         rejection: Some(rejection),
+        path: None,
     }
 }
 
@@ -552,6 +561,7 @@ fn serve_file(
         body,
         close: !keep_alive,
         rejection,
+        path: None,
     }
 }
 
@@ -926,6 +936,7 @@ mod tests {
         while let Some(t) = c.poll_output(now, &mut buf) {
             assert!(c.queue.len() + c.in_flight <= 2, "bounded pending");
             assert_eq!(t.status, Status::OK);
+            assert_eq!(t.path.as_deref(), Some("/boot/initrd.img"), "for the log");
             c.transmit_done(now);
             answered += 1;
         }
