@@ -157,7 +157,10 @@ pub fn run() -> anyhow::Result<()> {
     stampede.signal(nix::sys::signal::Signal::SIGTERM)?;
     let status = stampede.wait_output(Duration::from_secs(15))?.status;
     let out = fs::read_to_string(&out_path).unwrap_or_default();
-    for line in out.lines().filter(|l| l.starts_with("final ")) {
+    for line in out
+        .lines()
+        .filter(|l| l.starts_with("final ") || l.starts_with("xdp "))
+    {
         for chunk in line.split_whitespace().collect::<Vec<_>>().chunks(6) {
             println!("   {}", chunk.join(" "));
         }
