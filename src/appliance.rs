@@ -114,6 +114,7 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         ipxe_dir: args.ipxe_dir,
         dhcp_range,
         http_port: args.http_port,
+        chainload: args.chainload,
     };
     let workers = match args.workers {
         Some(n) => Some(std::num::NonZeroUsize::new(n).context("--workers must be at least 1")?),

@@ -84,6 +84,10 @@ struct BootArgs {
     /// HTTP port for iPXE scripts, kernels and initrds.
     #[arg(long)]
     http_port: Option<u16>,
+    /// Chainload: an iPXE running from a NIC's option ROM gets undionly.kpxe by TFTP, and
+    /// that iPXE gets the script (`boot.ipxe_chainload` in a config file).
+    #[arg(long)]
+    chainload: bool,
     /// Worker threads (one io_uring each); default: one per core.
     #[arg(long)]
     workers: Option<usize>,

@@ -102,6 +102,7 @@ impl BootPlan {
 
         let mut boot = BootConfig::new(server_ip, http_base.clone());
         boot.loaders = config.boot.loaders.clone();
+        boot.ipxe_chainload = config.boot.ipxe_chainload;
         boot.default_profile = DhcpProfile {
             name: config
                 .boot

@@ -129,6 +129,10 @@ pub struct BootSettings {
     /// Index into [`ApplianceConfig::profiles`] of the profile unknown machines boot; `None`:
     /// unknown machines do not boot.
     pub default_profile: Option<usize>,
+    /// Hand an iPXE that runs from a NIC's option ROM the configured loader (by TFTP) instead
+    /// of the script, so every BIOS machine boots the same iPXE build; the chainloaded iPXE
+    /// then gets the script. Default: false (the ROM's iPXE boots the script directly).
+    pub ipxe_chainload: bool,
 }
 
 /// `[[profiles]]`: what a machine boots.
@@ -447,6 +451,8 @@ pub mod wire {
         pub default_profile: Option<String>,
         #[serde(default)]
         pub loaders: Loaders,
+        #[serde(default)]
+        pub ipxe_chainload: bool,
     }
 
     /// Keys are [`stampede_proto::ipxe::Arch`] names.
@@ -906,6 +912,7 @@ fn boot(w: &wire::Boot, profiles: &[Profile]) -> Result<BootSettings, ConfigErro
             .unwrap_or_else(|| PathBuf::from(defaults::IPXE_DIR)),
         loaders,
         default_profile,
+        ipxe_chainload: w.ipxe_chainload,
     })
 }
 
@@ -1363,6 +1370,8 @@ pub struct QuickBoot {
     pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
     /// `None`: [`defaults::HTTP_PORT`].
     pub http_port: Option<u16>,
+    /// `boot.ipxe_chainload`: iPXE option ROMs get the loader, not the script.
+    pub chainload: bool,
 }
 
 /// Name of the single profile quick mode makes.
@@ -1429,6 +1438,7 @@ impl ApplianceConfig {
                 files,
                 ipxe_dir: q.ipxe_dir,
                 default_profile: Some(QUICK_PROFILE.into()),
+                ipxe_chainload: q.chainload,
                 ..wire::Boot::default()
             },
             profiles: vec![wire::Profile {
@@ -1739,6 +1749,13 @@ kernel = "vmlinuz"
             Some(&PathBuf::from("/opt/x/modules.cpio"))
         );
         assert_eq!(c.boot.default_profile, Some(0));
+        assert!(!c.boot.ipxe_chainload, "off unless asked for");
+        let chained = ApplianceConfig::quick(QuickBoot {
+            chainload: true,
+            ..q.clone()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(chained.boot.ipxe_chainload);
 
         let e = ApplianceConfig::quick(QuickBoot {
             dhcp_range: Some((

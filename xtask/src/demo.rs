@@ -1,128 +1,217 @@
-//! `cargo xtask demo`: the main job, as far as the product goes today.
+//! `cargo xtask demo`: one real machine network-boots Linux from Stampede.
 //!
-//! Builds Stampede, makes a two-host lab (a server namespace and a client namespace joined by a
-//! veth), runs `stampede serve` on the server side, and drives real clients from the other side:
-//! busybox udhcpc (DHCP DISCOVERs, as a PXE ROM sends), a TFTP read request and an HTTP request.
-//! The XDP classifier's per-class counters are printed live and at the end; everything is torn
-//! down afterwards, also on failure. Bounded: every step has a timeout.
+//! Builds Stampede (release), sets up a [`BootLab`] (a server namespace whose veth is bridged to
+//! a tap in a rack namespace), starts `stampede boot --dhcp-range ..` with the lab's tiny Linux
+//! (Debian's kernel and a busybox initramfs that prints `STAMPEDE-MARKER <value>` from its
+//! command line and powers off), and powers on one QEMU machine (SeaBIOS with QEMU's iPXE ROM,
+//! `-accel tcg`) on the tap. The `stampede::boot` log lines are shown as the machine goes
+//! through DHCP and HTTP, then its console marker with the measured power-on-to-marker time.
+//! XDP: `--xdp-mode auto` attaches the classifier on the server's veth when the kernel allows
+//! it; its counters are part of the final stats. Everything is torn down afterwards (namespaces,
+//! processes and files are RAII), also on failure. Bounded: every wait has a timeout.
 use std::{
-    process::{Command, Stdio},
-    time::Duration,
+    fs,
+    io::{BufRead as _, BufReader, Seek as _, SeekFrom},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use stampede_lab::{Process, TwoHosts, wait_for};
+use stampede_lab::{
+    Process,
+    guest::{MARKER_PARAM, Payload},
+    qemu::{BootLab, Firmware, MachineError, MachineSpec, WorkDir},
+    wait_for,
+};
+
+/// One SeaBIOS + iPXE ROM boot took 20-40 s under TCG in the lab tests.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
 pub fn run() -> anyhow::Result<()> {
     if let Some(reason) = stampede_lab::unavailable_reason() {
         bail!("the demo runs a network-namespace lab: {reason}");
+    }
+    for program in [stampede_lab::qemu::QEMU, "busybox"] {
+        if stampede_lab::which(program).is_none() {
+            bail!("the demo needs {program} (run `cargo xtask setup`)");
+        }
     }
     let mut build = crate::cargo();
     build.args(["build", "--release", "--package", "stampede"]);
     crate::run(build)?;
     let binary = crate::workspace_root().join("target/release/stampede");
 
-    let lab = TwoHosts::new().context("creating the lab")?;
-    let server_ip = lab.server_ip().to_string();
+    println!("\n== the payload: Debian's kernel and a busybox initramfs that prints its marker");
+    let payload = Payload::prepare().context("preparing the payload")?;
+    println!("   kernel {}", payload.kernel.display());
+    println!("   initrd {}", payload.initrd.display());
+
+    let mut lab = BootLab::new().context("creating the lab")?;
+    let work = WorkDir::new("demo").context("work directory")?;
+    let tap = lab.add_tap().context("tap")?;
+    let (low, high) = lab.dhcp_range();
     println!(
-        "\n== lab: server namespace {} ({} on {}), client namespace {} ({})",
+        "\n== lab: server namespace {} ({} on {}), rack namespace {} (bridge {} with {} and tap {})",
         lab.server.name(),
-        server_ip,
+        lab.server_ip(),
         lab.server_if,
-        lab.client.name(),
-        lab.client_if
+        lab.rack.name(),
+        lab.bridge,
+        lab.rack_if,
+        tap
     );
 
-    let mut serve_cmd: Command = lab
+    let marker = format!("demo-{}", std::process::id());
+    let cmdline = format!("console=ttyS0 panic=-1 {MARKER_PARAM}={marker}");
+    let log = work.join("stampede.log");
+    let mut command = lab
         .server
         .command(binary.to_str().context("path is UTF-8")?);
-    serve_cmd
-        .args(["serve", "--iface", &lab.server_if, "--stats-interval", "1"])
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    let serve = Process::spawn(serve_cmd)?;
-    let attached = wait_for(Duration::from_secs(15), || {
-        let link = lab
-            .server
-            .ip(&["link", "show", "dev", &lab.server_if])
-            .ok()?;
-        link.contains("xdp").then_some(())
-    });
-    if attached.is_none() {
-        bail!("stampede serve did not attach its XDP program within 15 s");
-    }
-
-    println!("\n== a machine without an address broadcasts DHCP DISCOVERs (busybox udhcpc)");
-    let udhcpc = lab.client.run(
-        "busybox",
-        &[
-            "udhcpc",
-            "-i",
-            &lab.client_if,
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "3",
-            "-T",
-            "1",
-            "-s",
-            "/bin/true",
-        ],
-        Duration::from_secs(15),
-    )?;
-    print!("{}", indent(&udhcpc.stderr));
-
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])?;
-    println!("\n== it asks for a boot program over TFTP (busybox tftp; nothing serves it yet)");
-    // busybox tftp retries for a long time when nobody answers; three seconds show enough.
-    match lab.client.run(
-        "busybox",
-        &[
-            "tftp",
-            "-g",
-            "-r",
-            "undionly.kpxe",
-            "-l",
-            "/dev/null",
-            &server_ip,
-        ],
-        Duration::from_secs(3),
-    ) {
-        Ok(tftp) => print!("{}", indent(&format!("{}{}", tftp.stdout, tftp.stderr))),
-        Err(stampede_lab::LabError::Timeout { .. }) => {
-            print!(
-                "{}",
-                indent("no answer after 3 s (no TFTP server yet): stopped")
-            );
+    command
+        .args(["boot", "--iface", &lab.server_if])
+        .args(["--dhcp-range", &format!("{low}-{high}")])
+        .args([
+            "--xdp-mode",
+            "auto",
+            "--api",
+            "off",
+            "--stats-interval",
+            "60",
+        ])
+        .arg("--state")
+        .arg(work.join("state.redb"))
+        .args(["--cmdline", &cmdline])
+        .arg(&payload.kernel)
+        .arg(&payload.initrd)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::from(
+            fs::File::create(work.join("stampede.out")).context("stdout file")?,
+        ))
+        .stderr(Stdio::from(fs::File::create(&log).context("log file")?));
+    println!(
+        "\n== stampede boot --iface {} --dhcp-range {low}-{high} --cmdline {cmdline:?} vmlinuz {}",
+        lab.server_if,
+        payload
+            .initrd
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let mut stampede = Process::spawn(command)?;
+    let out_path = work.join("stampede.out");
+    let ready = wait_for(Duration::from_secs(20), || {
+        if stampede.try_status().is_some() {
+            return Some(None);
         }
-        Err(err) => return Err(err.into()),
+        let out = fs::read_to_string(&out_path).ok()?;
+        out.lines()
+            .find(|l| l.starts_with("ready "))
+            .map(|l| Some(l.to_owned()))
+    });
+    let Some(Some(ready)) = ready else {
+        bail!(
+            "stampede boot did not come up:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    println!("   {ready}");
+
+    println!("\n== power on: QEMU (SeaBIOS, e1000 with QEMU's iPXE ROM, -accel tcg) on {tap}");
+    let spec = MachineSpec::network(Firmware::Bios, &tap, work.join("console.log"));
+    println!(
+        "   MAC {}; the appliance's stampede::boot log follows",
+        spec.mac
+    );
+    let mut machine = lab.start_machine(spec).context("starting QEMU")?;
+    let mut tail = LogTail::open(&log)?;
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let seen = loop {
+        tail.print_new("stampede::boot");
+        match machine.wait_for_marker(Duration::from_millis(250)) {
+            Ok(seen) => break seen,
+            Err(MachineError::MarkerTimeout { .. }) if Instant::now() < deadline => {}
+            Err(err) => {
+                tail.print_new("");
+                bail!("the machine did not boot: {err}");
+            }
+        }
+    };
+    tail.print_new("stampede::boot");
+    println!("\n== the machine's serial console (last lines)");
+    print!("{}", indent(&machine.console_tail(6)));
+    if seen.value != marker {
+        bail!("the console shows marker {:?}, not {marker:?}", seen.value);
     }
+    println!(
+        "\n== booted: power-on to Linux userspace printing {marker:?} in {:.1} s",
+        seen.elapsed_since_start.as_secs_f64()
+    );
+    if machine.wait_exit(Duration::from_secs(20)).is_none() {
+        println!("   (the guest did not power off within 20 s; stopping QEMU)");
+    }
+    drop(machine);
 
-    println!("\n== and for its iPXE script over HTTP (curl; nothing serves it yet)");
-    let url = format!("http://{server_ip}:8080/boot.ipxe");
-    let curl = lab.client.run(
-        "curl",
-        &["-sS", "--max-time", "3", &url],
-        Duration::from_secs(10),
-    )?;
-    print!("{}", indent(&format!("{}{}", curl.stdout, curl.stderr)));
-
-    // Let one more counter report go by so the live output shows the last requests.
-    std::thread::sleep(Duration::from_millis(1200));
-    println!("\n== stopping stampede serve (SIGTERM): it prints its final counters and detaches");
-    serve.signal(nix::sys::signal::Signal::SIGTERM)?;
-    let out = serve.wait_output(Duration::from_secs(10))?;
-    if !out.status.success() {
-        bail!("stampede serve exited with {}", out.status);
+    println!("\n== stopping stampede (SIGTERM): its final counters");
+    stampede.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let status = stampede.wait_output(Duration::from_secs(15))?.status;
+    let out = fs::read_to_string(&out_path).unwrap_or_default();
+    for line in out
+        .lines()
+        .filter(|l| l.starts_with("final ") || l.starts_with("xdp "))
+    {
+        for chunk in line.split_whitespace().collect::<Vec<_>>().chunks(6) {
+            println!("   {}", chunk.join(" "));
+        }
+    }
+    if !status.success() {
+        bail!("stampede exited with {status}");
     }
     drop(lab);
-    println!(
-        "\n== lab torn down. The dhcp_server, tftp and http counters above are the requests the \
-         clients sent, classified by the XDP program at the NIC before the kernel's stack saw them."
-    );
+    println!("\n== lab torn down (namespaces, veth, bridge, tap, work directory)");
     Ok(())
+}
+
+/// Follows a log file, printing the lines that contain a pattern.
+struct LogTail {
+    reader: BufReader<fs::File>,
+}
+
+impl LogTail {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let mut file = fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Self {
+            reader: BufReader::new(file),
+        })
+    }
+
+    fn print_new(&mut self, pattern: &str) {
+        let mut line = String::new();
+        // A line still being written has no newline yet: keep it for the next call.
+        while self.reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if !line.ends_with('\n') {
+                let _ = self
+                    .reader
+                    .seek_relative(-i64::try_from(line.len()).unwrap_or(0));
+                return;
+            }
+            if line.contains(pattern) {
+                print!("   | {}", shorten(&line));
+            }
+            line.clear();
+        }
+    }
+}
+
+/// Drops the date and the log target so the demo's lines fit a terminal.
+fn shorten(line: &str) -> String {
+    let line = match line.split_once('T') {
+        Some((date, rest)) if date.len() == 10 => rest,
+        _ => line,
+    };
+    line.replacen(" INFO stampede::boot:", "", 1)
 }
 
 fn indent(text: &str) -> String {

@@ -49,6 +49,12 @@ pub struct BootClient {
     pub vendor_class: Vec<u8>,
     /// User class says "iPXE" or option 175 is present.
     pub is_ipxe: bool,
+    /// This machine's iPXE ROM was told to chainload the loader moments ago, so this iPXE is
+    /// the loader (stage 2). Set by the server from its own memory: the ROM's iPXE and a
+    /// chainloaded `undionly.kpxe` send byte-identical options (user class `iPXE`, option 175
+    /// with the same bus id `PCI 8086:100e` and features, option 94 `UNDI 2.1`, captured from
+    /// QEMU's e1000 ROM and Debian's undionly.kpxe), so nothing in the packet tells them apart.
+    pub loader_sent: bool,
     pub uuid: Option<ClientUuid>,
 }
 
@@ -66,6 +72,7 @@ impl BootClient {
                 .or_else(|| arch_from_vendor_class(o.vendor_class.as_deref()?)),
             vendor_class: o.vendor_class.clone().unwrap_or_default(),
             is_ipxe: user_ipxe || o.ipxe_encap.is_some(),
+            loader_sent: false,
             uuid: o.client_uuid,
         })
     }
@@ -148,6 +155,9 @@ pub struct BootConfig {
     pub profiles_by_mac: HashMap<[u8; 6], BootProfile>,
     /// Keyed by the 16-byte GUID of option 97.
     pub profiles_by_uuid: HashMap<[u8; 16], BootProfile>,
+    /// An iPXE option ROM gets the loader by TFTP, like a PXE ROM, instead of the script; the
+    /// loader's own iPXE ([`BootClient::loader_sent`]) then gets the script.
+    pub ipxe_chainload: bool,
 }
 
 impl BootConfig {
@@ -162,6 +172,7 @@ impl BootConfig {
             },
             profiles_by_mac: HashMap::new(),
             profiles_by_uuid: HashMap::new(),
+            ipxe_chainload: false,
         }
     }
 
@@ -228,7 +239,17 @@ fn mac_text(mac: &[u8; 6]) -> String {
 ///
 /// iPXE is checked first because iPXE also calls itself `PXEClient` in option 60.
 pub fn decide(client: &BootClient, config: &BootConfig) -> Result<BootDecision, NoBoot> {
-    if client.is_ipxe {
+    // With `ipxe_chainload`, an iPXE that is not the loader is the NIC's ROM (stage 1): it is
+    // treated like a PXE ROM. The loader must be another file than the ROM, or stage 2 would
+    // not exist; a family without a loader boots the script from its ROM.
+    let firmware = client
+        .arch
+        .map_or(Firmware::Bios, |arch| Firmware::from_arch(arch).0);
+    let rom_to_chainload = config.ipxe_chainload
+        && client.is_ipxe
+        && !client.loader_sent
+        && config.loaders.for_firmware(firmware).is_some();
+    if client.is_ipxe && !rom_to_chainload {
         let profile = config.profile_for(client);
         return Ok(BootDecision::IpxeScript {
             url: format!(
@@ -239,7 +260,7 @@ pub fn decide(client: &BootClient, config: &BootConfig) -> Result<BootDecision, 
             ),
         });
     }
-    if !client.is_pxe() && !client.is_http_boot() {
+    if !client.is_pxe() && !client.is_http_boot() && !rom_to_chainload {
         return Err(NoBoot::NotBootClient);
     }
     let (firmware, http_arch) = match client.arch {
@@ -274,6 +295,7 @@ mod tests {
             arch: arch.map(ClientArch::from),
             vendor_class: vc.as_bytes().to_vec(),
             is_ipxe: ipxe,
+            loader_sent: false,
             uuid: None,
         }
     }
@@ -363,6 +385,43 @@ mod tests {
             }
             assert_eq!(decide(&c, &config), want, "{vc} {arch:?} ipxe={ipxe}");
         }
+    }
+
+    #[test]
+    fn chainload_sends_ipxe_roms_to_the_loader_and_the_loader_to_the_script() {
+        let server = Ipv4Addr::new(198, 18, 0, 1);
+        let mut config = BootConfig::new(server, "http://198.18.0.1:8080");
+        config.ipxe_chainload = true;
+        let script = Ok(BootDecision::IpxeScript {
+            url: "http://198.18.0.1:8080/boot.ipxe?mac=52-54-00-ab-cd-ef".into(),
+        });
+        let tftp = |f: &str| {
+            Ok(BootDecision::Chainload {
+                next_server: server,
+                file: f.into(),
+            })
+        };
+        let bios_rom = client("PXEClient:Arch:00000:UNDI:002001", Some(0), true);
+        assert_eq!(decide(&bios_rom, &config), tftp("undionly.kpxe"));
+        let efi_rom = client("PXEClient:Arch:00007:UNDI:003016", Some(7), true);
+        assert_eq!(decide(&efi_rom, &config), tftp("snponly.efi"));
+        // An iPXE without option 60 or 93 (a bare build) is taken for BIOS.
+        assert_eq!(
+            decide(&client("", None, true), &config),
+            tftp("undionly.kpxe")
+        );
+        let loader = BootClient {
+            loader_sent: true,
+            ..bios_rom.clone()
+        };
+        assert_eq!(decide(&loader, &config), script);
+        // No loader for the family: the ROM boots the script itself rather than nothing.
+        config.loaders.bios = None;
+        assert_eq!(decide(&bios_rom, &config), script);
+        // PXE ROMs and UEFI HTTP Boot are not affected.
+        config.loaders = Loaders::default();
+        let pxe = client("PXEClient:Arch:00000:UNDI:002001", Some(0), false);
+        assert_eq!(decide(&pxe, &config), tftp("undionly.kpxe"));
     }
 
     #[test]

@@ -82,6 +82,12 @@ pub struct ServerConfig {
     pub decline_quarantine: Duration,
     /// Replies waiting for `poll_transmit`; beyond this new replies are dropped (and counted).
     pub max_queued: usize,
+    /// With [`BootConfig::ipxe_chainload`]: how long after an iPXE ROM was told to chainload the
+    /// loader the same MAC's iPXE counts as the loader (stage 2) and gets the script. 120 s
+    /// covers the download and iPXE's wait for IPv6 autoconfiguration (the second DISCOVER came
+    /// ~20 s after the ACK under QEMU TCG); a machine that reboots later chainloads again, and
+    /// one that reboots sooner only boots the script from its ROM.
+    pub chainload_window: Duration,
 }
 
 impl ServerConfig {
@@ -93,6 +99,7 @@ impl ServerConfig {
             offer_hold: Duration::from_secs(60),
             decline_quarantine: Duration::from_secs(600),
             max_queued: 4096,
+            chainload_window: Duration::from_secs(120),
         }
     }
 
@@ -324,7 +331,13 @@ pub struct DhcpServer {
     queue: VecDeque<Queued>,
     durable: CommitSeq,
     stats: ServerStats,
+    /// MACs whose iPXE ROM was told to chainload the loader, and when: the per-session marker
+    /// that tells stage 2 from stage 1, which send identical DHCP (see [`BootClient::loader_sent`]).
+    chainloaded: HashMap<[u8; 6], Instant>,
 }
+
+/// Entries in [`DhcpServer::chainloaded`] above which expired ones are swept on insert.
+const CHAINLOADED_SWEEP: usize = 4096;
 
 type Outcome = Result<Handled, DropReason>;
 
@@ -341,6 +354,7 @@ impl DhcpServer {
             queue: VecDeque::new(),
             durable: 0,
             stats: ServerStats::default(),
+            chainloaded: HashMap::new(),
         })
     }
 
@@ -439,11 +453,11 @@ impl DhcpServer {
             _ => return Err(DropReason::UnexpectedMessageType),
         }
         if local.port() == PXE_PORT {
-            return self.pxe_boot_server(src, &req, mt);
+            return self.pxe_boot_server(now, src, &req, mt);
         }
         match &self.config.mode {
             ServerMode::Proxy => match mt {
-                MessageType::Discover => self.proxy_offer(&req),
+                MessageType::Discover => self.proxy_offer(now, &req),
                 _ => Err(DropReason::NotForProxy),
             },
             ServerMode::Authoritative { .. } => match mt {
@@ -451,7 +465,7 @@ impl DhcpServer {
                 MessageType::Request => self.request(now, &req, mac, local.ip(), store),
                 MessageType::Decline => self.decline(now, &req, mac, store),
                 MessageType::Release => self.release(&req, store),
-                _ => self.inform(&req),
+                _ => self.inform(now, &req),
             },
         }
     }
@@ -523,9 +537,29 @@ impl DhcpServer {
         }
     }
 
-    fn boot_decision(&self, req: &Repr) -> Result<BootDecision, NoBoot> {
-        let client = BootClient::from_request(req).ok_or(NoBoot::NotBootClient)?;
+    fn boot_decision(&self, now: Instant, req: &Repr) -> Result<BootDecision, NoBoot> {
+        let mut client = BootClient::from_request(req).ok_or(NoBoot::NotBootClient)?;
+        client.loader_sent = self
+            .chainloaded
+            .get(&client.mac)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.config.chainload_window);
         decide(&client, &self.config.boot)
+    }
+
+    /// Remembers that `req`'s iPXE was told to chainload the loader (the reply that commits it:
+    /// the ACK, or the ProxyDHCP offer), so its next iPXE gets the script.
+    fn note_chainload(&mut self, now: Instant, req: &Repr, decision: &BootDecision) {
+        let is_ipxe = BootClient::from_request(req).is_some_and(|c| c.is_ipxe);
+        let (true, BootDecision::Chainload { .. }, Some(mac)) = (is_ipxe, decision, req.mac())
+        else {
+            return;
+        };
+        if self.chainloaded.len() >= CHAINLOADED_SWEEP {
+            let window = self.config.chainload_window;
+            self.chainloaded
+                .retain(|_, at| now.saturating_duration_since(*at) < window);
+        }
+        self.chainloaded.insert(mac, now);
     }
 
     /// Adds boot instructions. A PXE ROM gets option 43 with PXE_DISCOVERY_CONTROL bit 3 ("boot
@@ -556,24 +590,34 @@ impl DhcpServer {
         }
     }
 
-    fn proxy_offer(&mut self, req: &Repr) -> Outcome {
-        let decision = self.boot_decision(req).map_err(|e| match e {
+    fn proxy_offer(&mut self, now: Instant, req: &Repr) -> Outcome {
+        let decision = self.boot_decision(now, req).map_err(|e| match e {
             NoBoot::NotBootClient => DropReason::NotBootClient,
             NoBoot::UnsupportedArch(_) => DropReason::UnsupportedArch,
         })?;
         let mut reply = self.reply_to(req, MessageType::Offer);
         self.add_boot(&mut reply, &decision);
         let to = Self::destination(req, &reply);
-        self.enqueue(reply, to, None)
+        let outcome = self.enqueue(reply, to, None);
+        if outcome.is_ok() {
+            self.note_chainload(now, req, &decision);
+        }
+        outcome
     }
 
     /// Port 4011 (PXE 2.1 §2.2.4): the client already has an address and asks the boot server
     /// directly; the ACK goes back where the request came from.
-    fn pxe_boot_server(&mut self, src: SocketAddrV4, req: &Repr, mt: MessageType) -> Outcome {
+    fn pxe_boot_server(
+        &mut self,
+        now: Instant,
+        src: SocketAddrV4,
+        req: &Repr,
+        mt: MessageType,
+    ) -> Outcome {
         if !matches!(mt, MessageType::Request | MessageType::Inform) {
             return Err(DropReason::UnexpectedMessageType);
         }
-        let decision = self.boot_decision(req).map_err(|e| match e {
+        let decision = self.boot_decision(now, req).map_err(|e| match e {
             NoBoot::NotBootClient => DropReason::NotBootClient,
             NoBoot::UnsupportedArch(_) => DropReason::UnsupportedArch,
         })?;
@@ -672,11 +716,11 @@ impl DhcpServer {
         reply.options.dns_servers = pool.dns_servers.clone();
     }
 
-    fn add_boot_if_any(&self, reply: &mut Repr, req: &Repr) {
-        // In authoritative mode a non-boot client still gets its address, just no boot file.
-        if let Ok(decision) = self.boot_decision(req) {
-            self.add_boot(reply, &decision);
-        }
+    /// In authoritative mode a non-boot client still gets its address, just no boot file.
+    fn add_boot_if_any(&self, now: Instant, reply: &mut Repr, req: &Repr) -> Option<BootDecision> {
+        let decision = self.boot_decision(now, req).ok()?;
+        self.add_boot(reply, &decision);
+        Some(decision)
     }
 
     /// RFC 2131 §4.3.1: the client's reserved address, else its current binding, else the
@@ -728,7 +772,7 @@ impl DhcpServer {
         let mut reply = self.reply_to(req, MessageType::Offer);
         reply.yiaddr = ip;
         Self::lease_options(&mut reply, pool);
-        self.add_boot_if_any(&mut reply, req);
+        self.add_boot_if_any(now, &mut reply, req);
         let to = Self::destination(req, &reply);
         self.enqueue(reply, to, None)
     }
@@ -807,9 +851,13 @@ impl DhcpServer {
         reply.ciaddr = req.ciaddr;
         reply.yiaddr = ip;
         Self::lease_options(&mut reply, pool);
-        self.add_boot_if_any(&mut reply, req);
+        let decision = self.add_boot_if_any(now, &mut reply, req);
         let to = Self::destination(req, &reply);
-        self.enqueue(reply, to, Some(seq))
+        let outcome = self.enqueue(reply, to, Some(seq));
+        if let (Ok(_), Some(decision)) = (&outcome, decision) {
+            self.note_chainload(now, req, &decision);
+        }
+        outcome
     }
 
     fn server_id_ok(&self, req: &Repr) -> bool {
@@ -864,13 +912,13 @@ impl DhcpServer {
     }
 
     /// RFC 2131 §4.3.5: configuration without an address, unicast to ciaddr.
-    fn inform(&mut self, req: &Repr) -> Outcome {
+    fn inform(&mut self, now: Instant, req: &Repr) -> Outcome {
         let mut reply = self.reply_to(req, MessageType::Ack);
         reply.ciaddr = req.ciaddr;
         if let Some(pool) = self.pool_for(req).map(|i| &self.pools()[i]) {
             Self::subnet_options(&mut reply, pool);
         }
-        self.add_boot_if_any(&mut reply, req);
+        self.add_boot_if_any(now, &mut reply, req);
         self.stats.informs += 1;
         let to = Self::destination(req, &reply);
         self.enqueue(reply, to, None)
@@ -952,6 +1000,71 @@ mod tests {
         r: &Repr,
     ) -> Result<Handled, DropReason> {
         server.handle_datagram(now, from_client(), bcast(), &emit(r), store)
+    }
+
+    /// `ipxe_chainload`: QEMU's iPXE ROM and the `undionly.kpxe` it chainloads send identical
+    /// DHCP (the fixture is the ROM's), so the server remembers whom it told to chainload. The
+    /// ROM's DORA gets the loader, the loader's DORA (20 s later) the script, and the machine
+    /// booting again after the window chainloads again.
+    #[test]
+    fn ipxe_rom_chainloads_the_loader_once_then_gets_the_script() {
+        let mut config = boot();
+        config.ipxe_chainload = true;
+        let mut server = DhcpServer::new(ServerConfig::authoritative(
+            SERVER,
+            config,
+            vec![pool(100, 110)],
+        ))
+        .expect("config");
+        let mut store = MemoryLeaseStore::new();
+        let t0 = Instant::now();
+        let discover = Repr::parse_bytes(IPXE_DISCOVER).expect("fixture");
+        let script = "http://198.18.0.1:8080/boot.ipxe?mac=52-54-00-ab-cd-ef";
+        let dora = |server: &mut DhcpServer, store: &mut MemoryLeaseStore, now: Instant| {
+            handle(server, store, now, &discover).expect("offer");
+            let (_, offer) = next(server, now);
+            let mut req = discover.clone();
+            req.options.message_type = Some(MessageType::Request);
+            req.options.server_id = Some(SERVER);
+            req.options.requested_ip = Some(offer.yiaddr);
+            handle(server, store, now, &req).expect("ack");
+            let (_, ack) = next(server, now);
+            assert_eq!(ack.options.message_type, Some(MessageType::Ack));
+            let file = |r: &Repr| String::from_utf8(r.options.bootfile.clone().unwrap_or_default());
+            (
+                file(&offer).expect("utf-8"),
+                file(&ack).expect("utf-8"),
+                ack.siaddr,
+            )
+        };
+        let (offered, acked, siaddr) = dora(&mut server, &mut store, t0);
+        assert_eq!(
+            (offered.as_str(), acked.as_str()),
+            ("undionly.kpxe", "undionly.kpxe")
+        );
+        assert_eq!(siaddr, SERVER, "next-server for the TFTP download");
+        let stage2 = t0 + Duration::from_secs(20);
+        let (offered, acked, _) = dora(&mut server, &mut store, stage2);
+        assert_eq!((offered.as_str(), acked.as_str()), (script, script));
+        let again = t0 + server.config().chainload_window + Duration::from_secs(1);
+        let (offered, _, _) = dora(&mut server, &mut store, again);
+        assert_eq!(offered, "undionly.kpxe", "a later boot chainloads again");
+
+        // Without the option the ROM boots the script itself.
+        let mut plain = authoritative(vec![pool(100, 110)]);
+        let (offered, acked, _) = dora(&mut plain, &mut MemoryLeaseStore::new(), t0);
+        assert_eq!((offered.as_str(), acked.as_str()), (script, script));
+
+        // ProxyDHCP: the offer is the only reply, and it commits the chainload.
+        let mut config = boot();
+        config.ipxe_chainload = true;
+        let mut proxy = DhcpServer::new(ServerConfig::proxy(SERVER, config)).expect("config");
+        let mut none = MemoryLeaseStore::new();
+        for (now, want) in [(t0, "undionly.kpxe"), (stage2, script)] {
+            handle(&mut proxy, &mut none, now, &discover).expect("proxy offer");
+            let (_, offer) = next(&mut proxy, now);
+            assert_eq!(offer.options.bootfile.as_deref(), Some(want.as_bytes()));
+        }
     }
 
     /// Full DORA for one client; returns the bound address.
