@@ -298,7 +298,11 @@ impl XdpClassifier {
         let key = MacKey::new(mac);
         for name in [DENY_MACS_MAP, ALLOW_MACS_MAP] {
             match self.mac_set(name)?.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                // aya reports a missing key as the syscall's ENOENT.
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(err))
+                    if err.io_error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(map_error(name)(err)),
             }
         }
