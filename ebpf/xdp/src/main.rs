@@ -18,6 +18,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+use core::num::NonZeroU64;
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
@@ -256,17 +258,17 @@ fn dhcp_drop(
     };
     let key = MacKey::new(mac);
     let policy = &config.policy;
-    if DENY_MACS.get_ptr(&key).is_some() {
+    if DENY_MACS.get_ptr(key).is_some() {
         return Some(drop_reason::DENIED_MAC);
     }
-    if policy.known_only != 0 && ALLOW_MACS.get_ptr(&key).is_none() {
+    if policy.known_only != 0 && ALLOW_MACS.get_ptr(key).is_none() {
         return Some(drop_reason::UNKNOWN_MAC);
     }
     // SAFETY: `bpf_ktime_get_ns` has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let rate = u64::from(policy.dhcp_rate_per_sec);
     let burst = u64::from(policy.dhcp_burst);
-    let admitted = match DHCP_BUCKETS.get_ptr_mut(&key) {
+    let admitted = match DHCP_BUCKETS.get_ptr_mut(key) {
         // SAFETY: the pointer comes from the map lookup and stays valid while the program runs
         // (map values are freed only after an RCU grace period); a concurrent update from another
         // CPU can only make the count slightly off, see `DHCP_BUCKETS`.
@@ -276,7 +278,7 @@ fn dhcp_drop(
             let admitted = take_token(&mut bucket, now, rate, burst);
             // A full map evicts its least recently used entry. Should the insert still fail
             // (or race with another CPU inserting the same MAC), this frame passes: fail open.
-            let _ = DHCP_BUCKETS.insert(&key, &bucket, u64::from(BPF_NOEXIST));
+            let _ = DHCP_BUCKETS.insert(key, bucket, u64::from(BPF_NOEXIST));
             admitted
         }
     };
@@ -327,7 +329,7 @@ fn take_token(bucket: &mut TokenBucket, now: u64, rate: u64, burst: u64) -> bool
         // Never used: start full.
         bucket.tokens = burst;
         bucket.last_ns = now;
-    } else if rate != 0 {
+    } else if let Some(rate) = NonZeroU64::new(rate) {
         let elapsed = now.saturating_sub(bucket.last_ns);
         // Time to fill an empty bucket; past it the bucket is full whatever it held. Below it,
         // `elapsed * rate < burst * 1e9 < 2^63`, so the product cannot overflow.
@@ -336,7 +338,7 @@ fn take_token(bucket: &mut TokenBucket, now: u64, rate: u64, burst: u64) -> bool
             bucket.tokens = burst;
             bucket.last_ns = now;
         } else {
-            let earned = elapsed * rate / NS_PER_SEC;
+            let earned = elapsed * rate.get() / NS_PER_SEC;
             if earned > 0 {
                 bucket.tokens += earned;
                 bucket.last_ns += earned * NS_PER_SEC / rate;
