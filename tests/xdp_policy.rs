@@ -1,7 +1,7 @@
 //! The XDP drop policy run by the kernel on crafted frames (BPF_PROG_TEST_RUN): every drop reason
 //! with exact class and drop counters, the per-MAC DHCP token bucket (burst, refill, VLAN tags,
-//! relayed messages), deny and allow lists updated live, known-only mode, TFTP admission, and
-//! what is never dropped (fragments, non-boot traffic, malformed non-boot headers).
+//! messages through a router), deny and allow lists updated live, known-only mode, TFTP
+//! admission, and what is never dropped (fragments, non-boot traffic, malformed non-boot headers).
 mod support;
 
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use support::frames::*;
 const MAC_A: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x0A];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x0B];
 const MAC_C: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x0C];
+const MAC_D: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x0D];
 const RELAY: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 
 fn classifier(test: &str, policy: XdpPolicy) -> Option<XdpClassifier> {
@@ -326,32 +327,48 @@ fn dhcp_bucket_passes_the_burst_then_drops_per_mac() {
 }
 
 #[test]
-fn relayed_dhcp_is_keyed_by_chaddr_not_by_the_relay() {
-    let Some(mut xdp) = classifier("relayed_dhcp_keyed_by_chaddr", no_refill(2, 1)) else {
+fn routed_dhcp_is_keyed_by_chaddr_not_by_the_router() {
+    let Some(mut xdp) = classifier("routed_dhcp_keyed_by_chaddr", no_refill(2, 1)) else {
         return;
     };
-    let relayed = |chaddr| {
+    // From the router's MAC: relayed DISCOVERs (giaddr set) to 67, and unicasts to ProxyDHCP.
+    let via_router = |chaddr, giaddr, dport| {
         ethernet_from(
             RELAY,
             None,
             ETH_P_IP,
-            &dhcp_udp(67, &dhcp_discover_relayed(chaddr, [10, 0, 1, 1])),
+            &dhcp_udp(dport, &dhcp_discover_relayed(chaddr, giaddr)),
         )
     };
     let limited = Some(drop_reason::DHCP_RATE_LIMITED);
-    for client in [MAC_A, MAC_B] {
-        let frame = relayed(client);
-        expect(&xdp, "relayed #0", &frame, class::DHCP_SERVER, None);
-        expect(&xdp, "relayed #1", &frame, class::DHCP_SERVER, None);
-        expect(&xdp, "relayed #2", &frame, class::DHCP_SERVER, limited);
+    for (client, giaddr, dport, class) in [
+        (MAC_A, [10, 0, 1, 1], 67, class::DHCP_SERVER),
+        (MAC_B, [10, 0, 1, 1], 67, class::DHCP_SERVER),
+        (MAC_C, [0; 4], 4011, class::PROXY_DHCP),
+        (MAC_D, [0; 4], 4011, class::PROXY_DHCP),
+    ] {
+        let frame = via_router(client, giaddr, dport);
+        expect(&xdp, "via router #0", &frame, class, None);
+        expect(&xdp, "via router #1", &frame, class, None);
+        expect(&xdp, "via router #2", &frame, class, limited);
     }
-    xdp.deny_mac(MAC_C).expect("deny");
+    xdp.deny_mac(RELAY).expect("deny the router");
+    xdp.deny_mac(MAC_C).expect("deny C");
     expect(
         &xdp,
         "relayed for a denied client",
-        &relayed(MAC_C),
+        &via_router(MAC_C, [10, 0, 1, 1], 67),
         class::DHCP_SERVER,
         Some(drop_reason::DENIED_MAC),
+    );
+    // The router's own MAC is not the machine: denying it does not deny clients behind it.
+    xdp.remove_mac(MAC_C).expect("remove C");
+    expect(
+        &xdp,
+        "relayed for a new client",
+        &via_router([0x52, 0x54, 0, 0, 0, 0xE], [10, 0, 1, 1], 67),
+        class::DHCP_SERVER,
+        None,
     );
 }
 

@@ -80,8 +80,8 @@ const PORT_TFTP: u16 = 69;
 
 /// BOOTP fixed header: op .. file, before the options (RFC 2131 §2, figure 1).
 const BOOTP_FIXED_LEN: usize = 236;
-/// The BOOTP fields read here: op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr,
-/// giaddr (offset 24) and the first six octets of chaddr (offset 28).
+/// The BOOTP fixed header up to the first six octets of chaddr (offset 28); htype and hlen are
+/// octets 1 and 2.
 const BOOTP_READ_LEN: usize = 34;
 const BOOTP_HTYPE_ETHERNET: u8 = 1;
 /// TFTP opcode of a read request (RFC 1350 §5).
@@ -232,8 +232,10 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
 /// Why a DHCP or ProxyDHCP datagram is dropped, if it is. Policy comes before the rate limit, so
 /// a denied machine spends no tokens.
 ///
-/// The machine is the Ethernet source, except for relayed messages (giaddr set, RFC 2131 §4.1):
-/// their Ethernet source is the relay, shared by a whole subnet, so they are keyed by chaddr.
+/// The machine is its chaddr (RFC 2131 §2) when that is an Ethernet address, else the Ethernet
+/// source. Not the Ethernet source first: a relayed message (giaddr set, RFC 2131 §4.1) or a
+/// routed unicast to ProxyDHCP carries the router's MAC, shared by a whole subnet, which would put
+/// every machine behind it in one bucket. For a directly attached client the two are the same.
 #[inline(always)]
 fn dhcp_drop(
     ctx: &XdpContext,
@@ -248,8 +250,7 @@ fn dhcp_drop(
     let Some(bootp) = bytes_at::<BOOTP_READ_LEN>(ctx, payload) else {
         return Some(drop_reason::MALFORMED_BOOT);
     };
-    let relayed = bootp[24] | bootp[25] | bootp[26] | bootp[27] != 0;
-    let mac = if relayed && bootp[1] == BOOTP_HTYPE_ETHERNET && bootp[2] == 6 {
+    let mac = if bootp[1] == BOOTP_HTYPE_ETHERNET && bootp[2] == 6 {
         [
             bootp[28], bootp[29], bootp[30], bootp[31], bootp[32], bootp[33],
         ]
