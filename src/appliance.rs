@@ -278,7 +278,12 @@ fn run(
                     format_http_stats(&http.stats())
                 ),
                 _ = metrics_tick.tick() => {
-                    let xdp = classifier.as_ref().and_then(|c| c.counters().ok());
+                    let xdp = classifier.as_ref().and_then(|c| {
+                        Some(crate::metrics::XdpTotals {
+                            classes: c.counters().ok()?,
+                            drops: c.drops().ok()?,
+                        })
+                    });
                     crate::metrics::publish(
                         control_state.metrics(),
                         &engine.udp_stats(),
@@ -315,6 +320,10 @@ fn run(
         match classifier.counters() {
             Ok(counters) => println!("xdp {counters}"),
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP counters"),
+        }
+        match classifier.drops() {
+            Ok(drops) => println!("xdp_drops {drops}"),
+            Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP drop counters"),
         }
         classifier.detach()?;
     }

@@ -2,8 +2,12 @@
 //! (`/metrics`). Workers keep their own counts and never touch the registry; this copies the
 //! totals in once a second.
 use stampede_control::Metrics;
-use stampede_dataplane::{engine::UdpStats, http_server::HttpStats, xdp::ClassCounters};
-use stampede_ebpf_common::class;
+use stampede_dataplane::{
+    engine::UdpStats,
+    http_server::HttpStats,
+    xdp::{ClassCounters, DropCounters},
+};
+use stampede_ebpf_common::{class, drop_reason};
 
 fn counter(metrics: &Metrics, name: &str, help: &str, labels: &[(&str, &str)], total: u64) {
     match metrics.counter(name, help, labels) {
@@ -23,7 +27,14 @@ fn by_reason(
     }
 }
 
-pub fn publish(metrics: &Metrics, udp: &UdpStats, http: &HttpStats, xdp: Option<&ClassCounters>) {
+/// The XDP program's counters, when it is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct XdpTotals {
+    pub classes: ClassCounters,
+    pub drops: DropCounters,
+}
+
+pub fn publish(metrics: &Metrics, udp: &UdpStats, http: &HttpStats, xdp: Option<&XdpTotals>) {
     let c = |name, help, total| counter(metrics, name, help, &[], total);
     c(
         "stampede_dhcp_received_total",
@@ -135,8 +146,17 @@ pub fn publish(metrics: &Metrics, udp: &UdpStats, http: &HttpStats, xdp: Option<
         &http.rejections,
     );
     if let Some(xdp) = xdp {
+        for (index, name) in drop_reason::NAMES.iter().enumerate() {
+            counter(
+                metrics,
+                "stampede_xdp_dropped_total",
+                "Packets dropped by the XDP program, by reason",
+                &[("reason", name)],
+                xdp.drops.packets(index as u32),
+            );
+        }
         for (index, name) in class::NAMES.iter().enumerate() {
-            let counts = xdp.get(index as u32);
+            let counts = xdp.classes.get(index as u32);
             counter(
                 metrics,
                 "stampede_xdp_packets_total",

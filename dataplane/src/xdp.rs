@@ -1,4 +1,5 @@
-//! The XDP classifier: load, attach (native mode, falling back to generic), read counters, detach.
+//! The XDP classifier: load, attach (native mode, falling back to generic), read counters, change
+//! the drop policy live (deny/allow lists, rate limits, known-only mode), detach.
 //!
 //! The eBPF object is built by this crate's `build.rs` from `ebpf/xdp` and embedded here, so the
 //! binary carries its own programs.
@@ -6,11 +7,12 @@ use std::fmt;
 
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use stampede_ebpf_common::{
-    CLASS_COUNTERS_MAP, CLASSIFIER_PROGRAM, CONFIG_MAP, ClassCounter, XdpConfig, class,
+    ALLOW_MACS_MAP, CLASS_COUNTERS_MAP, CLASSIFIER_PROGRAM, CONFIG_MAP, ClassCounter,
+    DENY_MACS_MAP, DROP_COUNTERS_MAP, MacKey, XdpConfig, XdpPolicy, class, drop_reason,
 };
 
 /// The eBPF object file built from `ebpf/xdp`.
@@ -35,8 +37,10 @@ pub enum XdpError {
     Map {
         name: &'static str,
         #[source]
-        source: Box<aya::maps::MapError>,
+        source: Box<MapError>,
     },
+    #[error("invalid XDP policy: {0}")]
+    InvalidPolicy(&'static str),
     #[error("attaching to interface {iface:?} in {mode} mode failed")]
     Attach {
         iface: String,
@@ -132,6 +136,58 @@ impl fmt::Display for ClassCounters {
     }
 }
 
+/// Packet and byte counts of dropped frames per [`drop_reason`], summed over all CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropCounters {
+    pub by_reason: [ClassCounter; drop_reason::COUNT as usize],
+}
+
+impl DropCounters {
+    /// Counts for one reason (an index from [`drop_reason`]); zero for an unknown index.
+    pub fn get(&self, reason: u32) -> ClassCounter {
+        self.by_reason
+            .get(reason as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub fn packets(&self, reason: u32) -> u64 {
+        self.get(reason).packets
+    }
+
+    /// Dropped frames, all reasons together.
+    pub fn total_packets(&self) -> u64 {
+        self.by_reason.iter().map(|c| c.packets).sum()
+    }
+
+    /// Counts accumulated since `earlier` (saturating, in case the program was reloaded).
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut out = *self;
+        for (now, then) in out.by_reason.iter_mut().zip(earlier.by_reason.iter()) {
+            now.packets = now.packets.saturating_sub(then.packets);
+            now.bytes = now.bytes.saturating_sub(then.bytes);
+        }
+        out
+    }
+}
+
+impl fmt::Display for DropCounters {
+    /// `malformed_boot=0/0B dhcp_rate_limited=4/1368B ...`: one token per reason.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, counter)) in drop_reason::NAMES
+            .iter()
+            .zip(self.by_reason.iter())
+            .enumerate()
+        {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={}/{}B", counter.packets, counter.bytes)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where the classifier is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -147,31 +203,110 @@ pub struct Attachment {
 pub struct XdpClassifier {
     ebpf: Ebpf,
     link: Option<(XdpLinkId, Attachment)>,
+    /// What was last written to the `CONFIG` map.
+    config: XdpConfig,
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> XdpError {
+    move |source| XdpError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn validate(policy: &XdpPolicy) -> Result<(), XdpError> {
+    if policy.dhcp_burst == 0 {
+        return Err(XdpError::InvalidPolicy(
+            "a DHCP burst of 0 would drop every DHCP message",
+        ));
+    }
+    if policy.tftp_burst == 0 {
+        return Err(XdpError::InvalidPolicy(
+            "a TFTP burst of 0 would drop every TFTP read request",
+        ));
+    }
+    Ok(())
 }
 
 impl XdpClassifier {
     /// Loads the classifier into the kernel (verifier included) and writes its configuration.
     pub fn load(config: XdpConfig) -> Result<Self, XdpError> {
-        let mut ebpf = Ebpf::load(ebpf_object()).map_err(|e| XdpError::Load(Box::new(e)))?;
-        let map = ebpf
-            .map_mut(CONFIG_MAP)
-            .ok_or(XdpError::Missing(CONFIG_MAP))?;
-        let mut cfg: Array<_, XdpConfig> =
-            Array::try_from(map).map_err(|source| XdpError::Map {
-                name: CONFIG_MAP,
-                source: Box::new(source),
-            })?;
-        cfg.set(0, config, 0).map_err(|source| XdpError::Map {
-            name: CONFIG_MAP,
-            source: Box::new(source),
-        })?;
-        let mut this = Self { ebpf, link: None };
+        validate(&config.policy)?;
+        let ebpf = Ebpf::load(ebpf_object()).map_err(|e| XdpError::Load(Box::new(e)))?;
+        let mut this = Self {
+            ebpf,
+            link: None,
+            config,
+        };
+        this.write_config(config)?;
         let program = this.program_mut()?;
         program.load().map_err(|source| XdpError::Program {
             name: CLASSIFIER_PROGRAM,
             source: Box::new(source),
         })?;
         Ok(this)
+    }
+
+    fn write_config(&mut self, config: XdpConfig) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(XdpError::Missing(CONFIG_MAP))?;
+        let mut cfg: Array<_, XdpConfig> = Array::try_from(map).map_err(map_error(CONFIG_MAP))?;
+        cfg.set(0, config, 0).map_err(map_error(CONFIG_MAP))?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The configuration in force (HTTP port and drop policy).
+    pub fn config(&self) -> XdpConfig {
+        self.config
+    }
+
+    /// Replaces the drop policy (rate limits, known-only mode) while the program runs: the next
+    /// frame sees it. Buckets keep their tokens, capped at a lowered burst.
+    pub fn set_policy(&mut self, policy: XdpPolicy) -> Result<(), XdpError> {
+        validate(&policy)?;
+        self.write_config(self.config.with_policy(policy))
+    }
+
+    fn mac_set(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, MacKey, u8>, XdpError> {
+        let map = self.ebpf.map_mut(name).ok_or(XdpError::Missing(name))?;
+        HashMap::try_from(map).map_err(map_error(name))
+    }
+
+    /// Puts `mac` on the deny list: its DHCP and ProxyDHCP messages are dropped from the next
+    /// frame on (the deny list wins over the allow list).
+    pub fn deny_mac(&mut self, mac: [u8; 6]) -> Result<(), XdpError> {
+        self.mac_set(DENY_MACS_MAP)?
+            .insert(MacKey::new(mac), 1, 0)
+            .map_err(map_error(DENY_MACS_MAP))
+    }
+
+    /// Puts `mac` on the allow list, which matters in known-only mode.
+    pub fn allow_mac(&mut self, mac: [u8; 6]) -> Result<(), XdpError> {
+        self.mac_set(ALLOW_MACS_MAP)?
+            .insert(MacKey::new(mac), 1, 0)
+            .map_err(map_error(ALLOW_MACS_MAP))
+    }
+
+    /// Takes `mac` off both lists. Removing a MAC that is on neither is not an error.
+    pub fn remove_mac(&mut self, mac: [u8; 6]) -> Result<(), XdpError> {
+        let key = MacKey::new(mac);
+        for name in [DENY_MACS_MAP, ALLOW_MACS_MAP] {
+            match self.mac_set(name)?.remove(&key) {
+                Ok(()) => {}
+                // aya reports a missing key as the syscall's ENOENT.
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(err))
+                    if err.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(map_error(name)(err)),
+            }
+        }
+        Ok(())
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
@@ -274,29 +409,33 @@ impl XdpClassifier {
         self.link.as_ref().map(|(_, a)| a)
     }
 
-    /// Current counters, summed over every possible CPU.
+    /// Current counters per class (every frame, passed or dropped), summed over every possible
+    /// CPU.
     pub fn counters(&self) -> Result<ClassCounters, XdpError> {
-        let name = CLASS_COUNTERS_MAP;
+        let mut out = ClassCounters::default();
+        self.sum_counters(CLASS_COUNTERS_MAP, &mut out.by_class)?;
+        Ok(out)
+    }
+
+    /// Current counters of dropped frames per reason, summed over every possible CPU.
+    pub fn drops(&self) -> Result<DropCounters, XdpError> {
+        let mut out = DropCounters::default();
+        self.sum_counters(DROP_COUNTERS_MAP, &mut out.by_reason)?;
+        Ok(out)
+    }
+
+    fn sum_counters(&self, name: &'static str, out: &mut [ClassCounter]) -> Result<(), XdpError> {
         let map = self.ebpf.map(name).ok_or(XdpError::Missing(name))?;
         let array: PerCpuArray<_, ClassCounter> =
-            PerCpuArray::try_from(map).map_err(|source| XdpError::Map {
-                name,
-                source: Box::new(source),
-            })?;
-        let mut out = ClassCounters::default();
-        for (index, slot) in out.by_class.iter_mut().enumerate() {
-            let per_cpu = array
-                .get(&(index as u32), 0)
-                .map_err(|source| XdpError::Map {
-                    name,
-                    source: Box::new(source),
-                })?;
+            PerCpuArray::try_from(map).map_err(map_error(name))?;
+        for (index, slot) in out.iter_mut().enumerate() {
+            let per_cpu = array.get(&(index as u32), 0).map_err(map_error(name))?;
             for value in per_cpu.iter() {
                 slot.packets += value.packets;
                 slot.bytes += value.bytes;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN`; returns the XDP action.

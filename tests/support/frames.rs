@@ -5,11 +5,21 @@
 pub const SRC_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 pub const BROADCAST: [u8; 6] = [0xFF; 6];
 
-/// Ethernet header with an optional 802.1Q/802.1ad tag.
+/// Ethernet header from [`SRC_MAC`] with an optional 802.1Q/802.1ad tag.
 pub fn ethernet(tag: Option<(u16, u16)>, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    ethernet_from(SRC_MAC, tag, ethertype, payload)
+}
+
+/// Ethernet header from `src` with an optional 802.1Q/802.1ad tag.
+pub fn ethernet_from(
+    src: [u8; 6],
+    tag: Option<(u16, u16)>,
+    ethertype: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(18 + payload.len());
     f.extend_from_slice(&BROADCAST);
-    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&src);
     if let Some((tpid, vid)) = tag {
         f.extend_from_slice(&tpid.to_be_bytes());
         f.extend_from_slice(&vid.to_be_bytes());
@@ -62,15 +72,41 @@ pub fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
 
 /// A minimal BOOTP/DHCP DISCOVER body (fixed header + magic cookie + option 53 + end).
 pub fn dhcp_discover() -> Vec<u8> {
+    dhcp_discover_relayed(SRC_MAC, [0; 4])
+}
+
+/// A DISCOVER body for client `chaddr`, relayed by `giaddr` (all zero: not relayed).
+pub fn dhcp_discover_relayed(chaddr: [u8; 6], giaddr: [u8; 4]) -> Vec<u8> {
     let mut d = vec![0u8; 236];
     d[0] = 1;
     d[1] = 1;
     d[2] = 6;
     d[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
     d[10] = 0x80;
-    d[28..34].copy_from_slice(&SRC_MAC);
+    d[24..28].copy_from_slice(&giaddr);
+    d[28..34].copy_from_slice(&chaddr);
     d.extend_from_slice(&[99, 130, 83, 99, 53, 1, 1, 255]);
     d
+}
+
+/// A complete Ethernet/IPv4/UDP DHCP DISCOVER from `mac` (Ethernet source and chaddr) to `dport`.
+pub fn discover_frame(mac: [u8; 6], tag: Option<(u16, u16)>, dport: u16) -> Vec<u8> {
+    let body = dhcp_discover_relayed(mac, [0; 4]);
+    ethernet_from(
+        mac,
+        tag,
+        ETH_P_IP,
+        &ipv4(IPPROTO_UDP, 0, &[], &udp(68, dport, &body)),
+    )
+}
+
+/// A TFTP read request body (RFC 1350 §5): opcode 1, file name, mode "octet".
+pub fn tftp_rrq(file: &str) -> Vec<u8> {
+    let mut t = vec![0, 1];
+    t.extend_from_slice(file.as_bytes());
+    t.push(0);
+    t.extend_from_slice(b"octet\0");
+    t
 }
 
 pub const ETH_P_IP: u16 = 0x0800;

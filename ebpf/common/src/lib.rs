@@ -35,8 +35,56 @@ pub mod class {
     ];
 }
 
+/// Why the XDP program dropped a frame, as indices into [`DROP_COUNTERS_MAP`].
+///
+/// Every `XDP_DROP` is counted under exactly one reason (STYLE principle 4: an operator must be
+/// able to see why a machine did not boot). Plain integers for the same reason as [`class`].
+pub mod drop_reason {
+    /// A frame to a boot port (UDP 67, 4011, 69) whose lengths do not add up: IPv4 total length
+    /// past the end of the frame, UDP length below 8 or past the IPv4 payload, a DHCP body shorter
+    /// than the BOOTP fixed header (RFC 2131 §2, 236 bytes), a TFTP datagram without an opcode.
+    pub const MALFORMED_BOOT: u32 = 0;
+    /// DHCP or ProxyDHCP from a MAC whose token bucket is empty.
+    pub const DHCP_RATE_LIMITED: u32 = 1;
+    /// DHCP or ProxyDHCP from a MAC on the deny list.
+    pub const DENIED_MAC: u32 = 2;
+    /// DHCP or ProxyDHCP from a MAC not on the allow list while "known machines only" is on.
+    pub const UNKNOWN_MAC: u32 = 3;
+    /// A TFTP read request (RRQ to port 69) beyond the admission limit.
+    pub const TFTP_ADMISSION: u32 = 4;
+    /// Number of reasons; the size of the drop counter map.
+    pub const COUNT: u32 = 5;
+
+    /// Human names, in index order, as used in logs and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "malformed_boot",
+        "dhcp_rate_limited",
+        "denied_mac",
+        "unknown_mac",
+        "tftp_admission",
+    ];
+}
+
 /// Name of the per-CPU array of [`ClassCounter`], indexed by [`class`].
 pub const CLASS_COUNTERS_MAP: &str = "CLASS_COUNTERS";
+/// Name of the per-CPU array of [`ClassCounter`] for dropped frames, indexed by [`drop_reason`].
+pub const DROP_COUNTERS_MAP: &str = "DROP_COUNTERS";
+/// Name of the LRU hash of per-MAC DHCP [`TokenBucket`]s, keyed by [`MacKey`].
+pub const DHCP_BUCKETS_MAP: &str = "DHCP_BUCKETS";
+/// Name of the one-entry array holding the global TFTP admission [`TokenBucket`].
+pub const TFTP_ADMISSION_MAP: &str = "TFTP_ADMISSION";
+/// Name of the hash of denied MACs ([`MacKey`] to a `u8` that is always 1).
+pub const DENY_MACS_MAP: &str = "DENY_MACS";
+/// Name of the hash of known MACs ([`MacKey`] to a `u8` that is always 1).
+pub const ALLOW_MACS_MAP: &str = "ALLOW_MACS";
+
+/// Capacity of [`DHCP_BUCKETS_MAP`]: the least recently seen MAC is evicted beyond it, which only
+/// hands that MAC a full bucket when it comes back.
+pub const DHCP_BUCKETS_CAPACITY: u32 = 65_536;
+/// Capacity of [`DENY_MACS_MAP`].
+pub const DENY_MACS_CAPACITY: u32 = 16_384;
+/// Capacity of [`ALLOW_MACS_MAP`]: the known-machines inventory.
+pub const ALLOW_MACS_CAPACITY: u32 = 65_536;
 /// Name of the one-entry array holding the [`XdpConfig`].
 pub const CONFIG_MAP: &str = "CONFIG";
 /// Name of the XDP program that classifies boot traffic.
@@ -50,6 +98,83 @@ pub struct ClassCounter {
     pub bytes: u64,
 }
 
+/// A MAC address as a hash map key: six octets and explicit zero padding, so the key bytes the
+/// kernel hashes are fully initialised on both sides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub octets: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl MacKey {
+    pub const fn new(octets: [u8; 6]) -> Self {
+        Self {
+            octets,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// A token bucket as kept in a map: whole tokens and the `bpf_ktime_get_ns` time up to which
+/// refills have been credited. `last_ns == 0` means "never used": the bucket starts full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+/// Drop policy of the XDP program, part of [`XdpConfig`] so user space can change it live.
+///
+/// Rates are tokens per second; a rate of 0 means the bucket never refills (only `burst` frames
+/// ever pass), which tests use to be independent of time. A burst of 0 drops everything it
+/// governs; the loader refuses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpPolicy {
+    /// DHCP and ProxyDHCP messages per second per MAC, once the burst is spent.
+    pub dhcp_rate_per_sec: u32,
+    /// DHCP and ProxyDHCP messages a MAC may send back to back.
+    pub dhcp_burst: u32,
+    /// TFTP read requests per second admitted in total (all clients, all CPUs).
+    pub tftp_rate_per_sec: u32,
+    /// TFTP read requests admitted back to back in total.
+    pub tftp_burst: u32,
+    /// Non-zero: DHCP and ProxyDHCP only from MACs on the allow list ("known machines only").
+    pub known_only: u32,
+}
+
+impl XdpPolicy {
+    /// 8 DHCP messages per second per MAC after a burst of 16. Tuned for real clients: a PXE ROM
+    /// sends DISCOVER/REQUEST with 4, 8, 16, 32 s back-off (PXE 2.1), and a full
+    /// DORA plus a ProxyDHCP exchange is about 6 messages, so even a client that restarts its
+    /// boot several times in a second stays inside the burst; a flood from one MAC does not.
+    pub const DEFAULT_DHCP_RATE_PER_SEC: u32 = 8;
+    pub const DEFAULT_DHCP_BURST: u32 = 16;
+    /// 10,000 new TFTP transfers per second after a burst of 20,000: far above what the TFTP
+    /// workers serve, so by default the limit only stops floods, never a booting stampede.
+    pub const DEFAULT_TFTP_RATE_PER_SEC: u32 = 10_000;
+    pub const DEFAULT_TFTP_BURST: u32 = 20_000;
+
+    /// The permissive defaults: generous rate limits, known-only mode off.
+    pub const fn permissive() -> Self {
+        Self {
+            dhcp_rate_per_sec: Self::DEFAULT_DHCP_RATE_PER_SEC,
+            dhcp_burst: Self::DEFAULT_DHCP_BURST,
+            tftp_rate_per_sec: Self::DEFAULT_TFTP_RATE_PER_SEC,
+            tftp_burst: Self::DEFAULT_TFTP_BURST,
+            known_only: 0,
+        }
+    }
+}
+
+impl Default for XdpPolicy {
+    fn default() -> Self {
+        Self::permissive()
+    }
+}
+
 /// Runtime configuration of the classifier, written by user space into [`CONFIG_MAP`] index 0.
 ///
 /// All ports are in host byte order.
@@ -59,18 +184,25 @@ pub struct XdpConfig {
     /// TCP port HTTP boot is served on.
     pub http_port: u16,
     /// Explicit padding so the layout is identical on both sides and fully initialised.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    pub policy: XdpPolicy,
 }
 
 impl XdpConfig {
     /// Default HTTP boot port: 8080, so the appliance does not need port 80 by default.
     pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
+    /// The given HTTP port and the permissive [`XdpPolicy`].
     pub const fn new(http_port: u16) -> Self {
         Self {
             http_port,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            policy: XdpPolicy::permissive(),
         }
+    }
+
+    pub const fn with_policy(self, policy: XdpPolicy) -> Self {
+        Self { policy, ..self }
     }
 }
 
@@ -80,14 +212,32 @@ impl Default for XdpConfig {
     }
 }
 
+// The layouts both sides rely on: no implicit padding anywhere.
+const _: () = assert!(core::mem::size_of::<XdpPolicy>() == 20);
+const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
+const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: `ClassCounter` is `repr(C)`, `Copy`, made of two `u64`s with no padding, and every
     // bit pattern is a valid value.
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::ClassCounter {}
-    // SAFETY: `XdpConfig` is `repr(C)`, `Copy`, a `u16` and an explicit `[u8; 6]` pad (8 bytes,
-    // no implicit padding), and every bit pattern is a valid value.
+    // SAFETY: `XdpConfig` is `repr(C)`, `Copy`, a `u16`, an explicit `[u8; 2]` pad and an
+    // `XdpPolicy` (align 4, so 24 bytes with no implicit padding), and every bit pattern is valid.
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::XdpConfig {}
+    // SAFETY: `XdpPolicy` is `repr(C)`, `Copy`, five `u32`s with no padding, and every bit
+    // pattern is a valid value.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::XdpPolicy {}
+    // SAFETY: `MacKey` is `repr(C)`, `Copy`, eight `u8`s (the padding is an explicit field), and
+    // every bit pattern is a valid value.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::MacKey {}
+    // SAFETY: `TokenBucket` is `repr(C)`, `Copy`, two `u64`s with no padding, and every bit
+    // pattern is a valid value.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::TokenBucket {}
 }
