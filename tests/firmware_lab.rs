@@ -485,3 +485,61 @@ fn ovmf_uefi_pxe_boots_its_per_mac_profile_from_serve_config() {
     }
     profile_boot(Firmware::UefiPxe);
 }
+
+/// Benchmark, not a test (`--ignored`): power-on to kernel marker with the server's IPv6 on,
+/// with Stampede's answer to router solicitations off and on. One machine at a time, so the
+/// figures are not skewed by a second VM sharing the two cores.
+///
+/// `cargo test --test firmware_lab boot_time -- --ignored --nocapture --test-threads 1`
+#[test]
+#[ignore = "benchmark: boots 4 machines one after the other (~3 min)"]
+fn boot_time_with_and_without_router_advertisements() {
+    if !gate("boot_time", Firmware::UefiPxe) || !gate("boot_time", Firmware::Bios) {
+        return;
+    }
+    let payload = payload();
+    let mut rows = Vec::new();
+    for firmware in [Firmware::Bios, Firmware::UefiPxe] {
+        for ra in ["off", "auto"] {
+            let mut lab = BootLab::new().expect("boot lab");
+            for key in [
+                format!("net.ipv6.conf.{}.accept_dad", lab.server_if),
+                "net.ipv6.conf.all.disable_ipv6".to_owned(),
+                format!("net.ipv6.conf.{}.disable_ipv6", lab.server_if),
+            ] {
+                // accept_dad=0: the link-local address is usable at once.
+                lab.server
+                    .sysctl(&key, "0")
+                    .expect("enable IPv6 on the server");
+            }
+            let work = WorkDir::new(&format!("bt-{}-{ra}", firmware.tag())).expect("work dir");
+            let marker = format!("boot-time-{}-{ra}", firmware.tag());
+            let args: Vec<String> = vec![
+                "boot".into(),
+                "--iface".into(),
+                lab.server_if.clone(),
+                "--dhcp-range".into(),
+                dhcp_range(&lab),
+                "--xdp-mode".into(),
+                "off".into(),
+                "--router-advertisements".into(),
+                ra.into(),
+                "--cmdline".into(),
+                cmdline(&marker),
+                payload.kernel.display().to_string(),
+                payload.initrd.display().to_string(),
+            ];
+            let appliance = Appliance::start(&lab, &work, &args);
+            // The responder listens 3 s for other routers before it answers.
+            std::thread::sleep(Duration::from_secs(4));
+            let tap = lab.add_tap().expect("tap");
+            let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
+            let booted = boot_and_wait(&lab, appliance, spec, &marker, "boot time");
+            rows.push((firmware, ra, booted.elapsed));
+        }
+    }
+    eprintln!("\n| firmware | router advertisements | power-on to marker |\n|---|---|---|");
+    for (firmware, ra, elapsed) in rows {
+        eprintln!("| {firmware} | {ra} | {:.1} s |", elapsed.as_secs_f64());
+    }
+}
