@@ -814,7 +814,10 @@ mod tests {
         let t = s.timeline(MacAddr([2, 0, 0, 0, 0, 2])).expect("session");
         assert_eq!(t.summary.events, 3);
         assert_eq!(t.summary.dropped_events, 3);
-        assert_eq!(t.summary.first_unix_ms, 2, "the boot began before the kept events");
+        assert_eq!(
+            t.summary.first_unix_ms, 2,
+            "the boot began before the kept events"
+        );
         assert_eq!(t.timeline[0].event.at_unix_ms, 12);
         assert_eq!(s.stats().evicted_events, 3);
     }

@@ -13,10 +13,10 @@ use crate::audit::{self, AuditEntry, AuditReport};
 use crate::auth::{self, Caller, RandomError, Role, TokenRecord};
 use crate::leases::{self, LeaseRecord};
 use crate::metrics::Metrics;
-use crate::sessions::{BootSessions, SessionLimits};
 use crate::model::{
     BootProfile, FleetSnapshot, Image, ImageSpec, MacAddr, Machine, ValidationError, validate_name,
 };
+use crate::sessions::{BootSessions, SessionLimits};
 use crate::store::{
     self, DbContext, IMAGES, MACHINES, PROFILES, StoreError, TOKENS, decode, encode, read_all,
 };

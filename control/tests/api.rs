@@ -399,9 +399,20 @@ async fn openapi_lists_every_route() {
             .replace("{mac}", "52:54:00:00:00:09")
             .replace("{name}", "nothing")
             .replace("{sha256}", "00");
-        let (status, _) = s
-            .call(method.as_str(), &concrete, Some(&s.admin), None)
-            .await;
+        let status = if *path == "/api/v1/events" {
+            // A stream never ends: read the status, not the body.
+            s.http
+                .get(format!("{}{concrete}", s.url))
+                .bearer_auth(&s.admin)
+                .send()
+                .await
+                .expect("event stream answers")
+                .status()
+        } else {
+            s.call(method.as_str(), &concrete, Some(&s.admin), None)
+                .await
+                .0
+        };
         assert!(
             status != StatusCode::METHOD_NOT_ALLOWED
                 && !(status == StatusCode::NOT_FOUND && concrete == *path),

@@ -56,7 +56,11 @@ pub enum BootEventKind {
         reason: &'static str,
     },
     /// An HTTP boot response was sent (or its body ended).
-    HttpResponse { path: String, status: u16, bytes: u64 },
+    HttpResponse {
+        path: String,
+        status: u16,
+        bytes: u64,
+    },
 }
 
 /// Stage of a boot an event belongs to, in the order a machine normally goes through them.
