@@ -212,7 +212,7 @@ impl BootSessions {
     pub fn list(&self) -> Vec<SessionSummary> {
         let table = self.lock();
         let mut sessions: Vec<_> = table.by_mac.iter().collect();
-        sessions.sort_by(|a, b| b.1.touched.cmp(&a.1.touched));
+        sessions.sort_by_key(|(_, s)| std::cmp::Reverse(s.touched));
         sessions
             .into_iter()
             .map(|(mac, s)| summarize(*mac, s))
@@ -249,14 +249,15 @@ impl BootSessions {
         let event = Arc::new(event);
         table.clock += 1;
         let touched = table.clock;
-        if !table.by_mac.contains_key(&mac) && table.by_mac.len() >= self.limits.max_sessions {
-            if let Some((&idle, _)) = table.by_mac.iter().min_by_key(|(_, s)| s.touched) {
-                let evicted = table.by_mac.remove(&idle);
-                if let Some(ip) = evicted.and_then(|s| s.ip) {
-                    table.forget_ip(ip, idle);
-                }
-                self.counters.evicted_sessions.inc();
+        if !table.by_mac.contains_key(&mac)
+            && table.by_mac.len() >= self.limits.max_sessions
+            && let Some((&idle, _)) = table.by_mac.iter().min_by_key(|(_, s)| s.touched)
+        {
+            let evicted = table.by_mac.remove(&idle);
+            if let Some(ip) = evicted.and_then(|s| s.ip) {
+                table.forget_ip(ip, idle);
             }
+            self.counters.evicted_sessions.inc();
         }
         let session = table
             .by_mac

@@ -225,11 +225,17 @@ mod tests {
             status: 200,
             bytes: 10,
         }));
-        (&*collect).record(event(BootEventKind::TftpFailed {
-            file: "a".into(),
-            bytes: 0,
-            reason: "timeout",
-        }));
+        fn feed(sink: impl EventSink, e: BootEvent) {
+            sink.record(e);
+        }
+        feed(
+            &*collect,
+            event(BootEventKind::TftpFailed {
+                file: "a".into(),
+                bytes: 0,
+                reason: "timeout",
+            }),
+        );
         NoEvents.record(event(BootEventKind::TftpStarted {
             file: "a".into(),
             blksize: 512,
