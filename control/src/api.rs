@@ -5,18 +5,24 @@
 //! tokio's blocking pool (a redb commit fsyncs).
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use axum::{Extension, Json, Router};
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use stampede_proto::events::BootEvent;
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
 
 use crate::auth::{Caller, Role};
 use crate::model::{BootProfile, ImageSpec, MacAddr, Machine, MachineSpec, ProfileSpec};
+use crate::sessions::{BootSessions, EventView, SessionSummary, SessionTimeline};
 use crate::state::{ControlError, ControlState, PutOutcome};
 
 /// Header that tells whether a PUT created, updated or left a resource unchanged.
@@ -103,11 +109,21 @@ pub async fn serve_on(
         tracing::info!(%addr, "control API listening");
     }
     let (app, _) = router(state);
+    // Event streams never end on their own; graceful shutdown would wait for them forever.
+    let (stopping, stop) = watch::channel(false);
+    let app = app.layer(Extension(Stopping(stop)));
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        })
         .await
         .map_err(ServeError::Serve)
 }
+
+/// Tells long-lived responses (`/api/v1/events`) that the server is shutting down.
+#[derive(Debug, Clone)]
+struct Stopping(watch::Receiver<bool>);
 
 /// One served route: what OpenAPI must describe and who may call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +214,9 @@ pub fn router(state: ControlState) -> (Router, Vec<RouteSpec>) {
         delete_image,
     )
     .add(M::GET, "/api/v1/leases", Some(Read), list_leases)
+    .add(M::GET, "/api/v1/sessions", Some(Read), list_sessions)
+    .add(M::GET, "/api/v1/sessions/{mac}", Some(Read), get_session)
+    .add(M::GET, "/api/v1/events", Some(Read), boot_events)
     .add(M::GET, "/api/v1/audit", Some(Read), list_audit)
     .add(M::GET, "/api/v1/audit/verify", Some(Read), verify_audit)
     .add(M::GET, "/api/v1/tokens", Some(Admin), list_tokens)
@@ -530,6 +549,99 @@ async fn delete_image(
 
 async fn list_leases(State(state): State<ControlState>) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || state.leases()).await?).into_response())
+}
+
+async fn list_sessions(State(state): State<ControlState>) -> Json<Vec<SessionSummary>> {
+    Json(state.sessions().list())
+}
+
+async fn get_session(
+    State(state): State<ControlState>,
+    Path(mac): Path<String>,
+) -> Result<Json<SessionTimeline>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    state.sessions().timeline(mac).map(Json).ok_or_else(|| {
+        ApiError::Control(ControlError::NotFound {
+            kind: "boot session",
+            key: mac.to_string(),
+        })
+    })
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Clone, Deserialize)]
+struct EventsQuery {
+    /// Only this machine's events.
+    mac: Option<String>,
+}
+
+/// What the event stream waits on between events.
+struct EventFeed {
+    live: broadcast::Receiver<Arc<BootEvent>>,
+    sessions: Arc<BootSessions>,
+    mac: Option<MacAddr>,
+    stop: Option<watch::Receiver<bool>>,
+}
+
+impl EventFeed {
+    /// The next SSE event, or `None` when the server stops.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            let received = match &mut self.stop {
+                Some(stop) => tokio::select! {
+                    r = self.live.recv() => r,
+                    _ = stop.wait_for(|stopping| *stopping) => return None,
+                },
+                None => self.live.recv().await,
+            };
+            match received {
+                Ok(event) => {
+                    if self.mac.is_some_and(|m| event.mac != Some(m.0)) {
+                        continue;
+                    }
+                    let view = EventView::from(&*event);
+                    return Some(sse_json(Event::default().event(view.kind.name()), &view));
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // The data plane never waits for a reader; tell this one what it lost.
+                    self.sessions.note_missed(missed);
+                    return Some(sse_json(
+                        Event::default().event("lagged"),
+                        &serde_json::json!({ "missed": missed }),
+                    ));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn sse_json(event: Event, data: &impl Serialize) -> Event {
+    // Serializing these plain structs cannot fail; an empty data line beats ending the stream.
+    let json = serde_json::to_string(data).unwrap_or_default();
+    event.data(json)
+}
+
+/// `GET /api/v1/events`: every boot event from now on, as Server-Sent Events.
+async fn boot_events(
+    State(state): State<ControlState>,
+    stopping: Option<Extension<Stopping>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let mac = q.mac.as_deref().map(parse_mac).transpose()?;
+    let sessions = state.sessions().clone();
+    let feed = EventFeed {
+        live: sessions.subscribe(),
+        sessions,
+        mac,
+        stop: stopping.map(|Extension(Stopping(rx))| rx),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let event = feed.next().await?;
+        Some((Ok(event), feed))
+    });
+    // Comments every 15 s keep proxies and NAT from closing an idle stream.
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// Query of `GET /api/v1/audit`.

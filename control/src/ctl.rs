@@ -16,6 +16,7 @@ use crate::audit::AuditReport;
 use crate::model::{
     Arch, BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, ValidationError,
 };
+use crate::sessions::EventView;
 use crate::state::PutOutcome;
 
 #[derive(Debug, Clone, Args)]
@@ -55,6 +56,22 @@ pub enum CtlCommand {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Follow boots live: one line per DHCP reply, TFTP transfer and HTTP response, until
+    /// Ctrl-C, `--count` events or `--timeout` seconds.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct WatchArgs {
+    /// Only this machine (aa:bb:cc:dd:ee:ff).
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Stop after this many events; fewer before `--timeout` is an error.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -155,6 +172,16 @@ pub enum CtlError {
     AuditDamaged(crate::audit::AuditProblem),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("--timeout {timeout_s} s passed after {seen} of {wanted} events")]
+    WatchTimeout {
+        timeout_s: f64,
+        seen: u64,
+        wanted: u64,
+    },
+    #[error("the event stream sent something that is not a boot event: {0}")]
+    BadEvent(String),
+    #[error("invalid --timeout {0}: expected a number of seconds")]
+    BadTimeout(f64),
 }
 
 /// A typed client of the control API.
@@ -268,6 +295,20 @@ impl Client {
             .await
     }
 
+    /// Opens `/api/v1/events` (optionally one machine's); read it with [`EventStream::next`].
+    pub async fn events(&self, mac: Option<&str>) -> Result<EventStream, CtlError> {
+        let path = match mac {
+            Some(mac) => format!("/api/v1/events?mac={mac}"),
+            None => "/api/v1/events".to_owned(),
+        };
+        let response = self.send(reqwest::Method::GET, &path, None::<&()>).await?;
+        Ok(EventStream {
+            url: format!("{}{path}", self.base),
+            response,
+            buf: Vec::new(),
+        })
+    }
+
     pub async fn verify_audit(&self) -> Result<AuditReport, CtlError> {
         self.get("/api/v1/audit/verify").await
     }
@@ -289,6 +330,164 @@ impl Client {
             report.machines.count(self.put_machine(m).await?);
         }
         Ok(report)
+    }
+}
+
+/// One message of a Server-Sent Events stream (WHATWG HTML §9.2.6), as far as the API uses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseMessage {
+    /// `event:`; `message` when absent.
+    pub event: String,
+    /// `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// A response body read as Server-Sent Events.
+#[derive(Debug)]
+pub struct EventStream {
+    url: String,
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next message with data, or `None` when the server ends the stream. Keep-alive
+    /// comments are skipped.
+    pub async fn next(&mut self) -> Result<Option<SseMessage>, CtlError> {
+        loop {
+            if let Some(message) = take_sse_message(&mut self.buf) {
+                if message.data.is_empty() {
+                    continue;
+                }
+                return Ok(Some(message));
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .map_err(|source| CtlError::Http {
+                    url: self.url.clone(),
+                    source,
+                })?;
+            match chunk {
+                Some(bytes) => self.buf.extend_from_slice(&bytes),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Removes the first complete message (ended by a blank line) from `buf`.
+fn take_sse_message(buf: &mut Vec<u8>) -> Option<SseMessage> {
+    // Lines end in \n, \r\n or \r; axum sends \n, so normalize CRs before looking for a blank line.
+    if buf.contains(&b'\r') {
+        let text = String::from_utf8_lossy(buf)
+            .replace("\r\n", "\n")
+            .replace('\r', "\n");
+        *buf = text.into_bytes();
+    }
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    let block: Vec<u8> = buf.drain(..end + 2).collect();
+    let text = String::from_utf8_lossy(&block);
+    let mut message = SseMessage {
+        event: "message".to_owned(),
+        data: String::new(),
+    };
+    let mut data: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => message.event = value.to_owned(),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    message.data = data.join("\n");
+    Some(message)
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
+fn clock_time(unix_ms: u64) -> String {
+    let ms = unix_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+/// One line of `stampede ctl watch`.
+pub fn watch_line(event: &EventView) -> String {
+    let mac = event.mac.map_or_else(|| "-".to_owned(), |m| m.to_string());
+    format!(
+        "{}  {:<17}  {:<21}  {:<13}  {}",
+        clock_time(event.at_unix_ms),
+        mac,
+        event.client,
+        event.kind.name(),
+        event.kind.describe()
+    )
+}
+
+async fn watch(
+    client: &Client,
+    args: WatchArgs,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let deadline = match args.timeout {
+        Some(t) if t.is_finite() && t >= 0.0 => {
+            Some(tokio::time::Instant::now() + std::time::Duration::from_secs_f64(t))
+        }
+        Some(t) => return Err(CtlError::BadTimeout(t)),
+        None => None,
+    };
+    let mut stream = client.events(args.mac.as_deref()).await?;
+    let mut seen = 0;
+    while args.count.is_none_or(|n| seen < n) {
+        let next = async {
+            tokio::select! {
+                m = stream.next() => m,
+                _ = tokio::signal::ctrl_c() => Ok(None),
+            }
+        };
+        let message = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, next).await {
+                Ok(m) => m?,
+                Err(_) => break,
+            },
+            None => next.await?,
+        };
+        let Some(message) = message else { break };
+        if message.event == "lagged" {
+            writeln!(out, "# fell behind: {}", message.data)?;
+            out.flush()?;
+            continue;
+        }
+        let event: EventView = serde_json::from_str(&message.data)
+            .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
+        if json {
+            serde_json::to_writer(&mut *out, &event).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", watch_line(&event))?;
+        }
+        out.flush()?;
+        seen += 1;
+    }
+    match (args.count, args.timeout) {
+        (Some(wanted), Some(timeout_s)) if seen < wanted => Err(CtlError::WatchTimeout {
+            timeout_s,
+            seen,
+            wanted,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -354,6 +553,10 @@ pub struct ApplyReport {
 
 /// Runs one `stampede ctl` command, printing to stdout.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
+    if matches!(args.command, CtlCommand::Watch(_)) {
+        // Lines must appear as events arrive, not when the command ends.
+        return run_to(args, &mut std::io::stdout()).await;
+    }
     let mut out = Vec::new();
     let result = run_to(args, &mut out).await;
     std::io::stdout().write_all(&out)?;
@@ -487,6 +690,7 @@ pub async fn run_to(args: CtlArgs, out: &mut impl Write) -> Result<(), CtlError>
             let outcome = client.put_profile(&spec).await?;
             print_outcome(out, args.json, "profile", &spec.name, outcome)
         }
+        CtlCommand::Watch(watch_args) => watch(&client, watch_args, args.json, out).await,
         CtlCommand::Audit(AuditCommand::Verify) => {
             let report = client.verify_audit().await?;
             if args.json {

@@ -10,6 +10,9 @@
 //!   with group commit; [`DurableLeaseStore::subscribe_durable`] says when held ACKs may go.
 //! - Metrics: the data plane registers counters and gauges in [`Metrics`]; `/metrics` renders
 //!   them.
+//! - Boot events: [`ControlState::sessions`] is the data plane's
+//!   [`EventSink`](stampede_proto::events::EventSink); it keeps per-machine boot timelines for
+//!   `/api/v1/sessions` and streams every event to `/api/v1/events`.
 //!
 //! # Running the API
 //! [`api::serve`] with an [`api::ApiConfig`] (default `127.0.0.1:7070`); the API runs on the
@@ -22,6 +25,7 @@ pub mod leases;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
+pub mod sessions;
 pub mod state;
 mod store;
 
@@ -30,5 +34,6 @@ pub use auth::{Caller, Role};
 pub use leases::{DurableLeaseStore, GroupCommitConfig, LeaseRecord};
 pub use metrics::{Counter, Gauge, Metrics};
 pub use model::{BootProfile, FleetSnapshot, MacAddr, Machine, MachineSpec, ProfileSpec};
+pub use sessions::{BootSessions, SessionLimits};
 pub use state::{ADMIN_TOKEN_ENV, ControlError, ControlState, PutOutcome};
 pub use store::StoreError;

@@ -143,6 +143,62 @@ fn schemas() -> Value {
             "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
                             "created_at_ms": { "type": "integer" } } },
         "Role": { "type": "string", "enum": ["read", "operator", "admin"] },
+        "BootEvent": { "type": "object", "required": ["at_unix_ms", "client", "kind"],
+            "description": "Common fields, then the fields of its kind: dhcp_reply (message, yiaddr, boot_file), tftp_started (file, blksize, windowsize), tftp_done (file, bytes, retransmits, duration_ms), tftp_failed (file, bytes, reason), http_response (path, status, bytes)",
+            "properties": {
+                "at_unix_ms": { "type": "integer", "format": "int64" },
+                "mac": { "type": "string", "nullable": true,
+                         "description": "Null when the client's address maps to no DHCP reply" },
+                "client": { "type": "string", "example": "10.0.0.50:2070" },
+                "kind": { "type": "string", "enum": ["dhcp_reply", "tftp_started", "tftp_done",
+                                                     "tftp_failed", "http_response"] },
+                "message": { "type": "string", "enum": ["offer", "ack", "nak"] },
+                "yiaddr": { "type": "string", "format": "ipv4" },
+                "boot_file": { "type": "string" },
+                "file": { "type": "string" }, "path": { "type": "string" },
+                "blksize": { "type": "integer" }, "windowsize": { "type": "integer" },
+                "bytes": { "type": "integer", "format": "int64" },
+                "retransmits": { "type": "integer" },
+                "duration_ms": { "type": "integer", "format": "int64" },
+                "reason": { "type": "string" }, "status": { "type": "integer" }
+            } },
+        "StageSpan": { "type": "object",
+            "required": ["stage", "first_unix_ms", "last_unix_ms", "events", "bytes", "failures", "retransmits"],
+            "properties": { "stage": { "type": "string", "enum": ["dhcp", "tftp", "http"] },
+                            "first_unix_ms": { "type": "integer", "format": "int64" },
+                            "last_unix_ms": { "type": "integer", "format": "int64" },
+                            "events": { "type": "integer" }, "bytes": { "type": "integer" },
+                            "failures": { "type": "integer" }, "retransmits": { "type": "integer" } } },
+        "StageGap": { "type": "object", "required": ["from", "to", "gap_ms"],
+            "properties": { "from": { "type": "string" }, "to": { "type": "string" },
+                            "gap_ms": { "type": "integer", "format": "int64" } } },
+        "SessionSummary": { "type": "object",
+            "required": ["mac", "boot", "first_unix_ms", "last_unix_ms", "duration_ms", "events",
+                         "dropped_events", "stages", "outcome", "last_event"],
+            "properties": {
+                "mac": { "type": "string" },
+                "ip": { "type": "string", "format": "ipv4", "nullable": true },
+                "boot": { "type": "integer", "description": "1, then +1 each time the machine starts over" },
+                "first_unix_ms": { "type": "integer", "format": "int64" },
+                "last_unix_ms": { "type": "integer", "format": "int64" },
+                "duration_ms": { "type": "integer", "format": "int64" },
+                "events": { "type": "integer" },
+                "dropped_events": { "type": "integer" },
+                "stages": { "type": "array", "items": schema_ref("StageSpan") },
+                "outcome": { "type": "string", "enum": ["ok", "transferring", "failed"] },
+                "last_event": { "type": "string" }
+            } },
+        "TimelineEntry": { "allOf": [schema_ref("BootEvent"), { "type": "object",
+            "required": ["since_prev_ms", "since_start_ms"],
+            "properties": { "since_prev_ms": { "type": "integer", "format": "int64" },
+                            "since_start_ms": { "type": "integer", "format": "int64" } } }] },
+        "SessionTimeline": { "allOf": [schema_ref("SessionSummary"), { "type": "object",
+            "required": ["gaps", "timeline"],
+            "properties": {
+                "gaps": { "type": "array", "items": schema_ref("StageGap") },
+                "longest_wait": { "allOf": [schema_ref("TimelineEntry")], "nullable": true },
+                "timeline": { "type": "array", "items": schema_ref("TimelineEntry") }
+            } }] },
         "NewToken": { "type": "object", "required": ["name", "role"],
             "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } },
         "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
@@ -157,6 +213,7 @@ pub fn document() -> Value {
     let operator = Some("operator");
     let admin = Some("admin");
     let mac = json!([path_param("mac", "aa:bb:cc:dd:ee:ff")]);
+    let mac_param = mac.clone();
     let name = json!([path_param("name", "Profile name")]);
     let sha = json!([path_param("sha256", "Hex SHA-256 of the image")]);
     let token_name = json!([path_param("name", "Token name")]);
@@ -221,6 +278,26 @@ pub fn document() -> Value {
             },
             "/api/v1/leases": {
                 "get": op("Committed DHCP leases", read, json!({ "200": ok("Leases", list_of("Lease")) }))
+            },
+            "/api/v1/sessions": {
+                "get": op("Boot sessions, most recently active first", read,
+                          json!({ "200": ok("Sessions", list_of("SessionSummary")) }))
+            },
+            "/api/v1/sessions/{mac}": {
+                "get": with_params(op("One machine's boot timeline, with the gaps between stages", read,
+                    json!({ "200": ok("Timeline", schema_ref("SessionTimeline")), "400": error("Bad MAC"),
+                            "404": not_found() })), mac_param.clone())
+            },
+            "/api/v1/events": {
+                "get": with_params(op("Boot events as they happen (Server-Sent Events)", read, json!({
+                    "200": { "description": "One SSE event per boot event: `event:` is its kind, \
+                        `data:` a BootEvent as JSON. `event: lagged` with data {\"missed\": n} \
+                        when this reader fell behind.",
+                        "content": { "text/event-stream": { "schema": schema_ref("BootEvent") } } },
+                    "400": error("Bad MAC") })),
+                    json!([{ "name": "mac", "in": "query", "required": false,
+                             "description": "Only this machine's events",
+                             "schema": { "type": "string" } }]))
             },
             "/api/v1/audit": {
                 "get": with_params(op("Audit entries, oldest first", read,

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     BootProfile, FleetSnapshot, Image, ImageSpec, MacAddr, Machine, ValidationError, validate_name,
 };
+use crate::sessions::{BootSessions, SessionLimits};
 use crate::store::{
     self, DbContext, IMAGES, MACHINES, PROFILES, StoreError, TOKENS, decode, encode, read_all,
 };
@@ -76,6 +77,7 @@ struct Inner {
     /// Serializes commit + publish so snapshots are published in commit order.
     writer: Mutex<()>,
     metrics: Metrics,
+    sessions: Arc<BootSessions>,
 }
 
 /// Shared handle to the control plane's state; cloning is cheap.
@@ -87,13 +89,32 @@ pub struct ControlState {
 impl ControlState {
     /// Opens (or creates) the state file.
     pub fn open(path: impl AsRef<Path>, metrics: Metrics) -> Result<Self, StoreError> {
+        Self::open_with_sessions(path, metrics, SessionLimits::default())
+    }
+
+    /// [`Self::open`] keeping boot history within `limits`.
+    pub fn open_with_sessions(
+        path: impl AsRef<Path>,
+        metrics: Metrics,
+        limits: SessionLimits,
+    ) -> Result<Self, StoreError> {
         let db = Database::create(path).db("opening the state file")?;
-        Self::from_db(Arc::new(db), metrics)
+        Self::from_db_with_sessions(Arc::new(db), metrics, limits)
     }
 
     /// Uses an open database, e.g. one shared with a [`leases::DurableLeaseStore`].
     pub fn from_db(db: Arc<Database>, metrics: Metrics) -> Result<Self, StoreError> {
+        Self::from_db_with_sessions(db, metrics, SessionLimits::default())
+    }
+
+    /// [`Self::from_db`] keeping boot history within `limits`.
+    pub fn from_db_with_sessions(
+        db: Arc<Database>,
+        metrics: Metrics,
+        limits: SessionLimits,
+    ) -> Result<Self, StoreError> {
         store::create_tables(&db)?;
+        let sessions = Arc::new(BootSessions::new(limits, &metrics));
         let snapshot = load_snapshot(&db)?;
         let (tx, _) = watch::channel(Arc::new(snapshot));
         let state = Self {
@@ -102,6 +123,7 @@ impl ControlState {
                 snapshot: tx,
                 writer: Mutex::new(()),
                 metrics,
+                sessions,
             }),
         };
         state.update_fleet_gauges();
@@ -114,6 +136,12 @@ impl ControlState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Boot sessions and live events; hand a clone to the data plane as its
+    /// [`EventSink`](stampede_proto::events::EventSink).
+    pub fn sessions(&self) -> &Arc<BootSessions> {
+        &self.inner.sessions
     }
 
     /// The fleet as of the last change.

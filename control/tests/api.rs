@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 use stampede_control::api::{self, RouteSpec};
 use stampede_control::ctl::{self, CtlArgs, CtlCommand};
 use stampede_control::{
-    ControlState, DurableLeaseStore, GroupCommitConfig, Metrics, Role, openapi,
+    ControlState, DurableLeaseStore, GroupCommitConfig, Metrics, Role, SessionLimits, openapi,
 };
-use stampede_proto::dhcp::{ClientKey, Lease, LeaseChange, LeaseState, LeaseStore};
+use stampede_proto::dhcp::{ClientKey, Lease, LeaseChange, LeaseState, LeaseStore, MessageType};
+use stampede_proto::events::{BootEvent, BootEventKind, EventSink};
 use tokio::sync::oneshot;
 
 struct Server {
@@ -32,9 +33,14 @@ impl Drop for Server {
 }
 
 async fn start() -> Server {
+    start_with(SessionLimits::default()).await
+}
+
+async fn start_with(limits: SessionLimits) -> Server {
     let dir = tempfile::tempdir().expect("temporary directory");
     let state =
-        ControlState::open(dir.path().join("state.redb"), Metrics::new()).expect("open state file");
+        ControlState::open_with_sessions(dir.path().join("state.redb"), Metrics::new(), limits)
+            .expect("open state file");
     let admin = state
         .ensure_admin_token(None)
         .expect("bootstrap admin")
@@ -399,9 +405,20 @@ async fn openapi_lists_every_route() {
             .replace("{mac}", "52:54:00:00:00:09")
             .replace("{name}", "nothing")
             .replace("{sha256}", "00");
-        let (status, _) = s
-            .call(method.as_str(), &concrete, Some(&s.admin), None)
-            .await;
+        let status = if *path == "/api/v1/events" {
+            // A stream never ends: read the status, not the body.
+            s.http
+                .get(format!("{}{concrete}", s.url))
+                .bearer_auth(&s.admin)
+                .send()
+                .await
+                .expect("event stream answers")
+                .status()
+        } else {
+            s.call(method.as_str(), &concrete, Some(&s.admin), None)
+                .await
+                .0
+        };
         assert!(
             status != StatusCode::METHOD_NOT_ALLOWED
                 && !(status == StatusCode::NOT_FOUND && concrete == *path),
@@ -681,5 +698,373 @@ async fn ctl_audit_verify_reports_tampering() {
             })
         ),
         "{err}"
+    );
+}
+
+const BOOT_MAC: [u8; 6] = [0x52, 0x54, 0, 0xbb, 0, 1];
+
+fn dhcp_reply(at: u64, mac: [u8; 6], message: MessageType, ip: Ipv4Addr) -> BootEvent {
+    BootEvent {
+        at_unix_ms: at,
+        mac: Some(mac),
+        client: std::net::SocketAddr::from((ip, 68)),
+        kind: BootEventKind::DhcpReply {
+            message,
+            yiaddr: ip,
+            boot_file: "ipxe.efi".into(),
+        },
+    }
+}
+
+/// A TFTP or HTTP event: only the client's address, as the data plane sees it.
+fn from_addr(at: u64, ip: Ipv4Addr, kind: BootEventKind) -> BootEvent {
+    BootEvent {
+        at_unix_ms: at,
+        mac: None,
+        client: std::net::SocketAddr::from((ip, 2070)),
+        kind,
+    }
+}
+
+fn tftp_done(file: &str, bytes: u64) -> BootEventKind {
+    BootEventKind::TftpDone {
+        file: file.into(),
+        bytes,
+        retransmits: 1,
+        duration_ms: 120,
+    }
+}
+
+/// One PXE boot as the data plane reports it, with a slow gap before the HTTP stage.
+fn record_boot(sink: &dyn EventSink, mac: [u8; 6], ip: Ipv4Addr, t0: u64) {
+    sink.record(dhcp_reply(t0, mac, MessageType::Offer, ip));
+    sink.record(dhcp_reply(t0 + 20, mac, MessageType::Ack, ip));
+    sink.record(from_addr(
+        t0 + 300,
+        ip,
+        BootEventKind::TftpStarted {
+            file: "ipxe.efi".into(),
+            blksize: 1468,
+            windowsize: 8,
+        },
+    ));
+    // Reported late by another worker: must still land before the HTTP fetch.
+    sink.record(from_addr(
+        t0 + 2_500,
+        ip,
+        BootEventKind::HttpResponse {
+            path: "/boot.ipxe".into(),
+            status: 200,
+            bytes: 420,
+        },
+    ));
+    sink.record(from_addr(t0 + 420, ip, tftp_done("ipxe.efi", 1_048_576)));
+}
+
+#[tokio::test]
+async fn sessions_show_each_machine_timeline_with_gaps() {
+    let s = start_with(SessionLimits {
+        max_sessions: 2,
+        max_events: 4,
+        live_buffer: 64,
+    })
+    .await;
+    let read = s.token("noc", Role::Read).await;
+    let sink: &dyn EventSink = &**s.state.sessions();
+    let ip = Ipv4Addr::new(198, 18, 1, 10);
+    record_boot(sink, BOOT_MAC, ip, 1_000_000);
+
+    let (status, t) = s
+        .call(
+            "GET",
+            "/api/v1/sessions/52:54:00:bb:00:01",
+            Some(&read),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["ip"], "198.18.1.10");
+    assert_eq!(t["events"], 4, "bounded to 4 events: {t}");
+    assert_eq!(t["dropped_events"], 1, "the Offer was dropped: {t}");
+    assert_eq!(t["first_unix_ms"], 1_000_000, "the boot began at the Offer");
+    let kinds: Vec<&str> = t["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["dhcp_reply", "tftp_started", "tftp_done", "http_response"],
+        "ordered by time, not by arrival"
+    );
+    assert!(
+        t["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .all(|e| e["mac"] == "52:54:00:bb:00:01"),
+        "TFTP and HTTP events mapped to the MAC through the DHCP yiaddr: {t}"
+    );
+    assert_eq!(t["timeline"][2]["bytes"], 1_048_576);
+    assert_eq!(t["timeline"][2]["since_prev_ms"], 120);
+    let gaps: Vec<(&str, &str, u64)> = t["gaps"]
+        .as_array()
+        .expect("gaps")
+        .iter()
+        .map(|g| {
+            (
+                g["from"].as_str().expect("from"),
+                g["to"].as_str().expect("to"),
+                g["gap_ms"].as_u64().expect("gap"),
+            )
+        })
+        .collect();
+    assert_eq!(gaps, [("dhcp", "tftp", 280), ("tftp", "http", 2_080)]);
+    assert_eq!(t["longest_wait"]["kind"], "http_response");
+    assert_eq!(t["outcome"], "ok");
+
+    // Two more machines: the idlest (the first) is evicted.
+    record_boot(
+        sink,
+        [0x52, 0x54, 0, 0xbb, 0, 2],
+        Ipv4Addr::new(198, 18, 1, 11),
+        2_000_000,
+    );
+    sink.record(dhcp_reply(
+        3_000_000,
+        [0x52, 0x54, 0, 0xbb, 0, 3],
+        MessageType::Nak,
+        Ipv4Addr::UNSPECIFIED,
+    ));
+    let (status, list) = s.call("GET", "/api/v1/sessions", Some(&read), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let macs: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|x| x["mac"].as_str().expect("mac"))
+        .collect();
+    assert_eq!(
+        macs,
+        ["52:54:00:bb:00:03", "52:54:00:bb:00:02"],
+        "newest first"
+    );
+    assert_eq!(list[0]["outcome"], "failed", "a Nak: {list}");
+    assert_eq!(list[1]["stages"][1]["stage"], "tftp");
+    assert_eq!(list[1]["stages"][1]["bytes"], 1_048_576);
+    let stats = s.state.sessions().stats();
+    assert_eq!(stats.evicted_sessions, 1);
+    assert!(stats.evicted_events >= 2, "{stats:?}");
+
+    let (status, _) = s
+        .call(
+            "GET",
+            "/api/v1/sessions/52:54:00:bb:00:01",
+            Some(&read),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "evicted");
+    let (status, _) = s
+        .call("GET", "/api/v1/sessions/not-a-mac", Some(&read), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = s.call("GET", "/api/v1/sessions", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Reads SSE messages (`event`, parsed `data`) from a raw response until `n` have arrived.
+async fn read_sse(resp: &mut reqwest::Response, n: usize) -> Vec<(String, Value)> {
+    let mut buf = String::new();
+    let mut messages = Vec::new();
+    while messages.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream readable")
+            .expect("stream still open");
+        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !data.is_empty() {
+                messages.push((event, serde_json::from_str(&data).expect("JSON data")));
+            }
+        }
+    }
+    messages
+}
+
+#[tokio::test]
+async fn events_stream_boot_events_as_server_sent_events() {
+    let s = start().await;
+    let read = s.token("dashboard", Role::Read).await;
+    let sink: &dyn EventSink = &**s.state.sessions();
+
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/events", s.url))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "events need a token"
+    );
+
+    let ip = Ipv4Addr::new(198, 18, 2, 10);
+    // Before anyone subscribes: not replayed on the stream.
+    sink.record(dhcp_reply(1, BOOT_MAC, MessageType::Offer, ip));
+
+    let mut resp = s
+        .http
+        .get(format!("{}/api/v1/events", s.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // The subscription exists once the headers are back.
+    sink.record(dhcp_reply(2, BOOT_MAC, MessageType::Ack, ip));
+    sink.record(from_addr(3, ip, tftp_done("ipxe.efi", 4096)));
+    let got = read_sse(&mut resp, 2).await;
+    assert_eq!(got[0].0, "dhcp_reply");
+    assert_eq!(got[0].1["message"], "ack", "{:?}", got[0]);
+    assert_eq!(got[1].0, "tftp_done");
+    assert_eq!(
+        got[1].1["mac"], "52:54:00:bb:00:01",
+        "resolved from the address"
+    );
+    assert_eq!(got[1].1["bytes"], 4096);
+    assert_eq!(got[1].1["client"], "198.18.2.10:2070");
+
+    // ?mac= keeps one machine's events.
+    let mut one = s
+        .http
+        .get(format!("{}/api/v1/events?mac=52:54:00:bb:00:02", s.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(one.status(), StatusCode::OK);
+    sink.record(from_addr(4, ip, tftp_done("other", 1)));
+    sink.record(dhcp_reply(
+        5,
+        [0x52, 0x54, 0, 0xbb, 0, 2],
+        MessageType::Ack,
+        ip,
+    ));
+    let got = read_sse(&mut one, 1).await;
+    assert_eq!(got[0].1["mac"], "52:54:00:bb:00:02", "{got:?}");
+}
+
+#[tokio::test]
+async fn ctl_watch_prints_events_as_they_arrive() {
+    let s = start().await;
+    let read = s.token("operator-laptop", Role::Read).await;
+    let watch = |count, timeout, json| {
+        let args = s.ctl(
+            &read,
+            json,
+            CtlCommand::Watch(ctl::WatchArgs {
+                mac: None,
+                count: Some(count),
+                timeout: Some(timeout),
+            }),
+        );
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let result = ctl::run_to(args, &mut out).await;
+            (result, String::from_utf8(out).expect("UTF-8"))
+        })
+    };
+    let sessions = s.state.sessions().clone();
+    let wait_for_watchers = |n| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sessions.subscribers() < n {
+            assert!(Instant::now() < deadline, "watch did not subscribe");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+
+    let table = watch(3, 10.0, false);
+    let json = watch(3, 10.0, true);
+    wait_for_watchers(2).await;
+    let sink: &dyn EventSink = &**s.state.sessions();
+    let ip = Ipv4Addr::new(198, 18, 3, 10);
+    sink.record(dhcp_reply(
+        1_700_000_000_000,
+        BOOT_MAC,
+        MessageType::Ack,
+        ip,
+    ));
+    sink.record(from_addr(
+        1_700_000_000_300,
+        ip,
+        tftp_done("ipxe.efi", 2048),
+    ));
+    sink.record(from_addr(
+        1_700_000_002_000,
+        ip,
+        BootEventKind::TftpFailed {
+            file: "undionly.kpxe".into(),
+            bytes: 512,
+            reason: "timeout",
+        },
+    ));
+
+    let (result, out) = table.await.expect("watch task");
+    result.expect("watch ends after --count events");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("22:13:20.000  52:54:00:bb:00:01"),
+        "{out}"
+    );
+    assert!(
+        lines[0].contains("dhcp_reply") && lines[0].contains("ack 198.18.3.10"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("ipxe.efi 2048 B in 120 ms, 1 retransmits"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("tftp_failed") && lines[2].contains("(timeout)"),
+        "{out}"
+    );
+
+    let (result, out) = json.await.expect("watch task");
+    result.expect("watch --json");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2]["reason"], "timeout");
+
+    // Fewer events than --count before --timeout is an error a script can see.
+    let (result, out) = watch(1, 0.2, false).await.expect("watch task");
+    assert!(
+        matches!(
+            result,
+            Err(ctl::CtlError::WatchTimeout {
+                seen: 0,
+                wanted: 1,
+                ..
+            })
+        ),
+        "{result:?} {out}"
     );
 }

@@ -8,6 +8,7 @@
 
 pub mod bootpath;
 pub mod dhcp;
+pub mod events;
 pub mod files;
 pub mod http;
 pub mod ipxe;

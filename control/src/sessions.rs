@@ -1,0 +1,861 @@
+//! Live boot sessions: the data plane's [`BootEvent`]s grouped per machine into the timeline an
+//! operator reads to see where a boot's seconds went, plus a broadcast of every event for
+//! `/api/v1/events` and `stampede ctl watch`.
+//!
+//! Sessions are keyed by MAC. DHCP replies carry it; TFTP and HTTP requests only carry the
+//! client's address, which is mapped back through the `yiaddr` of the last DHCP reply sent to
+//! that MAC. An event from an address no reply handed out is not attributed to a session (it is
+//! still broadcast, and counted).
+//!
+//! Memory is bounded: at most [`SessionLimits::max_sessions`] machines (the one idle longest is
+//! evicted) and [`SessionLimits::max_events`] events per session (the oldest are dropped); both
+//! evictions are counters.
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use stampede_proto::dhcp::MessageType;
+use stampede_proto::events::{BootEvent, BootEventKind, BootStage, EventSink};
+use tokio::sync::broadcast;
+
+use crate::metrics::{Counter, Metrics};
+use crate::model::MacAddr;
+
+/// How much boot history the control plane keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Machines with a session. 4096 covers a rack row re-imaging at once; a session is a few
+    /// kilobytes, so the whole table stays in the tens of megabytes at worst.
+    pub max_sessions: usize,
+    /// Events kept per session. 256 holds a full PXE → iPXE → kernel + initrd boot with room for
+    /// retries; a machine looping on failures keeps its newest events.
+    pub max_events: usize,
+    /// Events buffered for each live subscriber. A subscriber further behind than this misses
+    /// events (and is told how many) instead of slowing the data plane down.
+    pub live_buffer: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 4096,
+            max_events: 256,
+            live_buffer: 1024,
+        }
+    }
+}
+
+/// Every session and the live event stream; the data plane's [`EventSink`].
+#[derive(Debug)]
+pub struct BootSessions {
+    limits: SessionLimits,
+    table: Mutex<SessionTable>,
+    live: broadcast::Sender<Arc<BootEvent>>,
+    counters: SessionCounters,
+}
+
+#[derive(Debug)]
+struct SessionCounters {
+    events: Counter,
+    unattributed: Counter,
+    evicted_sessions: Counter,
+    evicted_events: Counter,
+    lagged: Counter,
+}
+
+#[derive(Debug, Default)]
+struct SessionTable {
+    by_mac: HashMap<MacAddr, Session>,
+    /// Address → MAC, from DHCP replies' `yiaddr`. Only addresses of live sessions are kept.
+    ip_to_mac: HashMap<Ipv4Addr, MacAddr>,
+    /// Bumped on every event; the session with the smallest `touched` is the one idle longest.
+    clock: u64,
+}
+
+impl SessionTable {
+    /// Drops `ip → mac`, unless the address has since been handed to another machine.
+    fn forget_ip(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+        if self.ip_to_mac.get(&ip) == Some(&mac) {
+            self.ip_to_mac.remove(&ip);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    ip: Option<Ipv4Addr>,
+    /// Boots seen for this machine; a DHCP Offer after TFTP or HTTP activity starts a new one.
+    boot: u32,
+    first_unix_ms: u64,
+    last_unix_ms: u64,
+    /// Ordered by `at_unix_ms`; events from different workers may arrive slightly out of order.
+    events: VecDeque<Arc<BootEvent>>,
+    dropped_events: u64,
+    touched: u64,
+}
+
+impl Session {
+    fn new(first_unix_ms: u64) -> Self {
+        Self {
+            ip: None,
+            boot: 1,
+            first_unix_ms,
+            last_unix_ms: first_unix_ms,
+            events: VecDeque::new(),
+            dropped_events: 0,
+            touched: 0,
+        }
+    }
+
+    fn restart(&mut self, at_unix_ms: u64) {
+        self.boot += 1;
+        self.first_unix_ms = at_unix_ms;
+        self.last_unix_ms = at_unix_ms;
+        self.events.clear();
+        self.dropped_events = 0;
+    }
+
+    fn insert(&mut self, event: Arc<BootEvent>, max_events: usize) -> u64 {
+        self.first_unix_ms = self.first_unix_ms.min(event.at_unix_ms);
+        self.last_unix_ms = self.last_unix_ms.max(event.at_unix_ms);
+        // After any event with the same time, so equal stamps keep arrival order.
+        let at = self
+            .events
+            .partition_point(|e| e.at_unix_ms <= event.at_unix_ms);
+        self.events.insert(at, event);
+        let mut dropped = 0;
+        while self.events.len() > max_events.max(1) {
+            self.events.pop_front();
+            dropped += 1;
+        }
+        self.dropped_events += dropped;
+        dropped
+    }
+}
+
+fn counter(metrics: &Metrics, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
+    metrics.counter(name, help, labels).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, name, "boot session counter not exported");
+        Metrics::new()
+            .counter(name, help, labels)
+            .expect("a fresh registry accepts a name the code spells")
+    })
+}
+
+impl BootSessions {
+    /// Sessions whose counters are exported through `metrics`.
+    pub fn new(limits: SessionLimits, metrics: &Metrics) -> Self {
+        let (live, _) = broadcast::channel(limits.live_buffer.max(1));
+        let evicted = "stampede_boot_session_evictions_total";
+        let evicted_help = "Boot history dropped to stay within the session limits";
+        Self {
+            limits,
+            table: Mutex::new(SessionTable::default()),
+            live,
+            counters: SessionCounters {
+                events: counter(
+                    metrics,
+                    "stampede_boot_events_total",
+                    "Boot events reported by the data plane",
+                    &[],
+                ),
+                unattributed: counter(
+                    metrics,
+                    "stampede_boot_events_unattributed_total",
+                    "Boot events from an address no DHCP reply handed out",
+                    &[],
+                ),
+                evicted_sessions: counter(metrics, evicted, evicted_help, &[("what", "session")]),
+                evicted_events: counter(metrics, evicted, evicted_help, &[("what", "event")]),
+                lagged: counter(
+                    metrics,
+                    "stampede_boot_events_missed_by_subscribers_total",
+                    "Live events a slow subscriber missed",
+                    &[],
+                ),
+            },
+        }
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
+    /// A receiver of every event recorded from now on (with its MAC resolved when known).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<BootEvent>> {
+        self.live.subscribe()
+    }
+
+    /// Live subscribers right now (tests wait for a watcher to connect).
+    pub fn subscribers(&self) -> usize {
+        self.live.receiver_count()
+    }
+
+    /// Counts events a subscriber missed because it fell behind.
+    pub fn note_missed(&self, n: u64) {
+        self.counters.lagged.add(n);
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        let sessions = self.lock().by_mac.len();
+        SessionStats {
+            sessions,
+            events: self.counters.events.get(),
+            unattributed_events: self.counters.unattributed.get(),
+            evicted_sessions: self.counters.evicted_sessions.get(),
+            evicted_events: self.counters.evicted_events.get(),
+        }
+    }
+
+    /// Every session, most recently active first.
+    pub fn list(&self) -> Vec<SessionSummary> {
+        let table = self.lock();
+        let mut sessions: Vec<_> = table.by_mac.iter().collect();
+        sessions.sort_by_key(|(_, s)| std::cmp::Reverse(s.touched));
+        sessions
+            .into_iter()
+            .map(|(mac, s)| summarize(*mac, s))
+            .collect()
+    }
+
+    /// One machine's current boot, event by event.
+    pub fn timeline(&self, mac: MacAddr) -> Option<SessionTimeline> {
+        let table = self.lock();
+        let session = table.by_mac.get(&mac)?;
+        Some(timeline(mac, session))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        // A panic while holding the lock leaves at worst one half-inserted event; keep serving.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Files the event under its machine; returns it with the MAC filled in when known.
+    fn file(&self, mut event: BootEvent) -> Arc<BootEvent> {
+        let mut table = self.lock();
+        let table = &mut *table;
+        let mac = match event.mac {
+            Some(mac) => Some(MacAddr(mac)),
+            None => event
+                .client_ipv4()
+                .and_then(|ip| table.ip_to_mac.get(&ip).copied()),
+        };
+        let Some(mac) = mac else {
+            self.counters.unattributed.inc();
+            return Arc::new(event);
+        };
+        event.mac = Some(mac.0);
+        let event = Arc::new(event);
+        table.clock += 1;
+        let touched = table.clock;
+        if !table.by_mac.contains_key(&mac)
+            && table.by_mac.len() >= self.limits.max_sessions
+            && let Some((&idle, _)) = table.by_mac.iter().min_by_key(|(_, s)| s.touched)
+        {
+            let evicted = table.by_mac.remove(&idle);
+            if let Some(ip) = evicted.and_then(|s| s.ip) {
+                table.forget_ip(ip, idle);
+            }
+            self.counters.evicted_sessions.inc();
+        }
+        let session = table
+            .by_mac
+            .entry(mac)
+            .or_insert_with(|| Session::new(event.at_unix_ms));
+        session.touched = touched;
+        // (previous address, new address) once a DHCP reply hands one out.
+        let mut readdressed = None;
+        if let BootEventKind::DhcpReply {
+            message, yiaddr, ..
+        } = &event.kind
+        {
+            let new_boot = *message == MessageType::Offer
+                && session
+                    .events
+                    .iter()
+                    .any(|e| e.kind.stage() != BootStage::Dhcp);
+            if new_boot {
+                session.restart(event.at_unix_ms);
+            }
+            if *message != MessageType::Nak && !yiaddr.is_unspecified() {
+                readdressed = Some((session.ip.replace(*yiaddr), *yiaddr));
+            }
+        }
+        let dropped = session.insert(event.clone(), self.limits.max_events);
+        self.counters.evicted_events.add(dropped);
+        if let Some((old, new)) = readdressed {
+            if let Some(old) = old.filter(|old| *old != new) {
+                table.forget_ip(old, mac);
+            }
+            table.ip_to_mac.insert(new, mac);
+        }
+        event
+    }
+}
+
+impl EventSink for BootSessions {
+    /// One short critical section and a non-blocking broadcast; never waits on a reader.
+    fn record(&self, event: BootEvent) {
+        self.counters.events.inc();
+        let event = self.file(event);
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.live.send(event);
+    }
+}
+
+/// Totals for `/api/v1/sessions` consumers and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub sessions: usize,
+    pub events: u64,
+    pub unattributed_events: u64,
+    pub evicted_sessions: u64,
+    pub evicted_events: u64,
+}
+
+/// A boot event as JSON: the common fields, then `kind` and that kind's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    pub at_unix_ms: u64,
+    pub mac: Option<MacAddr>,
+    pub client: SocketAddr,
+    #[serde(flatten)]
+    pub kind: EventKindView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKindView {
+    DhcpReply {
+        /// `offer`, `ack` or `nak`.
+        message: String,
+        yiaddr: Ipv4Addr,
+        boot_file: String,
+    },
+    TftpStarted {
+        file: String,
+        blksize: u16,
+        windowsize: u16,
+    },
+    TftpDone {
+        file: String,
+        bytes: u64,
+        retransmits: u32,
+        duration_ms: u64,
+    },
+    TftpFailed {
+        file: String,
+        bytes: u64,
+        reason: String,
+    },
+    HttpResponse {
+        path: String,
+        status: u16,
+        bytes: u64,
+    },
+}
+
+impl EventKindView {
+    /// The same name as [`BootEventKind::name`] (the SSE `event:` field).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::DhcpReply { .. } => "dhcp_reply",
+            Self::TftpStarted { .. } => "tftp_started",
+            Self::TftpDone { .. } => "tftp_done",
+            Self::TftpFailed { .. } => "tftp_failed",
+            Self::HttpResponse { .. } => "http_response",
+        }
+    }
+
+    /// One line for a person: what was sent or fetched and how it went.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::DhcpReply {
+                message,
+                yiaddr,
+                boot_file,
+            } => {
+                let mut s = format!("{message} {yiaddr}");
+                if !boot_file.is_empty() {
+                    s.push_str(&format!(" file={boot_file}"));
+                }
+                s
+            }
+            Self::TftpStarted {
+                file,
+                blksize,
+                windowsize,
+            } => format!("{file} blksize={blksize} windowsize={windowsize}"),
+            Self::TftpDone {
+                file,
+                bytes,
+                retransmits,
+                duration_ms,
+            } => format!("{file} {bytes} B in {duration_ms} ms, {retransmits} retransmits"),
+            Self::TftpFailed {
+                file,
+                bytes,
+                reason,
+            } => format!("{file} failed ({reason}) after {bytes} B"),
+            Self::HttpResponse {
+                path,
+                status,
+                bytes,
+            } => format!("{path} {status} {bytes} B"),
+        }
+    }
+}
+
+impl From<&BootEvent> for EventView {
+    fn from(e: &BootEvent) -> Self {
+        let kind = match &e.kind {
+            BootEventKind::DhcpReply {
+                message,
+                yiaddr,
+                boot_file,
+            } => EventKindView::DhcpReply {
+                message: message.as_str().to_owned(),
+                yiaddr: *yiaddr,
+                boot_file: boot_file.clone(),
+            },
+            BootEventKind::TftpStarted {
+                file,
+                blksize,
+                windowsize,
+            } => EventKindView::TftpStarted {
+                file: file.clone(),
+                blksize: *blksize,
+                windowsize: *windowsize,
+            },
+            BootEventKind::TftpDone {
+                file,
+                bytes,
+                retransmits,
+                duration_ms,
+            } => EventKindView::TftpDone {
+                file: file.clone(),
+                bytes: *bytes,
+                retransmits: *retransmits,
+                duration_ms: *duration_ms,
+            },
+            BootEventKind::TftpFailed {
+                file,
+                bytes,
+                reason,
+            } => EventKindView::TftpFailed {
+                file: file.clone(),
+                bytes: *bytes,
+                reason: (*reason).to_owned(),
+            },
+            BootEventKind::HttpResponse {
+                path,
+                status,
+                bytes,
+            } => EventKindView::HttpResponse {
+                path: path.clone(),
+                status: *status,
+                bytes: *bytes,
+            },
+        };
+        Self {
+            at_unix_ms: e.at_unix_ms,
+            mac: e.mac.map(MacAddr),
+            client: e.client,
+            kind,
+        }
+    }
+}
+
+/// How a session stands, judged from its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionOutcome {
+    /// The newest event is a failure: a DHCP Nak, a failed TFTP transfer, an HTTP error.
+    Failed,
+    /// A TFTP transfer started and has not ended.
+    Transferring,
+    /// Nothing has gone wrong so far (the appliance cannot see the OS come up).
+    Ok,
+}
+
+/// One stage's share of a boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSpan {
+    /// `dhcp`, `tftp` or `http`.
+    pub stage: String,
+    pub first_unix_ms: u64,
+    pub last_unix_ms: u64,
+    pub events: usize,
+    /// Bytes delivered (TFTP transfers done or failed, HTTP bodies).
+    pub bytes: u64,
+    pub failures: usize,
+    pub retransmits: u64,
+}
+
+/// Time between the end of one stage and the start of the next (0 if they overlap).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageGap {
+    pub from: String,
+    pub to: String,
+    pub gap_ms: u64,
+}
+
+/// A line of `GET /api/v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub mac: MacAddr,
+    /// The address the last DHCP reply handed out.
+    pub ip: Option<Ipv4Addr>,
+    /// 1 for the first boot seen, then one more each time the machine starts over with DHCP.
+    pub boot: u32,
+    pub first_unix_ms: u64,
+    pub last_unix_ms: u64,
+    pub duration_ms: u64,
+    pub events: usize,
+    /// Events of this boot dropped to stay within the per-session limit.
+    pub dropped_events: u64,
+    pub stages: Vec<StageSpan>,
+    pub outcome: SessionOutcome,
+    /// The newest event, described for a person.
+    pub last_event: String,
+}
+
+/// An event in a timeline, with the time since the previous one and since the boot began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    #[serde(flatten)]
+    pub event: EventView,
+    pub since_prev_ms: u64,
+    pub since_start_ms: u64,
+}
+
+/// `GET /api/v1/sessions/{mac}`: where the seconds of a boot went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTimeline {
+    #[serde(flatten)]
+    pub summary: SessionSummary,
+    pub gaps: Vec<StageGap>,
+    /// The longest wait between two consecutive events, and the event it preceded.
+    pub longest_wait: Option<TimelineEntry>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+fn delivered_bytes(kind: &BootEventKind) -> u64 {
+    match kind {
+        BootEventKind::TftpDone { bytes, .. }
+        | BootEventKind::TftpFailed { bytes, .. }
+        | BootEventKind::HttpResponse { bytes, .. } => *bytes,
+        BootEventKind::DhcpReply { .. } | BootEventKind::TftpStarted { .. } => 0,
+    }
+}
+
+/// Stage spans in the order the stages began.
+fn stage_spans(session: &Session) -> Vec<StageSpan> {
+    let mut spans: Vec<(BootStage, StageSpan)> = Vec::new();
+    for e in &session.events {
+        let stage = e.kind.stage();
+        let i = match spans.iter().position(|(s, _)| *s == stage) {
+            Some(i) => i,
+            None => {
+                spans.push((
+                    stage,
+                    StageSpan {
+                        stage: stage.as_str().to_owned(),
+                        first_unix_ms: e.at_unix_ms,
+                        last_unix_ms: e.at_unix_ms,
+                        events: 0,
+                        bytes: 0,
+                        failures: 0,
+                        retransmits: 0,
+                    },
+                ));
+                spans.len() - 1
+            }
+        };
+        let span = &mut spans[i].1;
+        span.last_unix_ms = span.last_unix_ms.max(e.at_unix_ms);
+        span.events += 1;
+        span.bytes += delivered_bytes(&e.kind);
+        span.failures += usize::from(e.kind.is_failure());
+        if let BootEventKind::TftpDone { retransmits, .. } = e.kind {
+            span.retransmits += u64::from(retransmits);
+        }
+    }
+    spans.into_iter().map(|(_, s)| s).collect()
+}
+
+fn outcome(session: &Session) -> SessionOutcome {
+    let Some(last) = session.events.back() else {
+        return SessionOutcome::Ok;
+    };
+    if last.kind.is_failure() {
+        return SessionOutcome::Failed;
+    }
+    // A transfer is open if its start is newer than every end for the same file from the same
+    // client port (TFTP's transfer identifier, RFC 1350 §4).
+    let mut open: Vec<(&str, SocketAddr)> = Vec::new();
+    for e in &session.events {
+        match &e.kind {
+            BootEventKind::TftpStarted { file, .. } => open.push((file, e.client)),
+            BootEventKind::TftpDone { file, .. } | BootEventKind::TftpFailed { file, .. } => {
+                if let Some(i) = open.iter().position(|(f, c)| f == file && *c == e.client) {
+                    open.remove(i);
+                }
+            }
+            BootEventKind::DhcpReply { .. } | BootEventKind::HttpResponse { .. } => {}
+        }
+    }
+    if open.is_empty() {
+        SessionOutcome::Ok
+    } else {
+        SessionOutcome::Transferring
+    }
+}
+
+fn summarize(mac: MacAddr, s: &Session) -> SessionSummary {
+    SessionSummary {
+        mac,
+        ip: s.ip,
+        boot: s.boot,
+        first_unix_ms: s.first_unix_ms,
+        last_unix_ms: s.last_unix_ms,
+        duration_ms: s.last_unix_ms - s.first_unix_ms,
+        events: s.events.len(),
+        dropped_events: s.dropped_events,
+        stages: stage_spans(s),
+        outcome: outcome(s),
+        last_event: s
+            .events
+            .back()
+            .map(|e| {
+                let v = EventView::from(&**e);
+                format!("{} {}", v.kind.name(), v.kind.describe())
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn timeline(mac: MacAddr, s: &Session) -> SessionTimeline {
+    let summary = summarize(mac, s);
+    let gaps = summary
+        .stages
+        .windows(2)
+        .map(|w| StageGap {
+            from: w[0].stage.clone(),
+            to: w[1].stage.clone(),
+            gap_ms: w[1].first_unix_ms.saturating_sub(w[0].last_unix_ms),
+        })
+        .collect();
+    let mut prev = s.first_unix_ms;
+    let timeline: Vec<TimelineEntry> = s
+        .events
+        .iter()
+        .map(|e| {
+            let entry = TimelineEntry {
+                event: EventView::from(&**e),
+                since_prev_ms: e.at_unix_ms - prev,
+                since_start_ms: e.at_unix_ms - s.first_unix_ms,
+            };
+            prev = e.at_unix_ms;
+            entry
+        })
+        .collect();
+    let longest_wait = timeline
+        .iter()
+        .skip(1)
+        .filter(|e| e.since_prev_ms > 0)
+        .max_by_key(|e| e.since_prev_ms)
+        .cloned();
+    SessionTimeline {
+        summary,
+        gaps,
+        longest_wait,
+        timeline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+
+    fn dhcp(at: u64, mac: [u8; 6], message: MessageType, ip: Ipv4Addr) -> BootEvent {
+        BootEvent {
+            at_unix_ms: at,
+            mac: Some(mac),
+            client: SocketAddr::from((ip, 68)),
+            kind: BootEventKind::DhcpReply {
+                message,
+                yiaddr: ip,
+                boot_file: "ipxe.efi".into(),
+            },
+        }
+    }
+
+    fn from_ip(at: u64, ip: Ipv4Addr, kind: BootEventKind) -> BootEvent {
+        BootEvent {
+            at_unix_ms: at,
+            mac: None,
+            client: SocketAddr::from((ip, 2070)),
+            kind,
+        }
+    }
+
+    fn started(file: &str) -> BootEventKind {
+        BootEventKind::TftpStarted {
+            file: file.into(),
+            blksize: 1468,
+            windowsize: 4,
+        }
+    }
+
+    fn done(file: &str, bytes: u64) -> BootEventKind {
+        BootEventKind::TftpDone {
+            file: file.into(),
+            bytes,
+            retransmits: 2,
+            duration_ms: 40,
+        }
+    }
+
+    fn sessions(max_sessions: usize, max_events: usize) -> BootSessions {
+        BootSessions::new(
+            SessionLimits {
+                max_sessions,
+                max_events,
+                live_buffer: 16,
+            },
+            &Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn a_full_boot_reads_as_stages_with_gaps() {
+        let s = sessions(8, 64);
+        s.record(dhcp(1_000, MAC, MessageType::Offer, IP));
+        s.record(dhcp(1_010, MAC, MessageType::Ack, IP));
+        s.record(from_ip(1_500, IP, started("ipxe.efi")));
+        s.record(from_ip(1_540, IP, done("ipxe.efi", 1_000_000)));
+        s.record(from_ip(
+            4_540,
+            IP,
+            BootEventKind::HttpResponse {
+                path: "/boot.ipxe".into(),
+                status: 200,
+                bytes: 300,
+            },
+        ));
+        let t = s.timeline(MacAddr(MAC)).expect("session exists");
+        assert_eq!(t.summary.ip, Some(IP));
+        assert_eq!(t.summary.events, 5);
+        assert_eq!(t.summary.duration_ms, 3_540);
+        assert_eq!(t.summary.outcome, SessionOutcome::Ok);
+        let stages: Vec<_> = t.summary.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(stages, ["dhcp", "tftp", "http"]);
+        assert_eq!(t.summary.stages[1].bytes, 1_000_000);
+        assert_eq!(t.summary.stages[1].retransmits, 2);
+        let gaps: Vec<_> = t.gaps.iter().map(|g| g.gap_ms).collect();
+        assert_eq!(gaps, [490, 3_000], "DHCP→TFTP, TFTP→HTTP");
+        let wait = t.longest_wait.expect("a longest wait");
+        assert_eq!(wait.since_prev_ms, 3_000);
+        assert_eq!(wait.event.kind.name(), "http_response");
+        assert!(
+            t.timeline.iter().all(|e| e.event.mac == Some(MacAddr(MAC))),
+            "TFTP and HTTP events are attributed through the yiaddr"
+        );
+    }
+
+    #[test]
+    fn out_of_order_events_are_placed_by_time() {
+        let s = sessions(8, 64);
+        s.record(dhcp(1_000, MAC, MessageType::Ack, IP));
+        s.record(from_ip(1_200, IP, done("a", 10)));
+        s.record(from_ip(1_100, IP, started("a")));
+        let t = s.timeline(MacAddr(MAC)).expect("session");
+        let kinds: Vec<_> = t.timeline.iter().map(|e| e.event.kind.name()).collect();
+        assert_eq!(kinds, ["dhcp_reply", "tftp_started", "tftp_done"]);
+    }
+
+    #[test]
+    fn unknown_addresses_are_counted_not_filed() {
+        let s = sessions(8, 64);
+        let mut live = s.subscribe();
+        s.record(from_ip(1, Ipv4Addr::new(10, 9, 9, 9), started("x")));
+        assert!(s.list().is_empty());
+        assert_eq!(s.stats().unattributed_events, 1);
+        let e = live.try_recv().expect("still broadcast");
+        assert_eq!(e.mac, None);
+    }
+
+    #[test]
+    fn limits_evict_the_idlest_session_and_the_oldest_events() {
+        let s = sessions(2, 3);
+        for i in 0..3u8 {
+            s.record(dhcp(
+                u64::from(i),
+                [2, 0, 0, 0, 0, i],
+                MessageType::Ack,
+                Ipv4Addr::new(10, 0, 0, i),
+            ));
+        }
+        let macs: Vec<_> = s.list().iter().map(|x| x.mac.0[5]).collect();
+        assert_eq!(macs, [2, 1], "newest first; machine 0 was evicted");
+        assert_eq!(s.stats().evicted_sessions, 1);
+        // The evicted machine's address no longer maps to it.
+        s.record(from_ip(10, Ipv4Addr::new(10, 0, 0, 0), started("x")));
+        assert_eq!(s.stats().unattributed_events, 1);
+
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        for at in 10..15 {
+            s.record(from_ip(at, ip, started("f")));
+        }
+        let t = s.timeline(MacAddr([2, 0, 0, 0, 0, 2])).expect("session");
+        assert_eq!(t.summary.events, 3);
+        assert_eq!(t.summary.dropped_events, 3);
+        assert_eq!(
+            t.summary.first_unix_ms, 2,
+            "the boot began before the kept events"
+        );
+        assert_eq!(t.timeline[0].event.at_unix_ms, 12);
+        assert_eq!(s.stats().evicted_events, 3);
+    }
+
+    #[test]
+    fn an_offer_after_downloads_starts_a_new_boot() {
+        let s = sessions(8, 64);
+        s.record(dhcp(1_000, MAC, MessageType::Offer, IP));
+        s.record(from_ip(1_100, IP, started("ipxe.efi")));
+        s.record(from_ip(
+            1_200,
+            IP,
+            BootEventKind::TftpFailed {
+                file: "ipxe.efi".into(),
+                bytes: 512,
+                reason: "timeout",
+            },
+        ));
+        assert_eq!(s.list()[0].outcome, SessionOutcome::Failed);
+        s.record(dhcp(9_000, MAC, MessageType::Offer, IP));
+        s.record(from_ip(9_100, IP, started("ipxe.efi")));
+        let t = s.timeline(MacAddr(MAC)).expect("session");
+        assert_eq!(t.summary.boot, 2);
+        assert_eq!(t.summary.first_unix_ms, 9_000);
+        assert_eq!(t.summary.events, 2);
+        assert_eq!(t.summary.outcome, SessionOutcome::Transferring);
+    }
+
+    #[test]
+    fn json_names_the_kind_and_round_trips() {
+        let e = from_ip(5, IP, done("ipxe.efi", 99));
+        let v = EventView::from(&e);
+        let json = serde_json::to_value(&v).expect("serialize");
+        assert_eq!(json["kind"], "tftp_done");
+        assert_eq!(json["bytes"], 99);
+        assert_eq!(json["client"], "10.0.0.50:2070");
+        let back: EventView = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, v);
+    }
+}

@@ -1,0 +1,246 @@
+//! Boot events: what the data plane tells the control plane about each machine's boot, one
+//! message or transfer at a time.
+//!
+//! Plain data, no IO and no clock: the worker that produced the event stamps it with the time it
+//! already read for its protocol core (`at_unix_ms`) and hands it to an [`EventSink`]. The
+//! control plane turns events into per-machine timelines and a live stream; JSON mapping lives
+//! there, so this crate stays free of serde.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::dhcp::MessageType;
+
+/// One step of one machine's boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEvent {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Known for DHCP (`chaddr`); TFTP and HTTP only see the client's address, so it is `None`
+    /// there and the control plane maps the address back to the MAC its DHCP reply handed out.
+    pub mac: Option<[u8; 6]>,
+    /// Where the request came from (for DHCP: where the reply went).
+    pub client: SocketAddr,
+    pub kind: BootEventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootEventKind {
+    /// The server answered a DHCP request.
+    DhcpReply {
+        /// Offer, Ack or Nak.
+        message: MessageType,
+        /// The address handed out (`0.0.0.0` in a Nak).
+        yiaddr: Ipv4Addr,
+        /// Option 67 / `file` as sent; empty if none.
+        boot_file: String,
+    },
+    /// A TFTP read request was accepted, with the negotiated options (RFC 2348, RFC 7440).
+    TftpStarted {
+        file: String,
+        blksize: u16,
+        windowsize: u16,
+    },
+    /// A TFTP transfer's last block was acknowledged.
+    TftpDone {
+        file: String,
+        bytes: u64,
+        retransmits: u32,
+        duration_ms: u64,
+    },
+    /// A TFTP transfer ended without the whole file acknowledged.
+    TftpFailed {
+        file: String,
+        /// Bytes acknowledged before it failed.
+        bytes: u64,
+        /// The drop reason code, as counted in metrics (e.g. `timeout`, `not_found`).
+        reason: &'static str,
+    },
+    /// An HTTP boot response was sent (or its body ended).
+    HttpResponse {
+        path: String,
+        status: u16,
+        bytes: u64,
+    },
+}
+
+/// Stage of a boot an event belongs to, in the order a machine normally goes through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BootStage {
+    Dhcp,
+    Tftp,
+    Http,
+}
+
+impl BootStage {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Dhcp => "dhcp",
+            Self::Tftp => "tftp",
+            Self::Http => "http",
+        }
+    }
+}
+
+impl BootEventKind {
+    /// Stable snake_case name, for the SSE `event:` field, logs and JSON tags.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::DhcpReply { .. } => "dhcp_reply",
+            Self::TftpStarted { .. } => "tftp_started",
+            Self::TftpDone { .. } => "tftp_done",
+            Self::TftpFailed { .. } => "tftp_failed",
+            Self::HttpResponse { .. } => "http_response",
+        }
+    }
+
+    pub const fn stage(&self) -> BootStage {
+        match self {
+            Self::DhcpReply { .. } => BootStage::Dhcp,
+            Self::TftpStarted { .. } | Self::TftpDone { .. } | Self::TftpFailed { .. } => {
+                BootStage::Tftp
+            }
+            Self::HttpResponse { .. } => BootStage::Http,
+        }
+    }
+
+    /// Whether this event reports something going wrong: a DHCP Nak, a failed TFTP transfer, an
+    /// HTTP status of 400 or more.
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Self::DhcpReply { message, .. } => *message == MessageType::Nak,
+            Self::TftpFailed { .. } => true,
+            Self::HttpResponse { status, .. } => *status >= 400,
+            Self::TftpStarted { .. } | Self::TftpDone { .. } => false,
+        }
+    }
+}
+
+impl BootEvent {
+    /// The client's IPv4 address, which TFTP and HTTP events are matched on.
+    pub fn client_ipv4(&self) -> Option<Ipv4Addr> {
+        match self.client.ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+        }
+    }
+}
+
+/// Where the data plane reports boot events.
+///
+/// Workers call [`EventSink::record`] on their hot path, so an implementation must be cheap and
+/// must never block on IO or on a slow reader: drop (and count) rather than wait.
+pub trait EventSink: Send + Sync {
+    fn record(&self, event: BootEvent);
+}
+
+/// Discards every event, for a data plane that runs without a control plane (benchmarks, tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn record(&self, _event: BootEvent) {}
+}
+
+impl<T: EventSink + ?Sized> EventSink for std::sync::Arc<T> {
+    fn record(&self, event: BootEvent) {
+        (**self).record(event);
+    }
+}
+
+impl<T: EventSink + ?Sized> EventSink for &T {
+    fn record(&self, event: BootEvent) {
+        (**self).record(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<BootEvent>>);
+
+    impl EventSink for Collect {
+        fn record(&self, event: BootEvent) {
+            self.0.lock().expect("not poisoned").push(event);
+        }
+    }
+
+    fn event(kind: BootEventKind) -> BootEvent {
+        BootEvent {
+            at_unix_ms: 1,
+            mac: None,
+            client: SocketAddr::from(([10, 0, 0, 5], 2070)),
+            kind,
+        }
+    }
+
+    #[test]
+    fn names_stages_and_failures() {
+        let nak = BootEventKind::DhcpReply {
+            message: MessageType::Nak,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            boot_file: String::new(),
+        };
+        assert_eq!(nak.name(), "dhcp_reply");
+        assert_eq!(nak.stage(), BootStage::Dhcp);
+        assert!(nak.is_failure(), "a Nak is a failure");
+        let done = BootEventKind::TftpDone {
+            file: "ipxe.efi".into(),
+            bytes: 1024,
+            retransmits: 0,
+            duration_ms: 3,
+        };
+        assert_eq!((done.name(), done.stage()), ("tftp_done", BootStage::Tftp));
+        assert!(!done.is_failure());
+        let not_found = BootEventKind::HttpResponse {
+            path: "/x".into(),
+            status: 404,
+            bytes: 0,
+        };
+        assert!(not_found.is_failure(), "HTTP 404 is a failure");
+        assert!(BootStage::Dhcp < BootStage::Tftp && BootStage::Tftp < BootStage::Http);
+    }
+
+    #[test]
+    fn mapped_ipv6_clients_have_an_ipv4_address() {
+        let mut e = event(BootEventKind::TftpStarted {
+            file: "a".into(),
+            blksize: 1468,
+            windowsize: 1,
+        });
+        assert_eq!(e.client_ipv4(), Some(Ipv4Addr::new(10, 0, 0, 5)));
+        e.client = "[::ffff:10.0.0.6]:69".parse().expect("socket address");
+        assert_eq!(e.client_ipv4(), Some(Ipv4Addr::new(10, 0, 0, 6)));
+    }
+
+    #[test]
+    fn sinks_compose_through_arc_and_references() {
+        let collect = Arc::new(Collect::default());
+        let as_dyn: Arc<dyn EventSink> = collect.clone();
+        as_dyn.record(event(BootEventKind::HttpResponse {
+            path: "/boot.ipxe".into(),
+            status: 200,
+            bytes: 10,
+        }));
+        fn feed(sink: impl EventSink, e: BootEvent) {
+            sink.record(e);
+        }
+        feed(
+            &*collect,
+            event(BootEventKind::TftpFailed {
+                file: "a".into(),
+                bytes: 0,
+                reason: "timeout",
+            }),
+        );
+        NoEvents.record(event(BootEventKind::TftpStarted {
+            file: "a".into(),
+            blksize: 512,
+            windowsize: 1,
+        }));
+        assert_eq!(collect.0.lock().expect("not poisoned").len(), 2);
+    }
+}
