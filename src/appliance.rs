@@ -193,6 +193,9 @@ fn run(
         Some(mode) => attach_classifier(&iface, mode, config.server.http_port),
         None => None,
     };
+    // Every boot stage goes to the control plane's per-machine sessions (`/api/v1/sessions`,
+    // the `/api/v1/events` stream, `stampede ctl watch`).
+    let events = stampede_proto::events::Events(Arc::clone(control_state.sessions()) as _);
     // Leases live in the state file: an ACK leaves once its lease is durable, and a restart
     // hands nobody an address another machine holds.
     let leases = stampede_control::DurableLeaseStore::open(
@@ -207,6 +210,7 @@ fn run(
             workers,
             ports: Ports::default(),
             max_transfers_per_worker: config.tftp.max_transfers.div_ceil(workers),
+            events: events.clone(),
         },
         Box::new(leases),
     )
@@ -219,6 +223,7 @@ fn run(
             workers,
             max_connections_per_worker: config.http.max_connections.div_ceil(workers),
             http: config.http.server,
+            events,
             ..HttpServerConfig::default()
         },
         Arc::new(current.clone()),

@@ -1202,6 +1202,38 @@ fn a_profile_change_through_the_api_changes_what_the_machine_boots() {
         !got.contains("initrd --name"),
         "the install profile has no initrd: {got}"
     );
+    // The machine's boot timeline, as the data plane reported it to the control plane.
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let out = lab
+        .server
+        .run(
+            "curl",
+            &[
+                "-sf",
+                "-H",
+                &auth,
+                &format!("{api}/api/v1/sessions/52:54:00:aa:00:01"),
+            ],
+            Duration::from_secs(5),
+        )
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "no session for the machine: {}",
+        out.stderr
+    );
+    for kind in ["dhcp_reply", "http_response"] {
+        assert!(
+            out.stdout.contains(kind),
+            "{kind} missing from the session: {}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout.contains("boot.ipxe"),
+        "the script fetch is in the timeline: {}",
+        out.stdout
+    );
     stop(server);
 }
 

@@ -69,7 +69,7 @@ pub enum HttpServerError {
 }
 
 /// Server tuning; every default says what it is sized for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HttpServerConfig {
     /// Worker threads, each with its own ring and listener. Default: one per available CPU.
     pub workers: usize,
@@ -86,6 +86,8 @@ pub struct HttpServerConfig {
     pub max_unconsumed: usize,
     pub http: ServerConfig,
     pub tcp: TcpWorkerConfig,
+    /// Where each response is reported (the control plane's boot sessions).
+    pub events: stampede_proto::events::Events,
 }
 
 impl Default for HttpServerConfig {
@@ -97,6 +99,7 @@ impl Default for HttpServerConfig {
             max_unconsumed: 64 * 1024,
             http: ServerConfig::default(),
             tcp: TcpWorkerConfig::default(),
+            events: stampede_proto::events::Events::default(),
         }
     }
 }
@@ -233,7 +236,7 @@ impl HttpServer {
             let mut state = WorkerState::new(
                 catalog.clone(),
                 route.clone(),
-                config,
+                config.clone(),
                 stop_rx,
                 stats.clone(),
             );
@@ -591,6 +594,20 @@ impl WorkerState {
                 bytes = transmit.body.len,
                 "http response"
             );
+            self.config
+                .events
+                .record(stampede_proto::events::BootEvent {
+                    at_unix_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    mac: None,
+                    client: session.peer,
+                    kind: stampede_proto::events::BootEventKind::HttpResponse {
+                        path: transmit.target.clone(),
+                        status: transmit.status.0,
+                        bytes: transmit.body.len,
+                    },
+                });
             session.sending += 1;
             self.actions
                 .push(Action::Send(conn, head, transmit.body.bytes()));

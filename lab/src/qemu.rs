@@ -9,8 +9,9 @@
 //!                               └──────────────────────────────┘
 //! ```
 //!
-//! * [`BootLab::new`] builds the picture above (IPv6 off in both namespaces so the server side
-//!   only sees what the guests send); [`BootLab::add_tap`] adds one tap per machine.
+//! * [`BootLab::new`] builds the picture above (IPv6 off in the rack namespace so only the
+//!   guests speak there; on at the server, as on a real boot server, so firmware's router
+//!   solicitations can be answered); [`BootLab::add_tap`] adds one tap per machine.
 //! * [`QemuMachine::start`] runs `qemu-system-x86_64` inside a namespace with the command line
 //!   [`MachineSpec::args`] builds for a [`Firmware`]: SeaBIOS with QEMU's iPXE NIC ROM, OVMF's own
 //!   UEFI PXE client, or OVMF with only UEFI HTTP Boot left. Under TCG (no KVM here); the serial
@@ -394,11 +395,13 @@ impl BootLab {
     pub fn new() -> Result<Self, LabError> {
         let server = Netns::new("bootsrv")?;
         let rack = Netns::new("rack")?;
-        for ns in [&server, &rack] {
-            // Only the guests' own traffic (including their router solicitations) on the link.
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-        }
+        // The rack carries only the guests' own traffic. The server keeps IPv6, as a real boot
+        // server does: firmware solicits routers there (and Stampede may answer), with
+        // duplicate address detection off so its link-local address is usable at once.
+        rack.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        rack.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        server.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        server.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
         let (server_if, rack_if) = veth_pair(&server, &rack)?;
         let subnet = Subnet::allocate();
         server.ip(&["addr", "add", &subnet.cidr(1), "dev", &server_if])?;

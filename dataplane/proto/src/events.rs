@@ -141,6 +141,28 @@ impl EventSink for NoEvents {
     fn record(&self, _event: BootEvent) {}
 }
 
+/// A shared sink as configuration carries it: cloneable, printable, and discarding by default.
+#[derive(Clone)]
+pub struct Events(pub std::sync::Arc<dyn EventSink>);
+
+impl Events {
+    pub fn record(&self, event: BootEvent) {
+        self.0.record(event);
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(NoEvents))
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events(..)")
+    }
+}
+
 impl<T: EventSink + ?Sized> EventSink for std::sync::Arc<T> {
     fn record(&self, event: BootEvent) {
         (**self).record(event);

@@ -63,6 +63,9 @@ pub struct EngineConfig {
     pub ports: Ports,
     /// Transfers one worker runs at once; requests beyond it are dropped (the client retries).
     pub max_transfers_per_worker: usize,
+    /// Where each boot stage is reported (DHCP replies, TFTP transfers): the control plane's
+    /// per-machine sessions. Discarded by default.
+    pub events: stampede_proto::events::Events,
 }
 
 /// The well-known ports, as numbers the engine binds.

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use stampede_proto::{
     dhcp::{self, DhcpServer, LeaseStore, MemoryLeaseStore},
+    events::{BootEvent, BootEventKind, Events},
     tftp::{self, TftpServer, TftpTransfer},
 };
 
@@ -233,6 +234,7 @@ pub(super) fn start(
             Box::new(MemoryLeaseStore::new())
         };
         let mut state = WorkerState::new(index, &current, roles, per_worker_transfers, store)?;
+        state.events = config.events.clone();
         let plan = Arc::clone(plan);
         let stop = Arc::clone(stop);
         let reload = Arc::clone(&reload);
@@ -276,6 +278,7 @@ struct WorkerState {
     buf: Vec<u8>,
     /// Datagrams produced outside a receive callback (timeouts), sent by the loop.
     deferred: Vec<(usize, SocketAddr, Bytes)>,
+    events: Events,
 }
 
 impl WorkerState {
@@ -303,6 +306,7 @@ impl WorkerState {
             stats: UdpStats::default(),
             buf: vec![0u8; TX_BUF_LEN],
             deferred: Vec::new(),
+            events: Events::default(),
         })
     }
 
@@ -404,7 +408,7 @@ impl WorkerState {
                 dhcp_socket
             };
             let Some(socket) = socket else { continue };
-            log_dhcp_reply(reply, destination);
+            report_dhcp_reply(&self.events, reply, destination);
             self.stats.dhcp_replies += 1;
             self.deferred.push((
                 socket,
@@ -485,6 +489,16 @@ impl WorkerState {
                     "tftp transfer started"
                 );
                 self.stats.tftp_transfers_started += 1;
+                self.events.record(BootEvent {
+                    at_unix_ms: unix_ms(),
+                    mac: None,
+                    client: datagram.source,
+                    kind: BootEventKind::TftpStarted {
+                        file: file.clone(),
+                        blksize: params.blksize,
+                        windowsize: params.windowsize,
+                    },
+                });
                 self.transfers
                     .insert(datagram.source, TransferEntry { transfer, file });
                 self.drive_transfer(now, datagram.source, Some(outbox));
@@ -560,6 +574,17 @@ impl WorkerState {
         match outcome.result {
             Ok(()) => {
                 self.stats.tftp_transfers_completed += 1;
+                self.events.record(BootEvent {
+                    at_unix_ms: unix_ms(),
+                    mac: None,
+                    client: peer,
+                    kind: BootEventKind::TftpDone {
+                        file: entry.file.clone(),
+                        bytes: outcome.file_bytes,
+                        retransmits: u32::try_from(outcome.retransmits).unwrap_or(u32::MAX),
+                        duration_ms: outcome.duration.as_millis() as u64,
+                    },
+                });
                 tracing::info!(
                     target: "stampede::boot",
                     client = %peer,
@@ -572,6 +597,16 @@ impl WorkerState {
             }
             Err(failure) => {
                 bump(&mut self.stats.tftp_transfers_failed, failure.as_str());
+                self.events.record(BootEvent {
+                    at_unix_ms: unix_ms(),
+                    mac: None,
+                    client: peer,
+                    kind: BootEventKind::TftpFailed {
+                        file: entry.file.clone(),
+                        bytes: outcome.file_bytes,
+                        reason: failure.as_str(),
+                    },
+                });
                 tracing::warn!(
                     target: "stampede::boot",
                     client = %peer,
@@ -596,26 +631,19 @@ fn request_file_name(datagram: &[u8]) -> String {
     String::from_utf8_lossy(&name[..end]).into_owned()
 }
 
-/// One log line per DHCP reply: which machine, what it was told. Parses our own reply, which
-/// costs less than a microsecond and keeps the core free of logging.
-fn log_dhcp_reply(reply: &[u8], destination: Ipv4Addr) {
-    if !tracing::enabled!(target: "stampede::boot", tracing::Level::INFO) {
-        return;
-    }
+/// Milliseconds since the Unix epoch, for events (wall-clock: operators read these).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One log line and one boot event per DHCP reply: which machine, what it was told. Parses our
+/// own reply, which costs less than a microsecond and keeps the core free of logging.
+fn report_dhcp_reply(events: &Events, reply: &[u8], destination: Ipv4Addr) {
     let Ok(repr) = dhcp::Repr::parse_bytes(reply) else {
         return;
     };
-    let mac = repr.mac().map(|m| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    });
-    let kind = repr
-        .options
-        .message_type
-        .map(|t| format!("{t:?}"))
-        .unwrap_or_default();
     let boot_file = repr
         .options
         .bootfile
@@ -623,13 +651,38 @@ fn log_dhcp_reply(reply: &[u8], destination: Ipv4Addr) {
         .or((!repr.file.is_empty()).then_some(repr.file.as_slice()))
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .unwrap_or_default();
-    tracing::info!(
-        target: "stampede::boot",
-        mac = mac.as_deref().unwrap_or("?"),
-        message = %kind,
-        yiaddr = %repr.yiaddr,
-        to = %destination,
-        boot_file = %boot_file,
-        "dhcp reply"
-    );
+    if tracing::enabled!(target: "stampede::boot", tracing::Level::INFO) {
+        let mac = repr.mac().map(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        });
+        let kind = repr
+            .options
+            .message_type
+            .map(|t| format!("{t:?}"))
+            .unwrap_or_default();
+        tracing::info!(
+            target: "stampede::boot",
+            mac = mac.as_deref().unwrap_or("?"),
+            message = %kind,
+            yiaddr = %repr.yiaddr,
+            to = %destination,
+            boot_file = %boot_file,
+            "dhcp reply"
+        );
+    }
+    if let Some(message) = repr.options.message_type {
+        events.record(BootEvent {
+            at_unix_ms: unix_ms(),
+            mac: repr.mac(),
+            client: SocketAddr::new(destination.into(), dhcp::CLIENT_PORT),
+            kind: BootEventKind::DhcpReply {
+                message,
+                yiaddr: repr.yiaddr,
+                boot_file,
+            },
+        });
+    }
 }
