@@ -75,7 +75,7 @@ pub fn run() -> anyhow::Result<()> {
             "--xdp-mode",
             "auto",
             "--api",
-            "off",
+            DEMO_API,
             "--stats-interval",
             "60",
         ])
@@ -86,6 +86,7 @@ pub fn run() -> anyhow::Result<()> {
         .arg(&payload.initrd)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .env("STAMPEDE_ADMIN_TOKEN", DEMO_TOKEN)
         .stdout(Stdio::from(
             fs::File::create(work.join("stampede.out")).context("stdout file")?,
         ))
@@ -151,7 +152,31 @@ pub fn run() -> anyhow::Result<()> {
     if machine.wait_exit(Duration::from_secs(20)).is_none() {
         println!("   (the guest did not power off within 20 s; stopping QEMU)");
     }
+    let mac = machine.spec().mac.clone();
     drop(machine);
+
+    // The same boot as the control plane recorded it.
+    println!("\n== the machine's boot session from the control API (GET /api/v1/sessions/{mac})");
+    let session = lab.server.run(
+        "curl",
+        &[
+            "-sf",
+            "-H",
+            &format!("Authorization: Bearer {DEMO_TOKEN}"),
+            &format!("http://{DEMO_API}/api/v1/sessions/{mac}"),
+        ],
+        Duration::from_secs(10),
+    );
+    match session {
+        Ok(out) if out.status.success() => print!("{}", indent(&session_summary(&out.stdout))),
+        Ok(out) => println!("   (no session: {})", out.stderr.trim()),
+        Err(err) => println!("   (the API did not answer: {err})"),
+    }
+    println!(
+        "   Where to look on a running appliance: the API at http://{DEMO_API}/api/v1 \
+         (openapi.json, machines, sessions), live boots with `stampede ctl watch`, \
+         Prometheus counters at /metrics."
+    );
 
     println!("\n== stopping stampede (SIGTERM): its final counters");
     stampede.signal(nix::sys::signal::Signal::SIGTERM)?;
@@ -171,6 +196,49 @@ pub fn run() -> anyhow::Result<()> {
     drop(lab);
     println!("\n== lab torn down (namespaces, veth, bridge, tap, work directory)");
     Ok(())
+}
+
+/// Where the demo's appliance serves its control API (loopback of the server namespace).
+const DEMO_API: &str = "127.0.0.1:7070";
+/// The demo appliance's first admin token (`STAMPEDE_ADMIN_TOKEN`): throwaway, like the lab.
+const DEMO_TOKEN: &str = "stampede-demo-token";
+
+/// One line per event of a session timeline (JSON from the API), with the gap before it.
+fn session_summary(json: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return format!("{json}\n");
+    };
+    let events = value["timeline"].as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    for event in events {
+        let gap = event["since_prev_ms"].as_u64().unwrap_or(0);
+        let kind = event["kind"].as_str().unwrap_or("?");
+        let detail = ["message", "path", "file", "boot_file", "status", "bytes"]
+            .iter()
+            .filter_map(|k| {
+                let v = &event[*k];
+                (!v.is_null()).then(|| format!("{k}={}", v.to_string().trim_matches('"')))
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push_str(&format!(
+            "+{:>6.2} s  {kind:<14} {detail}\n",
+            gap as f64 / 1000.0
+        ));
+    }
+    let wait = &value["longest_wait"];
+    if let Some(ms) = wait["since_prev_ms"].as_u64() {
+        let before = wait["kind"].as_str().unwrap_or("?");
+        let message = wait["message"]
+            .as_str()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "longest wait: {:.2} s, before the {before}{message}\n",
+            ms as f64 / 1000.0
+        ));
+    }
+    out
 }
 
 /// Follows a log file, printing the lines that contain a pattern.
