@@ -23,6 +23,7 @@ use std::{
 };
 
 pub mod guest;
+pub mod peers;
 pub mod qemu;
 
 /// Prefix of every namespace the lab creates: `stampede-<pid>-<seq>-<tag>`.

@@ -9,7 +9,6 @@
 //! every wait. On failure the panic message carries the console tail and dnsmasq's log.
 use std::{
     fs,
-    path::PathBuf,
     sync::{Condvar, Mutex},
     time::{Duration, Instant},
 };
@@ -17,6 +16,7 @@ use std::{
 use stampede_lab::{
     Process,
     guest::{INITRD_NAME, Payload},
+    peers,
     qemu::{BootLab, Firmware, MachineError, MachineSpec, QemuMachine, WorkDir},
     require,
 };
@@ -128,102 +128,13 @@ fn a_guest_without_marker_is_reported_with_its_console() {
     }
 }
 
-/// dnsmasq as DHCP + TFTP server in the lab's server namespace, logging to a file.
-struct Dnsmasq {
-    _process: Process,
-    log: PathBuf,
-}
-
-impl Dnsmasq {
-    /// `--no-ping`: the realistic fast setting (LAB.md: the ping costs ~3 s per offer).
-    /// `ipxe_script` is the boot file handed to iPXE (stage 2): a TFTP name or an HTTP URL.
-    fn start(
-        lab: &BootLab,
-        work: &WorkDir,
-        tftp_root: &std::path::Path,
-        ipxe_script: &str,
-    ) -> Self {
-        let log = work.join("dnsmasq.log");
-        let (low, high) = lab.dhcp_range();
-        let server = lab.server_ip();
-        let args = [
-            "--keep-in-foreground".to_owned(),
-            "--conf-file=/dev/null".to_owned(),
-            "--port=0".to_owned(), // no DNS
-            format!("--interface={}", lab.server_if),
-            "--bind-interfaces".to_owned(),
-            format!("--dhcp-range={low},{high},255.255.255.0,10m"),
-            format!("--dhcp-leasefile={}", work.join("leases").display()),
-            "--no-ping".to_owned(),
-            "--log-dhcp".to_owned(),
-            format!("--log-facility={}", log.display()),
-            "--enable-tftp".to_owned(),
-            format!("--tftp-root={}", tftp_root.display()),
-            // Stage 2 (iPXE, which sends option 175) gets the script; stage 1 gets iPXE itself.
-            "--dhcp-match=set:ipxe,175".to_owned(),
-            "--dhcp-match=set:efi64,option:client-arch,7".to_owned(),
-            // UEFI HTTP Boot: the offer must echo vendor class `HTTPClient` and carry a URL.
-            "--dhcp-vendorclass=set:http,HTTPClient".to_owned(),
-            "--dhcp-option-force=tag:http,tag:!ipxe,60,HTTPClient".to_owned(),
-            format!("--dhcp-boot=tag:ipxe,{ipxe_script}"),
-            format!("--dhcp-boot=tag:!ipxe,tag:http,http://{server}/snponly.efi"),
-            format!("--dhcp-boot=tag:!ipxe,tag:!http,tag:efi64,snponly.efi,,{server}"),
-            format!("--dhcp-boot=tag:!ipxe,tag:!http,tag:!efi64,undionly.kpxe,,{server}"),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = lab
-            .server
-            .spawn("dnsmasq", &args)
-            .unwrap_or_else(|err| panic!("dnsmasq: {err}"));
-        // dnsmasq creates the log at start-up; wait for it so a bad flag fails here.
-        let started =
-            stampede_lab::wait_for(Duration::from_secs(10), || log.exists().then_some(()));
-        assert!(
-            started.is_some(),
-            "dnsmasq did not start (no {})",
-            log.display()
-        );
-        Self {
-            _process: process,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_else(|err| format!("(no log: {err})"))
-    }
-}
-
-/// The iPXE script: kernel and initramfs from the same TFTP server, marker on the cmdline.
-fn boot_script(payload: &Payload, marker: &str) -> String {
-    format!(
-        "#!ipxe\necho Stampede lab: booting {marker}\nkernel vmlinuz {cmdline}\n\
-         initrd {INITRD_NAME}\nboot\n",
-        cmdline = payload.cmdline(marker)
-    )
-}
-
 /// Boots one machine with `firmware` from dnsmasq and returns the time from QEMU start to marker.
 fn pxe_boot_from_dnsmasq(firmware: Firmware) -> Duration {
     let payload = payload();
     let mut lab = BootLab::new().expect("boot lab");
     let work = WorkDir::new(firmware.tag()).expect("work dir");
-    let root = work.subdir("tftp").expect("tftp root");
     let marker = format!("{firmware}-{}", std::process::id());
-    work.copy_in(&root, "vmlinuz", &payload.kernel)
-        .expect("kernel");
-    work.copy_in(&root, INITRD_NAME, &payload.initrd)
-        .expect("initrd");
-    work.copy_in(&root, "snponly.efi", "/usr/lib/ipxe/snponly.efi".as_ref())
-        .expect("snponly.efi");
-    work.copy_in(
-        &root,
-        "undionly.kpxe",
-        "/usr/lib/ipxe/undionly.kpxe".as_ref(),
-    )
-    .expect("undionly.kpxe");
-    work.write(&root, "boot.ipxe", boot_script(&payload, &marker))
-        .expect("script");
+    let root = peers::tftp_root(&work, &payload, &marker).expect("tftp root");
     // UEFI HTTP Boot fetches snponly.efi over HTTP, and iPXE then takes the script (and with
     // it kernel and initramfs) from the same web server; the other paths stay on TFTP.
     let httpd_log = work.join("httpd.log");
@@ -241,7 +152,7 @@ fn pxe_boot_from_dnsmasq(firmware: Firmware) -> Duration {
     } else {
         (None, "boot.ipxe".to_owned())
     };
-    let dnsmasq = Dnsmasq::start(&lab, &work, &root, &ipxe_script);
+    let dnsmasq = peers::Dnsmasq::start(&lab, &work, &root, &ipxe_script).expect("dnsmasq");
     let tap = lab.add_tap().expect("tap");
     let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
 
