@@ -18,7 +18,6 @@ use std::{
     fs,
     path::PathBuf,
     process::Stdio,
-    sync::{Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -35,38 +34,6 @@ const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
 /// One boot alone takes 25-45 s under TCG; with two guests sharing two cores UEFI boots were
 /// measured at 44-46 s (lab/tests/qemu_lab.rs).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-const MAX_MACHINES: usize = 2;
-
-/// A counting semaphore: cargo runs this file's tests on parallel threads.
-struct MachineSlots {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-static SLOTS: MachineSlots = MachineSlots {
-    free: Mutex::new(MAX_MACHINES),
-    freed: Condvar::new(),
-};
-
-struct Slot;
-
-impl MachineSlots {
-    fn take(&'static self) -> Slot {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        SLOTS.freed.notify_one();
-    }
-}
 
 const PROGRAMS: &[&str] = &[
     "qemu-system-x86_64",
@@ -223,7 +190,7 @@ fn boot_and_wait(
 ) -> Booted {
     let firmware = spec.firmware;
     let queued = Instant::now();
-    let _slot = SLOTS.take();
+    let _slot = stampede_lab::qemu::machine_slot();
     let mut machine: QemuMachine = lab.start_machine(spec).expect("qemu starts");
     let seen = machine.wait_for_marker(BOOT_TIMEOUT).unwrap_or_else(|err| {
         panic!(
@@ -554,7 +521,7 @@ fn boot_time_with_and_without_router_advertisements() {
             stampede_lab::peers::Dnsmasq::start(&lab, &work, &root, "boot.ipxe").expect("dnsmasq");
         let tap = lab.add_tap().expect("tap");
         let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
-        let _slot = SLOTS.take();
+        let _slot = stampede_lab::qemu::machine_slot();
         let mut machine = lab.start_machine(spec).expect("qemu starts");
         let seen = machine
             .wait_for_marker(BOOT_TIMEOUT)

@@ -481,27 +481,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
     })?;
     let stdout = child.stdout.take().map(drain);
     let stderr = child.stderr.take().map(drain);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(LabError::Timeout {
-                    command: described,
-                    timeout,
-                });
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(5)),
-            Err(source) => {
-                return Err(LabError::Spawn {
-                    command: described,
-                    source,
-                });
-            }
-        }
-    };
+    let status = wait_or_kill(&mut child, timeout, &described)?;
     let collect = |h: Option<thread::JoinHandle<String>>| {
         h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
     };
@@ -511,6 +491,31 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
         stdout: collect(stdout),
         stderr: collect(stderr),
     })
+}
+
+/// Waits for `child` to exit; kills and reaps it when `timeout` passes first.
+fn wait_or_kill(child: &mut Child, timeout: Duration, described: &str) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LabError::Timeout {
+                    command: described.to_owned(),
+                    timeout,
+                });
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Err(source) => {
+                return Err(LabError::Spawn {
+                    command: described.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 fn drain(mut reader: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -573,27 +578,7 @@ impl Process {
         let mut child = self.child.take().expect("process not yet waited for");
         let stdout = child.stdout.take().map(drain);
         let stderr = child.stderr.take().map(drain);
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(LabError::Timeout {
-                        command: self.described.clone(),
-                        timeout,
-                    });
-                }
-                Ok(None) => thread::sleep(Duration::from_millis(10)),
-                Err(source) => {
-                    return Err(LabError::Spawn {
-                        command: self.described.clone(),
-                        source,
-                    });
-                }
-            }
-        };
+        let status = wait_or_kill(&mut child, timeout, &self.described)?;
         let collect = |h: Option<thread::JoinHandle<String>>| {
             h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
         };

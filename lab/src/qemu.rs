@@ -607,3 +607,38 @@ mod tests {
         assert_eq!(a.len(), 17);
     }
 }
+
+/// QEMU machines one process runs at once: software emulation (TCG) on this project's two cores;
+/// a third guest only makes all of them slower.
+pub const MAX_MACHINES: usize = 2;
+
+static FREE_SLOTS: std::sync::Mutex<usize> = std::sync::Mutex::new(MAX_MACHINES);
+static SLOT_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Permission to run one machine, held for its lifetime: cargo runs tests on parallel threads,
+/// and at most [`MAX_MACHINES`] of them boot at once.
+#[derive(Debug)]
+pub struct MachineSlot(());
+
+/// Waits for a free slot.
+pub fn machine_slot() -> MachineSlot {
+    let mut free = FREE_SLOTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while *free == 0 {
+        free = SLOT_FREED
+            .wait(free)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    *free -= 1;
+    MachineSlot(())
+}
+
+impl Drop for MachineSlot {
+    fn drop(&mut self) {
+        *FREE_SLOTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        SLOT_FREED.notify_one();
+    }
+}

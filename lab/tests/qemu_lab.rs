@@ -9,7 +9,6 @@
 //! every wait. On failure the panic message carries the console tail and dnsmasq's log.
 use std::{
     fs,
-    sync::{Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -23,38 +22,6 @@ use stampede_lab::{
 
 /// Each boot must finish well inside this under TCG (LAB.md: ~24 s BIOS, ~31 s UEFI).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
-const MAX_MACHINES: usize = 2;
-
-/// A counting semaphore: cargo runs this file's tests on parallel threads.
-struct MachineSlots {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-static SLOTS: MachineSlots = MachineSlots {
-    free: Mutex::new(MAX_MACHINES),
-    freed: Condvar::new(),
-};
-
-struct Slot;
-
-impl MachineSlots {
-    fn take(&'static self) -> Slot {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        SLOTS.freed.notify_one();
-    }
-}
 
 const PROGRAMS: &[&str] = &[
     "qemu-system-x86_64",
@@ -76,7 +43,7 @@ fn payload_boots_directly_and_prints_its_marker() {
     let payload = payload();
     let work = WorkDir::new("direct").expect("work dir");
     let ns = stampede_lab::Netns::new("direct").expect("netns");
-    let _slot = SLOTS.take();
+    let _slot = stampede_lab::qemu::machine_slot();
     let spec = MachineSpec::direct_kernel(
         &payload,
         &payload.cmdline("direct-1"),
@@ -115,7 +82,7 @@ fn a_guest_without_marker_is_reported_with_its_console() {
     let payload = payload();
     let work = WorkDir::new("nomarker").expect("work dir");
     let ns = stampede_lab::Netns::new("nomarker").expect("netns");
-    let _slot = SLOTS.take();
+    let _slot = stampede_lab::qemu::machine_slot();
     // The payload's command line minus the marker: /init prints STAMPEDE-NO-MARKER, powers off.
     let cmdline = format!("console=ttyS0 panic=-1 initrd={INITRD_NAME}");
     let spec = MachineSpec::direct_kernel(&payload, &cmdline, work.join("console.log"));
@@ -157,7 +124,7 @@ fn pxe_boot_from_dnsmasq(firmware: Firmware) -> Duration {
     let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
 
     let queued = Instant::now();
-    let _slot = SLOTS.take();
+    let _slot = stampede_lab::qemu::machine_slot();
     let mut machine = lab.start_machine(spec).expect("qemu starts");
     let seen = machine.wait_for_marker(BOOT_TIMEOUT).unwrap_or_else(|err| {
         panic!(
