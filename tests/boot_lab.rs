@@ -676,19 +676,8 @@ fn the_control_api_is_served_and_stampede_ctl_drives_it() {
     let lab = TwoHosts::new().expect("lab");
     let payload = Payload::new(4096, 4096);
     let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    let api = "http://127.0.0.1:7070";
-    let up = wait_for(Duration::from_secs(10), || {
-        let out = lab
-            .server
-            .run(
-                "curl",
-                &["-sf", &format!("{api}/api/v1/health")],
-                Duration::from_secs(5),
-            )
-            .ok()?;
-        out.status.success().then_some(())
-    });
-    assert!(up.is_some(), "the control API did not answer on {api}");
+    let api = API;
+    wait_for_api(&lab.server);
 
     let unauthenticated = lab
         .server
@@ -708,19 +697,8 @@ fn the_control_api_is_served_and_stampede_ctl_drives_it() {
     assert_eq!(unauthenticated.stdout, "401", "machines need a token");
 
     let ctl = |args: &[&str]| {
-        let mut command = lab.server.command(STAMPEDE);
-        command
-            .args(["ctl", "--url", api, "--token", ADMIN_TOKEN])
-            .args(args);
-        let out =
-            stampede_lab::run_with_timeout(command, Duration::from_secs(15)).expect("ctl runs");
-        assert!(
-            out.status.success(),
-            "ctl {args:?}: {}{}",
-            out.stdout,
-            out.stderr
-        );
-        out.stdout
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        ctl(&lab.server, &args)
     };
     ctl(&[
         "machines",
@@ -1105,33 +1083,12 @@ fn a_profile_change_through_the_api_changes_what_the_machine_boots() {
         ],
         &payload,
     );
-    let api = "http://127.0.0.1:7070";
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            let out = lab
-                .server
-                .run(
-                    "curl",
-                    &["-sf", &format!("{api}/api/v1/health")],
-                    Duration::from_secs(5),
-                )
-                .ok()?;
-            out.status.success().then_some(())
-        })
-        .is_some(),
-        "no control API"
-    );
+    let api = API;
+    wait_for_api(&lab.server);
     let apply = |fleet: &std::path::Path| {
-        let mut command = lab.server.command(STAMPEDE);
-        command
-            .args(["ctl", "--url", api, "--token", ADMIN_TOKEN, "apply", "-f"])
-            .arg(fleet);
-        let out = stampede_lab::run_with_timeout(command, Duration::from_secs(15)).expect("ctl");
-        assert!(
-            out.status.success(),
-            "ctl apply: {}{}",
-            out.stdout,
-            out.stderr
+        ctl(
+            &lab.server,
+            &["apply".as_ref(), "-f".as_ref(), fleet.as_os_str()],
         );
     };
     lab.client

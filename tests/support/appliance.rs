@@ -159,3 +159,34 @@ pub fn bound(stdout: &str) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
+
+/// Where the tests' appliances serve their control API (loopback of their namespace).
+pub const API: &str = "http://127.0.0.1:7070";
+
+/// Waits until the appliance in `ns` answers `/api/v1/health`.
+pub fn wait_for_api(ns: &Netns) {
+    let up = wait_for(Duration::from_secs(10), || {
+        let url = format!("{API}/api/v1/health");
+        let out = ns
+            .run("curl", &["-sf", &url], Duration::from_secs(5))
+            .ok()?;
+        out.status.success().then_some(())
+    });
+    assert!(up.is_some(), "the control API did not answer on {API}");
+}
+
+/// `stampede ctl ARGS` against the appliance in `ns` with the admin token; its stdout.
+pub fn ctl(ns: &Netns, args: &[&std::ffi::OsStr]) -> String {
+    let mut command = ns.command(STAMPEDE);
+    command
+        .args(["ctl", "--url", API, "--token", ADMIN_TOKEN])
+        .args(args);
+    let out = stampede_lab::run_with_timeout(command, Duration::from_secs(15)).expect("ctl runs");
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
