@@ -1143,35 +1143,24 @@ impl Drop for UdpWorker {
 /// Asks the kernel to attach its count of dropped datagrams to each one received
 /// (`SO_RXQ_OVFL`, socket(7)).
 fn enable_drop_counter(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the fd is a live socket borrowed from `socket`; the option value is a c_int on
-    // our stack and its size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RXQ_OVFL,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    enable_int_option(socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
 }
 
 /// Asks the kernel for each datagram's destination address (`IP_PKTINFO`, ip(7)).
 fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
+    enable_int_option(socket, libc::IPPROTO_IP, libc::IP_PKTINFO)
+}
+
+/// Sets a boolean (`int`) socket option to 1.
+fn enable_int_option(socket: &UdpSocket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: the fd is a live socket borrowed from `socket`; the option value is a c_int on
     // our stack and its size is passed with it.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
+            level,
+            name,
             (&raw const on).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
