@@ -8,6 +8,7 @@ use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
 mod appliance;
+mod bench;
 mod fleet;
 mod metrics;
 
@@ -31,6 +32,9 @@ enum Command {
     Boot(BootArgs),
     /// Drive a running appliance through its control API.
     Ctl(stampede_control::ctl::CtlArgs),
+    /// Measure a boot server (Stampede or a peer) under the load of a deployment.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The control API and its state, shared by `serve` and `boot`.
@@ -109,12 +113,44 @@ struct BootArgs {
     initrds: Vec<std::path::PathBuf>,
 }
 
+/// The log goes to stderr through a thread of its own: the data-plane workers log every boot
+/// stage, and a slow or stalled reader of stderr (a full pipe, a paused terminal) must never
+/// stall them. Lines beyond the 128 Ki buffered are dropped and counted (`log_lines_dropped` in
+/// the final line), which is the right trade for a boot appliance in a storm.
+fn log_writer() -> tracing_appender::non_blocking::NonBlocking {
+    LOG.get_or_init(|| {
+        let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+        // Never dropped: the worker thread lives as long as the process; `main` flushes it.
+        LOG_GUARD.set(std::sync::Mutex::new(Some(guard))).ok();
+        writer
+    })
+    .clone()
+}
+
+static LOG: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
+    std::sync::OnceLock::new();
+static LOG_GUARD: std::sync::OnceLock<
+    std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
+> = std::sync::OnceLock::new();
+
+/// Writes out buffered log lines (before exit) and says how many were dropped, if any.
+fn flush_log() {
+    let dropped = LOG.get().map_or(0, |w| w.error_counter().dropped_lines());
+    if let Some(guard) = LOG_GUARD.get() {
+        // Dropping the guard flushes and joins the log thread.
+        drop(guard.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+    if dropped > 0 {
+        eprintln!("stampede: log_lines_dropped={dropped} (stderr was not read fast enough)");
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
@@ -123,7 +159,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Boot(args) => appliance::boot(args),
         Command::Ctl(args) => ctl(args),
+        Command::Bench(command) => bench::run(command),
     };
+    flush_log();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -531,6 +531,10 @@ fn drain(mut reader: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 pub struct Process {
     child: Option<Child>,
     described: String,
+    /// Readers of the piped stdout and stderr, started at spawn: a chatty process (an appliance
+    /// logging every boot stage) must never block on a full pipe while the test runs.
+    stdout: Option<thread::JoinHandle<String>>,
+    stderr: Option<thread::JoinHandle<String>>,
 }
 
 impl Process {
@@ -539,11 +543,13 @@ impl Process {
     pub fn spawn(mut command: Command) -> Result<Self> {
         let described = describe(&command);
         command.stdin(Stdio::null());
-        let child = command.spawn().map_err(|source| LabError::Spawn {
+        let mut child = command.spawn().map_err(|source| LabError::Spawn {
             command: described.clone(),
             source,
         })?;
         Ok(Self {
+            stdout: child.stdout.take().map(drain),
+            stderr: child.stderr.take().map(drain),
             child: Some(child),
             described,
         })
@@ -576,8 +582,8 @@ impl Process {
     /// output was piped). Kills it if it does not exit in time.
     pub fn wait_output(mut self, timeout: Duration) -> Result<Output> {
         let mut child = self.child.take().expect("process not yet waited for");
-        let stdout = child.stdout.take().map(drain);
-        let stderr = child.stderr.take().map(drain);
+        let stdout = self.stdout.take();
+        let stderr = self.stderr.take();
         let status = wait_or_kill(&mut child, timeout, &self.described)?;
         let collect = |h: Option<thread::JoinHandle<String>>| {
             h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()

@@ -424,6 +424,104 @@ impl fmt::Display for Arch {
     }
 }
 
+/// One download an iPXE script asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptFetch {
+    /// `chain`: the image is executed next (another script, or a binary).
+    pub chain: bool,
+    /// Absolute URL.
+    pub url: String,
+}
+
+/// The files an iPXE script makes the machine download, in order: what a simulated machine
+/// fetches after the script. Reads `kernel`, `initrd`, `chain`, `module`, `imgfetch` and their
+/// aliases, skipping their options (`--name x`, `-n x`, `--autofree`); relative names resolve
+/// against `base` (the script's own URL), as iPXE resolves them. Every other line (`echo`,
+/// `boot`, comments, `#!ipxe`) is ignored. Settings (`${ip}`) must be expanded first
+/// ([`expand_settings`]).
+pub fn script_downloads(script: &str, base: &str) -> Vec<ScriptFetch> {
+    const FETCHERS: &[&str] = &[
+        "kernel",
+        "initrd",
+        "chain",
+        "module",
+        "imgfetch",
+        "fetch",
+        "imgexec",
+        "imgload",
+        "imgselect",
+        "imgargs",
+    ];
+    let mut urls = Vec::new();
+    for line in script.lines() {
+        let mut words = line.split_whitespace();
+        let Some(command) = words.next() else {
+            continue;
+        };
+        // `imgargs` names an image already fetched; it downloads nothing.
+        if !FETCHERS.contains(&command) || command == "imgargs" {
+            continue;
+        }
+        while let Some(word) = words.next() {
+            if let Some(option) = word.strip_prefix('-') {
+                // Options taking a value as the next word.
+                if matches!(option, "n" | "-name" | "t" | "-timeout") {
+                    words.next();
+                }
+                continue;
+            }
+            urls.push(ScriptFetch {
+                chain: command == "chain",
+                url: resolve_url(base, word),
+            });
+            break;
+        }
+    }
+    urls
+}
+
+/// Expands iPXE settings in `text` as iPXE does: `${name}` and `${name:type}` become
+/// `value(name)`, or nothing when it has no value; a `${` without its `}` stays as is.
+pub fn expand_settings(text: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let name = after[..end].split(':').next().unwrap_or("");
+        if let Some(v) = value(name) {
+            out.push_str(&v);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `name` against `base` (an absolute URL): absolute names stay, `/path` keeps the scheme and
+/// authority, anything else replaces the last path segment.
+pub fn resolve_url(base: &str, name: &str) -> String {
+    if name.contains("://") {
+        return name.to_owned();
+    }
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|j| start + j))
+        .unwrap_or(base.len());
+    if name.starts_with('/') {
+        return format!("{}{name}", &base[..authority_end]);
+    }
+    let path = base[authority_end..].split(['?', '#']).next().unwrap_or("");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("{}{dir}{name}", &base[..authority_end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,5 +707,43 @@ mod tests {
         );
         let v6 = ServerUrl::new("fd00::1".parse().unwrap(), 80);
         assert_eq!(v6.url(&path).split('/').nth(2), Some("[fd00::1]:80"));
+    }
+
+    #[test]
+    fn script_downloads_follow_ipxe_resolution() {
+        let script = "#!ipxe\necho hi\nkernel vmlinuz console=ttyS0 initrd=initrd.img\n\
+                      initrd --name initrd.img /boot/initrd.img\n  initrd -n x http://h:81/a/b\n\
+                      imgargs vmlinuz quiet\nchain --autofree next.ipxe?x=1\nboot\n";
+        let fetches = script_downloads(script, "http://198.18.0.1:8080/d/boot.ipxe?mac=1");
+        let urls: Vec<&str> = fetches.iter().map(|f| f.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://198.18.0.1:8080/d/vmlinuz",
+                "http://198.18.0.1:8080/boot/initrd.img",
+                "http://h:81/a/b",
+                "http://198.18.0.1:8080/d/next.ipxe?x=1",
+            ]
+        );
+        let chains: Vec<bool> = fetches.iter().map(|f| f.chain).collect();
+        assert_eq!(chains, [false, false, false, true]);
+        assert_eq!(resolve_url("http://h", "k"), "http://h/k");
+        assert_eq!(resolve_url("tftp://h/x/y", "/k"), "tftp://h/k");
+        assert!(script_downloads("kernel\ninitrd --name\n\u{0}", "http://h/").is_empty());
+    }
+
+    #[test]
+    fn settings_expand_like_ipxe() {
+        let value = |name: &str| match name {
+            "ip" => Some("198.18.0.9".to_owned()),
+            "platform" => Some("efi".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            expand_settings("a?p=${platform}&ip=${ip:ipv4}&h=${hostname}&x", value),
+            "a?p=efi&ip=198.18.0.9&h=&x"
+        );
+        assert_eq!(expand_settings("open ${ip", value), "open ${ip");
+        assert_eq!(expand_settings("", value), "");
     }
 }

@@ -69,6 +69,8 @@ pub struct ClientConfig {
     pub uuid: Option<[u8; 16]>,
     /// Option 94: interface type, major, minor (UNDI 3.16 is `[1, 3, 16]`).
     pub ndi: Option<[u8; 3]>,
+    /// Option 175, iPXE's encapsulated feature list (servers match on its presence).
+    pub ipxe_encap: Option<Vec<u8>>,
     /// Seed of the jitter generator.
     pub seed: u64,
     pub backoff: Backoff,
@@ -87,9 +89,32 @@ impl ClientConfig {
             user_class: None,
             uuid: Some([0x42; 16]),
             ndi: Some([1, 3, 16]),
+            ipxe_encap: None,
             seed,
             backoff: Backoff::default(),
             request_attempts: 4,
+        }
+    }
+
+    /// A legacy BIOS PXE ROM (UNDI 2.1).
+    pub fn bios_pxe(mac: [u8; 6], xid: u32, seed: u64) -> Self {
+        Self {
+            arch: Some(ClientArch::X86Bios),
+            vendor_class: Some(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
+            ndi: Some([1, 2, 1]),
+            ..Self::uefi_pxe(mac, xid, seed)
+        }
+    }
+
+    /// The iPXE that `pxe` (a ROM profile) chainloaded: same identity and architecture, plus
+    /// user class `iPXE` and option 175 (priority 0 and the bzImage, HTTP and EFI features, in
+    /// iPXE's encoding), so servers hand it a script instead of another network boot program.
+    pub fn ipxe(pxe: &Self) -> Self {
+        Self {
+            user_class: Some(b"iPXE".to_vec()),
+            ipxe_encap: Some(vec![1, 1, 0, 0x18, 1, 1, 0x13, 1, 1, 0x24, 1, 1]),
+            xid: pxe.xid.wrapping_add(0x1000),
+            ..pxe.clone()
         }
     }
 }
@@ -237,6 +262,7 @@ impl DhcpClient {
         o.client_arch = self.config.arch.into_iter().collect();
         o.client_ndi = self.config.ndi;
         o.client_uuid = self.config.uuid.map(|id| ClientUuid { kind: 0, id });
+        o.ipxe_encap = self.config.ipxe_encap.clone();
         let mut id = vec![1];
         id.extend_from_slice(&self.config.mac);
         o.client_id = Some(id);
@@ -580,8 +606,7 @@ mod tests {
                 let mac = [2, 0, 0, 0, (i >> 8) as u8, i as u8];
                 let mut c = ClientConfig::uefi_pxe(mac, i as u32 * 7919, i as u64);
                 if i % 3 == 0 {
-                    c.arch = Some(ClientArch::X86Bios);
-                    c.vendor_class = Some(b"PXEClient:Arch:00000:UNDI:002001".to_vec());
+                    c = ClientConfig::bios_pxe(mac, i as u32 * 7919, i as u64);
                 }
                 DhcpClient::new(c, t0)
             })

@@ -58,7 +58,7 @@ pub mod wire;
 pub use boot::{
     BootClient, BootConfig, BootDecision, BootProfile, Firmware, Loaders, NoBoot, decide,
 };
-pub use client::{Backoff, ClientConfig, ClientLease, ClientState, DhcpClient};
+pub use client::{Backoff, ClientConfig, ClientLease, ClientState, DhcpClient, splitmix64};
 pub use lease::{
     ClientKey, CommitSeq, Lease, LeaseChange, LeaseState, LeaseStore, LeaseStoreError,
     MemoryLeaseStore,

@@ -8,6 +8,8 @@
 //! [`FetchResult`] or [`ClientError`] per request, in order. A connection that failed, or that the
 //! server closes, is not reused ([`HttpClient::is_reusable`]).
 use std::collections::VecDeque;
+
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -25,6 +27,15 @@ pub struct FetchRequest {
     pub expect_len: Option<u64>,
     /// Checked against the SHA-256 of the received body of a 2xx response, if set.
     pub expect_sha256: Option<[u8; 32]>,
+    /// Keep the body (at most this many bytes, else [`ClientError::BodyTooLarge`]) in
+    /// [`FetchResult::body`]: for scripts the caller reads, never for images.
+    pub keep_body: Option<usize>,
+    /// Compare the body byte for byte with this reference instead of hashing it: as strict as
+    /// the digest (any difference fails), several times cheaper, for a benchmark that verifies
+    /// thousands of downloads on the cores the server under test also uses. Needs
+    /// `expect_sha256` (the reference's digest): a body identical to the reference has that
+    /// digest, which [`FetchResult::sha256`] then reports.
+    pub expect_content: Option<Bytes>,
 }
 
 impl FetchRequest {
@@ -34,7 +45,23 @@ impl FetchRequest {
             range: None,
             expect_len: None,
             expect_sha256: None,
+            keep_body: None,
+            expect_content: None,
         }
+    }
+
+    /// Expect exactly `reference`, whose SHA-256 is `sha256`, compared byte for byte.
+    pub fn comparing(mut self, reference: Bytes, sha256: [u8; 32]) -> Self {
+        self.expect_len = Some(reference.len() as u64);
+        self.expect_sha256 = Some(sha256);
+        self.expect_content = Some(reference);
+        self
+    }
+
+    /// Keep a body of at most `limit` bytes for the caller (an iPXE script).
+    pub fn keeping_body(mut self, limit: usize) -> Self {
+        self.keep_body = Some(limit);
+        self
     }
 
     pub fn with_range(mut self, range: ByteRange) -> Self {
@@ -58,6 +85,8 @@ pub struct FetchResult {
     pub sha256: [u8; 32],
     pub content_range: Option<(u64, u64, Option<u64>)>,
     pub etag: Option<String>,
+    /// The body, when the request asked to keep it.
+    pub body: Option<Vec<u8>>,
 }
 
 /// Why a fetch failed. After any of these the connection is not reused.
@@ -81,6 +110,10 @@ pub enum ClientError {
     Timeout,
     #[error("connection is closed")]
     Closed,
+    #[error("body longer than the {limit} bytes the caller keeps")]
+    BodyTooLarge { limit: usize },
+    #[error("body differs from the reference at byte {offset}")]
+    ContentMismatch { offset: u64 },
 }
 
 impl ClientError {
@@ -96,6 +129,8 @@ impl ClientError {
             Self::Unsolicited => "unsolicited",
             Self::Timeout => "timeout",
             Self::Closed => "closed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::ContentMismatch { .. } => "content_mismatch",
         }
     }
 }
@@ -113,7 +148,9 @@ enum State {
         head: ParsedResponse,
         remaining: u64,
         received: u64,
-        hasher: Sha256,
+        /// `None` when the body is compared with `req.expect_content` instead.
+        hasher: Option<Sha256>,
+        kept: Option<Vec<u8>>,
     },
 }
 
@@ -248,12 +285,21 @@ impl HttpClient {
                         .ok_or(ClientError::MissingContentLength)?
                 };
                 self.server_closes |= head.close;
+                let hasher = req.expect_content.is_none().then(Sha256::new);
+                let kept = match req.keep_body {
+                    Some(limit) if remaining > limit as u64 => {
+                        return Err(ClientError::BodyTooLarge { limit });
+                    }
+                    Some(_) => Some(Vec::with_capacity(remaining as usize)),
+                    None => None,
+                };
                 self.state = State::Body {
                     req,
                     head,
                     remaining,
                     received: 0,
-                    hasher: Sha256::new(),
+                    hasher,
+                    kept,
                 };
                 self.finish_if_done(now)?;
                 Ok(used)
@@ -264,17 +310,40 @@ impl HttpClient {
                 remaining,
                 received,
                 mut hasher,
+                mut kept,
             } => {
                 let n = input
                     .len()
                     .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                hasher.update(&input[..n]);
+                match (&mut hasher, &req.expect_content) {
+                    (Some(hasher), _) => hasher.update(&input[..n]),
+                    (None, Some(reference)) if (200..300).contains(&head.status) => {
+                        let at = usize::try_from(received).unwrap_or(usize::MAX);
+                        let want = reference.get(at..).unwrap_or_default();
+                        let got = &input[..n];
+                        if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+                            return Err(ClientError::ContentMismatch {
+                                offset: received + i as u64,
+                            });
+                        }
+                        if want.len() < n {
+                            return Err(ClientError::ContentMismatch {
+                                offset: received + want.len() as u64,
+                            });
+                        }
+                    }
+                    (None, _) => {}
+                }
+                if let Some(kept) = &mut kept {
+                    kept.extend_from_slice(&input[..n]);
+                }
                 self.state = State::Body {
                     req,
                     head,
                     remaining: remaining - n as u64,
                     received: received + n as u64,
                     hasher,
+                    kept,
                 };
                 self.finish_if_done(now)?;
                 Ok(n)
@@ -291,12 +360,18 @@ impl HttpClient {
             head,
             received,
             hasher,
+            kept,
             ..
         } = std::mem::replace(&mut self.state, State::Idle)
         else {
             return Ok(());
         };
-        let sha256: [u8; 32] = hasher.finalize().into();
+        // Compared byte for byte (every byte matched, the length is checked below): the body's
+        // digest is the reference's.
+        let sha256: [u8; 32] = match hasher {
+            Some(hasher) => hasher.finalize().into(),
+            None => req.expect_sha256.unwrap_or_default(),
+        };
         if (200..300).contains(&head.status) {
             if let Some(expected) = req.expect_len
                 && expected != received
@@ -316,6 +391,7 @@ impl HttpClient {
             sha256,
             content_range: head.content_range,
             etag: head.etag,
+            body: kept,
         }));
         if self.server_closes {
             self.close_with(ClientError::Closed);
@@ -372,5 +448,78 @@ impl HttpClient {
     /// The connection can carry further fetches.
     pub fn is_reusable(&self) -> bool {
         !self.closed && !self.server_closes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn kept_bodies_come_back_whole_and_capped_ones_fail() {
+        let now = Instant::now();
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/s").keeping_body(64));
+        let mut out = Vec::new();
+        assert!(c.poll_transmit(&mut out) > 0);
+        // Split across reads: the body must be reassembled in order.
+        let bytes = response("#!ipxe\nkernel k\n");
+        let (a, b) = bytes.split_at(bytes.len() - 5);
+        c.handle_input(now, a.as_bytes()).unwrap();
+        c.handle_input(now, b.as_bytes()).unwrap();
+        let result = c.poll_result().unwrap().unwrap();
+        assert_eq!(result.body.as_deref(), Some(&b"#!ipxe\nkernel k\n"[..]));
+
+        c.fetch(now, FetchRequest::get("/big").keeping_body(4));
+        assert_eq!(
+            c.handle_input(now, response("too long").as_bytes()),
+            Err(ClientError::BodyTooLarge { limit: 4 })
+        );
+        // Bodies not asked for are hashed, not kept.
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/k"));
+        c.handle_input(now, response("abc").as_bytes()).unwrap();
+        assert_eq!(c.poll_result().unwrap().unwrap().body, None);
+    }
+
+    #[test]
+    fn compared_bodies_fail_at_the_first_differing_byte() {
+        let now = Instant::now();
+        let reference = Bytes::from_static(b"kernel bytes");
+        let digest: [u8; 32] = Sha256::digest(&reference).into();
+        let mut c = HttpClient::new("h");
+        c.fetch(
+            now,
+            FetchRequest::get("/k").comparing(reference.clone(), digest),
+        );
+        let bytes = response("kernel bytes");
+        for chunk in bytes.as_bytes().chunks(3) {
+            c.handle_input(now, chunk).unwrap();
+        }
+        assert_eq!(c.poll_result().unwrap().unwrap().sha256, digest);
+
+        let mut c = HttpClient::new("h");
+        c.fetch(
+            now,
+            FetchRequest::get("/k").comparing(reference.clone(), digest),
+        );
+        assert_eq!(
+            c.handle_input(now, response("kernel bytEs").as_bytes()),
+            Err(ClientError::ContentMismatch { offset: 10 })
+        );
+        // Shorter than the reference: the length check catches it.
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/k").comparing(reference, digest));
+        assert!(matches!(
+            c.handle_input(now, response("kernel").as_bytes()),
+            Err(ClientError::LengthMismatch { .. })
+        ));
     }
 }

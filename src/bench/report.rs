@@ -1,0 +1,376 @@
+//! What a storm measured: per-stage percentiles, failures by stage, throughput, CPU and memory;
+//! printed as a table, written as JSON and drawn as an SVG.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use super::storm::{MachineRecord, Stage};
+
+/// Percentiles of one series, in milliseconds (nearest rank).
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut values: Vec<f64>) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let i = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+            values[i - 1]
+        };
+        Some(Self {
+            count: values.len(),
+            p50_ms: rank(0.50),
+            p95_ms: rank(0.95),
+            p99_ms: rank(0.99),
+            max_ms: values[values.len() - 1],
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSummary {
+    pub stage: Stage,
+    #[serde(flatten)]
+    pub latency: Percentiles,
+    pub retransmits: u64,
+    pub bytes: u64,
+}
+
+/// CPU and memory of a process over the storm, from `/proc`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub pid: u32,
+    pub cpu_s: f64,
+    pub rss_peak_mib: f64,
+    pub rss_end_mib: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureExample {
+    pub mac: String,
+    pub stage: Stage,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub label: String,
+    pub clients: usize,
+    pub booted: usize,
+    pub failed: usize,
+    pub failures_by_stage: BTreeMap<&'static str, usize>,
+    pub failure_examples: Vec<FailureExample>,
+    /// Storm start to the last machine's last byte.
+    pub time_to_last_boot_s: Option<f64>,
+    pub elapsed_s: f64,
+    pub boot: Option<Percentiles>,
+    pub stages: Vec<StageSummary>,
+    /// Boot-file bytes received (TFTP + HTTP).
+    pub bytes: u64,
+    /// `bytes` over the time to the last boot (or the elapsed time if some failed).
+    pub throughput_mib_s: f64,
+    /// CPU the simulated machines used (this process).
+    pub client_cpu_s: f64,
+    pub server: Option<Usage>,
+    pub machines: Vec<MachineRecord>,
+}
+
+impl Summary {
+    pub fn new(
+        label: String,
+        machines: Vec<MachineRecord>,
+        elapsed_s: f64,
+        client_cpu_s: f64,
+        server: Option<Usage>,
+    ) -> Self {
+        let booted: Vec<&MachineRecord> = machines.iter().filter(|m| m.boot_ms.is_some()).collect();
+        let failed = machines.len() - booted.len();
+        let mut failures_by_stage = BTreeMap::new();
+        let mut failure_examples = Vec::new();
+        for m in &machines {
+            if let Some(f) = &m.failure {
+                *failures_by_stage.entry(f.stage.name()).or_insert(0) += 1;
+                if failure_examples.len() < 10 {
+                    failure_examples.push(FailureExample {
+                        mac: m.mac.clone(),
+                        stage: f.stage,
+                        reason: f.reason.clone(),
+                    });
+                }
+            }
+        }
+        let time_to_last_boot_s = (failed == 0 && !booted.is_empty()).then(|| {
+            booted
+                .iter()
+                .map(|m| m.started_ms + m.boot_ms.unwrap_or(0.0))
+                .fold(0.0, f64::max)
+                / 1e3
+        });
+        let stages = Stage::ALL
+            .iter()
+            .filter_map(|&stage| {
+                let runs: Vec<_> = machines
+                    .iter()
+                    .flat_map(|m| m.stages.iter())
+                    .filter(|s| s.stage == stage)
+                    .collect();
+                Some(StageSummary {
+                    stage,
+                    latency: Percentiles::of(runs.iter().map(|s| s.duration_ms).collect())?,
+                    retransmits: runs.iter().map(|s| s.retransmits).sum(),
+                    bytes: runs.iter().map(|s| s.bytes).sum(),
+                })
+            })
+            .collect::<Vec<_>>();
+        let bytes = stages
+            .iter()
+            .filter(|s| matches!(s.stage, Stage::Tftp | Stage::Files))
+            .map(|s| s.bytes)
+            .sum();
+        let span = time_to_last_boot_s.unwrap_or(elapsed_s).max(1e-9);
+        Self {
+            label,
+            clients: machines.len(),
+            booted: booted.len(),
+            failed,
+            failures_by_stage,
+            failure_examples,
+            time_to_last_boot_s,
+            elapsed_s,
+            boot: Percentiles::of(booted.iter().filter_map(|m| m.boot_ms).collect()),
+            stages,
+            bytes,
+            throughput_mib_s: bytes as f64 / span / (1024.0 * 1024.0),
+            client_cpu_s,
+            server,
+            machines,
+        }
+    }
+
+    /// The table people read.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "storm {}: {} machines, {} booted, {} failed, time to last boot {}",
+            self.label,
+            self.clients,
+            self.booted,
+            self.failed,
+            self.time_to_last_boot_s
+                .map_or("-".to_owned(), |s| format!("{s:.2} s"))
+        );
+        let _ = writeln!(
+            t,
+            "{:<10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
+            "stage", "count", "p50 ms", "p95 ms", "p99 ms", "max ms", "retrans", "MiB"
+        );
+        let row = |t: &mut String, name: &str, p: &Percentiles, re: u64, bytes: u64| {
+            let _ = writeln!(
+                t,
+                "{:<10} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>8} {:>10.1}",
+                name,
+                p.count,
+                p.p50_ms,
+                p.p95_ms,
+                p.p99_ms,
+                p.max_ms,
+                re,
+                bytes as f64 / (1024.0 * 1024.0)
+            );
+        };
+        for s in &self.stages {
+            row(&mut t, s.stage.name(), &s.latency, s.retransmits, s.bytes);
+        }
+        if let Some(b) = &self.boot {
+            row(&mut t, "boot", b, 0, self.bytes);
+        }
+        let _ = writeln!(
+            t,
+            "throughput {:.1} MiB/s; bench CPU {:.1} s",
+            self.throughput_mib_s, self.client_cpu_s
+        );
+        if let Some(s) = &self.server {
+            let _ = writeln!(
+                t,
+                "server pid {}: CPU {:.1} s, RSS peak {:.1} MiB, at end {:.1} MiB",
+                s.pid, s.cpu_s, s.rss_peak_mib, s.rss_end_mib
+            );
+        }
+        for (stage, n) in &self.failures_by_stage {
+            let _ = writeln!(t, "failed in {stage}: {n}");
+        }
+        for f in &self.failure_examples {
+            let _ = writeln!(t, "  {} in {}: {}", f.mac, f.stage.name(), f.reason);
+        }
+        t
+    }
+
+    /// An SVG: completions over time (left) and per-stage latency percentiles (right).
+    ///
+    /// Drawn by hand: two simple charts do not justify a plotting library and its font stack.
+    pub fn svg(&self) -> String {
+        let (w, h) = (960.0, 360.0);
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+             font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        );
+        // Left: cumulative completions.
+        let (x0, y0, pw, ph) = (60.0, 40.0, 380.0, 270.0);
+        let mut done: Vec<f64> = self
+            .machines
+            .iter()
+            .filter_map(|m| m.boot_ms.map(|b| (m.started_ms + b) / 1e3))
+            .collect();
+        done.sort_by(f64::total_cmp);
+        let tmax = done.last().copied().unwrap_or(1.0).max(1e-3);
+        let n = self.clients.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "<text x=\"{x0}\" y=\"24\" font-size=\"14\">{}: machines booted over time</text>",
+            xml(&self.label)
+        );
+        axes(&mut s, x0, y0, pw, ph, tmax, "s", n, "machines");
+        let mut path = format!("M{x0},{}", y0 + ph);
+        for (i, t) in done.iter().enumerate() {
+            let x = x0 + t / tmax * pw;
+            let y = y0 + ph - (i + 1) as f64 / n * ph;
+            let _ = write!(path, " L{x:.1},{y:.1}");
+        }
+        let _ = writeln!(
+            s,
+            "<path d=\"{path}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>"
+        );
+        // Right: per-stage p50/p95/p99/max as grouped bars.
+        let (x1, pw1) = (540.0, 380.0);
+        let mut series: Vec<(&str, &Percentiles)> = self
+            .stages
+            .iter()
+            .map(|st| (st.stage.name(), &st.latency))
+            .collect();
+        if let Some(b) = &self.boot {
+            series.push(("boot", b));
+        }
+        let vmax = series.iter().map(|(_, p)| p.max_ms).fold(1.0, f64::max);
+        let _ = writeln!(
+            s,
+            "<text x=\"{x1}\" y=\"24\" font-size=\"14\">latency per stage (p50 p95 p99 max)</text>"
+        );
+        axes(&mut s, x1, y0, pw1, ph, 0.0, "", vmax, "ms");
+        let colors = ["#2ca02c", "#ff7f0e", "#d62728", "#7f7f7f"];
+        let group = pw1 / series.len().max(1) as f64;
+        for (g, (name, p)) in series.iter().enumerate() {
+            for (k, v) in [p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms].iter().enumerate() {
+                let bw = group * 0.8 / 4.0;
+                let x = x1 + g as f64 * group + group * 0.1 + k as f64 * bw;
+                let bh = v / vmax * ph;
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{name} {:.1} ms</title></rect>",
+                    y0 + ph - bh,
+                    colors[k],
+                    v
+                );
+            }
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{name}</text>",
+                x1 + g as f64 * group + group / 2.0,
+                y0 + ph + 16.0
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Axes with end labels; `xmax == 0` draws no x scale.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one drawing helper, called twice"
+)]
+fn axes(s: &mut String, x: f64, y: f64, w: f64, h: f64, xmax: f64, xu: &str, ymax: f64, yu: &str) {
+    let _ = writeln!(
+        s,
+        "<path d=\"M{x},{y} L{x},{b} L{r},{b}\" fill=\"none\" stroke=\"black\"/>",
+        b = y + h,
+        r = x + w
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{ymax:.0} {yu}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>",
+        x - 4.0,
+        y + 4.0,
+        x - 4.0,
+        y + h
+    );
+    if xmax > 0.0 {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{xmax:.2} {xu}</text>",
+            x + w,
+            y + h + 16.0
+        );
+    }
+}
+
+/// CPU seconds (user + system) of `pid` and its RSS now and at peak, from `/proc`.
+pub fn proc_usage(pid: u32) -> Option<(f64, f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Some((ticks / hz, kib("VmHWM:") / 1024.0, kib("VmRSS:") / 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let p = Percentiles::of((1..=100).map(f64::from).collect()).unwrap();
+        assert_eq!(
+            (p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms),
+            (50.0, 95.0, 99.0, 100.0)
+        );
+        let p = Percentiles::of(vec![7.0]).unwrap();
+        assert_eq!((p.p50_ms, p.p99_ms), (7.0, 7.0));
+        assert!(Percentiles::of(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn own_process_usage_is_readable() {
+        let (cpu, peak, now) = proc_usage(std::process::id()).unwrap();
+        assert!(cpu >= 0.0 && peak >= now && now > 0.0);
+    }
+}
