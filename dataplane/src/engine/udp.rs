@@ -1,7 +1,8 @@
 //! UDP workers: DHCP (67), ProxyDHCP (4011), TFTP requests (69) and TFTP transfers, each
 //! worker on one io_uring.
 use std::{
-    collections::{BTreeMap, HashMap},
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     sync::{
         Arc, Mutex, PoisonError,
@@ -262,6 +263,9 @@ pub(super) fn start(
 struct TransferEntry {
     transfer: Box<TftpTransfer>,
     file: String,
+    /// Deadline of this transfer's live entry in the worker's timer heap (the earliest one
+    /// pushed); heap entries for other instants are stale and skipped.
+    armed: Option<Instant>,
 }
 
 /// One worker's protocol state. Owned by its thread; nothing in it is shared.
@@ -273,6 +277,11 @@ struct WorkerState {
     plan: Arc<BootPlan>,
     tftp: TftpServer<BootCatalog>,
     transfers: HashMap<SocketAddr, TransferEntry>,
+    /// Transfers' retransmission and dally deadlines, earliest first. A transfer's deadline
+    /// moves later with every packet, so an entry is only pushed when it moves earlier; when an
+    /// early entry pops, the transfer is re-armed at its real deadline. The worker's turn is
+    /// then O(log n) in running transfers instead of a scan of all of them.
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     max_transfers: usize,
     stats: UdpStats,
     buf: Vec<u8>,
@@ -302,6 +311,7 @@ impl WorkerState {
             plan: Arc::clone(plan),
             tftp: plan.tftp_server(),
             transfers: HashMap::new(),
+            timers: BinaryHeap::new(),
             max_transfers,
             stats: UdpStats::default(),
             buf: vec![0u8; TX_BUF_LEN],
@@ -418,11 +428,24 @@ impl WorkerState {
         }
     }
 
+    /// The earliest timer (possibly stale: waking early is harmless).
     fn earliest_deadline(&self) -> Option<Instant> {
-        self.transfers
-            .values()
-            .filter_map(|e| e.transfer.poll_timeout())
-            .min()
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Makes sure the heap holds an entry no later than `peer`'s current deadline.
+    fn arm(&mut self, peer: SocketAddr) {
+        let Some(entry) = self.transfers.get_mut(&peer) else {
+            return;
+        };
+        let Some(deadline) = entry.transfer.poll_timeout() else {
+            return;
+        };
+        if entry.armed.is_some_and(|armed| armed <= deadline) {
+            return;
+        }
+        entry.armed = Some(deadline);
+        self.timers.push(Reverse((deadline, peer)));
     }
 
     fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
@@ -499,8 +522,14 @@ impl WorkerState {
                         windowsize: params.windowsize,
                     },
                 });
-                self.transfers
-                    .insert(datagram.source, TransferEntry { transfer, file });
+                self.transfers.insert(
+                    datagram.source,
+                    TransferEntry {
+                        transfer,
+                        file,
+                        armed: None,
+                    },
+                );
                 self.drive_transfer(now, datagram.source, Some(outbox));
             }
             tftp::Request::Refused { reason, reply } => {
@@ -533,17 +562,23 @@ impl WorkerState {
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
-        let due: Vec<SocketAddr> = self
-            .transfers
-            .iter()
-            .filter(|(_, e)| e.transfer.poll_timeout().is_some_and(|d| d <= now))
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in due {
-            if let Some(entry) = self.transfers.get_mut(&peer) {
-                entry.transfer.handle_timeout(now);
+        while let Some(&Reverse((at, peer))) = self.timers.peek() {
+            if at > now {
+                break;
             }
-            self.drive_transfer(now, peer, None);
+            self.timers.pop();
+            let Some(entry) = self.transfers.get_mut(&peer) else {
+                continue;
+            };
+            if entry.armed != Some(at) {
+                continue;
+            }
+            entry.armed = None;
+            if entry.transfer.poll_timeout().is_some_and(|d| d <= now) {
+                entry.transfer.handle_timeout(now);
+                self.drive_transfer(now, peer, None);
+            }
+            self.arm(peer);
         }
     }
 
@@ -564,6 +599,7 @@ impl WorkerState {
             }
         }
         let Some(outcome) = entry.transfer.is_finished() else {
+            self.arm(peer);
             return;
         };
         let Some(entry) = self.transfers.remove(&peer) else {
