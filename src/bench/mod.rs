@@ -84,9 +84,14 @@ pub struct StormArgs {
     /// TFTP downloads are always hashed.
     #[arg(long, value_enum, default_value = "sha256")]
     pub verify: Verify,
-    /// The server's process: its CPU time and memory over the storm are reported.
+    /// The server's processes (repeat for several, e.g. dnsmasq and nginx's workers): their
+    /// CPU time and memory over the storm are reported, summed.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
+    /// Stop each machine after this stage (`dhcp`: DORA only; `tftp`: through the boot
+    /// program) to measure one protocol; default: the whole boot.
+    #[arg(long, value_enum, default_value = "files")]
+    pub until: storm::Stage,
     /// Name of this run in the report (e.g. the server under test).
     #[arg(long, default_value = "server")]
     pub label: String,
@@ -223,10 +228,15 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let server_before = args.server_pid.and_then(report::proc_usage);
-    if args.server_pid.is_some() && server_before.is_none() {
-        bail!("cannot read /proc of server pid {:?}", args.server_pid);
-    }
+    let server_before = args
+        .server_pid
+        .iter()
+        .map(|&pid| {
+            report::proc_usage(pid)
+                .map(|u| u.0)
+                .with_context(|| format!("cannot read /proc of server pid {pid}"))
+        })
+        .sum::<anyhow::Result<f64>>()?;
     let cpu_before = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0);
     let (records, elapsed) = runtime.block_on(async {
         let dhcp = net::dhcp_socket(&args.iface)?;
@@ -237,6 +247,7 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
             dhcp,
             net: net::LocalNet::new(&args.iface),
             tftp,
+            until: args.until,
             references,
             progress: Progress::default(),
         });
@@ -283,16 +294,20 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         anyhow::Ok((records, elapsed))
     })?;
     let cpu = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0) - cpu_before;
-    let server = match (args.server_pid, server_before) {
-        (Some(pid), Some((before, _, _))) => {
-            report::proc_usage(pid).map(|(after, peak, end)| report::Usage {
-                pid,
-                cpu_s: after - before,
-                rss_peak_mib: peak,
-                rss_end_mib: end,
-            })
-        }
-        _ => None,
+    let server = if args.server_pid.is_empty() {
+        None
+    } else {
+        let after: Vec<_> = args
+            .server_pid
+            .iter()
+            .filter_map(|&pid| report::proc_usage(pid))
+            .collect();
+        Some(report::Usage {
+            pids: args.server_pid.clone(),
+            cpu_s: after.iter().map(|u| u.0).sum::<f64>() - server_before,
+            rss_peak_mib: after.iter().map(|u| u.1).sum(),
+            rss_end_mib: after.iter().map(|u| u.2).sum(),
+        })
     };
     let summary = Summary::new(args.label.clone(), records, elapsed, cpu, server);
     print!("{}", summary.table());

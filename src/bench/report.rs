@@ -48,7 +48,7 @@ pub struct StageSummary {
 /// CPU and memory of a process over the storm, from `/proc`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Usage {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     pub cpu_s: f64,
     pub rss_peak_mib: f64,
     pub rss_end_mib: f64,
@@ -202,8 +202,8 @@ impl Summary {
         if let Some(s) = &self.server {
             let _ = writeln!(
                 t,
-                "server pid {}: CPU {:.1} s, RSS peak {:.1} MiB, at end {:.1} MiB",
-                s.pid, s.cpu_s, s.rss_peak_mib, s.rss_end_mib
+                "server pid {:?}: CPU {:.1} s, RSS peak {:.1} MiB, at end {:.1} MiB",
+                s.pids, s.cpu_s, s.rss_peak_mib, s.rss_end_mib
             );
         }
         for (stage, n) in &self.failures_by_stage {

@@ -39,7 +39,7 @@ pub struct Reference {
 }
 
 /// The stages of one boot, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// DISCOVER to ACK, as the PXE ROM.
@@ -128,6 +128,8 @@ pub struct Ctx {
     pub dhcp: UdpSocket,
     pub net: LocalNet,
     pub tftp: TftpConfig,
+    /// The last stage machines run.
+    pub until: Stage,
     pub references: HashMap<String, Reference>,
     pub progress: Progress,
 }
@@ -248,6 +250,9 @@ async fn boot(
     let t = Instant::now();
     let (lease, re) = dhcp(ctx, replies, pxe.clone()).await?;
     push(ctx, record, Stage::Dhcp, t, 0, re);
+    if ctx.until == Stage::Dhcp {
+        return Ok(());
+    }
     let servers = [&[lease.server_id, lease.next_server][..], &lease.routers].concat();
     ctx.net
         .make_local(lease.ip, lease.subnet_mask, &servers)
@@ -277,11 +282,17 @@ async fn boot(
     };
     let (bytes, re) = tftp(ctx, lease.ip, server, &file, reference).await?;
     push(ctx, record, Stage::Tftp, t, bytes, re);
+    if ctx.until == Stage::Tftp {
+        return Ok(());
+    }
 
     enter(ctx, stage, Stage::IpxeDhcp, false);
     let t = Instant::now();
     let (lease, re) = dhcp(ctx, replies, DhcpConfig::ipxe(&pxe)).await?;
     push(ctx, record, Stage::IpxeDhcp, t, 0, re);
+    if ctx.until == Stage::IpxeDhcp {
+        return Ok(());
+    }
     let servers = [&[lease.server_id, lease.next_server][..], &lease.routers].concat();
     ctx.net
         .make_local(lease.ip, lease.subnet_mask, &servers)
@@ -332,6 +343,9 @@ async fn boot(
         }
     }
     push(ctx, record, Stage::Script, t, script_bytes, 0);
+    if ctx.until == Stage::Script {
+        return Ok(());
+    }
     if files.is_empty() {
         return Err("the script names nothing to download".into());
     }

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -21,6 +22,9 @@ commands:
   setup   install every prerequisite (Debian packages, nightly rust-src, bpf-linker); idempotent
   test    setup, then cargo fmt --check, clippy -D warnings, and every test of the workspace
   demo    setup, then a lab where `stampede serve` watches real DHCP/TFTP/HTTP clients
+  bench <storm|dhcp|tftp> [--clients N,..] [--deadline SECS] [--peers stampede,dnsmasq]
+          setup, then the same boot storm against Stampede and against dnsmasq (+ nginx) in a
+          namespace lab, after measuring the lab link's ceiling; reports in target/bench/
   fuzz [TARGET] [SECONDS]
           setup, then run one fuzz target (or all) for SECONDS each (default 300)
 
@@ -34,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Some("test") => setup::run().and_then(|()| test(&args[1..])),
         Some("demo") => setup::run().and_then(|()| demo::run()),
         Some("fuzz") => setup::run().and_then(|()| fuzz(&args[1..])),
+        Some("bench") => setup::run().and_then(|()| bench::run(&args[1..])),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

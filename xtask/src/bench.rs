@@ -1,0 +1,716 @@
+//! `cargo xtask bench <storm|dhcp|tftp>`: the same load against Stampede and against peers from
+//! Debian's packages, in one run, on one lab link whose ceiling is measured first.
+//!
+//! The lab is two namespaces joined by a veth: the server side (198.19.0.1/16) runs the server
+//! under test, the client side runs `stampede bench storm` (simulated PXE machines; see
+//! `src/bench`). Peers: dnsmasq for DHCP and TFTP (the usual open-source boot server), nginx for
+//! HTTP. Each run writes the storm's JSON and SVG under `target/bench/<date>/` and a summary
+//! with ratios, the exact commands, the date and the machine.
+//!
+//! Bounded: every storm has a machine count and a deadline; servers are stopped after each run;
+//! namespaces, processes and the neighbour-table setting are restored on drop, also on failure.
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use stampede_lab::{Netns, Process, veth_pair, wait_for};
+
+const USAGE: &str = "\
+usage: cargo xtask bench <storm|dhcp|tftp> [--clients N[,N..]] [--deadline SECS] [--peers LIST]
+
+  storm  the whole boot: DHCP, TFTP of a 1 MiB boot program, DHCP as iPXE, script, 32 MiB over HTTP
+  dhcp   DORA only (the storm stopped after DHCP)
+  tftp   DHCP then the 1 MiB boot program over TFTP; with --windowsize 1,16,64
+options:
+  --clients N,..    machine counts, one storm each (default: storm 100,1000; dhcp 1000,10000; tftp 64)
+  --deadline SECS   per storm (default 300)
+  --peers LIST      servers to run, among stampede,dnsmasq (default both)
+  --windowsize W,.. TFTP windowsizes for `tftp` (default 1,16,64)";
+
+const SERVER_IP: &str = "198.19.0.1";
+const CLIENT_PROBE_IP: &str = "198.19.255.254";
+const BOOT_PROGRAM: usize = 1 << 20;
+const KERNEL: usize = 16 << 20;
+const INITRD: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Storm,
+    Dhcp,
+    Tftp,
+}
+
+#[derive(Debug)]
+struct Options {
+    kind: Kind,
+    clients: Vec<usize>,
+    deadline: u64,
+    peers: Vec<String>,
+    windowsizes: Vec<u16>,
+}
+
+fn list<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<Vec<T>> {
+    text.split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad {what}: {v:?}"))
+        })
+        .collect()
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let kind = match args.first().map(String::as_str) {
+        Some("storm") => Kind::Storm,
+        Some("dhcp") => Kind::Dhcp,
+        Some("tftp") => Kind::Tftp,
+        _ => bail!("{USAGE}"),
+    };
+    let mut o = Options {
+        kind,
+        clients: match kind {
+            Kind::Storm => vec![100, 1000],
+            Kind::Dhcp => vec![1000, 10000],
+            Kind::Tftp => vec![64],
+        },
+        deadline: 300,
+        peers: vec!["stampede".into(), "dnsmasq".into()],
+        windowsizes: vec![1, 16, 64],
+    };
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--clients" => o.clients = list(value, "machine count")?,
+            "--deadline" => o.deadline = value.parse().context("--deadline")?,
+            "--peers" => o.peers = list(value, "peer")?,
+            "--windowsize" => o.windowsizes = list(value, "windowsize")?,
+            _ => bail!("unknown option {flag}\n{USAGE}"),
+        }
+    }
+    if o.clients.iter().any(|&n| n == 0 || n > 60_000) {
+        bail!("--clients: 1 to 60000 machines (the lab's /16 pool)");
+    }
+    for p in &o.peers {
+        if p != "stampede" && p != "dnsmasq" {
+            bail!("unknown peer {p:?} (stampede, dnsmasq)");
+        }
+    }
+    Ok(o)
+}
+
+/// The host's ARP table must hold every simulated machine: the default `gc_thresh3` of 1024
+/// drops the server's replies to the 1025th machine ("neighbour table overflow"). The table is
+/// global, not per namespace; the old values come back on drop.
+struct NeighbourTable {
+    saved: Vec<(String, String)>,
+}
+
+impl NeighbourTable {
+    fn raise(machines: usize) -> anyhow::Result<Self> {
+        let mut saved = Vec::new();
+        let want = (machines * 2 + 4096) as u64;
+        for (key, value) in [
+            ("gc_thresh1", want / 4),
+            ("gc_thresh2", want / 2),
+            ("gc_thresh3", want),
+        ] {
+            let path = format!("/proc/sys/net/ipv4/neigh/default/{key}");
+            let old = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            if old.trim().parse::<u64>().unwrap_or(0) < value {
+                fs::write(&path, value.to_string()).with_context(|| format!("writing {path}"))?;
+                saved.push((path, old.trim().to_owned()));
+            }
+        }
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for NeighbourTable {
+    fn drop(&mut self) {
+        for (path, old) in self.saved.drain(..).rev() {
+            let _ = fs::write(&path, old);
+        }
+    }
+}
+
+/// Deterministic incompressible bytes.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+struct Files {
+    root: PathBuf,
+    ipxe: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    verify: PathBuf,
+    www: PathBuf,
+}
+
+fn files(work: &Path) -> anyhow::Result<Files> {
+    let f = Files {
+        root: work.to_path_buf(),
+        ipxe: work.join("ipxe"),
+        kernel: work.join("files/vmlinuz"),
+        initrd: work.join("files/initrd.img"),
+        verify: work.join("verify"),
+        www: work.join("www"),
+    };
+    for dir in [&f.ipxe, &f.verify, &f.www, &work.join("files")] {
+        fs::create_dir_all(dir)?;
+    }
+    let contents = [
+        ("snponly.efi", pseudo_random(BOOT_PROGRAM, 11)),
+        ("undionly.kpxe", pseudo_random(BOOT_PROGRAM, 12)),
+        ("vmlinuz", pseudo_random(KERNEL, 13)),
+        ("initrd.img", pseudo_random(INITRD, 14)),
+    ];
+    for (name, bytes) in &contents {
+        fs::write(f.verify.join(name), bytes)?;
+        let home = match *name {
+            "vmlinuz" | "initrd.img" => work.join("files"),
+            _ => f.ipxe.clone(),
+        };
+        fs::write(home.join(name), bytes)?;
+        if matches!(*name, "vmlinuz" | "initrd.img") {
+            fs::write(f.www.join(name), bytes)?;
+        }
+    }
+    // What nginx serves iPXE after dnsmasq's answer names it (relative names, like a real
+    // deployment's script).
+    fs::write(
+        f.www.join("boot.ipxe"),
+        "#!ipxe\nkernel vmlinuz initrd=initrd.img console=ttyS0\ninitrd initrd.img\nboot\n",
+    )?;
+    // dnsmasq and nginx drop privileges: everything must be world-readable.
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(work)
+        .status()?;
+    Ok(f)
+}
+
+/// Server and client namespaces joined by a veth.
+struct Lab {
+    server: Netns,
+    client: Netns,
+    server_if: String,
+    client_if: String,
+}
+
+fn lab() -> anyhow::Result<Lab> {
+    let server = Netns::new("bsrv")?;
+    let client = Netns::new("bcli")?;
+    for ns in [&server, &client] {
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+    }
+    let (server_if, client_if) = veth_pair(&server, &client)?;
+    server.ip(&["addr", "add", &format!("{SERVER_IP}/16"), "dev", &server_if])?;
+    Ok(Lab {
+        server,
+        client,
+        server_if,
+        client_if,
+    })
+}
+
+/// The lab link's ceiling: iperf3, server to client (the direction boot files go), 4 streams.
+fn ceiling(lab: &Lab) -> anyhow::Result<f64> {
+    let server = lab
+        .server
+        .spawn("iperf3", &["-s", "-1", "-B", SERVER_IP])
+        .context("iperf3 (run `cargo xtask setup`)")?;
+    lab.client.ip(&[
+        "addr",
+        "add",
+        &format!("{CLIENT_PROBE_IP}/16"),
+        "dev",
+        &lab.client_if,
+    ])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = lab.client.run(
+        "iperf3",
+        &["-c", SERVER_IP, "-R", "-P", "4", "-t", "5", "-J"],
+        Duration::from_secs(30),
+    );
+    lab.client.ip(&[
+        "addr",
+        "del",
+        &format!("{CLIENT_PROBE_IP}/16"),
+        "dev",
+        &lab.client_if,
+    ])?;
+    drop(server);
+    let out = out?.ok()?;
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).context("iperf3 JSON")?;
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no sum_received")
+}
+
+/// A server under test, stopped on drop.
+struct Server {
+    processes: Vec<Process>,
+    pids: Vec<u32>,
+}
+
+fn bound(ns: &Netns, what: &str) -> bool {
+    wait_for(Duration::from_secs(20), || {
+        let out = ns.run("ss", &["-ulntH"], Duration::from_secs(5)).ok()?;
+        out.stdout.contains(what).then_some(())
+    })
+    .is_some()
+}
+
+fn start_stampede(lab: &Lab, f: &Files, binary: &Path, tag: &str) -> anyhow::Result<Server> {
+    let state = f.root.join(format!("stampede-{tag}.redb"));
+    let _ = fs::remove_file(&state);
+    let mut command = lab.server.command(binary.to_str().context("UTF-8 path")?);
+    command
+        .args(["boot", "--iface", &lab.server_if])
+        .args(["--dhcp-range", "198.19.1.0-198.19.254.254"])
+        .args(["--ipxe-dir"])
+        .arg(&f.ipxe)
+        .args(["--api", "off", "--router-advertisements", "off"])
+        .args(["--xdp-mode", "auto", "--stats-interval", "3600"])
+        .arg("--state")
+        .arg(&state)
+        .arg(&f.kernel)
+        .arg(&f.initrd)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let process = Process::spawn(command)?;
+    let pid = process.id().context("stampede pid")?;
+    if !bound(&lab.server, &format!("{SERVER_IP}:69 ")) && !bound(&lab.server, ":69 ") {
+        bail!("stampede did not come up");
+    }
+    Ok(Server {
+        processes: vec![process],
+        pids: vec![pid],
+    })
+}
+
+fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
+    // dnsmasq as a boot server is usually run with its defaults; two would make a storm of
+    // this size fail outright, so they are raised to fit it (and said so in the report):
+    // --dhcp-lease-max (default 1000) and --tftp-max (default 50), with the open-file limit
+    // its TFTP sockets need.
+    let args = vec![
+        "--nofile=65536:65536".to_owned(),
+        "dnsmasq".to_owned(),
+        "--keep-in-foreground".to_owned(),
+        "--conf-file=/dev/null".to_owned(),
+        "--port=0".to_owned(),
+        format!("--interface={}", lab.server_if),
+        "--bind-interfaces".to_owned(),
+        "--dhcp-range=198.19.1.0,198.19.254.254,255.255.0.0,1h".to_owned(),
+        format!("--dhcp-lease-max={}", clients + 1000),
+        format!(
+            "--dhcp-leasefile={}",
+            f.root.join("dnsmasq.leases").display()
+        ),
+        "--no-ping".to_owned(),
+        "--enable-tftp".to_owned(),
+        format!("--tftp-root={}", f.ipxe.display()),
+        format!("--tftp-max={}", clients.max(50)),
+        "--dhcp-match=set:ipxe,175".to_owned(),
+        "--dhcp-match=set:efi64,option:client-arch,7".to_owned(),
+        format!("--dhcp-boot=tag:ipxe,http://{SERVER_IP}/boot.ipxe"),
+        format!("--dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi,,{SERVER_IP}"),
+        format!("--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,{SERVER_IP}"),
+        "--log-facility=/dev/null".to_owned(),
+    ];
+    let _ = fs::remove_file(f.root.join("dnsmasq.leases"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dnsmasq = lab.server.spawn("prlimit", &args)?;
+    let conf = f.root.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\nworker_rlimit_nofile 65536;\n\
+             error_log stderr error;\npid {pid};\n\
+             events {{ worker_connections 30000; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 10000;\n\
+               client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
+               uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+               types {{ application/octet-stream img; }}\n  default_type application/octet-stream;\n\
+               server {{ listen {SERVER_IP}:80 reuseport; root {www}; }}\n}}\n",
+            pid = f.root.join("nginx.pid").display(),
+            tmp = f.root.display(),
+            www = f.www.display(),
+        ),
+    )?;
+    let nginx = lab.server.spawn(
+        "nginx",
+        &["-c", conf.to_str().context("UTF-8")?, "-e", "stderr"],
+    )?;
+    if !bound(&lab.server, ":67 ") || !bound(&lab.server, &format!("{SERVER_IP}:80 ")) {
+        bail!("dnsmasq or nginx did not come up");
+    }
+    // CPU is counted for dnsmasq, nginx's master and its workers.
+    let mut pids = vec![dnsmasq.id().context("dnsmasq pid")?];
+    let master = nginx.id().context("nginx pid")?;
+    pids.push(master);
+    let children =
+        fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
+    pids.extend(
+        children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok()),
+    );
+    Ok(Server {
+        processes: vec![dnsmasq, nginx],
+        pids,
+    })
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for p in &self.processes {
+            let _ = p.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // Process's Drop kills what did not exit.
+        self.processes.clear();
+    }
+}
+
+/// One storm's summary, from its JSON.
+#[derive(Debug)]
+struct Result_ {
+    server: String,
+    clients: usize,
+    booted: u64,
+    time_to_last: Option<f64>,
+    elapsed: f64,
+    p50_boot: Option<f64>,
+    p99_boot: Option<f64>,
+    mib_s: f64,
+    server_cpu: Option<f64>,
+    bench_cpu: f64,
+    failures: String,
+    command: String,
+}
+
+#[allow(clippy::too_many_arguments, reason = "one call site per bench kind")]
+fn run_storm(
+    lab: &Lab,
+    f: &Files,
+    binary: &Path,
+    out: &Path,
+    server: &Server,
+    label: &str,
+    clients: usize,
+    deadline: u64,
+    extra: &[String],
+) -> anyhow::Result<Result_> {
+    let tag = format!("{label}-{clients}{}", extra.join("").replace("--", "-"));
+    let json = out.join(format!("{tag}.json"));
+    let svg = out.join(format!("{tag}.svg"));
+    let mut args: Vec<String> = vec![
+        "bench".into(),
+        "storm".into(),
+        "--iface".into(),
+        lab.client_if.clone(),
+        "--clients".into(),
+        clients.to_string(),
+        "--deadline".into(),
+        deadline.to_string(),
+        "--verify-dir".into(),
+        f.verify.display().to_string(),
+        "--verify".into(),
+        "compare".into(),
+        "--label".into(),
+        label.into(),
+        "--json".into(),
+        json.display().to_string(),
+        "--plot".into(),
+        svg.display().to_string(),
+    ];
+    for pid in &server.pids {
+        args.push("--server-pid".into());
+        args.push(pid.to_string());
+    }
+    args.extend(extra.iter().cloned());
+    let command = format!("stampede {}", args.join(" "));
+    eprintln!("xtask: bench: {label}, {clients} machines: {command}");
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = lab.client.run(
+        binary.to_str().context("UTF-8")?,
+        &arg_refs,
+        Duration::from_secs(deadline + 120),
+    )?;
+    println!("{}", result.stdout.trim_end());
+    let report: serde_json::Value = serde_json::from_slice(
+        &fs::read(&json).with_context(|| format!("no report: {}", result.stderr))?,
+    )?;
+    let failures = report["failures_by_stage"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    Ok(Result_ {
+        server: label.to_owned(),
+        clients,
+        booted: report["booted"].as_u64().unwrap_or(0),
+        time_to_last: report["time_to_last_boot_s"].as_f64(),
+        elapsed: report["elapsed_s"].as_f64().unwrap_or(0.0),
+        p50_boot: report["boot"]["p50_ms"].as_f64(),
+        p99_boot: report["boot"]["p99_ms"].as_f64(),
+        mib_s: report["throughput_mib_s"].as_f64().unwrap_or(0.0),
+        server_cpu: report["server"]["cpu_s"].as_f64(),
+        bench_cpu: report["client_cpu_s"].as_f64().unwrap_or(0.0),
+        failures,
+        command,
+    })
+}
+
+fn fmt_opt(v: Option<f64>, scale: f64, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{:.*}", digits, v * scale))
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let options = parse(args)?;
+    if let Some(reason) = stampede_lab::unavailable_reason() {
+        bail!("the bench runs a network-namespace lab: {reason}");
+    }
+    let mut build = crate::cargo();
+    build.args(["build", "--release", "--package", "stampede"]);
+    crate::run(build)?;
+    let binary = crate::workspace_root().join("target/release/stampede");
+    let date = String::from_utf8(
+        Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%dT%H%MZ")
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .to_owned();
+    let out = crate::workspace_root().join("target/bench").join(&date);
+    fs::create_dir_all(&out)?;
+    let work = tempdir()?;
+    let f = files(work.path())?;
+    let largest = options.clients.iter().copied().max().unwrap_or(1);
+    let _neigh = NeighbourTable::raise(largest)?;
+    let lab = lab()?;
+    let ceiling_bps = ceiling(&lab)?;
+    println!(
+        "lab link ceiling (iperf3 -R -P 4, server to client): {:.2} Gbit/s",
+        ceiling_bps / 1e9
+    );
+
+    let mut results = Vec::new();
+    let runs: Vec<Vec<String>> = match options.kind {
+        Kind::Storm => vec![vec![]],
+        Kind::Dhcp => vec![vec!["--until".into(), "dhcp".into()]],
+        Kind::Tftp => options
+            .windowsizes
+            .iter()
+            .map(|w| {
+                vec![
+                    "--until".into(),
+                    "tftp".into(),
+                    "--windowsize".into(),
+                    w.to_string(),
+                ]
+            })
+            .collect(),
+    };
+    let mut prefix = 0u8;
+    for &clients in &options.clients {
+        for extra in &runs {
+            for peer in &options.peers {
+                prefix = prefix.wrapping_add(1);
+                let mut extra = extra.clone();
+                extra.extend(["--mac-prefix".into(), format!("02:5{}:{prefix:02x}", 3)]);
+                let server = if peer == "stampede" {
+                    start_stampede(&lab, &f, &binary, &format!("{clients}-{prefix}"))?
+                } else {
+                    start_peers(&lab, &f, clients)?
+                };
+                let label = if peer == "stampede" {
+                    "stampede".to_owned()
+                } else {
+                    "dnsmasq+nginx".to_owned()
+                };
+                let r = run_storm(
+                    &lab,
+                    &f,
+                    &binary,
+                    &out,
+                    &server,
+                    &label,
+                    clients,
+                    options.deadline,
+                    &extra,
+                );
+                drop(server);
+                let mut r = r?;
+                if !extra.is_empty() {
+                    r.server = format!("{label} {}", extra[..extra.len() - 2].join(" "));
+                }
+                results.push(r);
+            }
+        }
+    }
+
+    let per_machine = match options.kind {
+        Kind::Storm => (BOOT_PROGRAM + KERNEL + INITRD) as f64,
+        Kind::Tftp => BOOT_PROGRAM as f64,
+        Kind::Dhcp => 0.0,
+    };
+    let mut md = String::new();
+    let machine = String::from_utf8(Command::new("uname").arg("-srm").output()?.stdout)?;
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l[13..].trim().to_owned())
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "`cargo xtask bench {}` on {date} ({} cores, {cpu}, {})\n",
+        args.join(" "),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        machine.trim()
+    );
+    let _ = writeln!(
+        md,
+        "Lab link ceiling (iperf3, server to client, 4 streams): {:.2} Gbit/s = {:.0} MiB/s\n",
+        ceiling_bps / 1e9,
+        ceiling_bps / 8.0 / 1048576.0
+    );
+    let _ = writeln!(
+        md,
+        "| server | machines | booted | time to last (s) | ceiling time (s) | p50 boot (ms) | p99 boot (ms) | MiB/s | server CPU (s) | bench CPU (s) | failures |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &results {
+        let ceiling_time = per_machine * r.clients as f64 / (ceiling_bps / 8.0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} | {} |",
+            r.server,
+            r.clients,
+            r.booted,
+            r.time_to_last
+                .map_or(format!("- (ran {:.0})", r.elapsed), |t| format!("{t:.2}")),
+            if per_machine > 0.0 {
+                format!("{ceiling_time:.2}")
+            } else {
+                "-".into()
+            },
+            fmt_opt(r.p50_boot, 1.0, 0),
+            fmt_opt(r.p99_boot, 1.0, 0),
+            r.mib_s,
+            fmt_opt(r.server_cpu, 1.0, 1),
+            r.bench_cpu,
+            if r.failures.is_empty() {
+                "-"
+            } else {
+                &r.failures
+            },
+        );
+    }
+    // Ratios, same machine count and same options: Stampede's time over each peer's.
+    let _ = writeln!(md);
+    for s in results.iter().filter(|r| r.server.starts_with("stampede")) {
+        let suffix = s.server.trim_start_matches("stampede");
+        for p in results.iter().filter(|r| {
+            r.clients == s.clients
+                && !r.server.starts_with("stampede")
+                && r.server.ends_with(suffix)
+        }) {
+            match (s.time_to_last, p.time_to_last) {
+                (Some(a), Some(b)) => {
+                    let _ = writeln!(
+                        md,
+                        "- {} machines{suffix}: Stampede {a:.2} s, {} {b:.2} s: {:.2}x faster",
+                        s.clients,
+                        p.server.trim_end_matches(suffix),
+                        b / a
+                    );
+                }
+                (Some(a), None) => {
+                    let _ = writeln!(
+                        md,
+                        "- {} machines{suffix}: Stampede {a:.2} s; {} did not boot every machine ({} of {}; {})",
+                        s.clients,
+                        p.server.trim_end_matches(suffix),
+                        p.booted,
+                        p.clients,
+                        p.failures
+                    );
+                }
+                _ => {}
+            }
+        }
+        if per_machine > 0.0
+            && let Some(a) = s.time_to_last
+        {
+            let ceiling_time = per_machine * s.clients as f64 / (ceiling_bps / 8.0);
+            let _ = writeln!(
+                md,
+                "- {} machines{suffix}: Stampede at {:.2}x the link ceiling's time",
+                s.clients,
+                a / ceiling_time
+            );
+        }
+    }
+    let _ = writeln!(md, "\nCommands (in the client namespace):\n");
+    for r in &results {
+        let _ = writeln!(md, "    {}", r.command);
+    }
+    fs::write(out.join("summary.md"), &md)?;
+    println!("\n{md}");
+    println!("reports: {}", out.display());
+    Ok(())
+}
+
+/// A scratch directory under target/ (tmpfs-sized payloads would not fit /tmp on some hosts).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> anyhow::Result<TempDir> {
+    let dir = crate::workspace_root()
+        .join("target/bench/work")
+        .join(std::process::id().to_string());
+    fs::create_dir_all(&dir)?;
+    Ok(TempDir(dir))
+}
