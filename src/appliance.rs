@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use stampede_dataplane::{
     boot::BootPlan,
-    config::{ApplianceConfig, DhcpMode, QuickBoot, parse_range, wire},
+    config::{ApplianceConfig, DhcpMode, MacPolicy, QuickBoot, parse_range, wire},
     engine::{self, Engine, EngineConfig, Ports, UdpStats},
     http_server::{HttpServer, HttpServerConfig, HttpStats},
     xdp::{AttachMode, XdpClassifier, error_chain},
@@ -190,9 +190,10 @@ fn run(
         .map(std::num::NonZeroUsize::get)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut classifier = match xdp {
-        Some(mode) => attach_classifier(&iface, mode, config.server.http_port),
+        Some(mode) => attach_classifier(&iface, mode, &config),
         None => None,
     };
+    apply_xdp_policy(classifier.as_mut(), &config, "start");
     // Every boot stage goes to the control plane's per-machine sessions (`/api/v1/sessions`,
     // the `/api/v1/events` stream, `stampede ctl watch`).
     let events = stampede_proto::events::Events(Arc::clone(control_state.sessions()) as _);
@@ -298,11 +299,18 @@ fn run(
                 }
                 _ = sighup.recv() => {
                     let snapshot = Arc::clone(&fleet.borrow());
-                    reload(&engine, &source, &snapshot, &iface, "SIGHUP");
+                    reload(&engine, classifier.as_mut(), &source, &snapshot, &iface, "SIGHUP");
                 }
                 Ok(()) = fleet.changed() => {
                     let snapshot = Arc::clone(&fleet.borrow_and_update());
-                    reload(&engine, &source, &snapshot, &iface, "control API");
+                    reload(
+                        &engine,
+                        classifier.as_mut(),
+                        &source,
+                        &snapshot,
+                        &iface,
+                        "control API",
+                    );
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -340,18 +348,23 @@ fn run(
     Ok(())
 }
 
-/// Builds a new plan from the source and the fleet and hands it to the engine; a refused one
-/// leaves the running plan in place.
+/// Builds a new plan from the source and the fleet and hands it to the engine, and the new drop
+/// policy to the XDP classifier; a refused configuration leaves both as they were.
 fn reload(
     engine: &Engine,
+    classifier: Option<&mut XdpClassifier>,
     source: &Source,
     fleet: &stampede_control::FleetSnapshot,
     iface: &str,
     why: &str,
 ) {
-    match source.load(Some(fleet)).and_then(|c| plan_for(&c, iface)) {
-        Ok(plan) => {
+    let loaded = source
+        .load(Some(fleet))
+        .and_then(|c| Ok((plan_for(&c, iface)?, c)));
+    match loaded {
+        Ok((plan, config)) => {
             engine.reload(plan);
+            apply_xdp_policy(classifier, &config, why);
             tracing::info!(
                 trigger = why,
                 generation = fleet.generation,
@@ -366,11 +379,63 @@ fn reload(
     }
 }
 
+/// Pushes the configuration's drop policy (rate limits, known-only) and MAC lists (denied
+/// machines, and in known-only mode the known ones) into the running classifier, changing only
+/// what differs. Machines from the control API are part of `config` once merged.
+fn apply_xdp_policy(classifier: Option<&mut XdpClassifier>, config: &ApplianceConfig, why: &str) {
+    let filter = &config.xdp_filter;
+    let Some(classifier) = classifier else {
+        if filter.policy == MacPolicy::KnownOnly {
+            tracing::warn!(
+                trigger = why,
+                "xdp.policy = known-only is enforced by the XDP classifier, which is not \
+                 attached: unknown machines are served"
+            );
+        }
+        return;
+    };
+    let lists = config.xdp_mac_lists();
+    if lists.uuid_only > 0 {
+        tracing::warn!(
+            machines = lists.uuid_only,
+            "known-only: machines known by UUID alone have no MAC for the allow list and are \
+             refused at the NIC; give them a mac"
+        );
+    }
+    let applied = classifier
+        .set_policy(filter.policy())
+        .and_then(|()| classifier.sync_mac_lists(&lists.deny, &lists.allow));
+    match applied {
+        Ok(changes) => tracing::info!(
+            trigger = why,
+            policy = ?filter.policy,
+            dhcp_rate = filter.dhcp_rate_per_sec,
+            dhcp_burst = filter.dhcp_burst,
+            denied = lists.deny.len(),
+            allowed = lists.allow.len(),
+            added = changes.denied + changes.allowed,
+            removed = changes.undenied + changes.unallowed,
+            "XDP policy applied"
+        ),
+        Err(err) => tracing::error!(
+            trigger = why,
+            error = %error_chain(&err),
+            "the XDP policy was not applied in full; the next reload tries again"
+        ),
+    }
+}
+
 /// Attaches the classifier; the appliance serves without it when it cannot (the kernel lacks
 /// BPF, or the process lacks the capability), saying why.
-fn attach_classifier(iface: &str, mode: AttachMode, http_port: u16) -> Option<XdpClassifier> {
+fn attach_classifier(
+    iface: &str,
+    mode: AttachMode,
+    config: &ApplianceConfig,
+) -> Option<XdpClassifier> {
     let attempt = || -> anyhow::Result<XdpClassifier> {
-        let mut classifier = XdpClassifier::load(XdpConfig::new(http_port))?;
+        let mut classifier = XdpClassifier::load(
+            XdpConfig::new(config.server.http_port).with_policy(config.xdp_filter.policy()),
+        )?;
         let attachment = classifier.attach(iface, mode)?;
         if let Some(reason) = &attachment.fallback_reason {
             tracing::warn!(%iface, native_error = %reason, "XDP attached in generic mode");

@@ -1,7 +1,8 @@
 //! The XDP drop policy run by the kernel on crafted frames (BPF_PROG_TEST_RUN): every drop reason
 //! with exact class and drop counters, the per-MAC DHCP token bucket (burst, refill, VLAN tags,
 //! messages through a router), deny and allow lists updated live, known-only mode, TFTP
-//! admission, and what is never dropped (fragments, non-boot traffic, malformed non-boot headers).
+//! admission and its refill, what is never dropped (fragments, non-boot traffic, malformed non-boot
+//! headers), policy read past IP options and VLAN tags, and the MAC lists synced to a wanted set.
 mod support;
 
 use std::time::{Duration, Instant};
@@ -644,4 +645,244 @@ fn a_zero_burst_is_refused() {
         .expect_err("zero TFTP burst");
     assert!(matches!(err, XdpError::InvalidPolicy(_)), "{err}");
     assert_eq!(xdp.config().policy, XdpPolicy::permissive());
+}
+
+#[test]
+fn mac_lists_are_synced_to_exactly_what_is_wanted() {
+    use stampede_dataplane::xdp::MacListChanges;
+    use std::collections::BTreeSet;
+
+    let known_only = XdpPolicy {
+        known_only: 1,
+        ..XdpPolicy::permissive()
+    };
+    let Some(mut xdp) = classifier("mac_list_sync", known_only) else {
+        return;
+    };
+    // Something put there by hand beforehand: a sync reads the kernel's maps, not a memory.
+    xdp.deny_mac(MAC_D).expect("deny D");
+    let deny = BTreeSet::from([MAC_A]);
+    let allow = BTreeSet::from([MAC_B, MAC_C]);
+    let changes = xdp.sync_mac_lists(&deny, &allow).expect("sync");
+    assert_eq!(
+        changes,
+        MacListChanges {
+            denied: 1,
+            undenied: 1,
+            allowed: 2,
+            unallowed: 0
+        }
+    );
+    assert_eq!(xdp.denied_macs().expect("deny list"), deny);
+    assert_eq!(xdp.allowed_macs().expect("allow list"), allow);
+    let denied = Some(drop_reason::DENIED_MAC);
+    let unknown = Some(drop_reason::UNKNOWN_MAC);
+    let frame = |mac| discover_frame(mac, None, 67);
+    expect(&xdp, "A denied", &frame(MAC_A), class::DHCP_SERVER, denied);
+    expect(&xdp, "B allowed", &frame(MAC_B), class::DHCP_SERVER, None);
+    expect(
+        &xdp,
+        "D unknown",
+        &frame(MAC_D),
+        class::DHCP_SERVER,
+        unknown,
+    );
+
+    // The same lists again change nothing.
+    assert!(
+        xdp.sync_mac_lists(&deny, &allow)
+            .expect("sync again")
+            .is_empty()
+    );
+    // A moves from the deny list to the allow list, C leaves, D is denied.
+    let deny = BTreeSet::from([MAC_D]);
+    let allow = BTreeSet::from([MAC_A, MAC_B]);
+    let changes = xdp.sync_mac_lists(&deny, &allow).expect("sync");
+    assert_eq!(
+        changes,
+        MacListChanges {
+            denied: 1,
+            undenied: 1,
+            allowed: 1,
+            unallowed: 1
+        }
+    );
+    expect(
+        &xdp,
+        "A allowed now",
+        &frame(MAC_A),
+        class::DHCP_SERVER,
+        None,
+    );
+    expect(
+        &xdp,
+        "C unknown now",
+        &frame(MAC_C),
+        class::DHCP_SERVER,
+        unknown,
+    );
+    expect(
+        &xdp,
+        "D denied now",
+        &frame(MAC_D),
+        class::DHCP_SERVER,
+        denied,
+    );
+    // Empty lists empty the maps.
+    xdp.sync_mac_lists(&BTreeSet::new(), &BTreeSet::new())
+        .expect("sync to empty");
+    assert!(xdp.denied_macs().expect("deny list").is_empty());
+    assert!(xdp.allowed_macs().expect("allow list").is_empty());
+    expect(
+        &xdp,
+        "A unknown",
+        &frame(MAC_A),
+        class::DHCP_SERVER,
+        unknown,
+    );
+}
+
+#[test]
+fn tftp_admission_refills_over_time() {
+    const RATE: u32 = 20;
+    const BURST: u32 = 5;
+    let policy = XdpPolicy {
+        tftp_rate_per_sec: RATE,
+        tftp_burst: BURST,
+        ..XdpPolicy::permissive()
+    };
+    let Some(xdp) = classifier("tftp_admission_refills", policy) else {
+        return;
+    };
+    let rrq = ethernet_from(
+        MAC_A,
+        None,
+        ETH_P_IP,
+        &ipv4(IPPROTO_UDP, 0, &[], &udp(2000, 69, &tftp_rrq("ipxe.efi"))),
+    );
+    let mut drained = false;
+    for _ in 0..1000 {
+        if xdp.test_run(&rrq).expect("test run") == action::DROP {
+            drained = true;
+            break;
+        }
+    }
+    assert!(drained, "the admission bucket never ran dry");
+    let emptied = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let slept = emptied.elapsed();
+    let earned = (slept.as_nanos() * u128::from(RATE) / 1_000_000_000) as u32;
+    let at_least = earned.min(BURST);
+    assert!(at_least >= 5, "slept {slept:?}, earned {earned}");
+    let passed = passes(&xdp, "after the pause", &rrq, BURST + 5);
+    assert!(
+        passed >= at_least,
+        "{passed} admitted after {slept:?} at {RATE}/s, expected at least {at_least}"
+    );
+    // Never more than a full bucket, however long the pause: 600 ms earn 12 tokens at 20/s,
+    // and the bucket holds 5.
+    std::thread::sleep(Duration::from_millis(600));
+    let runs = Instant::now();
+    let passed = passes(&xdp, "after a long pause", &rrq, BURST * 4);
+    // Plus what the runs themselves earned while they went on (well under one token here).
+    let during = (runs.elapsed().as_nanos() * u128::from(RATE) / 1_000_000_000) as u32 + 1;
+    assert!(
+        (BURST..=BURST + during).contains(&passed),
+        "{passed} admitted after a long pause with a burst of {BURST}"
+    );
+    assert_eq!(
+        xdp.drops().expect("drops").total_packets(),
+        xdp.drops()
+            .expect("drops")
+            .packets(drop_reason::TFTP_ADMISSION)
+    );
+}
+
+#[test]
+fn policy_reads_past_ip_options_and_tags_and_never_parses_fragments() {
+    let known_only = XdpPolicy {
+        known_only: 1,
+        ..no_refill(2, 1)
+    };
+    let Some(mut xdp) = classifier("policy_past_options", known_only) else {
+        return;
+    };
+    xdp.allow_mac(MAC_A).expect("allow A");
+    // Router alert (RFC 2113) padded to a word; and the longest header, 40 bytes of NOPs.
+    let router_alert = [0x94, 0x04, 0x00, 0x00];
+    let nops = [0x01; 40];
+    let dhcp = |mac, options: &[u8], tag| {
+        let body = dhcp_discover_relayed(mac, [0; 4]);
+        ethernet_from(
+            RELAY,
+            tag,
+            ETH_P_IP,
+            &ipv4(IPPROTO_UDP, 0, options, &udp(68, 67, &body)),
+        )
+    };
+    let unknown = Some(drop_reason::UNKNOWN_MAC);
+    // The chaddr is found after the options and the tag, so A (known) passes and B does not,
+    // whatever the Ethernet source.
+    expect(
+        &xdp,
+        "A, router alert",
+        &dhcp(MAC_A, &router_alert, None),
+        class::DHCP_SERVER,
+        None,
+    );
+    expect(
+        &xdp,
+        "B, router alert",
+        &dhcp(MAC_B, &router_alert, None),
+        class::DHCP_SERVER,
+        unknown,
+    );
+    expect(
+        &xdp,
+        "A, 40 bytes of options, 802.1ad",
+        &dhcp(MAC_A, &nops, Some((ETH_P_8021AD, 100))),
+        class::DHCP_SERVER,
+        None,
+    );
+    expect(
+        &xdp,
+        "B, 40 bytes of options, 802.1Q",
+        &dhcp(MAC_B, &nops, Some((ETH_P_8021Q, 4094))),
+        class::DHCP_SERVER,
+        unknown,
+    );
+    // A's bucket (burst 2) is spent by now: the tag and the options do not give A a new one.
+    expect(
+        &xdp,
+        "A, third message",
+        &dhcp(MAC_A, &router_alert, Some((ETH_P_8021Q, 1))),
+        class::DHCP_SERVER,
+        Some(drop_reason::DHCP_RATE_LIMITED),
+    );
+    // Fragments of a DHCP datagram from an unknown MAC: not parsed as UDP, so passed as
+    // "other" whatever their bytes say, with options or without.
+    let body = dhcp_discover_relayed(MAC_B, [0; 4]);
+    let first = ethernet_from(
+        MAC_B,
+        None,
+        ETH_P_IP,
+        &ipv4(IPPROTO_UDP, IP_MF, &router_alert, &udp(68, 67, &body)),
+    );
+    expect(
+        &xdp,
+        "first fragment, unknown MAC",
+        &first,
+        class::OTHER,
+        None,
+    );
+    let later = ethernet_from(
+        MAC_B,
+        Some((ETH_P_8021Q, 7)),
+        ETH_P_IP,
+        &ipv4(IPPROTO_UDP, 185, &nops, &udp(68, 67, &body)),
+    );
+    expect(&xdp, "later fragment, tagged", &later, class::OTHER, None);
+    let drops = xdp.drops().expect("drops");
+    assert_eq!(drops.packets(drop_reason::UNKNOWN_MAC), 2, "{drops}");
+    assert_eq!(drops.total_packets(), 3, "{drops}");
 }

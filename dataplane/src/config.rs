@@ -20,11 +20,12 @@
 //!   ([`QuickBoot`]); goes through the same wire type and the same validation.
 //! - The sections: [`ServerSettings`], [`DhcpSettings`] (with proto [`Pool`]s ready to use),
 //!   [`BootSettings`], [`Profile`] (an [`ipxe::BootProfile`] already validated), [`Machine`],
-//!   [`TftpSettings`], [`HttpSettings`], and `xdp` as an optional [`AttachMode`].
+//!   [`TftpSettings`], [`HttpSettings`], `xdp` as an optional [`AttachMode`], and
+//!   [`XdpFilterSettings`] (the drop policy the XDP classifier enforces).
 //!
 //! The annotated example `docs/stampede.example.toml` lists every key with its default; a test
 //! below parses it, so it cannot drift from this code.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -35,6 +36,8 @@ use stampede_proto::bootpath::{BootPath, PathRejection};
 use stampede_proto::dhcp::{Loaders, Pool};
 use stampede_proto::ipxe::{self, Arch, BootFiles, ProfileError, Template};
 use stampede_proto::{http, tftp};
+
+use stampede_ebpf_common::XdpPolicy;
 
 use crate::xdp::AttachMode;
 
@@ -52,6 +55,77 @@ pub struct ApplianceConfig {
     pub http: HttpSettings,
     /// `None` when `xdp.mode = "off"`: everything is then served from sockets alone.
     pub xdp: Option<AttachMode>,
+    /// `[xdp]` policy keys: what the classifier drops, whatever the attach mode.
+    pub xdp_filter: XdpFilterSettings,
+}
+
+/// `[xdp] policy`: which machines may send DHCP at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MacPolicy {
+    /// Every MAC not denied (the default: a boot network usually boots new machines).
+    #[default]
+    Open,
+    /// Only MACs the appliance knows (`[[machines]]`, `[[dhcp.reservations]]`, machines
+    /// registered through the API); DHCP from any other MAC is dropped at the NIC.
+    KnownOnly,
+}
+
+/// `[xdp]` drop policy: rate limits, the MAC policy and the operator's own deny list. The deny
+/// and allow lists the classifier holds are computed from this and the machines
+/// ([`ApplianceConfig::xdp_mac_lists`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpFilterSettings {
+    pub policy: MacPolicy,
+    /// DHCP and ProxyDHCP messages per second per MAC once the burst is spent.
+    pub dhcp_rate_per_sec: u32,
+    /// DHCP and ProxyDHCP messages one MAC may send back to back.
+    pub dhcp_burst: u32,
+    /// TFTP read requests per second admitted in total.
+    pub tftp_rate_per_sec: u32,
+    /// TFTP read requests admitted back to back in total.
+    pub tftp_burst: u32,
+    /// `xdp.deny`: MACs whose DHCP is dropped whatever else the configuration says.
+    pub deny: Vec<[u8; 6]>,
+}
+
+impl Default for XdpFilterSettings {
+    fn default() -> Self {
+        let p = XdpPolicy::permissive();
+        Self {
+            policy: MacPolicy::Open,
+            dhcp_rate_per_sec: p.dhcp_rate_per_sec,
+            dhcp_burst: p.dhcp_burst,
+            tftp_rate_per_sec: p.tftp_rate_per_sec,
+            tftp_burst: p.tftp_burst,
+            deny: Vec::new(),
+        }
+    }
+}
+
+impl XdpFilterSettings {
+    /// The policy as the classifier's `CONFIG` map holds it.
+    pub fn policy(&self) -> XdpPolicy {
+        XdpPolicy {
+            dhcp_rate_per_sec: self.dhcp_rate_per_sec,
+            dhcp_burst: self.dhcp_burst,
+            tftp_rate_per_sec: self.tftp_rate_per_sec,
+            tftp_burst: self.tftp_burst,
+            known_only: u32::from(self.policy == MacPolicy::KnownOnly),
+        }
+    }
+}
+
+/// The MACs the classifier must hold on its lists for a configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpMacLists {
+    /// `xdp.deny` and every machine with `allow = false`.
+    pub deny: BTreeSet<[u8; 6]>,
+    /// In known-only mode, every allowed machine's MAC and every reservation's; empty otherwise
+    /// (the allow list means nothing in open mode).
+    pub allow: BTreeSet<[u8; 6]>,
+    /// Allowed machines known by UUID only: XDP sees MACs, so in known-only mode these are
+    /// refused at the NIC. Listed so the appliance can say so.
+    pub uuid_only: usize,
 }
 
 /// `[server]`.
@@ -312,6 +386,8 @@ pub enum Problem {
     NoProfiles,
     #[error("no profile given and boot.default_profile is not set")]
     NoProfile,
+    #[error("{count} entries, at most {max} fit")]
+    TooMany { count: usize, max: usize },
     #[error("a machine needs a mac or a uuid")]
     MachineWithoutKey,
     #[error("set boot.root (a directory) or boot.files")]
@@ -537,11 +613,27 @@ pub mod wire {
         Off,
     }
 
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum MacPolicy {
+        #[default]
+        Open,
+        KnownOnly,
+    }
+
     #[derive(Debug, Clone, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Xdp {
         #[serde(default)]
         pub mode: XdpMode,
+        #[serde(default)]
+        pub policy: MacPolicy,
+        pub dhcp_rate: Option<u64>,
+        pub dhcp_burst: Option<u64>,
+        pub tftp_rate: Option<u64>,
+        pub tftp_burst: Option<u64>,
+        #[serde(default)]
+        pub deny: Vec<String>,
     }
 }
 
@@ -557,6 +649,34 @@ impl ApplianceConfig {
     /// The configuration quick mode means, before validation (see [`ApplianceConfig::quick`]).
     pub fn quick_wire(q: QuickBoot) -> Result<wire::Config, ConfigError> {
         Self::quick_parts(q)
+    }
+
+    /// The deny and allow lists the XDP classifier must hold for this configuration (machines
+    /// from the control API included, once merged).
+    pub fn xdp_mac_lists(&self) -> XdpMacLists {
+        let mut lists = XdpMacLists {
+            deny: self.xdp_filter.deny.iter().copied().collect(),
+            ..XdpMacLists::default()
+        };
+        let known_only = self.xdp_filter.policy == MacPolicy::KnownOnly;
+        for machine in &self.machines {
+            match (machine.mac, machine.allow) {
+                (Some(mac), false) => {
+                    lists.deny.insert(mac);
+                }
+                (Some(mac), true) if known_only => {
+                    lists.allow.insert(mac);
+                }
+                (None, true) if known_only => lists.uuid_only += 1,
+                _ => {}
+            }
+        }
+        if known_only {
+            lists
+                .allow
+                .extend(self.dhcp.reservations.iter().map(|r| r.mac));
+        }
+        lists
     }
 
     /// The profile a machine boots, if it boots: its own, else the default.
@@ -607,6 +727,7 @@ impl TryFrom<wire::Config> for ApplianceConfig {
                 wire::XdpMode::Generic => Some(AttachMode::Generic),
                 wire::XdpMode::Off => None,
             },
+            xdp_filter: xdp_filter(&w.xdp)?,
         })
     }
 }
@@ -1062,6 +1183,64 @@ fn machines(
     Ok(out)
 }
 
+/// Upper bounds of the `[xdp]` rate keys: far beyond any real boot network, low enough that the
+/// token arithmetic in the XDP program (`burst * 1e9` in a `u64`) cannot overflow.
+const MAX_DHCP_RATE: u64 = 100_000;
+const MAX_TFTP_RATE: u64 = 1_000_000;
+
+fn xdp_filter(w: &wire::Xdp) -> Result<XdpFilterSettings, ConfigError> {
+    let d = XdpFilterSettings::default();
+    // A rate of 0 would never refill a bucket and a burst of 0 would drop everything: both are
+    // refused (min 1) rather than silently turning the limit into a wall.
+    let n = |key, value, default: u32, max| {
+        number(key, value, u64::from(default), 1, max).map(|v| v as u32)
+    };
+    let mut deny = Vec::with_capacity(w.deny.len());
+    let mut seen: HashMap<[u8; 6], usize> = HashMap::new();
+    for (i, text) in w.deny.iter().enumerate() {
+        let key = format!("xdp.deny[{i}]");
+        let mac = parse_mac(text).map_err(|e| ConfigError::invalid(key.clone(), e))?;
+        if let Some(first) = seen.insert(mac, i) {
+            return Err(duplicate(
+                key,
+                &ipxe::format_mac(&mac),
+                format!("xdp.deny[{first}]"),
+            ));
+        }
+        deny.push(mac);
+    }
+    if deny.len() > stampede_ebpf_common::DENY_MACS_CAPACITY as usize {
+        return Err(ConfigError::invalid(
+            "xdp.deny",
+            Problem::TooMany {
+                count: deny.len(),
+                max: stampede_ebpf_common::DENY_MACS_CAPACITY as usize,
+            },
+        ));
+    }
+    Ok(XdpFilterSettings {
+        policy: match w.policy {
+            wire::MacPolicy::Open => MacPolicy::Open,
+            wire::MacPolicy::KnownOnly => MacPolicy::KnownOnly,
+        },
+        dhcp_rate_per_sec: n(
+            "xdp.dhcp_rate",
+            w.dhcp_rate,
+            d.dhcp_rate_per_sec,
+            MAX_DHCP_RATE,
+        )?,
+        dhcp_burst: n("xdp.dhcp_burst", w.dhcp_burst, d.dhcp_burst, MAX_DHCP_RATE)?,
+        tftp_rate_per_sec: n(
+            "xdp.tftp_rate",
+            w.tftp_rate,
+            d.tftp_rate_per_sec,
+            MAX_TFTP_RATE,
+        )?,
+        tftp_burst: n("xdp.tftp_burst", w.tftp_burst, d.tftp_burst, MAX_TFTP_RATE)?,
+        deny,
+    })
+}
+
 fn tftp_settings(w: &wire::Tftp) -> Result<TftpSettings, ConfigError> {
     let d = tftp::TransferLimits::default();
     let dur =
@@ -1498,6 +1677,14 @@ kernel = "vmlinuz"
             "example shows an arch variant"
         );
         assert_eq!(c.xdp, Some(AttachMode::Auto));
+        assert_eq!(
+            c.xdp_filter,
+            XdpFilterSettings {
+                deny: vec![[0x52, 0x54, 0x00, 0xde, 0xad, 0x01]],
+                ..XdpFilterSettings::default()
+            },
+            "the example shows every default and one denied MAC"
+        );
     }
 
     #[test]
@@ -1643,6 +1830,16 @@ kernel = "vmlinuz"
             ("[tftp]\nmax_blksize = 4".into(), "tftp.max_blksize", "out of range 8..=65464"),
             ("[tftp]\nidle_timeout = \"2x\"".into(), "tftp.idle_timeout", "not a duration"),
             ("[http]\nmax_connections = 0".into(), "http.max_connections", "out of range"),
+            ("[xdp]\ndhcp_rate = 0".into(), "xdp.dhcp_rate", "0 is out of range 1..=100000"),
+            ("[xdp]\ndhcp_burst = 0".into(), "xdp.dhcp_burst", "out of range"),
+            ("[xdp]\ntftp_rate = 2000000".into(), "xdp.tftp_rate", "out of range 1..=1000000"),
+            ("[xdp]\ntftp_burst = 0".into(), "xdp.tftp_burst", "out of range"),
+            ("[xdp]\ndeny = [\"52:54:00:00:00\"]".into(), "xdp.deny[0]", "not a MAC"),
+            (
+                "[xdp]\ndeny = [\"52:54:00:00:00:01\", \"52-54-00-00-00-01\"]".into(),
+                "xdp.deny[1]",
+                "52:54:00:00:00:01 is already used by xdp.deny[0]",
+            ),
         ];
         for (extra, key, text) in cases {
             let e = refused(&extra);
@@ -1683,6 +1880,54 @@ kernel = "vmlinuz"
             "machines[0].profile: no profile given and boot.default_profile is not set"
         );
         parse(MINIMAL);
+    }
+
+    #[test]
+    fn xdp_policy_keys_and_mac_lists() {
+        let e = refused("[xdp]\npolicy = \"closed\"");
+        assert!(
+            e.to_string().contains("open") && e.to_string().contains("known-only"),
+            "the error lists the choices: {e}"
+        );
+        let c = parse(MINIMAL);
+        assert_eq!(c.xdp_filter, XdpFilterSettings::default());
+        assert_eq!(c.xdp_filter.policy(), XdpPolicy::permissive());
+        assert_eq!(
+            c.xdp_mac_lists(),
+            XdpMacLists::default(),
+            "open, nothing denied"
+        );
+
+        let text = format!(
+            "{MINIMAL}\n[xdp]\npolicy = \"known-only\"\ndhcp_rate = 2\ndhcp_burst = 4\n\
+             tftp_rate = 100\ntftp_burst = 50\ndeny = [\"52:54:00:00:00:0f\"]\n\
+             [[machines]]\nmac = \"52:54:00:00:00:01\"\n\
+             [[machines]]\nmac = \"52:54:00:00:00:02\"\nallow = false\n\
+             [[machines]]\nuuid = \"4c4c4544-004d-5910-8052-b2c04f353032\"\n"
+        );
+        let c = parse(&text);
+        assert_eq!(
+            c.xdp_filter.policy(),
+            XdpPolicy {
+                dhcp_rate_per_sec: 2,
+                dhcp_burst: 4,
+                tftp_rate_per_sec: 100,
+                tftp_burst: 50,
+                known_only: 1,
+            }
+        );
+        let lists = c.xdp_mac_lists();
+        let mac = |last| [0x52, 0x54, 0, 0, 0, last];
+        assert_eq!(lists.deny, BTreeSet::from([mac(0x0f), mac(0x02)]));
+        assert_eq!(lists.allow, BTreeSet::from([mac(0x01)]));
+        assert_eq!(lists.uuid_only, 1);
+
+        // Open mode: the same machines, no allow list; denied machines are still denied.
+        let c = parse(&text.replace("known-only", "open"));
+        let lists = c.xdp_mac_lists();
+        assert_eq!(lists.deny.len(), 2);
+        assert!(lists.allow.is_empty());
+        assert_eq!(lists.uuid_only, 0);
     }
 
     #[test]

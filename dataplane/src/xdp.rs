@@ -3,7 +3,7 @@
 //!
 //! The eBPF object is built by this crate's `build.rs` from `ebpf/xdp` and embedded here, so the
 //! binary carries its own programs.
-use std::fmt;
+use std::{collections::BTreeSet, fmt};
 
 use aya::{
     Ebpf,
@@ -11,8 +11,9 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use stampede_ebpf_common::{
-    ALLOW_MACS_MAP, CLASS_COUNTERS_MAP, CLASSIFIER_PROGRAM, CONFIG_MAP, ClassCounter,
-    DENY_MACS_MAP, DROP_COUNTERS_MAP, MacKey, XdpConfig, XdpPolicy, class, drop_reason,
+    ALLOW_MACS_CAPACITY, ALLOW_MACS_MAP, CLASS_COUNTERS_MAP, CLASSIFIER_PROGRAM, CONFIG_MAP,
+    ClassCounter, DENY_MACS_CAPACITY, DENY_MACS_MAP, DROP_COUNTERS_MAP, MacKey, XdpConfig,
+    XdpPolicy, class, drop_reason,
 };
 
 /// The eBPF object file built from `ebpf/xdp`.
@@ -41,6 +42,12 @@ pub enum XdpError {
     },
     #[error("invalid XDP policy: {0}")]
     InvalidPolicy(&'static str),
+    #[error("{count} MACs for map {name:?}, which holds at most {max}")]
+    TooManyMacs {
+        name: &'static str,
+        count: usize,
+        max: u32,
+    },
     #[error("attaching to interface {iface:?} in {mode} mode failed")]
     Attach {
         iface: String,
@@ -188,6 +195,21 @@ impl fmt::Display for DropCounters {
     }
 }
 
+/// How many entries [`XdpClassifier::sync_mac_lists`] added to and removed from each list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MacListChanges {
+    pub denied: usize,
+    pub undenied: usize,
+    pub allowed: usize,
+    pub unallowed: usize,
+}
+
+impl MacListChanges {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Where the classifier is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -295,18 +317,85 @@ impl XdpClassifier {
 
     /// Takes `mac` off both lists. Removing a MAC that is on neither is not an error.
     pub fn remove_mac(&mut self, mac: [u8; 6]) -> Result<(), XdpError> {
-        let key = MacKey::new(mac);
-        for name in [DENY_MACS_MAP, ALLOW_MACS_MAP] {
-            match self.mac_set(name)?.remove(&key) {
-                Ok(()) => {}
-                // aya reports a missing key as the syscall's ENOENT.
-                Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(err))
-                    if err.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(map_error(name)(err)),
+        self.remove_from(DENY_MACS_MAP, mac)?;
+        self.remove_from(ALLOW_MACS_MAP, mac)
+    }
+
+    /// Makes the deny and allow lists hold exactly `deny` and `allow`, changing only the entries
+    /// that differ, while the program runs. What is in the kernel's maps is read back first, so
+    /// this is right whatever was done to them before (a previous sync, a failed one, `deny_mac`).
+    ///
+    /// New entries go in before stale ones come out, denials first: a MAC moving between lists
+    /// is never briefly on neither.
+    pub fn sync_mac_lists(
+        &mut self,
+        deny: &BTreeSet<[u8; 6]>,
+        allow: &BTreeSet<[u8; 6]>,
+    ) -> Result<MacListChanges, XdpError> {
+        for (name, want, max) in [
+            (DENY_MACS_MAP, deny, DENY_MACS_CAPACITY),
+            (ALLOW_MACS_MAP, allow, ALLOW_MACS_CAPACITY),
+        ] {
+            if want.len() > max as usize {
+                return Err(XdpError::TooManyMacs {
+                    name,
+                    count: want.len(),
+                    max,
+                });
             }
         }
-        Ok(())
+        let have_deny = self.mac_list(DENY_MACS_MAP)?;
+        let have_allow = self.mac_list(ALLOW_MACS_MAP)?;
+        let mut changes = MacListChanges::default();
+        for mac in deny.difference(&have_deny) {
+            self.deny_mac(*mac)?;
+            changes.denied += 1;
+        }
+        for mac in allow.difference(&have_allow) {
+            self.allow_mac(*mac)?;
+            changes.allowed += 1;
+        }
+        for mac in have_allow.difference(allow) {
+            self.remove_from(ALLOW_MACS_MAP, *mac)?;
+            changes.unallowed += 1;
+        }
+        for mac in have_deny.difference(deny) {
+            self.remove_from(DENY_MACS_MAP, *mac)?;
+            changes.undenied += 1;
+        }
+        Ok(changes)
+    }
+
+    /// The MACs on one list, as the kernel holds it.
+    fn mac_list(&mut self, name: &'static str) -> Result<BTreeSet<[u8; 6]>, XdpError> {
+        self.mac_set(name)?
+            .keys()
+            .map(|key| key.map(|k| k.octets).map_err(map_error(name)))
+            .collect()
+    }
+
+    /// The MACs on the deny list, as the kernel holds it.
+    pub fn denied_macs(&mut self) -> Result<BTreeSet<[u8; 6]>, XdpError> {
+        self.mac_list(DENY_MACS_MAP)
+    }
+
+    /// The MACs on the allow list, as the kernel holds it.
+    pub fn allowed_macs(&mut self) -> Result<BTreeSet<[u8; 6]>, XdpError> {
+        self.mac_list(ALLOW_MACS_MAP)
+    }
+
+    fn remove_from(&mut self, name: &'static str, mac: [u8; 6]) -> Result<(), XdpError> {
+        match self.mac_set(name)?.remove(&MacKey::new(mac)) {
+            Ok(()) => Ok(()),
+            // aya reports a missing key as the syscall's ENOENT.
+            Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(err))
+                if err.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(map_error(name)(err)),
+        }
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
