@@ -168,7 +168,37 @@ fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPla
     for missing in plan.missing_files() {
         tracing::warn!(?missing, "a file the boot plan hands out cannot be opened");
     }
+    warn_if_neighbour_table_small(config);
     Ok(Arc::new(plan))
+}
+
+/// Every machine that fetches over TFTP or HTTP needs an entry in the kernel's ARP table.
+/// Above `gc_thresh3` (1024 by default) new entries fail ("neighbour table overflow") and the
+/// replies to those machines are dropped: a storm larger than that loses machines until the
+/// table is raised. The benchmark harness found this at 1,100 machines.
+fn warn_if_neighbour_table_small(config: &ApplianceConfig) {
+    let addresses: u64 = config
+        .dhcp
+        .pools
+        .iter()
+        .map(|p| u64::from(u32::from(p.last).saturating_sub(u32::from(p.first))) + 1)
+        .sum();
+    // Only the host's namespace shows the (global) setting.
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3") else {
+        return;
+    };
+    let Ok(limit) = text.trim().parse::<u64>() else {
+        return;
+    };
+    if addresses > limit {
+        tracing::warn!(
+            pool_addresses = addresses,
+            gc_thresh3 = limit,
+            "the DHCP pools are larger than the kernel's ARP table: in a boot storm of more than \
+             {limit} machines replies will be dropped; raise net.ipv4.neigh.default.gc_thresh3 \
+             (and gc_thresh1/2) above the fleet size"
+        );
+    }
 }
 
 fn run(

@@ -183,16 +183,19 @@ fn references(dir: &Path, keep: bool) -> anyhow::Result<HashMap<String, Referenc
     Ok(refs)
 }
 
-/// Every machine holds a UDP and a TCP socket at once; the default soft limit of 1024 open files
-/// would cap a storm at a few hundred machines.
+/// Every machine holds one socket at a time (UDP for TFTP, then TCP for HTTP); the default soft
+/// limit of 1024 open files would cap a storm at about a thousand machines.
 fn raise_open_files(clients: usize) -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    let want = (clients as u64 * 2 + 256).max(soft);
+    let want = (clients as u64 + 256).max(soft);
     if want > hard {
-        bail!("{clients} machines need {want} open files; the hard limit is {hard}");
+        eprintln!(
+            "bench: {clients} machines may need {want} open files; the hard limit is {hard} \
+             (machines beyond it fail with EMFILE)"
+        );
     }
-    setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
+    setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard)?;
     Ok(())
 }
 

@@ -233,10 +233,12 @@ fn lab() -> anyhow::Result<Lab> {
 
 /// The lab link's ceiling: iperf3, server to client (the direction boot files go), 4 streams.
 fn ceiling(lab: &Lab) -> anyhow::Result<f64> {
-    let server = lab
-        .server
-        .spawn("iperf3", &["-s", "-1", "-B", SERVER_IP])
-        .context("iperf3 (run `cargo xtask setup`)")?;
+    let mut command = lab.server.command("iperf3");
+    command
+        .args(["-s", "-1", "-B", SERVER_IP])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = Process::spawn(command).context("iperf3 (run `cargo xtask setup`)")?;
     lab.client.ip(&[
         "addr",
         "add",
@@ -313,8 +315,9 @@ fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
     // this size fail outright, so they are raised to fit it (and said so in the report):
     // --dhcp-lease-max (default 1000) and --tftp-max (default 50), with the open-file limit
     // its TFTP sockets need.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
     let args = vec![
-        "--nofile=65536:65536".to_owned(),
+        format!("--nofile={hard}:{hard}"),
         "dnsmasq".to_owned(),
         "--keep-in-foreground".to_owned(),
         "--conf-file=/dev/null".to_owned(),
@@ -345,15 +348,16 @@ fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
     fs::write(
         &conf,
         format!(
-            "daemon off;\nworker_processes auto;\nworker_rlimit_nofile 65536;\n\
+            "daemon off;\nworker_processes auto;\nworker_rlimit_nofile {hard};\n\
              error_log stderr error;\npid {pid};\n\
-             events {{ worker_connections 30000; }}\n\
+             events {{ worker_connections {conns}; }}\n\
              http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 10000;\n\
                client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
                uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
                types {{ application/octet-stream img; }}\n  default_type application/octet-stream;\n\
                server {{ listen {SERVER_IP}:80 reuseport; root {www}; }}\n}}\n",
             pid = f.root.join("nginx.pid").display(),
+            conns = hard.saturating_sub(100).min(clients as u64 + 1000),
             tmp = f.root.display(),
             www = f.www.display(),
         ),
@@ -387,8 +391,14 @@ impl Drop for Server {
         for p in &self.processes {
             let _ = p.signal(nix::sys::signal::Signal::SIGTERM);
         }
-        std::thread::sleep(Duration::from_millis(300));
-        // Process's Drop kills what did not exit.
+        // nginx's master stops its workers before it exits: killing it early would orphan
+        // them. Process's Drop kills what did not exit in time.
+        let _ = wait_for(Duration::from_secs(10), || {
+            self.processes
+                .iter_mut()
+                .all(|p| p.try_status().is_some())
+                .then_some(())
+        });
         self.processes.clear();
     }
 }
@@ -422,7 +432,17 @@ fn run_storm(
     deadline: u64,
     extra: &[String],
 ) -> anyhow::Result<Result_> {
-    let tag = format!("{label}-{clients}{}", extra.join("").replace("--", "-"));
+    // Options other than the MAC prefix name the files: `stampede-1000-until-tftp-windowsize-16`.
+    let variant: Vec<&str> = extra
+        .iter()
+        .take(extra.len().saturating_sub(2))
+        .map(|a| a.trim_start_matches('-'))
+        .collect();
+    let tag = [label.replace('+', "-"), clients.to_string()]
+        .into_iter()
+        .chain(variant.iter().map(|v| v.to_string()))
+        .collect::<Vec<_>>()
+        .join("-");
     let json = out.join(format!("{tag}.json"));
     let svg = out.join(format!("{tag}.svg"));
     let mut args: Vec<String> = vec![

@@ -52,6 +52,18 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("seabios", "QEMU's BIOS"),
     ("ipxe-qemu", "the iPXE option ROM of QEMU's NICs"),
     ("ovmf", "UEFI firmware for QEMU"),
+    (
+        "nginx",
+        "the HTTP peer in `cargo xtask bench` (and the HTTP server benchmark)",
+    ),
+    (
+        "iperf3",
+        "`cargo xtask bench` measures the lab link's ceiling with it",
+    ),
+    (
+        "util-linux",
+        "prlimit: the bench raises dnsmasq's open-file limit",
+    ),
 ];
 
 /// cargo-fuzz release used for the fuzz targets in `fuzz/` (builds with stable 1.95).
@@ -115,12 +127,30 @@ fn debian_packages() -> anyhow::Result<()> {
     let mut update = Command::new("apt-get");
     update.args(["update", "-q"]);
     crate::run(update).context("apt-get update failed: is a Debian mirror reachable?")?;
+    // Packages with a service (nginx) must not start it on the host: the lab runs its own
+    // copies in namespaces. policy-rc.d (exit 101) tells invoke-rc.d not to start anything
+    // while we install; it is removed afterwards unless it was already there.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no services during install\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    crate::run(install).with_context(|| format!("apt-get install {}", missing.join(" ")))
+    let result =
+        crate::run(install).with_context(|| format!("apt-get install {}", missing.join(" ")));
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
 }
 
 fn nix_is_root() -> bool {
