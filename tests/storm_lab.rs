@@ -4,7 +4,7 @@
 //! stage, and the bench leaves the client namespace's routes as it found them.
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use stampede_lab::{TwoHosts, require};
 use support::appliance::*;
@@ -182,11 +182,42 @@ fn storm_boots_every_simulated_machine_and_catches_a_corrupt_file() {
     }
     assert_eq!(local_routes(&lab), routes_before);
 
+    // One protocol at a time: machines stop after TFTP (the report has only those stages).
+    let json = dir.join("tftp.json");
+    let out = storm(
+        &lab,
+        &[
+            "--clients",
+            "6",
+            "--until",
+            "tftp",
+            "--windowsize",
+            "8",
+            "--mac-prefix",
+            "02:53:7e",
+            "--verify-dir",
+            verify.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).expect("JSON report");
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["dhcp", "tftp"]);
+    assert_eq!(report["booted"], 6);
+
     let (out, stats) = stop(server);
-    // 40 + 2×4 machines, one boot program each.
+    // 40 + 2×4 + 6 machines, one boot program each.
     assert_eq!(
         stats["tftp_completed"],
-        (CLIENTS + 8) as u64,
+        (CLIENTS + 14) as u64,
         "{}",
         out.stdout
     );
@@ -199,5 +230,9 @@ fn storm_boots_every_simulated_machine_and_catches_a_corrupt_file() {
         bios_fetches, bios,
         "BIOS machines got the BIOS boot program"
     );
-    let _ = Path::new("");
+    let windowed = log
+        .lines()
+        .filter(|l| l.contains("tftp transfer started") && l.contains("windowsize=8"))
+        .count();
+    assert_eq!(windowed, 6, "the storm's windowsize reached the server");
 }
