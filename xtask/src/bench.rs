@@ -21,11 +21,13 @@ use anyhow::{Context as _, bail};
 use stampede_lab::{Netns, Process, veth_pair, wait_for};
 
 const USAGE: &str = "\
-usage: cargo xtask bench <storm|dhcp|tftp> [--clients N[,N..]] [--deadline SECS] [--peers LIST]
+usage: cargo xtask bench <storm|dhcp|tftp|flood> [--clients N[,N..]] [--deadline SECS] [--peers LIST]
 
   storm  the whole boot: DHCP, TFTP of a 1 MiB boot program, DHCP as iPXE, script, 32 MiB over HTTP
   dhcp   DORA only (the storm stopped after DHCP)
   tftp   DHCP then the 1 MiB boot program over TFTP; with --windowsize 1,16,64
+  flood  the storm alone, then again while a flood of DISCOVERs from random MACs runs on the same
+         link; Stampede runs with XDP in known-only mode (the storm's machines are its fleet)
 options:
   --clients N,..    machine counts, one storm each (default: storm 100,1000; dhcp 1000,10000; tftp 64)
   --deadline SECS   per storm (default 300)
@@ -43,6 +45,7 @@ enum Kind {
     Storm,
     Dhcp,
     Tftp,
+    Flood,
 }
 
 #[derive(Debug)]
@@ -69,6 +72,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         Some("storm") => Kind::Storm,
         Some("dhcp") => Kind::Dhcp,
         Some("tftp") => Kind::Tftp,
+        Some("flood") => Kind::Flood,
         _ => bail!("{USAGE}"),
     };
     let mut o = Options {
@@ -77,6 +81,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             Kind::Storm => vec![100, 1000],
             Kind::Dhcp => vec![1000, 10000],
             Kind::Tftp => vec![64],
+            Kind::Flood => vec![200],
         },
         deadline: 300,
         peers: vec!["stampede".into(), "dnsmasq".into()],
@@ -281,23 +286,60 @@ fn bound(ns: &Netns, what: &str) -> bool {
     .is_some()
 }
 
-fn start_stampede(lab: &Lab, f: &Files, binary: &Path, tag: &str) -> anyhow::Result<Server> {
+/// A config file for `stampede serve`: the lab's pool, the storm's machines as the fleet and
+/// XDP in known-only mode (what an operator facing floods runs).
+fn known_only_config(lab: &Lab, f: &Files, macs: &[String]) -> anyhow::Result<PathBuf> {
+    let mut text = format!(
+        "[server]\ninterfaces = [\"{iface}\"]\naddress = \"{SERVER_IP}\"\napi = \"127.0.0.1:7070\"\n\
+         router_advertisements = \"off\"\n\n[dhcp]\nmode = \"authoritative\"\n\n[[dhcp.pools]]\n\
+         range = \"198.19.1.0-198.19.254.254\"\nsubnet = \"198.19.0.0/16\"\nlease_time = \"1h\"\n\n\
+         [boot]\nroot = \"{root}\"\nipxe_dir = \"{ipxe}\"\ndefault_profile = \"storm\"\n\n\
+         [[profiles]]\nname = \"storm\"\nkernel = \"vmlinuz\"\ninitrds = [\"initrd.img\"]\n\n\
+         [xdp]\nmode = \"auto\"\npolicy = \"known-only\"\n\n",
+        iface = lab.server_if,
+        root = f.kernel.parent().context("files dir")?.display(),
+        ipxe = f.ipxe.display(),
+    );
+    for mac in macs {
+        let _ = writeln!(text, "[[machines]]\nmac = \"{mac}\"\n");
+    }
+    let path = f.root.join("known-only.toml");
+    fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn start_stampede(
+    lab: &Lab,
+    f: &Files,
+    binary: &Path,
+    tag: &str,
+    config: Option<&Path>,
+) -> anyhow::Result<Server> {
     let state = f.root.join(format!("stampede-{tag}.redb"));
     let _ = fs::remove_file(&state);
     let mut command = lab.server.command(binary.to_str().context("UTF-8 path")?);
+    match config {
+        Some(config) => {
+            command.args(["serve", "--config"]).arg(config);
+        }
+        None => {
+            command
+                .args(["boot", "--iface", &lab.server_if])
+                .args(["--dhcp-range", "198.19.1.0-198.19.254.254"])
+                .args(["--ipxe-dir"])
+                .arg(&f.ipxe)
+                .args(["--api", "off", "--router-advertisements", "off"])
+                .args(["--xdp-mode", "auto"])
+                .arg(&f.kernel)
+                .arg(&f.initrd);
+        }
+    }
     command
-        .args(["boot", "--iface", &lab.server_if])
-        .args(["--dhcp-range", "198.19.1.0-198.19.254.254"])
-        .args(["--ipxe-dir"])
-        .arg(&f.ipxe)
-        .args(["--api", "off", "--router-advertisements", "off"])
-        .args(["--xdp-mode", "auto", "--stats-interval", "3600"])
+        .args(["--stats-interval", "3600"])
         .arg("--state")
         .arg(&state)
-        .arg(&f.kernel)
-        .arg(&f.initrd)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let process = Process::spawn(command)?;
     let pid = process.id().context("stampede pid")?;
@@ -384,6 +426,26 @@ fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
         processes: vec![dnsmasq, nginx],
         pids,
     })
+}
+
+impl Server {
+    /// Stops the server (SIGTERM, then waits up to 15 s) and returns what the first process
+    /// printed (Stampede's final stats and XDP counters).
+    fn stop(mut self) -> String {
+        for p in &self.processes {
+            let _ = p.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        let mut processes = std::mem::take(&mut self.processes).into_iter();
+        let first = processes
+            .next()
+            .and_then(|p| p.wait_output(Duration::from_secs(15)).ok())
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        for p in processes {
+            let _ = p.wait_output(Duration::from_secs(15));
+        }
+        first
+    }
 }
 
 impl Drop for Server {
@@ -543,31 +605,57 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
 
     let mut results = Vec::new();
-    let runs: Vec<Vec<String>> = match options.kind {
-        Kind::Storm => vec![vec![]],
-        Kind::Dhcp => vec![vec!["--until".into(), "dhcp".into()]],
+    // (storm options, with a flood beside it)
+    let runs: Vec<(Vec<String>, bool)> = match options.kind {
+        Kind::Storm => vec![(vec![], false)],
+        Kind::Flood => vec![(vec![], false), (vec![], true)],
+        Kind::Dhcp => vec![(vec!["--until".into(), "dhcp".into()], false)],
         Kind::Tftp => options
             .windowsizes
             .iter()
             .map(|w| {
-                vec![
+                let extra = vec![
                     "--until".into(),
                     "tftp".into(),
                     "--windowsize".into(),
                     w.to_string(),
-                ]
+                ];
+                (extra, false)
             })
             .collect(),
     };
     let mut prefix = 0u8;
     for &clients in &options.clients {
-        for extra in &runs {
-            for peer in &options.peers {
+        for peer in &options.peers {
+            // The storm without a flood, for the flood's duration.
+            let mut baseline: Option<f64> = None;
+            for (extra, flooding) in &runs {
                 prefix = prefix.wrapping_add(1);
                 let mut extra = extra.clone();
-                extra.extend(["--mac-prefix".into(), format!("02:5{}:{prefix:02x}", 3)]);
+                extra.extend(["--mac-prefix".into(), format!("02:53:{prefix:02x}")]);
+                let config = if options.kind == Kind::Flood && peer == "stampede" {
+                    let macs: Vec<String> = (0..clients)
+                        .map(|i| {
+                            format!(
+                                "02:53:{prefix:02x}:{:02x}:{:02x}:{:02x}",
+                                (i >> 16) as u8,
+                                (i >> 8) as u8,
+                                i as u8
+                            )
+                        })
+                        .collect();
+                    Some(known_only_config(&lab, &f, &macs)?)
+                } else {
+                    None
+                };
                 let server = if peer == "stampede" {
-                    start_stampede(&lab, &f, &binary, &format!("{clients}-{prefix}"))?
+                    start_stampede(
+                        &lab,
+                        &f,
+                        &binary,
+                        &format!("{clients}-{prefix}"),
+                        config.as_deref(),
+                    )?
                 } else {
                     start_peers(&lab, &f, clients)?
                 };
@@ -576,21 +664,57 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 } else {
                     "dnsmasq+nginx".to_owned()
                 };
-                let r = run_storm(
-                    &lab,
-                    &f,
-                    &binary,
-                    &out,
-                    &server,
-                    &label,
-                    clients,
-                    options.deadline,
-                    &extra,
+                // The flood outlasts the storm it disturbs (twice the undisturbed time), bounded
+                // by the deadline; it stops by itself.
+                let flood_for = Duration::from_secs_f64(
+                    (baseline.unwrap_or(options.deadline as f64) * 2.0 + 3.0)
+                        .min(options.deadline as f64),
                 );
-                drop(server);
+                let (r, flood) = std::thread::scope(|scope| {
+                    let flood = flooding.then(|| {
+                        scope.spawn(|| {
+                            lab.client.flood(stampede_lab::flood::FloodConfig::new(
+                                &lab.client_if,
+                                u64::MAX / 2,
+                                flood_for,
+                            ))
+                        })
+                    });
+                    let r = run_storm(
+                        &lab,
+                        &f,
+                        &binary,
+                        &out,
+                        &server,
+                        &label,
+                        clients,
+                        options.deadline,
+                        &extra,
+                    );
+                    (r, flood.map(|h| h.join()))
+                });
+                let server_out = server.stop();
                 let mut r = r?;
-                if !extra.is_empty() {
-                    r.server = format!("{label} {}", extra[..extra.len() - 2].join(" "));
+                if *flooding {
+                    let report = flood
+                        .context("flood thread")?
+                        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+                    let drops = server_out
+                        .lines()
+                        .find_map(|l| l.strip_prefix("xdp_drops "))
+                        .unwrap_or("(no XDP)")
+                        .to_owned();
+                    r.server = format!(
+                        "{label} under a flood ({:.0}k DISCOVERs/s from random MACs; XDP drops: {drops})",
+                        report.packets_per_sec() / 1e3
+                    );
+                } else {
+                    baseline = r.time_to_last.or(baseline);
+                    if options.kind == Kind::Flood {
+                        r.server = format!("{label} (no flood)");
+                    } else if extra.len() > 2 {
+                        r.server = format!("{label} {}", extra[..extra.len() - 2].join(" "));
+                    }
                 }
                 results.push(r);
             }
@@ -598,7 +722,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 
     let per_machine = match options.kind {
-        Kind::Storm => (BOOT_PROGRAM + KERNEL + INITRD) as f64,
+        Kind::Storm | Kind::Flood => (BOOT_PROGRAM + KERNEL + INITRD) as f64,
         Kind::Tftp => BOOT_PROGRAM as f64,
         Kind::Dhcp => 0.0,
     };
