@@ -13,6 +13,10 @@
 //! while counting them in its own statistics (`IpInHdrErrors`, `IpInTruncatedPkts`), which an
 //! operator already watches. Fragments are never parsed as UDP, so never dropped.
 //!
+//! With the AF_XDP path on (the `AFXDP` map), admitted boot frames (UDP to 67, 4011, 69 and to
+//! the AF_XDP path's TFTP transfer ports) are redirected to the AF_XDP socket bound to the
+//! frame's RX queue; when no socket is bound there, they are passed to the kernel as before.
+//!
 //! Parsing follows the eBPF verifier's rules: every read is preceded by a bounds check against
 //! `data_end`, and header lengths taken from the packet are masked to a small range first.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -24,12 +28,12 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use stampede_ebpf_common::{
-    ALLOW_MACS_CAPACITY, ClassCounter, DENY_MACS_CAPACITY, DHCP_BUCKETS_CAPACITY, MacKey,
-    TokenBucket, XdpConfig, class, drop_reason,
+    ALLOW_MACS_CAPACITY, AfXdpSteering, ClassCounter, DENY_MACS_CAPACITY, DHCP_BUCKETS_CAPACITY,
+    MacKey, TokenBucket, XSKS_CAPACITY, XdpConfig, class, drop_reason, steer,
 };
 
 #[map(name = "CLASS_COUNTERS")]
@@ -52,6 +56,17 @@ static DHCP_BUCKETS: LruHashMap<MacKey, TokenBucket> =
 /// One global bucket for TFTP read requests, with the same benign races as `DHCP_BUCKETS`.
 #[map(name = "TFTP_ADMISSION")]
 static TFTP_ADMISSION: Array<TokenBucket> = Array::with_max_entries(1, 0);
+
+#[map(name = "AFXDP")]
+static AFXDP: Array<AfXdpSteering> = Array::with_max_entries(1, 0);
+
+/// AF_XDP sockets by RX queue. A socket only receives frames of the queue it is bound to, so the
+/// index is the frame's `rx_queue_index`.
+#[map(name = "XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(XSKS_CAPACITY, 0);
+
+#[map(name = "STEER_COUNTERS")]
+static STEER_COUNTERS: PerCpuArray<ClassCounter> = PerCpuArray::with_max_entries(steer::COUNT, 0);
 
 #[map(name = "DENY_MACS")]
 static DENY_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(DENY_MACS_CAPACITY, 0);
@@ -96,28 +111,46 @@ pub fn stampede_classify(ctx: XdpContext) -> u32 {
     };
     let len = ctx.data_end() - ctx.data();
     count(&CLASS_COUNTERS, verdict.class, len);
-    match verdict.drop {
-        Some(reason) => {
-            count(&DROP_COUNTERS, reason, len);
-            xdp_action::XDP_DROP
+    if let Some(reason) = verdict.drop {
+        count(&DROP_COUNTERS, reason, len);
+        return xdp_action::XDP_DROP;
+    }
+    if !verdict.steer {
+        return xdp_action::XDP_PASS;
+    }
+    // The low bits of the flags are the action when the queue has no socket (bpf-helpers(7),
+    // bpf_redirect_map): such frames go to the kernel's sockets as without AF_XDP.
+    match XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_PASS)) {
+        Ok(action) => {
+            count(&STEER_COUNTERS, steer::REDIRECTED, len);
+            action
         }
-        None => xdp_action::XDP_PASS,
+        Err(action) => {
+            count(&STEER_COUNTERS, steer::NO_SOCKET, len);
+            action
+        }
     }
 }
 
 /// The frame's headers cannot be read (truncated or invalid): class `MALFORMED`, passed.
 struct Malformed;
 
-/// The class a frame is counted in, and the reason it is dropped, if it is.
+/// The class a frame is counted in, the reason it is dropped, if it is, and whether an admitted
+/// frame goes to the AF_XDP path.
 struct Verdict {
     class: u32,
     drop: Option<u32>,
+    steer: bool,
 }
 
 impl Verdict {
     #[inline(always)]
     const fn pass(class: u32) -> Self {
-        Self { class, drop: None }
+        Self {
+            class,
+            drop: None,
+            steer: false,
+        }
     }
 
     #[inline(always)]
@@ -125,8 +158,32 @@ impl Verdict {
         Self {
             class,
             drop: Some(reason),
+            steer: false,
         }
     }
+
+    /// Admitted, and redirected to the AF_XDP socket of its queue if the path is on.
+    #[inline(always)]
+    fn admit(class: u32) -> Self {
+        Self {
+            class,
+            drop: None,
+            steer: afxdp_enabled(),
+        }
+    }
+}
+
+#[inline(always)]
+fn afxdp_enabled() -> bool {
+    AFXDP.get(0).is_some_and(|s| s.enabled != 0)
+}
+
+/// Whether `port` is one of the AF_XDP path's TFTP transfer ports (only while the path is on).
+#[inline(always)]
+fn is_afxdp_transfer_port(port: u16) -> bool {
+    AFXDP.get(0).is_some_and(|s| {
+        s.enabled != 0 && s.transfer_port_first <= port && port <= s.transfer_port_last
+    })
 }
 
 /// Returns the bytes `[offset, offset + N)` of the frame, or `None` when they are not all there.
@@ -191,6 +248,11 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
                 PORT_DHCP_SERVER => class::DHCP_SERVER,
                 PORT_PROXY_DHCP => class::PROXY_DHCP,
                 PORT_TFTP => class::TFTP,
+                // TFTP ACKs to a transfer of the AF_XDP path: counted as other traffic (the
+                // class table is per well-known port), but theirs to handle.
+                port if is_afxdp_transfer_port(port) => {
+                    return Ok(Verdict::admit(class::OTHER));
+                }
                 _ => return Ok(Verdict::pass(class::OTHER)),
             };
             // A boot datagram must fit its IPv4 packet, and that packet the frame (trailing
@@ -203,7 +265,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             let payload = l4 + UDP_HLEN;
             let payload_len = udp_len - UDP_HLEN;
             let Some(config) = CONFIG.get(0) else {
-                return Ok(Verdict::pass(class));
+                return Ok(Verdict::admit(class));
             };
             let reason = if class == class::TFTP {
                 tftp_drop(ctx, config, payload, payload_len)
@@ -212,7 +274,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             };
             Ok(match reason {
                 Some(reason) => Verdict::drop(class, reason),
-                None => Verdict::pass(class),
+                None => Verdict::admit(class),
             })
         }
         IPPROTO_TCP => {
