@@ -52,6 +52,23 @@ pub struct ApplianceConfig {
     pub http: HttpSettings,
     /// `None` when `xdp.mode = "off"`: everything is then served from sockets alone.
     pub xdp: Option<AttachMode>,
+    /// `xdp.afxdp`: whether DHCP and TFTP are served through AF_XDP sockets.
+    pub afxdp: AfXdpChoice,
+}
+
+/// `xdp.afxdp`: serve DHCP and TFTP through AF_XDP sockets the XDP program steers boot frames
+/// into, instead of the io_uring UDP workers. HTTP stays on io_uring TCP either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AfXdpChoice {
+    /// io_uring sockets only. The default until the AF_XDP path has been measured against
+    /// them on real NICs (docs/architecture.md).
+    #[default]
+    Off,
+    /// AF_XDP when the classifier is attached and the sockets bind; otherwise the io_uring
+    /// workers, with the reason logged.
+    Auto,
+    /// AF_XDP or refuse to start.
+    On,
 }
 
 /// `[server]`.
@@ -537,11 +554,22 @@ pub mod wire {
         Off,
     }
 
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum AfXdp {
+        #[default]
+        Off,
+        Auto,
+        On,
+    }
+
     #[derive(Debug, Clone, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Xdp {
         #[serde(default)]
         pub mode: XdpMode,
+        #[serde(default)]
+        pub afxdp: AfXdp,
     }
 }
 
@@ -606,6 +634,11 @@ impl TryFrom<wire::Config> for ApplianceConfig {
                 wire::XdpMode::Native => Some(AttachMode::Native),
                 wire::XdpMode::Generic => Some(AttachMode::Generic),
                 wire::XdpMode::Off => None,
+            },
+            afxdp: match w.xdp.afxdp {
+                wire::AfXdp::Off => AfXdpChoice::Off,
+                wire::AfXdp::Auto => AfXdpChoice::Auto,
+                wire::AfXdp::On => AfXdpChoice::On,
             },
         })
     }

@@ -380,7 +380,8 @@ mod tests {
 
     #[test]
     fn corrupted_frames_are_refused_with_their_reason() {
-        let cases: [(fn(&mut Vec<u8>), FrameDrop); 10] = [
+        type Corruption = fn(&mut Vec<u8>);
+        let cases: [(Corruption, FrameDrop); 10] = [
             (|f| f.truncate(13), FrameDrop::Truncated),
             (|f| f.truncate(30), FrameDrop::Truncated),
             (
