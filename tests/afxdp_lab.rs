@@ -153,24 +153,6 @@ fn real_clients_are_served_through_afxdp(test: &str, xdp_mode: &str) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
-    // veth hands frames over with the UDP checksum still to be filled (checksum offload); a
-    // real NIC puts the final one on the wire. Turning the offload off makes the client's
-    // frames what they would be on a cable, which the AF_XDP path verifies.
-    let out = lab
-        .client
-        .run(
-            "ethtool",
-            &["-K", &lab.client_if, "tx", "off"],
-            Duration::from_secs(10),
-        )
-        .expect("ethtool");
-    assert!(
-        out.status.success(),
-        "ethtool: {}{}",
-        out.stdout,
-        out.stderr
-    );
-
     let payload = Payload::new(1 << 20, 256 << 10);
     let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
     let server = start_boot_xdp(
@@ -208,6 +190,37 @@ fn real_clients_are_served_through_afxdp(test: &str, xdp_mode: &str) {
         .expect("udhcpc runs");
     let lease = bound(&format!("{}{}", out.stdout, out.stderr));
     assert_eq!(lease["serverid"], lab.server_ip().to_string());
+
+    // A datagram from the client's kernel while veth checksum offload is still on: its UDP
+    // checksum is only the pseudo-header's, so the AF_XDP path must count it as a drop (and
+    // answer nothing) rather than serve or crash.
+    let server_69 = std::net::SocketAddr::from((lab.server_ip(), 69));
+    lab.client
+        .in_namespace(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("client socket");
+            socket
+                .send_to(&tftp_rrq("vmlinuz"), server_69)
+                .expect("send a stray RRQ");
+        })
+        .expect("enter the client namespace");
+
+    // veth hands frames over with the UDP checksum still to be filled (checksum offload); a
+    // real NIC puts the final one on the wire. Turning the offload off makes the client's
+    // frames what they would be on a cable, which the AF_XDP path verifies.
+    let out = lab
+        .client
+        .run(
+            "ethtool",
+            &["-K", &lab.client_if, "tx", "off"],
+            Duration::from_secs(10),
+        )
+        .expect("ethtool");
+    assert!(
+        out.status.success(),
+        "ethtool: {}{}",
+        out.stdout,
+        out.stderr
+    );
 
     // TFTP: tftp-hpa (no options, 512-byte lock-step) and atftp (blksize, windowsize).
     let ip = lab.server_ip().to_string();
@@ -290,9 +303,14 @@ fn real_clients_are_served_through_afxdp(test: &str, xdp_mode: &str) {
     );
     assert!(stats["dhcp_replies"] >= 2, "{context}");
     assert_eq!(stats["tftp_completed"], 2, "{context}");
-    assert!(
-        !stats.keys().any(|k| k.starts_with("afxdp_dropped.")),
-        "frames dropped on the AF_XDP path:\n{context}"
+    let drops: Vec<_> = stats
+        .iter()
+        .filter(|(k, _)| k.starts_with("afxdp_dropped."))
+        .collect();
+    assert_eq!(
+        drops,
+        vec![(&"afxdp_dropped.bad_udp_checksum".to_owned(), &1)],
+        "exactly the stray datagram is dropped on the AF_XDP path:\n{context}"
     );
     let steer = steer_line(&out.stdout);
     assert_eq!(steer["no_socket"], 0, "{context}");
@@ -310,4 +328,88 @@ fn real_clients_are_served_through_afxdp_in_native_mode() {
 #[test]
 fn real_clients_are_served_through_afxdp_in_generic_mode() {
     real_clients_are_served_through_afxdp("afxdp_generic", "generic");
+}
+
+#[test]
+fn auto_falls_back_to_io_uring_sockets_and_says_why() {
+    if !require("afxdp_auto_fallback", &["tftp", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let payload = Payload::new(64 << 10, 1 << 10);
+    // No classifier, so nothing can steer frames to AF_XDP sockets.
+    let server = start_boot_xdp(
+        &lab.server,
+        &lab.server_if,
+        "off",
+        &["--afxdp", "auto"],
+        &payload,
+    );
+    let got = payload.dir.path().join("vmlinuz");
+    let out = lab
+        .client
+        .run(
+            "tftp",
+            &[
+                &lab.server_ip().to_string(),
+                "-m",
+                "binary",
+                "-c",
+                "get",
+                "vmlinuz",
+                got.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        )
+        .expect("tftp");
+    assert!(
+        out.status.success(),
+        "tftp-hpa: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(sha256_file(&got), sha256_file(&payload.kernel));
+    let (out, stats) = stop(server);
+    let context = format!("{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("AF_XDP path not used")
+            && out.stderr.contains("the XDP classifier is not attached"),
+        "the fallback is logged with its reason:\n{context}"
+    );
+    assert_eq!(stats["tftp_completed"], 1, "{context}");
+    assert_eq!(stats["afxdp_rx"], 0, "{context}");
+}
+
+#[test]
+fn on_refuses_to_start_without_the_afxdp_path() {
+    if !require("afxdp_on_refuses", &[]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(1 << 10, 1 << 10);
+    let mut command = lab.server.command(STAMPEDE);
+    command
+        .args([
+            "boot",
+            "--iface",
+            &lab.server_if,
+            "--xdp-mode",
+            "off",
+            "--afxdp",
+            "on",
+        ])
+        .args(["--api", "off", "--state"])
+        .arg(payload.dir.path().join("state.redb"))
+        .arg(&payload.kernel)
+        .arg(&payload.initrd);
+    let out = stampede_lab::run_with_timeout(command, Duration::from_secs(20)).expect("runs");
+    assert!(!out.status.success(), "started anyway: {}", out.stdout);
+    assert!(
+        out.stderr.contains("xdp.afxdp = on") && out.stderr.contains("not attached"),
+        "the refusal says why: {}",
+        out.stderr
+    );
 }
