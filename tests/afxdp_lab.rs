@@ -105,7 +105,16 @@ fn steering_redirects_admitted_boot_frames_to_the_queue_socket() {
             "{name} goes to the socket"
         );
     }
-    for (name, frame) in [("other UDP", &other_udp), ("HTTP", &http)] {
+    let tagged_discover = ethernet(
+        Some((ETH_P_8021Q, 42)),
+        ETH_P_IP,
+        &ipv4(IPPROTO_UDP, 0, &[], &udp(68, 67, &dhcp_discover())),
+    );
+    for (name, frame) in [
+        ("other UDP", &other_udp),
+        ("HTTP", &http),
+        ("VLAN-tagged DHCP", &tagged_discover),
+    ] {
         assert_eq!(
             run(&xdp, frame),
             (action::PASS, [0, 0]),

@@ -1555,6 +1555,24 @@ kernel = "vmlinuz"
     }
 
     #[test]
+    fn afxdp_is_off_unless_asked_for() {
+        assert_eq!(parse(MINIMAL).afxdp, AfXdpChoice::Off);
+        for (text, want) in [
+            ("off", AfXdpChoice::Off),
+            ("auto", AfXdpChoice::Auto),
+            ("on", AfXdpChoice::On),
+        ] {
+            let c = parse(&format!(
+                "{MINIMAL}\n[xdp]\nmode = \"native\"\nafxdp = \"{text}\"\n"
+            ));
+            assert_eq!(c.afxdp, want, "{text}");
+            assert_eq!(c.xdp, Some(AttachMode::Native));
+        }
+        let e = refused("[xdp]\nafxdp = \"yes\"");
+        assert!(e.to_string().contains("yes"), "{e}");
+    }
+
+    #[test]
     fn syntax_and_unknown_keys_report_line_and_column() {
         let e = ApplianceConfig::from_toml_str("[server]\nhttp_port = 80\nhtp_port = 1\n")
             .expect_err("misspelt key");

@@ -14,7 +14,7 @@
 //! operator already watches. Fragments are never parsed as UDP, so never dropped.
 //!
 //! With the AF_XDP path on (the `AFXDP` map), admitted boot frames (UDP to 67, 4011, 69 and to
-//! the AF_XDP path's TFTP transfer ports) are redirected to the AF_XDP socket bound to the
+//! the AF_XDP path's TFTP transfer ports), untagged, are redirected to the AF_XDP socket bound to the
 //! frame's RX queue; when no socket is bound there, they are passed to the kernel as before.
 //!
 //! Parsing follows the eBPF verifier's rules: every read is preceded by a bounds check against
@@ -162,13 +162,15 @@ impl Verdict {
         }
     }
 
-    /// Admitted, and redirected to the AF_XDP socket of its queue if the path is on.
+    /// Admitted, and redirected to the AF_XDP socket of its queue if the path is on and the
+    /// frame is untagged (the AF_XDP path serves untagged boot networks; tagged frames go to the
+    /// kernel, whose VLAN devices know what to do with them).
     #[inline(always)]
-    fn admit(class: u32) -> Self {
+    fn admit(class: u32, untagged: bool) -> Self {
         Self {
             class,
             drop: None,
-            steer: afxdp_enabled(),
+            steer: untagged && afxdp_enabled(),
         }
     }
 }
@@ -241,6 +243,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
         return Ok(Verdict::pass(class::OTHER));
     }
     let l4 = l3 + ihl;
+    let untagged = l3 == ETH_HLEN;
     match ip[9] {
         IPPROTO_UDP => {
             let udp = header::<UDP_HLEN>(ctx, l4)?;
@@ -251,7 +254,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
                 // TFTP ACKs to a transfer of the AF_XDP path: counted as other traffic (the
                 // class table is per well-known port), but theirs to handle.
                 port if is_afxdp_transfer_port(port) => {
-                    return Ok(Verdict::admit(class::OTHER));
+                    return Ok(Verdict::admit(class::OTHER, untagged));
                 }
                 _ => return Ok(Verdict::pass(class::OTHER)),
             };
@@ -265,7 +268,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             let payload = l4 + UDP_HLEN;
             let payload_len = udp_len - UDP_HLEN;
             let Some(config) = CONFIG.get(0) else {
-                return Ok(Verdict::admit(class));
+                return Ok(Verdict::admit(class, untagged));
             };
             let reason = if class == class::TFTP {
                 tftp_drop(ctx, config, payload, payload_len)
@@ -274,7 +277,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             };
             Ok(match reason {
                 Some(reason) => Verdict::drop(class, reason),
-                None => Verdict::admit(class),
+                None => Verdict::admit(class, untagged),
             })
         }
         IPPROTO_TCP => {
