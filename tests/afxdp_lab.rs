@@ -422,3 +422,108 @@ fn on_refuses_to_start_without_the_afxdp_path() {
         out.stderr
     );
 }
+
+/// Milliseconds of each of `runs` atftp downloads of the payload's kernel (blksize 1468,
+/// windowsize 16) from `stampede boot` with `xdp_mode` and `--afxdp afxdp`, checked byte-exact.
+fn timed_downloads(xdp_mode: &str, afxdp: &str, payload: &Payload, runs: usize) -> Vec<f64> {
+    let lab = TwoHosts::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let out = lab
+        .client
+        .run(
+            "ethtool",
+            &["-K", &lab.client_if, "tx", "off"],
+            Duration::from_secs(10),
+        )
+        .expect("ethtool");
+    assert!(
+        out.status.success(),
+        "ethtool: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let server = start_boot_xdp(
+        &lab.server,
+        &lab.server_if,
+        xdp_mode,
+        &["--afxdp", afxdp],
+        payload,
+    );
+    let ip = lab.server_ip().to_string();
+    let want = sha256_file(&payload.kernel);
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let got = payload
+            .dir
+            .path()
+            .join(format!("bench-{xdp_mode}-{afxdp}-{run}"));
+        let started = std::time::Instant::now();
+        let out = lab
+            .client
+            .run(
+                "atftp",
+                &[
+                    "--option",
+                    "blksize 1468",
+                    "--option",
+                    "windowsize 16",
+                    "-g",
+                    "-r",
+                    "vmlinuz",
+                    "-l",
+                    got.to_str().unwrap(),
+                    &ip,
+                ],
+                Duration::from_secs(120),
+            )
+            .expect("atftp");
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        assert!(out.status.success(), "atftp: {}{}", out.stdout, out.stderr);
+        assert_eq!(sha256_file(&got), want, "download {run}");
+        std::fs::remove_file(&got).expect("remove the download");
+    }
+    let (_, stats) = stop(server);
+    let via_afxdp = stats["afxdp_rx"] > 0;
+    assert_eq!(
+        via_afxdp,
+        afxdp == "on",
+        "served by the path asked for: {stats:?}"
+    );
+    times
+}
+
+/// A benchmark, not a test: `cargo test --release --test afxdp_lab -- --ignored --nocapture
+/// bench_`. One 32 MiB TFTP download (atftp, blksize 1468, windowsize 16) over a veth, five times
+/// per path: io_uring sockets (no XDP), io_uring behind the classifier (native XDP), AF_XDP with
+/// native XDP, AF_XDP with generic XDP. Prints each path's median and its ratio to io_uring.
+#[test]
+#[ignore = "a benchmark; run by hand"]
+fn bench_tftp_download_afxdp_against_io_uring() {
+    if !require("afxdp_bench", &["atftp", "ss", "ethtool"]) {
+        return;
+    }
+    let payload = Payload::new(32 << 20, 1 << 10);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let paths = [
+        ("io_uring, no XDP", "off", "off"),
+        ("io_uring, native XDP", "native", "off"),
+        ("AF_XDP, native XDP (copy)", "native", "on"),
+        ("AF_XDP, generic XDP (copy)", "generic", "on"),
+    ];
+    let mut baseline = None;
+    for (name, xdp_mode, afxdp) in paths {
+        let times = timed_downloads(xdp_mode, afxdp, &payload, 5);
+        let m = median(times.clone());
+        let base = *baseline.get_or_insert(m);
+        println!(
+            "{name:<28} median {m:8.1} ms  {:6.1} MiB/s  ratio to io_uring {:.2}  runs {times:.1?}",
+            32.0 / (m / 1e3),
+            m / base
+        );
+    }
+}
