@@ -496,7 +496,7 @@ pub fn format_stats(s: &UdpStats) -> String {
     let mut out = format!(
         "dhcp_received={} dhcp_replies={} tftp_requests={} tftp_started={} tftp_completed={} \
          tftp_active={} tftp_bytes={} tftp_retransmits={} kernel_drops={} send_errors={} \
-         afxdp_rx={} afxdp_tx={}",
+         afxdp_rx={} afxdp_tx={} afxdp_arp_replies={}",
         s.dhcp_received,
         s.dhcp_replies,
         s.tftp_requests,
@@ -508,7 +508,8 @@ pub fn format_stats(s: &UdpStats) -> String {
         s.kernel_drops,
         s.send_errors,
         s.afxdp_frames_received,
-        s.afxdp_frames_sent
+        s.afxdp_frames_sent,
+        s.afxdp_arp_replies
     );
     for (prefix, map) in [
         ("dhcp_refused", &s.dhcp_refused),

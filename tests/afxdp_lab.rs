@@ -34,6 +34,17 @@ fn run(xdp: &XdpClassifier, frame: &[u8]) -> (u32, [u64; 2]) {
     (verdict, [after[0] - before[0], after[1] - before[1]])
 }
 
+/// An ARP message (RFC 826) from 198.18.0.2 about `target`; `op` 1 is a request, 2 a reply.
+fn arp(op: u16, target: [u8; 4]) -> Vec<u8> {
+    let mut body = vec![0, 1, 0x08, 0x00, 6, 4];
+    body.extend_from_slice(&op.to_be_bytes());
+    body.extend_from_slice(&SRC_MAC);
+    body.extend_from_slice(&[198, 18, 0, 2]);
+    body.extend_from_slice(&[0; 6]);
+    body.extend_from_slice(&target);
+    ethernet(None, ETH_P_ARP, &body)
+}
+
 fn boot_udp(dport: u16, payload: &[u8]) -> Vec<u8> {
     ethernet(
         None,
@@ -67,6 +78,7 @@ fn steering_redirects_admitted_boot_frames_to_the_queue_socket() {
         enabled: 1,
         transfer_port_first: 40_000,
         transfer_port_last: 40_001,
+        server_ip: [198, 18, 0, 1],
     })
     .expect("steering on");
     assert_eq!(run(&xdp, &discover), (action::PASS, [0, 1]));
@@ -94,10 +106,12 @@ fn steering_redirects_admitted_boot_frames_to_the_queue_socket() {
     xdp.register_xsk(0, std::os::fd::AsFd::as_fd(&socket))
         .expect("register the socket");
 
+    let arp_for_us = arp(1, [198, 18, 0, 1]);
     for (name, frame) in [
         ("DHCP", &discover),
         ("TFTP RRQ", &rrq),
         ("transfer ACK", &transfer_ack),
+        ("ARP request for the server", &arp_for_us),
     ] {
         assert_eq!(
             run(&xdp, frame),
@@ -114,6 +128,8 @@ fn steering_redirects_admitted_boot_frames_to_the_queue_socket() {
         ("other UDP", &other_udp),
         ("HTTP", &http),
         ("VLAN-tagged DHCP", &tagged_discover),
+        ("ARP request for another host", &arp(1, [198, 18, 0, 7])),
+        ("ARP reply", &arp(2, [198, 18, 0, 1])),
     ] {
         assert_eq!(
             run(&xdp, frame),
@@ -135,11 +151,17 @@ fn steering_redirects_admitted_boot_frames_to_the_queue_socket() {
         enabled: 1,
         transfer_port_first: 1,
         transfer_port_last: 0,
+        server_ip: [0; 4],
     })
     .expect("steering on, no transfer ports");
     xdp.unregister_xsk(0).expect("unregister");
     assert_eq!(run(&xdp, &discover), (action::PASS, [0, 1]));
     assert_eq!(run(&xdp, &transfer_ack), (action::PASS, [0, 0]));
+    assert_eq!(
+        run(&xdp, &arp_for_us),
+        (action::PASS, [0, 0]),
+        "no server address: ARP stays with the kernel"
+    );
 }
 
 /// `key=N` counts of the `xdp_steer` line (`redirected=3/1032B ...`).
@@ -311,6 +333,8 @@ fn real_clients_are_served_through_afxdp(test: &str, xdp_mode: &str) {
         "afxdp_tx={sent}:\n{context}"
     );
     assert!(stats["dhcp_replies"] >= 2, "{context}");
+    // The client resolved the server's address before its first RRQ: answered by the path.
+    assert!(stats["afxdp_arp_replies"] >= 1, "{context}");
     assert_eq!(stats["tftp_completed"], 2, "{context}");
     let drops: Vec<_> = stats
         .iter()

@@ -1,5 +1,6 @@
 //! Ethernet II / IPv4 / UDP frames, for the AF_XDP path: zero-copy views of received frames and
-//! headers written in front of a payload already in the transmit frame.
+//! headers written in front of a payload already in the transmit frame; and ARP requests for the
+//! server's address with their replies ([`ArpRequest`], RFC 826).
 //!
 //! Guarantees: [`Udp4Frame::parse`] never panics and never allocates; when it returns `Ok`, every
 //! length it reports lies inside the frame, the IPv4 header checksum is right, and the UDP
@@ -22,6 +23,11 @@ pub const UDP_HLEN: usize = 8;
 pub const UDP_PAYLOAD_OFFSET: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+/// Ethernet/IPv4 ARP message (RFC 826): htype, ptype, hlen, plen, op, two MAC/IPv4 pairs.
+pub const ARP_LEN: usize = 28;
+/// Length of an ARP reply frame [`ArpRequest::emit_reply`] writes (unpadded; the NIC pads).
+pub const ARP_FRAME_LEN: usize = ETH_HLEN + ARP_LEN;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88A8;
 const IPPROTO_UDP: u8 = 17;
@@ -70,10 +76,13 @@ pub enum FrameDrop {
     BadUdpLength,
     /// UDP checksum present and wrong.
     BadUdpChecksum,
+    /// ARP that is not an Ethernet/IPv4 request (wrong hardware or protocol type or lengths,
+    /// a reply), or shorter than 28 bytes.
+    NotArpRequest,
 }
 
 impl FrameDrop {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Truncated,
         Self::NotIpv4,
         Self::Vlan,
@@ -83,6 +92,7 @@ impl FrameDrop {
         Self::NotUdp,
         Self::BadUdpLength,
         Self::BadUdpChecksum,
+        Self::NotArpRequest,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -96,6 +106,7 @@ impl FrameDrop {
             Self::NotUdp => "not_udp",
             Self::BadUdpLength => "bad_udp_length",
             Self::BadUdpChecksum => "bad_udp_checksum",
+            Self::NotArpRequest => "not_arp_request",
         }
     }
 }
@@ -307,10 +318,79 @@ impl Udp4Repr {
     }
 }
 
-/// Parses `bytes`; if it is a frame, emits the same headers and payload and parses again;
+/// Whether `frame` is an untagged ARP frame (to be parsed by [`ArpRequest::parse`]).
+pub fn is_arp(frame: &[u8]) -> bool {
+    frame.len() >= ETH_HLEN && be16(frame, field::ETHERTYPE) == ETHERTYPE_ARP
+}
+
+/// A received Ethernet/IPv4 ARP request (RFC 826): who asks, and for which address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpRequest {
+    pub sender_mac: [u8; 6],
+    pub sender_ip: Ipv4Addr,
+    pub target_ip: Ipv4Addr,
+}
+
+impl ArpRequest {
+    /// Checks the Ethernet and ARP headers of an ARP request; trailing padding is ignored.
+    pub fn parse(frame: &[u8]) -> Result<Self, FrameDrop> {
+        if !is_arp(frame) {
+            return Err(FrameDrop::NotIpv4);
+        }
+        let arp = frame
+            .get(ETH_HLEN..ETH_HLEN + ARP_LEN)
+            .ok_or(FrameDrop::Truncated)?;
+        if be16(arp, 0..2) != 1
+            || be16(arp, 2..4) != ETHERTYPE_IPV4
+            || arp[4] != 6
+            || arp[5] != 4
+            || be16(arp, 6..8) != 1
+        {
+            return Err(FrameDrop::NotArpRequest);
+        }
+        Ok(Self {
+            sender_mac: mac(arp, 8..14),
+            sender_ip: ipv4(arp, 14..18),
+            target_ip: ipv4(arp, 24..28),
+        })
+    }
+
+    /// Writes the reply (RFC 826 "Packet Reception": op 2, we are the sender, the asker the
+    /// target) saying `mac` has the requested address, unicast to the asker; returns its length.
+    pub fn emit_reply(&self, mac: [u8; 6], frame: &mut [u8]) -> Result<usize, FrameTooSmall> {
+        let frame_len = frame.len();
+        let frame = frame.get_mut(..ARP_FRAME_LEN).ok_or(FrameTooSmall {
+            payload_len: ARP_LEN,
+            frame_len,
+        })?;
+        frame[field::DST_MAC].copy_from_slice(&self.sender_mac);
+        frame[field::SRC_MAC].copy_from_slice(&mac);
+        frame[field::ETHERTYPE].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        let arp = &mut frame[ETH_HLEN..];
+        arp[0..2].copy_from_slice(&1u16.to_be_bytes());
+        arp[2..4].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        arp[4] = 6;
+        arp[5] = 4;
+        arp[6..8].copy_from_slice(&2u16.to_be_bytes());
+        arp[8..14].copy_from_slice(&mac);
+        arp[14..18].copy_from_slice(&self.target_ip.octets());
+        arp[18..24].copy_from_slice(&self.sender_mac);
+        arp[24..28].copy_from_slice(&self.sender_ip.octets());
+        Ok(ARP_FRAME_LEN)
+    }
+}
+
+/// Parses `bytes` as an ARP request (which must not panic, and whose reply must fit) and as a
+/// UDP frame; if it is a UDP frame, emits the same headers and payload and parses again;
 /// panics if the second parse differs from the first or emit fails. Input that does not parse is
 /// fine (returns `false`). The entry point for the fuzz target.
 pub fn roundtrip_check(bytes: &[u8]) -> bool {
+    if let Ok(request) = ArpRequest::parse(bytes) {
+        let mut reply = [0u8; ARP_FRAME_LEN];
+        request
+            .emit_reply([2, 0, 0, 0, 0, 1], &mut reply)
+            .unwrap_or_else(|e| panic!("emit of an ARP reply failed: {e}"));
+    }
     let Ok(first) = Udp4Frame::parse(bytes) else {
         return false;
     };
@@ -395,6 +475,52 @@ mod tests {
         assert!(roundtrip_check(&CLIENT_FRAME));
         assert!(roundtrip_check(&emitted(b"a reply")));
         assert!(!roundtrip_check(&CLIENT_FRAME[..20]));
+    }
+
+    /// An ARP request as Linux sends it: 198.18.0.2 (02:00:00:00:00:01) asks for 198.18.0.1.
+    const ARP_REQUEST: [u8; 42] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08,
+        0x06, // eth
+        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, // Ethernet/IPv4, request
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 198, 18, 0, 2, // sender
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 198, 18, 0, 1, // target
+    ];
+
+    #[test]
+    fn arp_requests_are_parsed_and_answered() {
+        let mut padded = ARP_REQUEST.to_vec();
+        padded.resize(60, 0);
+        let request = ArpRequest::parse(&padded).expect("request");
+        assert_eq!(request.sender_ip, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(request.target_ip, Ipv4Addr::new(198, 18, 0, 1));
+        let ours = [0x02, 0, 0, 0, 0, 0x09];
+        let mut reply = [0u8; 64];
+        let len = request.emit_reply(ours, &mut reply).expect("fits");
+        let want: [u8; 42] = [
+            0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x09, 0x08, 0x06,
+            0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x02, // reply
+            0x02, 0x00, 0x00, 0x00, 0x00, 0x09, 198, 18, 0, 1, // we have 198.18.0.1
+            0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 198, 18, 0, 2, // to the asker
+        ];
+        assert_eq!(&reply[..len], &want);
+        assert!(request.emit_reply(ours, &mut [0u8; 41]).is_err());
+    }
+
+    #[test]
+    fn other_arp_is_refused() {
+        let mut reply = ARP_REQUEST;
+        reply[21] = 2;
+        assert_eq!(ArpRequest::parse(&reply), Err(FrameDrop::NotArpRequest));
+        let mut ipv6 = ARP_REQUEST;
+        ipv6[16..18].copy_from_slice(&[0x86, 0xDD]);
+        assert_eq!(ArpRequest::parse(&ipv6), Err(FrameDrop::NotArpRequest));
+        for len in 0..ARP_FRAME_LEN {
+            assert!(
+                ArpRequest::parse(&ARP_REQUEST[..len]).is_err(),
+                "prefix {len}"
+            );
+        }
+        assert_eq!(ArpRequest::parse(&CLIENT_FRAME), Err(FrameDrop::NotIpv4));
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! never seen goes to the broadcast MAC, counted.
 //!
 //! One thread serves every queue's socket, so DHCP leases live in one place as on the io_uring
-//! path (where worker 0 owns DHCP). ARP stays with the kernel: the XDP program passes it and the
-//! interface holds the server's address.
+//! path (where worker 0 owns DHCP). ARP requests for the server's address are steered here too
+//! and answered ([`ArpRequest`]); every other ARP message stays with the kernel.
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
@@ -26,7 +26,7 @@ use std::{
 use bytes::Bytes;
 use stampede_proto::{
     dhcp::{LeaseStore, MemoryLeaseStore},
-    frame::{UDP_PAYLOAD_OFFSET, Udp4Frame, Udp4Repr},
+    frame::{ArpRequest, UDP_PAYLOAD_OFFSET, Udp4Frame, Udp4Repr, is_arp},
 };
 
 use super::{
@@ -154,6 +154,7 @@ impl AfXdpWorker {
         let mut seen_reload = reload.load(Ordering::Relaxed);
         let mut next_publish = Instant::now();
         let mut pending: Vec<(usize, SocketAddr, Bytes)> = Vec::new();
+        let mut arp_replies: Vec<ArpRequest> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let generation = reload.load(Ordering::Relaxed);
             if generation != seen_reload {
@@ -182,7 +183,11 @@ impl AfXdpWorker {
             } = self;
             for socket in sockets.iter_mut() {
                 socket.receive(RX_BUDGET, |frame| {
-                    on_frame(state, link, role_ports, neighbours, frame, &mut pending)
+                    if is_arp(frame) {
+                        on_arp(state, link, neighbours, frame, &mut arp_replies);
+                    } else {
+                        on_frame(state, link, role_ports, neighbours, frame, &mut pending);
+                    }
                 });
             }
             let now = Instant::now();
@@ -192,6 +197,14 @@ impl AfXdpWorker {
             // Replies leave through the first queue's socket: the TX queue does not matter to
             // the peer, and one socket keeps the TX frames in one pool.
             if let Some(tx) = sockets.first_mut() {
+                for request in arp_replies.drain(..) {
+                    if tx.transmit(|frame| request.emit_reply(link.mac, frame).ok()) {
+                        state.stats.afxdp_frames_sent += 1;
+                        state.stats.afxdp_arp_replies += 1;
+                    } else {
+                        bump(&mut state.stats.afxdp_dropped, "no_tx_frame");
+                    }
+                }
                 for (role, destination, payload) in pending.drain(..) {
                     transmit(
                         tx,
@@ -207,6 +220,7 @@ impl AfXdpWorker {
                 tx.flush()?;
             }
             pending.clear();
+            arp_replies.clear();
             if Instant::now() >= next_publish {
                 self.publish(shared);
                 next_publish = Instant::now() + TICK;
@@ -254,12 +268,7 @@ fn on_frame(
         bump(&mut state.stats.afxdp_dropped, "no_service_on_port");
         return;
     };
-    if !parsed.src_ip.is_unspecified() && !link.is_broadcast(parsed.src_ip) {
-        if neighbours.len() >= MAX_NEIGHBOURS && !neighbours.contains_key(&parsed.src_ip) {
-            neighbours.clear();
-        }
-        neighbours.insert(parsed.src_ip, parsed.src_mac);
-    }
+    remember(neighbours, link, parsed.src_ip, parsed.src_mac);
     let mut outbox = Outbox::replying_from(role);
     state.handle(
         Received {
@@ -271,6 +280,42 @@ fn on_frame(
         &mut outbox,
     );
     pending.extend(outbox.drain());
+}
+
+/// One ARP frame: a request for the server's address is answered (and its sender remembered);
+/// anything else the program steered is counted.
+fn on_arp(
+    state: &mut WorkerState,
+    link: &Link,
+    neighbours: &mut HashMap<Ipv4Addr, [u8; 6]>,
+    frame: &[u8],
+    replies: &mut Vec<ArpRequest>,
+) {
+    state.stats.afxdp_frames_received += 1;
+    let request = match ArpRequest::parse(frame) {
+        Ok(request) => request,
+        Err(reason) => {
+            bump(&mut state.stats.afxdp_dropped, reason.as_str());
+            return;
+        }
+    };
+    if request.target_ip != link.ip {
+        bump(&mut state.stats.afxdp_dropped, "arp_not_for_this_host");
+        return;
+    }
+    remember(neighbours, link, request.sender_ip, request.sender_mac);
+    replies.push(request);
+}
+
+/// Remembers which MAC `ip` sent from, bounded by [`MAX_NEIGHBOURS`].
+fn remember(neighbours: &mut HashMap<Ipv4Addr, [u8; 6]>, link: &Link, ip: Ipv4Addr, mac: [u8; 6]) {
+    if ip.is_unspecified() || link.is_broadcast(ip) {
+        return;
+    }
+    if neighbours.len() >= MAX_NEIGHBOURS && !neighbours.contains_key(&ip) {
+        neighbours.clear();
+    }
+    neighbours.insert(ip, mac);
 }
 
 /// Puts one datagram of a core into a TX frame.

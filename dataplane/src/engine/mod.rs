@@ -241,6 +241,7 @@ impl AfXdpSockets {
                 enabled: 1,
                 transfer_port_first: transfer_port,
                 transfer_port_last: transfer_port,
+                server_ip: ip.octets(),
             })
             .map_err(EngineError::Steering)?;
         tracing::info!(

@@ -73,6 +73,8 @@ pub struct UdpStats {
     pub afxdp_frames_received: u64,
     /// Frames the AF_XDP path queued for transmission.
     pub afxdp_frames_sent: u64,
+    /// ARP requests for the server's address the AF_XDP path answered.
+    pub afxdp_arp_replies: u64,
     /// Frames the AF_XDP path dropped, by reason (malformed frames, no TX frame, ...).
     pub afxdp_dropped: BTreeMap<&'static str, u64>,
 }
@@ -81,6 +83,7 @@ impl UdpStats {
     fn add(&mut self, other: &Self) {
         self.afxdp_frames_received += other.afxdp_frames_received;
         self.afxdp_frames_sent += other.afxdp_frames_sent;
+        self.afxdp_arp_replies += other.afxdp_arp_replies;
         self.dhcp_received += other.dhcp_received;
         self.dhcp_replies += other.dhcp_replies;
         self.tftp_requests += other.tftp_requests;

@@ -116,8 +116,8 @@ pub mod steer {
     pub const NAMES: [&str; COUNT as usize] = ["redirected", "no_socket"];
 }
 
-/// Whether admitted boot frames go to AF_XDP sockets, and which UDP ports besides 67, 4011 and 69
-/// are the AF_XDP path's (its TFTP transfer ports). Written by user space into [`AFXDP_MAP`]
+/// Whether admitted boot frames go to AF_XDP sockets, which UDP ports besides 67, 4011 and 69
+/// are the AF_XDP path's (its TFTP transfer ports), and which address's ARP requests it answers. Written by user space into [`AFXDP_MAP`]
 /// index 0; all zero (the initial value) means off.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,6 +128,9 @@ pub struct AfXdpSteering {
     /// ports; `first > last` means none.
     pub transfer_port_first: u16,
     pub transfer_port_last: u16,
+    /// The server's IPv4 address, in network order: ARP requests for it are steered too, so
+    /// the AF_XDP path answers them. All zero: ARP stays with the kernel.
+    pub server_ip: [u8; 4],
 }
 
 /// Per-CPU packet and byte counts for one traffic class.
@@ -257,7 +260,7 @@ const _: () = assert!(core::mem::size_of::<XdpPolicy>() == 20);
 const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
-const _: () = assert!(core::mem::size_of::<AfXdpSteering>() == 8);
+const _: () = assert!(core::mem::size_of::<AfXdpSteering>() == 12);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -281,8 +284,8 @@ mod pod {
     // pattern is a valid value.
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::TokenBucket {}
-    // SAFETY: `AfXdpSteering` is `repr(C)`, `Copy`, a `u32` and two `u16`s with no padding,
-    // and every bit pattern is a valid value.
+    // SAFETY: `AfXdpSteering` is `repr(C)`, `Copy`, a `u32`, two `u16`s and a `[u8; 4]` (12
+    // bytes, no padding), and every bit pattern is a valid value.
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::AfXdpSteering {}
 }

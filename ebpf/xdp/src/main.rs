@@ -15,7 +15,8 @@
 //!
 //! With the AF_XDP path on (the `AFXDP` map), admitted boot frames (UDP to 67, 4011, 69 and to
 //! the AF_XDP path's TFTP transfer ports), untagged, are redirected to the AF_XDP socket bound to the
-//! frame's RX queue; when no socket is bound there, they are passed to the kernel as before.
+//! frame's RX queue, and so are ARP requests for the server's address; when no socket is bound
+//! there, they are passed to the kernel as before.
 //!
 //! Parsing follows the eBPF verifier's rules: every read is preceded by a bounds check against
 //! `data_end`, and header lengths taken from the packet are masked to a small range first.
@@ -77,6 +78,10 @@ static ALLOW_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(ALLOW_MACS_CA
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+/// An Ethernet/IPv4 ARP message (RFC 826): 8 bytes of header, two MAC/IPv4 pairs.
+const ARP_LEN: usize = 28;
+const ARP_OP_REQUEST: u16 = 1;
 /// 802.1Q customer tag and 802.1ad service tag: one tag is looked through.
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
@@ -222,6 +227,9 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
         ethertype = be16(header::<2>(ctx, ETH_HLEN + 2)?);
         l3 += VLAN_HLEN;
     }
+    if ethertype == ETH_P_ARP && l3 == ETH_HLEN {
+        return Ok(arp_verdict(ctx));
+    }
     if ethertype != ETH_P_IP {
         return Ok(Verdict::pass(class::OTHER));
     }
@@ -291,6 +299,33 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             }))
         }
         _ => Ok(Verdict::pass(class::OTHER)),
+    }
+}
+
+/// An untagged ARP request for the server's address goes to the AF_XDP path while it is on (it
+/// answers for the address); every other ARP message stays with the kernel.
+#[inline(always)]
+fn arp_verdict(ctx: &XdpContext) -> Verdict {
+    let Some(steering) = AFXDP.get(0) else {
+        return Verdict::pass(class::OTHER);
+    };
+    if steering.enabled == 0 || steering.server_ip == [0; 4] {
+        return Verdict::pass(class::OTHER);
+    }
+    let Some(arp) = bytes_at::<ARP_LEN>(ctx, ETH_HLEN) else {
+        return Verdict::pass(class::OTHER);
+    };
+    // htype Ethernet, ptype IPv4, hlen 6, plen 4, op request; the target address at 24..28.
+    let is_request_for_us = be16([arp[0], arp[1]]) == 1
+        && be16([arp[2], arp[3]]) == ETH_P_IP
+        && arp[4] == 6
+        && arp[5] == 4
+        && be16([arp[6], arp[7]]) == ARP_OP_REQUEST
+        && [arp[24], arp[25], arp[26], arp[27]] == steering.server_ip;
+    Verdict {
+        class: class::OTHER,
+        drop: None,
+        steer: is_request_for_us,
     }
 }
 
