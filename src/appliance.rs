@@ -5,9 +5,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use stampede_dataplane::{
     boot::BootPlan,
-    config::{ApplianceConfig, DhcpMode, MacPolicy, QuickBoot, parse_range, wire},
+    config::{AfXdpChoice, ApplianceConfig, DhcpMode, MacPolicy, QuickBoot, parse_range, wire},
     engine::{self, Engine, EngineConfig, Ports, UdpStats},
     http_server::{HttpServer, HttpServerConfig, HttpStats},
+    sys::afxdp::{XskBind, XskConfig},
     xdp::{AttachMode, XdpClassifier, error_chain},
 };
 use stampede_ebpf_common::XdpConfig;
@@ -22,6 +23,7 @@ enum Source {
         QuickBoot,
         Option<std::num::NonZeroUsize>,
         wire::RouterAdvertisements,
+        wire::AfXdp,
     ),
 }
 
@@ -34,11 +36,12 @@ impl Source {
                 wire::Config::from_toml_str(&text)
                     .with_context(|| format!("{} is not a valid configuration", path.display()))
             }
-            Self::Quick(quick, workers, ra) => {
+            Self::Quick(quick, workers, ra, afxdp) => {
                 let mut config = ApplianceConfig::quick_wire(quick.clone())
                     .context("the command line is not usable")?;
                 config.server.workers = workers.map(|n| n.get() as u64);
                 config.server.router_advertisements = Some(*ra);
+                config.xdp.afxdp = *afxdp;
                 Ok(config)
             }
         }
@@ -125,7 +128,13 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         "off" => wire::RouterAdvertisements::Off,
         other => bail!("--router-advertisements {other:?}: expected auto or off"),
     };
-    let source = Source::Quick(quick, workers, ra);
+    let afxdp = match args.afxdp.as_str() {
+        "off" => wire::AfXdp::Off,
+        "auto" => wire::AfXdp::Auto,
+        "on" => wire::AfXdp::On,
+        other => bail!("--afxdp {other:?}: expected off, auto or on"),
+    };
+    let source = Source::Quick(quick, workers, ra, afxdp);
     let config = source.load(None)?;
     run(source, config, iface, xdp, interval, &args.control)
 }
@@ -234,17 +243,19 @@ fn run(
         stampede_control::GroupCommitConfig::default(),
     )
     .context("opening the lease store")?;
-    let engine = Engine::start(
-        Arc::clone(&plan),
-        EngineConfig {
-            iface: Some(iface.clone()),
-            workers,
-            ports: Ports::default(),
-            max_transfers_per_worker: config.tftp.max_transfers.div_ceil(workers),
-            events: events.clone(),
-        },
-        Box::new(leases),
-    )
+    let engine_config = EngineConfig {
+        iface: Some(iface.clone()),
+        workers,
+        ports: Ports::default(),
+        max_transfers_per_worker: config.tftp.max_transfers.div_ceil(workers),
+        events: events.clone(),
+    };
+    let engine = match afxdp_sockets(config.afxdp, &iface, classifier.as_mut())? {
+        Some(sockets) => {
+            Engine::start_afxdp(Arc::clone(&plan), engine_config, Box::new(leases), sockets)
+        }
+        None => Engine::start(Arc::clone(&plan), engine_config, Box::new(leases)),
+    }
     .context("starting the engine")?;
     let http_listen = std::net::SocketAddr::new(plan.server_ip().into(), config.server.http_port);
     let current = engine.current_plan();
@@ -368,6 +379,17 @@ fn run(
             Ok(drops) => println!("xdp_drops {drops}"),
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP drop counters"),
         }
+        match classifier.steer_counters() {
+            Ok(steer) => {
+                let line: Vec<String> = stampede_ebpf_common::steer::NAMES
+                    .iter()
+                    .zip(steer.iter())
+                    .map(|(name, c)| format!("{name}={}/{}B", c.packets, c.bytes))
+                    .collect();
+                println!("xdp_steer {}", line.join(" "));
+            }
+            Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP steering counters"),
+        }
         classifier.detach()?;
     }
     println!(
@@ -487,6 +509,54 @@ fn attach_classifier(
     }
 }
 
+/// Binds the AF_XDP path when `choice` asks for it. `Auto` falls back to the io_uring workers
+/// (`None`) and logs why; `On` refuses to start instead.
+fn afxdp_sockets(
+    choice: AfXdpChoice,
+    iface: &str,
+    classifier: Option<&mut XdpClassifier>,
+) -> anyhow::Result<Option<engine::AfXdpSockets>> {
+    if choice == AfXdpChoice::Off {
+        return Ok(None);
+    }
+    let attempt = match classifier {
+        None => Err(anyhow::anyhow!("the XDP classifier is not attached")),
+        Some(classifier) => {
+            // Generic (skb) XDP hands frames to AF_XDP by copy only; native mode tries
+            // zero-copy first.
+            let bind = match classifier.attachment().map(|a| a.mode) {
+                Some(AttachMode::Native) => XskBind::Auto,
+                _ => XskBind::Copy,
+            };
+            let xsk = XskConfig {
+                bind,
+                ..XskConfig::default()
+            };
+            engine::AfXdpSockets::bind(iface, Ports::default(), classifier, xsk)
+                .map_err(anyhow::Error::from)
+        }
+    };
+    match attempt {
+        Ok(sockets) => {
+            println!(
+                "afxdp iface={iface} queues={} zero_copy={}",
+                sockets.queues(),
+                sockets.zero_copy()
+            );
+            Ok(Some(sockets))
+        }
+        Err(err) if choice == AfXdpChoice::Auto => {
+            tracing::warn!(
+                %iface,
+                error = %error_chain(err.as_ref()),
+                "AF_XDP path not used; serving DHCP and TFTP from io_uring sockets"
+            );
+            Ok(None)
+        }
+        Err(err) => Err(err.context("xdp.afxdp = on, and the AF_XDP path cannot start")),
+    }
+}
+
 /// How often the data plane's counters are copied into `/metrics`.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -520,7 +590,8 @@ pub fn format_http_stats(s: &HttpStats) -> String {
 pub fn format_stats(s: &UdpStats) -> String {
     let mut out = format!(
         "dhcp_received={} dhcp_replies={} tftp_requests={} tftp_started={} tftp_completed={} \
-         tftp_active={} tftp_bytes={} tftp_retransmits={} kernel_drops={} send_errors={}",
+         tftp_active={} tftp_bytes={} tftp_retransmits={} kernel_drops={} send_errors={} \
+         afxdp_rx={} afxdp_tx={} afxdp_arp_replies={}",
         s.dhcp_received,
         s.dhcp_replies,
         s.tftp_requests,
@@ -530,7 +601,10 @@ pub fn format_stats(s: &UdpStats) -> String {
         s.tftp_bytes,
         s.tftp_retransmits,
         s.kernel_drops,
-        s.send_errors
+        s.send_errors,
+        s.afxdp_frames_received,
+        s.afxdp_frames_sent,
+        s.afxdp_arp_replies
     );
     for (prefix, map) in [
         ("dhcp_refused", &s.dhcp_refused),
@@ -539,6 +613,7 @@ pub fn format_stats(s: &UdpStats) -> String {
         ("tftp_dropped", &s.tftp_dropped),
         ("tftp_failed", &s.tftp_transfers_failed),
         ("tftp_stray", &s.tftp_stray),
+        ("afxdp_dropped", &s.afxdp_dropped),
     ] {
         for (reason, n) in map {
             out.push_str(&format!(" {prefix}.{reason}={n}"));

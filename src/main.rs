@@ -98,6 +98,10 @@ struct BootArgs {
     /// XDP classifier: auto, native, generic or off.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
+    /// Serve DHCP and TFTP through AF_XDP sockets (`xdp.afxdp`): off, auto (falls back to
+    /// io_uring sockets, saying why) or on.
+    #[arg(long, default_value = "off")]
+    afxdp: String,
     /// IPv6 router solicitations: auto answers them with an empty RA where no other router
     /// speaks (firmware then stops waiting for IPv6); off never does.
     #[arg(long, default_value = "auto")]

@@ -59,6 +59,22 @@ pub fn publish(metrics: &Metrics, udp: &UdpStats, http: &HttpStats, xdp: Option<
         &udp.dhcp_refused,
     );
     c(
+        "stampede_afxdp_frames_received_total",
+        "Frames the AF_XDP path received from its sockets",
+        udp.afxdp_frames_received,
+    );
+    c(
+        "stampede_afxdp_frames_sent_total",
+        "Frames the AF_XDP path queued for transmission",
+        udp.afxdp_frames_sent,
+    );
+    by_reason(
+        metrics,
+        "stampede_afxdp_dropped_total",
+        "Frames the AF_XDP path dropped, by reason",
+        &udp.afxdp_dropped,
+    );
+    c(
         "stampede_tftp_requests_total",
         "TFTP requests received",
         udp.tftp_requests,

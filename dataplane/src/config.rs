@@ -57,6 +57,23 @@ pub struct ApplianceConfig {
     pub xdp: Option<AttachMode>,
     /// `[xdp]` policy keys: what the classifier drops, whatever the attach mode.
     pub xdp_filter: XdpFilterSettings,
+    /// `xdp.afxdp`: whether DHCP and TFTP are served through AF_XDP sockets.
+    pub afxdp: AfXdpChoice,
+}
+
+/// `xdp.afxdp`: serve DHCP and TFTP through AF_XDP sockets the XDP program steers boot frames
+/// into, instead of the io_uring UDP workers. HTTP stays on io_uring TCP either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AfXdpChoice {
+    /// io_uring sockets only. The default until the AF_XDP path has been measured against
+    /// them on real NICs (docs/architecture.md).
+    #[default]
+    Off,
+    /// AF_XDP when the classifier is attached and the sockets bind; otherwise the io_uring
+    /// workers, with the reason logged.
+    Auto,
+    /// AF_XDP or refuse to start.
+    On,
 }
 
 /// `[xdp] policy`: which machines may send DHCP at all.
@@ -621,6 +638,15 @@ pub mod wire {
         KnownOnly,
     }
 
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum AfXdp {
+        #[default]
+        Off,
+        Auto,
+        On,
+    }
+
     #[derive(Debug, Clone, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Xdp {
@@ -634,6 +660,8 @@ pub mod wire {
         pub tftp_burst: Option<u64>,
         #[serde(default)]
         pub deny: Vec<String>,
+        #[serde(default)]
+        pub afxdp: AfXdp,
     }
 }
 
@@ -728,6 +756,11 @@ impl TryFrom<wire::Config> for ApplianceConfig {
                 wire::XdpMode::Off => None,
             },
             xdp_filter: xdp_filter(&w.xdp)?,
+            afxdp: match w.xdp.afxdp {
+                wire::AfXdp::Off => AfXdpChoice::Off,
+                wire::AfXdp::Auto => AfXdpChoice::Auto,
+                wire::AfXdp::On => AfXdpChoice::On,
+            },
         })
     }
 }
@@ -1706,6 +1739,24 @@ kernel = "vmlinuz"
         assert_eq!(c.http.server, http::ServerConfig::default());
         assert_eq!(c.xdp, Some(AttachMode::Auto));
         assert_eq!(c.boot.default_profile, Some(0));
+    }
+
+    #[test]
+    fn afxdp_is_off_unless_asked_for() {
+        assert_eq!(parse(MINIMAL).afxdp, AfXdpChoice::Off);
+        for (text, want) in [
+            ("off", AfXdpChoice::Off),
+            ("auto", AfXdpChoice::Auto),
+            ("on", AfXdpChoice::On),
+        ] {
+            let c = parse(&format!(
+                "{MINIMAL}\n[xdp]\nmode = \"native\"\nafxdp = \"{text}\"\n"
+            ));
+            assert_eq!(c.afxdp, want, "{text}");
+            assert_eq!(c.xdp, Some(AttachMode::Native));
+        }
+        let e = refused("[xdp]\nafxdp = \"yes\"");
+        assert!(e.to_string().contains("yes"), "{e}");
     }
 
     #[test]

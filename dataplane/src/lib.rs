@@ -8,7 +8,8 @@
 //!   worker thread.
 //! - [`store`]: boot files from a served directory and a content-addressed store, read once and
 //!   shared by every transfer.
-//! - [`sys`]: the only place with `unsafe`: io_uring rings and their buffers.
+//! - [`sys`]: the only place with `unsafe`: io_uring rings and their buffers, AF_XDP sockets and
+//!   their UMEM.
 //! - [`proto`]: the sans-IO protocol cores (DHCP, TFTP, HTTP, iPXE), re-exported.
 
 pub mod boot;
@@ -22,7 +23,7 @@ pub mod store;
 // denies `unsafe_code`).
 #[expect(
     unsafe_code,
-    reason = "io_uring ring memory and SQE submission need unsafe; confined to this module"
+    reason = "io_uring ring memory, SQE submission and AF_XDP rings/UMEM need unsafe; confined to this module"
 )]
 pub mod sys;
 pub mod xdp;

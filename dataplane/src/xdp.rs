@@ -7,13 +7,14 @@ use std::{collections::BTreeSet, fmt};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use stampede_ebpf_common::{
-    ALLOW_MACS_CAPACITY, ALLOW_MACS_MAP, CLASS_COUNTERS_MAP, CLASSIFIER_PROGRAM, CONFIG_MAP,
-    ClassCounter, DENY_MACS_CAPACITY, DENY_MACS_MAP, DROP_COUNTERS_MAP, MacKey, XdpConfig,
-    XdpPolicy, class, drop_reason,
+    AFXDP_MAP, ALLOW_MACS_CAPACITY, ALLOW_MACS_MAP, AfXdpSteering, CLASS_COUNTERS_MAP,
+    CLASSIFIER_PROGRAM, CONFIG_MAP, ClassCounter, DENY_MACS_CAPACITY, DENY_MACS_MAP,
+    DROP_COUNTERS_MAP, MacKey, STEER_COUNTERS_MAP, XSKS_MAP, XdpConfig, XdpPolicy, class,
+    drop_reason, steer,
 };
 
 /// The eBPF object file built from `ebpf/xdp`.
@@ -525,6 +526,50 @@ impl XdpClassifier {
             }
         }
         Ok(())
+    }
+
+    /// Turns steering to AF_XDP sockets on or off and sets the AF_XDP path's transfer ports;
+    /// the next frame sees it.
+    pub fn set_afxdp_steering(&mut self, steering: AfXdpSteering) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(AFXDP_MAP)
+            .ok_or(XdpError::Missing(AFXDP_MAP))?;
+        let mut array: Array<_, AfXdpSteering> =
+            Array::try_from(map).map_err(map_error(AFXDP_MAP))?;
+        array.set(0, steering, 0).map_err(map_error(AFXDP_MAP))
+    }
+
+    /// Puts the AF_XDP socket `socket`, bound to RX queue `queue`, into the XSKMAP: admitted
+    /// boot frames of that queue go to it from the next frame on (while steering is on).
+    pub fn register_xsk(
+        &mut self,
+        queue: u32,
+        socket: impl std::os::fd::AsRawFd,
+    ) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(XSKS_MAP)
+            .ok_or(XdpError::Missing(XSKS_MAP))?;
+        let mut xsks = XskMap::try_from(map).map_err(map_error(XSKS_MAP))?;
+        xsks.set(queue, socket, 0).map_err(map_error(XSKS_MAP))
+    }
+
+    /// Takes the socket of RX queue `queue` out of the XSKMAP: its frames pass to the kernel.
+    pub fn unregister_xsk(&mut self, queue: u32) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(XSKS_MAP)
+            .ok_or(XdpError::Missing(XSKS_MAP))?;
+        let mut xsks = XskMap::try_from(map).map_err(map_error(XSKS_MAP))?;
+        xsks.unset(queue).map_err(map_error(XSKS_MAP))
+    }
+
+    /// Steering outcomes per [`steer`] index (redirected, no socket), summed over all CPUs.
+    pub fn steer_counters(&self) -> Result<[ClassCounter; steer::COUNT as usize], XdpError> {
+        let mut out = [ClassCounter::default(); steer::COUNT as usize];
+        self.sum_counters(STEER_COUNTERS_MAP, &mut out)?;
+        Ok(out)
     }
 
     /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN`; returns the XDP action.

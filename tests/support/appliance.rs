@@ -67,6 +67,17 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Starts `stampede boot` in `ns` on `iface` and waits until its TFTP port is bound.
 pub fn start_boot(ns: &Netns, iface: &str, extra: &[&str], payload: &Payload) -> Process {
+    start_boot_xdp(ns, iface, "off", extra, payload)
+}
+
+/// [`start_boot`] with the XDP classifier in `xdp_mode` (auto, native, generic or off).
+pub fn start_boot_xdp(
+    ns: &Netns,
+    iface: &str,
+    xdp_mode: &str,
+    extra: &[&str],
+    payload: &Payload,
+) -> Process {
     let mut command = ns.command(STAMPEDE);
     command
         .args([
@@ -74,7 +85,7 @@ pub fn start_boot(ns: &Netns, iface: &str, extra: &[&str], payload: &Payload) ->
             "--iface",
             iface,
             "--xdp-mode",
-            "off",
+            xdp_mode,
             "--stats-interval",
             "60",
         ])

@@ -34,6 +34,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("atftp", "a TFTP client with blksize, tsize and windowsize"),
     (
+        "ethtool",
+        "turns off veth checksum offload so lab frames carry real UDP checksums (AF_XDP tests)",
+    ),
+    (
         "dnsmasq-base",
         "the LAN's own DHCP server beside ProxyDHCP; the peer in firmware labs",
     ),

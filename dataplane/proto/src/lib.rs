@@ -10,6 +10,7 @@ pub mod bootpath;
 pub mod dhcp;
 pub mod events;
 pub mod files;
+pub mod frame;
 pub mod http;
 pub mod ipxe;
 pub mod ndp;

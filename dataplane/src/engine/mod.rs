@@ -12,6 +12,7 @@
 //! check that a transfer's packets keep coming from the port its first reply came from, which
 //! holds. It keeps the socket count per worker constant whatever the number of machines, and
 //! gives the XDP program a small, known set of transfer ports to steer.
+pub mod afxdp;
 pub mod ra;
 pub mod udp;
 
@@ -49,6 +50,14 @@ pub enum EngineError {
     Dhcp(#[from] stampede_proto::dhcp::ConfigError),
     #[error("starting a worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("AF_XDP socket on queue {queue}: {source}")]
+    AfXdp {
+        queue: u32,
+        #[source]
+        source: crate::sys::afxdp::XskError,
+    },
+    #[error("steering to AF_XDP: {0}")]
+    Steering(#[source] crate::xdp::XdpError),
 }
 
 /// Where and how the engine serves.
@@ -118,6 +127,25 @@ impl Engine {
         })
     }
 
+    /// Starts the AF_XDP path instead of the io_uring UDP workers, over sockets bound by
+    /// [`AfXdpSockets::bind`].
+    pub fn start_afxdp(
+        plan: Arc<BootPlan>,
+        config: EngineConfig,
+        leases: Box<dyn LeaseStore + Send>,
+        sockets: AfXdpSockets,
+    ) -> Result<Self, EngineError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared_plan = Arc::new(Mutex::new(plan));
+        let (udp, threads) = afxdp::start(&shared_plan, &config, &stop, leases, sockets)?;
+        Ok(Self {
+            stop,
+            threads,
+            udp,
+            plan: shared_plan,
+        })
+    }
+
     /// Counters of the UDP side, summed over workers.
     pub fn udp_stats(&self) -> UdpStats {
         self.udp.stats()
@@ -152,6 +180,121 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The AF_XDP path's sockets, bound and steered to, before any worker runs: one AF_XDP socket
+/// per RX queue, registered in the classifier's XSKMAP, and kernel UDP sockets holding the
+/// service ports and the transfer port so no other program on the host takes them.
+#[derive(Debug)]
+pub struct AfXdpSockets {
+    pub(crate) sockets: Vec<crate::sys::afxdp::XskSocket>,
+    pub(crate) link: afxdp::Link,
+    pub(crate) ports: Ports,
+    pub(crate) transfer_port: u16,
+    pub(crate) reservations: Vec<std::net::UdpSocket>,
+}
+
+impl AfXdpSockets {
+    /// Binds one AF_XDP socket per RX queue of `iface`, registers them in `classifier`, and
+    /// turns steering on. On error nothing stays steered (registered sockets leave the XSKMAP as
+    /// they close), so the caller can start the io_uring workers instead.
+    pub fn bind(
+        iface: &str,
+        ports: Ports,
+        classifier: &mut crate::xdp::XdpClassifier,
+        xsk: crate::sys::afxdp::XskConfig,
+    ) -> Result<Self, EngineError> {
+        let interface_error = |problem: String| EngineError::Interface {
+            iface: iface.to_owned(),
+            problem,
+        };
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .map_err(|e| interface_error(format!("no index: {e}")))?;
+        let (ip, prefix) = interface_ipv4(iface)?;
+        let mac = interface_mac(iface)?;
+        let queues = rx_queues(iface).min(stampede_ebpf_common::XSKS_CAPACITY);
+        let mut sockets = Vec::new();
+        for queue in 0..queues {
+            let socket = crate::sys::afxdp::XskSocket::bind(ifindex, queue, xsk)
+                .map_err(|source| EngineError::AfXdp { queue, source })?;
+            classifier
+                .register_xsk(queue, std::os::fd::AsFd::as_fd(&socket))
+                .map_err(EngineError::Steering)?;
+            sockets.push(socket);
+        }
+        let mut reservations = Vec::new();
+        for (port, what) in [
+            (ports.dhcp, "the DHCP port"),
+            (ports.proxy_dhcp, "the PXE port"),
+            (ports.tftp, "the TFTP port"),
+            (0, "the AF_XDP transfer port"),
+        ] {
+            reservations.push(udp::udp_socket(port, Some(iface), false, what)?);
+        }
+        let transfer_port = reservations
+            .last()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| a.port())
+            .ok_or_else(|| interface_error("the transfer port has no address".into()))?;
+        classifier
+            .set_afxdp_steering(stampede_ebpf_common::AfXdpSteering {
+                enabled: 1,
+                transfer_port_first: transfer_port,
+                transfer_port_last: transfer_port,
+                server_ip: ip.octets(),
+            })
+            .map_err(EngineError::Steering)?;
+        tracing::info!(
+            %iface,
+            queues,
+            zero_copy = sockets.iter().all(|s| s.zero_copy()),
+            transfer_port,
+            "AF_XDP path bound; boot frames are steered to it"
+        );
+        Ok(Self {
+            sockets,
+            link: afxdp::Link { mac, ip, prefix },
+            ports,
+            transfer_port,
+            reservations,
+        })
+    }
+
+    /// Whether every socket runs in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.sockets.iter().all(|s| s.zero_copy())
+    }
+
+    pub fn queues(&self) -> usize {
+        self.sockets.len()
+    }
+}
+
+/// The Ethernet address of `iface`.
+pub fn interface_mac(iface: &str) -> Result<[u8; 6], EngineError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| EngineError::Interface {
+        iface: iface.to_owned(),
+        problem: format!("listing addresses failed: {e}"),
+    })?;
+    addrs
+        .filter(|ifa| ifa.interface_name == iface)
+        .find_map(|ifa| ifa.address.as_ref()?.as_link_addr()?.addr())
+        .ok_or_else(|| EngineError::Interface {
+            iface: iface.to_owned(),
+            problem: "has no Ethernet address".into(),
+        })
+}
+
+/// Number of RX queues of `iface` (`/sys/class/net/IFACE/queues/rx-N`); 1 when unknown.
+pub fn rx_queues(iface: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The first IPv4 address of `iface`.

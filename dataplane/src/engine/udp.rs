@@ -28,7 +28,7 @@ use crate::{
 
 /// Longest wait in one turn of a worker's loop: how soon it notices a stop or reload request
 /// and publishes its counters when nothing else wakes it.
-const TICK: Duration = Duration::from_millis(100);
+pub(super) const TICK: Duration = Duration::from_millis(100);
 
 /// Receive buffer of each socket. A boot storm arrives in bursts (a rack powering on): 4 MiB
 /// holds about 10,000 DHCP DISCOVERs while a worker is busy.
@@ -36,7 +36,7 @@ const SOCKET_RCVBUF: usize = 4 << 20;
 
 /// How often a worker holding DHCP ACKs looks whether their leases became durable. A group
 /// commit (one fsync for a batch of leases) takes about a millisecond on an SSD.
-const HELD_ACK_POLL: Duration = Duration::from_millis(1);
+pub(super) const HELD_ACK_POLL: Duration = Duration::from_millis(1);
 
 /// Largest datagram a core writes: a TFTP DATA block of the largest blksize (RFC 2348: 65464)
 /// plus its 4-byte header.
@@ -70,10 +70,21 @@ pub struct UdpStats {
     pub kernel_drops: u64,
     /// Sends the kernel failed.
     pub send_errors: u64,
+    /// Frames the AF_XDP path received from its sockets (zero on the io_uring path).
+    pub afxdp_frames_received: u64,
+    /// Frames the AF_XDP path queued for transmission.
+    pub afxdp_frames_sent: u64,
+    /// ARP requests for the server's address the AF_XDP path answered.
+    pub afxdp_arp_replies: u64,
+    /// Frames the AF_XDP path dropped, by reason (malformed frames, no TX frame, ...).
+    pub afxdp_dropped: BTreeMap<&'static str, u64>,
 }
 
 impl UdpStats {
     fn add(&mut self, other: &Self) {
+        self.afxdp_frames_received += other.afxdp_frames_received;
+        self.afxdp_frames_sent += other.afxdp_frames_sent;
+        self.afxdp_arp_replies += other.afxdp_arp_replies;
         self.dhcp_received += other.dhcp_received;
         self.dhcp_replies += other.dhcp_replies;
         self.tftp_requests += other.tftp_requests;
@@ -94,6 +105,7 @@ impl UdpStats {
                 &other.tftp_transfers_failed,
             ),
             (&mut self.tftp_stray, &other.tftp_stray),
+            (&mut self.afxdp_dropped, &other.afxdp_dropped),
         ] {
             for (reason, n) in theirs {
                 *mine.entry(reason).or_default() += n;
@@ -102,15 +114,15 @@ impl UdpStats {
     }
 }
 
-fn bump(map: &mut BTreeMap<&'static str, u64>, reason: &'static str) {
+pub(super) fn bump(map: &mut BTreeMap<&'static str, u64>, reason: &'static str) {
     *map.entry(reason).or_default() += 1;
 }
 
 /// What one worker shares with the rest of the process: its published counters and the reload
 /// generation it has seen. Nothing here is touched per packet.
 #[derive(Debug, Default)]
-struct WorkerShared {
-    stats: Mutex<UdpStats>,
+pub(super) struct WorkerShared {
+    pub(super) stats: Mutex<UdpStats>,
 }
 
 /// The UDP workers of an engine, for reading counters and requesting reloads.
@@ -121,6 +133,17 @@ pub struct UdpWorkerSet {
 }
 
 impl UdpWorkerSet {
+    pub(super) fn new(workers: Vec<Arc<WorkerShared>>) -> Self {
+        Self {
+            workers,
+            reload: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub(super) fn reload_generation(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.reload)
+    }
+
     pub fn stats(&self) -> UdpStats {
         let mut total = UdpStats::default();
         for worker in &self.workers {
@@ -136,14 +159,14 @@ impl UdpWorkerSet {
 
 /// What each socket of a worker is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(super) enum Role {
     Dhcp,
     ProxyDhcp,
     TftpListen,
     TftpTransfer,
 }
 
-fn udp_socket(
+pub(super) fn udp_socket(
     port: u16,
     iface: Option<&str>,
     reuse_port: bool,
@@ -269,9 +292,9 @@ struct TransferEntry {
 }
 
 /// One worker's protocol state. Owned by its thread; nothing in it is shared.
-struct WorkerState {
+pub(super) struct WorkerState {
     index: usize,
-    roles: Vec<Role>,
+    pub(super) roles: Vec<Role>,
     dhcp: Option<DhcpServer>,
     leases: Box<dyn LeaseStore + Send>,
     plan: Arc<BootPlan>,
@@ -283,15 +306,15 @@ struct WorkerState {
     /// then O(log n) in running transfers instead of a scan of all of them.
     timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     max_transfers: usize,
-    stats: UdpStats,
+    pub(super) stats: UdpStats,
     buf: Vec<u8>,
     /// Datagrams produced outside a receive callback (timeouts), sent by the loop.
-    deferred: Vec<(usize, SocketAddr, Bytes)>,
-    events: Events,
+    pub(super) deferred: Vec<(usize, SocketAddr, Bytes)>,
+    pub(super) events: Events,
 }
 
 impl WorkerState {
-    fn new(
+    pub(super) fn new(
         index: usize,
         plan: &Arc<BootPlan>,
         roles: Vec<Role>,
@@ -375,7 +398,7 @@ impl WorkerState {
     }
 
     /// A new boot plan: new requests follow it; running transfers keep their files; leases stay.
-    fn apply_plan(&mut self, plan: Arc<BootPlan>) {
+    pub(super) fn apply_plan(&mut self, plan: Arc<BootPlan>) {
         self.tftp = plan.tftp_server();
         if self.roles.contains(&Role::Dhcp) {
             match plan.dhcp_server() {
@@ -391,7 +414,7 @@ impl WorkerState {
 
     /// Queues the DHCP replies that may leave: all but ACKs whose lease change is not durable
     /// yet (those wait for the store's group commit). Sent right after the current batch.
-    fn send_dhcp_replies(&mut self, now: Instant) {
+    pub(super) fn send_dhcp_replies(&mut self, now: Instant) {
         let Some(server) = self.dhcp.as_mut() else {
             return;
         };
@@ -429,7 +452,7 @@ impl WorkerState {
     }
 
     /// The earliest timer (possibly stale: waking early is harmless).
-    fn earliest_deadline(&self) -> Option<Instant> {
+    pub(super) fn earliest_deadline(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
@@ -448,7 +471,16 @@ impl WorkerState {
         self.timers.push(Reverse((deadline, peer)));
     }
 
-    fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
+    /// Whether DHCP ACKs wait for their lease to become durable.
+    pub(super) fn holds_dhcp_replies(&self) -> bool {
+        self.dhcp.as_ref().is_some_and(|d| d.queued() > 0)
+    }
+
+    pub(super) fn active_transfers(&self) -> usize {
+        self.transfers.len()
+    }
+
+    pub(super) fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
         let now = Instant::now();
         match self.roles.get(datagram.socket).copied() {
             Some(Role::Dhcp) => self.handle_dhcp(now, datagram, dhcp::SERVER_PORT),
@@ -561,7 +593,7 @@ impl WorkerState {
         self.drive_transfer(now, datagram.source, Some(outbox));
     }
 
-    fn handle_timeouts(&mut self, now: Instant) {
+    pub(super) fn handle_timeouts(&mut self, now: Instant) {
         while let Some(&Reverse((at, peer))) = self.timers.peek() {
             if at > now {
                 break;

@@ -5,5 +5,8 @@
 //! - [`uring_tcp`]: one io_uring per worker driving a TCP listener (multishot accept with
 //!   `SO_REUSEPORT`) and its connections (receive, vectored send of head and shared body,
 //!   close after every operation completed), behind a safe [`uring_tcp::TcpWorker`].
+//! - [`afxdp`]: one AF_XDP socket (UMEM, fill/completion/RX/TX rings) bound to one RX queue,
+//!   behind a safe [`afxdp::XskSocket`].
+pub mod afxdp;
 pub mod uring;
 pub mod uring_tcp;

@@ -482,6 +482,20 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An empty outbox whose [`Outbox::send_to`] replies from socket `current`: for engines
+    /// that drive the same handlers without a ring (the AF_XDP path).
+    pub fn replying_from(current: usize) -> Self {
+        Self {
+            datagrams: Vec::new(),
+            current,
+        }
+    }
+
+    /// Takes every queued datagram: (socket index, destination, payload).
+    pub fn drain(&mut self) -> std::vec::Drain<'_, (usize, SocketAddr, Bytes)> {
+        self.datagrams.drain(..)
+    }
+
     /// Replies from the socket the datagram being handled arrived on.
     pub fn send_to(&mut self, destination: SocketAddr, payload: impl Into<Bytes>) {
         self.datagrams

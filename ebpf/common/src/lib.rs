@@ -90,6 +90,49 @@ pub const CONFIG_MAP: &str = "CONFIG";
 /// Name of the XDP program that classifies boot traffic.
 pub const CLASSIFIER_PROGRAM: &str = "stampede_classify";
 
+/// Name of the XSKMAP of AF_XDP sockets, indexed by RX queue (one socket per queue).
+pub const XSKS_MAP: &str = "XSKS";
+/// Capacity of [`XSKS_MAP`]: the most RX queues the AF_XDP path serves.
+pub const XSKS_CAPACITY: u32 = 64;
+/// Name of the one-entry array holding the [`AfXdpSteering`].
+///
+/// A map of its own rather than fields of [`XdpConfig`]: the drop policy and the steering are
+/// written by different parts of the loader, and [`XdpConfig`]'s layout stays as it is.
+pub const AFXDP_MAP: &str = "AFXDP";
+/// Name of the per-CPU array of [`ClassCounter`] for steering outcomes, indexed by [`steer`].
+pub const STEER_COUNTERS_MAP: &str = "STEER_COUNTERS";
+
+/// What became of an admitted boot frame while the AF_XDP path is on, as indices into
+/// [`STEER_COUNTERS_MAP`].
+pub mod steer {
+    /// Redirected to the AF_XDP socket of the frame's RX queue.
+    pub const REDIRECTED: u32 = 0;
+    /// No socket is bound to the frame's RX queue: passed to the kernel (`XDP_PASS`) instead.
+    pub const NO_SOCKET: u32 = 1;
+    /// Number of outcomes; the size of the steering counter map.
+    pub const COUNT: u32 = 2;
+
+    /// Human names, in index order, as used in logs and metrics.
+    pub const NAMES: [&str; COUNT as usize] = ["redirected", "no_socket"];
+}
+
+/// Whether admitted boot frames go to AF_XDP sockets, which UDP ports besides 67, 4011 and 69
+/// are the AF_XDP path's (its TFTP transfer ports), and which address's ARP requests it answers. Written by user space into [`AFXDP_MAP`]
+/// index 0; all zero (the initial value) means off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AfXdpSteering {
+    /// Non-zero: redirect admitted boot frames to [`XSKS_MAP`].
+    pub enabled: u32,
+    /// First and last UDP port (inclusive, host byte order) of the AF_XDP path's TFTP transfer
+    /// ports; `first > last` means none.
+    pub transfer_port_first: u16,
+    pub transfer_port_last: u16,
+    /// The server's IPv4 address, in network order: ARP requests for it are steered too, so
+    /// the AF_XDP path answers them. All zero: ARP stays with the kernel.
+    pub server_ip: [u8; 4],
+}
+
 /// Per-CPU packet and byte counts for one traffic class.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,6 +260,7 @@ const _: () = assert!(core::mem::size_of::<XdpPolicy>() == 20);
 const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
+const _: () = assert!(core::mem::size_of::<AfXdpSteering>() == 12);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -240,4 +284,8 @@ mod pod {
     // pattern is a valid value.
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::TokenBucket {}
+    // SAFETY: `AfXdpSteering` is `repr(C)`, `Copy`, a `u32`, two `u16`s and a `[u8; 4]` (12
+    // bytes, no padding), and every bit pattern is a valid value.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::AfXdpSteering {}
 }

@@ -13,6 +13,11 @@
 //! while counting them in its own statistics (`IpInHdrErrors`, `IpInTruncatedPkts`), which an
 //! operator already watches. Fragments are never parsed as UDP, so never dropped.
 //!
+//! With the AF_XDP path on (the `AFXDP` map), admitted boot frames (UDP to 67, 4011, 69 and to
+//! the AF_XDP path's TFTP transfer ports), untagged, are redirected to the AF_XDP socket bound to the
+//! frame's RX queue, and so are ARP requests for the server's address; when no socket is bound
+//! there, they are passed to the kernel as before.
+//!
 //! Parsing follows the eBPF verifier's rules: every read is preceded by a bounds check against
 //! `data_end`, and header lengths taken from the packet are masked to a small range first.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -24,12 +29,12 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use stampede_ebpf_common::{
-    ALLOW_MACS_CAPACITY, ClassCounter, DENY_MACS_CAPACITY, DHCP_BUCKETS_CAPACITY, MacKey,
-    TokenBucket, XdpConfig, class, drop_reason,
+    ALLOW_MACS_CAPACITY, AfXdpSteering, ClassCounter, DENY_MACS_CAPACITY, DHCP_BUCKETS_CAPACITY,
+    MacKey, TokenBucket, XSKS_CAPACITY, XdpConfig, class, drop_reason, steer,
 };
 
 #[map(name = "CLASS_COUNTERS")]
@@ -53,6 +58,17 @@ static DHCP_BUCKETS: LruHashMap<MacKey, TokenBucket> =
 #[map(name = "TFTP_ADMISSION")]
 static TFTP_ADMISSION: Array<TokenBucket> = Array::with_max_entries(1, 0);
 
+#[map(name = "AFXDP")]
+static AFXDP: Array<AfXdpSteering> = Array::with_max_entries(1, 0);
+
+/// AF_XDP sockets by RX queue. A socket only receives frames of the queue it is bound to, so the
+/// index is the frame's `rx_queue_index`.
+#[map(name = "XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(XSKS_CAPACITY, 0);
+
+#[map(name = "STEER_COUNTERS")]
+static STEER_COUNTERS: PerCpuArray<ClassCounter> = PerCpuArray::with_max_entries(steer::COUNT, 0);
+
 #[map(name = "DENY_MACS")]
 static DENY_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(DENY_MACS_CAPACITY, 0);
 
@@ -62,6 +78,10 @@ static ALLOW_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(ALLOW_MACS_CA
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+/// An Ethernet/IPv4 ARP message (RFC 826): 8 bytes of header, two MAC/IPv4 pairs.
+const ARP_LEN: usize = 28;
+const ARP_OP_REQUEST: u16 = 1;
 /// 802.1Q customer tag and 802.1ad service tag: one tag is looked through.
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
@@ -96,28 +116,46 @@ pub fn stampede_classify(ctx: XdpContext) -> u32 {
     };
     let len = ctx.data_end() - ctx.data();
     count(&CLASS_COUNTERS, verdict.class, len);
-    match verdict.drop {
-        Some(reason) => {
-            count(&DROP_COUNTERS, reason, len);
-            xdp_action::XDP_DROP
+    if let Some(reason) = verdict.drop {
+        count(&DROP_COUNTERS, reason, len);
+        return xdp_action::XDP_DROP;
+    }
+    if !verdict.steer {
+        return xdp_action::XDP_PASS;
+    }
+    // The low bits of the flags are the action when the queue has no socket (bpf-helpers(7),
+    // bpf_redirect_map): such frames go to the kernel's sockets as without AF_XDP.
+    match XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_PASS)) {
+        Ok(action) => {
+            count(&STEER_COUNTERS, steer::REDIRECTED, len);
+            action
         }
-        None => xdp_action::XDP_PASS,
+        Err(action) => {
+            count(&STEER_COUNTERS, steer::NO_SOCKET, len);
+            action
+        }
     }
 }
 
 /// The frame's headers cannot be read (truncated or invalid): class `MALFORMED`, passed.
 struct Malformed;
 
-/// The class a frame is counted in, and the reason it is dropped, if it is.
+/// The class a frame is counted in, the reason it is dropped, if it is, and whether an admitted
+/// frame goes to the AF_XDP path.
 struct Verdict {
     class: u32,
     drop: Option<u32>,
+    steer: bool,
 }
 
 impl Verdict {
     #[inline(always)]
     const fn pass(class: u32) -> Self {
-        Self { class, drop: None }
+        Self {
+            class,
+            drop: None,
+            steer: false,
+        }
     }
 
     #[inline(always)]
@@ -125,8 +163,34 @@ impl Verdict {
         Self {
             class,
             drop: Some(reason),
+            steer: false,
         }
     }
+
+    /// Admitted, and redirected to the AF_XDP socket of its queue if the path is on and the
+    /// frame is untagged (the AF_XDP path serves untagged boot networks; tagged frames go to the
+    /// kernel, whose VLAN devices know what to do with them).
+    #[inline(always)]
+    fn admit(class: u32, untagged: bool) -> Self {
+        Self {
+            class,
+            drop: None,
+            steer: untagged && afxdp_enabled(),
+        }
+    }
+}
+
+#[inline(always)]
+fn afxdp_enabled() -> bool {
+    AFXDP.get(0).is_some_and(|s| s.enabled != 0)
+}
+
+/// Whether `port` is one of the AF_XDP path's TFTP transfer ports (only while the path is on).
+#[inline(always)]
+fn is_afxdp_transfer_port(port: u16) -> bool {
+    AFXDP.get(0).is_some_and(|s| {
+        s.enabled != 0 && s.transfer_port_first <= port && port <= s.transfer_port_last
+    })
 }
 
 /// Returns the bytes `[offset, offset + N)` of the frame, or `None` when they are not all there.
@@ -163,6 +227,9 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
         ethertype = be16(header::<2>(ctx, ETH_HLEN + 2)?);
         l3 += VLAN_HLEN;
     }
+    if ethertype == ETH_P_ARP && l3 == ETH_HLEN {
+        return Ok(arp_verdict(ctx));
+    }
     if ethertype != ETH_P_IP {
         return Ok(Verdict::pass(class::OTHER));
     }
@@ -184,6 +251,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
         return Ok(Verdict::pass(class::OTHER));
     }
     let l4 = l3 + ihl;
+    let untagged = l3 == ETH_HLEN;
     match ip[9] {
         IPPROTO_UDP => {
             let udp = header::<UDP_HLEN>(ctx, l4)?;
@@ -191,6 +259,11 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
                 PORT_DHCP_SERVER => class::DHCP_SERVER,
                 PORT_PROXY_DHCP => class::PROXY_DHCP,
                 PORT_TFTP => class::TFTP,
+                // TFTP ACKs to a transfer of the AF_XDP path: counted as other traffic (the
+                // class table is per well-known port), but theirs to handle.
+                port if is_afxdp_transfer_port(port) => {
+                    return Ok(Verdict::admit(class::OTHER, untagged));
+                }
                 _ => return Ok(Verdict::pass(class::OTHER)),
             };
             // A boot datagram must fit its IPv4 packet, and that packet the frame (trailing
@@ -203,7 +276,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             let payload = l4 + UDP_HLEN;
             let payload_len = udp_len - UDP_HLEN;
             let Some(config) = CONFIG.get(0) else {
-                return Ok(Verdict::pass(class));
+                return Ok(Verdict::admit(class, untagged));
             };
             let reason = if class == class::TFTP {
                 tftp_drop(ctx, config, payload, payload_len)
@@ -212,7 +285,7 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             };
             Ok(match reason {
                 Some(reason) => Verdict::drop(class, reason),
-                None => Verdict::pass(class),
+                None => Verdict::admit(class, untagged),
             })
         }
         IPPROTO_TCP => {
@@ -226,6 +299,33 @@ fn try_classify(ctx: &XdpContext) -> Result<Verdict, Malformed> {
             }))
         }
         _ => Ok(Verdict::pass(class::OTHER)),
+    }
+}
+
+/// An untagged ARP request for the server's address goes to the AF_XDP path while it is on (it
+/// answers for the address); every other ARP message stays with the kernel.
+#[inline(always)]
+fn arp_verdict(ctx: &XdpContext) -> Verdict {
+    let Some(steering) = AFXDP.get(0) else {
+        return Verdict::pass(class::OTHER);
+    };
+    if steering.enabled == 0 || steering.server_ip == [0; 4] {
+        return Verdict::pass(class::OTHER);
+    }
+    let Some(arp) = bytes_at::<ARP_LEN>(ctx, ETH_HLEN) else {
+        return Verdict::pass(class::OTHER);
+    };
+    // htype Ethernet, ptype IPv4, hlen 6, plen 4, op request; the target address at 24..28.
+    let is_request_for_us = be16([arp[0], arp[1]]) == 1
+        && be16([arp[2], arp[3]]) == ETH_P_IP
+        && arp[4] == 6
+        && arp[5] == 4
+        && be16([arp[6], arp[7]]) == ARP_OP_REQUEST
+        && [arp[24], arp[25], arp[26], arp[27]] == steering.server_ip;
+    Verdict {
+        class: class::OTHER,
+        drop: None,
+        steer: is_request_for_us,
     }
 }
 
