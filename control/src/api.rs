@@ -21,9 +21,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
 use crate::auth::{Caller, Role};
+use crate::imports::{ImportJob, ImportRequest};
 use crate::model::{BootProfile, ImageSpec, MacAddr, Machine, MachineSpec, ProfileSpec};
 use crate::sessions::{BootSessions, EventView, SessionSummary, SessionTimeline};
 use crate::state::{ControlError, ControlState, PutOutcome};
+use crate::tls::ApiTls;
 
 /// Header that tells whether a PUT created, updated or left a resource unchanged.
 pub const OUTCOME_HEADER: &str = "stampede-outcome";
@@ -38,18 +40,21 @@ pub struct ApiConfigWire {
 }
 
 /// Validated API configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Loopback by default: until the API has TLS, remote access should go through an SSH tunnel
-    /// or a reverse proxy that terminates TLS. 7070 is free on a typical boot appliance (no
-    /// HTTP boot on it; that is on 80).
+    /// Loopback by default: without a certificate the API is plain HTTP, and bearer tokens
+    /// must not cross a network in clear. 7070 is free on a typical boot appliance (no HTTP
+    /// boot on it; that is on 80).
     pub listen: SocketAddr,
+    /// HTTPS with this identity; `None`: plain HTTP.
+    pub tls: Option<ApiTls>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tls: None,
         }
     }
 }
@@ -66,7 +71,7 @@ impl TryFrom<ApiConfigWire> for ApiConfig {
             None => Ok(Self::default()),
             Some(s) => s
                 .parse()
-                .map(|listen| Self { listen })
+                .map(|listen| Self { listen, tls: None })
                 .map_err(|_| ApiConfigError(s)),
         }
     }
@@ -96,7 +101,14 @@ pub async fn serve(
             addr: config.listen,
             source,
         })?;
-    serve_on(listener, state, shutdown).await
+    match config.tls {
+        Some(tls) => {
+            let listener = tls.listener(listener).map_err(ServeError::Serve)?;
+            tracing::info!(addr = %config.listen, "control API listening (https)");
+            serve_any(listener, state, shutdown).await
+        }
+        None => serve_on(listener, state, shutdown).await,
+    }
 }
 
 /// [`serve`] on a listener the caller bound (tests bind port 0 and read the port first).
@@ -108,6 +120,18 @@ pub async fn serve_on(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "control API listening");
     }
+    serve_any(listener, state, shutdown).await
+}
+
+async fn serve_any<L>(
+    listener: L,
+    state: ControlState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (app, _) = router(state);
     // Event streams never end on their own; graceful shutdown would wait for them forever.
     let (stopping, stop) = watch::channel(false);
@@ -206,6 +230,19 @@ pub fn router(state: ControlState) -> (Router, Vec<RouteSpec>) {
     )
     .add(M::GET, "/api/v1/images", Some(Read), list_images)
     .add(M::POST, "/api/v1/images", Some(Operator), register_image)
+    .add(M::GET, "/api/v1/images/imports", Some(Read), list_imports)
+    .add(
+        M::POST,
+        "/api/v1/images/imports",
+        Some(Operator),
+        start_import,
+    )
+    .add(
+        M::GET,
+        "/api/v1/images/imports/{id}",
+        Some(Read),
+        get_import,
+    )
     .add(M::GET, "/api/v1/images/{sha256}", Some(Read), get_image)
     .add(
         M::DELETE,
@@ -269,10 +306,13 @@ impl IntoResponse for ApiError {
                 ControlError::Exists { .. } | ControlError::InUse { .. } => StatusCode::CONFLICT,
                 ControlError::UnknownProfile { .. }
                 | ControlError::Invalid(_)
-                | ControlError::ImageFile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                ControlError::Random(_) | ControlError::Store(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                | ControlError::ImageFile { .. }
+                | ControlError::ImportSource { .. }
+                | ControlError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ControlError::NoImageStore => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::Random(_)
+                | ControlError::Store(_)
+                | ControlError::ImportThread(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -538,6 +578,40 @@ async fn register_image(
     Ok(with_outcome(outcome, image))
 }
 
+async fn list_imports(State(state): State<ControlState>) -> Json<Vec<ImportJob>> {
+    Json(state.imports().list())
+}
+
+async fn get_import(
+    State(state): State<ControlState>,
+    Path(id): Path<String>,
+) -> Result<Json<ImportJob>, ApiError> {
+    let not_found = || {
+        ApiError::Control(ControlError::NotFound {
+            kind: "import",
+            key: id.clone(),
+        })
+    };
+    // Any id that is not a number names no job.
+    let n: u64 = id.parse().map_err(|_| not_found())?;
+    state.imports().get(n).map(Json).ok_or_else(not_found)
+}
+
+/// `POST /api/v1/images/imports`: 202 with the running job; its URL in `Location`.
+async fn start_import(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Json(req): Json<ImportRequest>,
+) -> Result<Response, ApiError> {
+    let job = blocking(move || state.start_import(&caller, req)).await?;
+    let location = format!("/api/v1/images/imports/{}", job.id);
+    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
 async fn delete_image(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
@@ -578,6 +652,8 @@ struct EventsQuery {
 /// What the event stream waits on between events.
 struct EventFeed {
     live: broadcast::Receiver<Arc<BootEvent>>,
+    /// Image import progress; `None` when the stream is one machine's.
+    imports: Option<broadcast::Receiver<Arc<ImportJob>>>,
     sessions: Arc<BootSessions>,
     mac: Option<MacAddr>,
     stop: Option<watch::Receiver<bool>>,
@@ -587,12 +663,34 @@ impl EventFeed {
     /// The next SSE event, or `None` when the server stops.
     async fn next(&mut self) -> Option<Event> {
         loop {
-            let received = match &mut self.stop {
-                Some(stop) => tokio::select! {
-                    r = self.live.recv() => r,
-                    _ = stop.wait_for(|stopping| *stopping) => return None,
+            let stopped = async {
+                match &mut self.stop {
+                    Some(stop) => drop(stop.wait_for(|stopping| *stopping).await),
+                    None => std::future::pending().await,
+                }
+            };
+            let import = async {
+                match &mut self.imports {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let received = tokio::select! {
+                r = self.live.recv() => r,
+                r = import => match r {
+                    Ok(job) => return Some(sse_json(Event::default().event("image_import"), &*job)),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return Some(sse_json(
+                            Event::default().event("lagged"),
+                            &serde_json::json!({ "missed": missed }),
+                        ));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.imports = None;
+                        continue;
+                    }
                 },
-                None => self.live.recv().await,
+                () = stopped => return None,
             };
             match received {
                 Ok(event) => {
@@ -632,6 +730,7 @@ async fn boot_events(
     let sessions = state.sessions().clone();
     let feed = EventFeed {
         live: sessions.subscribe(),
+        imports: mac.is_none().then(|| state.imports().subscribe()),
         sessions,
         mac,
         stop: stopping.map(|Extension(Stopping(rx))| rx),

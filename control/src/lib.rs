@@ -21,6 +21,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod ctl;
+pub mod imports;
 pub mod leases;
 pub mod metrics;
 pub mod model;
@@ -28,6 +29,7 @@ pub mod openapi;
 pub mod sessions;
 pub mod state;
 mod store;
+pub mod tls;
 
 pub use audit::{AuditEntry, AuditProblem, AuditReport};
 pub use auth::{Caller, Role};
@@ -37,3 +39,15 @@ pub use model::{BootProfile, FleetSnapshot, MacAddr, Machine, MachineSpec, Profi
 pub use sessions::{BootSessions, SessionLimits};
 pub use state::{ADMIN_TOKEN_ENV, ControlError, ControlState, PutOutcome};
 pub use store::StoreError;
+
+/// An error and its sources, `: `-separated (what a log line or an API answer shows).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

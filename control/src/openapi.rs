@@ -199,6 +199,28 @@ fn schemas() -> Value {
                 "longest_wait": { "allOf": [schema_ref("TimelineEntry")], "nullable": true },
                 "timeline": { "type": "array", "items": schema_ref("TimelineEntry") }
             } }] },
+        "ImportRequest": { "type": "object", "required": ["name", "source"], "additionalProperties": false,
+            "properties": { "name": { "type": "string" },
+                            "source": { "type": "string", "description": "Absolute path of a file on the appliance" },
+                            "sha256": { "type": "string", "nullable": true,
+                                        "description": "Hex SHA-256 the content must have; otherwise the import fails and stores nothing" } } },
+        "ImportJob": { "type": "object",
+            "required": ["id", "name", "source", "state", "bytes_done", "bytes_total", "sha256",
+                         "expected_sha256", "outcome", "error", "started_at_ms", "finished_at_ms"],
+            "properties": {
+                "id": { "type": "integer", "format": "int64" },
+                "name": { "type": "string" }, "source": { "type": "string" },
+                "state": { "type": "string", "enum": ["running", "done", "failed"] },
+                "bytes_done": { "type": "integer", "format": "int64" },
+                "bytes_total": { "type": "integer", "format": "int64",
+                                 "description": "The source's size when the import started" },
+                "sha256": { "type": "string", "nullable": true, "description": "Set when done" },
+                "expected_sha256": { "type": "string", "nullable": true },
+                "outcome": { "type": "string", "enum": ["created", "updated", "unchanged"], "nullable": true,
+                             "description": "Set when done: unchanged when the store already held this content" },
+                "error": { "type": "string", "nullable": true, "description": "Set when failed" },
+                "started_at_ms": { "type": "integer", "format": "int64" },
+                "finished_at_ms": { "type": "integer", "format": "int64", "nullable": true } } },
         "NewToken": { "type": "object", "required": ["name", "role"],
             "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } },
         "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
@@ -270,6 +292,24 @@ pub fn document() -> Value {
                 "get": op("List images", read, json!({ "200": ok("Images", list_of("Image")) })),
                 "post": with_body(op("Register a file on the appliance as an image (hashed)", operator,
                                      put_responses("Image")), schema_ref("ImageSpec"))
+            },
+            "/api/v1/images/imports": {
+                "get": op("Image imports since the appliance started", read,
+                          json!({ "200": ok("Import jobs", list_of("ImportJob")) })),
+                "post": with_body(op("Import a file on the appliance into the image store; returns at once", operator, json!({
+                    "202": { "description": "Import started; follow it at Location or on /api/v1/events (event image_import)",
+                             "headers": { "Location": { "description": "URL of the job",
+                                                        "schema": { "type": "string" } } },
+                             "content": { "application/json": { "schema": schema_ref("ImportJob") } } },
+                    "400": error("Malformed body"),
+                    "422": error("Bad name, sha256 or source (missing, not a regular file, unreadable)"),
+                    "503": error("No image store on this appliance") })),
+                    schema_ref("ImportRequest"))
+            },
+            "/api/v1/images/imports/{id}": {
+                "get": with_params(op("One import's progress", read,
+                    json!({ "200": ok("Import job", schema_ref("ImportJob")), "404": not_found() })),
+                    json!([path_param("id", "Job id")]))
             },
             "/api/v1/images/{sha256}": {
                 "get": with_params(op("Get an image", read,

@@ -2,7 +2,7 @@
 //! mutation (each one committed together with its audit entry, then published).
 use std::io::Read as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use redb::{Database, ReadableDatabase as _, ReadableTable, WriteTransaction};
 use serde::Serialize;
@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::audit::{self, AuditEntry, AuditReport};
 use crate::auth::{self, Caller, RandomError, Role, TokenRecord};
+use crate::imports::{ImageStore, ImageStoreError, ImportJob, ImportJobs, ImportRequest};
 use crate::leases::{self, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::model::{
@@ -46,6 +47,17 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot import {source_path}: {problem}")]
+    ImportSource {
+        source_path: String,
+        problem: String,
+    },
+    #[error("invalid sha256 {0:?}: expected 64 hex digits")]
+    BadDigest(String),
+    #[error("this appliance has no image store (imports need a running appliance)")]
+    NoImageStore,
+    #[error("cannot start the import thread: {0}")]
+    ImportThread(#[source] std::io::Error),
     #[error(transparent)]
     Random(#[from] RandomError),
     #[error(transparent)]
@@ -54,7 +66,7 @@ pub enum ControlError {
 
 /// What a PUT did; an unchanged PUT writes nothing, audits nothing and publishes nothing, which
 /// is what makes `apply` idempotent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PutOutcome {
     Created,
@@ -78,6 +90,9 @@ struct Inner {
     writer: Mutex<()>,
     metrics: Metrics,
     sessions: Arc<BootSessions>,
+    imports: ImportJobs,
+    /// Set once by the appliance; imports are refused until then.
+    image_store: OnceLock<Arc<dyn ImageStore>>,
 }
 
 /// Shared handle to the control plane's state; cloning is cheap.
@@ -124,6 +139,8 @@ impl ControlState {
                 writer: Mutex::new(()),
                 metrics,
                 sessions,
+                imports: ImportJobs::new(),
+                image_store: OnceLock::new(),
             }),
         };
         state.update_fleet_gauges();
@@ -377,6 +394,119 @@ impl ControlState {
             audit::append(txn, &actor.name, "image.register", &sha256, json(&image))?;
             Ok((image.clone(), PutOutcome::Created))
         })
+    }
+
+    /// Where imports copy to. Only the first call has an effect.
+    pub fn attach_image_store(&self, store: Arc<dyn ImageStore>) {
+        let _ = self.inner.image_store.set(store);
+    }
+
+    pub fn imports(&self) -> &ImportJobs {
+        &self.inner.imports
+    }
+
+    /// Checks the request, opens the source and starts copying it into the store on a thread
+    /// of its own; returns the running job at once. Blocking (it opens the file): call it off
+    /// the async workers.
+    pub fn start_import(
+        &self,
+        actor: &Caller,
+        req: ImportRequest,
+    ) -> Result<ImportJob, ControlError> {
+        validate_name(&req.name)?;
+        let expected = match &req.sha256 {
+            None => None,
+            Some(hex_digest) => {
+                let mut bytes = [0u8; 32];
+                if hex_digest.len() != 64 || hex::decode_to_slice(hex_digest, &mut bytes).is_err() {
+                    return Err(ControlError::BadDigest(hex_digest.clone()));
+                }
+                Some(bytes)
+            }
+        };
+        let store = Arc::clone(
+            self.inner
+                .image_store
+                .get()
+                .ok_or(ControlError::NoImageStore)?,
+        );
+        let source_err = |problem: String| ControlError::ImportSource {
+            source_path: req.source.clone(),
+            problem,
+        };
+        if !Path::new(&req.source).is_absolute() {
+            return Err(source_err(
+                "not an absolute path to a file on the appliance".into(),
+            ));
+        }
+        let file = std::fs::File::open(&req.source).map_err(|e| source_err(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| source_err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(source_err("not a regular file".into()));
+        }
+        let handle = self.inner.imports.start(&req, meta.len(), store::now_ms());
+        let job = handle.snapshot();
+        let state = self.clone();
+        let actor = actor.clone();
+        std::thread::Builder::new()
+            .name(format!("image-import-{}", job.id))
+            .spawn(move || {
+                let result = state.run_import(&actor, &req, &handle, file, store.as_ref(), expected);
+                if let Err(e) = &result {
+                    tracing::warn!(job = handle.id(), source = %req.source, error = %e, "image import failed");
+                }
+                handle.finish(result.map_err(|e| e.to_string()), store::now_ms());
+            })
+            .map_err(ControlError::ImportThread)?;
+        Ok(job)
+    }
+
+    fn run_import(
+        &self,
+        actor: &Caller,
+        req: &ImportRequest,
+        handle: &crate::imports::JobHandle,
+        file: std::fs::File,
+        store: &dyn ImageStore,
+        expected: Option<[u8; 32]>,
+    ) -> Result<(String, PutOutcome), ControlError> {
+        let mut reader = handle.reader(file);
+        let stored = store.import(&mut reader, expected).map_err(|e| match e {
+            ImageStoreError::Mismatch { .. } => ControlError::ImportSource {
+                source_path: req.source.clone(),
+                problem: e.to_string(),
+            },
+            ImageStoreError::Other(e) => ControlError::ImportSource {
+                source_path: req.source.clone(),
+                problem: crate::error_chain(e.as_ref()),
+            },
+        })?;
+        let sha256 = hex::encode(stored.sha256);
+        let size = handle.snapshot().bytes_done;
+        let image = Image {
+            sha256: sha256.clone(),
+            name: req.name.clone(),
+            path: stored.path.to_string_lossy().into_owned(),
+            size,
+            registered_at_ms: store::now_ms(),
+        };
+        let detail = serde_json::json!({
+            "name": image.name, "path": image.path, "size": size,
+            "source": req.source, "job": handle.id(),
+        });
+        let outcome = self.mutate(|txn, _| {
+            let mut table = txn.open_table(IMAGES).db("opening images")?;
+            if table.get(sha256.as_str()).db("reading an image")?.is_some() {
+                return Ok(PutOutcome::Unchanged);
+            }
+            table
+                .insert(sha256.as_str(), encode(&image).as_slice())
+                .db("writing an image")?;
+            drop(table);
+            audit::append(txn, &actor.name, "image.import", &sha256, detail)?;
+            Ok(PutOutcome::Created)
+        })?;
+        Ok((sha256, outcome))
     }
 
     pub fn delete_image(&self, actor: &Caller, sha256: &str) -> Result<(), ControlError> {

@@ -57,7 +57,7 @@ async fn start_with(limits: SessionLimits) -> Server {
         url,
         admin,
         state,
-        http: reqwest::Client::new(),
+        http: ctl::http_client(None).expect("HTTP client"),
         dir,
         stop: Some(stop),
     }
@@ -103,6 +103,7 @@ impl Server {
         CtlArgs {
             url: self.url.clone(),
             token: Some(token.to_owned()),
+            cacert: None,
             json,
             command,
         }
@@ -404,7 +405,8 @@ async fn openapi_lists_every_route() {
         let concrete = path
             .replace("{mac}", "52:54:00:00:00:09")
             .replace("{name}", "nothing")
-            .replace("{sha256}", "00");
+            .replace("{sha256}", "00")
+            .replace("{id}", "1");
         let status = if *path == "/api/v1/events" {
             // A stream never ends: read the status, not the body.
             s.http

@@ -45,6 +45,9 @@ pub enum StoreError {
     ImportSource(#[source] io::Error),
     #[error("object {0} is not in the store")]
     NotFound(Digest),
+    /// The imported bytes are not the ones the caller named; nothing was stored.
+    #[error("content hashes to {actual}, not the expected {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
     /// The bytes on disk no longer hash to their name: disk corruption or tampering.
     #[error("object {digest} is corrupt: its content hashes to {actual}")]
     Corrupt { digest: Digest, actual: Digest },
@@ -405,7 +408,17 @@ impl ContentStore {
 
     /// Imports everything `source` yields, hashing while copying. On any error nothing appears
     /// under a final name and the temporary file is removed.
-    pub fn import_reader(&self, mut source: impl Read) -> Result<Digest, StoreError> {
+    pub fn import_reader(&self, source: impl Read) -> Result<Digest, StoreError> {
+        self.import_reader_expecting(source, None)
+    }
+
+    /// [`Self::import_reader`], refusing content that does not hash to `expected` (when given):
+    /// then nothing appears in the store and the error says what the content hashed to.
+    pub fn import_reader_expecting(
+        &self,
+        mut source: impl Read,
+        expected: Option<&Digest>,
+    ) -> Result<Digest, StoreError> {
         let temp_path = self.temp_path();
         let mut temp = OpenOptions::new()
             .write(true)
@@ -429,6 +442,13 @@ impl ContentStore {
                 .map_err(StoreError::io("writing temporary object", &temp_path))?;
         }
         let digest = Digest(hasher.finalize().into());
+        if let Some(expected) = expected.filter(|e| **e != digest) {
+            // The guard removes the temporary copy.
+            return Err(StoreError::DigestMismatch {
+                expected: *expected,
+                actual: digest,
+            });
+        }
         let final_path = self.object_path(&digest);
         if final_path.is_file() {
             // Already stored: same name, same bytes. The guard removes our copy.
@@ -797,6 +817,31 @@ mod tests {
         let missing = Digest::of(b"never imported");
         assert!(!store.contains(&missing));
         assert!(matches!(store.open(&missing), Err(StoreError::NotFound(d)) if d == missing));
+    }
+
+    #[test]
+    fn an_import_expecting_other_content_stores_nothing() {
+        let dir = temp_dir();
+        let store = ContentStore::open_dir(dir.path()).expect("store");
+        let wanted = Digest::of(b"the kernel the operator meant");
+        let err = store
+            .import_reader_expecting(&b"something else"[..], Some(&wanted))
+            .expect_err("mismatch refused");
+        let actual = Digest::of(b"something else");
+        assert!(
+            matches!(err, StoreError::DigestMismatch { expected, actual: a } if expected == wanted && a == actual),
+            "{err}"
+        );
+        assert!(
+            !store.contains(&actual),
+            "nothing stored under the real hash"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let ok = store
+            .import_reader_expecting(&b"something else"[..], Some(&actual))
+            .expect("matching digest imports");
+        assert_eq!(ok, actual);
+        assert!(store.contains(&actual));
     }
 
     #[test]
