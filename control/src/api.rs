@@ -287,6 +287,77 @@ pub enum ApiError {
     Control(#[from] ControlError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request axum's extractors refused (no JSON content type, bad JSON, a bad path or
+    /// query); their status, our error body.
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+}
+
+/// axum's `Json`, `Path` and `Query` extractors with their rejections answered like every other
+/// error (`{"error": ...}` as JSON) instead of axum's plain-text bodies.
+struct Body<T>(T);
+struct PathArg<T>(T);
+struct QueryArg<T>(T);
+
+fn rejected(r: impl IntoResponse + std::fmt::Display) -> ApiError {
+    let message = r.to_string();
+    ApiError::Rejected {
+        status: r.into_response().status(),
+        message,
+    }
+}
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    Json<T>: axum::extract::FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Self(v))
+            .map_err(rejected)
+    }
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for PathArg<T>
+where
+    S: Send + Sync,
+    Path<T>:
+        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::PathRejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Self(v))
+            .map_err(rejected)
+    }
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for QueryArg<T>
+where
+    S: Send + Sync,
+    Query<T>:
+        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::QueryRejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(rejected)
+    }
 }
 
 /// Body of every error response.
@@ -315,6 +386,7 @@ impl IntoResponse for ApiError {
                 | ControlError::ImportThread(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Rejected { status, .. } => *status,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "API request failed");
@@ -465,7 +537,7 @@ async fn list_machines(State(state): State<ControlState>) -> Json<Vec<Machine>> 
 
 async fn get_machine(
     State(state): State<ControlState>,
-    Path(mac): Path<String>,
+    PathArg(mac): PathArg<String>,
 ) -> Result<Json<Machine>, ApiError> {
     Ok(Json(state.machine(parse_mac(&mac)?)?))
 }
@@ -473,7 +545,7 @@ async fn get_machine(
 async fn create_machine(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(spec): Json<MachineSpec>,
+    Body(spec): Body<MachineSpec>,
 ) -> Result<Response, ApiError> {
     let machine = Machine::try_from(spec).map_err(ControlError::from)?;
     let body = machine.clone();
@@ -484,8 +556,8 @@ async fn create_machine(
 async fn put_machine(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(mac): Path<String>,
-    Json(spec): Json<MachineSpec>,
+    PathArg(mac): PathArg<String>,
+    Body(spec): Body<MachineSpec>,
 ) -> Result<Response, ApiError> {
     let machine = Machine::try_from(spec).map_err(ControlError::from)?;
     if machine.mac != parse_mac(&mac)? {
@@ -502,7 +574,7 @@ async fn put_machine(
 async fn delete_machine(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(mac): Path<String>,
+    PathArg(mac): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     let mac = parse_mac(&mac)?;
     blocking(move || state.delete_machine(&caller, mac)).await?;
@@ -515,7 +587,7 @@ async fn list_profiles(State(state): State<ControlState>) -> Json<Vec<BootProfil
 
 async fn get_profile(
     State(state): State<ControlState>,
-    Path(name): Path<String>,
+    PathArg(name): PathArg<String>,
 ) -> Result<Json<BootProfile>, ApiError> {
     Ok(Json(state.profile(&name)?))
 }
@@ -523,7 +595,7 @@ async fn get_profile(
 async fn create_profile(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(spec): Json<ProfileSpec>,
+    Body(spec): Body<ProfileSpec>,
 ) -> Result<Response, ApiError> {
     let profile = BootProfile::try_from(spec).map_err(ControlError::from)?;
     let body = profile.clone();
@@ -534,8 +606,8 @@ async fn create_profile(
 async fn put_profile(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    Json(spec): Json<ProfileSpec>,
+    PathArg(name): PathArg<String>,
+    Body(spec): Body<ProfileSpec>,
 ) -> Result<Response, ApiError> {
     if spec.name != name {
         return Err(ApiError::BadRequest(format!(
@@ -552,7 +624,7 @@ async fn put_profile(
 async fn delete_profile(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    PathArg(name): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || state.delete_profile(&caller, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -564,7 +636,7 @@ async fn list_images(State(state): State<ControlState>) -> Result<Response, ApiE
 
 async fn get_image(
     State(state): State<ControlState>,
-    Path(sha256): Path<String>,
+    PathArg(sha256): PathArg<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || state.image(&sha256)).await?).into_response())
 }
@@ -572,7 +644,7 @@ async fn get_image(
 async fn register_image(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(spec): Json<ImageSpec>,
+    Body(spec): Body<ImageSpec>,
 ) -> Result<Response, ApiError> {
     let (image, outcome) = blocking(move || state.register_image(&caller, spec)).await?;
     Ok(with_outcome(outcome, image))
@@ -584,7 +656,7 @@ async fn list_imports(State(state): State<ControlState>) -> Json<Vec<ImportJob>>
 
 async fn get_import(
     State(state): State<ControlState>,
-    Path(id): Path<String>,
+    PathArg(id): PathArg<String>,
 ) -> Result<Json<ImportJob>, ApiError> {
     let not_found = || {
         ApiError::Control(ControlError::NotFound {
@@ -601,7 +673,7 @@ async fn get_import(
 async fn start_import(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<ImportRequest>,
+    Body(req): Body<ImportRequest>,
 ) -> Result<Response, ApiError> {
     let job = blocking(move || state.start_import(&caller, req)).await?;
     let location = format!("/api/v1/images/imports/{}", job.id);
@@ -615,7 +687,7 @@ async fn start_import(
 async fn delete_image(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(sha256): Path<String>,
+    PathArg(sha256): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || state.delete_image(&caller, &sha256)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -631,7 +703,7 @@ async fn list_sessions(State(state): State<ControlState>) -> Json<Vec<SessionSum
 
 async fn get_session(
     State(state): State<ControlState>,
-    Path(mac): Path<String>,
+    PathArg(mac): PathArg<String>,
 ) -> Result<Json<SessionTimeline>, ApiError> {
     let mac = parse_mac(&mac)?;
     state.sessions().timeline(mac).map(Json).ok_or_else(|| {
@@ -724,7 +796,7 @@ fn sse_json(event: Event, data: &impl Serialize) -> Event {
 async fn boot_events(
     State(state): State<ControlState>,
     stopping: Option<Extension<Stopping>>,
-    Query(q): Query<EventsQuery>,
+    QueryArg(q): QueryArg<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
     let mac = q.mac.as_deref().map(parse_mac).transpose()?;
     let sessions = state.sessions().clone();
@@ -759,7 +831,7 @@ fn default_audit_limit() -> usize {
 
 async fn list_audit(
     State(state): State<ControlState>,
-    Query(q): Query<AuditQuery>,
+    QueryArg(q): QueryArg<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.min(1000);
     Ok(Json(blocking(move || state.audit_entries(q.after, limit)).await?).into_response())
@@ -792,7 +864,7 @@ pub struct IssuedToken {
 async fn create_token(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<NewToken>,
+    Body(req): Body<NewToken>,
 ) -> Result<Response, ApiError> {
     let NewToken { name, role } = req;
     let n = name.clone();
@@ -803,7 +875,7 @@ async fn create_token(
 async fn revoke_token(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    PathArg(name): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || state.revoke_token(&caller, &name)).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -26,6 +26,20 @@ fn path_param(name: &str, description: &str) -> Value {
             "schema": { "type": "string" } })
 }
 
+/// What the server accepts as a MAC: six hex octets separated by ':' or '-'.
+const MAC_PATTERN: &str = "^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$";
+/// Names of profiles, images and tokens (`model::validate_name`).
+const NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$";
+const SHA256_PATTERN: &str = "^[0-9A-Fa-f]{64}$";
+
+fn mac_string() -> Value {
+    json!({ "type": "string", "pattern": MAC_PATTERN, "example": "52:54:00:12:34:56" })
+}
+
+fn name_string() -> Value {
+    json!({ "type": "string", "pattern": NAME_PATTERN })
+}
+
 /// One operation. `role` is `None` for public routes.
 fn op(summary: &str, role: Option<&str>, mut responses: Value) -> Value {
     let mut o = json!({ "summary": summary });
@@ -41,15 +55,30 @@ fn op(summary: &str, role: Option<&str>, mut responses: Value) -> Value {
     o
 }
 
+/// Sets the response for `status` unless the operation already documents it.
+fn add_response(o: &mut Value, status: &str, description: &str) {
+    if o["responses"].get(status).is_none() {
+        o["responses"][status] = error(description);
+    }
+}
+
+/// A JSON request body. axum refuses a body before the handler sees it: 415 without a JSON
+/// content type, 400 for malformed JSON, 422 when it does not fit the schema, 413 over 2 MB.
 fn with_body(mut o: Value, schema: Value) -> Value {
     let mut body = json_body(schema);
     body["required"] = json!(true);
     o["requestBody"] = body;
+    add_response(&mut o, "400", "Malformed JSON");
+    add_response(&mut o, "413", "Body over 2 MB");
+    add_response(&mut o, "415", "Not application/json");
+    add_response(&mut o, "422", "Body does not fit the schema");
     o
 }
 
+/// Parameters; a path or query that cannot be decoded gets 400.
 fn with_params(mut o: Value, params: Value) -> Value {
     o["parameters"] = params;
+    add_response(&mut o, "400", "Bad parameter");
     o
 }
 
@@ -97,7 +126,7 @@ fn schemas() -> Value {
         "Arch": arch,
         "Machine": { "type": "object", "required": ["mac"], "additionalProperties": false,
             "properties": {
-                "mac": { "type": "string", "example": "52:54:00:12:34:56" },
+                "mac": mac_string(),
                 "uuid": { "type": "string", "format": "uuid" },
                 "arch": schema_ref("Arch"),
                 "hostname": { "type": "string" },
@@ -108,7 +137,7 @@ fn schemas() -> Value {
         "BootTarget": boot_target,
         "Profile": { "type": "object", "required": ["name", "kernel"],
             "properties": {
-                "name": { "type": "string" },
+                "name": name_string(),
                 "kernel": { "type": "string" },
                 "initrds": { "type": "array", "items": { "type": "string" } },
                 "cmdline": { "type": "string" },
@@ -117,7 +146,7 @@ fn schemas() -> Value {
                               "additionalProperties": schema_ref("BootTarget") }
             } },
         "ImageSpec": { "type": "object", "required": ["name", "path"],
-            "properties": { "name": { "type": "string" },
+            "properties": { "name": name_string(),
                             "path": { "type": "string", "description": "File on the appliance" } } },
         "Image": { "type": "object", "required": ["sha256", "name", "path", "size", "registered_at_ms"],
             "properties": { "sha256": { "type": "string" }, "name": { "type": "string" },
@@ -200,9 +229,9 @@ fn schemas() -> Value {
                 "timeline": { "type": "array", "items": schema_ref("TimelineEntry") }
             } }] },
         "ImportRequest": { "type": "object", "required": ["name", "source"], "additionalProperties": false,
-            "properties": { "name": { "type": "string" },
+            "properties": { "name": name_string(),
                             "source": { "type": "string", "description": "Absolute path of a file on the appliance" },
-                            "sha256": { "type": "string", "nullable": true,
+                            "sha256": { "type": "string", "nullable": true, "pattern": SHA256_PATTERN,
                                         "description": "Hex SHA-256 the content must have; otherwise the import fails and stores nothing" } } },
         "ImportJob": { "type": "object",
             "required": ["id", "name", "source", "state", "bytes_done", "bytes_total", "sha256",
@@ -222,7 +251,7 @@ fn schemas() -> Value {
                 "started_at_ms": { "type": "integer", "format": "int64" },
                 "finished_at_ms": { "type": "integer", "format": "int64", "nullable": true } } },
         "NewToken": { "type": "object", "required": ["name", "role"],
-            "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } },
+            "properties": { "name": name_string(), "role": schema_ref("Role") } },
         "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
             "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
                             "token": { "type": "string", "description": "Shown once" } } }
@@ -234,7 +263,9 @@ pub fn document() -> Value {
     let read = Some("read");
     let operator = Some("operator");
     let admin = Some("admin");
-    let mac = json!([path_param("mac", "aa:bb:cc:dd:ee:ff")]);
+    let mut mac_path = path_param("mac", "aa:bb:cc:dd:ee:ff");
+    mac_path["schema"] = mac_string();
+    let mac = json!([mac_path]);
     let mac_param = mac.clone();
     let name = json!([path_param("name", "Profile name")]);
     let sha = json!([path_param("sha256", "Hex SHA-256 of the image")]);

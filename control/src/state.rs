@@ -362,6 +362,13 @@ impl ControlState {
             source,
         };
         let mut file = std::fs::File::open(&spec.path).map_err(file_err)?;
+        // A device or FIFO (/dev/zero, a pipe) would be read forever.
+        if !file.metadata().map_err(file_err)?.is_file() {
+            return Err(file_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut buf = vec![0u8; 1 << 20];
