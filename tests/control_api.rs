@@ -677,3 +677,133 @@ fn the_openapi_document_matches_what_the_server_answers() {
     assert!(report["problem"].is_null(), "{report}");
     stop(server);
 }
+
+#[test]
+fn ctl_sessions_shows_boots_and_one_machines_timeline() {
+    if !require("ctl_sessions", &["busybox", "curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(64 << 10, 64 << 10);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
+    let server = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &["--dhcp-range", &range],
+        &payload,
+    );
+    wait_for_api(&lab.server);
+    let script = support::appliance::udhcpc_script(payload.dir.path());
+    let link = lab
+        .client
+        .run(
+            "ip",
+            &["-br", "link", "show", "dev", &lab.client_if],
+            Duration::from_secs(5),
+        )
+        .expect("ip link");
+    let mac = link
+        .stdout
+        .split_whitespace()
+        .nth(2)
+        .expect("ip -br link prints the MAC")
+        .to_owned();
+
+    // A real DHCP exchange as iPXE, then the script iPXE would fetch, over real HTTP.
+    let out = lab
+        .client
+        .run(
+            "busybox",
+            &[
+                "udhcpc",
+                "-i",
+                &lab.client_if,
+                "-f",
+                "-q",
+                "-n",
+                "-t",
+                "4",
+                "-T",
+                "1",
+                "-s",
+                script.to_str().unwrap(),
+                "-V",
+                "PXEClient:Arch:00000:UNDI:002001",
+                "-x",
+                "0x4d:69505845",
+            ],
+            Duration::from_secs(20),
+        )
+        .expect("udhcpc");
+    let lease = support::appliance::bound(&out.stdout);
+    let script_url = lease["boot_file"].clone();
+    let fetched = curl(&lab.client, &["-sf", &script_url]);
+    assert!(fetched.status.success(), "{script_url}: {}", fetched.stderr);
+
+    let listed = stampede_lab::wait_for(Duration::from_secs(5), || {
+        let out = ctl_raw(&lab.server, API, &["sessions"]);
+        (out.status.success() && out.stdout.contains("http:")).then_some(out.stdout)
+    })
+    .expect("the session lists its HTTP stage");
+    let header = listed.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("MAC") && header.contains("OUTCOME") && header.contains("STAGES"),
+        "{listed}"
+    );
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&mac))
+        .unwrap_or_else(|| panic!("{mac} not in:\n{listed}"));
+    assert!(
+        row.contains(&lease["ip"]) && row.contains("dhcp:") && row.contains(" ok "),
+        "{row}"
+    );
+
+    let timeline = ctl_raw(&lab.server, API, &["sessions", &mac]);
+    assert!(timeline.status.success(), "{}", timeline.stderr);
+    let text = &timeline.stdout;
+    assert!(text.starts_with(&mac), "{text}");
+    for want in [
+        "WAIT",
+        "dhcp_reply",
+        "offer",
+        "ack",
+        "http_response",
+        "/boot.ipxe",
+        "STAGE",
+        "longest wait",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+
+    let json = ctl_raw(&lab.server, API, &["--json", "sessions", &mac]);
+    let t: serde_json::Value = serde_json::from_str(&json.stdout).expect("--json is the timeline");
+    assert_eq!(t["mac"], mac.as_str());
+    let kinds: Vec<&str> = t["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["dhcp_reply", "dhcp_reply", "http_response"],
+        "{json:?}"
+    );
+    let list = ctl_raw(&lab.server, API, &["--json", "sessions"]);
+    let l: serde_json::Value = serde_json::from_str(&list.stdout).expect("--json is the list");
+    assert!(
+        l.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["mac"] == mac.as_str())
+    );
+
+    let unknown = ctl_raw(&lab.server, API, &["sessions", "52:54:00:99:99:99"]);
+    assert!(
+        !unknown.status.success() && unknown.stderr.contains("404"),
+        "{}",
+        unknown.stderr
+    );
+    stop(server);
+}

@@ -1075,9 +1075,13 @@ async fn follow_import(
     }
 }
 
-/// Milliseconds as seconds with one decimal: `12.3s`.
+/// A duration for a person: `38ms`, `12.345s`.
 fn seconds(ms: u64) -> String {
-    format!("{}.{}s", ms / 1000, ms % 1000 / 100)
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+    }
 }
 
 fn session_row(s: &SessionSummary) -> Vec<String> {
