@@ -807,3 +807,141 @@ fn ctl_sessions_shows_boots_and_one_machines_timeline() {
     );
     stop(server);
 }
+
+#[test]
+fn an_image_imports_from_a_url() {
+    if !require("image_import_url", &["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(8 << 20, 4096);
+    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    wait_for_api(&lab.server);
+    let ns = &lab.server;
+    let store = payload.dir.path().join("images");
+    // The appliance's own HTTP boot server is a real HTTP server on the lab network.
+    let url = format!("http://{}:8080/files/vmlinuz", lab.server_ip());
+    let sha = support::appliance::sha256_file(&payload.kernel);
+    let out = ctl_raw(
+        ns,
+        API,
+        &["images", "import", "kernel", &url, "--sha256", &sha],
+    );
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("image kernel sha256 {sha} (8388608 bytes) stored")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("done: 8388608/8388608 bytes (100%)"),
+        "the server sent Content-Length: {}",
+        out.stdout
+    );
+    assert_eq!(store_objects(&store), vec![sha.clone()]);
+    assert_eq!(audit_actions(ns, "image.import", &sha), 1);
+
+    // A URL the server does not have, and one where nothing listens: refused at once.
+    let missing = format!("http://{}:8080/files/no-such-file", lab.server_ip());
+    let body = format!(r#"{{"name":"x","source":"{missing}"}}"#);
+    let (status, err) = api(ns, "POST", "/api/v1/images/imports", Some(&body));
+    assert_eq!(status, 422, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("404"), "{err}");
+    let body = r#"{"name":"x","source":"http://127.0.0.1:9/vmlinuz"}"#;
+    let (status, err) = api(ns, "POST", "/api/v1/images/imports", Some(body));
+    assert_eq!(status, 422, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("127.0.0.1:9"),
+        "{err}"
+    );
+    stop(server);
+}
+
+#[test]
+fn running_imports_show_partial_progress_and_are_bounded() {
+    if !require("image_import_bounded", &["curl", "ss"]) {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    wait_for_api(&lab.server);
+    let ns = &lab.server;
+    let store = payload.dir.path().join("images");
+
+    // An HTTP server in the lab that sends the first 100 of 1000 bytes and then stalls.
+    let listener = ns
+        .in_namespace(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("enter namespace")
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let stalling = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                .expect("head");
+            conn.write_all(&[7u8; 100]).expect("first bytes");
+            held.push(conn);
+        }
+        let _ = released.recv_timeout(Duration::from_secs(60));
+        // Dropping the connections ends each body 900 bytes short.
+    });
+
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let body = format!(r#"{{"name":"stall-{n}","source":"http://127.0.0.1:{port}/{n}"}}"#);
+        let (status, job) = api(ns, "POST", "/api/v1/images/imports", Some(&body));
+        assert_eq!(status, 202, "{job}");
+        assert_eq!(job["bytes_total"], 1000, "{job}");
+        ids.push(job["id"].as_u64().expect("id"));
+    }
+    // Each job reports exactly what has arrived while it waits for the rest.
+    for id in &ids {
+        let job = stampede_lab::wait_for(Duration::from_secs(10), || {
+            let (_, job) = api(ns, "GET", &format!("/api/v1/images/imports/{id}"), None);
+            (job["bytes_done"] == 100).then_some(job)
+        })
+        .unwrap_or_else(|| panic!("import {id} never showed its first 100 bytes"));
+        assert_eq!(job["state"], "running", "{job}");
+    }
+    // A fifth is refused while four run.
+    let local = format!(r#"{{"name":"k","source":"{}"}}"#, payload.kernel.display());
+    let (status, err) = api(ns, "POST", "/api/v1/images/imports", Some(&local));
+    assert_eq!(status, 429, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("4 imports are running"),
+        "{err}"
+    );
+
+    // The server goes away mid-body: every job fails, nothing is stored.
+    release.send(()).expect("release");
+    stalling.join().expect("stalling server");
+    for id in &ids {
+        let job = finished_import(ns, *id);
+        assert_eq!(job["state"], "failed", "{job}");
+        assert!(
+            job["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{job}"
+        );
+    }
+    assert!(store_objects(&store).is_empty());
+    assert_eq!(
+        std::fs::read_dir(store.join("tmp")).expect("tmp").count(),
+        0
+    );
+    // The slots are free again.
+    let (status, job) = api(ns, "POST", "/api/v1/images/imports", Some(&local));
+    assert_eq!(status, 202, "{job}");
+    let job = finished_import(ns, job["id"].as_u64().unwrap());
+    assert_eq!(job["state"], "done", "{job}");
+    stop(server);
+}

@@ -381,6 +381,7 @@ impl IntoResponse for ApiError {
                 | ControlError::ImportSource { .. }
                 | ControlError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 ControlError::NoImageStore => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::TooManyImports(_) => StatusCode::TOO_MANY_REQUESTS,
                 ControlError::Random(_)
                 | ControlError::Store(_)
                 | ControlError::ImportThread(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -675,7 +676,7 @@ async fn start_import(
     Extension(caller): Extension<Caller>,
     Body(req): Body<ImportRequest>,
 ) -> Result<Response, ApiError> {
-    let job = blocking(move || state.start_import(&caller, req)).await?;
+    let job = state.start_import(&caller, req).await?;
     let location = format!("/api/v1/images/imports/{}", job.id);
     let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {

@@ -62,8 +62,8 @@ pub enum CtlCommand {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// Follow boots live: one line per DHCP reply, TFTP transfer and HTTP response, until
-    /// Ctrl-C, `--count` events or `--timeout` seconds.
+    /// Follow boots live: one line per DHCP reply, TFTP transfer and HTTP response (and image
+    /// import progress), until Ctrl-C, `--count` events or `--timeout` seconds.
     Watch(WatchArgs),
     /// Images in the appliance's store.
     #[command(subcommand)]
@@ -79,12 +79,13 @@ pub enum CtlCommand {
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImagesCommand {
     List,
-    /// Copy a file on the appliance into its content-addressed store, showing progress until
+    /// Copy a file on the appliance (or a URL) into its content-addressed store, showing progress until
     /// it is done (a bar on a terminal, lines otherwise; `--json`: the finished job).
     Import {
         /// The image's name.
         name: String,
-        /// Absolute path of the file on the appliance.
+        /// Absolute path of a file on the appliance, or an http:// or https:// URL the
+        /// appliance fetches.
         source: String,
         /// Fail, storing nothing, unless the content has this SHA-256 (hex).
         #[arg(long)]
@@ -546,14 +547,12 @@ pub fn watch_line(event: &EventView) -> String {
 pub fn import_line(job: &ImportJob) -> String {
     let at = job.finished_at_ms.unwrap_or(job.started_at_ms);
     let mut line = format!(
-        "{}  image import {} {} {}: {}/{} bytes ({}%)",
+        "{}  image import {} {} {}: {}",
         clock_time(at),
         job.id,
         job.name,
         state_word(job.state),
-        job.bytes_done,
-        job.bytes_total,
-        percent(job)
+        import_progress(job)
     );
     if let Some(sha) = &job.sha256 {
         line.push_str(&format!(" sha256={sha}"));
@@ -873,7 +872,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                         j.id.to_string(),
                         j.name.clone(),
                         state_word(j.state).to_owned(),
-                        format!("{}/{}", j.bytes_done, j.bytes_total),
+                        import_progress(j),
                         j.sha256.clone().unwrap_or_default(),
                         j.error.clone().unwrap_or_else(|| j.source.clone()),
                     ]
@@ -982,11 +981,23 @@ const IMPORT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Line mode prints at most one progress line per this interval.
 const IMPORT_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn percent(job: &ImportJob) -> u64 {
+/// `None` when the size is unknown (an HTTP source that did not say).
+fn percent(job: &ImportJob) -> Option<u64> {
+    let total = job.bytes_total?;
     // An empty source is complete from the start.
-    (job.bytes_done.min(job.bytes_total) * 100)
-        .checked_div(job.bytes_total)
-        .unwrap_or(100)
+    Some(
+        (job.bytes_done.min(total) * 100)
+            .checked_div(total)
+            .unwrap_or(100),
+    )
+}
+
+/// `1048576/4194304 bytes (25%)`, or `1048576 bytes` when the size is unknown.
+fn import_progress(job: &ImportJob) -> String {
+    match (job.bytes_total, percent(job)) {
+        (Some(total), Some(pct)) => format!("{}/{total} bytes ({pct}%)", job.bytes_done),
+        _ => format!("{} bytes", job.bytes_done),
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -996,14 +1007,16 @@ fn mib(bytes: u64) -> f64 {
 /// One redrawn terminal line: `[#####.....]  45%  28.8/64.0 MiB`.
 fn progress_bar(job: &ImportJob) -> String {
     const WIDTH: u64 = 30;
-    let pct = percent(job);
+    let (Some(pct), Some(total)) = (percent(job), job.bytes_total) else {
+        return format!("\r{:.1} MiB", mib(job.bytes_done));
+    };
     let filled = (pct * WIDTH / 100) as usize;
     format!(
         "\r[{}{}] {pct:>3}%  {:.1}/{:.1} MiB",
         "#".repeat(filled),
         ".".repeat(WIDTH as usize - filled),
         mib(job.bytes_done),
-        mib(job.bytes_total)
+        mib(total)
     )
 }
 
@@ -1028,12 +1041,10 @@ async fn follow_import(
             {
                 writeln!(
                     out,
-                    "import {} {}: {}/{} bytes ({}%)",
+                    "import {} {}: {}",
                     job.id,
                     state_word(job.state),
-                    job.bytes_done,
-                    job.bytes_total,
-                    percent(&job)
+                    import_progress(&job)
                 )?;
                 out.flush()?;
                 last_line = Some(std::time::Instant::now());

@@ -22,6 +22,14 @@ use crate::state::PutOutcome;
 /// How often a running import publishes a progress event (and at its start and end).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Imports running at once; more are refused (429) until one ends. Each is a thread and a
+/// stream of disk writes: a handful saturates a disk already.
+pub const MAX_RUNNING_IMPORTS: usize = 4;
+
+/// A URL source that sends nothing for this long fails (a stalled server must not hold an
+/// import slot forever).
+pub const URL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Finished jobs kept for `GET /api/v1/images/imports`; older ones are forgotten. Running jobs
 /// are always kept.
 pub const FINISHED_JOBS_KEPT: usize = 100;
@@ -59,7 +67,7 @@ pub enum ImageStoreError {
 pub struct ImportRequest {
     /// The image's name.
     pub name: String,
-    /// Absolute path of a file on the appliance.
+    /// Absolute path of a file on the appliance, or an `http://` / `https://` URL.
     pub source: String,
     /// Hex SHA-256 the content must have; the import fails (storing nothing) otherwise.
     #[serde(default)]
@@ -82,8 +90,8 @@ pub struct ImportJob {
     pub source: String,
     pub state: ImportState,
     pub bytes_done: u64,
-    /// The source's size when the import started.
-    pub bytes_total: u64,
+    /// The source's size when the import started; `None` when an HTTP server did not say.
+    pub bytes_total: Option<u64>,
     /// Set when done.
     pub sha256: Option<String>,
     pub expected_sha256: Option<String>,
@@ -153,8 +161,21 @@ impl ImportJobs {
         lock(&self.jobs).get(&id).map(|j| j.snapshot())
     }
 
-    /// Registers a running job and announces it.
-    pub(crate) fn start(&self, req: &ImportRequest, bytes_total: u64, now_ms: u64) -> JobHandle {
+    /// Registers a running job and announces it; `None` when [`MAX_RUNNING_IMPORTS`] run.
+    pub(crate) fn start(
+        &self,
+        req: &ImportRequest,
+        bytes_total: Option<u64>,
+        now_ms: u64,
+    ) -> Option<JobHandle> {
+        let mut jobs = lock(&self.jobs);
+        let running = jobs
+            .values()
+            .filter(|j| lock(&j.view).state == ImportState::Running)
+            .count();
+        if running >= MAX_RUNNING_IMPORTS {
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let job = Arc::new(Job {
             view: Mutex::new(ImportJob {
@@ -173,25 +194,23 @@ impl ImportJobs {
             }),
             done: AtomicU64::new(0),
         });
-        {
-            let mut jobs = lock(&self.jobs);
-            jobs.insert(id, Arc::clone(&job));
-            let finished: Vec<u64> = jobs
-                .iter()
-                .filter(|(_, j)| lock(&j.view).state != ImportState::Running)
-                .map(|(id, _)| *id)
-                .collect();
-            let excess = finished.len().saturating_sub(FINISHED_JOBS_KEPT);
-            for old in finished.into_iter().take(excess) {
-                jobs.remove(&old);
-            }
+        jobs.insert(id, Arc::clone(&job));
+        let finished: Vec<u64> = jobs
+            .iter()
+            .filter(|(_, j)| lock(&j.view).state != ImportState::Running)
+            .map(|(id, _)| *id)
+            .collect();
+        let excess = finished.len().saturating_sub(FINISHED_JOBS_KEPT);
+        for old in finished.into_iter().take(excess) {
+            jobs.remove(&old);
         }
+        drop(jobs);
         let handle = JobHandle {
             job,
             events: self.events.clone(),
         };
         handle.publish();
-        handle
+        Some(handle)
     }
 }
 
@@ -260,6 +279,71 @@ impl<R: Read> Read for ProgressReader<'_, R> {
             self.last_event = Instant::now();
             self.handle.publish();
         }
+        Ok(n)
+    }
+}
+
+/// Starts a GET of `url`; on a 2xx answer, its body as a blocking reader (chunks arrive from a
+/// task on the current runtime, a few at a time) and its length if the server said.
+pub(crate) async fn fetch(url: &str) -> Result<(BodyReader, Option<u64>), String> {
+    let client = crate::ctl::http_client(None).map_err(|e| e.to_string())?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("the server answered {status}"));
+    }
+    let total = response.content_length();
+    // Four chunks in flight: the network runs ahead of the disk by a little, no more.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut response = response;
+        loop {
+            let next = match tokio::time::timeout(URL_IDLE_TIMEOUT, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => Ok(chunk),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => Err(std::io::Error::other(crate::error_chain(&e))),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no data for {} s", URL_IDLE_TIMEOUT.as_secs()),
+                )),
+            };
+            let failed = next.is_err();
+            // The import ended (its reader is gone): stop downloading.
+            if tx.send(next).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Ok((
+        BodyReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        },
+        total,
+    ))
+}
+
+/// The blocking side of [`fetch`]: what the import thread reads.
+#[derive(Debug)]
+pub(crate) struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
         Ok(n)
     }
 }

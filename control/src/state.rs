@@ -22,6 +22,9 @@ use crate::store::{
     self, DbContext, IMAGES, MACHINES, PROFILES, StoreError, TOKENS, decode, encode, read_all,
 };
 
+/// A SHA-256 digest as bytes.
+type Sha256Bytes = [u8; 32];
+
 /// Environment variable that may hold the first admin token.
 pub const ADMIN_TOKEN_ENV: &str = "STAMPEDE_ADMIN_TOKEN";
 
@@ -56,6 +59,8 @@ pub enum ControlError {
     BadDigest(String),
     #[error("this appliance has no image store (imports need a running appliance)")]
     NoImageStore,
+    #[error("{0} imports are running; start another when one has finished")]
+    TooManyImports(usize),
     #[error("cannot start the import thread: {0}")]
     ImportThread(#[source] std::io::Error),
     #[error(transparent)]
@@ -412,14 +417,11 @@ impl ControlState {
         &self.inner.imports
     }
 
-    /// Checks the request, opens the source and starts copying it into the store on a thread
-    /// of its own; returns the running job at once. Blocking (it opens the file): call it off
-    /// the async workers.
-    pub fn start_import(
+    /// What every import checks first: the name, the expected digest, that there is a store.
+    fn import_precheck(
         &self,
-        actor: &Caller,
-        req: ImportRequest,
-    ) -> Result<ImportJob, ControlError> {
+        req: &ImportRequest,
+    ) -> Result<(Arc<dyn ImageStore>, Option<Sha256Bytes>), ControlError> {
         validate_name(&req.name)?;
         let expected = match &req.sha256 {
             None => None,
@@ -437,34 +439,81 @@ impl ControlState {
                 .get()
                 .ok_or(ControlError::NoImageStore)?,
         );
+        Ok((store, expected))
+    }
+
+    /// Starts importing `req.source`, a file on the appliance (an absolute path) or an
+    /// `http://`/`https://` URL; returns the running job at once. The copy runs on a thread of
+    /// its own. Must be called on a tokio runtime (a URL's body is read by a task).
+    pub async fn start_import(
+        &self,
+        actor: &Caller,
+        req: ImportRequest,
+    ) -> Result<ImportJob, ControlError> {
+        let (store, expected) = self.import_precheck(&req)?;
         let source_err = |problem: String| ControlError::ImportSource {
             source_path: req.source.clone(),
             problem,
         };
-        if !Path::new(&req.source).is_absolute() {
-            return Err(source_err(
-                "not an absolute path to a file on the appliance".into(),
-            ));
-        }
-        let file = std::fs::File::open(&req.source).map_err(|e| source_err(e.to_string()))?;
-        let meta = file.metadata().map_err(|e| source_err(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(source_err("not a regular file".into()));
-        }
-        let handle = self.inner.imports.start(&req, meta.len(), store::now_ms());
+        let (reader, total): (Box<dyn std::io::Read + Send>, Option<u64>) =
+            if req.source.starts_with("http://") || req.source.starts_with("https://") {
+                let (body, total) = crate::imports::fetch(&req.source)
+                    .await
+                    .map_err(source_err)?;
+                (Box::new(body), total)
+            } else {
+                if !Path::new(&req.source).is_absolute() {
+                    return Err(source_err(
+                        "neither an absolute path to a file on the appliance nor an http(s) URL"
+                            .into(),
+                    ));
+                }
+                let path = req.source.clone();
+                let opened = tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&path)?;
+                    let meta = file.metadata()?;
+                    Ok::<_, std::io::Error>((file, meta))
+                })
+                .await
+                .map_err(|e| source_err(e.to_string()))?
+                .map_err(|e| source_err(e.to_string()))?;
+                let (file, meta) = opened;
+                // A device or FIFO (/dev/zero, a pipe) would be read forever.
+                if !meta.is_file() {
+                    return Err(source_err("not a regular file".into()));
+                }
+                (Box::new(file), Some(meta.len()))
+            };
+        let handle = self
+            .inner
+            .imports
+            .start(&req, total, store::now_ms())
+            .ok_or(ControlError::TooManyImports(
+                crate::imports::MAX_RUNNING_IMPORTS,
+            ))?;
+        let handle = Arc::new(handle);
         let job = handle.snapshot();
         let state = self.clone();
         let actor = actor.clone();
-        std::thread::Builder::new()
+        let worker = Arc::clone(&handle);
+        let spawned = std::thread::Builder::new()
             .name(format!("image-import-{}", job.id))
             .spawn(move || {
-                let result = state.run_import(&actor, &req, &handle, file, store.as_ref(), expected);
+                let handle = worker;
+                let result =
+                    state.run_import(&actor, &req, &handle, reader, store.as_ref(), expected);
                 if let Err(e) = &result {
                     tracing::warn!(job = handle.id(), source = %req.source, error = %e, "image import failed");
                 }
                 handle.finish(result.map_err(|e| e.to_string()), store::now_ms());
-            })
-            .map_err(ControlError::ImportThread)?;
+            });
+        if let Err(e) = spawned {
+            handle.finish(
+                Err(format!("cannot start the import thread: {e}")),
+                store::now_ms(),
+            );
+            return Err(ControlError::ImportThread(e));
+        }
         Ok(job)
     }
 
@@ -473,11 +522,11 @@ impl ControlState {
         actor: &Caller,
         req: &ImportRequest,
         handle: &crate::imports::JobHandle,
-        file: std::fs::File,
+        source: Box<dyn std::io::Read + Send>,
         store: &dyn ImageStore,
         expected: Option<[u8; 32]>,
     ) -> Result<(String, PutOutcome), ControlError> {
-        let mut reader = handle.reader(file);
+        let mut reader = handle.reader(source);
         let stored = store.import(&mut reader, expected).map_err(|e| match e {
             ImageStoreError::Mismatch { .. } => ControlError::ImportSource {
                 source_path: req.source.clone(),

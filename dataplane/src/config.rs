@@ -1537,10 +1537,27 @@ kernel = "vmlinuz"
     }
 
     #[test]
+    fn api_tls_files_are_read_as_a_pair() {
+        let text = format!(
+            "[server]\napi = \"0.0.0.0:7443\"\napi_tls_cert = \"/etc/stampede/api.pem\"\n\
+             api_tls_key = \"/etc/stampede/api.key\"\n{MINIMAL}"
+        );
+        let c = parse(&text);
+        assert_eq!(
+            c.server.api_tls,
+            Some(ApiTlsFiles {
+                cert: PathBuf::from("/etc/stampede/api.pem"),
+                key: PathBuf::from("/etc/stampede/api.key"),
+            })
+        );
+    }
+
+    #[test]
     fn minimal_file_gets_documented_defaults() {
         let c = parse(MINIMAL);
         assert_eq!(c.server.http_port, 8080);
         assert_eq!(c.server.api, "127.0.0.1:7070".parse().expect("address"));
+        assert_eq!(c.server.api_tls, None, "plain HTTP on loopback");
         assert_eq!(c.server.workers, None, "all cores");
         assert_eq!(
             c.dhcp.mode,
