@@ -651,7 +651,9 @@ fn the_openapi_document_matches_what_the_server_answers() {
         ])
         .args(["--seed", &seed])
         .env("SCHEMATHESIS_HOOKS", "")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        // It keeps a cache of examples in `.schemathesis/` under its working directory.
+        .current_dir(payload.dir.path());
     // Bounded: a few hundred requests per phase, and a hard stop.
     let out = stampede_lab::run_with_timeout(command, Duration::from_secs(300))
         .expect("schemathesis runs within 300 s");
