@@ -947,3 +947,79 @@ fn running_imports_show_partial_progress_and_are_bounded() {
     assert_eq!(job["state"], "done", "{job}");
     stop(server);
 }
+
+#[test]
+fn serve_takes_the_api_certificate_from_its_config_file() {
+    if !require("api_tls_config", &["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let dir = payload.dir.path();
+    let pki = make_pki(dir);
+    let write = |path: &Path, cert: &Path| {
+        let text = format!(
+            "[server]\ninterfaces = [\"{}\"]\napi = \"127.0.0.1:7443\"\n\
+             api_tls_cert = \"{}\"\napi_tls_key = \"{}\"\n\
+             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\" }}\ndefault_profile = \"lab\"\n\
+             [[profiles]]\nname = \"lab\"\nkernel = \"vmlinuz\"\n[xdp]\nmode = \"off\"\n",
+            lab.server_if,
+            cert.display(),
+            pki.key.display(),
+            payload.kernel.display(),
+        );
+        std::fs::write(path, text).expect("write config");
+    };
+    let serve = |config: &Path| {
+        let mut command = lab.server.command(STAMPEDE);
+        command
+            .args(["serve", "--config"])
+            .arg(config)
+            .arg("--state")
+            .arg(dir.join("state.redb"))
+            .args(["--stats-interval", "60"])
+            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        stampede_lab::Process::spawn(command).expect("serve")
+    };
+
+    // A certificate path that does not exist: the start fails, naming the config's file.
+    let broken = dir.join("broken.toml");
+    let missing = dir.join("missing.pem");
+    write(&broken, &missing);
+    let out = serve(&broken)
+        .wait_output(Duration::from_secs(20))
+        .expect("serve exits");
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains(&format!("API TLS certificate {}", missing.display())),
+        "{}",
+        out.stderr
+    );
+
+    let config = dir.join("stampede.toml");
+    write(&config, &pki.cert);
+    let server = serve(&config);
+    let ca = pki.ca.to_str().unwrap();
+    let health = stampede_lab::wait_for(Duration::from_secs(20), || {
+        let out = lab
+            .server
+            .run(
+                "curl",
+                &[
+                    "-sf",
+                    "--cacert",
+                    ca,
+                    "https://127.0.0.1:7443/api/v1/health",
+                ],
+                Duration::from_secs(5),
+            )
+            .ok()?;
+        out.status.success().then_some(out.stdout)
+    })
+    .expect("https from the config's certificate");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    stop(server);
+}
