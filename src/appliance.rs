@@ -179,6 +179,11 @@ fn control_plane(
     };
     let store = stampede_dataplane::store::ContentStore::open_dir(&store_dir)
         .with_context(|| format!("opening the image store {}", store_dir.display()))?;
+    match store.remove_stale_temporaries() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed parts of imports cut short by a stop"),
+        Err(err) => tracing::warn!(error = %error_chain(&err), "cleaning the image store"),
+    }
     state.attach_image_store(Arc::new(ImageStoreAdapter(store)));
     if let Some(token) = state.ensure_admin_token_from_env()? {
         // Shown once: only its hash is stored.

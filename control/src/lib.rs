@@ -14,9 +14,13 @@
 //!   [`EventSink`](stampede_proto::events::EventSink); it keeps per-machine boot timelines for
 //!   `/api/v1/sessions` and streams every event to `/api/v1/events`.
 //!
+//! - Images: [`ControlState::attach_image_store`] gives imports (`/api/v1/images/imports`,
+//!   [`imports`]) the content store to copy into; each import runs on a thread of its own.
+//!
 //! # Running the API
-//! [`api::serve`] with an [`api::ApiConfig`] (default `127.0.0.1:7070`); the API runs on the
-//! tokio runtime it is given, which is meant to live on cores the data plane does not use.
+//! [`api::serve`] with an [`api::ApiConfig`] (default `127.0.0.1:7070`, plain HTTP; HTTPS with
+//! a [`tls::ApiTls`]); the API runs on the tokio runtime it is given, which is meant to live on
+//! cores the data plane does not use.
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -532,6 +532,34 @@ impl ContentStore {
         Ok(data)
     }
 
+    /// Removes temporary objects left by imports of processes that no longer run (killed in
+    /// the middle of an import); returns how many. Those of running processes, this one
+    /// included, are left alone, so a store shared by two processes stays safe.
+    pub fn remove_stale_temporaries(&self) -> Result<usize, StoreError> {
+        let dir = self.inner.root.join("tmp");
+        let entries =
+            fs::read_dir(&dir).map_err(StoreError::io("listing temporary objects", &dir))?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("import-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new("/proc").join(pid.to_string()).exists() {
+                continue;
+            }
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn temp_path(&self) -> PathBuf {
         let n = self.inner.temp_counter.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()
@@ -817,6 +845,28 @@ mod tests {
         let missing = Digest::of(b"never imported");
         assert!(!store.contains(&missing));
         assert!(matches!(store.open(&missing), Err(StoreError::NotFound(d)) if d == missing));
+    }
+
+    #[test]
+    fn temporaries_of_dead_processes_are_removed() {
+        let dir = temp_dir();
+        let store = ContentStore::open_dir(dir.path()).expect("store");
+        // pid_max is at most 2^22, so no process has this id.
+        let stale = dir.path().join("tmp/import-99999999-1-0");
+        let ours = dir
+            .path()
+            .join(format!("tmp/import-{}-1-0", std::process::id()));
+        let other = dir.path().join("tmp/not-an-import");
+        for f in [&stale, &ours, &other] {
+            fs::write(f, b"partial").unwrap();
+        }
+        assert_eq!(store.remove_stale_temporaries().expect("cleanup"), 1);
+        assert!(!stale.exists());
+        assert!(ours.exists(), "a running process's import is left alone");
+        assert!(
+            other.exists(),
+            "files the store did not name are left alone"
+        );
     }
 
     #[test]
