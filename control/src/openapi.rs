@@ -275,7 +275,8 @@ pub fn document() -> Value {
         "openapi": "3.0.3",
         "info": { "title": "Stampede control API", "version": env!("CARGO_PKG_VERSION"),
                   "description": "Machines, boot profiles, images and leases of a Stampede network-boot appliance." },
-        "servers": [{ "url": "http://127.0.0.1:7070" }],
+        // Relative: the document is right wherever it is served from, over HTTP or HTTPS.
+        "servers": [{ "url": "/" }],
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": schemas()
@@ -363,7 +364,9 @@ pub fn document() -> Value {
             "/api/v1/events": {
                 "get": with_params(op("Boot events as they happen (Server-Sent Events)", read, json!({
                     "200": { "description": "One SSE event per boot event: `event:` is its kind, \
-                        `data:` a BootEvent as JSON. `event: lagged` with data {\"missed\": n} \
+                        `data:` a BootEvent as JSON. Without `mac`, also `event: image_import` \
+                        with an ImportJob as data at an import's start, every 250 ms while it \
+                        runs and at its end. `event: lagged` with data {\"missed\": n} \
                         when this reader fell behind.",
                         "content": { "text/event-stream": { "schema": schema_ref("BootEvent") } } },
                     "400": error("Bad MAC") })),
