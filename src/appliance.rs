@@ -139,15 +139,16 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
     run(source, config, iface, xdp, interval, &args.control)
 }
 
-/// Opens the state and, unless the API is `off`, says where it will listen.
+/// Opens the state and, unless the API is `off`, says how it will be served (a bad
+/// certificate or key stops the start here, before anything listens).
 fn control_plane(
     args: &ControlArgs,
-    configured_api: std::net::SocketAddr,
-) -> anyhow::Result<(stampede_control::ControlState, Option<std::net::SocketAddr>)> {
-    let api = args
-        .api
-        .clone()
-        .unwrap_or_else(|| configured_api.to_string());
+    server: &stampede_dataplane::config::ServerSettings,
+) -> anyhow::Result<(
+    stampede_control::ControlState,
+    Option<stampede_control::api::ApiConfig>,
+)> {
+    let api = args.api.clone().unwrap_or_else(|| server.api.to_string());
     let listen = match api.as_str() {
         "off" => None,
         addr => Some(
@@ -155,16 +156,79 @@ fn control_plane(
                 .with_context(|| format!("--api {addr:?}: not host:port or off"))?,
         ),
     };
+    let tls_files = match (&args.api_cert, &args.api_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => server
+            .api_tls
+            .as_ref()
+            .map(|t| (t.cert.clone(), t.key.clone())),
+    };
+    let api = match listen {
+        None => None,
+        Some(listen) => {
+            let tls = match tls_files {
+                Some((cert, key)) => Some(stampede_control::tls::ApiTls::load(&cert, &key)?),
+                None => None,
+            };
+            Some(stampede_control::api::ApiConfig { listen, tls })
+        }
+    };
     if let Some(dir) = args.state.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let state = stampede_control::ControlState::open(&args.state, stampede_control::Metrics::new())
         .with_context(|| format!("opening the state file {}", args.state.display()))?;
+    let store_dir = match &args.image_store {
+        Some(dir) => dir.clone(),
+        None => args
+            .state
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("images"),
+    };
+    let store = stampede_dataplane::store::ContentStore::open_dir(&store_dir)
+        .with_context(|| format!("opening the image store {}", store_dir.display()))?;
+    match store.remove_stale_temporaries() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed parts of imports cut short by a stop"),
+        Err(err) => tracing::warn!(error = %error_chain(&err), "cleaning the image store"),
+    }
+    state.attach_image_store(Arc::new(ImageStoreAdapter(store)));
     if let Some(token) = state.ensure_admin_token_from_env()? {
         // Shown once: only its hash is stored.
         println!("admin token (shown once, store it now): {token}");
     }
-    Ok((state, listen))
+    Ok((state, api))
+}
+
+/// The control plane's imports land in the data plane's content store.
+#[derive(Debug)]
+struct ImageStoreAdapter(stampede_dataplane::store::ContentStore);
+
+impl stampede_control::imports::ImageStore for ImageStoreAdapter {
+    fn import(
+        &self,
+        source: &mut dyn std::io::Read,
+        expected: Option<[u8; 32]>,
+    ) -> Result<stampede_control::imports::StoredObject, stampede_control::imports::ImageStoreError>
+    {
+        use stampede_control::imports::{ImageStoreError, StoredObject};
+        use stampede_dataplane::store::{Digest, StoreError};
+        let expected = expected.map(Digest::from_bytes);
+        match self.0.import_reader_expecting(source, expected.as_ref()) {
+            Ok(digest) => Ok(StoredObject {
+                sha256: *digest.as_bytes(),
+                path: self.0.object_path(&digest),
+            }),
+            Err(StoreError::DigestMismatch { expected, actual }) => {
+                Err(ImageStoreError::Mismatch {
+                    expected: expected.to_hex(),
+                    actual: actual.to_hex(),
+                })
+            }
+            Err(e) => Err(ImageStoreError::Other(Box::new(e))),
+        }
+    }
 }
 
 fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPlan>> {
@@ -218,7 +282,7 @@ fn run(
     interval: Duration,
     control: &ControlArgs,
 ) -> anyhow::Result<()> {
-    let (control_state, api_listen) = control_plane(control, config.server.api)?;
+    let (control_state, api_config) = control_plane(control, &config.server)?;
     // The machines and profiles the control API holds join the configuration's.
     let mut fleet = control_state.subscribe();
     let config = source.load(Some(&fleet.borrow_and_update()))?;
@@ -300,8 +364,7 @@ fn run(
         .context("starting the runtime")?;
     runtime.block_on(async {
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = api_listen.map(|listen| {
-            let config = stampede_control::api::ApiConfig { listen };
+        let api = api_config.map(|config| {
             let shutdown = async move {
                 let _ = api_stopped.await;
             };

@@ -41,12 +41,23 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 struct ControlArgs {
     /// Address the control API listens on, or `off` [default: the config's `server.api`, else
-    /// 127.0.0.1:7070; loopback because the API has no TLS yet].
+    /// 127.0.0.1:7070; loopback because without a certificate the API is plain HTTP].
     #[arg(long)]
     api: Option<String>,
+    /// Serve the API over HTTPS with this PEM certificate chain (leaf first); needs
+    /// `--api-key` [default: the config's `server.api_tls_cert`].
+    #[arg(long, requires = "api_key", value_name = "PEM")]
+    api_cert: Option<std::path::PathBuf>,
+    /// The private key of `--api-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "api_cert", value_name = "PEM")]
+    api_key: Option<std::path::PathBuf>,
     /// The appliance's state (machines, profiles, images, leases, audit log): one redb file.
     #[arg(long, default_value = "/var/lib/stampede/stampede.redb")]
     state: std::path::PathBuf,
+    /// Where imported images are kept, content-addressed by SHA-256 [default: `images/` beside
+    /// the state file].
+    #[arg(long, value_name = "DIR")]
+    image_store: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -21,9 +21,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
 use crate::auth::{Caller, Role};
+use crate::imports::{ImportJob, ImportRequest};
 use crate::model::{BootProfile, ImageSpec, MacAddr, Machine, MachineSpec, ProfileSpec};
 use crate::sessions::{BootSessions, EventView, SessionSummary, SessionTimeline};
 use crate::state::{ControlError, ControlState, PutOutcome};
+use crate::tls::ApiTls;
 
 /// Header that tells whether a PUT created, updated or left a resource unchanged.
 pub const OUTCOME_HEADER: &str = "stampede-outcome";
@@ -38,18 +40,21 @@ pub struct ApiConfigWire {
 }
 
 /// Validated API configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Loopback by default: until the API has TLS, remote access should go through an SSH tunnel
-    /// or a reverse proxy that terminates TLS. 7070 is free on a typical boot appliance (no
-    /// HTTP boot on it; that is on 80).
+    /// Loopback by default: without a certificate the API is plain HTTP, and bearer tokens
+    /// must not cross a network in clear. 7070 is free on a typical boot appliance (no HTTP
+    /// boot on it; that is on 80).
     pub listen: SocketAddr,
+    /// HTTPS with this identity; `None`: plain HTTP.
+    pub tls: Option<ApiTls>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tls: None,
         }
     }
 }
@@ -66,7 +71,7 @@ impl TryFrom<ApiConfigWire> for ApiConfig {
             None => Ok(Self::default()),
             Some(s) => s
                 .parse()
-                .map(|listen| Self { listen })
+                .map(|listen| Self { listen, tls: None })
                 .map_err(|_| ApiConfigError(s)),
         }
     }
@@ -96,7 +101,14 @@ pub async fn serve(
             addr: config.listen,
             source,
         })?;
-    serve_on(listener, state, shutdown).await
+    match config.tls {
+        Some(tls) => {
+            let listener = tls.listener(listener).map_err(ServeError::Serve)?;
+            tracing::info!(addr = %config.listen, "control API listening (https)");
+            serve_any(listener, state, shutdown).await
+        }
+        None => serve_on(listener, state, shutdown).await,
+    }
 }
 
 /// [`serve`] on a listener the caller bound (tests bind port 0 and read the port first).
@@ -108,6 +120,18 @@ pub async fn serve_on(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "control API listening");
     }
+    serve_any(listener, state, shutdown).await
+}
+
+async fn serve_any<L>(
+    listener: L,
+    state: ControlState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (app, _) = router(state);
     // Event streams never end on their own; graceful shutdown would wait for them forever.
     let (stopping, stop) = watch::channel(false);
@@ -206,6 +230,19 @@ pub fn router(state: ControlState) -> (Router, Vec<RouteSpec>) {
     )
     .add(M::GET, "/api/v1/images", Some(Read), list_images)
     .add(M::POST, "/api/v1/images", Some(Operator), register_image)
+    .add(M::GET, "/api/v1/images/imports", Some(Read), list_imports)
+    .add(
+        M::POST,
+        "/api/v1/images/imports",
+        Some(Operator),
+        start_import,
+    )
+    .add(
+        M::GET,
+        "/api/v1/images/imports/{id}",
+        Some(Read),
+        get_import,
+    )
     .add(M::GET, "/api/v1/images/{sha256}", Some(Read), get_image)
     .add(
         M::DELETE,
@@ -250,6 +287,77 @@ pub enum ApiError {
     Control(#[from] ControlError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request axum's extractors refused (no JSON content type, bad JSON, a bad path or
+    /// query); their status, our error body.
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+}
+
+/// axum's `Json`, `Path` and `Query` extractors with their rejections answered like every other
+/// error (`{"error": ...}` as JSON) instead of axum's plain-text bodies.
+struct Body<T>(T);
+struct PathArg<T>(T);
+struct QueryArg<T>(T);
+
+fn rejected(r: impl IntoResponse + std::fmt::Display) -> ApiError {
+    let message = r.to_string();
+    ApiError::Rejected {
+        status: r.into_response().status(),
+        message,
+    }
+}
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    Json<T>: axum::extract::FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Self(v))
+            .map_err(rejected)
+    }
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for PathArg<T>
+where
+    S: Send + Sync,
+    Path<T>:
+        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::PathRejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Self(v))
+            .map_err(rejected)
+    }
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for QueryArg<T>
+where
+    S: Send + Sync,
+    Query<T>:
+        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::QueryRejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(rejected)
+    }
 }
 
 /// Body of every error response.
@@ -269,12 +377,17 @@ impl IntoResponse for ApiError {
                 ControlError::Exists { .. } | ControlError::InUse { .. } => StatusCode::CONFLICT,
                 ControlError::UnknownProfile { .. }
                 | ControlError::Invalid(_)
-                | ControlError::ImageFile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                ControlError::Random(_) | ControlError::Store(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                | ControlError::ImageFile { .. }
+                | ControlError::ImportSource { .. }
+                | ControlError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ControlError::NoImageStore => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::TooManyImports(_) => StatusCode::TOO_MANY_REQUESTS,
+                ControlError::Random(_)
+                | ControlError::Store(_)
+                | ControlError::ImportThread(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Rejected { status, .. } => *status,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "API request failed");
@@ -425,7 +538,7 @@ async fn list_machines(State(state): State<ControlState>) -> Json<Vec<Machine>> 
 
 async fn get_machine(
     State(state): State<ControlState>,
-    Path(mac): Path<String>,
+    PathArg(mac): PathArg<String>,
 ) -> Result<Json<Machine>, ApiError> {
     Ok(Json(state.machine(parse_mac(&mac)?)?))
 }
@@ -433,7 +546,7 @@ async fn get_machine(
 async fn create_machine(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(spec): Json<MachineSpec>,
+    Body(spec): Body<MachineSpec>,
 ) -> Result<Response, ApiError> {
     let machine = Machine::try_from(spec).map_err(ControlError::from)?;
     let body = machine.clone();
@@ -444,8 +557,8 @@ async fn create_machine(
 async fn put_machine(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(mac): Path<String>,
-    Json(spec): Json<MachineSpec>,
+    PathArg(mac): PathArg<String>,
+    Body(spec): Body<MachineSpec>,
 ) -> Result<Response, ApiError> {
     let machine = Machine::try_from(spec).map_err(ControlError::from)?;
     if machine.mac != parse_mac(&mac)? {
@@ -462,7 +575,7 @@ async fn put_machine(
 async fn delete_machine(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(mac): Path<String>,
+    PathArg(mac): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     let mac = parse_mac(&mac)?;
     blocking(move || state.delete_machine(&caller, mac)).await?;
@@ -475,7 +588,7 @@ async fn list_profiles(State(state): State<ControlState>) -> Json<Vec<BootProfil
 
 async fn get_profile(
     State(state): State<ControlState>,
-    Path(name): Path<String>,
+    PathArg(name): PathArg<String>,
 ) -> Result<Json<BootProfile>, ApiError> {
     Ok(Json(state.profile(&name)?))
 }
@@ -483,7 +596,7 @@ async fn get_profile(
 async fn create_profile(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(spec): Json<ProfileSpec>,
+    Body(spec): Body<ProfileSpec>,
 ) -> Result<Response, ApiError> {
     let profile = BootProfile::try_from(spec).map_err(ControlError::from)?;
     let body = profile.clone();
@@ -494,8 +607,8 @@ async fn create_profile(
 async fn put_profile(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    Json(spec): Json<ProfileSpec>,
+    PathArg(name): PathArg<String>,
+    Body(spec): Body<ProfileSpec>,
 ) -> Result<Response, ApiError> {
     if spec.name != name {
         return Err(ApiError::BadRequest(format!(
@@ -512,7 +625,7 @@ async fn put_profile(
 async fn delete_profile(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    PathArg(name): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || state.delete_profile(&caller, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -524,7 +637,7 @@ async fn list_images(State(state): State<ControlState>) -> Result<Response, ApiE
 
 async fn get_image(
     State(state): State<ControlState>,
-    Path(sha256): Path<String>,
+    PathArg(sha256): PathArg<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || state.image(&sha256)).await?).into_response())
 }
@@ -532,16 +645,50 @@ async fn get_image(
 async fn register_image(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(spec): Json<ImageSpec>,
+    Body(spec): Body<ImageSpec>,
 ) -> Result<Response, ApiError> {
     let (image, outcome) = blocking(move || state.register_image(&caller, spec)).await?;
     Ok(with_outcome(outcome, image))
 }
 
+async fn list_imports(State(state): State<ControlState>) -> Json<Vec<ImportJob>> {
+    Json(state.imports().list())
+}
+
+async fn get_import(
+    State(state): State<ControlState>,
+    PathArg(id): PathArg<String>,
+) -> Result<Json<ImportJob>, ApiError> {
+    let not_found = || {
+        ApiError::Control(ControlError::NotFound {
+            kind: "import",
+            key: id.clone(),
+        })
+    };
+    // Any id that is not a number names no job.
+    let n: u64 = id.parse().map_err(|_| not_found())?;
+    state.imports().get(n).map(Json).ok_or_else(not_found)
+}
+
+/// `POST /api/v1/images/imports`: 202 with the running job; its URL in `Location`.
+async fn start_import(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<ImportRequest>,
+) -> Result<Response, ApiError> {
+    let job = state.start_import(&caller, req).await?;
+    let location = format!("/api/v1/images/imports/{}", job.id);
+    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
 async fn delete_image(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(sha256): Path<String>,
+    PathArg(sha256): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || state.delete_image(&caller, &sha256)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -557,7 +704,7 @@ async fn list_sessions(State(state): State<ControlState>) -> Json<Vec<SessionSum
 
 async fn get_session(
     State(state): State<ControlState>,
-    Path(mac): Path<String>,
+    PathArg(mac): PathArg<String>,
 ) -> Result<Json<SessionTimeline>, ApiError> {
     let mac = parse_mac(&mac)?;
     state.sessions().timeline(mac).map(Json).ok_or_else(|| {
@@ -578,6 +725,8 @@ struct EventsQuery {
 /// What the event stream waits on between events.
 struct EventFeed {
     live: broadcast::Receiver<Arc<BootEvent>>,
+    /// Image import progress; `None` when the stream is one machine's.
+    imports: Option<broadcast::Receiver<Arc<ImportJob>>>,
     sessions: Arc<BootSessions>,
     mac: Option<MacAddr>,
     stop: Option<watch::Receiver<bool>>,
@@ -587,12 +736,34 @@ impl EventFeed {
     /// The next SSE event, or `None` when the server stops.
     async fn next(&mut self) -> Option<Event> {
         loop {
-            let received = match &mut self.stop {
-                Some(stop) => tokio::select! {
-                    r = self.live.recv() => r,
-                    _ = stop.wait_for(|stopping| *stopping) => return None,
+            let stopped = async {
+                match &mut self.stop {
+                    Some(stop) => drop(stop.wait_for(|stopping| *stopping).await),
+                    None => std::future::pending().await,
+                }
+            };
+            let import = async {
+                match &mut self.imports {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let received = tokio::select! {
+                r = self.live.recv() => r,
+                r = import => match r {
+                    Ok(job) => return Some(sse_json(Event::default().event("image_import"), &*job)),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return Some(sse_json(
+                            Event::default().event("lagged"),
+                            &serde_json::json!({ "missed": missed }),
+                        ));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.imports = None;
+                        continue;
+                    }
                 },
-                None => self.live.recv().await,
+                () = stopped => return None,
             };
             match received {
                 Ok(event) => {
@@ -626,12 +797,13 @@ fn sse_json(event: Event, data: &impl Serialize) -> Event {
 async fn boot_events(
     State(state): State<ControlState>,
     stopping: Option<Extension<Stopping>>,
-    Query(q): Query<EventsQuery>,
+    QueryArg(q): QueryArg<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
     let mac = q.mac.as_deref().map(parse_mac).transpose()?;
     let sessions = state.sessions().clone();
     let feed = EventFeed {
         live: sessions.subscribe(),
+        imports: mac.is_none().then(|| state.imports().subscribe()),
         sessions,
         mac,
         stop: stopping.map(|Extension(Stopping(rx))| rx),
@@ -660,7 +832,7 @@ fn default_audit_limit() -> usize {
 
 async fn list_audit(
     State(state): State<ControlState>,
-    Query(q): Query<AuditQuery>,
+    QueryArg(q): QueryArg<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.min(1000);
     Ok(Json(blocking(move || state.audit_entries(q.after, limit)).await?).into_response())
@@ -693,7 +865,7 @@ pub struct IssuedToken {
 async fn create_token(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<NewToken>,
+    Body(req): Body<NewToken>,
 ) -> Result<Response, ApiError> {
     let NewToken { name, role } = req;
     let n = name.clone();
@@ -704,7 +876,7 @@ async fn create_token(
 async fn revoke_token(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    PathArg(name): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || state.revoke_token(&caller, &name)).await?;
     Ok(StatusCode::NO_CONTENT)

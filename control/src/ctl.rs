@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ErrorBody, OUTCOME_HEADER};
 use crate::audit::AuditReport;
+use crate::imports::{ImportJob, ImportRequest, ImportState};
+use crate::model::Image;
 use crate::model::{
     Arch, BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, ValidationError,
 };
-use crate::sessions::EventView;
+use crate::sessions::{EventView, SessionSummary, SessionTimeline};
 use crate::state::PutOutcome;
 
 #[derive(Debug, Clone, Args)]
@@ -32,6 +34,10 @@ pub struct CtlArgs {
     /// Bearer token.
     #[arg(long, env = "STAMPEDE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM file of the CA(s) that signed the API's certificate (an `https://` URL); only these
+    /// are trusted then. Without it, the system's trust store is used.
+    #[arg(long, env = "STAMPEDE_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -56,9 +62,40 @@ pub enum CtlCommand {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// Follow boots live: one line per DHCP reply, TFTP transfer and HTTP response, until
-    /// Ctrl-C, `--count` events or `--timeout` seconds.
+    /// Follow boots live: one line per DHCP reply, TFTP transfer and HTTP response (and image
+    /// import progress), until Ctrl-C, `--count` events or `--timeout` seconds.
     Watch(WatchArgs),
+    /// Images in the appliance's store.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// Boot sessions: every machine's latest boot, or with MAC that machine's timeline (each
+    /// event, the wait before it, the gaps between stages).
+    Sessions {
+        /// aa:bb:cc:dd:ee:ff
+        mac: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImagesCommand {
+    List,
+    /// Copy a file on the appliance (or a URL) into its content-addressed store, showing progress until
+    /// it is done (a bar on a terminal, lines otherwise; `--json`: the finished job).
+    Import {
+        /// The image's name.
+        name: String,
+        /// Absolute path of a file on the appliance, or an http:// or https:// URL the
+        /// appliance fetches.
+        source: String,
+        /// Fail, storing nothing, unless the content has this SHA-256 (hex).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Start the import and print its job without waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Imports this appliance has run since it started.
+    Imports,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -141,6 +178,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 pub enum CtlError {
     #[error("no token: pass --token or set STAMPEDE_TOKEN")]
     NoToken,
+    #[error("--cacert {path}: {problem}")]
+    CaCert { path: PathBuf, problem: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    ClientSetup(#[source] reqwest::Error),
     #[error("cannot reach {url}: {source}")]
     Http {
         url: String,
@@ -182,6 +223,8 @@ pub enum CtlError {
     BadEvent(String),
     #[error("invalid --timeout {0}: expected a number of seconds")]
     BadTimeout(f64),
+    #[error("import {id} failed: {error}")]
+    ImportFailed { id: u64, error: String },
 }
 
 /// A typed client of the control API.
@@ -192,13 +235,45 @@ pub struct Client {
     token: String,
 }
 
+/// An HTTP client for the API, with ring as rustls's crypto. With `cacert`, it trusts exactly
+/// the CA certificates in that PEM file (an appliance's private CA), not the system's.
+pub fn http_client(cacert: Option<&std::path::Path>) -> Result<reqwest::Client, CtlError> {
+    // reqwest is built without a crypto provider of its own (that would be aws-lc-rs); it uses
+    // the process default. Installing fails only if one is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = cacert {
+        let ca_err = |problem: String| CtlError::CaCert {
+            path: path.to_owned(),
+            problem,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_err("no PEM CERTIFICATE block in the file".into()));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().map_err(CtlError::ClientSetup)
+}
+
 impl Client {
-    pub fn new(base: &str, token: &str) -> Self {
-        Self {
-            http: reqwest::Client::new(),
+    pub fn new(base: &str, token: &str) -> Result<Self, CtlError> {
+        Self::with_cacert(base, token, None)
+    }
+
+    /// A client that trusts only the CAs in `cacert` (see [`http_client`]).
+    pub fn with_cacert(
+        base: &str,
+        token: &str,
+        cacert: Option<&std::path::Path>,
+    ) -> Result<Self, CtlError> {
+        Ok(Self {
+            http: http_client(cacert)?,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-        }
+        })
     }
 
     async fn send(
@@ -307,6 +382,39 @@ impl Client {
             response,
             buf: Vec::new(),
         })
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<SessionSummary>, CtlError> {
+        self.get("/api/v1/sessions").await
+    }
+
+    pub async fn session(&self, mac: &str) -> Result<SessionTimeline, CtlError> {
+        self.get(&format!("/api/v1/sessions/{mac}")).await
+    }
+
+    pub async fn images(&self) -> Result<Vec<Image>, CtlError> {
+        self.get("/api/v1/images").await
+    }
+
+    pub async fn imports(&self) -> Result<Vec<ImportJob>, CtlError> {
+        self.get("/api/v1/images/imports").await
+    }
+
+    pub async fn import(&self, id: u64) -> Result<ImportJob, CtlError> {
+        self.get(&format!("/api/v1/images/imports/{id}")).await
+    }
+
+    /// Starts an import; the job comes back running.
+    pub async fn start_import(&self, req: &ImportRequest) -> Result<ImportJob, CtlError> {
+        let path = "/api/v1/images/imports";
+        self.send(reqwest::Method::POST, path, Some(req))
+            .await?
+            .json()
+            .await
+            .map_err(|source| CtlError::Http {
+                url: format!("{}{path}", self.base),
+                source,
+            })
     }
 
     pub async fn verify_audit(&self) -> Result<AuditReport, CtlError> {
@@ -435,6 +543,26 @@ pub fn watch_line(event: &EventView) -> String {
     )
 }
 
+/// One line of `stampede ctl watch` for an image import's progress.
+pub fn import_line(job: &ImportJob) -> String {
+    let at = job.finished_at_ms.unwrap_or(job.started_at_ms);
+    let mut line = format!(
+        "{}  image import {} {} {}: {}",
+        clock_time(at),
+        job.id,
+        job.name,
+        state_word(job.state),
+        import_progress(job)
+    );
+    if let Some(sha) = &job.sha256 {
+        line.push_str(&format!(" sha256={sha}"));
+    }
+    if let Some(e) = &job.error {
+        line.push_str(&format!(" error={e}"));
+    }
+    line
+}
+
 async fn watch(
     client: &Client,
     args: WatchArgs,
@@ -468,6 +596,19 @@ async fn watch(
         if message.event == "lagged" {
             writeln!(out, "# fell behind: {}", message.data)?;
             out.flush()?;
+            continue;
+        }
+        if message.event == "image_import" {
+            let job: ImportJob = serde_json::from_str(&message.data)
+                .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
+            if json {
+                serde_json::to_writer(&mut *out, &job).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", import_line(&job))?;
+            }
+            out.flush()?;
+            seen += 1;
             continue;
         }
         let event: EventView = serde_json::from_str(&message.data)
@@ -553,9 +694,14 @@ pub struct ApplyReport {
 
 /// Runs one `stampede ctl` command, printing to stdout.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
-    if matches!(args.command, CtlCommand::Watch(_)) {
+    if matches!(
+        args.command,
+        CtlCommand::Watch(_) | CtlCommand::Images(ImagesCommand::Import { .. })
+    ) {
         // Lines must appear as events arrive, not when the command ends.
-        return run_to(args, &mut std::io::stdout()).await;
+        use std::io::IsTerminal as _;
+        let tty = std::io::stdout().is_terminal();
+        return run_with(args, &mut std::io::stdout(), tty).await;
     }
     let mut out = Vec::new();
     let result = run_to(args, &mut out).await;
@@ -565,8 +711,13 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
 
 /// [`run`] writing to `out` (tests read what a person would see).
 pub async fn run_to(args: CtlArgs, out: &mut impl Write) -> Result<(), CtlError> {
+    run_with(args, out, false).await
+}
+
+/// `tty`: `out` is a terminal, so progress may redraw one line.
+async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), CtlError> {
     let token = args.token.as_deref().ok_or(CtlError::NoToken)?;
-    let client = Client::new(&args.url, token);
+    let client = Client::with_cacert(&args.url, token, args.cacert.as_deref())?;
     match args.command {
         CtlCommand::Machines(MachinesCommand::List) => {
             let machines = client.machines().await?;
@@ -691,6 +842,93 @@ pub async fn run_to(args: CtlArgs, out: &mut impl Write) -> Result<(), CtlError>
             print_outcome(out, args.json, "profile", &spec.name, outcome)
         }
         CtlCommand::Watch(watch_args) => watch(&client, watch_args, args.json, out).await,
+        CtlCommand::Images(ImagesCommand::List) => {
+            let images = client.images().await?;
+            if args.json {
+                return print_json(out, &images);
+            }
+            let rows = images
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.sha256.clone(),
+                        i.size.to_string(),
+                        i.path.clone(),
+                    ]
+                })
+                .collect();
+            print_table(out, &["NAME", "SHA256", "BYTES", "PATH"], rows)
+        }
+        CtlCommand::Images(ImagesCommand::Imports) => {
+            let jobs = client.imports().await?;
+            if args.json {
+                return print_json(out, &jobs);
+            }
+            let rows = jobs
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.id.to_string(),
+                        j.name.clone(),
+                        state_word(j.state).to_owned(),
+                        import_progress(j),
+                        j.sha256.clone().unwrap_or_default(),
+                        j.error.clone().unwrap_or_else(|| j.source.clone()),
+                    ]
+                })
+                .collect();
+            print_table(
+                out,
+                &["ID", "NAME", "STATE", "BYTES", "SHA256", "SOURCE/ERROR"],
+                rows,
+            )
+        }
+        CtlCommand::Images(ImagesCommand::Import {
+            name,
+            source,
+            sha256,
+            detach,
+        }) => {
+            let req = ImportRequest {
+                name,
+                source,
+                sha256,
+            };
+            let job = client.start_import(&req).await?;
+            if detach {
+                return print_json(out, &job);
+            }
+            follow_import(&client, job, args.json, tty, out).await
+        }
+        CtlCommand::Sessions { mac: None } => {
+            let sessions = client.sessions().await?;
+            if args.json {
+                return print_json(out, &sessions);
+            }
+            let rows = sessions.iter().map(session_row).collect();
+            print_table(
+                out,
+                &[
+                    "MAC",
+                    "IP",
+                    "BOOT",
+                    "OUTCOME",
+                    "STARTED",
+                    "DURATION",
+                    "STAGES",
+                    "LAST EVENT",
+                ],
+                rows,
+            )
+        }
+        CtlCommand::Sessions { mac: Some(mac) } => {
+            let timeline = client.session(&mac).await?;
+            if args.json {
+                return print_json(out, &timeline);
+            }
+            print_timeline(out, &timeline)
+        }
         CtlCommand::Audit(AuditCommand::Verify) => {
             let report = client.verify_audit().await?;
             if args.json {
@@ -727,6 +965,242 @@ pub async fn run_to(args: CtlArgs, out: &mut impl Write) -> Result<(), CtlError>
             print_table(out, &["KIND", "CREATED", "UPDATED", "UNCHANGED"], rows)
         }
     }
+}
+
+fn state_word(s: ImportState) -> &'static str {
+    match s {
+        ImportState::Running => "running",
+        ImportState::Done => "done",
+        ImportState::Failed => "failed",
+    }
+}
+
+/// How often `ctl images import` asks how far the import is.
+const IMPORT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Line mode prints at most one progress line per this interval.
+const IMPORT_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `None` when the size is unknown (an HTTP source that did not say).
+fn percent(job: &ImportJob) -> Option<u64> {
+    let total = job.bytes_total?;
+    // An empty source is complete from the start.
+    Some(
+        (job.bytes_done.min(total) * 100)
+            .checked_div(total)
+            .unwrap_or(100),
+    )
+}
+
+/// `1048576/4194304 bytes (25%)`, or `1048576 bytes` when the size is unknown.
+fn import_progress(job: &ImportJob) -> String {
+    match (job.bytes_total, percent(job)) {
+        (Some(total), Some(pct)) => format!("{}/{total} bytes ({pct}%)", job.bytes_done),
+        _ => format!("{} bytes", job.bytes_done),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// One redrawn terminal line: `[#####.....]  45%  28.8/64.0 MiB`.
+fn progress_bar(job: &ImportJob) -> String {
+    const WIDTH: u64 = 30;
+    let (Some(pct), Some(total)) = (percent(job), job.bytes_total) else {
+        return format!("\r{:.1} MiB", mib(job.bytes_done));
+    };
+    let filled = (pct * WIDTH / 100) as usize;
+    format!(
+        "\r[{}{}] {pct:>3}%  {:.1}/{:.1} MiB",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        mib(job.bytes_done),
+        mib(total)
+    )
+}
+
+/// Polls the job until it ends, showing progress; fails if the import failed.
+async fn follow_import(
+    client: &Client,
+    mut job: ImportJob,
+    json: bool,
+    tty: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let mut last_line: Option<std::time::Instant> = None;
+    let mut last_shown = None;
+    loop {
+        if !json && last_shown != Some((job.bytes_done, job.state)) {
+            if tty {
+                write!(out, "{}", progress_bar(&job))?;
+                out.flush()?;
+                last_shown = Some((job.bytes_done, job.state));
+            } else if job.state != ImportState::Running
+                || last_line.is_none_or(|t| t.elapsed() >= IMPORT_LINE_INTERVAL)
+            {
+                writeln!(
+                    out,
+                    "import {} {}: {}",
+                    job.id,
+                    state_word(job.state),
+                    import_progress(&job)
+                )?;
+                out.flush()?;
+                last_line = Some(std::time::Instant::now());
+                last_shown = Some((job.bytes_done, job.state));
+            }
+        }
+        if job.state != ImportState::Running {
+            break;
+        }
+        tokio::time::sleep(IMPORT_POLL).await;
+        job = client.import(job.id).await?;
+    }
+    if json {
+        print_json(out, &job)?;
+    } else {
+        if tty {
+            writeln!(out)?;
+        }
+        if job.state == ImportState::Done {
+            let outcome = match job.outcome {
+                Some(PutOutcome::Unchanged) => "already in the store",
+                _ => "stored",
+            };
+            writeln!(
+                out,
+                "image {} sha256 {} ({} bytes) {outcome}",
+                job.name,
+                job.sha256.as_deref().unwrap_or("?"),
+                job.bytes_done
+            )?;
+        }
+    }
+    match job.state {
+        ImportState::Failed => Err(CtlError::ImportFailed {
+            id: job.id,
+            error: job.error.unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A duration for a person: `38ms`, `12.345s`.
+fn seconds(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+    }
+}
+
+fn session_row(s: &SessionSummary) -> Vec<String> {
+    let outcome = serde_json::to_value(s.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    vec![
+        s.mac.to_string(),
+        s.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        s.boot.to_string(),
+        outcome,
+        clock_time(s.first_unix_ms),
+        seconds(s.duration_ms),
+        s.stages
+            .iter()
+            .map(|st| format!("{}:{}", st.stage, st.events))
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.last_event.clone(),
+    ]
+}
+
+fn print_timeline(out: &mut impl Write, t: &SessionTimeline) -> Result<(), CtlError> {
+    let s = &t.summary;
+    let row = session_row(s);
+    writeln!(
+        out,
+        "{}  ip {}  boot {}  {}  {} over {} events{}",
+        row[0],
+        if row[1].is_empty() { "-" } else { &row[1] },
+        s.boot,
+        row[3],
+        row[5],
+        s.events,
+        if s.dropped_events > 0 {
+            format!(" ({} dropped)", s.dropped_events)
+        } else {
+            String::new()
+        }
+    )?;
+    writeln!(out)?;
+    let rows = t
+        .timeline
+        .iter()
+        .map(|e| {
+            vec![
+                clock_time(e.event.at_unix_ms),
+                format!("+{}", seconds(e.since_start_ms)),
+                seconds(e.since_prev_ms),
+                e.event.kind.name().to_owned(),
+                e.event.kind.describe(),
+            ]
+        })
+        .collect();
+    print_table(
+        out,
+        &["TIME", "SINCE START", "WAIT", "EVENT", "DETAIL"],
+        rows,
+    )?;
+    if !s.stages.is_empty() {
+        writeln!(out)?;
+        let rows = s
+            .stages
+            .iter()
+            .map(|st| {
+                vec![
+                    st.stage.clone(),
+                    seconds(st.last_unix_ms.saturating_sub(st.first_unix_ms)),
+                    st.events.to_string(),
+                    st.bytes.to_string(),
+                    st.failures.to_string(),
+                    st.retransmits.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            out,
+            &[
+                "STAGE",
+                "TOOK",
+                "EVENTS",
+                "BYTES",
+                "FAILURES",
+                "RETRANSMITS",
+            ],
+            rows,
+        )?;
+    }
+    for gap in &t.gaps {
+        writeln!(
+            out,
+            "wait {} -> {}: {}",
+            gap.from,
+            gap.to,
+            seconds(gap.gap_ms)
+        )?;
+    }
+    if let Some(w) = &t.longest_wait {
+        writeln!(
+            out,
+            "longest wait: {} before {} {}",
+            seconds(w.since_prev_ms),
+            w.event.kind.name(),
+            w.event.kind.describe()
+        )?;
+    }
+    Ok(())
 }
 
 fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), CtlError> {

@@ -14,13 +14,18 @@
 //!   [`EventSink`](stampede_proto::events::EventSink); it keeps per-machine boot timelines for
 //!   `/api/v1/sessions` and streams every event to `/api/v1/events`.
 //!
+//! - Images: [`ControlState::attach_image_store`] gives imports (`/api/v1/images/imports`,
+//!   [`imports`]) the content store to copy into; each import runs on a thread of its own.
+//!
 //! # Running the API
-//! [`api::serve`] with an [`api::ApiConfig`] (default `127.0.0.1:7070`); the API runs on the
-//! tokio runtime it is given, which is meant to live on cores the data plane does not use.
+//! [`api::serve`] with an [`api::ApiConfig`] (default `127.0.0.1:7070`, plain HTTP; HTTPS with
+//! a [`tls::ApiTls`]); the API runs on the tokio runtime it is given, which is meant to live on
+//! cores the data plane does not use.
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod ctl;
+pub mod imports;
 pub mod leases;
 pub mod metrics;
 pub mod model;
@@ -28,6 +33,7 @@ pub mod openapi;
 pub mod sessions;
 pub mod state;
 mod store;
+pub mod tls;
 
 pub use audit::{AuditEntry, AuditProblem, AuditReport};
 pub use auth::{Caller, Role};
@@ -37,3 +43,15 @@ pub use model::{BootProfile, FleetSnapshot, MacAddr, Machine, MachineSpec, Profi
 pub use sessions::{BootSessions, SessionLimits};
 pub use state::{ADMIN_TOKEN_ENV, ControlError, ControlState, PutOutcome};
 pub use store::StoreError;
+
+/// An error and its sources, `: `-separated (what a log line or an API answer shows).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

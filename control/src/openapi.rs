@@ -26,6 +26,20 @@ fn path_param(name: &str, description: &str) -> Value {
             "schema": { "type": "string" } })
 }
 
+/// What the server accepts as a MAC: six hex octets separated by ':' or '-'.
+const MAC_PATTERN: &str = "^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$";
+/// Names of profiles, images and tokens (`model::validate_name`).
+const NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$";
+const SHA256_PATTERN: &str = "^[0-9A-Fa-f]{64}$";
+
+fn mac_string() -> Value {
+    json!({ "type": "string", "pattern": MAC_PATTERN, "example": "52:54:00:12:34:56" })
+}
+
+fn name_string() -> Value {
+    json!({ "type": "string", "pattern": NAME_PATTERN })
+}
+
 /// One operation. `role` is `None` for public routes.
 fn op(summary: &str, role: Option<&str>, mut responses: Value) -> Value {
     let mut o = json!({ "summary": summary });
@@ -41,15 +55,30 @@ fn op(summary: &str, role: Option<&str>, mut responses: Value) -> Value {
     o
 }
 
+/// Sets the response for `status` unless the operation already documents it.
+fn add_response(o: &mut Value, status: &str, description: &str) {
+    if o["responses"].get(status).is_none() {
+        o["responses"][status] = error(description);
+    }
+}
+
+/// A JSON request body. axum refuses a body before the handler sees it: 415 without a JSON
+/// content type, 400 for malformed JSON, 422 when it does not fit the schema, 413 over 2 MB.
 fn with_body(mut o: Value, schema: Value) -> Value {
     let mut body = json_body(schema);
     body["required"] = json!(true);
     o["requestBody"] = body;
+    add_response(&mut o, "400", "Malformed JSON");
+    add_response(&mut o, "413", "Body over 2 MB");
+    add_response(&mut o, "415", "Not application/json");
+    add_response(&mut o, "422", "Body does not fit the schema");
     o
 }
 
+/// Parameters; a path or query that cannot be decoded gets 400.
 fn with_params(mut o: Value, params: Value) -> Value {
     o["parameters"] = params;
+    add_response(&mut o, "400", "Bad parameter");
     o
 }
 
@@ -97,7 +126,7 @@ fn schemas() -> Value {
         "Arch": arch,
         "Machine": { "type": "object", "required": ["mac"], "additionalProperties": false,
             "properties": {
-                "mac": { "type": "string", "example": "52:54:00:12:34:56" },
+                "mac": mac_string(),
                 "uuid": { "type": "string", "format": "uuid" },
                 "arch": schema_ref("Arch"),
                 "hostname": { "type": "string" },
@@ -108,7 +137,7 @@ fn schemas() -> Value {
         "BootTarget": boot_target,
         "Profile": { "type": "object", "required": ["name", "kernel"],
             "properties": {
-                "name": { "type": "string" },
+                "name": name_string(),
                 "kernel": { "type": "string" },
                 "initrds": { "type": "array", "items": { "type": "string" } },
                 "cmdline": { "type": "string" },
@@ -117,7 +146,7 @@ fn schemas() -> Value {
                               "additionalProperties": schema_ref("BootTarget") }
             } },
         "ImageSpec": { "type": "object", "required": ["name", "path"],
-            "properties": { "name": { "type": "string" },
+            "properties": { "name": name_string(),
                             "path": { "type": "string", "description": "File on the appliance" } } },
         "Image": { "type": "object", "required": ["sha256", "name", "path", "size", "registered_at_ms"],
             "properties": { "sha256": { "type": "string" }, "name": { "type": "string" },
@@ -199,8 +228,30 @@ fn schemas() -> Value {
                 "longest_wait": { "allOf": [schema_ref("TimelineEntry")], "nullable": true },
                 "timeline": { "type": "array", "items": schema_ref("TimelineEntry") }
             } }] },
+        "ImportRequest": { "type": "object", "required": ["name", "source"], "additionalProperties": false,
+            "properties": { "name": name_string(),
+                            "source": { "type": "string", "description": "Absolute path of a file on the appliance, or an http:// or https:// URL" },
+                            "sha256": { "type": "string", "nullable": true, "pattern": SHA256_PATTERN,
+                                        "description": "Hex SHA-256 the content must have; otherwise the import fails and stores nothing" } } },
+        "ImportJob": { "type": "object",
+            "required": ["id", "name", "source", "state", "bytes_done", "bytes_total", "sha256",
+                         "expected_sha256", "outcome", "error", "started_at_ms", "finished_at_ms"],
+            "properties": {
+                "id": { "type": "integer", "format": "int64" },
+                "name": { "type": "string" }, "source": { "type": "string" },
+                "state": { "type": "string", "enum": ["running", "done", "failed"] },
+                "bytes_done": { "type": "integer", "format": "int64" },
+                "bytes_total": { "type": "integer", "format": "int64", "nullable": true,
+                                 "description": "The source's size when the import started; null when an HTTP server did not say" },
+                "sha256": { "type": "string", "nullable": true, "description": "Set when done" },
+                "expected_sha256": { "type": "string", "nullable": true },
+                "outcome": { "type": "string", "enum": ["created", "updated", "unchanged"], "nullable": true,
+                             "description": "Set when done: unchanged when the store already held this content" },
+                "error": { "type": "string", "nullable": true, "description": "Set when failed" },
+                "started_at_ms": { "type": "integer", "format": "int64" },
+                "finished_at_ms": { "type": "integer", "format": "int64", "nullable": true } } },
         "NewToken": { "type": "object", "required": ["name", "role"],
-            "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } },
+            "properties": { "name": name_string(), "role": schema_ref("Role") } },
         "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
             "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
                             "token": { "type": "string", "description": "Shown once" } } }
@@ -212,7 +263,9 @@ pub fn document() -> Value {
     let read = Some("read");
     let operator = Some("operator");
     let admin = Some("admin");
-    let mac = json!([path_param("mac", "aa:bb:cc:dd:ee:ff")]);
+    let mut mac_path = path_param("mac", "aa:bb:cc:dd:ee:ff");
+    mac_path["schema"] = mac_string();
+    let mac = json!([mac_path]);
     let mac_param = mac.clone();
     let name = json!([path_param("name", "Profile name")]);
     let sha = json!([path_param("sha256", "Hex SHA-256 of the image")]);
@@ -222,7 +275,8 @@ pub fn document() -> Value {
         "openapi": "3.0.3",
         "info": { "title": "Stampede control API", "version": env!("CARGO_PKG_VERSION"),
                   "description": "Machines, boot profiles, images and leases of a Stampede network-boot appliance." },
-        "servers": [{ "url": "http://127.0.0.1:7070" }],
+        // Relative: the document is right wherever it is served from, over HTTP or HTTPS.
+        "servers": [{ "url": "/" }],
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": schemas()
@@ -271,6 +325,25 @@ pub fn document() -> Value {
                 "post": with_body(op("Register a file on the appliance as an image (hashed)", operator,
                                      put_responses("Image")), schema_ref("ImageSpec"))
             },
+            "/api/v1/images/imports": {
+                "get": op("Image imports since the appliance started", read,
+                          json!({ "200": ok("Import jobs", list_of("ImportJob")) })),
+                "post": with_body(op("Import a file on the appliance into the image store; returns at once", operator, json!({
+                    "202": { "description": "Import started; follow it at Location or on /api/v1/events (event image_import)",
+                             "headers": { "Location": { "description": "URL of the job",
+                                                        "schema": { "type": "string" } } },
+                             "content": { "application/json": { "schema": schema_ref("ImportJob") } } },
+                    "400": error("Malformed body"),
+                    "422": error("Bad name, sha256 or source (missing, not a regular file, unreadable, an HTTP error)"),
+                    "429": error("Too many imports running"),
+                    "503": error("No image store on this appliance") })),
+                    schema_ref("ImportRequest"))
+            },
+            "/api/v1/images/imports/{id}": {
+                "get": with_params(op("One import's progress", read,
+                    json!({ "200": ok("Import job", schema_ref("ImportJob")), "404": not_found() })),
+                    json!([path_param("id", "Job id")]))
+            },
             "/api/v1/images/{sha256}": {
                 "get": with_params(op("Get an image", read,
                     json!({ "200": ok("Image", schema_ref("Image")), "404": not_found() })), sha.clone()),
@@ -291,7 +364,9 @@ pub fn document() -> Value {
             "/api/v1/events": {
                 "get": with_params(op("Boot events as they happen (Server-Sent Events)", read, json!({
                     "200": { "description": "One SSE event per boot event: `event:` is its kind, \
-                        `data:` a BootEvent as JSON. `event: lagged` with data {\"missed\": n} \
+                        `data:` a BootEvent as JSON. Without `mac`, also `event: image_import` \
+                        with an ImportJob as data at an import's start, every 250 ms while it \
+                        runs and at its end. `event: lagged` with data {\"missed\": n} \
                         when this reader fell behind.",
                         "content": { "text/event-stream": { "schema": schema_ref("BootEvent") } } },
                     "400": error("Bad MAC") })),

@@ -2,7 +2,7 @@
 //! mutation (each one committed together with its audit entry, then published).
 use std::io::Read as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use redb::{Database, ReadableDatabase as _, ReadableTable, WriteTransaction};
 use serde::Serialize;
@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::audit::{self, AuditEntry, AuditReport};
 use crate::auth::{self, Caller, RandomError, Role, TokenRecord};
+use crate::imports::{ImageStore, ImageStoreError, ImportJob, ImportJobs, ImportRequest};
 use crate::leases::{self, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::model::{
@@ -20,6 +21,9 @@ use crate::sessions::{BootSessions, SessionLimits};
 use crate::store::{
     self, DbContext, IMAGES, MACHINES, PROFILES, StoreError, TOKENS, decode, encode, read_all,
 };
+
+/// A SHA-256 digest as bytes.
+type Sha256Bytes = [u8; 32];
 
 /// Environment variable that may hold the first admin token.
 pub const ADMIN_TOKEN_ENV: &str = "STAMPEDE_ADMIN_TOKEN";
@@ -46,6 +50,19 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot import {source_path}: {problem}")]
+    ImportSource {
+        source_path: String,
+        problem: String,
+    },
+    #[error("invalid sha256 {0:?}: expected 64 hex digits")]
+    BadDigest(String),
+    #[error("this appliance has no image store (imports need a running appliance)")]
+    NoImageStore,
+    #[error("{0} imports are running; start another when one has finished")]
+    TooManyImports(usize),
+    #[error("cannot start the import thread: {0}")]
+    ImportThread(#[source] std::io::Error),
     #[error(transparent)]
     Random(#[from] RandomError),
     #[error(transparent)]
@@ -54,7 +71,7 @@ pub enum ControlError {
 
 /// What a PUT did; an unchanged PUT writes nothing, audits nothing and publishes nothing, which
 /// is what makes `apply` idempotent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PutOutcome {
     Created,
@@ -78,6 +95,9 @@ struct Inner {
     writer: Mutex<()>,
     metrics: Metrics,
     sessions: Arc<BootSessions>,
+    imports: ImportJobs,
+    /// Set once by the appliance; imports are refused until then.
+    image_store: OnceLock<Arc<dyn ImageStore>>,
 }
 
 /// Shared handle to the control plane's state; cloning is cheap.
@@ -124,6 +144,8 @@ impl ControlState {
                 writer: Mutex::new(()),
                 metrics,
                 sessions,
+                imports: ImportJobs::new(),
+                image_store: OnceLock::new(),
             }),
         };
         state.update_fleet_gauges();
@@ -345,6 +367,13 @@ impl ControlState {
             source,
         };
         let mut file = std::fs::File::open(&spec.path).map_err(file_err)?;
+        // A device or FIFO (/dev/zero, a pipe) would be read forever.
+        if !file.metadata().map_err(file_err)?.is_file() {
+            return Err(file_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut buf = vec![0u8; 1 << 20];
@@ -377,6 +406,163 @@ impl ControlState {
             audit::append(txn, &actor.name, "image.register", &sha256, json(&image))?;
             Ok((image.clone(), PutOutcome::Created))
         })
+    }
+
+    /// Where imports copy to. Only the first call has an effect.
+    pub fn attach_image_store(&self, store: Arc<dyn ImageStore>) {
+        let _ = self.inner.image_store.set(store);
+    }
+
+    pub fn imports(&self) -> &ImportJobs {
+        &self.inner.imports
+    }
+
+    /// What every import checks first: the name, the expected digest, that there is a store.
+    fn import_precheck(
+        &self,
+        req: &ImportRequest,
+    ) -> Result<(Arc<dyn ImageStore>, Option<Sha256Bytes>), ControlError> {
+        validate_name(&req.name)?;
+        let expected = match &req.sha256 {
+            None => None,
+            Some(hex_digest) => {
+                let mut bytes = [0u8; 32];
+                if hex_digest.len() != 64 || hex::decode_to_slice(hex_digest, &mut bytes).is_err() {
+                    return Err(ControlError::BadDigest(hex_digest.clone()));
+                }
+                Some(bytes)
+            }
+        };
+        let store = Arc::clone(
+            self.inner
+                .image_store
+                .get()
+                .ok_or(ControlError::NoImageStore)?,
+        );
+        Ok((store, expected))
+    }
+
+    /// Starts importing `req.source`, a file on the appliance (an absolute path) or an
+    /// `http://`/`https://` URL; returns the running job at once. The copy runs on a thread of
+    /// its own. Must be called on a tokio runtime (a URL's body is read by a task).
+    pub async fn start_import(
+        &self,
+        actor: &Caller,
+        req: ImportRequest,
+    ) -> Result<ImportJob, ControlError> {
+        let (store, expected) = self.import_precheck(&req)?;
+        let source_err = |problem: String| ControlError::ImportSource {
+            source_path: req.source.clone(),
+            problem,
+        };
+        let (reader, total): (Box<dyn std::io::Read + Send>, Option<u64>) =
+            if req.source.starts_with("http://") || req.source.starts_with("https://") {
+                let (body, total) = crate::imports::fetch(&req.source)
+                    .await
+                    .map_err(source_err)?;
+                (Box::new(body), total)
+            } else {
+                if !Path::new(&req.source).is_absolute() {
+                    return Err(source_err(
+                        "neither an absolute path to a file on the appliance nor an http(s) URL"
+                            .into(),
+                    ));
+                }
+                let path = req.source.clone();
+                let opened = tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&path)?;
+                    let meta = file.metadata()?;
+                    Ok::<_, std::io::Error>((file, meta))
+                })
+                .await
+                .map_err(|e| source_err(e.to_string()))?
+                .map_err(|e| source_err(e.to_string()))?;
+                let (file, meta) = opened;
+                // A device or FIFO (/dev/zero, a pipe) would be read forever.
+                if !meta.is_file() {
+                    return Err(source_err("not a regular file".into()));
+                }
+                (Box::new(file), Some(meta.len()))
+            };
+        let handle = self
+            .inner
+            .imports
+            .start(&req, total, store::now_ms())
+            .ok_or(ControlError::TooManyImports(
+                crate::imports::MAX_RUNNING_IMPORTS,
+            ))?;
+        let handle = Arc::new(handle);
+        let job = handle.snapshot();
+        let state = self.clone();
+        let actor = actor.clone();
+        let worker = Arc::clone(&handle);
+        let spawned = std::thread::Builder::new()
+            .name(format!("image-import-{}", job.id))
+            .spawn(move || {
+                let handle = worker;
+                let result =
+                    state.run_import(&actor, &req, &handle, reader, store.as_ref(), expected);
+                if let Err(e) = &result {
+                    tracing::warn!(job = handle.id(), source = %req.source, error = %e, "image import failed");
+                }
+                handle.finish(result.map_err(|e| e.to_string()), store::now_ms());
+            });
+        if let Err(e) = spawned {
+            handle.finish(
+                Err(format!("cannot start the import thread: {e}")),
+                store::now_ms(),
+            );
+            return Err(ControlError::ImportThread(e));
+        }
+        Ok(job)
+    }
+
+    fn run_import(
+        &self,
+        actor: &Caller,
+        req: &ImportRequest,
+        handle: &crate::imports::JobHandle,
+        source: Box<dyn std::io::Read + Send>,
+        store: &dyn ImageStore,
+        expected: Option<[u8; 32]>,
+    ) -> Result<(String, PutOutcome), ControlError> {
+        let mut reader = handle.reader(source);
+        let stored = store.import(&mut reader, expected).map_err(|e| match e {
+            ImageStoreError::Mismatch { .. } => ControlError::ImportSource {
+                source_path: req.source.clone(),
+                problem: e.to_string(),
+            },
+            ImageStoreError::Other(e) => ControlError::ImportSource {
+                source_path: req.source.clone(),
+                problem: crate::error_chain(e.as_ref()),
+            },
+        })?;
+        let sha256 = hex::encode(stored.sha256);
+        let size = handle.snapshot().bytes_done;
+        let image = Image {
+            sha256: sha256.clone(),
+            name: req.name.clone(),
+            path: stored.path.to_string_lossy().into_owned(),
+            size,
+            registered_at_ms: store::now_ms(),
+        };
+        let detail = serde_json::json!({
+            "name": image.name, "path": image.path, "size": size,
+            "source": req.source, "job": handle.id(),
+        });
+        let outcome = self.mutate(|txn, _| {
+            let mut table = txn.open_table(IMAGES).db("opening images")?;
+            if table.get(sha256.as_str()).db("reading an image")?.is_some() {
+                return Ok(PutOutcome::Unchanged);
+            }
+            table
+                .insert(sha256.as_str(), encode(&image).as_slice())
+                .db("writing an image")?;
+            drop(table);
+            audit::append(txn, &actor.name, "image.import", &sha256, detail)?;
+            Ok(PutOutcome::Created)
+        })?;
+        Ok((sha256, outcome))
     }
 
     pub fn delete_image(&self, actor: &Caller, sha256: &str) -> Result<(), ControlError> {

@@ -157,11 +157,23 @@ pub struct ServerSettings {
     pub http_port: u16,
     /// Where the control API listens.
     pub api: SocketAddr,
+    /// HTTPS for the control API with this certificate and key; `None`: plain HTTP.
+    pub api_tls: Option<ApiTlsFiles>,
     /// Worker threads (one io_uring each); `None`: one per core.
     pub workers: Option<NonZeroUsize>,
     /// Answer IPv6 router solicitations with an empty RA where no other router speaks, so
     /// firmware stops waiting for IPv6 autoconfiguration ([`stampede_proto::ndp`]).
     pub router_advertisements: bool,
+}
+
+/// `server.api_tls_cert` and `server.api_tls_key`: PEM files, read when the API starts (a bad
+/// file stops the start with the file's name and the problem).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[dhcp] mode`.
@@ -349,6 +361,8 @@ pub enum Problem {
     AddressNeedsOneInterface(usize),
     #[error("{value} is out of range {min}..={max}")]
     OutOfRange { value: u64, min: u64, max: u64 },
+    #[error("a certificate needs its key and a key its certificate: set both or neither")]
+    TlsPairIncomplete,
     #[error("{0:?} is not a socket address like 127.0.0.1:7070")]
     BadSocketAddr(String),
     #[error("authoritative DHCP needs server.interfaces to name the boot network")]
@@ -474,6 +488,8 @@ pub mod wire {
         pub address: Option<Ipv4Addr>,
         pub http_port: Option<u16>,
         pub api: Option<String>,
+        pub api_tls_cert: Option<PathBuf>,
+        pub api_tls_key: Option<PathBuf>,
         pub workers: Option<u64>,
         pub router_advertisements: Option<RouterAdvertisements>,
     }
@@ -816,6 +832,25 @@ fn server(w: &wire::Server, dhcp_mode: DhcpMode) -> Result<ServerSettings, Confi
     let api = api_text.parse().map_err(|_| {
         ConfigError::invalid("server.api", Problem::BadSocketAddr(api_text.to_owned()))
     })?;
+    let api_tls = match (&w.api_tls_cert, &w.api_tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(ApiTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "server.api_tls_cert",
+                Problem::TlsPairIncomplete,
+            ));
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "server.api_tls_key",
+                Problem::TlsPairIncomplete,
+            ));
+        }
+    };
     let workers = match w.workers {
         None => None,
         Some(n) => Some(
@@ -831,6 +866,7 @@ fn server(w: &wire::Server, dhcp_mode: DhcpMode) -> Result<ServerSettings, Confi
         address: w.address,
         http_port,
         api,
+        api_tls,
         workers,
         router_advertisements: w.router_advertisements.unwrap_or_default()
             == wire::RouterAdvertisements::Auto,
@@ -1721,10 +1757,27 @@ kernel = "vmlinuz"
     }
 
     #[test]
+    fn api_tls_files_are_read_as_a_pair() {
+        let text = format!(
+            "[server]\napi = \"0.0.0.0:7443\"\napi_tls_cert = \"/etc/stampede/api.pem\"\n\
+             api_tls_key = \"/etc/stampede/api.key\"\n{MINIMAL}"
+        );
+        let c = parse(&text);
+        assert_eq!(
+            c.server.api_tls,
+            Some(ApiTlsFiles {
+                cert: PathBuf::from("/etc/stampede/api.pem"),
+                key: PathBuf::from("/etc/stampede/api.key"),
+            })
+        );
+    }
+
+    #[test]
     fn minimal_file_gets_documented_defaults() {
         let c = parse(MINIMAL);
         assert_eq!(c.server.http_port, 8080);
         assert_eq!(c.server.api, "127.0.0.1:7070".parse().expect("address"));
+        assert_eq!(c.server.api_tls, None, "plain HTTP on loopback");
         assert_eq!(c.server.workers, None, "all cores");
         assert_eq!(
             c.dhcp.mode,
@@ -1845,6 +1898,8 @@ kernel = "vmlinuz"
             ("[server]\nhttp_port = 0".into(), "server.http_port", "out of range"),
             ("[server]\nworkers = 0".into(), "server.workers", "out of range"),
             ("[server]\napi = \"localhost\"".into(), "server.api", "not a socket address"),
+            ("[server]\napi_tls_cert = \"/etc/stampede/api.pem\"".into(), "server.api_tls_key", "set both or neither"),
+            ("[server]\napi_tls_key = \"/etc/stampede/api.key\"".into(), "server.api_tls_cert", "set both or neither"),
             (
                 "[[profiles]]\nname = \"x\"\nkernel = \"k\"\ncmdline = \"ip={macc}\"".into(),
                 "profiles[1].cmdline",

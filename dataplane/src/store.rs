@@ -45,6 +45,9 @@ pub enum StoreError {
     ImportSource(#[source] io::Error),
     #[error("object {0} is not in the store")]
     NotFound(Digest),
+    /// The imported bytes are not the ones the caller named; nothing was stored.
+    #[error("content hashes to {actual}, not the expected {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
     /// The bytes on disk no longer hash to their name: disk corruption or tampering.
     #[error("object {digest} is corrupt: its content hashes to {actual}")]
     Corrupt { digest: Digest, actual: Digest },
@@ -405,7 +408,17 @@ impl ContentStore {
 
     /// Imports everything `source` yields, hashing while copying. On any error nothing appears
     /// under a final name and the temporary file is removed.
-    pub fn import_reader(&self, mut source: impl Read) -> Result<Digest, StoreError> {
+    pub fn import_reader(&self, source: impl Read) -> Result<Digest, StoreError> {
+        self.import_reader_expecting(source, None)
+    }
+
+    /// [`Self::import_reader`], refusing content that does not hash to `expected` (when given):
+    /// then nothing appears in the store and the error says what the content hashed to.
+    pub fn import_reader_expecting(
+        &self,
+        mut source: impl Read,
+        expected: Option<&Digest>,
+    ) -> Result<Digest, StoreError> {
         let temp_path = self.temp_path();
         let mut temp = OpenOptions::new()
             .write(true)
@@ -429,6 +442,13 @@ impl ContentStore {
                 .map_err(StoreError::io("writing temporary object", &temp_path))?;
         }
         let digest = Digest(hasher.finalize().into());
+        if let Some(expected) = expected.filter(|e| **e != digest) {
+            // The guard removes the temporary copy.
+            return Err(StoreError::DigestMismatch {
+                expected: *expected,
+                actual: digest,
+            });
+        }
         let final_path = self.object_path(&digest);
         if final_path.is_file() {
             // Already stored: same name, same bytes. The guard removes our copy.
@@ -510,6 +530,34 @@ impl ContentStore {
             });
         }
         Ok(data)
+    }
+
+    /// Removes temporary objects left by imports of processes that no longer run (killed in
+    /// the middle of an import); returns how many. Those of running processes, this one
+    /// included, are left alone, so a store shared by two processes stays safe.
+    pub fn remove_stale_temporaries(&self) -> Result<usize, StoreError> {
+        let dir = self.inner.root.join("tmp");
+        let entries =
+            fs::read_dir(&dir).map_err(StoreError::io("listing temporary objects", &dir))?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("import-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new("/proc").join(pid.to_string()).exists() {
+                continue;
+            }
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn temp_path(&self) -> PathBuf {
@@ -797,6 +845,53 @@ mod tests {
         let missing = Digest::of(b"never imported");
         assert!(!store.contains(&missing));
         assert!(matches!(store.open(&missing), Err(StoreError::NotFound(d)) if d == missing));
+    }
+
+    #[test]
+    fn temporaries_of_dead_processes_are_removed() {
+        let dir = temp_dir();
+        let store = ContentStore::open_dir(dir.path()).expect("store");
+        // pid_max is at most 2^22, so no process has this id.
+        let stale = dir.path().join("tmp/import-99999999-1-0");
+        let ours = dir
+            .path()
+            .join(format!("tmp/import-{}-1-0", std::process::id()));
+        let other = dir.path().join("tmp/not-an-import");
+        for f in [&stale, &ours, &other] {
+            fs::write(f, b"partial").unwrap();
+        }
+        assert_eq!(store.remove_stale_temporaries().expect("cleanup"), 1);
+        assert!(!stale.exists());
+        assert!(ours.exists(), "a running process's import is left alone");
+        assert!(
+            other.exists(),
+            "files the store did not name are left alone"
+        );
+    }
+
+    #[test]
+    fn an_import_expecting_other_content_stores_nothing() {
+        let dir = temp_dir();
+        let store = ContentStore::open_dir(dir.path()).expect("store");
+        let wanted = Digest::of(b"the kernel the operator meant");
+        let err = store
+            .import_reader_expecting(&b"something else"[..], Some(&wanted))
+            .expect_err("mismatch refused");
+        let actual = Digest::of(b"something else");
+        assert!(
+            matches!(err, StoreError::DigestMismatch { expected, actual: a } if expected == wanted && a == actual),
+            "{err}"
+        );
+        assert!(
+            !store.contains(&actual),
+            "nothing stored under the real hash"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let ok = store
+            .import_reader_expecting(&b"something else"[..], Some(&actual))
+            .expect("matching digest imports");
+        assert_eq!(ok, actual);
+        assert!(store.contains(&actual));
     }
 
     #[test]

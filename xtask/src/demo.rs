@@ -155,26 +155,25 @@ pub fn run() -> anyhow::Result<()> {
     let mac = machine.spec().mac.clone();
     drop(machine);
 
-    // The same boot as the control plane recorded it.
-    println!("\n== the machine's boot session from the control API (GET /api/v1/sessions/{mac})");
+    // The same boot as the control plane recorded it, as an operator would ask for it.
+    println!("\n== the machine's boot session: stampede ctl sessions {mac}");
+    let binary_path = binary.to_str().context("path is UTF-8")?;
+    let api_url = format!("http://{DEMO_API}");
     let session = lab.server.run(
-        "curl",
+        binary_path,
         &[
-            "-sf",
-            "-H",
-            &format!("Authorization: Bearer {DEMO_TOKEN}"),
-            &format!("http://{DEMO_API}/api/v1/sessions/{mac}"),
+            "ctl", "--url", &api_url, "--token", DEMO_TOKEN, "sessions", &mac,
         ],
         Duration::from_secs(10),
     );
     match session {
-        Ok(out) if out.status.success() => print!("{}", indent(&session_summary(&out.stdout))),
+        Ok(out) if out.status.success() => print!("{}", indent(&out.stdout)),
         Ok(out) => println!("   (no session: {})", out.stderr.trim()),
-        Err(err) => println!("   (the API did not answer: {err})"),
+        Err(err) => println!("   (ctl did not run: {err})"),
     }
     println!(
         "   Where to look on a running appliance: the API at http://{DEMO_API}/api/v1 \
-         (openapi.json, machines, sessions), live boots with `stampede ctl watch`, \
+         (openapi.json, machines, sessions, images), `stampede ctl sessions`, live boots with `stampede ctl watch`, \
          Prometheus counters at /metrics."
     );
 
@@ -202,44 +201,6 @@ pub fn run() -> anyhow::Result<()> {
 const DEMO_API: &str = "127.0.0.1:7070";
 /// The demo appliance's first admin token (`STAMPEDE_ADMIN_TOKEN`): throwaway, like the lab.
 const DEMO_TOKEN: &str = "stampede-demo-token";
-
-/// One line per event of a session timeline (JSON from the API), with the gap before it.
-fn session_summary(json: &str) -> String {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
-        return format!("{json}\n");
-    };
-    let events = value["timeline"].as_array().cloned().unwrap_or_default();
-    let mut out = String::new();
-    for event in events {
-        let gap = event["since_prev_ms"].as_u64().unwrap_or(0);
-        let kind = event["kind"].as_str().unwrap_or("?");
-        let detail = ["message", "path", "file", "boot_file", "status", "bytes"]
-            .iter()
-            .filter_map(|k| {
-                let v = &event[*k];
-                (!v.is_null()).then(|| format!("{k}={}", v.to_string().trim_matches('"')))
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        out.push_str(&format!(
-            "+{:>6.2} s  {kind:<14} {detail}\n",
-            gap as f64 / 1000.0
-        ));
-    }
-    let wait = &value["longest_wait"];
-    if let Some(ms) = wait["since_prev_ms"].as_u64() {
-        let before = wait["kind"].as_str().unwrap_or("?");
-        let message = wait["message"]
-            .as_str()
-            .map(|m| format!(" ({m})"))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "longest wait: {:.2} s, before the {before}{message}\n",
-            ms as f64 / 1000.0
-        ));
-    }
-    out
-}
 
 /// Follows a log file, printing the lines that contain a pattern.
 struct LogTail {

@@ -68,7 +68,18 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "prlimit: the bench raises dnsmasq's open-file limit",
     ),
+    (
+        "python3-venv",
+        "the virtualenv schemathesis is installed into",
+    ),
 ];
+
+/// schemathesis checks the OpenAPI document against the real server's answers
+/// (tests/control_api.rs). 4.32.5 runs on Debian 12's Python 3.11.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// Its virtualenv, outside the repository so every worktree and CI clone shares one install.
+/// tests/control_api.rs looks for `bin/schemathesis` here.
+const TOOLS_VENV: &str = "/opt/stampede-tools/venv";
 
 /// cargo-fuzz release used for the fuzz targets in `fuzz/` (builds with stable 1.95).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -83,6 +94,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_toolchains()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    schemathesis()?;
     eprintln!("xtask: setup complete in {:.1?}", start.elapsed());
     Ok(())
 }
@@ -260,4 +272,31 @@ fn cargo_fuzz() -> anyhow::Result<()> {
         CARGO_FUZZ_VERSION,
     ]);
     crate::run(install).context("cargo-fuzz could not be installed from crates.io")
+}
+
+fn schemathesis() -> anyhow::Result<()> {
+    let bin = format!("{TOOLS_VENV}/bin/schemathesis");
+    if let Ok(out) = output(&bin, &["--version"])
+        && String::from_utf8_lossy(&out.stdout).trim()
+            == format!("schemathesis, version {SCHEMATHESIS_VERSION}")
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: setup: installing schemathesis {SCHEMATHESIS_VERSION} into {TOOLS_VENV} \
+         (checks the OpenAPI document against the server)"
+    );
+    if !std::path::Path::new(&format!("{TOOLS_VENV}/bin/pip")).exists() {
+        let mut venv = Command::new("python3");
+        venv.args(["-m", "venv", TOOLS_VENV]);
+        crate::run(venv).context("python3 -m venv failed (Debian's python3-venv is needed)")?;
+    }
+    let mut install = Command::new(format!("{TOOLS_VENV}/bin/pip"));
+    install.args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+    ]);
+    crate::run(install).context("pip could not install schemathesis from PyPI")
 }
