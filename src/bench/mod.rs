@@ -88,6 +88,10 @@ pub struct StormArgs {
     /// CPU time and memory over the storm are reported, summed.
     #[arg(long)]
     pub server_pid: Vec<u32>,
+    /// Lose this share (0 to 0.5) of DHCP and TFTP datagrams in each direction, as a lossy link
+    /// would (the machines drop them; TCP is not touched).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
     /// Stop each machine after this stage (`dhcp`: DORA only; `tftp`: through the boot
     /// program) to measure one protocol; default: the whole boot.
     #[arg(long, value_enum, default_value = "files")]
@@ -203,6 +207,9 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     if args.clients == 0 || args.clients > 1 << 24 {
         bail!("--clients must be 1 to 16777216");
     }
+    if !(0.0..=0.5).contains(&args.loss) {
+        bail!("--loss must be between 0 and 0.5");
+    }
     if !(0.0..=1.0).contains(&args.bios_share) {
         bail!("--bios-share must be between 0 and 1");
     }
@@ -251,6 +258,7 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
             net: net::LocalNet::new(&args.iface),
             tftp,
             until: args.until,
+            loss: args.loss,
             references,
             progress: Progress::default(),
         });

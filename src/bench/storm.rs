@@ -130,6 +130,9 @@ pub struct Ctx {
     pub tftp: TftpConfig,
     /// The last stage machines run.
     pub until: Stage,
+    /// Share of DHCP and TFTP datagrams lost, each way (`--loss`): a lossy link played by the
+    /// machines themselves, since this kernel has no netem. TCP is left alone.
+    pub loss: f64,
     pub references: HashMap<String, Reference>,
     pub progress: Progress,
 }
@@ -155,6 +158,12 @@ pub fn machine_mac(prefix: [u8; 3], index: usize) -> [u8; 6] {
         (i >> 8) as u8,
         i as u8,
     ]
+}
+
+/// Whether the next datagram is lost, drawn from the machine's own generator (a run replays).
+fn lost(loss: f64, rng: &mut u64) -> bool {
+    let draw = (stampede_proto::dhcp::splitmix64(rng) >> 11) as f64 / ((1u64 << 53) as f64);
+    loss > 0.0 && draw < loss
 }
 
 /// What a machine is.
@@ -248,7 +257,8 @@ async fn boot(
 
     enter(ctx, stage, Stage::Dhcp, true);
     let t = Instant::now();
-    let (lease, re) = dhcp(ctx, replies, pxe.clone()).await?;
+    let mut rng = machine.seed ^ 0x6c6f_7373;
+    let (lease, re) = dhcp(ctx, replies, pxe.clone(), &mut rng).await?;
     push(ctx, record, Stage::Dhcp, t, 0, re);
     if ctx.until == Stage::Dhcp {
         return Ok(());
@@ -280,7 +290,7 @@ async fn boot(
     } else {
         lease.next_server
     };
-    let (bytes, re) = tftp(ctx, lease.ip, server, &file, reference).await?;
+    let (bytes, re) = tftp(ctx, lease.ip, server, &file, reference, &mut rng).await?;
     push(ctx, record, Stage::Tftp, t, bytes, re);
     if ctx.until == Stage::Tftp {
         return Ok(());
@@ -288,7 +298,7 @@ async fn boot(
 
     enter(ctx, stage, Stage::IpxeDhcp, false);
     let t = Instant::now();
-    let (lease, re) = dhcp(ctx, replies, DhcpConfig::ipxe(&pxe)).await?;
+    let (lease, re) = dhcp(ctx, replies, DhcpConfig::ipxe(&pxe), &mut rng).await?;
     push(ctx, record, Stage::IpxeDhcp, t, 0, re);
     if ctx.until == Stage::IpxeDhcp {
         return Ok(());
@@ -371,6 +381,7 @@ async fn dhcp(
     ctx: &Ctx,
     replies: &mut UnboundedReceiver<Vec<u8>>,
     config: DhcpConfig,
+    rng: &mut u64,
 ) -> Result<(ClientLease, u64), String> {
     let mut client = DhcpClient::new(config, Instant::now());
     let mut buf = [0u8; 1500];
@@ -380,6 +391,9 @@ async fn dhcp(
         while let Some(tx) = client.poll_transmit(now, &mut buf) {
             messages += 1;
             let dst = SocketAddr::from((tx.dst_ip, tx.dst_port));
+            if lost(ctx.loss, rng) {
+                continue;
+            }
             if let Err(err) = ctx.dhcp.send_to(&buf[..tx.len], dst).await {
                 // A full send queue is a lost datagram, like on a wire: the timer resends it.
                 if err.kind() != std::io::ErrorKind::WouldBlock {
@@ -397,7 +411,11 @@ async fn dhcp(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             reply = replies.recv() => match reply {
-                Some(reply) => { client.handle_datagram(Instant::now(), &reply); }
+                Some(reply) => {
+                    if !lost(ctx.loss, rng) {
+                        client.handle_datagram(Instant::now(), &reply);
+                    }
+                }
                 None => return Err("DHCP dispatcher stopped".into()),
             },
             () = sleep_until(wake.into()) => client.handle_timeout(Instant::now()),
@@ -413,6 +431,7 @@ async fn tftp(
     server: Ipv4Addr,
     file: &str,
     reference: Reference,
+    rng: &mut u64,
 ) -> Result<(u64, u64), String> {
     let socket = UdpSocket::bind((local, 0))
         .await
@@ -429,6 +448,9 @@ async fn tftp(
     loop {
         let now = Instant::now();
         while let Some(tx) = client.poll_transmit(now, &mut out) {
+            if lost(ctx.loss, rng) {
+                continue;
+            }
             if let Err(err) = socket.send_to(&out[..tx.len], tx.dst).await {
                 return Err(format!("sending TFTP: {err}"));
             }
@@ -450,7 +472,9 @@ async fn tftp(
             received = socket.recv_from(&mut inbuf) => {
                 // ICMP errors (port unreachable) surface as errors; the retransmission timer
                 // decides what they mean.
-                if let Ok((n, from)) = received {
+                if let Ok((n, from)) = received
+                    && !lost(ctx.loss, rng)
+                {
                     let _ = client.handle_datagram(Instant::now(), from, &inbuf[..n]);
                 }
             }
@@ -603,5 +627,19 @@ mod tests {
         assert!(split_http_url("http://name/").is_err());
         assert!(split_http_url("http://10.0.0.1:x/").is_err());
         assert_eq!(machine_mac([2, 0x53, 0], 0x01_0203), [2, 0x53, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn loss_is_the_asked_share_and_replays() {
+        let mut rng = 7;
+        let n = 100_000;
+        let lost_count = (0..n).filter(|_| lost(0.05, &mut rng)).count();
+        assert!((4_500..5_500).contains(&lost_count), "{lost_count}");
+        let mut rng = 7;
+        assert!((0..n).all(|_| !lost(0.0, &mut rng)));
+        let (mut a, mut b) = (9, 9);
+        let first: Vec<bool> = (0..64).map(|_| lost(0.3, &mut a)).collect();
+        let again: Vec<bool> = (0..64).map(|_| lost(0.3, &mut b)).collect();
+        assert_eq!(first, again);
     }
 }

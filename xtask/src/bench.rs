@@ -32,7 +32,9 @@ options:
   --clients N,..    machine counts, one storm each (default: storm 100,1000; dhcp 1000,10000; tftp 64)
   --deadline SECS   per storm (default 300)
   --peers LIST      servers to run, among stampede,dnsmasq (default both)
-  --windowsize W,.. TFTP windowsizes for `tftp` (default 1,16,64)";
+  --windowsize W,.. TFTP windowsizes for `tftp` (default 1,16,64)
+  --loss P          lose this share of DHCP/TFTP datagrams each way (0.05 = 5%; this kernel has no
+                    netem, so the simulated machines drop them)";
 
 const SERVER_IP: &str = "198.19.0.1";
 const CLIENT_PROBE_IP: &str = "198.19.255.254";
@@ -55,6 +57,7 @@ struct Options {
     deadline: u64,
     peers: Vec<String>,
     windowsizes: Vec<u16>,
+    loss: Option<f64>,
 }
 
 fn list<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<Vec<T>> {
@@ -86,6 +89,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         deadline: 300,
         peers: vec!["stampede".into(), "dnsmasq".into()],
         windowsizes: vec![1, 16, 64],
+        loss: None,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -97,6 +101,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--deadline" => o.deadline = value.parse().context("--deadline")?,
             "--peers" => o.peers = list(value, "peer")?,
             "--windowsize" => o.windowsizes = list(value, "windowsize")?,
+            "--loss" => o.loss = Some(value.parse().context("--loss")?),
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
     }
@@ -632,6 +637,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             for (extra, flooding) in &runs {
                 prefix = prefix.wrapping_add(1);
                 let mut extra = extra.clone();
+                if let Some(loss) = options.loss {
+                    extra.extend(["--loss".into(), loss.to_string()]);
+                }
                 extra.extend(["--mac-prefix".into(), format!("02:53:{prefix:02x}")]);
                 let config = if options.kind == Kind::Flood && peer == "stampede" {
                     let macs: Vec<String> = (0..clients)
@@ -712,6 +720,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     baseline = r.time_to_last.or(baseline);
                     if options.kind == Kind::Flood {
                         r.server = format!("{label} (no flood)");
+                        if let Some(loss) = options.loss {
+                            r.server = format!("{label} (no flood) --loss {loss}");
+                        }
                     } else if extra.len() > 2 {
                         r.server = format!("{label} {}", extra[..extra.len() - 2].join(" "));
                     }
