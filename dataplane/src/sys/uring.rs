@@ -713,9 +713,18 @@ impl UdpWorker {
         if config.ring_entries == 0 {
             return Err(UringError::Config("ring_entries must be at least 1"));
         }
+        // COOP_TASKRUN: completions are processed when the worker next enters the kernel
+        // (it always waits in `io_uring_enter`) instead of interrupting it with task work
+        // for every datagram; kernels before 5.19 refuse the flag, so retry without it.
         let ring = IoUring::builder()
             .setup_cqsize(config.ring_entries.saturating_mul(4))
+            .setup_coop_taskrun()
             .build(config.ring_entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(config.ring_entries.saturating_mul(4))
+                    .build(config.ring_entries)
+            })
             .map_err(UringError::io("creating the worker's io_uring"))?;
         let buffers = BufRing::new(config.buffer_count, config.buffer_size)
             .map_err(UringError::io("allocating receive buffers"))?;

@@ -419,9 +419,18 @@ impl TcpWorker {
         let local_addr = listener
             .local_addr()
             .map_err(io_error("listener address"))?;
+        // COOP_TASKRUN: completions are processed when the worker next enters the kernel
+        // (it always waits in `io_uring_enter`) instead of interrupting it with task work
+        // for every datagram; kernels before 5.19 refuse the flag, so retry without it.
         let ring = IoUring::builder()
             .setup_cqsize(config.ring_entries.saturating_mul(4))
+            .setup_coop_taskrun()
             .build(config.ring_entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(config.ring_entries.saturating_mul(4))
+                    .build(config.ring_entries)
+            })
             .map_err(io_error("creating the worker's io_uring"))?;
         let zero_copy_min_len = match config.zero_copy_min_len {
             Some(min) => {
