@@ -92,6 +92,11 @@ pub struct StormArgs {
     /// would (the machines drop them; TCP is not touched).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
+    /// Reorder this share (0 to 0.5) of the TFTP datagrams machines receive: each one drawn is
+    /// held back and delivered after the next datagram (or 10 ms later if none comes first), as
+    /// netem's `reorder` would on a link (this kernel has no netem).
+    #[arg(long, default_value_t = 0.0)]
+    pub reorder: f64,
     /// Stop each machine after this stage (`dhcp`: DORA only; `tftp`: through the boot
     /// program) to measure one protocol; default: the whole boot.
     #[arg(long, value_enum, default_value = "files")]
@@ -210,6 +215,9 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     if !(0.0..=0.5).contains(&args.loss) {
         bail!("--loss must be between 0 and 0.5");
     }
+    if !(0.0..=0.5).contains(&args.reorder) {
+        bail!("--reorder must be between 0 and 0.5");
+    }
     if !(0.0..=1.0).contains(&args.bios_share) {
         bail!("--bios-share must be between 0 and 1");
     }
@@ -248,7 +256,7 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         })
         .sum::<anyhow::Result<f64>>()?;
     let cpu_before = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0);
-    let (records, elapsed) = runtime.block_on(async {
+    let (records, elapsed, reordered) = runtime.block_on(async {
         let dhcp = net::dhcp_socket(&args.iface)?;
         let epoch = Instant::now();
         let ctx = Arc::new(Ctx {
@@ -259,6 +267,7 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
             tftp,
             until: args.until,
             loss: args.loss,
+            reorder: args.reorder,
             references,
             progress: Progress::default(),
         });
@@ -300,9 +309,10 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         ticker.abort();
         let _ = dispatcher.await;
         let _ = ticker.await;
+        let reordered = ctx.progress.reordered.load(Ordering::Relaxed);
         // The last reference: dropping it removes the routes (LocalNet's Drop).
         drop(ctx);
-        anyhow::Ok((records, elapsed))
+        anyhow::Ok((records, elapsed, reordered))
     })?;
     let cpu = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0) - cpu_before;
     let server = if args.server_pid.is_empty() {
@@ -320,7 +330,8 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
             rss_end_mib: after.iter().map(|u| u.2).sum(),
         })
     };
-    let summary = Summary::new(args.label.clone(), records, elapsed, cpu, server);
+    let mut summary = Summary::new(args.label.clone(), records, elapsed, cpu, server);
+    summary.reordered_datagrams = reordered;
     print!("{}", summary.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&summary)?;

@@ -80,6 +80,8 @@ pub struct Summary {
     pub throughput_mib_s: f64,
     /// CPU the simulated machines used (this process).
     pub client_cpu_s: f64,
+    /// TFTP datagrams the machines received out of order (`--reorder`).
+    pub reordered_datagrams: u64,
     pub server: Option<Usage>,
     pub machines: Vec<MachineRecord>,
 }
@@ -151,6 +153,7 @@ impl Summary {
             bytes,
             throughput_mib_s: bytes as f64 / span / (1024.0 * 1024.0),
             client_cpu_s,
+            reordered_datagrams: 0,
             server,
             machines,
         }
@@ -199,6 +202,13 @@ impl Summary {
             "throughput {:.1} MiB/s; bench CPU {:.1} s",
             self.throughput_mib_s, self.client_cpu_s
         );
+        if self.reordered_datagrams > 0 {
+            let _ = writeln!(
+                t,
+                "TFTP datagrams received out of order (--reorder): {}",
+                self.reordered_datagrams
+            );
+        }
         if let Some(s) = &self.server {
             let _ = writeln!(
                 t,

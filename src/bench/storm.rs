@@ -118,6 +118,8 @@ pub struct Progress {
     pub booted: AtomicU64,
     pub failed: AtomicU64,
     pub bytes: AtomicU64,
+    /// TFTP datagrams held back and delivered out of order (`--reorder`).
+    pub reordered: AtomicU64,
 }
 
 /// Everything the machines share.
@@ -133,6 +135,8 @@ pub struct Ctx {
     /// Share of DHCP and TFTP datagrams lost, each way (`--loss`): a lossy link played by the
     /// machines themselves, since this kernel has no netem. TCP is left alone.
     pub loss: f64,
+    /// Share of received TFTP datagrams delivered after the next one (`--reorder`).
+    pub reorder: f64,
     pub references: HashMap<String, Reference>,
     pub progress: Progress,
 }
@@ -160,7 +164,11 @@ pub fn machine_mac(prefix: [u8; 3], index: usize) -> [u8; 6] {
     ]
 }
 
-/// Whether the next datagram is lost, drawn from the machine's own generator (a run replays).
+/// How long a datagram held back by `--reorder` waits for a later one to overtake it.
+const REORDER_HOLD: Duration = Duration::from_millis(10);
+
+/// Whether the next datagram is lost (or, with the reorder share, held back), drawn from the
+/// machine's own generator (a run replays).
 fn lost(loss: f64, rng: &mut u64) -> bool {
     let draw = (stampede_proto::dhcp::splitmix64(rng) >> 11) as f64 / ((1u64 << 53) as f64);
     loss > 0.0 && draw < loss
@@ -445,6 +453,8 @@ async fn tftp(
     let mut out = vec![0u8; client.max_datagram_len().max(1500)];
     // Big enough for any block size a server may grant (RFC 2348 caps it at 65464).
     let mut inbuf = vec![0u8; 65536];
+    // A datagram held back by `--reorder`: its bytes, its source, when it arrived.
+    let mut held: Option<(Vec<u8>, SocketAddr, Instant)> = None;
     loop {
         let now = Instant::now();
         while let Some(tx) = client.poll_transmit(now, &mut out) {
@@ -465,9 +475,12 @@ async fn tftp(
                 Err(failure) => Err(format!("TFTP {file}: {failure}")),
             };
         }
-        let wake = client
+        let mut wake = client
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        if let Some((_, _, since)) = &held {
+            wake = wake.min(*since + REORDER_HOLD);
+        }
         tokio::select! {
             received = socket.recv_from(&mut inbuf) => {
                 // ICMP errors (port unreachable) surface as errors; the retransmission timer
@@ -475,10 +488,25 @@ async fn tftp(
                 if let Ok((n, from)) = received
                     && !lost(ctx.loss, rng)
                 {
+                    if held.is_none() && lost(ctx.reorder, rng) {
+                        held = Some((inbuf[..n].to_vec(), from, Instant::now()));
+                        ctx.progress.reordered.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let _ = client.handle_datagram(Instant::now(), from, &inbuf[..n]);
+                    if let Some((late, from, _)) = held.take() {
+                        let _ = client.handle_datagram(Instant::now(), from, &late);
+                    }
                 }
             }
-            () = sleep_until(wake.into()) => client.handle_timeout(Instant::now()),
+            () = sleep_until(wake.into()) => {
+                let now = Instant::now();
+                // Nothing overtook the held datagram in time: it arrives late.
+                if let Some((late, from, _)) = held.take_if(|h| now >= h.2 + REORDER_HOLD) {
+                    let _ = client.handle_datagram(now, from, &late);
+                }
+                client.handle_timeout(now);
+            }
         }
     }
 }

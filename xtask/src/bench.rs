@@ -34,7 +34,8 @@ options:
   --peers LIST      servers to run, among stampede,dnsmasq (default both)
   --windowsize W,.. TFTP windowsizes for `tftp` (default 1,16,64)
   --loss P          lose this share of DHCP/TFTP datagrams each way (0.05 = 5%; this kernel has no
-                    netem, so the simulated machines drop them)";
+                    netem, so the simulated machines drop them)
+  --reorder P       deliver this share of the TFTP datagrams machines receive after the next one";
 
 const SERVER_IP: &str = "198.19.0.1";
 const CLIENT_PROBE_IP: &str = "198.19.255.254";
@@ -58,6 +59,7 @@ struct Options {
     peers: Vec<String>,
     windowsizes: Vec<u16>,
     loss: Option<f64>,
+    reorder: Option<f64>,
 }
 
 fn list<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<Vec<T>> {
@@ -90,6 +92,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         peers: vec!["stampede".into(), "dnsmasq".into()],
         windowsizes: vec![1, 16, 64],
         loss: None,
+        reorder: None,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -102,6 +105,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--peers" => o.peers = list(value, "peer")?,
             "--windowsize" => o.windowsizes = list(value, "windowsize")?,
             "--loss" => o.loss = Some(value.parse().context("--loss")?),
+            "--reorder" => o.reorder = Some(value.parse().context("--reorder")?),
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
     }
@@ -639,6 +643,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 let mut extra = extra.clone();
                 if let Some(loss) = options.loss {
                     extra.extend(["--loss".into(), loss.to_string()]);
+                }
+                if let Some(reorder) = options.reorder {
+                    extra.extend(["--reorder".into(), reorder.to_string()]);
                 }
                 extra.extend(["--mac-prefix".into(), format!("02:53:{prefix:02x}")]);
                 let config = if options.kind == Kind::Flood && peer == "stampede" {
