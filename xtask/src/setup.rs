@@ -69,6 +69,26 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prlimit: the bench raises dnsmasq's open-file limit",
     ),
     (
+        "wrk",
+        "`cargo xtask bench http`: an independent HTTP load generator (1,000 connections)",
+    ),
+    (
+        "kea-admin",
+        "perfdhcp, Kea's DHCP load generator, in `cargo xtask bench dhcp` and its test",
+    ),
+    (
+        "tftpd-hpa",
+        "in.tftpd, a TFTP peer in `cargo xtask bench tftp` (its service is not started)",
+    ),
+    (
+        "libpcre2-8-0",
+        "atftpd (extracted beside tftpd-hpa, which conflicts with its package) links it",
+    ),
+    (
+        "libwrap0",
+        "atftpd (extracted beside tftpd-hpa, which conflicts with its package) links it",
+    ),
+    (
         "python3-venv",
         "the virtualenv schemathesis is installed into",
     ),
@@ -91,6 +111,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub fn run() -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     debian_packages()?;
+    extracted_packages()?;
     rust_toolchains()?;
     bpf_linker()?;
     cargo_fuzz()?;
@@ -143,7 +164,7 @@ fn debian_packages() -> anyhow::Result<()> {
     let mut update = Command::new("apt-get");
     update.args(["update", "-q"]);
     crate::run(update).context("apt-get update failed: is a Debian mirror reachable?")?;
-    // Packages with a service (nginx) must not start it on the host: the lab runs its own
+    // Packages with a service (nginx, tftpd-hpa) must not start it on the host: the lab runs its own
     // copies in namespaces. policy-rc.d (exit 101) tells invoke-rc.d not to start anything
     // while we install; it is removed afterwards unless it was already there.
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
@@ -167,6 +188,60 @@ fn debian_packages() -> anyhow::Result<()> {
         let _ = std::fs::remove_file(policy);
     }
     result
+}
+
+/// Debian packages that conflict with an installed one (atftpd with tftpd-hpa: both ship a
+/// TFTP service) are unpacked with `dpkg -x` into their own directory under
+/// `/opt/stampede-tools`, never installed: nothing of theirs runs unless the bench starts it.
+/// (package, the binary inside the package, why)
+const EXTRACTED_PACKAGES: &[(&str, &str, &str)] = &[(
+    "atftpd",
+    "usr/sbin/atftpd",
+    "a TFTP peer with windowsize (RFC 7440) in `cargo xtask bench tftp`",
+)];
+
+/// Where [`EXTRACTED_PACKAGES`] are unpacked: `<dir>/<package>/<binary>`.
+pub const EXTRACTED_DIR: &str = "/opt/stampede-tools";
+
+fn extracted_packages() -> anyhow::Result<()> {
+    for (package, binary, why) in EXTRACTED_PACKAGES {
+        let dir = std::path::Path::new(EXTRACTED_DIR).join(package);
+        if dir.join(binary).exists() {
+            continue;
+        }
+        eprintln!(
+            "xtask: setup: unpacking Debian's {package} into {} ({why})",
+            dir.display()
+        );
+        let scratch = std::env::temp_dir().join(format!("stampede-setup-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let mut download = Command::new("apt-get");
+        // The scratch directory is root's: fetch as root rather than as `_apt`.
+        download
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
+            .current_dir(&scratch);
+        let shown = format!("apt-get download {package}");
+        let status = download.status().with_context(|| shown.clone())?;
+        if !status.success() {
+            let _ = std::fs::remove_dir_all(&scratch);
+            bail!("{shown} failed ({status}): is a Debian mirror reachable?");
+        }
+        let deb = std::fs::read_dir(&scratch)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .with_context(|| format!("{shown} left no .deb"))?;
+        std::fs::create_dir_all(&dir)?;
+        let mut extract = Command::new("dpkg");
+        extract.arg("-x").arg(&deb).arg(&dir);
+        let result = crate::run(extract);
+        let _ = std::fs::remove_dir_all(&scratch);
+        result?;
+        if !dir.join(binary).exists() {
+            bail!("{package}'s package has no {binary}");
+        }
+    }
+    Ok(())
 }
 
 fn nix_is_root() -> bool {
