@@ -339,13 +339,19 @@ fn axes(s: &mut String, x: f64, y: f64, w: f64, h: f64, xmax: f64, xu: &str, yma
     }
 }
 
-/// CPU seconds (user + system) of `pid` and its RSS now and at peak, from `/proc`.
+/// CPU seconds (user + system) of `pid`, with its children it has reaped (a server that forks
+/// per transfer, like tftpd-hpa), and its RSS now and at peak, from `/proc`.
 pub fn proc_usage(pid: u32) -> Option<(f64, f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name (which may contain spaces).
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // utime, stime, cutime, cstime (proc(5)).
+    let ticks: f64 = fields
+        .get(11..15)?
+        .iter()
+        .map(|v| v.parse::<f64>().ok())
+        .sum::<Option<f64>>()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

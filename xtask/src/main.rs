@@ -22,9 +22,11 @@ commands:
   setup   install every prerequisite (Debian packages, nightly rust-src, bpf-linker); idempotent
   test    setup, then cargo fmt --check, clippy -D warnings, and every test of the workspace
   demo    setup, then a lab where `stampede serve` watches real DHCP/TFTP/HTTP clients
-  bench <storm|dhcp|tftp> [--clients N,..] [--deadline SECS] [--peers stampede,dnsmasq]
-          setup, then the same boot storm against Stampede and against dnsmasq (+ nginx) in a
-          namespace lab, after measuring the lab link's ceiling; reports in target/bench/
+  bench <storm|dhcp|tftp|http|flood> [--clients N,..] [--deadline SECS] [--peers LIST] ..
+          setup, then the same load against Stampede and against peers (dnsmasq, nginx,
+          tftpd-hpa, atftpd; perfdhcp and wrk as load generators) in a namespace lab, after
+          measuring the lab link's ceiling; reports in target/bench/ (`cargo xtask bench` for
+          every option)
   fuzz [TARGET] [SECONDS]
           setup, then run one fuzz target (or all) for SECONDS each (default 300)
 

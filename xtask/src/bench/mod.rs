@@ -1,11 +1,13 @@
-//! `cargo xtask bench <storm|dhcp|tftp>`: the same load against Stampede and against peers from
-//! Debian's packages, in one run, on one lab link whose ceiling is measured first.
+//! `cargo xtask bench <storm|dhcp|tftp|http|flood>`: the same load against Stampede and against
+//! peers from Debian's packages, in one run, on one lab link whose ceiling is measured first.
 //!
 //! The lab is two namespaces joined by a veth: the server side (198.19.0.1/16) runs the server
-//! under test, the client side runs `stampede bench storm` (simulated PXE machines; see
-//! `src/bench`). Peers: dnsmasq for DHCP and TFTP (the usual open-source boot server), nginx for
-//! HTTP. Each run writes the storm's JSON and SVG under `target/bench/<date>/` and a summary
-//! with ratios, the exact commands, the date and the machine.
+//! under test, the client side runs the load: `stampede bench storm` (simulated PXE machines;
+//! see `src/bench`), and independent generators from Debian: Kea's `perfdhcp` for DHCP rates
+//! ([`perfdhcp`]) and `wrk` for HTTP ([`http`]). Peers: dnsmasq for DHCP and TFTP (the usual
+//! open-source boot server), tftpd-hpa and atftpd for TFTP, nginx for HTTP. Each run writes its
+//! JSON (and the storm's SVG) under `target/bench/<date>/` and a summary with ratios, the exact
+//! commands, the date and the machine.
 //!
 //! Bounded: every storm has a machine count and a deadline; servers are stopped after each run;
 //! namespaces, processes and the neighbour-table setting are restored on drop, also on failure.
@@ -20,18 +22,29 @@ use std::{
 use anyhow::{Context as _, bail};
 use stampede_lab::{Netns, Process, veth_pair, wait_for};
 
+mod http;
+mod perfdhcp;
+
 const USAGE: &str = "\
-usage: cargo xtask bench <storm|dhcp|tftp|flood> [--clients N[,N..]] [--deadline SECS] [--peers LIST]
+usage: cargo xtask bench <storm|dhcp|tftp|http|flood> [--clients N[,N..]] [--deadline SECS] [--peers LIST]
 
   storm  the whole boot: DHCP, TFTP of a 1 MiB boot program, DHCP as iPXE, script, 32 MiB over HTTP
   dhcp   DORA only (the storm stopped after DHCP)
   tftp   DHCP then the 1 MiB boot program over TFTP; with --windowsize 1,16,64
+  http   wrk with --connections keep-alive connections fetching one 32 MiB file for --duration
+         seconds, from Stampede and from nginx (sendfile), same number of workers
   flood  the storm alone, then again while a flood of DISCOVERs from random MACs runs on the same
          link; Stampede runs with XDP in known-only mode (the storm's machines are its fleet)
 options:
   --clients N,..    machine counts, one storm each (default: storm 100,1000; dhcp 1000,10000; tftp 64)
   --deadline SECS   per storm (default 300)
-  --peers LIST      servers to run, among stampede,dnsmasq (default both)
+  --peers LIST      servers to run (default all): storm, dhcp, flood: stampede,dnsmasq;
+                    tftp: stampede,dnsmasq,tftpd-hpa,atftpd (the last two get DHCP from
+                    dnsmasq; tftpd-hpa grants no windowsize: its clients go lock-step);
+                    http: stampede,nginx
+  --connections N   `http`: wrk's connections (default 1000)
+  --duration SECS   `http`: seconds per server (default 15)
+  --workers N       `http`: server workers (default: one per core)
   --windowsize W,.. TFTP windowsizes for `tftp` (default 1,16,64)
   --loss P          lose this share of DHCP/TFTP datagrams each way (0.05 = 5%; this kernel has no
                     netem, so the simulated machines drop them)
@@ -48,7 +61,19 @@ enum Kind {
     Storm,
     Dhcp,
     Tftp,
+    Http,
     Flood,
+}
+
+impl Kind {
+    /// The servers this kind can run, the default set.
+    fn peers(self) -> &'static [&'static str] {
+        match self {
+            Kind::Http => &["stampede", "nginx"],
+            Kind::Tftp => &["stampede", "dnsmasq", "tftpd-hpa", "atftpd"],
+            _ => &["stampede", "dnsmasq"],
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -60,6 +85,9 @@ struct Options {
     windowsizes: Vec<u16>,
     loss: Option<f64>,
     reorder: Option<f64>,
+    connections: usize,
+    duration: u64,
+    workers: usize,
 }
 
 fn list<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<Vec<T>> {
@@ -78,6 +106,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         Some("dhcp") => Kind::Dhcp,
         Some("tftp") => Kind::Tftp,
         Some("flood") => Kind::Flood,
+        Some("http") => Kind::Http,
         _ => bail!("{USAGE}"),
     };
     let mut o = Options {
@@ -87,12 +116,16 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             Kind::Dhcp => vec![1000, 10000],
             Kind::Tftp => vec![64],
             Kind::Flood => vec![200],
+            Kind::Http => vec![1],
         },
         deadline: 300,
-        peers: vec!["stampede".into(), "dnsmasq".into()],
+        peers: kind.peers().iter().map(|p| p.to_string()).collect(),
         windowsizes: vec![1, 16, 64],
         loss: None,
         reorder: None,
+        connections: 1000,
+        duration: 15,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -106,6 +139,9 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--windowsize" => o.windowsizes = list(value, "windowsize")?,
             "--loss" => o.loss = Some(value.parse().context("--loss")?),
             "--reorder" => o.reorder = Some(value.parse().context("--reorder")?),
+            "--connections" => o.connections = value.parse().context("--connections")?,
+            "--duration" => o.duration = value.parse().context("--duration")?,
+            "--workers" => o.workers = value.parse().context("--workers")?,
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
     }
@@ -113,9 +149,12 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         bail!("--clients: 1 to 60000 machines (the lab's /16 pool)");
     }
     for p in &o.peers {
-        if p != "stampede" && p != "dnsmasq" {
-            bail!("unknown peer {p:?} (stampede, dnsmasq)");
+        if !kind.peers().contains(&p.as_str()) {
+            bail!("unknown peer {p:?} ({})", kind.peers().join(", "));
         }
+    }
+    if o.connections == 0 || o.duration == 0 || o.duration > 600 || o.workers == 0 {
+        bail!("--connections, --workers: at least 1; --duration: 1 to 600 s");
     }
     Ok(o)
 }
@@ -317,16 +356,24 @@ fn known_only_config(lab: &Lab, f: &Files, macs: &[String]) -> anyhow::Result<Pa
     Ok(path)
 }
 
+/// Starts Stampede in the server namespace: `serve --config` when given one, else `boot` with
+/// the lab's range, the storm's files and `boot_extra` (more files, served at `/files/<name>`,
+/// and flags). Its open-file limit is raised to the hard limit, as the peers'.
 fn start_stampede(
     lab: &Lab,
     f: &Files,
     binary: &Path,
     tag: &str,
     config: Option<&Path>,
+    boot_extra: &[String],
 ) -> anyhow::Result<Server> {
     let state = f.root.join(format!("stampede-{tag}.redb"));
     let _ = fs::remove_file(&state);
-    let mut command = lab.server.command(binary.to_str().context("UTF-8 path")?);
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    let mut command = lab.server.command("prlimit");
+    command
+        .arg(format!("--nofile={hard}:{hard}"))
+        .arg(binary.to_str().context("UTF-8 path")?);
     match config {
         Some(config) => {
             command.args(["serve", "--config"]).arg(config);
@@ -340,7 +387,8 @@ fn start_stampede(
                 .args(["--api", "off", "--router-advertisements", "off"])
                 .args(["--xdp-mode", "auto"])
                 .arg(&f.kernel)
-                .arg(&f.initrd);
+                .arg(&f.initrd)
+                .args(boot_extra);
         }
     }
     command
@@ -361,13 +409,23 @@ fn start_stampede(
     })
 }
 
+/// The peers a storm runs against: dnsmasq for DHCP and TFTP, nginx for HTTP.
 fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
+    let dnsmasq = start_dnsmasq(lab, f, clients, true)?;
+    let nginx = start_nginx(lab, f, None, clients as u64 + 1000)?;
+    Ok(dnsmasq.with(nginx))
+}
+
+/// dnsmasq for DHCP (the lab's pool; PXE and iPXE boot files as in a real deployment) and, with
+/// `tftp`, TFTP from the iPXE directory. Without `tftp` it answers DHCP only and names this
+/// server as the TFTP server (another peer serves TFTP).
+fn start_dnsmasq(lab: &Lab, f: &Files, clients: usize, tftp: bool) -> anyhow::Result<Server> {
     // dnsmasq as a boot server is usually run with its defaults; two would make a storm of
     // this size fail outright, so they are raised to fit it (and said so in the report):
     // --dhcp-lease-max (default 1000) and --tftp-max (default 50), with the open-file limit
     // its TFTP sockets need.
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-    let args = vec![
+    let mut args = vec![
         format!("--nofile={hard}:{hard}"),
         "dnsmasq".to_owned(),
         "--keep-in-foreground".to_owned(),
@@ -382,9 +440,6 @@ fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
             f.root.join("dnsmasq.leases").display()
         ),
         "--no-ping".to_owned(),
-        "--enable-tftp".to_owned(),
-        format!("--tftp-root={}", f.ipxe.display()),
-        format!("--tftp-max={}", clients.max(50)),
         "--dhcp-match=set:ipxe,175".to_owned(),
         "--dhcp-match=set:efi64,option:client-arch,7".to_owned(),
         format!("--dhcp-boot=tag:ipxe,http://{SERVER_IP}/boot.ipxe"),
@@ -392,23 +447,97 @@ fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
         format!("--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,{SERVER_IP}"),
         "--log-facility=/dev/null".to_owned(),
     ];
+    if tftp {
+        args.extend([
+            "--enable-tftp".to_owned(),
+            format!("--tftp-root={}", f.ipxe.display()),
+            format!("--tftp-max={}", clients.max(50)),
+        ]);
+    }
     let _ = fs::remove_file(f.root.join("dnsmasq.leases"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dnsmasq = lab.server.spawn("prlimit", &args)?;
+    if !bound(&lab.server, ":67 ") || (tftp && !bound(&lab.server, ":69 ")) {
+        bail!("dnsmasq did not come up");
+    }
+    let pid = dnsmasq.id().context("dnsmasq pid")?;
+    Ok(Server {
+        processes: vec![dnsmasq],
+        pids: vec![pid],
+    })
+}
+
+/// A TFTP server from Debian serving the iPXE directory on the lab address: tftpd-hpa
+/// (`in.tftpd`, one process forked per transfer; no windowsize, RFC 7440) or atftpd (threads,
+/// windowsize; unpacked by setup beside tftpd-hpa, whose package conflicts with it).
+fn start_tftp_peer(lab: &Lab, f: &Files, peer: &str, clients: usize) -> anyhow::Result<Server> {
+    let root = f.ipxe.display().to_string();
+    let process = match peer {
+        "tftpd-hpa" => lab.server.spawn(
+            "in.tftpd",
+            &[
+                "--foreground",
+                "--address",
+                &format!("{SERVER_IP}:69"),
+                "--secure",
+                &root,
+            ],
+        )?,
+        "atftpd" => {
+            let binary = Path::new(crate::setup::EXTRACTED_DIR).join("atftpd/usr/sbin/atftpd");
+            lab.server.spawn(
+                binary.to_str().context("UTF-8 path")?,
+                &[
+                    "--daemon",
+                    "--no-fork",
+                    "--port",
+                    "69",
+                    "--bind-address",
+                    SERVER_IP,
+                    "--maxthread",
+                    &clients.max(100).to_string(),
+                    "--logfile",
+                    "/dev/null",
+                    &root,
+                ],
+            )?
+        }
+        other => bail!("unknown TFTP peer {other}"),
+    };
+    if !bound(&lab.server, &format!("{SERVER_IP}:69 ")) {
+        bail!("{peer} did not come up (run `cargo xtask setup`)");
+    }
+    let pid = process.id().context("TFTP peer pid")?;
+    Ok(Server {
+        processes: vec![process],
+        pids: vec![pid],
+    })
+}
+
+/// nginx serving `www/` on port 80 with sendfile, `workers` worker processes (default: one per
+/// core) and room for `connections` connections.
+fn start_nginx(
+    lab: &Lab,
+    f: &Files,
+    workers: Option<usize>,
+    connections: u64,
+) -> anyhow::Result<Server> {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
     let conf = f.root.join("nginx.conf");
     fs::write(
         &conf,
         format!(
-            "daemon off;\nworker_processes auto;\nworker_rlimit_nofile {hard};\n\
+            "daemon off;\nworker_processes {workers};\nworker_rlimit_nofile {hard};\n\
              error_log stderr error;\npid {pid};\n\
              events {{ worker_connections {conns}; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 10000;\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
                client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
                uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
                types {{ application/octet-stream img; }}\n  default_type application/octet-stream;\n\
                server {{ listen {SERVER_IP}:80 reuseport; root {www}; }}\n}}\n",
+            workers = workers.map_or("auto".to_owned(), |n| n.to_string()),
             pid = f.root.join("nginx.pid").display(),
-            conns = hard.saturating_sub(100).min(clients as u64 + 1000),
+            conns = hard.saturating_sub(100).min(connections),
             tmp = f.root.display(),
             www = f.www.display(),
         ),
@@ -417,27 +546,38 @@ fn start_peers(lab: &Lab, f: &Files, clients: usize) -> anyhow::Result<Server> {
         "nginx",
         &["-c", conf.to_str().context("UTF-8")?, "-e", "stderr"],
     )?;
-    if !bound(&lab.server, ":67 ") || !bound(&lab.server, &format!("{SERVER_IP}:80 ")) {
-        bail!("dnsmasq or nginx did not come up");
+    if !bound(&lab.server, &format!("{SERVER_IP}:80 ")) {
+        bail!("nginx did not come up");
     }
-    // CPU is counted for dnsmasq, nginx's master and its workers.
-    let mut pids = vec![dnsmasq.id().context("dnsmasq pid")?];
+    // CPU is counted for nginx's master and its workers.
     let master = nginx.id().context("nginx pid")?;
-    pids.push(master);
-    let children =
-        fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
-    pids.extend(
-        children
+    let mut pids = vec![master];
+    // The workers are forked once the master has read its configuration; wait for them.
+    let want = workers.unwrap_or(1);
+    let children = wait_for(Duration::from_secs(10), || {
+        let text = fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+        let pids: Vec<u32> = text
             .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok()),
-    );
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (pids.len() >= want).then_some(pids)
+    })
+    .context("nginx started no workers")?;
+    pids.extend(children);
     Ok(Server {
-        processes: vec![dnsmasq, nginx],
+        processes: vec![nginx],
         pids,
     })
 }
 
 impl Server {
+    /// This server and `other` as one (e.g. DHCP from one program, TFTP from another).
+    fn with(mut self, mut other: Server) -> Server {
+        self.processes.append(&mut other.processes);
+        self.pids.append(&mut other.pids);
+        self
+    }
+
     /// Stops the server (SIGTERM, then waits up to 15 s) and returns what the first process
     /// printed (Stampede's final stats and XDP counters).
     fn stop(mut self) -> String {
@@ -613,10 +753,45 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ceiling_bps / 1e9
     );
 
+    let mut md = String::new();
+    let machine = String::from_utf8(Command::new("uname").arg("-srm").output()?.stdout)?;
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l[13..].trim().to_owned())
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "`cargo xtask bench {}` on {date} ({} cores, {cpu}, {})\n",
+        args.join(" "),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        machine.trim()
+    );
+    let _ = writeln!(
+        md,
+        "Lab link ceiling (iperf3, server to client, 4 streams): {:.2} Gbit/s = {:.0} MiB/s\n",
+        ceiling_bps / 1e9,
+        ceiling_bps / 8.0 / 1048576.0
+    );
+
+    if options.kind == Kind::Http {
+        let http_options = http::HttpOptions {
+            connections: options.connections,
+            duration: options.duration,
+            workers: options.workers,
+        };
+        let results = http::run(&lab, &f, &binary, &out, &options.peers, http_options)?;
+        http::summary(&mut md, &results, http_options);
+        return finish(&out, &md);
+    }
+
     let mut results = Vec::new();
     // (storm options, with a flood beside it)
     let runs: Vec<(Vec<String>, bool)> = match options.kind {
-        Kind::Storm => vec![(vec![], false)],
+        Kind::Storm | Kind::Http => vec![(vec![], false)],
         Kind::Flood => vec![(vec![], false), (vec![], true)],
         Kind::Dhcp => vec![(vec!["--until".into(), "dhcp".into()], false)],
         Kind::Tftp => options
@@ -670,14 +845,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                         &binary,
                         &format!("{clients}-{prefix}"),
                         config.as_deref(),
+                        &[],
                     )?
-                } else {
+                } else if peer == "dnsmasq" {
                     start_peers(&lab, &f, clients)?
-                };
-                let label = if peer == "stampede" {
-                    "stampede".to_owned()
                 } else {
-                    "dnsmasq+nginx".to_owned()
+                    // TFTP-only peers: DHCP from dnsmasq, which names this server's TFTP.
+                    let dhcp = start_dnsmasq(&lab, &f, clients, false)?;
+                    dhcp.with(start_tftp_peer(&lab, &f, peer, clients)?)
+                };
+                let label = match peer.as_str() {
+                    "dnsmasq" => "dnsmasq+nginx".to_owned(),
+                    other => other.to_owned(),
                 };
                 // The flood outlasts the storm it disturbs (twice the undisturbed time), bounded
                 // by the deadline; it stops by itself.
@@ -739,34 +918,46 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
 
+    // DORA/s from an independent load generator, against each DHCP server on its own.
+    let mut dora = Vec::new();
+    if options.kind == Kind::Dhcp {
+        for peer in &options.peers {
+            let server = if peer == "stampede" {
+                start_stampede(&lab, &f, &binary, "perfdhcp", None, &[])?
+            } else {
+                start_dnsmasq(&lab, &f, perfdhcp::CLIENTS as usize, false)?
+            };
+            let result = perfdhcp::search(&lab, &out, peer);
+            let stopped = server.stop();
+            let mut result = result?;
+            // Stampede's own count of what reached it and what it answered.
+            result.server_counters = stopped
+                .lines()
+                .find_map(|l| l.strip_prefix("final stats "))
+                .map(|line| {
+                    line.split_whitespace()
+                        .filter(|kv| {
+                            [
+                                "dhcp_received=",
+                                "dhcp_replies=",
+                                "kernel_drops=",
+                                "dhcp_dropped",
+                            ]
+                            .iter()
+                            .any(|k| kv.starts_with(k))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                });
+            dora.push(result);
+        }
+    }
+
     let per_machine = match options.kind {
         Kind::Storm | Kind::Flood => (BOOT_PROGRAM + KERNEL + INITRD) as f64,
         Kind::Tftp => BOOT_PROGRAM as f64,
-        Kind::Dhcp => 0.0,
+        Kind::Dhcp | Kind::Http => 0.0,
     };
-    let mut md = String::new();
-    let machine = String::from_utf8(Command::new("uname").arg("-srm").output()?.stdout)?;
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l[13..].trim().to_owned())
-        })
-        .unwrap_or_default();
-    let _ = writeln!(
-        md,
-        "`cargo xtask bench {}` on {date} ({} cores, {cpu}, {})\n",
-        args.join(" "),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        machine.trim()
-    );
-    let _ = writeln!(
-        md,
-        "Lab link ceiling (iperf3, server to client, 4 streams): {:.2} Gbit/s = {:.0} MiB/s\n",
-        ceiling_bps / 1e9,
-        ceiling_bps / 8.0 / 1048576.0
-    );
     let _ = writeln!(
         md,
         "| server | machines | booted | time to last (s) | ceiling time (s) | p50 boot (ms) | p99 boot (ms) | MiB/s | server CPU (s) | bench CPU (s) | failures |"
@@ -848,7 +1039,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for r in &results {
         let _ = writeln!(md, "    {}", r.command);
     }
-    fs::write(out.join("summary.md"), &md)?;
+    if !dora.is_empty() {
+        perfdhcp::summary(&mut md, &dora);
+    }
+    finish(&out, &md)
+}
+
+/// Writes the summary beside the run's reports and prints it.
+fn finish(out: &Path, md: &str) -> anyhow::Result<()> {
+    fs::write(out.join("summary.md"), md)?;
     println!("\n{md}");
     println!("reports: {}", out.display());
     Ok(())
