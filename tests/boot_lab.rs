@@ -148,6 +148,92 @@ fn authoritative_dhcp_gives_addresses_and_the_right_boot_file_per_client_type() 
 }
 
 /// Reads the DHCP payloads (UDP port 68) out of a pcap file.
+/// `sent packets` and `received packets` of one exchange in perfdhcp's statistics.
+fn perfdhcp_exchange(output: &str, name: &str) -> (u64, u64) {
+    let block = output
+        .split(&format!("***Statistics for: {name}***"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} statistics in:\n{output}"));
+    let value = |key: &str| -> u64 {
+        block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} for {name} in:\n{output}"))
+    };
+    (value("sent packets:"), value("received packets:"))
+}
+
+/// Kea's perfdhcp acts as a relay (giaddr = its own address, from port 67, unicast to the
+/// server): every relayed DORA completes, answered to the relay from the relay subnet's pool.
+#[test]
+fn relayed_dora_from_perfdhcp_completes_without_drops() {
+    if !require("relayed_dora_perfdhcp", &["perfdhcp", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(1 << 16, 1 << 16);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(200));
+    let server = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &["--dhcp-range", &range],
+        &payload,
+    );
+    // The relay's address, in the pool's subnet but outside its range.
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(250), "dev", &lab.client_if])
+        .expect("relay address");
+    let server_ip = lab.server_ip().to_string();
+    // 300 exchanges at 100/s from 50 clients (fewer than the range's 101 addresses); wait a
+    // second at the end for the last answers.
+    let out = lab
+        .client
+        .run(
+            "perfdhcp",
+            &[
+                "-4",
+                "-l",
+                &lab.client_if,
+                "-r",
+                "100",
+                "-n",
+                "300",
+                "-R",
+                "50",
+                "-W",
+                "1000000",
+                &server_ip,
+            ],
+            Duration::from_secs(30),
+        )
+        .expect("perfdhcp runs");
+    let (_, stats) = stop(server);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let (discovers, offers) = perfdhcp_exchange(&text, "DISCOVER-OFFER");
+    let (requests, acks) = perfdhcp_exchange(&text, "REQUEST-ACK");
+    assert!(
+        discovers >= 300,
+        "perfdhcp sent {discovers} DISCOVERs:\n{text}"
+    );
+    assert_eq!(
+        offers, discovers,
+        "every relayed DISCOVER gets an OFFER:\n{text}"
+    );
+    assert_eq!(requests, offers, "perfdhcp requests every offer:\n{text}");
+    assert_eq!(acks, requests, "every relayed REQUEST gets an ACK:\n{text}");
+    assert!(
+        out.status.success(),
+        "perfdhcp saw drops ({}):\n{text}",
+        out.status
+    );
+    assert_eq!(
+        stats["dhcp_replies"],
+        offers + acks,
+        "the appliance answered each relayed message once: {stats:?}"
+    );
+}
+
 fn dhcp_replies_in_pcap(path: &std::path::Path) -> Vec<(Ipv4Addr, stampede_proto::dhcp::Repr)> {
     let bytes = std::fs::read(path).expect("pcap");
     assert!(bytes.len() >= 24, "pcap too short");
