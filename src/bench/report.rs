@@ -339,8 +339,9 @@ fn axes(s: &mut String, x: f64, y: f64, w: f64, h: f64, xmax: f64, xu: &str, yma
     }
 }
 
-/// CPU seconds (user + system) of `pid`, with its children it has reaped (a server that forks
-/// per transfer, like tftpd-hpa), and its RSS now and at peak, from `/proc`.
+/// CPU seconds (user + system) of `pid`, with the children it has waited for (a server that
+/// forks per request), and its RSS now and at peak, from `/proc`. Children of a process that
+/// ignores SIGCHLD are reaped by the kernel and never counted (tftpd-hpa's).
 pub fn proc_usage(pid: u32) -> Option<(f64, f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name (which may contain spaces).
