@@ -357,6 +357,12 @@ impl WorkerState {
     ) -> Result<(), crate::sys::uring::UringError> {
         let mut seen_reload = reload.load(Ordering::Relaxed);
         let mut next_publish = Instant::now();
+        // The turn's wake-up bounds are kept until they pass rather than recomputed from `now`
+        // each turn: an unchanged deadline leaves the ring's timeout armed, where a deadline
+        // that moves every turn would cost a timeout removal, a new timeout and their two
+        // completions per datagram (one lock-step TFTP block).
+        let mut next_tick = Instant::now() + TICK;
+        let mut held_poll: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let generation = reload.load(Ordering::Relaxed);
             if generation != seen_reload {
@@ -365,12 +371,22 @@ impl WorkerState {
                 self.apply_plan(new);
             }
             let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + TICK;
+            }
             let mut deadline = self
                 .earliest_deadline()
-                .map_or(now + TICK, |d| d.min(now + TICK));
+                .map_or(next_tick, |d| d.min(next_tick));
             if self.dhcp.as_ref().is_some_and(|d| d.queued() > 0) {
                 // ACKs wait for their lease to be durable (group commit): look again soon.
-                deadline = deadline.min(now + HELD_ACK_POLL);
+                let poll = match held_poll {
+                    Some(at) if at > now => at,
+                    _ => now + HELD_ACK_POLL,
+                };
+                held_poll = Some(poll);
+                deadline = deadline.min(poll);
+            } else {
+                held_poll = None;
             }
             ring.run_once(Some(deadline), |datagram, outbox| {
                 self.handle(datagram, outbox)
