@@ -82,6 +82,8 @@ struct Appliance {
     _capture: Option<Process>,
     stdout: PathBuf,
     stderr: PathBuf,
+    /// The API is up on [`BENCH_API`].
+    api: bool,
 }
 
 impl Appliance {
@@ -123,6 +125,7 @@ impl Appliance {
             _capture: capture,
             stdout,
             stderr,
+            api: api.is_some(),
         };
         let ready = wait_for(Duration::from_secs(20), || {
             if appliance
@@ -231,6 +234,8 @@ struct Booted {
     stats: HashMap<String, u64>,
     /// Datagrams to UDP port 4011 during the boot.
     to_port_4011: Vec<String>,
+    /// The machine's session from the appliance's API, when it ran with one.
+    timeline: Option<SessionTimeline>,
 }
 
 /// Starts the machine `spec` once a slot is free, waits for `marker` on its console, stops the
@@ -264,7 +269,9 @@ fn boot_and_wait(
         seen.elapsed_since_start.as_secs_f64(),
         (queued.elapsed() - machine.elapsed()).as_secs_f64(),
     );
+    let mac = machine.spec().mac.clone();
     drop(machine);
+    let timeline = appliance.api.then(|| session_timeline(lab, &mac));
     let boot_lines = appliance.boot_lines();
     let stats = appliance.stop();
     let booted = Booted {
@@ -272,6 +279,7 @@ fn boot_and_wait(
         boot_lines,
         stats,
         to_port_4011: Vec::new(),
+        timeline,
     };
     assert_http_boot(&booted, what);
     booted
@@ -313,7 +321,7 @@ fn quick_boot(firmware: Firmware, extra: &[&str], what: &str) -> Booted {
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args.push(payload.kernel.display().to_string());
     args.push(payload.initrd.display().to_string());
-    let appliance = Appliance::start(&lab, &work, &args);
+    let appliance = Appliance::start_with_api(&lab, &work, &args, Some(BENCH_API));
     let watch = BootServerPortWatch::start(&lab, &work);
     let tap = lab.add_tap().expect("tap");
     let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
@@ -440,6 +448,31 @@ fn assert_no_boot_server_requests(booted: &Booted, what: &str) {
     );
 }
 
+/// The appliance's session for the machine is one boot that went through `steps` in order (each
+/// found in an event's description): the loader's own DHCP continued the boot.
+fn assert_one_boot_session(booted: &Booted, steps: &[&str]) {
+    let timeline = booted.timeline.as_ref().expect("the API was on");
+    let events: Vec<String> = timeline
+        .timeline
+        .iter()
+        .map(|e| format!("{} {}", e.event.kind.name(), e.event.kind.describe()))
+        .collect();
+    assert_eq!(timeline.summary.boot, 1, "{events:#?}");
+    let positions: Vec<usize> = steps
+        .iter()
+        .map(|step| {
+            events
+                .iter()
+                .position(|e| e.contains(step))
+                .unwrap_or_else(|| panic!("no {step:?} in {events:#?}"))
+        })
+        .collect();
+    assert!(
+        positions.is_sorted(),
+        "{steps:?} out of order in {events:#?}"
+    );
+}
+
 fn assert_no_tftp(booted: &Booted, what: &str) {
     assert_eq!(
         booted.stats.get("tftp_started").copied(),
@@ -474,6 +507,7 @@ fn seabios_rom_chainloads_undionly_once_then_boots_over_http() {
         "stage 1 fetches undionly.kpxe once, stage 2 gets the script:\n{}",
         booted.boot_lines.join("\n")
     );
+    assert_one_boot_session(&booted, &["undionly.kpxe", "boot.ipxe", INITRD_NAME]);
 }
 
 #[test]
@@ -490,6 +524,7 @@ fn ovmf_uefi_pxe_boots_snponly_over_tftp_then_http_from_stampede_boot() {
         booted.boot_lines.join("\n")
     );
     assert_no_boot_server_requests(&booted, test);
+    assert_one_boot_session(&booted, &["snponly.efi", "boot.ipxe", INITRD_NAME]);
 }
 
 #[test]
@@ -500,6 +535,7 @@ fn ovmf_uefi_http_boot_boots_over_http_only_from_stampede_boot() {
     }
     let booted = quick_boot(Firmware::UefiHttp, &[], "http");
     assert_no_tftp(&booted, test);
+    assert_one_boot_session(&booted, &["snponly.efi", "boot.ipxe", INITRD_NAME]);
 }
 
 #[test]
@@ -559,9 +595,9 @@ fn console_breakdown(lines: &[stampede_lab::console::StampedLine]) -> Vec<(Durat
         .collect()
 }
 
-/// The appliance's session timeline for `mac` (`stampede ctl --json sessions MAC`), as events
-/// in time since `power_on`.
-fn session_breakdown(lab: &BootLab, mac: &str, power_on: SystemTime) -> Vec<(Duration, String)> {
+/// The appliance's session timeline for `mac`: `stampede ctl --json sessions MAC` against the
+/// API on [`BENCH_API`].
+fn session_timeline(lab: &BootLab, mac: &str) -> SessionTimeline {
     let url = format!("http://{BENCH_API}");
     let out = lab
         .server
@@ -581,8 +617,12 @@ fn session_breakdown(lab: &BootLab, mac: &str, power_on: SystemTime) -> Vec<(Dur
         )
         .expect("stampede ctl sessions runs");
     assert!(out.status.success(), "ctl sessions: {}", out.stderr);
-    let timeline: SessionTimeline =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|err| panic!("{err}: {}", out.stdout));
+    serde_json::from_str(&out.stdout).unwrap_or_else(|err| panic!("{err}: {}", out.stdout))
+}
+
+/// The appliance's session timeline for `mac` as events in time since `power_on`.
+fn session_breakdown(lab: &BootLab, mac: &str, power_on: SystemTime) -> Vec<(Duration, String)> {
+    let timeline = session_timeline(lab, mac);
     let power_on_ms = power_on
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -675,6 +715,7 @@ fn stampede_boot_time(payload: &Payload, firmware: Firmware, round: usize) -> Bo
         boot_lines: appliance.boot_lines(),
         stats: appliance.stop(),
         to_port_4011: Vec::new(),
+        timeline: None,
     };
     assert_http_boot(&booted, "boot time");
     BootTime {
