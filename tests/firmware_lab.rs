@@ -7,6 +7,8 @@
 //!   undionly's iPXE (told apart from the ROM by the server) gets the script.
 //! - OVMF's own PXE client: `snponly.efi` over TFTP, then iPXE over HTTP.
 //! - OVMF UEFI HTTP Boot: `snponly.efi` over HTTP, then iPXE over HTTP.
+//! - SeaBIOS and OVMF PXE from `stampede boot` in ProxyDHCP mode beside the LAN's own DHCP
+//!   server (dnsmasq, addresses only).
 //! - SeaBIOS and OVMF PXE from `serve --config` with a per-MAC profile whose command line
 //!   (`stampede.marker=profile-{hostname}`) decides the marker.
 //!
@@ -403,6 +405,61 @@ mode = "off"
     )
 }
 
+/// `stampede boot` in ProxyDHCP mode (no `--dhcp-range`) beside the LAN's own DHCP server:
+/// dnsmasq in the rack namespace, on the bridge at `.2`, handing out addresses only. Returns
+/// what the boot showed and dnsmasq's lease file.
+fn proxy_boot(firmware: Firmware, what: &str) -> (Booted, String) {
+    let payload = payload();
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new(&format!("fw-proxy-{}", firmware.tag())).expect("work dir");
+    let marker = format!("{firmware}-proxy-{}", std::process::id());
+    lab.rack
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.bridge])
+        .expect("LAN DHCP server address");
+    let leases = work.join("lan.leases");
+    let (low, high) = lab.dhcp_range();
+    let lan_dhcp = lab
+        .rack
+        .spawn(
+            "dnsmasq",
+            &[
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--bind-interfaces",
+                "--no-ping",
+                &format!("--interface={}", lab.bridge),
+                &format!("--dhcp-range={low},{high},255.255.255.0,10m"),
+                &format!("--dhcp-leasefile={}", leases.display()),
+            ],
+        )
+        .expect("dnsmasq");
+    let args: Vec<String> = [
+        "boot",
+        "--iface",
+        &lab.server_if,
+        "--xdp-mode",
+        "off",
+        "--cmdline",
+        &cmdline(&marker),
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain([
+        payload.kernel.display().to_string(),
+        payload.initrd.display().to_string(),
+    ])
+    .collect();
+    let appliance = Appliance::start_with_api(&lab, &work, &args, Some(BENCH_API));
+    let watch = BootServerPortWatch::start(&lab, &work);
+    let tap = lab.add_tap().expect("tap");
+    let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
+    let mut booted = boot_and_wait(&lab, appliance, spec, &marker, what);
+    booted.to_port_4011 = watch.seen();
+    drop(lan_dhcp);
+    (booted, fs::read_to_string(&leases).unwrap_or_default())
+}
+
 /// Completed TFTP downloads of `file`. (EDK2's PXE client first asks for the size and then
 /// aborts that transfer, which the log shows as failed; only the download itself completes.)
 fn downloads_of(booted: &Booted, file: &str) -> usize {
@@ -536,6 +593,47 @@ fn ovmf_uefi_http_boot_boots_over_http_only_from_stampede_boot() {
     let booted = quick_boot(Firmware::UefiHttp, &[], "http");
     assert_no_tftp(&booted, test);
     assert_one_boot_session(&booted, &["snponly.efi", "boot.ipxe", INITRD_NAME]);
+}
+
+/// ProxyDHCP beside the LAN's DHCP server: the address comes from dnsmasq, the boot from
+/// Stampede, and iPXE needs no ProxyDHCP request to port 4011 (the offer carries next-server and
+/// boot file).
+#[test]
+fn seabios_ipxe_rom_boots_from_stampede_proxy_beside_the_lans_dhcp() {
+    let test = "seabios_ipxe_rom_boots_from_stampede_proxy_beside_the_lans_dhcp";
+    if !gate(test, Firmware::Bios) || !require(test, &["dnsmasq"]) {
+        return;
+    }
+    let (booted, leases) = proxy_boot(Firmware::Bios, "proxy");
+    assert_no_tftp(&booted, test);
+    assert_no_boot_server_requests(&booted, test);
+    assert!(
+        leases.lines().count() == 1,
+        "the LAN's DHCP server leased the address:\n{leases}"
+    );
+}
+
+/// The same for OVMF's PXE client: it merges the LAN's address offer with Stampede's ProxyDHCP
+/// offer and, told by option 43 that the boot file is in the offer, fetches `snponly.efi` over
+/// TFTP without asking the boot server port 4011 first; then iPXE as above.
+#[test]
+fn ovmf_uefi_pxe_boots_from_stampede_proxy_beside_the_lans_dhcp() {
+    let test = "ovmf_uefi_pxe_boots_from_stampede_proxy_beside_the_lans_dhcp";
+    if !gate(test, Firmware::UefiPxe) || !require(test, &["dnsmasq"]) {
+        return;
+    }
+    let (booted, leases) = proxy_boot(Firmware::UefiPxe, "proxy");
+    assert_no_boot_server_requests(&booted, test);
+    assert_eq!(
+        downloads_of(&booted, "snponly.efi"),
+        1,
+        "{}",
+        booted.boot_lines.join("\n")
+    );
+    assert!(
+        leases.lines().count() == 1,
+        "the LAN's DHCP server leased the address:\n{leases}"
+    );
 }
 
 #[test]
