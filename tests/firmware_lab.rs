@@ -1,6 +1,7 @@
 //! Real firmware booting the lab's tiny Linux from Stampede: QEMU (`-accel tcg`) with its NIC on a
 //! tap bridged to the server namespace's veth, where `stampede boot --dhcp-range` (or
-//! `stampede serve --config`) is the only DHCP, TFTP and HTTP server.
+//! `stampede serve --config`) is the only DHCP, TFTP and HTTP server, or `stampede boot` the
+//! ProxyDHCP server beside the LAN's own DHCP server.
 //!
 //! - SeaBIOS + QEMU's iPXE ROM: DHCP, then the iPXE script, kernel and initrd over HTTP.
 //! - SeaBIOS two-stage (`--chainload`): the ROM's iPXE fetches `undionly.kpxe` over TFTP, and
@@ -405,20 +406,15 @@ mode = "off"
     )
 }
 
-/// `stampede boot` in ProxyDHCP mode (no `--dhcp-range`) beside the LAN's own DHCP server:
-/// dnsmasq in the rack namespace, on the bridge at `.2`, handing out addresses only. Returns
-/// what the boot showed and dnsmasq's lease file.
-fn proxy_boot(firmware: Firmware, what: &str) -> (Booted, String) {
-    let payload = payload();
-    let mut lab = BootLab::new().expect("boot lab");
-    let work = WorkDir::new(&format!("fw-proxy-{}", firmware.tag())).expect("work dir");
-    let marker = format!("{firmware}-proxy-{}", std::process::id());
+/// The LAN's own DHCP server for ProxyDHCP runs: dnsmasq in the rack namespace, on the bridge at
+/// `.2`, handing out addresses only (no boot options). Returns it and its lease file.
+fn lan_dhcp(lab: &BootLab, work: &WorkDir) -> (Process, PathBuf) {
     lab.rack
         .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.bridge])
         .expect("LAN DHCP server address");
     let leases = work.join("lan.leases");
     let (low, high) = lab.dhcp_range();
-    let lan_dhcp = lab
+    let dnsmasq = lab
         .rack
         .spawn(
             "dnsmasq",
@@ -434,6 +430,18 @@ fn proxy_boot(firmware: Firmware, what: &str) -> (Booted, String) {
             ],
         )
         .expect("dnsmasq");
+    (dnsmasq, leases)
+}
+
+/// `stampede boot` in ProxyDHCP mode (no `--dhcp-range`) beside the LAN's own DHCP server:
+/// dnsmasq in the rack namespace, on the bridge at `.2`, handing out addresses only. Returns
+/// what the boot showed and dnsmasq's lease file.
+fn proxy_boot(firmware: Firmware, what: &str) -> (Booted, String) {
+    let payload = payload();
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new(&format!("fw-proxy-{}", firmware.tag())).expect("work dir");
+    let marker = format!("{firmware}-proxy-{}", std::process::id());
+    let (lan_dhcp, leases) = lan_dhcp(&lab, &work);
     let args: Vec<String> = [
         "boot",
         "--iface",
@@ -758,8 +766,14 @@ fn session_breakdown(lab: &BootLab, mac: &str, power_on: SystemTime) -> Vec<(Dur
 }
 
 /// `stampede boot` with its router advertisements on, the server's IPv6 on as on a real
-/// network, and the API up for the session timeline.
-fn stampede_boot_time(payload: &Payload, firmware: Firmware, round: usize) -> BootTime {
+/// network, and the API up for the session timeline: the only DHCP server (`--dhcp-range`), or
+/// with `proxy` the ProxyDHCP server beside the LAN's dnsmasq ([`lan_dhcp`]).
+fn stampede_boot_time(
+    payload: &Payload,
+    firmware: Firmware,
+    round: usize,
+    proxy: bool,
+) -> BootTime {
     let mut lab = BootLab::new().expect("boot lab");
     for key in [
         format!("net.ipv6.conf.{}.accept_dad", lab.server_if),
@@ -771,23 +785,29 @@ fn stampede_boot_time(payload: &Payload, firmware: Firmware, round: usize) -> Bo
             .sysctl(&key, "0")
             .expect("enable IPv6 on the server");
     }
-    let work = WorkDir::new(&format!("bt-{}-{round}", firmware.tag())).expect("work dir");
-    let marker = format!("boot-time-{}-{round}", firmware.tag());
-    let args: Vec<String> = vec![
-        "boot".into(),
-        "--iface".into(),
-        lab.server_if.clone(),
-        "--dhcp-range".into(),
-        dhcp_range(&lab),
-        "--xdp-mode".into(),
-        "off".into(),
-        "--router-advertisements".into(),
-        "auto".into(),
-        "--cmdline".into(),
-        cmdline(&marker),
-        payload.kernel.display().to_string(),
-        payload.initrd.display().to_string(),
-    ];
+    let mode = if proxy { "proxy" } else { "dhcp" };
+    let work = WorkDir::new(&format!("bt-{}-{mode}-{round}", firmware.tag())).expect("work dir");
+    let marker = format!("boot-time-{}-{mode}-{round}", firmware.tag());
+    let _lan_dhcp = proxy.then(|| lan_dhcp(&lab, &work));
+    let range = if proxy {
+        Vec::new()
+    } else {
+        vec!["--dhcp-range".to_owned(), dhcp_range(&lab)]
+    };
+    let args: Vec<String> = ["boot".into(), "--iface".into(), lab.server_if.clone()]
+        .into_iter()
+        .chain(range)
+        .chain([
+            "--xdp-mode".into(),
+            "off".into(),
+            "--router-advertisements".into(),
+            "auto".into(),
+            "--cmdline".into(),
+            cmdline(&marker),
+            payload.kernel.display().to_string(),
+            payload.initrd.display().to_string(),
+        ])
+        .collect();
     let appliance = Appliance::start_with_api(&lab, &work, &args, Some(BENCH_API));
     // The responder listens 3 s for other routers before it answers.
     std::thread::sleep(Duration::from_secs(4));
@@ -818,7 +838,11 @@ fn stampede_boot_time(payload: &Payload, firmware: Firmware, round: usize) -> Bo
     assert_http_boot(&booted, "boot time");
     BootTime {
         firmware,
-        server: "Stampede",
+        server: if proxy {
+            "Stampede ProxyDHCP + dnsmasq DHCP"
+        } else {
+            "Stampede"
+        },
         elapsed: booted.elapsed,
         breakdown,
     }
@@ -856,7 +880,7 @@ fn dnsmasq_boot_time(payload: &Payload, firmware: Firmware, round: usize) -> Boo
 ///
 /// `cargo test --test firmware_lab boot_time -- --ignored --nocapture --test-threads 1`
 #[test]
-#[ignore = "benchmark: boots 4 machines per round one after the other (~2 min)"]
+#[ignore = "benchmark: boots 6 machines per round one after the other (~2.5 min)"]
 fn boot_time_stampede_and_dnsmasq() {
     if !gate("boot_time", Firmware::UefiPxe) || !gate("boot_time", Firmware::Bios) {
         return;
@@ -870,7 +894,8 @@ fn boot_time_stampede_and_dnsmasq() {
     for round in 1..=rounds {
         for firmware in [Firmware::Bios, Firmware::UefiPxe] {
             for row in [
-                stampede_boot_time(&payload, firmware, round),
+                stampede_boot_time(&payload, firmware, round, false),
+                stampede_boot_time(&payload, firmware, round, true),
                 dnsmasq_boot_time(&payload, firmware, round),
             ] {
                 eprintln!(
