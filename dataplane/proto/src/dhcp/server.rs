@@ -1233,7 +1233,8 @@ mod tests {
         name: &'static str,
         discover: &'static [u8],
         request: &'static [u8],
-        /// The boot file: a TFTP name for firmware PXE, the script's URL path for iPXE.
+        /// iPXE (answered with its script's URL) rather than firmware PXE (the loader's TFTP
+        /// name).
         ipxe: bool,
     }
 
