@@ -1,12 +1,15 @@
 //! Real firmware booting the lab's tiny Linux from Stampede: QEMU (`-accel tcg`) with its NIC on a
 //! tap bridged to the server namespace's veth, where `stampede boot --dhcp-range` (or
-//! `stampede serve --config`) is the only DHCP, TFTP and HTTP server.
+//! `stampede serve --config`) is the only DHCP, TFTP and HTTP server, or `stampede boot` the
+//! ProxyDHCP server beside the LAN's own DHCP server.
 //!
 //! - SeaBIOS + QEMU's iPXE ROM: DHCP, then the iPXE script, kernel and initrd over HTTP.
 //! - SeaBIOS two-stage (`--chainload`): the ROM's iPXE fetches `undionly.kpxe` over TFTP, and
 //!   undionly's iPXE (told apart from the ROM by the server) gets the script.
 //! - OVMF's own PXE client: `snponly.efi` over TFTP, then iPXE over HTTP.
 //! - OVMF UEFI HTTP Boot: `snponly.efi` over HTTP, then iPXE over HTTP.
+//! - SeaBIOS and OVMF PXE from `stampede boot` in ProxyDHCP mode beside the LAN's own DHCP
+//!   server (dnsmasq, addresses only).
 //! - SeaBIOS and OVMF PXE from `serve --config` with a per-MAC profile whose command line
 //!   (`stampede.marker=profile-{hostname}`) decides the marker.
 //!
@@ -18,10 +21,11 @@ use std::{
     fs,
     path::PathBuf,
     process::Stdio,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use nix::sys::signal::Signal;
+use stampede_control::sessions::SessionTimeline;
 use stampede_lab::{
     Process,
     guest::{INITRD_NAME, MARKER_PARAM, Payload},
@@ -30,6 +34,10 @@ use stampede_lab::{
 };
 
 const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
+/// The benchmark's API token (the API listens only inside the lab's server namespace).
+const BENCH_TOKEN: &str = "boot-time-benchmark";
+/// Where the benchmark's appliance serves its API, inside the server namespace.
+const BENCH_API: &str = "127.0.0.1:8931";
 
 /// One boot alone takes 25-45 s under TCG; with two guests sharing two cores UEFI boots were
 /// measured at 44-46 s (lab/tests/qemu_lab.rs).
@@ -77,18 +85,27 @@ struct Appliance {
     _capture: Option<Process>,
     stdout: PathBuf,
     stderr: PathBuf,
+    /// The API is up on [`BENCH_API`].
+    api: bool,
 }
 
 impl Appliance {
-    /// Runs `stampede <args> --xdp-mode off --api off --state <work>/state.redb` (the last three
-    /// only for `boot`; `serve --config` takes `xdp` from its file) and waits for `ready`.
+    /// Runs `stampede <args> --api off --stats-interval 60 --state <work>/state.redb` and waits
+    /// for `ready`.
     fn start(lab: &BootLab, work: &WorkDir, args: &[String]) -> Self {
+        Self::start_with_api(lab, work, args, None)
+    }
+
+    /// [`Appliance::start`] with the control API on `api` (in the server namespace) and
+    /// [`BENCH_TOKEN`] as its admin token, or off.
+    fn start_with_api(lab: &BootLab, work: &WorkDir, args: &[String], api: Option<&str>) -> Self {
         let stdout = work.join("stampede.out");
         let stderr = work.join("stampede.log");
         let mut command = lab.server.command(STAMPEDE);
         command
             .args(args)
-            .args(["--api", "off", "--stats-interval", "60"])
+            .args(["--api", api.unwrap_or("off"), "--stats-interval", "60"])
+            .env("STAMPEDE_ADMIN_TOKEN", BENCH_TOKEN)
             .arg("--state")
             .arg(work.join("state.redb"))
             .env("RUST_LOG", "info")
@@ -111,6 +128,7 @@ impl Appliance {
             _capture: capture,
             stdout,
             stderr,
+            api: api.is_some(),
         };
         let ready = wait_for(Duration::from_secs(20), || {
             if appliance
@@ -172,11 +190,55 @@ impl Appliance {
     }
 }
 
+/// `tcpdump` on the server veth for datagrams to UDP port 4011, the PXE boot server port a
+/// client turns to for boot server discovery or a ProxyDHCP REQUEST. Answers that let a client go
+/// on at once leave it silent.
+struct BootServerPortWatch {
+    _tcpdump: Process,
+    out: PathBuf,
+}
+
+impl BootServerPortWatch {
+    fn start(lab: &BootLab, work: &WorkDir) -> Self {
+        let out = work.join("port4011.txt");
+        let err = work.join("port4011.err");
+        let mut tcpdump = lab.server.command("tcpdump");
+        tcpdump
+            .args(["--immediate-mode", "-l", "-n", "-i", &lab.server_if])
+            .args(["udp", "dst", "port", "4011"])
+            .stdout(Stdio::from(fs::File::create(&out).expect("tcpdump out")))
+            .stderr(Stdio::from(fs::File::create(&err).expect("tcpdump err")));
+        let tcpdump = Process::spawn(tcpdump).unwrap_or_else(|e| panic!("tcpdump: {e}"));
+        let listening = wait_for(Duration::from_secs(10), || {
+            let text = fs::read_to_string(&err).ok()?;
+            text.contains("listening on").then_some(())
+        });
+        assert!(listening.is_some(), "tcpdump did not start");
+        Self {
+            _tcpdump: tcpdump,
+            out,
+        }
+    }
+
+    /// The datagrams seen so far, one line each.
+    fn seen(&self) -> Vec<String> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// What one boot showed.
 struct Booted {
     elapsed: Duration,
     boot_lines: Vec<String>,
     stats: HashMap<String, u64>,
+    /// Datagrams to UDP port 4011 during the boot.
+    to_port_4011: Vec<String>,
+    /// The machine's session from the appliance's API, when it ran with one.
+    timeline: Option<SessionTimeline>,
 }
 
 /// Starts the machine `spec` once a slot is free, waits for `marker` on its console, stops the
@@ -210,13 +272,17 @@ fn boot_and_wait(
         seen.elapsed_since_start.as_secs_f64(),
         (queued.elapsed() - machine.elapsed()).as_secs_f64(),
     );
+    let mac = machine.spec().mac.clone();
     drop(machine);
+    let timeline = appliance.api.then(|| session_timeline(lab, &mac));
     let boot_lines = appliance.boot_lines();
     let stats = appliance.stop();
     let booted = Booted {
         elapsed: seen.elapsed_since_start,
         boot_lines,
         stats,
+        to_port_4011: Vec::new(),
+        timeline,
     };
     assert_http_boot(&booted, what);
     booted
@@ -258,10 +324,13 @@ fn quick_boot(firmware: Firmware, extra: &[&str], what: &str) -> Booted {
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args.push(payload.kernel.display().to_string());
     args.push(payload.initrd.display().to_string());
-    let appliance = Appliance::start(&lab, &work, &args);
+    let appliance = Appliance::start_with_api(&lab, &work, &args, Some(BENCH_API));
+    let watch = BootServerPortWatch::start(&lab, &work);
     let tap = lab.add_tap().expect("tap");
     let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
-    boot_and_wait(&lab, appliance, spec, &marker, what)
+    let mut booted = boot_and_wait(&lab, appliance, spec, &marker, what);
+    booted.to_port_4011 = watch.seen();
+    booted
 }
 
 /// `stampede serve --config` with a default profile and a per-MAC profile for the machine: the
@@ -337,6 +406,68 @@ mode = "off"
     )
 }
 
+/// The LAN's own DHCP server for ProxyDHCP runs: dnsmasq in the rack namespace, on the bridge at
+/// `.2`, handing out addresses only (no boot options). Returns it and its lease file.
+fn lan_dhcp(lab: &BootLab, work: &WorkDir) -> (Process, PathBuf) {
+    lab.rack
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.bridge])
+        .expect("LAN DHCP server address");
+    let leases = work.join("lan.leases");
+    let (low, high) = lab.dhcp_range();
+    let dnsmasq = lab
+        .rack
+        .spawn(
+            "dnsmasq",
+            &[
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--bind-interfaces",
+                "--no-ping",
+                &format!("--interface={}", lab.bridge),
+                &format!("--dhcp-range={low},{high},255.255.255.0,10m"),
+                &format!("--dhcp-leasefile={}", leases.display()),
+            ],
+        )
+        .expect("dnsmasq");
+    (dnsmasq, leases)
+}
+
+/// `stampede boot` in ProxyDHCP mode (no `--dhcp-range`) beside the LAN's own DHCP server:
+/// dnsmasq in the rack namespace, on the bridge at `.2`, handing out addresses only. Returns
+/// what the boot showed and dnsmasq's lease file.
+fn proxy_boot(firmware: Firmware, what: &str) -> (Booted, String) {
+    let payload = payload();
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new(&format!("fw-proxy-{}", firmware.tag())).expect("work dir");
+    let marker = format!("{firmware}-proxy-{}", std::process::id());
+    let (lan_dhcp, leases) = lan_dhcp(&lab, &work);
+    let args: Vec<String> = [
+        "boot",
+        "--iface",
+        &lab.server_if,
+        "--xdp-mode",
+        "off",
+        "--cmdline",
+        &cmdline(&marker),
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain([
+        payload.kernel.display().to_string(),
+        payload.initrd.display().to_string(),
+    ])
+    .collect();
+    let appliance = Appliance::start_with_api(&lab, &work, &args, Some(BENCH_API));
+    let watch = BootServerPortWatch::start(&lab, &work);
+    let tap = lab.add_tap().expect("tap");
+    let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
+    let mut booted = boot_and_wait(&lab, appliance, spec, &marker, what);
+    booted.to_port_4011 = watch.seen();
+    drop(lan_dhcp);
+    (booted, fs::read_to_string(&leases).unwrap_or_default())
+}
+
 /// Completed TFTP downloads of `file`. (EDK2's PXE client first asks for the size and then
 /// aborts that transfer, which the log shows as failed; only the download itself completes.)
 fn downloads_of(booted: &Booted, file: &str) -> usize {
@@ -371,6 +502,42 @@ fn assert_http_boot(booted: &Booted, what: &str) {
     }
 }
 
+/// Option 43 (firmware PXE: "download the file named here, no boot server discovery") and the
+/// boot file in the answer itself (iPXE: no ProxyDHCPREQUEST) kept every client off port 4011.
+fn assert_no_boot_server_requests(booted: &Booted, what: &str) {
+    assert!(
+        booted.to_port_4011.is_empty(),
+        "{what}: datagrams to the PXE boot server port:\n{}\n{}",
+        booted.to_port_4011.join("\n"),
+        booted.boot_lines.join("\n")
+    );
+}
+
+/// The appliance's session for the machine is one boot that went through `steps` in order (each
+/// found in an event's description): the loader's own DHCP continued the boot.
+fn assert_one_boot_session(booted: &Booted, steps: &[&str]) {
+    let timeline = booted.timeline.as_ref().expect("the API was on");
+    let events: Vec<String> = timeline
+        .timeline
+        .iter()
+        .map(|e| format!("{} {}", e.event.kind.name(), e.event.kind.describe()))
+        .collect();
+    assert_eq!(timeline.summary.boot, 1, "{events:#?}");
+    let positions: Vec<usize> = steps
+        .iter()
+        .map(|step| {
+            events
+                .iter()
+                .position(|e| e.contains(step))
+                .unwrap_or_else(|| panic!("no {step:?} in {events:#?}"))
+        })
+        .collect();
+    assert!(
+        positions.is_sorted(),
+        "{steps:?} out of order in {events:#?}"
+    );
+}
+
 fn assert_no_tftp(booted: &Booted, what: &str) {
     assert_eq!(
         booted.stats.get("tftp_started").copied(),
@@ -388,6 +555,7 @@ fn seabios_ipxe_rom_boots_over_http_from_stampede_boot() {
     }
     let booted = quick_boot(Firmware::Bios, &[], "rom");
     assert_no_tftp(&booted, test);
+    assert_no_boot_server_requests(&booted, test);
     assert!(booted.elapsed < BOOT_TIMEOUT);
 }
 
@@ -404,6 +572,7 @@ fn seabios_rom_chainloads_undionly_once_then_boots_over_http() {
         "stage 1 fetches undionly.kpxe once, stage 2 gets the script:\n{}",
         booted.boot_lines.join("\n")
     );
+    assert_one_boot_session(&booted, &["undionly.kpxe", "boot.ipxe", INITRD_NAME]);
 }
 
 #[test]
@@ -419,6 +588,8 @@ fn ovmf_uefi_pxe_boots_snponly_over_tftp_then_http_from_stampede_boot() {
         "{}",
         booted.boot_lines.join("\n")
     );
+    assert_no_boot_server_requests(&booted, test);
+    assert_one_boot_session(&booted, &["snponly.efi", "boot.ipxe", INITRD_NAME]);
 }
 
 #[test]
@@ -429,6 +600,48 @@ fn ovmf_uefi_http_boot_boots_over_http_only_from_stampede_boot() {
     }
     let booted = quick_boot(Firmware::UefiHttp, &[], "http");
     assert_no_tftp(&booted, test);
+    assert_one_boot_session(&booted, &["snponly.efi", "boot.ipxe", INITRD_NAME]);
+}
+
+/// ProxyDHCP beside the LAN's DHCP server: the address comes from dnsmasq, the boot from
+/// Stampede, and iPXE needs no ProxyDHCP request to port 4011 (the offer carries next-server and
+/// boot file).
+#[test]
+fn seabios_ipxe_rom_boots_from_stampede_proxy_beside_the_lans_dhcp() {
+    let test = "seabios_ipxe_rom_boots_from_stampede_proxy_beside_the_lans_dhcp";
+    if !gate(test, Firmware::Bios) || !require(test, &["dnsmasq"]) {
+        return;
+    }
+    let (booted, leases) = proxy_boot(Firmware::Bios, "proxy");
+    assert_no_tftp(&booted, test);
+    assert_no_boot_server_requests(&booted, test);
+    assert!(
+        leases.lines().count() == 1,
+        "the LAN's DHCP server leased the address:\n{leases}"
+    );
+}
+
+/// The same for OVMF's PXE client: it merges the LAN's address offer with Stampede's ProxyDHCP
+/// offer and, told by option 43 that the boot file is in the offer, fetches `snponly.efi` over
+/// TFTP without asking the boot server port 4011 first; then iPXE as above.
+#[test]
+fn ovmf_uefi_pxe_boots_from_stampede_proxy_beside_the_lans_dhcp() {
+    let test = "ovmf_uefi_pxe_boots_from_stampede_proxy_beside_the_lans_dhcp";
+    if !gate(test, Firmware::UefiPxe) || !require(test, &["dnsmasq"]) {
+        return;
+    }
+    let (booted, leases) = proxy_boot(Firmware::UefiPxe, "proxy");
+    assert_no_boot_server_requests(&booted, test);
+    assert_eq!(
+        downloads_of(&booted, "snponly.efi"),
+        1,
+        "{}",
+        booted.boot_lines.join("\n")
+    );
+    assert!(
+        leases.lines().count() == 1,
+        "the LAN's DHCP server leased the address:\n{leases}"
+    );
 }
 
 #[test]
@@ -453,88 +666,256 @@ fn ovmf_uefi_pxe_boots_its_per_mac_profile_from_serve_config() {
     profile_boot(Firmware::UefiPxe);
 }
 
-/// Benchmark, not a test (`--ignored`): power-on to kernel marker with the server's IPv6 on,
-/// with Stampede's answer to router solicitations off and on. One machine at a time, so the
-/// figures are not skewed by a second VM sharing the two cores.
+/// One row of the boot-time benchmark.
+struct BootTime {
+    firmware: Firmware,
+    server: &'static str,
+    elapsed: Duration,
+    /// Console lines and the server's session events, in time since power-on.
+    breakdown: Vec<(Duration, String)>,
+}
+
+/// Console lines for the breakdown: the kernel's own messages (`[    0.123456] ..`) are left
+/// out but for the first and the last, which mark when Linux started and reached userspace.
+fn console_breakdown(lines: &[stampede_lab::console::StampedLine]) -> Vec<(Duration, String)> {
+    let is_kernel = |t: &str| {
+        t.strip_prefix('[')
+            .is_some_and(|r| r.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+    };
+    let first_kernel = lines.iter().position(|l| is_kernel(&l.text));
+    let last_kernel = lines.iter().rposition(|l| is_kernel(&l.text));
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| !is_kernel(&l.text) || Some(*i) == first_kernel || Some(*i) == last_kernel)
+        .map(|(_, l)| {
+            let span = l.last.saturating_sub(l.first);
+            let text: String = l.text.chars().take(100).collect();
+            let text = if span >= Duration::from_millis(200) {
+                format!("console {text}  [line took {:.2} s]", span.as_secs_f64())
+            } else {
+                format!("console {text}")
+            };
+            (l.first, text)
+        })
+        .collect()
+}
+
+/// The appliance's session timeline for `mac`: `stampede ctl --json sessions MAC` against the
+/// API on [`BENCH_API`].
+fn session_timeline(lab: &BootLab, mac: &str) -> SessionTimeline {
+    let url = format!("http://{BENCH_API}");
+    let out = lab
+        .server
+        .run(
+            STAMPEDE,
+            &[
+                "ctl",
+                "--url",
+                &url,
+                "--token",
+                BENCH_TOKEN,
+                "--json",
+                "sessions",
+                mac,
+            ],
+            Duration::from_secs(10),
+        )
+        .expect("stampede ctl sessions runs");
+    assert!(out.status.success(), "ctl sessions: {}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|err| panic!("{err}: {}", out.stdout))
+}
+
+/// The appliance's session timeline for `mac` as events in time since `power_on`.
+fn session_breakdown(lab: &BootLab, mac: &str, power_on: SystemTime) -> Vec<(Duration, String)> {
+    let timeline = session_timeline(lab, mac);
+    let power_on_ms = power_on
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    let mut rows: Vec<(Duration, String)> = timeline
+        .timeline
+        .iter()
+        .map(|e| {
+            (
+                Duration::from_millis(e.event.at_unix_ms.saturating_sub(power_on_ms)),
+                format!(
+                    "server  {} {} (+{:.2} s)",
+                    e.event.kind.name(),
+                    e.event.kind.describe(),
+                    e.since_prev_ms as f64 / 1000.0
+                ),
+            )
+        })
+        .collect();
+    let end = timeline.timeline.last().map_or(Duration::ZERO, |e| {
+        Duration::from_millis(e.event.at_unix_ms.saturating_sub(power_on_ms))
+    });
+    for gap in &timeline.gaps {
+        rows.push((
+            end,
+            format!(
+                "server  gap {} -> {}: {:.2} s",
+                gap.from,
+                gap.to,
+                gap.gap_ms as f64 / 1000.0
+            ),
+        ));
+    }
+    rows
+}
+
+/// `stampede boot` with its router advertisements on, the server's IPv6 on as on a real
+/// network, and the API up for the session timeline: the only DHCP server (`--dhcp-range`), or
+/// with `proxy` the ProxyDHCP server beside the LAN's dnsmasq ([`lan_dhcp`]).
+fn stampede_boot_time(
+    payload: &Payload,
+    firmware: Firmware,
+    round: usize,
+    proxy: bool,
+) -> BootTime {
+    let mut lab = BootLab::new().expect("boot lab");
+    for key in [
+        format!("net.ipv6.conf.{}.accept_dad", lab.server_if),
+        "net.ipv6.conf.all.disable_ipv6".to_owned(),
+        format!("net.ipv6.conf.{}.disable_ipv6", lab.server_if),
+    ] {
+        // accept_dad=0: the link-local address is usable at once.
+        lab.server
+            .sysctl(&key, "0")
+            .expect("enable IPv6 on the server");
+    }
+    let mode = if proxy { "proxy" } else { "dhcp" };
+    let work = WorkDir::new(&format!("bt-{}-{mode}-{round}", firmware.tag())).expect("work dir");
+    let marker = format!("boot-time-{}-{mode}-{round}", firmware.tag());
+    let _lan_dhcp = proxy.then(|| lan_dhcp(&lab, &work));
+    let range = if proxy {
+        Vec::new()
+    } else {
+        vec!["--dhcp-range".to_owned(), dhcp_range(&lab)]
+    };
+    let args: Vec<String> = ["boot".into(), "--iface".into(), lab.server_if.clone()]
+        .into_iter()
+        .chain(range)
+        .chain([
+            "--xdp-mode".into(),
+            "off".into(),
+            "--router-advertisements".into(),
+            "auto".into(),
+            "--cmdline".into(),
+            cmdline(&marker),
+            payload.kernel.display().to_string(),
+            payload.initrd.display().to_string(),
+        ])
+        .collect();
+    let appliance = Appliance::start_with_api(&lab, &work, &args, Some(BENCH_API));
+    // The responder listens 3 s for other routers before it answers.
+    std::thread::sleep(Duration::from_secs(4));
+    let tap = lab.add_tap().expect("tap");
+    let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
+    let mac = spec.mac.clone();
+    let _slot = stampede_lab::qemu::machine_slot();
+    let power_on = SystemTime::now();
+    let mut machine = lab.start_machine(spec).expect("qemu starts");
+    let seen = machine.wait_for_marker(BOOT_TIMEOUT).unwrap_or_else(|err| {
+        panic!(
+            "{firmware} boot failed: {err}\n--- stampede log ---\n{}",
+            appliance.log()
+        )
+    });
+    assert_eq!(seen.value, marker, "{}", machine.console_tail(20));
+    let mut breakdown = console_breakdown(&machine.console_lines());
+    drop(machine);
+    breakdown.extend(session_breakdown(&lab, &mac, power_on));
+    breakdown.sort_by_key(|(at, _)| *at);
+    let booted = Booted {
+        elapsed: seen.elapsed_since_start,
+        boot_lines: appliance.boot_lines(),
+        stats: appliance.stop(),
+        to_port_4011: Vec::new(),
+        timeline: None,
+    };
+    assert_http_boot(&booted, "boot time");
+    BootTime {
+        firmware,
+        server: if proxy {
+            "Stampede ProxyDHCP + dnsmasq DHCP"
+        } else {
+            "Stampede"
+        },
+        elapsed: booted.elapsed,
+        breakdown,
+    }
+}
+
+/// The peer: dnsmasq (DHCP + TFTP, `--no-ping`), iPXE taking the script, kernel and initrd over
+/// TFTP. It sends no router advertisements.
+fn dnsmasq_boot_time(payload: &Payload, firmware: Firmware, round: usize) -> BootTime {
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new(&format!("bt-{}-dnsmasq-{round}", firmware.tag())).expect("work dir");
+    let marker = format!("boot-time-{}-dnsmasq-{round}", firmware.tag());
+    let root = stampede_lab::peers::tftp_root(&work, payload, &marker).expect("tftp root");
+    let dnsmasq =
+        stampede_lab::peers::Dnsmasq::start(&lab, &work, &root, "boot.ipxe").expect("dnsmasq");
+    let tap = lab.add_tap().expect("tap");
+    let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
+    let _slot = stampede_lab::qemu::machine_slot();
+    let mut machine = lab.start_machine(spec).expect("qemu starts");
+    let seen = machine
+        .wait_for_marker(BOOT_TIMEOUT)
+        .unwrap_or_else(|err| panic!("dnsmasq boot failed: {err}\n{}", dnsmasq.log()));
+    assert_eq!(seen.value, marker);
+    BootTime {
+        firmware,
+        server: "dnsmasq --no-ping",
+        elapsed: seen.elapsed_since_start,
+        breakdown: console_breakdown(&machine.console_lines()),
+    }
+}
+
+/// Benchmark, not a test (`--ignored`): power-on to kernel marker per firmware, Stampede and
+/// dnsmasq in the same run, one machine at a time (a second VM would share the two cores), with
+/// each boot's breakdown: the console lines as they appeared and the appliance's session
+/// timeline. `BOOT_TIME_ROUNDS` (default 1) repeats the whole set.
 ///
 /// `cargo test --test firmware_lab boot_time -- --ignored --nocapture --test-threads 1`
 #[test]
-#[ignore = "benchmark: boots 6 machines one after the other (~4 min)"]
-fn boot_time_with_and_without_router_advertisements() {
+#[ignore = "benchmark: boots 6 machines per round one after the other (~2.5 min)"]
+fn boot_time_stampede_and_dnsmasq() {
     if !gate("boot_time", Firmware::UefiPxe) || !gate("boot_time", Firmware::Bios) {
         return;
     }
+    let rounds: usize = std::env::var("BOOT_TIME_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     let payload = payload();
     let mut rows = Vec::new();
-    for firmware in [Firmware::Bios, Firmware::UefiPxe] {
-        for ra in ["off", "auto"] {
-            let mut lab = BootLab::new().expect("boot lab");
-            for key in [
-                format!("net.ipv6.conf.{}.accept_dad", lab.server_if),
-                "net.ipv6.conf.all.disable_ipv6".to_owned(),
-                format!("net.ipv6.conf.{}.disable_ipv6", lab.server_if),
+    for round in 1..=rounds {
+        for firmware in [Firmware::Bios, Firmware::UefiPxe] {
+            for row in [
+                stampede_boot_time(&payload, firmware, round, false),
+                stampede_boot_time(&payload, firmware, round, true),
+                dnsmasq_boot_time(&payload, firmware, round),
             ] {
-                // accept_dad=0: the link-local address is usable at once.
-                lab.server
-                    .sysctl(&key, "0")
-                    .expect("enable IPv6 on the server");
+                eprintln!(
+                    "\n== round {round}: {} / {}: power-on to marker {:.1} s",
+                    row.firmware,
+                    row.server,
+                    row.elapsed.as_secs_f64()
+                );
+                for (at, what) in &row.breakdown {
+                    eprintln!("{:7.2}  {what}", at.as_secs_f64());
+                }
+                rows.push((round, row.firmware, row.server, row.elapsed));
             }
-            let work = WorkDir::new(&format!("bt-{}-{ra}", firmware.tag())).expect("work dir");
-            let marker = format!("boot-time-{}-{ra}", firmware.tag());
-            let args: Vec<String> = vec![
-                "boot".into(),
-                "--iface".into(),
-                lab.server_if.clone(),
-                "--dhcp-range".into(),
-                dhcp_range(&lab),
-                "--xdp-mode".into(),
-                "off".into(),
-                "--router-advertisements".into(),
-                ra.into(),
-                "--cmdline".into(),
-                cmdline(&marker),
-                payload.kernel.display().to_string(),
-                payload.initrd.display().to_string(),
-            ];
-            let appliance = Appliance::start(&lab, &work, &args);
-            // The responder listens 3 s for other routers before it answers.
-            std::thread::sleep(Duration::from_secs(4));
-            let tap = lab.add_tap().expect("tap");
-            let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
-            let booted = boot_and_wait(&lab, appliance, spec, &marker, "boot time");
-            let server = if ra == "auto" {
-                "stampede, RA auto"
-            } else {
-                "stampede, RA off"
-            };
-            rows.push((firmware, server, booted.elapsed));
         }
     }
-    // The peer, in the same run: dnsmasq (DHCP + TFTP, `--no-ping`), iPXE taking the script,
-    // kernel and initrd over TFTP. It sends no router advertisements.
-    for firmware in [Firmware::Bios, Firmware::UefiPxe] {
-        let mut lab = BootLab::new().expect("boot lab");
-        let work = WorkDir::new(&format!("bt-{}-dnsmasq", firmware.tag())).expect("work dir");
-        let marker = format!("boot-time-{}-dnsmasq", firmware.tag());
-        let root = stampede_lab::peers::tftp_root(&work, &payload, &marker).expect("tftp root");
-        let dnsmasq =
-            stampede_lab::peers::Dnsmasq::start(&lab, &work, &root, "boot.ipxe").expect("dnsmasq");
-        let tap = lab.add_tap().expect("tap");
-        let spec = MachineSpec::network(firmware, &tap, work.join("console.log"));
-        let _slot = stampede_lab::qemu::machine_slot();
-        let mut machine = lab.start_machine(spec).expect("qemu starts");
-        let seen = machine
-            .wait_for_marker(BOOT_TIMEOUT)
-            .unwrap_or_else(|err| panic!("dnsmasq boot failed: {err}\n{}", dnsmasq.log()));
-        assert_eq!(seen.value, marker);
-        rows.push((
-            firmware,
-            "dnsmasq --no-ping (no RA)",
-            seen.elapsed_since_start,
-        ));
-    }
-    eprintln!("\n| firmware | server | power-on to marker |\n|---|---|---|");
-    for (firmware, server, elapsed) in rows {
-        eprintln!("| {firmware} | {server} | {:.1} s |", elapsed.as_secs_f64());
+    eprintln!("\n| round | firmware | server | power-on to marker |\n|---|---|---|---|");
+    for (round, firmware, server, elapsed) in rows {
+        eprintln!(
+            "| {round} | {firmware} | {server} | {:.1} s |",
+            elapsed.as_secs_f64()
+        );
     }
 }

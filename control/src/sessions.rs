@@ -85,7 +85,8 @@ impl SessionTable {
 #[derive(Debug)]
 struct Session {
     ip: Option<Ipv4Addr>,
-    /// Boots seen for this machine; a DHCP Offer after TFTP or HTTP activity starts a new one.
+    /// Boots seen for this machine; a DHCP Offer after TFTP or HTTP activity starts a new one,
+    /// unless that activity was only the download of the boot file ([`between_chain_links`]).
     boot: u32,
     first_unix_ms: u64,
     last_unix_ms: u64,
@@ -132,6 +133,52 @@ impl Session {
         self.dropped_events += dropped;
         dropped
     }
+}
+
+/// Whether the machine is between two links of a boot chain rather than done with a boot: all it
+/// fetched since DHCP is the boot file its latest DHCP answer named, and that arrived whole. Its
+/// next DHCP is then the loader's own (firmware PXE → `snponly.efi` → iPXE asks again), and the
+/// boot's timeline goes on through it, so the gap between the download and the loader's DHCP
+/// (iPXE's start-up) shows. A failed download followed by DHCP is a new attempt.
+fn between_chain_links(session: &Session) -> bool {
+    let Some(boot_file) = session.events.iter().rev().find_map(|e| match &e.kind {
+        BootEventKind::DhcpReply { boot_file, .. } if !boot_file.is_empty() => {
+            Some(boot_file.as_str())
+        }
+        _ => None,
+    }) else {
+        return false;
+    };
+    // `http://host:port/path?query` is fetched as `/path?query`; a TFTP name as itself.
+    let url_target = boot_file
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|at| &rest[at..]));
+    let is_boot_file =
+        |file: &str| file.trim_start_matches('/') == boot_file.trim_start_matches('/');
+    let mut delivered = false;
+    for e in &session.events {
+        match &e.kind {
+            BootEventKind::DhcpReply { .. } => {}
+            BootEventKind::TftpStarted { file, .. } | BootEventKind::TftpFailed { file, .. } => {
+                if !is_boot_file(file) {
+                    return false;
+                }
+            }
+            BootEventKind::TftpDone { file, .. } => {
+                if !is_boot_file(file) {
+                    return false;
+                }
+                delivered = true;
+            }
+            BootEventKind::HttpResponse { path, status, .. } => {
+                if url_target != Some(path.as_str()) {
+                    return false;
+                }
+                delivered |= *status == 200;
+            }
+        }
+    }
+    delivered
 }
 
 fn counter(metrics: &Metrics, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
@@ -274,7 +321,8 @@ impl BootSessions {
                 && session
                     .events
                     .iter()
-                    .any(|e| e.kind.stage() != BootStage::Dhcp);
+                    .any(|e| e.kind.stage() != BootStage::Dhcp)
+                && !between_chain_links(session);
             if new_boot {
                 session.restart(event.at_unix_ms);
             }
@@ -507,7 +555,8 @@ pub struct SessionSummary {
     pub mac: MacAddr,
     /// The address the last DHCP reply handed out.
     pub ip: Option<Ipv4Addr>,
-    /// 1 for the first boot seen, then one more each time the machine starts over with DHCP.
+    /// 1 for the first boot seen, then one more each time the machine starts over with DHCP
+    /// (the DHCP of a loader the boot just downloaded, such as iPXE, is part of the same boot).
     pub boot: u32,
     pub first_unix_ms: u64,
     pub last_unix_ms: u64,
@@ -845,6 +894,78 @@ mod tests {
         assert_eq!(t.summary.first_unix_ms, 9_000);
         assert_eq!(t.summary.events, 2);
         assert_eq!(t.summary.outcome, SessionOutcome::Transferring);
+    }
+
+    /// OVMF's PXE client downloads `snponly.efi` (after a size query it aborts), iPXE asks DHCP
+    /// again and fetches its script, kernel and initrd: one boot, with the gap between the
+    /// download and iPXE's DHCP; the machine's next power-on is the next boot.
+    #[test]
+    fn a_loader_s_own_dhcp_continues_the_boot_and_a_reboot_starts_the_next() {
+        let s = sessions(8, 64);
+        let reply = |at: u64, message: MessageType, boot_file: &str| BootEvent {
+            kind: BootEventKind::DhcpReply {
+                message,
+                yiaddr: IP,
+                boot_file: boot_file.into(),
+            },
+            ..dhcp(at, MAC, message, IP)
+        };
+        let http = |at: u64, path: &str| {
+            from_ip(
+                at,
+                IP,
+                BootEventKind::HttpResponse {
+                    path: path.into(),
+                    status: 200,
+                    bytes: 100,
+                },
+            )
+        };
+        let script = "http://198.18.0.1:8080/boot.ipxe?mac=52-54-00-00-00-01";
+        s.record(reply(4_000, MessageType::Offer, "snponly.efi"));
+        s.record(reply(7_800, MessageType::Ack, "snponly.efi"));
+        s.record(from_ip(7_810, IP, started("snponly.efi")));
+        s.record(from_ip(
+            7_811,
+            IP,
+            BootEventKind::TftpFailed {
+                file: "snponly.efi".into(),
+                bytes: 0,
+                reason: "client_error",
+            },
+        ));
+        s.record(from_ip(7_820, IP, started("snponly.efi")));
+        s.record(from_ip(7_840, IP, done("snponly.efi", 173_792)));
+        s.record(reply(9_840, MessageType::Offer, script));
+        s.record(reply(9_860, MessageType::Ack, script));
+        s.record(http(9_900, "/boot.ipxe?mac=52-54-00-00-00-01"));
+        s.record(http(10_300, "/files/initrd.gz"));
+        let t = s.timeline(MacAddr(MAC)).expect("session");
+        assert_eq!(t.summary.boot, 1);
+        assert_eq!(t.summary.first_unix_ms, 4_000);
+        assert_eq!(t.summary.events, 10);
+        let gaps: Vec<_> = t
+            .gaps
+            .iter()
+            .map(|g| (g.from.as_str(), g.to.as_str(), g.gap_ms))
+            .collect();
+        assert_eq!(gaps, [("dhcp", "tftp", 0), ("tftp", "http", 2_060)]);
+        // The same machine powered on again.
+        s.record(reply(60_000, MessageType::Offer, "snponly.efi"));
+        let t = s.timeline(MacAddr(MAC)).expect("session");
+        assert_eq!((t.summary.boot, t.summary.events), (2, 1));
+
+        // UEFI HTTP Boot: the loader by URL, then iPXE's DHCP; still one boot.
+        let s = sessions(8, 64);
+        s.record(reply(
+            1_000,
+            MessageType::Offer,
+            "http://198.18.0.1:8080/snponly.efi",
+        ));
+        s.record(http(1_100, "/snponly.efi"));
+        s.record(reply(3_000, MessageType::Offer, script));
+        let t = s.timeline(MacAddr(MAC)).expect("session");
+        assert_eq!((t.summary.boot, t.summary.events), (1, 3));
     }
 
     #[test]

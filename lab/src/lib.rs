@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod console;
 pub mod flood;
 pub mod guest;
 pub mod peers;

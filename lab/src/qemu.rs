@@ -30,7 +30,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{LabError, Netns, Process, Subnet, bridge, enslave, guest, next_seq, tap, veth_pair};
+use crate::{
+    LabError, Netns, Process, Subnet, bridge,
+    console::{ConsoleStamper, StampedLine},
+    enslave, guest, next_seq, tap, veth_pair,
+};
 
 /// OVMF's code, mapped read-only and shared by every UEFI machine.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -256,6 +260,7 @@ pub struct QemuMachine {
     process: Process,
     spec: MachineSpec,
     started: Instant,
+    stamper: ConsoleStamper,
 }
 
 impl QemuMachine {
@@ -277,10 +282,12 @@ impl QemuMachine {
             .stderr(Stdio::from(err));
         let started = Instant::now();
         let process = Process::spawn(command)?;
+        let stamper = ConsoleStamper::follow(spec.serial_log.clone(), started);
         Ok(Self {
             process,
             spec,
             started,
+            stamper,
         })
     }
 
@@ -302,6 +309,12 @@ impl QemuMachine {
         fs::read(&self.spec.serial_log)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default()
+    }
+
+    /// The console lines so far, each with the time since QEMU started that its first and last
+    /// byte appeared (10 ms resolution).
+    pub fn console_lines(&self) -> Vec<StampedLine> {
+        self.stamper.lines()
     }
 
     /// The last `n` console lines, then QEMU's own messages if it printed any.

@@ -147,6 +147,34 @@ pub mod pxe {
     pub const NO_DISCOVERY: u8 = 0x03;
 }
 
+/// iPXE's settings inside option 175 (iPXE's `include/ipxe/dhcp.h`, `DHCP_EB_*`), sent by a server
+/// as sub-options: code, length, value.
+pub mod ipxe {
+    /// `175.176`, "no-pxedhcp": with 1 in a DHCPOFFER that carries an address, iPXE requests
+    /// that address at once instead of collecting ProxyDHCP offers (`dhcp_discovery_rx`), and
+    /// does not ask a ProxyDHCP server afterwards.
+    pub const NO_PXEDHCP: u8 = 176;
+
+    /// Option 175's value telling iPXE not to wait for or use ProxyDHCP.
+    pub fn no_pxedhcp() -> Vec<u8> {
+        vec![NO_PXEDHCP, 1, 1]
+    }
+
+    /// Reads `code`'s one-byte value from option 175 sent by a server, if present.
+    pub fn setting_u8(encap: &[u8], code: u8) -> Option<u8> {
+        let mut rest = encap;
+        while let [c, len, tail @ ..] = rest {
+            let len = usize::from(*len);
+            let value = tail.get(..len)?;
+            if *c == code {
+                return value.first().copied().filter(|_| len == 1);
+            }
+            rest = &tail[len..];
+        }
+        None
+    }
+}
+
 /// Option 97 (RFC 4578 §2.3): type 0 followed by a 16-byte GUID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientUuid {
@@ -296,7 +324,8 @@ pub struct DhcpOptions {
     /// Option 94: interface type, major, minor (RFC 4578 §2.2).
     pub client_ndi: Option<[u8; 3]>,
     pub client_uuid: Option<ClientUuid>,
-    /// Option 175, iPXE's encapsulated options: only its presence matters here.
+    /// Option 175, iPXE's encapsulated options: from a client its presence (and feature list),
+    /// from this server [`ipxe::no_pxedhcp`].
     pub ipxe_encap: Option<Vec<u8>>,
     /// Everything else, in order of appearance.
     pub other: Vec<(u8, Vec<u8>)>,
@@ -526,6 +555,21 @@ impl DhcpOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipxe_settings_read_back_and_survive_junk() {
+        assert_eq!(
+            ipxe::setting_u8(&ipxe::no_pxedhcp(), ipxe::NO_PXEDHCP),
+            Some(1)
+        );
+        // Priority (175.1) first, then no-pxedhcp.
+        assert_eq!(ipxe::setting_u8(&[1, 1, 0x7f, 176, 1, 1], 176), Some(1));
+        assert_eq!(ipxe::setting_u8(&[1, 1, 0x7f], 176), None);
+        // Truncated, or the wrong length for a one-byte setting.
+        assert_eq!(ipxe::setting_u8(&[176, 2, 1], 176), None);
+        assert_eq!(ipxe::setting_u8(&[176, 2, 1, 1], 176), None);
+        assert_eq!(ipxe::setting_u8(&[176], 176), None);
+    }
 
     #[test]
     fn code_enums_keep_unknown_values() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::boot::{BootClient, BootConfig, BootDecision, NoBoot, decide};
 use super::lease::{ClientKey, CommitSeq, Lease, LeaseChange, LeaseState, LeaseStore};
-use super::options::{MessageType, PxeVendorOptions, pxe};
+use super::options::{MessageType, PxeVendorOptions, ipxe, pxe};
 use super::wire::{FLAG_BROADCAST, OpCode, Repr};
 
 pub const SERVER_PORT: u16 = 67;
@@ -564,7 +564,11 @@ impl DhcpServer {
 
     /// Adds boot instructions. A PXE ROM gets option 43 with PXE_DISCOVERY_CONTROL bit 3 ("boot
     /// file in this packet, download it") and bits 0-1 (no boot server discovery), so it goes
-    /// straight to TFTP instead of asking port 4011 first (PXE 2.1 §2.4.7.2).
+    /// straight to TFTP instead of asking port 4011 first (PXE 2.1 §2.4.7.2). iPXE, when the
+    /// reply carries its address (authoritative mode), gets option 175 with `no-pxedhcp` so it
+    /// requests the address at once and takes the script from this answer, whatever ProxyDHCP
+    /// servers on the link say. A ProxyDHCP answer (no address) leaves it out: iPXE reads it
+    /// only from the offer it requests, which is then the LAN server's.
     fn add_boot(&self, reply: &mut Repr, decision: &BootDecision) {
         let file = decision.boot_file();
         reply.options.vendor_class = Some(decision.vendor_class().to_vec());
@@ -584,7 +588,13 @@ impl DhcpServer {
                     .to_bytes(),
                 );
             }
-            BootDecision::IpxeScript { .. } | BootDecision::HttpBoot { .. } => {
+            BootDecision::IpxeScript { .. } => {
+                reply.siaddr = self.config.boot.tftp_server;
+                if !reply.yiaddr.is_unspecified() {
+                    reply.options.ipxe_encap = Some(ipxe::no_pxedhcp());
+                }
+            }
+            BootDecision::HttpBoot { .. } => {
                 reply.siaddr = self.config.boot.tftp_server;
             }
         }
@@ -1215,6 +1225,187 @@ mod tests {
             assert_eq!(offer.file, file);
         }
         assert!(store.is_empty());
+    }
+
+    /// What a real client sent in the boot-time lab (`tests/firmware_lab.rs`, captured from the
+    /// server veth while Stampede answered; see `fixtures/dhcp/README.md`) and what it must get.
+    struct LabClient {
+        name: &'static str,
+        discover: &'static [u8],
+        request: &'static [u8],
+        /// iPXE (answered with its script's URL) rather than firmware PXE (the loader's TFTP
+        /// name).
+        ipxe: bool,
+    }
+
+    const LAB_CLIENTS: [LabClient; 3] = [
+        LabClient {
+            name: "SeaBIOS + QEMU e1000 iPXE ROM",
+            discover: include_bytes!("../../fixtures/dhcp/lab_ipxe_rom_discover.bin"),
+            request: include_bytes!("../../fixtures/dhcp/lab_ipxe_rom_request.bin"),
+            ipxe: true,
+        },
+        LabClient {
+            name: "OVMF UEFI PXE",
+            discover: include_bytes!("../../fixtures/dhcp/lab_ovmf_pxe_discover.bin"),
+            request: include_bytes!("../../fixtures/dhcp/lab_ovmf_pxe_request.bin"),
+            ipxe: false,
+        },
+        LabClient {
+            name: "iPXE snponly.efi under OVMF",
+            discover: include_bytes!("../../fixtures/dhcp/lab_snponly_discover.bin"),
+            request: include_bytes!("../../fixtures/dhcp/lab_snponly_request.bin"),
+            ipxe: true,
+        },
+    ];
+
+    /// The answer a client kind needs to go on at once: firmware PXE the loader by name with
+    /// option 43 saying "download it, no boot server discovery" (PXE 2.1 §2.4.7.2); iPXE its
+    /// script URL and, when the answer carries its address, option 175 `no-pxedhcp` (no wait
+    /// for ProxyDHCP offers); never the other kind's options.
+    fn assert_answer_for(
+        client: &LabClient,
+        server_ip: Ipv4Addr,
+        reply: &Repr,
+        with_address: bool,
+    ) {
+        let what = format!("{}: {:?}", client.name, reply.options.message_type);
+        let mac = reply.mac().expect("ethernet");
+        let mac_text = mac.map(|b| format!("{b:02x}")).join("-");
+        let want_file = if client.ipxe {
+            format!("http://{server_ip}:8080/boot.ipxe?mac={mac_text}")
+        } else {
+            "snponly.efi".to_owned()
+        };
+        assert_eq!(reply.file, want_file.as_bytes(), "{what}");
+        assert_eq!(
+            reply.options.bootfile.as_deref(),
+            Some(want_file.as_bytes()),
+            "{what}"
+        );
+        assert_eq!(reply.siaddr, server_ip, "{what}");
+        assert_eq!(
+            reply.options.vendor_class.as_deref(),
+            Some(&b"PXEClient"[..]),
+            "{what}"
+        );
+        let discovery = reply
+            .options
+            .vendor_specific
+            .as_deref()
+            .map(PxeVendorOptions::parse)
+            .and_then(|v| v.discovery_control);
+        let no_pxedhcp = reply
+            .options
+            .ipxe_encap
+            .as_deref()
+            .and_then(|e| ipxe::setting_u8(e, ipxe::NO_PXEDHCP));
+        if client.ipxe {
+            assert_eq!(discovery, None, "{what}: no PXE discovery options for iPXE");
+            assert_eq!(no_pxedhcp, with_address.then_some(1), "{what}");
+        } else {
+            assert_eq!(
+                discovery,
+                Some(pxe::DOWNLOAD_BOOT_FILE | pxe::NO_DISCOVERY),
+                "{what}: bit 3 and no discovery"
+            );
+            assert_eq!(no_pxedhcp, None, "{what}");
+        }
+    }
+
+    /// The DISCOVER and REQUEST of each real client of the boot-time lab, as captured, fed to
+    /// the server in both modes.
+    #[test]
+    fn real_firmware_gets_the_answer_that_lets_it_go_on_at_once() {
+        let now = Instant::now();
+        for client in &LAB_CLIENTS {
+            let request = Repr::parse_bytes(client.request).expect("fixture parses");
+            let discover = Repr::parse_bytes(client.discover).expect("fixture parses");
+            assert_eq!(
+                discover.xid, request.xid,
+                "{}: one transaction",
+                client.name
+            );
+            let server_ip = request
+                .options
+                .server_id
+                .expect("the REQUEST names its server");
+            let asked = request.options.requested_ip.expect("requested address");
+            let [a, b, c, _] = server_ip.octets();
+            let boot = BootConfig::new(server_ip, format!("http://{server_ip}:8080"));
+            let subnet_pool = Pool {
+                subnet: Ipv4Addr::new(a, b, c, 0),
+                first: Ipv4Addr::new(a, b, c, 100),
+                last: Ipv4Addr::new(a, b, c, 199),
+                routers: Vec::new(),
+                dns_servers: Vec::new(),
+                ..pool(100, 199)
+            };
+
+            // Authoritative: DISCOVER → OFFER of the address the client then asked for.
+            let mut server = DhcpServer::new(ServerConfig::authoritative(
+                server_ip,
+                boot.clone(),
+                vec![subnet_pool],
+            ))
+            .expect("config");
+            let mut store = MemoryLeaseStore::new();
+            let got =
+                server.handle_datagram(now, from_client(), bcast(), client.discover, &mut store);
+            assert_eq!(
+                got,
+                Ok(Handled::Replied(MessageType::Offer)),
+                "{}",
+                client.name
+            );
+            let (_, offer) = next(&mut server, now);
+            assert_eq!(offer.yiaddr, asked, "{}", client.name);
+            assert_answer_for(client, server_ip, &offer, true);
+            let got =
+                server.handle_datagram(now, from_client(), bcast(), client.request, &mut store);
+            assert_eq!(
+                got,
+                Ok(Handled::Replied(MessageType::Ack)),
+                "{}",
+                client.name
+            );
+            let (_, ack) = next(&mut server, now);
+            assert_eq!(ack.yiaddr, asked, "{}", client.name);
+            assert_answer_for(client, server_ip, &ack, true);
+
+            // Proxy, beside the LAN's DHCP server: the same boot answer without an address,
+            // and nothing for the REQUEST to the LAN server on port 67.
+            let mut proxy = DhcpServer::new(ServerConfig::proxy(server_ip, boot)).expect("config");
+            let mut store = MemoryLeaseStore::new();
+            let got =
+                proxy.handle_datagram(now, from_client(), bcast(), client.discover, &mut store);
+            assert_eq!(
+                got,
+                Ok(Handled::Replied(MessageType::Offer)),
+                "{}",
+                client.name
+            );
+            let (_, offer) = next(&mut proxy, now);
+            assert!(offer.yiaddr.is_unspecified(), "{}", client.name);
+            assert_answer_for(client, server_ip, &offer, false);
+            let got =
+                proxy.handle_datagram(now, from_client(), bcast(), client.request, &mut store);
+            assert_eq!(got, Err(DropReason::NotForProxy), "{}", client.name);
+            // A PXE client that asks the boot server on port 4011 after all gets the same.
+            let mut at_4011 = request.clone();
+            at_4011.ciaddr = asked;
+            let src = SocketAddrV4::new(asked, CLIENT_PORT);
+            let local = SocketAddrV4::new(server_ip, PXE_PORT);
+            let got = proxy.handle_datagram(now, src, local, &emit(&at_4011), &mut store);
+            assert_eq!(
+                got,
+                Ok(Handled::Replied(MessageType::Ack)),
+                "{}",
+                client.name
+            );
+            let (_, ack) = next(&mut proxy, now);
+            assert_answer_for(client, server_ip, &ack, false);
+        }
     }
 
     #[test]
