@@ -29,9 +29,15 @@ pub fn dhcp_socket(iface: &str) -> anyhow::Result<UdpSocket> {
     socket
         .bind_device(Some(iface.as_bytes()))
         .with_context(|| format!("binding the DHCP socket to {iface} (needs CAP_NET_RAW)"))?;
-    // A storm's replies arrive in bursts; a large queue keeps them until the dispatcher runs.
-    // The kernel caps this at net.core.rmem_max, which is fine: losses are retransmitted.
-    let _ = socket.set_recv_buffer_size(16 << 20);
+    // A storm's replies arrive in bursts; a large queue keeps them until the dispatcher runs:
+    // 10,000 replies take some 12 MiB of socket memory. As root SO_RCVBUFFORCE goes past
+    // net.core.rmem_max (208 KiB by default, a few hundred replies); otherwise the kernel caps
+    // SO_RCVBUF at it, and what overflows is lost and retransmitted, as on a wire.
+    let want: usize = 32 << 20;
+    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &want).is_err()
+    {
+        let _ = socket.set_recv_buffer_size(want);
+    }
     socket
         .bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
         .context("binding 0.0.0.0:68 (is a DHCP client running in this namespace?)")?;

@@ -192,10 +192,20 @@ pub(super) fn udp_socket(
             .bind_device(Some(iface.as_bytes()))
             .map_err(bind_err)?;
     }
-    // Best effort: a smaller buffer than asked only means earlier drops, which are counted.
-    let _ = socket.set_recv_buffer_size(SOCKET_RCVBUF);
+    set_receive_buffer(&socket, SOCKET_RCVBUF);
     socket.bind(&addr.into()).map_err(bind_err)?;
     Ok(socket.into())
+}
+
+/// Asks for `bytes` of receive buffer. With CAP_NET_ADMIN (the appliance runs as root)
+/// `SO_RCVBUFFORCE` goes past `net.core.rmem_max`, whose usual default (208 KiB) holds only a few
+/// hundred DISCOVERs; without it `SO_RCVBUF`, capped by that limit. Best effort: a smaller
+/// buffer only means earlier drops, which are counted (`SO_RXQ_OVFL`).
+pub(super) fn set_receive_buffer(socket: &Socket, bytes: usize) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+    if setsockopt(socket, RcvBufForce, &bytes).is_err() {
+        let _ = socket.set_recv_buffer_size(bytes);
+    }
 }
 
 /// Binds every socket, then starts one thread per worker.
