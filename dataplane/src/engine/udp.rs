@@ -30,9 +30,11 @@ use crate::{
 /// and publishes its counters when nothing else wakes it.
 pub(super) const TICK: Duration = Duration::from_millis(100);
 
-/// Receive buffer of each socket. A boot storm arrives in bursts (a rack powering on): 4 MiB
-/// holds about 10,000 DHCP DISCOVERs while a worker is busy.
-const SOCKET_RCVBUF: usize = 4 << 20;
+/// Receive buffer of each socket. A boot storm arrives in bursts (a rack powering on): the
+/// kernel charges each queued datagram's whole buffer (a few KiB for a 300-byte DISCOVER), and
+/// with 4 MiB a 10,000-machine storm overflowed a third of its DISCOVERs on a veth. Memory is
+/// only taken while datagrams wait.
+const SOCKET_RCVBUF: usize = 32 << 20;
 
 /// How often a worker holding DHCP ACKs looks whether their leases became durable. A group
 /// commit (one fsync for a batch of leases) takes about a millisecond on an SSD.
