@@ -274,6 +274,32 @@ fn warn_if_neighbour_table_small(config: &ApplianceConfig) {
     }
 }
 
+/// Every machine booting over HTTP holds a connection: the usual soft limit of 1024 open files
+/// (systemd's default for services) would refuse the rest of a rack with `EMFILE`. Raise the soft
+/// limit to the hard one, as nginx's `worker_rlimit_nofile` does, and say so when even the hard
+/// limit is below what the HTTP server may hold.
+fn raise_open_files(config: &ApplianceConfig) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => tracing::warn!(%err, soft, hard, "cannot raise the open-file limit"),
+        }
+    }
+    let want = config.http.max_connections as u64 + 1024;
+    if hard < want {
+        tracing::warn!(
+            limit = hard,
+            http_max_connections = config.http.max_connections,
+            "the open-file limit is below http.max_connections: connections beyond it fail \
+             (raise LimitNOFILE or lower http.max_connections)"
+        );
+    }
+}
+
 fn run(
     source: Source,
     config: ApplianceConfig,
@@ -282,6 +308,7 @@ fn run(
     interval: Duration,
     control: &ControlArgs,
 ) -> anyhow::Result<()> {
+    raise_open_files(&config);
     let (control_state, api_config) = control_plane(control, &config.server)?;
     // The machines and profiles the control API holds join the configuration's.
     let mut fleet = control_state.subscribe();

@@ -1430,3 +1430,66 @@ fn router_solicitations_get_an_empty_ra_unless_another_router_speaks() {
         out.stderr
     );
 }
+
+/// Started with a low soft limit of open files (systemd's default for services is 1024), the
+/// appliance raises it to the hard limit, so a rack's HTTP connections don't fail with EMFILE,
+/// and warns when even the hard limit is below `http.max_connections`.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_one() {
+    if !require(
+        "the_open_file_limit_is_raised_to_the_hard_one",
+        &["prlimit"],
+    ) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(64 << 10, 16 << 10);
+    let mut command = lab.server.command("prlimit");
+    command
+        .args(["--nofile=256:8192", "--"])
+        .arg(STAMPEDE)
+        .args(["boot", "--iface", &lab.server_if, "--xdp-mode", "off"])
+        .args(["--api", "off", "--router-advertisements", "off"])
+        .arg("--state")
+        .arg(payload.dir.path().join("state.redb"))
+        .arg(&payload.kernel)
+        .arg(&payload.initrd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let process = Process::spawn(command).expect("start stampede boot under prlimit");
+    let pid = process.id().expect("pid");
+    // prlimit sets 256:8192 on itself, then execs the appliance (same pid), which raises it.
+    let open_files = wait_for(Duration::from_secs(20), || {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        let soft: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+        (soft == 8192).then(|| line.to_owned())
+    });
+    // Up (TFTP bound) before it is stopped, so SIGTERM finds its handler.
+    let up = wait_for(Duration::from_secs(20), || {
+        let out = lab
+            .server
+            .run("ss", &["-ulnH"], Duration::from_secs(5))
+            .ok()?;
+        out.stdout.contains(":69 ").then_some(())
+    });
+    let (out, _) = stop(process);
+    assert!(
+        up.is_some(),
+        "stampede boot did not come up\n{}",
+        out.stderr
+    );
+    assert!(
+        open_files.is_some(),
+        "the soft limit stayed below 8192\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("raised the open-file limit")
+            && out
+                .stderr
+                .contains("open-file limit is below http.max_connections"),
+        "{}",
+        out.stderr
+    );
+}
