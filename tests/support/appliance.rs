@@ -25,18 +25,7 @@ pub struct Payload {
     pub initrd: PathBuf,
 }
 
-/// Bytes of a xorshift stream: incompressible, reproducible, different per seed.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use stampede_lab::pseudo_random;
 
 impl Payload {
     pub fn new(kernel_len: usize, initrd_len: usize) -> Self {

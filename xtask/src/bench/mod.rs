@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use stampede_lab::{Netns, Process, veth_pair, wait_for};
+use stampede_lab::{Netns, Process, pseudo_random, veth_pair, wait_for};
 
 mod http;
 mod perfdhcp;
@@ -192,19 +192,6 @@ impl Drop for NeighbourTable {
             let _ = fs::write(&path, old);
         }
     }
-}
-
-/// Deterministic incompressible bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 struct Files {
