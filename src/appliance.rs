@@ -379,16 +379,26 @@ fn run(
         DhcpMode::Authoritative => "authoritative",
         DhcpMode::Off => "off",
     };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // The stop and reload handlers are in place before "ready" is printed: a supervisor that
+    // signals as soon as it reads the line must get a clean stop, not the default action.
+    let (mut sigint, mut sigterm, mut sighup) = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        )
+    };
     println!(
         "ready iface={iface} address={} dhcp={dhcp} tftp=69 http={} workers={workers}",
         plan.server_ip(),
         config.server.http_port
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     runtime.block_on(async {
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = api_config.map(|config| {
@@ -401,9 +411,6 @@ fn run(
                 shutdown,
             ))
         });
-        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);

@@ -1465,13 +1465,13 @@ fn the_open_file_limit_is_raised_to_the_hard_one() {
         let soft: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
         (soft == 8192).then(|| line.to_owned())
     });
-    // Up (TFTP bound) before it is stopped, so SIGTERM finds its handler.
+    // Up (its SIGTERM handler installed, right before it prints "ready") before it is stopped:
+    // SigCgt in /proc/PID/status is the mask of the signals it catches.
     let up = wait_for(Duration::from_secs(20), || {
-        let out = lab
-            .server
-            .run("ss", &["-ulnH"], Duration::from_secs(5))
-            .ok()?;
-        out.stdout.contains(":69 ").then_some(())
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+        let mask = u64::from_str_radix(caught.trim(), 16).ok()?;
+        (mask & (1 << (Signal::SIGTERM as i32 - 1)) != 0).then_some(())
     });
     let (out, _) = stop(process);
     assert!(
