@@ -10,15 +10,18 @@ use std::{
     collections::HashMap,
     io::{IsTerminal as _, Read as _},
     path::{Path, PathBuf},
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
 use sha2::{Digest as _, Sha256};
+use stampede_dataplane::sys::uring_client::{ClientRing, ClientRingConfig};
 use stampede_proto::tftp::{ClientConfig as TftpConfig, OptionSet};
-use tokio::sync::mpsc;
 
 mod net;
 mod report;
@@ -107,9 +110,6 @@ pub struct StormArgs {
     /// First three bytes of the machines' MACs (the index fills the rest).
     #[arg(long, default_value = "02:53:00", value_parser = parse_prefix)]
     pub mac_prefix: [u8; 3],
-    /// Runtime threads driving the machines.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
     /// Write the report (summary and every machine's stages) as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -241,11 +241,6 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
             ..tftp.options
         };
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let server_before = args
         .server_pid
         .iter()
@@ -256,64 +251,65 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         })
         .sum::<anyhow::Result<f64>>()?;
     let cpu_before = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0);
-    let (records, elapsed, reordered) = runtime.block_on(async {
-        let dhcp = net::dhcp_socket(&args.iface)?;
-        let epoch = Instant::now();
-        let ctx = Arc::new(Ctx {
-            epoch,
-            deadline: epoch + Duration::from_secs_f64(args.deadline),
-            dhcp,
-            net: net::LocalNet::new(&args.iface),
-            tftp,
-            until: args.until,
-            loss: args.loss,
-            reorder: args.reorder,
-            references,
-            progress: Progress::default(),
-        });
-        // Replies are demultiplexed by chaddr to the machine that owns it.
-        let mut routes = HashMap::with_capacity(args.clients);
-        let mut machines = Vec::with_capacity(args.clients);
-        let mut rng = 0x5354_414d_5045_4445u64 ^ u64::from(args.mac_prefix[2]);
-        for index in 0..args.clients {
-            let mac = storm::machine_mac(args.mac_prefix, index);
-            let (tx, rx) = mpsc::unbounded_channel();
-            routes.insert(mac, tx);
+    // Sized for a storm: a burst of replies for thousands of machines between two turns, and
+    // enough 64 KiB TCP buffers that connections rarely wait for one.
+    let mut ring = ClientRing::new(ClientRingConfig {
+        ring_entries: 4096,
+        udp_buffers: 16384,
+        udp_buffer_size: 2048,
+        tcp_buffers: 2048,
+        tcp_buffer_size: 64 * 1024,
+    })
+    .context("starting the bench's io_uring")?;
+    let dhcp = ring
+        .sockets()
+        .add_udp(net::dhcp_socket(&args.iface)?)
+        .context("the DHCP socket")?;
+    // Dropped after the ring has closed every socket: its Drop removes the routes.
+    let mut local = net::LocalNet::new(&args.iface);
+    let epoch = Instant::now();
+    let ctx = Ctx {
+        epoch,
+        deadline: epoch + Duration::from_secs_f64(args.deadline),
+        tftp,
+        until: args.until,
+        loss: args.loss,
+        reorder: args.reorder,
+        references,
+        progress: Arc::new(Progress::default()),
+    };
+    let mut rng = 0x5354_414d_5045_4445u64 ^ u64::from(args.mac_prefix[2]);
+    let machines: Vec<Machine> = (0..args.clients)
+        .map(|index| {
             let seed = stampede_proto::dhcp::splitmix64(&mut rng);
             let offset = if args.clients > 1 {
                 args.ramp * index as f64 / (args.clients - 1) as f64
             } else {
                 0.0
             };
-            let machine = Machine {
+            Machine {
                 index,
-                mac,
+                mac: storm::machine_mac(args.mac_prefix, index),
                 bios: (index as f64 + 0.5) / (args.clients as f64) < args.bios_share,
                 start: epoch + Duration::from_secs_f64(offset),
                 seed,
-            };
-            machines.push((machine, rx));
-        }
-        let dispatcher = tokio::spawn(dispatch(ctx.clone(), routes));
-        let ticker = tokio::spawn(progress(ctx.clone(), args.clients));
-        let handles: Vec<_> = machines
-            .into_iter()
-            .map(|(m, rx)| tokio::spawn(storm::run(ctx.clone(), m, rx)))
-            .collect();
-        let mut records = Vec::with_capacity(handles.len());
-        for h in handles {
-            records.push(h.await.context("a simulated machine panicked")?);
-        }
-        let elapsed = epoch.elapsed().as_secs_f64();
-        dispatcher.abort();
-        ticker.abort();
-        let _ = dispatcher.await;
-        let _ = ticker.await;
-        let reordered = ctx.progress.reordered.load(Ordering::Relaxed);
-        // The last reference: dropping it removes the routes (LocalNet's Drop).
-        drop(ctx);
-        anyhow::Ok((records, elapsed, reordered))
-    })?;
+            }
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let (progress, stop) = (ctx.progress.clone(), stop.clone());
+        let total = args.clients;
+        std::thread::spawn(move || show_progress(&progress, &stop, epoch, total))
+    };
+    let records = storm::drive(&ctx, &mut ring, &mut local, dhcp, machines);
+    let elapsed = epoch.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = ticker.join();
+    drop(ring);
+    drop(local);
+    let records = records?;
+    let reordered = ctx.progress.reordered.load(Ordering::Relaxed);
     let cpu = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0) - cpu_before;
     let server = if args.server_pid.is_empty() {
         None
@@ -344,28 +340,8 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// Hands each DHCP reply to the machine whose `chaddr` it carries; replies for no machine (or
-/// malformed ones) are counted nowhere and dropped, like a NIC filtering on its MAC.
-async fn dispatch(ctx: Arc<Ctx>, routes: HashMap<[u8; 6], mpsc::UnboundedSender<Vec<u8>>>) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let Ok((n, _)) = ctx.dhcp.recv_from(&mut buf).await else {
-            continue;
-        };
-        // BOOTP: op(1) htype(1) hlen(1) hops(1) xid(4) secs(2) flags(2) 4 addresses, chaddr.
-        if n < 240 || buf[0] != 2 {
-            continue;
-        }
-        let mac: [u8; 6] = buf[28..34].try_into().expect("6 bytes");
-        if let Some(tx) = routes.get(&mac) {
-            let _ = tx.send(buf[..n].to_vec());
-        }
-    }
-}
-
-/// A progress bar on a terminal, a line every 5 s otherwise.
-async fn progress(ctx: Arc<Ctx>, total: usize) {
-    let p = &ctx.progress;
+/// A progress bar on a terminal, a line every 5 s otherwise, until `stop`.
+fn show_progress(p: &Progress, stop: &AtomicBool, epoch: Instant, total: usize) {
     let tty = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new(total as u64);
     if tty {
@@ -380,8 +356,8 @@ async fn progress(ctx: Arc<Ctx>, total: usize) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut ticks = 0u64;
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
         ticks += 1;
         let stages: Vec<String> = storm::Stage::ALL
             .iter()
@@ -406,8 +382,9 @@ async fn progress(ctx: Arc<Ctx>, total: usize) {
         } else if ticks.is_multiple_of(25) {
             eprintln!(
                 "bench: {:.0} s: {booted}/{total} booted {msg}",
-                ctx.epoch.elapsed().as_secs_f64()
+                epoch.elapsed().as_secs_f64()
             );
         }
     }
+    bar.finish_and_clear();
 }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 
 /// The broadcast DHCP socket every simulated machine shares (replies are demultiplexed by
 /// `chaddr`): `0.0.0.0:68`, bound to the interface, broadcast allowed, like a PXE ROM's.
@@ -41,15 +41,14 @@ pub fn dhcp_socket(iface: &str) -> anyhow::Result<UdpSocket> {
     socket
         .bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
         .context("binding 0.0.0.0:68 (is a DHCP client running in this namespace?)")?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into()).context("registering the DHCP socket")
+    Ok(socket.into())
 }
 
 /// The routes that make leased addresses local; removed on drop.
 #[derive(Debug)]
 pub struct LocalNet {
     iface: String,
-    state: tokio::sync::Mutex<State>,
+    state: State,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +98,7 @@ impl LocalNet {
     pub fn new(iface: &str) -> Self {
         Self {
             iface: iface.to_owned(),
-            state: tokio::sync::Mutex::default(),
+            state: State::default(),
         }
     }
 
@@ -111,14 +110,14 @@ impl LocalNet {
         Ok(())
     }
 
-    fn keep_remote(&self, state: &mut State, ip: Ipv4Addr) -> anyhow::Result<()> {
+    fn keep_remote(iface: &str, state: &mut State, ip: Ipv4Addr) -> anyhow::Result<()> {
         if ip.is_unspecified() || ip.is_broadcast() || !state.remote.insert(ip) {
             return Ok(());
         }
         let args = vec![
             format!("{ip}/32"),
             "dev".into(),
-            self.iface.clone(),
+            iface.to_owned(),
             "table".into(),
             "local".into(),
         ];
@@ -127,13 +126,13 @@ impl LocalNet {
 
     /// Makes `lease` local to this namespace, keeping `servers` (DHCP server, next server,
     /// routers) reachable through the interface.
-    pub async fn make_local(
-        &self,
+    pub fn make_local(
+        &mut self,
         lease: Ipv4Addr,
         mask: Option<Ipv4Addr>,
         servers: &[Ipv4Addr],
     ) -> anyhow::Result<()> {
-        let mut state = self.state.lock().await;
+        let state = &mut self.state;
         if state.subnet.is_none() {
             let prefix = mask.map_or(24, prefix_len).clamp(8, 30);
             let subnet = (network(lease, prefix), prefix);
@@ -142,7 +141,7 @@ impl LocalNet {
             // unreachable.
             for &server in servers {
                 if contains(subnet, server) {
-                    self.keep_remote(&mut state, server)?;
+                    Self::keep_remote(&self.iface, state, server)?;
                 }
             }
             let args = vec![
@@ -153,12 +152,12 @@ impl LocalNet {
                 "table".into(),
                 "local".into(),
             ];
-            Self::add(&mut state, args)?;
+            Self::add(state, args)?;
         }
         let subnet = state.subnet.expect("set above");
         for &server in servers {
             if contains(subnet, server) {
-                self.keep_remote(&mut state, server)?;
+                Self::keep_remote(&self.iface, state, server)?;
             }
         }
         if state.remote.contains(&lease) {
@@ -173,16 +172,17 @@ impl LocalNet {
                 "table".into(),
                 "local".into(),
             ];
-            Self::add(&mut state, args)?;
+            Self::add(state, args)?;
         }
         Ok(())
     }
 
     /// Keeps `ip` (e.g. the HTTP server of a boot URL) reachable through the interface.
-    pub async fn reach(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
-        let mut state = self.state.lock().await;
-        match state.subnet {
-            Some(subnet) if contains(subnet, ip) => self.keep_remote(&mut state, ip),
+    pub fn reach(&mut self, ip: Ipv4Addr) -> anyhow::Result<()> {
+        match self.state.subnet {
+            Some(subnet) if contains(subnet, ip) => {
+                Self::keep_remote(&self.iface, &mut self.state, ip)
+            }
             _ => Ok(()),
         }
     }
@@ -190,7 +190,7 @@ impl LocalNet {
 
 impl Drop for LocalNet {
     fn drop(&mut self) {
-        let state = self.state.get_mut();
+        let state = &mut self.state;
         for args in state.added.drain(..).rev() {
             let mut cmd = vec!["del".to_owned()];
             cmd.extend(args);

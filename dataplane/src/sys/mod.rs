@@ -5,8 +5,11 @@
 //! - [`uring_tcp`]: one io_uring per worker driving a TCP listener (multishot accept with
 //!   `SO_REUSEPORT`) and its connections (receive, vectored send of head and shared body,
 //!   close after every operation completed), behind a safe [`uring_tcp::TcpWorker`].
+//! - [`uring_client`]: one io_uring driving many client sockets (UDP and outgoing TCP, opened
+//!   and closed as it goes), for the load generator, behind a safe [`uring_client::ClientRing`].
 //! - [`afxdp`]: one AF_XDP socket (UMEM, fill/completion/RX/TX rings) bound to one RX queue,
 //!   behind a safe [`afxdp::XskSocket`].
 pub mod afxdp;
 pub mod uring;
+pub mod uring_client;
 pub mod uring_tcp;

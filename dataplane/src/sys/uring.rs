@@ -50,7 +50,7 @@ pub enum UringError {
 }
 
 impl UringError {
-    fn io(op: &'static str) -> impl FnOnce(io::Error) -> Self {
+    pub(super) fn io(op: &'static str) -> impl FnOnce(io::Error) -> Self {
         move |source| Self::Io { op, source }
     }
 }
@@ -302,7 +302,7 @@ unsafe impl Send for Mapping {}
 /// (its id came back in a completion). Ring entries equal buffers in number, so the ring can
 /// never overflow.
 #[derive(Debug)]
-struct BufRing {
+pub(super) struct BufRing {
     entries: Mapping,
     buffers: Mapping,
     count: u16,
@@ -312,7 +312,7 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(count: u16, size: u32) -> io::Result<Self> {
+    pub(super) fn new(count: u16, size: u32) -> io::Result<Self> {
         if !count.is_power_of_two() || count > 32768 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -336,7 +336,7 @@ impl BufRing {
     }
 
     /// Registers the ring with `ring` as buffer group `group`.
-    fn register(&self, ring: &IoUring, group: u16) -> io::Result<()> {
+    pub(super) fn register(&self, ring: &IoUring, group: u16) -> io::Result<()> {
         // SAFETY: the entry memory is a page-aligned mapping of `count` entries that lives as
         // long as `self`; every owner of a registered BufRing drops the io_uring (which
         // unregisters it) before the BufRing.
@@ -366,7 +366,7 @@ impl BufRing {
     }
 
     /// Makes pushed entries visible to the kernel.
-    fn publish(&self) {
+    pub(super) fn publish(&self) {
         // SAFETY: the tail field overlays the `resv` of entry 0 (io_uring_buf_ring's layout);
         // it is a u16 aligned to 2, which is all AtomicU16 needs, and the kernel only reads it.
         let tail = unsafe {
@@ -389,7 +389,7 @@ impl BufRing {
     }
 
     /// The first `len` bytes of buffer `bid`, which the kernel has handed back to us.
-    fn filled(&self, bid: u16, len: usize) -> &[u8] {
+    pub(super) fn filled(&self, bid: u16, len: usize) -> &[u8] {
         assert!(bid < self.count, "kernel returned unknown buffer id {bid}");
         let len = len.min(self.size as usize);
         // SAFETY: the buffer is inside the mapping (bid < count, len <= size); the kernel
@@ -399,14 +399,14 @@ impl BufRing {
     }
 
     /// Lends buffer `bid` back to the kernel.
-    fn recycle(&mut self, bid: u16) {
+    pub(super) fn recycle(&mut self, bid: u16) {
         self.push(bid);
         self.publish();
     }
 }
 
 /// Space for the source address in each received buffer: a `sockaddr_in6` holds either family.
-const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
+pub(super) const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
 
 /// `CMSG_SPACE(sizeof(u32))` for the `SO_RXQ_OVFL` drop counter, plus
 /// `CMSG_SPACE(sizeof(struct in_pktinfo))` for `IP_PKTINFO` (the address a datagram was sent to:
@@ -424,7 +424,7 @@ const fn cmsg_align(len: usize) -> usize {
 const RECV_HEADER_LEN: usize = RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN;
 
 /// `struct io_uring_recvmsg_out`: four u32s (include/uapi/linux/io_uring.h).
-const RECVMSG_OUT_LEN: usize = 16;
+pub(super) const RECVMSG_OUT_LEN: usize = 16;
 
 /// Tuning of one worker. Defaults are sized for one core serving TFTP/DHCP on a 1500-byte MTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -571,13 +571,13 @@ impl std::fmt::Debug for SendOp {
 /// A socket address in kernel layout.
 #[repr(C, align(8))]
 #[derive(Debug, Clone, Copy)]
-struct SockAddrBytes {
-    bytes: [u8; NAME_LEN],
-    len: u32,
+pub(super) struct SockAddrBytes {
+    pub(super) bytes: [u8; NAME_LEN],
+    pub(super) len: u32,
 }
 
 impl SockAddrBytes {
-    fn new(address: SocketAddr) -> Self {
+    pub(super) fn new(address: SocketAddr) -> Self {
         let mut bytes = [0u8; NAME_LEN];
         let len = match address {
             SocketAddr::V4(a) => {
@@ -602,7 +602,7 @@ impl SockAddrBytes {
     }
 
     /// Reads a `sockaddr_in`/`sockaddr_in6` as the kernel wrote it.
-    fn parse(bytes: &[u8]) -> Option<SocketAddr> {
+    pub(super) fn parse(bytes: &[u8]) -> Option<SocketAddr> {
         let family = i32::from(u16::from_ne_bytes(bytes.get(0..2)?.try_into().ok()?));
         let port = u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?);
         if family == libc::AF_INET {
