@@ -110,6 +110,11 @@ pub struct StormArgs {
     /// First three bytes of the machines' MACs (the index fills the rest).
     #[arg(long, default_value = "02:53:00", value_parser = parse_prefix)]
     pub mac_prefix: [u8; 3],
+    /// Threads driving the machines, each with its own io_uring (machine i runs on thread
+    /// i % threads). One keeps up with a storm's DHCP and TFTP; verifying HTTP bodies at link
+    /// speed takes about a core per 1.5 GB/s.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
     /// Write the report (summary and every machine's stages) as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -251,22 +256,9 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         })
         .sum::<anyhow::Result<f64>>()?;
     let cpu_before = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0);
-    // Sized for a storm: a burst of replies for thousands of machines between two turns, and
-    // enough 64 KiB TCP buffers that connections rarely wait for one.
-    let mut ring = ClientRing::new(ClientRingConfig {
-        ring_entries: 4096,
-        udp_buffers: 16384,
-        udp_buffer_size: 2048,
-        tcp_buffers: 2048,
-        tcp_buffer_size: 64 * 1024,
-    })
-    .context("starting the bench's io_uring")?;
-    let dhcp = ring
-        .sockets()
-        .add_udp(net::dhcp_socket(&args.iface)?)
-        .context("the DHCP socket")?;
-    // Dropped after the ring has closed every socket: its Drop removes the routes.
-    let mut local = net::LocalNet::new(&args.iface);
+    // Dropped after every thread's ring has closed its sockets: its Drop removes the routes.
+    let local = std::sync::Mutex::new(net::LocalNet::new(&args.iface));
+    let threads = args.threads.clamp(1, 64);
     let epoch = Instant::now();
     let ctx = Ctx {
         epoch,
@@ -302,13 +294,38 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         let total = args.clients;
         std::thread::spawn(move || show_progress(&progress, &stop, epoch, total))
     };
-    let records = storm::drive(&ctx, &mut ring, &mut local, dhcp, machines);
+    // Machine i runs on thread i % threads, each thread with its own ring and DHCP socket:
+    // the machines ask for broadcast replies, which reach every socket bound to port 68, and
+    // each thread keeps those for its own machines.
+    let mut shares: Vec<Vec<Machine>> = (0..threads).map(|_| Vec::new()).collect();
+    for m in machines {
+        shares[m.index % threads].push(m);
+    }
+    let results: Vec<anyhow::Result<Vec<storm::MachineRecord>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let (ctx, local, iface) = (&ctx, &local, &args.iface);
+                scope.spawn(move || run_share(ctx, local, iface, share))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked")))
+            })
+            .collect()
+    });
     let elapsed = epoch.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = ticker.join();
-    drop(ring);
     drop(local);
-    let records = records?;
+    let mut records = Vec::with_capacity(args.clients);
+    for result in results {
+        records.extend(result?);
+    }
+    records.sort_by_key(|r| r.index);
     let reordered = ctx.progress.reordered.load(Ordering::Relaxed);
     let cpu = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0) - cpu_before;
     let server = if args.server_pid.is_empty() {
@@ -338,6 +355,30 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(summary)
+}
+
+/// One bench thread: its own ring and DHCP socket, driving its share of the machines.
+fn run_share(
+    ctx: &Ctx,
+    local: &std::sync::Mutex<net::LocalNet>,
+    iface: &str,
+    machines: Vec<Machine>,
+) -> anyhow::Result<Vec<storm::MachineRecord>> {
+    // Sized for a storm: a burst of replies for thousands of machines between two turns, and
+    // enough 64 KiB TCP buffers that connections rarely wait for one.
+    let mut ring = ClientRing::new(ClientRingConfig {
+        ring_entries: 4096,
+        udp_buffers: 16384,
+        udp_buffer_size: 2048,
+        tcp_buffers: 2048,
+        tcp_buffer_size: 64 * 1024,
+    })
+    .context("starting the bench's io_uring")?;
+    let dhcp = ring
+        .sockets()
+        .add_udp(net::dhcp_socket(iface)?)
+        .context("the DHCP socket")?;
+    storm::drive(ctx, &mut ring, local, dhcp, machines)
 }
 
 /// A progress bar on a terminal, a line every 5 s otherwise, until `stop`.

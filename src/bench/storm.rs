@@ -10,7 +10,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     os::fd::OwnedFd,
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -187,8 +187,9 @@ pub struct Machine {
 pub struct Env<'a> {
     pub ctx: &'a Ctx,
     pub io: &'a mut Sockets,
-    pub net: &'a mut LocalNet,
-    /// Owner (machine index) of each socket slot.
+    /// The routes, shared by the bench's threads.
+    pub net: &'a Mutex<LocalNet>,
+    /// Owner of each socket slot: the machine's position in its thread's list.
     pub owners: &'a mut Vec<usize>,
     /// The shared DHCP socket.
     pub dhcp: SockId,
@@ -267,6 +268,8 @@ pub struct Sim {
     pxe: Option<DhcpConfig>,
     uuid: [u8; 16],
     phase: Phase,
+    /// Position in its thread's list of machines: what its sockets are mapped to.
+    pos: usize,
     /// When the machine next needs [`Sim::on_timer`].
     pub wake: Option<Instant>,
 }
@@ -294,6 +297,7 @@ impl Sim {
             pxe: None,
             uuid,
             phase: Phase::Off,
+            pos: 0,
             wake: Some(machine.start),
             machine,
         }
@@ -582,7 +586,7 @@ impl Sim {
             return self.finish(env, now, None);
         }
         let servers = [&[lease.server_id, lease.next_server][..], &lease.routers].concat();
-        env.net
+        lock(env.net)
             .make_local(lease.ip, lease.subnet_mask, &servers)
             .map_err(|e| format!("making {} local: {e:#}", lease.ip))?;
         let file = lease.boot_file.clone();
@@ -609,7 +613,7 @@ impl Sim {
                 .io
                 .add_udp(socket)
                 .map_err(|e| format!("TFTP socket: {e}"))?;
-            env.own(socket, self.machine.index);
+            env.own(socket, self.pos);
             let mut config = env.ctx.tftp;
             config.expected = Expected {
                 len: Some(reference.len),
@@ -733,7 +737,7 @@ impl Sim {
         url: &str,
         reference: Option<Reference>,
     ) -> Step {
-        let index = self.machine.index;
+        let pos = self.pos;
         let Phase::Http(http) = &mut self.phase else {
             return Ok(());
         };
@@ -747,14 +751,14 @@ impl Sim {
             if let Some(old) = http.conn.take() {
                 let _ = env.io.close(old.socket);
             }
-            env.net.reach(*server.ip()).map_err(|e| format!("{e:#}"))?;
+            lock(env.net).reach(*server.ip()).map_err(|e| format!("{e:#}"))?;
             let socket =
                 tcp_socket(http.ip).map_err(|e| format!("binding TCP to {}: {e}", http.ip))?;
             let socket = env
                 .io
                 .connect(socket, server.into())
                 .map_err(|e| format!("connecting to {server}: {e}"))?;
-            env.own(socket, index);
+            env.own(socket, pos);
             http.conn = Some(Conn {
                 server,
                 socket,
@@ -825,6 +829,12 @@ impl Sim {
     }
 }
 
+/// The routes, also if another thread panicked while holding them (their state stays valid:
+/// every change is one `ip route` command, recorded after it succeeded).
+fn lock(net: &Mutex<LocalNet>) -> MutexGuard<'_, LocalNet> {
+    net.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A TCP socket bound to the machine's own address, not yet connected.
 fn tcp_socket(local: Ipv4Addr) -> std::io::Result<OwnedFd> {
     use socket2::{Domain, Socket, Type};
@@ -835,17 +845,24 @@ fn tcp_socket(local: Ipv4Addr) -> std::io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
-/// Runs every machine on one ring, on this thread, until all have finished or the deadline
+/// Runs `machines` on one ring, on this thread, until all have finished or the deadline
 /// passed. Events go to the machine owning the socket (DHCP replies: the machine whose MAC is
 /// the reply's `chaddr`, as a NIC filters on its address); timers come from one heap.
 pub fn drive(
     ctx: &Ctx,
     ring: &mut ClientRing,
-    net: &mut LocalNet,
+    net: &Mutex<LocalNet>,
     dhcp: SockId,
     machines: Vec<Machine>,
 ) -> anyhow::Result<Vec<MachineRecord>> {
-    let mut sims: Vec<Sim> = machines.into_iter().map(|m| Sim::new(ctx, m)).collect();
+    let mut sims: Vec<Sim> = machines
+        .into_iter()
+        .enumerate()
+        .map(|(pos, m)| Sim {
+            pos,
+            ..Sim::new(ctx, m)
+        })
+        .collect();
     let by_mac: HashMap<[u8; 6], usize> =
         sims.iter().enumerate().map(|(i, s)| (s.mac(), i)).collect();
     let mut owners = Vec::new();

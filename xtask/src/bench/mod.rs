@@ -159,8 +159,12 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     Ok(o)
 }
 
-/// The host's ARP table must hold every simulated machine: the default `gc_thresh3` of 1024
-/// drops the server's replies to the 1025th machine ("neighbour table overflow"). The table is
+/// Host limits a storm on a veth outgrows. The ARP table must hold every simulated machine: the
+/// default `gc_thresh3` of 1024 drops the server's replies to the 1025th machine ("neighbour
+/// table overflow"). And a veth hands every frame to the receiving CPU's backlog queue, which
+/// drops beyond `netdev_max_backlog` (1000 by default; `/proc/net/softnet_stat`'s second column):
+/// a thousand HTTP transfers at once overflow it, the losses make TCP retransmit and BBR slow a
+/// flow to a crawl, and a storm's last machine waited over a minute for it (2026-12-07). Both are
 /// global, not per namespace; the old values come back on drop.
 struct NeighbourTable {
     saved: Vec<(String, String)>,
@@ -170,12 +174,13 @@ impl NeighbourTable {
     fn raise(machines: usize) -> anyhow::Result<Self> {
         let mut saved = Vec::new();
         let want = (machines * 2 + 4096) as u64;
-        for (key, value) in [
-            ("gc_thresh1", want / 4),
-            ("gc_thresh2", want / 2),
-            ("gc_thresh3", want),
+        let neigh = "/proc/sys/net/ipv4/neigh/default";
+        for (path, value) in [
+            (format!("{neigh}/gc_thresh1"), want / 4),
+            (format!("{neigh}/gc_thresh2"), want / 2),
+            (format!("{neigh}/gc_thresh3"), want),
+            ("/proc/sys/net/core/netdev_max_backlog".to_owned(), 16384),
         ] {
-            let path = format!("/proc/sys/net/ipv4/neigh/default/{key}");
             let old = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
             if old.trim().parse::<u64>().unwrap_or(0) < value {
                 fs::write(&path, value.to_string()).with_context(|| format!("writing {path}"))?;
