@@ -301,29 +301,33 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     for m in machines {
         shares[m.index % threads].push(m);
     }
-    let results: Vec<anyhow::Result<Vec<storm::MachineRecord>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = shares
-            .into_iter()
-            .map(|share| {
-                let (ctx, local, iface) = (&ctx, &local, &args.iface);
-                scope.spawn(move || run_share(ctx, local, iface, share))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked")))
-            })
-            .collect()
-    });
+    let results: Vec<anyhow::Result<(Vec<storm::MachineRecord>, u64)>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    let (ctx, local, iface) = (&ctx, &local, &args.iface);
+                    scope.spawn(move || run_share(ctx, local, iface, share))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked")))
+                })
+                .collect()
+        });
     let elapsed = epoch.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = ticker.join();
     drop(local);
     let mut records = Vec::with_capacity(args.clients);
+    let mut exhaustions = 0;
     for result in results {
-        records.extend(result?);
+        let (share, n) = result?;
+        records.extend(share);
+        exhaustions += n;
     }
     records.sort_by_key(|r| r.index);
     let reordered = ctx.progress.reordered.load(Ordering::Relaxed);
@@ -345,6 +349,7 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     };
     let mut summary = Summary::new(args.label.clone(), records, elapsed, cpu, server);
     summary.reordered_datagrams = reordered;
+    summary.client_buffer_exhaustions = exhaustions;
     print!("{}", summary.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&summary)?;
@@ -363,22 +368,26 @@ fn run_share(
     local: &std::sync::Mutex<net::LocalNet>,
     iface: &str,
     machines: Vec<Machine>,
-) -> anyhow::Result<Vec<storm::MachineRecord>> {
+) -> anyhow::Result<(Vec<storm::MachineRecord>, u64)> {
     // Sized for a storm: a burst of replies for thousands of machines between two turns, and
-    // enough 64 KiB TCP buffers that connections rarely wait for one.
+    // about two 32 KiB TCP buffers per machine (at least 1024, at most 16384: 512 MiB): a
+    // receive that finds every buffer in use ends, and its connection waits for the next turn.
+    let tcp_buffers = (machines.len() * 2).next_power_of_two().clamp(1024, 16384) as u16;
     let mut ring = ClientRing::new(ClientRingConfig {
         ring_entries: 4096,
         udp_buffers: 16384,
         udp_buffer_size: 2048,
-        tcp_buffers: 2048,
-        tcp_buffer_size: 64 * 1024,
+        tcp_buffers,
+        tcp_buffer_size: 32 * 1024,
     })
     .context("starting the bench's io_uring")?;
     let dhcp = ring
         .sockets()
         .add_udp(net::dhcp_socket(iface)?)
         .context("the DHCP socket")?;
-    storm::drive(ctx, &mut ring, local, dhcp, machines)
+    let records = storm::drive(ctx, &mut ring, local, dhcp, machines)?;
+    let exhaustions = ring.stats().buffer_exhaustions;
+    Ok((records, exhaustions))
 }
 
 /// A progress bar on a terminal, a line every 5 s otherwise, until `stop`.

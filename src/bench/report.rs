@@ -82,6 +82,9 @@ pub struct Summary {
     pub client_cpu_s: f64,
     /// TFTP datagrams the machines received out of order (`--reorder`).
     pub reordered_datagrams: u64,
+    /// Times a receive of the bench's rings found every buffer in use and had to be re-armed
+    /// (summed over threads): a sign the bench, not the server, held data back.
+    pub client_buffer_exhaustions: u64,
     pub server: Option<Usage>,
     pub machines: Vec<MachineRecord>,
 }
@@ -154,6 +157,7 @@ impl Summary {
             throughput_mib_s: bytes as f64 / span / (1024.0 * 1024.0),
             client_cpu_s,
             reordered_datagrams: 0,
+            client_buffer_exhaustions: 0,
             server,
             machines,
         }
@@ -199,8 +203,8 @@ impl Summary {
         }
         let _ = writeln!(
             t,
-            "throughput {:.1} MiB/s; bench CPU {:.1} s",
-            self.throughput_mib_s, self.client_cpu_s
+            "throughput {:.1} MiB/s; bench CPU {:.1} s; bench receive buffers ran out {} times",
+            self.throughput_mib_s, self.client_cpu_s, self.client_buffer_exhaustions
         );
         if self.reordered_datagrams > 0 {
             let _ = writeln!(

@@ -751,7 +751,9 @@ impl Sim {
             if let Some(old) = http.conn.take() {
                 let _ = env.io.close(old.socket);
             }
-            lock(env.net).reach(*server.ip()).map_err(|e| format!("{e:#}"))?;
+            lock(env.net)
+                .reach(*server.ip())
+                .map_err(|e| format!("{e:#}"))?;
             let socket =
                 tcp_socket(http.ip).map_err(|e| format!("binding TCP to {}: {e}", http.ip))?;
             let socket = env
@@ -832,7 +834,8 @@ impl Sim {
 /// The routes, also if another thread panicked while holding them (their state stays valid:
 /// every change is one `ip route` command, recorded after it succeeded).
 fn lock(net: &Mutex<LocalNet>) -> MutexGuard<'_, LocalNet> {
-    net.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    net.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A TCP socket bound to the machine's own address, not yet connected.

@@ -180,8 +180,9 @@ pub struct Sockets {
     stats: ClientRingStats,
     /// Completions (user_data, result, flags) reaped and not yet handled.
     pending: VecDeque<(u64, i32, u32)>,
-    /// Slots whose receive must be (re-)armed before the next wait.
-    to_arm: Vec<u32>,
+    /// Slots whose receive must be (re-)armed before the next wait, oldest first: a receive that
+    /// ran out of buffers goes to the back, so under buffer pressure every socket gets its turn.
+    to_arm: VecDeque<u32>,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -254,7 +255,7 @@ impl ClientRing {
                 recv_header: Box::new(RecvHeader(header)),
                 stats: ClientRingStats::default(),
                 pending: VecDeque::new(),
-                to_arm: Vec::new(),
+                to_arm: VecDeque::new(),
             },
             udp_buffers: ManuallyDrop::new(udp_buffers),
             tcp_buffers: ManuallyDrop::new(tcp_buffers),
@@ -477,7 +478,7 @@ impl Sockets {
         slot.ops = 0;
         slot.closing = false;
         if wants_recv {
-            self.to_arm.push(index);
+            self.to_arm.push_back(index);
         }
         SockId {
             index,
@@ -594,7 +595,7 @@ impl Sockets {
                 } else {
                     let slot = &mut self.slots[slot_index as usize];
                     slot.wants_recv = true;
-                    self.to_arm.push(slot_index);
+                    self.to_arm.push_back(slot_index);
                     Ok(())
                 };
                 events += 1;
@@ -614,12 +615,12 @@ impl Sockets {
         if slot.closing && !slot.busy() && slot.fd.is_some() {
             self.release(index);
         } else if slot.wants_recv && !slot.recv_armed && !slot.closing {
-            self.to_arm.push(index);
+            self.to_arm.push_back(index);
         }
     }
 
     fn arm(&mut self) -> Result<(), UringError> {
-        while let Some(index) = self.to_arm.pop() {
+        while let Some(index) = self.to_arm.pop_front() {
             let slot = &mut self.slots[index as usize];
             if slot.recv_armed || !slot.wants_recv || slot.closing {
                 continue;

@@ -179,7 +179,7 @@ impl NeighbourTable {
             (format!("{neigh}/gc_thresh1"), want / 4),
             (format!("{neigh}/gc_thresh2"), want / 2),
             (format!("{neigh}/gc_thresh3"), want),
-            ("/proc/sys/net/core/netdev_max_backlog".to_owned(), 16384),
+            ("/proc/sys/net/core/netdev_max_backlog".to_owned(), 65536),
         ] {
             let old = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
             if old.trim().parse::<u64>().unwrap_or(0) < value {
