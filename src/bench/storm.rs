@@ -881,17 +881,23 @@ pub fn drive(
     let mut counted = vec![false; sims.len()];
     let mut remaining = sims.len();
     let mut touched = Vec::new();
-    while remaining > 0 {
-        if Instant::now() >= ctx.deadline {
-            let now = Instant::now();
-            let mut env = Env {
+    // What a machine acts through, over `io` (the ring's sockets, or the callback's borrow).
+    macro_rules! env {
+        ($io:expr) => {
+            Env {
                 ctx,
-                io: ring.sockets(),
+                io: $io,
                 net,
                 owners: &mut owners,
                 dhcp,
                 scratch: &mut scratch,
-            };
+            }
+        };
+    }
+    while remaining > 0 {
+        if Instant::now() >= ctx.deadline {
+            let now = Instant::now();
+            let mut env = env!(ring.sockets());
             for sim in &mut sims {
                 sim.expire(&mut env, now);
             }
@@ -919,14 +925,7 @@ pub fn drive(
             let Some(i) = owner.filter(|&i| i < sims.len()) else {
                 return;
             };
-            let mut env = Env {
-                ctx,
-                io,
-                net,
-                owners: &mut owners,
-                dhcp,
-                scratch: &mut scratch,
-            };
+            let mut env = env!(io);
             match event {
                 Event::Datagram { payload, .. } if socket == dhcp => {
                     sims[i].on_dhcp(&mut env, now, payload);
@@ -946,14 +945,7 @@ pub fn drive(
                 queued[i] = None;
             }
             if sims[i].wake == Some(t) {
-                let mut env = Env {
-                    ctx,
-                    io: ring.sockets(),
-                    net,
-                    owners: &mut owners,
-                    dhcp,
-                    scratch: &mut scratch,
-                };
+                let mut env = env!(ring.sockets());
                 sims[i].on_timer(&mut env, now);
                 touched.push(i);
             }
