@@ -664,7 +664,8 @@ const HTTP_STOP_GRACE: Duration = Duration::from_secs(10);
 pub fn format_http_stats(s: &HttpStats) -> String {
     let mut out = format!(
         "http_accepted={} http_closed={} http_refused={} http_1xx={} http_2xx={} http_3xx={} \
-         http_4xx={} http_5xx={} http_bytes={} http_idle_timeouts={} http_aborted_at_stop={}",
+         http_4xx={} http_5xx={} http_bytes={} http_sendfile_bytes={} http_idle_timeouts={} \
+         http_aborted_at_stop={} http_closed_on_error={} http_closed_by_peer={}",
         s.accepted,
         s.closed,
         s.refused,
@@ -674,8 +675,11 @@ pub fn format_http_stats(s: &HttpStats) -> String {
         s.responses_by_class[4],
         s.responses_by_class[5],
         s.bytes_sent,
+        s.sendfile_bytes,
         s.idle_timeouts,
-        s.aborted_at_stop
+        s.aborted_at_stop,
+        s.closed_on_error,
+        s.closed_by_peer
     );
     for (reason, n) in &s.rejections {
         out.push_str(&format!(" http_rejected.{reason}={n}"));

@@ -145,6 +145,11 @@ pub fn publish(metrics: &Metrics, udp: &UdpStats, http: &HttpStats, xdp: Option<
         "HTTP bytes sent",
         http.bytes_sent,
     );
+    c(
+        "stampede_http_sendfile_bytes_total",
+        "HTTP body bytes sent with sendfile from sealed files (not copied)",
+        http.sendfile_bytes,
+    );
     for (class, n) in http.responses_by_class.iter().enumerate().skip(1) {
         let label = format!("{class}xx");
         counter(

@@ -26,7 +26,7 @@ use std::{
 
 use stampede_proto::{
     bootpath::BootPath,
-    files::{BootFile, FileCatalog, OpenError},
+    files::{BootFile, FileCatalog, OpenError, SealedFile},
     http::{HttpConnection, Route, ServerConfig},
 };
 
@@ -124,6 +124,12 @@ pub struct HttpStats {
     pub responses_by_class: [u64; 6],
     /// Bytes written to sockets (heads and bodies).
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, body bytes sent with `sendfile` from sealed files (no copy).
+    pub sendfile_bytes: u64,
+    /// Times a `sendfile` filled a socket's buffer and its connection waited for `POLLOUT`.
+    pub sendfile_waits: u64,
+    /// Receives and sends io_uring completed with `EAGAIN` (resubmitted).
+    pub eagain_retries: u64,
     /// Sends made with `SENDMSG_ZC` ([`TcpWorkerConfig::zero_copy_min_len`]).
     pub zero_copy_sends: u64,
     /// Zero-copy notifications saying the kernel copied after all (loopback, veth).
@@ -150,6 +156,9 @@ impl HttpStats {
             *sum += n;
         }
         self.bytes_sent += other.bytes_sent;
+        self.sendfile_bytes += other.sendfile_bytes;
+        self.sendfile_waits += other.sendfile_waits;
+        self.eagain_retries += other.eagain_retries;
         self.zero_copy_sends += other.zero_copy_sends;
         self.zero_copy_copied += other.zero_copy_copied;
         for (reason, n) in &other.rejections {
@@ -323,7 +332,7 @@ struct Session {
 }
 
 enum Action {
-    Send(ConnId, Vec<u8>, bytes::Bytes),
+    Send(ConnId, Vec<u8>, stampede_proto::http::server::Body),
     Close(ConnId),
 }
 
@@ -462,7 +471,10 @@ impl WorkerState {
         for action in self.actions.drain(..) {
             match action {
                 Action::Send(conn, head, body) => {
-                    ring.send(conn, head, body)?;
+                    match sendfile_range(&self.config.tcp, body) {
+                        Ok((file, offset, len)) => ring.send_file(conn, head, file, offset, len)?,
+                        Err(bytes) => ring.send(conn, head, bytes)?,
+                    };
                 }
                 Action::Close(conn) => {
                     ring.close(conn)?;
@@ -475,7 +487,10 @@ impl WorkerState {
     fn apply_to_outbox(&mut self, outbox: &mut TcpOutbox) {
         for action in self.actions.drain(..) {
             match action {
-                Action::Send(conn, head, body) => outbox.send(conn, head, body),
+                Action::Send(conn, head, body) => match sendfile_range(&self.config.tcp, body) {
+                    Ok((file, offset, len)) => outbox.send_file(conn, head, file, offset, len),
+                    Err(bytes) => outbox.send(conn, head, bytes),
+                },
                 Action::Close(conn) => outbox.close(conn),
             }
         }
@@ -609,8 +624,7 @@ impl WorkerState {
                     },
                 });
             session.sending += 1;
-            self.actions
-                .push(Action::Send(conn, head, transmit.body.bytes()));
+            self.actions.push(Action::Send(conn, head, transmit.body));
         }
         let done = session.http.is_closed() || self.stop_deadline.is_some();
         if done && session.sending == 0 {
@@ -674,8 +688,26 @@ impl WorkerState {
     }
 }
 
+/// The sealed file and range to `sendfile` a body from, if it has a file and is long enough
+/// ([`TcpWorkerConfig::sendfile_min_len`]); otherwise the bytes to write.
+fn sendfile_range(
+    tcp: &TcpWorkerConfig,
+    body: stampede_proto::http::server::Body,
+) -> Result<(SealedFile, u64, u64), bytes::Bytes> {
+    let long_enough = tcp
+        .sendfile_min_len
+        .is_some_and(|min| body.len >= min as u64);
+    match body.file {
+        Some(ref file) if long_enough => Ok((file.clone(), body.offset, body.len)),
+        _ => Err(body.bytes()),
+    }
+}
+
 fn copy_ring_stats(stats: &mut HttpStats, ring: TcpWorkerStats) {
     stats.bytes_sent = ring.bytes_sent;
+    stats.sendfile_bytes = ring.sendfile_bytes;
+    stats.sendfile_waits = ring.sendfile_waits;
+    stats.eagain_retries = ring.eagain_retries;
     stats.zero_copy_sends = ring.zero_copy_sends;
     stats.zero_copy_copied = ring.zero_copy_copied;
 }

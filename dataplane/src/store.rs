@@ -3,6 +3,9 @@
 //!
 //! Both read each file into memory once and hand out [`Bytes`]: a thousand machines fetching the
 //! same kernel share one buffer, and a transfer never touches the file system after it starts.
+//! The buffer is a sealed memfd ([`crate::sys::memfile`]) mapped into memory, so HTTP can
+//! `sendfile` the same pages instead of copying them into every socket, and no write to the
+//! served directory can reach a file already loaded.
 //! Lookups happen when a transfer starts, not per packet, so a lock around each cache is fine.
 use std::{
     collections::HashMap,
@@ -23,8 +26,10 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use stampede_proto::{
     bootpath::BootPath,
-    files::{BootFile, FileCatalog, OpenError},
+    files::{BootFile, FileCatalog, OpenError, SealedFile},
 };
+
+use crate::sys::memfile;
 
 /// How many times a load is retried when the file changes while it is being read (an operator
 /// copying a new image in place). After that the request fails as unreadable rather than serving
@@ -220,10 +225,13 @@ impl BootRoot {
                 // Written to while we read it: try again rather than cache a torn mix.
                 continue;
             }
+            let etag = Some(hex::encode(Sha256::digest(&data)));
+            let (data, file) = share(canonical, data);
             let file = BootFile {
-                etag: Some(hex::encode(Sha256::digest(&data))),
+                etag,
                 modified_unix: mtime_unix(&meta),
-                data: Bytes::from(data),
+                data,
+                file,
             };
             // Two transfers racing on a cold file may both load it; the second insert wins and
             // both results are correct, so no per-file lock is worth having.
@@ -273,6 +281,19 @@ fn mtime_unix(meta: &fs::Metadata) -> Option<u64> {
         .duration_since(UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())
+}
+
+/// Moves a loaded file into a sealed memfd (see the module doc), or keeps it on the heap, without
+/// `sendfile`, if the kernel refuses (no memfd, out of memory for a second copy while sealing).
+fn share(path: &Path, data: Vec<u8>) -> (Bytes, Option<SealedFile>) {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    match memfile::seal(name.as_deref().unwrap_or("boot-file"), &data) {
+        Ok(shared) => shared,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no sealed memfd for this file; serving it from the heap (HTTP copies it)");
+            (Bytes::from(data), None)
+        }
+    }
 }
 
 /// Reads the whole file. `expected` sizes the buffer; a file that grew is still read to its end
@@ -354,7 +375,7 @@ pub struct ContentStore {
 #[derive(Debug)]
 struct ContentStoreInner {
     root: PathBuf,
-    cache: RwLock<HashMap<Digest, Bytes>>,
+    cache: RwLock<HashMap<Digest, (Bytes, Option<SealedFile>)>>,
     loads: AtomicU64,
     temp_counter: AtomicU64,
 }
@@ -477,26 +498,30 @@ impl ContentStore {
     /// The object's bytes, read from disk once and then shared. The first load checks the hash,
     /// so a corrupt object is never served.
     pub fn open(&self, digest: &Digest) -> Result<Bytes, StoreError> {
-        if let Some(data) = self
+        self.load(digest).map(|(data, _)| data)
+    }
+
+    fn load(&self, digest: &Digest) -> Result<(Bytes, Option<SealedFile>), StoreError> {
+        if let Some(loaded) = self
             .inner
             .cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(digest)
         {
-            return Ok(data.clone());
+            return Ok(loaded.clone());
         }
         self.inner.loads.fetch_add(1, Ordering::Relaxed);
-        let data = Bytes::from(self.read_checked(digest)?);
+        let loaded = share(&self.object_path(digest), self.read_checked(digest)?);
         let mut cache = self.inner.cache.write().unwrap_or_else(|p| p.into_inner());
         // Another thread may have loaded it meanwhile: keep theirs so every caller shares one
         // buffer.
-        Ok(cache.entry(*digest).or_insert(data).clone())
+        Ok(cache.entry(*digest).or_insert(loaded).clone())
     }
 
     /// The object as a servable file, with its digest as `ETag`.
     pub fn open_boot_file(&self, digest: &Digest) -> Result<BootFile, StoreError> {
-        let data = self.open(digest)?;
+        let (data, file) = self.load(digest)?;
         let modified_unix = fs::metadata(self.object_path(digest))
             .ok()
             .as_ref()
@@ -505,6 +530,7 @@ impl ContentStore {
             data,
             etag: Some(digest.to_hex()),
             modified_unix,
+            file,
         })
     }
 

@@ -5,7 +5,11 @@
 //! content-addressed store (each file mapped once, shared by every transfer); tests and the
 //! benchmark use [`MemoryCatalog`]. File contents are [`Bytes`]: cloning one is a reference-count
 //! increment, so a thousand transfers of one kernel hold one copy of it.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 
@@ -19,6 +23,10 @@ pub struct BootFile {
     pub etag: Option<String>,
     /// Last modification, seconds since the Unix epoch (HTTP `Last-Modified`).
     pub modified_unix: Option<u64>,
+    /// A descriptor whose contents are exactly `data` and can never change, if the catalog has
+    /// one: an engine can then hand the kernel page references (`sendfile`) instead of copying
+    /// `data` into every socket. The cores only carry it.
+    pub file: Option<SealedFile>,
 }
 
 impl BootFile {
@@ -27,6 +35,7 @@ impl BootFile {
             data: data.into(),
             etag: None,
             modified_unix: None,
+            file: None,
         }
     }
 
@@ -36,6 +45,44 @@ impl BootFile {
 
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+}
+
+/// A shared descriptor of an immutable file (the store makes them as sealed memfds: no write,
+/// grow or shrink is possible, see `memfd_create(2)` and `F_ADD_SEALS` in `fcntl(2)`).
+///
+/// Whoever builds one promises the file's bytes equal the [`BootFile::data`] it travels with,
+/// for as long as the descriptor lives. Equality is identity (the same descriptor).
+#[derive(Clone)]
+pub struct SealedFile(Arc<OwnedFd>);
+
+impl SealedFile {
+    /// Wraps `fd`, which must be sealed against writes and size changes (see the type's doc).
+    pub fn new(fd: OwnedFd) -> Self {
+        Self(Arc::new(fd))
+    }
+}
+
+impl AsFd for SealedFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl PartialEq for SealedFile {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SealedFile {}
+
+impl std::fmt::Debug for SealedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd as _;
+        f.debug_tuple("SealedFile")
+            .field(&self.0.as_raw_fd())
+            .finish()
     }
 }
 
@@ -92,7 +139,7 @@ impl<T: FileCatalog + ?Sized> FileCatalog for &T {
     }
 }
 
-impl<T: FileCatalog + ?Sized> FileCatalog for std::sync::Arc<T> {
+impl<T: FileCatalog + ?Sized> FileCatalog for Arc<T> {
     fn open(&self, path: &BootPath) -> Result<BootFile, OpenError> {
         (**self).open(path)
     }

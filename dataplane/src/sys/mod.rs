@@ -7,9 +7,12 @@
 //!   close after every operation completed), behind a safe [`uring_tcp::TcpWorker`].
 //! - [`uring_client`]: one io_uring driving many client sockets (UDP and outgoing TCP, opened
 //!   and closed as it goes), for the load generator, behind a safe [`uring_client::ClientRing`].
+//! - [`memfile`]: sealed memfds holding boot files, mapped as [`bytes::Bytes`] and sent with
+//!   `sendfile`.
 //! - [`afxdp`]: one AF_XDP socket (UMEM, fill/completion/RX/TX rings) bound to one RX queue,
 //!   behind a safe [`afxdp::XskSocket`].
 pub mod afxdp;
+pub mod memfile;
 pub mod uring;
 pub mod uring_client;
 pub mod uring_tcp;

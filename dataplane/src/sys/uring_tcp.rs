@@ -57,6 +57,8 @@ use io_uring::{
     types::{self, Timespec},
 };
 
+use stampede_proto::files::SealedFile;
+
 use super::uring::UringError;
 
 /// Identifies one connection of one worker. Ids are not reused while the connection lives, and
@@ -109,13 +111,51 @@ pub struct TcpOutbox {
 
 #[derive(Debug)]
 enum Command {
-    Send(ConnId, Vec<u8>, Bytes),
+    Send(ConnId, Vec<u8>, Payload),
     Close(ConnId),
+}
+
+/// What follows a response head: bytes from memory, written with `SENDMSG`, or a range of a
+/// sealed file, handed to the kernel with `sendfile(2)` (page references, no copy).
+#[derive(Debug)]
+enum Payload {
+    Bytes(Bytes),
+    File(FileRange),
+}
+
+/// `len` bytes of `file` from `offset`, still to send.
+#[derive(Debug)]
+struct FileRange {
+    file: SealedFile,
+    offset: u64,
+    remaining: u64,
 }
 
 impl TcpOutbox {
     pub fn send(&mut self, conn: ConnId, head: Vec<u8>, body: Bytes) {
-        self.commands.push(Command::Send(conn, head, body));
+        self.commands
+            .push(Command::Send(conn, head, Payload::Bytes(body)));
+    }
+
+    /// Like [`send`](Self::send), with a body of `len` bytes of `file` from `offset`, sent with
+    /// `sendfile(2)` (see [`TcpWorker::send_file`]).
+    pub fn send_file(
+        &mut self,
+        conn: ConnId,
+        head: Vec<u8>,
+        file: SealedFile,
+        offset: u64,
+        len: u64,
+    ) {
+        self.commands.push(Command::Send(
+            conn,
+            head,
+            Payload::File(FileRange {
+                file,
+                offset,
+                remaining: len,
+            }),
+        ));
     }
 
     pub fn close(&mut self, conn: ConnId) {
@@ -140,6 +180,11 @@ pub struct TcpWorkerConfig {
     /// documentation puts the break-even around 10 KB per send on a real NIC. Ignored (with a
     /// warning) on kernels without `IORING_OP_SENDMSG_ZC`.
     pub zero_copy_min_len: Option<usize>,
+    /// Send file-backed bodies (a sealed file from the store) of at least this many bytes with
+    /// `sendfile(2)` instead of copying them; `None` never does. The engine decides per
+    /// response ([`TcpWorker::send_file`]); this is its threshold. 16 KiB by default: below
+    /// it, one `SENDMSG` of head and body costs less than a `SENDMSG` and a `sendfile`.
+    pub sendfile_min_len: Option<usize>,
 }
 
 impl Default for TcpWorkerConfig {
@@ -148,6 +193,7 @@ impl Default for TcpWorkerConfig {
             ring_entries: 1024,
             recv_buffer_size: 4096,
             zero_copy_min_len: None,
+            sendfile_min_len: Some(16 * 1024),
         }
     }
 }
@@ -162,8 +208,16 @@ pub struct TcpWorkerStats {
     pub closed: u64,
     /// Of `closed`, connections that ended on a receive or send error.
     pub closed_on_error: u64,
-    /// Bytes the kernel took from completed and partial sends.
+    /// Bytes the kernel took from completed and partial sends (`SENDMSG` and `sendfile`).
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, bytes sent with `sendfile(2)` from sealed files.
+    pub sendfile_bytes: u64,
+    /// Times a `sendfile` filled the socket's buffer and the connection waited for `POLLOUT`.
+    pub sendfile_waits: u64,
+    /// Receives and sends that completed with `EAGAIN` and were resubmitted. Sockets are
+    /// non-blocking (for `sendfile`); io_uring waits for readiness itself, but an operation it
+    /// runs on a worker thread sees the flag and returns `EAGAIN` (a handful under load is normal).
+    pub eagain_retries: u64,
     /// Bytes received.
     pub bytes_received: u64,
     /// Sends that came back short and were resubmitted for the rest.
@@ -218,8 +272,9 @@ fn op_conn(user_data: u64) -> ConnId {
     }
 }
 
-/// A `sendmsg` in flight: the head and body the kernel reads and the iovecs and header pointing
-/// at them, at a stable heap address until the completion.
+/// One response being sent: a `sendmsg` of the head and body the kernel reads, with the iovecs
+/// and header pointing at them at a stable heap address until the completion; then, for a file
+/// body, `sendfile` calls, with a `POLLOUT` poll in flight whenever the socket's buffer is full.
 struct SendOp {
     head: Vec<u8>,
     body: Bytes,
@@ -227,6 +282,10 @@ struct SendOp {
     done: usize,
     /// Every submission of this send is a `SENDMSG_ZC`.
     zero_copy: bool,
+    /// The file body, sent after head and `body` (which is then empty).
+    file: Option<FileRange>,
+    /// The operation in flight is a `POLLOUT` poll, not a `sendmsg`.
+    polling: bool,
     iov: [libc::iovec; 2],
     msg: libc::msghdr,
 }
@@ -242,17 +301,24 @@ impl std::fmt::Debug for SendOp {
             .field("body", &self.body.len())
             .field("done", &self.done)
             .field("zero_copy", &self.zero_copy)
+            .field("file", &self.file)
             .finish()
     }
 }
 
 impl SendOp {
-    fn new(head: Vec<u8>, body: Bytes, zero_copy: bool) -> Box<Self> {
+    fn new(head: Vec<u8>, payload: Payload, zero_copy: bool) -> Box<Self> {
+        let (body, file) = match payload {
+            Payload::Bytes(body) => (body, None),
+            Payload::File(range) => (Bytes::new(), Some(range)),
+        };
         let mut op = Box::new(Self {
             head,
             body,
             done: 0,
-            zero_copy,
+            zero_copy: zero_copy && file.is_none(),
+            file,
+            polling: false,
             iov: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -329,8 +395,64 @@ impl ZeroCopyHold {
     }
 }
 
-fn wants_zero_copy(min_len: Option<usize>, hold: &ZeroCopyHold, body: &Bytes) -> bool {
+fn wants_zero_copy(min_len: Option<usize>, hold: &ZeroCopyHold, payload: &Payload) -> bool {
+    let Payload::Bytes(body) = payload else {
+        return false;
+    };
     min_len.is_some_and(|min| body.len() >= min) && hold.held.len() < MAX_ZERO_COPY_HELD
+}
+
+/// How far a file body got.
+enum FileProgress {
+    /// All of it is in the socket.
+    Finished,
+    /// The socket's buffer is full: wait for `POLLOUT`.
+    Blocked,
+    /// The socket failed (the errno), or the file ended early (`EIO`).
+    Failed(i32),
+}
+
+/// Hands the kernel as much of `range` as the socket's buffer takes: one `sendfile(2)`, which
+/// queues references to the file's pages (no copy), and more only while each call took all it was
+/// offered. Safe: the socket is non-blocking, and nix wraps the call.
+fn pump_file(
+    socket: &TcpStream,
+    range: &mut FileRange,
+    stats: &mut TcpWorkerStats,
+) -> FileProgress {
+    // sendfile moves at most 0x7ffff000 bytes per call (sendfile(2)).
+    const MAX_PER_CALL: u64 = 0x7fff_f000;
+    while range.remaining > 0 {
+        let want = range.remaining.min(MAX_PER_CALL);
+        let Ok(mut offset) = libc::off_t::try_from(range.offset) else {
+            return FileProgress::Failed(libc::EOVERFLOW);
+        };
+        match nix::sys::sendfile::sendfile(socket, &range.file, Some(&mut offset), want as usize) {
+            // The sealed file cannot shrink, so this is a range past its end: a caller's bug,
+            // but the connection, not the worker, pays for it.
+            Ok(0) => return FileProgress::Failed(libc::EIO),
+            Ok(n) => {
+                let n = n as u64;
+                range.offset += n;
+                range.remaining -= n;
+                stats.bytes_sent += n;
+                stats.sendfile_bytes += n;
+                if n < want {
+                    // The socket's buffer is full; another call would only say EAGAIN.
+                    break;
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return FileProgress::Failed(e as i32),
+        }
+    }
+    if range.remaining == 0 {
+        FileProgress::Finished
+    } else {
+        stats.sendfile_waits += 1;
+        FileProgress::Blocked
+    }
 }
 
 struct Conn {
@@ -339,7 +461,7 @@ struct Conn {
     recv_buf: Box<[u8]>,
     recv_in_flight: bool,
     send: Option<Box<SendOp>>,
-    queued: VecDeque<(Vec<u8>, Bytes)>,
+    queued: VecDeque<(Vec<u8>, Payload)>,
     zero_copy: ZeroCopyHold,
     /// Set once the connection is being closed: no new operations, cancels pushed.
     closing: Option<CloseReason>,
@@ -514,6 +636,37 @@ impl TcpWorker {
     /// Queues `head` then `body` on `conn`; [`TcpEvent::Sent`] follows once both are written.
     /// Returns false (and drops the data) if the connection is closed or closing.
     pub fn send(&mut self, conn: ConnId, head: Vec<u8>, body: Bytes) -> Result<bool, UringError> {
+        self.send_payload(conn, head, Payload::Bytes(body))
+    }
+
+    /// Queues `head` then `len` bytes of `file` from `offset` on `conn`, like
+    /// [`send`](Self::send). The head goes out with `SENDMSG`, the body with `sendfile(2)`:
+    /// the kernel queues references to the sealed file's pages in the socket instead of a copy
+    /// (what nginx's `sendfile on` does), and the worker waits for `POLLOUT` whenever the
+    /// socket's buffer is full. The range must lie within the file (a range past its end closes
+    /// the connection with `EIO` once the file runs out).
+    pub fn send_file(
+        &mut self,
+        conn: ConnId,
+        head: Vec<u8>,
+        file: SealedFile,
+        offset: u64,
+        len: u64,
+    ) -> Result<bool, UringError> {
+        let range = FileRange {
+            file,
+            offset,
+            remaining: len,
+        };
+        self.send_payload(conn, head, Payload::File(range))
+    }
+
+    fn send_payload(
+        &mut self,
+        conn: ConnId,
+        head: Vec<u8>,
+        body: Payload,
+    ) -> Result<bool, UringError> {
         let min_len = self.zero_copy_min_len;
         let Some(c) = self.conn_mut(conn) else {
             return Ok(false);
@@ -613,6 +766,14 @@ impl TcpWorker {
             // Responses are one sendmsg each; without NODELAY the tail segment of a response
             // can wait for the peer's delayed ACK (tcp(7), Nagle), stalling keep-alive clients.
             let _ = stream.set_nodelay(true);
+            // Non-blocking for sendfile, which must never stall the worker on a full socket
+            // buffer. io_uring's own receives and sends still wait for readiness (it polls
+            // before retrying); see `TcpWorkerStats::eagain_retries`.
+            if let Err(e) = stream.set_nonblocking(true) {
+                tracing::warn!(error = %e, "could not make an accepted socket non-blocking; dropped");
+                self.stats.accept_errors += 1;
+                return Ok(0);
+            }
             let peer = match stream.peer_addr() {
                 Ok(peer) => peer,
                 // ENOTCONN: the peer already reset it. Nothing to serve.
@@ -666,6 +827,9 @@ impl TcpWorker {
                     } else if result == 0 {
                         self.begin_close(conn, CloseReason::PeerClosed)?;
                     } else if matches!(-result, libc::EINTR | libc::EAGAIN) {
+                        if -result == libc::EAGAIN {
+                            self.stats.eagain_retries += 1;
+                        }
                         self.arm_recv(conn)?;
                     } else {
                         self.begin_close(conn, CloseReason::Error(-result))?;
@@ -689,27 +853,53 @@ impl TcpWorker {
                     c.zero_copy.retire(op);
                 } else {
                     if result >= 0 {
-                        let n = result as usize;
-                        op.done += n;
-                        self.stats.bytes_sent += n as u64;
-                        if op.done < op.total() {
-                            // Short write: the socket buffer filled. Send the rest.
-                            self.stats.short_writes += 1;
-                            op.aim();
-                            c.send = Some(op);
-                            self.push_send(conn)?;
+                        if op.polling {
+                            // POLLOUT (or an error condition the next sendfile reports).
+                            op.polling = false;
                         } else {
-                            c.zero_copy.retire(op);
-                            if let Some((head, body)) = c.queued.pop_front() {
-                                let zero_copy = wants_zero_copy(min_len, &c.zero_copy, &body);
-                                c.send = Some(SendOp::new(head, body, zero_copy));
+                            let n = result as usize;
+                            op.done += n;
+                            self.stats.bytes_sent += n as u64;
+                        }
+                        let progress = if op.done < op.total() {
+                            None
+                        } else if let Some(range) = op.file.as_mut() {
+                            Some(pump_file(&c.stream, range, &mut self.stats))
+                        } else {
+                            Some(FileProgress::Finished)
+                        };
+                        match progress {
+                            None => {
+                                // Short write: the socket buffer filled. Send the rest.
+                                self.stats.short_writes += 1;
+                                op.aim();
+                                c.send = Some(op);
                                 self.push_send(conn)?;
                             }
-                            on_event(TcpEvent::Sent { conn }, &mut self.outbox);
-                            events += 1;
-                            self.apply_outbox()?;
+                            Some(FileProgress::Finished) => {
+                                c.zero_copy.retire(op);
+                                if let Some((head, body)) = c.queued.pop_front() {
+                                    let zero_copy = wants_zero_copy(min_len, &c.zero_copy, &body);
+                                    c.send = Some(SendOp::new(head, body, zero_copy));
+                                    self.push_send(conn)?;
+                                }
+                                on_event(TcpEvent::Sent { conn }, &mut self.outbox);
+                                events += 1;
+                                self.apply_outbox()?;
+                            }
+                            Some(FileProgress::Blocked) => {
+                                op.polling = true;
+                                c.send = Some(op);
+                                self.push_send(conn)?;
+                            }
+                            Some(FileProgress::Failed(errno)) => {
+                                self.begin_close(conn, CloseReason::Error(errno))?;
+                            }
                         }
                     } else if matches!(-result, libc::EINTR | libc::EAGAIN) {
+                        if -result == libc::EAGAIN {
+                            self.stats.eagain_retries += 1;
+                        }
                         c.send = Some(op);
                         self.push_send(conn)?;
                     } else if -result == libc::EINVAL && op.zero_copy && self.zero_copy_report_usage
@@ -802,7 +992,7 @@ impl TcpWorker {
         for command in commands.drain(..) {
             match command {
                 Command::Send(conn, head, body) => {
-                    self.send(conn, head, body)?;
+                    self.send_payload(conn, head, body)?;
                 }
                 Command::Close(conn) => {
                     self.begin_close(conn, CloseReason::Local)?;
@@ -905,7 +1095,10 @@ impl TcpWorker {
             return Ok(());
         };
         let flags = libc::MSG_NOSIGNAL as u32;
-        let entry = if op.zero_copy {
+        let entry = if op.polling {
+            // One-shot: the file body goes on with sendfile when the socket takes more.
+            opcode::PollAdd::new(fd, libc::POLLOUT as u32).build()
+        } else if op.zero_copy {
             // Counted before the push: an overcount only keeps buffers longer.
             c.zero_copy.pending += 1;
             self.stats.zero_copy_sends += 1;
@@ -919,8 +1112,9 @@ impl TcpWorker {
                 .build()
         };
         let entry = entry.user_data(op_data(conn, KIND_SEND));
-        // SAFETY: the msghdr, iovecs, head and body live in the boxed SendOp held in
-        // `c.send` until this entry's completion is reaped (finish_close waits for it); the fd
+        // SAFETY: a poll points at no memory. For the sends, the msghdr, iovecs, head and body
+        // live in the boxed SendOp held in `c.send` until this entry's completion is reaped
+        // (finish_close waits for it); the fd
         // is the connection's stream, dropped only then too. For SENDMSG_ZC the kernel may read
         // the head and body until the notification: the finished SendOp then moves into the
         // connection's ZeroCopyHold (and with it into `lingering` if the connection closes),
@@ -1386,6 +1580,131 @@ mod tests {
         assert!(!worker.close(conn).expect("close"), "old id still dead");
         // Dropping with a receive in flight cancels and drains it.
         drop(worker);
+    }
+
+    /// File bodies go out with sendfile from a sealed memfd: byte-exact ranges, in order behind
+    /// one another, through socket buffers far smaller than the body (so the worker waits for
+    /// POLLOUT), and a range past the file's end closes the connection instead of hanging it.
+    #[test]
+    fn send_file_streams_ranges_through_full_sockets() {
+        if !uring_available() {
+            return;
+        }
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i ^ (i >> 9)) as u8).collect();
+        let (_, file) = super::super::memfile::seal("send-file-test", &data).expect("seal");
+        let file = file.expect("a file");
+        let listener =
+            reuseport_listener(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("listener");
+        let address = listener.local_addr().expect("address");
+        let mut worker = TcpWorker::new(listener, TcpWorkerConfig::default()).expect("worker");
+        // Per client: the ranges sent to it, one after another on one connection. The last
+        // runs 90 bytes past the end of the file.
+        let plans: Vec<Vec<(u64, u64)>> = vec![
+            vec![(0, 4_000_000)],
+            vec![(1_234_567, 2_000_000), (17, 1)],
+            vec![(3_999_000, 1_000), (0, 300_000)],
+            vec![(3_999_990, 100)],
+        ];
+        let past_end = plans.len() - 1;
+        let mut peers = Vec::new();
+        let clients: Vec<_> = plans
+            .iter()
+            .map(|plan| {
+                let expected: Vec<u8> = plan
+                    .iter()
+                    .flat_map(|&(offset, len)| {
+                        let end = (offset + len).min(data.len() as u64);
+                        let mut part = b"HEAD".to_vec();
+                        part.extend_from_slice(&data[offset as usize..end as usize]);
+                        part
+                    })
+                    .collect();
+                let client =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket");
+                // A small receive window keeps the server's socket buffer full.
+                client.set_recv_buffer_size(8192).expect("SO_RCVBUF");
+                client.connect(&address.into()).expect("connect");
+                let mut client = TcpStream::from(client);
+                peers.push(client.local_addr().expect("client address"));
+                client
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    // Until EOF, or a reset (the past-the-end connection may be cut so).
+                    let _ = client.read_to_end(&mut got);
+                    (got.len(), got == expected)
+                })
+            })
+            .collect();
+        // Connection of each plan, matched by the client's address.
+        let mut conns: Vec<Option<ConnId>> = vec![None; plans.len()];
+        run_until(&mut worker, |event, _| match event {
+            TcpEvent::Accepted { conn, peer } => {
+                let i = peers.iter().position(|p| p == peer).expect("a test client");
+                conns[i] = Some(*conn);
+                conns.iter().all(Option::is_some)
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        let conns: Vec<ConnId> = conns.into_iter().flatten().collect();
+        // Idle connections with receives armed on non-blocking sockets: io_uring must wait for
+        // data, not bounce EAGAIN back at us.
+        let idle_until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < idle_until {
+            worker
+                .run_once(Some(idle_until), |event, _| panic!("unexpected {event:?}"))
+                .expect("run_once");
+        }
+        assert_eq!(worker.stats().eagain_retries, 0, "idle receives spun");
+        for (conn, plan) in conns.iter().zip(&plans) {
+            for &(offset, len) in plan {
+                assert!(
+                    worker
+                        .send_file(*conn, b"HEAD".to_vec(), file.clone(), offset, len)
+                        .expect("send_file")
+                );
+            }
+        }
+        let mut sent = vec![0; plans.len()];
+        let mut closed = 0;
+        run_until(&mut worker, |event, outbox| {
+            let i = match event {
+                TcpEvent::Sent { conn } | TcpEvent::Closed { conn, .. } => {
+                    conns.iter().position(|c| c == conn).expect("known")
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            match event {
+                TcpEvent::Sent { conn } => {
+                    assert_ne!(i, past_end, "a range past the end is never complete");
+                    sent[i] += 1;
+                    if sent[i] == plans[i].len() {
+                        outbox.close(*conn);
+                    }
+                }
+                TcpEvent::Closed { reason, .. } => {
+                    let expected = if i == past_end {
+                        CloseReason::Error(libc::EIO)
+                    } else {
+                        CloseReason::Local
+                    };
+                    assert_eq!(*reason, expected, "connection {i}");
+                    closed += 1;
+                }
+                _ => unreachable!(),
+            }
+            closed == plans.len()
+        });
+        for (i, client) in clients.into_iter().enumerate() {
+            let (len, exact) = client.join().expect("client thread");
+            assert!(exact, "client {i} got {len} bytes, not exactly its ranges");
+        }
+        let stats = worker.stats();
+        let body_bytes: u64 = plans.iter().flatten().map(|&(_, len)| len).sum::<u64>() - 90;
+        assert_eq!(stats.sendfile_bytes, body_bytes);
+        assert!(stats.sendfile_waits > 0, "socket buffers filled: {stats:?}");
     }
 
     #[test]

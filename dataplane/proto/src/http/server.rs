@@ -10,7 +10,7 @@ use super::request::{Limits, Method, ParseError, Parsed, RangeRequest, Request, 
 use super::response::{ResponseHead, Status, content_type_for, format_http_date, parse_http_date};
 use super::{percent_decode, request::list_items};
 use crate::bootpath::{BootPath, PathRejection};
-use crate::files::{BootFile, FileCatalog, OpenError};
+use crate::files::{BootFile, FileCatalog, OpenError, SealedFile};
 
 /// Server settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +114,15 @@ impl Rejection {
 }
 
 /// A response body: `len` bytes at `offset` of `data`. `data` is the whole shared file (a clone
-/// of the catalog's [`Bytes`], not a copy), so an engine backed by a file descriptor can
-/// `sendfile` the same range; [`Body::bytes`] gives the slice for a plain write.
+/// of the catalog's [`Bytes`], not a copy), and `file`, when the catalog has one, holds the same
+/// bytes, so an engine can `sendfile` the range from it; [`Body::bytes`] gives the slice for a
+/// plain write.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Body {
     pub data: Bytes,
     pub offset: u64,
     pub len: u64,
+    pub file: Option<SealedFile>,
 }
 
 impl Body {
@@ -130,6 +132,7 @@ impl Body {
             data,
             offset: 0,
             len,
+            file: None,
         }
     }
 
@@ -543,6 +546,7 @@ fn serve_file(
                 data: file.data,
                 offset: range.start,
                 len: range.end - range.start,
+                file: file.file,
             };
         }
     }
@@ -592,6 +596,7 @@ mod tests {
                 data: kernel().into(),
                 etag: Some("abc123".into()),
                 modified_unix: Some(784_111_777),
+                file: None,
             },
         );
         c.insert("boot/initrd.img", BootFile::new(vec![42u8; 3000]));

@@ -1,0 +1,146 @@
+//! Sealed in-memory files: one copy of a boot file that both a plain write and `sendfile` serve.
+//!
+//! The store reads a file once and shares it. Shared as a heap buffer, every HTTP response
+//! copies it into a socket (`SENDMSG`), which at 1,000 machines × 32 MiB was the HTTP workers'
+//! largest cost (`docs/benchmarks/storm.md`, "Where the time goes"). Kept instead in a memfd
+//! (`memfd_create(2)`) sealed against writes and size changes (`F_SEAL_WRITE`, `F_SEAL_GROW`,
+//! `F_SEAL_SHRINK`, then `F_SEAL_SEAL`), the same pages serve:
+//! - `sendfile(2)` from the descriptor: the kernel queues page references in the socket, as
+//!   nginx's `sendfile on` does, and no process copies the body;
+//! - [`Bytes`] over a read-only shared mapping of it, for TFTP, checksums and plain writes.
+//!
+//! The seals are what make both safe: nobody, not even this process, can change or truncate
+//! the file while the mapping or a socket refers to its pages.
+use std::{
+    ffi::c_void,
+    io::{self, Write as _},
+    num::NonZeroUsize,
+    os::fd::OwnedFd,
+    ptr::NonNull,
+};
+
+use bytes::Bytes;
+use nix::{
+    fcntl::{FcntlArg, SealFlag, fcntl},
+    sys::{
+        memfd::{MFdFlags, memfd_create},
+        mman::{MapFlags, ProtFlags, mmap, munmap},
+    },
+};
+use stampede_proto::files::SealedFile;
+
+/// Copies `data` into a new sealed memfd and maps it read-only. Returns the mapping as
+/// [`Bytes`] (freed with its last clone) and the descriptor. `name` shows in
+/// `/proc/PID/fd` (as `memfd:NAME`) and need not be unique.
+///
+/// Empty data gets no file (nothing to map or send).
+pub fn seal(name: &str, data: &[u8]) -> io::Result<(Bytes, Option<SealedFile>)> {
+    let Some(len) = NonZeroUsize::new(data.len()) else {
+        return Ok((Bytes::new(), None));
+    };
+    // A NUL in the name would make it unrepresentable; the name is only for humans.
+    let name: String = name.chars().filter(|c| *c != '\0').take(200).collect();
+    let fd = memfd_create(
+        name.as_str(),
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(data)?;
+    let fd = OwnedFd::from(file);
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    // SAFETY: a fresh shared read-only mapping of `len` bytes of `fd` at an address the kernel
+    // picks, so it aliases no Rust memory. The file is `len` bytes long and sealed against
+    // shrinking, so every mapped page stays backed (no SIGBUS); sealed against writes, so the
+    // bytes behind the `&[u8]` handed out below never change. `F_SEAL_WRITE` is refused while a
+    // writable shared mapping exists, and none can be made after it.
+    let ptr = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            &fd,
+            0,
+        )?
+    };
+    let mapping = Mapping { ptr, len };
+    Ok((Bytes::from_owner(mapping), Some(SealedFile::new(fd))))
+}
+
+/// A read-only shared mapping of a sealed memfd, unmapped on drop. The mapping keeps the file's
+/// pages alive by itself; the descriptor may be closed before it.
+struct Mapping {
+    ptr: NonNull<c_void>,
+    len: NonZeroUsize,
+}
+
+// SAFETY: the mapping is read-only and its contents never change (sealed), so sharing and
+// sending it across threads is like sharing an immutable `[u8]`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live PROT_READ mapping of `len` bytes (see `seal`), unmapped only
+        // in `drop`, after every borrow ended; its contents are sealed against change.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>(), self.len.get()) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `seal`, unmapped once; no borrow of it outlives
+        // `self` (Bytes drops its owner after the last slice is gone).
+        if let Err(e) = unsafe { munmap(self.ptr, self.len.get()) } {
+            tracing::warn!(error = %e, "munmap of a sealed file failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::{fd::AsFd as _, unix::fs::FileExt as _};
+
+    use super::*;
+
+    #[test]
+    fn sealed_file_holds_the_data_and_refuses_writes() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let (bytes, file) = seal("test", &data).unwrap();
+        assert_eq!(&bytes[..], &data[..]);
+        let file = file.expect("non-empty data has a file");
+        let dup = std::fs::File::from(file.as_fd().try_clone_to_owned().unwrap());
+        // Reading through the descriptor gives the same bytes.
+        let mut read_back = vec![0u8; data.len()];
+        dup.read_exact_at(&mut read_back, 0).unwrap();
+        assert_eq!(read_back, data);
+        // The seals hold: no write, no truncate.
+        let refused = dup.write_at(b"x", 0).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EPERM));
+        assert!(dup.set_len(1).is_err(), "shrinking is sealed");
+        assert!(
+            dup.set_len(data.len() as u64 + 1).is_err(),
+            "growing is sealed"
+        );
+        // Slices outlive the descriptor and each other.
+        let tail = bytes.slice(299_990..);
+        drop((bytes, file, dup));
+        assert_eq!(&tail[..], &data[299_990..]);
+    }
+
+    #[test]
+    fn empty_data_has_no_file() {
+        let (bytes, file) = seal("empty", b"").unwrap();
+        assert!(bytes.is_empty());
+        assert!(file.is_none());
+    }
+}
