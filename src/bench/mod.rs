@@ -350,6 +350,7 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
     let mut summary = Summary::new(args.label.clone(), records, elapsed, cpu, server);
     summary.reordered_datagrams = reordered;
     summary.client_buffer_exhaustions = exhaustions;
+    summary.http_retries = ctx.progress.http_retries.load(Ordering::Relaxed);
     print!("{}", summary.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&summary)?;

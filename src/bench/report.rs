@@ -85,6 +85,9 @@ pub struct Summary {
     /// Times a receive of the bench's rings found every buffer in use and had to be re-armed
     /// (summed over threads): a sign the bench, not the server, held data back.
     pub client_buffer_exhaustions: u64,
+    /// HTTP requests sent again because their kept-alive connection closed before the response
+    /// began (RFC 9112 §9.3.1; iPXE reopens its pooled connections the same way).
+    pub http_retries: u64,
     pub server: Option<Usage>,
     pub machines: Vec<MachineRecord>,
 }
@@ -158,6 +161,7 @@ impl Summary {
             client_cpu_s,
             reordered_datagrams: 0,
             client_buffer_exhaustions: 0,
+            http_retries: 0,
             server,
             machines,
         }
@@ -206,6 +210,13 @@ impl Summary {
             "throughput {:.1} MiB/s; bench CPU {:.1} s; bench receive buffers ran out {} times",
             self.throughput_mib_s, self.client_cpu_s, self.client_buffer_exhaustions
         );
+        if self.http_retries > 0 {
+            let _ = writeln!(
+                t,
+                "HTTP requests retried on a new connection (kept-alive one closed unanswered): {}",
+                self.http_retries
+            );
+        }
         if self.reordered_datagrams > 0 {
             let _ = writeln!(
                 t,

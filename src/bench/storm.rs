@@ -22,7 +22,7 @@ use serde::Serialize;
 use stampede_dataplane::sys::uring_client::{ClientRing, Event, SockId, Sockets};
 use stampede_proto::{
     dhcp::{ClientConfig as DhcpConfig, ClientLease, ClientState, DhcpClient},
-    http::{FetchRequest, HttpClient},
+    http::{ClientError, FetchRequest, HttpClient},
     ipxe::{expand_settings, script_downloads},
     tftp::{ClientConfig as TftpConfig, Expected, TftpClient},
 };
@@ -120,6 +120,9 @@ pub struct Progress {
     pub bytes: AtomicU64,
     /// TFTP datagrams held back and delivered out of order (`--reorder`).
     pub reordered: AtomicU64,
+    /// HTTP requests sent again on a new connection because their kept-alive one closed before
+    /// the response began (the server timed it out as idle), as iPXE and curl do.
+    pub http_retries: AtomicU64,
 }
 
 /// Everything the machines share.
@@ -425,6 +428,11 @@ impl Sim {
                     }
                     Event::Closed { socket, error } if socket == conn.socket => match error {
                         None => conn.client.handle_eof(now),
+                        // A reset of a kept-alive connection before the response began is a
+                        // close like any other (the retry follows in `pump`).
+                        Some(_) if conn.client.unanswered_on_reused() => {
+                            conn.client.handle_eof(now);
+                        }
                         Some(e) => return Err(format!("reading from {server}: {e}")),
                     },
                     Event::SendFailed { socket, error } if socket == conn.socket => {
@@ -570,6 +578,20 @@ impl Sim {
                         return Ok(());
                     };
                     let url = http.url.clone();
+                    if let Err(ClientError::ClosedUnanswered) = result {
+                        // Once per request: a new connection has answered nothing before, so
+                        // its close is a failure.
+                        env.ctx
+                            .progress
+                            .http_retries
+                            .fetch_add(1, Ordering::Relaxed);
+                        let reference = match http.file {
+                            Some(_) => env.ctx.references.get(basename(&url)).cloned(),
+                            None => None,
+                        };
+                        self.fetch(env, now, &url, reference)?;
+                        continue;
+                    }
                     let result = result.map_err(|e| format!("GET {url}: {e}"))?;
                     if !(200..300).contains(&result.status) {
                         return Err(format!("GET {url}: status {}", result.status));

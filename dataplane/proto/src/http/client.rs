@@ -104,6 +104,11 @@ pub enum ClientError {
     DigestMismatch,
     #[error("connection closed before the response was complete")]
     Truncated,
+    /// A kept-alive connection closed (the server timed it out as idle, say) after the request
+    /// went out and before any byte of the response: RFC 9112 §9.3.1 lets a client retry an
+    /// idempotent request on a new connection, and iPXE and curl do.
+    #[error("kept-alive connection closed before the response began (retry on a new one)")]
+    ClosedUnanswered,
     #[error("bytes received with no request outstanding")]
     Unsolicited,
     #[error("no response progress before the timeout")]
@@ -129,6 +134,7 @@ impl ClientError {
             Self::Unsolicited => "unsolicited",
             Self::Timeout => "timeout",
             Self::Closed => "closed",
+            Self::ClosedUnanswered => "closed_unanswered",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::ContentMismatch { .. } => "content_mismatch",
         }
@@ -169,6 +175,8 @@ pub struct HttpClient {
     closed: bool,
     server_closes: bool,
     deadline: Option<Instant>,
+    /// Complete responses received on this connection.
+    responses: u64,
 }
 
 impl HttpClient {
@@ -187,6 +195,7 @@ impl HttpClient {
             closed: false,
             server_closes: false,
             deadline: None,
+            responses: 0,
         }
     }
 
@@ -389,6 +398,7 @@ impl HttpClient {
                 return Err(ClientError::DigestMismatch);
             }
         }
+        self.responses += 1;
         self.results.push_back(Ok(FetchResult {
             status: head.status,
             body_len: received,
@@ -420,13 +430,23 @@ impl HttpClient {
         }
     }
 
-    /// The server closed the connection (read returned 0).
+    /// The server closed the connection (read returned 0). Also for a reset: the fetch fails
+    /// either way, and [`ClientError::ClosedUnanswered`] says when it is safe to retry.
     pub fn handle_eof(&mut self, _now: Instant) {
-        if !matches!(self.state, State::Idle) {
+        if self.unanswered_on_reused() {
+            self.fail(ClientError::ClosedUnanswered);
+        } else if !matches!(self.state, State::Idle) {
             self.fail(ClientError::Truncated);
         } else {
             self.close_with(ClientError::Closed);
         }
+    }
+
+    /// A request is out on a connection that already carried a response, and no byte of its
+    /// own response has arrived: if the connection closes now, the server never saw or never
+    /// answered it (RFC 9112 §9.3.1).
+    pub fn unanswered_on_reused(&self) -> bool {
+        self.responses > 0 && matches!(self.state, State::Head(_)) && self.head_buf.is_empty()
     }
 
     /// Next finished fetch, in request order.
@@ -491,6 +511,42 @@ mod tests {
         c.fetch(now, FetchRequest::get("/k"));
         c.handle_input(now, response("abc").as_bytes()).unwrap();
         assert_eq!(c.poll_result().unwrap().unwrap().body, None);
+    }
+
+    /// A close before any response byte is retryable only on a connection that already
+    /// carried a response (the server may have timed it out as idle); on a new connection, or
+    /// once response bytes arrived, it is a failure.
+    #[test]
+    fn only_an_unanswered_request_on_a_reused_connection_may_be_retried() {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        // New connection, nothing answered yet.
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/a"));
+        assert!(!c.unanswered_on_reused());
+        c.handle_eof(now);
+        assert_eq!(c.poll_result(), Some(Err(ClientError::Truncated)));
+        // Reused connection, second request unanswered.
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/a"));
+        c.handle_input(now, response("one").as_bytes()).unwrap();
+        assert!(c.poll_result().unwrap().is_ok());
+        c.fetch(now, FetchRequest::get("/b"));
+        c.poll_transmit(&mut out);
+        assert!(c.unanswered_on_reused());
+        c.handle_eof(now);
+        assert_eq!(c.poll_result(), Some(Err(ClientError::ClosedUnanswered)));
+        assert!(!c.is_reusable());
+        // Reused connection, the response had begun: truncated, not retryable.
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/a"));
+        c.handle_input(now, response("one").as_bytes()).unwrap();
+        c.fetch(now, FetchRequest::get("/b"));
+        c.handle_input(now, b"HTTP/1.1 2").unwrap();
+        assert!(!c.unanswered_on_reused());
+        c.handle_eof(now);
+        let _ = c.poll_result();
+        assert_eq!(c.poll_result(), Some(Err(ClientError::Truncated)));
     }
 
     #[test]
