@@ -964,6 +964,9 @@ fn http_serves_scripts_kernels_and_ranges_to_curl() {
         out.stderr
     );
     assert!(stats["http_2xx"] >= 5, "{}", out.stdout);
+    // The kernel's body went out by sendfile from its sealed copy; the 4,000-byte range, the
+    // HEAD and the scripts are below the 16 KiB threshold and were written.
+    assert_eq!(stats["http_sendfile_bytes"], 3 << 20, "{}", out.stdout);
 }
 
 fn write_config(path: &std::path::Path, iface: &str, payload: &Payload, marker: &str) {
