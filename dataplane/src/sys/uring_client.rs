@@ -7,8 +7,10 @@
 //! every socket is a slot with a generation ([`SockId`]): UDP sockets receive through one
 //! multishot `IORING_OP_RECVMSG` each, TCP connections through one multishot `IORING_OP_RECV`
 //! each, both drawing from provided-buffer rings shared by all sockets (so ten thousand idle
-//! sockets pin no memory); sends are `IORING_OP_SEND` (with a destination for UDP, kernel 6.0),
-//! connects `IORING_OP_CONNECT`. Closing cancels the socket's operations by descriptor
+//! sockets pin no memory). The TCP ring is consumed incrementally (kernel 6.12): a receive of
+//! one 1448-byte segment takes 1448 bytes of a buffer, not the whole buffer, and the next
+//! receive on any connection continues behind it. Sends are `IORING_OP_SEND` (with a
+//! destination for UDP, kernel 6.0), connects `IORING_OP_CONNECT`. Closing cancels the socket's operations by descriptor
 //! (`IORING_ASYNC_CANCEL_FD`, 5.19) and closes it once the last completion is in.
 //!
 //! The same rule as the workers holds: everything an entry points at (payloads, addresses, the
@@ -47,7 +49,8 @@ impl SockId {
 }
 
 /// What happened on a socket, handed to [`ClientRing::run_once`]'s callback. Borrowed data lives
-/// in a receive buffer that goes back to the kernel when the callback returns.
+/// in a receive buffer that the kernel may refill once the callback returns: keep a copy to keep
+/// it.
 #[derive(Debug)]
 pub enum Event<'a> {
     /// A datagram on a UDP socket.
@@ -93,7 +96,9 @@ pub struct ClientRingConfig {
     /// 2048 bytes take a datagram of up to 2004 bytes (a TFTP block of 1468 and more).
     pub udp_buffers: u16,
     pub udp_buffer_size: u32,
-    /// TCP receive buffers (power of two) and their size.
+    /// TCP receive buffers (power of two) and their size. They are consumed incrementally
+    /// (kernel 6.12; whole before): a buffer takes receives until it is full, so the pool holds
+    /// about `tcp_buffers × tcp_buffer_size` bytes of in-flight data whatever the receive sizes.
     pub tcp_buffers: u16,
     pub tcp_buffer_size: u32,
 }
@@ -234,14 +239,26 @@ impl ClientRing {
             .map_err(UringError::io("creating the client io_uring"))?;
         let udp_buffers = BufRing::new(config.udp_buffers, config.udp_buffer_size)
             .map_err(UringError::io("allocating UDP receive buffers"))?;
-        let tcp_buffers = BufRing::new(config.tcp_buffers, config.tcp_buffer_size)
+        let mut tcp_buffers = BufRing::new(config.tcp_buffers, config.tcp_buffer_size)
             .map_err(UringError::io("allocating TCP receive buffers"))?;
         udp_buffers
             .register(&ring, UDP_GROUP)
             .map_err(UringError::io("registering the UDP buffer ring"))?;
-        tcp_buffers
-            .register(&ring, TCP_GROUP)
-            .map_err(UringError::io("registering the TCP buffer ring"))?;
+        match tcp_buffers.register_incremental(&ring, TCP_GROUP) {
+            Ok(()) => {}
+            // Before 6.12: every receive takes a whole buffer, however short.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(
+                    "this kernel cannot consume receive buffers incrementally (6.12); \
+                     each short TCP receive takes a whole {} byte buffer",
+                    config.tcp_buffer_size
+                );
+                tcp_buffers
+                    .register(&ring, TCP_GROUP)
+                    .map_err(UringError::io("registering the TCP buffer ring"))?;
+            }
+            Err(e) => return Err(UringError::io("registering the TCP buffer ring")(e)),
+        }
         // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
         let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
         header.msg_namelen = NAME_LEN as u32;
@@ -310,6 +327,8 @@ impl ClientRing {
             return s.complete_op(user_data as usize, result, on_event);
         }
         let index = (user_data & u64::from(u32::MAX)) as u32;
+        // Slots are never removed, so a receive's slot always exists (an unknown one would
+        // leave its buffer unaccounted for).
         let Some(slot) = s.slots.get_mut(index as usize) else {
             return 0;
         };
@@ -349,27 +368,34 @@ impl ClientRing {
                 }
                 self.udp_buffers.recycle(bid);
             }
-            (Kind::Tcp, Some(bid)) => {
-                let data = self
-                    .tcp_buffers
-                    .filled(bid, usize::try_from(result).unwrap_or(0));
-                if !closing && !data.is_empty() {
-                    s.stats.stream_bytes += data.len() as u64;
+            (Kind::Tcp, bid) => {
+                if let Some(bid) = bid {
+                    // Every completion of a buffer goes through `received`, also on a closing
+                    // socket: with incremental consumption the next one continues where this
+                    // one ended.
+                    let len = usize::try_from(result).unwrap_or(0);
+                    events += self.tcp_buffers.received(bid, len, flags, |data| {
+                        if closing || data.is_empty() {
+                            return 0;
+                        }
+                        s.stats.stream_bytes += data.len() as u64;
+                        on_event(Event::Stream { socket: id, data }, s);
+                        1
+                    });
+                }
+                if -result == libc::ENOBUFS {
+                    s.stats.buffer_exhaustions += 1;
+                } else if result <= 0 && !closing {
+                    // End of stream (0) or an error: the receive is over for good.
+                    if let Some(slot) = s.slots.get_mut(index as usize) {
+                        slot.wants_recv = false;
+                    }
+                    let error = (result < 0).then(|| io::Error::from_raw_os_error(-result));
                     events += 1;
-                    on_event(Event::Stream { socket: id, data }, s);
+                    on_event(Event::Closed { socket: id, error }, s);
                 }
-                self.tcp_buffers.recycle(bid);
             }
-            (_, None) if -result == libc::ENOBUFS => s.stats.buffer_exhaustions += 1,
-            (Kind::Tcp, None) if !closing && result <= 0 => {
-                // End of stream or an error: the receive is over for good.
-                if let Some(slot) = s.slots.get_mut(index as usize) {
-                    slot.wants_recv = false;
-                }
-                let error = (result < 0).then(|| io::Error::from_raw_os_error(-result));
-                events += 1;
-                on_event(Event::Closed { socket: id, error }, s);
-            }
+            (Kind::Udp, None) if -result == libc::ENOBUFS => s.stats.buffer_exhaustions += 1,
             // UDP receive errors (none expected on an unconnected socket) just re-arm.
             _ => {}
         }
@@ -793,16 +819,30 @@ mod tests {
     };
 
     use super::*;
+    use crate::sys::uring::Consumption;
 
     fn ring() -> ClientRing {
+        ring_with_tcp_buffers(16, 4096)
+    }
+
+    fn ring_with_tcp_buffers(tcp_buffers: u16, tcp_buffer_size: u32) -> ClientRing {
         ClientRing::new(ClientRingConfig {
             ring_entries: 64,
             udp_buffers: 64,
             udp_buffer_size: 2048,
-            tcp_buffers: 16,
-            tcp_buffer_size: 4096,
+            tcp_buffers,
+            tcp_buffer_size,
         })
         .expect("io_uring (this machine has it; CI must too)")
+    }
+
+    fn connect(ring: &mut ClientRing, server: SocketAddr) -> SockId {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        ring.sockets()
+            .connect(OwnedFd::from(socket), server)
+            .unwrap()
     }
 
     fn run_until(ring: &mut ClientRing, mut done: impl FnMut(Event<'_>, &mut Sockets) -> bool) {
@@ -889,13 +929,7 @@ mod tests {
             conn.write_all(&body).unwrap();
         });
         let mut ring = ring();
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let id = ring
-            .sockets()
-            .connect(OwnedFd::from(socket), server_addr)
-            .unwrap();
+        let id = connect(&mut ring, server_addr);
         let mut received = Vec::new();
         let mut connected = false;
         run_until(&mut ring, |event, sockets| match event {
@@ -922,6 +956,102 @@ mod tests {
         assert_eq!(received.len(), body.len());
         assert!(received == body, "bytes arrived out of order or changed");
         ring.sockets().close(id).unwrap();
+    }
+
+    #[test]
+    fn tcp_receives_share_buffers_incrementally() {
+        // Six connections sent 1 to 700 bytes at a time, received through four 4 KiB buffers.
+        // Taken whole, every short receive would use up a buffer (and 4 buffers cannot give
+        // each connection one); consumed incrementally, a buffer goes back to the ring only
+        // once receives have filled it, and its bytes must be read where each receive put them.
+        const CONNECTIONS: usize = 6;
+        const LEN: usize = 50_000;
+        const BUFFER: usize = 4096;
+        fn body(connection: usize) -> Vec<u8> {
+            (0..LEN)
+                .map(|i| ((i * 7 + connection * 31) % 251) as u8)
+                .collect()
+        }
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut conns: Vec<_> = (0..CONNECTIONS)
+                .map(|_| listener.accept().unwrap().0)
+                .collect();
+            let bodies: Vec<_> = (0..CONNECTIONS).map(body).collect();
+            let mut sent = [0; CONNECTIONS];
+            let mut round = 0;
+            while sent.iter().any(|&s| s < LEN) {
+                for (i, conn) in conns.iter_mut().enumerate() {
+                    conn.set_nodelay(true).unwrap();
+                    let n = (1 + (round * 37 + i * 101) % 700).min(LEN - sent[i]);
+                    conn.write_all(&bodies[i][sent[i]..sent[i] + n]).unwrap();
+                    sent[i] += n;
+                }
+                round += 1;
+                if round % 4 == 0 {
+                    // Let the ring catch up, so that receives stay short.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let mut ring = ring_with_tcp_buffers(4, BUFFER as u32);
+        assert_eq!(
+            ring.tcp_buffers.consumption(),
+            Consumption::Incremental,
+            "IOU_PBUF_RING_INC needs kernel 6.12"
+        );
+        let ids: Vec<SockId> = (0..CONNECTIONS)
+            .map(|_| connect(&mut ring, server_addr))
+            .collect();
+        let mut received = vec![Vec::new(); CONNECTIONS];
+        let mut receives = 0u64;
+        let mut closed = 0;
+        run_until(&mut ring, |event, _| {
+            let i = ids
+                .iter()
+                .position(|&id| id == event.socket())
+                .expect("an event on one of the connections");
+            match event {
+                Event::Connected { result, .. } => result.unwrap(),
+                Event::Stream { data, .. } => {
+                    received[i].extend_from_slice(data);
+                    receives += 1;
+                }
+                Event::Closed { error, .. } => {
+                    assert!(error.is_none(), "{error:?}");
+                    closed += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            closed == CONNECTIONS
+        });
+        server.join().unwrap();
+        for (i, bytes) in received.iter().enumerate() {
+            assert_eq!(bytes.len(), LEN, "connection {i}");
+            assert!(
+                *bytes == body(i),
+                "connection {i}: bytes arrived out of order or changed"
+            );
+        }
+        // Every byte went into a buffer right behind the previous receive's: the buffers lent
+        // back are exactly the full ones, the rest sits in the one the kernel still fills.
+        let total = CONNECTIONS * LEN;
+        let recycled = ring.tcp_buffers.recycled();
+        assert_eq!(
+            recycled,
+            (total / BUFFER) as u64,
+            "{receives} receives of {total} bytes"
+        );
+        assert_eq!(ring.tcp_buffers.partly_consumed(), (total % BUFFER) as u64);
+        assert!(
+            receives > recycled,
+            "{receives} receives, {recycled} buffers: no buffer took several receives"
+        );
+        assert_eq!(ring.stats().stream_bytes, total as u64);
+        for id in ids {
+            ring.sockets().close(id).unwrap();
+        }
     }
 
     #[test]
