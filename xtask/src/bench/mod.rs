@@ -164,13 +164,8 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 /// table overflow"). And a veth hands every frame to the receiving CPU's backlog queue, which
 /// drops beyond `netdev_max_backlog` (1000 by default; `/proc/net/softnet_stat`'s second column):
 /// a thousand HTTP transfers at once overflow it, the losses make TCP retransmit and BBR slow a
-/// flow to a crawl, and a storm's last machine waited over a minute for it (2026-12-07). And one
-/// kernel holds the receive queues of every simulated machine, which real machines each keep in
-/// their own memory: at 10,000 machines the bench's sockets passed `net.ipv4.tcp_mem`'s pressure
-/// mark (1.5 GiB here), the kernel dropped 79,091 arriving segments (`TCPRcvQDrop`), the server
-/// retransmitted 5.4 million and a few machines waited 90 s in RTO backoff (2026-12-07).
-/// `tcp_mem` is raised to 1 MiB per machine at its hard mark, at most half the machine's memory.
-/// All are global, not per namespace; the old values come back on drop.
+/// flow to a crawl, and a storm's last machine waited over a minute for it (2026-12-07). Both are
+/// global, not per namespace; the old values come back on drop.
 struct NeighbourTable {
     saved: Vec<(String, String)>,
 }
@@ -192,46 +187,8 @@ impl NeighbourTable {
                 saved.push((path, old.trim().to_owned()));
             }
         }
-        let path = "/proc/sys/net/ipv4/tcp_mem";
-        let old = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        if let Some(new) = raised_tcp_mem(&old, machines, memory_total_bytes()?) {
-            fs::write(path, &new).with_context(|| format!("writing {path}"))?;
-            saved.push((path.to_owned(), old.trim().to_owned()));
-        }
         Ok(Self { saved })
     }
-}
-
-/// `tcp_mem` (pages: low, pressure, high) with room for `machines` receive queues: high at
-/// 1 MiB per machine, pressure at three quarters of it, low at half, capped at half of
-/// `memory` bytes and never lowered. `None` when the current values already suffice.
-fn raised_tcp_mem(current: &str, machines: usize, memory: u64) -> Option<String> {
-    const PAGE: u64 = 4096;
-    let current: Vec<u64> = current
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let [low, pressure, high] = current[..] else {
-        return None;
-    };
-    let want_high = (machines as u64 * (1 << 20)).min(memory / 2) / PAGE;
-    let want = [
-        low.max(want_high / 2),
-        pressure.max(want_high * 3 / 4),
-        high.max(want_high),
-    ];
-    (want != [low, pressure, high]).then(|| format!("{} {} {}", want[0], want[1], want[2]))
-}
-
-fn memory_total_bytes() -> anyhow::Result<u64> {
-    let meminfo = fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .context("no MemTotal in /proc/meminfo")
 }
 
 impl Drop for NeighbourTable {
@@ -1115,32 +1072,4 @@ fn tempdir() -> anyhow::Result<TempDir> {
         .join(std::process::id().to_string());
     fs::create_dir_all(&dir)?;
     Ok(TempDir(dir))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::raised_tcp_mem;
-
-    #[test]
-    fn tcp_mem_is_raised_for_big_storms_only_and_never_lowered() {
-        let gib = 1u64 << 30;
-        // This machine's defaults (pages): 1.1 / 1.5 / 2.2 GiB.
-        let host = "287907\t383878\t575814\n";
-        assert_eq!(
-            raised_tcp_mem(host, 1000, 24 * gib),
-            None,
-            "1 GiB fits already"
-        );
-        // 10,000 machines: 10,000 MiB hard, three quarters of it pressure, half low.
-        assert_eq!(
-            raised_tcp_mem(host, 10_000, 24 * gib).as_deref(),
-            Some("1280000 1920000 2560000")
-        );
-        // Capped at half the memory: 4 GiB of 8.
-        assert_eq!(
-            raised_tcp_mem(host, 10_000, 8 * gib).as_deref(),
-            Some("524288 786432 1048576")
-        );
-        assert_eq!(raised_tcp_mem("garbage", 10_000, 8 * gib), None);
-    }
 }
