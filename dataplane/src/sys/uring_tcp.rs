@@ -40,9 +40,21 @@
 //!   (6.2) makes the notification say whether the kernel copied after all
 //!   ([`TcpWorkerStats::zero_copy_copied`]).
 //!
-//! Plain `SENDMSG` is the default: measured in `docs/benchmarks/http_server.md`, zero-copy send
-//! did not pay on loopback or on a veth pair (the kernel copies for local delivery) and costs an
-//! extra completion per send; it is kept for machines whose NIC can transmit from user pages.
+//! - File bodies ([`TcpWorker::send_file`]): the head goes out with `SENDMSG`, then the body
+//!   with `sendfile(2)` from a sealed memfd ([`super::memfile`]), called directly on the
+//!   worker's thread: the kernel queues references to the file's pages, nothing is copied.
+//!   Accepted sockets are non-blocking so a full socket buffer returns at once; the connection
+//!   then waits with a one-shot `IORING_OP_POLL_ADD` for `POLLOUT`, which counts as its send in
+//!   flight (cancelled and drained like one). io_uring has `IORING_OP_SPLICE`, but it runs
+//!   every splice on a kernel worker thread that would block on a full socket; `sendfile` on a
+//!   non-blocking socket never blocks. `sendfile` has no `MSG_NOSIGNAL`: a peer reset raises
+//!   `SIGPIPE`, which Rust programs ignore (the runtime sets it to `SIG_IGN` before `main`); a
+//!   host program that restores the default must ignore it again.
+//!
+//! For bodies from memory, plain `SENDMSG` is the default: measured in
+//! `docs/benchmarks/http_server.md`, zero-copy send did not pay on loopback or on a veth pair
+//! (the kernel copies for local delivery) and costs an extra completion per send; it is kept for
+//! machines whose NIC can transmit from user pages.
 use std::{
     collections::VecDeque,
     io,
