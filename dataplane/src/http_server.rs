@@ -77,10 +77,8 @@ pub struct HttpServerConfig {
     /// `refused`. 4096 per worker covers a rack of machines booting at the same moment per core,
     /// at 4 KiB receive buffer each (16 MiB per worker).
     pub max_connections_per_worker: usize,
-    /// `listen(2)` backlog per worker listener (capped by `net.core.somaxconn`, 4096 by default
-    /// since Linux 5.4). A connection completed while the queue is full is dropped by the kernel
-    /// and the client waits for SYN-ACK retransmissions (1, 2, 4, 8 s, ...): machines whose
-    /// TFTP ended together connect within milliseconds, while the workers are busy sending.
+    /// `listen(2)` backlog per worker listener (capped by `net.core.somaxconn`). 1024 absorbs a
+    /// burst of connection attempts between two wakeups.
     pub backlog: i32,
     /// Received bytes held for a connection beyond what its core takes (pipelined requests while
     /// `max_pending` responses are queued). Past this the connection is closed and counted as
@@ -97,7 +95,7 @@ impl Default for HttpServerConfig {
         Self {
             workers: std::thread::available_parallelism().map_or(1, usize::from),
             max_connections_per_worker: 4096,
-            backlog: 4096,
+            backlog: 1024,
             max_unconsumed: 64 * 1024,
             http: ServerConfig::default(),
             tcp: TcpWorkerConfig::default(),
