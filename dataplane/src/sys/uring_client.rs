@@ -10,8 +10,9 @@
 //! sockets pin no memory). The TCP ring is consumed incrementally (kernel 6.12): a receive of
 //! one 1448-byte segment takes 1448 bytes of a buffer, not the whole buffer, and the next
 //! receive on any connection continues behind it. Sends are `IORING_OP_SEND` (with a
-//! destination for UDP, kernel 6.0), connects `IORING_OP_CONNECT`. Closing cancels the socket's operations by descriptor
-//! (`IORING_ASYNC_CANCEL_FD`, 5.19) and closes it once the last completion is in.
+//! destination for UDP, kernel 6.0), connects `IORING_OP_CONNECT`. Closing cancels the socket's
+//! operations by descriptor (`IORING_ASYNC_CANCEL_FD`, 5.19) and closes it once the last
+//! completion is in.
 //!
 //! The same rule as the workers holds: everything an entry points at (payloads, addresses, the
 //! `msghdr`, the buffers) is owned here and kept until its completion is reaped, and dropping
