@@ -143,6 +143,16 @@ struct FileRange {
     remaining: u64,
 }
 
+impl Payload {
+    fn file(file: SealedFile, offset: u64, len: u64) -> Self {
+        Self::File(FileRange {
+            file,
+            offset,
+            remaining: len,
+        })
+    }
+}
+
 impl TcpOutbox {
     pub fn send(&mut self, conn: ConnId, head: Vec<u8>, body: Bytes) {
         self.commands
@@ -159,15 +169,8 @@ impl TcpOutbox {
         offset: u64,
         len: u64,
     ) {
-        self.commands.push(Command::Send(
-            conn,
-            head,
-            Payload::File(FileRange {
-                file,
-                offset,
-                remaining: len,
-            }),
-        ));
+        self.commands
+            .push(Command::Send(conn, head, Payload::file(file, offset, len)));
     }
 
     pub fn close(&mut self, conn: ConnId) {
@@ -665,12 +668,7 @@ impl TcpWorker {
         offset: u64,
         len: u64,
     ) -> Result<bool, UringError> {
-        let range = FileRange {
-            file,
-            offset,
-            remaining: len,
-        };
-        self.send_payload(conn, head, Payload::File(range))
+        self.send_payload(conn, head, Payload::file(file, offset, len))
     }
 
     fn send_payload(
