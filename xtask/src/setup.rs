@@ -92,6 +92,39 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "the virtualenv schemathesis is installed into",
     ),
+    ("cpio", "initramfs archives for the lab's tiny Linux"),
+    (
+        "kmod",
+        "depmod: modules.dep for the test images' kernel modules",
+    ),
+    (
+        "skopeo",
+        "copies test images between OCI layouts, archives and the registry",
+    ),
+    (
+        "umoci",
+        "builds OCI image layouts for the diskless-root tests",
+    ),
+    (
+        "docker-registry",
+        "a real OCI distribution registry for the import tests (its service is not started)",
+    ),
+    (
+        "apache2-utils",
+        "htpasswd: bcrypt credentials for the test registry",
+    ),
+    (
+        "erofs-utils",
+        "fsck.erofs checks the root images Stampede writes; mkfs.erofs is measured against them",
+    ),
+    (
+        "squashfs-tools",
+        "mksquashfs, measured against erofs for root images",
+    ),
+    (
+        "debootstrap",
+        "a real Debian root (minbase) for the demo and the root benchmark",
+    ),
 ];
 
 /// schemathesis checks the OpenAPI document against the real server's answers
@@ -267,7 +300,33 @@ fn rust_toolchains() -> anyhow::Result<()> {
         "stable",
         &["clippy", "rustfmt"],
         "`cargo xtask test` lints and checks format",
+    )?;
+    ensure_target(
+        "stable",
+        NODE_AGENT_TARGET,
+        "the node agent is a static binary for the node initramfs",
     )
+}
+
+/// The target the node agent (PID 1 of the node initramfs) is built for: static, no libc needed
+/// on the node.
+pub const NODE_AGENT_TARGET: &str = "x86_64-unknown-linux-musl";
+
+fn ensure_target(toolchain: &str, target: &str, why: &str) -> anyhow::Result<()> {
+    let installed = output(
+        "rustup",
+        &["target", "list", "--installed", "--toolchain", toolchain],
+    )?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: setup: adding target {target} to {toolchain} ({why})");
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", "--toolchain", toolchain, target]);
+    crate::run(add)
 }
 
 fn ensure_components(toolchain: &str, components: &[&str], why: &str) -> anyhow::Result<()> {

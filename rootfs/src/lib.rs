@@ -1,0 +1,7 @@
+//! Diskless roots: what turns an OCI image into the root filesystem every machine mounts.
+//!
+//! - [`manifest`]: a root image is cut into content-addressed chunks, described by a manifest
+//!   (chunk digests and sizes, the image's digest) signed with the appliance's ed25519 key. The
+//!   node agent verifies the signature with the key built into its initramfs, and every chunk's
+//!   SHA-256 before it uses it. This module is all the node agent takes from the crate.
+pub mod manifest;
