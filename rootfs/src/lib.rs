@@ -5,3 +5,7 @@
 //!   node agent verifies the signature with the key built into its initramfs, and every chunk's
 //!   SHA-256 before it uses it. This module is all the node agent takes from the crate.
 pub mod manifest;
+
+/// The node initramfs: the node agent, the manifest key and the modules a root needs.
+#[cfg(feature = "build")]
+pub mod initramfs;
