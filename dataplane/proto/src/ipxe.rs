@@ -18,9 +18,9 @@
 //!
 //! # Command-line templates
 //!
-//! The command line may hold `{mac}`, `{uuid}`, `{ip}`, `{hostname}` and `{arch}`; `{{`/`}}` are
-//! literal braces. Unknown placeholders are refused at validation. iPXE splits command lines on
-//! whitespace and expands `${...}` settings, and treats quotes and backslashes specially, so
+//! The command line may hold `{mac}`, `{bootif}` (`01-52-54-00-12-34-56`, pxelinux's `BOOTIF=`
+//! form), `{uuid}`, `{ip}`, `{hostname}` and `{arch}`; `{{`/`}}` are literal braces. Unknown
+//! placeholders are refused at validation. iPXE splits command lines on whitespace and expands `${...}` settings, and treats quotes and backslashes specially, so
 //! the literal text is limited to printable ASCII without `"`, `'`, `\`, `$`; runs of spaces
 //! collapse to one (as iPXE would); `||` and `&&` standalone words (iPXE command chaining) are
 //! refused. Substituted facts are formatted by this module (hex MAC, UUID, dotted IP) or checked
@@ -136,6 +136,10 @@ impl RenderError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fact {
     Mac,
+    /// The MAC as pxelinux's `BOOTIF=` gives it to a kernel: hardware type 01 (Ethernet), then
+    /// the address with dashes (`01-52-54-00-12-34-56`). Initramfs tools (and Stampede's node
+    /// agent) find the boot NIC by it.
+    BootIf,
     Uuid,
     Ip,
     Hostname,
@@ -146,6 +150,7 @@ impl Fact {
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "mac" => Self::Mac,
+            "bootif" => Self::BootIf,
             "uuid" => Self::Uuid,
             "ip" => Self::Ip,
             "hostname" => Self::Hostname,
@@ -157,6 +162,7 @@ impl Fact {
     const fn name(self) -> &'static str {
         match self {
             Self::Mac => "mac",
+            Self::BootIf => "bootif",
             Self::Uuid => "uuid",
             Self::Ip => "ip",
             Self::Hostname => "hostname",
@@ -247,6 +253,7 @@ fn fact_value(fact: Fact, facts: &MachineFacts) -> Result<String, RenderError> {
     let missing = RenderError::MissingFact(fact.name());
     Ok(match fact {
         Fact::Mac => format_mac(&facts.mac),
+        Fact::BootIf => format!("01-{}", format_mac(&facts.mac).replace(':', "-")),
         Fact::Uuid => format_uuid(&facts.uuid.ok_or(missing)?),
         Fact::Ip => facts.ip.ok_or(missing)?.to_string(),
         Fact::Arch => facts.arch.as_str().to_owned(),
@@ -541,7 +548,7 @@ mod tests {
                         "efi/x86_64/initrd.img".into(),
                         "common/firmware.cpio".into(),
                     ],
-                    cmdline: "console=ttyS0 machine={mac} uuid={uuid} ip={ip} arch={arch} {{x}}"
+                    cmdline: "console=ttyS0 machine={mac} BOOTIF={bootif} uuid={uuid} ip={ip} arch={arch} {{x}}"
                         .into(),
                 },
             )],
@@ -591,7 +598,7 @@ mod tests {
             script.unwrap(),
             "#!ipxe\n\
              # stampede: 52:54:00:12:34:56 x86_64-efi\n\
-             kernel http://10.0.0.1:8080/efi/x86_64/vmlinuz initrd=initrd.img initrd=firmware.cpio console=ttyS0 machine=52:54:00:12:34:56 uuid=4c4c4544-004d-5910-8052-b2c04f353032 ip=10.0.0.42 arch=x86_64-efi {x}\n\
+             kernel http://10.0.0.1:8080/efi/x86_64/vmlinuz initrd=initrd.img initrd=firmware.cpio console=ttyS0 machine=52:54:00:12:34:56 BOOTIF=01-52-54-00-12-34-56 uuid=4c4c4544-004d-5910-8052-b2c04f353032 ip=10.0.0.42 arch=x86_64-efi {x}\n\
              initrd --name initrd.img http://10.0.0.1:8080/efi/x86_64/initrd.img\n\
              initrd --name firmware.cpio http://10.0.0.1:8080/common/firmware.cpio\n\
              boot\n"
