@@ -56,6 +56,16 @@ pub type SharedCatalog = Arc<dyn FileCatalog + Send + Sync>;
 /// Where HTTP serves the boot root, so that boot files cannot shadow generated scripts or
 /// loaders.
 pub const FILES_PREFIX: &str = "files/";
+
+/// Paths of built diskless roots (`boot.roots_dir`): signed manifests under `roots/<id>/` and
+/// content-addressed chunks under `chunks/`. Served by HTTP at these paths, not under
+/// [`FILES_PREFIX`], so a node's URLs do not depend on the boot root's layout.
+pub const ROOT_PREFIXES: [&str; 2] = ["roots/", "chunks/"];
+
+/// Whether `path` names a part of a built root (see [`ROOT_PREFIXES`]).
+pub fn is_root_path(path: &BootPath) -> bool {
+    ROOT_PREFIXES.iter().any(|p| path.as_str().starts_with(p))
+}
 /// The script path DHCP hands to machines known by MAC and to unknown machines.
 pub const SCRIPT_PATH: &str = "boot.ipxe";
 
@@ -394,6 +404,7 @@ impl FileCatalog for BootCatalog {
         }
         match self.namespace {
             Namespace::Tftp => self.root.open(path),
+            Namespace::Http if is_root_path(path) => self.root.open(path),
             Namespace::Http => {
                 let rest = path
                     .as_str()

@@ -236,6 +236,10 @@ pub struct BootSettings {
     /// of the script, so every BIOS machine boots the same iPXE build; the chainloaded iPXE
     /// then gets the script. Default: false (the ROM's iPXE boots the script directly).
     pub ipxe_chainload: bool,
+    /// Where built diskless roots are served from: `roots/<id>/manifest` (signed) and
+    /// `chunks/<sha256>`, by HTTP at those paths (not under `/files/`). Set by the appliance
+    /// when it builds roots (`stampede boot --root`).
+    pub roots_dir: Option<PathBuf>,
 }
 
 /// `[[profiles]]`: what a machine boots.
@@ -562,6 +566,8 @@ pub mod wire {
         pub loaders: Loaders,
         #[serde(default)]
         pub ipxe_chainload: bool,
+        /// See [`super::BootSettings::roots_dir`].
+        pub roots_dir: Option<PathBuf>,
     }
 
     /// Keys are [`stampede_proto::ipxe::Arch`] names.
@@ -1103,6 +1109,7 @@ fn boot(w: &wire::Boot, profiles: &[Profile]) -> Result<BootSettings, ConfigErro
         loaders,
         default_profile,
         ipxe_chainload: w.ipxe_chainload,
+        roots_dir: w.roots_dir.clone(),
     })
 }
 
@@ -1620,6 +1627,8 @@ pub struct QuickBoot {
     pub http_port: Option<u16>,
     /// `boot.ipxe_chainload`: iPXE option ROMs get the loader, not the script.
     pub chainload: bool,
+    /// `boot.roots_dir`: built diskless roots served by HTTP (`stampede boot --root`).
+    pub roots_dir: Option<PathBuf>,
 }
 
 /// Name of the single profile quick mode makes.
@@ -1687,6 +1696,7 @@ impl ApplianceConfig {
                 ipxe_dir: q.ipxe_dir,
                 default_profile: Some(QUICK_PROFILE.into()),
                 ipxe_chainload: q.chainload,
+                roots_dir: q.roots_dir,
                 ..wire::Boot::default()
             },
             profiles: vec![wire::Profile {

@@ -359,7 +359,11 @@ pub fn catalogs(
         );
     }
     let ipxe = crate::store::BootRoot::new(&config.boot.ipxe_dir)?;
-    Ok((Arc::new(FileMap { files, root }), Arc::new(ipxe)))
+    let roots = match &config.boot.roots_dir {
+        Some(dir) => Some(crate::store::BootRoot::new(dir)?),
+        None => None,
+    };
+    Ok((Arc::new(FileMap { files, root, roots }), Arc::new(ipxe)))
 }
 
 /// Named single files, then a directory.
@@ -370,6 +374,8 @@ struct FileMap {
         (crate::store::BootRoot, stampede_proto::bootpath::BootPath),
     >,
     root: Option<crate::store::BootRoot>,
+    /// Built diskless roots: paths under [`crate::boot::ROOT_PREFIXES`].
+    roots: Option<crate::store::BootRoot>,
 }
 
 impl stampede_proto::files::FileCatalog for FileMap {
@@ -379,6 +385,12 @@ impl stampede_proto::files::FileCatalog for FileMap {
     ) -> Result<stampede_proto::files::BootFile, stampede_proto::files::OpenError> {
         if let Some((dir, name)) = self.files.get(path) {
             return dir.open(name);
+        }
+        if crate::boot::is_root_path(path) {
+            return match &self.roots {
+                Some(roots) => roots.open(path),
+                None => Err(stampede_proto::files::OpenError::NotFound),
+            };
         }
         match &self.root {
             Some(root) => root.open(path),
