@@ -27,6 +27,7 @@ pub mod flood;
 pub mod guest;
 pub mod peers;
 pub mod qemu;
+pub mod root_image;
 
 /// Prefix of every namespace the lab creates: `stampede-<pid>-<seq>-<tag>`.
 pub const NETNS_PREFIX: &str = "stampede-";
