@@ -9,3 +9,11 @@ pub mod manifest;
 /// The node initramfs: the node agent, the manifest key and the modules a root needs.
 #[cfg(feature = "build")]
 pub mod initramfs;
+
+/// OCI images read from a layout, an archive or a registry, every blob verified into a cache.
+#[cfg(feature = "build")]
+pub mod oci;
+
+/// The OCI distribution API v2 client behind `docker://` sources.
+#[cfg(feature = "build")]
+mod registry;
