@@ -10,10 +10,10 @@ pub mod manifest;
 #[cfg(feature = "build")]
 pub mod initramfs;
 
-/// OCI images read from a layout, an archive or a registry, every blob verified into a cache.
+/// Layer blobs: gzip, zstd or plain tar, told apart by their magic bytes.
 #[cfg(feature = "build")]
-pub mod oci;
+pub mod layer;
 
-/// The OCI distribution API v2 client behind `docker://` sources.
+/// OCI layers applied in order (whiteouts, opaque directories, hard links) into one tree.
 #[cfg(feature = "build")]
-mod registry;
+pub mod flatten;
