@@ -17,3 +17,11 @@ pub mod layer;
 /// OCI layers applied in order (whiteouts, opaque directories, hard links) into one tree.
 #[cfg(feature = "build")]
 pub mod flatten;
+
+/// OCI images read from a layout, an archive or a registry, every blob verified into a cache.
+#[cfg(feature = "build")]
+pub mod oci;
+
+/// The OCI distribution API v2 client behind `docker://` sources.
+#[cfg(feature = "build")]
+mod registry;
