@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use stampede_proto::dhcp::MessageType;
-use stampede_proto::events::{BootEvent, BootEventKind, BootStage, EventSink};
+use stampede_proto::events::{BootEvent, BootEventKind, BootStage, EventSink, NodeStep};
 use tokio::sync::broadcast;
 
 use crate::metrics::{Counter, Metrics};
@@ -176,6 +176,7 @@ fn between_chain_links(session: &Session) -> bool {
                 }
                 delivered |= *status == 200;
             }
+            BootEventKind::NodeStep { .. } => return false,
         }
     }
     delivered
@@ -317,7 +318,15 @@ impl BootSessions {
             message, yiaddr, ..
         } = &event.kind
         {
+            // An offer without a boot file went to a client that is not firmware or a loader:
+            // the booted system's own DHCP (a diskless node's agent, the OS), which continues
+            // the boot it belongs to.
+            let firmware_offer = match &event.kind {
+                BootEventKind::DhcpReply { boot_file, .. } => !boot_file.is_empty(),
+                _ => false,
+            };
             let new_boot = *message == MessageType::Offer
+                && firmware_offer
                 && session
                     .events
                     .iter()
@@ -402,6 +411,22 @@ pub enum EventKindView {
         status: u16,
         bytes: u64,
     },
+    /// A node agent's steps (diskless roots): what it said, escaped.
+    RootManifest {
+        detail: String,
+    },
+    RootChunks {
+        detail: String,
+    },
+    RootMounted {
+        detail: String,
+    },
+    SwitchRoot {
+        detail: String,
+    },
+    RootFailed {
+        detail: String,
+    },
 }
 
 impl EventKindView {
@@ -413,6 +438,11 @@ impl EventKindView {
             Self::TftpDone { .. } => "tftp_done",
             Self::TftpFailed { .. } => "tftp_failed",
             Self::HttpResponse { .. } => "http_response",
+            Self::RootManifest { .. } => "root_manifest",
+            Self::RootChunks { .. } => "root_chunks",
+            Self::RootMounted { .. } => "root_mounted",
+            Self::SwitchRoot { .. } => "switch_root",
+            Self::RootFailed { .. } => "root_failed",
         }
     }
 
@@ -451,6 +481,11 @@ impl EventKindView {
                 status,
                 bytes,
             } => format!("{path} {status} {bytes} B"),
+            Self::RootManifest { detail }
+            | Self::RootChunks { detail }
+            | Self::RootMounted { detail }
+            | Self::SwitchRoot { detail }
+            | Self::RootFailed { detail } => detail.clone(),
         }
     }
 }
@@ -505,6 +540,16 @@ impl From<&BootEvent> for EventView {
                 status: *status,
                 bytes: *bytes,
             },
+            BootEventKind::NodeStep { step, detail } => {
+                let detail = detail.clone();
+                match step {
+                    NodeStep::RootManifest => EventKindView::RootManifest { detail },
+                    NodeStep::RootChunks => EventKindView::RootChunks { detail },
+                    NodeStep::RootMounted => EventKindView::RootMounted { detail },
+                    NodeStep::SwitchRoot => EventKindView::SwitchRoot { detail },
+                    NodeStep::RootFailed => EventKindView::RootFailed { detail },
+                }
+            }
         };
         Self {
             at_unix_ms: e.at_unix_ms,
@@ -595,7 +640,9 @@ fn delivered_bytes(kind: &BootEventKind) -> u64 {
         BootEventKind::TftpDone { bytes, .. }
         | BootEventKind::TftpFailed { bytes, .. }
         | BootEventKind::HttpResponse { bytes, .. } => *bytes,
-        BootEventKind::DhcpReply { .. } | BootEventKind::TftpStarted { .. } => 0,
+        BootEventKind::DhcpReply { .. }
+        | BootEventKind::TftpStarted { .. }
+        | BootEventKind::NodeStep { .. } => 0,
     }
 }
 
@@ -652,7 +699,9 @@ fn outcome(session: &Session) -> SessionOutcome {
                     open.remove(i);
                 }
             }
-            BootEventKind::DhcpReply { .. } | BootEventKind::HttpResponse { .. } => {}
+            BootEventKind::DhcpReply { .. }
+            | BootEventKind::HttpResponse { .. }
+            | BootEventKind::NodeStep { .. } => {}
         }
     }
     if open.is_empty() {
@@ -966,6 +1015,80 @@ mod tests {
         s.record(reply(3_000, MessageType::Offer, script));
         let t = s.timeline(MacAddr(MAC)).expect("session");
         assert_eq!((t.summary.boot, t.summary.events), (1, 3));
+    }
+
+    /// A diskless machine: firmware and iPXE fetch the kernel and node initramfs, the node
+    /// agent asks DHCP again (no boot file in its offer) and reports its root's steps: one
+    /// boot, with a `root` stage.
+    #[test]
+    fn a_diskless_node_s_own_dhcp_and_steps_continue_its_boot() {
+        let s = sessions(8, 64);
+        let http = |at: u64, path: &str| {
+            from_ip(
+                at,
+                IP,
+                BootEventKind::HttpResponse {
+                    path: path.into(),
+                    status: 200,
+                    bytes: 100,
+                },
+            )
+        };
+        let step = |at: u64, step: NodeStep, detail: &str| {
+            from_ip(
+                at,
+                IP,
+                BootEventKind::NodeStep {
+                    step,
+                    detail: detail.into(),
+                },
+            )
+        };
+        s.record(dhcp(1_000, MAC, MessageType::Offer, IP));
+        s.record(http(2_000, "/files/vmlinuz"));
+        s.record(http(3_000, "/files/node-initrd.img"));
+        let agent_offer = BootEvent {
+            kind: BootEventKind::DhcpReply {
+                message: MessageType::Offer,
+                yiaddr: IP,
+                boot_file: String::new(),
+            },
+            ..dhcp(6_000, MAC, MessageType::Offer, IP)
+        };
+        s.record(agent_offer);
+        s.record(step(
+            6_500,
+            NodeStep::RootManifest,
+            "chunks=3 bytes=3000000",
+        ));
+        s.record(step(8_000, NodeStep::RootChunks, "bytes=3000000 ms=1400"));
+        s.record(step(8_100, NodeStep::RootMounted, ""));
+        s.record(step(8_200, NodeStep::SwitchRoot, "init=/sbin/init"));
+        let t = s.timeline(MacAddr(MAC)).expect("session");
+        assert_eq!(t.summary.boot, 1, "the agent's DHCP is part of the boot");
+        assert_eq!(t.summary.outcome, SessionOutcome::Ok);
+        let stages: Vec<&str> = t.summary.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(stages, ["dhcp", "http", "root"]);
+        let names: Vec<&str> = t.timeline.iter().map(|e| e.event.kind.name()).collect();
+        assert_eq!(
+            &names[names.len() - 4..],
+            [
+                "root_manifest",
+                "root_chunks",
+                "root_mounted",
+                "switch_root"
+            ]
+        );
+        let json =
+            serde_json::to_string(&t.timeline.last().expect("an event").event).expect("json");
+        assert!(json.contains("\"kind\":\"switch_root\""), "{json}");
+        assert!(json.contains("\"detail\":\"init=/sbin/init\""), "{json}");
+        // A failure shows as one.
+        s.record(step(9_000, NodeStep::RootFailed, "reason=chunk"));
+        assert_eq!(s.list()[0].outcome, SessionOutcome::Failed);
+        // The machine's next power-on (firmware: an offer with a boot file) is the next boot.
+        s.record(dhcp(60_000, MAC, MessageType::Offer, IP));
+        assert_eq!(s.timeline(MacAddr(MAC)).expect("session").summary.boot, 2);
     }
 
     #[test]

@@ -62,6 +62,68 @@ pub const FILES_PREFIX: &str = "files/";
 /// [`FILES_PREFIX`], so a node's URLs do not depend on the boot root's layout.
 pub const ROOT_PREFIXES: [&str; 2] = ["roots/", "chunks/"];
 
+/// Where a node agent reports its steps: `GET /stampede/node/event?mac=..&event=root_chunks&..`
+/// (answered `ok`; the HTTP worker files it as a boot event of the machine).
+pub const NODE_EVENT_PATH: &str = "stampede/node/event";
+
+/// Where a node agent asks for its per-machine files: `GET /stampede/node/config?mac=..`
+/// answers `{"hostname": .., "machine_id": ..}` (JSON).
+pub const NODE_CONFIG_PATH: &str = "stampede/node/config";
+
+/// Longest detail kept from a node's report: it comes from the network.
+pub const NODE_DETAIL_MAX: usize = 200;
+
+/// A node agent's report from its request target (`/stampede/node/event?...`): the step and
+/// what came with it, as `key=value` words, percent-decoded, with anything but printable ASCII
+/// escaped (`\xNN`) and the whole bounded to [`NODE_DETAIL_MAX`]. `None`: not a report, or an
+/// unknown step.
+pub fn node_report(target: &str) -> Option<(stampede_proto::events::NodeStep, String)> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path.trim_start_matches('/') != NODE_EVENT_PATH {
+        return None;
+    }
+    let mut step = None;
+    let mut detail = String::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = http::percent_decode(raw.as_bytes()).unwrap_or_else(|| raw.as_bytes().to_vec());
+        match key {
+            "event" => {
+                step = stampede_proto::events::NodeStep::from_name(&String::from_utf8_lossy(&value))
+            }
+            "mac" => {}
+            _ => {
+                if !detail.is_empty() {
+                    detail.push(' ');
+                }
+                escape_into(&mut detail, key.as_bytes());
+                detail.push('=');
+                escape_into(&mut detail, &value);
+            }
+        }
+    }
+    if detail.len() > NODE_DETAIL_MAX {
+        let mut cut = NODE_DETAIL_MAX;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+        detail.push_str("...");
+    }
+    Some((step?, detail))
+}
+
+fn escape_into(out: &mut String, bytes: &[u8]) {
+    use fmt::Write as _;
+    for &b in bytes {
+        if (0x20..0x7f).contains(&b) && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+}
+
 /// Whether `path` names a part of a built root (see [`ROOT_PREFIXES`]).
 pub fn is_root_path(path: &BootPath) -> bool {
     ROOT_PREFIXES.iter().any(|p| path.as_str().starts_with(p))
@@ -686,6 +748,38 @@ impl ScriptRoute {
         )
     }
 
+    /// A diskless node's per-machine files (Warewulf's "overlays"): its host name from the
+    /// machine record or reservation, and a machine-id stable for its MAC. Unknown machines get
+    /// only the machine-id; denied ones nothing.
+    fn node_config(&self, query: &str) -> Result<BootFile, OpenError> {
+        use fmt::Write as _;
+
+        use sha2::Digest as _;
+        let req = parse_query(query).map_err(|_| OpenError::NotFound)?;
+        let book = &*self.book;
+        let machine = book.by_mac.get(&req.mac).map(|i| &book.machines[*i]);
+        if machine.is_some_and(|m| !m.allow) {
+            return Err(OpenError::NotFound);
+        }
+        let hostname = machine
+            .and_then(|m| m.hostname.clone())
+            .or_else(|| book.reservations.get(&req.mac).and_then(|r| r.1.clone()));
+        // systemd's machine-id(5): 32 lowercase hex digits, not all zero; derived from the MAC
+        // so a diskless machine keeps its identity across boots without storing anything.
+        let digest = sha2::Sha256::digest([b"stampede machine-id ".as_slice(), &req.mac].concat());
+        let mut machine_id = String::with_capacity(32);
+        for b in &digest[..16] {
+            let _ = write!(machine_id, "{b:02x}");
+        }
+        let mut json = format!("{{\"machine_id\": \"{machine_id}\"");
+        if let Some(h) = hostname {
+            // Host names were checked at validation (RFC 1123 characters only).
+            let _ = write!(json, ", \"hostname\": \"{h}\"");
+        }
+        json.push_str("}\n");
+        Ok(BootFile::new(json))
+    }
+
     pub fn counts(&self) -> ScriptCounts {
         let c = &self.book.counters;
         ScriptCounts {
@@ -737,6 +831,11 @@ fn parse_query(query: &str) -> Result<ScriptRequest, ScriptRefusal> {
 
 impl Route for ScriptRoute {
     fn route(&self, path: &BootPath, query: Option<&str>) -> Option<Result<BootFile, OpenError>> {
+        match path.as_str() {
+            NODE_EVENT_PATH => return Some(Ok(BootFile::new("ok\n"))),
+            NODE_CONFIG_PATH => return Some(self.node_config(query.unwrap_or(""))),
+            _ => {}
+        }
         let req = Self::parse_request(path, query)?;
         let rendered = match req {
             Ok(req) => self.render(&req),
@@ -1007,6 +1106,68 @@ mod tests {
             script.contains("files/ubuntu/24.04/arm64/vmlinuz initrd=initrd console=ttyAMA0"),
             "{script}"
         );
+    }
+
+    #[test]
+    fn diskless_nodes_get_their_files_and_their_reports_are_read_escaped() {
+        let plan = example_plan();
+        let reply = http_get(&plan, "/stampede/node/config?mac=52-54-00-12-34-56");
+        assert_eq!(reply.status, Status::OK, "{}", reply.head);
+        let json = text(&reply);
+        assert!(json.contains("\"hostname\": \"node-010\""), "{json}");
+        let id = json
+            .split("\"machine_id\": \"")
+            .nth(1)
+            .and_then(|r| r.get(..32))
+            .unwrap_or_else(|| panic!("machine_id in {json}"));
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{json}");
+        // Stable per MAC, different between MACs.
+        assert_eq!(
+            text(&http_get(
+                &plan,
+                "/stampede/node/config?mac=52-54-00-12-34-56"
+            )),
+            json
+        );
+        let other = text(&http_get(
+            &plan,
+            "/stampede/node/config?mac=52-54-00-00-00-99",
+        ));
+        assert!(
+            !other.contains(id) && !other.contains("hostname"),
+            "{other}"
+        );
+        // The denied machine gets nothing.
+        let denied = http_get(&plan, "/stampede/node/config?mac=52-54-00-66-66-66");
+        assert_eq!(denied.status, Status::NOT_FOUND);
+        assert_eq!(
+            http_get(
+                &plan,
+                "/stampede/node/event?mac=52-54-00-12-34-56&event=root_chunks"
+            )
+            .status,
+            Status::OK
+        );
+
+        let (step, detail) = node_report(
+            "/stampede/node/event?mac=52:54:00:12:34:56&event=root_chunks&bytes=1048576&ms=812",
+        )
+        .expect("a report");
+        assert_eq!(step, stampede_proto::events::NodeStep::RootChunks);
+        assert_eq!(detail, "bytes=1048576 ms=812");
+        let (step, detail) =
+            node_report("/stampede/node/event?event=root_failed&reason=bad%0Aline%1b%5B31m%5C")
+                .expect("a report");
+        assert_eq!(step, stampede_proto::events::NodeStep::RootFailed);
+        assert_eq!(detail, "reason=bad\\x0aline\\x1b[31m\\x5c");
+        let long = format!(
+            "/stampede/node/event?event=root_failed&reason={}",
+            "x".repeat(500)
+        );
+        let (_, detail) = node_report(&long).expect("a report");
+        assert_eq!(detail.len(), NODE_DETAIL_MAX + 3, "bounded: {detail}");
+        assert_eq!(node_report("/stampede/node/event?event=format_disk"), None);
+        assert_eq!(node_report("/boot.ipxe?event=root_failed"), None);
     }
 
     #[test]

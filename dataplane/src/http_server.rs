@@ -617,10 +617,16 @@ impl WorkerState {
                         .map_or(0, |d| d.as_millis() as u64),
                     mac: None,
                     client: session.peer,
-                    kind: stampede_proto::events::BootEventKind::HttpResponse {
-                        path: transmit.target.clone(),
-                        status: transmit.status.0,
-                        bytes: transmit.body.len,
+                    kind: match crate::boot::node_report(&transmit.target) {
+                        // A diskless node's agent reporting a step: filed as that step.
+                        Some((step, detail)) if transmit.status.0 == 200 => {
+                            stampede_proto::events::BootEventKind::NodeStep { step, detail }
+                        }
+                        _ => stampede_proto::events::BootEventKind::HttpResponse {
+                            path: transmit.target.clone(),
+                            status: transmit.status.0,
+                            bytes: transmit.body.len,
+                        },
                     },
                 });
             session.sending += 1;

@@ -61,6 +61,52 @@ pub enum BootEventKind {
         status: u16,
         bytes: u64,
     },
+    /// A diskless machine's node agent reported a step of assembling its root.
+    NodeStep {
+        step: NodeStep,
+        /// What the agent said with it (`bytes=.. ms=..`, a failure's reason), escaped and
+        /// bounded by the data plane: it comes from the network.
+        detail: String,
+    },
+}
+
+/// The steps a node agent reports, in the order a diskless boot goes through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeStep {
+    /// The signed manifest was fetched and verified.
+    RootManifest,
+    /// Every chunk was fetched and verified (`bytes`, `ms`).
+    RootChunks,
+    /// The root is mounted read-only under a RAM overlay.
+    RootMounted,
+    /// The agent hands over to the image's init.
+    SwitchRoot,
+    /// Something failed; the agent retries (`reason`).
+    RootFailed,
+}
+
+impl NodeStep {
+    pub const ALL: [Self; 5] = [
+        Self::RootManifest,
+        Self::RootChunks,
+        Self::RootMounted,
+        Self::SwitchRoot,
+        Self::RootFailed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RootManifest => "root_manifest",
+            Self::RootChunks => "root_chunks",
+            Self::RootMounted => "root_mounted",
+            Self::SwitchRoot => "switch_root",
+            Self::RootFailed => "root_failed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
 }
 
 /// Stage of a boot an event belongs to, in the order a machine normally goes through them.
@@ -69,6 +115,8 @@ pub enum BootStage {
     Dhcp,
     Tftp,
     Http,
+    /// A diskless root being fetched, verified and started by the node agent.
+    Root,
 }
 
 impl BootStage {
@@ -77,6 +125,7 @@ impl BootStage {
             Self::Dhcp => "dhcp",
             Self::Tftp => "tftp",
             Self::Http => "http",
+            Self::Root => "root",
         }
     }
 }
@@ -90,6 +139,7 @@ impl BootEventKind {
             Self::TftpDone { .. } => "tftp_done",
             Self::TftpFailed { .. } => "tftp_failed",
             Self::HttpResponse { .. } => "http_response",
+            Self::NodeStep { step, .. } => step.as_str(),
         }
     }
 
@@ -100,6 +150,7 @@ impl BootEventKind {
                 BootStage::Tftp
             }
             Self::HttpResponse { .. } => BootStage::Http,
+            Self::NodeStep { .. } => BootStage::Root,
         }
     }
 
@@ -110,6 +161,7 @@ impl BootEventKind {
             Self::DhcpReply { message, .. } => *message == MessageType::Nak,
             Self::TftpFailed { .. } => true,
             Self::HttpResponse { status, .. } => *status >= 400,
+            Self::NodeStep { step, .. } => *step == NodeStep::RootFailed,
             Self::TftpStarted { .. } | Self::TftpDone { .. } => false,
         }
     }
