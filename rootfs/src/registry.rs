@@ -586,17 +586,25 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The rustls error `err` is or wraps. io::Error needs unwrapping by hand: its `source()`
+/// skips the error it carries (tokio-rustls and hyper each wrap one io::Error in another).
+fn find_rustls_error<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut current = err;
+    loop {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = current.downcast_ref::<std::io::Error>()?.get_ref()?;
+        current = inner;
+    }
+}
+
 /// Names what failed: TLS (the rustls error, found down the cause chain), a refused plain-http
 /// redirect, or the connection.
 fn transport_error(url: &str, err: &reqwest::Error) -> ImportError {
     let mut cause: Option<&dyn std::error::Error> = Some(err);
     while let Some(e) = cause {
-        let rustls_error = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = rustls_error {
+        if let Some(tls) = find_rustls_error(e) {
             let hint = match tls {
                 rustls::Error::InvalidMessage(_) => {
                     " (the server did not answer in TLS: is it plain http? Use plain_http only \
