@@ -42,6 +42,8 @@ pub const KEY_FILE: &str = "/stampede/manifest.pub";
 const SYS_CLASS_NET: &str = "/sys/class/net";
 /// How long to wait for the boot NIC's driver to register it before saying so (and waiting on).
 const NIC_WAIT: Duration = Duration::from_secs(10);
+/// How long a NIC just brought up may take to report carrier before DHCP starts regardless.
+const CARRIER_WAIT: Duration = Duration::from_secs(5);
 /// Chunk fetchers: enough to hide one connection's round trips, few enough that a rack of
 /// machines does not open thousands of connections to one appliance.
 const CHUNK_WORKERS: usize = 6;
@@ -283,6 +285,7 @@ fn try_lease(nics: &[Nic], seed: u64) -> Result<Lease> {
     if sessions.is_empty() {
         bail!("no interface could start DHCP");
     }
+    wait_for_carrier(&sessions);
     let mut notes = Vec::new();
     loop {
         let now = Instant::now();
@@ -326,6 +329,24 @@ fn try_lease(nics: &[Nic], seed: u64) -> Result<Lease> {
             .min(Duration::from_millis(50));
         std::thread::sleep(wait);
     }
+}
+
+/// A NIC just set up is still negotiating its link (QEMU's e1000 takes about a second, real
+/// switches up to a few): a DISCOVER sent before carrier is dropped and costs a retransmission
+/// timeout. Waits for carrier on any of them, at most [`CARRIER_WAIT`].
+fn wait_for_carrier(sessions: &[Session]) {
+    let started = Instant::now();
+    while started.elapsed() < CARRIER_WAIT {
+        let up = sessions
+            .iter()
+            .any(|s| dhcp::carrier(Path::new(SYS_CLASS_NET), &s.nic.name) == Some(true));
+        if up {
+            debug!("link up after {} ms", started.elapsed().as_millis());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    say!("no link on any interface after {CARRIER_WAIT:?}; trying DHCP anyway");
 }
 
 fn configure(lease: &Lease) -> Result<()> {

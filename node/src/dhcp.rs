@@ -171,6 +171,8 @@ pub struct Session {
     socket: UdpSocket,
     client: DhcpClient,
     offered: bool,
+    /// Messages of the current kind sent (DISCOVERs while selecting, REQUESTs after an offer).
+    sent_of_kind: (&'static str, u64),
 }
 
 /// Something worth a console line.
@@ -201,6 +203,7 @@ impl Session {
             socket,
             client,
             offered: false,
+            sent_of_kind: ("", 0),
         })
     }
 
@@ -213,11 +216,15 @@ impl Session {
         };
         while let Some(tx) = self.client.poll_transmit(now, &mut buf) {
             let to = SocketAddrV4::new(tx.dst_ip, tx.dst_port);
+            if self.sent_of_kind.0 != kind {
+                self.sent_of_kind = (kind, 0);
+            }
+            self.sent_of_kind.1 += 1;
             match self.socket.send_to(&buf[..tx.len], to) {
                 Ok(_) => notes.push(DhcpNote::Sent {
                     nic: self.nic.name.clone(),
                     kind,
-                    count: self.client.transmissions(),
+                    count: self.sent_of_kind.1,
                 }),
                 Err(err) => notes.push(DhcpNote::SendFailed {
                     nic: self.nic.name.clone(),
