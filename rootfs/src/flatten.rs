@@ -477,6 +477,11 @@ impl Tree {
         Some(out)
     }
 
+    /// The arena's size: every node id is below it (unlinked nodes included).
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     pub(crate) fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id]
     }

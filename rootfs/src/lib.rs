@@ -25,3 +25,7 @@ pub mod oci;
 /// The OCI distribution API v2 client behind `docker://` sources.
 #[cfg(feature = "build")]
 mod registry;
+
+/// A flattened tree written as an uncompressed erofs image.
+#[cfg(feature = "build")]
+pub mod erofs;
