@@ -725,8 +725,6 @@ struct PlatformWire {
 struct IndexWire {
     #[serde(rename = "schemaVersion")]
     schema_version: u32,
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
     manifests: Vec<DescriptorWire>,
 }
 
@@ -734,8 +732,6 @@ struct IndexWire {
 struct ManifestWire {
     #[serde(rename = "schemaVersion")]
     schema_version: u32,
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
     config: DescriptorWire,
     layers: Vec<DescriptorWire>,
 }
@@ -974,8 +970,10 @@ impl BlobCache {
             return Ok(path);
         }
         let (mut file, partial) = self.lock_partial(&desc.digest)?;
-        // Another pull may have finished this blob while we waited for the lock.
+        // Another pull may have finished this blob while we waited for the lock; the partial
+        // file we hold is then an empty one of our own.
         if let Some(path) = self.lookup(&desc.digest, desc.size)? {
+            let _ = fs::remove_file(&partial);
             progress(desc.size);
             return Ok(path);
         }
@@ -1029,7 +1027,9 @@ impl BlobCache {
                 }
             }
             if have < desc.size {
-                let (mut reader, start) = source.open_blob(&desc.digest, have)?;
+                let (mut reader, start) = source
+                    .open_blob(&desc.digest, have)
+                    .map_err(|e| naming(e, what))?;
                 if start != have {
                     // The source sent the whole blob: drop what we had.
                     have = 0;
@@ -1080,6 +1080,20 @@ impl BlobCache {
             have = 0;
         }
         unreachable!("the second attempt returns")
+    }
+}
+
+/// A missing blob named as what it is to the image ("layer 2 of 3", "config").
+fn naming(err: ImportError, what: &str) -> ImportError {
+    match err {
+        ImportError::MissingBlob {
+            digest, location, ..
+        } => ImportError::MissingBlob {
+            what: what.to_owned(),
+            digest,
+            location,
+        },
+        other => other,
     }
 }
 
@@ -1324,7 +1338,6 @@ pub(crate) fn resolve(
                 }
                 let index: IndexWire = parse_json(&doc.bytes, "image index", &doc.location)?;
                 check_schema(index.schema_version, "image index", &doc.location)?;
-                let _ = index.media_type;
                 let entry = choose_platform(&index.manifests, &options.platform, &doc.location)?;
                 let desc = Descriptor::from_wire(entry, &doc.location)?;
                 doc = fetch_manifest(source, &desc)?;
@@ -1333,7 +1346,6 @@ pub(crate) fn resolve(
     }
     let manifest: ManifestWire = parse_json(&doc.bytes, "manifest", &doc.location)?;
     check_schema(manifest.schema_version, "manifest", &doc.location)?;
-    let _ = manifest.media_type;
     cache.put(&doc.digest, &doc.bytes)?;
     image_from_manifest(source, &doc, &manifest, cache, options)
 }
@@ -1401,7 +1413,9 @@ fn image_from_manifest(
     }
     let total = config_desc.size + layer_descs.iter().map(|(d, _)| d.size).sum::<u64>();
     let config_bytes = {
-        let (mut reader, _) = source.open_blob(&config_desc.digest, 0)?;
+        let (mut reader, _) = source
+            .open_blob(&config_desc.digest, 0)
+            .map_err(|e| naming(e, "config"))?;
         read_document(&mut reader, "config", &config_location, config_desc.size)?
     };
     verify_document(&config_bytes, &config_desc, "config", &config_location)?;
@@ -1422,7 +1436,7 @@ fn image_from_manifest(
     for (i, ((desc, media_type), diff_id)) in
         layer_descs.into_iter().zip(&config.diff_ids).enumerate()
     {
-        let what = format!("layer {} of {count} ({})", i + 1, oci_digest(&desc.digest));
+        let what = format!("layer {} of {count}", i + 1);
         if media_type.compression() == Compression::None && desc.digest != *diff_id {
             return Err(ImportError::DigestMismatch {
                 what: format!("{what}: uncompressed, so its diff_id"),
