@@ -53,8 +53,8 @@ pub struct Limits {
     /// Bytes of one entry's path (and hard link target) before normalisation: Linux's
     /// `PATH_MAX`, 4096.
     pub max_path_bytes: usize,
-    /// Directory depth: 1,024 levels, far deeper than any root and shallow enough that walking
-    /// the tree recursively is safe.
+    /// Components in the path of any entry, as placed (symlinks in its parents followed):
+    /// 1,024, far deeper than any root, and a bound on what walking the tree costs.
     pub max_depth: usize,
     /// One entry's xattrs, names and values together: 64 KiB, Linux's largest single value
     /// (`XATTR_SIZE_MAX`), far more than `security.capability` (20 bytes) or an ACL needs.
@@ -300,6 +300,8 @@ enum WalkError {
     },
     NotADirectory,
     Loop,
+    /// A missing directory would be made deeper than [`Limits::max_depth`].
+    TooDeep,
 }
 
 /// A walk's result: the nodes from the root to the one the path names, and their names.
@@ -595,8 +597,8 @@ impl Tree {
                 // Each round makes one directory, so this ends within the path's length
                 // (symlink expansions included, themselves bounded).
                 Err(WalkError::Missing { dir, name, depth }) => {
-                    if depth >= self.limits.max_depth {
-                        return Err(WalkError::Loop);
+                    if depth > self.limits.max_depth {
+                        return Err(WalkError::TooDeep);
                     }
                     let id = self.push_node(
                         NodeKind::Dir(BTreeMap::new()),
@@ -708,6 +710,7 @@ impl Tree {
         entry: Staged,
         stats: &mut LayerStats,
     ) -> Result<(), FlattenError> {
+        let max_depth = self.limits.max_depth as u64;
         let walk_error = |e: WalkError, name: &str| match e {
             WalkError::NotADirectory | WalkError::Missing { .. } => FlattenError::NotADirectory {
                 layer: layer.to_owned(),
@@ -716,6 +719,12 @@ impl Tree {
             WalkError::Loop => FlattenError::SymlinkLoop {
                 layer: layer.to_owned(),
                 entry: name.to_owned(),
+            },
+            WalkError::TooDeep => FlattenError::TooLarge {
+                layer: layer.to_owned(),
+                entry: name.to_owned(),
+                what: "directory depth",
+                limit: max_depth,
             },
         };
         let Some((last, parent)) = entry.path.split_last() else {
@@ -737,7 +746,7 @@ impl Tree {
         let (dir, depth) = self
             .walk_creating(parent)
             .map_err(|e| walk_error(e, &entry.name))?;
-        if depth >= self.limits.max_depth {
+        if depth > self.limits.max_depth {
             return Err(FlattenError::TooLarge {
                 layer: layer.to_owned(),
                 entry: entry.name,
@@ -765,7 +774,7 @@ impl Tree {
                 // links the symlink, as link(2) does.
                 let walked = self.walk(&target, false).map_err(|e| match e {
                     WalkError::Missing { .. } | WalkError::NotADirectory => missing(),
-                    WalkError::Loop => walk_error(e, &entry.name),
+                    WalkError::Loop | WalkError::TooDeep => walk_error(e, &entry.name),
                 })?;
                 if walked.names.is_empty() {
                     return Err(missing());
@@ -2020,6 +2029,27 @@ mod tests {
             matches!(&e, FlattenError::TooManyEntries { limit: 5, .. }),
             "{e}"
         );
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let mut t = Tree::with_limits(dir.path(), limits).expect("tree");
+        apply(&mut t, "ok", &[Member::file("a/b/f", b"")]);
+        for (name, members) in [
+            ("a/b/c/f", vec![Member::file("a/b/c/f", b"")]),
+            ("a/b/c/d", vec![Member::dir("a/b/c/d")]),
+            // Depth reached through a symlink counts as well.
+            (
+                "s/c/f",
+                vec![Member::symlink("s", "a/b"), Member::file("s/c/f", b"")],
+            ),
+        ] {
+            let e = refuse(&mut t, "deep", &members);
+            assert!(
+                matches!(&e, FlattenError::TooLarge { what: "directory depth", entry, .. } if entry == name),
+                "{e}"
+            );
+        }
         // A 255-byte name is fine.
         let (_d, mut t) = tree();
         apply(
