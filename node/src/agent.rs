@@ -88,11 +88,12 @@ pub fn run() {
     };
     let modules = load_modules();
     let nics = wait_for_nics(params.boot_mac);
-    let seed = u64::from_le_bytes({
+    // The MAC spreads a rack's retries apart even if every clock reads the same.
+    let seed = nics.iter().fold(seed, |acc, nic| {
         let mut b = [0u8; 8];
-        b[..6].copy_from_slice(&nics[0].mac.0);
-        b
-    }) ^ seed;
+        b[..6].copy_from_slice(&nic.mac.0);
+        acc ^ u64::from_le_bytes(b)
+    });
     let lease = network(&nics, seed);
     let reporter = EventReporter {
         server: params.server.clone(),

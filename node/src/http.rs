@@ -236,13 +236,13 @@ impl HttpConnection {
             url: url.to_string(),
             source,
         };
-        if self.stream.is_none() {
-            let stream = self.connect()?;
-            let client = HttpClient::new(&self.server.authority()).with_timeout(self.timeout);
-            self.stream = Some((stream, client));
-        }
-        let Some((stream, client)) = self.stream.as_mut() else {
-            unreachable!("connected just above");
+        let (stream, client) = match self.stream.take() {
+            Some(open) => self.stream.insert(open),
+            None => {
+                let stream = self.connect()?;
+                let client = HttpClient::new(&self.server.authority()).with_timeout(self.timeout);
+                self.stream.insert((stream, client))
+            }
         };
         let started = Instant::now();
         client.fetch(started, FetchRequest::get(&url.target).keeping_body(limit));

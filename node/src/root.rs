@@ -203,3 +203,35 @@ pub fn exec_init(init: &str) -> Result<Infallible> {
     let err = execv(&path, std::slice::from_ref(&path)).unwrap_err();
     Err(err).with_context(|| format!("exec {init}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn init_must_be_an_executable_file_inside_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("lib/systemd")).expect("dir");
+        fs::create_dir_all(root.join("sbin")).expect("dir");
+        fs::write(root.join("lib/systemd/systemd"), "#!/bin/sh\n").expect("file");
+        fs::set_permissions(
+            root.join("lib/systemd/systemd"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        symlink("/lib/systemd/systemd", root.join("sbin/init")).expect("link");
+        fs::write(root.join("sbin/plain"), "").expect("file");
+        assert_eq!(
+            check_init(root, "/sbin/init").expect("init"),
+            root.join("lib/systemd/systemd")
+        );
+        let missing = check_init(root, "/sbin/nope").expect_err("missing");
+        assert!(format!("{missing:#}").contains("/sbin/nope does not exist in the root"));
+        let plain = check_init(root, "/sbin/plain").expect_err("not executable");
+        assert!(format!("{plain:#}").contains("not an executable file"));
+        assert!(check_init(root, "/sbin").is_err(), "a directory");
+    }
+}
