@@ -86,8 +86,12 @@ fn artifacts() -> &'static Artifacts {
         let (vmlinuz, release, modules) = kernel_and_modules();
         let dir = guest::cache_dir().join("node-agent");
         fs::create_dir_all(&dir).expect("cache dir");
-        let initramfs = dir.join(format!("initramfs-{}.cpio", std::process::id()));
-        build_initramfs(&agent, &release, &modules, &initramfs);
+        // Built under a private name, then renamed: a concurrent test process reads either
+        // the old archive or the new one, never half of one.
+        let initramfs = dir.join("initramfs.cpio");
+        let tmp = dir.join(format!("initramfs.cpio.{}", std::process::id()));
+        build_initramfs(&agent, &release, &modules, &tmp);
+        fs::rename(&tmp, &initramfs).expect("rename the initramfs into place");
         let image = build_root_image(&dir);
         Artifacts {
             vmlinuz,
