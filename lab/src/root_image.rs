@@ -38,6 +38,9 @@ pub const MODULES: &[&str] = &[
     "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
     "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
     "kernel/fs/erofs/erofs.ko",
+    "kernel/lib/libcrc32c.ko",
+    "kernel/crypto/crc32c_generic.ko",
+    "kernel/arch/x86/crypto/crc32c-intel.ko",
     "kernel/fs/overlayfs/overlay.ko",
     "kernel/drivers/block/brd.ko",
 ];
@@ -99,7 +102,16 @@ pub fn kernel_tree() -> Result<KernelTree, PayloadError> {
         .strip_prefix("linux-image-")
         .unwrap_or(&package)
         .to_owned();
-    let dir = cache_dir().join("kernel-modules").join(&package);
+    // A changed module list extracts again.
+    let list = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        MODULES.hash(&mut h);
+        h.finish()
+    };
+    let dir = cache_dir()
+        .join("kernel-modules")
+        .join(format!("{package}-{list:016x}"));
     if !dir
         .join("lib/modules")
         .join(&release)

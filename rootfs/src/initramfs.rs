@@ -165,13 +165,68 @@ pub fn choose_modules(
         });
     }
 
+    // Soft dependencies (modules.softdep `pre:`), which modprobe loads first although no symbol
+    // ties them: erofs needs libcrc32c, and libcrc32c needs a crc32c implementation
+    // (crc32c_generic, crc32c_intel), found by name or through modules.alias.
+    let text = |name: &str| {
+        read(&format!("{base}/{name}"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let mut soft: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text("modules.softdep").lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("softdep") {
+            continue;
+        }
+        let Some(module) = words.next() else { continue };
+        let mut pre = false;
+        for word in words {
+            match word {
+                "pre:" => pre = true,
+                "post:" => pre = false,
+                name if pre => soft
+                    .entry(module_name(module))
+                    .or_default()
+                    .push(module_name(name)),
+                _ => {}
+            }
+        }
+    }
+    let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text("modules.alias").lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("alias"), Some(alias), Some(module)) =
+            (words.next(), words.next(), words.next())
+        {
+            aliases
+                .entry(alias.replace('-', "_"))
+                .or_default()
+                .push(module_name(module));
+        }
+    }
+    let providers = |name: &str| -> Vec<&String> {
+        match by_name.get(name) {
+            Some(path) => vec![*path],
+            None => aliases
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| by_name.get(m.as_str()).copied())
+                .collect(),
+        }
+    };
+
     // Depth-first: modules.dep lists every (transitive) dependency of a module; loading them
-    // dependencies-first, each once, is what modprobe does.
-    let mut order: Vec<String> = Vec::new();
-    let mut seen = BTreeSet::new();
+    // dependencies-first (soft ones before hard ones), each once, is what modprobe does.
+    struct Graph<'g> {
+        deps: &'g BTreeMap<String, Vec<String>>,
+        soft: &'g BTreeMap<String, Vec<String>>,
+        providers: &'g dyn Fn(&str) -> Vec<&'g String>,
+    }
     fn visit(
         path: &str,
-        deps: &BTreeMap<String, Vec<String>>,
+        graph: &Graph<'_>,
         seen: &mut BTreeSet<String>,
         order: &mut Vec<String>,
         depth: usize,
@@ -179,16 +234,28 @@ pub fn choose_modules(
         if depth > 64 || !seen.insert(path.to_owned()) {
             return;
         }
-        if let Some(list) = deps.get(path) {
+        for name in graph.soft.get(&module_name(path)).into_iter().flatten() {
+            for provider in (graph.providers)(name) {
+                visit(provider, graph, seen, order, depth + 1);
+            }
+        }
+        if let Some(list) = graph.deps.get(path) {
             // modules.dep lists a module's dependencies nearest first; load the farthest first.
             for dep in list.iter().rev() {
-                visit(dep, deps, seen, order, depth + 1);
+                visit(dep, graph, seen, order, depth + 1);
             }
         }
         order.push(path.to_owned());
     }
+    let graph = Graph {
+        deps: &deps,
+        soft: &soft,
+        providers: &providers,
+    };
+    let mut order: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
     for path in wanted {
-        visit(path, &deps, &mut seen, &mut order, 0);
+        visit(path, &graph, &mut seen, &mut order, 0);
     }
 
     order
@@ -433,6 +500,50 @@ mod tests {
         }
         assert!(!names.contains(&"snd"), "only what a root needs: {names:?}");
         assert_eq!(names.len(), 9, "each module once: {names:?}");
+    }
+
+    #[test]
+    fn soft_dependencies_come_first_through_their_aliases() {
+        let mut files = standard();
+        let dep_path = format!("/lib/modules/{RELEASE}/modules.dep");
+        let dep = String::from_utf8(files[&dep_path].clone())
+            .expect("utf8")
+            .replace(
+                "kernel/fs/erofs/erofs.ko:\n",
+                "kernel/fs/erofs/erofs.ko: kernel/lib/libcrc32c.ko\n\
+                 kernel/lib/libcrc32c.ko:\n\
+                 kernel/crypto/crc32c_generic.ko:\n\
+                 kernel/arch/x86/crypto/crc32c-intel.ko:\n",
+            );
+        files.insert(dep_path, dep.into_bytes());
+        for (p, b) in [
+            ("kernel/lib/libcrc32c.ko", "libcrc32c"),
+            ("kernel/crypto/crc32c_generic.ko", "crc32c_generic"),
+            ("kernel/arch/x86/crypto/crc32c-intel.ko", "crc32c_intel"),
+        ] {
+            files.insert(format!("/lib/modules/{RELEASE}/{p}"), b.as_bytes().to_vec());
+        }
+        files.insert(
+            format!("/lib/modules/{RELEASE}/modules.softdep"),
+            b"# Soft dependencies\nsoftdep libcrc32c pre: crc32c\n".to_vec(),
+        );
+        files.insert(
+            format!("/lib/modules/{RELEASE}/modules.alias"),
+            b"alias crypto-crc32c crc32c_intel\nalias crc32c crc32c_intel\n\
+              alias crc32c crc32c_generic\nalias crc32c-generic crc32c_generic\n"
+                .to_vec(),
+        );
+        let chosen = choose(&files).expect("chosen");
+        let names: Vec<&str> = chosen.iter().map(|m| m.name.as_str()).collect();
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|x| *x == n)
+                .unwrap_or_else(|| panic!("{n} missing from {names:?}"))
+        };
+        assert!(pos("crc32c_intel") < pos("libcrc32c"), "{names:?}");
+        assert!(pos("crc32c_generic") < pos("libcrc32c"), "{names:?}");
+        assert!(pos("libcrc32c") < pos("erofs"), "{names:?}");
     }
 
     #[test]
