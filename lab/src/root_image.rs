@@ -37,6 +37,8 @@ pub const MODULES: &[&str] = &[
     "kernel/drivers/virtio/virtio_pci.ko",
     "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
     "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+    "kernel/drivers/virtio/virtio.ko",
+    "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/fs/erofs/erofs.ko",
     "kernel/lib/libcrc32c.ko",
     "kernel/crypto/crc32c_generic.ko",
