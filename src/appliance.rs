@@ -109,16 +109,20 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         "off" => None,
         mode => Some(mode.parse::<AttachMode>().map_err(anyhow::Error::msg)?),
     };
-    let quick = QuickBoot {
+    let mut quick = QuickBoot {
         iface: Some(iface.clone()),
-        kernel: args.kernel,
-        initrds: args.initrds,
-        cmdline: args.cmdline,
-        ipxe_dir: args.ipxe_dir,
+        kernel: args.kernel.clone().unwrap_or_default(),
+        initrds: args.initrds.clone(),
+        cmdline: args.cmdline.clone(),
+        ipxe_dir: args.ipxe_dir.clone(),
         dhcp_range,
         http_port: args.http_port,
         chainload: args.chainload,
+        roots_dir: None,
     };
+    if let Some(source) = &args.root {
+        diskless_root(&args, source, &iface, &mut quick)?;
+    }
     let workers = match args.workers {
         Some(n) => Some(std::num::NonZeroUsize::new(n).context("--workers must be at least 1")?),
         None => None,
@@ -137,6 +141,68 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
     let source = Source::Quick(quick, workers, ra, afxdp);
     let config = source.load(None)?;
     run(source, config, iface, xdp, interval, &args.control)
+}
+
+/// `stampede boot --root SOURCE [KERNEL]`: builds (or reuses) the root and makes quick mode boot
+/// its kernel and node initramfs, with the manifest's URL on the command line.
+fn diskless_root(
+    args: &BootArgs,
+    source: &str,
+    iface: &str,
+    quick: &mut QuickBoot,
+) -> anyhow::Result<()> {
+    if !args.initrds.is_empty() {
+        bail!(
+            "--root builds the node initramfs itself: give at most a KERNEL, no INITRD ({} given)",
+            args.initrds.len()
+        );
+    }
+    let state_dir = args
+        .control
+        .state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let cache = crate::roots::RootCache::open(state_dir.join("roots"))?;
+    let key = crate::roots::appliance_key(&state_dir)?;
+    let credentials = match &args.root_creds {
+        Some(text) => {
+            let (user, password) = text
+                .split_once(':')
+                .context("--root-creds must be USER:PASSWORD")?;
+            Some((user.to_owned(), password.to_owned()))
+        }
+        None => None,
+    };
+    let pull = crate::roots::PullSettings {
+        credentials,
+        ca_file: args.root_ca.clone(),
+        plain_http: args.root_plain_http,
+    };
+    let built = crate::roots::build(&cache, &key, source, args.kernel.as_deref(), &pull)?;
+    let server_ip = engine::interface_ipv4(iface)?.0;
+    let port = args
+        .http_port
+        .unwrap_or(stampede_dataplane::config::defaults::HTTP_PORT);
+    let http_base = format!("http://{server_ip}:{port}");
+    quick.kernel = built.kernel.clone();
+    quick.initrds = vec![built.initrd.clone()];
+    quick.cmdline = format!("{} {}", args.cmdline, built.cmdline(&http_base))
+        .trim()
+        .to_owned();
+    quick.roots_dir = Some(cache.serve());
+    println!(
+        "root {} name={} image={} kernel={} chunks={} bytes={} initrd_bytes={}",
+        built.id,
+        built.name,
+        built.manifest.image,
+        built.kernel_release,
+        built.manifest.chunks.len(),
+        built.manifest.size,
+        built.initrd_bytes
+    );
+    Ok(())
 }
 
 /// Opens the state and, unless the API is `off`, says how it will be served (a bad

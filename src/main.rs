@@ -11,6 +11,7 @@ mod appliance;
 mod bench;
 mod fleet;
 mod metrics;
+mod roots;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -122,8 +123,30 @@ struct BootArgs {
     stats_interval: f64,
     #[command(flatten)]
     control: ControlArgs,
-    /// The kernel every machine boots.
-    kernel: std::path::PathBuf,
+    /// Boot every machine diskless into this OCI image: `oci:DIR[:TAG]`,
+    /// `oci-archive:FILE[:TAG]`, `docker-archive:FILE` or `docker://REGISTRY/REPO:TAG`. The
+    /// kernel is the image's own (`/boot/vmlinuz-*`) unless KERNEL is given; Stampede builds
+    /// the node initramfs (no INITRD arguments).
+    #[arg(long, value_name = "SOURCE")]
+    root: Option<String>,
+    /// `docker://` sources: credentials for the registry (USER:PASSWORD).
+    #[arg(
+        long,
+        requires = "root",
+        value_name = "USER:PASSWORD",
+        env = "STAMPEDE_REGISTRY_CREDS"
+    )]
+    root_creds: Option<String>,
+    /// `docker://` sources: trust this CA (PEM) for the registry's https.
+    #[arg(long, requires = "root", value_name = "PEM")]
+    root_ca: Option<std::path::PathBuf>,
+    /// `docker://` sources: speak plain http to the registry (never without this flag).
+    #[arg(long, requires = "root")]
+    root_plain_http: bool,
+    /// The kernel every machine boots (with `--root`: overrides the image's own kernel; its
+    /// modules must be in the image).
+    #[arg(required_unless_present = "root")]
+    kernel: Option<std::path::PathBuf>,
     /// Initrds, in order.
     initrds: Vec<std::path::PathBuf>,
 }

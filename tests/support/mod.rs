@@ -1,2 +1,3 @@
 pub mod appliance;
 pub mod frames;
+pub mod lab_appliance;

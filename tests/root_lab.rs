@@ -1,0 +1,313 @@
+//! Diskless machines: real firmware boots into an OCI image's own root, served by
+//! `stampede boot --root oci:LAYOUT:TAG` in a namespace lab.
+//!
+//! The image (`stampede_lab::root_image`) is a real two-layer OCI layout made with umoci:
+//! busybox, Debian's kernel with the modules a root needs, and an `/sbin/init` that prints what
+//! it sees and powers off. A machine passes only when that init, as PID 1 of the image, prints
+//! its marker: the node agent fetched the signed manifest, verified every chunk, mounted the
+//! erofs root under a RAM overlay and switched into it.
+//!
+//! - SeaBIOS + iPXE and OVMF: two machines boot the same image at once; each writes a file on
+//!   `/`, and a reboot finds it gone (the overlay lives in RAM).
+//! - A chunk corrupted in the store after the root was built is caught on the machine
+//!   (`root_failed`, never switched into), and the boot goes through once the chunk is right.
+use std::{
+    fs,
+    time::{Duration, Instant},
+};
+
+use stampede_lab::{
+    qemu::{BootLab, Firmware, MachineSpec, QemuMachine, WorkDir},
+    require,
+    root_image::{self, ROOT_LINE_PREFIX},
+    wait_for,
+};
+
+mod support;
+
+use support::lab_appliance::{Appliance, BENCH_API, BENCH_TOKEN};
+
+/// A diskless boot under TCG: firmware, kernel, the agent's DHCP and the root's chunks.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The root is built before `ready` (pull, flatten, erofs, initramfs).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+const PROGRAMS: &[&str] = &[
+    "qemu-system-x86_64",
+    "umoci",
+    "skopeo",
+    "depmod",
+    "apt-get",
+    "dpkg-deb",
+];
+
+fn image() -> root_image::SmallImage {
+    root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"))
+}
+
+fn dhcp_range(lab: &BootLab) -> String {
+    let (low, high) = lab.dhcp_range();
+    format!("{low}-{high}")
+}
+
+/// `stampede boot --root` on the lab, with the API on, up and ready.
+fn start(lab: &BootLab, work: &WorkDir, marker: &str) -> Appliance {
+    let image = image();
+    let args: Vec<String> = [
+        "boot",
+        "--iface",
+        &lab.server_if,
+        "--dhcp-range",
+        &dhcp_range(lab),
+        "--xdp-mode",
+        "off",
+        "--cmdline",
+        &format!("console=ttyS0 panic=-1 stampede.marker={marker}"),
+        "--root",
+        &image.source(),
+    ]
+    .map(str::to_owned)
+    .into();
+    Appliance::start_waiting(lab, work, &args, Some(BENCH_API), READY_TIMEOUT)
+}
+
+/// The `root ...` line `stampede boot --root` prints before `ready`.
+fn root_line(appliance: &Appliance) -> String {
+    let out = fs::read_to_string(&appliance.stdout).unwrap_or_default();
+    out.lines()
+        .find(|l| l.starts_with("root "))
+        .unwrap_or_else(|| panic!("no root line in:\n{}", appliance.log()))
+        .to_owned()
+}
+
+/// Lines the image's init printed.
+fn root_lines(machine: &QemuMachine) -> Vec<String> {
+    machine
+        .console()
+        .lines()
+        .filter_map(|l| {
+            l.find(ROOT_LINE_PREFIX)
+                .map(|at| l[at + ROOT_LINE_PREFIX.len()..].trim().to_owned())
+        })
+        .collect()
+}
+
+/// Waits for the machine's marker (`<marker>-pid1`: the image's init is PID 1) and checks what
+/// the init saw: the flattened image, a fresh overlay, a write that worked.
+fn assert_diskless_boot(
+    machine: &mut QemuMachine,
+    appliance: &Appliance,
+    marker: &str,
+    what: &str,
+) {
+    let seen = machine.wait_for_marker(BOOT_TIMEOUT).unwrap_or_else(|err| {
+        panic!(
+            "{what}: no marker: {err}\n{}\n--- stampede log ---\n{}",
+            machine.console_tail(40),
+            appliance.log()
+        )
+    });
+    assert_eq!(
+        seen.value,
+        format!("{marker}-pid1"),
+        "{what}: the marker must come from the image's init as PID 1\n{}",
+        machine.console_tail(40)
+    );
+    let lines = root_lines(machine);
+    let first = lines.first().map(String::as_str).unwrap_or_default();
+    assert!(
+        first.starts_with("pid=1 image=small-v2 "),
+        "{what}: layer 2 changed /etc/stampede-image: {lines:?}"
+    );
+    assert!(
+        first.contains("machine_id=") && !first.ends_with("machine_id="),
+        "{what}: the node wrote /etc/machine-id: {lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l == "whiteout-ignored"),
+        "{what}: layer 2's whiteout must delete the file: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "fresh") && lines.iter().any(|l| l == "wrote"),
+        "{what}: a fresh, writable root: {lines:?}"
+    );
+    eprintln!(
+        "{what}: power-on to the image's marker {:.1} s",
+        seen.elapsed_since_start.as_secs_f64()
+    );
+}
+
+/// The machine's boot session as `stampede ctl sessions MAC` shows it.
+fn session(lab: &BootLab, mac: &str) -> String {
+    let url = format!("http://{BENCH_API}");
+    let out = lab
+        .server
+        .run(
+            support::appliance::STAMPEDE,
+            &[
+                "ctl",
+                "--url",
+                &url,
+                "--token",
+                BENCH_TOKEN,
+                "sessions",
+                mac,
+            ],
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("ctl sessions: {e}"));
+    format!("{}{}", out.stdout, out.stderr)
+}
+
+fn assert_session_has_root_steps(lab: &BootLab, mac: &str, what: &str) {
+    let shown = wait_for(Duration::from_secs(10), || {
+        let text = session(lab, mac);
+        [
+            "root_manifest",
+            "root_chunks",
+            "root_mounted",
+            "switch_root",
+        ]
+        .iter()
+        .all(|s| text.contains(s))
+        .then_some(text)
+    });
+    assert!(
+        shown.is_some(),
+        "{what}: the session shows the diskless steps:\n{}",
+        session(lab, mac)
+    );
+}
+
+/// Two machines (SeaBIOS and OVMF) boot the same image at once, then the first boots again and
+/// finds nothing of what it wrote.
+#[test]
+fn seabios_and_ovmf_boot_diskless_into_one_oci_image_and_a_reboot_is_fresh() {
+    let test = "seabios_and_ovmf_boot_diskless_into_one_oci_image_and_a_reboot_is_fresh";
+    if !require(test, PROGRAMS) {
+        return;
+    }
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new("root-two").expect("work dir");
+    let marker = format!("diskless-{}", std::process::id());
+    let appliance = start(&lab, &work, &marker);
+    let line = root_line(&appliance);
+    assert!(line.contains(" chunks="), "{line}");
+
+    let bios_tap = lab.add_tap().expect("tap");
+    let uefi_tap = lab.add_tap().expect("tap");
+    let bios_spec = MachineSpec::network(Firmware::Bios, &bios_tap, work.join("bios.log"));
+    let uefi_spec = MachineSpec::network(Firmware::UefiPxe, &uefi_tap, work.join("uefi.log"));
+    let bios_mac = bios_spec.mac.clone();
+    let uefi_mac = uefi_spec.mac.clone();
+    {
+        let _slots = (
+            stampede_lab::qemu::machine_slot(),
+            stampede_lab::qemu::machine_slot(),
+        );
+        let mut bios = lab.start_machine(bios_spec.clone()).expect("qemu starts");
+        let mut uefi = lab.start_machine(uefi_spec).expect("qemu starts");
+        assert_diskless_boot(&mut bios, &appliance, &marker, "seabios");
+        assert_diskless_boot(&mut uefi, &appliance, &marker, "ovmf");
+    }
+    assert_session_has_root_steps(&lab, &bios_mac, "seabios");
+    assert_session_has_root_steps(&lab, &uefi_mac, "ovmf");
+
+    // The same machine again: what it wrote on / lived in RAM.
+    let reboot_spec = MachineSpec {
+        serial_log: work.join("bios-again.log"),
+        ..bios_spec
+    };
+    {
+        let _slot = stampede_lab::qemu::machine_slot();
+        let mut again = lab.start_machine(reboot_spec).expect("qemu starts");
+        assert_diskless_boot(&mut again, &appliance, &marker, "seabios again");
+        assert!(
+            !root_lines(&again)
+                .iter()
+                .any(|l| l.starts_with("persisted")),
+            "nothing written survives a reboot: {:?}",
+            root_lines(&again)
+        );
+    }
+    let stats = appliance.stop();
+    assert!(
+        stats.get("http_sendfile_bytes").copied().unwrap_or(0) > 0,
+        "the root's chunks went out by sendfile: {stats:?}"
+    );
+}
+
+/// A chunk rewritten in the store after the build: the machine fetches it, finds its SHA-256
+/// wrong, reports `root_failed` and never switches into the root; once the chunk is right
+/// again, its retry boots.
+#[test]
+fn a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used() {
+    let test = "a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used";
+    if !require(test, PROGRAMS) {
+        return;
+    }
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new("root-corrupt").expect("work dir");
+    let marker = format!("corrupt-{}", std::process::id());
+    let appliance = start(&lab, &work, &marker);
+    // The test hook: the served copy of the root's first chunk, changed by one byte.
+    let manifest_dir = work.join("roots/serve/roots");
+    let id = fs::read_dir(&manifest_dir)
+        .expect("roots dir")
+        .flatten()
+        .next()
+        .expect("a built root")
+        .file_name();
+    let root_json =
+        fs::read_to_string(manifest_dir.join(&id).join("root.json")).expect("root.json");
+    let first_chunk = root_json
+        .split("\"sha256\": \"")
+        .nth(1)
+        .and_then(|r| r.get(..64))
+        .expect("a chunk digest")
+        .to_owned();
+    let chunk_path = work.join("roots/serve/chunks").join(&first_chunk);
+    let good = fs::read(&chunk_path).expect("chunk");
+    let mut bad = good.clone();
+    bad[100] ^= 0x40;
+    fs::write(&chunk_path, &bad).expect("corrupt the chunk");
+
+    let tap = lab.add_tap().expect("tap");
+    let spec = MachineSpec::network(Firmware::Bios, &tap, work.join("console.log"));
+    let mac = spec.mac.clone();
+    let _slot = stampede_lab::qemu::machine_slot();
+    let mut machine = lab.start_machine(spec).expect("qemu starts");
+    let caught = wait_for(BOOT_TIMEOUT, || {
+        let console = machine.console();
+        console.contains(&first_chunk[..16]).then_some(console)
+    });
+    let console = caught.unwrap_or_else(|| {
+        panic!(
+            "the machine must name the corrupt chunk\n{}\n--- stampede log ---\n{}",
+            machine.console_tail(40),
+            appliance.log()
+        )
+    });
+    assert!(
+        !console.contains(ROOT_LINE_PREFIX),
+        "never switched into a root with a corrupt chunk:\n{console}"
+    );
+    let reported = wait_for(Duration::from_secs(60), || {
+        session(&lab, &mac).contains("root_failed").then_some(())
+    });
+    assert!(
+        reported.is_some(),
+        "the failure is an event of the machine's session:\n{}",
+        session(&lab, &mac)
+    );
+    // The store is right again: the agent's next attempt boots.
+    let fixed_at = Instant::now();
+    fs::write(&chunk_path, &good).expect("restore the chunk");
+    assert_diskless_boot(&mut machine, &appliance, &marker, "after the fix");
+    eprintln!(
+        "booted {:.1} s after the chunk was restored",
+        fixed_at.elapsed().as_secs_f64()
+    );
+    drop(machine);
+    appliance.stop();
+}
