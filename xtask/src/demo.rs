@@ -1,10 +1,14 @@
-//! `cargo xtask demo`: one real machine network-boots Linux from Stampede.
+//! `cargo xtask demo`: one real machine boots diskless from Stampede.
 //!
 //! Builds Stampede (release), sets up a [`BootLab`] (a server namespace whose veth is bridged to
-//! a tap in a rack namespace), starts `stampede boot --dhcp-range ..` with the lab's tiny Linux
-//! (Debian's kernel and a busybox initramfs that prints `STAMPEDE-MARKER <value>` from its
-//! command line and powers off), and powers on one QEMU machine (SeaBIOS with QEMU's iPXE ROM,
-//! `-accel tcg`) on the tap. The `stampede::boot` log lines are shown as the machine goes
+//! a tap in a rack namespace), starts `stampede boot --dhcp-range .. --root oci:LAYOUT:small`
+//! with the lab's small OCI image (two layers: busybox, Debian's kernel and the modules a root
+//! needs, an `/sbin/init` that prints `STAMPEDE-MARKER <value>` and powers off), and powers on
+//! one QEMU machine (SeaBIOS with QEMU's iPXE ROM, `-accel tcg`) on the tap: firmware, iPXE,
+//! the image's kernel and Stampede's node initramfs, whose agent fetches the signed manifest
+//! and the verified chunks, mounts the root under a RAM overlay and starts the image's init.
+//! `--kernel-initrd` boots the loader stage's tiny Linux instead (Debian's kernel and a busybox
+//! initramfs). The `stampede::boot` log lines are shown as the machine goes
 //! through DHCP and HTTP, then its console marker with the measured power-on-to-marker time.
 //! XDP: `--xdp-mode auto` attaches the classifier on the server's veth when the kernel allows
 //! it; its counters are part of the final stats. Everything is torn down afterwards (namespaces,
@@ -28,7 +32,12 @@ use stampede_lab::{
 /// One SeaBIOS + iPXE ROM boot took 20-40 s under TCG in the lab tests.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let diskless = match args {
+        [] => true,
+        [flag] if flag == "--kernel-initrd" => false,
+        other => bail!("cargo xtask demo [--kernel-initrd]: unexpected {other:?}"),
+    };
     if let Some(reason) = stampede_lab::unavailable_reason() {
         bail!("the demo runs a network-namespace lab: {reason}");
     }
@@ -42,10 +51,23 @@ pub fn run() -> anyhow::Result<()> {
     crate::run(build)?;
     let binary = crate::workspace_root().join("target/release/stampede");
 
-    println!("\n== the payload: Debian's kernel and a busybox initramfs that prints its marker");
-    let payload = Payload::prepare().context("preparing the payload")?;
-    println!("   kernel {}", payload.kernel.display());
-    println!("   initrd {}", payload.initrd.display());
+    let what = if diskless {
+        println!(
+            "\n== the image: an OCI layout (umoci) with busybox, Debian's kernel and modules, and \
+             an init that prints its marker"
+        );
+        let image = stampede_lab::root_image::small_image().context("building the image")?;
+        println!("   {}", image.source());
+        Boot::Root(image.source())
+    } else {
+        println!(
+            "\n== the payload: Debian's kernel and a busybox initramfs that prints its marker"
+        );
+        let payload = Payload::prepare().context("preparing the payload")?;
+        println!("   kernel {}", payload.kernel.display());
+        println!("   initrd {}", payload.initrd.display());
+        Boot::KernelInitrd(payload)
+    };
 
     let mut lab = BootLab::new().context("creating the lab")?;
     let work = WorkDir::new("demo").context("work directory")?;
@@ -81,9 +103,12 @@ pub fn run() -> anyhow::Result<()> {
         ])
         .arg("--state")
         .arg(work.join("state.redb"))
-        .args(["--cmdline", &cmdline])
-        .arg(&payload.kernel)
-        .arg(&payload.initrd)
+        .args(["--cmdline", &cmdline]);
+    match &what {
+        Boot::Root(source) => command.args(["--root", source]),
+        Boot::KernelInitrd(payload) => command.arg(&payload.kernel).arg(&payload.initrd),
+    };
+    command
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env("STAMPEDE_ADMIN_TOKEN", DEMO_TOKEN)
@@ -92,24 +117,31 @@ pub fn run() -> anyhow::Result<()> {
         ))
         .stderr(Stdio::from(fs::File::create(&log).context("log file")?));
     println!(
-        "\n== stampede boot --iface {} --dhcp-range {low}-{high} --cmdline {cmdline:?} vmlinuz {}",
+        "\n== stampede boot --iface {} --dhcp-range {low}-{high} --cmdline {cmdline:?} {}",
         lab.server_if,
-        payload
-            .initrd
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
+        match &what {
+            Boot::Root(source) => format!("--root {source}"),
+            Boot::KernelInitrd(payload) => format!(
+                "vmlinuz {}",
+                payload
+                    .initrd
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+        }
     );
     let mut stampede = Process::spawn(command)?;
     let out_path = work.join("stampede.out");
-    let ready = wait_for(Duration::from_secs(20), || {
+    // A diskless root is built (pulled, flattened, written as erofs, chunked, signed) first.
+    let ready = wait_for(Duration::from_secs(180), || {
         if stampede.try_status().is_some() {
             return Some(None);
         }
         let out = fs::read_to_string(&out_path).ok()?;
         out.lines()
             .find(|l| l.starts_with("ready "))
-            .map(|l| Some(l.to_owned()))
+            .map(|_| Some(out.clone()))
     });
     let Some(Some(ready)) = ready else {
         bail!(
@@ -117,7 +149,12 @@ pub fn run() -> anyhow::Result<()> {
             fs::read_to_string(&log).unwrap_or_default()
         );
     };
-    println!("   {ready}");
+    for line in ready
+        .lines()
+        .filter(|l| l.starts_with("root ") || l.starts_with("ready "))
+    {
+        println!("   {line}");
+    }
 
     println!("\n== power on: QEMU (SeaBIOS, e1000 with QEMU's iPXE ROM, -accel tcg) on {tap}");
     let spec = MachineSpec::network(Firmware::Bios, &tap, work.join("console.log"));
@@ -140,13 +177,32 @@ pub fn run() -> anyhow::Result<()> {
         }
     };
     tail.print_new("stampede::boot");
-    println!("\n== the machine's serial console (last lines)");
-    print!("{}", indent(&machine.console_tail(6)));
-    if seen.value != marker {
-        bail!("the console shows marker {:?}, not {marker:?}", seen.value);
+    println!("\n== the machine's serial console");
+    let console = machine.console();
+    let shown: Vec<&str> = console
+        .lines()
+        .filter(|l| {
+            l.contains("stampede-node:") || l.contains("STAMPEDE-") || l.contains("Linux version")
+        })
+        .collect();
+    print!("{}", indent(&shown.join("\n")));
+    // The small image's init prints its marker with its PID: 1, the image's own init.
+    let expected = match &what {
+        Boot::Root(_) => format!("{marker}-pid1"),
+        Boot::KernelInitrd(_) => marker.clone(),
+    };
+    if seen.value != expected {
+        bail!(
+            "the console shows marker {:?}, not {expected:?}",
+            seen.value
+        );
     }
     println!(
-        "\n== booted: power-on to Linux userspace printing {marker:?} in {:.1} s",
+        "\n== booted: power-on to {} printing {expected:?} in {:.1} s",
+        match &what {
+            Boot::Root(_) => "the OCI image's own init (PID 1, diskless root in RAM)",
+            Boot::KernelInitrd(_) => "Linux userspace",
+        },
         seen.elapsed_since_start.as_secs_f64()
     );
     if machine.wait_exit(Duration::from_secs(20)).is_none() {
@@ -195,6 +251,14 @@ pub fn run() -> anyhow::Result<()> {
     drop(lab);
     println!("\n== lab torn down (namespaces, veth, bridge, tap, work directory)");
     Ok(())
+}
+
+/// What the demo machine boots.
+enum Boot {
+    /// `stampede boot --root SOURCE`.
+    Root(String),
+    /// `stampede boot KERNEL INITRD`.
+    KernelInitrd(Payload),
 }
 
 /// Where the demo's appliance serves its control API (loopback of the server namespace).

@@ -21,7 +21,10 @@ usage: cargo xtask <command>
 commands:
   setup   install every prerequisite (Debian packages, nightly rust-src, bpf-linker); idempotent
   test    setup, then cargo fmt --check, clippy -D warnings, and every test of the workspace
-  demo    setup, then a lab where `stampede serve` watches real DHCP/TFTP/HTTP clients
+  demo [--kernel-initrd]
+          setup, then one QEMU machine boots diskless from `stampede boot --root`: an OCI
+          image becomes its verified root file system (--kernel-initrd: the kernel and busybox
+          initramfs boot of the loader stage instead)
   bench <storm|dhcp|tftp|http|flood> [--clients N,..] [--deadline SECS] [--peers LIST] ..
           setup, then the same load against Stampede and against peers (dnsmasq, nginx,
           tftpd-hpa, atftpd; perfdhcp and wrk as load generators) in a namespace lab, after
@@ -38,7 +41,7 @@ fn main() -> std::process::ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::run(),
         Some("test") => setup::run().and_then(|()| test(&args[1..])),
-        Some("demo") => setup::run().and_then(|()| demo::run()),
+        Some("demo") => setup::run().and_then(|()| demo::run(&args[1..])),
         Some("fuzz") => setup::run().and_then(|()| fuzz(&args[1..])),
         Some("bench") => setup::run().and_then(|()| bench::run(&args[1..])),
         Some("-h" | "--help" | "help") => {
