@@ -106,14 +106,16 @@ fn workspace() -> PathBuf {
     node.parent().unwrap_or(node).to_path_buf()
 }
 
-/// `cargo build -p stampede-node --release --target x86_64-unknown-linux-musl`, in a target
-/// directory of its own: the `cargo test` running this holds the lock on the usual one.
+/// The agent as the appliance embeds it: the same target directory and profile as the root
+/// crate's build.rs (`target/node-agent`, profile `node-agent`), so a workspace build has already
+/// built it and this is a no-op. Its own target directory: the `cargo test` running this holds
+/// the lock on the usual one.
 fn build_agent() -> PathBuf {
     let target = guest::cache_dir()
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| workspace().join("target"))
-        .join("node-agent-musl");
+        .join("node-agent");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -121,16 +123,25 @@ fn build_agent() -> PathBuf {
             "build",
             "-p",
             "stampede-node",
-            "--release",
+            "--profile",
+            "node-agent",
             "--target",
             "x86_64-unknown-linux-musl",
         ])
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(workspace());
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        build.env_remove(var);
+    }
     run_with_timeout(build, Duration::from_secs(1500))
         .and_then(stampede_lab::Output::ok)
         .unwrap_or_else(|e| panic!("building the musl agent: {e}"));
-    let binary = target.join("x86_64-unknown-linux-musl/release/stampede-node");
+    let binary = target.join("x86_64-unknown-linux-musl/node-agent/stampede-node");
     let size = fs::metadata(&binary).expect("agent binary").len();
     eprintln!("node agent: {} ({size} bytes)", binary.display());
     binary
