@@ -11,11 +11,11 @@ pub mod manifest;
 pub mod initramfs;
 
 /// Layer blobs: gzip, zstd or plain tar, told apart by their magic bytes.
-#[cfg(feature = "build")]
+#[cfg(feature = "layers")]
 pub mod layer;
 
 /// OCI layers applied in order (whiteouts, opaque directories, hard links) into one tree.
-#[cfg(feature = "build")]
+#[cfg(feature = "layers")]
 pub mod flatten;
 
 /// OCI images read from a layout, an archive or a registry, every blob verified into a cache.
@@ -27,5 +27,5 @@ pub mod oci;
 mod registry;
 
 /// A flattened tree written as an uncompressed erofs image.
-#[cfg(feature = "build")]
+#[cfg(feature = "layers")]
 pub mod erofs;
