@@ -1,0 +1,171 @@
+//! `stampede boot` on a hostile network (issue 19): spoofed TFTP requests that try to turn the
+//! appliance into an amplifier against a victim's address.
+mod support;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use stampede_lab::{Lan, Netns, require};
+use support::appliance::*;
+
+/// The victim's port the attacker names as the source of its requests.
+const VICTIM_PORT: u16 = 40_000;
+
+/// A UDP socket in the attacker's namespace that sends with the victim's address as its source
+/// (`IP_TRANSPARENT` lets a socket bind an address that is not the host's, ip(7)).
+fn spoofing_socket(victim: SocketAddrV4) -> UdpSocket {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+    socket.set_ip_transparent_v4(true).expect("IP_TRANSPARENT");
+    socket
+        .bind(&SocketAddr::V4(victim).into())
+        .expect("bind the victim's address");
+    socket.into()
+}
+
+/// What reached the victim's port: datagrams (first two bytes: the TFTP opcode) in order.
+fn count_at_victim(victim: &Netns, address: SocketAddrV4, for_how_long: Duration) -> Vec<Vec<u8>> {
+    victim
+        .in_namespace(move || {
+            let socket = UdpSocket::bind(address).expect("victim socket");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let until = Instant::now() + for_how_long;
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            while Instant::now() < until {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        })
+        .expect("victim namespace")
+}
+
+fn rrq(file: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = vec![0, 1];
+    for part in [file, "octet"]
+        .into_iter()
+        .chain(options.iter().flat_map(|(k, v)| [*k, *v]))
+    {
+        out.extend_from_slice(part.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// The attacker learns the ports transfers of its own come from (a fixed per-worker port gave
+/// itself away this way), from several source ports since `SO_REUSEPORT` spreads requests over
+/// the workers, as the guesses for its spoofed ACK 0.
+fn learn_transfer_ports(attacker: &Netns, server: SocketAddrV4) -> Vec<u16> {
+    attacker
+        .in_namespace(move || {
+            let mut ports = Vec::new();
+            for _ in 0..8 {
+                let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("socket");
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                socket
+                    .send_to(&rrq("vmlinuz", &[("blksize", "1468")]), server)
+                    .expect("send RRQ");
+                let mut buf = [0u8; 64];
+                let (_, from) = socket.recv_from(&mut buf).expect("the OACK");
+                // An ERROR ends our transfer politely (no retransmissions).
+                let _ = socket.send_to(b"\0\x05\0\0done\0", from);
+                if !ports.contains(&from.port()) {
+                    ports.push(from.port());
+                }
+            }
+            ports
+        })
+        .expect("attacker namespace")
+}
+
+#[test]
+fn spoofed_tftp_requests_draw_little_towards_the_victim() {
+    if !require("spoofed_tftp_requests", &["ss"]) {
+        return;
+    }
+    let lan = Lan::new().expect("lan");
+    let (server_ns, server_if) = lan.host("boot", Some(1)).expect("boot server");
+    let (attacker, _) = lan.host("attacker", Some(2)).expect("attacker");
+    let (victim, victim_if) = lan.host("victim", Some(3)).expect("victim");
+    let payload = Payload::new(4 << 20, 4096);
+    let appliance = start_boot(&server_ns, &server_if, &[], &payload);
+    let server = SocketAddrV4::new(lan.subnet.host(1), 69);
+    let victim_address = SocketAddrV4::new(lan.subnet.host(3), VICTIM_PORT);
+
+    for (case, options) in [
+        (
+            "windowsize 64, blksize, tsize, then ACK 0 to guessed ports",
+            &[("blksize", "1468"), ("tsize", "0"), ("windowsize", "64")][..],
+        ),
+        ("a plain RRQ, never acknowledged", &[][..]),
+    ] {
+        let known_ports = learn_transfer_ports(&attacker, server);
+        let rx_before = victim.link_stat(&victim_if, "rx_bytes").expect("rx_bytes");
+        let request = rrq("vmlinuz", options);
+        let with_acks = !options.is_empty();
+        let (got, sent_bytes) = std::thread::scope(|scope| {
+            let counting =
+                scope.spawn(|| count_at_victim(&victim, victim_address, Duration::from_secs(20)));
+            std::thread::sleep(Duration::from_millis(300));
+            let sent_bytes = attacker
+                .in_namespace(move || {
+                    let socket = spoofing_socket(victim_address);
+                    let mut sent = socket.send_to(&request, server).expect("spoofed RRQ");
+                    if with_acks {
+                        std::thread::sleep(Duration::from_millis(50));
+                        // ACK 0 to the ports its own transfers came from.
+                        for &port in &known_ports {
+                            let to = SocketAddrV4::new(*server.ip(), port);
+                            sent += socket.send_to(&[0, 4, 0, 0], to).expect("spoofed ACK");
+                        }
+                    }
+                    sent
+                })
+                .expect("attacker namespace");
+            (counting.join().expect("victim thread"), sent_bytes)
+        });
+        let rx_after = victim.link_stat(&victim_if, "rx_bytes").expect("rx_bytes");
+        let got_bytes: usize = got.iter().map(Vec::len).sum();
+        let opcodes: Vec<u16> = got
+            .iter()
+            .map(|d| u16::from_be_bytes([d[0], d.get(1).copied().unwrap_or(0)]))
+            .collect();
+        eprintln!(
+            "{case}: attacker sent {sent_bytes} B of UDP payload; the victim got {} datagrams, \
+             {got_bytes} B of UDP payload ({:.2}x), {} B on its link ({opcodes:?})",
+            got.len(),
+            got_bytes as f64 / sent_bytes as f64,
+            rx_after - rx_before,
+        );
+        if with_acks {
+            assert!(
+                got_bytes <= 5 * sent_bytes,
+                "{case}: {got_bytes} B at the victim for {sent_bytes} B sent"
+            );
+            assert!(
+                opcodes.iter().all(|&op| op == 6),
+                "{case}: only OACKs reach the victim: {opcodes:?}"
+            );
+        } else {
+            assert!(
+                !got.is_empty() && got.iter().all(|d| d[..4] == [0, 3, 0, 1]),
+                "{case}: DATA 1 only: {opcodes:?}"
+            );
+            assert!(
+                got.len() <= 4,
+                "{case}: one block and at most 3 resends, got {}",
+                got.len()
+            );
+        }
+    }
+    let (out, _) = stop(appliance);
+    assert!(out.status.success());
+}
