@@ -14,7 +14,7 @@ use stampede_dataplane::{
 use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{BootArgs, ControlArgs, ServeArgs, check_interval};
+use crate::{BootArgs, ControlArgs, ServeArgs, check_interval, output::say};
 
 /// Where the configuration comes from, so SIGHUP can read it again.
 enum Source {
@@ -196,7 +196,7 @@ fn control_plane(
     state.attach_image_store(Arc::new(ImageStoreAdapter(store)));
     if let Some(token) = state.ensure_admin_token_from_env()? {
         // Shown once: only its hash is stored.
-        println!("admin token (shown once, store it now): {token}");
+        say!("admin token (shown once, store it now): {token}");
     }
     Ok((state, api))
 }
@@ -393,7 +393,7 @@ fn run(
             signal(SignalKind::hangup()).context("SIGHUP handler")?,
         )
     };
-    println!(
+    say!(
         "ready iface={iface} address={} dhcp={dhcp} tftp=69 http={} workers={workers}",
         plan.server_ip(),
         config.server.http_port
@@ -416,7 +416,7 @@ fn run(
         let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
         loop {
             tokio::select! {
-                _ = ticker.tick() => println!(
+                _ = ticker.tick() => say!(
                     "stats {} {}",
                     format_stats(&engine.udp_stats()),
                     format_http_stats(&http.stats())
@@ -469,11 +469,11 @@ fn run(
     let stats = engine.stop();
     if let Some(classifier) = classifier.as_mut() {
         match classifier.counters() {
-            Ok(counters) => println!("xdp {counters}"),
+            Ok(counters) => say!("xdp {counters}"),
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP counters"),
         }
         match classifier.drops() {
-            Ok(drops) => println!("xdp_drops {drops}"),
+            Ok(drops) => say!("xdp_drops {drops}"),
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP drop counters"),
         }
         match classifier.steer_counters() {
@@ -483,13 +483,13 @@ fn run(
                     .zip(steer.iter())
                     .map(|(name, c)| format!("{name}={}/{}B", c.packets, c.bytes))
                     .collect();
-                println!("xdp_steer {}", line.join(" "));
+                say!("xdp_steer {}", line.join(" "));
             }
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP steering counters"),
         }
         classifier.detach()?;
     }
-    println!(
+    say!(
         "final stats {} {}",
         format_stats(&stats),
         format_http_stats(&http_stats)
@@ -635,7 +635,7 @@ fn afxdp_sockets(
     };
     match attempt {
         Ok(sockets) => {
-            println!(
+            say!(
                 "afxdp iface={iface} queues={} zero_copy={}",
                 sockets.queues(),
                 sockets.zero_copy()

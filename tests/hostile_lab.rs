@@ -169,3 +169,77 @@ fn spoofed_tftp_requests_draw_little_towards_the_victim() {
     let (out, _) = stop(appliance);
     assert!(out.status.success());
 }
+
+/// Issue 19: with its stdout reader gone, the next stats line used to panic the appliance
+/// ("failed printing to stdout: Broken pipe"). It must go on serving and stop cleanly.
+#[test]
+fn a_closed_stdout_does_not_stop_the_appliance() {
+    if !require("a_closed_stdout", &["busybox", "ss"]) {
+        return;
+    }
+    let lab = stampede_lab::TwoHosts::new().expect("lab");
+    let payload = Payload::new(64 << 10, 4096);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut command = lab.server.command(STAMPEDE);
+    command
+        .args(["boot", "--iface", &lab.server_if, "--xdp-mode", "off"])
+        .args(["--api", "off", "--router-advertisements", "off"])
+        .args(["--stats-interval", "0.2", "--dhcp-range", &range])
+        .arg("--state")
+        .arg(payload.dir.path().join("state.redb"))
+        .arg(&payload.kernel)
+        .arg(&payload.initrd)
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    let mut process = stampede_lab::Process::spawn(command).expect("start stampede boot");
+    // The command kept the pipe's write end; ours is gone with it. Read the first line (it is
+    // up), then close the read end: every later write to stdout fails with EPIPE.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(reader));
+    let ready = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("ready")));
+    assert!(ready.is_some(), "no ready line");
+    drop(lines);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        process.try_status().is_none(),
+        "the appliance died after its stdout closed: {:?}",
+        process.try_status()
+    );
+    let script = udhcpc_script(payload.dir.path());
+    let out = lab
+        .client
+        .run(
+            "busybox",
+            &[
+                "udhcpc",
+                "-i",
+                &lab.client_if,
+                "-f",
+                "-q",
+                "-n",
+                "-t",
+                "4",
+                "-T",
+                "1",
+                "-s",
+                script.to_str().expect("utf-8"),
+            ],
+            Duration::from_secs(20),
+        )
+        .expect("udhcpc runs");
+    let lease = bound(&out.stdout);
+    assert!(lease.contains_key("ip"), "{lease:?}");
+    process
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let out = process
+        .wait_output(Duration::from_secs(15))
+        .expect("it exits");
+    assert!(
+        out.status.success(),
+        "exit {:?} after SIGTERM:\n{}",
+        out.status,
+        out.stderr
+    );
+}
