@@ -243,3 +243,61 @@ fn a_closed_stdout_does_not_stop_the_appliance() {
         out.stderr
     );
 }
+
+/// Issue 19: a TFTP file name with a newline or an escape sequence wrote a forged line into the
+/// appliance's log. Peer-supplied text is escaped (and bounded) wherever it is reported.
+#[test]
+fn tftp_file_names_cannot_forge_log_lines() {
+    if !require("tftp_file_names_cannot_forge_log_lines", &["ss"]) {
+        return;
+    }
+    let lab = stampede_lab::TwoHosts::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let payload = Payload::new(4096, 4096);
+    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let server = SocketAddrV4::new(lab.server_ip(), 69);
+    let names: Vec<String> = vec![
+        "vmlinuz\n2026-01-01T00:00:00Z  INFO stampede::boot: FORGED tftp transfer done".into(),
+        "x\r\nFORGED\x1b[2J\x1b]0;title\x07".into(),
+        format!("{}\nFORGED-LONG", "a".repeat(5000)),
+    ];
+    let answers = lab
+        .client
+        .in_namespace(move || {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("socket");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let mut answers = 0;
+            for name in &names {
+                socket.send_to(&rrq(name, &[]), server).expect("send");
+                let mut buf = [0u8; 1024];
+                if socket.recv_from(&mut buf).is_ok() {
+                    answers += 1;
+                }
+            }
+            answers
+        })
+        .expect("client namespace");
+    let (out, _) = stop(appliance);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        answers >= 2,
+        "the short names were answered (refused): {answers}\n{all}"
+    );
+    for line in all.lines() {
+        assert!(
+            !line.starts_with("FORGED")
+                && !line.starts_with("2026-01-01")
+                && !line.contains('\x1b'),
+            "a forged line or a raw escape in the output: {line:?}\n{all}"
+        );
+        assert!(line.len() < 2000, "an unbounded line: {} bytes", line.len());
+    }
+    assert!(
+        all.contains("\\nFORGED"),
+        "the name is still there, escaped:\n{all}"
+    );
+}

@@ -887,15 +887,12 @@ fn transfer_socket(local: Ipv4Addr, iface: Option<&str>) -> std::io::Result<(Udp
     Ok((socket, port))
 }
 
-/// The file name of a read request, for the log (lossy; the core did the real parsing).
+/// The file name of a read request, for the log and the boot events: escaped and bounded, since
+/// the client chose it ([`stampede_proto::text::peer_text`]; the core did the real parsing).
 fn request_file_name(datagram: &[u8]) -> String {
     let name = datagram.get(2..).unwrap_or_default();
-    let end = name
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(name.len())
-        .min(256);
-    String::from_utf8_lossy(&name[..end]).into_owned()
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    stampede_proto::text::peer_text(&name[..end])
 }
 
 /// Milliseconds since the Unix epoch, for events (wall-clock: operators read these).
@@ -916,7 +913,7 @@ fn report_dhcp_reply(events: &Events, reply: &[u8], destination: Ipv4Addr) {
         .bootfile
         .as_deref()
         .or((!repr.file.is_empty()).then_some(repr.file.as_slice()))
-        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .map(stampede_proto::text::peer_text)
         .unwrap_or_default();
     if tracing::enabled!(target: "stampede::boot", tracing::Level::INFO) {
         let mac = repr.mac().map(|m| {
