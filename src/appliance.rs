@@ -691,17 +691,19 @@ pub fn format_http_stats(s: &HttpStats) -> String {
 pub fn format_stats(s: &UdpStats) -> String {
     let mut out = format!(
         "dhcp_received={} dhcp_replies={} tftp_requests={} tftp_started={} tftp_completed={} \
-         tftp_active={} tftp_bytes={} tftp_retransmits={} kernel_drops={} send_errors={} \
-         afxdp_rx={} afxdp_tx={} afxdp_arp_replies={}",
+         tftp_active={} tftp_sockets={} tftp_bytes={} tftp_retransmits={} kernel_drops={} \
+         udp_unreadable={} send_errors={} afxdp_rx={} afxdp_tx={} afxdp_arp_replies={}",
         s.dhcp_received,
         s.dhcp_replies,
         s.tftp_requests,
         s.tftp_transfers_started,
         s.tftp_transfers_completed,
         s.tftp_transfers_active,
+        s.tftp_transfer_sockets,
         s.tftp_bytes,
         s.tftp_retransmits,
         s.kernel_drops,
+        s.unreadable,
         s.send_errors,
         s.afxdp_frames_received,
         s.afxdp_frames_sent,

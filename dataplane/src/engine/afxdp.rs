@@ -318,6 +318,7 @@ fn on_frame(
             source: SocketAddrV4::new(parsed.src_ip, parsed.src_port).into(),
             destination: Some(parsed.dst_ip),
             payload: parsed.payload,
+            truncated: false,
         },
         &mut outbox,
     );

@@ -72,6 +72,8 @@ pub struct UdpStats {
     pub tftp_stray: BTreeMap<&'static str, u64>,
     /// Datagrams the kernel dropped because a socket's queue was full (`SO_RXQ_OVFL`).
     pub kernel_drops: u64,
+    /// Datagrams whose source address the kernel did not report readably (none expected).
+    pub unreadable: u64,
     /// Sends the kernel failed.
     pub send_errors: u64,
     /// Frames the AF_XDP path received from its sockets (zero on the io_uring path).
@@ -99,6 +101,7 @@ impl UdpStats {
         self.tftp_bytes += other.tftp_bytes;
         self.tftp_retransmits += other.tftp_retransmits;
         self.kernel_drops += other.kernel_drops;
+        self.unreadable += other.unreadable;
         self.send_errors += other.send_errors;
         for (mine, theirs) in [
             (&mut self.dhcp_refused, &other.dhcp_refused),
@@ -516,6 +519,7 @@ impl WorkerState {
     fn publish(&mut self, ring: &UdpWorker, shared: &WorkerShared) {
         let ring_stats = ring.stats();
         self.stats.kernel_drops = ring_stats.kernel_drops;
+        self.stats.unreadable = ring_stats.bad_source;
         self.stats.send_errors = ring_stats.send_errors;
         self.stats.tftp_transfers_active = self.transfers.len() as u64;
         self.stats.tftp_transfer_sockets =
@@ -608,6 +612,22 @@ impl WorkerState {
 
     pub(super) fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
         let now = Instant::now();
+        if datagram.truncated {
+            // Larger than any request or ACK of the services (a receive buffer holds a full
+            // 1500-byte frame): counted under the service it was sent to, never parsed.
+            match self.roles.get(datagram.socket).copied() {
+                Some(Role::Dhcp | Role::ProxyDhcp) => {
+                    self.stats.dhcp_received += 1;
+                    bump(&mut self.stats.dhcp_dropped, "too_large");
+                }
+                Some(Role::TftpListen) => {
+                    self.stats.tftp_requests += 1;
+                    bump(&mut self.stats.tftp_dropped, "too_large");
+                }
+                None => bump(&mut self.stats.tftp_stray, "too_large"),
+            }
+            return;
+        }
         match self.roles.get(datagram.socket).copied() {
             Some(Role::Dhcp) => self.handle_dhcp(now, datagram, dhcp::SERVER_PORT),
             Some(Role::ProxyDhcp) => self.handle_dhcp(now, datagram, dhcp::PXE_PORT),
