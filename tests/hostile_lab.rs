@@ -365,3 +365,55 @@ fn oversized_datagrams_are_counted_with_a_reason() {
     );
     assert!(metrics.is_some(), "{wants:?} not in /metrics");
 }
+
+/// Issue 19: machines whose chaddr is all zeros or all ones got offers. Refused and counted.
+#[test]
+fn zero_and_broadcast_client_macs_get_no_offer() {
+    if !require("zero_and_broadcast_client_macs", &["ss"]) {
+        return;
+    }
+    let lab = stampede_lab::TwoHosts::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let payload = Payload::new(4096, 4096);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
+    let appliance = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &["--dhcp-range", &range],
+        &payload,
+    );
+    let server = lab.server_ip();
+    let answers = lab
+        .client
+        .in_namespace(move || {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 68)).expect("socket");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let fixture = include_bytes!("../dataplane/proto/fixtures/dhcp/udhcpc_discover.bin");
+            let mut answers = 0;
+            for mac in [[0u8; 6], [0xFF; 6]] {
+                let mut discover = fixture.to_vec();
+                // chaddr: BOOTP offset 28 (RFC 2131 §2).
+                discover[28..34].copy_from_slice(&mac);
+                socket.send_to(&discover, (server, 67)).expect("send");
+                let mut buf = [0u8; 1500];
+                if socket.recv_from(&mut buf).is_ok() {
+                    answers += 1;
+                }
+            }
+            answers
+        })
+        .expect("client namespace");
+    let (out, stats) = stop(appliance);
+    assert_eq!(answers, 0, "no offer reached the client");
+    assert_eq!(
+        stats.get("dhcp_dropped.invalid_client_mac"),
+        Some(&2),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(stats.get("dhcp_replies"), Some(&0), "{}", out.stdout);
+}
