@@ -417,3 +417,59 @@ fn zero_and_broadcast_client_macs_get_no_offer() {
     );
     assert_eq!(stats.get("dhcp_replies"), Some(&0), "{}", out.stdout);
 }
+
+/// An ACK to a transfer's port from anyone but its client, or to the port of a transfer that
+/// ended, gets no TFTP answer (an ERROR 5 would go to whatever address the sender forged).
+#[test]
+fn acks_from_strangers_and_to_old_ports_are_not_answered() {
+    if !require("acks_from_strangers", &["ss"]) {
+        return;
+    }
+    let lab = stampede_lab::TwoHosts::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+        .expect("addr");
+    let payload = Payload::new(64 << 10, 4096);
+    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let server = SocketAddrV4::new(lab.server_ip(), 69);
+    let (stranger_got, old_port_got) = lab
+        .client
+        .in_namespace(move || {
+            let client = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("socket");
+            let stranger = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("socket");
+            for s in [&client, &stranger] {
+                s.set_read_timeout(Some(Duration::from_millis(1500)))
+                    .expect("timeout");
+            }
+            client
+                .send_to(&rrq("vmlinuz", &[("blksize", "1468")]), server)
+                .expect("RRQ");
+            let mut buf = [0u8; 2048];
+            let (_, port) = client.recv_from(&mut buf).expect("OACK");
+            // A stranger acknowledges the running transfer.
+            stranger.send_to(&[0, 4, 0, 0], port).expect("ACK");
+            let stranger_got = stranger.recv_from(&mut buf).is_ok();
+            // The client ends it; then acknowledges at the old port.
+            client.send_to(b"\0\x05\0\0stop\0", port).expect("ERROR");
+            std::thread::sleep(Duration::from_millis(200));
+            client.send_to(&[0, 4, 0, 0], port).expect("ACK");
+            let mut old_port_got = 0;
+            while let Ok((_, from)) = client.recv_from(&mut buf) {
+                // OACK resends that crossed the ERROR are fine; anything after is not.
+                if from == port && buf[1] != 6 {
+                    old_port_got += 1;
+                }
+            }
+            (stranger_got, old_port_got)
+        })
+        .expect("client namespace");
+    let (out, stats) = stop(appliance);
+    assert!(!stranger_got, "the stranger was answered");
+    assert_eq!(old_port_got, 0, "an ACK to an old port was answered");
+    assert_eq!(
+        stats.get("tftp_stray.unknown_tid"),
+        Some(&1),
+        "{}",
+        out.stdout
+    );
+}
