@@ -14,7 +14,7 @@ use stampede_dataplane::{
 use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{BootArgs, ControlArgs, ServeArgs, check_interval};
+use crate::{BootArgs, ControlArgs, ServeArgs, check_interval, output::say};
 
 /// Where the configuration comes from, so SIGHUP can read it again.
 enum Source {
@@ -192,7 +192,7 @@ fn diskless_root(
         .trim()
         .to_owned();
     quick.roots_dir = Some(cache.serve());
-    println!(
+    say!(
         "root {} name={} image={} kernel={} chunks={} bytes={} initrd_bytes={}",
         built.id,
         built.name,
@@ -262,7 +262,7 @@ fn control_plane(
     state.attach_image_store(Arc::new(ImageStoreAdapter(store)));
     if let Some(token) = state.ensure_admin_token_from_env()? {
         // Shown once: only its hash is stored.
-        println!("admin token (shown once, store it now): {token}");
+        say!("admin token (shown once, store it now): {token}");
     }
     Ok((state, api))
 }
@@ -459,7 +459,7 @@ fn run(
             signal(SignalKind::hangup()).context("SIGHUP handler")?,
         )
     };
-    println!(
+    say!(
         "ready iface={iface} address={} dhcp={dhcp} tftp=69 http={} workers={workers}",
         plan.server_ip(),
         config.server.http_port
@@ -482,7 +482,7 @@ fn run(
         let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
         loop {
             tokio::select! {
-                _ = ticker.tick() => println!(
+                _ = ticker.tick() => say!(
                     "stats {} {}",
                     format_stats(&engine.udp_stats()),
                     format_http_stats(&http.stats())
@@ -535,11 +535,11 @@ fn run(
     let stats = engine.stop();
     if let Some(classifier) = classifier.as_mut() {
         match classifier.counters() {
-            Ok(counters) => println!("xdp {counters}"),
+            Ok(counters) => say!("xdp {counters}"),
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP counters"),
         }
         match classifier.drops() {
-            Ok(drops) => println!("xdp_drops {drops}"),
+            Ok(drops) => say!("xdp_drops {drops}"),
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP drop counters"),
         }
         match classifier.steer_counters() {
@@ -549,13 +549,13 @@ fn run(
                     .zip(steer.iter())
                     .map(|(name, c)| format!("{name}={}/{}B", c.packets, c.bytes))
                     .collect();
-                println!("xdp_steer {}", line.join(" "));
+                say!("xdp_steer {}", line.join(" "));
             }
             Err(err) => tracing::warn!(error = %error_chain(&err), "reading XDP steering counters"),
         }
         classifier.detach()?;
     }
-    println!(
+    say!(
         "final stats {} {}",
         format_stats(&stats),
         format_http_stats(&http_stats)
@@ -701,7 +701,7 @@ fn afxdp_sockets(
     };
     match attempt {
         Ok(sockets) => {
-            println!(
+            say!(
                 "afxdp iface={iface} queues={} zero_copy={}",
                 sockets.queues(),
                 sockets.zero_copy()
@@ -757,17 +757,19 @@ pub fn format_http_stats(s: &HttpStats) -> String {
 pub fn format_stats(s: &UdpStats) -> String {
     let mut out = format!(
         "dhcp_received={} dhcp_replies={} tftp_requests={} tftp_started={} tftp_completed={} \
-         tftp_active={} tftp_bytes={} tftp_retransmits={} kernel_drops={} send_errors={} \
-         afxdp_rx={} afxdp_tx={} afxdp_arp_replies={}",
+         tftp_active={} tftp_sockets={} tftp_bytes={} tftp_retransmits={} kernel_drops={} \
+         udp_unreadable={} send_errors={} afxdp_rx={} afxdp_tx={} afxdp_arp_replies={}",
         s.dhcp_received,
         s.dhcp_replies,
         s.tftp_requests,
         s.tftp_transfers_started,
         s.tftp_transfers_completed,
         s.tftp_transfers_active,
+        s.tftp_transfer_sockets,
         s.tftp_bytes,
         s.tftp_retransmits,
         s.kernel_drops,
+        s.unreadable,
         s.send_errors,
         s.afxdp_frames_received,
         s.afxdp_frames_sent,

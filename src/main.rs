@@ -11,7 +11,10 @@ mod appliance;
 mod bench;
 mod fleet;
 mod metrics;
+mod output;
 mod roots;
+
+use output::{say, say_err};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -157,7 +160,7 @@ struct BootArgs {
 /// the final line), which is the right trade for a boot appliance in a storm.
 fn log_writer() -> tracing_appender::non_blocking::NonBlocking {
     LOG.get_or_init(|| {
-        let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+        let (writer, guard) = tracing_appender::non_blocking(output::Stderr);
         // Never dropped: the worker thread lives as long as the process; `main` flushes it.
         LOG_GUARD.set(std::sync::Mutex::new(Some(guard))).ok();
         writer
@@ -179,7 +182,7 @@ fn flush_log() {
         drop(guard.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
     if dropped > 0 {
-        eprintln!("stampede: log_lines_dropped={dropped} (stderr was not read fast enough)");
+        say_err!("stampede: log_lines_dropped={dropped} (stderr was not read fast enough)");
     }
 }
 
@@ -203,7 +206,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("stampede: {}", error_chain(err.as_ref()));
+            say_err!("stampede: {}", error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -244,9 +247,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
     }
     // Printed once attached, so scripts and tests know when traffic starts being counted.
-    println!(
+    say!(
         "attached iface={} mode={}",
-        attachment.iface, attachment.mode
+        attachment.iface,
+        attachment.mode
     );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -262,7 +266,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = ticker.tick() => {
                     let counters = classifier.counters()?;
-                    println!("counters {counters}");
+                    say!("counters {counters}");
                 }
                 _ = sigint.recv() => break "SIGINT",
                 _ = sigterm.recv() => break "SIGTERM",
@@ -273,7 +277,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let counters = classifier.counters()?;
     classifier.detach()?;
-    println!("final counters {counters}");
-    println!("detached iface={iface}");
+    say!("final counters {counters}");
+    say!("detached iface={iface}");
     Ok(())
 }

@@ -122,6 +122,30 @@ pub fn publish(metrics: &Metrics, udp: &UdpStats, http: &HttpStats, xdp: Option<
         "Datagrams the kernel dropped for a full socket queue",
         udp.kernel_drops,
     );
+    c(
+        "stampede_udp_unreadable_total",
+        "Datagrams dropped because the kernel reported no readable source address",
+        udp.unreadable,
+    );
+    c(
+        "stampede_udp_send_errors_total",
+        "Datagrams the kernel failed to send",
+        udp.send_errors,
+    );
+    by_reason(
+        metrics,
+        "stampede_tftp_stray_total",
+        "Datagrams at a transfer port no transfer used, by reason",
+        &udp.tftp_stray,
+    );
+    match metrics.gauge(
+        "stampede_tftp_transfer_sockets",
+        "TFTP transfer sockets open (one per transfer, and those closing)",
+        &[],
+    ) {
+        Ok(g) => g.set(udp.tftp_transfer_sockets as f64),
+        Err(err) => tracing::warn!(error = %err, "metric not published"),
+    }
     match metrics.gauge(
         "stampede_tftp_transfers_active",
         "TFTP transfers running",

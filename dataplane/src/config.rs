@@ -1341,6 +1341,8 @@ fn tftp_settings(w: &wire::Tftp) -> Result<TftpSettings, ConfigError> {
             0,
             100,
         )? as u32,
+        // Not configurable: it bounds what a spoofed request can draw (issue 19).
+        max_unverified_retries: d.max_unverified_retries,
         max_backoff: dur(
             "tftp.max_backoff",
             &w.max_backoff,

@@ -601,10 +601,12 @@ impl WorkerState {
             }
             // One line per request: with the DHCP and TFTP lines it is the machine's boot
             // timeline (`stampede::boot`).
+            // The client chose the target: escaped and bounded for the log and the event.
+            let path = stampede_proto::text::peer_text(transmit.target.as_bytes());
             tracing::info!(
                 target: "stampede::boot",
                 client = %session.peer,
-                path = %transmit.target,
+                path = %path,
                 status = transmit.status.0,
                 bytes = transmit.body.len,
                 "http response"
@@ -623,7 +625,7 @@ impl WorkerState {
                             stampede_proto::events::BootEventKind::NodeStep { step, detail }
                         }
                         _ => stampede_proto::events::BootEventKind::HttpResponse {
-                            path: transmit.target.clone(),
+                            path,
                             status: transmit.status.0,
                             bytes: transmit.body.len,
                         },

@@ -14,4 +14,5 @@ pub mod frame;
 pub mod http;
 pub mod ipxe;
 pub mod ndp;
+pub mod text;
 pub mod tftp;

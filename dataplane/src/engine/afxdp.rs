@@ -1,5 +1,5 @@
 //! The AF_XDP path: the XDP classifier redirects admitted boot frames (UDP to 67, 4011, 69 and to
-//! this path's TFTP transfer port) into one AF_XDP socket per RX queue, and one worker runs the
+//! this path's TFTP transfer ports) into one AF_XDP socket per RX queue, and one worker runs the
 //! same DHCP and TFTP cores as the io_uring workers ([`super::udp::WorkerState`]) over them.
 //!
 //! Frames are parsed in place in the UMEM ([`stampede_proto::frame::Udp4Frame`], zero-copy on
@@ -31,7 +31,10 @@ use stampede_proto::{
 
 use super::{
     AfXdpSockets, EngineConfig, EngineError,
-    udp::{HELD_ACK_POLL, Role, TICK, UdpWorkerSet, WorkerShared, WorkerState, bump},
+    udp::{
+        HELD_ACK_POLL, RANGE_PORT_SOCKET, Role, TICK, TransferPorts, UdpWorkerSet, WorkerShared,
+        WorkerState, bump,
+    },
 };
 use crate::{
     boot::BootPlan,
@@ -81,6 +84,8 @@ pub(super) struct AfXdpWorker {
     link: Link,
     /// UDP port of each of `state.roles`, in the same order.
     role_ports: Vec<u16>,
+    /// The transfer ports, first and last.
+    transfer_ports: (u16, u16),
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
     /// Kernel sockets holding the service and transfer ports, so nothing else on the host
     /// takes them; they see no frame while steering works.
@@ -100,7 +105,7 @@ pub(super) fn start(
         sockets,
         link,
         ports,
-        transfer_port: transfer,
+        transfer_ports,
         reservations,
     } = bound;
     let mut roles = Vec::new();
@@ -109,15 +114,19 @@ pub(super) fn start(
         roles.extend([Role::Dhcp, Role::ProxyDhcp]);
         role_ports.extend([ports.dhcp, ports.proxy_dhcp]);
     }
-    roles.extend([Role::TftpListen, Role::TftpTransfer]);
-    role_ports.extend([ports.tftp, transfer]);
+    roles.push(Role::TftpListen);
+    role_ports.push(ports.tftp);
     let leases: Box<dyn LeaseStore + Send> = if roles.contains(&Role::Dhcp) {
         leases
     } else {
         Box::new(MemoryLeaseStore::new())
     };
     let max_transfers = config.max_transfers_per_worker.max(1) * config.workers.max(1);
-    let mut state = WorkerState::new(0, &current, roles, max_transfers, leases)?;
+    let range = TransferPorts::Range {
+        first: transfer_ports.0,
+        last: transfer_ports.1,
+    };
+    let mut state = WorkerState::new(0, &current, roles, range, max_transfers, leases)?;
     state.events = config.events.clone();
     let shared = Arc::new(WorkerShared::default());
     let set = UdpWorkerSet::new(vec![Arc::clone(&shared)]);
@@ -127,6 +136,7 @@ pub(super) fn start(
         sockets,
         link,
         role_ports,
+        transfer_ports,
         neighbours: HashMap::new(),
         _reservations: reservations,
     };
@@ -178,6 +188,7 @@ impl AfXdpWorker {
                 sockets,
                 link,
                 role_ports,
+                transfer_ports,
                 neighbours,
                 ..
             } = self;
@@ -186,7 +197,11 @@ impl AfXdpWorker {
                     if is_arp(frame) {
                         on_arp(state, link, neighbours, frame, &mut arp_replies);
                     } else {
-                        on_frame(state, link, role_ports, neighbours, frame, &mut pending);
+                        let ports = Ports {
+                            roles: role_ports,
+                            transfers: *transfer_ports,
+                        };
+                        on_frame(state, link, &ports, neighbours, frame, &mut pending);
                     }
                 });
             }
@@ -210,7 +225,10 @@ impl AfXdpWorker {
                         tx,
                         state,
                         link,
-                        role_ports,
+                        &Ports {
+                            roles: role_ports,
+                            transfers: *transfer_ports,
+                        },
                         neighbours,
                         role,
                         destination,
@@ -242,12 +260,36 @@ impl AfXdpWorker {
     }
 }
 
+/// The path's UDP ports: the services' (by role index) and the transfers' range.
+struct Ports<'a> {
+    roles: &'a [u16],
+    transfers: (u16, u16),
+}
+
+impl Ports<'_> {
+    /// The worker's socket index for a destination port.
+    fn socket_of(&self, port: u16) -> Option<usize> {
+        if (self.transfers.0..=self.transfers.1).contains(&port) {
+            return Some(RANGE_PORT_SOCKET + usize::from(port));
+        }
+        self.roles.iter().position(|p| *p == port)
+    }
+
+    /// The source port of a socket index.
+    fn port_of(&self, socket: usize) -> Option<u16> {
+        match socket.checked_sub(RANGE_PORT_SOCKET) {
+            Some(port) => u16::try_from(port).ok(),
+            None => self.roles.get(socket).copied(),
+        }
+    }
+}
+
 /// One received frame: parsed in place, checked against the interface, handed to the core of
 /// its port. Every frame that goes no further is counted under a reason.
 fn on_frame(
     state: &mut WorkerState,
     link: &Link,
-    role_ports: &[u16],
+    ports: &Ports<'_>,
     neighbours: &mut HashMap<Ipv4Addr, [u8; 6]>,
     frame: &[u8],
     pending: &mut Vec<(usize, SocketAddr, Bytes)>,
@@ -264,7 +306,7 @@ fn on_frame(
         bump(&mut state.stats.afxdp_dropped, "not_for_this_host");
         return;
     }
-    let Some(role) = role_ports.iter().position(|p| *p == parsed.dst_port) else {
+    let Some(role) = ports.socket_of(parsed.dst_port) else {
         bump(&mut state.stats.afxdp_dropped, "no_service_on_port");
         return;
     };
@@ -276,6 +318,7 @@ fn on_frame(
             source: SocketAddrV4::new(parsed.src_ip, parsed.src_port).into(),
             destination: Some(parsed.dst_ip),
             payload: parsed.payload,
+            truncated: false,
         },
         &mut outbox,
     );
@@ -327,14 +370,14 @@ fn transmit(
     socket: &mut XskSocket,
     state: &mut WorkerState,
     link: &Link,
-    role_ports: &[u16],
+    ports: &Ports<'_>,
     neighbours: &HashMap<Ipv4Addr, [u8; 6]>,
     role: usize,
     destination: SocketAddr,
     payload: &[u8],
 ) {
     let stats = &mut state.stats;
-    let (SocketAddr::V4(destination), Some(&src_port)) = (destination, role_ports.get(role)) else {
+    let (SocketAddr::V4(destination), Some(src_port)) = (destination, ports.port_of(role)) else {
         bump(&mut stats.afxdp_dropped, "unroutable_reply");
         return;
     };

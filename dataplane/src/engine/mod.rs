@@ -7,11 +7,12 @@
 //! start from a transfer port of its own.
 //!
 //! TFTP transfer ports: RFC 1350 §4 has the server answer from a new port (its TID) per
-//! transfer. Here each worker answers every transfer from one port and tells transfers apart by
-//! the client's address and port, which are unique per transfer on the client side. Clients only
-//! check that a transfer's packets keep coming from the port its first reply came from, which
-//! holds. It keeps the socket count per worker constant whatever the number of machines, and
-//! gives the XDP program a small, known set of transfer ports to steer.
+//! transfer, and it must be unpredictable: a fixed port, learnt from one request of one's own,
+//! let an off-path attacker acknowledge a request spoofed from a victim's address and turn a
+//! 52-byte request into 141 KB towards the victim (issue 19). On io_uring each transfer has a
+//! socket of its own on a kernel-chosen random ephemeral port, registered with the worker's ring
+//! while it runs and closed after; on the AF_XDP path a transfer takes a random port of the
+//! range the XDP program steers (`AFXDP_TRANSFER_PORTS`).
 pub mod afxdp;
 pub mod ra;
 pub mod udp;
@@ -190,7 +191,8 @@ pub struct AfXdpSockets {
     pub(crate) sockets: Vec<crate::sys::afxdp::XskSocket>,
     pub(crate) link: afxdp::Link,
     pub(crate) ports: Ports,
-    pub(crate) transfer_port: u16,
+    /// The TFTP transfer ports steered to the path, first and last.
+    pub(crate) transfer_ports: (u16, u16),
     pub(crate) reservations: Vec<std::net::UdpSocket>,
 }
 
@@ -227,20 +229,15 @@ impl AfXdpSockets {
             (ports.dhcp, "the DHCP port"),
             (ports.proxy_dhcp, "the PXE port"),
             (ports.tftp, "the TFTP port"),
-            (0, "the AF_XDP transfer port"),
         ] {
             reservations.push(udp::udp_socket(port, Some(iface), false, what)?);
         }
-        let transfer_port = reservations
-            .last()
-            .and_then(|s| s.local_addr().ok())
-            .map(|a| a.port())
-            .ok_or_else(|| interface_error("the transfer port has no address".into()))?;
+        let (first, last) = afxdp_transfer_ports();
         classifier
             .set_afxdp_steering(stampede_ebpf_common::AfXdpSteering {
                 enabled: 1,
-                transfer_port_first: transfer_port,
-                transfer_port_last: transfer_port,
+                transfer_port_first: first,
+                transfer_port_last: last,
                 server_ip: ip.octets(),
             })
             .map_err(EngineError::Steering)?;
@@ -248,14 +245,14 @@ impl AfXdpSockets {
             %iface,
             queues,
             zero_copy = sockets.iter().all(|s| s.zero_copy()),
-            transfer_port,
+            transfer_ports = %format_args!("{first}-{last}"),
             "AF_XDP path bound; boot frames are steered to it"
         );
         Ok(Self {
             sockets,
             link: afxdp::Link { mac, ip, prefix },
             ports,
-            transfer_port,
+            transfer_ports: (first, last),
             reservations,
         })
     }
@@ -267,6 +264,27 @@ impl AfXdpSockets {
 
     pub fn queues(&self) -> usize {
         self.sockets.len()
+    }
+}
+
+/// The AF_XDP path's TFTP transfer ports: the ports above the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, by default 32768-60999), which no socket gets without
+/// asking for one by number, so steering them away from the kernel takes nobody's traffic.
+/// Each transfer takes one at random: an off-path guess hits with a chance of one in 4,535 with
+/// the default range. When the ephemeral range reaches past 64511, the 1,024 ports below it.
+pub fn afxdp_transfer_ports() -> (u16, u16) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    if ephemeral.1 <= 64_511 {
+        (ephemeral.1 + 1, u16::MAX)
+    } else {
+        let first = ephemeral.0.saturating_sub(1024).max(1024);
+        (first, first + 1023)
     }
 }
 

@@ -63,6 +63,8 @@ pub struct UdpStats {
     /// Transfers that ended without the client having everything, by reason.
     pub tftp_transfers_failed: BTreeMap<&'static str, u64>,
     pub tftp_transfers_active: u64,
+    /// Transfer sockets open (one per transfer, and those closing), io_uring path only.
+    pub tftp_transfer_sockets: u64,
     /// File bytes clients acknowledged.
     pub tftp_bytes: u64,
     pub tftp_retransmits: u64,
@@ -70,6 +72,8 @@ pub struct UdpStats {
     pub tftp_stray: BTreeMap<&'static str, u64>,
     /// Datagrams the kernel dropped because a socket's queue was full (`SO_RXQ_OVFL`).
     pub kernel_drops: u64,
+    /// Datagrams whose source address the kernel did not report readably (none expected).
+    pub unreadable: u64,
     /// Sends the kernel failed.
     pub send_errors: u64,
     /// Frames the AF_XDP path received from its sockets (zero on the io_uring path).
@@ -93,9 +97,11 @@ impl UdpStats {
         self.tftp_transfers_started += other.tftp_transfers_started;
         self.tftp_transfers_completed += other.tftp_transfers_completed;
         self.tftp_transfers_active += other.tftp_transfers_active;
+        self.tftp_transfer_sockets += other.tftp_transfer_sockets;
         self.tftp_bytes += other.tftp_bytes;
         self.tftp_retransmits += other.tftp_retransmits;
         self.kernel_drops += other.kernel_drops;
+        self.unreadable += other.unreadable;
         self.send_errors += other.send_errors;
         for (mine, theirs) in [
             (&mut self.dhcp_refused, &other.dhcp_refused),
@@ -159,14 +165,34 @@ impl UdpWorkerSet {
     }
 }
 
-/// What each socket of a worker is for.
+/// What each service socket of a worker is for. Transfer sockets come and go after them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
     Dhcp,
     ProxyDhcp,
     TftpListen,
-    TftpTransfer,
 }
+
+/// Where transfers' datagrams leave from: each transfer has a server port of its own, chosen
+/// unpredictably (RFC 1350 §4: the TID is random), so only a client that saw the transfer's
+/// first datagram can answer it, and a request spoofed from a victim's address cannot be
+/// acknowledged into a flood (issue 19).
+#[derive(Debug, Clone)]
+pub(super) enum TransferPorts {
+    /// io_uring: a socket per transfer, bound to port 0 (the kernel picks a random free
+    /// ephemeral port) on the address the request was sent to, registered with the ring while
+    /// the transfer runs.
+    Sockets { iface: Option<String> },
+    /// AF_XDP: a random port of the range the XDP program steers to the path. The worker sees
+    /// such a port as socket [`RANGE_PORT_SOCKET`] + port.
+    Range { first: u16, last: u16 },
+}
+
+/// Socket index standing for port `p` of a [`TransferPorts::Range`]: `RANGE_PORT_SOCKET + p`.
+pub(super) const RANGE_PORT_SOCKET: usize = 1 << 20;
+
+/// A transfer: the server port it runs from (its TID) and the client's address and port.
+type TransferKey = (u16, SocketAddr);
 
 pub(super) fn udp_socket(
     port: u16,
@@ -243,8 +269,6 @@ pub(super) fn start(
         }
         sockets.push(udp_socket(config.ports.tftp, iface, true, "the TFTP port")?);
         roles.push(Role::TftpListen);
-        sockets.push(udp_socket(0, iface, false, "a TFTP transfer port")?);
-        roles.push(Role::TftpTransfer);
         let ring = UdpWorker::with_sockets(
             sockets,
             UdpWorkerConfig {
@@ -269,7 +293,11 @@ pub(super) fn start(
         } else {
             Box::new(MemoryLeaseStore::new())
         };
-        let mut state = WorkerState::new(index, &current, roles, per_worker_transfers, store)?;
+        let ports = TransferPorts::Sockets {
+            iface: config.iface.clone(),
+        };
+        let mut state =
+            WorkerState::new(index, &current, roles, ports, per_worker_transfers, store)?;
         state.events = config.events.clone();
         let plan = Arc::clone(plan);
         let stop = Arc::clone(stop);
@@ -297,6 +325,11 @@ pub(super) fn start(
 #[derive(Debug)]
 struct TransferEntry {
     transfer: Box<TftpTransfer>,
+    /// The socket it sends from: a ring socket index, or a range port's stand-in. `None` while
+    /// its new socket waits in `opening` to be registered with the ring.
+    socket: Option<usize>,
+    /// Its new socket, before the ring takes it.
+    opening: Option<UdpSocket>,
     file: String,
     /// Deadline of this transfer's live entry in the worker's timer heap (the earliest one
     /// pushed); heap entries for other instants are stale and skipped.
@@ -311,12 +344,24 @@ pub(super) struct WorkerState {
     leases: Box<dyn LeaseStore + Send>,
     plan: Arc<BootPlan>,
     tftp: TftpServer<BootCatalog>,
-    transfers: HashMap<SocketAddr, TransferEntry>,
+    transfers: HashMap<TransferKey, TransferEntry>,
+    /// Server port of each client's running transfer: a repeated request starts no second one.
+    peers: HashMap<SocketAddr, u16>,
+    /// Ring socket index of each running transfer's port (io_uring path).
+    socket_ports: HashMap<usize, u16>,
+    ports: TransferPorts,
+    /// Transfers whose socket the loop must register with the ring before they send.
+    opening: Vec<TransferKey>,
+    /// Sockets of finished transfers, closed by the loop after the turn's sends.
+    pub(super) closing: Vec<usize>,
+    /// Keys for the range ports' random choice (SipHash with keys from the OS's randomness).
+    random: std::hash::RandomState,
+    random_counter: u64,
     /// Transfers' retransmission and dally deadlines, earliest first. A transfer's deadline
     /// moves later with every packet, so an entry is only pushed when it moves earlier; when an
     /// early entry pops, the transfer is re-armed at its real deadline. The worker's turn is
     /// then O(log n) in running transfers instead of a scan of all of them.
-    timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    timers: BinaryHeap<Reverse<(Instant, TransferKey)>>,
     max_transfers: usize,
     pub(super) stats: UdpStats,
     buf: Vec<u8>,
@@ -330,6 +375,7 @@ impl WorkerState {
         index: usize,
         plan: &Arc<BootPlan>,
         roles: Vec<Role>,
+        ports: TransferPorts,
         max_transfers: usize,
         leases: Box<dyn LeaseStore + Send>,
     ) -> Result<Self, EngineError> {
@@ -346,6 +392,13 @@ impl WorkerState {
             plan: Arc::clone(plan),
             tftp: plan.tftp_server(),
             transfers: HashMap::new(),
+            peers: HashMap::new(),
+            socket_ports: HashMap::new(),
+            ports,
+            opening: Vec::new(),
+            closing: Vec::new(),
+            random: std::hash::RandomState::new(),
+            random_counter: 0,
             timers: BinaryHeap::new(),
             max_transfers,
             stats: UdpStats::default(),
@@ -355,8 +408,50 @@ impl WorkerState {
         })
     }
 
-    fn socket_of(&self, role: Role) -> Option<usize> {
-        self.roles.iter().position(|r| *r == role)
+    /// The transfer port a datagram arrived at, from the socket it arrived on.
+    fn transfer_port_of(&self, socket: usize) -> Option<u16> {
+        match socket.checked_sub(RANGE_PORT_SOCKET) {
+            Some(port) => u16::try_from(port).ok(),
+            None => self.socket_ports.get(&socket).copied(),
+        }
+    }
+
+    /// An unpredictable number (for range ports).
+    fn random(&mut self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        self.random_counter += 1;
+        let mut hasher = self.random.build_hasher();
+        hasher.write_u64(self.random_counter);
+        hasher.finish()
+    }
+
+    /// Registers the sockets of transfers accepted in the last batch with the ring and sends
+    /// their first datagram (deferred to the loop's sends).
+    fn open_transfers(&mut self, ring: &mut UdpWorker, now: Instant) {
+        for key in std::mem::take(&mut self.opening) {
+            let Some(socket) = self
+                .transfers
+                .get_mut(&key)
+                .and_then(|entry| entry.opening.take())
+            else {
+                continue;
+            };
+            match ring.add_socket(socket) {
+                Ok(index) => {
+                    self.socket_ports.insert(index, key.0);
+                    if let Some(entry) = self.transfers.get_mut(&key) {
+                        entry.socket = Some(index);
+                    }
+                    self.drive_transfer(now, key, None);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "a TFTP transfer socket was refused by the ring");
+                    self.transfers.remove(&key);
+                    self.peers.remove(&key.1);
+                    bump(&mut self.stats.tftp_dropped, "no_transfer_socket");
+                }
+            }
+        }
     }
 
     fn run(
@@ -403,10 +498,14 @@ impl WorkerState {
             ring.run_once(Some(deadline), |datagram, outbox| {
                 self.handle(datagram, outbox)
             })?;
+            self.open_transfers(&mut ring, Instant::now());
             self.handle_timeouts(Instant::now());
             self.send_dhcp_replies(Instant::now());
             for (socket, destination, payload) in self.deferred.drain(..) {
                 ring.send_from(socket, destination, payload)?;
+            }
+            for socket in self.closing.drain(..) {
+                ring.close_socket(socket)?;
             }
             if Instant::now() >= next_publish {
                 self.publish(&ring, shared);
@@ -420,8 +519,11 @@ impl WorkerState {
     fn publish(&mut self, ring: &UdpWorker, shared: &WorkerShared) {
         let ring_stats = ring.stats();
         self.stats.kernel_drops = ring_stats.kernel_drops;
+        self.stats.unreadable = ring_stats.bad_source;
         self.stats.send_errors = ring_stats.send_errors;
         self.stats.tftp_transfers_active = self.transfers.len() as u64;
+        self.stats.tftp_transfer_sockets =
+            ring.open_sockets().saturating_sub(self.roles.len()) as u64;
         *shared.stats.lock().unwrap_or_else(PoisonError::into_inner) = self.stats.clone();
     }
 
@@ -484,9 +586,9 @@ impl WorkerState {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Makes sure the heap holds an entry no later than `peer`'s current deadline.
-    fn arm(&mut self, peer: SocketAddr) {
-        let Some(entry) = self.transfers.get_mut(&peer) else {
+    /// Makes sure the heap holds an entry no later than `key`'s current deadline.
+    fn arm(&mut self, key: TransferKey) {
+        let Some(entry) = self.transfers.get_mut(&key) else {
             return;
         };
         let Some(deadline) = entry.transfer.poll_timeout() else {
@@ -496,7 +598,7 @@ impl WorkerState {
             return;
         }
         entry.armed = Some(deadline);
-        self.timers.push(Reverse((deadline, peer)));
+        self.timers.push(Reverse((deadline, key)));
     }
 
     /// Whether DHCP ACKs wait for their lease to become durable.
@@ -510,12 +612,31 @@ impl WorkerState {
 
     pub(super) fn handle(&mut self, datagram: Received<'_>, outbox: &mut Outbox) {
         let now = Instant::now();
+        if datagram.truncated {
+            // Larger than any request or ACK of the services (a receive buffer holds a full
+            // 1500-byte frame): counted under the service it was sent to, never parsed.
+            match self.roles.get(datagram.socket).copied() {
+                Some(Role::Dhcp | Role::ProxyDhcp) => {
+                    self.stats.dhcp_received += 1;
+                    bump(&mut self.stats.dhcp_dropped, "too_large");
+                }
+                Some(Role::TftpListen) => {
+                    self.stats.tftp_requests += 1;
+                    bump(&mut self.stats.tftp_dropped, "too_large");
+                }
+                None => bump(&mut self.stats.tftp_stray, "too_large"),
+            }
+            return;
+        }
         match self.roles.get(datagram.socket).copied() {
             Some(Role::Dhcp) => self.handle_dhcp(now, datagram, dhcp::SERVER_PORT),
             Some(Role::ProxyDhcp) => self.handle_dhcp(now, datagram, dhcp::PXE_PORT),
             Some(Role::TftpListen) => self.handle_tftp_request(now, datagram, outbox),
-            Some(Role::TftpTransfer) => self.handle_tftp_data(now, datagram, outbox),
-            None => {}
+            None => match self.transfer_port_of(datagram.socket) {
+                Some(port) => self.handle_tftp_data(now, port, datagram, outbox),
+                // A late datagram at the socket of a transfer that just ended.
+                None => bump(&mut self.stats.tftp_stray, "no_transfer"),
+            },
         }
     }
 
@@ -547,7 +668,7 @@ impl WorkerState {
         self.stats.tftp_requests += 1;
         // The listening core keeps no state: a retransmitted RRQ of a running transfer must not
         // start a second one.
-        if self.transfers.contains_key(&datagram.source) {
+        if self.peers.contains_key(&datagram.source) {
             bump(&mut self.stats.tftp_dropped, "duplicate_request");
             return;
         }
@@ -561,6 +682,10 @@ impl WorkerState {
             .handle_request(now, datagram.source, datagram.payload, &mut self.buf)
         {
             tftp::Request::Accepted(transfer) => {
+                let Some((port, socket, opening)) = self.transfer_port(datagram.destination) else {
+                    bump(&mut self.stats.tftp_dropped, "no_transfer_socket");
+                    return;
+                };
                 let file = request_file_name(datagram.payload);
                 let params = transfer.params();
                 tracing::info!(
@@ -582,15 +707,24 @@ impl WorkerState {
                         windowsize: params.windowsize,
                     },
                 });
+                let key = (port, datagram.source);
+                let ready = opening.is_none();
                 self.transfers.insert(
-                    datagram.source,
+                    key,
                     TransferEntry {
                         transfer,
+                        socket,
+                        opening,
                         file,
                         armed: None,
                     },
                 );
-                self.drive_transfer(now, datagram.source, Some(outbox));
+                self.peers.insert(datagram.source, port);
+                if ready {
+                    self.drive_transfer(now, key, Some(outbox));
+                } else {
+                    self.opening.push(key);
+                }
             }
             tftp::Request::Refused { reason, reply } => {
                 tracing::info!(
@@ -607,9 +741,47 @@ impl WorkerState {
         }
     }
 
-    fn handle_tftp_data(&mut self, now: Instant, datagram: Received<'_>, outbox: &mut Outbox) {
-        let Some(entry) = self.transfers.get_mut(&datagram.source) else {
-            bump(&mut self.stats.tftp_stray, "no_transfer");
+    /// A new transfer's port: `(port, socket index, socket for the ring to take)`, or `None`
+    /// when no socket could be made (counted by the caller).
+    fn transfer_port(
+        &mut self,
+        request_to: Option<Ipv4Addr>,
+    ) -> Option<(u16, Option<usize>, Option<UdpSocket>)> {
+        match &self.ports {
+            TransferPorts::Sockets { iface } => {
+                // The address the client sent its request to, so the answer comes from it; a
+                // broadcast request is answered from any address of the interface.
+                let local = request_to
+                    .filter(|ip| !ip.is_broadcast() && !ip.is_multicast())
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                match transfer_socket(local, iface.as_deref()) {
+                    Ok((socket, port)) => Some((port, None, Some(socket))),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "no socket for a TFTP transfer");
+                        None
+                    }
+                }
+            }
+            &TransferPorts::Range { first, last } => {
+                let span = u64::from(last - first) + 1;
+                let port = first + (self.random() % span) as u16;
+                Some((port, Some(RANGE_PORT_SOCKET + usize::from(port)), None))
+            }
+        }
+    }
+
+    fn handle_tftp_data(
+        &mut self,
+        now: Instant,
+        port: u16,
+        datagram: Received<'_>,
+        outbox: &mut Outbox,
+    ) {
+        let key = (port, datagram.source);
+        let Some(entry) = self.transfers.get_mut(&key) else {
+            // Not the client of the transfer at this port (RFC 1350 §4). Not answered: the
+            // source may be spoofed, and an ERROR would go to whoever it names.
+            bump(&mut self.stats.tftp_stray, "unknown_tid");
             return;
         };
         if let Err(reason) = entry
@@ -618,16 +790,16 @@ impl WorkerState {
         {
             bump(&mut self.stats.tftp_stray, reason.as_str());
         }
-        self.drive_transfer(now, datagram.source, Some(outbox));
+        self.drive_transfer(now, key, Some(outbox));
     }
 
     pub(super) fn handle_timeouts(&mut self, now: Instant) {
-        while let Some(&Reverse((at, peer))) = self.timers.peek() {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            let Some(entry) = self.transfers.get_mut(&peer) else {
+            let Some(entry) = self.transfers.get_mut(&key) else {
                 continue;
             };
             if entry.armed != Some(at) {
@@ -636,19 +808,20 @@ impl WorkerState {
             entry.armed = None;
             if entry.transfer.poll_timeout().is_some_and(|d| d <= now) {
                 entry.transfer.handle_timeout(now);
-                self.drive_transfer(now, peer, None);
+                self.drive_transfer(now, key, None);
             }
-            self.arm(peer);
+            self.arm(key);
         }
     }
 
     /// Sends what the transfer has to send (into `outbox` inside a receive callback, else
     /// deferred to the loop) and retires it when finished.
-    fn drive_transfer(&mut self, now: Instant, peer: SocketAddr, mut outbox: Option<&mut Outbox>) {
-        let Some(socket) = self.socket_of(Role::TftpTransfer) else {
+    fn drive_transfer(&mut self, now: Instant, key: TransferKey, mut outbox: Option<&mut Outbox>) {
+        let peer = key.1;
+        let Some(entry) = self.transfers.get_mut(&key) else {
             return;
         };
-        let Some(entry) = self.transfers.get_mut(&peer) else {
+        let Some(socket) = entry.socket else {
             return;
         };
         while let Some(transmit) = entry.transfer.poll_transmit(now, &mut self.buf) {
@@ -659,12 +832,16 @@ impl WorkerState {
             }
         }
         let Some(outcome) = entry.transfer.is_finished() else {
-            self.arm(peer);
+            self.arm(key);
             return;
         };
-        let Some(entry) = self.transfers.remove(&peer) else {
+        let Some(entry) = self.transfers.remove(&key) else {
             return;
         };
+        self.peers.remove(&peer);
+        if self.socket_ports.remove(&socket).is_some() {
+            self.closing.push(socket);
+        }
         self.stats.tftp_bytes += outcome.file_bytes;
         self.stats.tftp_retransmits += outcome.retransmits;
         match outcome.result {
@@ -716,15 +893,26 @@ impl WorkerState {
     }
 }
 
-/// The file name of a read request, for the log (lossy; the core did the real parsing).
+/// A transfer's socket: bound to port 0 on `local` (the kernel picks a free ephemeral port at
+/// random, net.ipv4.ip_local_port_range; Linux randomizes it since 2.6.24) and to the boot
+/// interface. Without `SO_REUSEADDR`, so no other socket can share the port. Returns the port.
+fn transfer_socket(local: Ipv4Addr, iface: Option<&str>) -> std::io::Result<(UdpSocket, u16)> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(iface) = iface {
+        socket.bind_device(Some(iface.as_bytes()))?;
+    }
+    socket.bind(&SocketAddrV4::new(local, 0).into())?;
+    let socket: UdpSocket = socket.into();
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
+}
+
+/// The file name of a read request, for the log and the boot events: escaped and bounded, since
+/// the client chose it ([`stampede_proto::text::peer_text`]; the core did the real parsing).
 fn request_file_name(datagram: &[u8]) -> String {
     let name = datagram.get(2..).unwrap_or_default();
-    let end = name
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(name.len())
-        .min(256);
-    String::from_utf8_lossy(&name[..end]).into_owned()
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    stampede_proto::text::peer_text(&name[..end])
 }
 
 /// Milliseconds since the Unix epoch, for events (wall-clock: operators read these).
@@ -745,7 +933,7 @@ fn report_dhcp_reply(events: &Events, reply: &[u8], destination: Ipv4Addr) {
         .bootfile
         .as_deref()
         .or((!repr.file.is_empty()).then_some(repr.file.as_slice()))
-        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .map(stampede_proto::text::peer_text)
         .unwrap_or_default();
     if tracing::enabled!(target: "stampede::boot", tracing::Level::INFO) {
         let mac = repr.mac().map(|m| {

@@ -573,6 +573,9 @@ pub struct Received<'a> {
     /// broadcast. `None` for IPv6 sockets.
     pub destination: Option<Ipv4Addr>,
     pub payload: &'a [u8],
+    /// Longer than a receive buffer ([`UdpWorkerConfig::max_payload`]): `payload` is only its
+    /// start. Handed over so the service it was for counts the drop under its own name.
+    pub truncated: bool,
 }
 
 /// Replies collected while handling a batch; sent when the batch is done.
@@ -652,6 +655,8 @@ pub struct RunReport {
 /// A `sendmsg` in flight: the payload, address and headers the kernel reads, kept at a stable
 /// heap address until the completion.
 struct SendOp {
+    /// Index of the socket it leaves from (its slot stays until the completion).
+    socket: usize,
     _payload: Bytes,
     name: SockAddrBytes,
     iov: libc::iovec,
@@ -734,6 +739,33 @@ const RECV: u64 = 1 << 63;
 const SOCKET_MASK: u64 = 0xFFFF;
 const TIMER: u64 = 1 << 62;
 const CONTROL: u64 = 1 << 61;
+/// The cancellation of a closed socket's receive, with the socket index in the low 16 bits.
+const CLOSE: u64 = 1 << 60;
+
+/// One socket of a worker. A closed socket stays in its slot (its descriptor open, its index
+/// not reused) until no operation of the ring refers to it any more: a send or receive
+/// submitted later with a reused descriptor number would otherwise reach another socket.
+#[derive(Debug)]
+struct SocketSlot {
+    socket: UdpSocket,
+    /// [`UdpWorker::close_socket`] was called: no receive is armed again.
+    closing: bool,
+    /// The cancellation of its receive is in flight.
+    cancelling: bool,
+    /// Sends from it in flight.
+    sends: usize,
+}
+
+impl SocketSlot {
+    fn new(socket: UdpSocket) -> Self {
+        Self {
+            socket,
+            closing: false,
+            cancelling: false,
+            sends: 0,
+        }
+    }
+}
 
 /// A pending timeout: its `timespec` is read when the SQE is prepared, but it stays boxed until
 /// the completion so that no submission path can outlive it.
@@ -773,7 +805,9 @@ pub struct UdpWorker {
     timer_fired: bool,
     stats: WorkerStats,
     config: UdpWorkerConfig,
-    sockets: Vec<UdpSocket>,
+    /// `None`: a free slot, reused by the next [`UdpWorker::add_socket`].
+    sockets: Vec<Option<SocketSlot>>,
+    free_slots: Vec<usize>,
 }
 
 impl std::fmt::Debug for UdpWorker {
@@ -834,10 +868,7 @@ impl UdpWorker {
             .register(&ring, config.buffer_group)
             .map_err(UringError::io("registering the buffer ring"))?;
         for socket in &sockets {
-            enable_drop_counter(socket).map_err(UringError::io("setting SO_RXQ_OVFL"))?;
-            if socket.local_addr().is_ok_and(|a| a.is_ipv4()) {
-                enable_pktinfo(socket).map_err(UringError::io("setting IP_PKTINFO"))?;
-            }
+            enable_control_data(socket)?;
         }
         // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
         let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -857,8 +888,72 @@ impl UdpWorker {
             timer_fired: false,
             stats: WorkerStats::default(),
             config,
-            sockets,
+            sockets: sockets
+                .into_iter()
+                .map(|s| Some(SocketSlot::new(s)))
+                .collect(),
+            free_slots: Vec::new(),
         })
+    }
+
+    /// Takes over one more socket (bound by the caller) and returns its index; its receive is
+    /// armed by the next [`run_once`](Self::run_once). Indices of closed sockets are reused.
+    pub fn add_socket(&mut self, socket: UdpSocket) -> Result<usize, UringError> {
+        enable_control_data(&socket)?;
+        let index = match self.free_slots.pop() {
+            Some(index) => index,
+            None if self.sockets.len() < SOCKET_MASK as usize => {
+                self.sockets.push(None);
+                self.recv_armed.push(false);
+                self.sockets.len() - 1
+            }
+            None => return Err(UringError::Config("a worker serves at most 65535 sockets")),
+        };
+        self.sockets[index] = Some(SocketSlot::new(socket));
+        Ok(index)
+    }
+
+    /// Stops receiving on socket `index` and closes it once the ring's operations on it have
+    /// completed (its receive cancelled, its queued sends done). Sends already queued from it
+    /// still leave. Datagrams the kernel delivered before the cancellation are still handed to
+    /// the callback.
+    pub fn close_socket(&mut self, index: usize) -> Result<(), UringError> {
+        let Some(slot) = self.sockets.get_mut(index).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if slot.closing {
+            return Ok(());
+        }
+        slot.closing = true;
+        if self.recv_armed[index] {
+            slot.cancelling = true;
+            let entry = opcode::AsyncCancel::new(RECV | index as u64)
+                .build()
+                .user_data(CLOSE | index as u64);
+            // SAFETY: AsyncCancel refers to no memory, only to a user_data value.
+            unsafe { self.push(&entry)? };
+            self.control_in_flight += 1;
+        }
+        self.retire_closed();
+        Ok(())
+    }
+
+    /// Frees the slots of closed sockets nothing refers to any more.
+    fn retire_closed(&mut self) {
+        for index in 0..self.sockets.len() {
+            let idle = self.sockets[index].as_ref().is_some_and(|slot| {
+                slot.closing && !slot.cancelling && slot.sends == 0 && !self.recv_armed[index]
+            });
+            if idle && !self.pending.iter().any(|(socket, ..)| *socket == index) {
+                self.sockets[index] = None;
+                self.free_slots.push(index);
+            }
+        }
+    }
+
+    /// Sockets open, closing ones included.
+    pub fn open_sockets(&self) -> usize {
+        self.sockets.iter().filter(|s| s.is_some()).count()
     }
 
     /// Address of the first socket.
@@ -870,7 +965,9 @@ impl UdpWorker {
     pub fn local_addr_of(&self, index: usize) -> io::Result<SocketAddr> {
         self.sockets
             .get(index)
+            .and_then(Option::as_ref)
             .ok_or_else(|| io::Error::other(format!("no socket {index}")))?
+            .socket
             .local_addr()
     }
 
@@ -907,12 +1004,16 @@ impl UdpWorker {
         destination: SocketAddr,
         payload: impl Into<Bytes>,
     ) -> Result<(), UringError> {
-        let fd = match self.sockets.get(socket) {
-            Some(s) => s.as_raw_fd(),
+        let fd = match self.sockets.get_mut(socket).and_then(Option::as_mut) {
+            Some(slot) => {
+                slot.sends += 1;
+                slot.socket.as_raw_fd()
+            }
             None => return Err(UringError::Config("send_from: no such socket")),
         };
         let payload = payload.into();
         let mut op = Box::new(SendOp {
+            socket,
             iov: libc::iovec {
                 iov_base: payload.as_ptr().cast_mut().cast(),
                 iov_len: payload.len(),
@@ -940,7 +1041,7 @@ impl UdpWorker {
             .user_data(index as u64);
         // SAFETY: the msghdr, address, iovec and payload live in the boxed SendOp at
         // `sends[index]`, which is only freed when this entry's completion is reaped (or after
-        // Drop has drained the ring); the socket lives as long as the worker.
+        // Drop has drained the ring); the socket's slot is kept until that completion too.
         unsafe { self.push(&entry) }
     }
 
@@ -998,6 +1099,7 @@ impl UdpWorker {
         // landing in buffers while the caller works.
         self.arm_recv()?;
         self.submit(0)?;
+        self.retire_closed();
         report.timer_fired = self.timer_fired;
         Ok(report)
     }
@@ -1021,6 +1123,10 @@ impl UdpWorker {
                 self.stats.buffer_exhaustions += 1;
                 return Ok(());
             }
+            // The receive of a closed socket, cancelled.
+            if -result == libc::ECANCELED {
+                return Ok(());
+            }
             return Err(UringError::Io {
                 op: "multishot recvmsg",
                 source: io::Error::from_raw_os_error(-result),
@@ -1030,8 +1136,11 @@ impl UdpWorker {
             .buffers
             .filled(bid, usize::try_from(result).unwrap_or(0));
         match types::RecvMsgOut::parse(data, &self.recv_header.0) {
-            Ok(out) if out.is_payload_truncated() => self.stats.truncated += 1,
             Ok(out) => {
+                let truncated = out.is_payload_truncated();
+                if truncated {
+                    self.stats.truncated += 1;
+                }
                 let control = parse_control(out.control_data());
                 if let Some(drops) = control.rxq_overflow {
                     self.stats.kernel_drops = u64::from(drops);
@@ -1046,6 +1155,7 @@ impl UdpWorker {
                                 source,
                                 destination: control.destination,
                                 payload: out.payload_data(),
+                                truncated,
                             },
                             outbox,
                         );
@@ -1062,11 +1172,14 @@ impl UdpWorker {
 
     fn arm_recv(&mut self) -> Result<(), UringError> {
         for index in 0..self.sockets.len() {
-            if self.recv_armed[index] {
+            let Some(slot) = self.sockets[index].as_ref() else {
+                continue;
+            };
+            if self.recv_armed[index] || slot.closing {
                 continue;
             }
             let entry = opcode::RecvMsgMulti::new(
-                types::Fd(self.sockets[index].as_raw_fd()),
+                types::Fd(slot.socket.as_raw_fd()),
                 &raw const self.recv_header.0,
                 self.config.buffer_group,
             )
@@ -1074,7 +1187,7 @@ impl UdpWorker {
             .user_data(RECV | index as u64);
             // SAFETY: the msghdr is boxed in the worker and the buffer ring registered with it;
             // both outlive the request, which Drop cancels and drains before freeing them; the
-            // socket lives as long as the worker.
+            // socket's slot is kept until the request's last completion.
             unsafe { self.push(&entry)? };
             self.recv_armed[index] = true;
         }
@@ -1182,10 +1295,20 @@ impl UdpWorker {
                 }
             } else if user_data == CONTROL {
                 self.control_in_flight -= 1;
+            } else if user_data & CLOSE != 0 {
+                self.control_in_flight -= 1;
+                let index = (user_data & SOCKET_MASK) as usize;
+                if let Some(slot) = self.sockets.get_mut(index).and_then(Option::as_mut) {
+                    slot.cancelling = false;
+                }
             } else {
                 let index = usize::try_from(user_data).unwrap_or(usize::MAX);
                 match self.sends.get_mut(index).and_then(Option::take) {
-                    Some(_op) => {
+                    Some(op) => {
+                        if let Some(slot) = self.sockets.get_mut(op.socket).and_then(Option::as_mut)
+                        {
+                            slot.sends -= 1;
+                        }
                         self.free_sends.push(index);
                         if result < 0 {
                             self.stats.send_errors += 1;
@@ -1220,7 +1343,10 @@ impl Drop for UdpWorker {
     /// holds no pointer into memory about to be freed. If the kernel does not finish in time the
     /// buffers are leaked rather than freed under it.
     fn drop(&mut self) {
-        let mut targets: Vec<u64> = (0..self.sockets.len() as u64).map(|i| RECV | i).collect();
+        let mut targets: Vec<u64> = (0..self.sockets.len() as u64)
+            .filter(|&i| self.recv_armed[i as usize])
+            .map(|i| RECV | i)
+            .collect();
         targets.extend(self.timers.iter().map(|t| TIMER | t.generation));
         for target in targets {
             let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
@@ -1263,6 +1389,15 @@ impl Drop for UdpWorker {
         // unregistered, so the kernel holds no pointer into the buffers.
         unsafe { ManuallyDrop::drop(&mut self.buffers) };
     }
+}
+
+/// The control data every socket of a worker delivers with its datagrams.
+fn enable_control_data(socket: &UdpSocket) -> Result<(), UringError> {
+    enable_drop_counter(socket).map_err(UringError::io("setting SO_RXQ_OVFL"))?;
+    if socket.local_addr().is_ok_and(|a| a.is_ipv4()) {
+        enable_pktinfo(socket).map_err(UringError::io("setting IP_PKTINFO"))?;
+    }
+    Ok(())
 }
 
 /// Asks the kernel to attach its count of dropped datagrams to each one received
@@ -1643,7 +1778,7 @@ mod tests {
     }
 
     #[test]
-    fn oversized_datagrams_are_dropped_and_counted() {
+    fn oversized_datagrams_are_flagged_and_counted() {
         if !uring_available() {
             return;
         }
@@ -1657,14 +1792,67 @@ mod tests {
         let client = loopback_socket();
         client.send_to(&vec![1u8; max + 1], address).expect("send");
         client.send_to(&vec![2u8; max], address).expect("send");
-        let got = echo_until(&mut worker, 1, Duration::from_secs(5));
-        assert_eq!(got.len(), 1);
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 2 && Instant::now() < deadline {
+            worker
+                .run_once(Some(deadline), |d, _| {
+                    got.push((d.truncated, d.payload.to_vec()));
+                })
+                .expect("run_once");
+        }
         assert_eq!(
-            got[0].1,
-            vec![2u8; max],
-            "the datagram that fits arrives whole"
+            got,
+            [(true, vec![1u8; max]), (false, vec![2u8; max])],
+            "the long one flagged with its start (so its service can count it), the one that \
+             fits whole"
         );
         assert_eq!(worker.stats().truncated, 1, "{:?}", worker.stats());
+    }
+
+    #[test]
+    fn sockets_are_added_and_closed_while_the_worker_runs() {
+        if !uring_available() {
+            return;
+        }
+        let (mut worker, _) = worker(UdpWorkerConfig::default());
+        let extra = worker.add_socket(loopback_socket()).expect("add");
+        assert_eq!(extra, 1);
+        let address = worker.local_addr_of(extra).expect("address");
+        let client = loopback_socket();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        client.send_to(b"hello", address).unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.is_empty() && Instant::now() < deadline {
+            worker
+                .run_once(Some(deadline), |d, out| {
+                    seen.push(d.socket);
+                    out.send_to(d.source, b"reply".to_vec());
+                })
+                .expect("run");
+        }
+        assert_eq!(seen, [extra], "received on the added socket");
+        // Closed right after queueing a reply from it: the reply still leaves.
+        worker.close_socket(extra).expect("close");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while worker.open_sockets() > 1 && Instant::now() < deadline {
+            worker
+                .run_once(Some(Instant::now() + Duration::from_millis(10)), |_, _| {})
+                .expect("run");
+        }
+        assert_eq!(worker.open_sockets(), 1, "the closed socket is gone");
+        let mut buf = [0u8; 16];
+        let (n, from) = client.recv_from(&mut buf).expect("the reply");
+        assert_eq!((&buf[..n], from), (&b"reply"[..], address));
+        // Its port is free again, and its slot is reused.
+        let rebound = UdpSocket::bind(address).expect("the port was released");
+        assert_eq!(worker.add_socket(rebound).expect("add"), extra);
+        client.send_to(b"again", address).unwrap();
+        let got = echo_until(&mut worker, 1, Duration::from_secs(2));
+        assert_eq!(got.len(), 1, "the new socket in the reused slot receives");
     }
 
     #[test]

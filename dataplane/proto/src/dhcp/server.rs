@@ -155,6 +155,9 @@ pub enum DropReason {
     UnexpectedMessageType,
     /// Not Ethernet (we key boot decisions and unicast replies on a 6-byte MAC).
     UnsupportedHardware,
+    /// chaddr all zeros or all ones (ff:ff:ff:ff:ff:ff): no machine has it, and a lease or a
+    /// boot decision keyed on it would be shared by every client sending it (issue 19).
+    InvalidClientMac,
     /// Proxy mode: not PXE, iPXE or HTTP Boot, so the LAN's DHCP server's business.
     NotBootClient,
     /// A boot client whose architecture has no loader configured.
@@ -179,13 +182,14 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::Malformed,
         Self::NotARequest,
         Self::NoMessageType,
         Self::UnknownMessageType,
         Self::UnexpectedMessageType,
         Self::UnsupportedHardware,
+        Self::InvalidClientMac,
         Self::NotBootClient,
         Self::UnsupportedArch,
         Self::NotForProxy,
@@ -209,6 +213,7 @@ impl DropReason {
             Self::UnknownMessageType => "unknown_message_type",
             Self::UnexpectedMessageType => "unexpected_message_type",
             Self::UnsupportedHardware => "unsupported_hardware",
+            Self::InvalidClientMac => "invalid_client_mac",
             Self::NotBootClient => "not_boot_client",
             Self::UnsupportedArch => "unsupported_arch",
             Self::NotForProxy => "not_for_proxy",
@@ -443,6 +448,9 @@ impl DhcpServer {
         }
         let mt = req.options.message_type.ok_or(DropReason::NoMessageType)?;
         let mac = req.mac().ok_or(DropReason::UnsupportedHardware)?;
+        if mac == [0; 6] || mac == [0xFF; 6] {
+            return Err(DropReason::InvalidClientMac);
+        }
         match mt {
             MessageType::Discover
             | MessageType::Request
@@ -1690,6 +1698,45 @@ mod tests {
         let ack = Repr::parse_bytes(&buf[..t.len]).expect("parses");
         assert_eq!(ack.options.message_type, Some(MessageType::Ack));
         assert!(server.poll_transmit(now, &mut [0u8; 10]).is_none());
+    }
+
+    /// Issue 19: a chaddr of all zeros or all ones names no machine (a broken or forged client;
+    /// a lease keyed on it would be shared by every such client): refused, with a reason.
+    #[test]
+    fn zero_and_broadcast_client_macs_are_refused() {
+        let now = Instant::now();
+        let mut server = authoritative(vec![pool(100, 200)]);
+        let mut store = MemoryLeaseStore::new();
+        for mac in [[0u8; 6], [0xFF; 6]] {
+            for port in [SERVER_PORT, PXE_PORT] {
+                let mut discover = request(MessageType::Discover, 1);
+                discover.chaddr[..6].copy_from_slice(&mac);
+                let local = SocketAddrV4::new(Ipv4Addr::BROADCAST, port);
+                let result =
+                    server.handle_datagram(now, from_client(), local, &emit(&discover), &mut store);
+                assert_eq!(
+                    result.map_err(DropReason::as_str),
+                    Err("invalid_client_mac"),
+                    "{mac:02x?} on port {port}"
+                );
+            }
+        }
+        assert!(
+            server.poll_transmit(now, &mut [0u8; 1500]).is_none(),
+            "no offer"
+        );
+        let ok = server.handle_datagram(
+            now,
+            from_client(),
+            bcast(),
+            &emit(&request(MessageType::Discover, 1)),
+            &mut store,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(
+            next(&mut server, now).1.options.message_type,
+            Some(MessageType::Offer)
+        );
     }
 
     #[test]

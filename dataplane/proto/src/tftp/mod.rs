@@ -23,6 +23,10 @@
 //!   answered with the size, timeout 1..=255 s accepted as asked, windowsize clamped to
 //!   [`ServerConfig::max_windowsize`] (≤ 64), unknown or invalid options ignored; an OACK only
 //!   when something was accepted, and DATA 1 only after ACK 0.
+//! * Until the client answers (ACK 0 or ACK 1) only the first datagram goes out, resent at most
+//!   [`TransferLimits::max_unverified_retries`] times and never followed by an ERROR: a spoofed
+//!   request draws little (issue 19). A timeout resends the window's first block only; the next
+//!   ACK reopens the window.
 //! * Block numbers wrap from 65535 to 0. Retransmission on timeout, doubling up to
 //!   [`TransferLimits::max_backoff`], at most [`TransferLimits::max_retries`] in a row; idle and
 //!   total-duration limits. Duplicate ACKs never cause a send (RFC 1123 §4.2.3.1).

@@ -496,6 +496,7 @@ fn ack(block: u16) -> [u8; 4] {
 const NO_IDLE: TransferLimits = TransferLimits {
     default_timeout: Duration::from_secs(1),
     max_retries: 5,
+    max_unverified_retries: 3,
     max_backoff: Duration::from_secs(8),
     idle_timeout: Duration::from_secs(3600),
     max_duration: Duration::from_secs(7200),
@@ -507,6 +508,11 @@ fn server_retransmit_deadlines_are_exact() {
     let mut transfer = accept(t0, 2000, b"", NO_IDLE);
     let client = addr(CLIENT);
     assert_eq!(drain(&mut transfer, t0), [(Opcode::Data, 1, client)]);
+    // The client answers (see the test after for one that never does).
+    transfer
+        .handle_datagram(t0, client, &ack(1))
+        .expect("ACK 1");
+    assert_eq!(drain(&mut transfer, t0), [(Opcode::Data, 2, client)]);
     assert_eq!(transfer.poll_timeout(), Some(t0 + secs(1)));
     assert_eq!(drain(&mut transfer, t0), [], "nothing before the timeout");
     // Backoff 1, 2, 4, 8, 8 (capped), then give up.
@@ -516,7 +522,7 @@ fn server_retransmit_deadlines_are_exact() {
         transfer.handle_timeout(at);
         assert_eq!(
             drain(&mut transfer, at),
-            [(Opcode::Data, 1, client)],
+            [(Opcode::Data, 2, client)],
             "retry {retry}"
         );
         assert_eq!(
@@ -592,7 +598,8 @@ fn negotiated_timeout_oack_retransmit_and_idle_limit() {
     transfer.handle_timeout(t0 + secs(20));
     assert_eq!(
         drain(&mut transfer, t0 + secs(20)),
-        [(Opcode::Error, 0, client)]
+        [],
+        "no ERROR to a client that never answered (it may be a spoofed victim)"
     );
     let outcome = transfer.is_finished().expect("finished");
     assert_eq!(outcome.result, Err(TransferFailure::Idle));
@@ -997,4 +1004,77 @@ fn random_datagrams_never_panic_any_core() {
         let _ = transfer.poll_transmit(now, &mut [0u8; 3]);
         let _ = client.poll_transmit(now, &mut [0u8; 3]);
     }
+}
+
+/// Issue 19: an RRQ spoofed from a victim's address draws, until the client answers from that
+/// address, the transfer's first datagram and its backed-off retransmissions, and nothing else:
+/// no farewell ERROR, no more than `max_unverified_retries` resends.
+#[test]
+fn an_unanswered_transfer_sends_its_first_datagram_a_few_times_only() {
+    let t0 = Instant::now();
+    let victim = addr(CLIENT);
+    for (options, first) in [
+        (&b""[..], Opcode::Data),
+        (
+            &b"windowsize\x0064\x00blksize\x001468\x00tsize\x000\x00"[..],
+            Opcode::Oack,
+        ),
+    ] {
+        let mut transfer = accept(t0, 1 << 20, options, NO_IDLE);
+        let mut sent = drain(&mut transfer, t0);
+        let mut at = t0;
+        while let Some(next) = transfer.poll_timeout() {
+            assert!(next > at, "time moves on");
+            at = next;
+            transfer.handle_timeout(at);
+            sent.extend(drain(&mut transfer, at));
+        }
+        let resends = NO_IDLE.max_unverified_retries as usize;
+        assert_eq!(
+            sent,
+            vec![(first, if first == Opcode::Data { 1 } else { 0 }, victim); 1 + resends],
+            "{options:?}: the first datagram and its resends, nothing else"
+        );
+        assert_eq!(
+            at,
+            t0 + secs(1 + 2 + 4 + 8),
+            "{options:?}: backoff 1, 2, 4, then give up"
+        );
+        let outcome = transfer.is_finished().expect("finished");
+        assert_eq!(outcome.result, Err(TransferFailure::RetriesExhausted));
+    }
+}
+
+/// After the client has answered, a window lost whole is resent from its first block only (the
+/// loss window), and the next ACK opens the negotiated window again.
+#[test]
+fn a_timeout_resends_the_window_start_and_an_ack_reopens_the_window() {
+    let t0 = Instant::now();
+    let mut transfer = accept(t0, 512 * 20, b"windowsize\x004\x00", NO_IDLE);
+    let client = addr(CLIENT);
+    let blocks = |v: Vec<(Opcode, u16, SocketAddr)>| v.into_iter().map(|p| p.1).collect::<Vec<_>>();
+    drain(&mut transfer, t0);
+    transfer
+        .handle_datagram(t0, client, &ack(0))
+        .expect("ACK 0");
+    assert_eq!(blocks(drain(&mut transfer, t0)), [1, 2, 3, 4]);
+    let t1 = transfer.poll_timeout().expect("armed");
+    transfer.handle_timeout(t1);
+    assert_eq!(
+        blocks(drain(&mut transfer, t1)),
+        [1],
+        "loss window: one block"
+    );
+    let t2 = transfer.poll_timeout().expect("armed");
+    assert_eq!(t2, t1 + secs(2), "backed off");
+    transfer.handle_timeout(t2);
+    assert_eq!(blocks(drain(&mut transfer, t2)), [1]);
+    transfer
+        .handle_datagram(t2, client, &ack(1))
+        .expect("ACK 1");
+    assert_eq!(
+        blocks(drain(&mut transfer, t2)),
+        [2, 3, 4, 5],
+        "window open again"
+    );
 }

@@ -10,9 +10,24 @@
 //!   discarded them).
 //! * An ACK that does not move the window (a duplicate) never causes a send: only the
 //!   retransmission timer does (RFC 1123 §4.2.3.1, no Sorcerer's Apprentice).
-//! * Retransmission: the whole window from its first block (or the OACK) again after the timeout,
-//!   doubling at each consecutive timeout up to `TransferLimits::max_backoff`; after
-//!   `max_retries` timeouts in a row the transfer fails.
+//! * Retransmission: after the timeout only the window's first block (or the OACK) goes again
+//!   (a loss window of one block, as TCP's after a timeout, RFC 5681 §3.1), doubling the timeout
+//!   at each consecutive timeout up to `TransferLimits::max_backoff`; the next ACK that moves the
+//!   window opens it to the negotiated windowsize again. After `max_retries` timeouts in a row
+//!   the transfer fails.
+//! * Until the client has answered (ACK 0 of the OACK, or ACK 1 of a plain transfer) it is not
+//!   known to be at the address it claims: a spoofed RRQ names a victim. Before that only the
+//!   first datagram (the OACK, or DATA 1: the window is one block before the first ACK anyway)
+//!   is sent, resent at most `max_unverified_retries` times, and no farewell ERROR follows, so
+//!   a spoofed request draws a few datagrams of the size of its own answer and nothing more
+//!   (issue 19). An ACK can only come from whoever saw the first datagram, which left from a
+//!   port of the transfer's own, unknown off path (RFC 1350 §4 TIDs are meant to be random).
+//!
+//!   The window does not start at one block and double per ACKed window (TCP's slow start): RFC
+//!   7440 §4 receivers (atftp) acknowledge only a full window or on their own timeout, so a
+//!   window below the negotiated one stalls each step for the client's timeout (measured with
+//!   atftp 0.8: 5 s per doubling, 20 s for 21 blocks). The first ACK is the proof that matters
+//!   for amplification; after it the negotiated window is what the client asked for.
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -30,6 +45,10 @@ pub struct TransferLimits {
     pub default_timeout: Duration,
     /// Consecutive timeouts before giving up.
     pub max_retries: u32,
+    /// Consecutive timeouts before giving up while the client has not answered yet (it may not
+    /// be the sender of the request at all): the first datagram goes out at most this many
+    /// times more.
+    pub max_unverified_retries: u32,
     /// Cap of the doubled retransmission timeout (never below the negotiated timeout).
     pub max_backoff: Duration,
     /// A transfer without a valid ACK for this long ends.
@@ -43,6 +62,10 @@ impl Default for TransferLimits {
         Self {
             default_timeout: Duration::from_secs(1),
             max_retries: 5,
+            // 1 + 3 datagrams over 1 + 2 + 4 s, then 8 s of silence before giving up: an OACK
+            // is no longer than the request it answers plus a tsize value, so a spoofed
+            // request with an ACK 0 draws at most about 4x its bytes.
+            max_unverified_retries: 3,
             max_backoff: Duration::from_secs(8),
             idle_timeout: Duration::from_secs(30),
             max_duration: Duration::from_secs(600),
@@ -174,6 +197,10 @@ pub struct TftpTransfer {
     oack_pending: bool,
     /// OACK due for (re)transmission.
     oack_due: bool,
+    /// The client has answered from its address (any valid ACK).
+    verified: bool,
+    /// After a timeout: send only the window's first block until an ACK moves the window.
+    loss_window: bool,
     /// First unacknowledged block.
     base: u64,
     /// Next block to send.
@@ -223,6 +250,8 @@ impl TftpTransfer {
             wire_len,
             oack_pending: oack,
             oack_due: oack,
+            verified: false,
+            loss_window: false,
             base: 1,
             next: 1,
             sent_high: 1,
@@ -279,7 +308,8 @@ impl TftpTransfer {
     }
 
     fn fail(&mut self, now: Instant, failure: TransferFailure) {
-        if failure.farewell().is_some() {
+        // No last words to an address that never answered: it may be a spoofed victim.
+        if failure.farewell().is_some() && self.verified {
             self.pending = Pending::Farewell(failure);
             self.deadline = None;
         } else {
@@ -325,6 +355,7 @@ impl TftpTransfer {
             if block != 0 {
                 return Err(TransferDrop::AckBeforeOack);
             }
+            self.verified = true;
             self.oack_pending = false;
             self.oack_due = false;
             self.progress(now);
@@ -340,6 +371,8 @@ impl TftpTransfer {
         if acked >= self.sent_high {
             return Err(TransferDrop::AckOutOfWindow);
         }
+        self.verified = true;
+        self.loss_window = false;
         if acked == self.last_block {
             self.base = acked + 1;
             self.finish(now, Ok(()));
@@ -411,7 +444,12 @@ impl TftpTransfer {
                 len,
             });
         }
-        let window_end = self.base + u64::from(self.params.windowsize);
+        let window = if self.loss_window {
+            1
+        } else {
+            self.params.windowsize
+        };
+        let window_end = self.base + u64::from(window);
         if self.next >= window_end || self.next > self.last_block {
             return None;
         }
@@ -480,13 +518,21 @@ impl TftpTransfer {
         }
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
-            if self.retries >= self.limits.max_retries {
+            let max_retries = if self.verified {
+                self.limits.max_retries
+            } else {
+                self.limits
+                    .max_unverified_retries
+                    .min(self.limits.max_retries)
+            };
+            if self.retries >= max_retries {
                 return self.fail(now, TransferFailure::RetriesExhausted);
             }
             self.retries += 1;
             if self.oack_pending {
                 self.oack_due = true;
             } else {
+                self.loss_window = true;
                 self.next = self.base;
                 self.next_cursor = self.base_cursor;
             }
