@@ -24,7 +24,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use nix::sys::signal::Signal;
 use stampede_control::sessions::SessionTimeline;
 use stampede_lab::{
     Process,

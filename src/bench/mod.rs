@@ -6,6 +6,9 @@
 //! byte for byte (SHA-256) against a reference copy. It works against any server (Stampede or a
 //! peer such as dnsmasq + nginx), is bounded by a machine count and a deadline, and exits 0 only
 //! when every machine booted.
+//!
+//! `root` simulates N diskless machines fetching their root at once: the signed manifest and
+//! every chunk, each verified, or (`--whole-file`) the whole image as one file (`root.rs`).
 use std::{
     collections::HashMap,
     io::{IsTerminal as _, Read as _},
@@ -25,6 +28,7 @@ use stampede_proto::tftp::{ClientConfig as TftpConfig, OptionSet};
 
 mod net;
 mod report;
+mod root;
 mod storm;
 
 pub use report::Summary;
@@ -34,6 +38,9 @@ use storm::{Ctx, Machine, Progress, Reference};
 pub enum BenchCommand {
     /// A boot storm: N simulated PXE machines boot at once from the server on IFACE.
     Storm(StormArgs),
+    /// Diskless roots: N simulated machines fetch and verify a signed manifest and its chunks
+    /// (or one whole image) from the server at once.
+    Root(root::RootArgs),
 }
 
 /// The TFTP options a simulated ROM asks for.
@@ -145,6 +152,17 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             if summary.failed > 0 {
                 bail!(
                     "{} of {} machines did not boot",
+                    summary.failed,
+                    summary.clients
+                );
+            }
+            Ok(())
+        }
+        BenchCommand::Root(args) => {
+            let summary = root::root(&args)?;
+            if summary.failed > 0 {
+                bail!(
+                    "{} of {} machines did not verify their root",
                     summary.failed,
                     summary.clients
                 );

@@ -318,7 +318,7 @@ impl Summary {
     }
 }
 
-fn xml(text: &str) -> String {
+pub(super) fn xml(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -327,9 +327,19 @@ fn xml(text: &str) -> String {
 /// Axes with end labels; `xmax == 0` draws no x scale.
 #[allow(
     clippy::too_many_arguments,
-    reason = "one drawing helper, called twice"
+    reason = "one drawing helper, called three times"
 )]
-fn axes(s: &mut String, x: f64, y: f64, w: f64, h: f64, xmax: f64, xu: &str, ymax: f64, yu: &str) {
+pub(super) fn axes(
+    s: &mut String,
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+    xmax: f64,
+    xu: &str,
+    ymax: f64,
+    yu: &str,
+) {
     let _ = writeln!(
         s,
         "<path d=\"M{x},{y} L{x},{b} L{r},{b}\" fill=\"none\" stroke=\"black\"/>",

@@ -861,7 +861,7 @@ fn lock(net: &Mutex<LocalNet>) -> MutexGuard<'_, LocalNet> {
 }
 
 /// A TCP socket bound to the machine's own address, not yet connected.
-fn tcp_socket(local: Ipv4Addr) -> std::io::Result<OwnedFd> {
+pub(super) fn tcp_socket(local: Ipv4Addr) -> std::io::Result<OwnedFd> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_nonblocking(true)?;

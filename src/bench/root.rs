@@ -1,0 +1,1202 @@
+//! `stampede bench root`: N simulated diskless machines fetch their root filesystem at once, as
+//! the node agent does (`node/src/agent.rs`): the signed manifest, whose signature is checked
+//! with the appliance's key before a field of it is read, then every chunk over K kept-alive
+//! connections (the agent's chunk workers), each chunk's length and SHA-256 checked as its bytes
+//! arrive. Time to root runs from a machine's first request to its last verified chunk.
+//!
+//! `--whole-file` plays the other way to ship a root (Warewulf's): one GET of the whole image
+//! per machine, its SHA-256 checked. Either way the server is any HTTP server (Stampede, or
+//! nginx serving the same image), the load is bounded by a machine count and a deadline, and
+//! the bench exits 0 only when every machine verified its root.
+//!
+//! Machines are state machines on io_uring rings ([`ClientRing`]) driven by the same sans-IO
+//! HTTP client as the storm's, machine i on thread i mod T; each has an address of its own in
+//! the bench's namespace ([`LocalNet`]: one `local` route for the link's subnet, so a thousand
+//! addresses cost no thousand address changes), as a real rack's machines would.
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap},
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use stampede_dataplane::sys::uring_client::{ClientRing, ClientRingConfig, Event, SockId, Sockets};
+use stampede_proto::http::{ClientError, FetchRequest, FetchResult, HttpClient};
+use stampede_rootfs::manifest::{
+    Chunk, MAX_MANIFEST_BYTES, ManifestSigningKey, ManifestVerifyingKey, SignedManifest,
+    verifying_key_from_hex,
+};
+
+use super::{
+    net::LocalNet,
+    report::{self, Percentiles, Usage},
+    storm::{split_http_url, tcp_socket},
+};
+
+/// The node agent's chunk workers (`CHUNK_WORKERS` in node/src/agent.rs), each with a kept-alive
+/// connection of its own: what one real machine keeps in flight.
+const NODE_CHUNK_WORKERS: usize = 6;
+
+#[derive(Debug, clap::Args)]
+pub struct RootArgs {
+    /// Interface the simulated machines are on (run the bench in the namespace that has it).
+    #[arg(long)]
+    pub iface: String,
+    /// The machines' addresses: machine i has FIRST + i. PREFIX is the link's subnet, which
+    /// must hold the server's address (machines and server share one link, as in a rack).
+    #[arg(long, value_name = "FIRST/PREFIX")]
+    pub sources: String,
+    /// The appliance, `http://IP:PORT`: fetch the signed manifest and its chunks from it.
+    #[arg(long, requires = "manifest")]
+    pub server: Option<String>,
+    /// HTTP path of the signed manifest (`/roots/<id>/manifest`).
+    #[arg(long, requires = "server")]
+    pub manifest: Option<String>,
+    /// HTTP path chunks are served under, by SHA-256 (`<path>/<hex>`).
+    #[arg(long, default_value = "/chunks")]
+    pub chunks_path: String,
+    /// The appliance's public key (64 hex digits) every manifest must be signed with: what a
+    /// node has in its initramfs.
+    #[arg(long, conflicts_with = "key_file")]
+    pub key: Option<String>,
+    /// The appliance's key file (`manifest.key` beside its state: the private seed in hex); the
+    /// bench trusts its public half, as the appliance's node initramfs does.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The other way: every machine downloads this one file (`http://IP:PORT/PATH`, the root
+    /// image) and checks its SHA-256.
+    #[arg(long, conflicts_with_all = ["server", "manifest", "key", "key_file"], requires = "sha256")]
+    pub whole_file: Option<String>,
+    /// SHA-256 (hex) the `--whole-file` download must have.
+    #[arg(long, requires = "whole_file")]
+    pub sha256: Option<String>,
+    /// Machines to simulate.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Chunk requests in flight per machine, each on a kept-alive connection of its own (the
+    /// node agent runs 6 workers). `--whole-file` always uses one connection.
+    #[arg(long, default_value_t = NODE_CHUNK_WORKERS)]
+    pub parallel: usize,
+    /// Threads driving the machines, each with its own io_uring. Checking SHA-256 at link
+    /// speed takes about a core per 1.5 to 2 GB/s (SHA-NI).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Seconds after which every machine without a verified root counts as failed.
+    #[arg(long, default_value_t = 300.0)]
+    pub deadline: f64,
+    /// The server's process (repeat for several): CPU and memory over the run are reported,
+    /// summed over each one and its descendants (nginx's workers).
+    #[arg(long)]
+    pub server_pid: Vec<u32>,
+    /// Name of this run in the report (e.g. the server under test).
+    #[arg(long, default_value = "server")]
+    pub label: String,
+    /// Write the report (summary and every machine's run) as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw roots verified over time as SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// What every machine fetches, and how it checks it.
+#[derive(Debug)]
+enum Source {
+    /// The signed manifest, then its chunks.
+    Chunks {
+        manifest: String,
+        chunks_path: String,
+        key: ManifestVerifyingKey,
+    },
+    /// One file, its SHA-256 known.
+    WholeFile { target: String, sha256: [u8; 32] },
+}
+
+/// Everything the machines share.
+#[derive(Debug)]
+struct Ctx {
+    epoch: Instant,
+    deadline: Instant,
+    server: SocketAddrV4,
+    authority: String,
+    source: Source,
+    parallel: usize,
+    progress: Progress,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    verified: AtomicU64,
+    failed: AtomicU64,
+    bytes: AtomicU64,
+    /// Requests sent again on a new connection because their kept-alive one closed before the
+    /// response began (RFC 9112 §9.3.1), as the node agent and iPXE do.
+    http_retries: AtomicU64,
+}
+
+/// Where a machine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootPhase {
+    /// Not started yet.
+    Off,
+    /// Fetching and verifying the signed manifest.
+    Manifest,
+    /// Fetching and verifying chunks.
+    Chunks,
+    /// Fetching the whole image (`--whole-file`).
+    WholeFile,
+    Finished,
+}
+
+impl RootPhase {
+    fn name(self) -> &'static str {
+        match self {
+            RootPhase::Off => "off",
+            RootPhase::Manifest => "manifest",
+            RootPhase::Chunks => "chunks",
+            RootPhase::WholeFile => "whole_file",
+            RootPhase::Finished => "finished",
+        }
+    }
+}
+
+/// Where and why a machine has no root.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootFailure {
+    pub phase: RootPhase,
+    pub reason: String,
+}
+
+/// One simulated machine's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootRecord {
+    pub index: usize,
+    pub source: Ipv4Addr,
+    /// First request, since the run started.
+    pub started_ms: f64,
+    /// First request to the verified manifest (chunks mode).
+    pub manifest_ms: Option<f64>,
+    /// First request to the last verified chunk (or the verified file), if it got there.
+    pub root_ms: Option<f64>,
+    /// Chunks verified.
+    pub chunks: usize,
+    /// Body bytes received (manifest included).
+    pub bytes: u64,
+    pub requests: u64,
+    pub failure: Option<RootFailure>,
+}
+
+/// One kept-alive connection of a machine.
+#[derive(Debug)]
+struct Conn {
+    socket: SockId,
+    client: HttpClient,
+    connected: bool,
+    /// The chunk in flight on it.
+    chunk: Option<usize>,
+}
+
+type Step = Result<(), String>;
+
+/// What a machine acts through while it handles an event.
+struct Env<'a> {
+    ctx: &'a Ctx,
+    io: &'a mut Sockets,
+    /// Owner of each socket slot: (machine's position in its thread's list, connection slot).
+    owners: &'a mut Vec<(usize, usize)>,
+}
+
+/// One simulated diskless machine.
+#[derive(Debug)]
+struct RootSim {
+    pos: usize,
+    ip: Ipv4Addr,
+    phase: RootPhase,
+    conns: Vec<Option<Conn>>,
+    /// From the verified manifest.
+    chunks: Vec<Chunk>,
+    next_chunk: usize,
+    started: Instant,
+    wake: Option<Instant>,
+    record: RootRecord,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl RootSim {
+    fn new(ctx: &Ctx, index: usize, pos: usize, ip: Ipv4Addr) -> Self {
+        let slots = match ctx.source {
+            Source::Chunks { .. } => ctx.parallel,
+            Source::WholeFile { .. } => 1,
+        };
+        Self {
+            pos,
+            ip,
+            phase: RootPhase::Off,
+            conns: (0..slots).map(|_| None).collect(),
+            chunks: Vec::new(),
+            next_chunk: 0,
+            started: ctx.epoch,
+            wake: Some(ctx.epoch),
+            record: RootRecord {
+                index,
+                source: ip,
+                started_ms: 0.0,
+                manifest_ms: None,
+                root_ms: None,
+                chunks: 0,
+                bytes: 0,
+                requests: 0,
+                failure: None,
+            },
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.phase == RootPhase::Finished
+    }
+
+    /// Runs `step`, then moves the connections on; a failure ends the machine's run there.
+    fn guard(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        step: impl FnOnce(&mut Self, &mut Env<'_>) -> Step,
+    ) {
+        if self.is_finished() {
+            return;
+        }
+        let result = step(self, env).and_then(|()| self.pump(env, now));
+        if let Err(reason) = result {
+            self.finish(env, now, Some(reason));
+        }
+    }
+
+    fn on_timer(&mut self, env: &mut Env<'_>, now: Instant) {
+        self.wake = None;
+        self.guard(env, now, |sim, env| {
+            if sim.phase == RootPhase::Off {
+                return sim.power_on(env, now);
+            }
+            for conn in sim.conns.iter_mut().flatten() {
+                conn.client.handle_timeout(now);
+            }
+            Ok(())
+        });
+    }
+
+    fn on_event(&mut self, env: &mut Env<'_>, now: Instant, slot: usize, event: Event<'_>) {
+        self.guard(env, now, |sim, env| {
+            let Some(conn) = sim.conns.get_mut(slot).and_then(Option::as_mut) else {
+                return Ok(());
+            };
+            if event.socket() != conn.socket {
+                // A late event of a connection this slot no longer uses.
+                return Ok(());
+            }
+            let server = env.ctx.server;
+            match event {
+                Event::Connected { result, .. } => {
+                    result.map_err(|e| format!("connecting to {server}: {e}"))?;
+                    conn.connected = true;
+                }
+                Event::Stream { data, .. } => {
+                    env.ctx
+                        .progress
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    // A protocol error is also queued as the fetch's result.
+                    let _ = conn.client.handle_input(now, data);
+                }
+                Event::Closed { error, .. } => match error {
+                    None => conn.client.handle_eof(now),
+                    // A reset of a kept-alive connection before the response began is a close
+                    // like any other (the retry follows in `pump`).
+                    Some(_) if conn.client.unanswered_on_reused() => conn.client.handle_eof(now),
+                    Some(e) => return Err(format!("reading from {server}: {e}")),
+                },
+                Event::SendFailed { error, .. } => {
+                    return Err(format!("sending to {server}: {error}"));
+                }
+                Event::Datagram { .. } => {}
+            }
+            Ok(())
+        });
+    }
+
+    fn power_on(&mut self, env: &mut Env<'_>, now: Instant) -> Step {
+        self.started = now;
+        self.record.started_ms = ms(now - env.ctx.epoch);
+        self.phase = match env.ctx.source {
+            Source::Chunks { .. } => RootPhase::Manifest,
+            Source::WholeFile { .. } => RootPhase::WholeFile,
+        };
+        self.fetch(env, now, 0)
+    }
+
+    /// The request slot `slot` makes next, by phase.
+    fn request(&self, ctx: &Ctx, slot: usize) -> Result<FetchRequest, String> {
+        match (&ctx.source, self.phase) {
+            (Source::Chunks { manifest, .. }, RootPhase::Manifest) => {
+                Ok(FetchRequest::get(manifest).keeping_body(MAX_MANIFEST_BYTES))
+            }
+            (Source::Chunks { chunks_path, .. }, RootPhase::Chunks) => {
+                let i = self.conns[slot]
+                    .as_ref()
+                    .and_then(|c| c.chunk)
+                    .ok_or("no chunk assigned")?;
+                let chunk = self.chunks[i];
+                // The client hashes the body as it arrives: the same check as `Chunk::check`
+                // (length, then SHA-256) without holding a MiB per request.
+                let mut req = FetchRequest::get(&format!(
+                    "{}/{}",
+                    chunks_path.trim_end_matches('/'),
+                    chunk.sha256.to_hex()
+                ));
+                req.expect_len = Some(chunk.size);
+                req.expect_sha256 = Some(chunk.sha256.0);
+                Ok(req)
+            }
+            (Source::WholeFile { target, sha256 }, RootPhase::WholeFile) => {
+                let mut req = FetchRequest::get(target);
+                req.expect_sha256 = Some(*sha256);
+                Ok(req)
+            }
+            (_, phase) => Err(format!("nothing to fetch in phase {}", phase.name())),
+        }
+    }
+
+    /// Opens a new connection in slot `slot` (closing the one there), for `chunk`.
+    fn connect(&mut self, env: &mut Env<'_>, slot: usize, chunk: Option<usize>) -> Step {
+        self.close(env, slot);
+        let server = env.ctx.server;
+        let socket = tcp_socket(self.ip).map_err(|e| format!("binding TCP to {}: {e}", self.ip))?;
+        let socket = env
+            .io
+            .connect(socket, server.into())
+            .map_err(|e| format!("connecting to {server}: {e}"))?;
+        let i = socket.index();
+        if env.owners.len() <= i {
+            env.owners.resize(i + 1, (usize::MAX, 0));
+        }
+        env.owners[i] = (self.pos, slot);
+        self.conns[slot] = Some(Conn {
+            socket,
+            client: HttpClient::new(&env.ctx.authority),
+            connected: false,
+            chunk,
+        });
+        Ok(())
+    }
+
+    /// Sends slot `slot`'s next request, on its kept-alive connection or a new one.
+    fn fetch(&mut self, env: &mut Env<'_>, now: Instant, slot: usize) -> Step {
+        let reusable = self.conns[slot]
+            .as_ref()
+            .is_some_and(|c| c.client.is_reusable());
+        if !reusable {
+            let chunk = self.conns[slot].as_ref().and_then(|c| c.chunk);
+            self.connect(env, slot, chunk)?;
+        }
+        let req = self.request(env.ctx, slot)?;
+        let conn = self.conns[slot].as_mut().expect("connected above");
+        conn.client.fetch(now, req);
+        self.record.requests += 1;
+        Ok(())
+    }
+
+    fn close(&mut self, env: &mut Env<'_>, slot: usize) {
+        if let Some(conn) = self.conns[slot].take() {
+            let _ = env.io.close(conn.socket);
+        }
+    }
+
+    /// Gives slot `slot` the next chunk nobody has fetched, or closes it when none is left.
+    fn next_chunk(&mut self, env: &mut Env<'_>, now: Instant, slot: usize) -> Step {
+        if self.next_chunk == self.chunks.len() {
+            self.close(env, slot);
+            return Ok(());
+        }
+        let i = self.next_chunk;
+        self.next_chunk += 1;
+        match &mut self.conns[slot] {
+            Some(conn) => conn.chunk = Some(i),
+            None => self.connect(env, slot, Some(i))?,
+        }
+        self.fetch(env, now, slot)
+    }
+
+    /// Sends what the connections have to send, takes their results, and sets the next wake-up.
+    fn pump(&mut self, env: &mut Env<'_>, now: Instant) -> Step {
+        loop {
+            let mut progressed = false;
+            for slot in 0..self.conns.len() {
+                let Some(conn) = self.conns[slot].as_mut() else {
+                    continue;
+                };
+                if conn.connected {
+                    let mut out = Vec::new();
+                    conn.client.poll_transmit(&mut out);
+                    if !out.is_empty() {
+                        env.io
+                            .send(conn.socket, out.into())
+                            .map_err(|e| format!("sending to {}: {e}", env.ctx.server))?;
+                    }
+                }
+                let Some(result) = conn.client.poll_result() else {
+                    continue;
+                };
+                progressed = true;
+                self.on_result(env, now, slot, result)?;
+                if self.is_finished() {
+                    return Ok(());
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.wake = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.client.poll_timeout())
+            .min();
+        Ok(())
+    }
+
+    /// What slot `slot` was fetching, for messages.
+    fn what(&self, slot: usize) -> String {
+        match self.phase {
+            RootPhase::Chunks => match self.conns[slot].as_ref().and_then(|c| c.chunk) {
+                Some(i) => format!("chunk {i} ({})", self.chunks[i].sha256),
+                None => "a chunk".to_owned(),
+            },
+            phase => phase.name().to_owned(),
+        }
+    }
+
+    fn on_result(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        slot: usize,
+        result: Result<FetchResult, ClientError>,
+    ) -> Step {
+        let result = match result {
+            Err(ClientError::ClosedUnanswered) => {
+                // The server closed a kept-alive connection as idle just as the request went
+                // out: once per request (a new connection never ends this way).
+                env.ctx
+                    .progress
+                    .http_retries
+                    .fetch_add(1, Ordering::Relaxed);
+                return self.fetch(env, now, slot);
+            }
+            Err(e) => return Err(format!("{}: {e}", self.what(slot))),
+            Ok(r) if !(200..300).contains(&r.status) => {
+                return Err(format!("{}: HTTP status {}", self.what(slot), r.status));
+            }
+            Ok(r) => r,
+        };
+        self.record.bytes += result.body_len;
+        match self.phase {
+            RootPhase::Manifest => {
+                let Source::Chunks { key, .. } = &env.ctx.source else {
+                    return Err("a manifest outside chunks mode".into());
+                };
+                let body = result.body.unwrap_or_default();
+                // Verified before any field is read, as the node agent does.
+                let manifest = SignedManifest::from_bytes(&body)
+                    .and_then(|signed| signed.verify(key))
+                    .map_err(|e| format!("manifest: {e}"))?;
+                self.record.manifest_ms = Some(ms(now - self.started));
+                self.chunks = manifest.chunks;
+                self.phase = RootPhase::Chunks;
+                if self.chunks.is_empty() {
+                    return Err("manifest: no chunks".into());
+                }
+                for s in 0..self.conns.len() {
+                    self.next_chunk(env, now, s)?;
+                }
+                Ok(())
+            }
+            RootPhase::Chunks => {
+                self.record.chunks += 1;
+                if let Some(conn) = &mut self.conns[slot] {
+                    conn.chunk = None;
+                }
+                if self.record.chunks == self.chunks.len() {
+                    self.finish(env, now, None);
+                    return Ok(());
+                }
+                self.next_chunk(env, now, slot)
+            }
+            RootPhase::WholeFile => {
+                self.finish(env, now, None);
+                Ok(())
+            }
+            RootPhase::Off | RootPhase::Finished => Ok(()),
+        }
+    }
+
+    /// Ends the run: a verified root (`None`) or a failure where it stands.
+    fn finish(&mut self, env: &mut Env<'_>, now: Instant, failure: Option<String>) {
+        for slot in 0..self.conns.len() {
+            self.close(env, slot);
+        }
+        let phase = std::mem::replace(&mut self.phase, RootPhase::Finished);
+        self.wake = None;
+        let p = &env.ctx.progress;
+        match failure {
+            None => {
+                self.record.root_ms = Some(ms(now - self.started));
+                p.verified.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(reason) => {
+                self.record.failure = Some(RootFailure { phase, reason });
+                p.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn expire(&mut self, env: &mut Env<'_>, now: Instant) {
+        if !self.is_finished() {
+            self.finish(env, now, Some("deadline passed".to_owned()));
+        }
+    }
+}
+
+/// Runs `machines` (index, address) on one ring until all have finished or the deadline
+/// passed. Events go to the machine and connection slot owning the socket; timers come from one
+/// heap.
+fn drive(
+    ctx: &Ctx,
+    ring: &mut ClientRing,
+    machines: Vec<(usize, Ipv4Addr)>,
+) -> anyhow::Result<Vec<RootRecord>> {
+    let mut sims: Vec<RootSim> = machines
+        .into_iter()
+        .enumerate()
+        .map(|(pos, (index, ip))| RootSim::new(ctx, index, pos, ip))
+        .collect();
+    let mut owners: Vec<(usize, usize)> = Vec::new();
+    // (when, machine); an entry is live while it equals the machine's `wake`.
+    let mut timers = BinaryHeap::new();
+    let mut queued: Vec<Option<Instant>> = sims.iter().map(|s| s.wake).collect();
+    for (i, s) in sims.iter().enumerate() {
+        if let Some(w) = s.wake {
+            timers.push(Reverse((w, i)));
+        }
+    }
+    let mut counted = vec![false; sims.len()];
+    let mut remaining = sims.len();
+    let mut touched = Vec::new();
+    while remaining > 0 {
+        let now = Instant::now();
+        if now >= ctx.deadline {
+            let mut env = Env {
+                ctx,
+                io: ring.sockets(),
+                owners: &mut owners,
+            };
+            for sim in &mut sims {
+                sim.expire(&mut env, now);
+            }
+            break;
+        }
+        let next = timers
+            .peek()
+            .map_or(ctx.deadline, |Reverse((t, _))| *t)
+            .min(ctx.deadline);
+        ring.run_once(Some(next), |event, io| {
+            let now = Instant::now();
+            let Some(&(i, slot)) = owners.get(event.socket().index()) else {
+                return;
+            };
+            if i >= sims.len() {
+                return;
+            }
+            let mut env = Env {
+                ctx,
+                io,
+                owners: &mut owners,
+            };
+            sims[i].on_event(&mut env, now, slot, event);
+            touched.push(i);
+        })
+        .context("driving the machines' sockets")?;
+        let now = Instant::now();
+        while let Some(&Reverse((t, i))) = timers.peek() {
+            if t > now {
+                break;
+            }
+            timers.pop();
+            if queued[i] == Some(t) {
+                queued[i] = None;
+            }
+            if sims[i].wake == Some(t) {
+                let mut env = Env {
+                    ctx,
+                    io: ring.sockets(),
+                    owners: &mut owners,
+                };
+                sims[i].on_timer(&mut env, now);
+                touched.push(i);
+            }
+        }
+        for i in touched.drain(..) {
+            if sims[i].is_finished() {
+                if !counted[i] {
+                    counted[i] = true;
+                    remaining -= 1;
+                }
+            } else if let Some(w) = sims[i].wake
+                && queued[i] != Some(w)
+            {
+                queued[i] = Some(w);
+                timers.push(Reverse((w, i)));
+            }
+        }
+    }
+    Ok(sims.into_iter().map(|s| s.record).collect())
+}
+
+/// `FIRST/PREFIX`.
+fn parse_sources(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (ip, prefix) = text
+        .split_once('/')
+        .with_context(|| format!("--sources {text:?}: want FIRST/PREFIX, e.g. 198.19.1.1/16"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("--sources {text:?}: {ip:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .with_context(|| format!("--sources {text:?}: the prefix must be 8 to 30"))?;
+    Ok((ip, prefix))
+}
+
+fn mask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX << (32 - u32::from(prefix)))
+}
+
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let m = u32::from(mask(prefix));
+    u32::from(a) & m == u32::from(b) & m
+}
+
+/// Machine i's address: FIRST + i, checked to stay a host of the subnet and off the server.
+fn machine_addresses(
+    first: Ipv4Addr,
+    prefix: u8,
+    server: Ipv4Addr,
+    clients: usize,
+) -> anyhow::Result<Vec<Ipv4Addr>> {
+    if !same_subnet(first, server, prefix) {
+        bail!(
+            "--sources {first}/{prefix} does not hold the server's address {server}: the \
+             machines reach the server on the link, without a router"
+        );
+    }
+    let host_mask = !u32::from(mask(prefix));
+    let mut out = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let ip = u32::from(first)
+            .checked_add(i as u32)
+            .map(Ipv4Addr::from)
+            .filter(|&ip| same_subnet(ip, first, prefix))
+            .filter(|&ip| u32::from(ip) & host_mask != 0 && u32::from(ip) & host_mask != host_mask)
+            .with_context(|| {
+                format!("--sources {first}/{prefix} has no room for {clients} machines")
+            })?;
+        if ip == server {
+            bail!("machine {i}'s address {ip} is the server's: start --sources past it");
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+fn trusted_key(args: &RootArgs) -> anyhow::Result<ManifestVerifyingKey> {
+    match (&args.key, &args.key_file) {
+        (Some(hex), None) => verifying_key_from_hex(hex).map_err(|e| anyhow::anyhow!("--key: {e}")),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut seed = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut seed)
+                .with_context(|| format!("{} is not a 64-digit hex key", path.display()))?;
+            Ok(ManifestSigningKey::from_bytes(&seed).verifying_key())
+        }
+        _ => bail!("chunks mode needs the appliance's key: --key HEX or --key-file PATH"),
+    }
+}
+
+/// The server's address, the `Host` it is asked by, and what the machines fetch.
+fn source(args: &RootArgs) -> anyhow::Result<(SocketAddrV4, String, Source)> {
+    let bad = |e: String| anyhow::anyhow!("{e}");
+    match (&args.whole_file, &args.server, &args.manifest) {
+        (Some(url), None, None) => {
+            let (server, authority, target) = split_http_url(url).map_err(bad)?;
+            let text = args
+                .sha256
+                .as_deref()
+                .context("--whole-file needs --sha256")?;
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut sha256)
+                .with_context(|| format!("--sha256 {text:?}: want 64 hex digits"))?;
+            Ok((server, authority, Source::WholeFile { target, sha256 }))
+        }
+        (None, Some(base), Some(manifest)) => {
+            let (server, authority, _) = split_http_url(base).map_err(bad)?;
+            if !manifest.starts_with('/') || !args.chunks_path.starts_with('/') {
+                bail!(
+                    "--manifest and --chunks-path are absolute HTTP paths (/roots/<id>/manifest)"
+                );
+            }
+            let key = trusted_key(args)?;
+            let source = Source::Chunks {
+                manifest: manifest.clone(),
+                chunks_path: args.chunks_path.clone(),
+                key,
+            };
+            Ok((server, authority, source))
+        }
+        _ => bail!(
+            "say what the machines fetch: --server URL --manifest PATH (with --key or \
+             --key-file), or --whole-file URL --sha256 HEX"
+        ),
+    }
+}
+
+/// CPU seconds, peak and current RSS of `pid` and every descendant, and the pids counted.
+fn tree_usage(pid: u32) -> Option<(f64, f64, f64, Vec<u32>)> {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() && pids.len() < 4096 {
+        let p = pids[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                let children = std::fs::read_to_string(task.path().join("children"));
+                pids.extend(
+                    children
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    let (cpu, peak, now) = report::proc_usage(pid)?;
+    let rest = pids[1..].iter().filter_map(|&p| report::proc_usage(p));
+    let (cpu, peak, now) = rest.fold((cpu, peak, now), |(c, p, n), (c2, p2, n2)| {
+        (c + c2, p + p2, n + n2)
+    });
+    Some((cpu, peak, now, pids))
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootSummary {
+    pub label: String,
+    /// `chunks` (manifest and chunks) or `whole_file`.
+    pub mode: &'static str,
+    pub clients: usize,
+    /// Requests in flight per machine.
+    pub parallel: usize,
+    pub threads: usize,
+    /// Machines whose whole root was fetched and verified.
+    pub verified: usize,
+    pub failed: usize,
+    pub failures_by_phase: BTreeMap<&'static str, usize>,
+    pub failure_examples: Vec<RootRecord>,
+    /// Run start to the last machine's last verified byte, when every machine got its root.
+    pub time_to_last_root_s: Option<f64>,
+    pub elapsed_s: f64,
+    /// First request to last verified chunk, over the machines that got their root.
+    pub time_to_root: Option<Percentiles>,
+    /// First request to verified manifest (chunks mode).
+    pub manifest: Option<Percentiles>,
+    /// Bytes of one machine's root as it fetched them (the largest over machines).
+    pub root_bytes: u64,
+    /// Body bytes every machine received, manifests included.
+    pub bytes: u64,
+    pub requests: u64,
+    pub http_retries: u64,
+    /// `bytes` over the time to the last root (or the elapsed time if some failed).
+    pub throughput_mib_s: f64,
+    /// CPU the simulated machines used (this process).
+    pub client_cpu_s: f64,
+    /// Times a receive of the bench's rings found every buffer in use (summed over threads):
+    /// a sign the bench, not the server, held data back.
+    pub client_buffer_exhaustions: u64,
+    pub server: Option<Usage>,
+    /// Server CPU seconds per 10^9 body bytes served.
+    pub server_cpu_s_per_gb: Option<f64>,
+    pub machines: Vec<RootRecord>,
+}
+
+impl RootSummary {
+    fn new(
+        label: String,
+        mode: &'static str,
+        (parallel, threads): (usize, usize),
+        machines: Vec<RootRecord>,
+        elapsed_s: f64,
+        client_cpu_s: f64,
+        server: Option<Usage>,
+    ) -> Self {
+        let verified = machines.iter().filter(|m| m.root_ms.is_some()).count();
+        let failed = machines.len() - verified;
+        let mut failures_by_phase = BTreeMap::new();
+        for m in &machines {
+            if let Some(f) = &m.failure {
+                *failures_by_phase.entry(f.phase.name()).or_insert(0) += 1;
+            }
+        }
+        let failure_examples = machines
+            .iter()
+            .filter(|m| m.failure.is_some())
+            .take(10)
+            .cloned()
+            .collect();
+        let time_to_last_root_s = (failed == 0 && verified > 0).then(|| {
+            machines
+                .iter()
+                .filter_map(|m| m.root_ms.map(|r| m.started_ms + r))
+                .fold(0.0, f64::max)
+                / 1e3
+        });
+        let bytes: u64 = machines.iter().map(|m| m.bytes).sum();
+        let span = time_to_last_root_s.unwrap_or(elapsed_s).max(1e-9);
+        let server_cpu_s_per_gb = server
+            .as_ref()
+            .filter(|_| bytes > 0)
+            .map(|s| s.cpu_s / (bytes as f64 / 1e9));
+        Self {
+            label,
+            mode,
+            clients: machines.len(),
+            parallel,
+            threads,
+            verified,
+            failed,
+            failures_by_phase,
+            failure_examples,
+            time_to_last_root_s,
+            elapsed_s,
+            time_to_root: Percentiles::of(machines.iter().filter_map(|m| m.root_ms).collect()),
+            manifest: Percentiles::of(machines.iter().filter_map(|m| m.manifest_ms).collect()),
+            root_bytes: machines
+                .iter()
+                .filter(|m| m.root_ms.is_some())
+                .map(|m| m.bytes)
+                .max()
+                .unwrap_or(0),
+            bytes,
+            requests: machines.iter().map(|m| m.requests).sum(),
+            http_retries: 0,
+            throughput_mib_s: bytes as f64 / span / (1024.0 * 1024.0),
+            client_cpu_s,
+            client_buffer_exhaustions: 0,
+            server,
+            server_cpu_s_per_gb,
+            machines,
+        }
+    }
+
+    /// The table people read.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "root {} ({}, {} in flight per machine): {} machines, {} roots verified, {} failed, \
+             time to last root {}",
+            self.label,
+            self.mode,
+            self.parallel,
+            self.clients,
+            self.verified,
+            self.failed,
+            self.time_to_last_root_s
+                .map_or("-".to_owned(), |s| format!("{s:.2} s"))
+        );
+        let _ = writeln!(
+            t,
+            "{:<13} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"
+        );
+        for (name, p) in [
+            ("manifest", &self.manifest),
+            ("time to root", &self.time_to_root),
+        ] {
+            if let Some(p) = p {
+                let _ = writeln!(
+                    t,
+                    "{name:<13} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                    p.count, p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms
+                );
+            }
+        }
+        let _ = writeln!(
+            t,
+            "{:.1} MiB received in {} requests ({:.1} MiB per root), {:.1} MiB/s; bench CPU {:.1} s; \
+             bench receive buffers ran out {} times",
+            self.bytes as f64 / 1048576.0,
+            self.requests,
+            self.root_bytes as f64 / 1048576.0,
+            self.throughput_mib_s,
+            self.client_cpu_s,
+            self.client_buffer_exhaustions
+        );
+        if self.http_retries > 0 {
+            let _ = writeln!(
+                t,
+                "requests retried on a new connection (kept-alive one closed unanswered): {}",
+                self.http_retries
+            );
+        }
+        if let Some(s) = &self.server {
+            let _ = writeln!(
+                t,
+                "server pids {:?}: CPU {:.2} s ({} per GB served), RSS peak {:.1} MiB, at end {:.1} MiB",
+                s.pids,
+                s.cpu_s,
+                self.server_cpu_s_per_gb
+                    .map_or("-".to_owned(), |c| format!("{c:.3} s")),
+                s.rss_peak_mib,
+                s.rss_end_mib
+            );
+        }
+        for (phase, n) in &self.failures_by_phase {
+            let _ = writeln!(t, "failed in {phase}: {n}");
+        }
+        for m in &self.failure_examples {
+            if let Some(f) = &m.failure {
+                let _ = writeln!(t, "  machine {} ({}): {}", m.index, m.source, f.reason);
+            }
+        }
+        t
+    }
+
+    /// Roots verified over time, as SVG.
+    pub fn svg(&self) -> String {
+        let (x0, y0, w, h) = (60.0, 40.0, 560.0, 270.0);
+        let mut done: Vec<f64> = self
+            .machines
+            .iter()
+            .filter_map(|m| m.root_ms.map(|r| (m.started_ms + r) / 1e3))
+            .collect();
+        done.sort_by(f64::total_cmp);
+        let tmax = done.last().copied().unwrap_or(1.0).max(1e-3);
+        let n = self.clients.max(1) as f64;
+        let mut s = String::from(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"680\" height=\"360\" \
+             font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{x0}\" y=\"24\" font-size=\"14\">{} ({}): roots verified over time</text>",
+            report::xml(&self.label),
+            self.mode
+        );
+        report::axes(&mut s, x0, y0, w, h, tmax, "s", n, "machines");
+        let mut path = format!("M{x0},{}", y0 + h);
+        for (i, t) in done.iter().enumerate() {
+            let x = x0 + t / tmax * w;
+            let y = y0 + h - (i + 1) as f64 / n * h;
+            let _ = write!(path, " L{x:.1},{y:.1}");
+        }
+        let _ = writeln!(
+            s,
+            "<path d=\"{path}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n</svg>"
+        );
+        s
+    }
+}
+
+/// A line every 5 s on stderr until `stop`.
+fn show_progress(p: &Progress, stop: &AtomicBool, epoch: Instant, total: usize) {
+    let mut ticks = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        ticks += 1;
+        if ticks.is_multiple_of(25) {
+            eprintln!(
+                "bench root: {:.0} s: {}/{total} roots verified, {} failed, {:.0} MiB",
+                epoch.elapsed().as_secs_f64(),
+                p.verified.load(Ordering::Relaxed),
+                p.failed.load(Ordering::Relaxed),
+                p.bytes.load(Ordering::Relaxed) as f64 / 1048576.0
+            );
+        }
+    }
+}
+
+pub fn root(args: &RootArgs) -> anyhow::Result<RootSummary> {
+    if args.clients == 0 || args.clients > 1 << 20 {
+        bail!("--clients must be 1 to 1048576");
+    }
+    if !(1..=64).contains(&args.parallel) {
+        bail!("--parallel must be 1 to 64");
+    }
+    if !(args.deadline.is_finite() && args.deadline > 0.0) {
+        bail!("--deadline must be positive");
+    }
+    let (server, authority, source) = source(args)?;
+    let (first, prefix) = parse_sources(&args.sources)?;
+    let addresses = machine_addresses(first, prefix, *server.ip(), args.clients)?;
+    let (mode, parallel) = match source {
+        Source::Chunks { .. } => ("chunks", args.parallel),
+        Source::WholeFile { .. } => ("whole_file", 1),
+    };
+    super::raise_open_files(args.clients * parallel)?;
+    // The machines' addresses are local to this namespace, the server's stays on the link;
+    // dropped (routes removed) after every ring has closed its sockets.
+    let mut local = LocalNet::new(&args.iface);
+    local.make_local(first, Some(mask(prefix)), &[*server.ip()])?;
+    let server_before = args
+        .server_pid
+        .iter()
+        .map(|&pid| {
+            tree_usage(pid)
+                .map(|u| u.0)
+                .with_context(|| format!("cannot read /proc of server pid {pid}"))
+        })
+        .sum::<anyhow::Result<f64>>()?;
+    let cpu_before = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0);
+    let threads = args.threads.clamp(1, 64);
+    let epoch = Instant::now();
+    let ctx = Ctx {
+        epoch,
+        deadline: epoch + Duration::from_secs_f64(args.deadline),
+        server,
+        authority,
+        source,
+        parallel,
+        progress: Progress::default(),
+    };
+    let mut shares: Vec<Vec<(usize, Ipv4Addr)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, ip) in addresses.into_iter().enumerate() {
+        shares[i % threads].push((i, ip));
+    }
+    let stop = AtomicBool::new(false);
+    let results: Vec<anyhow::Result<(Vec<RootRecord>, u64)>> = std::thread::scope(|scope| {
+        let ticker = scope.spawn(|| show_progress(&ctx.progress, &stop, epoch, args.clients));
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let ctx = &ctx;
+                scope.spawn(move || run_share(ctx, share))
+            })
+            .collect();
+        let results = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked")))
+            })
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        let _ = ticker.join();
+        results
+    });
+    let elapsed = epoch.elapsed().as_secs_f64();
+    drop(local);
+    let mut records = Vec::with_capacity(args.clients);
+    let mut exhaustions = 0;
+    for result in results {
+        let (share, n) = result?;
+        records.extend(share);
+        exhaustions += n;
+    }
+    records.sort_by_key(|r| r.index);
+    let cpu = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0) - cpu_before;
+    let server = (!args.server_pid.is_empty()).then(|| {
+        let after: Vec<_> = args
+            .server_pid
+            .iter()
+            .filter_map(|&pid| tree_usage(pid))
+            .collect();
+        Usage {
+            pids: after.iter().flat_map(|u| u.3.iter().copied()).collect(),
+            cpu_s: after.iter().map(|u| u.0).sum::<f64>() - server_before,
+            rss_peak_mib: after.iter().map(|u| u.1).sum(),
+            rss_end_mib: after.iter().map(|u| u.2).sum(),
+        }
+    });
+    let mut summary = RootSummary::new(
+        args.label.clone(),
+        mode,
+        (parallel, threads),
+        records,
+        elapsed,
+        cpu,
+        server,
+    );
+    summary.client_buffer_exhaustions = exhaustions;
+    summary.http_retries = ctx.progress.http_retries.load(Ordering::Relaxed);
+    print!("{}", summary.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&summary)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, summary.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(summary)
+}
+
+/// One bench thread: its own ring, driving its share of the machines.
+fn run_share(
+    ctx: &Ctx,
+    machines: Vec<(usize, Ipv4Addr)>,
+) -> anyhow::Result<(Vec<RootRecord>, u64)> {
+    // One 128 KiB incrementally consumed buffer per two connections, at least 256, at most
+    // 4096 (512 MiB), as the storm sizes it for its HTTP phase.
+    let connections = machines.len() * ctx.parallel;
+    let tcp_buffers = (connections / 2).next_power_of_two().clamp(256, 4096) as u16;
+    let mut ring = ClientRing::new(ClientRingConfig {
+        ring_entries: 4096,
+        udp_buffers: 64,
+        udp_buffer_size: 2048,
+        tcp_buffers,
+        tcp_buffer_size: 128 * 1024,
+    })
+    .context("starting the bench's io_uring")?;
+    let records = drive(ctx, &mut ring, machines)?;
+    let exhaustions = ring.stats().buffer_exhaustions;
+    Ok((records, exhaustions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_addresses_stay_on_the_link_and_off_the_server() {
+        let server = Ipv4Addr::new(198, 19, 0, 1);
+        let ips = machine_addresses(Ipv4Addr::new(198, 19, 1, 0), 16, server, 300).unwrap();
+        assert_eq!(ips[0], Ipv4Addr::new(198, 19, 1, 0));
+        assert_eq!(ips[299], Ipv4Addr::new(198, 19, 2, 43));
+        // Outside the server's subnet, past its end, onto the server, onto the broadcast.
+        assert!(machine_addresses(Ipv4Addr::new(10, 0, 0, 1), 16, server, 1).is_err());
+        assert!(machine_addresses(Ipv4Addr::new(198, 19, 255, 250), 16, server, 10).is_err());
+        assert!(machine_addresses(Ipv4Addr::new(198, 19, 0, 0), 16, server, 2).is_err());
+        assert!(parse_sources("198.19.1.1/16").is_ok());
+        assert!(parse_sources("198.19.1.1").is_err());
+        assert!(parse_sources("198.19.1.1/31").is_err());
+    }
+}
