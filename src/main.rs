@@ -11,6 +11,7 @@ mod appliance;
 mod bench;
 mod fleet;
 mod metrics;
+mod root_images;
 mod roots;
 
 #[derive(Debug, Parser)]
