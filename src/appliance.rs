@@ -47,19 +47,29 @@ impl Source {
         }
     }
 
-    /// The configuration with the control plane's machines and profiles merged in.
+    /// The configuration with the control plane's machines and profiles merged in, and the
+    /// profiles that name a diskless root resolved against its roots (`iface`'s address is in
+    /// the manifests' URLs). Without a fleet, root profiles are placeholders: only for reading
+    /// settings before the state is open.
     fn load(
         &self,
-        fleet: Option<&stampede_control::FleetSnapshot>,
+        fleet: Option<(&stampede_control::FleetSnapshot, &str)>,
     ) -> anyhow::Result<ApplianceConfig> {
         let mut config = self.load_wire()?;
-        if let Some(fleet) = fleet {
-            crate::fleet::merge(&mut config, fleet);
-        }
         let what = match self {
             Self::File(path) => path.display().to_string(),
             Self::Quick(..) => "the command line".into(),
         };
+        match fleet {
+            Some((fleet, iface)) => {
+                crate::fleet::merge(&mut config, fleet);
+                crate::root_images::resolve(&mut config, fleet, iface).with_context(|| {
+                    format!("{what}: the profiles' diskless roots")
+                })?;
+            }
+            None => crate::root_images::preview(&mut config),
+        }
+        let fleet = fleet.map(|(f, _)| f);
         ApplianceConfig::try_from(config).with_context(|| {
             if fleet.is_some_and(|f| !f.machines.is_empty() || !f.profiles.is_empty()) {
                 format!("{what}, with the machines and profiles of the control API, is not valid")
@@ -260,6 +270,16 @@ fn control_plane(
         Err(err) => tracing::warn!(error = %error_chain(&err), "cleaning the image store"),
     }
     state.attach_image_store(Arc::new(ImageStoreAdapter(store)));
+    // Root imports build into the same cache as `stampede boot --root`, signed with the same
+    // key: `<state dir>/roots`, `<state dir>/manifest.key`.
+    let state_dir = args
+        .state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let roots = crate::roots::RootCache::open(state_dir.join("roots"))?;
+    let key = crate::roots::appliance_key(state_dir)?;
+    state.attach_root_builder(Arc::new(crate::root_images::RootImporter::new(roots, key)));
     if let Some(token) = state.ensure_admin_token_from_env()? {
         // Shown once: only its hash is stored.
         say!("admin token (shown once, store it now): {token}");
@@ -378,7 +398,8 @@ fn run(
     let (control_state, api_config) = control_plane(control, &config.server)?;
     // The machines and profiles the control API holds join the configuration's.
     let mut fleet = control_state.subscribe();
-    let config = source.load(Some(&fleet.borrow_and_update()))?;
+    let snapshot = Arc::clone(&fleet.borrow_and_update());
+    let config = source.load(Some((&snapshot, &iface)))?;
     let plan = plan_for(&config, &iface)?;
     let workers = config
         .server
@@ -574,7 +595,7 @@ fn reload(
     why: &str,
 ) {
     let loaded = source
-        .load(Some(fleet))
+        .load(Some((fleet, iface)))
         .and_then(|c| Ok((plan_for(&c, iface)?, c)));
     match loaded {
         Ok((plan, config)) => {

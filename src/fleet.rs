@@ -36,7 +36,7 @@ pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
                 Some((
                     name.to_owned(),
                     wire::ArchVariant {
-                        kernel: Some(target.kernel.clone()),
+                        kernel: Some(target.kernel.clone()).filter(|k| !k.is_empty()),
                         initrds: Some(target.initrds.clone()),
                         cmdline: Some(target.cmdline.clone()),
                     },
@@ -46,7 +46,8 @@ pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
         config.profiles.retain(|p| p.name != spec.name);
         config.profiles.push(wire::Profile {
             name: spec.name.clone(),
-            kernel: spec.default.kernel.clone(),
+            root: spec.root.clone(),
+            kernel: Some(spec.default.kernel.clone()).filter(|k| !k.is_empty()),
             initrds: spec.default.initrds.clone(),
             cmdline: spec.default.cmdline.clone(),
             arch,

@@ -12,6 +12,7 @@ mod bench;
 mod fleet;
 mod metrics;
 mod output;
+mod root_images;
 mod roots;
 
 use output::{say, say_err};

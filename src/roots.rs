@@ -391,7 +391,7 @@ fn image_kernel(tree: &stampede_rootfs::flatten::Tree) -> anyhow::Result<(Vec<u8
             "the image has no kernel (/boot/vmlinuz-<release>): give one on the command line,              or add the distribution's kernel package to the image"
         );
     }
-    candidates.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    candidates.sort_by_key(|r| version_key(r));
     let with_modules: Vec<&String> = candidates
         .iter()
         .filter(|r| tree.list_dir(&format!("/lib/modules/{r}")).is_some())
@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn releases_sort_numerically() {
         let mut r = vec!["6.1.0-10-amd64", "6.1.0-9-amd64", "5.10.0-30-amd64"];
-        r.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        r.sort_by_key(|r| version_key(r));
         assert_eq!(r, ["5.10.0-30-amd64", "6.1.0-9-amd64", "6.1.0-10-amd64"]);
     }
 

@@ -376,11 +376,14 @@ impl IntoResponse for ApiError {
                 ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
                 ControlError::Exists { .. } | ControlError::InUse { .. } => StatusCode::CONFLICT,
                 ControlError::UnknownProfile { .. }
+                | ControlError::UnknownRoot { .. }
                 | ControlError::Invalid(_)
                 | ControlError::ImageFile { .. }
                 | ControlError::ImportSource { .. }
                 | ControlError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ControlError::NoImageStore => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::NoImageStore | ControlError::NoRootBuilder => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ControlError::TooManyImports(_) => StatusCode::TOO_MANY_REQUESTS,
                 ControlError::Random(_)
                 | ControlError::Store(_)

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::api::{ErrorBody, OUTCOME_HEADER};
 use crate::audit::AuditReport;
 use crate::imports::{ImportJob, ImportRequest, ImportState};
-use crate::model::Image;
 use crate::model::{
     Arch, BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, ValidationError,
 };
+use crate::model::{Image, ImageKind};
 use crate::sessions::{EventView, SessionSummary, SessionTimeline};
 use crate::state::PutOutcome;
 
@@ -78,24 +78,52 @@ pub enum CtlCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImagesCommand {
+    /// Files in the content store and diskless roots.
     List,
-    /// Copy a file on the appliance (or a URL) into its content-addressed store, showing progress until
-    /// it is done (a bar on a terminal, lines otherwise; `--json`: the finished job).
+    /// Import SOURCE, showing progress until it is done (a bar on a terminal, lines otherwise;
+    /// `--json`: the finished job). An OCI image (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`,
+    /// `docker-archive:FILE`, `docker://REGISTRY/REPO:TAG`) becomes a diskless root a profile
+    /// names with `root = "NAME"`; a file on the appliance or an http(s):// URL is copied into
+    /// the content store. `import NAME SOURCE` is the older spelling of `import SOURCE --name
+    /// NAME`.
     Import {
-        /// The image's name.
-        name: String,
-        /// Absolute path of a file on the appliance, or an http:// or https:// URL the
-        /// appliance fetches.
-        source: String,
-        /// Fail, storing nothing, unless the content has this SHA-256 (hex).
+        /// SOURCE, or NAME SOURCE.
+        #[arg(required = true, num_args = 1..=2, value_name = "SOURCE")]
+        args: Vec<String>,
+        /// The image's name (needed for files and URLs; a root defaults to its source's
+        /// `repo:tag` or file name). Importing a root name again replaces what it points to.
+        #[arg(long)]
+        name: Option<String>,
+        /// Files and URLs: fail, storing nothing, unless the content has this SHA-256 (hex).
         #[arg(long)]
         sha256: Option<String>,
+        /// docker:// sources: trust the CA certificates in this PEM file for the registry's
+        /// https (read here, sent to the appliance).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// docker:// sources: the registry's user and password.
+        #[arg(
+            long,
+            value_name = "USER:PASSWORD",
+            env = "STAMPEDE_REGISTRY_CREDS",
+            hide_env_values = true
+        )]
+        creds: Option<String>,
+        /// docker:// sources: speak plain http to the registry.
+        #[arg(long)]
+        plain_http: bool,
         /// Start the import and print its job without waiting.
         #[arg(long)]
         detach: bool,
     },
     /// Imports this appliance has run since it started.
     Imports,
+    /// Forget an image: a root by name, or a file by its SHA-256. A root's served files stay on
+    /// disk (no garbage collection yet).
+    Rm {
+        /// Root name or file SHA-256.
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -143,7 +171,13 @@ pub enum ProfilesCommand {
     /// Add or replace a profile.
     Add {
         name: String,
+        /// Boot this diskless root (an imported root's name, or sha256:DIGEST); the kernel
+        /// defaults to the root's own.
         #[arg(long)]
+        root: Option<String>,
+        /// The kernel (needed without --root; with it, overrides the root's kernel and must
+        /// be of the same release).
+        #[arg(long, required_unless_present = "root", default_value = "")]
         kernel: String,
         /// Repeatable, in load order.
         #[arg(long = "initrd")]
@@ -225,6 +259,8 @@ pub enum CtlError {
     BadTimeout(f64),
     #[error("import {id} failed: {error}")]
     ImportFailed { id: u64, error: String },
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// A typed client of the control API.
@@ -394,6 +430,19 @@ impl Client {
 
     pub async fn images(&self) -> Result<Vec<Image>, CtlError> {
         self.get("/api/v1/images").await
+    }
+
+    /// Forgets a root by name, or a file image by its hex SHA-256.
+    pub async fn delete_image(&self, key: &str) -> Result<(), CtlError> {
+        // A root name may hold `/` (`team/app:v2`): one path segment, percent-encoded.
+        let segment = key.replace('%', "%25").replace('/', "%2F");
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/images/{segment}"),
+            None::<&()>,
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn imports(&self) -> Result<Vec<ImportJob>, CtlError> {
@@ -796,6 +845,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                     let s = p.spec();
                     vec![
                         s.name.clone(),
+                        s.root.clone().unwrap_or_default(),
                         s.default.kernel.clone(),
                         s.default.initrds.join(","),
                         s.default.cmdline.clone(),
@@ -809,12 +859,13 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                 .collect();
             print_table(
                 out,
-                &["NAME", "KERNEL", "INITRDS", "CMDLINE", "VARIANTS"],
+                &["NAME", "ROOT", "KERNEL", "INITRDS", "CMDLINE", "VARIANTS"],
                 rows,
             )
         }
         CtlCommand::Profiles(ProfilesCommand::Add {
             name,
+            root,
             kernel,
             initrds,
             cmdline,
@@ -829,6 +880,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
             };
             let spec = ProfileSpec {
                 name,
+                root,
                 default: BootTarget {
                     kernel,
                     initrds,
@@ -850,15 +902,26 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
             let rows = images
                 .iter()
                 .map(|i| {
+                    let (kind, detail) = match (&i.kind, &i.root) {
+                        (ImageKind::Root, Some(r)) => (
+                            "root",
+                            format!(
+                                "root {} kernel {} chunks {} initrd {} bytes",
+                                r.root_id, r.kernel_release, r.chunks, r.initrd_bytes
+                            ),
+                        ),
+                        _ => ("file", i.path.clone()),
+                    };
                     vec![
                         i.name.clone(),
-                        i.sha256.clone(),
+                        kind.to_owned(),
+                        format!("sha256:{}", i.sha256),
                         i.size.to_string(),
-                        i.path.clone(),
+                        detail,
                     ]
                 })
                 .collect();
-            print_table(out, &["NAME", "SHA256", "BYTES", "PATH"], rows)
+            print_table(out, &["NAME", "KIND", "DIGEST", "BYTES", "DETAIL"], rows)
         }
         CtlCommand::Images(ImagesCommand::Imports) => {
             let jobs = client.imports().await?;
@@ -871,7 +934,9 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                     vec![
                         j.id.to_string(),
                         j.name.clone(),
-                        state_word(j.state).to_owned(),
+                        j.stage
+                            .clone()
+                            .unwrap_or_else(|| state_word(j.state).to_owned()),
                         import_progress(j),
                         j.sha256.clone().unwrap_or_default(),
                         j.error.clone().unwrap_or_else(|| j.source.clone()),
@@ -884,16 +949,50 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                 rows,
             )
         }
+        CtlCommand::Images(ImagesCommand::Rm { name }) => {
+            client.delete_image(&name).await?;
+            if args.json {
+                return print_json(out, &serde_json::json!({ "deleted": name }));
+            }
+            writeln!(out, "image {name} removed")?;
+            Ok(())
+        }
         CtlCommand::Images(ImagesCommand::Import {
+            args: positional,
             name,
-            source,
             sha256,
+            ca,
+            creds,
+            plain_http,
             detach,
         }) => {
+            let (name, source) = match <[String; 2]>::try_from(positional) {
+                Ok([_, _]) if name.is_some() => {
+                    return Err(CtlError::Usage(
+                        "give the name once: `import SOURCE --name NAME` or `import NAME SOURCE`"
+                            .into(),
+                    ));
+                }
+                Ok([legacy_name, source]) => (Some(legacy_name), source),
+                Err(mut one) => (name, one.pop().unwrap_or_default()),
+            };
+            let ca_pem = match ca {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|source| CtlError::ReadFile { path, source })?,
+                ),
+                None => None,
+            };
+            // Credentials from the environment are for registries only: a file import with
+            // STAMPEDE_REGISTRY_CREDS set must not fail for it.
+            let credentials = creds.filter(|_| source.starts_with("docker://"));
             let req = ImportRequest {
                 name,
                 source,
                 sha256,
+                ca_pem,
+                credentials,
+                plain_http,
             };
             let job = client.start_import(&req).await?;
             if detach {
@@ -1031,24 +1130,24 @@ async fn follow_import(
     let mut last_line: Option<std::time::Instant> = None;
     let mut last_shown = None;
     loop {
-        if !json && last_shown != Some((job.bytes_done, job.state)) {
+        let shown = (job.bytes_done, job.state, job.stage.clone());
+        if !json && last_shown.as_ref() != Some(&shown) {
             if tty {
-                write!(out, "{}", progress_bar(&job))?;
+                let stage = job.stage.as_deref().unwrap_or_default();
+                write!(out, "{}  {stage:<9}", progress_bar(&job))?;
                 out.flush()?;
-                last_shown = Some((job.bytes_done, job.state));
+                last_shown = Some(shown);
             } else if job.state != ImportState::Running
                 || last_line.is_none_or(|t| t.elapsed() >= IMPORT_LINE_INTERVAL)
             {
-                writeln!(
-                    out,
-                    "import {} {}: {}",
-                    job.id,
-                    state_word(job.state),
-                    import_progress(&job)
-                )?;
+                let word = match (&job.stage, job.state) {
+                    (Some(stage), ImportState::Running) => stage.as_str(),
+                    _ => state_word(job.state),
+                };
+                writeln!(out, "import {} {word}: {}", job.id, import_progress(&job))?;
                 out.flush()?;
                 last_line = Some(std::time::Instant::now());
-                last_shown = Some((job.bytes_done, job.state));
+                last_shown = Some(shown);
             }
         }
         if job.state != ImportState::Running {
@@ -1063,7 +1162,20 @@ async fn follow_import(
         if tty {
             writeln!(out)?;
         }
-        if job.state == ImportState::Done {
+        if job.state == ImportState::Done
+            && let Some(root) = &job.root
+        {
+            let outcome = match job.outcome {
+                Some(PutOutcome::Unchanged) => "unchanged",
+                Some(PutOutcome::Updated) => "replaced",
+                _ => "stored",
+            };
+            writeln!(
+                out,
+                "root {} image {} root {} kernel {} chunks {} ({} bytes) {outcome}",
+                job.name, root.image, root.root_id, root.kernel_release, root.chunks, root.bytes
+            )?;
+        } else if job.state == ImportState::Done {
             let outcome = match job.outcome {
                 Some(PutOutcome::Unchanged) => "already in the store",
                 _ => "stored",

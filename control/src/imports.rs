@@ -2,6 +2,11 @@
 //! progress can be read (`GET /api/v1/images/imports/{id}`) and followed (`image_import`
 //! events on `/api/v1/events`).
 //!
+//! A source in skopeo's transport syntax (`oci:`, `oci-archive:`, `docker-archive:`,
+//! `docker://`) is an OCI image: the job builds a diskless root from it through the
+//! [`RootBuilder`] the appliance attaches (pull with every digest verified, flatten, erofs,
+//! chunks, signed manifest, node initramfs) and records a [`RootImage`] under the import's name.
+//!
 //! The design is deliberately plain: one import is one thread of tokio's blocking pool, reading
 //! the source in chunks, hashing as it copies (the store does that), and publishing the bytes
 //! done in an atomic. Jobs live in memory: a restart forgets them (and a half-written import
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::model::{ImageKind, RootImage};
 use crate::state::PutOutcome;
 
 /// How often a running import publishes a progress event (and at its start and end).
@@ -61,17 +67,95 @@ pub enum ImageStoreError {
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Builds diskless roots from OCI images: the appliance's side of a root import. The control
+/// crate sees the builder only through this trait, so it does not depend on the image code.
+pub trait RootBuilder: Send + Sync + std::fmt::Debug + 'static {
+    /// Checks a transport source's syntax without reading it. `Ok`: the name a root imported
+    /// from it gets when the request gives none (the repository's last component and tag, or
+    /// the file or directory name).
+    fn check_source(&self, source: &str) -> Result<String, String>;
+
+    /// Pulls, verifies and builds (blocking: called on the import's own thread). `progress`
+    /// is told the pull's bytes, then that the build proper started.
+    fn build(
+        &self,
+        request: &RootBuildRequest<'_>,
+        progress: &dyn Fn(RootBuildProgress),
+    ) -> Result<BuiltRootRecord, RootBuildError>;
+}
+
+/// What a root build needs besides the builder's own state.
+#[derive(Debug, Clone)]
+pub struct RootBuildRequest<'a> {
+    pub source: &'a str,
+    /// `docker://`: registry user and password.
+    pub credentials: Option<(String, String)>,
+    /// `docker://`: PEM text of CA certificates trusted for the registry's https.
+    pub ca_pem: Option<&'a str>,
+    /// `docker://`: speak plain http.
+    pub plain_http: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootBuildProgress {
+    /// Bytes of the image's config and layers read and verified so far, of `total`.
+    Pulling { done: u64, total: u64 },
+    /// Flattening, writing the file system, chunks, manifest and node initramfs.
+    Building,
+}
+
+/// A built root as the builder reports it; the job names it and records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltRootRecord {
+    pub image: String,
+    pub root_id: String,
+    pub kernel_release: String,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub initrd_bytes: u64,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub roots_dir: PathBuf,
+}
+
+/// Why a root was not built: the builder's message, with its causes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RootBuildError(pub String);
+
+/// The transports of skopeo's syntax that name OCI images (what [`RootBuilder`] builds from).
+pub const ROOT_TRANSPORTS: &[&str] = &["oci:", "oci-archive:", "docker-archive:", "docker://"];
+
+/// Whether `source` is an OCI image source rather than a file or URL.
+pub fn is_root_source(source: &str) -> bool {
+    ROOT_TRANSPORTS.iter().any(|t| source.starts_with(t))
+}
+
 /// Body of `POST /api/v1/images/imports`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
-    /// The image's name.
-    pub name: String,
-    /// Absolute path of a file on the appliance, or an `http://` / `https://` URL.
+    /// The image's name. Needed for a file or URL; a root defaults to its source's
+    /// `repo:tag` or file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Absolute path of a file on the appliance, an `http://` / `https://` URL, or an OCI image
+    /// in skopeo's syntax (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE`,
+    /// `docker://REGISTRY/REPO:TAG`), which becomes a diskless root.
     pub source: String,
-    /// Hex SHA-256 the content must have; the import fails (storing nothing) otherwise.
-    #[serde(default)]
+    /// Hex SHA-256 the content must have; the import fails (storing nothing) otherwise. Files
+    /// and URLs only (an OCI image is verified by its own digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `docker://`: PEM text of the CA certificates the registry's https is trusted by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// `docker://`: `USER:PASSWORD` for the registry. Never stored, logged or shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// `docker://`: plain http to the registry (https otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +172,15 @@ pub struct ImportJob {
     pub id: u64,
     pub name: String,
     pub source: String,
+    #[serde(default)]
+    pub kind: ImageKind,
     pub state: ImportState,
+    /// A root import's step while running: `pulling`, then `building`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Set when a root import is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootImage>,
     pub bytes_done: u64,
     /// The source's size when the import started; `None` when an HTTP server did not say.
     pub bytes_total: Option<u64>,
@@ -165,6 +257,8 @@ impl ImportJobs {
     pub(crate) fn start(
         &self,
         req: &ImportRequest,
+        name: &str,
+        kind: ImageKind,
         bytes_total: Option<u64>,
         now_ms: u64,
     ) -> Option<JobHandle> {
@@ -180,9 +274,12 @@ impl ImportJobs {
         let job = Arc::new(Job {
             view: Mutex::new(ImportJob {
                 id,
-                name: req.name.clone(),
+                name: name.to_owned(),
                 source: req.source.clone(),
+                kind,
                 state: ImportState::Running,
+                stage: None,
+                root: None,
                 bytes_done: 0,
                 bytes_total,
                 sha256: None,
@@ -208,6 +305,7 @@ impl ImportJobs {
         let handle = JobHandle {
             job,
             events: self.events.clone(),
+            last_pull_event: Mutex::new(Instant::now()),
         };
         handle.publish();
         Some(handle)
@@ -219,6 +317,8 @@ impl ImportJobs {
 pub(crate) struct JobHandle {
     job: Arc<Job>,
     events: broadcast::Sender<Arc<ImportJob>>,
+    /// When a root pull last published its progress.
+    last_pull_event: Mutex<Instant>,
 }
 
 impl JobHandle {
@@ -244,11 +344,44 @@ impl JobHandle {
         }
     }
 
+    /// A root import's pull progress (the total is known once the manifest is read).
+    pub(crate) fn pulled(&self, done: u64, total: u64) {
+        let first = {
+            let mut view = lock(&self.job.view);
+            let first = view.bytes_total != Some(total) || view.stage.is_none();
+            view.bytes_total = Some(total);
+            view.stage = Some("pulling".into());
+            first
+        };
+        self.job.done.store(done, Ordering::Relaxed);
+        let due = {
+            let mut last = lock(&self.last_pull_event);
+            let due = first || last.elapsed() >= PROGRESS_INTERVAL;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if due {
+            self.publish();
+        }
+    }
+
+    pub(crate) fn stage(&self, stage: &str) {
+        lock(&self.job.view).stage = Some(stage.to_owned());
+        self.publish();
+    }
+
+    pub(crate) fn finish_root(&self, root: RootImage) {
+        lock(&self.job.view).root = Some(root);
+    }
+
     pub(crate) fn finish(&self, result: Result<(String, PutOutcome), String>, now_ms: u64) {
         {
             let mut view = lock(&self.job.view);
             view.bytes_done = self.job.done.load(Ordering::Relaxed);
             view.finished_at_ms = Some(now_ms);
+            view.stage = None;
             match result {
                 Ok((sha256, outcome)) => {
                     view.state = ImportState::Done;

@@ -29,6 +29,11 @@ pub enum ValidationError {
         profile: String,
         reason: &'static str,
     },
+    #[error(
+        "invalid root name {0:?}: 1 to 128 of [A-Za-z0-9._:@/-], starting with a letter or \
+         digit, without `..` or `//`, and not `sha256:` (that prefix names a root by digest)"
+    )]
+    RootName(String),
 }
 
 /// An Ethernet address, written `aa:bb:cc:dd:ee:ff` (lower case) on the wire and in keys.
@@ -215,6 +220,8 @@ impl From<Machine> for MachineSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootTarget {
+    /// Empty only in a profile with a `root`: the root image's own kernel.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kernel: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub initrds: Vec<String>,
@@ -228,6 +235,11 @@ pub struct BootTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileSpec {
     pub name: String,
+    /// A diskless root image (see [`RootImage`]) by name, or by digest as `sha256:HEX`: the
+    /// machine boots the root's kernel (unless `kernel` overrides it) and node initramfs, with
+    /// the manifest's URL added to the command line. Resolved by the appliance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
     #[serde(flatten)]
     pub default: BootTarget,
     /// iPXE script template; `None` means the data plane's built-in script.
@@ -256,6 +268,11 @@ impl BootProfile {
         self.0.ipxe_template.as_deref()
     }
 
+    /// The root image the profile boots, as written (a name or `sha256:HEX`).
+    pub fn root(&self) -> Option<&str> {
+        self.0.root.as_deref()
+    }
+
     /// The boot target for a machine of `arch`: its variant if there is one, else the default.
     pub fn target(&self, arch: Option<Arch>) -> &BootTarget {
         arch.and_then(|a| self.0.variants.get(&a))
@@ -272,9 +289,17 @@ impl TryFrom<ProfileSpec> for BootProfile {
             profile: spec.name.clone(),
             reason,
         };
+        if let Some(root) = &spec.root {
+            validate_root_ref(root)?;
+        }
         for target in std::iter::once(&spec.default).chain(spec.variants.values()) {
-            if target.kernel.trim().is_empty() {
-                return Err(bad("kernel must not be empty"));
+            if target.kernel.trim().is_empty() && spec.root.is_none() {
+                return Err(bad("kernel must not be empty (or name a root image)"));
+            }
+            if spec.root.is_some() && !target.initrds.is_empty() {
+                return Err(bad(
+                    "a profile with a root boots the root's node initramfs: give no initrds",
+                ));
             }
             if target.initrds.iter().any(|i| i.trim().is_empty()) {
                 return Err(bad("initrd paths must not be empty"));
@@ -299,6 +324,74 @@ pub struct Image {
     pub size: u64,
     /// Unix time in milliseconds.
     pub registered_at_ms: u64,
+    #[serde(default)]
+    pub kind: ImageKind,
+    /// Set for [`ImageKind::Root`]: `sha256` is the OCI image's digest, `size` the root file
+    /// system's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootImage>,
+}
+
+/// What an image is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageKind {
+    /// A file in the content store (a kernel, an initrd, a disk image).
+    #[default]
+    File,
+    /// A diskless root built from an OCI image ([`RootImage`]).
+    Root,
+}
+
+/// A diskless root built from an OCI image: what a profile's `root` names. Stored under its
+/// name; importing the name again with another image replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootImage {
+    pub name: String,
+    /// The image manifest's digest, `sha256:HEX`.
+    pub image: String,
+    /// The root's id (the hex of `image`): its files are under `roots/<id>/` of `roots_dir`.
+    pub root_id: String,
+    /// Where it was imported from (skopeo syntax; never with credentials).
+    pub source: String,
+    /// The kernel's release (`uname -r`), whose modules the node initramfs carries.
+    pub kernel_release: String,
+    /// Chunks of the root file system image, and its size in bytes.
+    pub chunks: u64,
+    pub bytes: u64,
+    pub initrd_bytes: u64,
+    /// Absolute paths on the appliance.
+    pub kernel: String,
+    pub initrd: String,
+    /// The directory the appliance serves (`boot.roots_dir`); the signed manifest is at
+    /// `roots/<root_id>/manifest` in it and on the HTTP server.
+    pub roots_dir: String,
+    /// Unix time in milliseconds.
+    pub imported_at_ms: u64,
+}
+
+impl RootImage {
+    /// Whether `reference` (a profile's `root`) names this root: its name, or `sha256:HEX` of
+    /// its image.
+    pub fn is_named_by(&self, reference: &str) -> bool {
+        match reference.strip_prefix("sha256:") {
+            Some(hex) => hex.eq_ignore_ascii_case(&self.root_id),
+            None => reference == self.name,
+        }
+    }
+
+    /// The root as `GET /api/v1/images` lists it.
+    pub fn as_image(&self) -> Image {
+        Image {
+            sha256: self.root_id.clone(),
+            name: self.name.clone(),
+            path: format!("{}/roots/{}", self.roots_dir, self.root_id),
+            size: self.bytes,
+            registered_at_ms: self.imported_at_ms,
+            kind: ImageKind::Root,
+            root: Some(self.clone()),
+        }
+    }
 }
 
 /// Request to register an image: a file already on the appliance's disk.
@@ -317,6 +410,8 @@ pub struct FleetSnapshot {
     pub generation: u64,
     pub machines: BTreeMap<MacAddr, Machine>,
     pub profiles: BTreeMap<String, BootProfile>,
+    /// Diskless roots by name: what profiles' `root` resolves against.
+    pub roots: BTreeMap<String, RootImage>,
 }
 
 impl FleetSnapshot {
@@ -328,6 +423,42 @@ impl FleetSnapshot {
         }
         let profile = self.profiles.get(machine.profile.as_deref()?)?;
         Some((machine, profile))
+    }
+
+    /// The root a profile's `root` names: by name, or by `sha256:HEX` (any name holding it).
+    pub fn root(&self, reference: &str) -> Option<&RootImage> {
+        match reference.strip_prefix("sha256:") {
+            None => self.roots.get(reference),
+            Some(_) => self.roots.values().find(|r| r.is_named_by(reference)),
+        }
+    }
+}
+
+/// Names of roots: `small`, `debian:12`, `team/app:v2` (what `repo:tag` looks like). Slashes
+/// are allowed; a client puts such a name in a URL path percent-encoded.
+pub fn validate_root_name(name: &str) -> Result<(), ValidationError> {
+    let ok = (1..=128).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.ends_with('/')
+        && !name.starts_with("sha256:")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@/-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::RootName(name.to_owned()))
+    }
+}
+
+/// A profile's `root`: a root name, or `sha256:` and 64 hex digits.
+pub fn validate_root_ref(reference: &str) -> Result<(), ValidationError> {
+    match reference.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        Some(_) => Err(ValidationError::RootName(reference.to_owned())),
+        None => validate_root_name(reference),
     }
 }
 
@@ -471,6 +602,7 @@ mod tests {
         };
         let profile = BootProfile::try_from(ProfileSpec {
             name: "rescue".into(),
+            root: None,
             default: target("vmlinuz"),
             ipxe_template: None,
             variants: [(Arch::EfiArm64, target("Image"))].into(),
@@ -482,6 +614,7 @@ mod tests {
 
         let injected = ProfileSpec {
             name: "evil".into(),
+            root: None,
             default: BootTarget {
                 kernel: "k".into(),
                 initrds: vec![],
@@ -494,5 +627,53 @@ mod tests {
             BootProfile::try_from(injected).is_err(),
             "multi-line cmdline refused"
         );
+    }
+
+    #[test]
+    fn a_root_profile_needs_no_kernel_and_takes_no_initrds() {
+        let spec = |root: Option<&str>, kernel: &str, initrds: Vec<String>| ProfileSpec {
+            name: "diskless".into(),
+            root: root.map(str::to_owned),
+            default: BootTarget {
+                kernel: kernel.into(),
+                initrds,
+                cmdline: "console=ttyS0".into(),
+            },
+            ipxe_template: None,
+            variants: BTreeMap::new(),
+        };
+        let p = BootProfile::try_from(spec(Some("debian:12"), "", vec![])).expect("root only");
+        assert_eq!(p.root(), Some("debian:12"));
+        let text = serde_json::to_string(p.spec()).expect("json");
+        assert!(
+            !text.contains("kernel"),
+            "an empty kernel is left out: {text}"
+        );
+        let back: ProfileSpec = serde_json::from_str(&text).expect("round trip");
+        assert_eq!(&back, p.spec());
+        BootProfile::try_from(spec(
+            Some(&format!("sha256:{}", "ab".repeat(32))),
+            "k",
+            vec![],
+        ))
+        .expect("by digest, with a kernel override");
+        for (bad, why) in [
+            (spec(None, "", vec![]), "neither kernel nor root"),
+            (
+                spec(Some("small"), "", vec!["i".into()]),
+                "initrds with a root",
+            ),
+            (spec(Some("sha256:abc"), "", vec![]), "short digest"),
+            (spec(Some("../x"), "", vec![]), "dots"),
+            (spec(Some("a b"), "", vec![]), "space"),
+        ] {
+            assert!(BootProfile::try_from(bad).is_err(), "{why} must be refused");
+        }
+        for good in ["small", "debian:12", "team/app:v2", "small.tar", "x@1"] {
+            validate_root_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["", "/abs", "a//b", "a/", "sha256:ab", ".x", "-x", "a..b"] {
+            assert!(validate_root_name(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 }

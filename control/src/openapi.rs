@@ -107,7 +107,7 @@ fn deleted() -> Value {
 
 fn schemas() -> Value {
     let boot_target = json!({
-        "type": "object", "required": ["kernel"],
+        "type": "object",
         "properties": {
             "kernel": { "type": "string" },
             "initrds": { "type": "array", "items": { "type": "string" } },
@@ -116,7 +116,7 @@ fn schemas() -> Value {
     });
     let arch = json!({ "type": "string",
         "enum": ["x86_bios", "efi_ia32", "efi_x64", "efi_arm32", "efi_arm64"] });
-    json!({
+    let mut schemas = json!({
         "Error": { "type": "object", "required": ["error"],
                    "properties": { "error": { "type": "string" } } },
         "Health": { "type": "object", "required": ["status", "machines", "profiles", "generation"],
@@ -135,23 +135,9 @@ fn schemas() -> Value {
                 "boot": { "type": "string", "enum": ["allow", "deny"], "default": "allow" }
             } },
         "BootTarget": boot_target,
-        "Profile": { "type": "object", "required": ["name", "kernel"],
-            "properties": {
-                "name": name_string(),
-                "kernel": { "type": "string" },
-                "initrds": { "type": "array", "items": { "type": "string" } },
-                "cmdline": { "type": "string" },
-                "ipxe_template": { "type": "string" },
-                "variants": { "type": "object", "description": "Keyed by Arch",
-                              "additionalProperties": schema_ref("BootTarget") }
-            } },
         "ImageSpec": { "type": "object", "required": ["name", "path"],
             "properties": { "name": name_string(),
                             "path": { "type": "string", "description": "File on the appliance" } } },
-        "Image": { "type": "object", "required": ["sha256", "name", "path", "size", "registered_at_ms"],
-            "properties": { "sha256": { "type": "string" }, "name": { "type": "string" },
-                            "path": { "type": "string" }, "size": { "type": "integer" },
-                            "registered_at_ms": { "type": "integer", "format": "int64" } } },
         "Lease": { "type": "object", "required": ["ip", "client", "mac", "state", "expires_ms"],
             "properties": { "ip": { "type": "string", "format": "ipv4" },
                             "client": { "type": "string", "description": "Hex client key" },
@@ -232,18 +218,45 @@ fn schemas() -> Value {
                 "longest_wait": { "allOf": [schema_ref("TimelineEntry")], "nullable": true },
                 "timeline": { "type": "array", "items": schema_ref("TimelineEntry") }
             } }] },
-        "ImportRequest": { "type": "object", "required": ["name", "source"], "additionalProperties": false,
-            "properties": { "name": name_string(),
-                            "source": { "type": "string", "description": "Absolute path of a file on the appliance, or an http:// or https:// URL" },
+        "NewToken": { "type": "object", "required": ["name", "role"],
+            "properties": { "name": name_string(), "role": schema_ref("Role") } },
+        "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
+            "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
+                            "token": { "type": "string", "description": "Shown once" } } }
+    });
+    // Apart: one json! of every schema exceeds the macro recursion limit.
+    schemas["RootImage"] = json!({ "type": "object",
+            "required": ["name", "image", "root_id", "source", "kernel_release", "chunks", "bytes",
+                         "initrd_bytes", "kernel", "initrd", "roots_dir", "imported_at_ms"],
+            "properties": { "name": { "type": "string" },
+                            "image": { "type": "string", "description": "sha256:HEX of the image manifest" },
+                            "root_id": { "type": "string" }, "source": { "type": "string" },
+                            "kernel_release": { "type": "string" },
+                            "chunks": { "type": "integer" }, "bytes": { "type": "integer" },
+                            "initrd_bytes": { "type": "integer" },
+                            "kernel": { "type": "string" }, "initrd": { "type": "string" },
+                            "roots_dir": { "type": "string" },
+                            "imported_at_ms": { "type": "integer", "format": "int64" } } });
+    schemas["ImportRequest"] = json!({ "type": "object", "required": ["source"], "additionalProperties": false,
+            "properties": { "name": { "type": "string", "nullable": true,
+                                      "description": "Needed for a file or URL; a root defaults to its source's repo:tag or file name" },
+                            "source": { "type": "string", "description": "Absolute path of a file on the appliance, an http:// or https:// URL, or an OCI image (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, docker://REGISTRY/REPO:TAG) that becomes a diskless root" },
                             "sha256": { "type": "string", "nullable": true, "pattern": SHA256_PATTERN,
-                                        "description": "Hex SHA-256 the content must have; otherwise the import fails and stores nothing" } } },
-        "ImportJob": { "type": "object",
+                                        "description": "Files and URLs: hex SHA-256 the content must have; otherwise the import fails and stores nothing" },
+                            "ca_pem": { "type": "string", "nullable": true, "description": "docker://: CA certificates (PEM) for the registry's https" },
+                            "credentials": { "type": "string", "nullable": true, "description": "docker://: USER:PASSWORD" },
+                            "plain_http": { "type": "boolean", "default": false, "description": "docker://: plain http" } } });
+    schemas["ImportJob"] = json!({ "type": "object",
             "required": ["id", "name", "source", "state", "bytes_done", "bytes_total", "sha256",
                          "expected_sha256", "outcome", "error", "started_at_ms", "finished_at_ms"],
             "properties": {
                 "id": { "type": "integer", "format": "int64" },
                 "name": { "type": "string" }, "source": { "type": "string" },
+                "kind": { "type": "string", "enum": ["file", "root"] },
                 "state": { "type": "string", "enum": ["running", "done", "failed"] },
+                "stage": { "type": "string", "enum": ["pulling", "building"],
+                           "description": "A running root import's step" },
+                "root": schema_ref("RootImage"),
                 "bytes_done": { "type": "integer", "format": "int64" },
                 "bytes_total": { "type": "integer", "format": "int64", "nullable": true,
                                  "description": "The source's size when the import started; null when an HTTP server did not say" },
@@ -253,13 +266,28 @@ fn schemas() -> Value {
                              "description": "Set when done: unchanged when the store already held this content" },
                 "error": { "type": "string", "nullable": true, "description": "Set when failed" },
                 "started_at_ms": { "type": "integer", "format": "int64" },
-                "finished_at_ms": { "type": "integer", "format": "int64", "nullable": true } } },
-        "NewToken": { "type": "object", "required": ["name", "role"],
-            "properties": { "name": name_string(), "role": schema_ref("Role") } },
-        "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
-            "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
-                            "token": { "type": "string", "description": "Shown once" } } }
-    })
+                "finished_at_ms": { "type": "integer", "format": "int64", "nullable": true } } });
+    schemas["Image"] = json!({ "type": "object", "required": ["sha256", "name", "path", "size", "registered_at_ms", "kind"],
+            "properties": { "sha256": { "type": "string", "description": "A root's: its OCI image digest" },
+                            "name": { "type": "string" },
+                            "path": { "type": "string" }, "size": { "type": "integer" },
+                            "registered_at_ms": { "type": "integer", "format": "int64" },
+                            "kind": { "type": "string", "enum": ["file", "root"] },
+                            "root": schema_ref("RootImage") } });
+    schemas["Profile"] = json!({ "type": "object", "required": ["name"],
+            "description": "kernel is needed unless root is given",
+            "properties": {
+                "name": name_string(),
+                "root": { "type": "string",
+                          "description": "A diskless root: an imported root's name, or sha256:DIGEST (then no initrds)" },
+                "kernel": { "type": "string" },
+                "initrds": { "type": "array", "items": { "type": "string" } },
+                "cmdline": { "type": "string" },
+                "ipxe_template": { "type": "string" },
+                "variants": { "type": "object", "description": "Keyed by Arch",
+                              "additionalProperties": schema_ref("BootTarget") }
+            } });
+    schemas
 }
 
 /// The document served at `/api/v1/openapi.json`.
@@ -272,7 +300,10 @@ pub fn document() -> Value {
     let mac = json!([mac_path]);
     let mac_param = mac.clone();
     let name = json!([path_param("name", "Profile name")]);
-    let sha = json!([path_param("sha256", "Hex SHA-256 of the image")]);
+    let sha = json!([path_param(
+        "sha256",
+        "Hex SHA-256 of a file image, or a root's name (percent-encoded) or image digest"
+    )]);
     let token_name = json!([path_param("name", "Token name")]);
     let not_found = || error("Not found");
     json!({
@@ -332,7 +363,7 @@ pub fn document() -> Value {
             "/api/v1/images/imports": {
                 "get": op("Image imports since the appliance started", read,
                           json!({ "200": ok("Import jobs", list_of("ImportJob")) })),
-                "post": with_body(op("Import a file on the appliance into the image store; returns at once", operator, json!({
+                "post": with_body(op("Import a file on the appliance or a URL into the image store, or build a diskless root from an OCI image; returns at once", operator, json!({
                     "202": { "description": "Import started; follow it at Location or on /api/v1/events (event image_import)",
                              "headers": { "Location": { "description": "URL of the job",
                                                         "schema": { "type": "string" } } },
@@ -351,7 +382,7 @@ pub fn document() -> Value {
             "/api/v1/images/{sha256}": {
                 "get": with_params(op("Get an image", read,
                     json!({ "200": ok("Image", schema_ref("Image")), "404": not_found() })), sha.clone()),
-                "delete": with_params(op("Forget an image", operator, deleted()), sha)
+                "delete": with_params(op("Forget a root (by name; 409 while an API profile boots it) or a file image (by SHA-256); files on disk stay", operator, deleted()), sha)
             },
             "/api/v1/leases": {
                 "get": op("Committed DHCP leases", read, json!({ "200": ok("Leases", list_of("Lease")) }))

@@ -11,19 +11,27 @@ use tokio::sync::watch;
 
 use crate::audit::{self, AuditEntry, AuditReport};
 use crate::auth::{self, Caller, RandomError, Role, TokenRecord};
-use crate::imports::{ImageStore, ImageStoreError, ImportJob, ImportJobs, ImportRequest};
+use crate::imports::{
+    ImageStore, ImageStoreError, ImportJob, ImportJobs, ImportRequest, RootBuildProgress,
+    RootBuildRequest, RootBuilder,
+};
 use crate::leases::{self, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::model::{
-    BootProfile, FleetSnapshot, Image, ImageSpec, MacAddr, Machine, ValidationError, validate_name,
+    BootProfile, FleetSnapshot, Image, ImageKind, ImageSpec, MacAddr, Machine, RootImage,
+    ValidationError, validate_name, validate_root_name,
 };
 use crate::sessions::{BootSessions, SessionLimits};
 use crate::store::{
-    self, DbContext, IMAGES, MACHINES, PROFILES, StoreError, TOKENS, decode, encode, read_all,
+    self, DbContext, IMAGES, MACHINES, PROFILES, ROOTS, StoreError, TOKENS, decode, encode,
+    read_all,
 };
 
 /// A SHA-256 digest as bytes.
 type Sha256Bytes = [u8; 32];
+
+/// What a file import starts from: its name, the store, the digest it must have.
+type FileImportPlan = (String, Arc<dyn ImageStore>, Option<Sha256Bytes>);
 
 /// Environment variable that may hold the first admin token.
 pub const ADMIN_TOKEN_ENV: &str = "STAMPEDE_ADMIN_TOKEN";
@@ -42,6 +50,11 @@ pub enum ControlError {
     },
     #[error("machine {mac} names profile {profile:?}, which does not exist")]
     UnknownProfile { mac: String, profile: String },
+    #[error(
+        "profile {profile:?} names root {root:?}, which is not an imported root image \
+         (stampede ctl images list)"
+    )]
+    UnknownRoot { profile: String, root: String },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("cannot read image file {path}: {source}")]
@@ -59,6 +72,8 @@ pub enum ControlError {
     BadDigest(String),
     #[error("this appliance has no image store (imports need a running appliance)")]
     NoImageStore,
+    #[error("this appliance builds no diskless roots (root imports need a running appliance)")]
+    NoRootBuilder,
     #[error("{0} imports are running; start another when one has finished")]
     TooManyImports(usize),
     #[error("cannot start the import thread: {0}")]
@@ -98,6 +113,8 @@ struct Inner {
     imports: ImportJobs,
     /// Set once by the appliance; imports are refused until then.
     image_store: OnceLock<Arc<dyn ImageStore>>,
+    /// Set once by the appliance; root imports are refused until then.
+    root_builder: OnceLock<Arc<dyn RootBuilder>>,
 }
 
 /// Shared handle to the control plane's state; cloning is cheap.
@@ -146,6 +163,7 @@ impl ControlState {
                 sessions,
                 imports: ImportJobs::new(),
                 image_store: OnceLock::new(),
+                root_builder: OnceLock::new(),
             }),
         };
         state.update_fleet_gauges();
@@ -285,6 +303,14 @@ impl ControlState {
             if old == Some(&profile) {
                 return Ok(PutOutcome::Unchanged);
             }
+            if let Some(root) = profile.root()
+                && snap.root(root).is_none()
+            {
+                return Err(ControlError::UnknownRoot {
+                    profile: key,
+                    root: root.to_owned(),
+                });
+            }
             let outcome = if old.is_some() {
                 PutOutcome::Updated
             } else {
@@ -338,20 +364,35 @@ impl ControlState {
 
     // --- images ---
 
+    /// Files in the content store, then diskless roots (by name).
     pub fn images(&self) -> Result<Vec<Image>, ControlError> {
         let txn = self.inner.db.begin_read().db("beginning a read")?;
         let table = txn.open_table(IMAGES).db("opening images")?;
-        Ok(read_all(&table, "images")?)
+        let mut images: Vec<Image> = read_all(&table, "images")?;
+        images.extend(self.snapshot().roots.values().map(RootImage::as_image));
+        Ok(images)
     }
 
-    pub fn image(&self, sha256: &str) -> Result<Image, ControlError> {
+    /// A file image by its hex SHA-256, else a root by name, else a root by image digest.
+    pub fn image(&self, key: &str) -> Result<Image, ControlError> {
         let txn = self.inner.db.begin_read().db("beginning a read")?;
         let table = txn.open_table(IMAGES).db("opening images")?;
-        let row = table.get(sha256).db("reading an image")?;
-        match row {
-            Some(v) => Ok(decode("images", sha256, v.value())?),
-            None => Err(not_found("image", sha256)),
+        let row = table.get(key).db("reading an image")?;
+        if let Some(v) = row {
+            return Ok(decode("images", key, v.value())?);
         }
+        let snap = self.snapshot();
+        let by_digest = format!("sha256:{}", key.trim_start_matches("sha256:"));
+        snap.roots
+            .get(key)
+            .or_else(|| snap.root(&by_digest))
+            .map(RootImage::as_image)
+            .ok_or_else(|| not_found("image", key))
+    }
+
+    /// Diskless roots by name.
+    pub fn roots(&self) -> Vec<RootImage> {
+        self.snapshot().roots.values().cloned().collect()
     }
 
     /// Hashes the file (blocking: call it off the async workers) and records it under its
@@ -392,6 +433,8 @@ impl ControlState {
             path: spec.path,
             size,
             registered_at_ms: store::now_ms(),
+            kind: ImageKind::File,
+            root: None,
         };
         self.mutate(|txn, _| {
             let mut table = txn.open_table(IMAGES).db("opening images")?;
@@ -417,12 +460,30 @@ impl ControlState {
         &self.inner.imports
     }
 
-    /// What every import checks first: the name, the expected digest, that there is a store.
-    fn import_precheck(
-        &self,
-        req: &ImportRequest,
-    ) -> Result<(Arc<dyn ImageStore>, Option<Sha256Bytes>), ControlError> {
-        validate_name(&req.name)?;
+    /// Where root imports build. Only the first call has an effect.
+    pub fn attach_root_builder(&self, builder: Arc<dyn RootBuilder>) {
+        let _ = self.inner.root_builder.set(builder);
+    }
+
+    /// What every file import checks first: the name, the expected digest, that there is a
+    /// store.
+    fn import_precheck(&self, req: &ImportRequest) -> Result<FileImportPlan, ControlError> {
+        let name = req.name.clone().ok_or_else(|| ControlError::ImportSource {
+            source_path: req.source.clone(),
+            problem: "a file or URL import needs a name".into(),
+        })?;
+        validate_name(&name)?;
+        let root_only = [
+            ("ca_pem", req.ca_pem.is_some()),
+            ("credentials", req.credentials.is_some()),
+            ("plain_http", req.plain_http),
+        ];
+        if let Some((field, _)) = root_only.iter().find(|(_, given)| *given) {
+            return Err(ControlError::ImportSource {
+                source_path: req.source.clone(),
+                problem: format!("{field} is for docker:// sources only"),
+            });
+        }
         let expected = match &req.sha256 {
             None => None,
             Some(hex_digest) => {
@@ -439,18 +500,22 @@ impl ControlState {
                 .get()
                 .ok_or(ControlError::NoImageStore)?,
         );
-        Ok((store, expected))
+        Ok((name, store, expected))
     }
 
-    /// Starts importing `req.source`, a file on the appliance (an absolute path) or an
-    /// `http://`/`https://` URL; returns the running job at once. The copy runs on a thread of
-    /// its own. Must be called on a tokio runtime (a URL's body is read by a task).
+    /// Starts importing `req.source`, a file on the appliance (an absolute path), an
+    /// `http://`/`https://` URL, or an OCI image in skopeo's syntax (a diskless root, see
+    /// [`Self::start_root_import`]); returns the running job at once. The copy runs on a thread
+    /// of its own. Must be called on a tokio runtime (a URL's body is read by a task).
     pub async fn start_import(
         &self,
         actor: &Caller,
         req: ImportRequest,
     ) -> Result<ImportJob, ControlError> {
-        let (store, expected) = self.import_precheck(&req)?;
+        if crate::imports::is_root_source(&req.source) {
+            return self.start_root_import(actor, req);
+        }
+        let (name, store, expected) = self.import_precheck(&req)?;
         let source_err = |problem: String| ControlError::ImportSource {
             source_path: req.source.clone(),
             problem,
@@ -464,7 +529,9 @@ impl ControlState {
             } else {
                 if !Path::new(&req.source).is_absolute() {
                     return Err(source_err(
-                        "neither an absolute path to a file on the appliance nor an http(s) URL"
+                        "neither an absolute path to a file on the appliance, an http(s) URL, \
+                         nor an OCI image (oci:DIR[:TAG], oci-archive:FILE[:TAG], \
+                         docker-archive:FILE, docker://REGISTRY/REPO:TAG)"
                             .into(),
                     ));
                 }
@@ -487,7 +554,7 @@ impl ControlState {
         let handle = self
             .inner
             .imports
-            .start(&req, total, store::now_ms())
+            .start(&req, &name, ImageKind::File, total, store::now_ms())
             .ok_or(ControlError::TooManyImports(
                 crate::imports::MAX_RUNNING_IMPORTS,
             ))?;
@@ -500,8 +567,15 @@ impl ControlState {
             .name(format!("image-import-{}", job.id))
             .spawn(move || {
                 let handle = worker;
-                let result =
-                    state.run_import(&actor, &req, &handle, reader, store.as_ref(), expected);
+                let result = state.run_import(
+                    &actor,
+                    &req,
+                    &name,
+                    &handle,
+                    reader,
+                    store.as_ref(),
+                    expected,
+                );
                 if let Err(e) = &result {
                     tracing::warn!(job = handle.id(), source = %req.source, error = %e, "image import failed");
                 }
@@ -517,10 +591,161 @@ impl ControlState {
         Ok(job)
     }
 
+    /// A root import: the source's syntax and the name are checked now (4xx), the pull and
+    /// build run on a thread of their own, and only a finished, verified root is recorded.
+    fn start_root_import(
+        &self,
+        actor: &Caller,
+        req: ImportRequest,
+    ) -> Result<ImportJob, ControlError> {
+        let source_err = |problem: String| ControlError::ImportSource {
+            source_path: req.source.clone(),
+            problem,
+        };
+        if req.sha256.is_some() {
+            return Err(source_err(
+                "sha256 is for files and URLs: an OCI image is verified by its own digests \
+                 (pin one with docker://REGISTRY/REPO@sha256:HEX)"
+                    .into(),
+            ));
+        }
+        let builder = Arc::clone(
+            self.inner
+                .root_builder
+                .get()
+                .ok_or(ControlError::NoRootBuilder)?,
+        );
+        let default_name = builder.check_source(&req.source).map_err(source_err)?;
+        let name = req.name.clone().unwrap_or(default_name);
+        validate_root_name(&name)?;
+        let credentials = match &req.credentials {
+            None => None,
+            Some(text) => {
+                let (user, password) = text
+                    .split_once(':')
+                    .ok_or_else(|| source_err("credentials must be USER:PASSWORD".into()))?;
+                Some((user.to_owned(), password.to_owned()))
+            }
+        };
+        let handle = self
+            .inner
+            .imports
+            .start(&req, &name, ImageKind::Root, None, store::now_ms())
+            .ok_or(ControlError::TooManyImports(
+                crate::imports::MAX_RUNNING_IMPORTS,
+            ))?;
+        let handle = Arc::new(handle);
+        let job = handle.snapshot();
+        let state = self.clone();
+        let actor = actor.clone();
+        let worker = Arc::clone(&handle);
+        let spawned = std::thread::Builder::new()
+            .name(format!("root-import-{}", job.id))
+            .spawn(move || {
+                let handle = worker;
+                let request = RootBuildRequest {
+                    source: &req.source,
+                    credentials,
+                    ca_pem: req.ca_pem.as_deref(),
+                    plain_http: req.plain_http,
+                };
+                let progress = |p: RootBuildProgress| match p {
+                    RootBuildProgress::Pulling { done, total } => handle.pulled(done, total),
+                    RootBuildProgress::Building => handle.stage("building"),
+                };
+                let result = builder
+                    .build(&request, &progress)
+                    .map_err(|e| ControlError::ImportSource {
+                        source_path: req.source.clone(),
+                        problem: e.0,
+                    })
+                    .and_then(|built| {
+                        let root = RootImage {
+                            name: name.clone(),
+                            image: built.image,
+                            root_id: built.root_id,
+                            source: req.source.clone(),
+                            kernel_release: built.kernel_release,
+                            chunks: built.chunks,
+                            bytes: built.bytes,
+                            initrd_bytes: built.initrd_bytes,
+                            kernel: built.kernel.to_string_lossy().into_owned(),
+                            initrd: built.initrd.to_string_lossy().into_owned(),
+                            roots_dir: built.roots_dir.to_string_lossy().into_owned(),
+                            imported_at_ms: store::now_ms(),
+                        };
+                        let outcome = state.record_root(&actor, &root, handle.id())?;
+                        let id = root.root_id.clone();
+                        handle.finish_root(root);
+                        Ok((id, outcome))
+                    });
+                if let Err(e) = &result {
+                    tracing::warn!(job = handle.id(), source = %req.source, error = %e, "root import failed");
+                }
+                handle.finish(result.map_err(|e| e.to_string()), store::now_ms());
+            });
+        if let Err(e) = spawned {
+            handle.finish(
+                Err(format!("cannot start the import thread: {e}")),
+                store::now_ms(),
+            );
+            return Err(ControlError::ImportThread(e));
+        }
+        Ok(job)
+    }
+
+    /// Records a built root under its name: created, updated (the name now points at another
+    /// image, or the same image built again differently) or unchanged. Audited as
+    /// `image.root`, with the image it replaced.
+    pub fn record_root(
+        &self,
+        actor: &Caller,
+        root: &RootImage,
+        job: u64,
+    ) -> Result<PutOutcome, ControlError> {
+        validate_root_name(&root.name)?;
+        self.mutate(|txn, snap| {
+            let old = snap.roots.get(&root.name);
+            let same = old.is_some_and(|o| {
+                RootImage {
+                    imported_at_ms: root.imported_at_ms,
+                    source: root.source.clone(),
+                    ..o.clone()
+                } == *root
+            });
+            if same {
+                return Ok(PutOutcome::Unchanged);
+            }
+            let outcome = if old.is_some() {
+                PutOutcome::Updated
+            } else {
+                PutOutcome::Created
+            };
+            let detail = serde_json::json!({
+                "image": root.image, "root_id": root.root_id, "source": root.source,
+                "kernel_release": root.kernel_release, "chunks": root.chunks,
+                "bytes": root.bytes, "job": job,
+                "replaced": old.map(|o| o.image.clone()),
+            });
+            txn.open_table(ROOTS)
+                .db("opening roots")?
+                .insert(root.name.as_str(), encode(root).as_slice())
+                .db("writing a root")?;
+            audit::append(txn, &actor.name, "image.root", &root.name, detail)?;
+            snap.roots.insert(root.name.clone(), root.clone());
+            Ok(outcome)
+        })
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site: the import thread, handing over what it owns"
+    )]
     fn run_import(
         &self,
         actor: &Caller,
         req: &ImportRequest,
+        name: &str,
         handle: &crate::imports::JobHandle,
         source: Box<dyn std::io::Read + Send>,
         store: &dyn ImageStore,
@@ -541,10 +766,12 @@ impl ControlState {
         let size = handle.snapshot().bytes_done;
         let image = Image {
             sha256: sha256.clone(),
-            name: req.name.clone(),
+            name: name.to_owned(),
             path: stored.path.to_string_lossy().into_owned(),
             size,
             registered_at_ms: store::now_ms(),
+            kind: ImageKind::File,
+            root: None,
         };
         let detail = serde_json::json!({
             "name": image.name, "path": image.path, "size": size,
@@ -565,22 +792,55 @@ impl ControlState {
         Ok((sha256, outcome))
     }
 
-    pub fn delete_image(&self, actor: &Caller, sha256: &str) -> Result<(), ControlError> {
-        self.mutate(|txn, _| {
+    /// Forgets a root by name, else a file image by its hex SHA-256. A root a profile of the
+    /// control API still boots is refused (the files a root is served from stay on disk).
+    pub fn delete_image(&self, actor: &Caller, key: &str) -> Result<(), ControlError> {
+        self.mutate(|txn, snap| {
+            if let Some(root) = snap.roots.get(key).cloned() {
+                let still_named = |reference: &str| {
+                    snap.roots
+                        .values()
+                        .any(|r| r.name != root.name && r.is_named_by(reference))
+                };
+                let users: Vec<String> = snap
+                    .profiles
+                    .values()
+                    .filter(|p| {
+                        p.root()
+                            .is_some_and(|r| root.is_named_by(r) && !still_named(r))
+                    })
+                    .map(|p| p.name().to_owned())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ControlError::InUse {
+                        kind: "root image",
+                        key: key.to_owned(),
+                        reason: format!("profiles {} boot it", users.join(", ")),
+                    });
+                }
+                snap.roots.remove(key);
+                txn.open_table(ROOTS)
+                    .db("opening roots")?
+                    .remove(key)
+                    .db("removing a root")?;
+                let detail = serde_json::json!({ "image": root.image, "root_id": root.root_id });
+                audit::append(txn, &actor.name, "image.delete", key, detail)?;
+                return Ok(());
+            }
             let removed = txn
                 .open_table(IMAGES)
                 .db("opening images")?
-                .remove(sha256)
+                .remove(key)
                 .db("removing an image")?
                 .is_some();
             if !removed {
-                return Err(not_found("image", sha256));
+                return Err(not_found("image", key));
             }
             audit::append(
                 txn,
                 &actor.name,
                 "image.delete",
-                sha256,
+                key,
                 serde_json::Value::Null,
             )?;
             Ok(())
@@ -757,7 +1017,10 @@ impl ControlState {
             }
         };
         txn.commit().db("committing a change")?;
-        if next.machines != current.machines || next.profiles != current.profiles {
+        if next.machines != current.machines
+            || next.profiles != current.profiles
+            || next.roots != current.roots
+        {
             next.generation = current.generation + 1;
             self.inner.snapshot.send_replace(Arc::new(next));
             self.update_fleet_gauges();
@@ -812,8 +1075,10 @@ fn load_snapshot(db: &Database) -> Result<FleetSnapshot, StoreError> {
         &txn.open_table(PROFILES).db("opening profiles")?,
         "profiles",
     )?;
+    let roots: Vec<RootImage> = read_all(&txn.open_table(ROOTS).db("opening roots")?, "roots")?;
     Ok(FleetSnapshot {
         generation: 0,
+        roots: roots.into_iter().map(|r| (r.name.clone(), r)).collect(),
         machines: machines.into_iter().map(|m| (m.mac, m)).collect(),
         profiles: profiles
             .into_iter()
@@ -826,6 +1091,131 @@ fn load_snapshot(db: &Database) -> Result<FleetSnapshot, StoreError> {
 mod tests {
     use super::*;
     use crate::model::MachineSpec;
+
+    fn root(name: &str, digit: char) -> RootImage {
+        let id: String = std::iter::repeat_n(digit, 64).collect();
+        RootImage {
+            name: name.into(),
+            image: format!("sha256:{id}"),
+            root_id: id,
+            source: format!("oci-archive:/srv/{name}.tar"),
+            kernel_release: "6.1.0-1-amd64".into(),
+            chunks: 3,
+            bytes: 3 << 20,
+            initrd_bytes: 1 << 20,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            roots_dir: "/var/lib/stampede/roots/serve".into(),
+            imported_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn roots_are_named_replaced_resolved_and_guarded() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("state.redb");
+        let ops = Caller {
+            name: "ops".into(),
+            role: Role::Operator,
+        };
+        let state = ControlState::open(&path, Metrics::new()).expect("open");
+        let profile = |root: &str| {
+            BootProfile::try_from(crate::model::ProfileSpec {
+                name: "diskless".into(),
+                root: Some(root.into()),
+                default: crate::model::BootTarget {
+                    kernel: String::new(),
+                    initrds: vec![],
+                    cmdline: String::new(),
+                },
+                ipxe_template: None,
+                variants: Default::default(),
+            })
+            .expect("valid profile")
+        };
+
+        // A profile naming no root is refused, naming both; nothing is stored.
+        let err = state
+            .put_profile(&ops, profile("small"), false)
+            .expect_err("unknown root");
+        assert!(
+            matches!(&err, ControlError::UnknownRoot { profile, root }
+                if profile == "diskless" && root == "small"),
+            "{err}"
+        );
+        assert!(state.profiles().is_empty());
+
+        let generation = state.snapshot().generation;
+        assert_eq!(
+            state
+                .record_root(&ops, &root("small", 'a'), 1)
+                .expect("record"),
+            PutOutcome::Created
+        );
+        assert!(
+            state.snapshot().generation > generation,
+            "roots are published"
+        );
+        let mut again = root("small", 'a');
+        again.imported_at_ms = 99;
+        assert_eq!(
+            state.record_root(&ops, &again, 2).expect("record"),
+            PutOutcome::Unchanged,
+            "the same image again changes nothing"
+        );
+        state
+            .put_profile(&ops, profile("small"), false)
+            .expect("by name");
+        state
+            .put_profile(&ops, profile(&format!("sha256:{}", "A".repeat(64))), false)
+            .expect("by digest, any case");
+
+        // Another image under the name replaces it.
+        assert_eq!(
+            state
+                .record_root(&ops, &root("small", 'b'), 3)
+                .expect("record"),
+            PutOutcome::Updated
+        );
+        let snap = state.snapshot();
+        assert_eq!(
+            snap.root("small").map(|r| r.root_id.as_str()),
+            Some(&*"b".repeat(64))
+        );
+        assert!(snap.root(&format!("sha256:{}", "a".repeat(64))).is_none());
+        let listed = state.images().expect("images");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].kind, ImageKind::Root);
+        assert_eq!(listed[0].sha256, "b".repeat(64));
+        let audit = state.audit_entries(0, 100).expect("audit");
+        let roots: Vec<_> = audit.iter().filter(|e| e.action == "image.root").collect();
+        assert_eq!(
+            roots.len(),
+            2,
+            "created and replaced are audited, unchanged is not"
+        );
+        assert_eq!(
+            roots[1].detail["replaced"],
+            format!("sha256:{}", "a".repeat(64))
+        );
+
+        // In use by digest (the profile stored last names sha256:a..., now unknown: not in use)
+        // then by name.
+        state
+            .put_profile(&ops, profile("small"), false)
+            .expect("by name");
+        let err = state.delete_image(&ops, "small").expect_err("in use");
+        assert!(matches!(err, ControlError::InUse { .. }), "{err}");
+        state
+            .delete_profile(&ops, "diskless")
+            .expect("profile gone");
+        state.delete_image(&ops, "small").expect("root gone");
+        assert!(state.images().expect("images").is_empty());
+        drop(state);
+        let state = ControlState::open(&path, Metrics::new()).expect("reopen");
+        assert!(state.roots().is_empty(), "the removal is durable");
+        assert!(state.verify_audit().expect("verify").is_intact());
+    }
 
     #[test]
     fn admin_bootstrap_and_fleet_survive_reopen() {

@@ -12,6 +12,8 @@ pub(crate) const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// Key: hex SHA-256 of the content; value: [`crate::model::Image`].
 pub(crate) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+/// Key: root name; value: [`crate::model::RootImage`].
+pub(crate) const ROOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("roots");
 /// Key: hex SHA-256 of the bearer token; value: [`crate::auth::TokenRecord`].
 pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Key: IPv4 address as a big-endian u32; value: [`crate::leases::LeaseRecord`].
@@ -91,6 +93,7 @@ pub(crate) fn create_tables(db: &redb::Database) -> Result<(), StoreError> {
     txn.open_table(MACHINES).db("creating machines")?;
     txn.open_table(PROFILES).db("creating profiles")?;
     txn.open_table(IMAGES).db("creating images")?;
+    txn.open_table(ROOTS).db("creating roots")?;
     txn.open_table(TOKENS).db("creating tokens")?;
     txn.open_table(LEASES).db("creating leases")?;
     txn.open_table(AUDIT).db("creating audit")?;

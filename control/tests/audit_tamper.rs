@@ -17,6 +17,7 @@ fn state_with_history() -> (tempfile::TempDir, ControlState) {
     };
     let profile = BootProfile::try_from(ProfileSpec {
         name: "rescue".into(),
+        root: None,
         default: BootTarget {
             kernel: "vmlinuz".into(),
             initrds: vec![],

@@ -419,6 +419,13 @@ pub enum Problem {
     UnknownProfile(String),
     #[error("at least one [[profiles]] is needed")]
     NoProfiles,
+    #[error("missing: give a kernel, or a root image (root = \"NAME\")")]
+    NoKernel,
+    #[error(
+        "root image {0:?} was not resolved: roots are imported images the appliance looks up \
+         (stampede serve), not files"
+    )]
+    UnresolvedRoot(String),
     #[error("no profile given and boot.default_profile is not set")]
     NoProfile,
     #[error("{count} entries, at most {max} fit")]
@@ -586,7 +593,12 @@ pub mod wire {
     #[serde(deny_unknown_fields)]
     pub struct Profile {
         pub name: String,
-        pub kernel: String,
+        /// A diskless root image by name, or `sha256:DIGEST`. The appliance resolves it before
+        /// validation: the root's kernel (unless `kernel` is given), its node initramfs, and the
+        /// manifest's URL on the command line. Validation refuses one left unresolved.
+        pub root: Option<String>,
+        /// Needed unless `root` is given.
+        pub kernel: Option<String>,
         #[serde(default)]
         pub initrds: Vec<String>,
         #[serde(default)]
@@ -1128,8 +1140,18 @@ fn profiles(w: &[wire::Profile]) -> Result<Vec<Profile>, ConfigError> {
                 format!("profiles[{first}]"),
             ));
         }
+        if let Some(root) = &p.root {
+            return Err(ConfigError::invalid(
+                format!("{at}.root"),
+                Problem::UnresolvedRoot(root.clone()),
+            ));
+        }
+        let kernel = p
+            .kernel
+            .clone()
+            .ok_or_else(|| ConfigError::invalid(format!("{at}.kernel"), Problem::NoKernel))?;
         let default = BootFiles {
-            kernel: p.kernel.clone(),
+            kernel: kernel.clone(),
             initrds: p.initrds.clone(),
             cmdline: p.cmdline.clone(),
         };
@@ -1141,7 +1163,7 @@ fn profiles(w: &[wire::Profile]) -> Result<Vec<Profile>, ConfigError> {
                 ConfigError::invalid(&vat, Problem::UnknownArch(arch_name.clone()))
             })?;
             let files = BootFiles {
-                kernel: v.kernel.clone().unwrap_or_else(|| p.kernel.clone()),
+                kernel: v.kernel.clone().unwrap_or_else(|| kernel.clone()),
                 initrds: v.initrds.clone().unwrap_or_else(|| p.initrds.clone()),
                 cmdline: v.cmdline.clone().unwrap_or_else(|| p.cmdline.clone()),
             };
@@ -1703,7 +1725,8 @@ impl ApplianceConfig {
             },
             profiles: vec![wire::Profile {
                 name: QUICK_PROFILE.into(),
-                kernel,
+                root: None,
+                kernel: Some(kernel),
                 initrds,
                 cmdline: q.cmdline,
                 arch: BTreeMap::new(),
@@ -1924,6 +1947,8 @@ kernel = "vmlinuz"
                 "two initrds",
             ),
             ("[[profiles]]\nname = \"live\"\nkernel = \"k\"".into(), "profiles[1].name", "already used by profiles[0]"),
+            ("[[profiles]]\nname = \"x\"".into(), "profiles[1].kernel", "give a kernel, or a root image"),
+            ("[[profiles]]\nname = \"x\"\nroot = \"small\"".into(), "profiles[1].root", "\"small\" was not resolved"),
             ("[[profiles]]\nname = \"a b\"\nkernel = \"k\"".into(), "profiles[1].name", "not a name"),
             (
                 "[[profiles]]\nname = \"x\"\nkernel = \"k\"\n[profiles.arch.efi-x64]\nkernel = \"k2\"".into(),

@@ -23,6 +23,7 @@ use std::{
 };
 
 pub mod console;
+pub mod debian_root;
 pub mod flood;
 pub mod guest;
 pub mod peers;
