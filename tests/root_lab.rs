@@ -311,3 +311,70 @@ fn a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used() {
     drop(machine);
     appliance.stop();
 }
+
+/// `stampede boot --root` with what cannot make a root: it stops before serving, saying why.
+fn refused(args: &[&str]) -> String {
+    let work = tempfile::tempdir().expect("temp dir");
+    let state = work.path().join("state.redb");
+    let out = std::process::Command::new(support::appliance::STAMPEDE)
+        .args(["boot", "--iface", "lo", "--api", "off", "--xdp-mode", "off"])
+        .arg("--state")
+        .arg(&state)
+        .args(args)
+        .output()
+        .expect("stampede runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "accepted {args:?}:\n{text}");
+    assert!(
+        !text.contains("ready "),
+        "never ready without a root:\n{text}"
+    );
+    text
+}
+
+/// A kernel given after `--root` must have its modules in the image; the refusal names its
+/// release. A missing image and an unknown transport are refused by name too.
+#[test]
+fn a_root_that_cannot_boot_is_refused_before_serving() {
+    let test = "a_root_that_cannot_boot_is_refused_before_serving";
+    if !require(test, PROGRAMS) {
+        return;
+    }
+    let image = image();
+    // A bzImage header whose version string names a release the image has no modules for.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kernel = dir.path().join("vmlinuz-other");
+    let mut bytes = vec![0u8; 0x1000];
+    bytes[0x202..0x206].copy_from_slice(b"HdrS");
+    bytes[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+    bytes[0x500..0x516].copy_from_slice(b"9.9.9-other-amd64 (x)\0");
+    fs::write(&kernel, &bytes).expect("write kernel");
+    let text = refused(&[
+        "--root",
+        &image.source(),
+        kernel.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        text.contains("9.9.9-other-amd64") && text.contains("modules are not in the image"),
+        "{text}"
+    );
+
+    let missing = dir.path().join("no-such-layout");
+    let text = refused(&["--root", &format!("oci:{}:small", missing.display())]);
+    assert!(text.contains("no-such-layout"), "{text}");
+
+    let text = refused(&["--root", "ftp://example.invalid/image"]);
+    assert!(text.contains("ftp://example.invalid/image"), "{text}");
+
+    let text = refused(&[
+        "--root",
+        &image.source(),
+        kernel.to_str().expect("utf-8 path"),
+        kernel.to_str().expect("utf-8 path"),
+    ]);
+    assert!(text.contains("no INITRD"), "{text}");
+}
