@@ -85,6 +85,10 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
     let path = args.config.context("--config")?;
     let source = Source::File(path);
     let config = source.load(None)?;
+    crate::capabilities::check(&crate::capabilities::Duties::for_config(
+        &config,
+        &args.control,
+    ))?;
     let iface = match args
         .iface
         .or_else(|| config.server.interfaces.first().cloned())
@@ -103,6 +107,7 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 pub fn boot(args: BootArgs) -> anyhow::Result<()> {
+    crate::capabilities::check(&crate::capabilities::Duties::for_boot(&args))?;
     let interval = check_interval(args.stats_interval)?;
     let dhcp_range = match &args.dhcp_range {
         Some(text) => Some(parse_range(text).with_context(|| format!("--dhcp-range {text:?}"))?),

@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 mod appliance;
 mod bench;
+mod capabilities;
 mod fleet;
 mod metrics;
 mod output;
@@ -208,7 +209,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             say_err!("stampede: {}", error_chain(err.as_ref()));
-            ExitCode::FAILURE
+            if err.is::<capabilities::MissingCapabilities>() {
+                ExitCode::from(capabilities::MissingCapabilities::EXIT_STATUS)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -231,6 +236,7 @@ fn check_interval(seconds: f64) -> anyhow::Result<Duration> {
 
 /// XDP classifier only: attach, print counters, detach on SIGINT/SIGTERM.
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    capabilities::check(&capabilities::Duties::classifier_only())?;
     let interval = check_interval(args.stats_interval)?;
     let iface = args.iface.context("--iface is required without --config")?;
     let mut classifier =
