@@ -806,6 +806,27 @@ fn tree_usage(pid: u32) -> Option<(f64, f64, f64, Vec<u32>)> {
     Some((cpu, peak, now, pids))
 }
 
+/// Seconds the host's CPUs were busy (everything but idle and iowait) and in softirq, since boot,
+/// from the first line of `/proc/stat` (proc(5)).
+fn host_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let total: f64 = ticks.iter().take(8).sum();
+    let busy = total - ticks.get(3)? - ticks.get(4)?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some((busy / hz, ticks.get(6)? / hz))
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RootSummary {
@@ -838,6 +859,12 @@ pub struct RootSummary {
     pub throughput_mib_s: f64,
     /// CPU the simulated machines used (this process).
     pub client_cpu_s: f64,
+    /// CPU the whole host was busy for over the run (all cores, `/proc/stat`): the server, the
+    /// bench, the kernel's network work between them (softirq, much of it charged to no
+    /// process) and anything else running.
+    pub host_busy_cpu_s: Option<f64>,
+    /// Of `host_busy_cpu_s`, time in softirq (the veth's receive path, TCP).
+    pub host_softirq_s: Option<f64>,
     /// Times a receive of the bench's rings found every buffer in use (summed over threads):
     /// a sign the bench, not the server, held data back.
     pub client_buffer_exhaustions: u64,
@@ -909,6 +936,8 @@ impl RootSummary {
             http_retries: 0,
             throughput_mib_s: bytes as f64 / span / (1024.0 * 1024.0),
             client_cpu_s,
+            host_busy_cpu_s: None,
+            host_softirq_s: None,
             client_buffer_exhaustions: 0,
             server,
             server_cpu_s_per_gb,
@@ -960,6 +989,12 @@ impl RootSummary {
             self.client_cpu_s,
             self.client_buffer_exhaustions
         );
+        if let (Some(busy), Some(softirq)) = (self.host_busy_cpu_s, self.host_softirq_s) {
+            let _ = writeln!(
+                t,
+                "host CPU busy {busy:.1} s over the run (softirq {softirq:.1} s), all processes"
+            );
+        }
         if self.http_retries > 0 {
             let _ = writeln!(
                 t,
@@ -1076,6 +1111,7 @@ pub fn root(args: &RootArgs) -> anyhow::Result<RootSummary> {
         })
         .sum::<anyhow::Result<f64>>()?;
     let cpu_before = report::proc_usage(std::process::id()).map_or(0.0, |u| u.0);
+    let host_before = host_cpu();
     let threads = args.threads.clamp(1, 64);
     let epoch = Instant::now();
     let ctx = Ctx {
@@ -1146,6 +1182,10 @@ pub fn root(args: &RootArgs) -> anyhow::Result<RootSummary> {
         server,
     );
     summary.client_buffer_exhaustions = exhaustions;
+    if let (Some(before), Some(after)) = (host_before, host_cpu()) {
+        summary.host_busy_cpu_s = Some(after.0 - before.0);
+        summary.host_softirq_s = Some(after.1 - before.1);
+    }
     summary.http_retries = ctx.progress.http_retries.load(Ordering::Relaxed);
     print!("{}", summary.table());
     if let Some(path) = &args.json {

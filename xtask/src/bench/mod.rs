@@ -24,9 +24,11 @@ use stampede_lab::{Netns, Process, pseudo_random, veth_pair, wait_for};
 
 mod http;
 mod perfdhcp;
+mod root;
 
 const USAGE: &str = "\
 usage: cargo xtask bench <storm|dhcp|tftp|http|flood> [--clients N[,N..]] [--deadline SECS] [--peers LIST]
+       cargo xtask bench root [--clients N,..] [--size-mib MIB] [--parallel K,..] [--deadline SECS]
 
   storm  the whole boot: DHCP, TFTP of a 1 MiB boot program, DHCP as iPXE, script, 32 MiB over HTTP
   dhcp   DORA only (the storm stopped after DHCP)
@@ -35,6 +37,8 @@ usage: cargo xtask bench <storm|dhcp|tftp|http|flood> [--clients N[,N..]] [--dea
          seconds, from Stampede and from nginx (sendfile), same number of workers
   flood  the storm alone, then again while a flood of DISCOVERs from random MACs runs on the same
          link; Stampede runs with XDP in known-only mode (the storm's machines are its fleet)
+  root   diskless machines fetch a 128 MiB root at once: manifest and chunks from `stampede boot
+         --root`, verified; the same image as one file from nginx (`cargo xtask bench root --help`)
 options:
   --clients N,..    machine counts, one storm each (default: storm 100,1000; dhcp 1000,10000; tftp 64)
   --deadline SECS   per storm (default 300)
@@ -514,8 +518,19 @@ fn start_nginx(
     workers: Option<usize>,
     connections: u64,
 ) -> anyhow::Result<Server> {
+    start_nginx_at(lab, &f.root, &f.www, workers, connections)
+}
+
+/// [`start_nginx`] serving `www`, its configuration and temporary files in `dir`.
+fn start_nginx_at(
+    lab: &Lab,
+    dir: &Path,
+    www: &Path,
+    workers: Option<usize>,
+    connections: u64,
+) -> anyhow::Result<Server> {
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-    let conf = f.root.join("nginx.conf");
+    let conf = dir.join("nginx.conf");
     fs::write(
         &conf,
         format!(
@@ -528,10 +543,10 @@ fn start_nginx(
                types {{ application/octet-stream img; }}\n  default_type application/octet-stream;\n\
                server {{ listen {SERVER_IP}:80 reuseport; root {www}; }}\n}}\n",
             workers = workers.map_or("auto".to_owned(), |n| n.to_string()),
-            pid = f.root.join("nginx.pid").display(),
+            pid = dir.join("nginx.pid").display(),
             conns = hard.saturating_sub(100).min(connections),
-            tmp = f.root.display(),
-            www = f.www.display(),
+            tmp = dir.display(),
+            www = www.display(),
         ),
     )?;
     let nginx = lab.server.spawn(
@@ -715,6 +730,9 @@ fn fmt_opt(v: Option<f64>, scale: f64, digits: usize) -> String {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if args.first().is_some_and(|a| a == "root") {
+        return root::run(&args[1..]);
+    }
     let options = parse(args)?;
     if let Some(reason) = stampede_lab::unavailable_reason() {
         bail!("the bench runs a network-namespace lab: {reason}");
