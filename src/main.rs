@@ -11,6 +11,7 @@ mod appliance;
 mod bench;
 mod capabilities;
 mod fleet;
+mod manual;
 mod metrics;
 mod output;
 mod root_images;
@@ -41,6 +42,15 @@ enum Command {
     /// Measure a boot server (Stampede or a peer) under the load of a deployment.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Shell completions for SHELL on stdout (the Debian package installs bash, zsh and fish).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// The manual page (roff) on stdout; with `--dir DIR`, one page per command into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// The control API and its state, shared by `serve` and `boot`.
@@ -203,6 +213,8 @@ fn main() -> ExitCode {
         Command::Boot(args) => appliance::boot(args),
         Command::Ctl(args) => ctl(args),
         Command::Bench(command) => bench::run(command),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Man { dir } => manual::man(dir.as_deref()),
     };
     flush_log();
     match result {
