@@ -174,6 +174,7 @@ pub fn resolve(
     iface: &str,
 ) -> anyhow::Result<()> {
     if config.profiles.iter().all(|p| p.root.is_none()) {
+        serve_roots(config, &fleet.roots);
         return Ok(());
     }
     let server = match config.server.address {
@@ -293,18 +294,30 @@ fn resolve_with(
         };
         tracing::debug!(profile = %config.profiles[i].name, root = %reference, id = %root.root_id, "profile boots a diskless root");
     }
-    if let Some(dir) = roots_dir {
-        match &config.boot.roots_dir {
-            Some(set) if *set != dir => bail!(
-                "boot.roots_dir is {}, but the imported roots profiles name are served from {}: \
-                 leave boot.roots_dir out",
-                set.display(),
-                dir.display()
-            ),
-            _ => config.boot.roots_dir = Some(dir),
-        }
+    let Some(dir) = roots_dir else {
+        serve_roots(config, roots);
+        return Ok(());
+    };
+    match &config.boot.roots_dir {
+        Some(set) if *set != dir => bail!(
+            "boot.roots_dir is {}, but the imported roots profiles name are served from {}: \
+             leave boot.roots_dir out",
+            set.display(),
+            dir.display()
+        ),
+        _ => config.boot.roots_dir = Some(dir),
     }
     Ok(())
+}
+
+/// Imported roots stay served (manifest and chunks) while no profile names them: a machine
+/// may be in the middle of fetching one when its profile changes.
+fn serve_roots(config: &mut wire::Config, roots: &BTreeMap<String, RootImage>) {
+    if config.boot.roots_dir.is_none()
+        && let Some(root) = roots.values().next()
+    {
+        config.boot.roots_dir = Some(PathBuf::from(&root.roots_dir));
+    }
 }
 
 /// A profile's own kernel with a root: its modules must be the ones the root's node initramfs
@@ -347,20 +360,7 @@ fn check_kernel_override(
 /// For reading `[server]` and `[xdp]` before the state is open: every root profile stands in
 /// as a placeholder kernel (nothing is served from this configuration).
 pub fn preview(config: &mut wire::Config) {
-    for profile in &mut config.profiles {
-        if profile.root.take().is_some() {
-            let name = format!("roots/preview-{}/vmlinuz", profile.name);
-            config
-                .boot
-                .files
-                .insert(name.clone(), PathBuf::from("/dev/null"));
-            profile.kernel.get_or_insert(name);
-            profile.initrds.clear();
-            for v in profile.arch.values_mut() {
-                v.initrds = None;
-            }
-        }
-    }
+    *config = std::mem::take(config).with_root_placeholders();
 }
 
 #[cfg(test)]
@@ -476,6 +476,21 @@ mod tests {
         let mut c = with_boot("root = \"small\"\nkernel = \"same\"");
         resolve_with(&mut c, &roots, Ipv4Addr::LOCALHOST, 80).expect("same release");
         assert_eq!(c.profiles[0].kernel.as_deref(), Some("same"));
+    }
+
+    #[test]
+    fn the_example_file_s_root_profile_resolves_and_validates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = include_str!("../docs/stampede.example.toml");
+        let mut c = wire::Config::from_toml_str(text).expect("example parses");
+        let names: Vec<String> = c.profiles.iter().filter_map(|p| p.root.clone()).collect();
+        assert!(!names.is_empty(), "the example shows a root profile");
+        let roots = names
+            .iter()
+            .map(|n| (n.clone(), root(dir.path(), n, "6.1.0-9-amd64")))
+            .collect();
+        resolve_with(&mut c, &roots, Ipv4Addr::new(198, 18, 0, 1), 8080).expect("resolves");
+        stampede_dataplane::config::ApplianceConfig::try_from(c).expect("validates");
     }
 
     #[test]

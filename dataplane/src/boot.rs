@@ -891,7 +891,7 @@ mod tests {
     }
 
     fn example_plan_from(text: &str) -> BootPlan {
-        let config = ApplianceConfig::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let config = crate::config::tests::example_without_roots(text);
         plan_for(
             &config,
             catalog(&[
@@ -1336,6 +1336,8 @@ mod tests {
             .collect();
         let want = [
             (Some("rescue"), "rescue/firmware.cpio"),
+            // The example's root profile, stood in for (the appliance resolves roots).
+            (Some("compute"), "roots/preview-compute/vmlinuz"),
             (None, "snponly-arm64.efi"),
             (Some("ubuntu"), "ubuntu/24.04/arm64/initrd"),
             (Some("ubuntu"), "ubuntu/24.04/arm64/vmlinuz"),
