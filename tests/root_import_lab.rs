@@ -794,3 +794,114 @@ fn broken_images_are_refused_by_ctl_with_their_cause_and_nothing_is_stored() {
     );
     stop(appliance.server);
 }
+
+/// The script `ns` gets for a machine of `mac` from the appliance at `base`, as iPXE fetches it.
+fn script_for(ns: &Netns, base: &str, mac: &str, scratch: &Path) -> String {
+    let probe = String::from_utf8(fetch(
+        ns,
+        &format!("{base}/boot.ipxe?mac={}", mac.replace(':', "-")),
+        scratch,
+    ))
+    .expect("text");
+    let chain = probe
+        .lines()
+        .find_map(|l| l.strip_prefix("chain "))
+        .unwrap_or_else(|| panic!("no chain line: {probe}"))
+        .replace("${platform}", "pcbios")
+        .replace("${buildarch}", "i386")
+        .replace("${ip}", "198.18.0.99");
+    String::from_utf8(fetch(ns, &chain, scratch)).expect("text")
+}
+
+#[test]
+fn a_file_profile_names_a_root_at_start_and_reload() {
+    if !require("root_import_file_profile", PROGRAMS) {
+        return;
+    }
+    let appliance = Appliance::start();
+    let small = appliance.import_small();
+    let id = small["sha256"].as_str().unwrap().to_owned();
+    let Appliance {
+        server,
+        lab,
+        payload,
+        ..
+    } = appliance;
+    stop(server);
+    let dir = payload.dir.path();
+    let scratch = dir.join("scratch");
+    fs::create_dir_all(&scratch).expect("scratch dir");
+    let config = dir.join("stampede.toml");
+    let write = |root: &str| {
+        let text = format!(
+            "[server]\ninterfaces = [\"{}\"]\n\
+             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\" }}\ndefault_profile = \"diskless\"\n\
+             [[profiles]]\nname = \"plain\"\nkernel = \"vmlinuz\"\n\
+             [[profiles]]\nname = \"diskless\"\nroot = \"{root}\"\ncmdline = \"console=ttyS0\"\n\
+             [xdp]\nmode = \"off\"\n",
+            lab.server_if,
+            payload.kernel.display(),
+        );
+        fs::write(&config, text).expect("write config");
+    };
+    let serve = || {
+        let mut command = lab.server.command(STAMPEDE);
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--state")
+            .arg(dir.join("state.redb"))
+            .args(["--stats-interval", "60"])
+            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Process::spawn(command).expect("serve")
+    };
+
+    // A root nobody imported: the start fails, naming the profile and the root.
+    write("ghost");
+    let out = serve()
+        .wait_output(Duration::from_secs(30))
+        .expect("serve exits");
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("\"diskless\"") && out.stderr.contains("\"ghost\""),
+        "{}",
+        out.stderr
+    );
+
+    // The imported one, by name: the file's profile boots the root.
+    write("small");
+    let server = serve();
+    wait_for_api(&lab.server);
+    let base = format!("http://{}:8080", lab.server_ip());
+    let mac = "52:54:00:12:34:56";
+    let manifest =
+        format!("stampede.manifest={base}/roots/{id}/manifest BOOTIF=01-52-54-00-12-34-56");
+    let script = script_for(&lab.server, &base, mac, &scratch);
+    assert!(
+        script.contains(&format!("kernel {base}/files/roots/{id}/vmlinuz"))
+            && script.contains(&format!("console=ttyS0 {manifest}")),
+        "{script}"
+    );
+
+    // A reload naming an unknown root is refused; the running plan stays.
+    write("ghost");
+    server
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .expect("SIGHUP");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        script_for(&lab.server, &base, mac, &scratch),
+        script,
+        "the previous plan still serves"
+    );
+    let (out, _) = stop(server);
+    let log = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        log.contains("reload refused")
+            && log.contains("root \"ghost\"")
+            && log.contains("(\"diskless\")"),
+        "{log}"
+    );
+}
