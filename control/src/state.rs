@@ -716,6 +716,34 @@ impl ControlState {
             if same {
                 return Ok(PutOutcome::Unchanged);
             }
+            // A profile pinning the old image by digest would be left naming nothing.
+            if let Some(old) = old.filter(|o| o.root_id != root.root_id) {
+                let pinned = format!("sha256:{}", old.root_id);
+                let held_elsewhere = snap
+                    .roots
+                    .values()
+                    .any(|r| r.name != old.name && r.root_id == old.root_id);
+                let pinning: Vec<&str> = snap
+                    .profiles
+                    .values()
+                    .filter(|p| {
+                        p.root()
+                            .is_some_and(|r| old.is_named_by(r) && r != old.name)
+                    })
+                    .map(|p| p.name())
+                    .collect();
+                if !held_elsewhere && !pinning.is_empty() {
+                    return Err(ControlError::InUse {
+                        kind: "root image",
+                        key: root.name.clone(),
+                        reason: format!(
+                            "profiles {} pin its image {pinned}, which no other name holds: \
+                             import the new image under another name, or change them first",
+                            pinning.join(", ")
+                        ),
+                    });
+                }
+            }
             let outcome = if old.is_some() {
                 PutOutcome::Updated
             } else {
@@ -1170,7 +1198,15 @@ mod tests {
             .put_profile(&ops, profile(&format!("sha256:{}", "A".repeat(64))), false)
             .expect("by digest, any case");
 
-        // Another image under the name replaces it.
+        // Another image under the name: refused while a profile pins the old one by digest
+        // (the last put named it so), then it replaces it.
+        let err = state
+            .record_root(&ops, &root("small", 'b'), 3)
+            .expect_err("pinned");
+        assert!(matches!(err, ControlError::InUse { .. }), "{err}");
+        state
+            .put_profile(&ops, profile("small"), false)
+            .expect("by name");
         assert_eq!(
             state
                 .record_root(&ops, &root("small", 'b'), 3)
@@ -1199,11 +1235,7 @@ mod tests {
             format!("sha256:{}", "a".repeat(64))
         );
 
-        // In use by digest (the profile stored last names sha256:a..., now unknown: not in use)
-        // then by name.
-        state
-            .put_profile(&ops, profile("small"), false)
-            .expect("by name");
+        // In use by name.
         let err = state.delete_image(&ops, "small").expect_err("in use");
         assert!(matches!(err, ControlError::InUse { .. }), "{err}");
         state
