@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 
 mod bench;
 mod demo;
+mod package;
 mod setup;
 
 const USAGE: &str = "\
@@ -30,6 +31,8 @@ commands:
           tftpd-hpa, atftpd; perfdhcp and wrk as load generators) in a namespace lab, after
           measuring the lab link's ceiling; reports in target/bench/ (`cargo xtask bench` for
           every option)
+  package setup, then the release build and the Debian package target/package/stampede_*.deb
+          (binary, systemd unit, example config, completions, manual pages)
   fuzz [TARGET] [SECONDS]
           setup, then run one fuzz target (or all) for SECONDS each (default 300)
 
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Some("demo") => setup::run().and_then(|()| demo::run(&args[1..])),
         Some("fuzz") => setup::run().and_then(|()| fuzz(&args[1..])),
         Some("bench") => setup::run().and_then(|()| bench::run(&args[1..])),
+        Some("package") => setup::run().and_then(|()| package()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -90,6 +94,25 @@ pub fn run(mut command: Command) -> anyhow::Result<()> {
 
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// `cargo xtask package`: the release binary, then the Debian package around it.
+fn package() -> anyhow::Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--release", "--package", "stampede"]);
+    run(build)?;
+    let root = workspace_root();
+    let out_dir = root.join("target/package");
+    std::fs::create_dir_all(&out_dir)?;
+    let deb = package::build_deb(&package::PackageInputs {
+        workspace: &root,
+        binary: &root.join("target/release/stampede"),
+        version: env!("CARGO_PKG_VERSION"),
+        out_dir: &out_dir,
+        compression: package::Compression::Xz,
+    })?;
+    println!("{}", deb.display());
+    Ok(())
 }
 
 /// `cargo xtask test [-- extra cargo test args]`.

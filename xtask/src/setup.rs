@@ -66,7 +66,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "util-linux",
-        "prlimit: the bench raises dnsmasq's open-file limit",
+        "prlimit: the bench raises dnsmasq's open-file limit; setpriv: the service test",
+    ),
+    (
+        "binutils",
+        "strip and objdump for `cargo xtask package` (the Debian package)",
     ),
     (
         "wrk",
