@@ -63,9 +63,8 @@ impl Source {
         match fleet {
             Some((fleet, iface)) => {
                 crate::fleet::merge(&mut config, fleet);
-                crate::root_images::resolve(&mut config, fleet, iface).with_context(|| {
-                    format!("{what}: the profiles' diskless roots")
-                })?;
+                crate::root_images::resolve(&mut config, fleet, iface)
+                    .with_context(|| format!("{what}: the profiles' diskless roots"))?;
             }
             None => crate::root_images::preview(&mut config),
         }
