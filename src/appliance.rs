@@ -400,6 +400,21 @@ fn run(
 ) -> anyhow::Result<()> {
     raise_open_files(&config);
     let (control_state, api_config) = control_plane(control, &config.server)?;
+    // API writes are checked by the validation a reload runs; stored entries it refuses are
+    // left out (and listed as quarantined) rather than keeping the appliance from starting.
+    let source = Arc::new(source);
+    let validator = FleetValidation {
+        source: Arc::clone(&source),
+        iface: iface.clone(),
+    };
+    for (entry, why) in control_state.attach_fleet_validator(Arc::new(validator)) {
+        tracing::error!(
+            %entry,
+            reason = %why,
+            "stored entry quarantined: not served until it is replaced or deleted \
+             (stampede ctl machines list / profiles list)"
+        );
+    }
     // The machines and profiles the control API holds join the configuration's.
     let mut fleet = control_state.subscribe();
     let snapshot = Arc::clone(&fleet.borrow_and_update());
@@ -528,11 +543,13 @@ fn run(
                 }
                 _ = sighup.recv() => {
                     let snapshot = Arc::clone(&fleet.borrow());
-                    reload(&engine, classifier.as_mut(), &source, &snapshot, &iface, "SIGHUP");
+                    let outcome =
+                        reload(&engine, classifier.as_mut(), &source, &snapshot, &iface, "SIGHUP");
+                    control_state.record_reload(outcome);
                 }
                 Ok(()) = fleet.changed() => {
                     let snapshot = Arc::clone(&fleet.borrow_and_update());
-                    reload(
+                    let outcome = reload(
                         &engine,
                         classifier.as_mut(),
                         &source,
@@ -540,6 +557,7 @@ fn run(
                         &iface,
                         "control API",
                     );
+                    control_state.record_reload(outcome);
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -589,7 +607,8 @@ fn run(
 }
 
 /// Builds a new plan from the source and the fleet and hands it to the engine, and the new drop
-/// policy to the XDP classifier; a refused configuration leaves both as they were.
+/// policy to the XDP classifier; a refused configuration leaves both as they were and is
+/// returned, for health and metrics.
 fn reload(
     engine: &Engine,
     classifier: Option<&mut XdpClassifier>,
@@ -597,7 +616,7 @@ fn reload(
     fleet: &stampede_control::FleetSnapshot,
     iface: &str,
     why: &str,
-) {
+) -> Result<(), String> {
     let loaded = source
         .load(Some((fleet, iface)))
         .and_then(|c| Ok((plan_for(&c, iface)?, c)));
@@ -610,12 +629,41 @@ fn reload(
                 generation = fleet.generation,
                 "configuration reloaded"
             );
+            Ok(())
         }
-        Err(err) => tracing::error!(
-            trigger = why,
-            error = %error_chain(err.as_ref()),
-            "reload refused; still serving the previous configuration"
-        ),
+        Err(err) => {
+            let error = error_chain(err.as_ref());
+            tracing::error!(
+                trigger = why,
+                error = %error,
+                "reload refused; still serving the previous configuration"
+            );
+            Err(error)
+        }
+    }
+}
+
+/// The control plane's check of a candidate fleet: the same merge and `TryFrom` as a reload
+/// (`Source::load`), against the configuration as it is on disk now.
+struct FleetValidation {
+    source: Arc<Source>,
+    iface: String,
+}
+
+impl std::fmt::Debug for FleetValidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetValidation")
+            .field("iface", &self.iface)
+            .finish_non_exhaustive()
+    }
+}
+
+impl stampede_control::validation::FleetValidator for FleetValidation {
+    fn validate(&self, fleet: &stampede_control::FleetSnapshot) -> Result<(), String> {
+        self.source
+            .load(Some((fleet, &self.iface)))
+            .map(drop)
+            .map_err(|err| error_chain(err.as_ref()))
     }
 }
 

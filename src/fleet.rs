@@ -1,10 +1,10 @@
 //! Machines and profiles declared through the control API, merged into the configuration the
 //! data plane serves. They are merged at the wire level and validated exactly like the file's
 //! own entries; an API entry replaces a file entry with the same MAC (machines) or name
-//! (profiles).
+//! (profiles). Quarantined entries (stored, but refused by that validation) are left out.
 use stampede_control::{
     FleetSnapshot,
-    model::{Arch, BootPolicy},
+    model::{Arch, BootPolicy, FleetEntry},
 };
 use stampede_dataplane::config::wire;
 
@@ -20,7 +20,13 @@ fn arch_name(arch: Arch) -> Option<&'static str> {
 }
 
 pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
-    for profile in fleet.profiles.values() {
+    for (name, profile) in &fleet.profiles {
+        if fleet
+            .quarantined(&FleetEntry::Profile(name.clone()))
+            .is_some()
+        {
+            continue;
+        }
         let spec = profile.spec();
         if spec.ipxe_template.is_some() {
             tracing::warn!(
@@ -54,6 +60,9 @@ pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
         });
     }
     for (mac, machine) in &fleet.machines {
+        if fleet.quarantined(&FleetEntry::Machine(*mac)).is_some() {
+            continue;
+        }
         let mac = mac.to_string();
         config.machines.retain(|m| {
             m.mac

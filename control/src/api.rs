@@ -22,7 +22,9 @@ use tokio::sync::{broadcast, watch};
 
 use crate::auth::{Caller, Role};
 use crate::imports::{ImportJob, ImportRequest};
-use crate::model::{BootProfile, ImageSpec, MacAddr, Machine, MachineSpec, ProfileSpec};
+use crate::model::{
+    BootProfile, FleetEntry, ImageSpec, MacAddr, Machine, MachineSpec, ProfileSpec,
+};
 use crate::sessions::{BootSessions, EventView, SessionSummary, SessionTimeline};
 use crate::state::{ControlError, ControlState, PutOutcome};
 use crate::tls::ApiTls;
@@ -378,6 +380,7 @@ impl IntoResponse for ApiError {
                 ControlError::UnknownProfile { .. }
                 | ControlError::UnknownRoot { .. }
                 | ControlError::Invalid(_)
+                | ControlError::Unservable(_)
                 | ControlError::ImageFile { .. }
                 | ControlError::ImportSource { .. }
                 | ControlError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -504,20 +507,49 @@ fn parse_mac(s: &str) -> Result<MacAddr, ApiError> {
 /// `/api/v1/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` while the last reload was refused or entries are quarantined.
     pub status: String,
     pub machines: usize,
     pub profiles: usize,
     pub generation: u64,
+    /// Why the last reload of the boot plan was refused (the previous plan still serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_error: Option<String>,
+    /// Stored machines and profiles left out of the boot plan (listed with why).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quarantined: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 async fn health(State(state): State<ControlState>) -> Json<Health> {
     let snap = state.snapshot();
+    let reload_error = state.reload_error();
+    let quarantined = snap.quarantine.len();
     Json(Health {
-        status: "ok".into(),
+        status: if reload_error.is_none() && quarantined == 0 {
+            "ok".into()
+        } else {
+            "degraded".into()
+        },
         machines: snap.machines.len(),
         profiles: snap.profiles.len(),
         generation: snap.generation,
+        reload_error,
+        quarantined,
     })
+}
+
+/// A listed entry with `"quarantined": "<why>"` added when the appliance leaves it out of the
+/// boot plan.
+pub(crate) fn listed<T: Serialize>(item: &T, why: Option<&str>) -> serde_json::Value {
+    let mut value = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
+    if let (Some(why), Some(fields)) = (why, value.as_object_mut()) {
+        fields.insert("quarantined".into(), why.into());
+    }
+    value
 }
 
 async fn openapi() -> Json<serde_json::Value> {
@@ -535,8 +567,14 @@ async fn metrics(State(state): State<ControlState>) -> Response {
         .into_response()
 }
 
-async fn list_machines(State(state): State<ControlState>) -> Json<Vec<Machine>> {
-    Json(state.machines())
+async fn list_machines(State(state): State<ControlState>) -> Json<Vec<serde_json::Value>> {
+    let snap = state.snapshot();
+    Json(
+        snap.machines
+            .values()
+            .map(|m| listed(m, snap.quarantined(&FleetEntry::Machine(m.mac))))
+            .collect(),
+    )
 }
 
 async fn get_machine(
@@ -585,8 +623,14 @@ async fn delete_machine(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_profiles(State(state): State<ControlState>) -> Json<Vec<BootProfile>> {
-    Json(state.profiles())
+async fn list_profiles(State(state): State<ControlState>) -> Json<Vec<serde_json::Value>> {
+    let snap = state.snapshot();
+    Json(
+        snap.profiles
+            .iter()
+            .map(|(name, p)| listed(p, snap.quarantined(&FleetEntry::Profile(name.clone()))))
+            .collect(),
+    )
 }
 
 async fn get_profile(

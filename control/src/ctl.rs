@@ -153,7 +153,8 @@ pub enum MachinesCommand {
         uuid: Option<String>,
         #[arg(long, value_parser = parse_arch)]
         arch: Option<Arch>,
-        /// `key=value`, repeatable.
+        /// `key=value`, repeatable (key: letters, digits, `._/-`; value: letters, digits,
+        /// `._-`; at most 63 bytes each).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
         /// Known but not allowed to boot.
@@ -200,6 +201,14 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
         format!("unknown arch {s:?} (x86_bios, efi_ia32, efi_x64, efi_arm32, efi_arm64)")
     })
+}
+
+/// `serving`, or `quarantined: <why>` for a stored entry the appliance leaves out.
+fn quarantine_cell(why: Option<&str>) -> String {
+    match why {
+        None => "serving".into(),
+        Some(why) => format!("quarantined: {why}"),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -255,6 +264,8 @@ pub enum CtlError {
     },
     #[error("the event stream sent something that is not a boot event: {0}")]
     BadEvent(String),
+    #[error("{path}: the answer is not what this ctl expects: {problem}")]
+    BadAnswer { path: String, problem: String },
     #[error("invalid --timeout {0}: expected a number of seconds")]
     BadTimeout(f64),
     #[error("import {id} failed: {error}")]
@@ -373,7 +384,44 @@ impl Client {
     }
 
     pub async fn machines(&self) -> Result<Vec<Machine>, CtlError> {
-        self.get("/api/v1/machines").await
+        Ok(self
+            .machines_listed()
+            .await?
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect())
+    }
+
+    /// Machines, each with why it is quarantined (left out of the boot plan), if it is.
+    pub async fn machines_listed(&self) -> Result<Vec<(Machine, Option<String>)>, CtlError> {
+        self.listed("/api/v1/machines").await
+    }
+
+    /// Profiles, each with why it is quarantined, if it is.
+    pub async fn profiles_listed(&self) -> Result<Vec<(BootProfile, Option<String>)>, CtlError> {
+        self.listed("/api/v1/profiles").await
+    }
+
+    /// A list whose entries may carry `"quarantined": "<why>"` next to their own fields.
+    async fn listed<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Vec<(T, Option<String>)>, CtlError> {
+        let values: Vec<serde_json::Value> = self.get(path).await?;
+        values
+            .into_iter()
+            .map(|mut value| {
+                let why = value
+                    .as_object_mut()
+                    .and_then(|o| o.remove("quarantined"))
+                    .and_then(|w| w.as_str().map(str::to_owned));
+                let item = serde_json::from_value(value).map_err(|e| CtlError::BadAnswer {
+                    path: path.to_owned(),
+                    problem: e.to_string(),
+                })?;
+                Ok((item, why))
+            })
+            .collect()
     }
 
     pub async fn machine(&self, mac: &str) -> Result<Machine, CtlError> {
@@ -397,7 +445,12 @@ impl Client {
     }
 
     pub async fn profiles(&self) -> Result<Vec<BootProfile>, CtlError> {
-        self.get("/api/v1/profiles").await
+        Ok(self
+            .profiles_listed()
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 
     /// Creates or replaces a profile.
@@ -769,13 +822,17 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
     let client = Client::with_cacert(&args.url, token, args.cacert.as_deref())?;
     match args.command {
         CtlCommand::Machines(MachinesCommand::List) => {
-            let machines = client.machines().await?;
+            let machines = client.machines_listed().await?;
             if args.json {
-                return print_json(out, &machines);
+                let values: Vec<_> = machines
+                    .iter()
+                    .map(|(m, why)| crate::api::listed(m, why.as_deref()))
+                    .collect();
+                return print_json(out, &values);
             }
             let rows = machines
                 .iter()
-                .map(|m| {
+                .map(|(m, why)| {
                     vec![
                         m.mac.to_string(),
                         m.hostname.clone().unwrap_or_default(),
@@ -790,12 +847,15 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                             .map(|(k, v)| format!("{k}={v}"))
                             .collect::<Vec<_>>()
                             .join(","),
+                        quarantine_cell(why.as_deref()),
                     ]
                 })
                 .collect();
             print_table(
                 out,
-                &["MAC", "HOSTNAME", "PROFILE", "ARCH", "BOOT", "LABELS"],
+                &[
+                    "MAC", "HOSTNAME", "PROFILE", "ARCH", "BOOT", "LABELS", "STATE",
+                ],
                 rows,
             )
         }
@@ -835,13 +895,17 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
             Ok(())
         }
         CtlCommand::Profiles(ProfilesCommand::List) => {
-            let profiles = client.profiles().await?;
+            let profiles = client.profiles_listed().await?;
             if args.json {
-                return print_json(out, &profiles);
+                let values: Vec<_> = profiles
+                    .iter()
+                    .map(|(p, why)| crate::api::listed(p, why.as_deref()))
+                    .collect();
+                return print_json(out, &values);
             }
             let rows = profiles
                 .iter()
-                .map(|p| {
+                .map(|(p, why)| {
                     let s = p.spec();
                     vec![
                         s.name.clone(),
@@ -854,12 +918,15 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                             .map(|a| a.as_str())
                             .collect::<Vec<_>>()
                             .join(","),
+                        quarantine_cell(why.as_deref()),
                     ]
                 })
                 .collect();
             print_table(
                 out,
-                &["NAME", "ROOT", "KERNEL", "INITRDS", "CMDLINE", "VARIANTS"],
+                &[
+                    "NAME", "ROOT", "KERNEL", "INITRDS", "CMDLINE", "VARIANTS", "STATE",
+                ],
                 rows,
             )
         }

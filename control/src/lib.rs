@@ -34,6 +34,7 @@ pub mod sessions;
 pub mod state;
 mod store;
 pub mod tls;
+pub mod validation;
 
 pub use audit::{AuditEntry, AuditProblem, AuditReport};
 pub use auth::{Caller, Role};

@@ -412,6 +412,25 @@ pub struct FleetSnapshot {
     pub profiles: BTreeMap<String, BootProfile>,
     /// Diskless roots by name: what profiles' `root` resolves against.
     pub roots: BTreeMap<String, RootImage>,
+    /// Stored entries the running appliance cannot serve, with why: kept in the state and
+    /// listed, left out of the boot plan, until a write replaces or deletes them.
+    pub quarantine: BTreeMap<FleetEntry, String>,
+}
+
+/// One machine or profile of the fleet, as the quarantine and validation errors name it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FleetEntry {
+    Machine(MacAddr),
+    Profile(String),
+}
+
+impl fmt::Display for FleetEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Machine(mac) => write!(f, "machine {mac}"),
+            Self::Profile(name) => write!(f, "profile {name:?}"),
+        }
+    }
 }
 
 impl FleetSnapshot {
@@ -423,6 +442,11 @@ impl FleetSnapshot {
         }
         let profile = self.profiles.get(machine.profile.as_deref()?)?;
         Some((machine, profile))
+    }
+
+    /// Why `entry` is quarantined, if it is.
+    pub fn quarantined(&self, entry: &FleetEntry) -> Option<&str> {
+        self.quarantine.get(entry).map(String::as_str)
     }
 
     /// The root a profile's `root` names: by name, or by `sha256:HEX` (any name holding it).
@@ -504,10 +528,13 @@ fn validate_label(key: &str, value: &str) -> Result<(), ValidationError> {
     {
         return Err(bad("key may hold only [A-Za-z0-9._/-]"));
     }
-    if value.len() > 253 || value.chars().any(char::is_control) {
-        return Err(bad(
-            "value must be at most 253 bytes without control characters",
-        ));
+    // The configuration's own rule for `key=value` labels (the API's are merged into it).
+    if value.len() > 63
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(bad("value may hold only [A-Za-z0-9._-], at most 63 bytes"));
     }
     Ok(())
 }

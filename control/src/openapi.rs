@@ -122,7 +122,11 @@ fn schemas() -> Value {
         "Health": { "type": "object", "required": ["status", "machines", "profiles", "generation"],
             "properties": { "status": { "type": "string" }, "machines": { "type": "integer" },
                             "profiles": { "type": "integer" },
-                            "generation": { "type": "integer", "format": "int64" } } },
+                            "generation": { "type": "integer", "format": "int64" },
+                            "reload_error": { "type": "string",
+                                "description": "Why the last reload was refused (status degraded)" },
+                            "quarantined": { "type": "integer",
+                                "description": "Stored entries left out of the boot plan" } } },
         "Arch": arch,
         "Machine": { "type": "object", "required": ["mac"], "additionalProperties": false,
             "properties": {
@@ -132,7 +136,9 @@ fn schemas() -> Value {
                 "hostname": { "type": "string" },
                 "labels": { "type": "object", "additionalProperties": { "type": "string" } },
                 "profile": { "type": "string" },
-                "boot": { "type": "string", "enum": ["allow", "deny"], "default": "allow" }
+                "boot": { "type": "string", "enum": ["allow", "deny"], "default": "allow" },
+                "quarantined": { "type": "string", "readOnly": true,
+                    "description": "In lists: why the appliance leaves this stored entry out of the boot plan" }
             } },
         "BootTarget": boot_target,
         "ImageSpec": { "type": "object", "required": ["name", "path"],
@@ -285,7 +291,9 @@ fn schemas() -> Value {
                 "cmdline": { "type": "string" },
                 "ipxe_template": { "type": "string" },
                 "variants": { "type": "object", "description": "Keyed by Arch",
-                              "additionalProperties": schema_ref("BootTarget") }
+                              "additionalProperties": schema_ref("BootTarget") },
+                "quarantined": { "type": "string", "readOnly": true,
+                    "description": "In lists: why the appliance leaves this stored entry out of the boot plan" }
             } });
     schemas
 }

@@ -18,14 +18,15 @@ use crate::imports::{
 use crate::leases::{self, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::model::{
-    BootProfile, FleetSnapshot, Image, ImageKind, ImageSpec, MacAddr, Machine, RootImage,
-    ValidationError, validate_name, validate_root_name,
+    BootProfile, FleetEntry, FleetSnapshot, Image, ImageKind, ImageSpec, MacAddr, Machine,
+    RootImage, ValidationError, validate_name, validate_root_name,
 };
 use crate::sessions::{BootSessions, SessionLimits};
 use crate::store::{
     self, DbContext, IMAGES, MACHINES, PROFILES, ROOTS, StoreError, TOKENS, decode, encode,
     read_all,
 };
+use crate::validation::{FleetValidator, find_unservable};
 
 /// A SHA-256 digest as bytes.
 type Sha256Bytes = [u8; 32];
@@ -57,6 +58,9 @@ pub enum ControlError {
     UnknownRoot { profile: String, root: String },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// The configuration's own validation refused the fleet with this change.
+    #[error("the appliance cannot serve this change: {0}")]
+    Unservable(String),
     #[error("cannot read image file {path}: {source}")]
     ImageFile {
         path: String,
@@ -115,6 +119,10 @@ struct Inner {
     image_store: OnceLock<Arc<dyn ImageStore>>,
     /// Set once by the appliance; root imports are refused until then.
     root_builder: OnceLock<Arc<dyn RootBuilder>>,
+    /// Set once by the appliance; until then writes are checked by the model alone.
+    validator: OnceLock<Arc<dyn FleetValidator>>,
+    /// Why the last reload of the data plane was refused; `None` once one succeeds.
+    reload_error: Mutex<Option<String>>,
 }
 
 /// Shared handle to the control plane's state; cloning is cheap.
@@ -164,6 +172,8 @@ impl ControlState {
                 imports: ImportJobs::new(),
                 image_store: OnceLock::new(),
                 root_builder: OnceLock::new(),
+                validator: OnceLock::new(),
+                reload_error: Mutex::new(None),
             }),
         };
         state.update_fleet_gauges();
@@ -224,9 +234,12 @@ impl ControlState {
                     key,
                 });
             }
-            if old == Some(&machine) {
+            let entry = FleetEntry::Machine(machine.mac);
+            // A quarantined entry sent again unchanged is validated again, not waved through.
+            if old == Some(&machine) && snap.quarantined(&entry).is_none() {
                 return Ok(PutOutcome::Unchanged);
             }
+            snap.quarantine.remove(&entry);
             if let Some(profile) = &machine.profile
                 && !snap.profiles.contains_key(profile)
             {
@@ -256,6 +269,7 @@ impl ControlState {
             if snap.machines.remove(&mac).is_none() {
                 return Err(not_found("machine", mac));
             }
+            snap.quarantine.remove(&FleetEntry::Machine(mac));
             txn.open_table(MACHINES)
                 .db("opening machines")?
                 .remove(key.as_str())
@@ -300,9 +314,11 @@ impl ControlState {
                     key,
                 });
             }
-            if old == Some(&profile) {
+            let entry = FleetEntry::Profile(key.clone());
+            if old == Some(&profile) && snap.quarantined(&entry).is_none() {
                 return Ok(PutOutcome::Unchanged);
             }
+            snap.quarantine.remove(&entry);
             if let Some(root) = profile.root()
                 && snap.root(root).is_none()
             {
@@ -347,6 +363,8 @@ impl ControlState {
                 });
             }
             snap.profiles.remove(name);
+            snap.quarantine
+                .remove(&FleetEntry::Profile(name.to_owned()));
             txn.open_table(PROFILES)
                 .db("opening profiles")?
                 .remove(name)
@@ -458,6 +476,71 @@ impl ControlState {
 
     pub fn imports(&self) -> &ImportJobs {
         &self.inner.imports
+    }
+
+    /// How every later write is checked: the configuration's own validation. Stored entries it
+    /// refuses now are quarantined (listed with why, left out of the boot plan) and returned, so
+    /// the rest of the fleet serves. Only the first call has an effect.
+    pub fn attach_fleet_validator(
+        &self,
+        validator: Arc<dyn FleetValidator>,
+    ) -> Vec<(FleetEntry, String)> {
+        if self.inner.validator.set(Arc::clone(&validator)).is_err() {
+            return Vec::new();
+        }
+        // Both reload counters exist from the start, so a query for them finds zero.
+        for outcome in [Ok(()), Err(String::new())] {
+            let _ = self.reload_counter(&outcome);
+        }
+        let _writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let quarantine = find_unservable(validator.as_ref(), &current);
+        if quarantine != current.quarantine {
+            let next = FleetSnapshot {
+                generation: current.generation + 1,
+                quarantine: quarantine.clone(),
+                ..FleetSnapshot::clone(&current)
+            };
+            self.inner.snapshot.send_replace(Arc::new(next));
+            self.update_fleet_gauges();
+        }
+        quarantine.into_iter().collect()
+    }
+
+    /// What the appliance reports after each reload of the data plane: health shows the last
+    /// refusal until a reload succeeds, and `stampede_reload_failures_total` counts them.
+    pub fn record_reload(&self, outcome: Result<(), String>) {
+        if let Some(c) = self.reload_counter(&outcome) {
+            c.inc();
+        }
+        *self
+            .inner
+            .reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = outcome.err();
+    }
+
+    fn reload_counter(&self, outcome: &Result<(), String>) -> Option<crate::metrics::Counter> {
+        let (name, help) = match outcome {
+            Ok(()) => (
+                "stampede_reloads_total",
+                "Reloads of the boot plan that were applied",
+            ),
+            Err(_) => (
+                "stampede_reload_failures_total",
+                "Reloads of the boot plan that were refused (the previous plan kept serving)",
+            ),
+        };
+        self.inner.metrics.counter(name, help, &[]).ok()
+    }
+
+    /// Why the last reload was refused, while no later one succeeded.
+    pub fn reload_error(&self) -> Option<String> {
+        self.inner
+            .reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Where root imports build. Only the first call has an effect.
@@ -1044,11 +1127,27 @@ impl ControlState {
                 return Err(e);
             }
         };
-        txn.commit().db("committing a change")?;
-        if next.machines != current.machines
+        let changed = next.machines != current.machines
             || next.profiles != current.profiles
             || next.roots != current.roots
-        {
+            || next.quarantine != current.quarantine;
+        if changed && let Some(validator) = self.inner.validator.get() {
+            if let Err(reason) = validator.validate(&next) {
+                let _ = txn.abort();
+                return Err(ControlError::Unservable(reason));
+            }
+            // A change can make a quarantined entry servable (its missing profile was added):
+            // it rejoins the plan.
+            let waiting: Vec<FleetEntry> = next.quarantine.keys().cloned().collect();
+            for entry in waiting {
+                let why = next.quarantine.remove(&entry).unwrap_or_default();
+                if validator.validate(&next).is_err() {
+                    next.quarantine.insert(entry, why);
+                }
+            }
+        }
+        txn.commit().db("committing a change")?;
+        if changed {
             next.generation = current.generation + 1;
             self.inner.snapshot.send_replace(Arc::new(next));
             self.update_fleet_gauges();
@@ -1073,6 +1172,11 @@ impl ControlState {
             "stampede_control_profiles",
             "Boot profiles known to the control plane",
             snap.profiles.len(),
+        );
+        set(
+            "stampede_control_quarantined",
+            "Stored machines and profiles left out of the boot plan because validation refuses them",
+            snap.quarantine.len(),
         );
         set(
             "stampede_control_snapshot_generation",
@@ -1107,6 +1211,7 @@ fn load_snapshot(db: &Database) -> Result<FleetSnapshot, StoreError> {
     Ok(FleetSnapshot {
         generation: 0,
         roots: roots.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        quarantine: Default::default(),
         machines: machines.into_iter().map(|m| (m.mac, m)).collect(),
         profiles: profiles
             .into_iter()

@@ -1163,3 +1163,109 @@ async fn ctl_watch_prints_events_as_they_arrive() {
         "{result:?} {out}"
     );
 }
+
+/// A stand-in for the appliance's configuration validation: refuses `..` in a kernel path.
+#[derive(Debug)]
+struct NoDotDot;
+
+impl stampede_control::validation::FleetValidator for NoDotDot {
+    fn validate(&self, fleet: &stampede_control::FleetSnapshot) -> Result<(), String> {
+        for (name, p) in &fleet.profiles {
+            let quarantined = stampede_control::model::FleetEntry::Profile(name.clone());
+            if fleet.quarantined(&quarantined).is_none() && p.spec().default.kernel.contains("..") {
+                return Err(format!(
+                    "profiles[{name}].kernel: contains a `..` component"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn writes_are_validated_stored_bad_entries_quarantined_and_reloads_reported() {
+    let s = start().await;
+    let system = stampede_control::Caller {
+        name: "earlier-version".into(),
+        role: Role::Admin,
+    };
+    let mut bad = profile("bad");
+    bad["kernel"] = json!("../../etc/shadow");
+    let bad: stampede_control::BootProfile = serde_json::from_value(bad).expect("profile");
+    s.state
+        .put_profile(&system, bad, true)
+        .expect("stored before validation");
+    let quarantined = s.state.attach_fleet_validator(Arc::new(NoDotDot));
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    let (_, health) = s.call("GET", "/api/v1/health", None, None).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["quarantined"], 1, "{health}");
+    let (_, listed) = s
+        .call("GET", "/api/v1/profiles", Some(&s.admin), None)
+        .await;
+    assert!(
+        listed[0]["quarantined"]
+            .as_str()
+            .is_some_and(|w| w.contains("`..`")),
+        "{listed}"
+    );
+
+    let generation = s.state.snapshot().generation;
+    let mut hostile = profile("h");
+    hostile["kernel"] = json!("../x");
+    let (status, answer) = s
+        .call("POST", "/api/v1/profiles", Some(&s.admin), Some(hostile))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kernel"),
+        "{answer}"
+    );
+    assert_eq!(
+        s.state.snapshot().generation,
+        generation,
+        "nothing published"
+    );
+    let (status, _) = s
+        .call("GET", "/api/v1/profiles/h", Some(&s.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing stored");
+
+    s.state
+        .record_reload(Err("profiles[0].kernel: missing".into()));
+    let (_, health) = s.call("GET", "/api/v1/health", None, None).await;
+    assert_eq!(
+        health["reload_error"], "profiles[0].kernel: missing",
+        "{health}"
+    );
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.contains("stampede_reload_failures_total 1"),
+        "{metrics}"
+    );
+    // The quarantined profile replaced by a good one, and a reload that succeeds: ok again.
+    let (status, answer) = s
+        .call(
+            "PUT",
+            "/api/v1/profiles/bad",
+            Some(&s.admin),
+            Some(profile("bad")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    s.state.record_reload(Ok(()));
+    let (_, health) = s.call("GET", "/api/v1/health", None, None).await;
+    assert_eq!(health["status"], "ok", "{health}");
+}

@@ -409,6 +409,11 @@ pub enum Problem {
     BadHostname(String),
     #[error("{0:?} is not a name (letters, digits, '-', '_', '.')")]
     BadName(String),
+    #[error(
+        "{0:?} is not a label: a name, or key=value (key: letters, digits, '-', '_', '.', '/'; \
+         value: letters, digits, '-', '_', '.'; each at most 63)"
+    )]
+    BadLabel(String),
     #[error("invalid path {path:?}: {reason}")]
     BadPath { path: String, reason: PathRejection },
     #[error("{0}")]
@@ -1288,7 +1293,7 @@ fn machines(
             .map(|h| check_hostname(h).map_err(|e| ConfigError::invalid(key("hostname"), e)))
             .transpose()?;
         for (j, label) in m.labels.iter().enumerate() {
-            check_name(label)
+            check_label(label)
                 .map_err(|e| ConfigError::invalid(format!("machines[{i}].labels[{j}]"), e))?;
         }
         out.push(Machine {
@@ -1585,6 +1590,27 @@ fn check_hostname(h: &str) -> Result<String, Problem> {
         Ok(h.to_owned())
     } else {
         Err(Problem::BadHostname(h.to_owned()))
+    }
+}
+
+/// A machine's label: `name`, or `key=value` as the control API and `ctl machines add --label`
+/// write them (the API's labels are merged into the file's in that form).
+fn check_label(label: &str) -> Result<(), Problem> {
+    let part_ok = |part: &str, extra: &[u8], may_be_empty: bool| {
+        (may_be_empty || !part.is_empty())
+            && part.len() <= 63
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || extra.contains(&b))
+    };
+    let ok = match label.split_once('=') {
+        None => part_ok(label, b"", false),
+        Some((key, value)) => part_ok(key, b"/", false) && part_ok(value, b"", true),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::BadLabel(label.to_owned()))
     }
 }
 

@@ -1,0 +1,241 @@
+//! API writes are validated by the appliance's own configuration validation before they are
+//! stored (issues 18 and 19): what a reload would refuse is refused by the request, and stored
+//! entries an earlier version accepted are quarantined at start instead of stopping it.
+mod support;
+
+use std::time::Duration;
+
+use stampede_control::model::{BootPolicy, BootTarget, MacAddr, ProfileSpec};
+use stampede_control::{BootProfile, Caller, ControlState, Machine, Metrics, Role};
+use stampede_lab::{Netns, TwoHosts, require};
+use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
+
+/// One request with the admin token; status and JSON body (Null when none).
+fn api(ns: &Netns, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let url = format!("{API}{path}");
+    let mut args = vec![
+        "-s",
+        "-X",
+        method,
+        "-H",
+        &auth,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ];
+    if let Some(b) = body {
+        args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = ns
+        .run("curl", &args, Duration::from_secs(10))
+        .expect("curl runs");
+    let (body, code) = out
+        .stdout
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl printed no status: {}", out.stdout));
+    (
+        code.parse().expect("an HTTP status"),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn ctl_out(ns: &Netns, args: &[&str]) -> stampede_lab::Output {
+    let mut command = ns.command(STAMPEDE);
+    command
+        .args(["ctl", "--url", API, "--token", ADMIN_TOKEN])
+        .args(args);
+    stampede_lab::run_with_timeout(command, Duration::from_secs(15)).expect("ctl runs")
+}
+
+fn profile(name: &str, kernel: &str, initrds: &[&str], cmdline: &str) -> BootProfile {
+    BootProfile::try_from(ProfileSpec {
+        name: name.into(),
+        root: None,
+        default: BootTarget {
+            kernel: kernel.into(),
+            initrds: initrds.iter().map(|s| (*s).to_owned()).collect(),
+            cmdline: cmdline.into(),
+        },
+        ipxe_template: None,
+        variants: Default::default(),
+    })
+    .expect("the model alone accepts it, as earlier versions did")
+}
+
+fn machine(mac: &str, profile: &str, labels: &[(&str, &str)]) -> Machine {
+    Machine {
+        mac: mac.parse::<MacAddr>().expect("a MAC"),
+        uuid: None,
+        arch: None,
+        hostname: None,
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        profile: Some(profile.into()),
+        boot: BootPolicy::Allow,
+    }
+}
+
+#[test]
+fn writes_the_appliance_cannot_serve_are_refused_and_stored_ones_quarantined() {
+    if !require("fleet_validation", &["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    // What an earlier version stored through its API: a profile reading /etc/shadow, a machine
+    // booting it, and servable entries next to them.
+    {
+        let state = ControlState::open(payload.dir.path().join("state.redb"), Metrics::new())
+            .expect("open the state file");
+        let admin = Caller {
+            name: "earlier-version".into(),
+            role: Role::Admin,
+        };
+        for p in [
+            profile("good", "vmlinuz", &["initrd.img"], "console=ttyS0"),
+            profile("shadow", "../../etc/shadow", &[], ""),
+        ] {
+            state.put_profile(&admin, p, true).expect("stored");
+        }
+        for m in [
+            machine("52:54:00:00:00:01", "good", &[("rack", "r1")]),
+            machine("52:54:00:00:00:02", "shadow", &[]),
+        ] {
+            state.put_machine(&admin, m, true).expect("stored");
+        }
+    }
+    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    wait_for_api(&lab.server);
+
+    let (status, health) = api(&lab.server, "GET", "/api/v1/health", None);
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["quarantined"], 2, "{health}");
+    let profiles = ctl_out(&lab.server, &["profiles", "list"]);
+    assert!(profiles.status.success(), "{}", profiles.stderr);
+    let shadow = profiles
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("shadow"))
+        .unwrap_or_else(|| panic!("shadow listed: {}", profiles.stdout));
+    assert!(
+        shadow.contains("quarantined") && shadow.contains("../../etc/shadow"),
+        "{shadow}"
+    );
+    let machines = ctl_out(&lab.server, &["machines", "list"]);
+    for (mac, state) in [
+        ("52:54:00:00:00:01", "serving"),
+        ("52:54:00:00:00:02", "quarantined"),
+    ] {
+        let line = machines
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(mac))
+            .unwrap_or_else(|| panic!("{mac} listed: {}", machines.stdout));
+        assert!(line.contains(state), "{mac} is {state}: {line}");
+    }
+
+    // What the configuration refuses, the API refuses, naming why, and stores nothing.
+    let hostile = [
+        (r#"{"name":"h","kernel":"../../etc/shadow"}"#, "kernel"),
+        (r#"{"name":"h","kernel":"/etc/shadow"}"#, "kernel"),
+        (r#"{"name":"h","kernel":"boot\\vmlinuz"}"#, "kernel"),
+        (
+            r#"{"name":"h","kernel":"vmlinuz","initrds":["../x"]}"#,
+            "initrd",
+        ),
+        (
+            r#"{"name":"h","kernel":"vmlinuz","cmdline":"a=$b"}"#,
+            "cmdline",
+        ),
+        (
+            r#"{"name":"h","kernel":"vmlinuz","cmdline":"a=\"b"}"#,
+            "cmdline",
+        ),
+    ];
+    for (body, key) in hostile {
+        let (status, answer) = api(&lab.server, "POST", "/api/v1/profiles", Some(body));
+        assert_eq!(status, 422, "{body} is refused: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(key),
+            "{body}: the reason names {key}: {error}"
+        );
+        let (status, _) = api(&lab.server, "GET", "/api/v1/profiles/h", None);
+        assert_eq!(status, 404, "{body} was not stored");
+    }
+    let (status, answer) = api(
+        &lab.server,
+        "PUT",
+        "/api/v1/profiles/good",
+        Some(r#"{"name":"good","kernel":"/etc/shadow"}"#),
+    );
+    assert_eq!(status, 422, "an update is checked too: {answer}");
+    let (_, good) = api(&lab.server, "GET", "/api/v1/profiles/good", None);
+    assert_eq!(
+        good["kernel"], "vmlinuz",
+        "the stored profile is unchanged: {good}"
+    );
+
+    // ctl's help shows --label key=value; that form is served.
+    let help = ctl_out(&lab.server, &["machines", "add", "--help"]);
+    assert!(help.stdout.contains("key=value"), "{}", help.stdout);
+    let added = ctl_out(
+        &lab.server,
+        &[
+            "machines",
+            "add",
+            "52:54:00:00:00:03",
+            "--profile",
+            "good",
+            "--label",
+            "rack=r1",
+        ],
+    );
+    assert!(added.status.success(), "{}{}", added.stdout, added.stderr);
+
+    // Replacing the quarantined profile with a servable one lifts its quarantine and its
+    // machine's.
+    let (status, answer) = api(
+        &lab.server,
+        "PUT",
+        "/api/v1/profiles/shadow",
+        Some(r#"{"name":"shadow","kernel":"vmlinuz"}"#),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let healthy = stampede_lab::wait_for(Duration::from_secs(5), || {
+        let (_, health) = api(&lab.server, "GET", "/api/v1/health", None);
+        (health["status"] == "ok").then_some(())
+    });
+    let (_, health) = api(&lab.server, "GET", "/api/v1/health", None);
+    assert!(healthy.is_some(), "health is ok again: {health}");
+    let metrics = lab
+        .server
+        .run(
+            "curl",
+            &[
+                "-sf",
+                "-H",
+                &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+                &format!("{API}/metrics"),
+            ],
+            Duration::from_secs(5),
+        )
+        .expect("curl runs");
+    assert!(
+        metrics.stdout.contains("stampede_reload_failures_total 0"),
+        "no reload was refused: {}",
+        metrics.stdout
+    );
+
+    let (out, _) = stop(server);
+    assert!(
+        out.stderr.contains("quarantined") && out.stderr.contains("../../etc/shadow"),
+        "the start logged the quarantined entries and why: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("reload refused"), "{}", out.stderr);
+}
