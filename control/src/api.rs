@@ -381,6 +381,7 @@ impl IntoResponse for ApiError {
                 | ControlError::UnknownRoot { .. }
                 | ControlError::Invalid(_)
                 | ControlError::Unservable(_)
+                | ControlError::WeakToken { .. }
                 | ControlError::ImageFile { .. }
                 | ControlError::ImportSource { .. }
                 | ControlError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -899,6 +900,9 @@ async fn list_tokens(State(state): State<ControlState>) -> Result<Response, ApiE
 pub struct NewToken {
     pub name: String,
     pub role: Role,
+    /// Seconds until the token stops authenticating; none: it lasts until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
 }
 
 /// Answer to `POST /api/v1/tokens`: the only time the token is shown.
@@ -914,9 +918,15 @@ async fn create_token(
     Extension(caller): Extension<Caller>,
     Body(req): Body<NewToken>,
 ) -> Result<Response, ApiError> {
-    let NewToken { name, role } = req;
+    let NewToken {
+        name,
+        role,
+        expires_in_s,
+    } = req;
     let n = name.clone();
-    let token = blocking(move || state.create_token(&caller, &n, role)).await?;
+    let expires_in = expires_in_s.map(std::time::Duration::from_secs);
+    let token =
+        blocking(move || state.create_token_expiring(&caller, &n, role, expires_in)).await?;
     Ok((StatusCode::CREATED, Json(IssuedToken { name, role, token })).into_response())
 }
 

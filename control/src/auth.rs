@@ -69,6 +69,20 @@ pub struct TokenRecord {
     pub name: String,
     pub role: Role,
     pub created_at_ms: u64,
+    /// After this instant (Unix ms) the token no longer authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// A revoked bootstrap token is kept (by hash) so that starting again with the same
+    /// `STAMPEDE_ADMIN_TOKEN` does not bring it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+}
+
+impl TokenRecord {
+    /// Whether it authenticates at `now_ms`.
+    pub fn is_active(&self, now_ms: u64) -> bool {
+        !self.revoked && self.expires_at_ms.is_none_or(|at| now_ms < at)
+    }
 }
 
 /// The authenticated caller of one request.
@@ -77,6 +91,11 @@ pub struct Caller {
     pub name: String,
     pub role: Role,
 }
+
+/// The shortest token accepted (`STAMPEDE_ADMIN_TOKEN` included): 16 characters of a random
+/// alphabet are about 80 bits or more, out of reach of guessing over the network. Generated
+/// tokens have 256 bits.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Prefix that makes a Stampede token recognizable to secret scanners.
 pub const TOKEN_PREFIX: &str = "stp_";

@@ -162,7 +162,8 @@ fn schemas() -> Value {
                                          "description": "First problem found; null when intact" } } },
         "Token": { "type": "object", "required": ["name", "role", "created_at_ms"],
             "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
-                            "created_at_ms": { "type": "integer" } } },
+                            "created_at_ms": { "type": "integer" },
+                            "expires_at_ms": { "type": "integer", "format": "int64" } } },
         "Role": { "type": "string", "enum": ["read", "operator", "admin"] },
         "BootEvent": { "type": "object", "required": ["at_unix_ms", "client", "kind"],
             "description": "Common fields, then the fields of its kind: dhcp_reply (message, yiaddr, boot_file), tftp_started (file, blksize, windowsize), tftp_done (file, bytes, retransmits, duration_ms), tftp_failed (file, bytes, reason), http_response (path, status, bytes); a diskless node's steps root_manifest, root_chunks, root_mounted, switch_root and root_failed (detail)",
@@ -225,7 +226,9 @@ fn schemas() -> Value {
                 "timeline": { "type": "array", "items": schema_ref("TimelineEntry") }
             } }] },
         "NewToken": { "type": "object", "required": ["name", "role"],
-            "properties": { "name": name_string(), "role": schema_ref("Role") } },
+            "properties": { "name": name_string(), "role": schema_ref("Role"),
+                            "expires_in_s": { "type": "integer", "minimum": 0,
+                                "description": "Seconds until the token stops working; none: until revoked" } } },
         "IssuedToken": { "type": "object", "required": ["name", "role", "token"],
             "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
                             "token": { "type": "string", "description": "Shown once" } } }

@@ -82,6 +82,12 @@ pub enum ControlError {
     TooManyImports(usize),
     #[error("cannot start the import thread: {0}")]
     ImportThread(#[source] std::io::Error),
+    #[error(
+        "{what} is {len} characters long; a token needs at least {min} \
+         (for example `openssl rand -hex 32`)",
+        min = auth::MIN_TOKEN_LEN
+    )]
+    WeakToken { what: &'static str, len: usize },
     #[error(transparent)]
     Random(#[from] RandomError),
     #[error(transparent)]
@@ -104,6 +110,8 @@ pub struct TokenInfo {
     pub name: String,
     pub role: Role,
     pub created_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -984,6 +992,9 @@ impl ControlState {
         let row = table.get(hash.as_str()).db("reading a token")?;
         let Some(v) = row else { return Ok(None) };
         let record: TokenRecord = decode("tokens", "(hash)", v.value())?;
+        if !record.is_active(store::now_ms()) {
+            return Ok(None);
+        }
         Ok(Some(Caller {
             name: record.name,
             role: record.role,
@@ -991,24 +1002,25 @@ impl ControlState {
     }
 
     /// Makes sure an admin can log in. With `token` (from `STAMPEDE_ADMIN_TOKEN`) that token is
-    /// stored as admin `bootstrap`; without one, when no admin token exists yet, a new one is
-    /// generated and returned so the caller can print it once (it is not stored anywhere).
+    /// the admin `bootstrap`, replacing an earlier bootstrap token (the variable changed);
+    /// a bootstrap token revoked through the API stays revoked when the same value comes again
+    /// (a new value is the operator's way to bring one back). Without one, when no admin token
+    /// exists yet, a new one is generated and returned so the caller can print it once (it is
+    /// not stored anywhere).
     pub fn ensure_admin_token(&self, token: Option<&str>) -> Result<Option<String>, ControlError> {
         let system = Caller {
             name: "system".into(),
             role: Role::Admin,
         };
         if let Some(token) = token {
-            if self.authenticate(token)?.is_none() {
-                self.store_token(&system, "bootstrap", Role::Admin, token)?;
-            }
+            self.set_bootstrap_token(&system, token)?;
             return Ok(None);
         }
         if self.tokens()?.iter().any(|t| t.role == Role::Admin) {
             return Ok(None);
         }
         let token = auth::generate_token()?;
-        self.store_token(&system, "bootstrap", Role::Admin, &token)?;
+        self.store_token(&system, "bootstrap", Role::Admin, &token, None)?;
         Ok(Some(token))
     }
 
@@ -1021,12 +1033,69 @@ impl ControlState {
         self.ensure_admin_token(token.as_deref())
     }
 
+    fn set_bootstrap_token(&self, actor: &Caller, token: &str) -> Result<(), ControlError> {
+        check_strength(ADMIN_TOKEN_ENV, token)?;
+        let hash = auth::hash_token(token);
+        let revoked = self.mutate(|txn, _| {
+            let mut table = txn.open_table(TOKENS).db("opening tokens")?;
+            if let Some(v) = table.get(hash.as_str()).db("reading a token")? {
+                let record: TokenRecord = decode("tokens", "(hash)", v.value())?;
+                return Ok(record.revoked);
+            }
+            let mut replaced = Vec::new();
+            for row in table.iter().db("iterating tokens")? {
+                let (k, v) = row.db("reading a token")?;
+                let record: TokenRecord = decode("tokens", "(hash)", v.value())?;
+                if record.name == "bootstrap" && !record.revoked {
+                    replaced.push(k.value().to_owned());
+                }
+            }
+            for old in &replaced {
+                table.remove(old.as_str()).db("removing a token")?;
+            }
+            let record = TokenRecord {
+                name: "bootstrap".into(),
+                role: Role::Admin,
+                created_at_ms: store::now_ms(),
+                expires_at_ms: None,
+                revoked: false,
+            };
+            table
+                .insert(hash.as_str(), encode(&record).as_slice())
+                .db("writing a token")?;
+            drop(table);
+            let detail = serde_json::json!({
+                "name": "bootstrap", "role": Role::Admin, "replaced": replaced.len()
+            });
+            audit::append(txn, &actor.name, "token.bootstrap", "bootstrap", detail)?;
+            Ok(false)
+        })?;
+        if revoked {
+            tracing::warn!(
+                "{ADMIN_TOKEN_ENV} holds a bootstrap token that was revoked; it stays revoked \
+                 (set a new value to have a bootstrap token again)"
+            );
+        }
+        Ok(())
+    }
+
     /// Creates a token and returns it; only its hash is kept.
     pub fn create_token(
         &self,
         actor: &Caller,
         name: &str,
         role: Role,
+    ) -> Result<String, ControlError> {
+        self.create_token_expiring(actor, name, role, None)
+    }
+
+    /// [`Self::create_token`] that stops authenticating `expires_in` from now, if given.
+    pub fn create_token_expiring(
+        &self,
+        actor: &Caller,
+        name: &str,
+        role: Role,
+        expires_in: Option<std::time::Duration>,
     ) -> Result<String, ControlError> {
         validate_name(name)?;
         if self.tokens()?.iter().any(|t| t.name == name) {
@@ -1036,7 +1105,10 @@ impl ControlState {
             });
         }
         let token = auth::generate_token()?;
-        self.store_token(actor, name, role, &token)?;
+        let expires_at_ms = expires_in.map(|d| {
+            store::now_ms().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        });
+        self.store_token(actor, name, role, &token, expires_at_ms)?;
         Ok(token)
     }
 
@@ -1046,11 +1118,15 @@ impl ControlState {
         name: &str,
         role: Role,
         token: &str,
+        expires_at_ms: Option<u64>,
     ) -> Result<(), ControlError> {
+        check_strength("the token", token)?;
         let record = TokenRecord {
             name: name.to_owned(),
             role,
             created_at_ms: store::now_ms(),
+            expires_at_ms,
+            revoked: false,
         };
         self.mutate(|txn, _| {
             txn.open_table(TOKENS)
@@ -1067,19 +1143,23 @@ impl ControlState {
         let txn = self.inner.db.begin_read().db("beginning a read")?;
         let table = txn.open_table(TOKENS).db("opening tokens")?;
         let records: Vec<TokenRecord> = read_all(&table, "tokens")?;
+        let now = store::now_ms();
         let mut out: Vec<TokenInfo> = records
             .into_iter()
+            .filter(|r| r.is_active(now))
             .map(|r| TokenInfo {
                 name: r.name,
                 role: r.role,
                 created_at_ms: r.created_at_ms,
+                expires_at_ms: r.expires_at_ms,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// Revokes every token with this name.
+    /// Revokes every token with this name. Bootstrap tokens are kept, marked revoked, so the
+    /// same `STAMPEDE_ADMIN_TOKEN` at the next start does not bring them back.
     pub fn revoke_token(&self, actor: &Caller, name: &str) -> Result<(), ControlError> {
         self.mutate(|txn, _| {
             let mut table = txn.open_table(TOKENS).db("opening tokens")?;
@@ -1087,15 +1167,22 @@ impl ControlState {
             for row in table.iter().db("iterating tokens")? {
                 let (k, v) = row.db("reading a token")?;
                 let record: TokenRecord = decode("tokens", "(hash)", v.value())?;
-                if record.name == name {
-                    doomed.push(k.value().to_owned());
+                if record.name == name && !record.revoked {
+                    doomed.push((k.value().to_owned(), record));
                 }
             }
             if doomed.is_empty() {
                 return Err(not_found("token", name));
             }
-            for hash in &doomed {
-                table.remove(hash.as_str()).db("removing a token")?;
+            for (hash, mut record) in doomed {
+                if name == "bootstrap" {
+                    record.revoked = true;
+                    table
+                        .insert(hash.as_str(), encode(&record).as_slice())
+                        .db("revoking a token")?;
+                } else {
+                    table.remove(hash.as_str()).db("removing a token")?;
+                }
             }
             drop(table);
             audit::append(
@@ -1184,6 +1271,14 @@ impl ControlState {
             usize::try_from(snap.generation).unwrap_or(usize::MAX),
         );
     }
+}
+
+fn check_strength(what: &'static str, token: &str) -> Result<(), ControlError> {
+    let len = token.chars().count();
+    if len < auth::MIN_TOKEN_LEN {
+        return Err(ControlError::WeakToken { what, len });
+    }
+    Ok(())
 }
 
 fn not_found(kind: &'static str, key: impl ToString) -> ControlError {
@@ -1369,10 +1464,11 @@ mod tests {
                 None,
                 "an admin exists: nothing is generated again"
             );
-            state
-                .ensure_admin_token(Some("stp_from-env"))
-                .expect("env token");
             let caller = state.authenticate(&token).expect("auth").expect("known");
+            // The environment's token becomes the bootstrap token, replacing the generated one.
+            state
+                .ensure_admin_token(Some("stp_from-env-0123456"))
+                .expect("env token");
             let machine = Machine::try_from(MachineSpec {
                 mac: "52:54:00:00:00:01".into(),
                 uuid: None,
@@ -1393,13 +1489,14 @@ mod tests {
             "machines are loaded from the file"
         );
         let env = state
-            .authenticate("stp_from-env")
+            .authenticate("stp_from-env-0123456")
             .expect("auth")
             .expect("env token stored");
         assert_eq!(env.role, Role::Admin);
         assert_eq!(
-            state.authenticate(&admin).expect("auth").map(|c| c.role),
-            Some(Role::Admin)
+            state.authenticate(&admin).expect("auth"),
+            None,
+            "the generated bootstrap token was replaced"
         );
         assert!(state.verify_audit().expect("verify").is_intact());
     }
