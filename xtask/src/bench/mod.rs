@@ -25,9 +25,11 @@ use stampede_lab::{Netns, Process, pseudo_random, veth_pair, wait_for};
 mod http;
 mod perfdhcp;
 mod root;
+mod rootfs_format;
 
 const USAGE: &str = "\
 usage: cargo xtask bench <storm|dhcp|tftp|http|flood> [--clients N[,N..]] [--deadline SECS] [--peers LIST]
+       cargo xtask bench root-format [--trees small,debian] [--runs N]
        cargo xtask bench root [--clients N,..] [--size-mib MIB] [--parallel K,..] [--deadline SECS]
 
   storm  the whole boot: DHCP, TFTP of a 1 MiB boot program, DHCP as iPXE, script, 32 MiB over HTTP
@@ -39,6 +41,8 @@ usage: cargo xtask bench <storm|dhcp|tftp|http|flood> [--clients N[,N..]] [--dea
          link; Stampede runs with XDP in known-only mode (the storm's machines are its fleet)
   root   diskless machines fetch a 128 MiB root at once: manifest and chunks from `stampede boot
          --root`, verified; the same image as one file from nginx (`cargo xtask bench root --help`)
+  root-format  a diskless root as Stampede's erofs, mkfs.erofs (plain, lz4hc) and squashfs
+         (gzip, xz, zstd, lz4): size, build time, node CPU of a cold read (no lab link)
 options:
   --clients N,..    machine counts, one storm each (default: storm 100,1000; dhcp 1000,10000; tftp 64)
   --deadline SECS   per storm (default 300)
@@ -730,6 +734,9 @@ fn fmt_opt(v: Option<f64>, scale: f64, digits: usize) -> String {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if args.first().is_some_and(|a| a == "root-format") {
+        return rootfs_format::run(&args[1..]);
+    }
     if args.first().is_some_and(|a| a == "root") {
         return root::run(&args[1..]);
     }
