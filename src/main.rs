@@ -53,6 +53,18 @@ enum Command {
     },
 }
 
+/// `--state`: a file path. A URL (anything with `://`) would otherwise be taken as a relative
+/// path and create a directory such as `postgres:/` (issue 18).
+fn parse_state_path(text: &str) -> Result<std::path::PathBuf, String> {
+    if text.contains("://") {
+        return Err(format!(
+            "{text:?} is a URL: PostgreSQL state is not supported by this version; --state takes \
+             a file path (one redb file, e.g. /var/lib/stampede/stampede.redb)"
+        ));
+    }
+    Ok(text.into())
+}
+
 /// The control API and its state, shared by `serve` and `boot`.
 #[derive(Debug, Clone, clap::Args)]
 struct ControlArgs {
@@ -68,7 +80,7 @@ struct ControlArgs {
     #[arg(long, requires = "api_cert", value_name = "PEM")]
     api_key: Option<std::path::PathBuf>,
     /// The appliance's state (machines, profiles, images, leases, audit log): one redb file.
-    #[arg(long, default_value = "/var/lib/stampede/stampede.redb")]
+    #[arg(long, default_value = "/var/lib/stampede/stampede.redb", value_parser = parse_state_path)]
     state: std::path::PathBuf,
     /// Where imported images are kept, content-addressed by SHA-256 [default: `images/` beside
     /// the state file].
