@@ -239,3 +239,93 @@ fn writes_the_appliance_cannot_serve_are_refused_and_stored_ones_quarantined() {
     );
     assert!(!out.stderr.contains("reload refused"), "{}", out.stderr);
 }
+
+/// Health and `/metrics` while a SIGHUP reload is refused, and after one succeeds.
+fn health_and_failures(ns: &Netns) -> (serde_json::Value, String) {
+    let (_, health) = api(ns, "GET", "/api/v1/health", None);
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let metrics = ns
+        .run(
+            "curl",
+            &["-sf", "-H", &auth, &format!("{API}/metrics")],
+            Duration::from_secs(5),
+        )
+        .expect("curl runs")
+        .stdout;
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("stampede_reload_failures_total "))
+        .unwrap_or_default()
+        .to_owned();
+    (health, failures)
+}
+
+#[test]
+fn a_refused_reload_shows_in_health_and_metrics() {
+    if !require("fleet_validation", &["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let dir = payload.dir.path();
+    let config = dir.join("stampede.toml");
+    let write = |kernel: &str| {
+        let text = format!(
+            "[server]\ninterfaces = [\"{}\"]\n\
+             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\" }}\ndefault_profile = \"lab\"\n\
+             [[profiles]]\nname = \"lab\"\nkernel = \"{kernel}\"\n[xdp]\nmode = \"off\"\n",
+            lab.server_if,
+            payload.kernel.display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+    };
+    write("vmlinuz");
+    let mut command = lab.server.command(STAMPEDE);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state")
+        .arg(dir.join("state.redb"))
+        .args(["--stats-interval", "60"])
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let server = stampede_lab::Process::spawn(command).expect("serve");
+    wait_for_api(&lab.server);
+    let (health, failures) = health_and_failures(&lab.server);
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(failures, "stampede_reload_failures_total 0");
+
+    write("../x");
+    server
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .expect("SIGHUP");
+    let degraded = stampede_lab::wait_for(Duration::from_secs(10), || {
+        let (health, failures) = health_and_failures(&lab.server);
+        (health["status"] == "degraded").then_some((health, failures))
+    });
+    let (health, failures) = degraded.expect("health turns degraded after a refused reload");
+    let reason = health["reload_error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("kernel") && reason.contains("../x"),
+        "{health}"
+    );
+    assert_eq!(failures, "stampede_reload_failures_total 1");
+
+    write("vmlinuz");
+    server
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .expect("SIGHUP");
+    let ok = stampede_lab::wait_for(Duration::from_secs(10), || {
+        let (health, _) = health_and_failures(&lab.server);
+        (health["status"] == "ok").then_some(())
+    });
+    assert!(ok.is_some(), "a reload that succeeds clears it");
+    server
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let out = server
+        .wait_output(Duration::from_secs(15))
+        .expect("serve exits");
+    assert!(out.status.success(), "{}", out.stderr);
+}
