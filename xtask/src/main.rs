@@ -34,7 +34,8 @@ commands:
   package setup, then the release build and the Debian package target/package/stampede_*.deb
           (binary, systemd unit, example config, completions, manual pages)
   fuzz [TARGET] [SECONDS]
-          setup, then run one fuzz target (or all) for SECONDS each (default 300)
+          setup, then run one fuzz target (or all) for SECONDS each (default: the target's
+          budget for the long run, docs/architecture.md, Fuzzing; all of them: about 3.75 h)
 
 environment:
   STAMPEDE_FUZZ_SECONDS  seconds per fuzz target in `cargo xtask test` (default 10; 0 skips)";
@@ -156,17 +157,61 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask fuzz [TARGET] [SECONDS]`.
+/// Seconds per target for the long run (`cargo xtask fuzz` without SECONDS). Why each budget is
+/// what it is: the table in docs/architecture.md ("Fuzzing"), which a test keeps equal to this
+/// one. Parsers with big input spaces (compressed archives, TLV options, signed manifests) and
+/// slow executions get longer; fixed-layout headers shorter.
+const FUZZ_BUDGETS: &[(&str, u64)] = &[
+    ("oci_layer", 3600),
+    ("dhcp_message", 1800),
+    ("dhcp_server", 1800),
+    ("root_manifest", 1800),
+    ("http_server", 1200),
+    ("tftp_transfer", 1200),
+    ("http_request", 900),
+    ("tftp_packet", 600),
+    ("udp4_frame", 600),
+];
+
+/// The long-run budget of a target not (yet) in [`FUZZ_BUDGETS`].
+const UNLISTED_FUZZ_SECONDS: u64 = 900;
+
+fn fuzz_budget(target: &str) -> u64 {
+    FUZZ_BUDGETS
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map_or_else(
+            || {
+                eprintln!(
+                    "xtask: fuzz target {target} has no budget in FUZZ_BUDGETS \
+                     (xtask/src/main.rs, docs/architecture.md); running it {UNLISTED_FUZZ_SECONDS} s"
+                );
+                UNLISTED_FUZZ_SECONDS
+            },
+            |(_, s)| *s,
+        )
+}
+
+/// `cargo xtask fuzz [TARGET] [SECONDS]`: SECONDS for each target, or each target's budget.
 fn fuzz(args: &[String]) -> anyhow::Result<()> {
     let targets = match args.first() {
         Some(target) => vec![target.clone()],
         None => fuzz_targets()?,
     };
-    let seconds = match args.get(1) {
-        Some(s) => s.parse().context("SECONDS must be a whole number")?,
-        None => 300,
+    let seconds: Option<u64> = match args.get(1) {
+        Some(s) => Some(s.parse().context("SECONDS must be a whole number")?),
+        None => None,
     };
-    for target in targets {
+    let plan: Vec<(String, u64)> = targets
+        .into_iter()
+        .map(|t| {
+            let budget = seconds.unwrap_or_else(|| fuzz_budget(&t));
+            (t, budget)
+        })
+        .collect();
+    let total: u64 = plan.iter().map(|(_, s)| s).sum();
+    eprintln!("xtask: fuzzing {} target(s), {total} s in all", plan.len());
+    for (target, seconds) in plan {
         fuzz_run(&target, seconds)?;
     }
     Ok(())
@@ -225,4 +270,39 @@ fn fuzz_run(target: &str, seconds: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget table in docs/architecture.md ("Fuzzing") is [`FUZZ_BUDGETS`], row for row,
+    /// and every budgeted target exists.
+    #[test]
+    fn fuzz_budgets_are_documented_and_name_real_targets() {
+        let doc = std::fs::read_to_string(workspace_root().join("docs/architecture.md"))
+            .expect("docs/architecture.md");
+        let rows: Vec<(String, u64)> = doc
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let target = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                let seconds = cells.get(2)?.parse().ok()?;
+                Some((target.to_owned(), seconds))
+            })
+            .collect();
+        let table: Vec<(String, u64)> = FUZZ_BUDGETS
+            .iter()
+            .map(|(t, s)| ((*t).to_owned(), *s))
+            .collect();
+        assert_eq!(rows, table, "docs/architecture.md's fuzz budget table");
+        for (target, _) in FUZZ_BUDGETS {
+            let file = workspace_root().join(format!("fuzz/fuzz_targets/{target}.rs"));
+            assert!(
+                file.exists(),
+                "{target} has a budget but no {}",
+                file.display()
+            );
+        }
+    }
 }
