@@ -1056,10 +1056,13 @@ mod tests {
         assert_eq!(reply.status, Status::OK, "{}", reply.head);
         assert_eq!(
             text(&reply),
-            "#!ipxe\n# stampede: 52:54:00:ab:cd:ef x86_64-efi\n\
+            "#!ipxe\n# stampede: 52:54:00:ab:cd:ef x86_64-efi\n:stampede_fetch\n\
              kernel http://198.18.0.1:8080/files/ubuntu/24.04/vmlinuz initrd=initrd \
-             console=ttyS0,115200 ip=dhcp stampede.mac=52:54:00:ab:cd:ef arch=x86_64-efi\n\
-             initrd --name initrd http://198.18.0.1:8080/files/ubuntu/24.04/initrd\nboot\n"
+             console=ttyS0,115200 ip=dhcp stampede.mac=52:54:00:ab:cd:ef arch=x86_64-efi || goto stampede_retry\n\
+             initrd --name initrd http://198.18.0.1:8080/files/ubuntu/24.04/initrd || goto stampede_retry\n\
+             boot || goto stampede_retry\n:stampede_retry\n\
+             echo stampede: download or boot failed, trying again in 5 s\n\
+             imgfree\nsleep 5\ngoto stampede_fetch\n"
         );
         let counts = plan.scripts().counts();
         assert_eq!((counts.probes, counts.scripts), (1, 1));
@@ -1077,12 +1080,14 @@ mod tests {
         let script = text(&reply);
         assert_eq!(
             script,
-            "#!ipxe\n# stampede: 52:54:00:12:34:56 x86-bios\n\
+            "#!ipxe\n# stampede: 52:54:00:12:34:56 x86-bios\n:stampede_fetch\n\
              kernel http://198.18.0.1:8080/files/rescue/vmlinuz initrd=initrd.img \
-             initrd=firmware.cpio console=ttyS0 rescue hostname=node-010 ip=198.18.0.10\n\
-             initrd --name initrd.img http://198.18.0.1:8080/files/rescue/initrd.img\n\
-             initrd --name firmware.cpio http://198.18.0.1:8080/files/rescue/firmware.cpio\n\
-             boot\n"
+             initrd=firmware.cpio console=ttyS0 rescue hostname=node-010 ip=198.18.0.10 || goto stampede_retry\n\
+             initrd --name initrd.img http://198.18.0.1:8080/files/rescue/initrd.img || goto stampede_retry\n\
+             initrd --name firmware.cpio http://198.18.0.1:8080/files/rescue/firmware.cpio || goto stampede_retry\n\
+             boot || goto stampede_retry\n:stampede_retry\n\
+             echo stampede: download or boot failed, trying again in 5 s\n\
+             imgfree\nsleep 5\ngoto stampede_fetch\n"
         );
         // The address iPXE reports wins over the reservation.
         let req = ScriptRequest {
@@ -1092,7 +1097,10 @@ mod tests {
             ip: Some(Ipv4Addr::new(198, 18, 0, 77)),
         };
         let script = plan.scripts().render(&req).expect("script");
-        assert!(script.contains(" ip=198.18.0.77\n"), "{script}");
+        assert!(
+            script.contains(" ip=198.18.0.77 || goto stampede_retry\n"),
+            "{script}"
+        );
         // The arm64 variant of the default profile.
         let script = plan
             .scripts()
@@ -1224,7 +1232,7 @@ mod tests {
         assert!(
             script.contains(
                 "kernel http://198.18.0.1:8080/files/vmlinuz initrd=initrd.img \
-                 console=ttyS0 node=52:54:00:12:34:56\n"
+                 console=ttyS0 node=52:54:00:12:34:56 || goto stampede_retry\n"
             ),
             "{script}"
         );

@@ -8,10 +8,20 @@
 //! ```text
 //! #!ipxe
 //! # stampede: 52:54:00:12:34:56 x86_64-efi
-//! kernel http://10.0.0.1:8080/efi/vmlinuz initrd=initrd.img console=ttyS0 ip=dhcp
-//! initrd --name initrd.img http://10.0.0.1:8080/efi/initrd.img
-//! boot
+//! :stampede_fetch
+//! kernel http://10.0.0.1:8080/efi/vmlinuz initrd=initrd.img console=ttyS0 ip=dhcp || goto stampede_retry
+//! initrd --name initrd.img http://10.0.0.1:8080/efi/initrd.img || goto stampede_retry
+//! boot || goto stampede_retry
+//! :stampede_retry
+//! echo stampede: download or boot failed, trying again in 5 s
+//! imgfree
+//! sleep 5
+//! goto stampede_fetch
 //! ```
+//!
+//! A failed `kernel`, `initrd` or `boot` (a download cut by an appliance restart: iPXE does not
+//! resume HTTP downloads) frees the images fetched so far, waits [`RETRY_SECONDS`] and starts
+//! over, without bound: a machine that cannot boot keeps trying while the appliance restarts.
 //!
 //! `initrd=<name>` is on the kernel line for every initrd because the Linux EFI stub loads
 //! initrds by name from the command line; under BIOS iPXE's bzImage loader ignores it harmlessly.
@@ -391,6 +401,13 @@ impl BootProfile {
     }
 }
 
+/// Label of the script's first download.
+const FETCH_LABEL: &str = "stampede_fetch";
+/// Label of the script's retry path.
+const RETRY_LABEL: &str = "stampede_retry";
+/// Seconds a script waits before fetching again after a failed download or boot.
+pub const RETRY_SECONDS: u32 = 5;
+
 impl ValidProfile {
     /// The script for one machine.
     pub fn render(&self, facts: &MachineFacts, server: &ServerUrl) -> Result<String, RenderError> {
@@ -415,12 +432,29 @@ impl ValidProfile {
             format_mac(&facts.mac),
             facts.arch.as_str()
         );
-        script.push_str(&kernel_line);
-        script.push('\n');
+        // A download cut (the appliance restarting mid-storm) fails the `kernel`/`initrd`
+        // command; iPXE does not resume it, and an unhandled failure ends the script in a shell.
+        // So every download and the boot go to a retry that frees what was fetched, waits and
+        // starts over, forever: a machine that cannot boot keeps trying while the appliance
+        // comes back, as the node agent does.
+        let _ = writeln!(script, ":{FETCH_LABEL}");
+        let _ = writeln!(script, "{kernel_line} || goto {RETRY_LABEL}");
         for (name, path) in &files.initrds {
-            let _ = writeln!(script, "initrd --name {name} {}", server.url(path));
+            let _ = writeln!(
+                script,
+                "initrd --name {name} {} || goto {RETRY_LABEL}",
+                server.url(path)
+            );
         }
-        script.push_str("boot\n");
+        let _ = writeln!(script, "boot || goto {RETRY_LABEL}");
+        let _ = writeln!(script, ":{RETRY_LABEL}");
+        let _ = writeln!(
+            script,
+            "echo stampede: download or boot failed, trying again in {RETRY_SECONDS} s"
+        );
+        script.push_str("imgfree\n");
+        let _ = writeln!(script, "sleep {RETRY_SECONDS}");
+        let _ = writeln!(script, "goto {FETCH_LABEL}");
         Ok(script)
     }
 }
@@ -582,9 +616,15 @@ mod tests {
             script.unwrap(),
             "#!ipxe\n\
              # stampede: 52:54:00:12:34:56 x86-bios\n\
-             kernel http://10.0.0.1:8080/bios/vmlinuz initrd=initrd.img console=ttyS0,115200 ip=dhcp hostname=node-042.rack1\n\
-             initrd --name initrd.img http://10.0.0.1:8080/bios/initrd.img\n\
-             boot\n"
+             :stampede_fetch\n\
+             kernel http://10.0.0.1:8080/bios/vmlinuz initrd=initrd.img console=ttyS0,115200 ip=dhcp hostname=node-042.rack1 || goto stampede_retry\n\
+             initrd --name initrd.img http://10.0.0.1:8080/bios/initrd.img || goto stampede_retry\n\
+             boot || goto stampede_retry\n\
+             :stampede_retry\n\
+             echo stampede: download or boot failed, trying again in 5 s\n\
+             imgfree\n\
+             sleep 5\n\
+             goto stampede_fetch\n"
         );
     }
 
@@ -598,10 +638,16 @@ mod tests {
             script.unwrap(),
             "#!ipxe\n\
              # stampede: 52:54:00:12:34:56 x86_64-efi\n\
-             kernel http://10.0.0.1:8080/efi/x86_64/vmlinuz initrd=initrd.img initrd=firmware.cpio console=ttyS0 machine=52:54:00:12:34:56 BOOTIF=01-52-54-00-12-34-56 uuid=4c4c4544-004d-5910-8052-b2c04f353032 ip=10.0.0.42 arch=x86_64-efi {x}\n\
-             initrd --name initrd.img http://10.0.0.1:8080/efi/x86_64/initrd.img\n\
-             initrd --name firmware.cpio http://10.0.0.1:8080/common/firmware.cpio\n\
-             boot\n"
+             :stampede_fetch\n\
+             kernel http://10.0.0.1:8080/efi/x86_64/vmlinuz initrd=initrd.img initrd=firmware.cpio console=ttyS0 machine=52:54:00:12:34:56 BOOTIF=01-52-54-00-12-34-56 uuid=4c4c4544-004d-5910-8052-b2c04f353032 ip=10.0.0.42 arch=x86_64-efi {x} || goto stampede_retry\n\
+             initrd --name initrd.img http://10.0.0.1:8080/efi/x86_64/initrd.img || goto stampede_retry\n\
+             initrd --name firmware.cpio http://10.0.0.1:8080/common/firmware.cpio || goto stampede_retry\n\
+             boot || goto stampede_retry\n\
+             :stampede_retry\n\
+             echo stampede: download or boot failed, trying again in 5 s\n\
+             imgfree\n\
+             sleep 5\n\
+             goto stampede_fetch\n"
         );
     }
 
@@ -613,7 +659,11 @@ mod tests {
             let script = p.render(&facts(arch), &server()).unwrap();
             let lines: Vec<&str> = script.lines().collect();
             assert_eq!(lines[0], "#!ipxe", "magic first");
-            assert_eq!(*lines.last().unwrap(), "boot", "boot last");
+            assert_eq!(
+                *lines.last().unwrap(),
+                "goto stampede_fetch",
+                "the retry loops back"
+            );
             assert!(script.ends_with('\n'));
             for line in &lines[1..] {
                 assert!(
@@ -624,9 +674,26 @@ mod tests {
                     !line.contains("  ") && !line.ends_with(' '),
                     "single spaces: {line:?}"
                 );
+                // Every download and the boot fall to the retry path on failure.
+                let fetches = ["kernel", "initrd", "boot"]
+                    .iter()
+                    .any(|c| line.starts_with(c));
+                let line = match line.strip_suffix(" || goto stampede_retry") {
+                    Some(command) => command,
+                    None => {
+                        assert!(!fetches, "a failure must retry: {line}");
+                        line
+                    }
+                };
                 let words: Vec<&str> = line.split(' ').collect();
                 match words[0] {
                     w if w.starts_with('#') => {}
+                    ":stampede_fetch" | ":stampede_retry" | "imgfree" => {
+                        assert_eq!(words.len(), 1, "{line}");
+                    }
+                    "echo" => {}
+                    "sleep" => assert_eq!(words, ["sleep", "5"]),
+                    "goto" => assert_eq!(words, ["goto", "stampede_fetch"]),
                     "kernel" => {
                         assert!(words[1].starts_with("http://10.0.0.1:8080/"), "{line}");
                         assert!(words[2].starts_with("initrd="), "{line}");
