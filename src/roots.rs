@@ -235,7 +235,7 @@ pub fn build(
                         .unwrap_or_default()
                 )
             })?;
-            if tree.list_dir(&format!("/lib/modules/{release}")).is_none() {
+            if list_dir(&tree, &format!("/lib/modules/{release}")).is_none() {
                 bail!(
                     "the kernel {} is release {release}, whose modules are not in the image \
                      (no /lib/modules/{release}): use the image's own kernel, or an image with \
@@ -255,7 +255,12 @@ pub fn build(
     }
 
     // The node initramfs: modules from the image, for its kernel.
-    let read = |p: &str| tree.read_file(p).and_then(Result::ok);
+    // Through symlinks inside the image: a merged-/usr root (Debian 12) has /lib -> usr/lib.
+    let read = |p: &str| {
+        tree.resolve(p)
+            .and_then(|at| tree.read_file(&at))
+            .and_then(Result::ok)
+    };
     let modules = stampede_rootfs::initramfs::choose_modules(&release, &read)
         .with_context(|| format!("choosing the node's kernel modules from {source}"))?;
     let public = hex::encode(key.verifying_key().as_bytes());
@@ -381,7 +386,7 @@ fn reuse(
 /// The image's own kernel: `/boot/vmlinuz-<release>` whose `/lib/modules/<release>` is in the
 /// image too; of several, the highest release.
 fn image_kernel(tree: &stampede_rootfs::flatten::Tree) -> anyhow::Result<(Vec<u8>, String)> {
-    let boot = tree.list_dir("/boot").unwrap_or_default();
+    let boot = list_dir(tree, "/boot").unwrap_or_default();
     let mut candidates: Vec<String> = boot
         .iter()
         .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_owned))
@@ -394,7 +399,7 @@ fn image_kernel(tree: &stampede_rootfs::flatten::Tree) -> anyhow::Result<(Vec<u8
     candidates.sort_by_key(|r| version_key(r));
     let with_modules: Vec<&String> = candidates
         .iter()
-        .filter(|r| tree.list_dir(&format!("/lib/modules/{r}")).is_some())
+        .filter(|r| list_dir(tree, &format!("/lib/modules/{r}")).is_some())
         .collect();
     let Some(release) = with_modules.last() else {
         bail!(
@@ -405,10 +410,17 @@ fn image_kernel(tree: &stampede_rootfs::flatten::Tree) -> anyhow::Result<(Vec<u8
     };
     let path = format!("/boot/vmlinuz-{release}");
     let bytes = tree
-        .read_file(&path)
+        .resolve(&path)
+        .and_then(|at| tree.read_file(&at))
         .with_context(|| format!("{path} is not a regular file in the image"))?
         .with_context(|| format!("reading {path} from the image"))?;
     Ok((bytes, (*release).clone()))
+}
+
+/// A directory of the image, found through symlinks inside it (`/lib` -> `usr/lib` in a
+/// merged-/usr root).
+fn list_dir(tree: &stampede_rootfs::flatten::Tree, path: &str) -> Option<Vec<String>> {
+    tree.resolve(path).and_then(|at| tree.list_dir(&at))
 }
 
 /// Sorts releases numerically where they are numbers (`6.1.0-10` after `6.1.0-9`).
@@ -509,6 +521,59 @@ impl<R: io::Read> io::Read for HashingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Debian 12's merged /usr: `/lib` is a symlink to `usr/lib`, and the kernel's modules are
+    /// found through it.
+    #[test]
+    fn the_image_kernel_is_found_through_a_merged_usr() {
+        let mut layer = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(if kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            header.set_size(data.len() as u64);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            if let Some(target) = link {
+                header.set_link_name(target).expect("link name");
+            }
+            layer.append_data(&mut header, path, data).expect("append");
+        };
+        add(
+            "usr/lib/modules/6.1.0-t/",
+            tar::EntryType::Directory,
+            b"",
+            None,
+        );
+        add(
+            "usr/lib/modules/6.1.0-t/modules.dep",
+            tar::EntryType::Regular,
+            b"",
+            None,
+        );
+        add("lib", tar::EntryType::Symlink, b"", Some("usr/lib"));
+        add(
+            "boot/vmlinuz-6.1.0-t",
+            tar::EntryType::Regular,
+            b"kernel",
+            None,
+        );
+        let bytes = layer.into_inner().expect("tar");
+        let spool = tempfile::tempdir().expect("spool");
+        let mut tree = stampede_rootfs::flatten::Tree::new(spool.path()).expect("tree");
+        tree.apply_layer("layer 0", bytes.as_slice())
+            .expect("layer");
+        let (kernel, release) = image_kernel(&tree).expect("kernel found");
+        assert_eq!(
+            (kernel.as_slice(), release.as_str()),
+            (&b"kernel"[..], "6.1.0-t")
+        );
+    }
 
     #[test]
     fn releases_sort_numerically() {
