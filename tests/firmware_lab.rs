@@ -12,6 +12,8 @@
 //!   server (dnsmasq, addresses only).
 //! - SeaBIOS and OVMF PXE from `serve --config` with a per-MAC profile whose command line
 //!   (`stampede.marker=profile-{hostname}`) decides the marker.
+//! - SeaBIOS + QEMU's iPXE ROM with the initrd missing at first: the script's retry path, then
+//!   the boot.
 //!
 //! A test passes only when the guest's serial console shows its own marker. On failure the panic
 //! message carries the console tail and the appliance's log. At most two QEMUs run at once (TCG on
@@ -442,6 +444,93 @@ fn seabios_ipxe_rom_boots_over_http_from_stampede_boot() {
     assert_no_tftp(&booted, test);
     assert_no_boot_server_requests(&booted, test);
     assert!(booted.elapsed < BOOT_TIMEOUT);
+}
+
+/// A download that fails (here the initrd missing for a moment; in a storm, a connection cut by
+/// a restart) sends QEMU's real iPXE down the script's retry path (`|| goto stampede_retry`,
+/// `imgfree`, `sleep 5`) and the machine boots on the next attempt, from the script it has.
+#[test]
+fn seabios_ipxe_rom_retries_a_failed_download_then_boots() {
+    let test = "seabios_ipxe_rom_retries_a_failed_download_then_boots";
+    if !gate(test, Firmware::Bios) {
+        return;
+    }
+    let payload = payload();
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new("fw-retry-bios").expect("work dir");
+    let marker = format!("bios-retry-{}", std::process::id());
+    // A copy of its own: the shared payload is not touched.
+    let initrd = work.join(INITRD_NAME);
+    fs::copy(&payload.initrd, &initrd).expect("copy initrd");
+    let args: Vec<String> = [
+        "boot",
+        "--iface",
+        &lab.server_if,
+        "--dhcp-range",
+        &dhcp_range(&lab),
+        "--xdp-mode",
+        "off",
+        "--cmdline",
+        &cmdline(&marker),
+        &payload.kernel.display().to_string(),
+        &initrd.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .into();
+    let appliance = Appliance::start(&lab, &work, &args);
+    let away = work.join("initrd.away");
+    fs::rename(&initrd, &away).expect("hide initrd");
+    let tap = lab.add_tap().expect("tap");
+    let spec = MachineSpec::network(Firmware::Bios, &tap, work.join("console.log"));
+    let _slot = stampede_lab::qemu::machine_slot();
+    let mut machine: QemuMachine = lab.start_machine(spec).expect("qemu starts");
+    let initrd_path = format!("path=/files/{INITRD_NAME}");
+    let failed = |l: &String| l.contains(&initrd_path) && !l.contains("status=200");
+    wait_for(BOOT_TIMEOUT, || {
+        appliance.boot_lines().iter().any(failed).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{test}: the initrd was never asked for\n{}\n--- stampede log ---\n{}",
+            machine.console_tail(20),
+            appliance.log()
+        )
+    });
+    fs::rename(&away, &initrd).expect("restore initrd");
+    let seen = machine.wait_for_marker(BOOT_TIMEOUT).unwrap_or_else(|err| {
+        panic!(
+            "{test}: no boot after the retry: {err}\n{}\n--- stampede log ---\n{}",
+            machine.console_tail(30),
+            appliance.log()
+        )
+    });
+    assert_eq!(seen.value, marker);
+    drop(machine);
+    let console = fs::read_to_string(work.join("console.log")).unwrap_or_default();
+    assert!(
+        console.contains("stampede: download or boot failed, trying again in 5 s"),
+        "{test}: iPXE took the retry path\n{console}"
+    );
+    let lines = appliance.boot_lines();
+    let _ = appliance.stop();
+    let first_fail = lines.iter().position(failed).expect("a failed fetch");
+    let served = lines
+        .iter()
+        .rposition(|l| l.contains(&initrd_path) && l.contains("status=200"))
+        .unwrap_or_else(|| panic!("{test}: no 200 for the initrd\n{}", lines.join("\n")));
+    assert!(first_fail < served, "{}", lines.join("\n"));
+    let scripts = lines
+        .iter()
+        .filter(|l| {
+            l.contains("status=200") && l.contains("path=/boot.ipxe?") && l.contains("platform=")
+        })
+        .count();
+    assert_eq!(
+        scripts,
+        1,
+        "the retry reuses the script it has\n{}",
+        lines.join("\n")
+    );
 }
 
 #[test]
