@@ -959,7 +959,10 @@ fn http_serves_scripts_kernels_and_ranges_to_curl() {
         script.contains("stampede.marker=52:54:00:12:34:56"),
         "{{mac}} filled in: {script}"
     );
-    assert!(script.contains("\nboot || goto stampede_retry\n"), "{script}");
+    assert!(
+        script.contains("\nboot || goto stampede_retry\n"),
+        "{script}"
+    );
 
     let (out, stats) = stop(server);
     assert_eq!(stats["http_4xx"], 5, "{}", out.stdout);
