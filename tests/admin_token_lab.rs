@@ -28,7 +28,8 @@ fn a_weak_admin_token_stops_the_start_with_a_clear_error() {
         .expect("stampede exits");
     assert!(!out.status.success(), "{}", out.stdout);
     assert!(
-        out.stderr.contains("STAMPEDE_ADMIN_TOKEN is 1 characters long")
+        out.stderr
+            .contains("STAMPEDE_ADMIN_TOKEN is 1 characters long")
             && out.stderr.contains("at least 16"),
         "{}",
         out.stderr
