@@ -540,13 +540,33 @@ fn start_dnsmasq(lab: &BootLab, work: &WorkDir, server_ip: Ipv4Addr) -> Process 
         format!("--dhcp-option=6,{server_ip}"),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let process = lab
-        .server
-        .spawn("dnsmasq", &args)
-        .unwrap_or_else(|e| panic!("dnsmasq: {e}"));
-    wait_for(Duration::from_secs(10), || log.exists().then_some(()))
-        .unwrap_or_else(|| panic!("dnsmasq did not start"));
-    process
+    // Up is when its log file exists. A start that dies (once in CI, on loaded cores) is tried
+    // again, and a last failure says what dnsmasq said.
+    let mut said = String::new();
+    for _ in 0..3 {
+        let mut process = lab
+            .server
+            .spawn("dnsmasq", &args)
+            .unwrap_or_else(|e| panic!("dnsmasq: {e}"));
+        let up = wait_for(Duration::from_secs(30), || {
+            if log.exists() {
+                Some(true)
+            } else if process.try_status().is_some() {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if up == Some(true) {
+            return process;
+        }
+        said = match process.wait_output(Duration::from_secs(5)) {
+            Ok(out) => format!("{}: {}{}", out.status, out.stdout, out.stderr),
+            Err(e) => e.to_string(),
+        };
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("dnsmasq did not start: {said}");
 }
 
 impl Rig {
