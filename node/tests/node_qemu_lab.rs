@@ -564,7 +564,7 @@ fn start_dnsmasq(lab: &BootLab, work: &WorkDir, server_ip: Ipv4Addr) -> Process 
             Ok(out) => format!("{}: {}{}", out.status, out.stdout, out.stderr),
             Err(e) => e.to_string(),
         };
-        std::thread::sleep(Duration::from_secs(1));
+        thread::sleep(Duration::from_secs(1));
     }
     panic!("dnsmasq did not start: {said}");
 }
