@@ -693,26 +693,9 @@ fn run_storm(
     }
     args.extend(extra.iter().cloned());
     let command = format!("stampede {}", args.join(" "));
-    eprintln!("xtask: bench: {label}, {clients} machines: {command}");
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = lab.client.run(
-        binary.to_str().context("UTF-8")?,
-        &arg_refs,
-        Duration::from_secs(deadline + 120),
-    )?;
-    println!("{}", result.stdout.trim_end());
-    let report: serde_json::Value = serde_json::from_slice(
-        &fs::read(&json).with_context(|| format!("no report: {}", result.stderr))?,
-    )?;
-    let failures = report["failures_by_stage"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+    let what = format!("bench: {label}, {clients} machines");
+    let report = run_bench(lab, binary, &args, &json, deadline, &what)?;
+    let failures = joined_counts(&report["failures_by_stage"]);
     Ok(Result_ {
         server: label.to_owned(),
         clients,
@@ -731,6 +714,42 @@ fn run_storm(
 
 fn fmt_opt(v: Option<f64>, scale: f64, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{:.*}", digits, v * scale))
+}
+
+/// Runs `stampede <args>` (a bench that writes its JSON report to `json`) in the lab's client
+/// namespace, prints its table and returns the report. The storm and root benches share it.
+fn run_bench(
+    lab: &Lab,
+    binary: &Path,
+    args: &[String],
+    json: &Path,
+    deadline: u64,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
+    eprintln!("xtask: {what}: stampede {}", args.join(" "));
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = lab.client.run(
+        binary.to_str().context("UTF-8")?,
+        &arg_refs,
+        Duration::from_secs(deadline + 120),
+    )?;
+    println!("{}", result.stdout.trim_end());
+    Ok(serde_json::from_slice(&fs::read(json).with_context(
+        || format!("no report: {}", result.stderr),
+    )?)?)
+}
+
+/// A report's `{"reason": count, ..}` object as `reason count, ..`.
+fn joined_counts(counts: &serde_json::Value) -> String {
+    counts
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {

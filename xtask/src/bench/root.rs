@@ -366,26 +366,9 @@ fn run_bench(
         svg.display().to_string(),
     ]);
     let command = format!("stampede {}", args.join(" "));
-    eprintln!("xtask: bench root: {label}, {clients} machines: {command}");
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = lab.client.run(
-        binary.to_str().context("UTF-8")?,
-        &refs,
-        Duration::from_secs(deadline + 120),
-    )?;
-    println!("{}", result.stdout.trim_end());
-    let report: serde_json::Value = serde_json::from_slice(
-        &fs::read(&json).with_context(|| format!("no report: {}", result.stderr))?,
-    )?;
-    let failures = report["failures_by_phase"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+    let what = format!("bench root: {label}, {clients} machines");
+    let report = super::run_bench(lab, binary, &args, &json, deadline, &what)?;
+    let failures = super::joined_counts(&report["failures_by_phase"]);
     Ok(RootResult {
         server: label.to_owned(),
         clients,
