@@ -263,6 +263,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     capabilities::check(&capabilities::Duties::classifier_only())?;
     let interval = check_interval(args.stats_interval)?;
     let iface = args.iface.context("--iface is required without --config")?;
+    // The stop handlers are in place before XDP is attached: a signal that arrives as soon as
+    // the program shows on the interface must detach it, not kill the process with it attached.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (mut sigint, mut sigterm) = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        )
+    };
     let mut classifier =
         XdpClassifier::load(XdpConfig::new(args.http_port)).context("loading the classifier")?;
     let attachment = classifier.attach(&iface, args.xdp_mode)?;
@@ -284,13 +297,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         attachment.mode
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     runtime.block_on(async {
-        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         let signal_name = loop {
