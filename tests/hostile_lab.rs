@@ -61,11 +61,11 @@ fn rrq(file: &str, options: &[(&str, &str)]) -> Vec<u8> {
 /// The attacker learns the ports transfers of its own come from (a fixed per-worker port gave
 /// itself away this way), from several source ports since `SO_REUSEPORT` spreads requests over
 /// the workers, as the guesses for its spoofed ACK 0.
-fn learn_transfer_ports(attacker: &Netns, server: SocketAddrV4) -> Vec<u16> {
+fn learn_transfer_ports(attacker: &Netns, server: SocketAddrV4, transfers: usize) -> Vec<u16> {
     attacker
         .in_namespace(move || {
             let mut ports = Vec::new();
-            for _ in 0..8 {
+            for _ in 0..transfers {
                 let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("socket");
                 socket
                     .set_read_timeout(Some(Duration::from_secs(3)))
@@ -107,7 +107,7 @@ fn spoofed_tftp_requests_draw_little_towards_the_victim() {
         ),
         ("a plain RRQ, never acknowledged", &[][..]),
     ] {
-        let known_ports = learn_transfer_ports(&attacker, server);
+        let known_ports = learn_transfer_ports(&attacker, server, 8);
         let rx_before = victim.link_stat(&victim_if, "rx_bytes").expect("rx_bytes");
         let request = rrq("vmlinuz", options);
         let with_acks = !options.is_empty();
@@ -166,6 +166,51 @@ fn spoofed_tftp_requests_draw_little_towards_the_victim() {
             );
         }
     }
+    let (out, _) = stop(appliance);
+    assert!(out.status.success());
+}
+
+/// Issue 19: a transfer's port is drawn from every unprivileged port (1024-65535), not from
+/// the kernel's ephemeral range (28,232 ports by default), so a guessed port hits a transfer
+/// about once in 65,536; ports the host reserves are never taken.
+#[test]
+fn transfer_ports_are_drawn_from_all_unprivileged_ports_but_reserved_ones() {
+    if !require("transfer_ports_drawn_widely", &["ss"]) {
+        return;
+    }
+    let lan = Lan::new().expect("lan");
+    let (server_ns, server_if) = lan.host("boot", Some(1)).expect("boot server");
+    let (client, _) = lan.host("client", Some(2)).expect("client");
+    // Per namespace: the default ephemeral range, and a reserved block the draw must skip.
+    server_ns
+        .sysctl("net.ipv4.ip_local_port_range", "32768 60999")
+        .expect("port range");
+    server_ns
+        .sysctl("net.ipv4.ip_local_reserved_ports", "1024-20000")
+        .expect("reserved ports");
+    let payload = Payload::new(64 << 10, 4096);
+    let appliance = start_boot(&server_ns, &server_if, &[], &payload);
+    let server = SocketAddrV4::new(lan.subnet.host(1), 69);
+    let ports = learn_transfer_ports(&client, server, 64);
+    eprintln!("transfer ports: {ports:?}");
+    assert!(
+        ports.len() >= 60,
+        "64 transfers should have (nearly) 64 ports: {ports:?}"
+    );
+    assert!(
+        ports.iter().all(|p| !(1024..=20_000).contains(p)),
+        "a reserved port was taken: {ports:?}"
+    );
+    // Uniform over 20001-65535 minus nothing: each port lies outside 32768-60999 with
+    // probability 0.38; all 64 inside by chance is about 1e-13. The kernel's pick never is.
+    let outside = ports
+        .iter()
+        .filter(|p| !(32_768..=60_999).contains(*p))
+        .count();
+    assert!(
+        outside > 0,
+        "every transfer port is in the kernel's ephemeral range: {ports:?}"
+    );
     let (out, _) = stop(appliance);
     assert!(out.status.success());
 }

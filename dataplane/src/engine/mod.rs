@@ -10,7 +10,8 @@
 //! transfer, and it must be unpredictable: a fixed port, learnt from one request of one's own,
 //! let an off-path attacker acknowledge a request spoofed from a victim's address and turn a
 //! 52-byte request into 141 KB towards the victim (issue 19). On io_uring each transfer has a
-//! socket of its own on a kernel-chosen random ephemeral port, registered with the worker's ring
+//! socket of its own on a port drawn at random from 1024-65535 (not the kernel's smaller
+//! ephemeral range), registered with the worker's ring
 //! while it runs and closed after; on the AF_XDP path a transfer takes a random port of the
 //! range the XDP program steers (`AFXDP_TRANSFER_PORTS`).
 pub mod afxdp;

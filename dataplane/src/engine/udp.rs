@@ -179,10 +179,15 @@ pub(super) enum Role {
 /// acknowledged into a flood (issue 19).
 #[derive(Debug, Clone)]
 pub(super) enum TransferPorts {
-    /// io_uring: a socket per transfer, bound to port 0 (the kernel picks a random free
-    /// ephemeral port) on the address the request was sent to, registered with the ring while
-    /// the transfer runs.
-    Sockets { iface: Option<String> },
+    /// io_uring: a socket per transfer, bound to a port drawn at random from all unprivileged
+    /// ports (1024-65535, [`TRANSFER_PORT_FIRST`]) on the address the request was sent to and
+    /// registered with the ring while the transfer runs. Not the kernel's ephemeral range:
+    /// that is 28,232 ports by default, and an attacker's guess should hit one transfer in about
+    /// 65,536. Ports the host reserves (`net.ipv4.ip_local_reserved_ports`) are skipped.
+    Sockets {
+        iface: Option<String>,
+        reserved: Arc<Vec<(u16, u16)>>,
+    },
     /// AF_XDP: a random port of the range the XDP program steers to the path. The worker sees
     /// such a port as socket [`RANGE_PORT_SOCKET`] + port.
     Range { first: u16, last: u16 },
@@ -282,6 +287,7 @@ pub(super) fn start(
     let mut shared = Vec::new();
     let mut threads = Vec::new();
     let per_worker_transfers = (config.max_transfers_per_worker).max(1);
+    let reserved = Arc::new(reserved_ports());
     for (index, (ring, roles)) in bound.into_iter().enumerate() {
         let worker_shared = Arc::new(WorkerShared::default());
         shared.push(Arc::clone(&worker_shared));
@@ -295,6 +301,7 @@ pub(super) fn start(
         };
         let ports = TransferPorts::Sockets {
             iface: config.iface.clone(),
+            reserved: reserved.clone(),
         };
         let mut state =
             WorkerState::new(index, &current, roles, ports, per_worker_transfers, store)?;
@@ -747,14 +754,15 @@ impl WorkerState {
         &mut self,
         request_to: Option<Ipv4Addr>,
     ) -> Option<(u16, Option<usize>, Option<UdpSocket>)> {
-        match &self.ports {
-            TransferPorts::Sockets { iface } => {
+        match self.ports.clone() {
+            TransferPorts::Sockets { iface, reserved } => {
                 // The address the client sent its request to, so the answer comes from it; a
                 // broadcast request is answered from any address of the interface.
                 let local = request_to
                     .filter(|ip| !ip.is_broadcast() && !ip.is_multicast())
                     .unwrap_or(Ipv4Addr::UNSPECIFIED);
-                match transfer_socket(local, iface.as_deref()) {
+                let mut draw = || self.random();
+                match transfer_socket(local, iface.as_deref(), &reserved, &mut draw) {
                     Ok((socket, port)) => Some((port, None, Some(socket))),
                     Err(err) => {
                         tracing::warn!(error = %err, "no socket for a TFTP transfer");
@@ -762,7 +770,7 @@ impl WorkerState {
                     }
                 }
             }
-            &TransferPorts::Range { first, last } => {
+            TransferPorts::Range { first, last } => {
                 let span = u64::from(last - first) + 1;
                 let port = first + (self.random() % span) as u16;
                 Some((port, Some(RANGE_PORT_SOCKET + usize::from(port)), None))
@@ -893,18 +901,73 @@ impl WorkerState {
     }
 }
 
-/// A transfer's socket: bound to port 0 on `local` (the kernel picks a free ephemeral port at
-/// random, net.ipv4.ip_local_port_range; Linux randomizes it since 2.6.24) and to the boot
-/// interface. Without `SO_REUSEADDR`, so no other socket can share the port. Returns the port.
-fn transfer_socket(local: Ipv4Addr, iface: Option<&str>) -> std::io::Result<(UdpSocket, u16)> {
+/// The lowest port a transfer draws from on the io_uring path: every unprivileged port.
+pub(super) const TRANSFER_PORT_FIRST: u16 = 1024;
+
+/// How many random ports a new transfer tries before it lets the kernel pick one (a port in
+/// use by another socket is refused by `bind`, since no socket here sets `SO_REUSEADDR`).
+const TRANSFER_PORT_TRIES: usize = 16;
+
+/// A transfer's socket, bound to the boot interface and to `local` at a port drawn with `draw`
+/// from [`TRANSFER_PORT_FIRST`]-65535, skipping `reserved` ranges and ports in use. Without
+/// `SO_REUSEADDR`, so no other socket can share the port. After [`TRANSFER_PORT_TRIES`] ports
+/// in use (a host nearly out of ports), the kernel's own random ephemeral port. Returns the
+/// port.
+fn transfer_socket(
+    local: Ipv4Addr,
+    iface: Option<&str>,
+    reserved: &[(u16, u16)],
+    draw: &mut dyn FnMut() -> u64,
+) -> std::io::Result<(UdpSocket, u16)> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if let Some(iface) = iface {
         socket.bind_device(Some(iface.as_bytes()))?;
     }
-    socket.bind(&SocketAddrV4::new(local, 0).into())?;
+    let span = u64::from(u16::MAX - TRANSFER_PORT_FIRST) + 1;
+    let mut bound = false;
+    for _ in 0..TRANSFER_PORT_TRIES {
+        let port = TRANSFER_PORT_FIRST + (draw() % span) as u16;
+        if reserved
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&port))
+        {
+            continue;
+        }
+        match socket.bind(&SocketAddrV4::new(local, port).into()) {
+            Ok(()) => {
+                bound = true;
+                break;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    if !bound {
+        socket.bind(&SocketAddrV4::new(local, 0).into())?;
+    }
     let socket: UdpSocket = socket.into();
     let port = socket.local_addr()?.port();
     Ok((socket, port))
+}
+
+/// The host's reserved ports (`net.ipv4.ip_local_reserved_ports`: "8080,9000-9100"), which
+/// transfers never take; none when the file is missing or unreadable.
+fn reserved_ports() -> Vec<(u16, u16)> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
+        .map(|text| parse_port_ranges(&text))
+        .unwrap_or_default()
+}
+
+/// Parses a kernel port list ("8080,9000-9100"); entries that do not parse are ignored.
+fn parse_port_ranges(text: &str) -> Vec<(u16, u16)> {
+    text.trim()
+        .split(',')
+        .filter_map(|entry| {
+            let entry = entry.trim();
+            let (first, last) = entry.split_once('-').unwrap_or((entry, entry));
+            Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// The file name of a read request, for the log and the boot events: escaped and bounded, since
@@ -968,5 +1031,44 @@ fn report_dhcp_reply(events: &Events, reply: &[u8], destination: Ipv4Addr) {
                 boot_file,
             },
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_reserved_port_list_parses() {
+        assert_eq!(
+            parse_port_ranges("8080,9000-9100, 70000,x-3,\n"),
+            vec![(8080, 8080), (9000, 9100)]
+        );
+        assert!(parse_port_ranges("\n").is_empty());
+    }
+
+    #[test]
+    fn a_transfer_skips_reserved_and_busy_ports() {
+        let busy = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("busy socket");
+        let busy_port = busy.local_addr().expect("address").port();
+        let offset = |port: u16| u64::from(port - TRANSFER_PORT_FIRST);
+        // Draws: a reserved port, the busy one, then a free one (found by binding and closing).
+        let free = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("probe")
+            .local_addr()
+            .expect("address")
+            .port();
+        let mut draws = vec![offset(5000), offset(busy_port), offset(free)].into_iter();
+        let mut draw = || draws.next().expect("no more than three draws");
+        let (_socket, port) =
+            transfer_socket(Ipv4Addr::LOCALHOST, None, &[(4000, 6000)], &mut draw)
+                .expect("a transfer socket");
+        assert_eq!(port, free);
+        // With every draw refused, the kernel's pick.
+        let mut draw = || offset(5000);
+        let (_socket, port) =
+            transfer_socket(Ipv4Addr::LOCALHOST, None, &[(4000, 6000)], &mut draw)
+                .expect("a transfer socket");
+        assert!(!(4000..=6000).contains(&port), "{port}");
     }
 }
