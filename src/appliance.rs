@@ -5,7 +5,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use stampede_dataplane::{
     boot::BootPlan,
-    config::{AfXdpChoice, ApplianceConfig, DhcpMode, MacPolicy, QuickBoot, parse_range, wire},
+    config::{
+        AfXdpChoice, ApplianceConfig, DhcpMode, MacPolicy, QuickBoot, network_of, parse_range, wire,
+    },
     engine::{self, Engine, EngineConfig, Ports, UdpStats},
     http_server::{HttpServer, HttpServerConfig, HttpStats},
     sys::afxdp::{XskBind, XskConfig},
@@ -133,6 +135,12 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         http_port: args.http_port,
         chainload: args.chainload,
         roots_dir: None,
+        // An authoritative range is checked against the interface's network, and takes its
+        // prefix.
+        link: match dhcp_range {
+            Some(_) => Some(engine::interface_ipv4(&iface)?),
+            None => None,
+        },
     };
     if let Some(source) = &args.root {
         diskless_root(&args, source, &iface, &mut quick)?;
@@ -322,10 +330,20 @@ impl stampede_control::imports::ImageStore for ImageStoreAdapter {
 }
 
 fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPlan>> {
-    let server_ip = match config.server.address {
-        Some(ip) => ip,
-        None => engine::interface_ipv4(iface)?.0,
+    let (server_ip, link) = match config.server.address {
+        Some(ip) => (ip, engine::interface_ipv4(iface).ok()),
+        None => {
+            let link = engine::interface_ipv4(iface)?;
+            (link.0, Some(link))
+        }
     };
+    // A set `server.address` outside the interface's network (an address the interface does
+    // not hold) leaves nothing to check the pools against.
+    if let Some((ip, prefix)) = link
+        && network_of(server_ip, prefix) == network_of(ip, prefix)
+    {
+        config.dhcp.check_link(iface, server_ip, prefix)?;
+    }
     let (root, ipxe) = engine::catalogs(config).context("opening the boot files")?;
     let plan = BootPlan::new(config, server_ip, root, ipxe).context("building the boot plan")?;
     for missing in plan.missing_files() {
@@ -333,6 +351,41 @@ fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPla
     }
     warn_if_neighbour_table_small(config);
     Ok(Arc::new(plan))
+}
+
+/// Authoritative DHCP beside another server on the link gives each machine whichever answers
+/// first: probe for one (before our own workers answer) and say so, naming it.
+fn warn_of_other_dhcp_servers(iface: &str, own: std::net::Ipv4Addr) {
+    let probe = engine::interface_mac(iface)
+        .map_err(anyhow::Error::from)
+        .and_then(|mac| {
+            crate::dhcp_probe::other_servers(iface, mac, own, crate::dhcp_probe::PROBE_WAIT)
+        });
+    match probe {
+        Ok(servers) => {
+            for server in servers {
+                match server.offered {
+                    Some(offered) => tracing::warn!(
+                        %iface,
+                        server = %server.address,
+                        %offered,
+                        "another DHCP server answers on this link and hands out addresses: \
+                         machines take whichever offer comes first; stop one of them"
+                    ),
+                    None => tracing::warn!(
+                        %iface,
+                        server = %server.address,
+                        "a ProxyDHCP server answers on this link beside this authoritative one"
+                    ),
+                }
+            }
+        }
+        Err(err) => tracing::warn!(
+            %iface,
+            error = %error_chain(err.as_ref()),
+            "could not probe for another DHCP server on the link"
+        ),
+    }
 }
 
 /// Every machine that fetches over TFTP or HTTP needs an entry in the kernel's ARP table.
@@ -398,6 +451,18 @@ fn run(
     interval: Duration,
     control: &ControlArgs,
 ) -> anyhow::Result<()> {
+    // Before the state is opened or anything listens: a second appliance on this link would
+    // answer DHCP beside the first with a lease database of its own.
+    let state_dir = control
+        .state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let interface_lock = crate::interface_lock::InterfaceLock::acquire(
+        &iface,
+        &crate::interface_lock::lock_dirs(state_dir),
+    )?;
+    tracing::debug!(lock = %interface_lock.path.display(), %iface, "interface locked");
     raise_open_files(&config);
     let (control_state, api_config) = control_plane(control, &config.server)?;
     // API writes are checked by the validation a reload runs; stored entries it refuses are
@@ -420,6 +485,9 @@ fn run(
     let snapshot = Arc::clone(&fleet.borrow_and_update());
     let config = source.load(Some((&snapshot, &iface)))?;
     let plan = plan_for(&config, &iface)?;
+    if config.dhcp.mode == DhcpMode::Authoritative {
+        warn_of_other_dhcp_servers(&iface, plan.server_ip());
+    }
     let workers = config
         .server
         .workers

@@ -208,6 +208,55 @@ pub struct DhcpSettings {
     pub reservations: Vec<Reservation>,
 }
 
+impl DhcpSettings {
+    /// Authoritative pools against the boot interface `iface`, which is `ip`/`prefix`: a
+    /// machine on the link (no relay) gets an address from the pool whose subnet holds `ip`, so
+    /// there must be one, and its range must lie in the interface's network. Pools of other
+    /// subnets serve relayed networks and are left alone.
+    pub fn check_link(&self, iface: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), ConfigError> {
+        if self.mode != DhcpMode::Authoritative {
+            return Ok(());
+        }
+        let network = network_of(ip, prefix);
+        let network_text = format!("{network}/{prefix}");
+        let Some(i) = self.pools.iter().position(|p| p.contains(ip)) else {
+            return Err(ConfigError::invalid(
+                "dhcp.pools",
+                Problem::NoPoolOnLink {
+                    iface: iface.to_owned(),
+                    network: network_text,
+                    pools: self
+                        .pools
+                        .iter()
+                        .map(|p| format!("{}/{}", p.subnet, p.prefix_len))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            ));
+        };
+        let pool = &self.pools[i];
+        if network_of(pool.first, prefix) != network || network_of(pool.last, prefix) != network {
+            return Err(ConfigError::invalid(
+                format!("dhcp.pools[{i}].range"),
+                Problem::NotOnLink {
+                    range: format!("{}-{}", pool.first, pool.last),
+                    iface: iface.to_owned(),
+                    network: network_text,
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The network `ip` is in, with a prefix of `prefix` bits.
+pub fn network_of(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
 /// `[[dhcp.reservations]]`: a fixed address for one MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -389,6 +438,21 @@ pub enum Problem {
     },
     #[error("{ip} is outside subnet {subnet}")]
     OutsideSubnet { ip: Ipv4Addr, subnet: String },
+    #[error("{range} is not in {iface}'s network {network}")]
+    NotOnLink {
+        range: String,
+        iface: String,
+        network: String,
+    },
+    #[error(
+        "no pool is on {iface}'s network {network} (the pools are on {pools}): machines on the \
+         link would be handed addresses of another network"
+    )]
+    NoPoolOnLink {
+        iface: String,
+        network: String,
+        pools: String,
+    },
     #[error("subnet overlaps dhcp.pools[{0}]")]
     PoolsOverlap(usize),
     #[error("{0} is inside no pool's subnet")]
@@ -1701,6 +1765,9 @@ pub struct QuickBoot {
     pub chainload: bool,
     /// `boot.roots_dir`: built diskless roots served by HTTP (`stampede boot --root`).
     pub roots_dir: Option<PathBuf>,
+    /// The boot interface's address and prefix length, when known: `dhcp_range` must lie in
+    /// its network, which becomes the pool's subnet.
+    pub link: Option<(Ipv4Addr, u8)>,
 }
 
 /// Name of the single profile quick mode makes.
@@ -1743,13 +1810,33 @@ impl ApplianceConfig {
         let dhcp = match q.dhcp_range {
             None => wire::Dhcp::default(),
             Some((start, end)) => {
-                let common = (u32::from(start) ^ u32::from(end)).leading_zeros().min(24);
-                let mask = u32::MAX.checked_shl(32 - common).unwrap_or(0);
+                let subnet = match q.link {
+                    Some((ip, prefix)) => {
+                        let network = network_of(ip, prefix);
+                        if network_of(start, prefix) != network
+                            || network_of(end, prefix) != network
+                        {
+                            return Err(ConfigError::invalid(
+                                "--dhcp-range",
+                                Problem::NotOnLink {
+                                    range: format!("{start}-{end}"),
+                                    iface: q.iface.clone().unwrap_or_default(),
+                                    network: format!("{network}/{prefix}"),
+                                },
+                            ));
+                        }
+                        format!("{network}/{prefix}")
+                    }
+                    None => {
+                        let common = (u32::from(start) ^ u32::from(end)).leading_zeros().min(24);
+                        format!("{}/{common}", network_of(start, common as u8))
+                    }
+                };
                 wire::Dhcp {
                     mode: wire::DhcpMode::Authoritative,
                     pools: vec![wire::Pool {
                         range: format!("{start}-{end}"),
-                        subnet: format!("{}/{common}", Ipv4Addr::from(u32::from(start) & mask)),
+                        subnet,
                         ..wire::Pool::default()
                     }],
                     reservations: Vec::new(),
@@ -2244,5 +2331,77 @@ kernel = "vmlinuz"
         })
         .expect_err("hostile cmdline");
         assert_eq!(e.key(), Some("profiles[0].cmdline"), "{e}");
+    }
+
+    #[test]
+    fn a_dhcp_range_or_pool_off_the_link_is_refused_naming_both_networks() {
+        let q = QuickBoot {
+            iface: Some("eth1".into()),
+            kernel: "/tmp/build/vmlinuz".into(),
+            dhcp_range: Some((Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 50))),
+            link: Some((Ipv4Addr::new(198, 18, 0, 1), 24)),
+            ..QuickBoot::default()
+        };
+        let e = ApplianceConfig::quick(q.clone()).expect_err("a range of another network");
+        assert_eq!(
+            e.to_string(),
+            "--dhcp-range: 10.0.0.10-10.0.0.50 is not in eth1's network 198.18.0.0/24"
+        );
+        let e = ApplianceConfig::quick(QuickBoot {
+            dhcp_range: Some((
+                Ipv4Addr::new(198, 18, 0, 200),
+                Ipv4Addr::new(198, 18, 1, 20),
+            )),
+            ..q.clone()
+        })
+        .expect_err("a range running past the network");
+        assert_eq!(e.key(), Some("--dhcp-range"), "{e}");
+        // On the link, the pool takes the interface's prefix (not the /24 the range suggests).
+        let c = ApplianceConfig::quick(QuickBoot {
+            dhcp_range: Some((Ipv4Addr::new(198, 18, 5, 10), Ipv4Addr::new(198, 18, 5, 50))),
+            link: Some((Ipv4Addr::new(198, 18, 0, 1), 16)),
+            ..q
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pool = &c.dhcp.pools[0];
+        assert_eq!(
+            (pool.subnet, pool.prefix_len),
+            (Ipv4Addr::new(198, 18, 0, 0), 16)
+        );
+        c.dhcp
+            .check_link("eth1", Ipv4Addr::new(198, 18, 0, 1), 16)
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        let file = |subnet: &str, range: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[server]\ninterfaces = [\"eth1\"]\n[dhcp]\nmode = \"authoritative\"\n\
+                 [[dhcp.pools]]\nsubnet = \"{subnet}\"\nrange = \"{range}\"\n\
+                 [[dhcp.pools]]\nsubnet = \"198.19.7.0/24\"\nrange = \"198.19.7.10-198.19.7.20\"\n"
+            ))
+        };
+        let server = Ipv4Addr::new(198, 18, 0, 1);
+        let e = file("10.0.0.0/24", "10.0.0.10-10.0.0.50")
+            .dhcp
+            .check_link("eth1", server, 24)
+            .expect_err("no pool on the link");
+        assert_eq!(
+            e.to_string(),
+            "dhcp.pools: no pool is on eth1's network 198.18.0.0/24 (the pools are on \
+             10.0.0.0/24, 198.19.7.0/24): machines on the link would be handed addresses of \
+             another network"
+        );
+        let e = file("198.18.0.0/16", "198.18.3.10-198.18.3.50")
+            .dhcp
+            .check_link("eth1", server, 24)
+            .expect_err("a range beyond the interface's network");
+        assert_eq!(
+            e.to_string(),
+            "dhcp.pools[0].range: 198.18.3.10-198.18.3.50 is not in eth1's network 198.18.0.0/24"
+        );
+        // A relayed network's pool beside the link's own is fine.
+        file("198.18.0.0/24", "198.18.0.10-198.18.0.50")
+            .dhcp
+            .check_link("eth1", server, 24)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
