@@ -23,10 +23,12 @@ use tokio::sync::{broadcast, watch};
 use crate::auth::{Caller, Role};
 use crate::imports::{ImportJob, ImportRequest};
 use crate::model::{
-    BootProfile, FleetEntry, ImageSpec, MacAddr, Machine, MachineSpec, ProfileSpec,
+    BootProfile, EntrySource, FleetEntry, ImageSpec, LabelSelector, MacAddr, Machine, MachineSpec,
+    ProfileSpec,
 };
-use crate::sessions::{BootSessions, EventView, SessionSummary, SessionTimeline};
+use crate::sessions::{BootSessions, EventView, SessionTimeline};
 use crate::state::{ControlError, ControlState, PutOutcome};
+use crate::timestamp::with_rfc3339;
 use crate::tls::ApiTls;
 
 /// Header that tells whether a PUT created, updated or left a resource unchanged.
@@ -543,12 +545,19 @@ async fn health(State(state): State<ControlState>) -> Json<Health> {
     })
 }
 
-/// A listed entry with `"quarantined": "<why>"` added when the appliance leaves it out of the
-/// boot plan.
-pub(crate) fn listed<T: Serialize>(item: &T, why: Option<&str>) -> serde_json::Value {
+/// A listed entry with `"source": "api"|"file"`, and `"quarantined": "<why>"` when the
+/// appliance leaves it out of the boot plan.
+pub(crate) fn listed<T: Serialize>(
+    item: &T,
+    why: Option<&str>,
+    source: EntrySource,
+) -> serde_json::Value {
     let mut value = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
-    if let (Some(why), Some(fields)) = (why, value.as_object_mut()) {
-        fields.insert("quarantined".into(), why.into());
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("source".into(), source.as_str().into());
+        if let Some(why) = why {
+            fields.insert("quarantined".into(), why.into());
+        }
     }
     value
 }
@@ -568,14 +577,37 @@ async fn metrics(State(state): State<ControlState>) -> Response {
         .into_response()
 }
 
-async fn list_machines(State(state): State<ControlState>) -> Json<Vec<serde_json::Value>> {
+/// Query of `GET /api/v1/machines`.
+#[derive(Debug, Clone, Deserialize)]
+struct MachinesQuery {
+    /// Only machines whose labels match ([`LabelSelector`]: `rack=r1,role!=db`).
+    selector: Option<String>,
+}
+
+async fn list_machines(
+    State(state): State<ControlState>,
+    QueryArg(q): QueryArg<MachinesQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let selector: LabelSelector = match q.selector.as_deref() {
+        Some(s) => s.parse().map_err(|e: crate::model::ValidationError| {
+            ApiError::BadRequest(format!("selector {s:?}: {e}"))
+        })?,
+        None => LabelSelector::default(),
+    };
     let snap = state.snapshot();
-    Json(
+    Ok(Json(
         snap.machines
             .values()
-            .map(|m| listed(m, snap.quarantined(&FleetEntry::Machine(m.mac))))
+            .filter(|m| selector.matches(&m.labels))
+            .map(|m| {
+                listed(
+                    m,
+                    snap.quarantined(&FleetEntry::Machine(m.mac)),
+                    EntrySource::Api,
+                )
+            })
             .collect(),
-    )
+    ))
 }
 
 async fn get_machine(
@@ -629,7 +661,13 @@ async fn list_profiles(State(state): State<ControlState>) -> Json<Vec<serde_json
     Json(
         snap.profiles
             .iter()
-            .map(|(name, p)| listed(p, snap.quarantined(&FleetEntry::Profile(name.clone()))))
+            .map(|(name, p)| {
+                listed(
+                    p,
+                    snap.quarantined(&FleetEntry::Profile(name.clone())),
+                    EntrySource::Api,
+                )
+            })
             .collect(),
     )
 }
@@ -742,25 +780,34 @@ async fn delete_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_leases(State(state): State<ControlState>) -> Result<Response, ApiError> {
-    Ok(Json(blocking(move || state.leases()).await?).into_response())
+/// `body` as JSON with an RFC 3339 twin next to each millisecond time field.
+fn timed(body: &impl Serialize) -> Response {
+    Json(with_rfc3339(
+        serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+    ))
+    .into_response()
 }
 
-async fn list_sessions(State(state): State<ControlState>) -> Json<Vec<SessionSummary>> {
-    Json(state.sessions().list())
+async fn list_leases(State(state): State<ControlState>) -> Result<Response, ApiError> {
+    Ok(timed(&blocking(move || state.leases()).await?))
+}
+
+async fn list_sessions(State(state): State<ControlState>) -> Response {
+    timed(&state.sessions().list())
 }
 
 async fn get_session(
     State(state): State<ControlState>,
     PathArg(mac): PathArg<String>,
-) -> Result<Json<SessionTimeline>, ApiError> {
+) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
-    state.sessions().timeline(mac).map(Json).ok_or_else(|| {
+    let timeline: SessionTimeline = state.sessions().timeline(mac).ok_or_else(|| {
         ApiError::Control(ControlError::NotFound {
             kind: "boot session",
             key: mac.to_string(),
         })
-    })
+    })?;
+    Ok(timed(&timeline))
 }
 
 /// Query of `GET /api/v1/events`.
@@ -819,7 +866,11 @@ impl EventFeed {
                         continue;
                     }
                     let view = EventView::from(&*event);
-                    return Some(sse_json(Event::default().event(view.kind.name()), &view));
+                    let data = serde_json::to_value(&view).map(with_rfc3339);
+                    return Some(sse_json(
+                        Event::default().event(view.kind.name()),
+                        &data.unwrap_or_default(),
+                    ));
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     // The data plane never waits for a reader; tell this one what it lost.
@@ -883,7 +934,9 @@ async fn list_audit(
     QueryArg(q): QueryArg<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.min(1000);
-    Ok(Json(blocking(move || state.audit_entries(q.after, limit)).await?).into_response())
+    Ok(timed(
+        &blocking(move || state.audit_entries(q.after, limit)).await?,
+    ))
 }
 
 async fn verify_audit(State(state): State<ControlState>) -> Result<Response, ApiError> {
@@ -891,7 +944,7 @@ async fn verify_audit(State(state): State<ControlState>) -> Result<Response, Api
 }
 
 async fn list_tokens(State(state): State<ControlState>) -> Result<Response, ApiError> {
-    Ok(Json(blocking(move || state.tokens()).await?).into_response())
+    Ok(timed(&blocking(move || state.tokens()).await?))
 }
 
 /// Body of `POST /api/v1/tokens`.

@@ -11,15 +11,21 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ErrorBody, OUTCOME_HEADER};
-use crate::audit::AuditReport;
+use crate::api::{ErrorBody, IssuedToken, NewToken, OUTCOME_HEADER};
+use crate::audit::{AuditEntry, AuditReport};
+use crate::auth::Role;
 use crate::imports::{ImportJob, ImportRequest, ImportState};
+use crate::leases::{LeaseRecord, LeaseRecordState};
 use crate::model::{
     Arch, BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, ValidationError,
 };
-use crate::model::{Image, ImageKind};
+use crate::model::{EntrySource, Image, ImageKind, LabelSelector};
 use crate::sessions::{EventView, SessionSummary, SessionTimeline};
-use crate::state::PutOutcome;
+use crate::state::{PutOutcome, TokenInfo};
+use crate::timestamp::{rfc3339, rfc3339_ms};
+
+/// The environment variable ctl takes its token from.
+pub const TOKEN_ENV: &str = "STAMPEDE_TOKEN";
 
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
@@ -31,8 +37,10 @@ pub struct CtlArgs {
         global = true
     )]
     pub url: String,
-    /// Bearer token.
-    #[arg(long, env = "STAMPEDE_TOKEN", hide_env_values = true, global = true)]
+    /// Bearer token. Without it, STAMPEDE_TOKEN is read, then STAMPEDE_ADMIN_TOKEN (the
+    /// variable `serve` and `boot` take their first admin token from), so one exported variable
+    /// serves both.
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// PEM file of the CA(s) that signed the API's certificate (an `https://` URL); only these
     /// are trusted then. Without it, the system's trust store is used.
@@ -56,11 +64,24 @@ pub enum CtlCommand {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// DHCP leases.
+    #[command(subcommand)]
+    Leases(LeasesCommand),
+    /// API tokens (needs an admin token).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Declare profiles and machines from a TOML file; applying it again changes nothing.
-    /// Resources not in the file are left alone.
+    /// Entries not in the file are left alone unless `--prune` is given.
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Print what would change (create, update, unchanged, delete per entry), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the API's machines and profiles the file does not declare (entries of
+        /// the appliance's configuration file are never touched).
+        #[arg(long)]
+        prune: bool,
     },
     /// Follow boots live: one line per DHCP reply, TFTP transfer and HTTP response (and image
     /// import progress), until Ctrl-C, `--count` events or `--timeout` seconds.
@@ -120,6 +141,7 @@ pub enum ImagesCommand {
     Imports,
     /// Forget an image: a root by name, or a file by its SHA-256. A root's served files stay on
     /// disk (no garbage collection yet).
+    #[command(visible_alias = "delete")]
     Rm {
         /// Root name or file SHA-256.
         name: String,
@@ -141,7 +163,14 @@ pub struct WatchArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum MachinesCommand {
-    List,
+    List {
+        /// Only machines whose labels match: `key=value`, `key!=value`, `key`, `!key`,
+        /// comma-separated, all must hold (e.g. `-l rack=r1,role=db`).
+        #[arg(short = 'l', long, value_name = "SELECTOR")]
+        selector: Option<LabelSelector>,
+    },
+    /// One machine.
+    Get { mac: String },
     /// Add or replace a machine.
     Add {
         mac: String,
@@ -161,14 +190,22 @@ pub enum MachinesCommand {
         #[arg(long)]
         deny: bool,
     },
-    Rm {
-        mac: String,
-    },
+    #[command(visible_alias = "delete")]
+    Rm { mac: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ProfilesCommand {
     List,
+    /// One profile.
+    Get {
+        name: String,
+    },
+    /// Remove a profile no machine boots.
+    #[command(visible_alias = "delete")]
+    Rm {
+        name: String,
+    },
     /// Add or replace a profile.
     Add {
         name: String,
@@ -195,6 +232,39 @@ pub enum ProfilesCommand {
 pub enum AuditCommand {
     /// Walk the hash chain; exits with an error if anything was edited or removed.
     Verify,
+    /// Audit entries, oldest first.
+    List {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many entries (the API's cap is 1000).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LeasesCommand {
+    /// Committed leases: address, machine, state and expiry.
+    List,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokensCommand {
+    /// Tokens by name and role (never the tokens themselves).
+    List,
+    /// Issue a token; it is printed once and cannot be shown again.
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Seconds until it stops authenticating; without it, it lasts until revoked.
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
+    },
+    /// Revoke a token by name.
+    #[command(visible_alias = "rm")]
+    Revoke { name: String },
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -210,6 +280,53 @@ fn quarantine_cell(why: Option<&str>) -> String {
         Some(why) => format!("quarantined: {why}"),
     }
 }
+
+fn machine_row(l: &Listed<Machine>) -> Vec<String> {
+    let m = &l.item;
+    vec![
+        m.mac.to_string(),
+        m.hostname.clone().unwrap_or_default(),
+        m.profile.clone().unwrap_or_default(),
+        m.arch.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+        match m.boot {
+            BootPolicy::Allow => "allow".into(),
+            BootPolicy::Deny => "deny".into(),
+        },
+        m.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        l.source.as_str().to_owned(),
+        quarantine_cell(l.quarantined.as_deref()),
+    ]
+}
+
+const MACHINE_HEADER: &[&str] = &[
+    "MAC", "HOSTNAME", "PROFILE", "ARCH", "BOOT", "LABELS", "SOURCE", "STATE",
+];
+
+fn profile_row(l: &Listed<BootProfile>) -> Vec<String> {
+    let s = l.item.spec();
+    vec![
+        s.name.clone(),
+        s.root.clone().unwrap_or_default(),
+        s.default.kernel.clone(),
+        s.default.initrds.join(","),
+        s.default.cmdline.clone(),
+        s.variants
+            .keys()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        l.source.as_str().to_owned(),
+        quarantine_cell(l.quarantined.as_deref()),
+    ]
+}
+
+const PROFILE_HEADER: &[&str] = &[
+    "NAME", "ROOT", "KERNEL", "INITRDS", "CMDLINE", "VARIANTS", "SOURCE", "STATE",
+];
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
@@ -385,41 +502,62 @@ impl Client {
 
     pub async fn machines(&self) -> Result<Vec<Machine>, CtlError> {
         Ok(self
-            .machines_listed()
+            .machines_listed(None)
             .await?
             .into_iter()
-            .map(|(m, _)| m)
+            .map(|l| l.item)
             .collect())
     }
 
-    /// Machines, each with why it is quarantined (left out of the boot plan), if it is.
-    pub async fn machines_listed(&self) -> Result<Vec<(Machine, Option<String>)>, CtlError> {
-        self.listed("/api/v1/machines").await
+    /// Machines (those `selector` matches, if given), each with where it is declared and why it
+    /// is quarantined (left out of the boot plan), if it is.
+    pub async fn machines_listed(
+        &self,
+        selector: Option<&LabelSelector>,
+    ) -> Result<Vec<Listed<Machine>>, CtlError> {
+        let Some(selector) = selector else {
+            return self.listed("/api/v1/machines").await;
+        };
+        let path = format!(
+            "/api/v1/machines?selector={}",
+            query_value(&selector.to_string())
+        );
+        let mut machines: Vec<Listed<Machine>> = self.listed(&path).await?;
+        // An appliance older than `?selector=` ignores it and answers every machine.
+        machines.retain(|l| selector.matches(&l.item.labels));
+        Ok(machines)
     }
 
-    /// Profiles, each with why it is quarantined, if it is.
-    pub async fn profiles_listed(&self) -> Result<Vec<(BootProfile, Option<String>)>, CtlError> {
+    /// Profiles, each with where it is declared and why it is quarantined, if it is.
+    pub async fn profiles_listed(&self) -> Result<Vec<Listed<BootProfile>>, CtlError> {
         self.listed("/api/v1/profiles").await
     }
 
-    /// A list whose entries may carry `"quarantined": "<why>"` next to their own fields.
-    async fn listed<T: DeserializeOwned>(
-        &self,
-        path: &str,
-    ) -> Result<Vec<(T, Option<String>)>, CtlError> {
+    /// A list whose entries carry `"source"` and may carry `"quarantined": "<why>"` next to
+    /// their own fields.
+    async fn listed<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<Listed<T>>, CtlError> {
         let values: Vec<serde_json::Value> = self.get(path).await?;
         values
             .into_iter()
             .map(|mut value| {
-                let why = value
-                    .as_object_mut()
-                    .and_then(|o| o.remove("quarantined"))
-                    .and_then(|w| w.as_str().map(str::to_owned));
-                let item = serde_json::from_value(value).map_err(|e| CtlError::BadAnswer {
+                let fields = value.as_object_mut();
+                let (why, source) = match fields {
+                    Some(o) => (o.remove("quarantined"), o.remove("source")),
+                    None => (None, None),
+                };
+                let bad = |e: serde_json::Error| CtlError::BadAnswer {
                     path: path.to_owned(),
                     problem: e.to_string(),
-                })?;
-                Ok((item, why))
+                };
+                Ok(Listed {
+                    item: serde_json::from_value(value).map_err(bad)?,
+                    quarantined: why.and_then(|w| w.as_str().map(str::to_owned)),
+                    source: source
+                        .map(serde_json::from_value)
+                        .transpose()
+                        .map_err(bad)?
+                        .unwrap_or_default(),
+                })
             })
             .collect()
     }
@@ -444,12 +582,20 @@ impl Client {
         .map(drop)
     }
 
+    pub async fn profile(&self, name: &str) -> Result<BootProfile, CtlError> {
+        self.get(&format!("/api/v1/profiles/{name}")).await
+    }
+
+    pub async fn delete_profile(&self, name: &str) -> Result<(), CtlError> {
+        self.delete(&format!("/api/v1/profiles/{name}")).await
+    }
+
     pub async fn profiles(&self) -> Result<Vec<BootProfile>, CtlError> {
         Ok(self
             .profiles_listed()
             .await?
             .into_iter()
-            .map(|(p, _)| p)
+            .map(|l| l.item)
             .collect())
     }
 
@@ -523,15 +669,60 @@ impl Client {
         self.get("/api/v1/audit/verify").await
     }
 
+    pub async fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, CtlError> {
+        self.get(&format!("/api/v1/audit?after={after}&limit={limit}"))
+            .await
+    }
+
+    pub async fn leases(&self) -> Result<Vec<LeaseRecord>, CtlError> {
+        self.get("/api/v1/leases").await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, CtlError> {
+        self.get("/api/v1/tokens").await
+    }
+
+    /// Issues a token; the answer is the only time it is shown.
+    pub async fn create_token(&self, req: &NewToken) -> Result<IssuedToken, CtlError> {
+        let path = "/api/v1/tokens";
+        self.send(reqwest::Method::POST, path, Some(req))
+            .await?
+            .json()
+            .await
+            .map_err(|source| CtlError::Http {
+                url: format!("{}{path}", self.base),
+                source,
+            })
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<(), CtlError> {
+        self.delete(&format!("/api/v1/tokens/{name}")).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), CtlError> {
+        self.send(reqwest::Method::DELETE, path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
     /// Declares everything in `fleet`: profiles first (machines name them), then machines.
     /// Everything is validated before the first request, so a bad file changes nothing.
     pub async fn apply(&self, fleet: &FleetFile) -> Result<ApplyReport, CtlError> {
-        for p in &fleet.profiles {
-            BootProfile::try_from(p.clone())?;
-        }
-        for m in &fleet.machines {
-            Machine::try_from(m.clone())?;
-        }
+        self.apply_pruning(fleet, false).await
+    }
+
+    /// [`Client::apply`], and with `prune` then deletes the API's machines and profiles the file
+    /// does not declare: machines first, so no deleted profile is still booted.
+    pub async fn apply_pruning(
+        &self,
+        fleet: &FleetFile,
+        prune: bool,
+    ) -> Result<ApplyReport, CtlError> {
+        fleet.validate()?;
         let mut report = ApplyReport::default();
         for p in &fleet.profiles {
             report.profiles.count(self.put_profile(p).await?);
@@ -539,8 +730,121 @@ impl Client {
         for m in &fleet.machines {
             report.machines.count(self.put_machine(m).await?);
         }
+        if prune {
+            let plan = self.plan(fleet, true).await?;
+            for change in plan.iter().filter(|c| c.action == ApplyAction::Delete) {
+                if change.kind == EntryKind::Machine {
+                    self.delete_machine(&change.key).await?;
+                    report.machines.deleted += 1;
+                }
+            }
+            for change in plan.iter().filter(|c| c.action == ApplyAction::Delete) {
+                if change.kind == EntryKind::Profile {
+                    self.delete_profile(&change.key).await?;
+                    report.profiles.deleted += 1;
+                }
+            }
+        }
         Ok(report)
     }
+
+    /// What applying `fleet` would do to each entry, changing nothing: the file's profiles and
+    /// machines in its order, then (with `prune`) the API entries it would delete. Entries of
+    /// the appliance's configuration file are not the API's to change: a file entry with the
+    /// same key is created over, and never deleted.
+    pub async fn plan(
+        &self,
+        fleet: &FleetFile,
+        prune: bool,
+    ) -> Result<Vec<PlannedChange>, CtlError> {
+        fleet.validate()?;
+        let profiles: BTreeMap<String, BootProfile> = self
+            .profiles_listed()
+            .await?
+            .into_iter()
+            .filter(|l| l.source == EntrySource::Api)
+            .map(|l| (l.item.name().to_owned(), l.item))
+            .collect();
+        let machines: BTreeMap<crate::model::MacAddr, Machine> = self
+            .machines_listed(None)
+            .await?
+            .into_iter()
+            .filter(|l| l.source == EntrySource::Api)
+            .map(|l| (l.item.mac, l.item))
+            .collect();
+        let mut plan = Vec::new();
+        for spec in &fleet.profiles {
+            let wanted = BootProfile::try_from(spec.clone())?;
+            plan.push(PlannedChange {
+                kind: EntryKind::Profile,
+                key: spec.name.clone(),
+                action: ApplyAction::compare(profiles.get(&spec.name), &wanted),
+            });
+        }
+        for spec in &fleet.machines {
+            let wanted = Machine::try_from(spec.clone())?;
+            plan.push(PlannedChange {
+                kind: EntryKind::Machine,
+                key: wanted.mac.to_string(),
+                action: ApplyAction::compare(machines.get(&wanted.mac), &wanted),
+            });
+        }
+        if prune {
+            let declared: std::collections::BTreeSet<&str> =
+                plan.iter().map(|c| c.key.as_str()).collect();
+            let stale_profiles: Vec<PlannedChange> = profiles
+                .keys()
+                .filter(|name| !declared.contains(name.as_str()))
+                .map(|name| PlannedChange {
+                    kind: EntryKind::Profile,
+                    key: name.clone(),
+                    action: ApplyAction::Delete,
+                })
+                .collect();
+            let stale_machines: Vec<PlannedChange> = machines
+                .keys()
+                .map(ToString::to_string)
+                .filter(|mac| !declared.contains(mac.as_str()))
+                .map(|mac| PlannedChange {
+                    kind: EntryKind::Machine,
+                    key: mac,
+                    action: ApplyAction::Delete,
+                })
+                .collect();
+            plan.extend(stale_profiles);
+            plan.extend(stale_machines);
+        }
+        Ok(plan)
+    }
+}
+
+/// A machine or profile as lists show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed<T> {
+    pub item: T,
+    /// Why the appliance leaves it out of the boot plan.
+    pub quarantined: Option<String>,
+    pub source: EntrySource,
+}
+
+impl<T: Serialize> Listed<T> {
+    /// The API's JSON for it.
+    fn to_json(&self) -> serde_json::Value {
+        crate::api::listed(&self.item, self.quarantined.as_deref(), self.source)
+    }
+}
+
+/// `s` percent-encoded for a query string's value (RFC 3986 §3.4: unreserved characters stay).
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// One message of a Server-Sent Events stream (WHATWG HTML §9.2.6), as far as the API uses it.
@@ -620,24 +924,12 @@ fn take_sse_message(buf: &mut Vec<u8>) -> Option<SseMessage> {
     Some(message)
 }
 
-/// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
-fn clock_time(unix_ms: u64) -> String {
-    let ms = unix_ms % 86_400_000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    )
-}
-
 /// One line of `stampede ctl watch`.
 pub fn watch_line(event: &EventView) -> String {
     let mac = event.mac.map_or_else(|| "-".to_owned(), |m| m.to_string());
     format!(
         "{}  {:<17}  {:<21}  {:<13}  {}",
-        clock_time(event.at_unix_ms),
+        rfc3339_ms(event.at_unix_ms),
         mac,
         event.client,
         event.kind.name(),
@@ -650,7 +942,7 @@ pub fn import_line(job: &ImportJob) -> String {
     let at = job.finished_at_ms.unwrap_or(job.started_at_ms);
     let mut line = format!(
         "{}  image import {} {} {}: {}",
-        clock_time(at),
+        rfc3339_ms(at),
         job.id,
         job.name,
         state_word(job.state),
@@ -716,6 +1008,8 @@ async fn watch(
         let event: EventView = serde_json::from_str(&message.data)
             .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
         if json {
+            let event = serde_json::to_value(&event).map_err(std::io::Error::from)?;
+            let event = crate::timestamp::with_rfc3339(event);
             serde_json::to_writer(&mut *out, &event).map_err(std::io::Error::from)?;
             writeln!(out)?;
         } else {
@@ -755,6 +1049,17 @@ pub struct FleetFile {
 }
 
 impl FleetFile {
+    /// Every entry as the API will validate it, so a bad file is refused before any request.
+    pub fn validate(&self) -> Result<(), CtlError> {
+        for p in &self.profiles {
+            BootProfile::try_from(p.clone())?;
+        }
+        for m in &self.machines {
+            Machine::try_from(m.clone())?;
+        }
+        Ok(())
+    }
+
     pub fn parse(path: &std::path::Path) -> Result<Self, CtlError> {
         let text = std::fs::read_to_string(path).map_err(|source| CtlError::ReadFile {
             path: path.to_owned(),
@@ -772,6 +1077,55 @@ pub struct ApplyCounts {
     pub created: usize,
     pub updated: usize,
     pub unchanged: usize,
+    /// Deleted by `--prune`.
+    #[serde(default)]
+    pub deleted: usize,
+}
+
+/// What `apply` does to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyAction {
+    Create,
+    Update,
+    Unchanged,
+    Delete,
+}
+
+impl ApplyAction {
+    /// Creating or replacing `current` with `wanted`.
+    fn compare<T: PartialEq>(current: Option<&T>, wanted: &T) -> Self {
+        match current {
+            None => Self::Create,
+            Some(c) if c == wanted => Self::Unchanged,
+            Some(_) => Self::Update,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Unchanged => "unchanged",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Profile,
+    Machine,
+}
+
+/// One line of `apply --dry-run`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedChange {
+    pub kind: EntryKind,
+    /// The profile's name or the machine's MAC.
+    pub key: String,
+    pub action: ApplyAction,
 }
 
 impl ApplyCounts {
@@ -811,6 +1165,14 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     result
 }
 
+/// `--token` or STAMPEDE_TOKEN (clap reads both into `flag`), else the server's
+/// STAMPEDE_ADMIN_TOKEN: an operator who exported the one the appliance started with needs no
+/// second variable.
+fn token_or(flag: Option<String>, admin_env: Option<String>) -> Option<String> {
+    let given = |t: Option<String>| t.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    given(flag).or_else(|| given(admin_env))
+}
+
 /// [`run`] writing to `out` (tests read what a person would see).
 pub async fn run_to(args: CtlArgs, out: &mut impl Write) -> Result<(), CtlError> {
     run_with(args, out, false).await
@@ -818,46 +1180,44 @@ pub async fn run_to(args: CtlArgs, out: &mut impl Write) -> Result<(), CtlError>
 
 /// `tty`: `out` is a terminal, so progress may redraw one line.
 async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), CtlError> {
-    let token = args.token.as_deref().ok_or(CtlError::NoToken)?;
-    let client = Client::with_cacert(&args.url, token, args.cacert.as_deref())?;
+    let token = token_or(
+        args.token.clone(),
+        std::env::var(crate::ADMIN_TOKEN_ENV).ok(),
+    )
+    .ok_or(CtlError::NoToken)?;
+    let client = Client::with_cacert(&args.url, &token, args.cacert.as_deref())?;
     match args.command {
-        CtlCommand::Machines(MachinesCommand::List) => {
-            let machines = client.machines_listed().await?;
+        CtlCommand::Machines(MachinesCommand::List { selector }) => {
+            let machines = client.machines_listed(selector.as_ref()).await?;
             if args.json {
-                let values: Vec<_> = machines
-                    .iter()
-                    .map(|(m, why)| crate::api::listed(m, why.as_deref()))
-                    .collect();
+                let values: Vec<_> = machines.iter().map(Listed::to_json).collect();
                 return print_json(out, &values);
             }
-            let rows = machines
-                .iter()
-                .map(|(m, why)| {
-                    vec![
-                        m.mac.to_string(),
-                        m.hostname.clone().unwrap_or_default(),
-                        m.profile.clone().unwrap_or_default(),
-                        m.arch.map(|a| a.as_str().to_owned()).unwrap_or_default(),
-                        match m.boot {
-                            BootPolicy::Allow => "allow".into(),
-                            BootPolicy::Deny => "deny".into(),
-                        },
-                        m.labels
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        quarantine_cell(why.as_deref()),
-                    ]
-                })
-                .collect();
             print_table(
                 out,
-                &[
-                    "MAC", "HOSTNAME", "PROFILE", "ARCH", "BOOT", "LABELS", "STATE",
-                ],
-                rows,
+                MACHINE_HEADER,
+                machines.iter().map(machine_row).collect(),
             )
+        }
+        CtlCommand::Machines(MachinesCommand::Get { mac }) => {
+            let mac: crate::model::MacAddr = mac.parse()?;
+            // From the list, which also says where the machine is declared and whether it
+            // serves; a machine of the configuration file has no API resource of its own.
+            let machine = client
+                .machines_listed(None)
+                .await?
+                .into_iter()
+                .find(|l| l.item.mac == mac)
+                .ok_or_else(|| CtlError::Api {
+                    method: "GET",
+                    path: format!("/api/v1/machines/{mac}"),
+                    status: StatusCode::NOT_FOUND,
+                    message: format!("machine {mac} not found"),
+                })?;
+            if args.json {
+                return print_json(out, &machine.to_json());
+            }
+            print_table(out, MACHINE_HEADER, vec![machine_row(&machine)])
         }
         CtlCommand::Machines(MachinesCommand::Add {
             mac,
@@ -897,38 +1257,127 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
         CtlCommand::Profiles(ProfilesCommand::List) => {
             let profiles = client.profiles_listed().await?;
             if args.json {
-                let values: Vec<_> = profiles
-                    .iter()
-                    .map(|(p, why)| crate::api::listed(p, why.as_deref()))
-                    .collect();
+                let values: Vec<_> = profiles.iter().map(Listed::to_json).collect();
                 return print_json(out, &values);
             }
-            let rows = profiles
+            print_table(
+                out,
+                PROFILE_HEADER,
+                profiles.iter().map(profile_row).collect(),
+            )
+        }
+        CtlCommand::Profiles(ProfilesCommand::Get { name }) => {
+            let profile = client
+                .profiles_listed()
+                .await?
+                .into_iter()
+                .find(|l| l.item.name() == name)
+                .ok_or_else(|| CtlError::Api {
+                    method: "GET",
+                    path: format!("/api/v1/profiles/{name}"),
+                    status: StatusCode::NOT_FOUND,
+                    message: format!("profile {name} not found"),
+                })?;
+            if args.json {
+                return print_json(out, &profile.to_json());
+            }
+            print_table(out, PROFILE_HEADER, vec![profile_row(&profile)])
+        }
+        CtlCommand::Profiles(ProfilesCommand::Rm { name }) => {
+            client.delete_profile(&name).await?;
+            if args.json {
+                return print_json(out, &serde_json::json!({ "deleted": name }));
+            }
+            writeln!(out, "profile {name} removed")?;
+            Ok(())
+        }
+        CtlCommand::Leases(LeasesCommand::List) => {
+            let leases = client.leases().await?;
+            if args.json {
+                return print_timed_json(out, &leases);
+            }
+            let rows = leases
                 .iter()
-                .map(|(p, why)| {
-                    let s = p.spec();
+                .map(|l| {
                     vec![
-                        s.name.clone(),
-                        s.root.clone().unwrap_or_default(),
-                        s.default.kernel.clone(),
-                        s.default.initrds.join(","),
-                        s.default.cmdline.clone(),
-                        s.variants
-                            .keys()
-                            .map(|a| a.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        quarantine_cell(why.as_deref()),
+                        l.ip.to_string(),
+                        l.mac.clone(),
+                        match l.state {
+                            LeaseRecordState::Offered => "offered",
+                            LeaseRecordState::Bound => "bound",
+                            LeaseRecordState::Declined => "declined",
+                        }
+                        .to_owned(),
+                        rfc3339(l.expires_ms),
+                        l.client.clone(),
                     ]
                 })
                 .collect();
-            print_table(
-                out,
-                &[
-                    "NAME", "ROOT", "KERNEL", "INITRDS", "CMDLINE", "VARIANTS", "STATE",
-                ],
-                rows,
-            )
+            print_table(out, &["IP", "MAC", "STATE", "EXPIRES", "CLIENT"], rows)
+        }
+        CtlCommand::Tokens(TokensCommand::List) => {
+            let tokens = client.tokens().await?;
+            if args.json {
+                return print_timed_json(out, &tokens);
+            }
+            let rows = tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.role.to_string(),
+                        rfc3339(t.created_at_ms),
+                        t.expires_at_ms.map_or_else(|| "never".to_owned(), rfc3339),
+                    ]
+                })
+                .collect();
+            print_table(out, &["NAME", "ROLE", "CREATED", "EXPIRES"], rows)
+        }
+        CtlCommand::Tokens(TokensCommand::Create {
+            name,
+            role,
+            expires_in,
+        }) => {
+            let issued = client
+                .create_token(&NewToken {
+                    name,
+                    role,
+                    expires_in_s: expires_in,
+                })
+                .await?;
+            if args.json {
+                return print_json(out, &issued);
+            }
+            // The token alone on stdout, so `TOKEN=$(stampede ctl tokens create ...)` works.
+            writeln!(out, "{}", issued.token)?;
+            Ok(())
+        }
+        CtlCommand::Tokens(TokensCommand::Revoke { name }) => {
+            client.revoke_token(&name).await?;
+            if args.json {
+                return print_json(out, &serde_json::json!({ "revoked": name }));
+            }
+            writeln!(out, "token {name} revoked")?;
+            Ok(())
+        }
+        CtlCommand::Audit(AuditCommand::List { after, limit }) => {
+            let entries = client.audit_entries(after, limit).await?;
+            if args.json {
+                return print_timed_json(out, &entries);
+            }
+            let rows = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        rfc3339(e.at_ms),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.target.clone(),
+                    ]
+                })
+                .collect();
+            print_table(out, &["SEQ", "TIME", "ACTOR", "ACTION", "TARGET"], rows)
         }
         CtlCommand::Profiles(ProfilesCommand::Add {
             name,
@@ -1070,7 +1519,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
         CtlCommand::Sessions { mac: None } => {
             let sessions = client.sessions().await?;
             if args.json {
-                return print_json(out, &sessions);
+                return print_timed_json(out, &sessions);
             }
             let rows = sessions.iter().map(session_row).collect();
             print_table(
@@ -1091,7 +1540,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
         CtlCommand::Sessions { mac: Some(mac) } => {
             let timeline = client.session(&mac).await?;
             if args.json {
-                return print_json(out, &timeline);
+                return print_timed_json(out, &timeline);
             }
             print_timeline(out, &timeline)
         }
@@ -1111,9 +1560,39 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                 None => Ok(()),
             }
         }
-        CtlCommand::Apply { file } => {
+        CtlCommand::Apply {
+            file,
+            dry_run: true,
+            prune,
+        } => {
             let fleet = FleetFile::parse(&file)?;
-            let report = client.apply(&fleet).await?;
+            let plan = client.plan(&fleet, prune).await?;
+            if args.json {
+                return print_json(out, &plan);
+            }
+            let rows = plan
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.action.as_str().to_owned(),
+                        match c.kind {
+                            EntryKind::Profile => "profile",
+                            EntryKind::Machine => "machine",
+                        }
+                        .to_owned(),
+                        c.key.clone(),
+                    ]
+                })
+                .collect();
+            print_table(out, &["ACTION", "KIND", "NAME"], rows)
+        }
+        CtlCommand::Apply {
+            file,
+            dry_run: false,
+            prune,
+        } => {
+            let fleet = FleetFile::parse(&file)?;
+            let report = client.apply_pruning(&fleet, prune).await?;
             if args.json {
                 return print_json(out, &report);
             }
@@ -1125,10 +1604,15 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                         c.created.to_string(),
                         c.updated.to_string(),
                         c.unchanged.to_string(),
+                        c.deleted.to_string(),
                     ]
                 })
                 .collect();
-            print_table(out, &["KIND", "CREATED", "UPDATED", "UNCHANGED"], rows)
+            print_table(
+                out,
+                &["KIND", "CREATED", "UPDATED", "UNCHANGED", "DELETED"],
+                rows,
+            )
         }
     }
 }
@@ -1284,7 +1768,7 @@ fn session_row(s: &SessionSummary) -> Vec<String> {
         s.ip.map(|ip| ip.to_string()).unwrap_or_default(),
         s.boot.to_string(),
         outcome,
-        clock_time(s.first_unix_ms),
+        rfc3339_ms(s.first_unix_ms),
         seconds(s.duration_ms),
         s.stages
             .iter()
@@ -1319,7 +1803,7 @@ fn print_timeline(out: &mut impl Write, t: &SessionTimeline) -> Result<(), CtlEr
         .iter()
         .map(|e| {
             vec![
-                clock_time(e.event.at_unix_ms),
+                rfc3339_ms(e.event.at_unix_ms),
                 format!("+{}", seconds(e.since_start_ms)),
                 seconds(e.since_prev_ms),
                 e.event.kind.name().to_owned(),
@@ -1382,6 +1866,12 @@ fn print_timeline(out: &mut impl Write, t: &SessionTimeline) -> Result<(), CtlEr
     Ok(())
 }
 
+/// [`print_json`] with the RFC 3339 twin of each millisecond time field, as the API answers.
+fn print_timed_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), CtlError> {
+    let value = serde_json::to_value(value).map_err(std::io::Error::from)?;
+    print_json(out, &crate::timestamp::with_rfc3339(value))
+}
+
 fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), CtlError> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
@@ -1435,4 +1925,25 @@ fn print_table(
         writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_the_flag_then_the_servers_variable() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(token_or(some("flag"), some("admin")), some("flag"));
+        assert_eq!(token_or(None, some("admin")), some("admin"));
+        // An empty STAMPEDE_TOKEN is no token: the next source is read.
+        assert_eq!(token_or(some(" "), some("admin")), some("admin"));
+        assert_eq!(token_or(None, None), None);
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("rack=r1,!x"), "rack%3Dr1%2C%21x");
+        assert_eq!(query_value("a.b_c-d~"), "a.b_c-d~");
+    }
 }

@@ -33,6 +33,7 @@ pub mod openapi;
 pub mod sessions;
 pub mod state;
 mod store;
+pub mod timestamp;
 pub mod tls;
 pub mod validation;
 

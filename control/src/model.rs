@@ -539,6 +539,95 @@ fn validate_label(key: &str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Where a listed machine or profile is declared. File entries come from the appliance's
+/// configuration file (`serve --config`) and change only with it; an API entry with the same
+/// MAC or name replaces one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntrySource {
+    #[default]
+    Api,
+    File,
+}
+
+impl EntrySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::File => "file",
+        }
+    }
+}
+
+/// Which machines a list keeps, by label, as `kubectl -l` writes it: comma-separated terms, each
+/// `key=value` (or `key==value`), `key!=value`, `key` (has the label) or `!key` (lacks it); a
+/// machine must match every term.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<LabelTerm>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LabelTerm {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|term| match term {
+            LabelTerm::Equals(k, v) => labels.get(k) == Some(v),
+            LabelTerm::NotEquals(k, v) => labels.get(k) != Some(v),
+            LabelTerm::Exists(k) => labels.contains_key(k),
+            LabelTerm::Absent(k) => !labels.contains_key(k),
+        })
+    }
+}
+
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, term) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match term {
+                LabelTerm::Equals(k, v) => write!(f, "{k}={v}")?,
+                LabelTerm::NotEquals(k, v) => write!(f, "{k}!={v}")?,
+                LabelTerm::Exists(k) => f.write_str(k)?,
+                LabelTerm::Absent(k) => write!(f, "!{k}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for LabelSelector {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut terms = Vec::new();
+        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let parsed = if let Some((k, v)) = term.split_once("!=") {
+                LabelTerm::NotEquals(k.trim().to_owned(), v.trim().to_owned())
+            } else if let Some((k, v)) = term.split_once('=') {
+                let v = v.strip_prefix('=').unwrap_or(v);
+                LabelTerm::Equals(k.trim().to_owned(), v.trim().to_owned())
+            } else if let Some(k) = term.strip_prefix('!') {
+                LabelTerm::Absent(k.trim().to_owned())
+            } else {
+                LabelTerm::Exists(term.to_owned())
+            };
+            let (key, value) = match &parsed {
+                LabelTerm::Equals(k, v) | LabelTerm::NotEquals(k, v) => (k, v.as_str()),
+                LabelTerm::Exists(k) | LabelTerm::Absent(k) => (k, ""),
+            };
+            validate_label(key, value)?;
+            terms.push(parsed);
+        }
+        Ok(Self(terms))
+    }
+}
+
 fn normalize_uuid(uuid: &str) -> Result<String, ValidationError> {
     let digits: String = uuid.chars().filter(|&c| c != '-').collect();
     let grouped = uuid.len() == 36
@@ -701,6 +790,34 @@ mod tests {
         }
         for bad in ["", "/abs", "a//b", "a/", "sha256:ab", ".x", "-x", "a..b"] {
             assert!(validate_root_name(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn label_selectors_match_as_kubectl_does() {
+        let labels: BTreeMap<String, String> = [("rack", "r1"), ("role", "db")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        for (selector, want) in [
+            ("rack=r1", true),
+            ("rack==r1", true),
+            ("rack=r1,role=db", true),
+            ("rack=r1,role=web", false),
+            ("rack!=r2", true),
+            ("rack", true),
+            ("!rack", false),
+            ("!zone", true),
+            ("", true),
+        ] {
+            let parsed: LabelSelector = selector.parse().expect(selector);
+            assert_eq!(parsed.matches(&labels), want, "{selector:?}");
+        }
+        for bad in ["rack=r 1", "ra ck", "=r1"] {
+            assert!(
+                bad.parse::<LabelSelector>().is_err(),
+                "{bad:?} must be refused"
+            );
         }
     }
 }

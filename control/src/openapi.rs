@@ -116,6 +116,8 @@ fn schemas() -> Value {
     });
     let arch = json!({ "type": "string",
         "enum": ["x86_bios", "efi_ia32", "efi_x64", "efi_arm32", "efi_arm64"] });
+    let source = json!({ "type": "string", "enum": ["api", "file"], "readOnly": true,
+        "description": "In lists: declared through the API, or in the appliance's configuration file (changed only there; an API entry with the same key replaces it)" });
     let mut schemas = json!({
         "Error": { "type": "object", "required": ["error"],
                    "properties": { "error": { "type": "string" } } },
@@ -298,6 +300,26 @@ fn schemas() -> Value {
                 "quarantined": { "type": "string", "readOnly": true,
                     "description": "In lists: why the appliance leaves this stored entry out of the boot plan" }
             } });
+    for entry in ["Machine", "Profile"] {
+        schemas[entry]["properties"]["source"] = source.clone();
+    }
+    // Each millisecond time these answers carry has an RFC 3339 twin (`timestamp::with_rfc3339`).
+    for name in [
+        "Lease",
+        "AuditEntry",
+        "Token",
+        "BootEvent",
+        "StageSpan",
+        "SessionSummary",
+    ] {
+        let properties = &mut schemas[name]["properties"];
+        for (ms, twin) in crate::timestamp::TIME_FIELDS {
+            if properties.get(*ms).is_some() {
+                properties[*twin] = json!({ "type": "string", "format": "date-time", "readOnly": true,
+                    "description": format!("{ms} as RFC 3339 (UTC)"), "example": "2026-12-07T18:40:00.000Z" });
+            }
+        }
+    }
     schemas
 }
 
@@ -342,7 +364,10 @@ pub fn document() -> Value {
                     "content": { "text/plain": { "schema": { "type": "string" } } } } }))
             },
             "/api/v1/machines": {
-                "get": op("List machines", read, json!({ "200": ok("Machines", list_of("Machine")) })),
+                "get": with_params(op("List machines", read, json!({ "200": ok("Machines", list_of("Machine")) })),
+                    json!([{ "name": "selector", "in": "query", "required": false,
+                             "description": "Only machines whose labels match: comma-separated key=value, key!=value, key, !key (all must hold)",
+                             "schema": { "type": "string" }, "example": "rack=r1,role!=db" }])),
                 "post": with_body(op("Add a machine (409 if it exists)", operator, put_responses("Machine")),
                                   schema_ref("Machine"))
             },

@@ -105,12 +105,12 @@ pub enum PutOutcome {
 }
 
 /// A token as listed (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TokenInfo {
     pub name: String,
     pub role: Role,
     pub created_at_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
 }
 

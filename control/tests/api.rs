@@ -1,5 +1,7 @@
 //! The API over real HTTP on 127.0.0.1 (ephemeral port), as the data plane and `stampede ctl`
 //! see it.
+mod support;
+
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,108 +9,11 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stampede_control::api::{self, RouteSpec};
-use stampede_control::ctl::{self, CtlArgs, CtlCommand};
-use stampede_control::{
-    ControlState, DurableLeaseStore, GroupCommitConfig, Metrics, Role, SessionLimits, openapi,
-};
+use stampede_control::ctl::{self, CtlCommand};
+use stampede_control::{DurableLeaseStore, GroupCommitConfig, Role, SessionLimits, openapi};
 use stampede_proto::dhcp::{ClientKey, Lease, LeaseChange, LeaseState, LeaseStore, MessageType};
 use stampede_proto::events::{BootEvent, BootEventKind, EventSink};
-use tokio::sync::oneshot;
-
-struct Server {
-    url: String,
-    admin: String,
-    state: ControlState,
-    http: reqwest::Client,
-    dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn start() -> Server {
-    start_with(SessionLimits::default()).await
-}
-
-async fn start_with(limits: SessionLimits) -> Server {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let state =
-        ControlState::open_with_sessions(dir.path().join("state.redb"), Metrics::new(), limits)
-            .expect("open state file");
-    let admin = state
-        .ensure_admin_token(None)
-        .expect("bootstrap admin")
-        .expect("a fresh store generates the first admin token");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind an ephemeral port");
-    let url = format!("http://{}", listener.local_addr().expect("local addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(api::serve_on(listener, state.clone(), async {
-        let _ = stopped.await;
-    }));
-    Server {
-        url,
-        admin,
-        state,
-        http: ctl::http_client(None).expect("HTTP client"),
-        dir,
-        stop: Some(stop),
-    }
-}
-
-impl Server {
-    async fn token(&self, name: &str, role: Role) -> String {
-        let r = self
-            .call(
-                "POST",
-                "/api/v1/tokens",
-                Some(&self.admin),
-                Some(json!({ "name": name, "role": role })),
-            )
-            .await;
-        assert_eq!(r.0, StatusCode::CREATED, "admin issues a token: {}", r.1);
-        r.1["token"].as_str().expect("token in answer").to_owned()
-    }
-
-    /// One request; returns status and JSON body (Null if none).
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let method: reqwest::Method = method.parse().expect("method");
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("server answers");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn ctl(&self, token: &str, json: bool, command: CtlCommand) -> CtlArgs {
-        CtlArgs {
-            url: self.url.clone(),
-            token: Some(token.to_owned()),
-            cacert: None,
-            json,
-            command,
-        }
-    }
-}
+use support::{start, start_with};
 
 fn profile(name: &str) -> Value {
     json!({ "name": name, "kernel": "vmlinuz", "initrds": ["initrd.img"], "cmdline": "quiet",
@@ -260,7 +165,13 @@ async fn machine_crud_round_trip() {
         .await;
     assert_eq!(status, StatusCode::OK, "PUT replaces");
     let (_, list) = s.call("GET", "/api/v1/machines", Some(&op), None).await;
-    assert_eq!(list, json!([changed]), "list shows the replaced machine");
+    let mut listed = changed.clone();
+    listed["source"] = json!("api");
+    assert_eq!(
+        list,
+        json!([listed]),
+        "list shows the replaced machine, and where it is declared"
+    );
 
     let (status, body) = s
         .call("DELETE", "/api/v1/profiles/rescue", Some(&op), None)
@@ -467,6 +378,8 @@ async fn apply_is_idempotent() {
     let fleet = write_fleet(s.dir.path());
     let apply = || CtlCommand::Apply {
         file: fleet.clone(),
+        dry_run: false,
+        prune: false,
     };
 
     let mut out = Vec::new();
@@ -509,7 +422,11 @@ async fn apply_is_idempotent() {
     // And people can see the result.
     let mut out = Vec::new();
     ctl::run_to(
-        s.ctl(&op, false, CtlCommand::Machines(ctl::MachinesCommand::List)),
+        s.ctl(
+            &op,
+            false,
+            CtlCommand::Machines(ctl::MachinesCommand::List { selector: None }),
+        ),
         &mut out,
     )
     .await
@@ -1124,7 +1041,7 @@ async fn ctl_watch_prints_events_as_they_arrive() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(
-        lines[0].starts_with("22:13:20.000  52:54:00:bb:00:01"),
+        lines[0].starts_with("2023-11-14T22:13:20.000Z  52:54:00:bb:00:01"),
         "{out}"
     );
     assert!(
@@ -1148,6 +1065,10 @@ async fn ctl_watch_prints_events_as_they_arrive() {
         .collect();
     assert_eq!(events.len(), 3);
     assert_eq!(events[2]["reason"], "timeout");
+    assert_eq!(
+        events[0]["at"], "2023-11-14T22:13:20.000Z",
+        "each millisecond time has its RFC 3339 twin"
+    );
 
     // Fewer events than --count before --timeout is an error a script can see.
     let (result, out) = watch(1, 0.2, false).await.expect("watch task");
