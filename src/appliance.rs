@@ -329,7 +329,14 @@ impl stampede_control::imports::ImageStore for ImageStoreAdapter {
     }
 }
 
-fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPlan>> {
+/// The boot plan of `config` on `iface`. A kernel or initrd that a profile of the file or the
+/// command line names and that cannot be opened refuses the plan (at start, or the reload);
+/// the control API's profiles (`fleet`) may name files imported later, and are only warned of.
+fn plan_for(
+    config: &ApplianceConfig,
+    iface: &str,
+    fleet: &stampede_control::FleetSnapshot,
+) -> anyhow::Result<Arc<BootPlan>> {
     let (server_ip, link) = match config.server.address {
         Some(ip) => (ip, engine::interface_ipv4(iface).ok()),
         None => {
@@ -346,11 +353,62 @@ fn plan_for(config: &ApplianceConfig, iface: &str) -> anyhow::Result<Arc<BootPla
     }
     let (root, ipxe) = engine::catalogs(config).context("opening the boot files")?;
     let plan = BootPlan::new(config, server_ip, root, ipxe).context("building the boot plan")?;
+    let mut unservable = Vec::new();
     for missing in plan.missing_files() {
-        tracing::warn!(?missing, "a file the boot plan hands out cannot be opened");
+        let on_disk = on_disk(config, &missing.path);
+        match &missing.profile {
+            Some(profile) if !fleet.profiles.contains_key(profile) => unservable.push(format!(
+                "profile {profile:?} boots {} ({on_disk}): {}",
+                missing.path, missing.error
+            )),
+            Some(profile) => tracing::warn!(
+                %profile,
+                path = %missing.path,
+                file = %on_disk,
+                error = %missing.error,
+                "a file this control-API profile boots cannot be opened"
+            ),
+            None => tracing::warn!(
+                loader = %missing.path,
+                file = %on_disk,
+                error = %missing.error,
+                "an iPXE build handed to firmware cannot be opened (boot.ipxe_dir)"
+            ),
+        }
+    }
+    if !unservable.is_empty() {
+        bail!(
+            "{} file{} the profiles boot cannot be opened: {}",
+            unservable.len(),
+            if unservable.len() == 1 { "" } else { "s" },
+            unservable.join("; ")
+        );
     }
     warn_if_neighbour_table_small(config);
     Ok(Arc::new(plan))
+}
+
+/// Where `path` (as a profile or loader names it) is looked for on disk: `boot.files`, else
+/// under `boot.root` (loaders: under `boot.ipxe_dir`), for messages.
+fn on_disk(config: &ApplianceConfig, path: &stampede_proto::bootpath::BootPath) -> String {
+    let loader = [
+        &config.boot.loaders.bios,
+        &config.boot.loaders.efi_ia32,
+        &config.boot.loaders.efi_x64,
+        &config.boot.loaders.efi_arm32,
+        &config.boot.loaders.efi_arm64,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|l| l.as_str() == path.to_string());
+    let file = if loader {
+        Some(config.boot.ipxe_dir.join(path.to_string()))
+    } else if let Some(file) = config.boot.files.get(path) {
+        Some(file.clone())
+    } else {
+        config.boot.root.as_ref().map(|r| r.join(path.to_string()))
+    };
+    file.map_or_else(|| "no boot.root".into(), |f| f.display().to_string())
 }
 
 /// Authoritative DHCP beside another server on the link gives each machine whichever answers
@@ -484,7 +542,7 @@ fn run(
     let mut fleet = control_state.subscribe();
     let snapshot = Arc::clone(&fleet.borrow_and_update());
     let config = source.load(Some((&snapshot, &iface)))?;
-    let plan = plan_for(&config, &iface)?;
+    let plan = plan_for(&config, &iface, &snapshot)?;
     if config.dhcp.mode == DhcpMode::Authoritative {
         warn_of_other_dhcp_servers(&iface, plan.server_ip());
     }
@@ -687,7 +745,7 @@ fn reload(
 ) -> Result<(), String> {
     let loaded = source
         .load(Some((fleet, iface)))
-        .and_then(|c| Ok((plan_for(&c, iface)?, c)));
+        .and_then(|c| Ok((plan_for(&c, iface, fleet)?, c)));
     match loaded {
         Ok((plan, config)) => {
             engine.reload(plan);

@@ -1,11 +1,13 @@
 //! Safety at start (issue 18): what would have the appliance serve wrongly is refused, or said,
-//! before `ready`: a second appliance on the same interface, another DHCP server on the link.
+//! before `ready`: a second appliance on the same interface, another DHCP server on the link, a
+//! DHCP range off the link, a profile's missing kernel or initrd (and a reload losing one).
 mod support;
 
-use std::{process::Stdio, time::Duration};
+use std::{path::Path, process::Stdio, time::Duration};
 
-use stampede_lab::{Netns, Output, TwoHosts, require, run_with_timeout};
-use support::appliance::{ADMIN_TOKEN, Payload, STAMPEDE, start_boot, stop};
+use nix::sys::signal::Signal;
+use stampede_lab::{Netns, Output, Process, TwoHosts, require, run_with_timeout, wait_for};
+use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
 
 /// `stampede boot --iface IFACE EXTRA.. KERNEL INITRD` in `ns` with its own state, expected to
 /// stop by itself; what it printed.
@@ -121,4 +123,114 @@ fn a_dhcp_range_of_another_network_is_refused_naming_both() {
         lab.subnet.network()
     );
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
+}
+
+/// `stampede serve --config CONFIG` in `ns`, its API on [`API`], up once TFTP is bound.
+fn start_serve(ns: &Netns, config: &Path, payload: &Payload) -> Process {
+    let mut command = ns.command(STAMPEDE);
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--state")
+        .arg(payload.dir.path().join("state.redb"))
+        .args(["--stats-interval", "60"])
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut process = Process::spawn(command).expect("start stampede serve");
+    let bound = wait_for(Duration::from_secs(20), || {
+        if process.try_status().is_some() {
+            return Some(false);
+        }
+        let out = ns.run("ss", &["-ulnH"], Duration::from_secs(5)).ok()?;
+        out.stdout.contains(":69 ").then_some(true)
+    });
+    if bound != Some(true) {
+        let out = process.wait_output(Duration::from_secs(5)).ok();
+        panic!(
+            "stampede serve did not come up: {:?}",
+            out.map(|o| format!("{}\n{}", o.stdout, o.stderr))
+        );
+    }
+    process
+}
+
+/// `/api/v1/health` of the appliance in `ns`.
+fn health(ns: &Netns) -> serde_json::Value {
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let url = format!("{API}/api/v1/health");
+    let out = ns
+        .run("curl", &["-sf", "-H", &auth, &url], Duration::from_secs(10))
+        .expect("curl runs");
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[test]
+fn a_missing_kernel_or_initrd_is_refused_at_start_and_on_reload_naming_profile_and_path() {
+    if !require("start_safety_missing_boot_files", &["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+
+    // Quick mode: the start is refused.
+    let payload = Payload::new(4096, 4096);
+    std::fs::remove_file(&payload.initrd).expect("remove the initrd");
+    let out = boot_refused(&lab.server, &lab.server_if, &["--api", "off"], &payload);
+    let expected = format!(
+        "profile \"quick\" boots initrd.img ({}): no such file",
+        payload.initrd.display()
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+
+    // A file: the start is refused, then a reload that loses a file.
+    let payload = Payload::new(4096, 4096);
+    let config = payload.dir.path().join("stampede.toml");
+    let write = |initrd: &Path| {
+        let text = format!(
+            "[server]\ninterfaces = [\"{}\"]\n\
+             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\", \"initrd.img\" = \"{}\" }}\n\
+             default_profile = \"live\"\n\
+             [[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\ninitrds = [\"initrd.img\"]\n\
+             [xdp]\nmode = \"off\"\n",
+            lab.server_if,
+            payload.kernel.display(),
+            initrd.display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+    };
+    let gone = payload.dir.path().join("gone.img");
+    write(&gone);
+    let mut command = lab.server.command(STAMPEDE);
+    command
+        .args(["serve", "--api", "off", "--config"])
+        .arg(&config)
+        .arg("--state")
+        .arg(payload.dir.path().join("refused/state.redb"));
+    let out = run_with_timeout(command, Duration::from_secs(30)).expect("serve runs");
+    assert!(!out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let expected = format!(
+        "profile \"live\" boots initrd.img ({}): no such file",
+        gone.display()
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+
+    write(&payload.initrd);
+    let serve = start_serve(&lab.server, &config, &payload);
+    wait_for_api(&lab.server);
+    assert_eq!(health(&lab.server)["status"], "ok");
+    write(&gone);
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    let refused = wait_for(Duration::from_secs(10), || {
+        let h = health(&lab.server);
+        (h["status"] == "degraded").then_some(h)
+    })
+    .expect("the reload is refused and health says so");
+    let why = refused["reload_error"].as_str().unwrap_or_default();
+    assert!(why.contains(&expected), "{refused}");
+    let (out, _) = stop(serve);
+    assert!(
+        out.stderr.contains("reload refused") && out.stderr.contains(&expected),
+        "{}",
+        out.stderr
+    );
 }
