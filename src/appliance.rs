@@ -227,15 +227,57 @@ fn diskless_root(
     Ok(())
 }
 
-/// Opens the state and, unless the API is `off`, says how it will be served (a bad
-/// certificate or key stops the start here, before anything listens).
+/// The control API's address, bound at start: a busy port stops the start before `ready`
+/// instead of showing only at shutdown (issue 18).
+struct ApiListener {
+    config: stampede_control::api::ApiConfig,
+    listener: std::net::TcpListener,
+}
+
+impl ApiListener {
+    fn bind(config: stampede_control::api::ApiConfig) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(config.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .with_context(|| {
+                format!(
+                    "the control API cannot listen on {} (--api or server.api; `off` runs \
+                     without it)",
+                    config.listen
+                )
+            })?;
+        Ok(Self { config, listener })
+    }
+
+    /// Serves the API until `shutdown`; call within the runtime.
+    fn serve(
+        self,
+        state: stampede_control::ControlState,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<(), stampede_control::api::ServeError>> {
+        match (
+            &self.config.tls,
+            tokio::net::TcpListener::from_std(self.listener),
+        ) {
+            (None, Ok(listener)) => {
+                tokio::spawn(stampede_control::api::serve_on(listener, state, shutdown))
+            }
+            // HTTPS wraps the listener inside `serve`, which binds its own: the port was free
+            // a moment ago and the start's own socket is released just before.
+            (Some(_), Ok(listener)) => {
+                drop(listener);
+                tokio::spawn(stampede_control::api::serve(self.config, state, shutdown))
+            }
+            (_, Err(_)) => tokio::spawn(stampede_control::api::serve(self.config, state, shutdown)),
+        }
+    }
+}
+
+/// Opens the state and, unless the API is `off`, binds its address (a bad certificate or key,
+/// or a busy port, stops the start here, before the state is opened or a token printed).
 fn control_plane(
     args: &ControlArgs,
     server: &stampede_dataplane::config::ServerSettings,
-) -> anyhow::Result<(
-    stampede_control::ControlState,
-    Option<stampede_control::api::ApiConfig>,
-)> {
+) -> anyhow::Result<(stampede_control::ControlState, Option<ApiListener>)> {
     let api = args.api.clone().unwrap_or_else(|| server.api.to_string());
     let listen = match api.as_str() {
         "off" => None,
@@ -258,7 +300,10 @@ fn control_plane(
                 Some((cert, key)) => Some(stampede_control::tls::ApiTls::load(&cert, &key)?),
                 None => None,
             };
-            Some(stampede_control::api::ApiConfig { listen, tls })
+            Some(ApiListener::bind(stampede_control::api::ApiConfig {
+                listen,
+                tls,
+            })?)
         }
     };
     if let Some(dir) = args.state.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -633,15 +678,11 @@ fn run(
 
     runtime.block_on(async {
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = api_config.map(|config| {
+        let api = api_config.map(|api| {
             let shutdown = async move {
                 let _ = api_stopped.await;
             };
-            tokio::spawn(stampede_control::api::serve(
-                config,
-                control_state.clone(),
-                shutdown,
-            ))
+            api.serve(control_state.clone(), shutdown)
         });
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;

@@ -234,3 +234,34 @@ fn a_missing_kernel_or_initrd_is_refused_at_start_and_on_reload_naming_profile_a
         out.stderr
     );
 }
+
+#[test]
+fn a_busy_api_port_refuses_the_start_naming_the_address() {
+    if !require("start_safety_api_port_busy", &[]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let _taken = lab
+        .server
+        .in_namespace(|| std::net::TcpListener::bind("127.0.0.1:7070"))
+        .expect("enter the namespace")
+        .expect("take the API port");
+    let out = boot_refused(
+        &lab.server,
+        &lab.server_if,
+        &["--api", "127.0.0.1:7070"],
+        &payload,
+    );
+    assert!(
+        out.stderr
+            .contains("the control API cannot listen on 127.0.0.1:7070"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("admin token"),
+        "no token is printed by a start that fails:\n{}",
+        out.stdout
+    );
+}
