@@ -832,6 +832,19 @@ impl stampede_control::validation::FleetValidator for FleetValidation {
             .map(drop)
             .map_err(|err| error_chain(err.as_ref()))
     }
+
+    fn file_fleet(&self) -> stampede_control::model::FileFleet {
+        match &*self.source {
+            // A file that no longer parses lists nothing; the next reload says why.
+            Source::File(_) => self
+                .source
+                .load_wire()
+                .map(|config| crate::fleet::file_entries(&config))
+                .unwrap_or_default(),
+            // The command line's entries are not a file's.
+            Source::Quick(..) => stampede_control::model::FileFleet::default(),
+        }
+    }
 }
 
 /// Pushes the configuration's drop policy (rate limits, known-only) and MAC lists (denied

@@ -2,9 +2,11 @@
 //! data plane serves. They are merged at the wire level and validated exactly like the file's
 //! own entries; an API entry replaces a file entry with the same MAC (machines) or name
 //! (profiles). Quarantined entries (stored, but refused by that validation) are left out.
+use std::collections::BTreeMap;
+
 use stampede_control::{
-    FleetSnapshot,
-    model::{Arch, BootPolicy, FleetEntry},
+    BootProfile, FleetSnapshot, Machine, MachineSpec, ProfileSpec,
+    model::{Arch, BootPolicy, BootTarget, FileFleet, FleetEntry},
 };
 use stampede_dataplane::config::wire;
 
@@ -82,4 +84,76 @@ pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
             allow: Some(machine.boot != BootPolicy::Deny),
         });
     }
+}
+
+/// The configuration's own machines and profiles as the control API lists them (`source:
+/// file`). Entries the API's model cannot hold are left out of the list (they still serve): a
+/// machine known by UUID alone (the API keys machines by MAC), or one the API's validation
+/// refuses.
+pub fn file_entries(config: &wire::Config) -> FileFleet {
+    let arch_of = |name: &str| {
+        [Arch::X86Bios, Arch::EfiX64, Arch::EfiArm64]
+            .into_iter()
+            .find(|a| arch_name(*a) == Some(name))
+    };
+    let profiles = config
+        .profiles
+        .iter()
+        .filter_map(|p| {
+            let variants: BTreeMap<Arch, BootTarget> = p
+                .arch
+                .iter()
+                .filter_map(|(name, v)| {
+                    Some((
+                        arch_of(name)?,
+                        BootTarget {
+                            kernel: v.kernel.clone().unwrap_or_default(),
+                            initrds: v.initrds.clone().unwrap_or_else(|| p.initrds.clone()),
+                            cmdline: v.cmdline.clone().unwrap_or_else(|| p.cmdline.clone()),
+                        },
+                    ))
+                })
+                .collect();
+            let spec = ProfileSpec {
+                name: p.name.clone(),
+                root: p.root.clone(),
+                default: BootTarget {
+                    kernel: p.kernel.clone().unwrap_or_default(),
+                    initrds: p.initrds.clone(),
+                    cmdline: p.cmdline.clone(),
+                },
+                ipxe_template: None,
+                variants,
+            };
+            let profile = BootProfile::try_from(spec).ok()?;
+            Some((p.name.clone(), profile))
+        })
+        .collect();
+    let machines = config
+        .machines
+        .iter()
+        .filter_map(|m| {
+            let spec = MachineSpec {
+                mac: m.mac.clone()?,
+                uuid: m.uuid.clone(),
+                arch: None,
+                hostname: m.hostname.clone(),
+                labels: m
+                    .labels
+                    .iter()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                profile: m.profile.clone(),
+                boot: if m.allow == Some(false) {
+                    BootPolicy::Deny
+                } else {
+                    BootPolicy::Allow
+                },
+            };
+            let machine = Machine::try_from(spec).ok()?;
+            Some((machine.mac, machine))
+        })
+        .collect();
+    FileFleet { machines, profiles }
 }

@@ -3,6 +3,7 @@
 //! Every route is declared once, in [`router`], with the least role it needs; the same table
 //! feeds authorization and the OpenAPI completeness test. Handlers that touch the disk run on
 //! tokio's blocking pool (a redb commit fsyncs).
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -378,7 +379,9 @@ impl IntoResponse for ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Control(e) => match e {
                 ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
-                ControlError::Exists { .. } | ControlError::InUse { .. } => StatusCode::CONFLICT,
+                ControlError::Exists { .. }
+                | ControlError::InUse { .. }
+                | ControlError::FileDefined { .. } => StatusCode::CONFLICT,
                 ControlError::UnknownProfile { .. }
                 | ControlError::UnknownRoot { .. }
                 | ControlError::Invalid(_)
@@ -595,26 +598,43 @@ async fn list_machines(
         None => LabelSelector::default(),
     };
     let snap = state.snapshot();
-    Ok(Json(
+    let file = blocking(move || Ok(state.file_fleet())).await?;
+    // By MAC; an API machine replaces the file's with the same MAC, as in the boot plan.
+    let mut machines: BTreeMap<MacAddr, serde_json::Value> = file
+        .machines
+        .values()
+        .filter(|m| selector.matches(&m.labels))
+        .map(|m| (m.mac, listed(m, None, EntrySource::File)))
+        .collect();
+    machines.extend(
         snap.machines
             .values()
             .filter(|m| selector.matches(&m.labels))
             .map(|m| {
-                listed(
-                    m,
-                    snap.quarantined(&FleetEntry::Machine(m.mac)),
-                    EntrySource::Api,
-                )
-            })
-            .collect(),
-    ))
+                let why = snap.quarantined(&FleetEntry::Machine(m.mac));
+                (m.mac, listed(m, why, EntrySource::Api))
+            }),
+    );
+    Ok(Json(machines.into_values().collect()))
 }
 
 async fn get_machine(
     State(state): State<ControlState>,
     PathArg(mac): PathArg<String>,
 ) -> Result<Json<Machine>, ApiError> {
-    Ok(Json(state.machine(parse_mac(&mac)?)?))
+    let mac = parse_mac(&mac)?;
+    match state.machine(mac) {
+        Err(ControlError::NotFound { .. }) => {
+            let file = blocking(move || Ok(state.file_fleet())).await?;
+            file.machines.get(&mac).cloned().map(Json).ok_or_else(|| {
+                ApiError::Control(ControlError::NotFound {
+                    kind: "machine",
+                    key: mac.to_string(),
+                })
+            })
+        }
+        found => Ok(Json(found?)),
+    }
 }
 
 async fn create_machine(
@@ -656,27 +676,40 @@ async fn delete_machine(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_profiles(State(state): State<ControlState>) -> Json<Vec<serde_json::Value>> {
+async fn list_profiles(
+    State(state): State<ControlState>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let snap = state.snapshot();
-    Json(
-        snap.profiles
-            .iter()
-            .map(|(name, p)| {
-                listed(
-                    p,
-                    snap.quarantined(&FleetEntry::Profile(name.clone())),
-                    EntrySource::Api,
-                )
-            })
-            .collect(),
-    )
+    let file = blocking(move || Ok(state.file_fleet())).await?;
+    // By name; an API profile replaces the file's with the same name.
+    let mut profiles: BTreeMap<String, serde_json::Value> = file
+        .profiles
+        .iter()
+        .map(|(name, p)| (name.clone(), listed(p, None, EntrySource::File)))
+        .collect();
+    profiles.extend(snap.profiles.iter().map(|(name, p)| {
+        let why = snap.quarantined(&FleetEntry::Profile(name.clone()));
+        (name.clone(), listed(p, why, EntrySource::Api))
+    }));
+    Ok(Json(profiles.into_values().collect()))
 }
 
 async fn get_profile(
     State(state): State<ControlState>,
     PathArg(name): PathArg<String>,
 ) -> Result<Json<BootProfile>, ApiError> {
-    Ok(Json(state.profile(&name)?))
+    match state.profile(&name) {
+        Err(ControlError::NotFound { .. }) => {
+            let file = blocking(move || Ok(state.file_fleet())).await?;
+            file.profiles.get(&name).cloned().map(Json).ok_or_else(|| {
+                ApiError::Control(ControlError::NotFound {
+                    kind: "profile",
+                    key: name,
+                })
+            })
+        }
+        found => Ok(Json(found?)),
+    }
 }
 
 async fn create_profile(

@@ -559,6 +559,14 @@ impl EntrySource {
     }
 }
 
+/// The machines and profiles of the appliance's configuration file, as the control plane lists
+/// them next to its own. Read-only here: they change with the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileFleet {
+    pub machines: BTreeMap<MacAddr, Machine>,
+    pub profiles: BTreeMap<String, BootProfile>,
+}
+
 /// Which machines a list keeps, by label, as `kubectl -l` writes it: comma-separated terms, each
 /// `key=value` (or `key==value`), `key!=value`, `key` (has the label) or `!key` (lacks it); a
 /// machine must match every term.

@@ -18,8 +18,8 @@ use crate::imports::{
 use crate::leases::{self, LeaseRecord};
 use crate::metrics::Metrics;
 use crate::model::{
-    BootProfile, FleetEntry, FleetSnapshot, Image, ImageKind, ImageSpec, MacAddr, Machine,
-    RootImage, ValidationError, validate_name, validate_root_name,
+    BootProfile, FileFleet, FleetEntry, FleetSnapshot, Image, ImageKind, ImageSpec, MacAddr,
+    Machine, RootImage, ValidationError, validate_name, validate_root_name,
 };
 use crate::sessions::{BootSessions, SessionLimits};
 use crate::store::{
@@ -51,6 +51,11 @@ pub enum ControlError {
     },
     #[error("machine {mac} names profile {profile:?}, which does not exist")]
     UnknownProfile { mac: String, profile: String },
+    #[error(
+        "{kind} {key} is declared in the appliance's configuration file: change it there \
+         (an API {kind} with the same key would replace it)"
+    )]
+    FileDefined { kind: &'static str, key: String },
     #[error(
         "profile {profile:?} names root {root:?}, which is not an imported root image \
          (stampede ctl images list)"
@@ -250,6 +255,7 @@ impl ControlState {
             snap.quarantine.remove(&entry);
             if let Some(profile) = &machine.profile
                 && !snap.profiles.contains_key(profile)
+                && !self.file_fleet().profiles.contains_key(profile)
             {
                 return Err(ControlError::UnknownProfile {
                     mac: key,
@@ -275,6 +281,12 @@ impl ControlState {
         self.mutate(|txn, snap| {
             let key = mac.to_string();
             if snap.machines.remove(&mac).is_none() {
+                if self.file_fleet().machines.contains_key(&mac) {
+                    return Err(ControlError::FileDefined {
+                        kind: "machine",
+                        key,
+                    });
+                }
                 return Err(not_found("machine", mac));
             }
             snap.quarantine.remove(&FleetEntry::Machine(mac));
@@ -355,6 +367,12 @@ impl ControlState {
     pub fn delete_profile(&self, actor: &Caller, name: &str) -> Result<(), ControlError> {
         self.mutate(|txn, snap| {
             if !snap.profiles.contains_key(name) {
+                if self.file_fleet().profiles.contains_key(name) {
+                    return Err(ControlError::FileDefined {
+                        kind: "profile",
+                        key: name.to_owned(),
+                    });
+                }
                 return Err(not_found("profile", name));
             }
             let users: Vec<String> = snap
@@ -513,6 +531,16 @@ impl ControlState {
             self.update_fleet_gauges();
         }
         quarantine.into_iter().collect()
+    }
+
+    /// The configuration file's own machines and profiles (none until the appliance attaches
+    /// its validator, or when it serves a command-line configuration). Reads the file.
+    pub fn file_fleet(&self) -> FileFleet {
+        self.inner
+            .validator
+            .get()
+            .map(|v| v.file_fleet())
+            .unwrap_or_default()
     }
 
     /// What the appliance reports after each reload of the data plane: health shows the last

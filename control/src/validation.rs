@@ -5,12 +5,19 @@
 //! stored entries it refuses are quarantined ([`find_unservable`]) instead of stopping the start.
 use std::collections::BTreeMap;
 
-use crate::model::{FleetEntry, FleetSnapshot};
+use crate::model::{FileFleet, FleetEntry, FleetSnapshot};
 
 pub trait FleetValidator: Send + Sync + std::fmt::Debug + 'static {
     /// `Ok` when the appliance can serve `fleet` (its quarantined entries left out), else the
     /// validation's reason, naming the key.
     fn validate(&self, fleet: &FleetSnapshot) -> Result<(), String>;
+
+    /// The machines and profiles the configuration declares itself (its file, as on disk now,
+    /// like [`FleetValidator::validate`]'s): listed beside the API's, and profiles API machines
+    /// may name. None by default (a configuration made from the command line).
+    fn file_fleet(&self) -> FileFleet {
+        FileFleet::default()
+    }
 }
 
 /// The entries of `fleet` that cannot be served, each with the validation's reason; the fleet

@@ -536,3 +536,166 @@ hostname = "new01"
         "{text}"
     );
 }
+
+/// The appliance's configuration as the control plane sees it: a file declaring profile `live`
+/// and machine 52:54:00:50:00:01; every fleet validates.
+#[derive(Debug)]
+struct ConfigFile;
+
+impl stampede_control::validation::FleetValidator for ConfigFile {
+    fn validate(&self, _fleet: &stampede_control::FleetSnapshot) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn file_fleet(&self) -> stampede_control::model::FileFleet {
+        let live = stampede_control::BootProfile::try_from(stampede_control::ProfileSpec {
+            name: "live".into(),
+            root: None,
+            default: stampede_control::model::BootTarget {
+                kernel: "live/vmlinuz".into(),
+                initrds: vec![],
+                cmdline: String::new(),
+            },
+            ipxe_template: None,
+            variants: Default::default(),
+        })
+        .expect("profile");
+        let node = stampede_control::Machine::try_from(stampede_control::MachineSpec {
+            mac: "52:54:00:50:00:01".into(),
+            uuid: None,
+            arch: None,
+            hostname: Some("file01".into()),
+            labels: [("rack".to_owned(), "r9".to_owned())].into(),
+            profile: Some("live".into()),
+            boot: Default::default(),
+        })
+        .expect("machine");
+        stampede_control::model::FileFleet {
+            machines: [(node.mac, node)].into(),
+            profiles: [("live".to_owned(), live)].into(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn file_defined_entries_are_listed_as_such_and_api_machines_may_boot_their_profiles() {
+    let s = start().await;
+    s.state
+        .attach_fleet_validator(std::sync::Arc::new(ConfigFile));
+    let op = s.token("operator", Role::Operator).await;
+
+    // An API machine may name the file's profile (this was 422 "names profile "live", which
+    // does not exist").
+    ctl_ok(
+        &s,
+        &op,
+        false,
+        add_machine("52:54:00:50:00:02", "live", &[]),
+    )
+    .await;
+
+    let text = ctl_ok(
+        &s,
+        &op,
+        false,
+        CtlCommand::Machines(MachinesCommand::List { selector: None }),
+    )
+    .await;
+    let source_of = |text: &str, key: &str| -> String {
+        let header: Vec<&str> = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let column = header
+            .iter()
+            .position(|h| *h == "SOURCE")
+            .expect("SOURCE column");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("{key} listed:\n{text}"));
+        // Empty cells (no arch) shift columns; count from the end: SOURCE, STATE.
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let from_end = header.len() - column;
+        cells[cells.len() - from_end].to_owned()
+    };
+    assert_eq!(source_of(&text, "52:54:00:50:00:01"), "file", "{text}");
+    assert_eq!(source_of(&text, "52:54:00:50:00:02"), "api", "{text}");
+    let profiles = ctl_ok(&s, &op, false, CtlCommand::Profiles(ProfilesCommand::List)).await;
+    assert_eq!(source_of(&profiles, "live"), "file", "{profiles}");
+
+    // Selectors see the file's machines too; so does GET of one machine.
+    let (_, body) = s
+        .call(
+            "GET",
+            "/api/v1/machines?selector=rack%3Dr9",
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(
+        body,
+        json!([{ "mac": "52:54:00:50:00:01", "hostname": "file01",
+        "labels": { "rack": "r9" }, "profile": "live", "boot": "allow", "source": "file" }])
+    );
+    let (status, body) = s
+        .call("GET", "/api/v1/machines/52:54:00:50:00:01", Some(&op), None)
+        .await;
+    assert_eq!(
+        (status, &body["hostname"]),
+        (StatusCode::OK, &json!("file01"))
+    );
+
+    // The file's entries are not the API's to delete, and --prune leaves them alone.
+    let err = ctl(
+        &s,
+        &op,
+        false,
+        CtlCommand::Machines(MachinesCommand::Rm {
+            mac: "52:54:00:50:00:01".into(),
+        }),
+    )
+    .await
+    .expect_err("a file machine");
+    assert_eq!(status_of(&err), Some(StatusCode::CONFLICT), "{err}");
+    assert!(err.to_string().contains("configuration file"), "{err}");
+    let empty = write_fleet(s.dir.path(), "empty.toml", "");
+    let plan: Vec<Value> = serde_json::from_str(
+        &ctl_ok(
+            &s,
+            &op,
+            true,
+            CtlCommand::Apply {
+                file: empty,
+                dry_run: true,
+                prune: true,
+            },
+        )
+        .await,
+    )
+    .expect("JSON");
+    assert_eq!(
+        plan,
+        [json!({ "kind": "machine", "key": "52:54:00:50:00:02", "action": "delete" })]
+    );
+
+    // An API entry with the file's key replaces it, in the list as in the boot plan.
+    ctl_ok(
+        &s,
+        &op,
+        false,
+        add_machine("52:54:00:50:00:01", "live", &[]),
+    )
+    .await;
+    let text = ctl_ok(
+        &s,
+        &op,
+        false,
+        CtlCommand::Machines(MachinesCommand::List { selector: None }),
+    )
+    .await;
+    assert_eq!(text.matches("52:54:00:50:00:01").count(), 1, "{text}");
+    assert_eq!(source_of(&text, "52:54:00:50:00:01"), "api", "{text}");
+}
