@@ -265,3 +265,29 @@ fn a_busy_api_port_refuses_the_start_naming_the_address() {
         out.stdout
     );
 }
+
+#[test]
+fn a_hostname_in_the_quick_mode_command_line_is_refused() {
+    if !require("start_safety_quick_hostname", &[]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let out = boot_refused(
+        &lab.server,
+        &lab.server_if,
+        &[
+            "--api",
+            "off",
+            "--cmdline",
+            "console=ttyS0 hostname={hostname}",
+        ],
+        &payload,
+    );
+    assert!(
+        out.stderr
+            .contains("--cmdline: {hostname} needs each machine's host name"),
+        "{}",
+        out.stderr
+    );
+}

@@ -503,7 +503,8 @@ impl FileCatalog for BootCatalog {
 // Scripts
 
 /// Why no script was served. Each is a counter; all but `RenderFailed` answer 404, which
-/// answers 500 (a configuration problem, not the client's).
+/// answers 500 (a configuration problem, not the client's) with this text in the body and in
+/// the log, naming the machine and what it lacks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScriptRefusal {
     /// No `mac`, or a value that does not parse.
@@ -516,8 +517,12 @@ pub enum ScriptRefusal {
     /// `platform`/`buildarch` name an architecture no profile can describe (e.g. 32-bit EFI).
     #[error("unsupported architecture")]
     UnsupportedArch,
-    #[error("script could not be rendered: {0}")]
-    RenderFailed(RenderError),
+    #[error("machine {machine}, profile {profile:?}: {error}")]
+    RenderFailed {
+        machine: String,
+        profile: String,
+        error: RenderError,
+    },
 }
 
 impl ScriptRefusal {
@@ -536,7 +541,7 @@ impl ScriptRefusal {
             Self::UnknownMachine => 1,
             Self::Denied => 2,
             Self::UnsupportedArch => 3,
-            Self::RenderFailed(_) => 4,
+            Self::RenderFailed { .. } => 4,
         }
     }
 
@@ -587,6 +592,8 @@ struct ScriptBook {
     server: ServerUrl,
     /// Profiles with paths under [`FILES_PREFIX`], as the scripts reference them.
     profiles: Vec<ValidProfile>,
+    /// Their names, index for index.
+    profile_names: Vec<String>,
     default_profile: Option<usize>,
     machines: Vec<ScriptMachine>,
     by_mac: HashMap<[u8; 6], usize>,
@@ -675,6 +682,7 @@ impl ScriptRoute {
             book: Arc::new(ScriptBook {
                 server,
                 profiles,
+                profile_names: config.profiles.iter().map(|p| p.name.clone()).collect(),
                 default_profile: config.boot.default_profile,
                 machines,
                 by_mac,
@@ -726,13 +734,14 @@ impl ScriptRoute {
             .get(&req.mac)
             .or_else(|| req.uuid.and_then(|u| book.by_uuid.get(&u)))
             .map(|i| &book.machines[*i]);
-        let profile = match machine {
+        let profile_index = match machine {
             Some(m) if !m.allow => return Err(ScriptRefusal::Denied),
             Some(m) => m.profile.or(book.default_profile),
             None => book.default_profile,
-        }
-        .and_then(|i| book.profiles.get(i))
-        .ok_or(ScriptRefusal::UnknownMachine)?;
+        };
+        let profile = profile_index
+            .and_then(|i| book.profiles.get(i))
+            .ok_or(ScriptRefusal::UnknownMachine)?;
         let Some(arch) = req.arch else {
             return Ok(self.probe(req));
         };
@@ -748,7 +757,14 @@ impl ScriptRoute {
         };
         profile
             .render(&facts, &book.server)
-            .map_err(ScriptRefusal::RenderFailed)
+            .map_err(|error| ScriptRefusal::RenderFailed {
+                machine: ipxe::format_mac(&req.mac),
+                profile: profile_index
+                    .and_then(|i| book.profile_names.get(i))
+                    .cloned()
+                    .unwrap_or_default(),
+                error,
+            })
     }
 
     /// Chains back to the same script with iPXE's own view of the architecture and address.
@@ -866,7 +882,10 @@ impl Route for ScriptRoute {
         };
         Some(match rendered {
             Ok(script) => Ok(BootFile::new(script)),
-            Err(ScriptRefusal::RenderFailed(e)) => Err(OpenError::Unreadable(e.to_string())),
+            Err(e @ ScriptRefusal::RenderFailed { .. }) => {
+                tracing::warn!(error = %e, "no boot script: the machine lacks a fact its profile's command line needs");
+                Err(OpenError::Unreadable(e.to_string()))
+            }
             Err(_) => Err(OpenError::NotFound),
         })
     }
@@ -1389,5 +1408,36 @@ mod tests {
         let plan = plan_for(&config, catalog(&[]));
         assert!(plan.dhcp_config().is_none());
         assert!(matches!(plan.dhcp_server(), Ok(None)));
+    }
+
+    #[test]
+    fn a_machine_without_the_hostname_its_script_needs_is_told_which_and_what() {
+        let config = ApplianceConfig::from_toml_str(
+            "[boot]\nroot = \"/srv\"\ndefault_profile = \"install\"\n\
+             [[profiles]]\nname = \"install\"\nkernel = \"vmlinuz\"\n\
+             cmdline = \"console=ttyS0 hostname={hostname}\"\n\
+             [[machines]]\nmac = \"52:54:00:aa:00:01\"\nhostname = \"node-01\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_for(&config, catalog(&[("vmlinuz", "K")]));
+        let named = http_get(&plan, "/boot.ipxe?mac=52-54-00-aa-00-01&arch=x86_64-efi");
+        assert_eq!(named.status, Status::OK, "{}", named.head);
+        let reply = http_get(&plan, "/boot.ipxe?mac=52-54-00-aa-00-02&arch=x86_64-efi");
+        assert_eq!(reply.status, Status::INTERNAL_ERROR, "{}", reply.head);
+        assert_eq!(
+            text(&reply),
+            "500 Internal Server Error\nmachine 52:54:00:aa:00:02, profile \"install\": the \
+             command line needs {hostname} but the machine has none\n"
+        );
+        assert_eq!(
+            plan.scripts()
+                .counts()
+                .refused(&ScriptRefusal::RenderFailed {
+                    machine: String::new(),
+                    profile: String::new(),
+                    error: RenderError::MissingFact("hostname"),
+                }),
+            1
+        );
     }
 }

@@ -453,6 +453,12 @@ pub enum Problem {
         network: String,
         pools: String,
     },
+    #[error(
+        "{{hostname}} needs each machine's host name, and quick mode knows none: use {{mac}} or \
+         {{ip}}, or serve a config file (stampede serve --config) whose [[machines]] or \
+         [[dhcp.reservations]] have host names"
+    )]
+    NoHostnames,
     #[error("subnet overlaps dhcp.pools[{0}]")]
     PoolsOverlap(usize),
     #[error("{0} is inside no pool's subnet")]
@@ -1770,6 +1776,21 @@ pub struct QuickBoot {
     pub link: Option<(Ipv4Addr, u8)>,
 }
 
+/// Whether the command-line template `cmdline` fills in `{hostname}` (not the literal
+/// `{{hostname}}`): rendered for a machine with every other fact known.
+fn needs_hostname(cmdline: &str) -> bool {
+    Template::parse(cmdline).is_ok_and(|t| {
+        let facts = ipxe::MachineFacts {
+            mac: [0; 6],
+            uuid: Some([0; 16]),
+            arch: Arch::X86_64Efi,
+            ip: Some(Ipv4Addr::UNSPECIFIED),
+            hostname: None,
+        };
+        t.render(&facts) == Err(ipxe::RenderError::MissingFact("hostname"))
+    })
+}
+
 /// Name of the single profile quick mode makes.
 pub const QUICK_PROFILE: &str = "quick";
 
@@ -1800,6 +1821,9 @@ impl ApplianceConfig {
             }
             Ok(name)
         };
+        if needs_hostname(&q.cmdline) {
+            return Err(ConfigError::invalid("--cmdline", Problem::NoHostnames));
+        }
         let kernel = served("kernel".into(), &q.kernel)?;
         let initrds = q
             .initrds
@@ -2403,5 +2427,31 @@ kernel = "vmlinuz"
             .dhcp
             .check_link("eth1", server, 24)
             .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn quick_mode_refuses_a_hostname_it_cannot_know() {
+        let q = QuickBoot {
+            kernel: "/tmp/build/vmlinuz".into(),
+            cmdline: "console=ttyS0 hostname={hostname}".into(),
+            ..QuickBoot::default()
+        };
+        let e = ApplianceConfig::quick(q.clone()).expect_err("no host names in quick mode");
+        assert_eq!(e.key(), Some("--cmdline"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("{hostname} needs each machine's host name"),
+            "{e}"
+        );
+        for fine in [
+            "literal={{hostname}}",
+            "host={mac} ip={ip} arch={arch} id={uuid}",
+        ] {
+            ApplianceConfig::quick(QuickBoot {
+                cmdline: fine.into(),
+                ..q.clone()
+            })
+            .unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
     }
 }

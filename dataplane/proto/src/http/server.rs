@@ -356,7 +356,22 @@ impl<C: FileCatalog> HttpConnection<C> {
 
 /// A short text body naming the status, so humans with curl see why.
 fn error_response(status: Status, rejection: Rejection, close: bool, head_only: bool) -> Pending {
-    let text = Bytes::from(format!("{} {}\n", status.0, status.reason()));
+    error_response_saying(status, rejection, close, head_only, None)
+}
+
+/// [`error_response`] with a line saying why after the status (a catalog's reason a file is
+/// unreadable, e.g. which fact a machine's script lacks).
+fn error_response_saying(
+    status: Status,
+    rejection: Rejection,
+    close: bool,
+    head_only: bool,
+    why: Option<&str>,
+) -> Pending {
+    let text = Bytes::from(match why {
+        Some(why) => format!("{} {}\n{why}\n", status.0, status.reason()),
+        None => format!("{} {}\n", status.0, status.reason()),
+    });
     let mut head = Vec::with_capacity(128);
     let mut h = ResponseHead::new(&mut head, status)
         .field("Content-Type", "text/plain; charset=utf-8")
@@ -423,6 +438,15 @@ fn respond(
         .unwrap_or_else(|| catalog.open(&path));
     let file = match opened {
         Ok(f) => f,
+        Err(OpenError::Unreadable(why)) => {
+            return error_response_saying(
+                Status::INTERNAL_ERROR,
+                Rejection::Open(OpenErrorKind::Unreadable),
+                !keep_alive,
+                head_only,
+                Some(&why),
+            );
+        }
         Err(e) => {
             let (status, rejection) = match e {
                 OpenError::NotFound => (Status::NOT_FOUND, Rejection::NotFound),
