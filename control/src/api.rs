@@ -751,14 +751,14 @@ async fn delete_profile(
 }
 
 async fn list_images(State(state): State<ControlState>) -> Result<Response, ApiError> {
-    Ok(Json(blocking(move || state.images()).await?).into_response())
+    Ok(timed(&blocking(move || state.images()).await?))
 }
 
 async fn get_image(
     State(state): State<ControlState>,
     PathArg(sha256): PathArg<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(blocking(move || state.image(&sha256)).await?).into_response())
+    Ok(timed(&blocking(move || state.image(&sha256)).await?))
 }
 
 async fn register_image(
@@ -767,17 +767,17 @@ async fn register_image(
     Body(spec): Body<ImageSpec>,
 ) -> Result<Response, ApiError> {
     let (image, outcome) = blocking(move || state.register_image(&caller, spec)).await?;
-    Ok(with_outcome(outcome, image))
+    Ok(with_outcome(outcome, timed_value(&image)))
 }
 
-async fn list_imports(State(state): State<ControlState>) -> Json<Vec<ImportJob>> {
-    Json(state.imports().list())
+async fn list_imports(State(state): State<ControlState>) -> Response {
+    timed(&state.imports().list())
 }
 
 async fn get_import(
     State(state): State<ControlState>,
     PathArg(id): PathArg<String>,
-) -> Result<Json<ImportJob>, ApiError> {
+) -> Result<Response, ApiError> {
     let not_found = || {
         ApiError::Control(ControlError::NotFound {
             kind: "import",
@@ -786,7 +786,11 @@ async fn get_import(
     };
     // Any id that is not a number names no job.
     let n: u64 = id.parse().map_err(|_| not_found())?;
-    state.imports().get(n).map(Json).ok_or_else(not_found)
+    state
+        .imports()
+        .get(n)
+        .map(|job| timed(&job))
+        .ok_or_else(not_found)
 }
 
 /// `POST /api/v1/images/imports`: 202 with the running job; its URL in `Location`.
@@ -797,7 +801,7 @@ async fn start_import(
 ) -> Result<Response, ApiError> {
     let job = state.start_import(&caller, req).await?;
     let location = format!("/api/v1/images/imports/{}", job.id);
-    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+    let mut response = (StatusCode::ACCEPTED, Json(timed_value(&job))).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
@@ -814,11 +818,13 @@ async fn delete_image(
 }
 
 /// `body` as JSON with an RFC 3339 twin next to each millisecond time field.
+fn timed_value(body: &impl Serialize) -> serde_json::Value {
+    with_rfc3339(serde_json::to_value(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// A response of [`timed_value`].
 fn timed(body: &impl Serialize) -> Response {
-    Json(with_rfc3339(
-        serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
-    ))
-    .into_response()
+    Json(timed_value(body)).into_response()
 }
 
 async fn list_leases(State(state): State<ControlState>) -> Result<Response, ApiError> {
@@ -879,7 +885,12 @@ impl EventFeed {
             let received = tokio::select! {
                 r = self.live.recv() => r,
                 r = import => match r {
-                    Ok(job) => return Some(sse_json(Event::default().event("image_import"), &*job)),
+                    Ok(job) => {
+                        return Some(sse_json(
+                            Event::default().event("image_import"),
+                            &timed_value(&*job),
+                        ));
+                    }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         return Some(sse_json(
                             Event::default().event("lagged"),

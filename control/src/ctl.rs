@@ -758,19 +758,19 @@ impl Client {
         prune: bool,
     ) -> Result<Vec<PlannedChange>, CtlError> {
         fleet.validate()?;
-        let profiles: BTreeMap<String, BootProfile> = self
+        let profiles: BTreeMap<String, Listed<BootProfile>> = self
             .profiles_listed()
             .await?
             .into_iter()
             .filter(|l| l.source == EntrySource::Api)
-            .map(|l| (l.item.name().to_owned(), l.item))
+            .map(|l| (l.item.name().to_owned(), l))
             .collect();
-        let machines: BTreeMap<crate::model::MacAddr, Machine> = self
+        let machines: BTreeMap<crate::model::MacAddr, Listed<Machine>> = self
             .machines_listed(None)
             .await?
             .into_iter()
             .filter(|l| l.source == EntrySource::Api)
-            .map(|l| (l.item.mac, l.item))
+            .map(|l| (l.item.mac, l))
             .collect();
         let mut plan = Vec::new();
         for spec in &fleet.profiles {
@@ -996,6 +996,8 @@ async fn watch(
             let job: ImportJob = serde_json::from_str(&message.data)
                 .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
             if json {
+                let job = serde_json::to_value(&job).map_err(std::io::Error::from)?;
+                let job = crate::timestamp::with_rfc3339(job);
                 serde_json::to_writer(&mut *out, &job).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
@@ -1093,11 +1095,12 @@ pub enum ApplyAction {
 }
 
 impl ApplyAction {
-    /// Creating or replacing `current` with `wanted`.
-    fn compare<T: PartialEq>(current: Option<&T>, wanted: &T) -> Self {
+    /// Creating or replacing `current` with `wanted`. A quarantined entry sent again is
+    /// validated again and stored (the API answers `updated`), even when it is the same.
+    fn compare<T: PartialEq>(current: Option<&Listed<T>>, wanted: &T) -> Self {
         match current {
             None => Self::Create,
-            Some(c) if c == wanted => Self::Unchanged,
+            Some(c) if c.item == *wanted && c.quarantined.is_none() => Self::Unchanged,
             Some(_) => Self::Update,
         }
     }
@@ -1413,7 +1416,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
         CtlCommand::Images(ImagesCommand::List) => {
             let images = client.images().await?;
             if args.json {
-                return print_json(out, &images);
+                return print_timed_json(out, &images);
             }
             let rows = images
                 .iter()
@@ -1442,7 +1445,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
         CtlCommand::Images(ImagesCommand::Imports) => {
             let jobs = client.imports().await?;
             if args.json {
-                return print_json(out, &jobs);
+                return print_timed_json(out, &jobs);
             }
             let rows = jobs
                 .iter()
@@ -1512,7 +1515,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
             };
             let job = client.start_import(&req).await?;
             if detach {
-                return print_json(out, &job);
+                return print_timed_json(out, &job);
             }
             follow_import(&client, job, args.json, tty, out).await
         }
@@ -1708,7 +1711,7 @@ async fn follow_import(
         job = client.import(job.id).await?;
     }
     if json {
-        print_json(out, &job)?;
+        print_timed_json(out, &job)?;
     } else {
         if tty {
             writeln!(out)?;

@@ -311,6 +311,9 @@ fn schemas() -> Value {
         "BootEvent",
         "StageSpan",
         "SessionSummary",
+        "Image",
+        "RootImage",
+        "ImportJob",
     ] {
         let properties = &mut schemas[name]["properties"];
         for (ms, twin) in crate::timestamp::TIME_FIELDS {

@@ -491,6 +491,11 @@ async fn images_are_content_addressed() {
     };
     assert_eq!(image["sha256"], expected.as_str());
     assert_eq!(image["size"], 19);
+    let registered = image["registered_at"].as_str().unwrap_or_default();
+    assert!(
+        registered.len() == 24 && registered.ends_with('Z') && registered.as_bytes()[10] == b'T',
+        "registered_at_ms has an RFC 3339 twin: {image}"
+    );
     let (status, _) = s
         .call("POST", "/api/v1/images", Some(&op), Some(body))
         .await;
