@@ -16,7 +16,10 @@ use stampede_dataplane::{
 use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{BootArgs, ControlArgs, ServeArgs, check_interval, output::say};
+use crate::{
+    BootArgs, ControlArgs, ServeArgs, check_interval,
+    output::{say, say_err},
+};
 
 /// Where the configuration comes from, so SIGHUP can read it again.
 enum Source {
@@ -105,6 +108,66 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
     }
     let xdp = config.xdp;
     run(source, config, iface, xdp, interval, &args.control)
+}
+
+/// `stampede serve --check --config FILE`: validates the file as a start would, without the
+/// network or the state (which a running appliance holds), and lists every error it finds:
+/// the configuration's own, the API certificate and key, and the kernels and initrds the
+/// profiles boot. Root images are looked up in the state, so a profile's `root` is not.
+pub fn check_config(args: ServeArgs) -> anyhow::Result<()> {
+    let path = args.config.context("--check needs --config FILE")?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut problems: Vec<String> = Vec::new();
+    match wire::Config::from_toml_str(&text) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(wire) => {
+            let wire = wire.with_root_placeholders();
+            let errors = ApplianceConfig::all_errors(&wire);
+            problems.extend(errors.iter().map(ToString::to_string));
+            if errors.is_empty() {
+                let config = ApplianceConfig::try_from(wire)?;
+                problems.extend(files_of(&config));
+            }
+        }
+    }
+    if problems.is_empty() {
+        say!("config ok: {}", path.display());
+        return Ok(());
+    }
+    for problem in &problems {
+        say_err!("{}: {problem}", path.display());
+    }
+    bail!(
+        "{}: {} error{}",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    )
+}
+
+/// What `--check` finds wrong with the files a valid configuration names.
+fn files_of(config: &ApplianceConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(tls) = &config.server.api_tls
+        && let Err(e) = stampede_control::tls::ApiTls::load(&tls.cert, &tls.key)
+    {
+        problems.push(format!("server.api_tls_cert: {}", error_chain(&e)));
+    }
+    let plan = engine::catalogs(config)
+        .context("opening the boot files")
+        .and_then(|(root, ipxe)| {
+            let server_ip = config
+                .server
+                .address
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            Ok(BootPlan::new(config, server_ip, root, ipxe)?)
+        });
+    match plan {
+        Ok(plan) => problems.extend(unservable_files(config, &plan, |_| false)),
+        Err(e) => problems.push(error_chain(e.as_ref())),
+    }
+    problems
 }
 
 pub fn boot(args: BootArgs) -> anyhow::Result<()> {
@@ -398,11 +461,32 @@ fn plan_for(
     }
     let (root, ipxe) = engine::catalogs(config).context("opening the boot files")?;
     let plan = BootPlan::new(config, server_ip, root, ipxe).context("building the boot plan")?;
+    let unservable = unservable_files(config, &plan, |name| fleet.profiles.contains_key(name));
+    if !unservable.is_empty() {
+        bail!(
+            "{} file{} the profiles boot cannot be opened: {}",
+            unservable.len(),
+            if unservable.len() == 1 { "" } else { "s" },
+            unservable.join("; ")
+        );
+    }
+    warn_if_neighbour_table_small(config);
+    Ok(Arc::new(plan))
+}
+
+/// The kernels and initrds of `plan` that cannot be opened, one sentence each naming the
+/// profile and the file, for the profiles of the file or the command line; those of the control
+/// API's profiles (`from_api`) and missing iPXE builds are logged as warnings.
+fn unservable_files(
+    config: &ApplianceConfig,
+    plan: &BootPlan,
+    from_api: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut unservable = Vec::new();
     for missing in plan.missing_files() {
         let on_disk = on_disk(config, &missing.path);
         match &missing.profile {
-            Some(profile) if !fleet.profiles.contains_key(profile) => unservable.push(format!(
+            Some(profile) if !from_api(profile) => unservable.push(format!(
                 "profile {profile:?} boots {} ({on_disk}): {}",
                 missing.path, missing.error
             )),
@@ -421,16 +505,7 @@ fn plan_for(
             ),
         }
     }
-    if !unservable.is_empty() {
-        bail!(
-            "{} file{} the profiles boot cannot be opened: {}",
-            unservable.len(),
-            if unservable.len() == 1 { "" } else { "s" },
-            unservable.join("; ")
-        );
-    }
-    warn_if_neighbour_table_small(config);
-    Ok(Arc::new(plan))
+    unservable
 }
 
 /// Where `path` (as a profile or loader names it) is looked for on disk: `boot.files`, else

@@ -107,6 +107,10 @@ struct ServeArgs {
     /// Seconds between counter reports on stdout.
     #[arg(long, default_value_t = 5.0)]
     stats_interval: f64,
+    /// Check the configuration (`--config`) and exit, as `nginx -t` does: every error is
+    /// listed, and the exit status is non-zero if there is any. Nothing is bound or attached.
+    #[arg(long, requires = "config")]
+    check: bool,
     #[command(flatten)]
     control: ControlArgs,
 }
@@ -222,6 +226,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) if args.check => appliance::check_config(args),
         Command::Serve(args) if args.config.is_some() => appliance::serve_config(args),
         Command::Serve(args) => serve(args),
         Command::Boot(args) => appliance::boot(args),

@@ -291,3 +291,79 @@ fn a_hostname_in_the_quick_mode_command_line_is_refused() {
         out.stderr
     );
 }
+
+/// `stampede serve --check --config FILE`: its status, stdout and stderr.
+fn check(config: &Path) -> (bool, String, String) {
+    let out = std::process::Command::new(STAMPEDE)
+        .args(["serve", "--check", "--config"])
+        .arg(config)
+        .env_remove("STAMPEDE_ADMIN_TOKEN")
+        .output()
+        .expect("stampede runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_check_lists_every_error_and_touches_no_network() {
+    // No lab: an interface that does not exist, no root, no state. Nothing is opened but files.
+    let payload = Payload::new(4096, 4096);
+    let config = payload.dir.path().join("stampede.toml");
+    let write = |profiles_and_machines: &str| {
+        let text = format!(
+            "[server]\ninterfaces = [\"stampede-none0\"]\n\
+             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\", \"initrd.img\" = \"{}\" }}\n\
+             default_profile = \"live\"\n{profiles_and_machines}",
+            payload.kernel.display(),
+            payload.initrd.display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+    };
+
+    write(
+        "[[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\ncmdline = \"{macc}\"\n\
+         [[profiles]]\nname = \"rescue\"\nkernel = \"vmlinuz\"\ninitrds = [\"/abs\"]\n\
+         [[machines]]\nmac = \"52:54:00:00:00:zz\"\n\
+         [[machines]]\nmac = \"52:54:00:00:00:02\"\nprofile = \"nope\"\n\
+         [tftp]\nmax_blksize = 1\n",
+    );
+    let (ok, stdout, stderr) = check(&config);
+    assert!(!ok, "refused:\n{stdout}{stderr}");
+    for error in [
+        "profiles[0].cmdline: unknown placeholder {macc}",
+        "profiles[1].initrds[0]",
+        "machines[0].mac",
+        "machines[1].profile: no profile named \"nope\"",
+        "tftp.max_blksize",
+        ": 5 errors",
+    ] {
+        assert!(stderr.contains(error), "{error:?} missing from:\n{stderr}");
+    }
+    assert!(!stdout.contains("config ok"), "{stdout}");
+
+    write(
+        "[[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\ninitrds = [\"missing.img\"]\n\
+         files = 1\n",
+    );
+    let (ok, _, stderr) = check(&config);
+    assert!(!ok && stderr.contains("line "), "a syntax error:\n{stderr}");
+
+    write("[[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\ninitrds = [\"initrd.img\"]\n");
+    std::fs::rename(&payload.initrd, payload.dir.path().join("away")).expect("move the initrd");
+    let (ok, _, stderr) = check(&config);
+    assert!(
+        !ok && stderr.contains(&format!(
+            "profile \"live\" boots initrd.img ({}): no such file",
+            payload.initrd.display()
+        )) && stderr.contains(": 1 error"),
+        "{stderr}"
+    );
+
+    std::fs::rename(payload.dir.path().join("away"), &payload.initrd).expect("put it back");
+    let (ok, stdout, stderr) = check(&config);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("config ok"), "{stdout}");
+}

@@ -896,6 +896,140 @@ impl TryFrom<wire::Config> for ApplianceConfig {
     }
 }
 
+impl ApplianceConfig {
+    /// Every error of `w`, not only the first (`stampede serve --check`): each section is
+    /// validated on its own (a section of single settings, such as `[server]` or `[tftp]`,
+    /// reports its first error), and where a list (profiles, pools, reservations, machines) is
+    /// refused, each entry is validated alone so that every bad entry is named; errors between
+    /// entries (a duplicate) come from the whole list. A refused profile is stood in for under
+    /// its name, so the machines naming it are not reported for that. Empty: `TryFrom` accepts
+    /// `w`.
+    pub fn all_errors(w: &wire::Config) -> Vec<ConfigError> {
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let mut note = |e: ConfigError| {
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        };
+        let mode = match w.dhcp.mode {
+            wire::DhcpMode::Proxy => DhcpMode::Proxy,
+            wire::DhcpMode::Authoritative => DhcpMode::Authoritative,
+            wire::DhcpMode::Off => DhcpMode::Off,
+        };
+        if let Err(e) = server(&w.server, mode) {
+            note(e);
+        }
+        let profiles = profiles(&w.profiles).unwrap_or_else(|whole| {
+            let mut each = Vec::new();
+            let stand_ins = w
+                .profiles
+                .iter()
+                .enumerate()
+                .map(|(i, p)| match profiles(std::slice::from_ref(p)) {
+                    Ok(mut valid) => valid.remove(0),
+                    Err(e) => {
+                        each.push(rekey(e, "profiles[0]", &format!("profiles[{i}]")));
+                        stand_in_profile(&p.name)
+                    }
+                })
+                .collect();
+            each.push(whole);
+            each.into_iter().for_each(&mut note);
+            stand_ins
+        });
+        let default_profile = match boot(&w.boot, &profiles) {
+            Ok(b) => b.default_profile,
+            Err(e) => {
+                note(e);
+                w.boot
+                    .default_profile
+                    .as_ref()
+                    .and_then(|n| profiles.iter().position(|p| &p.name == n))
+            }
+        };
+        if let Err(whole) = dhcp(&w.dhcp, mode) {
+            let mut valid_pools = Vec::new();
+            for (i, pool) in w.dhcp.pools.iter().enumerate() {
+                let alone = wire::Dhcp {
+                    mode: w.dhcp.mode,
+                    pools: vec![pool.clone()],
+                    reservations: Vec::new(),
+                };
+                match dhcp(&alone, mode) {
+                    Ok(_) => valid_pools.push(pool.clone()),
+                    Err(e) => note(rekey(e, "dhcp.pools[0]", &format!("dhcp.pools[{i}]"))),
+                }
+            }
+            if mode == DhcpMode::Authoritative && !valid_pools.is_empty() {
+                for (i, r) in w.dhcp.reservations.iter().enumerate() {
+                    let alone = wire::Dhcp {
+                        mode: w.dhcp.mode,
+                        pools: valid_pools.clone(),
+                        reservations: vec![r.clone()],
+                    };
+                    if let Err(e) = dhcp(&alone, mode) {
+                        let from = "dhcp.reservations[0]";
+                        note(rekey(e, from, &format!("dhcp.reservations[{i}]")));
+                    }
+                }
+            }
+            note(whole);
+        }
+        if let Err(whole) = machines(&w.machines, &profiles, default_profile) {
+            for (i, m) in w.machines.iter().enumerate() {
+                if let Err(e) = machines(std::slice::from_ref(m), &profiles, default_profile) {
+                    note(rekey(e, "machines[0]", &format!("machines[{i}]")));
+                }
+            }
+            note(whole);
+        }
+        for section in [
+            tftp_settings(&w.tftp).err(),
+            http_settings(&w.http).err(),
+            xdp_filter(&w.xdp).err(),
+        ] {
+            section.into_iter().for_each(&mut note);
+        }
+        // What the sections alone cannot see, if anything, `TryFrom` still does.
+        if errors.is_empty()
+            && let Err(e) = Self::try_from(w.clone())
+        {
+            errors.push(e);
+        }
+        errors
+    }
+}
+
+/// `e` with its key's leading `from` (an entry validated alone, as the first of a list) put
+/// back as `to` (where it is in the file).
+fn rekey(e: ConfigError, from: &str, to: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid { key, problem } => ConfigError::Invalid {
+            key: match key.strip_prefix(from) {
+                Some(rest) => format!("{to}{rest}"),
+                None => key,
+            },
+            problem,
+        },
+        toml => toml,
+    }
+}
+
+/// A valid profile named `name`, standing in for a refused one while the rest is checked.
+fn stand_in_profile(name: &str) -> Profile {
+    Profile {
+        name: name.to_owned(),
+        boot: ipxe::BootProfile {
+            default: BootFiles {
+                kernel: "vmlinuz".into(),
+                initrds: Vec::new(),
+                cmdline: String::new(),
+            },
+            variants: Vec::new(),
+        },
+    }
+}
+
 fn server(w: &wire::Server, dhcp_mode: DhcpMode) -> Result<ServerSettings, ConfigError> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, name) in w.interfaces.iter().enumerate() {
@@ -2453,5 +2587,66 @@ kernel = "vmlinuz"
             })
             .unwrap_or_else(|e| panic!("{fine}: {e}"));
         }
+    }
+
+    #[test]
+    fn every_error_of_a_file_is_reported_not_only_the_first() {
+        let text = r#"
+[server]
+interfaces = ["eth1"]
+http_port = 0
+[dhcp]
+mode = "authoritative"
+[[dhcp.pools]]
+subnet = "198.18.0.0/24"
+range = "198.18.0.50-198.18.0.10"
+[[dhcp.pools]]
+subnet = "198.18.9.0/24"
+range = "198.18.9.10-198.18.9.20"
+[[dhcp.reservations]]
+mac = "52:54:00:00:00:zz"
+ip = "198.18.9.5"
+[boot]
+root = "/srv/boot"
+default_profile = "live"
+[[profiles]]
+name = "live"
+kernel = "vmlinuz"
+cmdline = "console=ttyS0 {macc}"
+[[profiles]]
+name = "rescue"
+kernel = "../etc/shadow"
+[[machines]]
+mac = "52:54:00:00:00:01"
+profile = "live"
+[[machines]]
+mac = "not-a-mac"
+[[machines]]
+mac = "52:54:00:00:00:03"
+profile = "nope"
+[tftp]
+max_blksize = 1
+"#;
+        let wire = wire::Config::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let errors = ApplianceConfig::all_errors(&wire);
+        let keys: Vec<&str> = errors.iter().filter_map(ConfigError::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.http_port",
+                "profiles[0].cmdline",
+                "profiles[1].kernel",
+                "dhcp.pools[0].range",
+                "dhcp.reservations[0].mac",
+                "machines[1].mac",
+                "machines[2].profile",
+                "tftp.max_blksize",
+            ],
+            "{errors:#?}"
+        );
+        let first = ApplianceConfig::try_from(wire).expect_err("refused");
+        assert_eq!(first, errors[0], "the first is the one TryFrom reports");
+        let fine = wire::Config::from_toml_str(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ApplianceConfig::all_errors(&fine), []);
     }
 }
