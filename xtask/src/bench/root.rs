@@ -44,7 +44,9 @@ options:
   --parallel K,..  chunk requests in flight per machine, one Stampede run each (default 6, the
                    node agent's)
   --deadline SECS  per run (default 600)
-  --peers LIST     servers to run (default stampede,nginx)";
+  --peers LIST     servers to run (default stampede,nginx); nginx-chunks: nginx serving
+                   Stampede's own manifest and chunk files, fetched exactly as from Stampede
+                   (same requests, same parallelism), to tell the server from the shape";
 
 /// Machines are 198.19.1.1 and up, on the lab's /16 with the server at 198.19.0.1.
 const SOURCES: &str = "198.19.1.1/16";
@@ -97,8 +99,8 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         bail!("--parallel: 1 to 64; --deadline: at least 1 s");
     }
     for p in &o.peers {
-        if !["stampede", "nginx"].contains(&p.as_str()) {
-            bail!("unknown peer {p:?} (stampede, nginx)");
+        if !["stampede", "nginx", "nginx-chunks"].contains(&p.as_str()) {
+            bail!("unknown peer {p:?} (stampede, nginx, nginx-chunks)");
         }
     }
     Ok(o)
@@ -280,10 +282,20 @@ fn whole_image(state_dir: &Path, root: &BuiltRoot, www: &Path) -> anyhow::Result
     fs::create_dir_all(www)?;
     let path = www.join("root.img");
     let mut out = fs::File::create(&path)?;
+    // The chunk files and the manifest too, at Stampede's paths, for `nginx-chunks`.
+    let manifest_dir = www.join("roots").join(&root.id);
+    fs::create_dir_all(&manifest_dir)?;
+    fs::create_dir_all(www.join("chunks"))?;
+    fs::copy(
+        serve.join("roots").join(&root.id).join("manifest"),
+        manifest_dir.join("manifest"),
+    )?;
     for chunk in chunks {
         let digest = chunk["sha256"].as_str().context("chunk digest")?;
-        let mut file = fs::File::open(serve.join("chunks").join(digest))?;
+        let source = serve.join("chunks").join(digest);
+        let mut file = fs::File::open(&source)?;
         std::io::copy(&mut file, &mut out)?;
+        fs::copy(&source, www.join("chunks").join(digest))?;
     }
     drop(out);
     let len = fs::metadata(&path)?.len();
@@ -472,14 +484,36 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             if let Some(s) = server.take() {
                 s.stop();
             }
-            let running = start_nginx_at(&lab, work.path(), &www, None, largest as u64 + 1000)?;
-            let fetch = vec![
-                "--whole-file".into(),
-                format!("http://{SERVER_IP}/root.img"),
-                "--sha256".into(),
-                sha256.clone(),
-            ];
-            (running, vec![(fetch, "nginx".to_owned())])
+            let connections = (largest * options.parallel.iter().max().unwrap_or(&1)) as u64;
+            let running = start_nginx_at(&lab, work.path(), &www, None, connections + 1000)?;
+            let variants = if peer == "nginx-chunks" {
+                options
+                    .parallel
+                    .iter()
+                    .map(|k| {
+                        let fetch = vec![
+                            "--server".into(),
+                            format!("http://{SERVER_IP}:80"),
+                            "--manifest".into(),
+                            format!("/roots/{}/manifest", root.id),
+                            "--key-file".into(),
+                            state_dir.join("manifest.key").display().to_string(),
+                            "--parallel".into(),
+                            k.to_string(),
+                        ];
+                        (fetch, format!("nginx-chunks-p{k}"))
+                    })
+                    .collect()
+            } else {
+                let fetch = vec![
+                    "--whole-file".into(),
+                    format!("http://{SERVER_IP}/root.img"),
+                    "--sha256".into(),
+                    sha256.clone(),
+                ];
+                vec![(fetch, "nginx".to_owned())]
+            };
+            (running, variants)
         };
         // Stampede's pid, or nginx's master: the bench counts it and its workers (its tree).
         let pid = running.pids[0];
