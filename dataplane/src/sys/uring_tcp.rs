@@ -1104,7 +1104,11 @@ impl TcpWorker {
         let Some(op) = c.send.as_deref() else {
             return Ok(());
         };
-        let flags = libc::MSG_NOSIGNAL as u32;
+        // A head whose body follows from a file: MSG_MORE holds it for the body's first
+        // segment (as nginx's `tcp_nopush` does), instead of a small segment of its own per
+        // response; sendfile's last piece, sent without it, pushes everything out.
+        let more = if op.file.is_some() { libc::MSG_MORE } else { 0 };
+        let flags = (libc::MSG_NOSIGNAL | more) as u32;
         let entry = if op.polling {
             // One-shot: the file body goes on with sendfile when the socket takes more.
             opcode::PollAdd::new(fd, libc::POLLOUT as u32).build()
