@@ -10,6 +10,10 @@
 //! <cache>/serve/roots/<id>/manifest   the signed manifest, served at /roots/<id>/manifest
 //! <cache>/serve/roots/<id>/vmlinuz    the kernel the machines boot
 //! <cache>/serve/roots/<id>/node-initrd.img
+//! <cache>/serve/roots/<id>/image      the whole erofs image, served at /roots/<id>/image: node
+//!                                     agents fetch runs of chunks from it with one Range
+//!                                     request each (each chunk still checked against the
+//!                                     manifest), falling back to /chunks/<sha256>
 //! <cache>/serve/chunks/<sha256>       chunks of every root, shared, served at /chunks/<sha256>
 //! <cache>/tmp/                        flattening spool and images being written
 //! ```
@@ -274,12 +278,12 @@ pub fn build(
     );
 
     // The erofs image, cut into chunks.
-    let mut image_file = tempfile::tempfile_in(cache.tmp())?;
-    let size = stampede_rootfs::erofs::write_erofs(&tree, &mut image_file)
+    let mut image_file = tempfile::NamedTempFile::new_in(cache.tmp())?;
+    let size = stampede_rootfs::erofs::write_erofs(&tree, image_file.as_file_mut())
         .with_context(|| format!("writing the root file system of {source}"))?;
     drop(tree);
     drop(spool);
-    let chunks = cut_chunks(&mut image_file, &cache.serve().join("chunks"))?;
+    let chunks = cut_chunks(image_file.as_file_mut(), &cache.serve().join("chunks"))?;
     let manifest = RootManifest {
         version: VERSION,
         name: name.clone(),
@@ -309,6 +313,10 @@ pub fn build(
         &staging.join("manifest"),
         &SignedManifest::sign(&manifest, key).to_bytes(),
     )?;
+    image_file.as_file().sync_all()?;
+    image_file
+        .persist(staging.join("image"))
+        .context("keeping the root's image")?;
     write_file(&staging.join("stamp"), stamp.as_bytes())?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&staging, &dir).with_context(|| format!("moving the root to {}", dir.display()))?;
@@ -364,7 +372,10 @@ fn reuse(
             .iter()
             .all(|k| c.join(k.sha256.to_hex()).is_file())
     });
-    if !all_chunks || manifest.check_layout().is_err() {
+    // Roots built before the whole image was kept are built again (the image is what node
+    // agents fetch runs of chunks from).
+    let image_whole = fs::metadata(dir.join("image")).is_ok_and(|m| m.len() == manifest.size);
+    if !all_chunks || !image_whole || manifest.check_layout().is_err() {
         return Ok(None);
     }
     write_file(
