@@ -36,6 +36,10 @@ pub struct FetchRequest {
     /// `expect_sha256` (the reference's digest): a body identical to the reference has that
     /// digest, which [`FetchResult::sha256`] then reports.
     pub expect_content: Option<Bytes>,
+    /// The body is these pieces in order, `(length, SHA-256)`, each checked as soon as its last
+    /// byte arrives (a run of a root's chunks fetched with one `Range`): a bad piece fails the
+    /// fetch naming it, before the rest arrives. The whole body is then not hashed again.
+    pub expect_pieces: Vec<(u64, [u8; 32])>,
 }
 
 impl FetchRequest {
@@ -47,7 +51,16 @@ impl FetchRequest {
             expect_sha256: None,
             keep_body: None,
             expect_content: None,
+            expect_pieces: Vec::new(),
         }
+    }
+
+    /// Expect the body to be `pieces` in order, each `(length, SHA-256)` checked as it
+    /// completes (see [`FetchRequest::expect_pieces`]); sets the expected length to their sum.
+    pub fn expecting_pieces(mut self, pieces: Vec<(u64, [u8; 32])>) -> Self {
+        self.expect_len = Some(pieces.iter().map(|(len, _)| len).sum());
+        self.expect_pieces = pieces;
+        self
     }
 
     /// Expect exactly `reference`, whose SHA-256 is `sha256`, compared byte for byte.
@@ -119,6 +132,8 @@ pub enum ClientError {
     BodyTooLarge { limit: usize },
     #[error("body differs from the reference at byte {offset}")]
     ContentMismatch { offset: u64 },
+    #[error("piece {piece} of the body has another SHA-256 than expected")]
+    PieceMismatch { piece: usize },
 }
 
 impl ClientError {
@@ -137,6 +152,7 @@ impl ClientError {
             Self::ClosedUnanswered => "closed_unanswered",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::ContentMismatch { .. } => "content_mismatch",
+            Self::PieceMismatch { .. } => "piece_mismatch",
         }
     }
 }
@@ -154,10 +170,63 @@ enum State {
         head: ParsedResponse,
         remaining: u64,
         received: u64,
-        /// `None` when the body is compared with `req.expect_content` instead.
+        /// `None` when the body is compared with `req.expect_content` or checked piece by
+        /// piece instead.
         hasher: Option<Sha256>,
         kept: Option<Vec<u8>>,
+        /// Piece by piece, when the request names pieces.
+        pieces: Option<PieceCheck>,
     },
+}
+
+/// Checks a body piece by piece ([`FetchRequest::expect_pieces`]).
+#[derive(Debug)]
+struct PieceCheck {
+    pieces: Vec<(u64, [u8; 32])>,
+    /// The piece being received.
+    index: usize,
+    /// Bytes of it received so far.
+    filled: u64,
+    hasher: Sha256,
+}
+
+impl PieceCheck {
+    fn new(pieces: Vec<(u64, [u8; 32])>) -> Self {
+        Self {
+            pieces,
+            index: 0,
+            filled: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) -> Result<(), ClientError> {
+        while !data.is_empty() {
+            let Some(&(len, digest)) = self.pieces.get(self.index) else {
+                // More body than pieces: the length check reports it.
+                return Ok(());
+            };
+            let take = data
+                .len()
+                .min(usize::try_from(len - self.filled).unwrap_or(usize::MAX));
+            self.hasher.update(&data[..take]);
+            self.filled += take as u64;
+            data = &data[take..];
+            if self.filled == len {
+                let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+                if got != digest {
+                    return Err(ClientError::PieceMismatch { piece: self.index });
+                }
+                self.index += 1;
+                self.filled = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        self.index == self.pieces.len()
+    }
 }
 
 /// One client connection (sans-IO).
@@ -294,7 +363,9 @@ impl HttpClient {
                         .ok_or(ClientError::MissingContentLength)?
                 };
                 self.server_closes |= head.close;
-                let hasher = req.expect_content.is_none().then(Sha256::new);
+                let checked = (200..300).contains(&head.status) && !req.expect_pieces.is_empty();
+                let pieces = checked.then(|| PieceCheck::new(req.expect_pieces.clone()));
+                let hasher = (req.expect_content.is_none() && pieces.is_none()).then(Sha256::new);
                 let kept = match req.keep_body {
                     Some(limit) if remaining > limit as u64 => {
                         return Err(ClientError::BodyTooLarge { limit });
@@ -309,6 +380,7 @@ impl HttpClient {
                     received: 0,
                     hasher,
                     kept,
+                    pieces,
                 };
                 self.finish_if_done(now)?;
                 Ok(used)
@@ -320,10 +392,14 @@ impl HttpClient {
                 received,
                 mut hasher,
                 mut kept,
+                mut pieces,
             } => {
                 let n = input
                     .len()
                     .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                if let Some(pieces) = &mut pieces {
+                    pieces.update(&input[..n])?;
+                }
                 match (&mut hasher, &req.expect_content) {
                     (Some(hasher), _) => hasher.update(&input[..n]),
                     (None, Some(reference)) if (200..300).contains(&head.status) => {
@@ -357,6 +433,7 @@ impl HttpClient {
                     received: received + n as u64,
                     hasher,
                     kept,
+                    pieces,
                 };
                 self.finish_if_done(now)?;
                 Ok(n)
@@ -374,6 +451,7 @@ impl HttpClient {
             received,
             hasher,
             kept,
+            pieces,
             ..
         } = std::mem::replace(&mut self.state, State::Idle)
         else {
@@ -391,6 +469,14 @@ impl HttpClient {
             {
                 return Err(ClientError::LengthMismatch {
                     expected,
+                    got: received,
+                });
+            }
+            if let Some(pieces) = pieces
+                && !pieces.is_complete()
+            {
+                return Err(ClientError::LengthMismatch {
+                    expected: req.expect_pieces.iter().map(|(len, _)| len).sum(),
                     got: received,
                 });
             }
@@ -547,6 +633,44 @@ mod tests {
         c.handle_eof(now);
         let _ = c.poll_result();
         assert_eq!(c.poll_result(), Some(Err(ClientError::Truncated)));
+    }
+
+    #[test]
+    fn pieces_are_checked_as_each_completes_across_reads() {
+        let now = Instant::now();
+        let digest = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
+        let pieces = vec![(3, digest(b"abc")), (0, digest(b"")), (4, digest(b"defg"))];
+        let mut c = HttpClient::new("h");
+        c.fetch(
+            now,
+            FetchRequest::get("/img").expecting_pieces(pieces.clone()),
+        );
+        let bytes = response("abcdefg");
+        for part in bytes.as_bytes().chunks(2) {
+            c.handle_input(now, part).unwrap();
+        }
+        assert_eq!(c.poll_result().unwrap().unwrap().body_len, 7);
+        // The second piece is wrong: the fetch fails naming it, before the body ends.
+        let mut c = HttpClient::new("h");
+        c.fetch(
+            now,
+            FetchRequest::get("/img").expecting_pieces(pieces.clone()),
+        );
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nabcdefX";
+        assert_eq!(
+            c.handle_input(now, head.as_bytes()),
+            Err(ClientError::PieceMismatch { piece: 2 })
+        );
+        // A body shorter than the pieces is a length mismatch.
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/img").expecting_pieces(pieces));
+        assert_eq!(
+            c.handle_input(now, response("abcd").as_bytes()),
+            Err(ClientError::LengthMismatch {
+                expected: 7,
+                got: 4
+            })
+        );
     }
 
     #[test]
