@@ -35,6 +35,8 @@ pub fn lock_dirs(state_dir: &Path) -> Vec<PathBuf> {
 /// appliances in different namespaces (labs, containers) each have their own `eth1`.
 pub fn lock_name(iface: &str) -> String {
     let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    // Interface names hold no '/' (dev_valid_name); one given on the command line might.
+    let iface = iface.replace('/', "_");
     format!("stampede-{iface}-netns{netns}.lock")
 }
 

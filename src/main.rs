@@ -270,6 +270,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     capabilities::check(&capabilities::Duties::classifier_only())?;
     let interval = check_interval(args.stats_interval)?;
     let iface = args.iface.context("--iface is required without --config")?;
+    // The classifier would replace the XDP program of an appliance serving this interface.
+    let state_dir = args
+        .control
+        .state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let _interface_lock =
+        interface_lock::InterfaceLock::acquire(&iface, &interface_lock::lock_dirs(state_dir))?;
     // The stop handlers are in place before XDP is attached: a signal that arrives as soon as
     // the program shows on the interface must detach it, not kill the process with it attached.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -52,6 +52,19 @@ fn a_second_appliance_on_the_same_interface_is_refused_naming_the_first() {
         "{}",
         out.stderr
     );
+    // Nor may the classifier alone take over its XDP hook.
+    let mut command = lab.server.command(STAMPEDE);
+    command.args(["serve", "--iface", &lab.server_if]);
+    let out = run_with_timeout(command, Duration::from_secs(30)).expect("stampede serve runs");
+    assert!(
+        !out.status.success()
+            && out
+                .stderr
+                .contains(&format!("{} is already served", lab.server_if)),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     stop(first);
 }
 
