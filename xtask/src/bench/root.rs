@@ -32,8 +32,8 @@ use stampede_lab::{Process, pseudo_random, root_image, wait_for};
 use super::{Lab, NeighbourTable, SERVER_IP, Server, ceiling, lab, start_nginx_at, tempdir};
 
 const USAGE: &str = "\
-usage: cargo xtask bench root [--clients N,..] [--size-mib MIB] [--parallel K,..] [--deadline SECS]
-                              [--peers stampede,nginx]
+usage: cargo xtask bench root [--clients N,..] [--size-mib MIB] [--parallel K,..] [--run R,..]
+                              [--deadline SECS] [--peers stampede,nginx]
 
   Simulated diskless machines fetch a root at once: from `stampede boot --root` the signed
   manifest and every 1 MiB chunk (K in flight per machine, each verified), from nginx the same
@@ -41,8 +41,10 @@ usage: cargo xtask bench root [--clients N,..] [--size-mib MIB] [--parallel K,..
 options:
   --clients N,..   machine counts, one run each per server (default 100,1000)
   --size-mib MIB   size of the root image (default 128)
-  --parallel K,..  chunk requests in flight per machine, one Stampede run each (default 6, the
-                   node agent's)
+  --parallel K,..  chunk requests in flight per machine, one Stampede run each (default 6)
+  --run R,..       chunks per request, one run each with every K: 1 fetches /chunks/<sha256>,
+                   more fetches runs from /roots/<id>/image with Range (default 1; the node
+                   agent fetches runs of 16 on 2 connections)
   --deadline SECS  per run (default 600)
   --peers LIST     servers to run (default stampede,nginx); nginx-chunks: nginx serving
                    Stampede's own manifest and chunk files, fetched exactly as from Stampede
@@ -60,6 +62,7 @@ struct Options {
     clients: Vec<usize>,
     size_mib: usize,
     parallel: Vec<usize>,
+    run: Vec<usize>,
     deadline: u64,
     peers: Vec<String>,
 }
@@ -69,6 +72,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         clients: vec![100, 1000],
         size_mib: 128,
         parallel: vec![6],
+        run: vec![1],
         deadline: 600,
         peers: vec!["stampede".into(), "nginx".into()],
     };
@@ -84,6 +88,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--clients" => o.clients = super::list(value, "machine count")?,
             "--size-mib" => o.size_mib = value.parse().context("--size-mib")?,
             "--parallel" => o.parallel = super::list(value, "--parallel")?,
+            "--run" => o.run = super::list(value, "--run")?,
             "--deadline" => o.deadline = value.parse().context("--deadline")?,
             "--peers" => o.peers = super::list(value, "peer")?,
             _ => bail!("unknown option {flag}\n{USAGE}"),
@@ -97,6 +102,9 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     }
     if o.parallel.iter().any(|k| !(1..=64).contains(k)) || o.deadline == 0 {
         bail!("--parallel: 1 to 64; --deadline: at least 1 s");
+    }
+    if o.run.iter().any(|r| !(1..=4096).contains(r)) {
+        bail!("--run: 1 to 4096 chunks per request");
     }
     for p in &o.peers {
         if !["stampede", "nginx", "nginx-chunks"].contains(&p.as_str()) {
@@ -298,6 +306,7 @@ fn whole_image(state_dir: &Path, root: &BuiltRoot, www: &Path) -> anyhow::Result
         fs::copy(&source, www.join("chunks").join(digest))?;
     }
     drop(out);
+    fs::hard_link(&path, manifest_dir.join("image"))?;
     let len = fs::metadata(&path)?.len();
     if len != root.bytes || chunks.len() as u64 != root.chunks {
         bail!(
@@ -338,6 +347,41 @@ struct RootResult {
 }
 
 #[expect(clippy::too_many_arguments, reason = "one call site")]
+/// The runs of a server that serves Stampede's manifest, chunks and image at `base`: one per
+/// `--parallel` and `--run` pair, as (bench arguments, label).
+fn chunk_variants(
+    options: &Options,
+    base: &str,
+    root_id: &str,
+    state_dir: &Path,
+    server: &str,
+) -> Vec<(Vec<String>, String)> {
+    let mut variants = Vec::new();
+    for &k in &options.parallel {
+        for &run in &options.run {
+            let fetch = vec![
+                "--server".into(),
+                base.to_owned(),
+                "--manifest".into(),
+                format!("/roots/{root_id}/manifest"),
+                "--key-file".into(),
+                state_dir.join("manifest.key").display().to_string(),
+                "--parallel".into(),
+                k.to_string(),
+                "--run".into(),
+                run.to_string(),
+            ];
+            let label = if run > 1 {
+                format!("{server}-p{k}-r{run}")
+            } else {
+                format!("{server}-p{k}")
+            };
+            variants.push((fetch, label));
+        }
+    }
+    variants
+}
+
 fn run_bench(
     lab: &Lab,
     binary: &Path,
@@ -462,23 +506,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 Some(s) => s,
                 None => start_stampede_root(&lab, &binary, &layout, &state_dir)?.0,
             };
-            let variants: Vec<(Vec<String>, String)> = options
-                .parallel
-                .iter()
-                .map(|k| {
-                    let fetch = vec![
-                        "--server".into(),
-                        format!("http://{SERVER_IP}:{STAMPEDE_HTTP_PORT}"),
-                        "--manifest".into(),
-                        format!("/roots/{}/manifest", root.id),
-                        "--key-file".into(),
-                        state_dir.join("manifest.key").display().to_string(),
-                        "--parallel".into(),
-                        k.to_string(),
-                    ];
-                    (fetch, format!("stampede-p{k}"))
-                })
-                .collect();
+            let base = format!("http://{SERVER_IP}:{STAMPEDE_HTTP_PORT}");
+            let variants = chunk_variants(&options, &base, &root.id, &state_dir, "stampede");
             (running, variants)
         } else {
             if let Some(s) = server.take() {
@@ -487,23 +516,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let connections = (largest * options.parallel.iter().max().unwrap_or(&1)) as u64;
             let running = start_nginx_at(&lab, work.path(), &www, None, connections + 1000)?;
             let variants = if peer == "nginx-chunks" {
-                options
-                    .parallel
-                    .iter()
-                    .map(|k| {
-                        let fetch = vec![
-                            "--server".into(),
-                            format!("http://{SERVER_IP}:80"),
-                            "--manifest".into(),
-                            format!("/roots/{}/manifest", root.id),
-                            "--key-file".into(),
-                            state_dir.join("manifest.key").display().to_string(),
-                            "--parallel".into(),
-                            k.to_string(),
-                        ];
-                        (fetch, format!("nginx-chunks-p{k}"))
-                    })
-                    .collect()
+                let base = format!("http://{SERVER_IP}:80");
+                chunk_variants(&options, &base, &root.id, &state_dir, "nginx-chunks")
             } else {
                 let fetch = vec![
                     "--whole-file".into(),
@@ -567,8 +581,8 @@ fn summary(
         .unwrap_or_default();
     let _ = writeln!(
         md,
-        "`cargo xtask bench root --clients {} --size-mib {} --parallel {} --deadline {}` on {date} \
-         ({} cores, {machine})\n",
+        "`cargo xtask bench root --clients {} --size-mib {} --parallel {} --run {} --deadline {}` \
+         on {date} ({} cores, {machine})\n",
         options
             .clients
             .iter()
@@ -578,6 +592,12 @@ fn summary(
         options.size_mib,
         options
             .parallel
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        options
+            .run
             .iter()
             .map(usize::to_string)
             .collect::<Vec<_>>()
