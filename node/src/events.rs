@@ -27,6 +27,9 @@ pub enum NodeEvent {
     RootChunks {
         bytes: u64,
         ms: u64,
+        /// Chunks that came in a run's `Range` answer, and those fetched from their own URL.
+        by_range: usize,
+        by_chunk: usize,
     },
     RootMounted,
     SwitchRoot {
@@ -54,9 +57,17 @@ impl NodeEvent {
             Self::RootManifest { chunks, bytes } => {
                 vec![("chunks", chunks.to_string()), ("bytes", bytes.to_string())]
             }
-            Self::RootChunks { bytes, ms } => {
-                vec![("bytes", bytes.to_string()), ("ms", ms.to_string())]
-            }
+            Self::RootChunks {
+                bytes,
+                ms,
+                by_range,
+                by_chunk,
+            } => vec![
+                ("bytes", bytes.to_string()),
+                ("ms", ms.to_string()),
+                ("by_range", by_range.to_string()),
+                ("by_chunk", by_chunk.to_string()),
+            ],
             Self::RootMounted => vec![],
             Self::SwitchRoot { init } => vec![("init", init.clone())],
             Self::RootFailed { reason } => {

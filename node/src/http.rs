@@ -1,4 +1,5 @@
-//! Plain HTTP/1.1 GETs to the appliance: manifest, chunks, per-machine config, events.
+//! Plain HTTP/1.1 GETs to the appliance: manifest, chunks, runs of chunks out of the whole
+//! image (one `Range` each), per-machine config, events.
 //!
 //! The wire work is proto's sans-IO [`HttpClient`] (the one the benchmark's simulated machines
 //! use), driven here over a blocking [`TcpStream`]. Chosen over `ureq`: no new dependency in a
@@ -13,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stampede_proto::http::client::{ClientError, FetchRequest, HttpClient};
+use stampede_proto::http::{
+    ByteRange,
+    client::{ClientError, FetchRequest, HttpClient},
+};
 
 /// `http://host[:port][/path]`, the only kind of URL the agent fetches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +114,9 @@ pub fn encode_query_value(value: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// A 206's `Content-Range`: first byte, last byte (inclusive), complete length (`None` for
+    /// `*`).
+    pub content_range: Option<(u64, u64, Option<u64>)>,
     pub body: Vec<u8>,
 }
 
@@ -166,8 +173,32 @@ impl HttpConnection {
     /// GETs `url` keeping at most `limit` body bytes. Only its target is used: the connection
     /// goes to the server it was made for.
     pub fn get(&mut self, url: &HttpUrl, limit: usize) -> Result<Response, HttpError> {
+        self.request(url, None, limit)
+    }
+
+    /// GETs bytes `first..=last` of `url` (`Range: bytes=first-last`) keeping at most `limit`
+    /// body bytes. The answer is the server's: a 206 says which range it holds in
+    /// [`Response::content_range`], a server without ranges answers 200 with the whole file
+    /// (over `limit`, that fails as [`ClientError::BodyTooLarge`] before the body is read);
+    /// the caller decides what it accepts.
+    pub fn get_range(
+        &mut self,
+        url: &HttpUrl,
+        first: u64,
+        last: u64,
+        limit: usize,
+    ) -> Result<Response, HttpError> {
+        self.request(url, Some(ByteRange::FromTo(first, last)), limit)
+    }
+
+    fn request(
+        &mut self,
+        url: &HttpUrl,
+        range: Option<ByteRange>,
+        limit: usize,
+    ) -> Result<Response, HttpError> {
         let reused = self.stream.is_some();
-        match self.get_once(url, limit) {
+        match self.get_once(url, range, limit) {
             // A kept-alive connection the server closed while idle fails before the response
             // begins (a read of 0 bytes, a reset, or EPIPE on the write); RFC 9112 §9.3.1 allows
             // one retry of the idempotent GET on a new connection.
@@ -177,7 +208,7 @@ impl HttpConnection {
                     ..
                 }
                 | HttpError::Io { .. },
-            ) if reused => self.get_once(url, limit),
+            ) if reused => self.get_once(url, range, limit),
             other => other,
         }
     }
@@ -219,8 +250,13 @@ impl HttpConnection {
         })
     }
 
-    fn get_once(&mut self, url: &HttpUrl, limit: usize) -> Result<Response, HttpError> {
-        let result = self.exchange(url, limit);
+    fn get_once(
+        &mut self,
+        url: &HttpUrl,
+        range: Option<ByteRange>,
+        limit: usize,
+    ) -> Result<Response, HttpError> {
+        let result = self.exchange(url, range, limit);
         let reusable = self
             .stream
             .as_ref()
@@ -231,7 +267,12 @@ impl HttpConnection {
         result
     }
 
-    fn exchange(&mut self, url: &HttpUrl, limit: usize) -> Result<Response, HttpError> {
+    fn exchange(
+        &mut self,
+        url: &HttpUrl,
+        range: Option<ByteRange>,
+        limit: usize,
+    ) -> Result<Response, HttpError> {
         let io = |source| HttpError::Io {
             url: url.to_string(),
             source,
@@ -245,7 +286,9 @@ impl HttpConnection {
             }
         };
         let started = Instant::now();
-        client.fetch(started, FetchRequest::get(&url.target).keeping_body(limit));
+        let mut request = FetchRequest::get(&url.target).keeping_body(limit);
+        request.range = range;
+        client.fetch(started, request);
         let mut out = Vec::new();
         client.poll_transmit(&mut out);
         stream.write_all(&out).map_err(io)?;
@@ -259,6 +302,7 @@ impl HttpConnection {
                 return match result {
                     Ok(fetched) => Ok(Response {
                         status: fetched.status,
+                        content_range: fetched.content_range,
                         body: fetched.body.unwrap_or_default(),
                     }),
                     Err(source) => Err(HttpError::Protocol {
@@ -388,6 +432,76 @@ mod tests {
         // The server closed after two: the third request opens a new connection.
         let big = conn.get_ok(&server.join("/c"), 200_000).expect("c");
         assert_eq!(big.len(), 100_000);
+    }
+
+    /// A server answering `Range: bytes=a-b` of `data` with a 206 and its `Content-Range`, and a
+    /// request without one with a 200 of everything, on one kept-alive connection.
+    fn serve_ranges(data: Vec<u8>) -> HttpUrl {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut stream = stream;
+            loop {
+                let mut range = None;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(spec) = line.trim_end().strip_prefix("Range: bytes=") {
+                        let (a, b) = spec.split_once('-').expect("first-last");
+                        range = Some((
+                            a.parse::<usize>().expect("a"),
+                            b.parse::<usize>().expect("b"),
+                        ));
+                    }
+                }
+                let head = match range {
+                    Some((a, b)) => format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\n\r\n",
+                        data.len(),
+                        b + 1 - a
+                    ),
+                    None => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", data.len()),
+                };
+                let body = range.map_or(&data[..], |(a, b)| &data[a..=b]);
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            }
+        });
+        HttpUrl::parse(&format!("http://127.0.0.1:{port}/")).expect("url")
+    }
+
+    #[test]
+    fn range_gets_send_the_range_and_report_the_content_range() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let server = serve_ranges(data.clone());
+        let mut conn = HttpConnection::new(&server, Duration::from_secs(5));
+        let url = server.join("/roots/r/image");
+        let part = conn.get_range(&url, 1000, 2999, 2000).expect("range");
+        assert_eq!(part.status, 206);
+        assert_eq!(part.content_range, Some((1000, 2999, Some(5000))));
+        assert_eq!(part.body, data[1000..3000]);
+        // Same connection, no range: the whole file, no Content-Range.
+        let whole = conn.get(&url, 5000).expect("whole");
+        assert_eq!((whole.status, whole.content_range), (200, None));
+        assert_eq!(whole.body, data);
+        // The limit holds for ranges too: a range larger than it fails before its body.
+        assert!(matches!(
+            conn.get_range(&url, 0, 4999, 100),
+            Err(HttpError::Protocol {
+                source: ClientError::BodyTooLarge { limit: 100 },
+                ..
+            })
+        ));
     }
 
     #[test]

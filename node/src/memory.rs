@@ -2,8 +2,9 @@
 //! overlay's writable layer in tmpfs on top of it.
 const MIB: u64 = 1 << 20;
 
-/// Left free beyond the image: the kernel, the agent's chunk buffers (a few MiB per worker),
-/// and the first minutes of the root's own processes and tmpfs writes. 64 MiB is enough for a
+/// Left free beyond the image: the kernel, the agent's fetch buffers (two runs of 16 MiB held
+/// while their chunks are checked, or six 1 MiB chunks from an appliance without ranges), and
+/// the first minutes of the root's own processes and tmpfs writes. 64 MiB is enough for a
 /// busybox or a minimal systemd root; a machine that needs more simply has more.
 pub const MARGIN: u64 = 64 * MIB;
 

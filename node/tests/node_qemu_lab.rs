@@ -3,9 +3,13 @@
 //! this process playing the appliance (manifest, chunks, per-machine config, events). The root
 //! is an erofs image of busybox whose own `/sbin/init` prints a marker and powers off.
 //!
-//! * `boots_a_verified_root_and_refetches_a_corrupt_chunk`: one chunk is served corrupt once;
-//!   the agent refetches it, mounts the root, writes the machine's files and the image's init
-//!   runs as PID 1.
+//! * `boots_a_verified_root_and_refetches_a_corrupt_chunk`: the chunks come as one `Range` of
+//!   the whole image (`/roots/<id>/image`), one of them corrupt in it; the agent refetches that
+//!   one from `/chunks/<sha256>`, mounts the root, writes the machine's files and the image's
+//!   init runs as PID 1.
+//! * `without_the_image_every_chunk_comes_from_its_own_url`: an appliance older than ranges
+//!   answers 404 for the image; the agent says so once and fetches chunk by chunk, the corrupt
+//!   chunk twice.
 //! * `a_manifest_signed_with_another_key_never_mounts`: the agent refuses the manifest, reports
 //!   `root_failed`, retries, and never asks for a chunk.
 use std::{
@@ -325,16 +329,61 @@ fn build_root_image(cache: &Path) -> Vec<u8> {
 #[derive(Default)]
 struct Appliance {
     files: HashMap<String, Vec<u8>>,
-    /// Served once with a flipped byte, then right.
-    corrupt_once: Option<String>,
+    /// The whole image at `/roots/<id>/image`, answering `Range` (`None`: 404, an appliance
+    /// older than ranges).
+    image: Option<Vec<u8>>,
+    /// An offset in the image whose byte is served flipped once, by whichever answer first holds
+    /// it (a range of the image or the chunk's own URL), then right.
+    corrupt_once: Option<(usize, String)>,
+    /// The corrupt chunk's own URL path.
+    corrupt_path: String,
     config: Option<Vec<u8>>,
     requests: Vec<String>,
+    /// `Range` headers of the image's requests.
+    ranges: Vec<String>,
 }
 
 impl Appliance {
-    fn respond(&mut self, target: &str) -> (u16, Vec<u8>) {
+    /// The status, a `Content-Range` if any, and the body.
+    fn respond(&mut self, target: &str, range: Option<&str>) -> (u16, Option<String>, Vec<u8>) {
         self.requests.push(target.to_owned());
         let path = target.split('?').next().unwrap_or(target);
+        if path == format!("/roots/{ROOT_ID}/image") {
+            return self.respond_image(range);
+        }
+        let (status, body) = self.respond_file(path);
+        (status, None, body)
+    }
+
+    fn respond_image(&mut self, range: Option<&str>) -> (u16, Option<String>, Vec<u8>) {
+        let Some(image) = &self.image else {
+            return (404, None, b"not found\n".to_vec());
+        };
+        let len = image.len();
+        self.ranges.push(range.unwrap_or("-").to_owned());
+        let Some(spec) = range else {
+            return (200, None, image.clone());
+        };
+        let span = spec
+            .strip_prefix("bytes=")
+            .and_then(|s| s.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+            .filter(|(a, b)| a <= b && *a < len);
+        let Some((first, last)) = span else {
+            return (416, Some(format!("bytes */{len}")), Vec::new());
+        };
+        let last = last.min(len - 1);
+        let mut body = image[first..=last].to_vec();
+        if let Some((at, _)) = self.corrupt_once
+            && (first..=last).contains(&at)
+        {
+            self.corrupt_once = None;
+            body[at - first] ^= 0xff;
+        }
+        (206, Some(format!("bytes {first}-{last}/{len}")), body)
+    }
+
+    fn respond_file(&mut self, path: &str) -> (u16, Vec<u8>) {
         if path == "/stampede/node/event" {
             return (200, b"ok\n".to_vec());
         }
@@ -348,9 +397,12 @@ impl Appliance {
             return (404, b"not found\n".to_vec());
         };
         let mut body = body.clone();
-        if self.corrupt_once.as_deref() == Some(path) {
+        if let Some((at, chunk_path)) = &self.corrupt_once
+            && chunk_path == path
+        {
+            // The same byte: chunks are 1 MiB.
+            body[*at % (1 << 20)] ^= 0xff;
             self.corrupt_once = None;
-            body[100] ^= 0xff;
         }
         (200, body)
     }
@@ -394,6 +446,7 @@ fn serve_connection(stream: TcpStream, state: &Mutex<Appliance>) {
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
             return;
         }
+        let mut range = None;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -402,16 +455,32 @@ fn serve_connection(stream: TcpStream, state: &Mutex<Appliance>) {
             if header == "\r\n" || header == "\n" {
                 break;
             }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("range")
+            {
+                range = Some(value.trim().to_owned());
+            }
         }
         let target = request_line
             .split_whitespace()
             .nth(1)
             .unwrap_or("/")
             .to_owned();
-        let (status, body) = state.lock().expect("state").respond(&target);
+        let (status, content_range, body) = state
+            .lock()
+            .expect("state")
+            .respond(&target, range.as_deref());
+        let reason = match status {
+            200 => "OK",
+            206 => "Partial Content",
+            416 => "Range Not Satisfiable",
+            _ => "Not Found",
+        };
+        let content_range = content_range
+            .map(|r| format!("Content-Range: {r}\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
-            if status == 200 { "OK" } else { "Not Found" },
+            "HTTP/1.1 {status} {reason}\r\n{content_range}Content-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
             body.len()
         );
         if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
@@ -431,7 +500,7 @@ struct Rig {
     _lab: BootLab,
 }
 
-fn start(tag: &str, signing_seed: [u8; 32], corrupt: bool) -> Rig {
+fn start(tag: &str, signing_seed: [u8; 32], corrupt: bool, serve_image: bool) -> Rig {
     let artifacts = artifacts();
     let slot = machine_slot();
     let mut lab = BootLab::new().unwrap_or_else(|e| panic!("lab: {e}"));
@@ -459,10 +528,15 @@ fn start(tag: &str, signing_seed: [u8; 32], corrupt: bool) -> Rig {
             artifacts.image[start..start + chunk.size as usize].to_vec(),
         );
     }
+    if serve_image {
+        appliance.image = Some(artifacts.image.clone());
+    }
     if corrupt {
-        appliance.corrupt_once = Some(format!(
-            "/chunks/{}",
-            manifest.chunks[CORRUPT_CHUNK].sha256.to_hex()
+        appliance.corrupt_path =
+            format!("/chunks/{}", manifest.chunks[CORRUPT_CHUNK].sha256.to_hex());
+        appliance.corrupt_once = Some((
+            manifest.offset(CORRUPT_CHUNK) as usize + 100,
+            appliance.corrupt_path.clone(),
         ));
     }
     appliance.config = Some(
@@ -573,9 +647,10 @@ impl Rig {
     fn diagnostics(&self) -> String {
         let state = self.state.lock().expect("state");
         format!(
-            "console:\n{}\nrequests: {:#?}\ndnsmasq:\n{}",
+            "console:\n{}\nrequests: {:#?}\nimage ranges: {:?}\ndnsmasq:\n{}",
             self.machine.console_tail(80),
             state.requests,
+            state.ranges,
             fs::read_to_string(self.work.join("dnsmasq.log")).unwrap_or_default()
         )
     }
@@ -585,8 +660,27 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[test]
 fn boots_a_verified_root_and_refetches_a_corrupt_chunk() {
-    if !require(
+    boots_and_refetches_the_corrupt_chunk(
         "boots_a_verified_root_and_refetches_a_corrupt_chunk",
+        "node",
+        true,
+    );
+}
+
+#[test]
+fn without_the_image_every_chunk_comes_from_its_own_url() {
+    boots_and_refetches_the_corrupt_chunk(
+        "without_the_image_every_chunk_comes_from_its_own_url",
+        "noimg",
+        false,
+    );
+}
+
+/// One boot with [`CORRUPT_CHUNK`] served corrupt once: by range from the image when
+/// `serve_image`, else (the image a 404) chunk by chunk.
+fn boots_and_refetches_the_corrupt_chunk(test: &str, tag: &str, serve_image: bool) {
+    if !require(
+        test,
         &[
             "qemu-system-x86_64",
             "dnsmasq",
@@ -597,8 +691,8 @@ fn boots_a_verified_root_and_refetches_a_corrupt_chunk() {
     ) {
         return;
     }
-    let tag = format!("node{}", std::process::id() % 10_000);
-    let mut rig = start(&tag, TRUSTED_SEED, true);
+    let tag = format!("{tag}{}", std::process::id() % 10_000);
+    let mut rig = start(&tag, TRUSTED_SEED, true, serve_image);
     let seen = rig
         .machine
         .wait_for_marker(BOOT_TIMEOUT)
@@ -619,7 +713,10 @@ fn boots_a_verified_root_and_refetches_a_corrupt_chunk() {
         has(&format!("chunk {CORRUPT_CHUNK}: chunk ")) && has("corrupt (try 1); fetching it again"),
         "the corrupt chunk was caught\n{diagnostics}"
     );
-    assert!(has("1 corrupt)"), "counted once\n{diagnostics}");
+    assert!(
+        has("(1 refetched, 1 corrupt)"),
+        "counted once\n{diagnostics}"
+    );
     assert!(
         has(&format!(
             "NODE-ROOT pid=1 hostname={HOSTNAME} machine_id={MACHINE_ID}"
@@ -644,7 +741,7 @@ fn boots_a_verified_root_and_refetches_a_corrupt_chunk() {
     );
 
     let state = rig.state.lock().expect("state");
-    let corrupt_path = state
+    let chunk_fetches = state
         .requests
         .iter()
         .filter(|r| r.starts_with("/chunks/"))
@@ -652,12 +749,51 @@ fn boots_a_verified_root_and_refetches_a_corrupt_chunk() {
             *m.entry(r.as_str()).or_default() += 1;
             m
         });
-    assert_eq!(
-        corrupt_path.values().filter(|n| **n == 2).count(),
-        1,
-        "exactly one chunk fetched twice: {corrupt_path:?}"
+    let image_fetches = state.count(&format!("/roots/{ROOT_ID}/image"));
+    let (by_range, by_chunk) = if serve_image {
+        // The 4 chunks are one run (of up to 16): one range for all of them, the whole image;
+        // then the corrupt chunk alone from its own URL.
+        assert_eq!(image_fetches, 1, "{diagnostics}");
+        let last = artifacts().image.len() - 1;
+        assert_eq!(state.ranges, [format!("bytes=0-{last}")], "{diagnostics}");
+        assert_eq!(
+            chunk_fetches.keys().collect::<Vec<_>>(),
+            [&state.corrupt_path.as_str()],
+            "only the corrupt chunk by its URL, once: {chunk_fetches:?}"
+        );
+        assert_eq!(
+            chunk_fetches.values().sum::<usize>(),
+            1,
+            "{chunk_fetches:?}"
+        );
+        assert!(!has("not served by range"), "{diagnostics}");
+        (3, 1)
+    } else {
+        // Asked for once by each of the two run workers at most, said once.
+        assert!((1..=2).contains(&image_fetches), "{diagnostics}");
+        assert_eq!(
+            console
+                .matches("the image is not served by range (HTTP 404); fetching chunk by chunk")
+                .count(),
+            1,
+            "{diagnostics}"
+        );
+        assert_eq!(chunk_fetches.len(), 4, "{chunk_fetches:?}");
+        assert_eq!(
+            chunk_fetches.values().filter(|n| **n == 2).count(),
+            1,
+            "exactly one chunk fetched twice: {chunk_fetches:?}"
+        );
+        assert!(chunk_fetches.values().all(|n| *n <= 2), "{chunk_fetches:?}");
+        (0, 4)
+    };
+    let runs = usize::from(serve_image);
+    assert!(
+        has(&format!(
+            ": {by_range} by range in {runs} requests, {by_chunk} by chunk URL (1 refetched"
+        )),
+        "{diagnostics}"
     );
-    assert!(corrupt_path.values().all(|n| *n <= 2), "{corrupt_path:?}");
     let events = state.events();
     let kinds: Vec<&str> = events
         .iter()
@@ -675,6 +811,10 @@ fn boots_a_verified_root_and_refetches_a_corrupt_chunk() {
         "{events:#?}"
     );
     assert!(events[0].contains("&chunks=4&"), "{events:#?}");
+    assert!(
+        events[1].ends_with(&format!("&by_range={by_range}&by_chunk={by_chunk}")),
+        "{events:#?}"
+    );
     assert!(events[3].ends_with("&init=%2Fsbin%2Finit"), "{events:#?}");
     assert_eq!(state.count("/stampede/node/config?mac="), 1);
     drop(state);
@@ -699,7 +839,7 @@ fn a_manifest_signed_with_another_key_never_mounts() {
         return;
     }
     let tag = format!("badkey{}", std::process::id() % 10_000);
-    let rig = start(&tag, OTHER_SEED, false);
+    let rig = start(&tag, OTHER_SEED, false, true);
     let started = Instant::now();
     // Two refusals: the first, and the retry after the step's backoff.
     let failures = wait_for(BOOT_TIMEOUT, || {
@@ -728,7 +868,7 @@ fn a_manifest_signed_with_another_key_never_mounts() {
     assert!(guest::parse_marker(&console).is_none(), "{diagnostics}");
     let state = rig.state.lock().expect("state");
     assert_eq!(
-        state.count("/chunks/"),
+        state.count("/chunks/") + state.count(&format!("/roots/{ROOT_ID}/image")),
         0,
         "no chunk fetched: {diagnostics}"
     );
