@@ -679,6 +679,11 @@ fn run(
     // Every boot stage goes to the control plane's per-machine sessions (`/api/v1/sessions`,
     // the `/api/v1/events` stream, `stampede ctl watch`).
     let events = stampede_proto::events::Events(Arc::clone(control_state.sessions()) as _);
+    let boot_timings = stampede_control::stage_timing::BootTimings::new(
+        control_state.metrics(),
+        stampede_control::stage_timing::DEFAULT_SETTLE,
+    )
+    .run(control_state.sessions().subscribe());
     // Leases live in the state file: an ACK leaves once its lease is durable, and a restart
     // hands nobody an address another machine holds.
     let leases = stampede_control::DurableLeaseStore::open(
@@ -762,6 +767,9 @@ fn run(
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
+        tokio::spawn(boot_timings);
+        crate::metrics::publish_build_info(control_state.metrics());
+        let current_plan = engine.current_plan();
         loop {
             tokio::select! {
                 _ = ticker.tick() => say!(
@@ -782,6 +790,17 @@ fn run(
                         &http.stats(),
                         xdp.as_ref(),
                     );
+                    crate::metrics::publish_process(control_state.metrics());
+                    let plan = current_plan.get();
+                    if let Some(stampede_proto::dhcp::server::ServerMode::Authoritative { pools }) =
+                        plan.dhcp_config().map(|c| &c.mode)
+                        && let Ok(leases) = control_state.leases()
+                    {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        crate::metrics::publish_pools(control_state.metrics(), pools, &leases, now);
+                    }
                 }
                 _ = sighup.recv() => {
                     let snapshot = Arc::clone(&fleet.borrow());

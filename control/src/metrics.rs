@@ -1,7 +1,7 @@
 //! A small metrics registry rendered in the Prometheus text exposition format (version 0.0.4).
 //!
-//! The data plane takes a [`Counter`] or [`Gauge`] handle once (registry lock) and then updates
-//! it with one atomic operation per event, so a worker core never waits on the registry.
+//! The data plane takes a [`Counter`], [`Gauge`] or [`Histogram`] handle once (registry lock) and
+//! then updates it with atomic operations, so a worker core never waits on the registry.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 pub enum MetricKind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 impl MetricKind {
@@ -18,6 +19,7 @@ impl MetricKind {
         match self {
             Self::Counter => "counter",
             Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
         }
     }
 }
@@ -29,7 +31,65 @@ type Labels = Vec<(String, String)>;
 struct Family {
     kind: MetricKind,
     help: String,
-    series: BTreeMap<Labels, Arc<AtomicU64>>,
+    series: BTreeMap<Labels, Series>,
+}
+
+#[derive(Debug, Clone)]
+enum Series {
+    /// A counter's total, or a gauge's `f64` bits.
+    Scalar(Arc<AtomicU64>),
+    Histogram(Arc<Buckets>),
+}
+
+/// A histogram's state: a count per bucket (not cumulative; the last is `+Inf`) and the sum.
+#[derive(Debug)]
+struct Buckets {
+    /// Upper bounds, ascending, finite.
+    bounds: Vec<f64>,
+    counts: Vec<AtomicU64>,
+    /// `f64` bits.
+    sum: AtomicU64,
+}
+
+/// Observations counted into fixed buckets (Prometheus `histogram`: `_bucket{le=..}`, `_sum`,
+/// `_count`), for quantiles over any window with `histogram_quantile`.
+#[derive(Debug, Clone)]
+pub struct Histogram(Arc<Buckets>);
+
+impl Histogram {
+    pub fn observe(&self, v: f64) {
+        let b = &self.0;
+        let at = b.bounds.partition_point(|bound| *bound < v);
+        b.counts[at].fetch_add(1, Ordering::Relaxed);
+        let _ = b
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+
+    /// Sets the totals, for histograms kept elsewhere and published here: `counts` per bucket
+    /// (not cumulative, one more than the bounds: the last is `+Inf`); extra or missing entries
+    /// are ignored.
+    pub fn set(&self, counts: &[u64], sum: f64) {
+        for (slot, n) in self.0.counts.iter().zip(counts) {
+            slot.store(*n, Ordering::Relaxed);
+        }
+        self.0.sum.store(sum.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.0.sum.load(Ordering::Relaxed))
+    }
 }
 
 /// A monotonically increasing count.
@@ -76,6 +136,8 @@ pub enum MetricsError {
     Name(String),
     #[error("label name {0:?} is not [a-zA-Z_][a-zA-Z0-9_]*")]
     LabelName(String),
+    #[error("histogram {0} needs ascending finite bucket bounds")]
+    Buckets(String),
     #[error("metric {name} is a {registered:?}, not a {requested:?}")]
     KindMismatch {
         name: String,
@@ -102,8 +164,11 @@ impl Metrics {
         help: &str,
         labels: &[(&str, &str)],
     ) -> Result<Counter, MetricsError> {
-        self.series(name, help, labels, MetricKind::Counter)
-            .map(Counter)
+        self.series(name, help, labels, MetricKind::Counter, &[])
+            .map(|s| match s {
+                Series::Scalar(v) => Counter(v),
+                Series::Histogram(_) => unreachable!("kind checked"),
+            })
     }
 
     /// The gauge `name{labels}`, created at zero on first use.
@@ -113,8 +178,52 @@ impl Metrics {
         help: &str,
         labels: &[(&str, &str)],
     ) -> Result<Gauge, MetricsError> {
-        self.series(name, help, labels, MetricKind::Gauge)
-            .map(Gauge)
+        self.series(name, help, labels, MetricKind::Gauge, &[])
+            .map(|s| match s {
+                Series::Scalar(v) => Gauge(v),
+                Series::Histogram(_) => unreachable!("kind checked"),
+            })
+    }
+
+    /// The histogram `name{labels}` with upper bounds `buckets` (ascending; `+Inf` is added),
+    /// created empty on first use. A series that exists keeps the buckets it was made with.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        buckets: &[f64],
+    ) -> Result<Histogram, MetricsError> {
+        if buckets.iter().any(|b| !b.is_finite()) || !buckets.is_sorted_by(|a, b| a < b) {
+            return Err(MetricsError::Buckets(name.to_owned()));
+        }
+        self.series(name, help, labels, MetricKind::Histogram, buckets)
+            .map(|s| match s {
+                Series::Histogram(h) => Histogram(h),
+                Series::Scalar(_) => unreachable!("kind checked"),
+            })
+    }
+
+    /// Makes the family `name` exist (its HELP and TYPE rendered) before any series of it does,
+    /// so a dashboard's query for reasons not seen yet finds the metric.
+    pub fn declare(&self, name: &str, help: &str, kind: MetricKind) -> Result<(), MetricsError> {
+        if !valid_name(name, true) {
+            return Err(MetricsError::Name(name.to_owned()));
+        }
+        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let family = families.entry(name.to_owned()).or_insert_with(|| Family {
+            kind,
+            help: help.to_owned(),
+            series: BTreeMap::new(),
+        });
+        if family.kind != kind {
+            return Err(MetricsError::KindMismatch {
+                name: name.to_owned(),
+                registered: family.kind,
+                requested: kind,
+            });
+        }
+        Ok(())
     }
 
     fn series(
@@ -123,13 +232,15 @@ impl Metrics {
         help: &str,
         labels: &[(&str, &str)],
         kind: MetricKind,
-    ) -> Result<Arc<AtomicU64>, MetricsError> {
+        buckets: &[f64],
+    ) -> Result<Series, MetricsError> {
         if !valid_name(name, true) {
             return Err(MetricsError::Name(name.to_owned()));
         }
         let mut key: Labels = Vec::with_capacity(labels.len());
         for (k, v) in labels {
-            if !valid_name(k, false) || k.starts_with("__") {
+            let reserved = kind == MetricKind::Histogram && *k == "le";
+            if !valid_name(k, false) || k.starts_with("__") || reserved {
                 return Err(MetricsError::LabelName((*k).to_owned()));
             }
             key.push(((*k).to_owned(), (*v).to_owned()));
@@ -148,7 +259,15 @@ impl Metrics {
                 requested: kind,
             });
         }
-        Ok(family.series.entry(key).or_default().clone())
+        let series = family.series.entry(key).or_insert_with(|| match kind {
+            MetricKind::Histogram => Series::Histogram(Arc::new(Buckets {
+                bounds: buckets.to_vec(),
+                counts: (0..=buckets.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0f64.to_bits()),
+            })),
+            MetricKind::Counter | MetricKind::Gauge => Series::Scalar(Arc::default()),
+        });
+        Ok(series.clone())
     }
 
     /// Every series in the Prometheus text format.
@@ -158,27 +277,62 @@ impl Metrics {
         for (name, family) in families.iter() {
             let _ = writeln!(out, "# HELP {name} {}", escape(&family.help, false));
             let _ = writeln!(out, "# TYPE {name} {}", family.kind.as_str());
-            for (labels, value) in &family.series {
-                out.push_str(name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        let _ = write!(out, "{k}=\"{}\"", escape(v, true));
+            for (labels, series) in &family.series {
+                match series {
+                    Series::Scalar(value) => {
+                        write_series(&mut out, name, labels, None);
+                        let bits = value.load(Ordering::Relaxed);
+                        let _ = match family.kind {
+                            MetricKind::Gauge => {
+                                writeln!(out, " {}", format_float(f64::from_bits(bits)))
+                            }
+                            MetricKind::Counter | MetricKind::Histogram => {
+                                writeln!(out, " {bits}")
+                            }
+                        };
                     }
-                    out.push('}');
+                    Series::Histogram(h) => {
+                        let bucket = format!("{name}_bucket");
+                        let mut cumulative = 0;
+                        for (i, count) in h.counts.iter().enumerate() {
+                            cumulative += count.load(Ordering::Relaxed);
+                            let le = h.bounds.get(i).map_or("+Inf".into(), |b| format_float(*b));
+                            write_series(&mut out, &bucket, labels, Some(&le));
+                            let _ = writeln!(out, " {cumulative}");
+                        }
+                        let sum = f64::from_bits(h.sum.load(Ordering::Relaxed));
+                        write_series(&mut out, &format!("{name}_sum"), labels, None);
+                        let _ = writeln!(out, " {}", format_float(sum));
+                        write_series(&mut out, &format!("{name}_count"), labels, None);
+                        let _ = writeln!(out, " {cumulative}");
+                    }
                 }
-                let bits = value.load(Ordering::Relaxed);
-                let _ = match family.kind {
-                    MetricKind::Counter => writeln!(out, " {bits}"),
-                    MetricKind::Gauge => writeln!(out, " {}", format_float(f64::from_bits(bits))),
-                };
             }
         }
         out
     }
+}
+
+/// `name{labels,le="..."}` without the value.
+fn write_series(out: &mut String, name: &str, labels: &Labels, le: Option<&str>) {
+    out.push_str(name);
+    if labels.is_empty() && le.is_none() {
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}=\"{}\"", escape(v, true));
+    }
+    if let Some(le) = le {
+        if !labels.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "le=\"{le}\"");
+    }
+    out.push('}');
 }
 
 fn format_float(v: f64) -> String {
@@ -260,5 +414,62 @@ mod tests {
             Err(MetricsError::KindMismatch { .. })
         ));
         assert!(m.counter("1bad", "", &[]).is_err());
+        m.declare(
+            "stampede_refused_total",
+            "Refused, by reason",
+            MetricKind::Counter,
+        )
+        .expect("valid");
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE stampede_refused_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("stampede_refused_total "), "{text}");
+    }
+
+    #[test]
+    fn renders_histograms() {
+        let m = Metrics::new();
+        let h = m
+            .histogram(
+                "stampede_tftp_transfer_seconds",
+                "TFTP transfers",
+                &[("stage", "tftp")],
+                &[0.1, 1.0],
+            )
+            .expect("valid histogram");
+        h.observe(0.05);
+        h.observe(0.1);
+        h.observe(0.5);
+        h.observe(7.0);
+        assert_eq!(h.count(), 4);
+        let text = m.render();
+        for line in [
+            "# TYPE stampede_tftp_transfer_seconds histogram\n",
+            "stampede_tftp_transfer_seconds_bucket{stage=\"tftp\",le=\"0.1\"} 2\n",
+            "stampede_tftp_transfer_seconds_bucket{stage=\"tftp\",le=\"1\"} 3\n",
+            "stampede_tftp_transfer_seconds_bucket{stage=\"tftp\",le=\"+Inf\"} 4\n",
+            "stampede_tftp_transfer_seconds_sum{stage=\"tftp\"} 7.65\n",
+            "stampede_tftp_transfer_seconds_count{stage=\"tftp\"} 4\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let published = m
+            .histogram("published_seconds", "", &[], &[1.0])
+            .expect("valid");
+        published.set(&[3, 1], 4.5);
+        let text = m.render();
+        assert!(
+            text.contains("published_seconds_bucket{le=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("published_seconds_count 4\n"), "{text}");
+        assert!(m.histogram("bad", "", &[], &[1.0, 0.5]).is_err());
+        assert!(m.histogram("bad2", "", &[("le", "x")], &[1.0]).is_err());
+        assert!(matches!(
+            m.counter("published_seconds", "", &[]),
+            Err(MetricsError::KindMismatch { .. })
+        ));
     }
 }

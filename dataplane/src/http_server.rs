@@ -104,6 +104,12 @@ impl Default for HttpServerConfig {
     }
 }
 
+/// Upper bounds in seconds of the response-time buckets: a script or a small file leaves in
+/// milliseconds; a kernel or an initrd of hundreds of megabytes takes seconds, more in a storm.
+pub const RESPONSE_SECONDS_BOUNDS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
 /// Counters, summed over workers. Every refused request and dropped connection has a reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpStats {
@@ -137,6 +143,11 @@ pub struct HttpStats {
     /// Refused requests by [`stampede_proto::http::Rejection::as_str`], plus
     /// `pipeline_overflow` for connections closed past `max_unconsumed`.
     pub rejections: BTreeMap<&'static str, u64>,
+    /// Responses by time from the head being queued to the last byte taken by the kernel,
+    /// counted per bucket of [`RESPONSE_SECONDS_BOUNDS`] (not cumulative; the last is `+Inf`).
+    pub response_seconds: [u64; RESPONSE_SECONDS_BOUNDS.len() + 1],
+    /// The sum of those times, in microseconds.
+    pub response_micros_sum: u64,
 }
 
 impl HttpStats {
@@ -164,6 +175,18 @@ impl HttpStats {
         for (reason, n) in &other.rejections {
             *self.rejections.entry(reason).or_default() += n;
         }
+        for (sum, n) in self.response_seconds.iter_mut().zip(other.response_seconds) {
+            *sum += n;
+        }
+        self.response_micros_sum += other.response_micros_sum;
+    }
+
+    /// Counts one response that took `took` to send.
+    fn observe_response(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let at = RESPONSE_SECONDS_BOUNDS.partition_point(|bound| *bound < secs);
+        self.response_seconds[at] += 1;
+        self.response_micros_sum += took.as_micros() as u64;
     }
 
     /// Responses of all classes.
@@ -323,6 +346,8 @@ struct Session {
     unconsumed: Vec<u8>,
     /// Transmits handed to the ring and not yet reported sent.
     sending: usize,
+    /// When each of those was queued, oldest first (a connection's sends complete in order).
+    queued_at: std::collections::VecDeque<Instant>,
     /// The deadline this session has in the timer heap, if any.
     timer: Option<Instant>,
     /// Close requested; events until `Closed` are ignored.
@@ -520,6 +545,7 @@ impl WorkerState {
                         http,
                         unconsumed: Vec::new(),
                         sending: 0,
+                        queued_at: std::collections::VecDeque::new(),
                         timer: None,
                         closing: false,
                         peer,
@@ -556,6 +582,10 @@ impl WorkerState {
                     return;
                 };
                 session.sending -= 1;
+                if let Some(queued) = session.queued_at.pop_front() {
+                    self.stats
+                        .observe_response(now.saturating_duration_since(queued));
+                }
                 if session.closing {
                     return;
                 }
@@ -632,6 +662,7 @@ impl WorkerState {
                     },
                 });
             session.sending += 1;
+            session.queued_at.push_back(now);
             self.actions.push(Action::Send(conn, head, transmit.body));
         }
         let done = session.http.is_closed() || self.stop_deadline.is_some();

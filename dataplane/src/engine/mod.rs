@@ -424,7 +424,8 @@ impl stampede_proto::files::FileCatalog for FileMap {
 pub struct CurrentPlan(Arc<Mutex<Arc<BootPlan>>>);
 
 impl CurrentPlan {
-    fn get(&self) -> Arc<BootPlan> {
+    /// The plan in force now (a reload replaces it).
+    pub fn get(&self) -> Arc<BootPlan> {
         Arc::clone(
             &self
                 .0
