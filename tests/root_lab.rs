@@ -237,9 +237,10 @@ fn seabios_and_ovmf_boot_diskless_into_one_oci_image_and_a_reboot_is_fresh() {
     );
 }
 
-/// A chunk rewritten in the store after the build: the machine fetches it, finds its SHA-256
-/// wrong, reports `root_failed` and never switches into the root; once the chunk is right
-/// again, its retry boots.
+/// A chunk rewritten in the store after the build (and the same bytes of the whole image, which
+/// the machine reads first): the machine fetches it, finds its SHA-256 wrong, reports
+/// `root_failed` and never switches into the root; once the chunk is right again, its retry
+/// boots.
 #[test]
 fn a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used() {
     let test = "a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used";
@@ -271,6 +272,26 @@ fn a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used() {
     let mut bad = good.clone();
     bad[100] ^= 0x40;
     fs::write(&chunk_path, &bad).expect("corrupt the chunk");
+    // The machine reads runs of chunks from the whole image first (one Range each), falling
+    // back to the chunk's own URL: the same byte of the first chunk, at the same offset of the
+    // image, changed in place (the file keeps its size, as a bit flip on disk would).
+    let image_path = manifest_dir.join(&id).join("image");
+    let set_image_byte = |byte: u8| {
+        use std::os::unix::fs::FileExt as _;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&image_path)
+            .and_then(|f| f.write_all_at(&[byte], 100))
+            .expect("write the image's byte 100");
+    };
+    assert_eq!(
+        fs::read(&image_path)
+            .expect("the root's image")
+            .get(..good.len()),
+        Some(&good[..]),
+        "the image starts with its first chunk"
+    );
+    set_image_byte(bad[100]);
 
     let tap = lab.add_tap().expect("tap");
     let spec = MachineSpec::network(Firmware::Bios, &tap, work.join("console.log"));
@@ -303,7 +324,17 @@ fn a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used() {
     // The store is right again: the agent's next attempt boots.
     let fixed_at = Instant::now();
     fs::write(&chunk_path, &good).expect("restore the chunk");
+    set_image_byte(good[100]);
     assert_diskless_boot(&mut machine, &appliance, &marker, "after the fix");
+    let console = machine.console();
+    let assembled = console
+        .lines()
+        .find(|l| l.contains("root assembled:"))
+        .unwrap_or_default();
+    assert!(
+        assembled.contains(" by range in ") && !assembled.contains(": 0 by range"),
+        "the chunks came by range from the image: {assembled:?}"
+    );
     eprintln!(
         "booted {:.1} s after the chunk was restored",
         fixed_at.elapsed().as_secs_f64()
