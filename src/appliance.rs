@@ -773,7 +773,8 @@ fn run(
         loop {
             tokio::select! {
                 _ = ticker.tick() => say!(
-                    "stats {} {}",
+                    "stats at={} {} {}",
+                    stampede_control::timestamp::rfc3339(unix_ms_now()),
                     format_stats(&engine.udp_stats()),
                     format_http_stats(&http.stats())
                 ),
@@ -796,9 +797,7 @@ fn run(
                         plan.dhcp_config().map(|c| &c.mode)
                         && let Ok(leases) = control_state.leases()
                     {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
+                        let now = unix_ms_now();
                         crate::metrics::publish_pools(control_state.metrics(), pools, &leases, now);
                     }
                 }
@@ -860,7 +859,8 @@ fn run(
         classifier.detach()?;
     }
     say!(
-        "final stats {} {}",
+        "final stats at={} {} {}",
+        stampede_control::timestamp::rfc3339(unix_ms_now()),
         format_stats(&stats),
         format_http_stats(&http_stats)
     );
@@ -970,7 +970,10 @@ fn apply_xdp_policy(classifier: Option<&mut XdpClassifier>, config: &ApplianceCo
     match applied {
         Ok(changes) => tracing::info!(
             trigger = why,
-            policy = ?filter.policy,
+            policy = match filter.policy {
+                MacPolicy::Open => "open",
+                MacPolicy::KnownOnly => "known-only",
+            },
             dhcp_rate = filter.dhcp_rate_per_sec,
             dhcp_burst = filter.dhcp_burst,
             denied = lists.deny.len(),
@@ -1069,6 +1072,12 @@ fn afxdp_sockets(
 
 /// How often the data plane's counters are copied into `/metrics`.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// How long a stopping appliance lets HTTP responses in progress finish: a 100 MiB initrd at
 /// 100 Mbit/s takes 8 s; longer transfers are cut and counted (`http_aborted_at_stop`).

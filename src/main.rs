@@ -28,8 +28,32 @@ use output::{say, say_err};
     about = "Network-boot appliance: boots whole racks at once"
 )]
 struct Cli {
+    /// How log lines are written to stderr: `plain` for a person or the journal (no colour
+    /// unless stderr is a terminal outside the journal), `json` for a log pipeline (one object a
+    /// line, the message in `fields.message`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Plain,
+        env = "STAMPEDE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Colour only for a person at a terminal: not into a pipe or file, not into the journal
+/// (systemd sets `JOURNAL_STREAM` for a service whose stderr it reads, systemd.exec(5)), and
+/// not when `NO_COLOR` is set (no-color.org).
+fn log_in_colour(stderr_is_terminal: bool, env: impl Fn(&str) -> bool) -> bool {
+    stderr_is_terminal && !env("JOURNAL_STREAM") && !env("NO_COLOR")
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,14 +241,25 @@ fn flush_log() {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(log_writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(log_writer);
+    match cli.log_format {
+        LogFormat::Json => log.json().init(),
+        LogFormat::Plain => {
+            let env_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+            let colour = log_in_colour(std::io::stderr().is_terminal(), env_set);
+            if env_set("JOURNAL_STREAM") {
+                // The journal stamps every line itself.
+                log.with_ansi(false).without_time().init();
+            } else {
+                log.with_ansi(colour).init();
+            }
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) if args.check => appliance::check_config(args),
         Command::Serve(args) if args.config.is_some() => appliance::serve_config(args),
@@ -334,4 +369,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     say!("final counters {counters}");
     say!("detached iface={iface}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_for_a_person_at_a_terminal() {
+        let none = |_: &str| false;
+        assert!(log_in_colour(true, none));
+        assert!(!log_in_colour(false, none), "a pipe or a file");
+        assert!(
+            !log_in_colour(true, |v| v == "JOURNAL_STREAM"),
+            "the journal"
+        );
+        assert!(!log_in_colour(true, |v| v == "NO_COLOR"));
+    }
+
+    #[test]
+    fn the_log_format_is_a_global_flag() {
+        let cli = Cli::try_parse_from(["stampede", "boot", "--log-format", "json", "vmlinuz"])
+            .expect("parses");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["stampede", "--log-format", "plain", "boot", "vmlinuz"])
+            .expect("parses");
+        assert_eq!(cli.log_format, LogFormat::Plain);
+        assert!(Cli::try_parse_from(["stampede", "--log-format", "xml", "boot", "k"]).is_err());
+    }
 }

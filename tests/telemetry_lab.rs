@@ -235,3 +235,77 @@ fn stage_histograms_pools_and_the_dashboard_match_a_running_appliance() {
     );
     stop(server);
 }
+
+#[test]
+fn json_logs_name_the_dhcp_message_and_stats_lines_carry_a_time() {
+    if !require("json_logs", &["busybox", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(149));
+    let server = start_boot(
+        &lab.server,
+        &lab.server_if,
+        &["--dhcp-range", &range, "--log-format", "json"],
+        &payload,
+    );
+    let script = udhcpc_script(payload.dir.path());
+    let out = lab
+        .client
+        .run(
+            "busybox",
+            &[
+                "udhcpc",
+                "-i",
+                &lab.client_if,
+                "-f",
+                "-q",
+                "-n",
+                "-t",
+                "4",
+                "-T",
+                "1",
+                "-s",
+                script.to_str().expect("utf-8 path"),
+            ],
+            Duration::from_secs(20),
+        )
+        .expect("udhcpc runs");
+    bound(&format!("{}{}", out.stdout, out.stderr));
+    let (out, _) = stop(server);
+
+    // Every log line is one JSON object; the DHCP reply's kind is its own field, not tracing's
+    // `message` (the line's text).
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let replies: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "dhcp reply")
+        .collect();
+    let kinds: Vec<&str> = replies
+        .iter()
+        .filter_map(|l| l["fields"]["dhcp_message"].as_str())
+        .collect();
+    assert_eq!(kinds, ["offer", "ack"], "{}", out.stderr);
+    assert!(
+        replies.iter().all(|l| l["timestamp"].is_string()),
+        "{replies:?}"
+    );
+
+    // `final stats at=2026-12-07T18:40:00Z ...`
+    let at = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("final stats at="))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no time on the final stats line:\n{}", out.stdout));
+    let shape = |i: usize, c: char| at.chars().nth(i) == Some(c);
+    assert!(
+        at.len() == 20 && shape(4, '-') && shape(10, 'T') && shape(19, 'Z'),
+        "{at} is not RFC 3339 UTC"
+    );
+}

@@ -612,8 +612,13 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        let text = cause.to_string();
+        // An error whose message already ends with its source's (`"binding ..: {source}"`)
+        // would say it twice.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = cause.source();
     }
     out
@@ -626,4 +631,34 @@ pub mod action {
     pub const PASS: u32 = 2;
     pub const TX: u32 = 3;
     pub const REDIRECT: u32 = 4;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        /// Shows its source in its message and also returns it from `source()`.
+        #[error("binding tftp (0.0.0.0:69): {source}")]
+        Shown {
+            #[source]
+            source: std::io::Error,
+        },
+        #[error("starting the engine")]
+        Hidden(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let busy = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        assert_eq!(
+            error_chain(&Outer::Shown { source: busy() }),
+            "binding tftp (0.0.0.0:69): address in use"
+        );
+        assert_eq!(
+            error_chain(&Outer::Hidden(busy())),
+            "starting the engine: address in use"
+        );
+    }
 }

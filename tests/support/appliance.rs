@@ -125,6 +125,7 @@ pub fn stop(process: Process) -> (Output, HashMap<String, u64>) {
     let stats = line
         .split_whitespace()
         .filter_map(|t| t.split_once('='))
+        .filter(|(k, _)| *k != "at")
         .map(|(k, v)| (k.to_owned(), v.parse().expect("a count")))
         .collect();
     (out, stats)

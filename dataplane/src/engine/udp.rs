@@ -1005,15 +1005,12 @@ fn report_dhcp_reply(events: &Events, reply: &[u8], destination: Ipv4Addr) {
                 .collect::<Vec<_>>()
                 .join(":")
         });
-        let kind = repr
-            .options
-            .message_type
-            .map(|t| format!("{t:?}"))
-            .unwrap_or_default();
+        // Not `message`: tracing's own field of that name is the line's text.
+        let kind = repr.options.message_type.map_or("", |t| t.as_str());
         tracing::info!(
             target: "stampede::boot",
             mac = mac.as_deref().unwrap_or("?"),
-            message = %kind,
+            dhcp_message = kind,
             yiaddr = %repr.yiaddr,
             to = %destination,
             boot_file = %boot_file,
