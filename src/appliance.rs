@@ -679,6 +679,10 @@ fn run(
     // Every boot stage goes to the control plane's per-machine sessions (`/api/v1/sessions`,
     // the `/api/v1/events` stream, `stampede ctl watch`).
     let events = stampede_proto::events::Events(Arc::clone(control_state.sessions()) as _);
+    // Sessions are saved off the data plane's path, and once more after it stops.
+    let session_saver = control_state
+        .persist_sessions(stampede_control::sessions::SAVE_INTERVAL)
+        .context("starting the boot session saver")?;
     let boot_timings = stampede_control::stage_timing::BootTimings::new(
         control_state.metrics(),
         stampede_control::stage_timing::DEFAULT_SETTLE,
@@ -836,6 +840,7 @@ fn run(
     // In-flight downloads get a few seconds to finish; new connections are refused meanwhile.
     let http_stats = http.stop(std::time::Instant::now() + HTTP_STOP_GRACE);
     let stats = engine.stop();
+    session_saver.stop();
     if let Some(classifier) = classifier.as_mut() {
         match classifier.counters() {
             Ok(counters) => say!("xdp {counters}"),

@@ -261,6 +261,7 @@ pub fn router(state: ControlState) -> (Router, Vec<RouteSpec>) {
     .add(M::GET, "/api/v1/events", Some(Read), boot_events)
     .add(M::GET, "/api/v1/audit", Some(Read), list_audit)
     .add(M::GET, "/api/v1/audit/verify", Some(Read), verify_audit)
+    .add(M::GET, "/api/v1/backup", Some(Admin), backup)
     .add(M::GET, "/api/v1/tokens", Some(Admin), list_tokens)
     .add(M::POST, "/api/v1/tokens", Some(Admin), create_token)
     .add(
@@ -396,6 +397,7 @@ impl IntoResponse for ApiError {
                 ControlError::TooManyImports(_) => StatusCode::TOO_MANY_REQUESTS,
                 ControlError::Random(_)
                 | ControlError::Store(_)
+                | ControlError::Backup(_)
                 | ControlError::ImportThread(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -1009,6 +1011,50 @@ pub struct IssuedToken {
     pub role: Role,
     pub token: String,
 }
+
+/// `GET /api/v1/backup`: the state file as of one read transaction, itself a redb state file
+/// (`application/octet-stream`; [`crate::backup`]). Admin only: it holds every token's hash and
+/// the whole audit log. The copy is built in a temporary file, then sent and removed.
+async fn backup(
+    State(state): State<ControlState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path =
+        std::env::temp_dir().join(format!("stampede-backup-{}-{n}.redb", std::process::id()));
+    let p = path.clone();
+    let built = blocking(move || {
+        let _ = std::fs::remove_file(&p);
+        let summary = state.backup(&caller, &p)?;
+        let bytes = std::fs::read(&p).map_err(|source| {
+            ControlError::Backup(crate::backup::BackupError::Io {
+                path: p.clone(),
+                source,
+            })
+        });
+        let _ = std::fs::remove_file(&p);
+        Ok((summary, bytes?))
+    })
+    .await;
+    if built.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    let (summary, bytes) = built?;
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&serde_json::to_string(&summary).unwrap_or_default()) {
+        headers.insert(BACKUP_SUMMARY_HEADER, v);
+    }
+    Ok(response)
+}
+
+/// Header of `GET /api/v1/backup`: what the copy holds, as JSON ([`crate::backup::BackupSummary`]).
+pub const BACKUP_SUMMARY_HEADER: &str = "stampede-backup-summary";
 
 async fn create_token(
     State(state): State<ControlState>,

@@ -95,6 +95,22 @@ pub enum CtlCommand {
         /// aa:bb:cc:dd:ee:ff
         mac: Option<String>,
     },
+    /// Copy the appliance's state (machines, profiles, images, leases, tokens, audit log, boot
+    /// sessions) to FILE while it serves: one consistent snapshot, itself a state file (needs an
+    /// admin token; audited).
+    Backup {
+        /// Where to write the copy (replaced if it exists, once the copy is whole and checked).
+        file: PathBuf,
+    },
+    /// Put a backup in place as the state file, offline: refused while an appliance holds the
+    /// state file. The replaced file is kept as STATE.before-restore. Needs no token.
+    Restore {
+        /// The state file to replace (as `serve --state`).
+        #[arg(long, default_value = "/var/lib/stampede/stampede.redb")]
+        state: PathBuf,
+        /// A file written by `stampede ctl backup`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -389,6 +405,14 @@ pub enum CtlError {
     ImportFailed { id: u64, error: String },
     #[error("{0}")]
     Usage(String),
+    #[error("cannot write {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 /// A typed client of the control API.
@@ -617,6 +641,45 @@ impl Client {
             response,
             buf: Vec::new(),
         })
+    }
+
+    /// Writes `GET /api/v1/backup` to `file`: through `FILE.partial`, checked
+    /// ([`crate::backup::inspect`]) before it replaces `file`.
+    pub async fn backup_to(
+        &self,
+        file: &std::path::Path,
+    ) -> Result<crate::backup::BackupSummary, CtlError> {
+        let path = "/api/v1/backup";
+        let url = format!("{}{path}", self.base);
+        let mut response = self.send(reqwest::Method::GET, path, None::<&()>).await?;
+        let mut partial = file.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let write_err = |source| CtlError::WriteFile {
+            path: partial.clone(),
+            source,
+        };
+        let mut out = std::fs::File::create(&partial).map_err(write_err)?;
+        while let Some(chunk) = response.chunk().await.map_err(|source| CtlError::Http {
+            url: url.clone(),
+            source,
+        })? {
+            out.write_all(&chunk).map_err(write_err)?;
+        }
+        out.sync_all().map_err(write_err)?;
+        drop(out);
+        let summary = match crate::backup::inspect(&partial) {
+            Ok(summary) => summary,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(CtlError::Backup(e));
+            }
+        };
+        std::fs::rename(&partial, file).map_err(|source| CtlError::WriteFile {
+            path: file.to_owned(),
+            source,
+        })?;
+        Ok(summary)
     }
 
     pub async fn sessions(&self) -> Result<Vec<SessionSummary>, CtlError> {
@@ -1030,6 +1093,40 @@ async fn watch(
     }
 }
 
+/// `ctl restore`: the backup replaces the state file, not through the API (see
+/// [`crate::backup`] for why).
+fn restore_offline(
+    state: &std::path::Path,
+    file: &std::path::Path,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let report = crate::backup::restore(file, state)?;
+    if json {
+        return print_json(out, &report);
+    }
+    writeln!(
+        out,
+        "restored {} from {}: {}",
+        report.state.display(),
+        file.display(),
+        describe_backup(&report.restored)
+    )?;
+    if let Some(previous) = &report.previous {
+        writeln!(out, "the replaced state is kept as {}", previous.display())?;
+    }
+    Ok(())
+}
+
+/// `3 machines, 2 profiles, ..` for a person.
+fn describe_backup(s: &crate::backup::BackupSummary) -> String {
+    format!(
+        "{} machines, {} profiles, {} images, {} roots, {} tokens, {} leases, \
+         {} audit entries, {} boot sessions",
+        s.machines, s.profiles, s.images, s.roots, s.tokens, s.leases, s.audit_entries, s.sessions
+    )
+}
+
 fn method_name(m: &reqwest::Method) -> &'static str {
     match *m {
         reqwest::Method::GET => "GET",
@@ -1183,6 +1280,10 @@ pub async fn run_to(args: CtlArgs, out: &mut impl Write) -> Result<(), CtlError>
 
 /// `tty`: `out` is a terminal, so progress may redraw one line.
 async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), CtlError> {
+    if let CtlCommand::Restore { state, file } = &args.command {
+        // Offline, and so without a token.
+        return restore_offline(state, file, args.json, out);
+    }
     let token = token_or(
         args.token.clone(),
         std::env::var(crate::ADMIN_TOKEN_ENV).ok(),
@@ -1519,6 +1620,20 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
             }
             follow_import(&client, job, args.json, tty, out).await
         }
+        CtlCommand::Backup { file } => {
+            let summary = client.backup_to(&file).await?;
+            if args.json {
+                return print_json(out, &summary);
+            }
+            writeln!(
+                out,
+                "backup written to {}: {}",
+                file.display(),
+                describe_backup(&summary)
+            )?;
+            Ok(())
+        }
+        CtlCommand::Restore { state, file } => restore_offline(&state, &file, args.json, out),
         CtlCommand::Sessions { mac: None } => {
             let sessions = client.sessions().await?;
             if args.json {

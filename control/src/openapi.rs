@@ -168,7 +168,7 @@ fn schemas() -> Value {
                             "expires_at_ms": { "type": "integer", "format": "int64" } } },
         "Role": { "type": "string", "enum": ["read", "operator", "admin"] },
         "BootEvent": { "type": "object", "required": ["at_unix_ms", "client", "kind"],
-            "description": "Common fields, then the fields of its kind: dhcp_reply (message, yiaddr, boot_file), tftp_started (file, blksize, windowsize), tftp_done (file, bytes, retransmits, duration_ms), tftp_failed (file, bytes, reason), http_response (path, status, bytes); a diskless node's steps root_manifest, root_chunks, root_mounted, switch_root and root_failed (detail)",
+            "description": "Common fields, then the fields of its kind: dhcp_reply (message, yiaddr, boot_file), tftp_started (file, blksize, windowsize), tftp_done (file, bytes, retransmits, duration_ms), tftp_failed (file, bytes, reason), http_response (path, status, bytes); a diskless node's steps root_manifest, root_chunks, root_mounted, switch_root and root_failed (detail); refused (by: dhcp or xdp, reason), sampled per machine and reason",
             "properties": {
                 "at_unix_ms": { "type": "integer", "format": "int64" },
                 "mac": { "type": "string", "nullable": true,
@@ -178,8 +178,9 @@ fn schemas() -> Value {
                                                      "tftp_failed", "http_response",
                                                      "root_manifest", "root_chunks",
                                                      "root_mounted", "switch_root",
-                                                     "root_failed"] },
+                                                     "root_failed", "refused"] },
                 "detail": { "type": "string" },
+                "by": { "type": "string", "enum": ["dhcp", "xdp"] },
                 "message": { "type": "string", "enum": ["offer", "ack", "nak"] },
                 "yiaddr": { "type": "string", "format": "ipv4" },
                 "boot_file": { "type": "string" },
@@ -460,6 +461,16 @@ pub fn document() -> Value {
             "/api/v1/audit/verify": {
                 "get": op("Verify the audit hash chain", read,
                           json!({ "200": ok("Report", schema_ref("AuditReport")) }))
+            },
+            "/api/v1/backup": {
+                "get": op("A consistent copy of the state file, itself a redb state file \
+                           (taken in one read transaction while serving; audited as \
+                           state.backup; header stampede-backup-summary counts its records)",
+                          admin,
+                          json!({ "200": { "description": "The state file",
+                                           "content": { "application/octet-stream": {
+                                               "schema": { "type": "string",
+                                                           "format": "binary" } } } } }))
             },
             "/api/v1/tokens": {
                 "get": op("List tokens (never the tokens themselves)", admin,

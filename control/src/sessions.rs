@@ -10,17 +10,30 @@
 //! Memory is bounded: at most [`SessionLimits::max_sessions`] machines (the one idle longest is
 //! evicted) and [`SessionLimits::max_events`] events per session (the oldest are dropped); both
 //! evictions are counters.
-use std::collections::{HashMap, VecDeque};
+//!
+//! Sessions survive a restart: the appliance writes the sessions that changed to the state file
+//! every [`SAVE_INTERVAL`] and at a clean stop, off the data plane's path
+//! ([`crate::ControlState::persist_sessions`]), and [`crate::ControlState::open`] loads them
+//! back, events with their original times. A crash loses at most the last interval's events.
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use stampede_proto::dhcp::MessageType;
-use stampede_proto::events::{BootEvent, BootEventKind, BootStage, EventSink, NodeStep};
+use stampede_proto::events::{BootEvent, BootEventKind, BootStage, EventSink, NodeStep, RefusedBy};
 use tokio::sync::broadcast;
 
 use crate::metrics::{Counter, Metrics};
 use crate::model::MacAddr;
+
+/// How often changed sessions are written to the state file. Five seconds: a storm of a
+/// thousand machines changes every session in an interval, and one transaction of a few
+/// megabytes every five seconds stays well below the lease commits' share of the disk; what a
+/// crash loses (at most five seconds of events) is what an operator would re-read in `ctl watch`.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How much boot history the control plane keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +66,9 @@ pub struct BootSessions {
     table: Mutex<SessionTable>,
     live: broadcast::Sender<Arc<BootEvent>>,
     counters: SessionCounters,
+    /// Held by a save from taking the changes to committing them, so two saves (the saver
+    /// thread's and a backup's) cannot commit a session's older state after its newer one.
+    saving: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -71,6 +87,9 @@ struct SessionTable {
     ip_to_mac: HashMap<Ipv4Addr, MacAddr>,
     /// Bumped on every event; the session with the smallest `touched` is the one idle longest.
     clock: u64,
+    /// Sessions changed since the last save, and sessions evicted since then (to delete).
+    dirty: HashSet<MacAddr>,
+    removed: HashSet<MacAddr>,
 }
 
 impl SessionTable {
@@ -176,7 +195,7 @@ fn between_chain_links(session: &Session) -> bool {
                 }
                 delivered |= *status == 200;
             }
-            BootEventKind::NodeStep { .. } => return false,
+            BootEventKind::NodeStep { .. } | BootEventKind::Refused { .. } => return false,
         }
     }
     delivered
@@ -200,6 +219,7 @@ impl BootSessions {
         Self {
             limits,
             table: Mutex::new(SessionTable::default()),
+            saving: Mutex::new(()),
             live,
             counters: SessionCounters {
                 events: counter(
@@ -305,6 +325,8 @@ impl BootSessions {
             if let Some(ip) = evicted.and_then(|s| s.ip) {
                 table.forget_ip(ip, idle);
             }
+            table.dirty.remove(&idle);
+            table.removed.insert(idle);
             self.counters.evicted_sessions.inc();
         }
         let session = table
@@ -347,8 +369,221 @@ impl BootSessions {
             }
             table.ip_to_mac.insert(new, mac);
         }
+        table.dirty.insert(mac);
+        table.removed.remove(&mac);
         event
     }
+
+    /// Held while a save takes and commits changes (see [`Self::take_changes`]).
+    pub(crate) fn saving(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.saving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sessions changed and evicted since the last call, for the state file. The lock is
+    /// held only to clone the events' `Arc`s; the JSON form is built after it is released.
+    pub(crate) fn take_changes(&self) -> SessionChanges {
+        let (changed, removed) = {
+            let mut table = self.lock();
+            let table = &mut *table;
+            let changed: Vec<_> = table
+                .dirty
+                .drain()
+                .filter_map(|mac| {
+                    let s = table.by_mac.get(&mac)?;
+                    Some((
+                        mac,
+                        s.stored_header(),
+                        s.events.iter().cloned().collect::<Vec<_>>(),
+                    ))
+                })
+                .collect();
+            (changed, table.removed.drain().collect())
+        };
+        let changed = changed
+            .into_iter()
+            .map(|(mac, mut stored, events)| {
+                stored.events = events.iter().map(|e| EventView::from(&**e)).collect();
+                (mac, stored)
+            })
+            .collect();
+        SessionChanges { changed, removed }
+    }
+
+    /// Puts changes a failed save did not write back, so the next save tries again (unless the
+    /// session changed or went meanwhile, which the table already knows).
+    pub(crate) fn requeue(&self, changes: &SessionChanges) {
+        let mut table = self.lock();
+        for (mac, _) in &changes.changed {
+            if table.by_mac.contains_key(mac) {
+                table.dirty.insert(*mac);
+            }
+        }
+        for mac in &changes.removed {
+            if !table.by_mac.contains_key(mac) {
+                table.removed.insert(*mac);
+            }
+        }
+    }
+
+    /// Loads sessions saved by an earlier run, within this run's limits: the machines active
+    /// most recently and each one's newest events. Sessions that do not fit are deleted from the
+    /// file by the next save. Returns how many were loaded.
+    pub(crate) fn restore(&self, mut stored: Vec<(MacAddr, StoredSession)>) -> usize {
+        stored.sort_by_key(|(_, s)| std::cmp::Reverse(s.touched));
+        let mut table = self.lock();
+        let table = &mut *table;
+        let mut loaded = 0;
+        for (i, (mac, s)) in stored.into_iter().enumerate() {
+            if i >= self.limits.max_sessions || table.by_mac.contains_key(&mac) {
+                table.removed.insert(mac);
+                continue;
+            }
+            let mut events: VecDeque<Arc<BootEvent>> = s
+                .events
+                .iter()
+                .filter_map(|v| event_from_view(mac, v))
+                .map(Arc::new)
+                .collect();
+            let mut dropped_events = s.dropped_events;
+            while events.len() > self.limits.max_events.max(1) {
+                events.pop_front();
+                dropped_events += 1;
+            }
+            if let Some(ip) = s.ip {
+                table.ip_to_mac.insert(ip, mac);
+            }
+            table.clock = table.clock.max(s.touched);
+            table.by_mac.insert(
+                mac,
+                Session {
+                    ip: s.ip,
+                    boot: s.boot,
+                    first_unix_ms: s.first_unix_ms,
+                    last_unix_ms: s.last_unix_ms,
+                    events,
+                    dropped_events,
+                    touched: s.touched,
+                },
+            );
+            loaded += 1;
+        }
+        loaded
+    }
+}
+
+/// A session as the state file keeps it: its events in their API form, which owns its strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredSession {
+    pub(crate) ip: Option<Ipv4Addr>,
+    pub(crate) boot: u32,
+    pub(crate) first_unix_ms: u64,
+    pub(crate) last_unix_ms: u64,
+    pub(crate) dropped_events: u64,
+    /// Recency among sessions, for eviction after a restart.
+    pub(crate) touched: u64,
+    pub(crate) events: Vec<EventView>,
+}
+
+/// What changed since the last save.
+#[derive(Debug, Default)]
+pub(crate) struct SessionChanges {
+    pub(crate) changed: Vec<(MacAddr, StoredSession)>,
+    pub(crate) removed: Vec<MacAddr>,
+}
+
+impl SessionChanges {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl Session {
+    /// Everything but the events.
+    fn stored_header(&self) -> StoredSession {
+        StoredSession {
+            ip: self.ip,
+            boot: self.boot,
+            first_unix_ms: self.first_unix_ms,
+            last_unix_ms: self.last_unix_ms,
+            dropped_events: self.dropped_events,
+            touched: self.touched,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// The event a stored [`EventView`] came from; `None` for a kind or name this version does not
+/// know (a file written by a newer appliance), which is skipped rather than failing the start.
+fn event_from_view(mac: MacAddr, v: &EventView) -> Option<BootEvent> {
+    let kind = match &v.kind {
+        EventKindView::DhcpReply {
+            message,
+            yiaddr,
+            boot_file,
+        } => BootEventKind::DhcpReply {
+            message: (1..=u8::MAX)
+                .map(MessageType::from)
+                .find(|m| m.as_str() == message)?,
+            yiaddr: *yiaddr,
+            boot_file: boot_file.clone(),
+        },
+        EventKindView::TftpStarted {
+            file,
+            blksize,
+            windowsize,
+        } => BootEventKind::TftpStarted {
+            file: file.clone(),
+            blksize: *blksize,
+            windowsize: *windowsize,
+        },
+        EventKindView::TftpDone {
+            file,
+            bytes,
+            retransmits,
+            duration_ms,
+        } => BootEventKind::TftpDone {
+            file: file.clone(),
+            bytes: *bytes,
+            retransmits: *retransmits,
+            duration_ms: *duration_ms,
+        },
+        EventKindView::TftpFailed {
+            file,
+            bytes,
+            reason,
+        } => BootEventKind::TftpFailed {
+            file: file.clone(),
+            bytes: *bytes,
+            reason: Cow::Owned(reason.clone()),
+        },
+        EventKindView::HttpResponse {
+            path,
+            status,
+            bytes,
+        } => BootEventKind::HttpResponse {
+            path: path.clone(),
+            status: *status,
+            bytes: *bytes,
+        },
+        EventKindView::RootManifest { detail }
+        | EventKindView::RootChunks { detail }
+        | EventKindView::RootMounted { detail }
+        | EventKindView::SwitchRoot { detail }
+        | EventKindView::RootFailed { detail } => BootEventKind::NodeStep {
+            step: NodeStep::from_name(v.kind.name())?,
+            detail: detail.clone(),
+        },
+        EventKindView::Refused { by, reason } => BootEventKind::Refused {
+            by: RefusedBy::from_name(by)?,
+            reason: Cow::Owned(reason.clone()),
+        },
+    };
+    Some(BootEvent {
+        at_unix_ms: v.at_unix_ms,
+        mac: Some(mac.0),
+        client: v.client,
+        kind,
+    })
 }
 
 impl EventSink for BootSessions {
@@ -427,6 +662,12 @@ pub enum EventKindView {
     RootFailed {
         detail: String,
     },
+    /// The machine was refused (sampled): by `dhcp` or `xdp`, with the reason code counted in
+    /// metrics.
+    Refused {
+        by: String,
+        reason: String,
+    },
 }
 
 impl EventKindView {
@@ -443,6 +684,7 @@ impl EventKindView {
             Self::RootMounted { .. } => "root_mounted",
             Self::SwitchRoot { .. } => "switch_root",
             Self::RootFailed { .. } => "root_failed",
+            Self::Refused { .. } => "refused",
         }
     }
 
@@ -486,6 +728,7 @@ impl EventKindView {
             | Self::RootMounted { detail }
             | Self::SwitchRoot { detail }
             | Self::RootFailed { detail } => detail.clone(),
+            Self::Refused { by, reason } => format!("by {by}: {reason}"),
         }
     }
 }
@@ -529,7 +772,7 @@ impl From<&BootEvent> for EventView {
             } => EventKindView::TftpFailed {
                 file: file.clone(),
                 bytes: *bytes,
-                reason: (*reason).to_owned(),
+                reason: reason.to_string(),
             },
             BootEventKind::HttpResponse {
                 path,
@@ -550,6 +793,10 @@ impl From<&BootEvent> for EventView {
                     NodeStep::RootFailed => EventKindView::RootFailed { detail },
                 }
             }
+            BootEventKind::Refused { by, reason } => EventKindView::Refused {
+                by: by.as_str().to_owned(),
+                reason: reason.to_string(),
+            },
         };
         Self {
             at_unix_ms: e.at_unix_ms,
@@ -642,7 +889,8 @@ fn delivered_bytes(kind: &BootEventKind) -> u64 {
         | BootEventKind::HttpResponse { bytes, .. } => *bytes,
         BootEventKind::DhcpReply { .. }
         | BootEventKind::TftpStarted { .. }
-        | BootEventKind::NodeStep { .. } => 0,
+        | BootEventKind::NodeStep { .. }
+        | BootEventKind::Refused { .. } => 0,
     }
 }
 
@@ -701,7 +949,8 @@ fn outcome(session: &Session) -> SessionOutcome {
             }
             BootEventKind::DhcpReply { .. }
             | BootEventKind::HttpResponse { .. }
-            | BootEventKind::NodeStep { .. } => {}
+            | BootEventKind::NodeStep { .. }
+            | BootEventKind::Refused { .. } => {}
         }
     }
     if open.is_empty() {
@@ -932,7 +1181,7 @@ mod tests {
             BootEventKind::TftpFailed {
                 file: "ipxe.efi".into(),
                 bytes: 512,
-                reason: "timeout",
+                reason: "timeout".into(),
             },
         ));
         assert_eq!(s.list()[0].outcome, SessionOutcome::Failed);
@@ -980,7 +1229,7 @@ mod tests {
             BootEventKind::TftpFailed {
                 file: "snponly.efi".into(),
                 bytes: 0,
-                reason: "client_error",
+                reason: "client_error".into(),
             },
         ));
         s.record(from_ip(7_820, IP, started("snponly.efi")));

@@ -97,6 +97,8 @@ pub enum ControlError {
     Random(#[from] RandomError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 /// What a PUT did; an unchanged PUT writes nothing, audits nothing and publishes nothing, which
@@ -173,6 +175,13 @@ impl ControlState {
     ) -> Result<Self, StoreError> {
         store::create_tables(&db)?;
         let sessions = Arc::new(BootSessions::new(limits, &metrics));
+        let loaded = sessions.restore(crate::session_store::load(&db)?);
+        if loaded > 0 {
+            tracing::debug!(
+                sessions = loaded,
+                "boot sessions from before the restart loaded"
+            );
+        }
         let snapshot = load_snapshot(&db)?;
         let (tx, _) = watch::channel(Arc::new(snapshot));
         let state = Self {
@@ -205,6 +214,50 @@ impl ControlState {
     /// [`EventSink`](stampede_proto::events::EventSink).
     pub fn sessions(&self) -> &Arc<BootSessions> {
         &self.inner.sessions
+    }
+
+    /// Writes a consistent copy of the state file to the new file `dest` while serving (see
+    /// [`crate::backup`]), audited as `state.backup` by `actor` (the entry is in the copy).
+    pub fn backup(
+        &self,
+        actor: &Caller,
+        dest: &Path,
+    ) -> Result<crate::backup::BackupSummary, ControlError> {
+        self.mutate(|txn, _| {
+            audit::append(
+                txn,
+                &actor.name,
+                "state.backup",
+                "state",
+                serde_json::Value::Null,
+            )?;
+            Ok(())
+        })?;
+        // Sessions as of now, so the copy shows the latest boots too.
+        if let Err(err) = self.save_sessions() {
+            tracing::warn!(error = %crate::error_chain(&err), "boot sessions not saved before a backup");
+        }
+        Ok(crate::backup::write_copy(&self.inner.db, dest)?)
+    }
+
+    /// Writes the boot sessions changed since the last save to the state file (the saver
+    /// thread's job; tests call it directly). Returns the rows written or deleted.
+    pub fn save_sessions(&self) -> Result<usize, StoreError> {
+        crate::session_store::save(&self.inner.db, &self.inner.sessions)
+    }
+
+    /// Starts the thread that saves boot sessions every `every` (see
+    /// [`crate::sessions::SAVE_INTERVAL`]) and once more when the returned saver is stopped or
+    /// dropped: stop it after the data plane, so its last events are kept.
+    pub fn persist_sessions(
+        &self,
+        every: std::time::Duration,
+    ) -> std::io::Result<crate::session_store::SessionSaver> {
+        crate::session_store::SessionSaver::start(
+            Arc::clone(&self.inner.db),
+            Arc::clone(&self.inner.sessions),
+            every,
+        )
     }
 
     /// The fleet as of the last change.

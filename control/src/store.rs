@@ -20,6 +20,9 @@ pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("to
 pub(crate) const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
 /// Key: entry sequence number from 1; value: [`crate::audit::AuditEntry`].
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Key: MAC `aa:bb:cc:dd:ee:ff`; value: [`crate::sessions::StoredSession`] (boot history kept
+/// across restarts, written every [`crate::sessions::SAVE_INTERVAL`]).
+pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// Single values: the audit head, the last durable lease sequence number.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -98,6 +101,7 @@ pub(crate) fn create_tables(db: &redb::Database) -> Result<(), StoreError> {
     txn.open_table(LEASES).db("creating leases")?;
     txn.open_table(AUDIT).db("creating audit")?;
     txn.open_table(META).db("creating meta")?;
+    txn.open_table(SESSIONS).db("creating sessions")?;
     txn.commit().db("committing the schema")
 }
 

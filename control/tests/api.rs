@@ -1037,7 +1037,7 @@ async fn ctl_watch_prints_events_as_they_arrive() {
         BootEventKind::TftpFailed {
             file: "undionly.kpxe".into(),
             bytes: 512,
-            reason: "timeout",
+            reason: "timeout".into(),
         },
     ));
 

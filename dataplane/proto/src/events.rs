@@ -5,6 +5,7 @@
 //! already read for its protocol core (`at_unix_ms`) and hands it to an [`EventSink`]. The
 //! control plane turns events into per-machine timelines and a live stream; JSON mapping lives
 //! there, so this crate stays free of serde.
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::dhcp::MessageType;
@@ -52,8 +53,9 @@ pub enum BootEventKind {
         file: String,
         /// Bytes acknowledged before it failed.
         bytes: u64,
-        /// The drop reason code, as counted in metrics (e.g. `timeout`, `not_found`).
-        reason: &'static str,
+        /// The drop reason code, as counted in metrics (e.g. `timeout`, `not_found`). Borrowed
+        /// on the data plane; owned once read back from the state file.
+        reason: Cow<'static, str>,
     },
     /// An HTTP boot response was sent (or its body ended).
     HttpResponse {
@@ -68,6 +70,95 @@ pub enum BootEventKind {
         /// bounded by the data plane: it comes from the network.
         detail: String,
     },
+    /// A machine was refused: its DHCP got no answer, or the XDP program dropped its frames, for
+    /// a policy reason (deny list, unknown machine, no pool). Sampled: at most one per machine and
+    /// reason every [`RefusalSampler`] interval, so a looping client cannot flood the sessions.
+    Refused {
+        /// Which layer refused it.
+        by: RefusedBy,
+        /// The reason code, as counted in metrics (`denied`, `unknown_machine`, `no_pool`,
+        /// `denied_mac`, ..).
+        reason: Cow<'static, str>,
+    },
+}
+
+/// The layer that refused a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusedBy {
+    /// The userspace DHCP server (its boot-plan pre-filter or the protocol core).
+    Dhcp,
+    /// The XDP program, before the frame reached userspace.
+    Xdp,
+}
+
+impl RefusedBy {
+    pub const ALL: [Self; 2] = [Self::Dhcp, Self::Xdp];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Dhcp => "dhcp",
+            Self::Xdp => "xdp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// Decides which refusals become events: the first for a (MAC, reason) pair, then at most one
+/// per `interval`. A client retries DHCP every few seconds for minutes; one event per interval
+/// says it is still being refused without filling its session's event limit. Memory is bounded:
+/// past `capacity` pairs, entries older than `interval` are swept, and if none are, the new pair
+/// is not reported (the counters still see it).
+#[derive(Debug, Clone)]
+pub struct RefusalSampler {
+    interval: std::time::Duration,
+    capacity: usize,
+    last: std::collections::HashMap<([u8; 6], &'static str), std::time::Instant>,
+}
+
+impl RefusalSampler {
+    /// 10 s: a PXE ROM's DHCP retries (4, 8, 16, 32 s apart) each show at first, and a tight
+    /// loop shows six times a minute. 4096 pairs: the session table's machine limit.
+    pub fn new() -> Self {
+        Self::with_limits(std::time::Duration::from_secs(10), 4096)
+    }
+
+    pub fn with_limits(interval: std::time::Duration, capacity: usize) -> Self {
+        Self {
+            interval,
+            capacity: capacity.max(1),
+            last: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Whether this refusal at `now` is to be reported.
+    pub fn sample(&mut self, now: std::time::Instant, mac: [u8; 6], reason: &'static str) -> bool {
+        let interval = self.interval;
+        if let Some(at) = self.last.get_mut(&(mac, reason)) {
+            if now.saturating_duration_since(*at) < interval {
+                return false;
+            }
+            *at = now;
+            return true;
+        }
+        if self.last.len() >= self.capacity {
+            self.last
+                .retain(|_, at| now.saturating_duration_since(*at) < interval);
+            if self.last.len() >= self.capacity {
+                return false;
+            }
+        }
+        self.last.insert((mac, reason), now);
+        true
+    }
+}
+
+impl Default for RefusalSampler {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The steps a node agent reports, in the order a diskless boot goes through them.
@@ -140,12 +231,13 @@ impl BootEventKind {
             Self::TftpFailed { .. } => "tftp_failed",
             Self::HttpResponse { .. } => "http_response",
             Self::NodeStep { step, .. } => step.as_str(),
+            Self::Refused { .. } => "refused",
         }
     }
 
     pub const fn stage(&self) -> BootStage {
         match self {
-            Self::DhcpReply { .. } => BootStage::Dhcp,
+            Self::DhcpReply { .. } | Self::Refused { .. } => BootStage::Dhcp,
             Self::TftpStarted { .. } | Self::TftpDone { .. } | Self::TftpFailed { .. } => {
                 BootStage::Tftp
             }
@@ -159,7 +251,7 @@ impl BootEventKind {
     pub fn is_failure(&self) -> bool {
         match self {
             Self::DhcpReply { message, .. } => *message == MessageType::Nak,
-            Self::TftpFailed { .. } => true,
+            Self::TftpFailed { .. } | Self::Refused { .. } => true,
             Self::HttpResponse { status, .. } => *status >= 400,
             Self::NodeStep { step, .. } => *step == NodeStep::RootFailed,
             Self::TftpStarted { .. } | Self::TftpDone { .. } => false,
@@ -279,6 +371,40 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_sampled_per_machine_and_reason() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut sampler = RefusalSampler::with_limits(s(10), 2);
+        let (a, b, c) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 3]);
+        assert!(sampler.sample(t0, a, "denied"));
+        assert!(
+            !sampler.sample(t0 + s(3), a, "denied"),
+            "within the interval"
+        );
+        assert!(sampler.sample(t0 + s(3), b, "denied"), "another machine");
+        assert!(
+            !sampler.sample(t0 + s(4), c, "denied"),
+            "full, nothing old to sweep"
+        );
+        assert!(
+            sampler.sample(t0 + s(11), a, "denied"),
+            "the interval passed"
+        );
+        assert!(
+            sampler.sample(t0 + s(14), c, "no_pool"),
+            "b's entry was swept"
+        );
+        let refused = BootEventKind::Refused {
+            by: RefusedBy::Dhcp,
+            reason: "denied".into(),
+        };
+        assert_eq!(refused.name(), "refused");
+        assert_eq!(refused.stage(), BootStage::Dhcp);
+        assert!(refused.is_failure());
+        assert_eq!(RefusedBy::from_name("xdp"), Some(RefusedBy::Xdp));
+    }
+
+    #[test]
     fn mapped_ipv6_clients_have_an_ipv4_address() {
         let mut e = event(BootEventKind::TftpStarted {
             file: "a".into(),
@@ -307,7 +433,7 @@ mod tests {
             event(BootEventKind::TftpFailed {
                 file: "a".into(),
                 bytes: 0,
-                reason: "timeout",
+                reason: "timeout".into(),
             }),
         );
         NoEvents.record(event(BootEventKind::TftpStarted {

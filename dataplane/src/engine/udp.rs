@@ -16,7 +16,7 @@ use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use stampede_proto::{
     dhcp::{self, DhcpServer, LeaseStore, MemoryLeaseStore},
-    events::{BootEvent, BootEventKind, Events},
+    events::{BootEvent, BootEventKind, Events, RefusalSampler, RefusedBy},
     tftp::{self, TftpServer, TftpTransfer},
 };
 
@@ -375,6 +375,8 @@ pub(super) struct WorkerState {
     /// Datagrams produced outside a receive callback (timeouts), sent by the loop.
     pub(super) deferred: Vec<(usize, SocketAddr, Bytes)>,
     pub(super) events: Events,
+    /// Which DHCP refusals become boot events (per machine and reason, rate-limited).
+    refusals: RefusalSampler,
 }
 
 impl WorkerState {
@@ -412,6 +414,7 @@ impl WorkerState {
             buf: vec![0u8; TX_BUF_LEN],
             deferred: Vec::new(),
             events: Events::default(),
+            refusals: RefusalSampler::new(),
         })
     }
 
@@ -657,6 +660,7 @@ impl WorkerState {
         };
         if let Err(refusal) = self.plan.admit_dhcp(datagram.payload) {
             bump(&mut self.stats.dhcp_refused, refusal.as_str());
+            self.report_refusal(now, datagram.payload, source, refusal.as_str());
             return;
         }
         let local = SocketAddrV4::new(
@@ -667,8 +671,43 @@ impl WorkerState {
             server.handle_datagram(now, source, local, datagram.payload, &mut self.leases)
         {
             bump(&mut self.stats.dhcp_dropped, reason.as_str());
+            if refuses_machine(reason) {
+                self.report_refusal(now, datagram.payload, source, reason.as_str());
+            }
         }
         self.send_dhcp_replies(now);
+    }
+
+    /// A log line and a boot event for a machine whose DHCP got no answer, sampled per MAC and
+    /// reason: without them an operator sees only a counter move (issue 18).
+    fn report_refusal(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        source: SocketAddrV4,
+        reason: &'static str,
+    ) {
+        let Some(mac) = request_mac(datagram) else {
+            return;
+        };
+        if !self.refusals.sample(now, mac, reason) {
+            return;
+        }
+        tracing::info!(
+            target: "stampede::boot",
+            mac = %stampede_proto::ipxe::format_mac(&mac),
+            reason,
+            "dhcp refused"
+        );
+        self.events.record(BootEvent {
+            at_unix_ms: unix_ms(),
+            mac: Some(mac),
+            client: SocketAddr::V4(source),
+            kind: BootEventKind::Refused {
+                by: RefusedBy::Dhcp,
+                reason: reason.into(),
+            },
+        });
     }
 
     fn handle_tftp_request(&mut self, now: Instant, datagram: Received<'_>, outbox: &mut Outbox) {
@@ -885,7 +924,7 @@ impl WorkerState {
                     kind: BootEventKind::TftpFailed {
                         file: entry.file.clone(),
                         bytes: outcome.file_bytes,
-                        reason: failure.as_str(),
+                        reason: failure.as_str().into(),
                     },
                 });
                 tracing::warn!(
@@ -976,6 +1015,44 @@ fn request_file_name(datagram: &[u8]) -> String {
     let name = datagram.get(2..).unwrap_or_default();
     let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
     stampede_proto::text::peer_text(&name[..end])
+}
+
+/// Server drops that refuse a machine for a reason an operator can act on (its MAC, a missing
+/// pool, a lease the server has no record of, a full queue or store). Traffic that is simply not
+/// ours (another server's, a non-boot client in proxy mode) is left to the counters: reporting it
+/// would fill the session table with every host on the LAN.
+fn refuses_machine(reason: dhcp::DropReason) -> bool {
+    use dhcp::DropReason as R;
+    match reason {
+        R::InvalidClientMac
+        | R::UnsupportedArch
+        | R::NoPool
+        | R::PoolExhausted
+        | R::UnknownClient
+        | R::BadRequest
+        | R::LeaseStoreFailed
+        | R::QueueFull => true,
+        R::Malformed
+        | R::NotARequest
+        | R::NoMessageType
+        | R::UnknownMessageType
+        | R::UnexpectedMessageType
+        | R::UnsupportedHardware
+        | R::NotBootClient
+        | R::NotForProxy
+        | R::WrongServerId
+        | R::NotClientsLease
+        | R::BufferTooSmall => false,
+    }
+}
+
+/// The Ethernet `chaddr` of a DHCP request, when it has one.
+fn request_mac(datagram: &[u8]) -> Option<[u8; 6]> {
+    let packet = dhcp::Packet::new_checked(datagram).ok()?;
+    if packet.htype() != 1 || packet.hlen() != 6 {
+        return None;
+    }
+    packet.chaddr().get(..6)?.try_into().ok()
 }
 
 /// Milliseconds since the Unix epoch, for events (wall-clock: operators read these).
