@@ -409,3 +409,76 @@ fn a_root_that_cannot_boot_is_refused_before_serving() {
     ]);
     assert!(text.contains("no INITRD"), "{text}");
 }
+
+/// A real distribution's root: Debian 12 minbase with systemd as init (debootstrap, packed with
+/// umoci, `stampede_lab::debian_root`), booted diskless by SeaBIOS through `stampede boot
+/// --root` with the image's own kernel. The marker comes from a systemd unit once
+/// `multi-user.target` is reached: systemd ran as PID 1 of the image, after the node agent's
+/// `switch_root`, and brought the system up.
+#[test]
+fn a_debian_root_with_systemd_boots_diskless_to_multi_user() {
+    let test = "a_debian_root_with_systemd_boots_diskless_to_multi_user";
+    let mut programs = PROGRAMS.to_vec();
+    programs.push("debootstrap");
+    if !require(test, &programs) {
+        return;
+    }
+    let root = stampede_lab::debian_root::debian_root()
+        .unwrap_or_else(|e| panic!("debian root: {e}"));
+    let mut lab = BootLab::new().expect("boot lab");
+    let work = WorkDir::new("root-debian").expect("work dir");
+    let marker = format!("debian-{}", std::process::id());
+    let args: Vec<String> = [
+        "boot",
+        "--iface",
+        &lab.server_if,
+        "--dhcp-range",
+        &dhcp_range(&lab),
+        "--xdp-mode",
+        "off",
+        "--cmdline",
+        &format!("console=ttyS0 panic=-1 stampede.marker={marker}"),
+        "--root",
+        &root.source(),
+    ]
+    .map(str::to_owned)
+    .into();
+    let appliance = Appliance::start_waiting(&lab, &work, &args, Some(BENCH_API), READY_TIMEOUT);
+    let line = root_line(&appliance);
+    assert!(
+        line.contains(&format!("kernel={}", root.kernel_release)),
+        "the image's own kernel: {line}"
+    );
+    let tap = lab.add_tap().expect("tap");
+    let mut spec = MachineSpec::network(Firmware::Bios, &tap, work.join("debian.log"));
+    // The root (about 550 MiB) lives in the machine's RAM, under a RAM overlay.
+    spec.memory_mb = 2048;
+    let mac = spec.mac.clone();
+    let _slot = stampede_lab::qemu::machine_slot();
+    let mut machine = lab.start_machine(spec).expect("qemu starts");
+    let seen = machine
+        .wait_for_marker(Duration::from_secs(420))
+        .unwrap_or_else(|err| {
+            panic!(
+                "no marker from systemd: {err}\n{}\n--- stampede log ---\n{}",
+                machine.console_tail(60),
+                appliance.log()
+            )
+        });
+    assert_eq!(seen.value, marker, "{}", machine.console_tail(40));
+    let console = machine.console();
+    let report = console
+        .lines()
+        .find(|l| l.contains("STAMPEDE-ROOT image=debian-minbase"))
+        .unwrap_or_else(|| panic!("no image report:\n{}", machine.console_tail(40)));
+    assert!(report.contains("pid1=systemd"), "{report}");
+    assert!(
+        report.contains("machine_id=") && !report.trim_end().ends_with("machine_id="),
+        "the node agent wrote /etc/machine-id: {report}"
+    );
+    eprintln!(
+        "debian: power-on to multi-user.target {:.1} s",
+        seen.elapsed_since_start.as_secs_f64()
+    );
+    assert_session_has_root_steps(&lab, &mac, "debian");
+}
