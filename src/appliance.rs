@@ -401,8 +401,13 @@ fn control_plane(
     let key = crate::roots::appliance_key(state_dir)?;
     state.attach_root_builder(Arc::new(crate::root_images::RootImporter::new(roots, key)));
     if let Some(token) = state.ensure_admin_token_from_env()? {
-        // Shown once: only its hash is stored.
-        say!("admin token (shown once, store it now): {token}");
+        // Only its hash is in the state; the token itself only in this file.
+        let path = state_dir.join(crate::admin_token::FILE_NAME);
+        crate::admin_token::write(&path, &token)?;
+        say!(
+            "admin token generated: written to {} (mode 0600)",
+            path.display()
+        );
     }
     Ok((state, api))
 }

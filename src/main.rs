@@ -7,6 +7,7 @@ use stampede_dataplane::xdp::{AttachMode, XdpClassifier, error_chain};
 use stampede_ebpf_common::XdpConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
+mod admin_token;
 mod appliance;
 mod bench;
 mod capabilities;

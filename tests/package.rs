@@ -172,6 +172,7 @@ fn the_debian_package_installs_a_working_service_and_purges_clean() {
         man("stampede-boot"),
         man("stampede-ctl"),
         format!("{}/copyright", package::DOC_DIR),
+        format!("{}/stampede.json", package::DASHBOARD_DIR),
     ] {
         assert!(root.join(&path).is_file(), "/{path} installed");
     }

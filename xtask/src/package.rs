@@ -54,7 +54,7 @@ pub const ZSH_COMPLETION: &str = "usr/share/zsh/vendor-completions/_stampede";
 pub const FISH_COMPLETION: &str = "usr/share/fish/vendor_completions.d/stampede.fish";
 pub const MAN_DIR: &str = "usr/share/man/man1";
 pub const DOC_DIR: &str = "usr/share/doc/stampede";
-/// Grafana dashboards (`*.json` in docs/grafana/), when the repository has any.
+/// Grafana dashboards (`*.json` in packaging/grafana/).
 pub const DASHBOARD_DIR: &str = "usr/share/stampede/grafana";
 
 /// Builds the package; returns the `.deb`'s path.
@@ -110,7 +110,7 @@ pub fn build_deb(inputs: &PackageInputs<'_>) -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     write(&doc.join("copyright"), COPYRIGHT.as_bytes(), 0o644)?;
-    let dashboards = ws.join("docs/grafana");
+    let dashboards = ws.join("packaging/grafana");
     if dashboards.is_dir() {
         for file in read_dir(&dashboards)? {
             if file.extension().is_some_and(|e| e == "json") {
