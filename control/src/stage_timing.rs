@@ -41,6 +41,11 @@ pub const BOOT_BUCKETS: &[f64] = &[1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 /// boot (iPXE's start-up, a kernel unpacking its initrd before the OS's own DHCP) on lab VMs.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(20);
 
+/// Machines with a boot in progress that are followed at once. A flood of new MACs (each
+/// offered an address) beyond this is not timed rather than growing the table without bound;
+/// 16384 is four times the sessions' own limit.
+pub const MAX_MACHINES: usize = 16_384;
+
 /// The histograms and what each machine's boot has done so far.
 #[derive(Debug)]
 pub struct BootTimings {
@@ -123,6 +128,9 @@ impl BootTimings {
             return;
         };
         let at = event.at_unix_ms;
+        if self.machines.len() >= MAX_MACHINES && !self.machines.contains_key(&mac) {
+            return;
+        }
         let boot = self.machines.entry(mac).or_insert(BootInProgress {
             first_ms: at,
             last_ms: at,
@@ -279,6 +287,21 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
+    }
+
+    #[test]
+    fn a_flood_of_new_macs_stays_within_the_limit() {
+        let metrics = Metrics::new();
+        let mut timings = BootTimings::new(&metrics, Duration::from_secs(20));
+        for i in 0..MAX_MACHINES as u32 + 10 {
+            let [a, b, c, d] = i.to_be_bytes();
+            let mut e = event(1_000, reply(MessageType::Offer));
+            e.mac = Some([0x52, 0x54, a, b, c, d]);
+            timings.observe(&e);
+        }
+        assert_eq!(timings.machines.len(), MAX_MACHINES);
+        assert_eq!(timings.sweep(30_000), MAX_MACHINES);
+        assert!(timings.machines.is_empty());
     }
 
     #[test]
