@@ -688,6 +688,15 @@ fn run(
     let session_saver = control_state
         .persist_sessions(stampede_control::sessions::SAVE_INTERVAL)
         .context("starting the boot session saver")?;
+    // Machines the XDP program drops by MAC policy are filed as refusals too.
+    let _xdp_refusals = classifier.as_mut().and_then(|c| {
+        c.report_refusals(events.clone())
+            .inspect_err(
+                |err| tracing::warn!(error = %error_chain(err), "XDP refusals not reported"),
+            )
+            .ok()
+            .flatten()
+    });
     let boot_timings = stampede_control::stage_timing::BootTimings::new(
         control_state.metrics(),
         stampede_control::stage_timing::DEFAULT_SETTLE,

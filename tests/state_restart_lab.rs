@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
+use support::appliance::{
+    ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, start_boot_xdp, stop, wait_for_api,
+};
 
 const DENIED: &str = "52:54:00:18:00:02";
 
@@ -209,4 +211,55 @@ fn refusals_are_recorded_sessions_survive_a_restart_and_a_backup_restores() {
     let timeline = ctl(&lab.server, &["sessions", DENIED]);
     assert!(timeline.contains("by dhcp: denied"), "{timeline}");
     stop(server);
+}
+
+/// The XDP program drops a denied machine's DHCP before user space sees it; the ring buffer's
+/// sample still puts the refusal in the machine's session.
+#[test]
+fn a_machine_the_xdp_program_refuses_is_on_record() {
+    if !require("state_restart_lab_xdp", &["busybox", "curl", "ss", "ip"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(64 << 10, 64 << 10);
+    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
+    let server = start_boot_xdp(
+        &lab.server,
+        &lab.server_if,
+        "generic",
+        &["--dhcp-range", &range],
+        &payload,
+    );
+    wait_for_api(&lab.server);
+    let script = support::appliance::udhcpc_script(payload.dir.path());
+    ctl(&lab.server, &["machines", "add", DENIED, "--deny"]);
+    lab.client
+        .run(
+            "ip",
+            &["link", "set", "dev", &lab.client_if, "address", DENIED],
+            Duration::from_secs(5),
+        )
+        .expect("set the client's MAC");
+    // The deny list reaches the program with the reload the change starts; until then user
+    // space refuses the machine itself.
+    let timeline = stampede_lab::wait_for(Duration::from_secs(30), || {
+        let refused = udhcpc(&lab, &script, "1");
+        assert!(!refused.stdout.contains("BOUND"), "{}", refused.stdout);
+        std::thread::sleep(Duration::from_millis(500));
+        // The list, not the timeline: no session at all is not an error yet.
+        let listed = sessions_json(&lab.server).to_string();
+        listed
+            .contains("by xdp: denied_mac")
+            .then(|| ctl(&lab.server, &["sessions", DENIED]))
+    })
+    .expect("the XDP program's refusal is in the session");
+    assert!(timeline.contains("refused"), "{timeline}");
+    let (output, counters) = stop(server);
+    assert!(
+        output.stderr.contains("dhcp refused by the XDP program")
+            || output.stdout.contains("dhcp refused by the XDP program"),
+        "the refusal is logged:\n{}",
+        output.stderr
+    );
+    let _ = counters;
 }

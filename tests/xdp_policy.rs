@@ -886,3 +886,71 @@ fn policy_reads_past_ip_options_and_tags_and_never_parses_fragments() {
     assert_eq!(drops.packets(drop_reason::UNKNOWN_MAC), 2, "{drops}");
     assert_eq!(drops.total_packets(), 3, "{drops}");
 }
+
+/// Drops by MAC policy are sampled to user space through the `REFUSALS` ring buffer (issue 18):
+/// one record per machine and second, with the reason; rate-limit drops and passed frames leave
+/// none.
+#[test]
+fn refusals_by_mac_policy_are_sampled_to_user_space() {
+    let Some(mut xdp) = classifier("xdp_refusals", no_refill(1, 1)) else {
+        return;
+    };
+    let mut ring = xdp
+        .take_refusals()
+        .expect("the ring opens")
+        .expect("the program has a refusal ring");
+    assert!(xdp.take_refusals().expect("second take").is_none());
+    xdp.deny_mac(MAC_A).expect("deny A");
+    let from_a = discover_frame(MAC_A, None, 67);
+    for _ in 0..5 {
+        expect(
+            &xdp,
+            "A denied",
+            &from_a,
+            class::DHCP_SERVER,
+            Some(drop_reason::DENIED_MAC),
+        );
+    }
+    // B passes once, then is rate limited: neither is a refusal by policy.
+    let from_b = discover_frame(MAC_B, None, 67);
+    expect(&xdp, "B", &from_b, class::DHCP_SERVER, None);
+    expect(
+        &xdp,
+        "B limited",
+        &from_b,
+        class::DHCP_SERVER,
+        Some(drop_reason::DHCP_RATE_LIMITED),
+    );
+    assert_eq!(
+        ring.drain(),
+        [(MAC_A, "denied_mac")],
+        "one sample for five drops within a second"
+    );
+
+    // Known-only mode: an unknown machine is sampled with its own reason.
+    xdp.set_policy(XdpPolicy {
+        known_only: 1,
+        ..no_refill(1, 1)
+    })
+    .expect("policy");
+    expect(
+        &xdp,
+        "C unknown",
+        &discover_frame(MAC_C, None, 4011),
+        class::PROXY_DHCP,
+        Some(drop_reason::UNKNOWN_MAC),
+    );
+    assert_eq!(ring.drain(), [(MAC_C, "unknown_mac")]);
+
+    // A second later A is sampled again.
+    std::thread::sleep(Duration::from_millis(1_100));
+    xdp.set_policy(no_refill(1, 1)).expect("policy");
+    expect(
+        &xdp,
+        "A denied again",
+        &from_a,
+        class::DHCP_SERVER,
+        Some(drop_reason::DENIED_MAC),
+    );
+    assert_eq!(ring.drain(), [(MAC_A, "denied_mac")]);
+}

@@ -7,19 +7,128 @@ use std::{collections::BTreeSet, fmt};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, XskMap},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use stampede_ebpf_common::{
     AFXDP_MAP, ALLOW_MACS_CAPACITY, ALLOW_MACS_MAP, AfXdpSteering, CLASS_COUNTERS_MAP,
     CLASSIFIER_PROGRAM, CONFIG_MAP, ClassCounter, DENY_MACS_CAPACITY, DENY_MACS_MAP,
-    DROP_COUNTERS_MAP, MacKey, STEER_COUNTERS_MAP, XSKS_MAP, XdpConfig, XdpPolicy, class,
-    drop_reason, steer,
+    DROP_COUNTERS_MAP, MacKey, REFUSALS_MAP, STEER_COUNTERS_MAP, XSKS_MAP, XdpConfig, XdpPolicy,
+    class, drop_reason, steer,
 };
 
 /// The eBPF object file built from `ebpf/xdp`.
 pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stampede-xdp"))
+}
+
+/// How often the refusal ring is read: a refusal shows in `ctl watch` within a quarter second,
+/// and the 64 KiB ring holds 4096 samples, far more than a quarter second of refused machines.
+pub const REFUSAL_READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The program's sampled refusals ([`REFUSALS_MAP`]): frames dropped by MAC policy, at most one
+/// per MAC per second, for user space to file under the machine.
+pub struct RefusalRing {
+    ring: RingBuf<MapData>,
+}
+
+impl fmt::Debug for RefusalRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefusalRing(..)")
+    }
+}
+
+impl RefusalRing {
+    /// Every refusal waiting in the ring, as (MAC, [`drop_reason`] name).
+    pub fn drain(&mut self) -> Vec<([u8; 6], &'static str)> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            // A record shorter than a `Refusal` would come from another program version.
+            let Some(record) = item.get(..8) else {
+                continue;
+            };
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&record[..6]);
+            let reason = drop_reason::NAMES
+                .get(usize::from(record[6]))
+                .copied()
+                .unwrap_or("unknown");
+            out.push((mac, reason));
+        }
+        out
+    }
+
+    /// Files every refusal as a boot event ([`BootEventKind::Refused`] by XDP) from a thread
+    /// that reads the ring every `every`, sampled again per MAC and reason as DHCP's refusals
+    /// are ([`RefusalSampler`]). Stops when the returned reporter is dropped.
+    ///
+    /// [`BootEventKind::Refused`]: stampede_proto::events::BootEventKind::Refused
+    /// [`RefusalSampler`]: stampede_proto::events::RefusalSampler
+    pub fn report(
+        mut self,
+        events: stampede_proto::events::Events,
+        every: std::time::Duration,
+    ) -> std::io::Result<RefusalReporter> {
+        use stampede_proto::events::{BootEvent, BootEventKind, RefusalSampler, RefusedBy};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("stampede-xdp-refusals".into())
+            .spawn(move || {
+                let mut sampler = RefusalSampler::new();
+                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    let now = std::time::Instant::now();
+                    for (mac, reason) in self.drain() {
+                        if !sampler.sample(now, mac, reason) {
+                            continue;
+                        }
+                        tracing::info!(
+                            target: "stampede::boot",
+                            mac = %stampede_proto::ipxe::format_mac(&mac),
+                            reason,
+                            "dhcp refused by the XDP program"
+                        );
+                        events.record(BootEvent {
+                            at_unix_ms: std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                            mac: Some(mac),
+                            // The frame's source is not sampled; a refused client has no
+                            // address yet anyway.
+                            client: std::net::SocketAddr::from((
+                                std::net::Ipv4Addr::UNSPECIFIED,
+                                stampede_proto::dhcp::CLIENT_PORT,
+                            )),
+                            kind: BootEventKind::Refused {
+                                by: RefusedBy::Xdp,
+                                reason: reason.into(),
+                            },
+                        });
+                    }
+                    std::thread::sleep(every);
+                }
+            })?;
+        Ok(RefusalReporter {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The thread of [`RefusalRing::report`]; dropping it stops the thread.
+#[derive(Debug)]
+pub struct RefusalReporter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RefusalReporter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Errors loading, attaching or reading the classifier.
@@ -43,6 +152,8 @@ pub enum XdpError {
     },
     #[error("invalid XDP policy: {0}")]
     InvalidPolicy(&'static str),
+    #[error("cannot start the thread that reads the XDP program's refusals: {0}")]
+    RefusalThread(#[source] std::io::Error),
     #[error("{count} MACs for map {name:?}, which holds at most {max}")]
     TooManyMacs {
         name: &'static str,
@@ -279,6 +390,30 @@ impl XdpClassifier {
         cfg.set(0, config, 0).map_err(map_error(CONFIG_MAP))?;
         self.config = config;
         Ok(())
+    }
+
+    /// Takes the ring of sampled refusals out of the classifier (once; `None` after that).
+    pub fn take_refusals(&mut self) -> Result<Option<RefusalRing>, XdpError> {
+        let Some(map) = self.ebpf.take_map(REFUSALS_MAP) else {
+            return Ok(None);
+        };
+        let ring = RingBuf::try_from(map).map_err(map_error(REFUSALS_MAP))?;
+        Ok(Some(RefusalRing { ring }))
+    }
+
+    /// Files the program's sampled refusals as boot events from a thread of their own, reading
+    /// the ring every [`REFUSAL_READ_INTERVAL`] (see [`RefusalRing::report`]); `None` if the
+    /// ring was taken already.
+    pub fn report_refusals(
+        &mut self,
+        events: stampede_proto::events::Events,
+    ) -> Result<Option<RefusalReporter>, XdpError> {
+        let Some(ring) = self.take_refusals()? else {
+            return Ok(None);
+        };
+        ring.report(events, REFUSAL_READ_INTERVAL)
+            .map(Some)
+            .map_err(XdpError::RefusalThread)
     }
 
     /// The configuration in force (HTTP port and drop policy).

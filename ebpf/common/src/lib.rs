@@ -78,6 +78,34 @@ pub const DENY_MACS_MAP: &str = "DENY_MACS";
 /// Name of the hash of known MACs ([`MacKey`] to a `u8` that is always 1).
 pub const ALLOW_MACS_MAP: &str = "ALLOW_MACS";
 
+/// Name of the ring buffer of [`Refusal`]s: DHCP and ProxyDHCP frames dropped by MAC policy
+/// (deny list, known-only mode), at most one per MAC every [`REFUSAL_SAMPLE_INTERVAL_NS`], so
+/// user space can file them under the machine (issue 18). A full ring loses samples, never
+/// frames: the drop counters count every one.
+pub const REFUSALS_MAP: &str = "REFUSALS";
+/// Bytes of [`REFUSALS_MAP`]: 4096 records of 16 bytes (8 of ring header, 8 of [`Refusal`]),
+/// a second of refused machines at a rack-row scale between two reads by user space.
+pub const REFUSALS_RING_BYTES: u32 = 64 * 1024;
+/// Name of the LRU hash of when each MAC's last refusal was sampled ([`MacKey`] to
+/// `bpf_ktime_get_ns` nanoseconds).
+pub const REFUSAL_SAMPLES_MAP: &str = "REFUSAL_SAMPLES";
+/// Capacity of [`REFUSAL_SAMPLES_MAP`]: an evicted MAC is only sampled again sooner.
+pub const REFUSAL_SAMPLES_CAPACITY: u32 = 16_384;
+/// At most one sample per MAC per second: a looping client is seen, a flood is not copied.
+pub const REFUSAL_SAMPLE_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// One sampled refusal in [`REFUSALS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// The machine: its chaddr, or the frame's Ethernet source (see the program's `dhcp_drop`).
+    pub mac: [u8; 6],
+    /// A [`drop_reason`] (`DENIED_MAC` or `UNKNOWN_MAC`), as a byte.
+    pub reason: u8,
+    /// Explicit padding so the record is fully initialised.
+    pub _pad: u8,
+}
+
 /// Capacity of [`DHCP_BUCKETS_MAP`]: the least recently seen MAC is evicted beyond it, which only
 /// hands that MAC a full bucket when it comes back.
 pub const DHCP_BUCKETS_CAPACITY: u32 = 65_536;
@@ -261,6 +289,7 @@ const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
 const _: () = assert!(core::mem::size_of::<AfXdpSteering>() == 12);
+const _: () = assert!(core::mem::size_of::<Refusal>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -29,12 +29,13 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, XskMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
 use stampede_ebpf_common::{
     ALLOW_MACS_CAPACITY, AfXdpSteering, ClassCounter, DENY_MACS_CAPACITY, DHCP_BUCKETS_CAPACITY,
-    MacKey, TokenBucket, XSKS_CAPACITY, XdpConfig, class, drop_reason, steer,
+    MacKey, REFUSAL_SAMPLE_INTERVAL_NS, REFUSAL_SAMPLES_CAPACITY, REFUSALS_RING_BYTES, Refusal,
+    TokenBucket, XSKS_CAPACITY, XdpConfig, class, drop_reason, steer,
 };
 
 #[map(name = "CLASS_COUNTERS")]
@@ -74,6 +75,15 @@ static DENY_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(DENY_MACS_CAPA
 
 #[map(name = "ALLOW_MACS")]
 static ALLOW_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(ALLOW_MACS_CAPACITY, 0);
+
+/// Sampled refusals for user space, which files them as boot events.
+#[map(name = "REFUSALS")]
+static REFUSALS: RingBuf = RingBuf::with_byte_size(REFUSALS_RING_BYTES, 0);
+
+/// When each MAC's last refusal was sampled; races between CPUs at worst sample twice.
+#[map(name = "REFUSAL_SAMPLES")]
+static REFUSAL_SAMPLES: LruHashMap<MacKey, u64> =
+    LruHashMap::with_max_entries(REFUSAL_SAMPLES_CAPACITY, 0);
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -360,9 +370,11 @@ fn dhcp_drop(
     let key = MacKey::new(mac);
     let policy = &config.policy;
     if DENY_MACS.get_ptr(key).is_some() {
+        sample_refusal(key, mac, drop_reason::DENIED_MAC);
         return Some(drop_reason::DENIED_MAC);
     }
     if policy.known_only != 0 && ALLOW_MACS.get_ptr(key).is_none() {
+        sample_refusal(key, mac, drop_reason::UNKNOWN_MAC);
         return Some(drop_reason::UNKNOWN_MAC);
     }
     // SAFETY: `bpf_ktime_get_ns` has no preconditions.
@@ -384,6 +396,34 @@ fn dhcp_drop(
         }
     };
     (!admitted).then_some(drop_reason::DHCP_RATE_LIMITED)
+}
+
+/// Tells user space that `mac` was refused, unless it was told less than
+/// [`REFUSAL_SAMPLE_INTERVAL_NS`] ago. A full ring loses the sample (the drop is counted anyway).
+#[inline(always)]
+fn sample_refusal(key: MacKey, mac: [u8; 6], reason: u32) {
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match REFUSAL_SAMPLES.get_ptr_mut(key) {
+        Some(last) => {
+            // SAFETY: the pointer comes from the map lookup and stays valid while the program
+            // runs; a concurrent update from another CPU at worst samples twice.
+            let last = unsafe { &mut *last };
+            if now.wrapping_sub(*last) < REFUSAL_SAMPLE_INTERVAL_NS {
+                return;
+            }
+            *last = now;
+        }
+        None => {
+            let _ = REFUSAL_SAMPLES.insert(key, now, u64::from(BPF_NOEXIST));
+        }
+    }
+    let record = Refusal {
+        mac,
+        reason: reason as u8,
+        _pad: 0,
+    };
+    let _ = REFUSALS.output::<Refusal>(&record, 0);
 }
 
 /// Why a TFTP datagram to port 69 is dropped, if it is. Only read requests take an admission
