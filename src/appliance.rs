@@ -266,6 +266,8 @@ fn diskless_root(
         plain_http: args.root_plain_http,
     };
     let built = crate::roots::build(&cache, &key, source, args.kernel.as_deref(), &pull)?;
+    // No state records this root: pinned, so collecting unused roots keeps it.
+    cache.pin_quick_root(&built.id)?;
     let server_ip = engine::interface_ipv4(iface)?.0;
     let port = args
         .http_port

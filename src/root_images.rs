@@ -10,7 +10,7 @@
 //!   profile's own, when it is the same release) and node initramfs, served as boot files, and
 //!   the manifest's URL and `BOOTIF={bootif}` on the command line. An unknown root is an error
 //!   naming the profile and the root, so a reload is refused and the previous plan kept.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -120,6 +120,16 @@ impl RootBuilder for RootImporter {
     ) -> Result<BuiltRootRecord, RootBuildError> {
         // `{:#}`: the whole chain, e.g. "importing oci:..: layer 1 of 2 (sha256:..): ...".
         self.build_root(request, progress)
+            .map_err(|e| RootBuildError(format!("{e:#}")))
+    }
+
+    fn collect_garbage(&self, keep: &BTreeSet<String>) -> Result<(), RootBuildError> {
+        // Not while a build runs here (its root is not recorded yet; the grace period covers
+        // builds of other processes).
+        let _one = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        self.cache
+            .collect_garbage(keep, roots::GC_GRACE)
+            .map(drop)
             .map_err(|e| RootBuildError(format!("{e:#}")))
     }
 }

@@ -71,6 +71,134 @@ impl RootCache {
     fn root_dir(&self, id: &str) -> PathBuf {
         self.serve().join("roots").join(id)
     }
+
+    /// Records the root `stampede boot --root` serves (`<cache>/quick-root`), which no state
+    /// records, so garbage collection keeps it. The last quick-mode start's root stays pinned
+    /// until the next one.
+    pub fn pin_quick_root(&self, id: &str) -> anyhow::Result<()> {
+        write_file(&self.dir.join("quick-root"), id.as_bytes())
+    }
+
+    fn quick_root(&self) -> Option<String> {
+        let text = fs::read_to_string(self.dir.join("quick-root")).ok()?;
+        let id = text.trim();
+        (!id.is_empty()).then(|| id.to_owned())
+    }
+}
+
+/// What [`RootCache::collect_garbage`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Root directories (`serve/roots/<id>`) removed.
+    pub roots: usize,
+    /// Chunk files no kept root names, removed.
+    pub chunks: usize,
+    /// Bytes of files removed.
+    pub bytes: u64,
+}
+
+/// How long a root or chunk written to the cache is kept although nothing names it yet: a root
+/// being built writes its chunks before its directory appears, and an import records its root
+/// in the state only once the build returns (as git's `gc.pruneExpire` protects new objects).
+pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+impl RootCache {
+    /// Removes the roots not in `keep` (root ids) and older than `grace`, then the chunks no
+    /// remaining root's manifest names and older than `grace`. A root directory whose
+    /// `root.json` cannot be read is kept, and then no chunk is removed: it may name any.
+    /// The OCI blob cache is left alone (a pull resumes from it).
+    pub fn collect_garbage(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+        grace: std::time::Duration,
+    ) -> anyhow::Result<GcReport> {
+        let now = std::time::SystemTime::now();
+        let young = |meta: &fs::Metadata| {
+            meta.modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_none_or(|age| age < grace)
+        };
+        let mut report = GcReport::default();
+        let mut keep = keep.clone();
+        keep.extend(self.quick_root());
+        let keep = &keep;
+        let roots_dir = self.serve().join("roots");
+        let mut kept = Vec::new();
+        for entry in
+            fs::read_dir(&roots_dir).with_context(|| format!("reading {}", roots_dir.display()))?
+        {
+            let entry = entry?;
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?;
+            if keep.contains(&id) || young(&meta) || !meta.is_dir() {
+                kept.push(entry.path());
+                continue;
+            }
+            let bytes = dir_bytes(&entry.path());
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            tracing::info!(root = %id, bytes, "removed a root nothing boots");
+            report.roots += 1;
+            report.bytes += bytes;
+        }
+        let mut named = std::collections::HashSet::new();
+        for dir in &kept {
+            if !dir.is_dir() {
+                continue;
+            }
+            let manifest = fs::read(dir.join("root.json"))
+                .ok()
+                .and_then(|text| serde_json::from_slice::<RootManifest>(&text).ok());
+            let Some(manifest) = manifest else {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "a root without a readable root.json is kept, and so is every chunk"
+                );
+                return Ok(report);
+            };
+            named.extend(manifest.chunks.iter().map(|c| c.sha256.to_hex()));
+        }
+        let chunks_dir = self.serve().join("chunks");
+        for entry in fs::read_dir(&chunks_dir)
+            .with_context(|| format!("reading {}", chunks_dir.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?;
+            if named.contains(&name) || young(&meta) || !meta.is_file() {
+                continue;
+            }
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            report.chunks += 1;
+            report.bytes += meta.len();
+        }
+        if report.roots + report.chunks > 0 {
+            tracing::info!(
+                roots = report.roots,
+                chunks = report.chunks,
+                bytes = report.bytes,
+                "root cache collected"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// Bytes of the regular files under `dir` (not following links).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// How to reach a registry (`docker://` sources).
@@ -532,6 +660,86 @@ impl<R: io::Read> io::Read for HashingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root in the cache as a build leaves it: chunk files and `roots/<id>/root.json`.
+    fn fake_root(cache: &RootCache, id: &str, image: &[u8]) {
+        let manifest = RootManifest::describe(
+            id,
+            "sha256:00",
+            RootFormat::Erofs,
+            image,
+            "/sbin/init",
+            None,
+        );
+        for (i, chunk) in manifest.chunks.iter().enumerate() {
+            let at = manifest.offset(i) as usize;
+            let bytes = &image[at..at + chunk.size as usize];
+            fs::write(
+                cache.serve().join("chunks").join(chunk.sha256.to_hex()),
+                bytes,
+            )
+            .unwrap();
+        }
+        let dir = cache.root_dir(id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("root.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn age_everything(dir: &Path, by: std::time::Duration) {
+        let then = std::time::SystemTime::now() - by;
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                age_everything(&entry.path(), by);
+            }
+            fs::File::open(entry.path())
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn garbage_collection_keeps_named_and_young_roots_and_their_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = RootCache::open(dir.path()).unwrap();
+        let shared: Vec<u8> = (0..CHUNK_SIZE as usize).map(|i| (i % 251) as u8).collect();
+        let mut kept_image = shared.clone();
+        kept_image.extend_from_slice(b"kept's own tail");
+        let mut gone_image = shared.clone();
+        gone_image.extend_from_slice(b"gone's own tail, longer");
+        fake_root(&cache, "kept", &kept_image);
+        fake_root(&cache, "gone", &gone_image);
+        let keep: std::collections::BTreeSet<String> = ["kept".to_owned()].into();
+        // Everything is young: nothing goes, whatever names it.
+        let none = cache.collect_garbage(&keep, GC_GRACE).unwrap();
+        assert_eq!(none, GcReport::default());
+        age_everything(&cache.serve(), std::time::Duration::from_secs(3600));
+        // A root being built now: its chunk is young and nothing names it yet.
+        let building = cache.serve().join("chunks").join("f".repeat(64));
+        fs::write(&building, b"in progress").unwrap();
+        let report = cache.collect_garbage(&keep, GC_GRACE).unwrap();
+        assert_eq!((report.roots, report.chunks), (1, 1), "{report:?}");
+        assert!(!cache.root_dir("gone").exists());
+        assert!(cache.root_dir("kept").join("root.json").is_file());
+        assert!(building.is_file(), "a young chunk is kept");
+        let left: Vec<_> = fs::read_dir(cache.serve().join("chunks"))
+            .unwrap()
+            .collect();
+        assert_eq!(
+            left.len(),
+            3,
+            "the shared chunk, kept's tail, the young one"
+        );
+        // A root whose root.json is unreadable keeps every chunk.
+        fs::write(cache.root_dir("kept").join("root.json"), b"{").unwrap();
+        age_everything(&cache.serve(), std::time::Duration::from_secs(3600));
+        let report = cache.collect_garbage(&keep, GC_GRACE).unwrap();
+        assert_eq!(report.chunks, 0);
+    }
 
     /// Debian 12's merged /usr: `/lib` is a symlink to `usr/lib`, and the kernel's modules are
     /// found through it.

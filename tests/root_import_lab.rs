@@ -783,15 +783,38 @@ fn broken_images_are_refused_by_ctl_with_their_cause_and_nothing_is_stored() {
         "{imports}"
     );
 
-    // Forgotten: the state no longer lists it; the served files stay until a GC.
+    // Forgotten: the state no longer lists it. Its files were written minutes ago, within
+    // the grace period that protects roots being built and not yet recorded: they stay.
     let removed = ctl(ns, &["images", "rm", "small"]);
     assert!(removed.contains("image small removed"), "{removed}");
     assert_eq!(images_json(ns), listed, "back to the plain image alone");
     assert_eq!(
         appliance.built_roots(),
         built,
-        "served files are left in place"
+        "young files are left in place"
     );
+    // Two hours later (the files' times moved back), the next removal collects the root and
+    // its chunks: nothing recorded names them.
+    let serve = appliance.state_dir().join("roots/serve");
+    let aged = Command::new("find")
+        .arg(&serve)
+        .args(["-exec", "touch", "-h", "-d", "2 hours ago", "{}", "+"])
+        .status()
+        .expect("find");
+    assert!(aged.success());
+    let plain_sha256 = listed[0]["sha256"]
+        .as_str()
+        .expect("the plain image's sha256");
+    ctl(ns, &["images", "rm", plain_sha256]);
+    assert!(
+        appliance.built_roots().is_empty(),
+        "the forgotten root's files are collected: {:?}",
+        appliance.built_roots()
+    );
+    let chunks = fs::read_dir(serve.join("chunks"))
+        .expect("chunks dir")
+        .count();
+    assert_eq!(chunks, 0, "and its chunks");
     stop(appliance.server);
 }
 

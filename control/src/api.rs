@@ -815,7 +815,13 @@ async fn delete_image(
     Extension(caller): Extension<Caller>,
     PathArg(sha256): PathArg<String>,
 ) -> Result<StatusCode, ApiError> {
-    blocking(move || state.delete_image(&caller, &sha256)).await?;
+    blocking(move || {
+        state.delete_image(&caller, &sha256)?;
+        // The root's files go too, unless another name or the quick-mode root still uses them.
+        state.collect_root_garbage();
+        Ok::<_, ControlError>(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -82,6 +82,16 @@ pub trait RootBuilder: Send + Sync + std::fmt::Debug + 'static {
         request: &RootBuildRequest<'_>,
         progress: &dyn Fn(RootBuildProgress),
     ) -> Result<BuiltRootRecord, RootBuildError>;
+
+    /// Removes built roots whose id is not in `keep` (the recorded roots' `root_id`s), and
+    /// what only they used. A builder that keeps no files of its own has nothing to remove.
+    fn collect_garbage(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<(), RootBuildError> {
+        let _ = keep;
+        Ok(())
+    }
 }
 
 /// What a root build needs besides the builder's own state.

@@ -632,9 +632,25 @@ impl ControlState {
             .clone()
     }
 
-    /// Where root imports build. Only the first call has an effect.
+    /// Where root imports build. Only the first call has an effect. The builder's files that
+    /// no recorded root names any more are collected then (see
+    /// [`Self::collect_root_garbage`]).
     pub fn attach_root_builder(&self, builder: Arc<dyn RootBuilder>) {
         let _ = self.inner.root_builder.set(builder);
+        self.collect_root_garbage();
+    }
+
+    /// Asks the root builder to remove the built roots (and their chunks) that no recorded root
+    /// names: at start, and after a root is deleted. Failures are logged, never fatal: the
+    /// files only take space.
+    pub fn collect_root_garbage(&self) {
+        let Some(builder) = self.inner.root_builder.get() else {
+            return;
+        };
+        let keep = self.roots().into_iter().map(|r| r.root_id).collect();
+        if let Err(err) = builder.collect_garbage(&keep) {
+            tracing::warn!(error = %err.0, "could not collect unused roots");
+        }
     }
 
     /// What every file import checks first: the name, the expected digest, that there is a
