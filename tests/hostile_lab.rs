@@ -98,15 +98,21 @@ fn spoofed_tftp_requests_draw_little_towards_the_victim() {
     let payload = Payload::new(4 << 20, 4096);
     let appliance = start_boot(&server_ns, &server_if, &[], &payload);
     let server = SocketAddrV4::new(lan.subnet.host(1), 69);
-    let victim_address = SocketAddrV4::new(lan.subnet.host(3), VICTIM_PORT);
 
-    for (case, options) in [
+    for (n, (case, options)) in [
         (
             "windowsize 64, blksize, tsize, then ACK 0 to guessed ports",
             &[("blksize", "1468"), ("tsize", "0"), ("windowsize", "64")][..],
         ),
         ("a plain RRQ, never acknowledged", &[][..]),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A port of its own per case: an unanswered OACK is resent for up to 20 s (issue 18),
+        // so the first case's transfer outlives its count, and a request from the same address
+        // and port would be taken for a repeat of it.
+        let victim_address = SocketAddrV4::new(lan.subnet.host(3), VICTIM_PORT + n as u16);
         let known_ports = learn_transfer_ports(&attacker, server, 8);
         let rx_before = victim.link_stat(&victim_if, "rx_bytes").expect("rx_bytes");
         let request = rrq("vmlinuz", options);

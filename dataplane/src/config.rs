@@ -1587,6 +1587,10 @@ fn tftp_settings(w: &wire::Tftp) -> Result<TftpSettings, ConfigError> {
             Duration::from_millis(100),
             s(255),
         )?,
+        // Not configurable: tuned for real clients under load (atftp aborts on a second OACK)
+        // and the round trips each transfer measures (issue 18).
+        oack_timeout: d.oack_timeout,
+        min_timeout: d.min_timeout,
         max_retries: number(
             "tftp.max_retries",
             w.max_retries,

@@ -713,9 +713,19 @@ impl WorkerState {
     fn handle_tftp_request(&mut self, now: Instant, datagram: Received<'_>, outbox: &mut Outbox) {
         self.stats.tftp_requests += 1;
         // The listening core keeps no state: a retransmitted RRQ of a running transfer must not
-        // start a second one.
-        if self.peers.contains_key(&datagram.source) {
-            bump(&mut self.stats.tftp_dropped, "duplicate_request");
+        // start a second one. The transfer answers it with its first datagram again if the
+        // client has not answered that yet: the client evidently lost it.
+        if let Some(&port) = self.peers.get(&datagram.source) {
+            let key = (port, datagram.source);
+            let answered = self
+                .transfers
+                .get_mut(&key)
+                .is_some_and(|entry| entry.transfer.handle_repeated_request(now));
+            if answered {
+                self.drive_transfer(now, key, Some(outbox));
+            } else {
+                bump(&mut self.stats.tftp_dropped, "duplicate_request");
+            }
             return;
         }
         if self.transfers.len() >= self.max_transfers {

@@ -30,8 +30,15 @@
 //! * Block numbers wrap from 65535 to 0. Retransmission on timeout, doubling up to
 //!   [`TransferLimits::max_backoff`], at most [`TransferLimits::max_retries`] in a row; idle and
 //!   total-duration limits. Duplicate ACKs never cause a send (RFC 1123 §4.2.3.1).
-//! * Not handled here: a client repeating its RRQ at the listening port gets a second transfer;
-//!   the engine should key live transfers by client address and drop the repeat.
+//! * The timeout is the client's (RFC 2349 `timeout`) or measured from the transfer's round
+//!   trips ([`RttEstimator`], RFC 6298, Karn's algorithm) with a floor of
+//!   [`TransferLimits::min_timeout`]; before the first ACK, [`TransferLimits::default_timeout`]
+//!   for DATA 1 and the longer [`TransferLimits::oack_timeout`] for an OACK, since atftp aborts
+//!   on a duplicated OACK (issue 18).
+//! * A client repeating its RRQ at the listening port must not get a second transfer: the
+//!   engine keys live transfers by client address and hands the repeat to
+//!   [`TftpTransfer::handle_repeated_request`], which resends the first datagram if the client
+//!   has not answered yet (it evidently lost it).
 //!
 //! # Client ([`TftpClient`])
 //! For the benchmark harness: sends a RRQ with the [`ClientConfig`] options (presets
@@ -43,6 +50,7 @@
 pub mod client;
 pub mod netascii;
 pub mod options;
+pub mod rtt;
 pub mod server;
 pub mod transfer;
 pub mod wire;
@@ -54,6 +62,7 @@ use std::net::SocketAddr;
 
 pub use client::{ClientConfig, ClientDrop, ClientFailure, ClientOutcome, Expected, TftpClient};
 pub use options::{OptionSet, RawOptions};
+pub use rtt::RttEstimator;
 pub use server::{Refusal, Request, RequestDrop, ServerConfig, TftpServer};
 pub use transfer::{
     Outcome, TftpTransfer, TransferDrop, TransferFailure, TransferLimits, TransferParams,

@@ -23,6 +23,10 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -495,6 +499,8 @@ fn ack(block: u16) -> [u8; 4] {
 
 const NO_IDLE: TransferLimits = TransferLimits {
     default_timeout: Duration::from_secs(1),
+    oack_timeout: Duration::from_secs(4),
+    min_timeout: Duration::from_millis(250),
     max_retries: 5,
     max_unverified_retries: 3,
     max_backoff: Duration::from_secs(8),
@@ -508,16 +514,22 @@ fn server_retransmit_deadlines_are_exact() {
     let mut transfer = accept(t0, 2000, b"", NO_IDLE);
     let client = addr(CLIENT);
     assert_eq!(drain(&mut transfer, t0), [(Opcode::Data, 1, client)]);
-    // The client answers (see the test after for one that never does).
+    assert_eq!(
+        transfer.poll_timeout(),
+        Some(t0 + secs(1)),
+        "no round trip measured yet: the initial 1 s"
+    );
+    // The client answers at once (see the test after for one that never does): the measured
+    // round trip is below the floor, so the floor is the timeout.
     transfer
         .handle_datagram(t0, client, &ack(1))
         .expect("ACK 1");
     assert_eq!(drain(&mut transfer, t0), [(Opcode::Data, 2, client)]);
-    assert_eq!(transfer.poll_timeout(), Some(t0 + secs(1)));
+    assert_eq!(transfer.poll_timeout(), Some(t0 + ms(250)));
     assert_eq!(drain(&mut transfer, t0), [], "nothing before the timeout");
-    // Backoff 1, 2, 4, 8, 8 (capped), then give up.
+    // Backoff 0.25, 0.5, 1, 2, 4, 8 (capped), then give up.
     let mut at = t0;
-    for (retry, rto) in [2u64, 4, 8, 8, 8].into_iter().enumerate() {
+    for (retry, rto) in [500u64, 1000, 2000, 4000, 8000].into_iter().enumerate() {
         at = transfer.poll_timeout().expect("timer armed");
         transfer.handle_timeout(at);
         assert_eq!(
@@ -525,13 +537,9 @@ fn server_retransmit_deadlines_are_exact() {
             [(Opcode::Data, 2, client)],
             "retry {retry}"
         );
-        assert_eq!(
-            transfer.poll_timeout(),
-            Some(at + secs(rto)),
-            "retry {retry}"
-        );
+        assert_eq!(transfer.poll_timeout(), Some(at + ms(rto)), "retry {retry}");
     }
-    assert_eq!(at, t0 + secs(1 + 2 + 4 + 8 + 8));
+    assert_eq!(at, t0 + ms(250 + 500 + 1000 + 2000 + 4000));
     let last = transfer.poll_timeout().expect("timer armed");
     transfer.handle_timeout(last);
     assert_eq!(
@@ -542,9 +550,10 @@ fn server_retransmit_deadlines_are_exact() {
     let outcome = transfer.is_finished().expect("finished");
     assert_eq!(outcome.result, Err(TransferFailure::RetriesExhausted));
     assert_eq!(outcome.retransmits, 5);
-    assert_eq!(outcome.duration, secs(1 + 2 + 4 + 8 + 8 + 8));
+    assert_eq!(outcome.duration, ms(250 + 500 + 1000 + 2000 + 4000 + 8000));
 
-    // An ACK resets the backoff: the next deadline is one base timeout after the next send.
+    // An ACK resets the backoff: the next deadline is one base timeout after the next send. That
+    // ACK followed a resend, so it gives no round-trip sample (Karn): still the initial 1 s.
     let mut transfer = accept(t0, 2000, b"", NO_IDLE);
     drain(&mut transfer, t0);
     transfer.handle_timeout(t0 + secs(1));
@@ -663,7 +672,7 @@ fn duplicate_ack_never_resends() {
     );
     assert_eq!(
         transfer.poll_timeout(),
-        Some(t0 + secs(1)),
+        Some(t0 + ms(250)),
         "timer untouched"
     );
 }
@@ -900,7 +909,11 @@ fn final_ack_lost_is_recovered_by_the_dally() {
         .expect("server done");
     assert_eq!(server.result, Ok(()), "the dallying client re-acknowledged");
     assert_eq!(server.retransmits, 1);
-    assert_eq!(server.duration, secs(1), "one retransmission timeout");
+    assert_eq!(
+        server.duration,
+        ms(250),
+        "one retransmission timeout: the measured round trip's floor"
+    );
 }
 
 #[test]
@@ -949,10 +962,11 @@ fn no_oack_without_an_accepted_option() {
 
 #[test]
 fn per_transfer_state_is_small() {
-    // A Bytes handle, addresses, timers, counters and the window position: no buffers. 432 bytes
-    // on x86_64 today; the bound catches a buffer or a collection sneaking in.
+    // A Bytes handle, addresses, timers, the round-trip estimate, counters and the window
+    // position: no buffers. 520 bytes on x86_64 today; the bound catches a buffer or a
+    // collection sneaking in.
     let size = size_of::<TftpTransfer>();
-    assert!(size <= 512, "TftpTransfer is {size} bytes");
+    assert!(size <= 576, "TftpTransfer is {size} bytes");
 }
 
 #[test]
@@ -1035,10 +1049,15 @@ fn an_unanswered_transfer_sends_its_first_datagram_a_few_times_only() {
             vec![(first, if first == Opcode::Data { 1 } else { 0 }, victim); 1 + resends],
             "{options:?}: the first datagram and its resends, nothing else"
         );
+        let backoff = if first == Opcode::Data {
+            secs(1 + 2 + 4 + 8)
+        } else {
+            secs(4 + 8 + 8 + 8)
+        };
         assert_eq!(
             at,
-            t0 + secs(1 + 2 + 4 + 8),
-            "{options:?}: backoff 1, 2, 4, then give up"
+            t0 + backoff,
+            "{options:?}: backoff 1, 2, 4 (an OACK's 4, 8, 8), then give up"
         );
         let outcome = transfer.is_finished().expect("finished");
         assert_eq!(outcome.result, Err(TransferFailure::RetriesExhausted));
@@ -1065,8 +1084,9 @@ fn a_timeout_resends_the_window_start_and_an_ack_reopens_the_window() {
         [1],
         "loss window: one block"
     );
+    assert_eq!(t1, t0 + ms(250), "the measured round trip's floor");
     let t2 = transfer.poll_timeout().expect("armed");
-    assert_eq!(t2, t1 + secs(2), "backed off");
+    assert_eq!(t2, t1 + ms(500), "backed off");
     transfer.handle_timeout(t2);
     assert_eq!(blocks(drain(&mut transfer, t2)), [1]);
     transfer
@@ -1076,5 +1096,136 @@ fn a_timeout_resends_the_window_start_and_an_ack_reopens_the_window() {
         blocks(drain(&mut transfer, t2)),
         [2, 3, 4, 5],
         "window open again"
+    );
+}
+
+/// Issue 18: a loaded client (a storm of boots on two cores) answers late; its transfer's
+/// timeout follows the round trips it measures (RFC 6298), and a sample is only taken from a
+/// datagram sent once (Karn).
+#[test]
+fn the_timeout_follows_the_measured_round_trip() {
+    let t0 = Instant::now();
+    let client = addr(CLIENT);
+    let mut transfer = accept(t0, 512 * 10, b"", NO_IDLE);
+    let mut t = t0;
+    drain(&mut transfer, t);
+    // Each block is acknowledged 400 ms after it went out.
+    for block in 1..=3u16 {
+        t += ms(400);
+        transfer
+            .handle_datagram(t, client, &ack(block))
+            .expect("ACK");
+        assert_eq!(drain(&mut transfer, t), [(Opcode::Data, block + 1, client)]);
+    }
+    // SRTT 400 ms; RTTVAR 200, 150, 112.5 ms: RTO = 400 + 4 × 112.5 = 850 ms.
+    assert_eq!(transfer.srtt(), Some(ms(400)));
+    assert_eq!(transfer.poll_timeout(), Some(t + ms(850)));
+    // A timeout, then the ACK of the resent block: no sample from it (Karn).
+    let at = transfer.poll_timeout().expect("armed");
+    transfer.handle_timeout(at);
+    assert_eq!(drain(&mut transfer, at), [(Opcode::Data, 4, client)]);
+    let late = at + ms(100);
+    transfer
+        .handle_datagram(late, client, &ack(4))
+        .expect("ACK 4");
+    assert_eq!(
+        transfer.srtt(),
+        Some(ms(400)),
+        "no sample from a resent block"
+    );
+    assert_eq!(drain(&mut transfer, late), [(Opcode::Data, 5, client)]);
+    assert_eq!(transfer.poll_timeout(), Some(late + ms(850)));
+
+    // The ACK 0 of an OACK is a sample too.
+    let mut transfer = accept(t0, 5000, b"blksize\x001468\x00", NO_IDLE);
+    drain(&mut transfer, t0);
+    transfer
+        .handle_datagram(t0 + secs(2), client, &ack(0))
+        .expect("ACK 0");
+    assert_eq!(transfer.srtt(), Some(secs(2)));
+    drain(&mut transfer, t0 + secs(2));
+    assert_eq!(
+        transfer.poll_timeout(),
+        Some(t0 + secs(2) + secs(1)),
+        "2 s + 4 × 1 s, capped at the initial timeout: a sample only shortens it"
+    );
+}
+
+/// Issue 18: atftp answers a second OACK with ERROR 0 and aborts. The OACK is not resent before
+/// `oack_timeout` (4 s, below atftp's own 5 s), so a client that is merely slow to answer gets
+/// one; a client that lost it and says so by repeating its request gets it again at once.
+#[test]
+fn the_oack_waits_for_a_slow_client_and_answers_a_repeated_request() {
+    let t0 = Instant::now();
+    let client = addr(CLIENT);
+    let options = b"blksize\x001468\x00tsize\x000\x00";
+    let mut transfer = accept(t0, 5000, options, NO_IDLE);
+    assert_eq!(drain(&mut transfer, t0), [(Opcode::Oack, 0, client)]);
+    assert_eq!(transfer.poll_timeout(), Some(t0 + secs(4)));
+    // A client loaded for 3.5 s still gets its DATA 1, without a second OACK.
+    transfer.handle_timeout(t0 + ms(3500));
+    assert_eq!(drain(&mut transfer, t0 + ms(3500)), []);
+    transfer
+        .handle_datagram(t0 + ms(3500), client, &ack(0))
+        .expect("ACK 0");
+    assert_eq!(
+        drain(&mut transfer, t0 + ms(3500)),
+        [(Opcode::Data, 1, client)]
+    );
+    assert!(
+        !transfer.handle_repeated_request(t0 + secs(5)),
+        "a repeat after the client answered is stale"
+    );
+
+    // The OACK was lost: the client repeats its request (atftp after 5 s, iPXE sooner).
+    let mut transfer = accept(t0, 5000, options, NO_IDLE);
+    drain(&mut transfer, t0);
+    assert!(
+        !transfer.handle_repeated_request(t0 + ms(100)),
+        "a repeat within the floor may have crossed the OACK"
+    );
+    assert_eq!(drain(&mut transfer, t0 + ms(100)), []);
+    assert!(transfer.handle_repeated_request(t0 + secs(1)));
+    assert_eq!(
+        drain(&mut transfer, t0 + secs(1)),
+        [(Opcode::Oack, 0, client)]
+    );
+    assert_eq!(
+        transfer.poll_timeout(),
+        Some(t0 + secs(1) + secs(8)),
+        "counted as a timeout: backed off"
+    );
+    // Repeats share the limit of resends to an address that never answered (issue 19).
+    let mut at = t0 + secs(1);
+    let mut sent = 2;
+    for _ in 0..10 {
+        at += secs(1);
+        if transfer.handle_repeated_request(at) {
+            sent += drain(&mut transfer, at).len();
+        }
+    }
+    assert_eq!(sent, 1 + NO_IDLE.max_unverified_retries as usize);
+    let outcome = transfer.is_finished();
+    assert_eq!(outcome, None, "the timer ends it");
+    while let Some(next) = transfer.poll_timeout() {
+        transfer.handle_timeout(next);
+        assert_eq!(
+            drain(&mut transfer, next),
+            [],
+            "nothing more to the address"
+        );
+    }
+    assert_eq!(
+        transfer.is_finished().map(|o| (o.result, o.retransmits)),
+        Some((Err(TransferFailure::RetriesExhausted), 3))
+    );
+
+    // A plain request's DATA 1 is answered the same way.
+    let mut transfer = accept(t0, 5000, b"", NO_IDLE);
+    drain(&mut transfer, t0);
+    assert!(transfer.handle_repeated_request(t0 + ms(500)));
+    assert_eq!(
+        drain(&mut transfer, t0 + ms(500)),
+        [(Opcode::Data, 1, client)]
     );
 }

@@ -15,6 +15,18 @@
 //!   at each consecutive timeout up to `TransferLimits::max_backoff`; the next ACK that moves the
 //!   window opens it to the negotiated windowsize again. After `max_retries` timeouts in a row
 //!   the transfer fails.
+//! * The timeout: the client's own when it asked for one (RFC 2349); otherwise measured per
+//!   transfer from the round trips of datagrams sent once ([`RttEstimator`], RFC 6298 with
+//!   Karn's algorithm), within `TransferLimits::min_timeout..=default_timeout`. Before the first
+//!   sample it is `TransferLimits::default_timeout` for DATA 1 and the longer
+//!   `TransferLimits::oack_timeout` for the OACK.
+//! * A second OACK kills some clients: atftp 0.8 answers it with ERROR 0 and aborts ("tftp:
+//!   unexpected OACK", tftp_file.c), so an OACK resent while its ACK 0 is on the way, or while
+//!   a client loaded by a storm of boots has not read it yet, costs a machine (issue 18: 31 of
+//!   400 atftp clients lost to a resend after 1 s). The OACK is therefore resent late (atftp
+//!   itself repeats its RRQ after 5 s when the OACK was lost), and early only when the client
+//!   shows that it has none: it repeats its request ([`TftpTransfer::handle_repeated_request`]).
+//!   A repeat that may have crossed our datagram (within `min_timeout` of it) is not answered.
 //! * Until the client has answered (ACK 0 of the OACK, or ACK 1 of a plain transfer) it is not
 //!   known to be at the address it claims: a spoofed RRQ names a victim. Before that only the
 //!   first datagram (the OACK, or DATA 1: the window is one block before the first ACK anyway)
@@ -36,13 +48,20 @@ use bytes::Bytes;
 use super::Transmit;
 use super::netascii;
 use super::options::OptionSet;
+use super::rtt::RttEstimator;
 use super::wire::{ErrorCode, HEADER_LEN, Options, Repr, WireError, emit_data_header};
 
 /// Limits every transfer runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferLimits {
-    /// Retransmission timeout when the client did not ask for one (RFC 2349 `timeout`).
+    /// Retransmission timeout of DATA 1 when the client did not ask for one (RFC 2349
+    /// `timeout`), before any round trip was measured (RFC 6298 §2.1).
     pub default_timeout: Duration,
+    /// First retransmission timeout of an OACK (when the client did not ask for a timeout):
+    /// longer, since a duplicated OACK makes atftp abort (see the module documentation).
+    pub oack_timeout: Duration,
+    /// Floor of the timeout measured from round trips; `default_timeout` is its ceiling.
+    pub min_timeout: Duration,
     /// Consecutive timeouts before giving up.
     pub max_retries: u32,
     /// Consecutive timeouts before giving up while the client has not answered yet (it may not
@@ -61,10 +80,17 @@ impl Default for TransferLimits {
     fn default() -> Self {
         Self {
             default_timeout: Duration::from_secs(1),
+            // Below the 5 s after which atftp (and tftp-hpa's client) repeat a request whose
+            // answer was lost, and above the 1.1 s by which loaded atftp clients had not
+            // acknowledged their OACK (issue 18).
+            oack_timeout: Duration::from_secs(4),
+            // A LAN round trip is well below a millisecond; 250 ms spares a busy client a
+            // resent block (RFC 6298's 1 s floor is for the Internet).
+            min_timeout: Duration::from_millis(250),
             max_retries: 5,
-            // 1 + 3 datagrams over 1 + 2 + 4 s, then 8 s of silence before giving up: an OACK
-            // is no longer than the request it answers plus a tsize value, so a spoofed
-            // request with an ACK 0 draws at most about 4x its bytes.
+            // 1 + 3 datagrams over 1 + 2 + 4 s (an OACK over 4 + 8 + 8 s), then 8 s of silence
+            // before giving up: an OACK is no longer than the request it answers plus a tsize
+            // value, so a spoofed request with an ACK 0 draws at most about 4x its bytes.
             max_unverified_retries: 3,
             max_backoff: Duration::from_secs(8),
             idle_timeout: Duration::from_secs(30),
@@ -211,6 +237,13 @@ pub struct TftpTransfer {
     base_cursor: netascii::Cursor,
     next_cursor: netascii::Cursor,
     retries: u32,
+    /// Round trips measured on this transfer.
+    rtt: RttEstimator,
+    /// The datagram being timed for a round-trip sample: its block (0 for the OACK) and when it
+    /// went out. Cleared on a timeout: a retransmitted datagram gives no sample (Karn).
+    timed: Option<(u64, Instant)>,
+    /// When the last datagram went out.
+    last_sent: Instant,
     deadline: Option<Instant>,
     started: Instant,
     last_progress: Instant,
@@ -258,6 +291,9 @@ impl TftpTransfer {
             base_cursor: netascii::Cursor::default(),
             next_cursor: netascii::Cursor::default(),
             retries: 0,
+            rtt: RttEstimator::default(),
+            timed: None,
+            last_sent: now,
             deadline: None,
             started: now,
             last_progress: now,
@@ -283,11 +319,50 @@ impl TftpTransfer {
         (HEADER_LEN + usize::from(self.params.blksize)).max(2 + self.params.oack.buffer_len())
     }
 
+    /// The smoothed round trip measured so far.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
+    }
+
+    /// The timeout before backoff: the client's (RFC 2349), else measured, else the initial one.
+    fn base_timeout(&self) -> Duration {
+        if self.params.oack.timeout.is_some() {
+            return self.params.timeout;
+        }
+        // A measured round trip only ever shortens the timeout. A sample can hold a client's own
+        // retransmission timer (its ACK was lost and it repeated it later: the same ACK); a
+        // timeout grown from such samples would outlast the client's dally after the last
+        // block and wait for an ACK that no longer comes. A resent DATA block costs a slow
+        // client nothing: it acknowledges it again, and the server ignores the duplicate ACK.
+        let cap = self.limits.default_timeout;
+        if let Some(rto) = self.rtt.rto(self.limits.min_timeout.min(cap), cap) {
+            rto
+        } else if self.oack_pending {
+            self.limits.oack_timeout.max(self.params.timeout)
+        } else {
+            self.params.timeout
+        }
+    }
+
     /// The retransmission timeout now: the base timeout doubled per consecutive timeout.
     fn rto(&self) -> Duration {
-        let base = self.params.timeout;
+        let base = self.base_timeout();
         let backed_off = base.saturating_mul(1u32 << self.retries.min(16));
         backed_off.min(self.limits.max_backoff.max(base))
+    }
+
+    /// A round trip ends with the ACK of `acked` (0: of the OACK), taken as a sample when it
+    /// acknowledges all that was sent. A windowed client acknowledges part of a window only
+    /// after its own timeout (RFC 7440 §4): that wait is not a round trip, and counting it would
+    /// stretch the timeout past the client's dally after the last block.
+    fn measure(&mut self, now: Instant, acked: u64) {
+        if let Some((block, at)) = self.timed
+            && acked >= block
+            && acked + 1 >= self.next
+        {
+            self.rtt.sample(now.saturating_duration_since(at));
+            self.timed = None;
+        }
     }
 
     fn block_offset(&self, block: u64) -> u64 {
@@ -358,6 +433,7 @@ impl TftpTransfer {
             self.verified = true;
             self.oack_pending = false;
             self.oack_due = false;
+            self.measure(now, 0);
             self.progress(now);
             return Ok(());
         }
@@ -373,6 +449,7 @@ impl TftpTransfer {
         }
         self.verified = true;
         self.loss_window = false;
+        self.measure(now, acked);
         if acked == self.last_block {
             self.base = acked + 1;
             self.finish(now, Ok(()));
@@ -434,8 +511,10 @@ impl TftpTransfer {
             }
             let len = repr.emit(buf);
             if self.retries > 0 {
-                // Only a timeout makes the OACK due again.
+                // Only a timeout or a repeated request makes the OACK due again.
                 self.retransmits += 1;
+            } else {
+                self.timed = Some((0, now));
             }
             self.oack_due = false;
             self.sent(now, len);
@@ -473,6 +552,8 @@ impl TftpTransfer {
         };
         if self.next < self.sent_high {
             self.retransmits += 1;
+        } else if self.timed.is_none() {
+            self.timed = Some((self.next, now));
         }
         self.next += 1;
         self.sent_high = self.sent_high.max(self.next);
@@ -490,7 +571,55 @@ impl TftpTransfer {
 
     fn sent(&mut self, now: Instant, len: usize) {
         self.count_sent(len);
+        self.last_sent = now;
         self.deadline = Some(now + self.rto());
+    }
+
+    /// The most timeouts in a row before giving up: fewer while the client has not answered.
+    fn max_retries(&self) -> u32 {
+        if self.verified {
+            self.limits.max_retries
+        } else {
+            self.limits
+                .max_unverified_retries
+                .min(self.limits.max_retries)
+        }
+    }
+
+    /// Makes the datagram at the start of the window (or the OACK) due again.
+    fn retransmit(&mut self) {
+        self.retries += 1;
+        self.deadline = None;
+        // Karn: the ACK that follows may answer either copy.
+        self.timed = None;
+        if self.oack_pending {
+            self.oack_due = true;
+        } else {
+            self.loss_window = true;
+            self.next = self.base;
+            self.next_cursor = self.base_cursor;
+        }
+    }
+
+    /// The client sent its request again from the same address and port: until it has
+    /// answered, that says it has not got the first datagram (the OACK or DATA 1), which then
+    /// goes again now instead of at the timeout. It counts as a timeout: same backoff, same
+    /// limit of resends to an address that never answered. Returns whether anything is due;
+    /// `false` when the repeat is ignored (the client has answered before, the datagram is due
+    /// anyway, the resends are used up, or the repeat came within `min_timeout` of the last
+    /// send and may have crossed it on the wire: a second OACK makes atftp abort).
+    pub fn handle_repeated_request(&mut self, now: Instant) -> bool {
+        if self.verified
+            || self.outcome.is_some()
+            || matches!(self.pending, Pending::Farewell(_))
+            || self.deadline.is_none()
+            || now < self.last_sent + self.limits.min_timeout
+            || self.retries >= self.max_retries()
+        {
+            return false;
+        }
+        self.retransmit();
+        true
     }
 
     /// When [`TftpTransfer::handle_timeout`] must run next: the retransmission deadline, the
@@ -518,24 +647,10 @@ impl TftpTransfer {
         }
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
-            let max_retries = if self.verified {
-                self.limits.max_retries
-            } else {
-                self.limits
-                    .max_unverified_retries
-                    .min(self.limits.max_retries)
-            };
-            if self.retries >= max_retries {
+            if self.retries >= self.max_retries() {
                 return self.fail(now, TransferFailure::RetriesExhausted);
             }
-            self.retries += 1;
-            if self.oack_pending {
-                self.oack_due = true;
-            } else {
-                self.loss_window = true;
-                self.next = self.base;
-                self.next_cursor = self.base_cursor;
-            }
+            self.retransmit();
         }
     }
 }
