@@ -263,3 +263,70 @@ fn a_machine_the_xdp_program_refuses_is_on_record() {
     );
     let _ = counters;
 }
+
+/// ProxyDHCP stays silent to a machine it has no entry for (no default profile): the machine's
+/// session says so, with the reason.
+#[test]
+fn an_unknown_machine_refused_by_proxy_dhcp_is_on_record() {
+    if !require("state_restart_lab_proxy", &["busybox", "curl", "ss", "ip"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let dir = payload.dir.path();
+    let config = dir.join("stampede.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ninterfaces = [\"{}\"]\n\
+             [dhcp]\nmode = \"proxy\"\n\
+             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\" }}\n\
+             [[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\n\
+             [[machines]]\nmac = \"52:54:00:60:00:01\"\nprofile = \"live\"\n\
+             [xdp]\nmode = \"off\"\n",
+            lab.server_if,
+            payload.kernel.display(),
+        ),
+    )
+    .expect("write config");
+    let mut command = lab.server.command(STAMPEDE);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state")
+        .arg(dir.join("state.redb"))
+        .args(["--stats-interval", "60"])
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let server = stampede_lab::Process::spawn(command).expect("serve");
+    wait_for_api(&lab.server);
+    let script = support::appliance::udhcpc_script(dir);
+    let unknown = stampede_lab::wait_for(Duration::from_secs(20), || {
+        udhcpc(&lab, &script, "1");
+        let listed = sessions_json(&lab.server).to_string();
+        listed
+            .contains("by dhcp: unknown_machine")
+            .then_some(listed)
+    })
+    .expect("the refusal is in a session");
+    let sessions: serde_json::Value = serde_json::from_str(&unknown).expect("json");
+    let row = sessions
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|s| {
+            s["last_event"]
+                .as_str()
+                .is_some_and(|e| e.contains("unknown_machine"))
+        })
+        .expect("the refused machine");
+    assert_eq!(row["outcome"], "failed", "{row}");
+    let mac = row["mac"].as_str().expect("a MAC");
+    let timeline = ctl(&lab.server, &["sessions", mac]);
+    assert!(
+        timeline.contains("refused") && timeline.contains("by dhcp: unknown_machine"),
+        "{timeline}"
+    );
+    stop(server);
+}
