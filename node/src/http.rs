@@ -286,7 +286,11 @@ impl HttpConnection {
             }
         };
         let started = Instant::now();
-        let mut request = FetchRequest::get(&url.target).keeping_body(limit);
+        // Kept whole and checked by the caller (each chunk against the manifest): not hashed
+        // here too.
+        let mut request = FetchRequest::get(&url.target)
+            .keeping_body(limit)
+            .unhashed();
         request.range = range;
         client.fetch(started, request);
         let mut out = Vec::new();

@@ -40,6 +40,9 @@ pub struct FetchRequest {
     /// byte arrives (a run of a root's chunks fetched with one `Range`): a bad piece fails the
     /// fetch naming it, before the rest arrives. The whole body is then not hashed again.
     pub expect_pieces: Vec<(u64, [u8; 32])>,
+    /// Hash the body (for [`FetchResult::sha256`] and `expect_sha256`); off for a caller that
+    /// checks the kept body itself (the node agent, chunk by chunk), so no byte is hashed twice.
+    pub hash_body: bool,
 }
 
 impl FetchRequest {
@@ -52,7 +55,15 @@ impl FetchRequest {
             keep_body: None,
             expect_content: None,
             expect_pieces: Vec::new(),
+            hash_body: true,
         }
+    }
+
+    /// Do not hash the body: [`FetchResult::sha256`] is then all zeros. For a caller that keeps
+    /// the body and checks it itself.
+    pub fn unhashed(mut self) -> Self {
+        self.hash_body = false;
+        self
     }
 
     /// Expect the body to be `pieces` in order, each `(length, SHA-256)` checked as it
@@ -365,7 +376,10 @@ impl HttpClient {
                 self.server_closes |= head.close;
                 let checked = (200..300).contains(&head.status) && !req.expect_pieces.is_empty();
                 let pieces = checked.then(|| PieceCheck::new(req.expect_pieces.clone()));
-                let hasher = (req.expect_content.is_none() && pieces.is_none()).then(Sha256::new);
+                let hasher = (req.expect_content.is_none()
+                    && pieces.is_none()
+                    && (req.hash_body || req.expect_sha256.is_some()))
+                .then(Sha256::new);
                 let kept = match req.keep_body {
                     Some(limit) if remaining > limit as u64 => {
                         return Err(ClientError::BodyTooLarge { limit });
@@ -633,6 +647,26 @@ mod tests {
         c.handle_eof(now);
         let _ = c.poll_result();
         assert_eq!(c.poll_result(), Some(Err(ClientError::Truncated)));
+    }
+
+    #[test]
+    fn an_unhashed_body_is_kept_and_not_hashed() {
+        let now = Instant::now();
+        let mut c = HttpClient::new("h");
+        c.fetch(now, FetchRequest::get("/c").keeping_body(16).unhashed());
+        c.handle_input(now, response("abc").as_bytes()).unwrap();
+        let result = c.poll_result().unwrap().unwrap();
+        assert_eq!(result.body.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(result.sha256, [0; 32]);
+        // An expected digest is still checked.
+        let mut c = HttpClient::new("h");
+        let mut req = FetchRequest::get("/c").unhashed();
+        req.expect_sha256 = Some([1; 32]);
+        c.fetch(now, req);
+        assert_eq!(
+            c.handle_input(now, response("abc").as_bytes()),
+            Err(ClientError::DigestMismatch)
+        );
     }
 
     #[test]
