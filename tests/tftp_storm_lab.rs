@@ -4,7 +4,9 @@
 //! OACK resent after 1 s lost 31 of 400 machines. Every transfer must complete.
 //!
 //! With `STAMPEDE_TFTP_CALIBRATE=1` the same storms also run against dnsmasq's TFTP server, a
-//! calibration printed beside Stampede's result (not asserted).
+//! calibration printed beside Stampede's result as a table row (not asserted); with
+//! `STAMPEDE_TFTP_STORM_CLIENTS=N` each storm has N clients (at most 1000) instead of 200. The
+//! benchmark in docs/benchmarks/tftp-real-clients.md runs it so, in release mode.
 mod support;
 
 use std::{
@@ -19,8 +21,15 @@ use nix::sys::signal::Signal;
 use stampede_lab::{Process, TwoHosts, require, wait_for};
 use support::appliance::*;
 
-/// Client processes per storm.
+/// Client processes per storm, unless `STAMPEDE_TFTP_STORM_CLIENTS` says otherwise.
 const CLIENTS: usize = 200;
+
+fn clients() -> usize {
+    std::env::var("STAMPEDE_TFTP_STORM_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .map_or(CLIENTS, |n: usize| n.clamp(1, 1000))
+}
 /// The file each fetches: the size of an iPXE boot program.
 const FILE_LEN: usize = 96 << 10;
 /// How long the stalled clients sit on their OACK: longer than the 1 s after which the OACK used
@@ -29,7 +38,7 @@ const STALL: Duration = Duration::from_secs(2);
 /// Each storm's bound; atftp gives up by itself after 5 timeouts of 5 s.
 const STORM_DEADLINE: Duration = Duration::from_secs(40);
 
-/// `CLIENTS` atftp processes in the client namespace, each fetching `vmlinuz` into /dev/null;
+/// [`clients`] atftp processes in the client namespace, each fetching `vmlinuz` into /dev/null;
 /// each is killed when its guard drops (on panic too).
 struct Storm<'a> {
     clients: Vec<(usize, Process)>,
@@ -47,7 +56,7 @@ impl<'a> Storm<'a> {
     fn start(lab: &TwoHosts, logs: &'a Path) -> Self {
         let server = lab.server_ip().to_string();
         let start = Instant::now();
-        let clients = (0..CLIENTS)
+        let clients = (0..clients())
             .map(|i| {
                 let stderr = File::create(logs.join(format!("atftp-{i}.err"))).expect("log file");
                 let mut command = lab.client.command("atftp");
@@ -103,7 +112,8 @@ impl<'a> Storm<'a> {
 
 fn summary(label: &str, result: &StormResult) -> String {
     let mut out = format!(
-        "{label}: {CLIENTS} atftp clients, {} failed, {:.2} s",
+        "{label}: {} atftp clients, {} failed, {:.2} s",
+        clients(),
         result.failed.len(),
         result.wall.as_secs_f64()
     );
@@ -126,23 +136,18 @@ fn client_sockets(lab: &TwoHosts) -> usize {
 /// * stalled clients: the server is held while every client sends its request, then every
 ///   client is held for [`STALL`] while the server answers, as a host loaded with boots delays
 ///   them; each reads its OACK 2 s late.
-fn storms(lab: &TwoHosts, server: &Process, label: &str, logs: &Path) -> Vec<String> {
-    let mut failures = Vec::new();
+fn storms(lab: &TwoHosts, server: &Process, label: &str, logs: &Path) -> Vec<StormResult> {
     let at_once = logs.join(format!("{label}-at-once"));
     std::fs::create_dir_all(&at_once).expect("log dir");
-    let result = Storm::start(lab, &at_once).wait();
-    let report = summary(&format!("{label}, at once"), &result);
-    eprintln!("{report}");
-    if !result.failed.is_empty() {
-        failures.push(report);
-    }
+    let first = Storm::start(lab, &at_once).wait();
+    eprintln!("{}", summary(&format!("{label}, at once"), &first));
 
     let stalled = logs.join(format!("{label}-stalled"));
     std::fs::create_dir_all(&stalled).expect("log dir");
     server.signal(Signal::SIGSTOP).expect("hold the server");
     let storm = Storm::start(lab, &stalled);
     let all_asked = wait_for(Duration::from_secs(20), || {
-        (client_sockets(lab) >= CLIENTS).then_some(())
+        (client_sockets(lab) >= clients()).then_some(())
     });
     // A socket is made just before its request goes.
     std::thread::sleep(Duration::from_millis(300));
@@ -150,16 +155,20 @@ fn storms(lab: &TwoHosts, server: &Process, label: &str, logs: &Path) -> Vec<Str
     server.signal(Signal::SIGCONT).expect("resume the server");
     std::thread::sleep(STALL);
     storm.signal(Signal::SIGCONT);
-    let result = storm.wait();
-    let report = summary(&format!("{label}, stalled {STALL:?}"), &result);
-    eprintln!("{report}");
+    let mut second = storm.wait();
     if all_asked.is_none() {
-        failures.push(format!("{label}: not every client started: {report}"));
-    } else if !result.failed.is_empty() {
-        failures.push(report);
+        second
+            .failed
+            .push((0, None, "not every client had started".to_owned()));
     }
-    failures
+    eprintln!(
+        "{}",
+        summary(&format!("{label}, stalled {STALL:?}"), &second)
+    );
+    vec![first, second]
 }
+
+const STORM_NAMES: [&str; 2] = ["at once", "stalled 2 s"];
 
 #[test]
 fn hundreds_of_atftp_clients_all_complete_even_when_late() {
@@ -179,7 +188,7 @@ fn hundreds_of_atftp_clients_all_complete_even_when_late() {
         &["--api", "off", "--router-advertisements", "off"],
         &payload,
     );
-    let failures = storms(&lab, &appliance, "stampede", &logs);
+    let results = storms(&lab, &appliance, "stampede", &logs);
     let (out, stats) = stop(appliance);
     let counters: HashMap<&str, u64> = [
         "tftp_started",
@@ -194,21 +203,28 @@ fn hundreds_of_atftp_clients_all_complete_even_when_late() {
     eprintln!("stampede counters: {counters:?}");
 
     if std::env::var_os("STAMPEDE_TFTP_CALIBRATE").is_some() {
-        calibrate_with_dnsmasq(&lab, &payload);
+        calibrate_with_dnsmasq(&lab, &payload, &results);
     }
 
+    let failures: Vec<String> = results
+        .iter()
+        .zip(STORM_NAMES)
+        .filter(|(result, _)| !result.failed.is_empty())
+        .map(|(result, name)| summary(name, result))
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
         counters["tftp_completed"],
-        2 * CLIENTS as u64,
+        2 * clients() as u64,
         "{}",
         out.stdout
     );
     assert_eq!(counters["tftp_failed.peer_error"], 0, "{}", out.stdout);
 }
 
-/// The same storms against dnsmasq's TFTP server (`--port=0`: no DNS, no DHCP), printed only.
-fn calibrate_with_dnsmasq(lab: &TwoHosts, payload: &Payload) {
+/// The same storms against dnsmasq's TFTP server (`--port=0`: no DNS, no DHCP), printed beside
+/// Stampede's as markdown rows: clients, failures and seconds of each, and the time ratio.
+fn calibrate_with_dnsmasq(lab: &TwoHosts, payload: &Payload, stampede: &[StormResult]) {
     if stampede_lab::which("dnsmasq").is_none() {
         eprintln!("calibration skipped: no dnsmasq");
         return;
@@ -247,9 +263,19 @@ fn calibrate_with_dnsmasq(lab: &TwoHosts, payload: &Payload) {
         return;
     }
     let logs = payload.dir.path().join("atftp");
-    let failures = storms(lab, &dnsmasq, "dnsmasq (calibration)", &logs);
+    let peer = storms(lab, &dnsmasq, "dnsmasq", &logs);
     eprintln!(
-        "dnsmasq (calibration): {} storms with losses",
-        failures.len()
+        "| storm | clients | Stampede: failed, s | dnsmasq: failed, s | time, Stampede / dnsmasq |"
     );
+    for ((name, ours), theirs) in STORM_NAMES.iter().zip(stampede).zip(&peer) {
+        eprintln!(
+            "| {name} | {} | {}, {:.2} | {}, {:.2} | {:.2} |",
+            clients(),
+            ours.failed.len(),
+            ours.wall.as_secs_f64(),
+            theirs.failed.len(),
+            theirs.wall.as_secs_f64(),
+            ours.wall.as_secs_f64() / theirs.wall.as_secs_f64()
+        );
+    }
 }
