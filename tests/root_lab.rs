@@ -423,8 +423,8 @@ fn a_debian_root_with_systemd_boots_diskless_to_multi_user() {
     if !require(test, &programs) {
         return;
     }
-    let root = stampede_lab::debian_root::debian_root()
-        .unwrap_or_else(|e| panic!("debian root: {e}"));
+    let root =
+        stampede_lab::debian_root::debian_root().unwrap_or_else(|e| panic!("debian root: {e}"));
     let mut lab = BootLab::new().expect("boot lab");
     let work = WorkDir::new("root-debian").expect("work dir");
     let marker = format!("debian-{}", std::process::id());
@@ -481,4 +481,103 @@ fn a_debian_root_with_systemd_boots_diskless_to_multi_user() {
         seen.elapsed_since_start.as_secs_f64()
     );
     assert_session_has_root_steps(&lab, &mac, "debian");
+}
+
+/// Benchmark, not a test (`--ignored`): power-on to marker of one SeaBIOS machine (iPXE ROM,
+/// e1000, 512 MiB), the small image's kernel either way: diskless (`stampede boot --root`, the
+/// node agent fetching and verifying the root) against kernel + busybox initramfs (`stampede
+/// boot KERNEL INITRD`), alternating, one machine at a time, each in a fresh lab with IPv6 on and
+/// router advertisements answered (iPXE's IPv6 wait out of both). `BOOT_TIME_ROUNDS` (default 3)
+/// rounds; prints each boot, the medians and their ratio.
+///
+/// `cargo test --test root_lab diskless_boot_time -- --ignored --nocapture --test-threads 1`
+#[test]
+#[ignore = "benchmark: boots 2 machines per round one after the other (~1 min per round)"]
+fn diskless_boot_time_against_kernel_and_initrd() {
+    if !require("diskless_boot_time", PROGRAMS) {
+        return;
+    }
+    let rounds: usize = std::env::var("BOOT_TIME_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let payload = stampede_lab::guest::Payload::prepare().unwrap_or_else(|e| panic!("{e}"));
+    let image = image();
+    let boot = |diskless: bool, round: usize| -> f64 {
+        let mut lab = BootLab::new().expect("boot lab");
+        for key in [
+            format!("net.ipv6.conf.{}.accept_dad", lab.server_if),
+            "net.ipv6.conf.all.disable_ipv6".to_owned(),
+            format!("net.ipv6.conf.{}.disable_ipv6", lab.server_if),
+        ] {
+            lab.server.sysctl(&key, "0").expect("IPv6 on the server");
+        }
+        let kind = if diskless { "diskless" } else { "initrd" };
+        let work = WorkDir::new(&format!("bt-{kind}-{round}")).expect("work dir");
+        let marker = format!("bt-{kind}-{round}-{}", std::process::id());
+        let mut args: Vec<String> = [
+            "boot",
+            "--iface",
+            &lab.server_if,
+            "--dhcp-range",
+            &dhcp_range(&lab),
+            "--xdp-mode",
+            "off",
+            "--router-advertisements",
+            "auto",
+            "--cmdline",
+            &format!("console=ttyS0 panic=-1 stampede.marker={marker}"),
+        ]
+        .map(str::to_owned)
+        .into();
+        if diskless {
+            args.extend(["--root".to_owned(), image.source()]);
+        } else {
+            args.extend([
+                payload.kernel.display().to_string(),
+                payload.initrd.display().to_string(),
+            ]);
+        }
+        let appliance =
+            Appliance::start_waiting(&lab, &work, &args, Some(BENCH_API), READY_TIMEOUT);
+        let tap = lab.add_tap().expect("tap");
+        let spec = MachineSpec::network(Firmware::Bios, &tap, work.join("machine.log"));
+        let _slot = stampede_lab::qemu::machine_slot();
+        let mut machine = lab.start_machine(spec).expect("qemu starts");
+        let seen = machine.wait_for_marker(BOOT_TIMEOUT).unwrap_or_else(|err| {
+            panic!(
+                "{kind}: {err}\n{}\n{}",
+                machine.console_tail(30),
+                appliance.log()
+            )
+        });
+        assert!(seen.value.starts_with(&marker), "{kind}: {}", seen.value);
+        let secs = seen.elapsed_since_start.as_secs_f64();
+        eprintln!("round {round}: {kind}: power-on to marker {secs:.1} s");
+        drop(machine);
+        appliance.stop();
+        secs
+    };
+    let (mut initrd, mut diskless) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        // Alternating, and the order flips each round, so drift on a shared machine is spread.
+        if round % 2 == 1 {
+            initrd.push(boot(false, round));
+            diskless.push(boot(true, round));
+        } else {
+            diskless.push(boot(true, round));
+            initrd.push(boot(false, round));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mi, md) = (median(&mut initrd), median(&mut diskless));
+    eprintln!(
+        "\n| boot | runs (s) | median |\n|---|---|---|\n| kernel + initramfs | {initrd:.1?} | \
+         {mi:.1} s |\n| diskless | {diskless:.1?} | {md:.1} s |\n\ndiskless / kernel+initrd: \
+         {:.2}x",
+        md / mi
+    );
 }
