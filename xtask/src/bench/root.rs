@@ -346,7 +346,6 @@ struct RootResult {
     command: String,
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site")]
 /// The runs of a server that serves Stampede's manifest, chunks and image at `base`: one per
 /// `--parallel` and `--run` pair, as (bench arguments, label).
 fn chunk_variants(
@@ -382,6 +381,7 @@ fn chunk_variants(
     variants
 }
 
+#[expect(clippy::too_many_arguments, reason = "one call site")]
 fn run_bench(
     lab: &Lab,
     binary: &Path,
