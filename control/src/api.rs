@@ -1019,34 +1019,13 @@ pub struct IssuedToken {
 }
 
 /// `GET /api/v1/backup`: the state file as of one read transaction, itself a redb state file
-/// (`application/octet-stream`; [`crate::backup`]). Admin only: it holds every token's hash and
-/// the whole audit log. The copy is built in a temporary file, then sent and removed.
+/// (`application/octet-stream`; [`crate::backup`]), built in memory. Admin only: it holds every
+/// token's hash and the whole audit log.
 async fn backup(
     State(state): State<ControlState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path =
-        std::env::temp_dir().join(format!("stampede-backup-{}-{n}.redb", std::process::id()));
-    let p = path.clone();
-    let built = blocking(move || {
-        let _ = std::fs::remove_file(&p);
-        let summary = state.backup(&caller, &p)?;
-        let bytes = std::fs::read(&p).map_err(|source| {
-            ControlError::Backup(crate::backup::BackupError::Io {
-                path: p.clone(),
-                source,
-            })
-        });
-        let _ = std::fs::remove_file(&p);
-        Ok((summary, bytes?))
-    })
-    .await;
-    if built.is_err() {
-        let _ = std::fs::remove_file(&path);
-    }
-    let (summary, bytes) = built?;
+    let (summary, bytes) = blocking(move || state.backup(&caller)).await?;
     let mut response = (StatusCode::OK, bytes).into_response();
     let headers = response.headers_mut();
     headers.insert(

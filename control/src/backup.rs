@@ -93,20 +93,82 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     Ok(rows)
 }
 
-/// Writes a copy of `db`, as of one read transaction, to the new file `dest`.
-pub(crate) fn write_copy(db: &Database, dest: &Path) -> Result<BackupSummary, BackupError> {
+/// The bytes of a redb file built in memory: the backup is sent from here, so serving one
+/// needs no temporary file (nor a writable temporary directory).
+#[derive(Debug, Clone, Default)]
+struct MemoryFile(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl MemoryFile {
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl redb::StorageBackend for MemoryFile {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.bytes().len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let bytes = self.bytes();
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let src = start
+            .checked_add(out.len())
+            .and_then(|end| bytes.get(start..end))
+            .ok_or_else(|| std::io::Error::other("read past the end of the backup"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        self.bytes().resize(len, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut bytes = self.bytes();
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let end = start
+            .checked_add(data.len())
+            .ok_or_else(|| std::io::Error::other("write past the addressable end"))?;
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[start..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A copy of `db` as of one read transaction: the bytes of a state file, and what it holds.
+pub(crate) fn copy(db: &Database) -> Result<(BackupSummary, Vec<u8>), BackupError> {
+    let file = MemoryFile::default();
+    let copy = Database::builder()
+        .create_with_backend(file.clone())
+        .map_err(|e| {
+            BackupError::Store(StoreError::Db {
+                context: "creating the backup",
+                source: e.into(),
+            })
+        })?;
+    let summary = write_copy(db, &copy)?;
+    drop(copy);
+    let bytes = std::mem::take(&mut *file.bytes());
+    Ok((summary, bytes))
+}
+
+/// Copies `db`, as of one read transaction, into the empty database `copy`.
+fn write_copy(db: &Database, copy: &Database) -> Result<BackupSummary, BackupError> {
     let read = db.begin_read().db("beginning the backup's read")?;
     for table in read.list_tables().db("listing tables")? {
         if !TABLES.contains(&table.name()) {
             return Err(BackupError::UnknownTable(table.name().to_owned()));
         }
     }
-    let copy = Database::builder().create(dest).map_err(|e| {
-        BackupError::Store(StoreError::Db {
-            context: "creating the backup file",
-            source: e.into(),
-        })
-    })?;
     let write = copy.begin_write().db("beginning the backup's write")?;
     let summary = BackupSummary {
         machines: copy_table(&read, &write, MACHINES)?,

@@ -216,13 +216,12 @@ impl ControlState {
         &self.inner.sessions
     }
 
-    /// Writes a consistent copy of the state file to the new file `dest` while serving (see
+    /// A consistent copy of the state file while serving, as the bytes of a state file (see
     /// [`crate::backup`]), audited as `state.backup` by `actor` (the entry is in the copy).
     pub fn backup(
         &self,
         actor: &Caller,
-        dest: &Path,
-    ) -> Result<crate::backup::BackupSummary, ControlError> {
+    ) -> Result<(crate::backup::BackupSummary, Vec<u8>), ControlError> {
         self.mutate(|txn, _| {
             audit::append(
                 txn,
@@ -237,7 +236,7 @@ impl ControlState {
         if let Err(err) = self.save_sessions() {
             tracing::warn!(error = %crate::error_chain(&err), "boot sessions not saved before a backup");
         }
-        Ok(crate::backup::write_copy(&self.inner.db, dest)?)
+        Ok(crate::backup::copy(&self.inner.db)?)
     }
 
     /// Writes the boot sessions changed since the last save to the state file (the saver

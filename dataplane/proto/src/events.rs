@@ -108,40 +108,74 @@ impl RefusedBy {
 
 /// Decides which refusals become events: the first for a (MAC, reason) pair, then at most one
 /// per `interval`. A client retries DHCP every few seconds for minutes; one event per interval
-/// says it is still being refused without filling its session's event limit. Memory is bounded:
-/// past `capacity` pairs, entries older than `interval` are swept, and if none are, the new pair
-/// is not reported (the counters still see it).
+/// says it is still being refused without filling its session's event limit. At most
+/// `per_second` refusals are reported in any second, whatever their MACs: a flood of made-up
+/// MACs cannot push real machines' boots out of the session table, nor make this sampler's
+/// work grow. Memory is bounded: past `capacity` pairs, entries older than `interval` are swept,
+/// and if none are, the new pair is not reported (the counters still see every refusal).
 #[derive(Debug, Clone)]
 pub struct RefusalSampler {
     interval: std::time::Duration,
     capacity: usize,
+    per_second: u32,
+    /// Start of the current one-second window and the reports in it.
+    window: Option<(std::time::Instant, u32)>,
     last: std::collections::HashMap<([u8; 6], &'static str), std::time::Instant>,
 }
 
 impl RefusalSampler {
     /// 10 s: a PXE ROM's DHCP retries (4, 8, 16, 32 s apart) each show at first, and a tight
-    /// loop shows six times a minute. 4096 pairs: the session table's machine limit.
+    /// loop shows six times a minute. 4096 pairs: the session table's machine limit. 64 a
+    /// second: a rack of refused machines shows whole, a flood shows as a trickle.
     pub fn new() -> Self {
-        Self::with_limits(std::time::Duration::from_secs(10), 4096)
+        Self::with_limits(std::time::Duration::from_secs(10), 4096).per_second(64)
     }
 
+    /// No limit per second until [`Self::per_second`] sets one.
     pub fn with_limits(interval: std::time::Duration, capacity: usize) -> Self {
         Self {
             interval,
             capacity: capacity.max(1),
+            per_second: u32::MAX,
+            window: None,
             last: std::collections::HashMap::new(),
         }
+    }
+
+    pub fn per_second(self, per_second: u32) -> Self {
+        Self { per_second, ..self }
+    }
+
+    /// Takes one report from this second's budget, if any is left.
+    fn spend(&mut self, now: std::time::Instant) -> bool {
+        let window = match self.window {
+            Some((start, n))
+                if now.saturating_duration_since(start) < std::time::Duration::from_secs(1) =>
+            {
+                (start, n)
+            }
+            _ => (now, 0),
+        };
+        if window.1 >= self.per_second {
+            self.window = Some(window);
+            return false;
+        }
+        self.window = Some((window.0, window.1 + 1));
+        true
     }
 
     /// Whether this refusal at `now` is to be reported.
     pub fn sample(&mut self, now: std::time::Instant, mac: [u8; 6], reason: &'static str) -> bool {
         let interval = self.interval;
-        if let Some(at) = self.last.get_mut(&(mac, reason)) {
-            if now.saturating_duration_since(*at) < interval {
+        if let Some(at) = self.last.get(&(mac, reason)) {
+            if now.saturating_duration_since(*at) < interval || !self.spend(now) {
                 return false;
             }
-            *at = now;
+            self.last.insert((mac, reason), now);
             return true;
+        }
+        if !self.spend(now) {
+            return false;
         }
         if self.last.len() >= self.capacity {
             self.last
@@ -402,6 +436,17 @@ mod tests {
         assert_eq!(refused.stage(), BootStage::Dhcp);
         assert!(refused.is_failure());
         assert_eq!(RefusedBy::from_name("xdp"), Some(RefusedBy::Xdp));
+
+        // A flood of made-up MACs is reported at most `per_second` times a second.
+        let mut sampler = RefusalSampler::with_limits(s(10), 4096).per_second(3);
+        let reported = (0..100u8)
+            .filter(|i| sampler.sample(t0, [2, 0, 0, 0, 1, *i], "denied"))
+            .count();
+        assert_eq!(reported, 3);
+        assert!(
+            sampler.sample(t0 + s(1), [2, 0, 0, 0, 2, 0], "denied"),
+            "next second"
+        );
     }
 
     #[test]
