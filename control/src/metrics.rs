@@ -425,7 +425,13 @@ mod tests {
             text.contains("# TYPE stampede_refused_total counter\n"),
             "{text}"
         );
-        assert!(!text.contains("stampede_refused_total "), "{text}");
+        // Declared, with its HELP and TYPE, but no sample yet.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("stampede_refused_total")),
+            "{text}"
+        );
     }
 
     #[test]
