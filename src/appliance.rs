@@ -25,7 +25,7 @@ use crate::{
 enum Source {
     File(PathBuf),
     Quick(
-        QuickBoot,
+        Box<QuickBoot>,
         Option<std::num::NonZeroUsize>,
         wire::RouterAdvertisements,
         wire::AfXdp,
@@ -42,7 +42,7 @@ impl Source {
                     .with_context(|| format!("{} is not a valid configuration", path.display()))
             }
             Self::Quick(quick, workers, ra, afxdp) => {
-                let mut config = ApplianceConfig::quick_wire(quick.clone())
+                let mut config = ApplianceConfig::quick_wire((**quick).clone())
                     .context("the command line is not usable")?;
                 config.server.workers = workers.map(|n| n.get() as u64);
                 config.server.router_advertisements = Some(*ra);
@@ -188,6 +188,16 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         "off" => None,
         mode => Some(mode.parse::<AttachMode>().map_err(anyhow::Error::msg)?),
     };
+    let secure_boot = args
+        .secure_boot
+        .as_ref()
+        .map(|_| stampede_dataplane::config::SecureBoot::Shim);
+    if secure_boot.is_some() {
+        for (flag, path) in [("--shim", &args.shim), ("--grub", &args.grub)] {
+            std::fs::File::open(path)
+                .with_context(|| format!("{flag} {}: cannot be opened", path.display()))?;
+        }
+    }
     let mut quick = QuickBoot {
         iface: Some(iface.clone()),
         kernel: args.kernel.clone().unwrap_or_default(),
@@ -198,6 +208,9 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         http_port: args.http_port,
         chainload: args.chainload,
         roots_dir: None,
+        secure_boot,
+        shim: Some(args.shim.clone()),
+        grub: Some(args.grub.clone()),
         // An authoritative range is checked against the interface's network, and takes its
         // prefix.
         link: match dhcp_range {
@@ -223,7 +236,7 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         "on" => wire::AfXdp::On,
         other => bail!("--afxdp {other:?}: expected off, auto or on"),
     };
-    let source = Source::Quick(quick, workers, ra, afxdp);
+    let source = Source::Quick(Box::new(quick), workers, ra, afxdp);
     let config = source.load(None)?;
     run(source, config, iface, xdp, interval, &args.control)
 }

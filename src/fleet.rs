@@ -59,6 +59,7 @@ pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
             initrds: spec.default.initrds.clone(),
             cmdline: spec.default.cmdline.clone(),
             arch,
+            secure_boot: None,
         });
     }
     for (mac, machine) in &fleet.machines {

@@ -162,6 +162,19 @@ struct BootArgs {
     /// that iPXE gets the script (`boot.ipxe_chainload` in a config file).
     #[arg(long)]
     chainload: bool,
+    /// Secure Boot: `shim` hands x86-64 UEFI PXE machines the signed shim, which loads the
+    /// signed GRUB netboot image, which boots KERNEL (signed) with a generated grub.cfg.
+    /// Firmware does not tell DHCP whether Secure Boot is on: this flag decides.
+    #[arg(long, value_name = "CHAIN", value_parser = ["shim"])]
+    secure_boot: Option<String>,
+    /// With --secure-boot: the signed shim (Debian's shim-signed).
+    #[arg(long, requires = "secure_boot", value_name = "FILE",
+          default_value = stampede_dataplane::config::defaults::SHIM)]
+    shim: std::path::PathBuf,
+    /// With --secure-boot: the signed GRUB netboot image (Debian's grub-efi-amd64-signed).
+    #[arg(long, requires = "secure_boot", value_name = "FILE",
+          default_value = stampede_dataplane::config::defaults::GRUB)]
+    grub: std::path::PathBuf,
     /// Worker threads (one io_uring each); default: one per core.
     #[arg(long)]
     workers: Option<usize>,

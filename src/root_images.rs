@@ -301,6 +301,7 @@ fn resolve_with(
             initrds: vec![initrd_name],
             cmdline: append(&profile.cmdline),
             arch,
+            secure_boot: profile.secure_boot.clone(),
         };
         tracing::debug!(profile = %config.profiles[i].name, root = %reference, id = %root.root_id, "profile boots a diskless root");
     }

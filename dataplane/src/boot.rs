@@ -34,6 +34,15 @@
 //! the second request is answered with the machine's script. `{ip}` comes from that query, else
 //! from a `[[dhcp.reservations]]` entry; `{hostname}` and `{uuid}` from the machine entry (or the
 //! reservation's hostname, or the URL's UUID).
+//!
+//! # Secure Boot
+//! A profile with `secure_boot = "shim"` hands x86-64 UEFI PXE machines (option 93 arch 7 or 9)
+//! the signed shim ([`SHIM_NAME`]) instead of iPXE: firmware does not say in DHCP whether
+//! Secure Boot is on, so the profile decides. Shim loads [`GRUB_NAME`] (the signed GRUB
+//! netboot image) by TFTP from the same directory, and GRUB reads its configuration under
+//! [`GRUB_DIR`]: first `grub.cfg-01-<mac with dashes>` (rendered per machine, like a script),
+//! then the address in hex (not served), then `grub.cfg` (the default profile, when its
+//! command line does not depend on the machine). Both by TFTP and by HTTP at the same paths.
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,7 +57,9 @@ use stampede_proto::http::{self, HttpConnection, Route};
 use stampede_proto::ipxe::{self, Arch, MachineFacts, RenderError, ServerUrl, ValidProfile};
 use stampede_proto::tftp::{self, TftpServer};
 
-use crate::config::{ApplianceConfig, DhcpMode, parse_arch, parse_mac, parse_uuid};
+use crate::config::{
+    ApplianceConfig, DhcpMode, GRUB_NAME, SHIM_NAME, parse_arch, parse_mac, parse_uuid,
+};
 
 /// A file source shared by every worker and connection.
 pub type SharedCatalog = Arc<dyn FileCatalog + Send + Sync>;
@@ -131,6 +142,12 @@ pub fn is_root_path(path: &BootPath) -> bool {
 /// The script path DHCP hands to machines known by MAC and to unknown machines.
 pub const SCRIPT_PATH: &str = "boot.ipxe";
 
+/// Where GRUB's netboot image looks for its configuration: its prefix is `/grub` on the TFTP
+/// server it was loaded from.
+pub const GRUB_DIR: &str = "grub/";
+/// GRUB's default configuration under [`GRUB_DIR`]; a machine's own is `grub.cfg-01-<mac>`.
+pub const GRUB_CFG: &str = "grub.cfg";
+
 /// Why a plan could not be built. Unreachable from a validated config in practice; kept as an
 /// error rather than a panic because the proto checks are the authority.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +199,10 @@ impl BootPlan {
                 .map_or("none", |i| &config.profiles[i].name)
                 .to_owned(),
             ipxe_script: SCRIPT_PATH.into(),
+            efi_x64_loader: config
+                .boot
+                .default_profile
+                .and_then(|i| shim_loader(&config.profiles[i])),
         };
         let mut admission = DhcpAdmission {
             drop_unknown: config.dhcp.mode == DhcpMode::Proxy
@@ -202,6 +223,7 @@ impl BootPlan {
                         DhcpProfile {
                             name: p.name.clone(),
                             ipxe_script: SCRIPT_PATH.into(),
+                            efi_x64_loader: shim_loader(p),
                         },
                     );
                 }
@@ -218,6 +240,7 @@ impl BootPlan {
                         DhcpProfile {
                             name: p.name.clone(),
                             ipxe_script: format!("uuid/{}/{SCRIPT_PATH}", ipxe::format_uuid(&uuid)),
+                            efi_x64_loader: shim_loader(p),
                         },
                     );
                 }
@@ -272,6 +295,14 @@ impl BootPlan {
             .map(|l| (None, l.clone()))
             .collect();
         for p in &config.profiles {
+            let chain = Some([SHIM_NAME, GRUB_NAME]).filter(|_| p.secure_boot.is_some());
+            for path in chain.into_iter().flatten() {
+                if let Ok(path) = BootPath::parse(path.as_bytes())
+                    && !promised.iter().any(|(_, q)| *q == path)
+                {
+                    promised.push((Some(p.name.clone()), path));
+                }
+            }
             let files =
                 std::iter::once(&p.boot.default).chain(p.boot.variants.iter().map(|(_, f)| f));
             for f in files {
@@ -285,11 +316,13 @@ impl BootPlan {
             }
         }
         promised.sort_by(|a, b| a.1.cmp(&b.1));
+        let scripts = ScriptRoute::new(config, server_ip, server_url)?;
         let catalog = |namespace| BootCatalog {
             namespace,
             loaders: loaders.clone(),
             ipxe: ipxe.clone(),
             root: root.clone(),
+            scripts: scripts.clone(),
         };
 
         Ok(Self {
@@ -301,7 +334,7 @@ impl BootPlan {
             tftp_catalog: catalog(Namespace::Tftp),
             http: config.http.server,
             http_catalog: catalog(Namespace::Http),
-            scripts: ScriptRoute::new(config, server_url)?,
+            scripts,
             promised,
         })
     }
@@ -378,6 +411,12 @@ impl BootPlan {
     pub fn scripts(&self) -> &ScriptRoute {
         &self.scripts
     }
+}
+
+/// The DHCP loader override of a Secure Boot profile: the signed shim.
+fn shim_loader(p: &crate::config::Profile) -> Option<String> {
+    p.secure_boot
+        .map(|crate::config::SecureBoot::Shim| SHIM_NAME.to_owned())
 }
 
 /// A promised file that cannot be served (see [`BootPlan::missing_files`]).
@@ -468,6 +507,8 @@ pub struct BootCatalog {
     loaders: Arc<HashSet<BootPath>>,
     ipxe: SharedCatalog,
     root: SharedCatalog,
+    /// Renders the GRUB configurations of Secure Boot machines.
+    scripts: ScriptRoute,
 }
 
 impl fmt::Debug for BootCatalog {
@@ -483,6 +524,9 @@ impl FileCatalog for BootCatalog {
     fn open(&self, path: &BootPath) -> Result<BootFile, OpenError> {
         if self.loaders.contains(path) {
             return self.ipxe.open(path);
+        }
+        if let Some(grub) = self.scripts.grub_config(path) {
+            return grub;
         }
         match self.namespace {
             Namespace::Tftp => self.root.open(path),
@@ -590,6 +634,11 @@ struct ScriptMachine {
 #[derive(Debug)]
 struct ScriptBook {
     server: ServerUrl,
+    /// Where GRUB fetches kernels and initrds: `(tftp,<this>)`.
+    tftp_server: Ipv4Addr,
+    /// For each profile, index for index: its x86-64 UEFI files (boot root paths) if it is a
+    /// Secure Boot profile, else `None`.
+    grub: Vec<Option<ipxe::BootFiles>>,
     /// Profiles with paths under [`FILES_PREFIX`], as the scripts reference them.
     profiles: Vec<ValidProfile>,
     /// Their names, index for index.
@@ -621,7 +670,11 @@ pub struct ScriptRoute {
 }
 
 impl ScriptRoute {
-    fn new(config: &ApplianceConfig, server: ServerUrl) -> Result<Self, PlanError> {
+    fn new(
+        config: &ApplianceConfig,
+        tftp_server: Ipv4Addr,
+        server: ServerUrl,
+    ) -> Result<Self, PlanError> {
         let profiles = config
             .profiles
             .iter()
@@ -681,6 +734,16 @@ impl ScriptRoute {
         Ok(Self {
             book: Arc::new(ScriptBook {
                 server,
+                tftp_server,
+                grub: config
+                    .profiles
+                    .iter()
+                    .map(|p| {
+                        p.secure_boot?;
+                        let efi = p.boot.variants.iter().find(|(a, _)| *a == Arch::X86_64Efi);
+                        Some(efi.map_or(&p.boot.default, |(_, f)| f).clone())
+                    })
+                    .collect(),
                 profiles,
                 profile_names: config.profiles.iter().map(|p| p.name.clone()).collect(),
                 default_profile: config.boot.default_profile,
@@ -816,6 +879,70 @@ impl ScriptRoute {
         Ok(BootFile::new(json))
     }
 
+    /// A GRUB configuration under [`GRUB_DIR`]. `grub.cfg-01-<mac>` (dashes or colons) is the
+    /// machine's own for a Secure Boot profile (its profile, else the default profile).
+    /// `grub.cfg`, the one file Debian's signed netboot image reads (its prefix is `/grub`
+    /// without a device, so GRUB's search by MAC and address is off), loads the machine's own
+    /// by GRUB's `$net_default_mac`. `None`: not one of these, or no Secure Boot profile (the
+    /// boot root may have the file). A denied machine gets a configuration that says so and
+    /// boots nothing.
+    pub fn grub_config(&self, path: &BootPath) -> Option<Result<BootFile, OpenError>> {
+        let rest = path
+            .as_str()
+            .strip_prefix(GRUB_DIR)?
+            .strip_prefix(GRUB_CFG)?;
+        let book = &*self.book;
+        if rest.is_empty() {
+            book.grub.iter().any(Option::is_some).then_some(())?;
+            return Some(Ok(BootFile::new(format!(
+                "# stampede: each machine's own configuration, by MAC\n\
+                 configfile \"/{GRUB_DIR}{GRUB_CFG}-01-$net_default_mac\"\n\
+                 echo \"stampede: no GRUB configuration for $net_default_mac\"\n\
+                 sleep 10\nreboot\n"
+            ))));
+        }
+        let mac = parse_mac(rest.strip_prefix("-01-")?).ok()?;
+        let machine = book.by_mac.get(&mac).map(|i| &book.machines[*i]);
+        let profile_index = match machine {
+            Some(m) if !m.allow => {
+                return Some(Ok(BootFile::new(format!(
+                    "# stampede: {}\necho 'stampede: this machine is not allowed to boot'\n\
+                     sleep 10\nhalt\n",
+                    ipxe::format_mac(&mac)
+                ))));
+            }
+            Some(m) => m.profile.or(book.default_profile),
+            None => book.default_profile,
+        }?;
+        let files = book.grub.get(profile_index)?.as_ref()?;
+        let reservation = book.reservations.get(&mac);
+        let facts = MachineFacts {
+            mac,
+            uuid: machine.and_then(|m| m.uuid),
+            arch: Arch::X86_64Efi,
+            ip: reservation.map(|r| r.0),
+            hostname: machine
+                .and_then(|m| m.hostname.clone())
+                .or_else(|| reservation.and_then(|r| r.1.clone())),
+        };
+        let name = book
+            .profile_names
+            .get(profile_index)
+            .map_or("", String::as_str);
+        Some(
+            grub_render(files, &facts, book.tftp_server, &ipxe::format_mac(&mac))
+                .map(BootFile::new)
+                .map_err(|error| {
+                    let e = format!(
+                        "machine {} (profile {name:?}): {error}",
+                        ipxe::format_mac(&mac)
+                    );
+                    tracing::warn!(error = %e, "no GRUB configuration");
+                    OpenError::Unreadable(e)
+                }),
+        )
+    }
+
     pub fn counts(&self) -> ScriptCounts {
         let c = &self.book.counters;
         ScriptCounts {
@@ -824,6 +951,53 @@ impl ScriptRoute {
             refused: std::array::from_fn(|i| c.refused[i].load(Ordering::Relaxed)),
         }
     }
+}
+
+/// GRUB's single quotes: everything inside is literal, and a `'` is written `'\''`. Control
+/// characters (a newline would end the command) have no quoting: `None`.
+fn grub_quote(text: &str) -> Option<String> {
+    if text.chars().any(char::is_control) {
+        return None;
+    }
+    Some(format!("'{}'", text.replace('\'', "'\\''")))
+}
+
+/// The GRUB configuration that boots `files` (boot root paths, fetched by TFTP from
+/// `tftp_server`) with the command line rendered for `facts`.
+fn grub_render(
+    files: &ipxe::BootFiles,
+    facts: &MachineFacts,
+    tftp_server: Ipv4Addr,
+    title: &str,
+) -> Result<String, String> {
+    use fmt::Write as _;
+    // The command line was checked at validation; the quoting refuses what it cannot carry.
+    let unquotable = || "a control character cannot be quoted for GRUB".to_owned();
+    let cmdline = ipxe::Template::parse(&files.cmdline)
+        .map_err(|e| e.to_string())?
+        .render(facts)
+        .map_err(|e| e.to_string())?;
+    let at =
+        |path: &str| grub_quote(&format!("(tftp,{tftp_server})/{path}")).ok_or_else(unquotable);
+    let mut cfg = format!("# stampede: {title} x86_64-efi\nset timeout=0\n");
+    let mut linux = format!("linux {}", at(&files.kernel)?);
+    // One GRUB word per kernel argument: GRUB joins its words with spaces and puts a word
+    // with a space in double quotes.
+    for word in cmdline.split_ascii_whitespace() {
+        linux.push(' ');
+        linux.push_str(&grub_quote(word).ok_or_else(unquotable)?);
+    }
+    let _ = writeln!(cfg, "{linux}");
+    if !files.initrds.is_empty() {
+        let mut initrd = String::from("initrd");
+        for i in &files.initrds {
+            initrd.push(' ');
+            initrd.push_str(&at(i)?);
+        }
+        let _ = writeln!(cfg, "{initrd}");
+    }
+    cfg.push_str("boot\n");
+    Ok(cfg)
 }
 
 /// `mac=aa-bb-..` (required), then `arch=x86_64-efi` or iPXE's `platform=efi&buildarch=x86_64`,
@@ -1064,6 +1238,209 @@ mod tests {
         let offer = dhcp_exchange(&plan, &bios_pxe_discover()).expect("proxy offer");
         assert_eq!(bootfile(&offer), "undionly.kpxe");
         assert!(offer.yiaddr.is_unspecified(), "proxy: no address");
+    }
+
+    const SECURE: &str = r#"
+[boot]
+files = { "vmlinuz" = "/srv/vmlinuz", "initrd.img" = "/srv/initrd.img" }
+default_profile = "signed"
+shim = "/srv/shimx64.efi.signed"
+
+[[profiles]]
+name = "signed"
+kernel = "vmlinuz"
+initrds = ["initrd.img"]
+cmdline = "console=ttyS0 node={mac} quiet"
+secure_boot = "shim"
+
+[[profiles]]
+name = "plain"
+kernel = "vmlinuz"
+
+[[machines]]
+mac = "52:54:00:00:00:02"
+profile = "plain"
+
+[[machines]]
+mac = "52:54:00:00:00:03"
+allow = false
+"#;
+
+    fn secure_plan(root: &[(&str, &str)]) -> BootPlan {
+        let config = crate::config::tests::example_without_roots(SECURE);
+        assert_eq!(
+            config
+                .boot
+                .files
+                .get(&BootPath::parse(b"shimx64.efi").expect("path")),
+            Some(&std::path::PathBuf::from("/srv/shimx64.efi.signed"))
+        );
+        assert_eq!(
+            config
+                .boot
+                .files
+                .get(&BootPath::parse(b"grubx64.efi").expect("path")),
+            Some(&std::path::PathBuf::from(crate::config::defaults::GRUB)),
+            "boot.grub defaults to Debian's signed netboot image"
+        );
+        plan_for(&config, catalog(root))
+    }
+
+    fn open_text(catalog: &BootCatalog, path: &str) -> Result<String, OpenError> {
+        let file = catalog.open(&BootPath::parse(path.as_bytes()).expect("path"))?;
+        Ok(String::from_utf8(file.data.to_vec()).expect("utf-8"))
+    }
+
+    #[test]
+    fn secure_boot_profiles_hand_uefi_x64_pxe_the_signed_shim() {
+        let plan = secure_plan(&[]);
+        let with_mac = |fixture: &[u8], mac: [u8; 6]| {
+            edited(fixture, |r| {
+                r.chaddr = [0; 16];
+                r.chaddr[..6].copy_from_slice(&mac);
+            })
+        };
+        let unknown = [0x52, 0x54, 0, 0, 0, 1];
+        let offer = dhcp_exchange(&plan, &with_mac(UEFI_DISCOVER, unknown)).expect("offer");
+        assert_eq!(bootfile(&offer), "shimx64.efi");
+        assert_eq!(offer.siaddr, SERVER, "shim comes by TFTP from us");
+        // arch 9 ("EFI BC", what much x64 firmware sends) is x64 UEFI too.
+        let bc = edited(&with_mac(UEFI_DISCOVER, unknown), |r| {
+            r.options.client_arch = vec![ClientArch::EfiBc];
+        });
+        assert_eq!(
+            bootfile(&dhcp_exchange(&plan, &bc).expect("offer")),
+            "shimx64.efi"
+        );
+        // BIOS machines of the same profile, and UEFI machines of another, get iPXE.
+        let bios = with_mac(&bios_pxe_discover(), unknown);
+        assert_eq!(
+            bootfile(&dhcp_exchange(&plan, &bios).expect("offer")),
+            "undionly.kpxe"
+        );
+        let plain = with_mac(UEFI_DISCOVER, [0x52, 0x54, 0, 0, 0, 2]);
+        assert_eq!(
+            bootfile(&dhcp_exchange(&plan, &plain).expect("offer")),
+            "snponly.efi"
+        );
+        // Without secure_boot, nothing changes.
+        let offer = dhcp_exchange(&quick_plan(), UEFI_DISCOVER).expect("offer");
+        assert_eq!(bootfile(&offer), "snponly.efi");
+
+        // The chain's files are promised by the profile: missing, they are named at start.
+        let missing: Vec<_> = plan
+            .missing_files()
+            .into_iter()
+            .filter(|m| m.path.as_str().ends_with(".efi"))
+            .map(|m| (m.profile, m.path.to_string()))
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                (Some("signed".to_owned()), "grubx64.efi".to_owned()),
+                (Some("signed".to_owned()), "shimx64.efi".to_owned()),
+            ]
+        );
+        let plan = secure_plan(&[("shimx64.efi", "SHIM"), ("grubx64.efi", "GRUB")]);
+        assert_eq!(
+            open_text(plan.tftp_catalog(), "shimx64.efi"),
+            Ok("SHIM".into())
+        );
+        assert_eq!(
+            open_text(plan.tftp_catalog(), "grubx64.efi"),
+            Ok("GRUB".into())
+        );
+    }
+
+    #[test]
+    fn grub_configs_are_generated_per_machine_over_tftp_and_http() {
+        let plan = secure_plan(&[]);
+        let expected = r#"# stampede: 52:54:00:00:00:01 x86_64-efi
+set timeout=0
+linux '(tftp,198.18.0.1)/vmlinuz' 'console=ttyS0' 'node=52:54:00:00:00:01' 'quiet'
+initrd '(tftp,198.18.0.1)/initrd.img'
+boot
+"#;
+        let per_mac = "grub/grub.cfg-01-52-54-00-00-00-01";
+        assert_eq!(
+            open_text(plan.tftp_catalog(), per_mac).as_deref(),
+            Ok(expected)
+        );
+        let reply = http_get(&plan, &format!("/{per_mac}"));
+        assert_eq!(reply.status, Status::OK);
+        assert_eq!(text(&reply), expected);
+        // GRUB's netboot image reads only grub/grub.cfg, which loads the machine's own by MAC,
+        // as GRUB spells it.
+        let dispatch = open_text(plan.tftp_catalog(), "grub/grub.cfg").expect("grub.cfg");
+        assert!(
+            dispatch.contains("configfile \"/grub/grub.cfg-01-$net_default_mac\"\n"),
+            "{dispatch}"
+        );
+        assert_eq!(
+            open_text(plan.tftp_catalog(), "grub/grub.cfg-01-52:54:00:00:00:01").as_deref(),
+            Ok(expected)
+        );
+        // The address in hex is not served; a machine of a profile without Secure Boot has no
+        // GRUB configuration; a denied machine gets one that boots nothing.
+        for path in ["grub/grub.cfg-C612", "grub/grub.cfg-01-52-54-00-00-00-02"] {
+            assert_eq!(
+                open_text(plan.tftp_catalog(), path),
+                Err(OpenError::NotFound),
+                "{path}"
+            );
+        }
+        let denied = open_text(plan.tftp_catalog(), "grub/grub.cfg-01-52-54-00-00-00-03")
+            .expect("a configuration");
+        assert!(
+            denied.contains("not allowed") && !denied.contains("linux"),
+            "{denied}"
+        );
+
+        // Quick mode: every machine boots the quick profile; without Secure Boot no GRUB.
+        let quick = |secure_boot| {
+            let config = ApplianceConfig::quick(QuickBoot {
+                kernel: "/b/vmlinuz".into(),
+                initrds: vec!["/b/initrd.img".into()],
+                cmdline: "console=ttyS0".into(),
+                secure_boot,
+                ..QuickBoot::default()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            plan_for(&config, catalog(&[]))
+        };
+        let plan = quick(Some(crate::config::SecureBoot::Shim));
+        let expected = "# stampede: 52:54:00:ab:cd:ef x86_64-efi\nset timeout=0\n\
+            linux '(tftp,198.18.0.1)/vmlinuz' 'console=ttyS0'\n\
+            initrd '(tftp,198.18.0.1)/initrd.img'\nboot\n";
+        let per_mac = "/grub/grub.cfg-01-52:54:00:ab:cd:ef";
+        assert_eq!(
+            open_text(plan.tftp_catalog(), &per_mac[1..]).as_deref(),
+            Ok(expected)
+        );
+        assert_eq!(text(&http_get(&plan, per_mac)), expected);
+        assert!(text(&http_get(&plan, "/grub/grub.cfg")).contains("configfile"));
+        // Absolute, as GRUB asks: relative to the TFTP root.
+        let server = plan.tftp_server();
+        let from: SocketAddr = "198.18.0.100:2070".parse().expect("addr");
+        let mut buf = [0u8; 128];
+        let got = server.handle_request(Instant::now(), from, &rrq(per_mac), &mut buf);
+        assert!(matches!(got, Request::Accepted(_)), "{got:?}");
+        assert_eq!(
+            open_text(quick(None).tftp_catalog(), "grub/grub.cfg"),
+            Err(OpenError::NotFound)
+        );
+        assert_eq!(
+            bootfile(&dhcp_exchange(&plan, UEFI_DISCOVER).expect("offer")),
+            "shimx64.efi"
+        );
+    }
+
+    #[test]
+    fn grub_quoting() {
+        assert_eq!(grub_quote("a b").as_deref(), Some("'a b'"));
+        assert_eq!(grub_quote("$x;y").as_deref(), Some("'$x;y'"));
+        assert_eq!(grub_quote("it's").as_deref(), Some(r"'it'\''s'"));
+        assert_eq!(grub_quote("a\nboot"), None);
     }
 
     #[test]

@@ -297,7 +297,24 @@ pub struct Profile {
     pub name: String,
     /// Paths relative to the boot root; already checked by [`ipxe::BootProfile::validate`].
     pub boot: ipxe::BootProfile,
+    /// `secure_boot = "shim"`: x86-64 UEFI PXE machines boot the distribution's signed chain
+    /// (shim, then GRUB with a generated `grub.cfg`) instead of iPXE.
+    pub secure_boot: Option<SecureBoot>,
 }
+
+/// How a profile's machines boot under UEFI Secure Boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureBoot {
+    /// Microsoft-signed shim ([`SHIM_NAME`] from `boot.shim`), which loads the signed GRUB
+    /// netboot image ([`GRUB_NAME`] from `boot.grub`) from the same TFTP directory; GRUB reads
+    /// the `grub/grub.cfg` Stampede writes and boots the profile's (signed) kernel.
+    Shim,
+}
+
+/// The TFTP name of the signed shim handed to Secure Boot machines.
+pub const SHIM_NAME: &str = "shimx64.efi";
+/// The name shim loads next, from the directory it came from.
+pub const GRUB_NAME: &str = "grubx64.efi";
 
 /// `[[machines]]`: one known machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,6 +359,10 @@ pub mod defaults {
     pub const API: &str = "127.0.0.1:7070";
     /// The Debian/Ubuntu `ipxe` package's directory (undionly.kpxe, snponly.efi).
     pub const IPXE_DIR: &str = "/usr/lib/ipxe";
+    /// Debian's Microsoft-signed shim (package `shim-signed`).
+    pub const SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
+    /// Debian's signed GRUB netboot image (package `grub-efi-amd64-signed`).
+    pub const GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
     /// dnsmasq's default. Boot networks churn (machines reinstalled, replaced), and a short
     /// lease returns their addresses to the pool within the hour.
     pub const LEASE_TIME: Duration = Duration::from_secs(3600);
@@ -513,6 +534,8 @@ pub enum Problem {
     FileNotServed(String),
     #[error("{0:?} has no file name usable as a boot file name")]
     NoFileName(PathBuf),
+    #[error("{0:?} is not a Secure Boot chain: expected \"shim\"")]
+    UnknownSecureBoot(String),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -672,6 +695,10 @@ pub mod wire {
         pub ipxe_chainload: bool,
         /// See [`super::BootSettings::roots_dir`].
         pub roots_dir: Option<PathBuf>,
+        /// Signed shim for `secure_boot = "shim"` profiles; default [`super::defaults::SHIM`].
+        pub shim: Option<PathBuf>,
+        /// Signed GRUB netboot image; default [`super::defaults::GRUB`].
+        pub grub: Option<PathBuf>,
     }
 
     /// Keys are [`stampede_proto::ipxe::Arch`] names.
@@ -703,6 +730,8 @@ pub mod wire {
         /// Architecture name → what differs for it.
         #[serde(default)]
         pub arch: BTreeMap<String, ArchVariant>,
+        /// `"shim"`: see [`super::SecureBoot`].
+        pub secure_boot: Option<String>,
     }
 
     /// Keys left out are inherited from the profile.
@@ -1027,6 +1056,7 @@ fn stand_in_profile(name: &str) -> Profile {
             },
             variants: Vec::new(),
         },
+        secure_boot: None,
     }
 }
 
@@ -1273,6 +1303,17 @@ fn boot(w: &wire::Boot, profiles: &[Profile]) -> Result<BootSettings, ConfigErro
         return Err(ConfigError::invalid("boot.root", Problem::Empty));
     }
     let mut files = BTreeMap::new();
+    if profiles.iter().any(|p| p.secure_boot.is_some()) {
+        for (name, path, default) in [
+            (SHIM_NAME, &w.shim, defaults::SHIM),
+            (GRUB_NAME, &w.grub, defaults::GRUB),
+        ] {
+            let path = path.clone().unwrap_or_else(|| PathBuf::from(default));
+            if let Ok(served) = BootPath::parse(name.as_bytes()) {
+                files.insert(served, path);
+            }
+        }
+    }
     for (name, path) in &w.files {
         let key = format!("boot.files.{name:?}");
         let served = parse_path(name).map_err(|e| ConfigError::invalid(&key, e))?;
@@ -1401,6 +1442,16 @@ fn profiles(w: &[wire::Profile]) -> Result<Vec<Profile>, ConfigError> {
             check_files(&vat, &files)?;
             variants.push((arch, files));
         }
+        let secure_boot = match p.secure_boot.as_deref() {
+            None => None,
+            Some("shim") => Some(SecureBoot::Shim),
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    format!("{at}.secure_boot"),
+                    Problem::UnknownSecureBoot(other.to_owned()),
+                ));
+            }
+        };
         let boot = ipxe::BootProfile { default, variants };
         // What the per-field checks above do not cover (initrd names: unique, plain).
         boot.validate()
@@ -1408,6 +1459,7 @@ fn profiles(w: &[wire::Profile]) -> Result<Vec<Profile>, ConfigError> {
         out.push(Profile {
             name: p.name.clone(),
             boot,
+            secure_boot,
         });
     }
     Ok(out)
@@ -1912,6 +1964,11 @@ pub struct QuickBoot {
     /// The boot interface's address and prefix length, when known: `dhcp_range` must lie in
     /// its network, which becomes the pool's subnet.
     pub link: Option<(Ipv4Addr, u8)>,
+    /// `--secure-boot shim`: x86-64 UEFI machines boot `shim` → `grub` → the kernel.
+    pub secure_boot: Option<SecureBoot>,
+    /// `--shim`, `--grub`: `None` is [`defaults::SHIM`], [`defaults::GRUB`].
+    pub shim: Option<PathBuf>,
+    pub grub: Option<PathBuf>,
 }
 
 /// Whether the command-line template `cmdline` fills in `{hostname}` (not the literal
@@ -2018,6 +2075,8 @@ impl ApplianceConfig {
                 default_profile: Some(QUICK_PROFILE.into()),
                 ipxe_chainload: q.chainload,
                 roots_dir: q.roots_dir,
+                shim: q.shim,
+                grub: q.grub,
                 ..wire::Boot::default()
             },
             profiles: vec![wire::Profile {
@@ -2027,6 +2086,7 @@ impl ApplianceConfig {
                 initrds,
                 cmdline: q.cmdline,
                 arch: BTreeMap::new(),
+                secure_boot: q.secure_boot.map(|SecureBoot::Shim| "shim".into()),
             }],
             ..wire::Config::default()
         };
@@ -2381,6 +2441,39 @@ kernel = "vmlinuz"
         assert_eq!(lists.deny.len(), 2);
         assert!(lists.allow.is_empty());
         assert_eq!(lists.uuid_only, 0);
+    }
+
+    #[test]
+    fn secure_boot_is_a_profile_setting_with_the_chain_served_by_name() {
+        let c = parse(&format!("{MINIMAL}secure_boot = \"shim\"\n"));
+        assert_eq!(c.profiles[0].secure_boot, Some(SecureBoot::Shim));
+        let shim = BootPath::parse(SHIM_NAME.as_bytes()).expect("path");
+        assert_eq!(
+            c.boot.files.get(&shim),
+            Some(&PathBuf::from(defaults::SHIM))
+        );
+        assert_eq!(
+            refused("secure_boot = \"tpm\"\n").to_string(),
+            "profiles[0].secure_boot: \"tpm\" is not a Secure Boot chain: expected \"shim\""
+        );
+        // Without a Secure Boot profile the chain is not served.
+        assert!(parse(MINIMAL).boot.files.is_empty());
+        let q = ApplianceConfig::quick(QuickBoot {
+            kernel: "/k/vmlinuz".into(),
+            secure_boot: Some(SecureBoot::Shim),
+            grub: Some("/g/grubnetx64.efi.signed".into()),
+            ..QuickBoot::default()
+        })
+        .expect("valid");
+        let grub = BootPath::parse(GRUB_NAME.as_bytes()).expect("path");
+        assert_eq!(
+            q.boot.files.get(&grub),
+            Some(&PathBuf::from("/g/grubnetx64.efi.signed"))
+        );
+        assert_eq!(
+            q.boot.files.get(&shim),
+            Some(&PathBuf::from(defaults::SHIM))
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum PayloadError {
     },
     #[error("{package} holds no boot/vmlinuz-*")]
     NoKernelImage { package: String },
+    #[error("{package} holds no {path}")]
+    NotInPackage { package: String, path: String },
     #[error("{BUSYBOX} is missing: install busybox-static")]
     NoBusybox,
     #[error("{path}: {source}")]
@@ -180,6 +182,94 @@ pub fn kernel() -> Result<PathBuf, PayloadError> {
     } else {
         Err(PayloadError::NoKernelImage { package })
     }
+}
+
+/// Debian's Secure Boot chain, as the packages install it: the Microsoft-signed shim and the
+/// Debian-signed GRUB netboot image (which verifies the kernel through shim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedChain {
+    pub shim: PathBuf,
+    pub grub: PathBuf,
+}
+
+/// The package of Debian's Microsoft-signed shim.
+pub const SHIM_PACKAGE: &str = "shim-signed";
+/// The package of Debian's signed GRUB images.
+pub const GRUB_PACKAGE: &str = "grub-efi-amd64-signed";
+
+impl SignedChain {
+    /// Fetches both packages with `apt-get download` and unpacks them with `dpkg -x` under
+    /// [`cache_dir`]`/secure-boot`, unless cached. Never installed: their maintainer scripts
+    /// run grub-install on the host.
+    pub fn prepare() -> Result<Self, PayloadError> {
+        Ok(Self {
+            shim: package_file(SHIM_PACKAGE, "usr/lib/shim/shimx64.efi.signed")?,
+            grub: package_file(
+                GRUB_PACKAGE,
+                "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+            )?,
+        })
+    }
+}
+
+/// `inner` (a path in `package`) from the package unpacked under the cache.
+fn package_file(package: &str, inner: &str) -> Result<PathBuf, PayloadError> {
+    let cache = cache_dir().join("secure-boot");
+    let file = cache.join(package).join(inner);
+    if file.is_file() {
+        return Ok(file);
+    }
+    let work = cache.join(format!(
+        "{package}.tmp-{}-{}",
+        std::process::id(),
+        next_seq()
+    ));
+    fs::create_dir_all(&work).map_err(io_err(&work))?;
+    let result = download_and_unpack(package, &work);
+    if result.is_ok() {
+        // Atomic, as for the kernel: a concurrent process sees all of it or nothing.
+        let _ = fs::rename(&work, cache.join(package));
+    }
+    let _ = fs::remove_dir_all(&work);
+    result?;
+    if file.is_file() {
+        Ok(file)
+    } else {
+        Err(PayloadError::NotInPackage {
+            package: package.to_owned(),
+            path: inner.to_owned(),
+        })
+    }
+}
+
+fn download_and_unpack(package: &str, work: &Path) -> Result<(), PayloadError> {
+    let mut download = Command::new("apt-get");
+    download.args(["download", "-q", package]).current_dir(work);
+    run_with_timeout(download, Duration::from_secs(600))
+        .and_then(crate::Output::ok)
+        .map_err(|source| PayloadError::Download {
+            package: package.to_owned(),
+            source,
+        })?;
+    let deb = fs::read_dir(work)
+        .map_err(io_err(work))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .ok_or_else(|| PayloadError::Download {
+            package: package.to_owned(),
+            source: LabError::BadName(format!("no .deb in {}", work.display())),
+        })?;
+    let mut extract = Command::new("dpkg");
+    extract.arg("-x").arg(&deb).arg(work);
+    run_with_timeout(extract, Duration::from_secs(120))
+        .and_then(crate::Output::ok)
+        .map_err(|source| PayloadError::Extract {
+            deb: deb.clone(),
+            source,
+        })?;
+    let _ = fs::remove_file(&deb);
+    Ok(())
 }
 
 fn newest_cached_kernel(kernels: &Path) -> Option<PathBuf> {

@@ -40,6 +40,10 @@ use crate::{
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF's variable store template; each machine boots from its own copy.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot and SMM (needs q35 with `smm=on` and secure pflash).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// A variable store with Microsoft's keys enrolled and Secure Boot on.
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// The emulator binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -79,6 +83,10 @@ pub enum Firmware {
     /// OVMF with IPv4/IPv6 PXE switched off through fw_cfg, leaving UEFI HTTP Boot (vendor
     /// class `HTTPClient`; the offer must echo option 60 and carry a URL as boot file).
     UefiHttp,
+    /// [`Firmware::UefiPxe`] with Secure Boot enforced and Microsoft's keys enrolled (q35 with
+    /// SMM, [`OVMF_CODE_SECBOOT`], a copy of [`OVMF_VARS_MS`]): only signed boot files run.
+    /// Not in [`Firmware::ALL`].
+    UefiSecureBoot,
 }
 
 impl Firmware {
@@ -94,6 +102,16 @@ impl Firmware {
             Firmware::Bios => "bios",
             Firmware::UefiPxe => "uefipxe",
             Firmware::UefiHttp => "uefihttp",
+            Firmware::UefiSecureBoot => "uefisecureboot",
+        }
+    }
+
+    /// OVMF's code and variable store template; `None` for SeaBIOS.
+    pub fn ovmf(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Firmware::Bios => None,
+            Firmware::UefiPxe | Firmware::UefiHttp => Some((OVMF_CODE, OVMF_VARS)),
+            Firmware::UefiSecureBoot => Some((OVMF_CODE_SECBOOT, OVMF_VARS_MS)),
         }
     }
 }
@@ -198,10 +216,22 @@ impl MachineSpec {
         ]
         .map(str::to_owned)
         .into();
-        if self.firmware.is_uefi() {
+        if self.firmware == Firmware::UefiSecureBoot {
+            // The secure build keeps its variables behind SMM: the flash must be "secure".
+            args.extend(
+                [
+                    "-machine",
+                    "q35,smm=on",
+                    "-global",
+                    "driver=cfi.pflash01,property=secure,value=on",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        if let Some((code, _)) = self.firmware.ovmf() {
             args.extend([
                 "-drive".to_owned(),
-                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
                 "-drive".to_owned(),
                 format!(
                     "if=pflash,format=raw,unit=1,file={}",
@@ -225,7 +255,7 @@ impl MachineSpec {
                     // e1000's default ROM is iPXE (ipxe-qemu's pxe-e1000.rom).
                     Firmware::Bios => format!("e1000,netdev=n0,mac={},bootindex=1", self.mac),
                     // No option ROM: OVMF's VirtioNetDxe and EDK2 network stack do the boot.
-                    Firmware::UefiPxe | Firmware::UefiHttp => format!(
+                    Firmware::UefiPxe | Firmware::UefiHttp | Firmware::UefiSecureBoot => format!(
                         "virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1",
                         self.mac
                     ),
@@ -266,9 +296,9 @@ pub struct QemuMachine {
 impl QemuMachine {
     /// Starts QEMU inside `ns` (the namespace holding `spec.tap`).
     pub fn start(ns: &Netns, spec: MachineSpec) -> Result<Self, MachineError> {
-        if spec.firmware.is_uefi() {
+        if let Some((_, template)) = spec.firmware.ovmf() {
             let vars = spec.vars_path();
-            fs::copy(OVMF_VARS, &vars).map_err(io_err(&vars))?;
+            fs::copy(template, &vars).map_err(io_err(&vars))?;
         }
         // A stale transcript from an earlier run must not satisfy wait_for_marker.
         fs::write(&spec.serial_log, b"").map_err(io_err(&spec.serial_log))?;

@@ -104,6 +104,10 @@ pub struct BootProfile {
     pub name: String,
     /// Path of the iPXE script under [`BootConfig::http_base`], e.g. `boot.ipxe`.
     pub ipxe_script: String,
+    /// `Some`: x86-64 UEFI PXE clients (option 93 arch 7 or 9) get this file by TFTP instead
+    /// of iPXE: Secure Boot's signed shim (`shimx64.efi`). Firmware does not say in DHCP
+    /// whether Secure Boot is on, so the profile decides.
+    pub efi_x64_loader: Option<String>,
 }
 
 /// iPXE builds handed to firmware, by family. `None` means that family is not served.
@@ -169,6 +173,7 @@ impl BootConfig {
             default_profile: BootProfile {
                 name: "default".into(),
                 ipxe_script: "boot.ipxe".into(),
+                efi_x64_loader: None,
             },
             profiles_by_mac: HashMap::new(),
             profiles_by_uuid: HashMap::new(),
@@ -268,11 +273,21 @@ pub fn decide(client: &BootClient, config: &BootConfig) -> Result<BootDecision, 
         // No option 93 and no Arch in option 60: PXE 2.1 predates UEFI, so a BIOS ROM.
         None => (Firmware::Bios, false),
     };
+    let http = client.is_http_boot() || http_arch;
+    if firmware == Firmware::EfiX64
+        && !http
+        && let Some(shim) = &config.profile_for(client).efi_x64_loader
+    {
+        return Ok(BootDecision::Chainload {
+            next_server: config.tftp_server,
+            file: shim.clone(),
+        });
+    }
     let loader = config
         .loaders
         .for_firmware(firmware)
         .ok_or(NoBoot::UnsupportedArch(client.arch))?;
-    if client.is_http_boot() || http_arch {
+    if http {
         return Ok(BootDecision::HttpBoot {
             url: format!("{}/{}", config.http_base, loader),
         });
@@ -430,6 +445,7 @@ mod tests {
         let profile = |n: &str| BootProfile {
             name: n.into(),
             ipxe_script: format!("{n}.ipxe"),
+            efi_x64_loader: None,
         };
         config.profiles_by_uuid.insert([7; 16], profile("by-uuid"));
         let mut c = client("PXEClient", None, true);
@@ -479,6 +495,7 @@ mod tests {
             BootProfile {
                 name: "zero-uuid".into(),
                 ipxe_script: "zero-uuid.ipxe".into(),
+                efi_x64_loader: None,
             },
         );
         for bytes in [

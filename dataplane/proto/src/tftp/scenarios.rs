@@ -387,7 +387,7 @@ fn hostile_names_wrq_and_bad_modes_are_refused() {
             "path_rejected_parent_dir",
         ),
         (
-            request(1, b"/etc/passwd", b"octet", b""),
+            request(1, b"//etc/passwd", b"octet", b""),
             ErrorCode::AccessViolation,
             "path_rejected_absolute",
         ),

@@ -232,7 +232,11 @@ impl<C: FileCatalog> TftpServer<C> {
             Mode::Netascii => true,
             Mode::Unknown => return Err(Ok(Refusal::UnsupportedMode)),
         };
-        let path = BootPath::parse(filename).map_err(|r| Ok(Refusal::PathRejected(r)))?;
+        // Names are relative to the served root, `/name` too, as dnsmasq and `tftpd -s` take
+        // them: GRUB's netboot image asks for `/grub/grub.cfg` and `/vmlinuz`. One slash only:
+        // `//etc/passwd` is still absolute.
+        let relative = filename.strip_prefix(b"/").unwrap_or(filename);
+        let path = BootPath::parse(relative).map_err(|r| Ok(Refusal::PathRejected(r)))?;
         let file = self.catalog.open(&path).map_err(|e| {
             Ok(match e {
                 OpenError::NotFound => Refusal::FileNotFound,
