@@ -897,7 +897,7 @@ impl ScriptRoute {
             return Some(Ok(BootFile::new(format!(
                 "# stampede: each machine's own configuration, by MAC\n\
                  configfile \"/{GRUB_DIR}{GRUB_CFG}-01-$net_default_mac\"\n\
-                 echo \"stampede: no GRUB configuration for $net_default_mac\"\n\
+                 echo \"stampede: nothing booted for $net_default_mac: rebooting in 10 s\"\n\
                  sleep 10\nreboot\n"
             ))));
         }
