@@ -244,6 +244,8 @@ fn calibrate_with_dnsmasq(lab: &TwoHosts, payload: &Payload, stampede: &[StormRe
         ])
         .arg(format!("--interface={}", lab.server_if))
         .arg(format!("--tftp-root={}", root.display()))
+        // Its default of 50 transfers at once would leave the rest to their 5 s retry.
+        .arg(format!("--tftp-max={}", clients()))
         .arg(format!(
             "--pid-file={}",
             payload.dir.path().join("dnsmasq.pid").display()
