@@ -113,8 +113,11 @@ fn root_bench_verifies_every_machines_root() {
         "--deadline",
         "90",
     ];
+    // Chunk by chunk first (`--run 1`); runs by Range further down.
     let mut args = common.to_vec();
     args.extend([
+        "--run",
+        "1",
         "--key-file",
         key_file.to_str().unwrap(),
         "--server-pid",
@@ -186,6 +189,29 @@ fn root_bench_verifies_every_machines_root() {
         assert_eq!(m["requests"].as_u64(), Some(chunks + 1), "{m}");
     }
     assert!(fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    // The node agent's way: runs of chunks from the root's image, one Range request each.
+    let runs_json = dir.path().join("runs.json");
+    let mut args = common.to_vec();
+    args.extend([
+        "--run",
+        "4",
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "--json",
+        runs_json.to_str().unwrap(),
+    ]);
+    let out = bench(&lab, &args);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(&runs_json).unwrap()).expect("JSON report");
+    assert_eq!(report["mode"], "chunk_runs");
+    assert_eq!(report["verified"], CLIENTS, "{report}");
+    for m in report["machines"].as_array().unwrap() {
+        assert_eq!(m["chunks"].as_u64(), Some(chunks), "{m}");
+        // One manifest, then one request per run of 4.
+        assert_eq!(m["requests"].as_u64(), Some(1 + chunks.div_ceil(4)), "{m}");
+    }
 
     // A bench that trusts another key refuses every manifest and fetches no chunk.
     let other_key = dir.path().join("other.key");

@@ -38,9 +38,12 @@ use super::{
     storm::{split_http_url, tcp_socket},
 };
 
-/// The node agent's chunk workers (`CHUNK_WORKERS` in node/src/agent.rs), each with a kept-alive
+/// The node agent's run workers (`RUN_WORKERS` in node/src/agent.rs), each with a kept-alive
 /// connection of its own: what one real machine keeps in flight.
-const NODE_CHUNK_WORKERS: usize = 6;
+const NODE_RUN_WORKERS: usize = 2;
+
+/// Chunks per request of the node agent (`RUN_CHUNKS` in node/src/agent.rs).
+const NODE_RUN_CHUNKS: usize = 16;
 
 #[derive(Debug, clap::Args)]
 pub struct RootArgs {
@@ -78,15 +81,15 @@ pub struct RootArgs {
     /// Machines to simulate.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
-    /// Chunk requests in flight per machine, each on a kept-alive connection of its own (the
-    /// node agent runs 6 workers). `--whole-file` always uses one connection.
-    #[arg(long, default_value_t = NODE_CHUNK_WORKERS)]
+    /// Requests in flight per machine, each on a kept-alive connection of its own (the node
+    /// agent runs 2). `--whole-file` always uses one connection.
+    #[arg(long, default_value_t = NODE_RUN_WORKERS)]
     pub parallel: usize,
     /// Chunks per request: 1 fetches each chunk from `<chunks-path>/<sha256>`; more fetches
     /// runs of that many consecutive chunks from the whole image beside the manifest
     /// (`/roots/<id>/image`) with one `Range` request each, every chunk checked as its last
-    /// byte arrives (the node agent's way: 16 on 2 connections).
-    #[arg(long, default_value_t = 1)]
+    /// byte arrives (the node agent's way, the default: 16 on 2 connections).
+    #[arg(long, default_value_t = NODE_RUN_CHUNKS)]
     pub run: usize,
     /// Threads driving the machines, each with its own io_uring. Checking SHA-256 at link
     /// speed takes about a core per 1.5 to 2 GB/s (SHA-NI).

@@ -41,10 +41,11 @@ usage: cargo xtask bench root [--clients N,..] [--size-mib MIB] [--parallel K,..
 options:
   --clients N,..   machine counts, one run each per server (default 100,1000)
   --size-mib MIB   size of the root image (default 128)
-  --parallel K,..  chunk requests in flight per machine, one Stampede run each (default 6)
+  --parallel K,..  requests in flight per machine, one Stampede run each (default 2, the node
+                   agent's)
   --run R,..       chunks per request, one run each with every K: 1 fetches /chunks/<sha256>,
-                   more fetches runs from /roots/<id>/image with Range (default 1; the node
-                   agent fetches runs of 16 on 2 connections)
+                   more fetches runs from /roots/<id>/image with Range (default 16, the node
+                   agent's)
   --deadline SECS  per run (default 600)
   --peers LIST     servers to run (default stampede,nginx); nginx-chunks: nginx serving
                    Stampede's own manifest and chunk files, fetched exactly as from Stampede
@@ -71,8 +72,8 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut o = Options {
         clients: vec![100, 1000],
         size_mib: 128,
-        parallel: vec![6],
-        run: vec![1],
+        parallel: vec![2],
+        run: vec![16],
         deadline: 600,
         peers: vec!["stampede".into(), "nginx".into()],
     };
