@@ -242,7 +242,8 @@ fn package_file(package: &str, inner: &str) -> Result<PathBuf, PayloadError> {
     }
 }
 
-fn download_and_unpack(package: &str, work: &Path) -> Result<(), PayloadError> {
+/// `apt-get download PACKAGE` into `work`; the `.deb` it wrote.
+fn download_deb(package: &str, work: &Path) -> Result<PathBuf, PayloadError> {
     let mut download = Command::new("apt-get");
     download.args(["download", "-q", package]).current_dir(work);
     run_with_timeout(download, Duration::from_secs(600))
@@ -251,7 +252,7 @@ fn download_and_unpack(package: &str, work: &Path) -> Result<(), PayloadError> {
             package: package.to_owned(),
             source,
         })?;
-    let deb = fs::read_dir(work)
+    fs::read_dir(work)
         .map_err(io_err(work))?
         .flatten()
         .map(|entry| entry.path())
@@ -259,7 +260,11 @@ fn download_and_unpack(package: &str, work: &Path) -> Result<(), PayloadError> {
         .ok_or_else(|| PayloadError::Download {
             package: package.to_owned(),
             source: LabError::BadName(format!("no .deb in {}", work.display())),
-        })?;
+        })
+}
+
+fn download_and_unpack(package: &str, work: &Path) -> Result<(), PayloadError> {
+    let deb = download_deb(package, work)?;
     let mut extract = Command::new("dpkg");
     extract.arg("-x").arg(&deb).arg(work);
     run_with_timeout(extract, Duration::from_secs(120))
@@ -284,23 +289,7 @@ fn newest_cached_kernel(kernels: &Path) -> Option<PathBuf> {
 }
 
 fn download_and_extract(package: &str, work: &Path) -> Result<(), PayloadError> {
-    let mut download = Command::new("apt-get");
-    download.args(["download", "-q", package]).current_dir(work);
-    run_with_timeout(download, Duration::from_secs(600))
-        .and_then(crate::Output::ok)
-        .map_err(|source| PayloadError::Download {
-            package: package.to_owned(),
-            source,
-        })?;
-    let deb = fs::read_dir(work)
-        .map_err(io_err(work))?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .ok_or_else(|| PayloadError::Download {
-            package: package.to_owned(),
-            source: LabError::BadName(format!("no .deb in {}", work.display())),
-        })?;
+    let deb = download_deb(package, work)?;
     // Only ./boot: `dpkg -x` would also unpack ~400 MB of modules the payload does not use.
     let root = work.join("root");
     fs::create_dir_all(&root).map_err(io_err(&root))?;
