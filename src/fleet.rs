@@ -83,6 +83,7 @@ pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
             allow: Some(machine.boot != BootPolicy::Deny),
+            ssh_authorized_keys: machine.ssh_authorized_keys.clone(),
         });
     }
 }
@@ -151,6 +152,7 @@ pub fn file_entries(config: &wire::Config) -> FileFleet {
                 } else {
                     BootPolicy::Allow
                 },
+                ssh_authorized_keys: m.ssh_authorized_keys.clone(),
             };
             let machine = Machine::try_from(spec).ok()?;
             Some((machine.mac, machine))

@@ -75,6 +75,7 @@ fn machine(mac: &str, profile: &str, labels: &[(&str, &str)]) -> Machine {
             .collect(),
         profile: Some(profile.into()),
         boot: BootPolicy::Allow,
+        ssh_authorized_keys: Vec::new(),
     }
 }
 
@@ -196,6 +197,51 @@ fn writes_the_appliance_cannot_serve_are_refused_and_stored_ones_quarantined() {
         ],
     );
     assert!(added.status.success(), "{}{}", added.stdout, added.stderr);
+
+    // A diskless machine's SSH keys: ctl's --ssh-key reaches what the node agent reads
+    // (`/stampede/node/config`, default HTTP port 8080); a line the configuration refuses (no
+    // key type) is refused by the API, naming the key.
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRFU1QtS0VZ ops@lab";
+    let added = ctl_out(
+        &lab.server,
+        &[
+            "machines",
+            "add",
+            "52:54:00:00:00:04",
+            "--profile",
+            "good",
+            "--ssh-key",
+            key,
+        ],
+    );
+    assert!(added.status.success(), "{}{}", added.stdout, added.stderr);
+    let node_config = format!(
+        "http://{}:8080/stampede/node/config?mac=52-54-00-00-00-04",
+        lab.server_ip()
+    );
+    let served = stampede_lab::wait_for(Duration::from_secs(5), || {
+        let out = lab
+            .server
+            .run("curl", &["-sf", &node_config], Duration::from_secs(5))
+            .ok()?;
+        out.stdout.contains(key).then_some(out.stdout)
+    });
+    assert!(served.is_some(), "{node_config} carries the key");
+    let (status, answer) = api(
+        &lab.server,
+        "POST",
+        "/api/v1/machines",
+        Some(
+            r#"{"mac":"52:54:00:00:00:05","profile":"good","ssh_authorized_keys":["just words"]}"#,
+        ),
+    );
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ssh_authorized_keys")),
+        "{answer}"
+    );
 
     // Replacing the quarantined profile with a servable one lifts its quarantine and its
     // machine's.

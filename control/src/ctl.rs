@@ -205,6 +205,9 @@ pub enum MachinesCommand {
         /// Known but not allowed to boot.
         #[arg(long)]
         deny: bool,
+        /// A line for root's `authorized_keys` on a diskless machine (repeat for several).
+        #[arg(long = "ssh-key", value_name = "KEY")]
+        ssh_keys: Vec<String>,
     },
     #[command(visible_alias = "delete")]
     Rm { mac: String },
@@ -1331,6 +1334,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
             arch,
             labels,
             deny,
+            ssh_keys,
         }) => {
             let spec = MachineSpec {
                 mac,
@@ -1344,6 +1348,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                 } else {
                     BootPolicy::Allow
                 },
+                ssh_authorized_keys: ssh_keys,
             };
             // Validate here so a typo gets a local message, not a round trip.
             let machine = Machine::try_from(spec.clone())?;

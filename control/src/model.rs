@@ -34,6 +34,11 @@ pub enum ValidationError {
          digit, without `..` or `//`, and not `sha256:` (that prefix names a root by digest)"
     )]
     RootName(String),
+    #[error(
+        "invalid SSH key {0}: one authorized_keys line of printable ASCII, at most 8192 bytes, at \
+         most 64 keys"
+    )]
+    SshKey(usize),
 }
 
 /// An Ethernet address, written `aa:bb:cc:dd:ee:ff` (lower case) on the wire and in keys.
@@ -154,6 +159,9 @@ pub struct MachineSpec {
     pub profile: Option<String>,
     #[serde(default)]
     pub boot: BootPolicy,
+    /// Lines a diskless machine's node agent writes to `/root/.ssh/authorized_keys`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// A validated machine. Serialized form is the same shape as [`MachineSpec`], normalized (MAC and
@@ -173,6 +181,9 @@ pub struct Machine {
     pub profile: Option<String>,
     #[serde(default)]
     pub boot: BootPolicy,
+    /// Lines a diskless machine's node agent writes to `/root/.ssh/authorized_keys`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 impl TryFrom<MachineSpec> for Machine {
@@ -190,6 +201,18 @@ impl TryFrom<MachineSpec> for Machine {
         if let Some(profile) = &spec.profile {
             validate_name(profile)?;
         }
+        // The appliance checks each line's form with the configuration's rules too (a key
+        // type word); here what could break the file: a second line, control bytes, size.
+        for (i, key) in spec.ssh_authorized_keys.iter().enumerate() {
+            let key = key.trim();
+            if i >= 64
+                || key.is_empty()
+                || key.len() > 8192
+                || !key.bytes().all(|b| (0x20..0x7f).contains(&b))
+            {
+                return Err(ValidationError::SshKey(i));
+            }
+        }
         Ok(Self {
             mac,
             uuid,
@@ -198,6 +221,11 @@ impl TryFrom<MachineSpec> for Machine {
             labels: spec.labels,
             profile: spec.profile,
             boot: spec.boot,
+            ssh_authorized_keys: spec
+                .ssh_authorized_keys
+                .iter()
+                .map(|k| k.trim().to_owned())
+                .collect(),
         })
     }
 }
@@ -212,6 +240,7 @@ impl From<Machine> for MachineSpec {
             labels: m.labels,
             profile: m.profile,
             boot: m.boot,
+            ssh_authorized_keys: m.ssh_authorized_keys,
         }
     }
 }
@@ -672,6 +701,7 @@ mod tests {
             labels: BTreeMap::new(),
             profile: None,
             boot: BootPolicy::Allow,
+            ssh_authorized_keys: Vec::new(),
         }
     }
 

@@ -139,6 +139,9 @@ fn schemas() -> Value {
                 "labels": { "type": "object", "additionalProperties": { "type": "string" } },
                 "profile": { "type": "string" },
                 "boot": { "type": "string", "enum": ["allow", "deny"], "default": "allow" },
+                "ssh_authorized_keys": { "type": "array", "maxItems": 64,
+                    "items": { "type": "string", "maxLength": 8192 },
+                    "description": "Lines a diskless machine's node agent writes to /root/.ssh/authorized_keys" },
                 "quarantined": { "type": "string", "readOnly": true,
                     "description": "In lists: why the appliance leaves this stored entry out of the boot plan" }
             } },

@@ -1573,6 +1573,7 @@ mod tests {
                 labels: Default::default(),
                 profile: None,
                 boot: Default::default(),
+                ssh_authorized_keys: Vec::new(),
             })
             .expect("valid");
             state.put_machine(&caller, machine, true).expect("put");

@@ -445,6 +445,7 @@ async fn apply_is_idempotent() {
         arch: None,
         labels: vec![("rack".into(), "r1".into())],
         deny: false,
+        ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEE ops@r1".into()],
     });
     let mut out = Vec::new();
     ctl::run_to(s.ctl(&op, false, add), &mut out)
@@ -453,6 +454,19 @@ async fn apply_is_idempotent() {
     assert_eq!(
         String::from_utf8_lossy(&out),
         "machine 52:54:00:10:00:03 created\n"
+    );
+    // --ssh-key is stored with the machine.
+    let get = CtlCommand::Machines(ctl::MachinesCommand::Get {
+        mac: "52:54:00:10:00:03".into(),
+    });
+    let mut out = Vec::new();
+    ctl::run_to(s.ctl(&op, true, get), &mut out)
+        .await
+        .expect("machines get");
+    let got: Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(
+        got["ssh_authorized_keys"][0], "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEE ops@r1",
+        "{got}"
     );
     let rm = CtlCommand::Machines(ctl::MachinesCommand::Rm {
         mac: "52:54:00:10:00:03".into(),

@@ -37,6 +37,7 @@ fn state_with_history() -> (tempfile::TempDir, ControlState) {
             labels: Default::default(),
             profile: Some("rescue".into()),
             boot: Default::default(),
+            ssh_authorized_keys: Vec::new(),
         })
         .expect("valid machine");
         state.put_machine(&actor, machine, true).expect("machine");

@@ -61,6 +61,7 @@ fn add_machine(mac: &str, profile: &str, labels: &[(&str, &str)]) -> CtlCommand 
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         deny: false,
+        ssh_keys: Vec::new(),
     })
 }
 
@@ -568,6 +569,7 @@ impl stampede_control::validation::FleetValidator for ConfigFile {
             labels: [("rack".to_owned(), "r9".to_owned())].into(),
             profile: Some("live".into()),
             boot: Default::default(),
+            ssh_authorized_keys: Vec::new(),
         })
         .expect("machine");
         stampede_control::model::FileFleet {

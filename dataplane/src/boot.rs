@@ -629,6 +629,8 @@ struct ScriptMachine {
     profile: Option<usize>,
     hostname: Option<String>,
     allow: bool,
+    /// `authorized_keys` lines for the node agent (checked printable ASCII, one line each).
+    ssh_authorized_keys: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -722,6 +724,7 @@ impl ScriptRoute {
                     profile: m.profile,
                     hostname: m.hostname.clone(),
                     allow: m.allow,
+                    ssh_authorized_keys: m.ssh_authorized_keys.clone(),
                 }
             })
             .collect();
@@ -874,6 +877,17 @@ impl ScriptRoute {
         if let Some(h) = hostname {
             // Host names were checked at validation (RFC 1123 characters only).
             let _ = write!(json, ", \"hostname\": \"{h}\"");
+        }
+        let keys = machine.map_or(&[][..], |m| &m.ssh_authorized_keys[..]);
+        if !keys.is_empty() {
+            json.push_str(", \"ssh_authorized_keys\": [");
+            for (i, key) in keys.iter().enumerate() {
+                // Printable ASCII on one line (checked at validation): only `"` and `\` need
+                // escaping in a JSON string.
+                let escaped = key.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = write!(json, "{}\"{escaped}\"", if i == 0 { "" } else { ", " });
+            }
+            json.push(']');
         }
         json.push_str("}\n");
         Ok(BootFile::new(json))
@@ -1539,6 +1553,13 @@ boot
         assert_eq!(reply.status, Status::OK, "{}", reply.head);
         let json = text(&reply);
         assert!(json.contains("\"hostname\": \"node-010\""), "{json}");
+        assert!(
+            json.contains(
+                "\"ssh_authorized_keys\": [\"ssh-ed25519 \
+                 AAAAC3NzaC1lZDI1NTE5AAAAIHN0YW1wZWRlLWV4YW1wbGUta2V5 ops@example\"]"
+            ),
+            "{json}"
+        );
         let id = json
             .split("\"machine_id\": \"")
             .nth(1)

@@ -329,6 +329,10 @@ pub struct Machine {
     pub labels: Vec<String>,
     /// `false`: the appliance ignores this machine entirely (no DHCP reply, no script).
     pub allow: bool,
+    /// Lines of `authorized_keys` a diskless machine's node agent writes for root
+    /// (`/root/.ssh/authorized_keys`), from `/stampede/node/config` (checked by
+    /// [`check_ssh_key`]).
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// `[tftp]`.
@@ -498,6 +502,8 @@ pub enum Problem {
     BadUuid(String),
     #[error("{0:?} is not a host name (letters, digits, '-', dot-separated labels)")]
     BadHostname(String),
+    #[error("not an authorized_keys line: {0}")]
+    BadSshKey(String),
     #[error("{0:?} is not a name (letters, digits, '-', '_', '.')")]
     BadName(String),
     #[error(
@@ -753,6 +759,8 @@ pub mod wire {
         #[serde(default)]
         pub labels: Vec<String>,
         pub allow: Option<bool>,
+        #[serde(default)]
+        pub ssh_authorized_keys: Vec<String>,
     }
 
     #[derive(Debug, Clone, Default, Deserialize)]
@@ -1552,6 +1560,17 @@ fn machines(
             check_label(label)
                 .map_err(|e| ConfigError::invalid(format!("machines[{i}].labels[{j}]"), e))?;
         }
+        if m.ssh_authorized_keys.len() > MAX_SSH_KEYS {
+            return Err(ConfigError::invalid(
+                key("ssh_authorized_keys"),
+                Problem::BadSshKey(format!("at most {MAX_SSH_KEYS} keys per machine")),
+            ));
+        }
+        for (j, line) in m.ssh_authorized_keys.iter().enumerate() {
+            check_ssh_key(line).map_err(|e| {
+                ConfigError::invalid(format!("machines[{i}].ssh_authorized_keys[{j}]"), e)
+            })?;
+        }
         out.push(Machine {
             mac,
             uuid,
@@ -1559,6 +1578,11 @@ fn machines(
             hostname,
             labels: m.labels.clone(),
             allow,
+            ssh_authorized_keys: m
+                .ssh_authorized_keys
+                .iter()
+                .map(|k| k.trim().to_owned())
+                .collect(),
         });
     }
     Ok(out)
@@ -1831,6 +1855,33 @@ pub fn parse_uuid(text: &str) -> Result<[u8; 16], Problem> {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(out)
+}
+
+/// Keys per machine: far more than anyone lists, few enough to keep the node's config small.
+pub const MAX_SSH_KEYS: usize = 64;
+
+/// One `authorized_keys` line (sshd(8), "AUTHORIZED_KEYS FILE FORMAT": optional options, a key
+/// type, the base64 key, a comment): one line of printable ASCII, at most 8 KiB, with a key
+/// type word in it. Anything that could add a second line or a terminal escape is refused.
+pub fn check_ssh_key(line: &str) -> Result<(), Problem> {
+    let line = line.trim();
+    let bad = |why: &str| Err(Problem::BadSshKey(why.to_owned()));
+    if line.is_empty() {
+        return bad("empty");
+    }
+    if line.len() > 8192 {
+        return bad("longer than 8192 bytes");
+    }
+    if !line.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return bad("only printable ASCII on one line");
+    }
+    let typed = line
+        .split_ascii_whitespace()
+        .any(|w| w.starts_with("ssh-") || w.starts_with("ecdsa-sha2-") || w.starts_with("sk-"));
+    if !typed {
+        return bad("no key type (ssh-ed25519, ssh-rsa, ecdsa-sha2-..., sk-...)");
+    }
+    Ok(())
 }
 
 /// RFC 1123 §2.1 host names: what the iPXE `{hostname}` placeholder accepts, and stricter.
@@ -2334,6 +2385,16 @@ kernel = "vmlinuz"
             ("[[machines]]\nprofile = \"live\"".into(), "machines[0]", "needs a mac or a uuid"),
             ("[[machines]]\nuuid = \"1234\"".into(), "machines[0].uuid", "not a UUID"),
             ("[[machines]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"-bad\"".into(), "machines[0].hostname", "not a host name"),
+            (
+                "[[machines]]\nmac = \"52:54:00:00:00:01\"\nssh_authorized_keys = [\"ssh-ed25519 AAAA x\\nssh-rsa BBBB y\"]".into(),
+                "machines[0].ssh_authorized_keys[0]",
+                "only printable ASCII on one line",
+            ),
+            (
+                "[[machines]]\nmac = \"52:54:00:00:00:01\"\nssh_authorized_keys = [\"just words\"]".into(),
+                "machines[0].ssh_authorized_keys[0]",
+                "no key type",
+            ),
             (
                 "[[machines]]\nmac = \"52:54:00:00:00:01\"\n[[machines]]\nmac = \"52-54-00-00-00-01\"".into(),
                 "machines[1].mac",
