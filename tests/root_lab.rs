@@ -526,7 +526,14 @@ fn diskless_boot_time_against_kernel_and_initrd() {
             "--router-advertisements",
             "auto",
             "--cmdline",
-            &format!("console=ttyS0 panic=-1 stampede.marker={marker}"),
+            &format!(
+                "console=ttyS0 panic=-1 stampede.marker={marker}{}",
+                if std::env::var_os("BOOT_TIME_CONSOLE").is_some() {
+                    " stampede.debug"
+                } else {
+                    ""
+                }
+            ),
         ]
         .map(str::to_owned)
         .into();
@@ -554,6 +561,17 @@ fn diskless_boot_time_against_kernel_and_initrd() {
         assert!(seen.value.starts_with(&marker), "{kind}: {}", seen.value);
         let secs = seen.elapsed_since_start.as_secs_f64();
         eprintln!("round {round}: {kind}: power-on to marker {secs:.1} s");
+        if diskless && std::env::var_os("BOOT_TIME_CONSOLE").is_some() {
+            // Where the diskless seconds go: the kernel's and the node agent's lines.
+            for line in machine.console().lines().filter(|l| {
+                l.contains("Run /init") || l.contains("stampede") || l.contains("root ")
+            }) {
+                eprintln!("    {line}");
+            }
+            for line in appliance.log().lines().filter(|l| l.contains("dhcp")) {
+                eprintln!("  | {line}");
+            }
+        }
         drop(machine);
         appliance.stop();
         secs

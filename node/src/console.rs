@@ -63,7 +63,12 @@ pub fn debug_enabled() -> bool {
 
 /// Writes one line; never fails (a console that errors is skipped).
 pub fn say(args: fmt::Arguments<'_>) {
-    let line = format!("{PREFIX}{args}\n");
+    // Seconds since boot, as the kernel stamps its own lines, so a console shows where a
+    // diskless boot's seconds go (none before /proc is mounted).
+    let line = match uptime() {
+        Some(t) => format!("{PREFIX}[{t:>12}] {args}\n"),
+        None => format!("{PREFIX}{args}\n"),
+    };
     let mut consoles = CONSOLES.lock().unwrap_or_else(|p| p.into_inner());
     if consoles.is_empty() {
         let mut out = std::io::stdout().lock();
@@ -74,6 +79,12 @@ pub fn say(args: fmt::Arguments<'_>) {
     for console in consoles.iter_mut() {
         let _ = console.write_all(line.as_bytes());
     }
+}
+
+/// `/proc/uptime`'s first field (seconds since boot, two decimals), if `/proc` is mounted.
+fn uptime() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    text.split_whitespace().next().map(str::to_owned)
 }
 
 /// A console line.
