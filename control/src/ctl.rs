@@ -1296,15 +1296,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
     match args.command {
         CtlCommand::Machines(MachinesCommand::List { selector }) => {
             let machines = client.machines_listed(selector.as_ref()).await?;
-            if args.json {
-                let values: Vec<_> = machines.iter().map(Listed::to_json).collect();
-                return print_json(out, &values);
-            }
-            print_table(
-                out,
-                MACHINE_HEADER,
-                machines.iter().map(machine_row).collect(),
-            )
+            print_listed(out, args.json, MACHINE_HEADER, &machines, machine_row)
         }
         CtlCommand::Machines(MachinesCommand::Get { mac }) => {
             let mac: crate::model::MacAddr = mac.parse()?;
@@ -1321,10 +1313,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                     status: StatusCode::NOT_FOUND,
                     message: format!("machine {mac} not found"),
                 })?;
-            if args.json {
-                return print_json(out, &machine.to_json());
-            }
-            print_table(out, MACHINE_HEADER, vec![machine_row(&machine)])
+            print_one(out, args.json, MACHINE_HEADER, &machine, machine_row)
         }
         CtlCommand::Machines(MachinesCommand::Add {
             mac,
@@ -1365,15 +1354,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
         }
         CtlCommand::Profiles(ProfilesCommand::List) => {
             let profiles = client.profiles_listed().await?;
-            if args.json {
-                let values: Vec<_> = profiles.iter().map(Listed::to_json).collect();
-                return print_json(out, &values);
-            }
-            print_table(
-                out,
-                PROFILE_HEADER,
-                profiles.iter().map(profile_row).collect(),
-            )
+            print_listed(out, args.json, PROFILE_HEADER, &profiles, profile_row)
         }
         CtlCommand::Profiles(ProfilesCommand::Get { name }) => {
             let profile = client
@@ -1387,10 +1368,7 @@ async fn run_with(args: CtlArgs, out: &mut impl Write, tty: bool) -> Result<(), 
                     status: StatusCode::NOT_FOUND,
                     message: format!("profile {name} not found"),
                 })?;
-            if args.json {
-                return print_json(out, &profile.to_json());
-            }
-            print_table(out, PROFILE_HEADER, vec![profile_row(&profile)])
+            print_one(out, args.json, PROFILE_HEADER, &profile, profile_row)
         }
         CtlCommand::Profiles(ProfilesCommand::Rm { name }) => {
             client.delete_profile(&name).await?;
@@ -2018,6 +1996,35 @@ fn print_outcome(
     };
     writeln!(out, "{kind} {key} {word}")?;
     Ok(())
+}
+
+/// Listed machines or profiles: the API's JSON array, or a table of `row`s.
+fn print_listed<T: Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    header: &[&str],
+    items: &[Listed<T>],
+    row: fn(&Listed<T>) -> Vec<String>,
+) -> Result<(), CtlError> {
+    if json {
+        let values: Vec<_> = items.iter().map(Listed::to_json).collect();
+        return print_json(out, &values);
+    }
+    print_table(out, header, items.iter().map(row).collect())
+}
+
+/// One listed machine or profile: its JSON object, or a one-row table.
+fn print_one<T: Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    header: &[&str],
+    item: &Listed<T>,
+    row: fn(&Listed<T>) -> Vec<String>,
+) -> Result<(), CtlError> {
+    if json {
+        return print_json(out, &item.to_json());
+    }
+    print_table(out, header, vec![row(item)])
 }
 
 /// Left-aligned columns two spaces apart, like `kubectl get`.
