@@ -123,6 +123,11 @@ fn assert_diskless_boot(
         first.contains("machine_id=") && !first.ends_with("machine_id="),
         "{what}: the node wrote /etc/machine-id: {lines:?}"
     );
+    // The node agent holds IPv6 off while it fetches (netconf::Ipv6Pause) and gives it back.
+    assert!(
+        lines.iter().any(|l| l == "ipv6_off=0"),
+        "{what}: the image's init must find IPv6 as the kernel had it: {lines:?}"
+    );
     assert!(
         !lines.iter().any(|l| l == "whiteout-ignored"),
         "{what}: layer 2's whiteout must delete the file: {lines:?}"

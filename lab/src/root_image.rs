@@ -64,6 +64,7 @@ for word in $(cat /proc/cmdline); do
   esac
 done
 echo "STAMPEDE-ROOT pid=$$ image=$(cat /etc/stampede-image) hostname=$(cat /etc/hostname 2>/dev/null) machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "STAMPEDE-ROOT ipv6_off=$(cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 2>/dev/null || echo none)"
 if [ -e /etc/removed-by-layer-2 ]; then echo "STAMPEDE-ROOT whiteout-ignored"; fi
 if [ -e /var/written ]; then echo "STAMPEDE-ROOT persisted $(cat /var/written)"; else echo "STAMPEDE-ROOT fresh"; fi
 echo "$marker" > /var/written && echo "STAMPEDE-ROOT wrote"

@@ -36,12 +36,13 @@ use crate::{
     machine_files::{self, LeaseRecord, NodeConfig},
     memory,
     modules::{self, ModuleEntry, ModulePlan},
-    netconf::Rtnl,
+    netconf::{Ipv6Pause, Rtnl},
     root,
 };
 
 pub const KEY_FILE: &str = "/stampede/manifest.pub";
 const SYS_CLASS_NET: &str = "/sys/class/net";
+const PROC_SYS_NET: &str = "/proc/sys/net";
 /// How long to wait for the boot NIC's driver to register it before saying so (and waiting on).
 const NIC_WAIT: Duration = Duration::from_secs(10);
 /// How long a NIC just brought up may take to report carrier before DHCP starts regardless.
@@ -69,6 +70,8 @@ struct Booted {
     modules: ModulePlan,
     lease: Lease,
     reporter: EventReporter,
+    /// IPv6 off on the boot NICs until `switch_root`.
+    ipv6: Ipv6Pause,
 }
 
 /// The agent's life. Returns only by panicking (caught in `main`).
@@ -106,6 +109,14 @@ pub fn run() {
         b[..6].copy_from_slice(&nic.mac.0);
         acc ^ u64::from_le_bytes(b)
     });
+    let names: Vec<&str> = nics.iter().map(|nic| nic.name.as_str()).collect();
+    let ipv6 = Ipv6Pause::hold(Path::new(PROC_SYS_NET), &names);
+    if !ipv6.is_empty() {
+        debug!(
+            "IPv6 held off on {} interface(s) until switch_root",
+            ipv6.len()
+        );
+    }
     let lease = network(&nics, seed);
     let reporter = EventReporter {
         server: params.server.clone(),
@@ -117,6 +128,7 @@ pub fn run() {
         modules,
         lease,
         reporter,
+        ipv6,
     };
     let mut backoff = StepBackoff::new(seed);
     loop {
@@ -437,6 +449,9 @@ fn boot_root(booted: &Booted) -> Result<Infallible> {
     booted
         .reporter
         .report(&NodeEvent::SwitchRoot { init: init.clone() });
+    for (path, err) in booted.ipv6.resume() {
+        say!("giving IPv6 back: {}: {err}", path.display());
+    }
     say!("switching to the root: exec {init}");
     switch_root(&init)
 }

@@ -1,6 +1,10 @@
 //! Interface configuration over rtnetlink: link up, address, default route. The one place the
 //! agent talks to the kernel's network configuration (the DHCP socket is in [`crate::dhcp`]).
-use std::{io, net::Ipv4Addr};
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
@@ -127,6 +131,68 @@ impl Rtnl {
     }
 }
 
+/// IPv6 held off on the boot NICs while the agent works, and given back before `switch_root`.
+///
+/// The agent speaks only IPv4 (DHCPv4, HTTP to the appliance). Left on, the kernel's IPv6
+/// autoconfiguration starts at the moment the link comes up, which is exactly when the DHCP
+/// exchange starts: it joins the solicited-node multicast group, and the NIC driver re-programs
+/// its receive filter. On QEMU's e1000 model every receive-control write holds received frames
+/// back for a second (`flush_queue_timer`), so the appliance's OFFER waited 1.0 s on every
+/// diskless boot; on real NICs a filter update can drop frames too. It also keeps a booting rack
+/// from sending router solicitations, MLD reports and duplicate-address probes while it fetches
+/// its roots. The root's own init gets the setting it would have had without the agent.
+#[derive(Debug, Default)]
+pub struct Ipv6Pause {
+    /// `disable_ipv6` files written, each with the value it held before.
+    paused: Vec<(PathBuf, String)>,
+}
+
+impl Ipv6Pause {
+    /// Disables IPv6 on each of `nics` that has it (`proc_sys_net` is `/proc/sys/net`). A kernel
+    /// without IPv6, or a NIC without its `conf` directory, is left as it is.
+    pub fn hold(proc_sys_net: &Path, nics: &[&str]) -> Self {
+        let mut paused = Vec::new();
+        for nic in nics {
+            let path = proc_sys_net
+                .join("ipv6/conf")
+                .join(nic)
+                .join("disable_ipv6");
+            let Ok(before) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let before = before.trim().to_owned();
+            if before == "1" {
+                continue;
+            }
+            if fs::write(&path, "1").is_ok() {
+                paused.push((path, before));
+            }
+        }
+        Self { paused }
+    }
+
+    /// Interfaces on which IPv6 is held off.
+    pub fn len(&self) -> usize {
+        self.paused.len()
+    }
+
+    /// Whether nothing was held off.
+    pub fn is_empty(&self) -> bool {
+        self.paused.is_empty()
+    }
+
+    /// Puts back each value [`hold`](Self::hold) replaced; returns the files that could not be
+    /// written, with the reason.
+    pub fn resume(&self) -> Vec<(PathBuf, io::Error)> {
+        self.paused
+            .iter()
+            .filter_map(|(path, before)| {
+                fs::write(path, before).err().map(|err| (path.clone(), err))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +217,34 @@ mod tests {
             Ipv4Addr::new(1, 2, 3, 4)
         );
         assert_eq!(broadcast(Ipv4Addr::new(1, 2, 3, 4), 0), Ipv4Addr::BROADCAST);
+    }
+
+    #[test]
+    fn ipv6_is_held_off_on_the_boot_nics_and_given_back() {
+        let dir = std::env::temp_dir().join(format!("stampede-ipv6-pause-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for (nic, value) in [("eth0", "0\n"), ("eth1", "1\n"), ("eth2", "0\n")] {
+            let conf = dir.join("ipv6/conf").join(nic);
+            fs::create_dir_all(&conf).expect("conf dir");
+            fs::write(conf.join("disable_ipv6"), value).expect("write");
+        }
+        let read = |nic: &str| {
+            fs::read_to_string(dir.join("ipv6/conf").join(nic).join("disable_ipv6"))
+                .expect("read")
+                .trim()
+                .to_owned()
+        };
+        // eth1 had IPv6 off already, eth3 has no IPv6 conf at all, eth2 is not a boot NIC.
+        let pause = Ipv6Pause::hold(&dir, &["eth0", "eth1", "eth3"]);
+        assert_eq!(pause.len(), 1);
+        assert_eq!(read("eth0"), "1");
+        assert_eq!(read("eth1"), "1");
+        assert_eq!(read("eth2"), "0");
+        assert!(pause.resume().is_empty());
+        assert_eq!(read("eth0"), "0");
+        assert_eq!(read("eth1"), "1", "was off before the agent: stays off");
+        // Without IPv6 in the kernel there is nothing to hold.
+        assert!(Ipv6Pause::hold(&dir.join("none"), &["eth0"]).is_empty());
+        fs::remove_dir_all(&dir).expect("clean up");
     }
 }
