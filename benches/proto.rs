@@ -3,10 +3,15 @@
 use std::{
     hint::black_box,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use stampede_dataplane::{
+    boot::BootPlan,
+    config::{ApplianceConfig, QuickBoot},
+};
 use stampede_proto::{
     dhcp::{self, BootConfig, DhcpServer, MemoryLeaseStore, ServerConfig as DhcpConfig},
     files::{BootFile, MemoryCatalog},
@@ -51,6 +56,62 @@ fn dhcp(c: &mut Criterion) {
         b.iter(|| {
             let _ = server.handle_datagram(now, from, local, black_box(UEFI_DISCOVER), &mut store);
             server.poll_transmit(now, &mut buf).expect("an offer")
+        })
+    });
+    group.finish();
+}
+
+/// What one DISCOVER costs the appliance as it serves it (`stampede boot --dhcp-range`): the
+/// admission check, the server core, the OFFER written, and what the engine needs to log it and
+/// file its boot event. Issue 22 item 2 compares this before (admission, server and the
+/// engine's reply report each parsed the datagram) and after (one parse; the server reports
+/// what it did); `docs/benchmarks/proto.md`.
+fn dhcp_as_served(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dhcp");
+    group.throughput(Throughput::Elements(1));
+    let ip = Ipv4Addr::new(198, 18, 0, 1);
+    let config = ApplianceConfig::quick(QuickBoot {
+        kernel: "/srv/vmlinuz".into(),
+        initrds: vec!["/srv/initrd.img".into()],
+        cmdline: "console=ttyS0".into(),
+        dhcp_range: Some((
+            Ipv4Addr::new(198, 18, 0, 100),
+            Ipv4Addr::new(198, 18, 3, 250),
+        )),
+        link: Some((ip, 22)),
+        ..QuickBoot::default()
+    })
+    .expect("quick config");
+    let mut files = MemoryCatalog::new();
+    files.insert("vmlinuz", BootFile::new(b"KERNEL".to_vec()));
+    files.insert("initrd.img", BootFile::new(b"INITRD".to_vec()));
+    let mut loaders = MemoryCatalog::new();
+    loaders.insert("undionly.kpxe", BootFile::new(b"UNDI".to_vec()));
+    loaders.insert("snponly.efi", BootFile::new(b"SNP".to_vec()));
+    let plan = BootPlan::new(&config, ip, Arc::new(files), Arc::new(loaders)).expect("plan");
+    let mut server = plan.dhcp_server().expect("config").expect("DHCP on");
+    let mut store = MemoryLeaseStore::new();
+    let mut buf = vec![0u8; 1500];
+    let now = Instant::now();
+    let from = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dhcp::CLIENT_PORT);
+    let local = SocketAddrV4::new(Ipv4Addr::BROADCAST, dhcp::SERVER_PORT);
+    group.bench_function("discover_to_offer_as_served", |b| {
+        b.iter(|| {
+            // Admission is the server's, on the request it parses to serve.
+            let _ = server.handle_datagram(now, from, local, black_box(IPXE_DISCOVER), &mut store);
+            let transmit = server.poll_transmit(now, &mut buf).expect("an offer");
+            // What the engine logs and files as the reply's boot event, as the server reports it.
+            let Some(dhcp::ServerEvent::Replied {
+                mac,
+                yiaddr,
+                boot_file,
+                ..
+            }) = server.poll_event()
+            else {
+                panic!("the reply is reported")
+            };
+            let boot_file = stampede_proto::text::peer_text(boot_file.as_bytes());
+            (transmit, mac, yiaddr, boot_file)
         })
     });
     group.finish();
@@ -131,6 +192,6 @@ fn http(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = dhcp, tftp, http
+    targets = dhcp, dhcp_as_served, tftp, http
 }
 criterion_main!(benches);

@@ -7,10 +7,9 @@
 //!   `ipxe` the iPXE builds of `boot.ipxe_dir`.
 //! - DHCP: [`BootPlan::dhcp_config`] / [`BootPlan::dhcp_server`] give the proto server in proxy
 //!   or authoritative mode (`None` when `dhcp.mode = "off"`), its [`BootConfig`] mapping
-//!   machines to scripts. [`BootPlan::admit_dhcp`] is a **pre-filter the engine applies before
-//!   [`DhcpServer::handle_datagram`]**: `dhcp::boot` has no deny list, so machines with
-//!   `allow = false` (and, in proxy mode, machines no profile applies to) are dropped there,
-//!   each with a counted [`DhcpRefusal`].
+//!   machines to scripts, and its [`dhcp::Admission`]: machines with `allow = false` (and, in
+//!   proxy mode, machines no profile applies to) are refused by the server on the request it
+//!   parsed to serve, each with a counted [`DhcpRefusal`].
 //! - TFTP: [`BootPlan::tftp_server`] — a [`TftpServer`] over a [`BootCatalog`] that answers the
 //!   loader names (`undionly.kpxe`, `snponly.efi`, ..) from the iPXE directory and every other
 //!   name from the boot root.
@@ -51,7 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use stampede_proto::bootpath::BootPath;
-use stampede_proto::dhcp::{self, BootConfig, BootProfile as DhcpProfile, DhcpServer, Repr};
+use stampede_proto::dhcp::{self, BootConfig, BootProfile as DhcpProfile, DhcpServer};
 use stampede_proto::files::{BootFile, FileCatalog, OpenError};
 use stampede_proto::http::{self, HttpConnection, Route};
 use stampede_proto::ipxe::{self, Arch, MachineFacts, RenderError, ServerUrl, ValidProfile};
@@ -168,7 +167,6 @@ pub struct BootPlan {
     server_ip: Ipv4Addr,
     http_base: String,
     dhcp: Option<dhcp::ServerConfig>,
-    admission: Arc<DhcpAdmission>,
     tftp: tftp::ServerConfig,
     tftp_catalog: BootCatalog,
     http: http::ServerConfig,
@@ -204,10 +202,10 @@ impl BootPlan {
                 .default_profile
                 .and_then(|i| shim_loader(&config.profiles[i])),
         };
-        let mut admission = DhcpAdmission {
+        let mut admission = dhcp::Admission {
             drop_unknown: config.dhcp.mode == DhcpMode::Proxy
                 && config.boot.default_profile.is_none(),
-            ..DhcpAdmission::default()
+            ..dhcp::Admission::default()
         };
         for m in &config.machines {
             let profile = config.profile_of(m);
@@ -246,7 +244,7 @@ impl BootPlan {
                 }
             }
         }
-        let dhcp = match config.dhcp.mode {
+        let mut dhcp = match config.dhcp.mode {
             DhcpMode::Off => None,
             DhcpMode::Proxy => Some(dhcp::ServerConfig::proxy(server_ip, boot)),
             DhcpMode::Authoritative => Some(dhcp::ServerConfig::authoritative(
@@ -255,6 +253,9 @@ impl BootPlan {
                 config.dhcp.pools.clone(),
             )),
         };
+        if let Some(d) = &mut dhcp {
+            d.admission = Arc::new(admission);
+        }
         if let Some(d) = &dhcp {
             d.validate()?;
         }
@@ -329,7 +330,6 @@ impl BootPlan {
             server_ip,
             http_base,
             dhcp,
-            admission: Arc::new(admission),
             tftp: config.tftp.server,
             tftp_catalog: catalog(Namespace::Tftp),
             http: config.http.server,
@@ -378,16 +378,6 @@ impl BootPlan {
         self.dhcp.clone().map(DhcpServer::new).transpose()
     }
 
-    /// The pre-filter: whether a datagram reaching the DHCP ports may go to the server. Apply
-    /// it before [`DhcpServer::handle_datagram`] and count refusals by
-    /// [`DhcpRefusal::as_str`]. Datagrams that do not parse pass (the server counts those).
-    pub fn admit_dhcp(&self, datagram: &[u8]) -> Result<(), DhcpRefusal> {
-        let Ok(req) = Repr::parse_bytes(datagram) else {
-            return Ok(());
-        };
-        self.admission.admit(&req)
-    }
-
     /// The TFTP listening core (cheap to clone per worker).
     pub fn tftp_server(&self) -> TftpServer<BootCatalog> {
         TftpServer::new(self.tftp, self.tftp_catalog.clone())
@@ -431,62 +421,8 @@ pub struct MissingFile {
 // ---------------------------------------------------------------------------------------------
 // DHCP pre-filter
 
-/// Why a DHCP datagram was kept from the server. Each is a counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum DhcpRefusal {
-    /// The machine is listed with `allow = false`.
-    #[error("machine is not allowed to boot")]
-    Denied,
-    /// Proxy mode, no machine entry and no default profile: stay silent so the firmware moves on
-    /// to its next boot device quickly. (Authoritative mode still gives such machines an address:
-    /// the boot network may hold BMCs and switches.)
-    #[error("unknown machine and no default profile")]
-    UnknownMachine,
-}
-
-impl DhcpRefusal {
-    pub const ALL: [Self; 2] = [Self::Denied, Self::UnknownMachine];
-
-    /// Stable metrics label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Denied => "denied",
-            Self::UnknownMachine => "unknown_machine",
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct DhcpAdmission {
-    denied_macs: HashSet<[u8; 6]>,
-    denied_uuids: HashSet<[u8; 16]>,
-    known_macs: HashSet<[u8; 6]>,
-    known_uuids: HashSet<[u8; 16]>,
-    drop_unknown: bool,
-}
-
-impl DhcpAdmission {
-    fn admit(&self, req: &Repr) -> Result<(), DhcpRefusal> {
-        let mac = req.mac();
-        // An all-zero GUID (QEMU's default) identifies nothing, as in `BootConfig::profile_for`.
-        let uuid = req
-            .options
-            .client_uuid
-            .map(|u| u.id)
-            .filter(|u| *u != [0; 16]);
-        if mac.is_some_and(|m| self.denied_macs.contains(&m))
-            || uuid.is_some_and(|u| self.denied_uuids.contains(&u))
-        {
-            return Err(DhcpRefusal::Denied);
-        }
-        let known = mac.is_some_and(|m| self.known_macs.contains(&m))
-            || uuid.is_some_and(|u| self.known_uuids.contains(&u));
-        if self.drop_unknown && !known {
-            return Err(DhcpRefusal::UnknownMachine);
-        }
-        Ok(())
-    }
-}
+/// Why a machine's DHCP got no answer by its identity (the server's [`dhcp::Admission`]).
+pub use stampede_proto::dhcp::Refusal as DhcpRefusal;
 
 // ---------------------------------------------------------------------------------------------
 // Catalogs
@@ -1084,7 +1020,8 @@ mod tests {
     use std::net::{SocketAddr, SocketAddrV4};
 
     use stampede_proto::dhcp::{
-        ClientArch, ClientUuid, Handled, MemoryLeaseStore, MessageType, SERVER_PORT,
+        ClientArch, ClientUuid, DropReason, Handled, MemoryLeaseStore, MessageType, Repr,
+        SERVER_PORT,
     };
     use stampede_proto::files::MemoryCatalog;
     use stampede_proto::http::Status;
@@ -1164,10 +1101,27 @@ mod tests {
         })
     }
 
-    /// Runs one datagram through the plan's pre-filter and DHCP server; the reply, if any.
+    /// Whether the plan's DHCP server answers `datagram`'s machine at all.
+    fn admit(plan: &BootPlan, datagram: &[u8]) -> Result<(), DhcpRefusal> {
+        let mut server = plan
+            .dhcp_server()
+            .expect("valid DHCP config")
+            .expect("DHCP on");
+        match server.handle_datagram(
+            Instant::now(),
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT),
+            datagram,
+            &mut MemoryLeaseStore::new(),
+        ) {
+            Err(DropReason::Refused(refusal)) => Err(refusal),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs one datagram through the plan's DHCP server; the reply, if any.
     fn dhcp_exchange(plan: &BootPlan, datagram: &[u8]) -> Result<Repr, String> {
-        plan.admit_dhcp(datagram)
-            .map_err(|r| format!("pre-filter: {}", r.as_str()))?;
+        admit(plan, datagram).map_err(|r| format!("refused: {}", r.as_str()))?;
         let mut server = plan
             .dhcp_server()
             .expect("valid DHCP config")
@@ -1700,7 +1654,7 @@ boot
         let denied = edited(IPXE_DISCOVER, |r| {
             r.chaddr[..6].copy_from_slice(&DENIED_MAC)
         });
-        assert_eq!(plan.admit_dhcp(&denied), Err(DhcpRefusal::Denied));
+        assert_eq!(admit(&plan, &denied), Err(DhcpRefusal::Denied));
         let reply = http_get(&plan, "/boot.ipxe?mac=52-54-00-66-66-66&arch=x86-bios");
         assert_eq!(reply.status, Status::NOT_FOUND);
         assert_eq!(plan.scripts().counts().refused(&ScriptRefusal::Denied), 1);
@@ -1722,7 +1676,7 @@ boot
         assert_eq!(counts.refused(&ScriptRefusal::BadQuery), 1);
         assert_eq!(counts.refused(&ScriptRefusal::UnsupportedArch), 1);
 
-        // No default profile, proxy mode: unknown machines are dropped before the server.
+        // No default profile, proxy mode: unknown machines are refused by the server.
         let config = ApplianceConfig::from_toml_str(
             "[boot]\nroot = \"/srv\"\n[[profiles]]\nname = \"p\"\nkernel = \"k\"\n\
              [[machines]]\nmac = \"52:54:00:12:34:56\"\nprofile = \"p\"\n",
@@ -1730,11 +1684,11 @@ boot
         .unwrap_or_else(|e| panic!("{e}"));
         let plan = plan_for(&config, catalog(&[("k", "K")]));
         assert_eq!(
-            plan.admit_dhcp(IPXE_DISCOVER),
+            admit(&plan, IPXE_DISCOVER),
             Err(DhcpRefusal::UnknownMachine)
         );
         assert_eq!(
-            plan.admit_dhcp(UEFI_DISCOVER),
+            admit(&plan, UEFI_DISCOVER),
             Ok(()),
             "known MAC 52:54:00:12:34:56"
         );

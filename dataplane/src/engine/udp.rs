@@ -16,7 +16,7 @@ use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use stampede_proto::{
     dhcp::{self, DhcpServer, LeaseStore, MemoryLeaseStore},
-    events::{BootEvent, BootEventKind, Events, RefusalSampler, RefusedBy},
+    events::{BootEvent, BootEventKind, Events, LogBudget, RefusalSampler, RefusedBy},
     tftp::{self, TftpServer, TftpTransfer},
 };
 
@@ -377,7 +377,13 @@ pub(super) struct WorkerState {
     pub(super) events: Events,
     /// Which DHCP refusals become boot events (per machine and reason, rate-limited).
     refusals: RefusalSampler,
+    /// INFO lines for DHCP replies this second; the rest are summed up (issue 21).
+    reply_lines: LogBudget,
 }
+
+/// DHCP reply lines a worker writes at INFO in a second: a rack's DHCP shows machine by machine,
+/// a storm as one summary a second (every reply is still a boot event, and a DEBUG line).
+const REPLY_LINES_PER_SECOND: u32 = 20;
 
 impl WorkerState {
     pub(super) fn new(
@@ -415,6 +421,7 @@ impl WorkerState {
             deferred: Vec::new(),
             events: Events::default(),
             refusals: RefusalSampler::new(),
+            reply_lines: LogBudget::new(REPLY_LINES_PER_SECOND),
         })
     }
 
@@ -519,10 +526,12 @@ impl WorkerState {
             }
             if Instant::now() >= next_publish {
                 self.publish(&ring, shared);
+                self.summarize_replies(Instant::now());
                 next_publish = Instant::now() + TICK;
             }
         }
         self.publish(&ring, shared);
+        self.summarize_replies(Instant::now());
         Ok(())
     }
 
@@ -581,13 +590,45 @@ impl WorkerState {
                 dhcp_socket
             };
             let Some(socket) = socket else { continue };
-            report_dhcp_reply(&self.events, reply, destination);
+            // The reply the server just wrote, as it reports it (no parse of the bytes).
+            while let Some(event) = server.poll_event() {
+                if let dhcp::ServerEvent::Replied {
+                    message,
+                    mac,
+                    yiaddr,
+                    boot_file,
+                } = event
+                {
+                    let reply = DhcpReply {
+                        message,
+                        mac,
+                        yiaddr,
+                        boot_file: &boot_file,
+                        destination,
+                    };
+                    let line = self.reply_lines.spend(now);
+                    reply.report(&self.events, line);
+                }
+            }
             self.stats.dhcp_replies += 1;
             self.deferred.push((
                 socket,
                 SocketAddr::new(destination.into(), transmit.dst_port),
                 Bytes::copy_from_slice(reply),
             ));
+        }
+    }
+
+    /// One INFO line for the DHCP replies not logged one by one, once a second at most.
+    pub(super) fn summarize_replies(&mut self, now: Instant) {
+        if let Some(s) = self.reply_lines.summary(now) {
+            tracing::info!(
+                target: "stampede::boot",
+                worker = self.index,
+                replies = s.count,
+                seconds = format_args!("{:.1}", now.saturating_duration_since(s.since).as_secs_f64()),
+                "dhcp replies not logged one by one (each is a boot event; RUST_LOG=stampede::boot=debug logs them all)"
+            );
         }
     }
 
@@ -658,22 +699,31 @@ impl WorkerState {
         let Some(server) = self.dhcp.as_mut() else {
             return;
         };
-        if let Err(refusal) = self.plan.admit_dhcp(datagram.payload) {
-            bump(&mut self.stats.dhcp_refused, refusal.as_str());
-            self.report_refusal(now, datagram.payload, source, refusal.as_str());
-            return;
-        }
         let local = SocketAddrV4::new(
             datagram.destination.unwrap_or(Ipv4Addr::BROADCAST),
             protocol_port,
         );
-        if let Err(reason) =
-            server.handle_datagram(now, source, local, datagram.payload, &mut self.leases)
-        {
-            bump(&mut self.stats.dhcp_dropped, reason.as_str());
-            if refuses_machine(reason) {
-                self.report_refusal(now, datagram.payload, source, reason.as_str());
+        match server.handle_datagram(now, source, local, datagram.payload, &mut self.leases) {
+            Ok(_) => {}
+            Err(dhcp::DropReason::Refused(refusal)) => {
+                bump(&mut self.stats.dhcp_refused, refusal.as_str())
             }
+            Err(reason) => bump(&mut self.stats.dhcp_dropped, reason.as_str()),
+        }
+        // The server reports what it refused on the request it parsed: no second parse here.
+        let mut refused = None;
+        while let Some(event) = server.poll_event() {
+            if let dhcp::ServerEvent::Dropped {
+                reason,
+                mac: Some(mac),
+            } = event
+                && refuses_machine(reason)
+            {
+                refused = Some((mac, reason));
+            }
+        }
+        if let Some((mac, reason)) = refused {
+            self.report_refusal(now, mac, source, reason.as_str());
         }
         self.send_dhcp_replies(now);
     }
@@ -683,13 +733,10 @@ impl WorkerState {
     fn report_refusal(
         &mut self,
         now: Instant,
-        datagram: &[u8],
+        mac: [u8; 6],
         source: SocketAddrV4,
         reason: &'static str,
     ) {
-        let Some(mac) = request_mac(datagram) else {
-            return;
-        };
         if !self.refusals.sample(now, mac, reason) {
             return;
         }
@@ -1041,7 +1088,8 @@ fn refuses_machine(reason: dhcp::DropReason) -> bool {
         | R::UnknownClient
         | R::BadRequest
         | R::LeaseStoreFailed
-        | R::QueueFull => true,
+        | R::QueueFull
+        | R::Refused(_) => true,
         R::Malformed
         | R::NotARequest
         | R::NoMessageType
@@ -1056,15 +1104,6 @@ fn refuses_machine(reason: dhcp::DropReason) -> bool {
     }
 }
 
-/// The Ethernet `chaddr` of a DHCP request, when it has one.
-fn request_mac(datagram: &[u8]) -> Option<[u8; 6]> {
-    let packet = dhcp::Packet::new_checked(datagram).ok()?;
-    if packet.htype() != 1 || packet.hlen() != 6 {
-        return None;
-    }
-    packet.chaddr().get(..6)?.try_into().ok()
-}
-
 /// Milliseconds since the Unix epoch, for events (wall-clock: operators read these).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -1074,44 +1113,39 @@ fn unix_ms() -> u64 {
 
 /// One log line and one boot event per DHCP reply: which machine, what it was told. Parses our
 /// own reply, which costs less than a microsecond and keeps the core free of logging.
-fn report_dhcp_reply(events: &Events, reply: &[u8], destination: Ipv4Addr) {
-    let Ok(repr) = dhcp::Repr::parse_bytes(reply) else {
-        return;
-    };
-    let boot_file = repr
-        .options
-        .bootfile
-        .as_deref()
-        .or((!repr.file.is_empty()).then_some(repr.file.as_slice()))
-        .map(stampede_proto::text::peer_text)
-        .unwrap_or_default();
-    if tracing::enabled!(target: "stampede::boot", tracing::Level::INFO) {
-        let mac = repr.mac().map(|m| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        });
-        // Not `message`: tracing's own field of that name is the line's text.
-        let kind = repr.options.message_type.map_or("", |t| t.as_str());
-        tracing::info!(
-            target: "stampede::boot",
-            mac = mac.as_deref().unwrap_or("?"),
-            dhcp_message = kind,
-            yiaddr = %repr.yiaddr,
-            to = %destination,
-            boot_file = %boot_file,
-            "dhcp reply"
-        );
-    }
-    if let Some(message) = repr.options.message_type {
+/// A DHCP reply as the server reported it, with where the engine sent it.
+struct DhcpReply<'a> {
+    message: dhcp::MessageType,
+    mac: Option<[u8; 6]>,
+    yiaddr: Ipv4Addr,
+    boot_file: &'a str,
+    destination: Ipv4Addr,
+}
+
+impl DhcpReply<'_> {
+    /// Files the boot event, and logs the reply: at INFO when `at_info` (the second's budget
+    /// allows it), else at DEBUG. Nothing is formatted for a level that is off.
+    fn report(&self, events: &Events, at_info: bool) {
+        let boot_file = stampede_proto::text::peer_text(self.boot_file.as_bytes());
+        let info = at_info && tracing::enabled!(target: "stampede::boot", tracing::Level::INFO);
+        if info || tracing::enabled!(target: "stampede::boot", tracing::Level::DEBUG) {
+            let mac = self.mac.map(|m| stampede_proto::ipxe::format_mac(&m));
+            let mac = mac.as_deref().unwrap_or("?");
+            // Not `message`: tracing's own field of that name is the line's text.
+            let kind = self.message.as_str();
+            if info {
+                tracing::info!(target: "stampede::boot", mac, dhcp_message = kind, yiaddr = %self.yiaddr, to = %self.destination, boot_file = %boot_file, "dhcp reply");
+            } else {
+                tracing::debug!(target: "stampede::boot", mac, dhcp_message = kind, yiaddr = %self.yiaddr, to = %self.destination, boot_file = %boot_file, "dhcp reply");
+            }
+        }
         events.record(BootEvent {
             at_unix_ms: unix_ms(),
-            mac: repr.mac(),
-            client: SocketAddr::new(destination.into(), dhcp::CLIENT_PORT),
+            mac: self.mac,
+            client: SocketAddr::new(self.destination.into(), dhcp::CLIENT_PORT),
             kind: BootEventKind::DhcpReply {
-                message,
-                yiaddr: repr.yiaddr,
+                message: self.message,
+                yiaddr: self.yiaddr,
                 boot_file,
             },
         });

@@ -48,6 +48,7 @@
 //! `DhcpClient::new(config, now)`, then loop: `poll_transmit(now, buf)` (broadcast to port 67),
 //! `handle_datagram(now, bytes)` for each reply, `handle_timeout(now)` at `poll_timeout()`, until
 //! `state()` is `Bound` and `lease()` holds the address, next-server and boot file.
+pub mod admission;
 pub mod boot;
 pub mod client;
 pub mod lease;
@@ -55,6 +56,7 @@ pub mod options;
 pub mod server;
 pub mod wire;
 
+pub use admission::{Admission, Refusal};
 pub use boot::{
     BootClient, BootConfig, BootDecision, BootProfile, Firmware, Loaders, NoBoot, decide,
 };
@@ -66,7 +68,7 @@ pub use lease::{
 pub use options::{ClientArch, ClientUuid, DhcpOptions, MessageType, OptionCode, PxeVendorOptions};
 pub use server::{
     CLIENT_PORT, ConfigError, DhcpServer, DropReason, Handled, PXE_PORT, Pool, RequestState,
-    SERVER_PORT, ServerConfig, ServerMode, ServerStats, Transmit,
+    SERVER_PORT, ServerConfig, ServerEvent, ServerMode, ServerStats, Transmit,
 };
 pub use wire::{Error, OpCode, Packet, Repr};
 

@@ -9,8 +9,10 @@
 //! other cores.
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::admission::{Admission, Refusal};
 use super::boot::{BootClient, BootConfig, BootDecision, NoBoot, decide};
 use super::lease::{ClientKey, CommitSeq, Lease, LeaseChange, LeaseState, LeaseStore};
 use super::options::{MessageType, PxeVendorOptions, ipxe, pxe};
@@ -88,6 +90,9 @@ pub struct ServerConfig {
     /// ~20 s after the ACK under QEMU TCG); a machine that reboots later chainloads again, and
     /// one that reboots sooner only boots the script from its ROM.
     pub chainload_window: Duration,
+    /// Which machines are answered at all; checked on the request as parsed for serving it.
+    /// Shared: a fleet's lists are built once and every worker's server holds them.
+    pub admission: Arc<Admission>,
 }
 
 impl ServerConfig {
@@ -100,6 +105,7 @@ impl ServerConfig {
             decline_quarantine: Duration::from_secs(600),
             max_queued: 4096,
             chainload_window: Duration::from_secs(120),
+            admission: Arc::default(),
         }
     }
 
@@ -179,6 +185,9 @@ pub enum DropReason {
     QueueFull,
     /// The caller's transmit buffer could not hold the reply.
     BufferTooSmall,
+    /// Refused by its identity ([`ServerConfig::admission`]); counted apart from the drops in
+    /// [`DropReason::ALL`], by [`Refusal`].
+    Refused(Refusal),
 }
 
 impl DropReason {
@@ -226,11 +235,15 @@ impl DropReason {
             Self::LeaseStoreFailed => "lease_store_failed",
             Self::QueueFull => "queue_full",
             Self::BufferTooSmall => "buffer_too_small",
+            Self::Refused(refusal) => refusal.as_str(),
         }
     }
 
     fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        match self {
+            Self::Refused(refusal) => Self::ALL.len() + refusal.index(),
+            _ => Self::ALL.iter().position(|r| *r == self).unwrap_or(0),
+        }
     }
 }
 
@@ -246,7 +259,10 @@ pub struct ServerStats {
     /// DHCPDECLINEs accepted: each is an address conflict on the network.
     pub declines: u64,
     pub transmitted: u64,
-    dropped: [u64; DropReason::ALL.len()],
+    /// Events dropped unread because [`DhcpServer::poll_event`] fell behind by
+    /// [`ServerConfig::max_queued`].
+    pub events_lost: u64,
+    dropped: [u64; DropReason::ALL.len() + Refusal::ALL.len()],
 }
 
 impl ServerStats {
@@ -258,6 +274,14 @@ impl ServerStats {
         DropReason::ALL.iter().map(|r| (*r, self.dropped(*r)))
     }
 
+    /// Requests refused by their machine's identity, by reason.
+    pub fn refusals(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL
+            .iter()
+            .map(|r| (*r, self.dropped(DropReason::Refused(*r))))
+    }
+
+    /// Drops and refusals.
     pub fn total_dropped(&self) -> u64 {
         self.dropped.iter().sum()
     }
@@ -276,6 +300,27 @@ pub struct Transmit {
     /// Limited broadcast (255.255.255.255, Ethernet ff:ff:ff:ff:ff:ff).
     pub broadcast: bool,
     pub len: usize,
+}
+
+/// What the server did, reported so the caller can log it and file boot events without parsing
+/// the request or the reply again (issue 22), in the spirit of quinn-proto's `poll()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A reply left through [`DhcpServer::poll_transmit`] (the transmit returned with it).
+    Replied {
+        message: MessageType,
+        /// The client's hardware address, when it is Ethernet.
+        mac: Option<[u8; 6]>,
+        yiaddr: Ipv4Addr,
+        /// Option 67, else the `file` field; empty when the reply names none. As the client
+        /// sent nothing of it, it needs no escaping beyond what the operator configured.
+        boot_file: Box<str>,
+    },
+    /// A request that parsed got no reply.
+    Dropped {
+        reason: DropReason,
+        mac: Option<[u8; 6]>,
+    },
 }
 
 /// What a datagram led to, when it was not dropped.
@@ -339,6 +384,8 @@ pub struct DhcpServer {
     /// MACs whose iPXE ROM was told to chainload the loader, and when: the per-session marker
     /// that tells stage 2 from stage 1, which send identical DHCP (see [`BootClient::loader_sent`]).
     chainloaded: HashMap<[u8; 6], Instant>,
+    /// What happened, oldest first, for [`poll_event`](Self::poll_event).
+    events: VecDeque<ServerEvent>,
 }
 
 /// Entries in [`DhcpServer::chainloaded`] above which expired ones are swept on insert.
@@ -360,6 +407,7 @@ impl DhcpServer {
             durable: 0,
             stats: ServerStats::default(),
             chainloaded: HashMap::new(),
+            events: VecDeque::new(),
         })
     }
 
@@ -395,7 +443,19 @@ impl DhcpServer {
         store: &mut impl LeaseStore,
     ) -> Outcome {
         self.stats.received += 1;
-        let outcome = self.dispatch(now, src, local, bytes, store);
+        let outcome = match Repr::parse_bytes(bytes) {
+            Ok(req) => {
+                let outcome = self.dispatch(now, src, local, &req, store);
+                if let Err(reason) = outcome {
+                    self.note(ServerEvent::Dropped {
+                        reason,
+                        mac: req.mac(),
+                    });
+                }
+                outcome
+            }
+            Err(_) => Err(DropReason::Malformed),
+        };
         self.durable = self.durable.max(store.durable_seq());
         match outcome {
             Ok(Handled::Replied(mt)) => match mt {
@@ -422,11 +482,40 @@ impl DhcpServer {
             match q.reply.emit_bytes(buf) {
                 Ok(len) => {
                     self.stats.transmitted += 1;
+                    let reply = &q.reply;
+                    let boot_file = reply
+                        .options
+                        .bootfile
+                        .as_deref()
+                        .or((!reply.file.is_empty()).then_some(reply.file.as_slice()))
+                        .map(|f| String::from_utf8_lossy(f).into())
+                        .unwrap_or_default();
+                    self.note(ServerEvent::Replied {
+                        message: reply.options.message_type.unwrap_or(MessageType::Ack),
+                        mac: reply.mac(),
+                        yiaddr: reply.yiaddr,
+                        boot_file,
+                    });
                     return Some(Transmit { len, ..q.to });
                 }
                 Err(_) => self.stats.dropped[DropReason::BufferTooSmall.index()] += 1,
             }
         }
+    }
+
+    /// The next thing the server did, oldest first. The queue keeps at most
+    /// [`ServerConfig::max_queued`] events; older ones are dropped (counted in
+    /// [`ServerStats::events_lost`]) when nobody reads them.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    fn note(&mut self, event: ServerEvent) {
+        if self.events.len() >= self.config.max_queued.max(1) {
+            self.events.pop_front();
+            self.stats.events_lost += 1;
+        }
+        self.events.push_back(event);
     }
 
     /// Replies waiting, including those held for durability.
@@ -439,10 +528,9 @@ impl DhcpServer {
         now: Instant,
         src: SocketAddrV4,
         local: SocketAddrV4,
-        bytes: &[u8],
+        req: &Repr,
         store: &mut impl LeaseStore,
     ) -> Outcome {
-        let req = Repr::parse_bytes(bytes).map_err(|_| DropReason::Malformed)?;
         if req.op != OpCode::BootRequest {
             return Err(DropReason::NotARequest);
         }
@@ -460,20 +548,24 @@ impl DhcpServer {
             MessageType::Unknown(_) => return Err(DropReason::UnknownMessageType),
             _ => return Err(DropReason::UnexpectedMessageType),
         }
+        self.config
+            .admission
+            .admit(req)
+            .map_err(DropReason::Refused)?;
         if local.port() == PXE_PORT {
-            return self.pxe_boot_server(now, src, &req, mt);
+            return self.pxe_boot_server(now, src, req, mt);
         }
         match &self.config.mode {
             ServerMode::Proxy => match mt {
-                MessageType::Discover => self.proxy_offer(now, &req),
+                MessageType::Discover => self.proxy_offer(now, req),
                 _ => Err(DropReason::NotForProxy),
             },
             ServerMode::Authoritative { .. } => match mt {
-                MessageType::Discover => self.discover(now, &req, mac, store),
-                MessageType::Request => self.request(now, &req, mac, local.ip(), store),
-                MessageType::Decline => self.decline(now, &req, mac, store),
-                MessageType::Release => self.release(&req, store),
-                _ => self.inform(now, &req),
+                MessageType::Discover => self.discover(now, req, mac, store),
+                MessageType::Request => self.request(now, req, mac, local.ip(), store),
+                MessageType::Decline => self.decline(now, req, mac, store),
+                MessageType::Release => self.release(req, store),
+                _ => self.inform(now, req),
             },
         }
     }
