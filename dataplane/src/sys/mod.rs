@@ -7,12 +7,15 @@
 //!   close after every operation completed), behind a safe [`uring_tcp::TcpWorker`].
 //! - [`uring_client`]: one io_uring driving many client sockets (UDP and outgoing TCP, opened
 //!   and closed as it goes), for the load generator, behind a safe [`uring_client::ClientRing`].
+//! - [`mmap`]: memory mappings, unmapped on drop, for the buffer rings, the AF_XDP UMEM and
+//!   rings, and sealed files.
 //! - [`memfile`]: sealed memfds holding boot files, mapped as [`bytes::Bytes`] and sent with
 //!   `sendfile`.
 //! - [`afxdp`]: one AF_XDP socket (UMEM, fill/completion/RX/TX rings) bound to one RX queue,
 //!   behind a safe [`afxdp::XskSocket`].
 pub mod afxdp;
 pub mod memfile;
+mod mmap;
 pub mod uring;
 pub mod uring_client;
 pub mod uring_tcp;

@@ -20,7 +20,6 @@ use std::{
     mem::ManuallyDrop,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    ptr::NonNull,
     sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
@@ -32,6 +31,8 @@ use io_uring::{
     squeue,
     types::{self, BufRingEntry, Timespec},
 };
+
+use super::mmap::Mapping;
 
 /// Errors from the ring.
 #[derive(Debug, thiserror::Error)]
@@ -254,47 +255,6 @@ unsafe fn push_entry(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()
     }
 }
 
-/// An anonymous private mapping, unmapped on drop. Page-aligned, as the buffer ring requires.
-#[derive(Debug)]
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: an anonymous private mapping at an address of the kernel's choosing aliases no
-        // existing memory; the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave 0"))?;
-        Ok(Self { ptr, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe a mapping we created and nothing borrows any more (its
-        // owners only drop it after the kernel is done with it).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-// SAFETY: the mapping is plain memory owned by this value; moving it to another thread moves
-// that ownership.
-unsafe impl Send for Mapping {}
-
 /// A provided-buffer ring: `count` buffers of `size` bytes, and the ring of `io_uring_buf`
 /// entries through which they are lent to the kernel.
 ///
@@ -343,8 +303,8 @@ impl BufRing {
                 "buffer count must be a power of two up to 32768",
             ));
         }
-        let entries = Mapping::new(usize::from(count) * size_of::<BufRingEntry>())?;
-        let buffers = Mapping::new(usize::from(count) * size as usize)?;
+        let entries = Mapping::anonymous(usize::from(count) * size_of::<BufRingEntry>())?;
+        let buffers = Mapping::anonymous(usize::from(count) * size as usize)?;
         let mut ring = Self {
             entries,
             buffers,
@@ -389,7 +349,7 @@ impl BufRing {
         // unregisters it) before the BufRing.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
-                self.entries.ptr.as_ptr() as u64,
+                self.entries.ptr().as_ptr() as u64,
                 self.count,
                 group,
                 flags,
@@ -406,7 +366,7 @@ impl BufRing {
         // in the ring at most once and the ring has one slot per buffer; we are pushing a buffer
         // the kernel gave back (or filling the ring before registering it), so at most count-1
         // entries are published and the slot at our tail is not among them.
-        let entry = unsafe { &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot) };
+        let entry = unsafe { &mut *self.entries.ptr().as_ptr().cast::<BufRingEntry>().add(slot) };
         entry.set_addr(self.buffer_ptr(bid) as u64);
         entry.set_len(self.size);
         entry.set_bid(bid);
@@ -418,7 +378,7 @@ impl BufRing {
         // SAFETY: the tail field overlays the `resv` of entry 0 (io_uring_buf_ring's layout);
         // it is a u16 aligned to 2, which is all AtomicU16 needs, and the kernel only reads it.
         let tail = unsafe {
-            &*BufRingEntry::tail(self.entries.ptr.as_ptr().cast::<BufRingEntry>())
+            &*BufRingEntry::tail(self.entries.ptr().as_ptr().cast::<BufRingEntry>())
                 .cast::<AtomicU16>()
         };
         // Release: the entries written before must be visible before the new tail is
@@ -430,7 +390,7 @@ impl BufRing {
         // SAFETY: bid < count, so the offset is inside the buffers mapping.
         unsafe {
             self.buffers
-                .ptr
+                .ptr()
                 .as_ptr()
                 .add(usize::from(bid) * self.size as usize)
         }
