@@ -1,5 +1,7 @@
 //! Kernel interfaces the safe engine code is built on.
 //!
+//! - [`ring`]: the io_uring core the workers below are built on: the one `unsafe` push,
+//!   submitting, reaping, and one deadline timer per ring.
 //! - [`uring`]: one io_uring per worker: probing, a provided-buffer ring, multishot UDP receive,
 //!   datagram send and deadline timers, behind a safe [`uring::UdpWorker`].
 //! - [`uring_tcp`]: one io_uring per worker driving a TCP listener (multishot accept with
@@ -16,6 +18,7 @@
 pub mod afxdp;
 pub mod memfile;
 mod mmap;
+mod ring;
 pub mod uring;
 pub mod uring_client;
 pub mod uring_tcp;

@@ -26,35 +26,16 @@ use std::{
 
 use bytes::Bytes;
 use io_uring::{
-    IoUring, cqueue, opcode,
+    cqueue, opcode,
     register::Probe,
-    squeue,
-    types::{self, BufRingEntry, Timespec},
+    types::{self, BufRingEntry},
 };
 
-use super::mmap::Mapping;
-
-/// Errors from the ring.
-#[derive(Debug, thiserror::Error)]
-pub enum UringError {
-    /// The kernel lacks operations the engine cannot work without; every missing one is named.
-    #[error("this kernel's io_uring lacks {}", missing.join(", "))]
-    Unsupported { missing: Vec<&'static str> },
-    #[error("{op}")]
-    Io {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("invalid worker configuration: {0}")]
-    Config(&'static str),
-}
-
-impl UringError {
-    pub(super) fn io(op: &'static str) -> impl FnOnce(io::Error) -> Self {
-        move |source| Self::Io { op, source }
-    }
-}
+pub use super::ring::UringError;
+use super::{
+    mmap::Mapping,
+    ring::{Completion, Ring},
+};
 
 /// What this kernel's io_uring can do, found by [`probe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,7 +107,7 @@ impl Capabilities {
 /// a UDP datagram sent to ourselves on 127.0.0.1 is received through multishot recvmsg, and a TCP
 /// connection to ourselves is accepted through multishot accept.
 pub fn probe() -> Result<Capabilities, UringError> {
-    let ring = IoUring::new(8).map_err(UringError::io(
+    let ring = Ring::new(8, 16).map_err(UringError::io(
         "creating an io_uring (is io_uring disabled by the kernel.io_uring_disabled sysctl?)",
     ))?;
     let mut probe = Probe::new();
@@ -153,7 +134,7 @@ pub fn probe() -> Result<Capabilities, UringError> {
 
     caps.buf_ring = BufRing::new(2, 64)
         .and_then(|bufs| {
-            let ring = IoUring::new(2)?;
+            let ring = Ring::new(2, 4)?;
             bufs.register(&ring, 0)?;
             ring.submitter().unregister_buf_ring(0)
         })
@@ -205,54 +186,45 @@ fn probe_recvmsg_multishot() -> Result<(), UringError> {
 
 /// Arms a multishot accept on a loopback listener and connects to it once. A kernel without
 /// `IORING_ACCEPT_MULTISHOT` fails the request with `EINVAL`.
-fn probe_accept_multishot() -> io::Result<bool> {
+fn probe_accept_multishot() -> Result<bool, UringError> {
     const ACCEPT: u64 = 1;
     const CANCEL: u64 = 2;
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let mut ring = IoUring::new(4)?;
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(UringError::io("binding probe listener"))?;
+    let mut ring = Ring::new(4, 8).map_err(UringError::io("creating an io_uring"))?;
     let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
         .build()
         .user_data(ACCEPT);
     // SAFETY: multishot accept points at no user memory (no address buffer); the listener fd
     // outlives the request because the ring is dropped (cancelling the request) before it.
-    unsafe { push_entry(&mut ring, &accept)? };
-    ring.submit()?;
-    let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
-    ring.submit_and_wait(1)?;
-    let cqe = ring
-        .completion()
-        .next()
-        .ok_or_else(|| io::Error::other("no accept completion"))?;
-    if cqe.result() < 0 {
+    unsafe { ring.push(&accept)? };
+    ring.submit(0)?;
+    let _client = listener
+        .local_addr()
+        .and_then(std::net::TcpStream::connect)
+        .map_err(UringError::io("connecting to the probe listener"))?;
+    ring.submit(1)?;
+    ring.reap();
+    let cqe = ring.pop().ok_or_else(|| UringError::Io {
+        op: "probing multishot accept",
+        source: io::Error::other("no accept completion"),
+    })?;
+    if cqe.result < 0 {
         // EINVAL: the kernel does not know IORING_ACCEPT_MULTISHOT. The request is over.
         return Ok(false);
     }
     // SAFETY: a non-negative accept result is a new file descriptor the kernel gave us and
     // nobody else owns; OwnedFd closes it.
-    drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
-    if !cqueue::more(cqe.flags()) {
+    drop(unsafe { OwnedFd::from_raw_fd(cqe.result) });
+    if !cqueue::more(cqe.flags) {
         return Ok(false);
     }
     let cancel = opcode::AsyncCancel::new(ACCEPT).build().user_data(CANCEL);
     // SAFETY: async cancel refers to no memory.
-    unsafe { push_entry(&mut ring, &cancel)? };
+    unsafe { ring.push(&cancel)? };
     // The cancel's completion and the accept's final one (ECANCELED).
-    ring.submit_and_wait(2)?;
+    ring.submit(2)?;
     Ok(true)
-}
-
-/// Pushes one entry, submitting to make room when the queue is full.
-///
-/// # Safety
-/// Everything `entry` points at must stay valid until its completion is reaped.
-unsafe fn push_entry(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
-    loop {
-        // SAFETY: forwarded from the caller's contract.
-        if unsafe { ring.submission().push(entry) }.is_ok() {
-            return Ok(());
-        }
-        ring.submit()?;
-    }
 }
 
 /// A provided-buffer ring: `count` buffers of `size` bytes, and the ring of `io_uring_buf`
@@ -324,7 +296,7 @@ impl BufRing {
     }
 
     /// Registers the ring with `ring` as buffer group `group`, each buffer taken whole.
-    pub(super) fn register(&self, ring: &IoUring, group: u16) -> io::Result<()> {
+    pub(super) fn register(&self, ring: &Ring, group: u16) -> io::Result<()> {
         debug_assert_eq!(self.consumption, Consumption::Whole);
         self.register_with_flags(ring, group, 0)
     }
@@ -332,7 +304,7 @@ impl BufRing {
     /// Registers the ring with `ring` as buffer group `group` with
     /// [`Consumption::Incremental`]; kernels before 6.12 refuse with `EINVAL` (and register
     /// nothing). Its completions must then be read with [`BufRing::received`] only.
-    pub(super) fn register_incremental(&mut self, ring: &IoUring, group: u16) -> io::Result<()> {
+    pub(super) fn register_incremental(&mut self, ring: &Ring, group: u16) -> io::Result<()> {
         self.register_with_flags(ring, group, IOU_PBUF_RING_INC)?;
         self.consumption = Consumption::Incremental;
         Ok(())
@@ -343,7 +315,7 @@ impl BufRing {
         self.consumption
     }
 
-    fn register_with_flags(&self, ring: &IoUring, group: u16, flags: u16) -> io::Result<()> {
+    fn register_with_flags(&self, ring: &Ring, group: u16, flags: u16) -> io::Result<()> {
         // SAFETY: the entry memory is a page-aligned mapping of `count` entries that lives as
         // long as `self`; every owner of a registered BufRing drops the io_uring (which
         // unregisters it) before the BufRing.
@@ -693,11 +665,10 @@ struct RecvHeader(libc::msghdr);
 // SAFETY: the msghdr holds only null pointers.
 unsafe impl Send for RecvHeader {}
 
-// user_data tags. Sends use their slab index (below 2^32).
+// user_data tags (bit 62 alone is the ring core's). Sends use their slab index (below 2^32).
 /// Receives carry the socket index in the low 16 bits.
 const RECV: u64 = 1 << 63;
 const SOCKET_MASK: u64 = 0xFFFF;
-const TIMER: u64 = 1 << 62;
 const CONTROL: u64 = 1 << 61;
 /// The cancellation of a closed socket's receive, with the socket index in the low 16 bits.
 const CLOSE: u64 = 1 << 60;
@@ -727,19 +698,6 @@ impl SocketSlot {
     }
 }
 
-/// A pending timeout: its `timespec` is read when the SQE is prepared, but it stays boxed until
-/// the completion so that no submission path can outlive it.
-#[derive(Debug)]
-struct Timer {
-    generation: u64,
-    deadline: Instant,
-    _timespec: Box<Timespec>,
-    /// Still pending in the kernel (no completion yet).
-    armed: bool,
-    /// A TimeoutRemove was pushed for it.
-    removing: bool,
-}
-
 /// One worker's ring driving one or more UDP sockets.
 ///
 /// Drive it in a loop: [`run_once`](Self::run_once) waits for datagrams (or the deadline), hands
@@ -749,20 +707,17 @@ struct Timer {
 pub struct UdpWorker {
     // Field order is drop order: the ring goes first (after `Drop` has drained it), so the kernel
     // holds no reference to the buffers, headers or payloads below when they are freed.
-    ring: IoUring,
+    ring: Ring,
     /// Freed by `Drop` only once the kernel is done with it (leaked otherwise).
     buffers: ManuallyDrop<BufRing>,
     recv_header: Box<RecvHeader>,
     sends: Vec<Option<Box<SendOp>>>,
     free_sends: Vec<usize>,
-    timers: Vec<Timer>,
-    next_timer: u64,
     /// Receive completions reaped but not yet handed to the callback (they own their buffers).
     pending: VecDeque<(usize, i32, u32)>,
     /// Per socket: a multishot receive is armed.
     recv_armed: Vec<bool>,
     control_in_flight: usize,
-    timer_fired: bool,
     stats: WorkerStats,
     config: UdpWorkerConfig,
     /// `None`: a free slot, reused by the next [`UdpWorker::add_socket`].
@@ -809,18 +764,7 @@ impl UdpWorker {
         if config.ring_entries == 0 {
             return Err(UringError::Config("ring_entries must be at least 1"));
         }
-        // COOP_TASKRUN: completions are processed when the worker next enters the kernel
-        // (it always waits in `io_uring_enter`) instead of interrupting it with task work
-        // for every datagram; kernels before 5.19 refuse the flag, so retry without it.
-        let ring = IoUring::builder()
-            .setup_cqsize(config.ring_entries.saturating_mul(4))
-            .setup_coop_taskrun()
-            .build(config.ring_entries)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(config.ring_entries.saturating_mul(4))
-                    .build(config.ring_entries)
-            })
+        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(4))
             .map_err(UringError::io("creating the worker's io_uring"))?;
         let buffers = BufRing::new(config.buffer_count, config.buffer_size)
             .map_err(UringError::io("allocating receive buffers"))?;
@@ -840,12 +784,9 @@ impl UdpWorker {
             recv_header: Box::new(RecvHeader(header)),
             sends: Vec::new(),
             free_sends: Vec::new(),
-            timers: Vec::new(),
-            next_timer: 0,
             pending: VecDeque::new(),
             recv_armed: vec![false; sockets.len()],
             control_in_flight: 0,
-            timer_fired: false,
             stats: WorkerStats::default(),
             config,
             sockets: sockets
@@ -891,7 +832,7 @@ impl UdpWorker {
                 .build()
                 .user_data(CLOSE | index as u64);
             // SAFETY: AsyncCancel refers to no memory, only to a user_data value.
-            unsafe { self.push(&entry)? };
+            unsafe { self.ring.push(&entry)? };
             self.control_in_flight += 1;
         }
         self.retire_closed();
@@ -1002,12 +943,12 @@ impl UdpWorker {
         // SAFETY: the msghdr, address, iovec and payload live in the boxed SendOp at
         // `sends[index]`, which is only freed when this entry's completion is reaped (or after
         // Drop has drained the ring); the socket's slot is kept until that completion too.
-        unsafe { self.push(&entry) }
+        unsafe { self.ring.push(&entry) }
     }
 
     /// Submits queued entries without waiting.
     pub fn flush(&mut self) -> Result<(), UringError> {
-        self.submit(0)
+        self.ring.submit(0)
     }
 
     /// Waits until at least one datagram arrives or `deadline` passes (forever if `None`), then
@@ -1023,20 +964,21 @@ impl UdpWorker {
         deadline: Option<Instant>,
         mut on_datagram: impl FnMut(Received<'_>, &mut Outbox),
     ) -> Result<RunReport, UringError> {
-        self.timer_fired = false;
+        self.ring.clear_deadline_fired();
         self.arm_recv()?;
-        self.arm_timer(deadline)?;
+        self.ring.arm_deadline(deadline)?;
         let mut report = RunReport::default();
-        self.submit(0)?;
+        self.ring.submit(0)?;
         self.reap()?;
         // Completions of sends and cancellations also wake us; keep waiting until there is a
         // datagram (or a receive error) to handle or the deadline has passed.
-        while self.pending.is_empty() && !self.timer_fired {
+        let mut passed = false;
+        while self.pending.is_empty() && !self.ring.deadline_fired() {
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.timer_fired = true;
+                passed = true;
                 break;
             }
-            self.submit(1)?;
+            self.ring.submit(1)?;
             self.reap()?;
         }
         let mut outbox = Outbox::default();
@@ -1058,9 +1000,9 @@ impl UdpWorker {
         // A receive that ended is re-armed now rather than on the next call, so datagrams keep
         // landing in buffers while the caller works.
         self.arm_recv()?;
-        self.submit(0)?;
+        self.ring.submit(0)?;
         self.retire_closed();
-        report.timer_fired = self.timer_fired;
+        report.timer_fired = passed || self.ring.deadline_fired();
         Ok(report)
     }
 
@@ -1148,94 +1090,22 @@ impl UdpWorker {
             // SAFETY: the msghdr is boxed in the worker and the buffer ring registered with it;
             // both outlive the request, which Drop cancels and drains before freeing them; the
             // socket's slot is kept until the request's last completion.
-            unsafe { self.push(&entry)? };
+            unsafe { self.ring.push(&entry)? };
             self.recv_armed[index] = true;
         }
         Ok(())
     }
 
-    /// Keeps one timer armed at `deadline`, replacing a timer for another deadline.
-    fn arm_timer(&mut self, deadline: Option<Instant>) -> Result<(), UringError> {
-        let current = self
-            .timers
-            .iter()
-            .any(|t| t.armed && !t.removing && Some(t.deadline) == deadline);
-        if current {
-            return Ok(());
-        }
-        let stale: Vec<u64> = self
-            .timers
-            .iter_mut()
-            .filter(|t| t.armed && !t.removing)
-            .map(|t| {
-                t.removing = true;
-                t.generation
-            })
-            .collect();
-        for generation in stale {
-            let entry = opcode::TimeoutRemove::new(TIMER | generation)
-                .build()
-                .user_data(CONTROL);
-            // SAFETY: TimeoutRemove refers to no memory, only to a user_data value.
-            unsafe { self.push(&entry)? };
-            self.control_in_flight += 1;
-        }
-        let Some(deadline) = deadline else {
-            return Ok(());
-        };
-        let generation = self.next_timer;
-        self.next_timer += 1;
-        let timespec = Box::new(Timespec::from(
-            deadline.saturating_duration_since(Instant::now()),
-        ));
-        let entry = opcode::Timeout::new(&raw const *timespec)
-            .build()
-            .user_data(TIMER | generation);
-        self.timers.push(Timer {
-            generation,
-            deadline,
-            _timespec: timespec,
-            armed: true,
-            removing: false,
-        });
-        // SAFETY: the timespec is boxed in `self.timers` until the timeout's completion.
-        unsafe { self.push(&entry) }
-    }
-
-    /// # Safety
-    /// Everything `entry` points at must stay valid until its completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), UringError> {
-        loop {
-            // SAFETY: forwarded from the caller's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
-            }
-            // Full: hand what is queued to the kernel and try again.
-            self.submit(0)?;
-        }
-    }
-
-    /// Submits and, if `want > 0`, waits for that many completions.
-    fn submit(&mut self, want: usize) -> Result<(), UringError> {
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // EBUSY: the completion queue overflowed and the kernel wants us to reap before
-                // it accepts more submissions (IORING_FEAT_NODROP, 5.5).
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap()?,
-                Err(e) => return Err(UringError::io("io_uring_enter")(e)),
-            }
-        }
-    }
-
-    /// Takes every completion off the queue: sends free their slot, timers update, receives are
-    /// queued for the callback.
+    /// Takes every completion off the ring: sends free their slot, receives are queued for the
+    /// callback (the ring core handles the timer's).
     fn reap(&mut self) -> Result<(), UringError> {
-        let completions: Vec<cqueue::Entry> = self.ring.completion().collect();
-        for cqe in completions {
-            let user_data = cqe.user_data();
-            let (result, flags) = (cqe.result(), cqe.flags());
+        self.ring.reap();
+        while let Some(Completion {
+            user_data,
+            result,
+            flags,
+        }) = self.ring.pop()
+        {
             if user_data & RECV != 0 {
                 let index = (user_data & SOCKET_MASK) as usize;
                 if !cqueue::more(flags) {
@@ -1245,14 +1115,6 @@ impl UdpWorker {
                     self.stats.recv_rearms += 1;
                 }
                 self.pending.push_back((index, result, flags));
-            } else if user_data & TIMER != 0 {
-                let generation = user_data & !TIMER;
-                if let Some(i) = self.timers.iter().position(|t| t.generation == generation) {
-                    let timer = self.timers.swap_remove(i);
-                    if -result == libc::ETIME && !timer.removing {
-                        self.timer_fired = true;
-                    }
-                }
             } else if user_data == CONTROL {
                 self.control_in_flight -= 1;
             } else if user_data & CLOSE != 0 {
@@ -1293,7 +1155,7 @@ impl UdpWorker {
     fn in_flight(&self) -> usize {
         self.sends_in_flight()
             + self.recv_armed.iter().filter(|a| **a).count()
-            + self.timers.len()
+            + self.ring.in_flight()
             + self.control_in_flight
     }
 }
@@ -1303,27 +1165,22 @@ impl Drop for UdpWorker {
     /// holds no pointer into memory about to be freed. If the kernel does not finish in time the
     /// buffers are leaked rather than freed under it.
     fn drop(&mut self) {
-        let mut targets: Vec<u64> = (0..self.sockets.len() as u64)
+        let targets: Vec<u64> = (0..self.sockets.len() as u64)
             .filter(|&i| self.recv_armed[i as usize])
             .map(|i| RECV | i)
             .collect();
-        targets.extend(self.timers.iter().map(|t| TIMER | t.generation));
         for target in targets {
             let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
             // SAFETY: AsyncCancel refers to no memory.
-            if unsafe { self.push(&entry) }.is_ok() {
+            if unsafe { self.ring.push(&entry) }.is_ok() {
                 self.control_in_flight += 1;
             }
         }
+        self.ring.cancel_deadline();
         let give_up = Instant::now() + Duration::from_secs(5);
         while self.in_flight() > 0 && Instant::now() < give_up {
-            let wait = Timespec::from(Duration::from_millis(100));
-            let args = types::SubmitArgs::new().timespec(&wait);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+            if self.ring.wait(Some(Duration::from_millis(100))).is_err() {
+                break;
             }
             if self.reap().is_err() {
                 break;

@@ -28,11 +28,14 @@ use std::{
 
 use bytes::Bytes;
 use io_uring::{
-    IoUring, cqueue, opcode, squeue,
-    types::{self, CancelBuilder, Timespec},
+    cqueue, opcode, squeue,
+    types::{self, CancelBuilder},
 };
 
-use super::uring::{BufRing, NAME_LEN, RECVMSG_OUT_LEN, SockAddrBytes, UringError};
+use super::{
+    ring::{Completion, Ring},
+    uring::{BufRing, NAME_LEN, RECVMSG_OUT_LEN, SockAddrBytes, UringError},
+};
 
 /// A socket of a [`ClientRing`]. Stale ids (of a closed socket whose slot was reused) are told
 /// apart by their generation.
@@ -171,21 +174,19 @@ enum Op {
 }
 
 // user_data: receives have bit 63 set, the slot in the low 32 bits and the generation above;
-// operations carry their index in `ops`.
+// operations carry their index in `ops` (so bit 62 is never set alone: that is the ring core's).
 const RECV: u64 = 1 << 63;
 
 /// Everything but the receive buffers: the callback of [`ClientRing::run_once`] gets this to
 /// open, send on and close sockets while it reads a buffer.
 pub struct Sockets {
-    ring: IoUring,
+    ring: Ring,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     ops: Vec<Option<(u32, Op)>>,
     free_ops: Vec<usize>,
     recv_header: Box<RecvHeader>,
     stats: ClientRingStats,
-    /// Completions (user_data, result, flags) reaped and not yet handled.
-    pending: VecDeque<(u64, i32, u32)>,
     /// Slots whose receive must be (re-)armed before the next wait, oldest first: a receive that
     /// ran out of buffers goes to the back, so under buffer pressure every socket gets its turn.
     to_arm: VecDeque<u32>,
@@ -233,10 +234,7 @@ impl ClientRing {
         if config.ring_entries == 0 {
             return Err(UringError::Config("ring_entries must be at least 1"));
         }
-        let ring = IoUring::builder()
-            .setup_cqsize(config.ring_entries.saturating_mul(8))
-            .setup_coop_taskrun()
-            .build(config.ring_entries)
+        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(8))
             .map_err(UringError::io("creating the client io_uring"))?;
         let udp_buffers = BufRing::new(config.udp_buffers, config.udp_buffer_size)
             .map_err(UringError::io("allocating UDP receive buffers"))?;
@@ -272,7 +270,6 @@ impl ClientRing {
                 free_ops: Vec::new(),
                 recv_header: Box::new(RecvHeader(header)),
                 stats: ClientRingStats::default(),
-                pending: VecDeque::new(),
                 to_arm: VecDeque::new(),
             },
             udp_buffers: ManuallyDrop::new(udp_buffers),
@@ -298,29 +295,31 @@ impl ClientRing {
     ) -> Result<usize, UringError> {
         let s = &mut self.sockets;
         s.arm()?;
-        s.submit(0)?;
-        s.reap();
-        if s.pending.is_empty() {
+        s.ring.submit(0)?;
+        s.ring.reap();
+        if !s.ring.has_completions() {
             let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if wait != Some(Duration::ZERO) {
-                s.wait(wait)?;
-                s.reap();
+                s.ring.wait(wait)?;
+                s.ring.reap();
             }
         }
         let mut events = 0;
-        while let Some((user_data, result, flags)) = self.sockets.pending.pop_front() {
-            events += self.handle(user_data, result, flags, &mut on_event);
+        while let Some(completion) = self.sockets.ring.pop() {
+            events += self.handle(completion, &mut on_event);
         }
         self.sockets.arm()?;
-        self.sockets.submit(0)?;
+        self.sockets.ring.submit(0)?;
         Ok(events)
     }
 
     fn handle(
         &mut self,
-        user_data: u64,
-        result: i32,
-        flags: u32,
+        Completion {
+            user_data,
+            result,
+            flags,
+        }: Completion,
         on_event: &mut impl FnMut(Event<'_>, &mut Sockets),
     ) -> usize {
         let s = &mut self.sockets;
@@ -565,7 +564,7 @@ impl Sockets {
         self.slots[slot as usize].ops += 1;
         let entry = entry.user_data(index as u64);
         // SAFETY: forwarded: what the entry points at lives in `ops[index]` until reaped.
-        unsafe { self.push(&entry) }
+        unsafe { self.ring.push(&entry) }
     }
 
     fn complete_op(
@@ -603,7 +602,7 @@ impl Sockets {
                     },
                 ));
                 // SAFETY: the payload stays in `ops[index]` until this completion is reaped.
-                if unsafe { self.push(&entry) }.is_ok() {
+                if unsafe { self.ring.push(&entry) }.is_ok() {
                     return 0;
                 }
                 self.ops[index] = None;
@@ -669,61 +668,9 @@ impl Sockets {
             // SAFETY: the msghdr is boxed in `self` and the buffer rings are registered for the
             // ring's lifetime; Drop cancels and drains the receive before freeing either, and
             // the descriptor is closed only once the receive has completed.
-            unsafe { self.push(&entry.user_data(user_data)) }?;
+            unsafe { self.ring.push(&entry.user_data(user_data)) }?;
         }
         Ok(())
-    }
-
-    /// # Safety
-    /// Everything `entry` points at must stay valid until its completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), UringError> {
-        loop {
-            // SAFETY: forwarded from the caller's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
-            }
-            self.submit(0)?;
-        }
-    }
-
-    fn submit(&mut self, want: usize) -> Result<(), UringError> {
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // EBUSY: the completion queue is full; reap, then submit again.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
-                Err(e) => return Err(UringError::io("io_uring_enter")(e)),
-            }
-        }
-    }
-
-    /// Waits for one completion, or `timeout`.
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), UringError> {
-        let Some(timeout) = timeout else {
-            return self.submit(1);
-        };
-        let ts = Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                self.reap();
-                Ok(())
-            }
-            Err(e) => Err(UringError::io("io_uring_enter")(e)),
-        }
-    }
-
-    fn reap(&mut self) {
-        let pending = &mut self.pending;
-        pending.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
     }
 
     fn in_flight(&self) -> usize {
@@ -772,11 +719,16 @@ impl Drop for ClientRing {
         }
         let give_up = Instant::now() + Duration::from_secs(5);
         while s.in_flight() > 0 && Instant::now() < give_up {
-            if s.wait(Some(Duration::from_millis(100))).is_err() {
+            if s.ring.wait(Some(Duration::from_millis(100))).is_err() {
                 break;
             }
-            s.reap();
-            while let Some((user_data, result, flags)) = s.pending.pop_front() {
+            s.ring.reap();
+            while let Some(Completion {
+                user_data,
+                result,
+                flags,
+            }) = s.ring.pop()
+            {
                 if user_data & RECV != 0 {
                     let index = (user_data & u64::from(u32::MAX)) as usize;
                     if !cqueue::more(flags)

@@ -64,14 +64,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use io_uring::{
-    IoUring, cqueue, opcode, squeue,
-    types::{self, Timespec},
-};
-
+use io_uring::{cqueue, opcode, types};
 use stampede_proto::files::SealedFile;
 
-use super::uring::UringError;
+use super::ring::{Completion, Ring, UringError};
 
 /// Identifies one connection of one worker. Ids are not reused while the connection lives, and
 /// a stale id (of a closed connection whose slot was reused) is recognised as such.
@@ -256,9 +252,8 @@ pub struct TcpRunReport {
 }
 
 // user_data layout. Connection operations: bits 0..32 the slot, 32..56 the generation, 56..58
-// the kind. The top three bits tag the worker's own operations.
+// the kind. Bits 63 and 61 tag the worker's own operations (bit 62 alone is the ring core's).
 const ACCEPT: u64 = 1 << 63;
-const TIMER: u64 = 1 << 62;
 const CONTROL: u64 = 1 << 61;
 const KIND_RECV: u64 = 1 << 56;
 const KIND_SEND: u64 = 2 << 56;
@@ -488,15 +483,6 @@ impl Conn {
     }
 }
 
-/// A pending timeout; its `timespec` stays boxed until the completion (see the UDP worker).
-#[derive(Debug)]
-struct Timer {
-    generation: u64,
-    deadline: Instant,
-    _timespec: Box<Timespec>,
-    removing: bool,
-}
-
 /// One worker's ring driving one listening socket and the connections accepted on it.
 ///
 /// Drive it in a loop with [`run_once`](Self::run_once), which waits for completions (or the
@@ -505,21 +491,17 @@ struct Timer {
 /// directly (e.g. after a timer fired).
 pub struct TcpWorker {
     // Field order is drop order: the ring goes first (after `Drop` has drained it).
-    ring: IoUring,
+    ring: Ring,
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     next_generation: u32,
     live: usize,
-    timers: Vec<Timer>,
-    next_timer: u64,
-    completions: VecDeque<(u64, i32, u32)>,
     outbox: TcpOutbox,
     accept_armed: bool,
     /// `None` once accepting stopped and the accept's last completion arrived.
     listener: Option<TcpListener>,
     listening: bool,
     control_in_flight: usize,
-    timer_fired: bool,
     stats: TcpWorkerStats,
     config: TcpWorkerConfig,
     /// `config.zero_copy_min_len` if this kernel has `SENDMSG_ZC`.
@@ -556,18 +538,7 @@ impl TcpWorker {
         let local_addr = listener
             .local_addr()
             .map_err(io_error("listener address"))?;
-        // COOP_TASKRUN: completions are processed when the worker next enters the kernel
-        // (it always waits in `io_uring_enter`) instead of interrupting it with task work
-        // for every datagram; kernels before 5.19 refuse the flag, so retry without it.
-        let ring = IoUring::builder()
-            .setup_cqsize(config.ring_entries.saturating_mul(4))
-            .setup_coop_taskrun()
-            .build(config.ring_entries)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(config.ring_entries.saturating_mul(4))
-                    .build(config.ring_entries)
-            })
+        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(4))
             .map_err(io_error("creating the worker's io_uring"))?;
         let zero_copy_min_len = match config.zero_copy_min_len {
             Some(min) => {
@@ -590,15 +561,11 @@ impl TcpWorker {
             free: Vec::new(),
             next_generation: 0,
             live: 0,
-            timers: Vec::new(),
-            next_timer: 0,
-            completions: VecDeque::new(),
             outbox: TcpOutbox::default(),
             accept_armed: false,
             listener: Some(listener),
             listening: true,
             control_in_flight: 0,
-            timer_fired: false,
             stats: TcpWorkerStats::default(),
             config,
             zero_copy_min_len,
@@ -705,7 +672,7 @@ impl TcpWorker {
 
     /// Submits queued entries without waiting.
     pub fn flush(&mut self) -> Result<(), UringError> {
-        self.submit(0)
+        self.ring.submit(0)
     }
 
     /// Waits until something happens or `deadline` passes (forever if `None`), hands every
@@ -716,29 +683,35 @@ impl TcpWorker {
         deadline: Option<Instant>,
         mut on_event: impl FnMut(TcpEvent<'_>, &mut TcpOutbox),
     ) -> Result<TcpRunReport, UringError> {
-        self.timer_fired = false;
+        self.ring.clear_deadline_fired();
         self.arm_accept()?;
-        self.arm_timer(deadline)?;
-        self.submit(0)?;
-        self.reap();
-        while self.completions.is_empty() && !self.timer_fired {
+        self.ring.arm_deadline(deadline)?;
+        self.ring.submit(0)?;
+        self.ring.reap();
+        let mut passed = false;
+        while !self.ring.has_completions() && !self.ring.deadline_fired() {
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.timer_fired = true;
+                passed = true;
                 break;
             }
-            self.submit(1)?;
-            self.reap();
+            self.ring.submit(1)?;
+            self.ring.reap();
         }
         let mut report = TcpRunReport::default();
-        while let Some((user_data, result, flags)) = self.completions.pop_front() {
+        while let Some(Completion {
+            user_data,
+            result,
+            flags,
+        }) = self.ring.pop()
+        {
             report.events += self.complete(user_data, result, flags, &mut on_event)?;
             // Later completions of this batch may already be queued for the same connections;
             // they are matched by generation, so commands applied now cannot confuse them.
             self.apply_outbox()?;
         }
         self.arm_accept()?;
-        self.submit(0)?;
-        report.timer_fired = self.timer_fired;
+        self.ring.submit(0)?;
+        report.timer_fired = passed || self.ring.deadline_fired();
         Ok(report)
     }
 
@@ -794,16 +767,6 @@ impl TcpWorker {
             self.apply_outbox()?;
             self.arm_recv(conn)?;
             return Ok(1);
-        }
-        if user_data & TIMER != 0 {
-            let generation = user_data & !TIMER;
-            if let Some(i) = self.timers.iter().position(|t| t.generation == generation) {
-                let timer = self.timers.swap_remove(i);
-                if -result == libc::ETIME && !timer.removing {
-                    self.timer_fired = true;
-                }
-            }
-            return Ok(0);
         }
         if user_data == CONTROL {
             self.control_in_flight -= 1;
@@ -1033,8 +996,11 @@ impl TcpWorker {
         }
         if idle {
             // Nothing in flight: close now, reporting through the next run_once.
-            self.completions
-                .push_back((CONTROL_CLOSE | op_data(conn, 0), 0, 0));
+            self.ring.push_completion(Completion {
+                user_data: CONTROL_CLOSE | op_data(conn, 0),
+                result: 0,
+                flags: 0,
+            });
         }
         Ok(true)
     }
@@ -1088,7 +1054,7 @@ impl TcpWorker {
         // SAFETY: the buffer is the connection's boxed slice and the fd its stream; the
         // connection (and so both) is only dropped once this receive's completion is reaped
         // (finish_close checks recv_in_flight), or after Drop has drained the ring.
-        unsafe { self.push(&entry) }
+        unsafe { self.ring.push(&entry) }
     }
 
     fn push_send(&mut self, conn: ConnId) -> Result<(), UringError> {
@@ -1133,13 +1099,13 @@ impl TcpWorker {
         // the head and body until the notification: the finished SendOp then moves into the
         // connection's ZeroCopyHold (and with it into `lingering` if the connection closes),
         // freed only once every notification counted in `pending` has arrived.
-        unsafe { self.push(&entry) }
+        unsafe { self.ring.push(&entry) }
     }
 
     fn push_cancel(&mut self, target: u64) -> Result<(), UringError> {
         let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
         // SAFETY: AsyncCancel refers to no memory, only to a user_data value.
-        unsafe { self.push(&entry)? };
+        unsafe { self.ring.push(&entry)? };
         self.control_in_flight += 1;
         Ok(())
     }
@@ -1157,91 +1123,9 @@ impl TcpWorker {
             .user_data(ACCEPT);
         // SAFETY: multishot accept points at no user memory; the listener is dropped only after
         // the accept's final completion (or after Drop drained the ring).
-        unsafe { self.push(&entry)? };
+        unsafe { self.ring.push(&entry)? };
         self.accept_armed = true;
         Ok(())
-    }
-
-    /// Keeps one timer armed at `deadline`, replacing a timer for another deadline.
-    fn arm_timer(&mut self, deadline: Option<Instant>) -> Result<(), UringError> {
-        if self
-            .timers
-            .iter()
-            .any(|t| !t.removing && Some(t.deadline) == deadline)
-        {
-            return Ok(());
-        }
-        let stale: Vec<u64> = self
-            .timers
-            .iter_mut()
-            .filter(|t| !t.removing)
-            .map(|t| {
-                t.removing = true;
-                t.generation
-            })
-            .collect();
-        for generation in stale {
-            let entry = opcode::TimeoutRemove::new(TIMER | generation)
-                .build()
-                .user_data(CONTROL);
-            // SAFETY: TimeoutRemove refers to no memory, only to a user_data value.
-            unsafe { self.push(&entry)? };
-            self.control_in_flight += 1;
-        }
-        let Some(deadline) = deadline else {
-            return Ok(());
-        };
-        let generation = self.next_timer;
-        self.next_timer += 1;
-        let timespec = Box::new(Timespec::from(
-            deadline.saturating_duration_since(Instant::now()),
-        ));
-        let entry = opcode::Timeout::new(&raw const *timespec)
-            .build()
-            .user_data(TIMER | generation);
-        self.timers.push(Timer {
-            generation,
-            deadline,
-            _timespec: timespec,
-            removing: false,
-        });
-        // SAFETY: the timespec is boxed in `self.timers` until the timeout's completion.
-        unsafe { self.push(&entry) }
-    }
-
-    /// # Safety
-    /// Everything `entry` points at must stay valid until its completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), UringError> {
-        loop {
-            // SAFETY: forwarded from the caller's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
-            }
-            // Full: hand what is queued to the kernel and try again.
-            self.submit(0)?;
-        }
-    }
-
-    /// Submits and, if `want > 0`, waits for that many completions.
-    fn submit(&mut self, want: usize) -> Result<(), UringError> {
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // EBUSY: the completion queue overflowed and the kernel wants us to reap before
-                // it accepts more submissions (IORING_FEAT_NODROP, 5.5).
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
-                Err(e) => return Err(io_error("io_uring_enter")(e)),
-            }
-        }
-    }
-
-    /// Moves every completion off the ring into `completions`, to be handled in order.
-    fn reap(&mut self) {
-        for cqe in self.ring.completion() {
-            self.completions
-                .push_back((cqe.user_data(), cqe.result(), cqe.flags()));
-        }
     }
 
     fn in_flight(&self) -> usize {
@@ -1263,7 +1147,7 @@ impl TcpWorker {
         conn_ops
             + notifications
             + usize::from(self.accept_armed)
-            + self.timers.len()
+            + self.ring.in_flight()
             + self.control_in_flight
     }
 }
@@ -1300,7 +1184,6 @@ impl Drop for TcpWorker {
         if self.accept_armed {
             targets.push(ACCEPT);
         }
-        targets.extend(self.timers.iter().map(|t| TIMER | t.generation));
         for (index, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
             let id = ConnId {
@@ -1317,23 +1200,19 @@ impl Drop for TcpWorker {
         for target in targets {
             let entry = opcode::AsyncCancel::new(target).build().user_data(CONTROL);
             // SAFETY: AsyncCancel refers to no memory.
-            if unsafe { self.push(&entry) }.is_ok() {
+            if unsafe { self.ring.push(&entry) }.is_ok() {
                 self.control_in_flight += 1;
             }
         }
+        self.ring.cancel_deadline();
         let give_up = Instant::now() + Duration::from_secs(5);
         while self.in_flight() > 0 && Instant::now() < give_up {
-            let wait = Timespec::from(Duration::from_millis(100));
-            let args = types::SubmitArgs::new().timespec(&wait);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+            if self.ring.wait(Some(Duration::from_millis(100))).is_err() {
+                break;
             }
-            self.reap();
-            while let Some((user_data, result, flags)) = self.completions.pop_front() {
-                self.retire(user_data, result, flags);
+            self.ring.reap();
+            while let Some(completion) = self.ring.pop() {
+                self.retire(completion);
             }
             // Close connections with nothing left in flight, so the orphaned sockets deliver
             // (or time out) what zero-copy sends queued and the notifications come.
@@ -1355,7 +1234,6 @@ impl Drop for TcpWorker {
             );
             std::mem::forget(std::mem::take(&mut self.conns));
             std::mem::forget(std::mem::take(&mut self.lingering));
-            std::mem::forget(std::mem::take(&mut self.timers));
             std::mem::forget(self.listener.take());
         }
     }
@@ -1363,7 +1241,14 @@ impl Drop for TcpWorker {
 
 impl TcpWorker {
     /// Bookkeeping of a completion during Drop: marks the operation finished, no events.
-    fn retire(&mut self, user_data: u64, result: i32, flags: u32) {
+    fn retire(
+        &mut self,
+        Completion {
+            user_data,
+            result,
+            flags,
+        }: Completion,
+    ) {
         if user_data == ACCEPT {
             if !cqueue::more(flags) {
                 self.accept_armed = false;
@@ -1372,9 +1257,6 @@ impl TcpWorker {
                 // SAFETY: a new descriptor nobody owns; closed at once.
                 drop(unsafe { OwnedFd::from_raw_fd(result) });
             }
-        } else if user_data & TIMER != 0 {
-            let generation = user_data & !TIMER;
-            self.timers.retain(|t| t.generation != generation);
         } else if user_data == CONTROL {
             self.control_in_flight -= 1;
         } else {
