@@ -2,7 +2,7 @@
 //!
 //! Three users, three kinds of mapping:
 //! - [`Mapping::anonymous`]: private zero-filled memory, populated up front and page-aligned,
-//!   for io_uring provided-buffer rings ([`super::buf_ring`]) and the AF_XDP UMEM
+//!   for io_uring provided-buffer rings (`buf_ring`) and the AF_XDP UMEM
 //!   ([`super::afxdp`]).
 //! - [`Mapping::shared`]: an AF_XDP socket's rings, which live in the kernel and are mapped at the
 //!   page offsets it defines (`XDP_PGOFF_*`).

@@ -33,8 +33,9 @@ use io_uring::{
 };
 
 use super::{
-    ring::{Completion, Ring},
-    uring::{BufRing, NAME_LEN, RECVMSG_OUT_LEN, SockAddrBytes, UringError},
+    buf_ring::BufRing,
+    recvmsg::{NAME_LEN, RECVMSG_OUT_LEN, RecvHeader, SockAddrBytes},
+    ring::{Completion, Ring, UringError},
 };
 
 /// A socket of a [`ClientRing`]. Stale ids (of a closed socket whose slot was reused) are told
@@ -201,18 +202,6 @@ impl std::fmt::Debug for Sockets {
     }
 }
 
-/// The `msghdr` of the UDP multishot receives: only `msg_namelen` matters.
-struct RecvHeader(libc::msghdr);
-
-impl std::fmt::Debug for RecvHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RecvHeader")
-    }
-}
-
-// SAFETY: the msghdr holds only null pointers.
-unsafe impl Send for RecvHeader {}
-
 /// The ring, its sockets and its receive buffers. Single-threaded: one per load-generator thread.
 #[derive(Debug)]
 pub struct ClientRing {
@@ -258,9 +247,6 @@ impl ClientRing {
             }
             Err(e) => return Err(UringError::io("registering the TCP buffer ring")(e)),
         }
-        // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
-        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        header.msg_namelen = NAME_LEN as u32;
         Ok(Self {
             sockets: Sockets {
                 ring,
@@ -268,7 +254,7 @@ impl ClientRing {
                 free_slots: Vec::new(),
                 ops: Vec::new(),
                 free_ops: Vec::new(),
-                recv_header: Box::new(RecvHeader(header)),
+                recv_header: RecvHeader::new(0),
                 stats: ClientRingStats::default(),
                 to_arm: VecDeque::new(),
             },
@@ -348,7 +334,7 @@ impl ClientRing {
                 let data = self
                     .udp_buffers
                     .filled(bid, usize::try_from(result).unwrap_or(0));
-                match types::RecvMsgOut::parse(data, &s.recv_header.0) {
+                match types::RecvMsgOut::parse(data, s.recv_header.msghdr()) {
                     Ok(out) if !out.is_payload_truncated() && !closing => {
                         if let Some(source) = SockAddrBytes::parse(out.name_data()) {
                             s.stats.datagrams += 1;
@@ -656,12 +642,10 @@ impl Sockets {
             };
             let user_data = RECV | (u64::from(slot.generation) << 32) | u64::from(index);
             let entry = match slot.kind {
-                Kind::Udp => opcode::RecvMsgMulti::new(
-                    types::Fd(fd),
-                    &raw const self.recv_header.0,
-                    UDP_GROUP,
-                )
-                .build(),
+                Kind::Udp => {
+                    opcode::RecvMsgMulti::new(types::Fd(fd), self.recv_header.msghdr(), UDP_GROUP)
+                        .build()
+                }
                 Kind::Tcp => opcode::RecvMulti::new(types::Fd(fd), TCP_GROUP).build(),
             };
             slot.recv_armed = true;
@@ -772,7 +756,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::sys::uring::Consumption;
+    use crate::sys::buf_ring::Consumption;
 
     fn ring() -> ClientRing {
         ring_with_tcp_buffers(16, 4096)
