@@ -65,6 +65,7 @@ use std::{
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, types};
+use socket2::{Domain, Socket, Type};
 use stampede_proto::files::SealedFile;
 
 use super::ring::{Completion, Ring, UringError};
@@ -1285,85 +1286,13 @@ impl TcpWorker {
 /// can each listen on `address` and the kernel balances connections across them (socket(7),
 /// `SO_REUSEPORT`, Linux 3.9). `backlog` is capped by `net.core.somaxconn` (listen(2)).
 pub fn reuseport_listener(address: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let family = match address {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns; OwnedFd closes it on every error path.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        let on: libc::c_int = 1;
-        // SAFETY: the fd is live; the option value is a c_int on our stack, its size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    let (storage, len) = sockaddr(address);
-    // SAFETY: `storage` holds a sockaddr_in/sockaddr_in6 of `len` bytes for the socket's family.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const storage).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen(2) on a bound socket we own.
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(TcpListener::from(fd))
-}
-
-fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match address {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo().to_be(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
+    // socket2 opens it with SOCK_CLOEXEC, as the workers' accepted sockets are.
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]
@@ -1515,9 +1444,7 @@ mod tests {
                         part
                     })
                     .collect();
-                let client =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                        .expect("socket");
+                let client = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
                 // A small receive window keeps the server's socket buffer full.
                 client.set_recv_buffer_size(8192).expect("SO_RCVBUF");
                 client.connect(&address.into()).expect("connect");
