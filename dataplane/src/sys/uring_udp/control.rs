@@ -3,8 +3,9 @@
 use std::{
     io,
     net::{Ipv4Addr, UdpSocket},
-    os::fd::AsRawFd,
 };
+
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::sys::ring::UringError;
 
@@ -32,33 +33,12 @@ pub(super) fn enable_control_data(socket: &UdpSocket) -> Result<(), UringError> 
 /// Asks the kernel to attach its count of dropped datagrams to each one received
 /// (`SO_RXQ_OVFL`, socket(7)).
 fn enable_drop_counter(socket: &UdpSocket) -> io::Result<()> {
-    enable_int_option(socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
+    Ok(setsockopt(socket, sockopt::RxqOvfl, &1)?)
 }
 
 /// Asks the kernel for each datagram's destination address (`IP_PKTINFO`, ip(7)).
 fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
-    enable_int_option(socket, libc::IPPROTO_IP, libc::IP_PKTINFO)
-}
-
-/// Sets a boolean (`int`) socket option to 1.
-fn enable_int_option(socket: &UdpSocket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the fd is a live socket borrowed from `socket`; the option value is a c_int on
-    // our stack and its size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(setsockopt(socket, sockopt::Ipv4PacketInfo, &true)?)
 }
 
 /// What the control messages of one datagram said.
