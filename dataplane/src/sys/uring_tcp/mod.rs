@@ -1,6 +1,6 @@
 //! One io_uring per worker thread, driving a TCP listener and its connections.
 //!
-//! Built on the ring core ([`super::ring`]), with its ownership rule (as in tokio-rs/io-uring and
+//! Built on the ring core (`sys::ring`), with its ownership rule (as in tokio-rs/io-uring and
 //! monoio): building an entry is safe, pushing it is the one `unsafe` point, and everything an
 //! entry points at (a receive buffer, a `msghdr` and the head and body it describes) is owned by
 //! the [`TcpWorker`] until the kernel posts that entry's completion, also when it is cancelled. A
