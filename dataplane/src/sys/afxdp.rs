@@ -18,6 +18,8 @@ use std::{
     time::Duration,
 };
 
+use super::mmap::Mapping;
+
 /// Most TX kicks per flush: 64 kicks of the kernel's 32-frame budget cover the whole TX pool.
 const MAX_KICKS: usize = 64;
 
@@ -87,66 +89,6 @@ fn check(ret: libc::c_int, step: &'static str) -> Result<(), XskError> {
     }
 }
 
-/// A memory mapping, unmapped on drop.
-#[derive(Debug)]
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn anonymous(len: usize) -> Result<Self, XskError> {
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
-        // result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        Self::from_mmap(ptr, len, "mmap of the UMEM")
-    }
-
-    fn ring(fd: BorrowedFd<'_>, len: usize, offset: u64) -> Result<Self, XskError> {
-        // SAFETY: mapping a ring of a live AF_XDP socket at the page offset the kernel defines for
-        // it (XDP_PGOFF_*), shared, with the length the kernel's offsets give; the result is
-        // checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        Self::from_mmap(ptr, len, "mmap of a ring")
-    }
-
-    fn from_mmap(ptr: *mut libc::c_void, len: usize, step: &'static str) -> Result<Self, XskError> {
-        if ptr == libc::MAP_FAILED {
-            return Err(sys_error(step)(io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(XskError::Config("mmap returned null"))?;
-        Ok(Self { ptr, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly one mapping made by `mmap` and owned by this value;
-        // nothing borrows it past its owner's life (rings and frames are reached through it).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
 /// One single-producer single-consumer ring shared with the kernel. `T` is `u64` (fill and
 /// completion: frame addresses) or `libc::xdp_desc` (RX and TX).
 #[derive(Debug)]
@@ -169,7 +111,7 @@ impl<T: Copy> Ring<T> {
         pgoff: u64,
     ) -> Result<Self, XskError> {
         let len = off.desc as usize + size as usize * size_of::<T>();
-        let map = Mapping::ring(fd, len, pgoff)?;
+        let map = Mapping::shared(fd, len, pgoff).map_err(sys_error("mmap of a ring"))?;
         let at = |offset: u64| -> Result<NonNull<u8>, XskError> {
             if offset as usize >= len {
                 return Err(XskError::Config(
@@ -177,7 +119,7 @@ impl<T: Copy> Ring<T> {
                 ));
             }
             // SAFETY: `offset < len`, so the pointer stays inside the mapping.
-            Ok(unsafe { map.ptr.add(offset as usize) })
+            Ok(unsafe { map.ptr().add(offset as usize) })
         };
         let producer = at(off.producer)?.cast();
         let consumer = at(off.consumer)?.cast();
@@ -261,8 +203,6 @@ impl<T: Copy> Ring<T> {
 // SAFETY: a ring is a mapping owned by one socket; moving it to another thread moves the sole
 // user-space owner (nothing is shared with other threads, only with the kernel).
 unsafe impl<T: Send> Send for Ring<T> {}
-// SAFETY: as for `Ring`: the mapping has one owner, which may live on any thread.
-unsafe impl Send for Mapping {}
 
 /// Counters of one socket: the kernel's (`XDP_STATISTICS`) and ours.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -342,9 +282,9 @@ impl XskSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
         let umem_len = frame_size as usize * frame_count as usize;
-        let umem = Mapping::anonymous(umem_len)?;
+        let umem = Mapping::anonymous(umem_len).map_err(sys_error("mmap of the UMEM"))?;
         let reg = libc::xdp_umem_reg {
-            addr: umem.ptr.as_ptr() as u64,
+            addr: umem.ptr().as_ptr() as u64,
             len: umem_len as u64,
             chunk_size: frame_size,
             headroom: 0,
@@ -526,13 +466,15 @@ impl XskSocket {
     fn frame(&self, addr: u64, len: u32) -> Option<&[u8]> {
         let start = usize::try_from(addr).ok()?;
         let end = start.checked_add(len as usize)?;
-        if end > self.umem.len {
+        if end > self.umem.len() {
             return None;
         }
         // SAFETY: `[start, end)` is inside the UMEM mapping (checked above), which lives as long
         // as `self`; the frame is ours until we put it back on the fill ring, which happens only
         // after this borrow ends (the caller's closure cannot keep it).
-        Some(unsafe { std::slice::from_raw_parts(self.umem.ptr.as_ptr().add(start), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.umem.ptr().as_ptr().add(start), len as usize)
+        })
     }
 
     /// Takes back TX frames the kernel has sent.
@@ -562,7 +504,7 @@ impl XskSocket {
         // borrow touches it until we queue it below.
         let frame = unsafe {
             std::slice::from_raw_parts_mut(
-                self.umem.ptr.as_ptr().add(start),
+                self.umem.ptr().as_ptr().add(start),
                 self.frame_size as usize,
             )
         };

@@ -12,22 +12,19 @@
 //! The seals are what make both safe: nobody, not even this process, can change or truncate
 //! the file while the mapping or a socket refers to its pages.
 use std::{
-    ffi::c_void,
     io::{self, Write as _},
     num::NonZeroUsize,
-    os::fd::OwnedFd,
-    ptr::NonNull,
+    os::fd::{AsFd as _, OwnedFd},
 };
 
 use bytes::Bytes;
 use nix::{
     fcntl::{FcntlArg, SealFlag, fcntl},
-    sys::{
-        memfd::{MFdFlags, memfd_create},
-        mman::{MapFlags, ProtFlags, mmap, munmap},
-    },
+    sys::memfd::{MFdFlags, memfd_create},
 };
 use stampede_proto::files::SealedFile;
+
+use super::mmap::Mapping;
 
 /// Copies `data` into a new sealed memfd and maps it read-only. Returns the mapping as
 /// [`Bytes`] (freed with its last clone) and the descriptor. `name` shows in
@@ -56,53 +53,28 @@ pub fn seal(name: &str, data: &[u8]) -> io::Result<(Bytes, Option<SealedFile>)> 
                 | SealFlag::F_SEAL_SEAL,
         ),
     )?;
-    // SAFETY: a fresh shared read-only mapping of `len` bytes of `fd` at an address the kernel
-    // picks, so it aliases no Rust memory. The file is `len` bytes long and sealed against
-    // shrinking, so every mapped page stays backed (no SIGBUS); sealed against writes, so the
-    // bytes behind the `&[u8]` handed out below never change. `F_SEAL_WRITE` is refused while a
-    // writable shared mapping exists, and none can be made after it.
-    let ptr = unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ,
-            MapFlags::MAP_SHARED,
-            &fd,
-            0,
-        )?
-    };
-    let mapping = Mapping { ptr, len };
+    // The file is `len` bytes long and sealed against shrinking, so every mapped page stays
+    // backed (no SIGBUS); sealed against writes, so the bytes behind the `&[u8]` handed out
+    // below never change. `F_SEAL_WRITE` is refused while a writable shared mapping exists, and
+    // none can be made after it.
+    let mapping = SealedMapping(Mapping::read_only(fd.as_fd(), len.get())?);
     Ok((Bytes::from_owner(mapping), Some(SealedFile::new(fd))))
 }
 
-/// A read-only shared mapping of a sealed memfd, unmapped on drop. The mapping keeps the file's
-/// pages alive by itself; the descriptor may be closed before it.
-struct Mapping {
-    ptr: NonNull<c_void>,
-    len: NonZeroUsize,
-}
+/// A read-only shared mapping of a sealed memfd. The mapping keeps the file's pages alive by
+/// itself; the descriptor may be closed before it.
+struct SealedMapping(Mapping);
 
-// SAFETY: the mapping is read-only and its contents never change (sealed), so sharing and
-// sending it across threads is like sharing an immutable `[u8]`.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
+// SAFETY: the mapping is read-only and its contents never change (sealed), so sharing it across
+// threads is like sharing an immutable `[u8]`. (`Mapping` is already `Send`.)
+unsafe impl Sync for SealedMapping {}
 
-impl AsRef<[u8]> for Mapping {
+impl AsRef<[u8]> for SealedMapping {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `ptr` is a live PROT_READ mapping of `len` bytes (see `seal`), unmapped only
-        // in `drop`, after every borrow ended; its contents are sealed against change.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>(), self.len.get()) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `seal`, unmapped once; no borrow of it outlives
-        // `self` (Bytes drops its owner after the last slice is gone).
-        if let Err(e) = unsafe { munmap(self.ptr, self.len.get()) } {
-            tracing::warn!(error = %e, "munmap of a sealed file failed");
-        }
+        // SAFETY: a live PROT_READ mapping of the whole sealed file (see `seal`), unmapped only
+        // when `self` drops, after every borrow ended (Bytes drops its owner after the last
+        // slice is gone); its contents are sealed against change and truncation.
+        unsafe { std::slice::from_raw_parts(self.0.ptr().as_ptr(), self.0.len()) }
     }
 }
 

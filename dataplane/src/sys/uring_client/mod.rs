@@ -28,11 +28,18 @@ use std::{
 
 use bytes::Bytes;
 use io_uring::{
-    IoUring, cqueue, opcode, squeue,
-    types::{self, CancelBuilder, Timespec},
+    cqueue, opcode, squeue,
+    types::{self, CancelBuilder},
 };
 
-use super::uring::{BufRing, NAME_LEN, RECVMSG_OUT_LEN, SockAddrBytes, UringError};
+use super::{
+    buf_ring::BufRing,
+    recvmsg::{NAME_LEN, RECVMSG_OUT_LEN, RecvHeader, SockAddrBytes},
+    ring::{Completion, Ring, UringError},
+};
+
+#[cfg(test)]
+mod tests;
 
 /// A socket of a [`ClientRing`]. Stale ids (of a closed socket whose slot was reused) are told
 /// apart by their generation.
@@ -171,21 +178,19 @@ enum Op {
 }
 
 // user_data: receives have bit 63 set, the slot in the low 32 bits and the generation above;
-// operations carry their index in `ops`.
+// operations carry their index in `ops` (so bit 62 is never set alone: that is the ring core's).
 const RECV: u64 = 1 << 63;
 
 /// Everything but the receive buffers: the callback of [`ClientRing::run_once`] gets this to
 /// open, send on and close sockets while it reads a buffer.
 pub struct Sockets {
-    ring: IoUring,
+    ring: Ring,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     ops: Vec<Option<(u32, Op)>>,
     free_ops: Vec<usize>,
     recv_header: Box<RecvHeader>,
     stats: ClientRingStats,
-    /// Completions (user_data, result, flags) reaped and not yet handled.
-    pending: VecDeque<(u64, i32, u32)>,
     /// Slots whose receive must be (re-)armed before the next wait, oldest first: a receive that
     /// ran out of buffers goes to the back, so under buffer pressure every socket gets its turn.
     to_arm: VecDeque<u32>,
@@ -199,18 +204,6 @@ impl std::fmt::Debug for Sockets {
             .finish_non_exhaustive()
     }
 }
-
-/// The `msghdr` of the UDP multishot receives: only `msg_namelen` matters.
-struct RecvHeader(libc::msghdr);
-
-impl std::fmt::Debug for RecvHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RecvHeader")
-    }
-}
-
-// SAFETY: the msghdr holds only null pointers.
-unsafe impl Send for RecvHeader {}
 
 /// The ring, its sockets and its receive buffers. Single-threaded: one per load-generator thread.
 #[derive(Debug)]
@@ -233,10 +226,7 @@ impl ClientRing {
         if config.ring_entries == 0 {
             return Err(UringError::Config("ring_entries must be at least 1"));
         }
-        let ring = IoUring::builder()
-            .setup_cqsize(config.ring_entries.saturating_mul(8))
-            .setup_coop_taskrun()
-            .build(config.ring_entries)
+        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(8))
             .map_err(UringError::io("creating the client io_uring"))?;
         let udp_buffers = BufRing::new(config.udp_buffers, config.udp_buffer_size)
             .map_err(UringError::io("allocating UDP receive buffers"))?;
@@ -260,9 +250,6 @@ impl ClientRing {
             }
             Err(e) => return Err(UringError::io("registering the TCP buffer ring")(e)),
         }
-        // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
-        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        header.msg_namelen = NAME_LEN as u32;
         Ok(Self {
             sockets: Sockets {
                 ring,
@@ -270,9 +257,8 @@ impl ClientRing {
                 free_slots: Vec::new(),
                 ops: Vec::new(),
                 free_ops: Vec::new(),
-                recv_header: Box::new(RecvHeader(header)),
+                recv_header: RecvHeader::new(0),
                 stats: ClientRingStats::default(),
-                pending: VecDeque::new(),
                 to_arm: VecDeque::new(),
             },
             udp_buffers: ManuallyDrop::new(udp_buffers),
@@ -298,29 +284,31 @@ impl ClientRing {
     ) -> Result<usize, UringError> {
         let s = &mut self.sockets;
         s.arm()?;
-        s.submit(0)?;
-        s.reap();
-        if s.pending.is_empty() {
+        s.ring.submit(0)?;
+        s.ring.reap();
+        if !s.ring.has_completions() {
             let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if wait != Some(Duration::ZERO) {
-                s.wait(wait)?;
-                s.reap();
+                s.ring.wait(wait)?;
+                s.ring.reap();
             }
         }
         let mut events = 0;
-        while let Some((user_data, result, flags)) = self.sockets.pending.pop_front() {
-            events += self.handle(user_data, result, flags, &mut on_event);
+        while let Some(completion) = self.sockets.ring.pop() {
+            events += self.handle(completion, &mut on_event);
         }
         self.sockets.arm()?;
-        self.sockets.submit(0)?;
+        self.sockets.ring.submit(0)?;
         Ok(events)
     }
 
     fn handle(
         &mut self,
-        user_data: u64,
-        result: i32,
-        flags: u32,
+        Completion {
+            user_data,
+            result,
+            flags,
+        }: Completion,
         on_event: &mut impl FnMut(Event<'_>, &mut Sockets),
     ) -> usize {
         let s = &mut self.sockets;
@@ -349,7 +337,7 @@ impl ClientRing {
                 let data = self
                     .udp_buffers
                     .filled(bid, usize::try_from(result).unwrap_or(0));
-                match types::RecvMsgOut::parse(data, &s.recv_header.0) {
+                match types::RecvMsgOut::parse(data, s.recv_header.msghdr()) {
                     Ok(out) if !out.is_payload_truncated() && !closing => {
                         if let Some(source) = SockAddrBytes::parse(out.name_data()) {
                             s.stats.datagrams += 1;
@@ -565,7 +553,7 @@ impl Sockets {
         self.slots[slot as usize].ops += 1;
         let entry = entry.user_data(index as u64);
         // SAFETY: forwarded: what the entry points at lives in `ops[index]` until reaped.
-        unsafe { self.push(&entry) }
+        unsafe { self.ring.push(&entry) }
     }
 
     fn complete_op(
@@ -603,7 +591,7 @@ impl Sockets {
                     },
                 ));
                 // SAFETY: the payload stays in `ops[index]` until this completion is reaped.
-                if unsafe { self.push(&entry) }.is_ok() {
+                if unsafe { self.ring.push(&entry) }.is_ok() {
                     return 0;
                 }
                 self.ops[index] = None;
@@ -657,73 +645,19 @@ impl Sockets {
             };
             let user_data = RECV | (u64::from(slot.generation) << 32) | u64::from(index);
             let entry = match slot.kind {
-                Kind::Udp => opcode::RecvMsgMulti::new(
-                    types::Fd(fd),
-                    &raw const self.recv_header.0,
-                    UDP_GROUP,
-                )
-                .build(),
+                Kind::Udp => {
+                    opcode::RecvMsgMulti::new(types::Fd(fd), self.recv_header.msghdr(), UDP_GROUP)
+                        .build()
+                }
                 Kind::Tcp => opcode::RecvMulti::new(types::Fd(fd), TCP_GROUP).build(),
             };
             slot.recv_armed = true;
             // SAFETY: the msghdr is boxed in `self` and the buffer rings are registered for the
             // ring's lifetime; Drop cancels and drains the receive before freeing either, and
             // the descriptor is closed only once the receive has completed.
-            unsafe { self.push(&entry.user_data(user_data)) }?;
+            unsafe { self.ring.push(&entry.user_data(user_data)) }?;
         }
         Ok(())
-    }
-
-    /// # Safety
-    /// Everything `entry` points at must stay valid until its completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), UringError> {
-        loop {
-            // SAFETY: forwarded from the caller's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
-            }
-            self.submit(0)?;
-        }
-    }
-
-    fn submit(&mut self, want: usize) -> Result<(), UringError> {
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // EBUSY: the completion queue is full; reap, then submit again.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
-                Err(e) => return Err(UringError::io("io_uring_enter")(e)),
-            }
-        }
-    }
-
-    /// Waits for one completion, or `timeout`.
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), UringError> {
-        let Some(timeout) = timeout else {
-            return self.submit(1);
-        };
-        let ts = Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                self.reap();
-                Ok(())
-            }
-            Err(e) => Err(UringError::io("io_uring_enter")(e)),
-        }
-    }
-
-    fn reap(&mut self) {
-        let pending = &mut self.pending;
-        pending.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
     }
 
     fn in_flight(&self) -> usize {
@@ -772,11 +706,16 @@ impl Drop for ClientRing {
         }
         let give_up = Instant::now() + Duration::from_secs(5);
         while s.in_flight() > 0 && Instant::now() < give_up {
-            if s.wait(Some(Duration::from_millis(100))).is_err() {
+            if s.ring.wait(Some(Duration::from_millis(100))).is_err() {
                 break;
             }
-            s.reap();
-            while let Some((user_data, result, flags)) = s.pending.pop_front() {
+            s.ring.reap();
+            while let Some(Completion {
+                user_data,
+                result,
+                flags,
+            }) = s.ring.pop()
+            {
                 if user_data & RECV != 0 {
                     let index = (user_data & u64::from(u32::MAX)) as usize;
                     if !cqueue::more(flags)
@@ -809,274 +748,5 @@ impl Drop for ClientRing {
             ManuallyDrop::drop(&mut self.udp_buffers);
             ManuallyDrop::drop(&mut self.tcp_buffers);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::{
-        io::{Read as _, Write as _},
-        net::{Ipv4Addr, TcpListener},
-    };
-
-    use super::*;
-    use crate::sys::uring::Consumption;
-
-    fn ring() -> ClientRing {
-        ring_with_tcp_buffers(16, 4096)
-    }
-
-    fn ring_with_tcp_buffers(tcp_buffers: u16, tcp_buffer_size: u32) -> ClientRing {
-        ClientRing::new(ClientRingConfig {
-            ring_entries: 64,
-            udp_buffers: 64,
-            udp_buffer_size: 2048,
-            tcp_buffers,
-            tcp_buffer_size,
-        })
-        .expect("io_uring (this machine has it; CI must too)")
-    }
-
-    fn connect(ring: &mut ClientRing, server: SocketAddr) -> SockId {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        ring.sockets()
-            .connect(OwnedFd::from(socket), server)
-            .unwrap()
-    }
-
-    fn run_until(ring: &mut ClientRing, mut done: impl FnMut(Event<'_>, &mut Sockets) -> bool) {
-        let give_up = Instant::now() + Duration::from_secs(10);
-        let mut finished = false;
-        while !finished {
-            assert!(Instant::now() < give_up, "no event in time");
-            ring.run_once(Some(Instant::now() + Duration::from_millis(100)), |e, s| {
-                finished |= done(e, s);
-            })
-            .unwrap();
-        }
-    }
-
-    #[test]
-    fn udp_round_trip_and_close() {
-        let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let mut ring = ring();
-        let local = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let local_addr = local.local_addr().unwrap();
-        let id = ring.sockets().add_udp(local).unwrap();
-        ring.sockets()
-            .send_to(id, peer.local_addr().unwrap(), Bytes::from_static(b"ping"))
-            .unwrap();
-        ring.run_once(Some(Instant::now()), |_, _| {}).unwrap();
-        let mut buf = [0u8; 16];
-        let (n, from) = peer.recv_from(&mut buf).unwrap();
-        assert_eq!((&buf[..n], from), (&b"ping"[..], local_addr));
-        // Two replies: both arrive, in order, with their source.
-        peer.send_to(b"one", local_addr).unwrap();
-        peer.send_to(b"two", local_addr).unwrap();
-        let mut got = Vec::new();
-        run_until(&mut ring, |event, _| {
-            if let Event::Datagram {
-                socket,
-                source,
-                payload,
-            } = event
-            {
-                assert_eq!(socket, id);
-                assert_eq!(source, peer.local_addr().unwrap());
-                got.push(payload.to_vec());
-            }
-            got.len() == 2
-        });
-        assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
-        // Closed: the slot is freed once the receive is cancelled, the id is stale, and a
-        // datagram to the old port produces nothing.
-        ring.sockets().close(id).unwrap();
-        let give_up = Instant::now() + Duration::from_secs(5);
-        while ring.sockets().open() > 0 {
-            assert!(
-                Instant::now() < give_up,
-                "the closed socket was not released"
-            );
-            ring.run_once(Some(Instant::now() + Duration::from_millis(50)), |e, _| {
-                panic!("event after close: {e:?}")
-            })
-            .unwrap();
-        }
-        assert!(
-            ring.sockets()
-                .send_to(id, local_addr, Bytes::from_static(b"x"))
-                .is_err()
-        );
-        let again = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let reused = ring.sockets().add_udp(again).unwrap();
-        assert_eq!(reused.index(), id.index());
-        assert_ne!(reused, id);
-    }
-
-    #[test]
-    fn tcp_connect_stream_and_eof() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let server_addr = listener.local_addr().unwrap();
-        // A server that reads a request line and answers with 200 KiB then closes: more than
-        // all the ring's TCP buffers at once, so receives must re-arm after running out.
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut req = [0u8; 5];
-            conn.read_exact(&mut req).unwrap();
-            assert_eq!(&req, b"hello");
-            let body: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
-            conn.write_all(&body).unwrap();
-        });
-        let mut ring = ring();
-        let id = connect(&mut ring, server_addr);
-        let mut received = Vec::new();
-        let mut connected = false;
-        run_until(&mut ring, |event, sockets| match event {
-            Event::Connected { socket, result } => {
-                assert_eq!(socket, id);
-                result.unwrap();
-                connected = true;
-                sockets.send(id, Bytes::from_static(b"hello")).unwrap();
-                false
-            }
-            Event::Stream { data, .. } => {
-                received.extend_from_slice(data);
-                false
-            }
-            Event::Closed { error, .. } => {
-                assert!(error.is_none(), "{error:?}");
-                true
-            }
-            other => panic!("unexpected {other:?}"),
-        });
-        server.join().unwrap();
-        assert!(connected);
-        let body: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
-        assert_eq!(received.len(), body.len());
-        assert!(received == body, "bytes arrived out of order or changed");
-        ring.sockets().close(id).unwrap();
-    }
-
-    #[test]
-    fn tcp_receives_share_buffers_incrementally() {
-        // Six connections sent 1 to 700 bytes at a time, received through four 4 KiB buffers.
-        // Taken whole, every short receive would use up a buffer (and 4 buffers cannot give
-        // each connection one); consumed incrementally, a buffer goes back to the ring only
-        // once receives have filled it, and its bytes must be read where each receive put them.
-        const CONNECTIONS: usize = 6;
-        const LEN: usize = 50_000;
-        const BUFFER: usize = 4096;
-        fn body(connection: usize) -> Vec<u8> {
-            (0..LEN)
-                .map(|i| ((i * 7 + connection * 31) % 251) as u8)
-                .collect()
-        }
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let server_addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let mut conns: Vec<_> = (0..CONNECTIONS)
-                .map(|_| listener.accept().unwrap().0)
-                .collect();
-            let bodies: Vec<_> = (0..CONNECTIONS).map(body).collect();
-            let mut sent = [0; CONNECTIONS];
-            let mut round = 0;
-            while sent.iter().any(|&s| s < LEN) {
-                for (i, conn) in conns.iter_mut().enumerate() {
-                    conn.set_nodelay(true).unwrap();
-                    let n = (1 + (round * 37 + i * 101) % 700).min(LEN - sent[i]);
-                    conn.write_all(&bodies[i][sent[i]..sent[i] + n]).unwrap();
-                    sent[i] += n;
-                }
-                round += 1;
-                if round % 4 == 0 {
-                    // Let the ring catch up, so that receives stay short.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        });
-        let mut ring = ring_with_tcp_buffers(4, BUFFER as u32);
-        assert_eq!(
-            ring.tcp_buffers.consumption(),
-            Consumption::Incremental,
-            "IOU_PBUF_RING_INC needs kernel 6.12"
-        );
-        let ids: Vec<SockId> = (0..CONNECTIONS)
-            .map(|_| connect(&mut ring, server_addr))
-            .collect();
-        let mut received = vec![Vec::new(); CONNECTIONS];
-        let mut receives = 0u64;
-        let mut closed = 0;
-        run_until(&mut ring, |event, _| {
-            let i = ids
-                .iter()
-                .position(|&id| id == event.socket())
-                .expect("an event on one of the connections");
-            match event {
-                Event::Connected { result, .. } => result.unwrap(),
-                Event::Stream { data, .. } => {
-                    received[i].extend_from_slice(data);
-                    receives += 1;
-                }
-                Event::Closed { error, .. } => {
-                    assert!(error.is_none(), "{error:?}");
-                    closed += 1;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-            closed == CONNECTIONS
-        });
-        server.join().unwrap();
-        for (i, bytes) in received.iter().enumerate() {
-            assert_eq!(bytes.len(), LEN, "connection {i}");
-            assert!(
-                *bytes == body(i),
-                "connection {i}: bytes arrived out of order or changed"
-            );
-        }
-        // Every byte went into a buffer right behind the previous receive's: the buffers lent
-        // back are exactly the full ones, the rest sits in the one the kernel still fills.
-        let total = CONNECTIONS * LEN;
-        let recycled = ring.tcp_buffers.recycled();
-        assert_eq!(
-            recycled,
-            (total / BUFFER) as u64,
-            "{receives} receives of {total} bytes"
-        );
-        assert_eq!(ring.tcp_buffers.partly_consumed(), (total % BUFFER) as u64);
-        assert!(
-            receives > recycled,
-            "{receives} receives, {recycled} buffers: no buffer took several receives"
-        );
-        assert_eq!(ring.stats().stream_bytes, total as u64);
-        for id in ids {
-            ring.sockets().close(id).unwrap();
-        }
-    }
-
-    #[test]
-    fn a_refused_connect_is_reported() {
-        // A port just released: nothing listens there.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut ring = ring();
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let id = ring.sockets().connect(OwnedFd::from(socket), port).unwrap();
-        run_until(&mut ring, |event, _| match event {
-            Event::Connected { socket, result } => {
-                assert_eq!(socket, id);
-                let err = result.unwrap_err();
-                assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
-                true
-            }
-            other => panic!("unexpected {other:?}"),
-        });
-        ring.sockets().close(id).unwrap();
-        // Dropping with a closing socket drains cleanly.
-        drop(ring);
     }
 }
