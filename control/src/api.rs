@@ -21,6 +21,7 @@ use stampede_proto::events::BootEvent;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
+use crate::api_types::{ErrorBody, IssuedToken, NewToken, OUTCOME_HEADER, PutOutcome, listed};
 use crate::auth::{Caller, Role};
 use crate::imports::{ImportJob, ImportRequest};
 use crate::model::{
@@ -28,12 +29,9 @@ use crate::model::{
     ProfileSpec,
 };
 use crate::sessions::{BootSessions, EventView, SessionTimeline};
-use crate::state::{ControlError, ControlState, PutOutcome};
+use crate::state::{ControlError, ControlState};
 use crate::timestamp::with_rfc3339;
 use crate::tls::ApiTls;
-
-/// Header that tells whether a PUT created, updated or left a resource unchanged.
-pub const OUTCOME_HEADER: &str = "stampede-outcome";
 
 /// Where the API listens, as written in the appliance's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,12 +364,6 @@ where
     }
 }
 
-/// Body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -495,15 +487,10 @@ fn with_outcome<T: Serialize>(outcome: PutOutcome, body: T) -> Response {
     } else {
         StatusCode::OK
     };
-    let value = match outcome {
-        PutOutcome::Created => "created",
-        PutOutcome::Updated => "updated",
-        PutOutcome::Unchanged => "unchanged",
-    };
     let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()
-        .insert(OUTCOME_HEADER, HeaderValue::from_static(value));
+        .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
     response
 }
 
@@ -548,23 +535,6 @@ async fn health(State(state): State<ControlState>) -> Json<Health> {
         reload_error,
         quarantined,
     })
-}
-
-/// A listed entry with `"source": "api"|"file"`, and `"quarantined": "<why>"` when the
-/// appliance leaves it out of the boot plan.
-pub(crate) fn listed<T: Serialize>(
-    item: &T,
-    why: Option<&str>,
-    source: EntrySource,
-) -> serde_json::Value {
-    let mut value = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
-    if let Some(fields) = value.as_object_mut() {
-        fields.insert("source".into(), source.as_str().into());
-        if let Some(why) = why {
-            fields.insert("quarantined".into(), why.into());
-        }
-    }
-    value
 }
 
 async fn openapi() -> Json<serde_json::Value> {
@@ -997,25 +967,6 @@ async fn verify_audit(State(state): State<ControlState>) -> Result<Response, Api
 
 async fn list_tokens(State(state): State<ControlState>) -> Result<Response, ApiError> {
     Ok(timed(&blocking(move || state.tokens()).await?))
-}
-
-/// Body of `POST /api/v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    pub name: String,
-    pub role: Role,
-    /// Seconds until the token stops authenticating; none: it lasts until revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_in_s: Option<u64>,
-}
-
-/// Answer to `POST /api/v1/tokens`: the only time the token is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IssuedToken {
-    pub name: String,
-    pub role: Role,
-    pub token: String,
 }
 
 /// `GET /api/v1/backup`: the state file as of one read transaction, itself a redb state file

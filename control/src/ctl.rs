@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ErrorBody, IssuedToken, NewToken, OUTCOME_HEADER};
+use crate::api_types::{ErrorBody, IssuedToken, NewToken, OUTCOME_HEADER, PutOutcome, TokenInfo};
 use crate::audit::{AuditEntry, AuditReport};
 use crate::auth::Role;
 use crate::imports::{ImportJob, ImportRequest, ImportState};
@@ -21,7 +21,6 @@ use crate::model::{
 };
 use crate::model::{EntrySource, Image, ImageKind, LabelSelector};
 use crate::sessions::{EventView, SessionSummary, SessionTimeline};
-use crate::state::{PutOutcome, TokenInfo};
 use crate::timestamp::{rfc3339, rfc3339_ms};
 
 /// The environment variable ctl takes its token from.
@@ -514,17 +513,12 @@ impl Client {
         body: &T,
     ) -> Result<PutOutcome, CtlError> {
         let response = self.send(reqwest::Method::PUT, path, Some(body)).await?;
-        Ok(
-            match response
+        Ok(PutOutcome::from_header(
+            response
                 .headers()
                 .get(OUTCOME_HEADER)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some("created") => PutOutcome::Created,
-                Some("unchanged") => PutOutcome::Unchanged,
-                _ => PutOutcome::Updated,
-            },
-        )
+                .and_then(|v| v.to_str().ok()),
+        ))
     }
 
     pub async fn machines(&self) -> Result<Vec<Machine>, CtlError> {
@@ -896,7 +890,7 @@ pub struct Listed<T> {
 impl<T: Serialize> Listed<T> {
     /// The API's JSON for it.
     fn to_json(&self) -> serde_json::Value {
-        crate::api::listed(&self.item, self.quarantined.as_deref(), self.source)
+        crate::api_types::listed(&self.item, self.quarantined.as_deref(), self.source)
     }
 }
 
@@ -1989,12 +1983,7 @@ fn print_outcome(
     if json {
         return print_json(out, &serde_json::json!({ kind: key, "outcome": outcome }));
     }
-    let word = match outcome {
-        PutOutcome::Created => "created",
-        PutOutcome::Updated => "updated",
-        PutOutcome::Unchanged => "unchanged",
-    };
-    writeln!(out, "{kind} {key} {word}")?;
+    writeln!(out, "{kind} {key} {}", outcome.as_str())?;
     Ok(())
 }
 

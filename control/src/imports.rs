@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::api_types::PutOutcome;
 use crate::model::{ImageKind, RootImage};
-use crate::state::PutOutcome;
 
 /// How often a running import publishes a progress event (and at its start and end).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);

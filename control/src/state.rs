@@ -9,6 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::api_types::{PutOutcome, TokenInfo};
 use crate::audit::{self, AuditEntry, AuditReport};
 use crate::auth::{self, Caller, RandomError, Role, TokenRecord};
 use crate::imports::{
@@ -99,26 +100,6 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
-}
-
-/// What a PUT did; an unchanged PUT writes nothing, audits nothing and publishes nothing, which
-/// is what makes `apply` idempotent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PutOutcome {
-    Created,
-    Updated,
-    Unchanged,
-}
-
-/// A token as listed (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct TokenInfo {
-    pub name: String,
-    pub role: Role,
-    pub created_at_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at_ms: Option<u64>,
 }
 
 #[derive(Debug)]
