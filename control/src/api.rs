@@ -21,9 +21,10 @@ use stampede_proto::events::BootEvent;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
-use crate::api_types::{ErrorBody, IssuedToken, NewToken, OUTCOME_HEADER, PutOutcome, listed};
+use crate::api_types::{
+    ErrorBody, ImportJob, ImportRequest, IssuedToken, NewToken, OUTCOME_HEADER, PutOutcome, listed,
+};
 use crate::auth::{Caller, Role};
-use crate::imports::{ImportJob, ImportRequest};
 use crate::model::{
     BootProfile, EntrySource, FleetEntry, ImageSpec, LabelSelector, MacAddr, Machine, MachineSpec,
     ProfileSpec,

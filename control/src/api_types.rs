@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
-use crate::model::EntrySource;
+use crate::model::{EntrySource, ImageKind, RootImage};
 
 /// Header that tells whether a PUT created, updated or left a resource unchanged.
 pub const OUTCOME_HEADER: &str = "stampede-outcome";
@@ -73,6 +73,70 @@ pub struct IssuedToken {
     pub name: String,
     pub role: Role,
     pub token: String,
+}
+
+/// Body of `POST /api/v1/images/imports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The image's name. Needed for a file or URL; a root defaults to its source's
+    /// `repo:tag` or file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Absolute path of a file on the appliance, an `http://` / `https://` URL, or an OCI image
+    /// in skopeo's syntax (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE`,
+    /// `docker://REGISTRY/REPO:TAG`), which becomes a diskless root.
+    pub source: String,
+    /// Hex SHA-256 the content must have; the import fails (storing nothing) otherwise. Files
+    /// and URLs only (an OCI image is verified by its own digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `docker://`: PEM text of the CA certificates the registry's https is trusted by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// `docker://`: `USER:PASSWORD` for the registry. Never stored, logged or shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// `docker://`: plain http to the registry (https otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// One import as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportJob {
+    pub id: u64,
+    pub name: String,
+    pub source: String,
+    #[serde(default)]
+    pub kind: ImageKind,
+    pub state: ImportState,
+    /// A root import's step while running: `pulling`, then `building`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Set when a root import is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootImage>,
+    pub bytes_done: u64,
+    /// The source's size when the import started; `None` when an HTTP server did not say.
+    pub bytes_total: Option<u64>,
+    /// Set when done.
+    pub sha256: Option<String>,
+    pub expected_sha256: Option<String>,
+    /// Set when done: `created`, or `unchanged` when the store already had this content.
+    pub outcome: Option<PutOutcome>,
+    /// Set when failed.
+    pub error: Option<String>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
 }
 
 /// A listed entry with `"source": "api"|"file"`, and `"quarantined": "<why>"` when the

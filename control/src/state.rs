@@ -9,12 +9,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::api_types::{PutOutcome, TokenInfo};
+use crate::api_types::{ImportJob, ImportRequest, PutOutcome, TokenInfo};
 use crate::audit::{self, AuditEntry, AuditReport};
 use crate::auth::{self, Caller, RandomError, Role, TokenRecord};
 use crate::imports::{
-    ImageStore, ImageStoreError, ImportJob, ImportJobs, ImportRequest, RootBuildProgress,
-    RootBuildRequest, RootBuilder,
+    ImageStore, ImageStoreError, ImportJobs, RootBuildProgress, RootBuildRequest, RootBuilder,
 };
 use crate::leases::{self, LeaseRecord};
 use crate::metrics::Metrics;
