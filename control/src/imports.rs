@@ -19,11 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::api_types::{ImportJob, ImportRequest, ImportState, PutOutcome};
 use crate::model::{ImageKind, RootImage};
-use crate::state::PutOutcome;
 
 /// How often a running import publishes a progress event (and at its start and end).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -139,70 +138,6 @@ pub const ROOT_TRANSPORTS: &[&str] = &["oci:", "oci-archive:", "docker-archive:"
 /// Whether `source` is an OCI image source rather than a file or URL.
 pub fn is_root_source(source: &str) -> bool {
     ROOT_TRANSPORTS.iter().any(|t| source.starts_with(t))
-}
-
-/// Body of `POST /api/v1/images/imports`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportRequest {
-    /// The image's name. Needed for a file or URL; a root defaults to its source's
-    /// `repo:tag` or file name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Absolute path of a file on the appliance, an `http://` / `https://` URL, or an OCI image
-    /// in skopeo's syntax (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE`,
-    /// `docker://REGISTRY/REPO:TAG`), which becomes a diskless root.
-    pub source: String,
-    /// Hex SHA-256 the content must have; the import fails (storing nothing) otherwise. Files
-    /// and URLs only (an OCI image is verified by its own digests).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// `docker://`: PEM text of the CA certificates the registry's https is trusted by.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_pem: Option<String>,
-    /// `docker://`: `USER:PASSWORD` for the registry. Never stored, logged or shown.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<String>,
-    /// `docker://`: plain http to the registry (https otherwise).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub plain_http: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImportState {
-    Running,
-    Done,
-    Failed,
-}
-
-/// One import as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImportJob {
-    pub id: u64,
-    pub name: String,
-    pub source: String,
-    #[serde(default)]
-    pub kind: ImageKind,
-    pub state: ImportState,
-    /// A root import's step while running: `pulling`, then `building`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
-    /// Set when a root import is done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root: Option<RootImage>,
-    pub bytes_done: u64,
-    /// The source's size when the import started; `None` when an HTTP server did not say.
-    pub bytes_total: Option<u64>,
-    /// Set when done.
-    pub sha256: Option<String>,
-    pub expected_sha256: Option<String>,
-    /// Set when done: `created`, or `unchanged` when the store already had this content.
-    pub outcome: Option<PutOutcome>,
-    /// Set when failed.
-    pub error: Option<String>,
-    pub started_at_ms: u64,
-    pub finished_at_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -429,7 +364,7 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 /// Starts a GET of `url`; on a 2xx answer, its body as a blocking reader (chunks arrive from a
 /// task on the current runtime, a few at a time) and its length if the server said.
 pub(crate) async fn fetch(url: &str) -> Result<(BodyReader, Option<u64>), String> {
-    let client = crate::ctl::http_client(None).map_err(|e| e.to_string())?;
+    let client = crate::client::http_client(None).map_err(|e| e.to_string())?;
     let response = client
         .get(url)
         .send()

@@ -22,9 +22,11 @@
 //! a [`tls::ApiTls`]); the API runs on the tokio runtime it is given, which is meant to live on
 //! cores the data plane does not use.
 pub mod api;
+pub mod api_types;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod client;
 pub mod ctl;
 pub mod imports;
 pub mod leases;
@@ -40,6 +42,7 @@ pub mod timestamp;
 pub mod tls;
 pub mod validation;
 
+pub use api_types::PutOutcome;
 pub use audit::{AuditEntry, AuditProblem, AuditReport};
 pub use auth::{Caller, Role};
 pub use leases::{DurableLeaseStore, GroupCommitConfig, LeaseRecord};
@@ -47,7 +50,7 @@ pub use metrics::{Counter, Gauge, Histogram, Metrics};
 pub use model::{BootProfile, FleetSnapshot, MacAddr, Machine, MachineSpec, ProfileSpec};
 pub use session_store::SessionSaver;
 pub use sessions::{BootSessions, SessionLimits};
-pub use state::{ADMIN_TOKEN_ENV, ControlError, ControlState, PutOutcome};
+pub use state::{ADMIN_TOKEN_ENV, ControlError, ControlState};
 pub use store::StoreError;
 
 /// An error and its sources, `: `-separated (what a log line or an API answer shows).

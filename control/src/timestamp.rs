@@ -4,6 +4,11 @@
 //! RFC 3339 twin next to each ([`with_rfc3339`]); `ctl` shows only the RFC 3339 form.
 use serde_json::Value;
 
+/// `body` as JSON with an RFC 3339 twin next to each millisecond time field.
+pub fn timed_value(body: &impl serde::Serialize) -> Value {
+    with_rfc3339(serde_json::to_value(body).unwrap_or(Value::Null))
+}
+
 /// `2026-12-07T18:40:00Z`: whole seconds, for times a person compares with a clock.
 pub fn rfc3339(unix_ms: u64) -> String {
     let (date, secs) = civil(unix_ms);

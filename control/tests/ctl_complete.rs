@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use stampede_control::client::ClientError;
 use stampede_control::ctl::{
     self, AuditCommand, CtlCommand, CtlError, LeasesCommand, MachinesCommand, ProfilesCommand,
     TokensCommand,
@@ -78,7 +79,7 @@ fn add_profile(name: &str) -> CtlCommand {
 
 fn status_of(err: &CtlError) -> Option<StatusCode> {
     match err {
-        CtlError::Api { status, .. } => Some(*status),
+        CtlError::Client(ClientError::Api { status, .. }) => Some(*status),
         _ => None,
     }
 }

@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stampede_control::api;
-use stampede_control::ctl::{self, CtlArgs, CtlCommand};
+use stampede_control::ctl::{CtlArgs, CtlCommand};
 use stampede_control::{ControlState, Metrics, Role, SessionLimits};
 use tokio::sync::oneshot;
 
@@ -51,7 +51,7 @@ pub async fn start_with(limits: SessionLimits) -> Server {
         url,
         admin,
         state,
-        http: ctl::http_client(None).expect("HTTP client"),
+        http: stampede_control::client::http_client(None).expect("HTTP client"),
         dir,
         stop: Some(stop),
     }

@@ -6,6 +6,8 @@
 //!   `emit`); option 52 overload and RFC 3396 long options are handled there.
 //! - [`options`]: [`DhcpOptions`] (typed 1, 3, 6, 12, 43, 50-61, 66, 67, 77, 82, 93, 94, 97, 175;
 //!   anything else kept raw in `other`), [`MessageType`], [`ClientArch`], [`PxeVendorOptions`].
+//!   The message reads its options; the options never import the message.
+//! - [`error`]: [`Error`], what the message and its options fail with.
 //! - [`boot`]: [`decide`], the pure function from a [`BootClient`] to a [`BootDecision`] (PXE ROM
 //!   → iPXE by TFTP, iPXE → script by HTTP, UEFI HTTP Boot → iPXE by HTTP).
 //! - [`lease`]: the [`LeaseStore`] trait and [`MemoryLeaseStore`].
@@ -51,6 +53,7 @@
 pub mod admission;
 pub mod boot;
 pub mod client;
+pub mod error;
 pub mod lease;
 pub mod options;
 pub mod server;

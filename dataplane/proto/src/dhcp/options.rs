@@ -6,7 +6,7 @@
 //! kept and re-emitted, never an error.
 use std::net::Ipv4Addr;
 
-use super::wire::{Error, Result};
+use super::error::{Error, Result};
 
 macro_rules! code_enum {
     ($(#[$meta:meta])* $name:ident : $repr:ty { $($(#[$vmeta:meta])* $variant:ident = $value:expr,)* }) => {

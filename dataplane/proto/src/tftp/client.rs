@@ -16,9 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::Transmit;
 use super::netascii::Decoder;
-use super::options::OptionSet;
+use super::options::{DEFAULT_BLKSIZE, OptionSet};
 use super::transfer::emit_error;
-use super::wire::{DEFAULT_BLKSIZE, ErrorCode, Mode, Options, Repr, RequestKind, WireError};
+use super::wire::{ErrorCode, Mode, Options, Repr, RequestKind, WireError};
 
 /// What the downloaded file must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -5,6 +5,8 @@
 //! [`Packet`] is a zero-copy view, [`Repr`] the parsed packet: `Repr::parse_bytes(bytes)` (never
 //! panics; the fuzzing entry point), `repr.buffer_len()`, `repr.emit(buf)`. [`OptionSet`] is the
 //! typed form of the options (blksize, tsize, timeout, windowsize); names are case-insensitive.
+//! The packet reads its options, never the other way; both fail with a [`WireError`]
+//! ([`error`]).
 //! Modes octet and netascii ([`netascii`]: LF → CR LF, CR → CR NUL on the fly).
 //!
 //! # Server
@@ -48,6 +50,7 @@
 //! hashes the file with SHA-256 as it arrives (keeps it only if asked) and verifies tsize,
 //! length and digest. Same driving methods as the transfer, outcome in [`ClientOutcome`].
 pub mod client;
+pub mod error;
 pub mod netascii;
 pub mod options;
 pub mod rtt;

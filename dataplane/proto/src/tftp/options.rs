@@ -3,7 +3,14 @@
 //!
 //! Option names and values are NUL-terminated strings after a request's mode or an OACK's opcode.
 //! Names are case-insensitive (RFC 2347); values here are decimal numbers.
-use super::wire::{MAX_BLKSIZE, MIN_BLKSIZE, WireError};
+use super::error::WireError;
+
+/// Largest block size of all (RFC 2348): 65535 - 20 (IPv4) - 8 (UDP) - 4 (TFTP).
+pub const MAX_BLKSIZE: u16 = 65464;
+/// Smallest block size a client may ask for (RFC 2348).
+pub const MIN_BLKSIZE: u16 = 8;
+/// Block size without the option (RFC 1350 §2).
+pub const DEFAULT_BLKSIZE: u16 = 512;
 
 /// Options as received: a validated run of `name\0value\0` pairs, borrowed from the datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,12 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::Transmit;
-use super::options::OptionSet;
+use super::options::{DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE, OptionSet};
 use super::transfer::{TftpTransfer, TransferLimits, TransferParams, emit_error};
-use super::wire::{
-    DEFAULT_BLKSIZE, ErrorCode, MAX_BLKSIZE, MIN_BLKSIZE, Mode, Opcode, Packet, Repr, RequestKind,
-    WireError,
-};
+use super::wire::{ErrorCode, Mode, Opcode, Packet, Repr, RequestKind, WireError};
 use crate::bootpath::{BootPath, PathRejection};
 use crate::files::{FileCatalog, OpenError};
 

@@ -12,7 +12,8 @@
 //!  ERROR    | 05    | code     | message | 0 |
 //!  OACK     | 06    | opt1 | 0 | value1 | 0 | ...
 //! ```
-use super::options::{OptionSet, RawOptions};
+pub use super::error::WireError;
+use super::options::{MAX_BLKSIZE, OptionSet, RawOptions};
 
 /// TFTP opcode (RFC 1350 §5, RFC 2347 for OACK).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,48 +142,6 @@ impl Mode {
     }
 }
 
-/// Why a datagram is not a TFTP packet. Each variant is a counted drop reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum WireError {
-    #[error("datagram shorter than its fixed header")]
-    Truncated,
-    #[error("unknown opcode")]
-    UnknownOpcode,
-    #[error("string field not NUL-terminated")]
-    Unterminated,
-    #[error("option without a value")]
-    OddOptions,
-    #[error("DATA payload longer than the largest block size")]
-    DataTooLong,
-}
-
-impl WireError {
-    pub const ALL: [Self; 5] = [
-        Self::Truncated,
-        Self::UnknownOpcode,
-        Self::Unterminated,
-        Self::OddOptions,
-        Self::DataTooLong,
-    ];
-
-    /// Stable short name, used as a metrics label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Truncated => "truncated",
-            Self::UnknownOpcode => "unknown_opcode",
-            Self::Unterminated => "unterminated",
-            Self::OddOptions => "odd_options",
-            Self::DataTooLong => "data_too_long",
-        }
-    }
-}
-
-/// Largest block size of all (RFC 2348): 65535 - 20 (IPv4) - 8 (UDP) - 4 (TFTP).
-pub const MAX_BLKSIZE: u16 = 65464;
-/// Smallest block size a client may ask for (RFC 2348).
-pub const MIN_BLKSIZE: u16 = 8;
-/// Block size without the option (RFC 1350 §2).
-pub const DEFAULT_BLKSIZE: u16 = 512;
 /// Length of the DATA/ACK/ERROR header: opcode + block number or error code.
 pub const HEADER_LEN: usize = 4;
 

@@ -15,19 +15,34 @@
 //! every [`SAVE_INTERVAL`] and at a clean stop, off the data plane's path
 //! ([`crate::ControlState::persist_sessions`]), and [`crate::ControlState::open`] loads them
 //! back, events with their original times. A crash loses at most the last interval's events.
-use std::borrow::Cow;
+//!
+//! Here the table and the event stream; one machine's session in `session`, the API form of an
+//! event ([`EventView`]) in `view`, and what a session says about a boot ([`SessionTimeline`])
+//! in `timeline`.
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use stampede_proto::dhcp::MessageType;
-use stampede_proto::events::{BootEvent, BootEventKind, BootStage, EventSink, NodeStep, RefusedBy};
+use stampede_proto::events::{BootEvent, BootEventKind, BootStage, EventSink};
 use tokio::sync::broadcast;
 
 use crate::metrics::{Counter, Metrics};
 use crate::model::MacAddr;
+
+mod session;
+mod timeline;
+mod view;
+
+pub(crate) use session::StoredSession;
+use session::{Session, between_chain_links};
+pub use timeline::{
+    SessionOutcome, SessionSummary, SessionTimeline, StageGap, StageSpan, TimelineEntry,
+};
+use view::event_from_view;
+pub use view::{EventKindView, EventView};
 
 /// How often changed sessions are written to the state file. Five seconds: a storm of a
 /// thousand machines changes every session in an interval, and one transaction of a few
@@ -99,106 +114,6 @@ impl SessionTable {
             self.ip_to_mac.remove(&ip);
         }
     }
-}
-
-#[derive(Debug)]
-struct Session {
-    ip: Option<Ipv4Addr>,
-    /// Boots seen for this machine; a DHCP Offer after TFTP or HTTP activity starts a new one,
-    /// unless that activity was only the download of the boot file ([`between_chain_links`]).
-    boot: u32,
-    first_unix_ms: u64,
-    last_unix_ms: u64,
-    /// Ordered by `at_unix_ms`; events from different workers may arrive slightly out of order.
-    events: VecDeque<Arc<BootEvent>>,
-    dropped_events: u64,
-    touched: u64,
-}
-
-impl Session {
-    fn new(first_unix_ms: u64) -> Self {
-        Self {
-            ip: None,
-            boot: 1,
-            first_unix_ms,
-            last_unix_ms: first_unix_ms,
-            events: VecDeque::new(),
-            dropped_events: 0,
-            touched: 0,
-        }
-    }
-
-    fn restart(&mut self, at_unix_ms: u64) {
-        self.boot += 1;
-        self.first_unix_ms = at_unix_ms;
-        self.last_unix_ms = at_unix_ms;
-        self.events.clear();
-        self.dropped_events = 0;
-    }
-
-    fn insert(&mut self, event: Arc<BootEvent>, max_events: usize) -> u64 {
-        self.first_unix_ms = self.first_unix_ms.min(event.at_unix_ms);
-        self.last_unix_ms = self.last_unix_ms.max(event.at_unix_ms);
-        // After any event with the same time, so equal stamps keep arrival order.
-        let at = self
-            .events
-            .partition_point(|e| e.at_unix_ms <= event.at_unix_ms);
-        self.events.insert(at, event);
-        let mut dropped = 0;
-        while self.events.len() > max_events.max(1) {
-            self.events.pop_front();
-            dropped += 1;
-        }
-        self.dropped_events += dropped;
-        dropped
-    }
-}
-
-/// Whether the machine is between two links of a boot chain rather than done with a boot: all it
-/// fetched since DHCP is the boot file its latest DHCP answer named, and that arrived whole. Its
-/// next DHCP is then the loader's own (firmware PXE → `snponly.efi` → iPXE asks again), and the
-/// boot's timeline goes on through it, so the gap between the download and the loader's DHCP
-/// (iPXE's start-up) shows. A failed download followed by DHCP is a new attempt.
-fn between_chain_links(session: &Session) -> bool {
-    let Some(boot_file) = session.events.iter().rev().find_map(|e| match &e.kind {
-        BootEventKind::DhcpReply { boot_file, .. } if !boot_file.is_empty() => {
-            Some(boot_file.as_str())
-        }
-        _ => None,
-    }) else {
-        return false;
-    };
-    // `http://host:port/path?query` is fetched as `/path?query`; a TFTP name as itself.
-    let url_target = boot_file
-        .split_once("://")
-        .and_then(|(_, rest)| rest.find('/').map(|at| &rest[at..]));
-    let is_boot_file =
-        |file: &str| file.trim_start_matches('/') == boot_file.trim_start_matches('/');
-    let mut delivered = false;
-    for e in &session.events {
-        match &e.kind {
-            BootEventKind::DhcpReply { .. } => {}
-            BootEventKind::TftpStarted { file, .. } | BootEventKind::TftpFailed { file, .. } => {
-                if !is_boot_file(file) {
-                    return false;
-                }
-            }
-            BootEventKind::TftpDone { file, .. } => {
-                if !is_boot_file(file) {
-                    return false;
-                }
-                delivered = true;
-            }
-            BootEventKind::HttpResponse { path, status, .. } => {
-                if url_target != Some(path.as_str()) {
-                    return false;
-                }
-                delivered |= *status == 200;
-            }
-            BootEventKind::NodeStep { .. } | BootEventKind::Refused { .. } => return false,
-        }
-    }
-    delivered
 }
 
 fn counter(metrics: &Metrics, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
@@ -283,7 +198,7 @@ impl BootSessions {
         sessions.sort_by_key(|(_, s)| std::cmp::Reverse(s.touched));
         sessions
             .into_iter()
-            .map(|(mac, s)| summarize(*mac, s))
+            .map(|(mac, s)| timeline::summarize(*mac, s))
             .collect()
     }
 
@@ -291,7 +206,7 @@ impl BootSessions {
     pub fn timeline(&self, mac: MacAddr) -> Option<SessionTimeline> {
         let table = self.lock();
         let session = table.by_mac.get(&mac)?;
-        Some(timeline(mac, session))
+        Some(timeline::timeline(mac, session))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionTable> {
@@ -471,19 +386,6 @@ impl BootSessions {
     }
 }
 
-/// A session as the state file keeps it: its events in their API form, which owns its strings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct StoredSession {
-    pub(crate) ip: Option<Ipv4Addr>,
-    pub(crate) boot: u32,
-    pub(crate) first_unix_ms: u64,
-    pub(crate) last_unix_ms: u64,
-    pub(crate) dropped_events: u64,
-    /// Recency among sessions, for eviction after a restart.
-    pub(crate) touched: u64,
-    pub(crate) events: Vec<EventView>,
-}
-
 /// What changed since the last save.
 #[derive(Debug, Default)]
 pub(crate) struct SessionChanges {
@@ -495,95 +397,6 @@ impl SessionChanges {
     pub(crate) fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.removed.is_empty()
     }
-}
-
-impl Session {
-    /// Everything but the events.
-    fn stored_header(&self) -> StoredSession {
-        StoredSession {
-            ip: self.ip,
-            boot: self.boot,
-            first_unix_ms: self.first_unix_ms,
-            last_unix_ms: self.last_unix_ms,
-            dropped_events: self.dropped_events,
-            touched: self.touched,
-            events: Vec::new(),
-        }
-    }
-}
-
-/// The event a stored [`EventView`] came from; `None` for a kind or name this version does not
-/// know (a file written by a newer appliance), which is skipped rather than failing the start.
-fn event_from_view(mac: MacAddr, v: &EventView) -> Option<BootEvent> {
-    let kind = match &v.kind {
-        EventKindView::DhcpReply {
-            message,
-            yiaddr,
-            boot_file,
-        } => BootEventKind::DhcpReply {
-            message: (1..=u8::MAX)
-                .map(MessageType::from)
-                .find(|m| m.as_str() == message)?,
-            yiaddr: *yiaddr,
-            boot_file: boot_file.clone(),
-        },
-        EventKindView::TftpStarted {
-            file,
-            blksize,
-            windowsize,
-        } => BootEventKind::TftpStarted {
-            file: file.clone(),
-            blksize: *blksize,
-            windowsize: *windowsize,
-        },
-        EventKindView::TftpDone {
-            file,
-            bytes,
-            retransmits,
-            duration_ms,
-        } => BootEventKind::TftpDone {
-            file: file.clone(),
-            bytes: *bytes,
-            retransmits: *retransmits,
-            duration_ms: *duration_ms,
-        },
-        EventKindView::TftpFailed {
-            file,
-            bytes,
-            reason,
-        } => BootEventKind::TftpFailed {
-            file: file.clone(),
-            bytes: *bytes,
-            reason: Cow::Owned(reason.clone()),
-        },
-        EventKindView::HttpResponse {
-            path,
-            status,
-            bytes,
-        } => BootEventKind::HttpResponse {
-            path: path.clone(),
-            status: *status,
-            bytes: *bytes,
-        },
-        EventKindView::RootManifest { detail }
-        | EventKindView::RootChunks { detail }
-        | EventKindView::RootMounted { detail }
-        | EventKindView::SwitchRoot { detail }
-        | EventKindView::RootFailed { detail } => BootEventKind::NodeStep {
-            step: NodeStep::from_name(v.kind.name())?,
-            detail: detail.clone(),
-        },
-        EventKindView::Refused { by, reason } => BootEventKind::Refused {
-            by: RefusedBy::from_name(by)?,
-            reason: Cow::Owned(reason.clone()),
-        },
-    };
-    Some(BootEvent {
-        at_unix_ms: v.at_unix_ms,
-        mac: Some(mac.0),
-        client: v.client,
-        kind,
-    })
 }
 
 impl EventSink for BootSessions {
@@ -606,424 +419,12 @@ pub struct SessionStats {
     pub evicted_events: u64,
 }
 
-/// A boot event as JSON: the common fields, then `kind` and that kind's fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventView {
-    pub at_unix_ms: u64,
-    pub mac: Option<MacAddr>,
-    pub client: SocketAddr,
-    #[serde(flatten)]
-    pub kind: EventKindView,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum EventKindView {
-    DhcpReply {
-        /// `offer`, `ack` or `nak`.
-        message: String,
-        yiaddr: Ipv4Addr,
-        boot_file: String,
-    },
-    TftpStarted {
-        file: String,
-        blksize: u16,
-        windowsize: u16,
-    },
-    TftpDone {
-        file: String,
-        bytes: u64,
-        retransmits: u32,
-        duration_ms: u64,
-    },
-    TftpFailed {
-        file: String,
-        bytes: u64,
-        reason: String,
-    },
-    HttpResponse {
-        path: String,
-        status: u16,
-        bytes: u64,
-    },
-    /// A node agent's steps (diskless roots): what it said, escaped.
-    RootManifest {
-        detail: String,
-    },
-    RootChunks {
-        detail: String,
-    },
-    RootMounted {
-        detail: String,
-    },
-    SwitchRoot {
-        detail: String,
-    },
-    RootFailed {
-        detail: String,
-    },
-    /// The machine was refused (sampled): by `dhcp` or `xdp`, with the reason code counted in
-    /// metrics.
-    Refused {
-        by: String,
-        reason: String,
-    },
-}
-
-impl EventKindView {
-    /// The same name as [`BootEventKind::name`] (the SSE `event:` field).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::DhcpReply { .. } => "dhcp_reply",
-            Self::TftpStarted { .. } => "tftp_started",
-            Self::TftpDone { .. } => "tftp_done",
-            Self::TftpFailed { .. } => "tftp_failed",
-            Self::HttpResponse { .. } => "http_response",
-            Self::RootManifest { .. } => "root_manifest",
-            Self::RootChunks { .. } => "root_chunks",
-            Self::RootMounted { .. } => "root_mounted",
-            Self::SwitchRoot { .. } => "switch_root",
-            Self::RootFailed { .. } => "root_failed",
-            Self::Refused { .. } => "refused",
-        }
-    }
-
-    /// One line for a person: what was sent or fetched and how it went.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::DhcpReply {
-                message,
-                yiaddr,
-                boot_file,
-            } => {
-                let mut s = format!("{message} {yiaddr}");
-                if !boot_file.is_empty() {
-                    s.push_str(&format!(" file={boot_file}"));
-                }
-                s
-            }
-            Self::TftpStarted {
-                file,
-                blksize,
-                windowsize,
-            } => format!("{file} blksize={blksize} windowsize={windowsize}"),
-            Self::TftpDone {
-                file,
-                bytes,
-                retransmits,
-                duration_ms,
-            } => format!("{file} {bytes} B in {duration_ms} ms, {retransmits} retransmits"),
-            Self::TftpFailed {
-                file,
-                bytes,
-                reason,
-            } => format!("{file} failed ({reason}) after {bytes} B"),
-            Self::HttpResponse {
-                path,
-                status,
-                bytes,
-            } => format!("{path} {status} {bytes} B"),
-            Self::RootManifest { detail }
-            | Self::RootChunks { detail }
-            | Self::RootMounted { detail }
-            | Self::SwitchRoot { detail }
-            | Self::RootFailed { detail } => detail.clone(),
-            Self::Refused { by, reason } => format!("by {by}: {reason}"),
-        }
-    }
-}
-
-impl From<&BootEvent> for EventView {
-    fn from(e: &BootEvent) -> Self {
-        let kind = match &e.kind {
-            BootEventKind::DhcpReply {
-                message,
-                yiaddr,
-                boot_file,
-            } => EventKindView::DhcpReply {
-                message: message.as_str().to_owned(),
-                yiaddr: *yiaddr,
-                boot_file: boot_file.clone(),
-            },
-            BootEventKind::TftpStarted {
-                file,
-                blksize,
-                windowsize,
-            } => EventKindView::TftpStarted {
-                file: file.clone(),
-                blksize: *blksize,
-                windowsize: *windowsize,
-            },
-            BootEventKind::TftpDone {
-                file,
-                bytes,
-                retransmits,
-                duration_ms,
-            } => EventKindView::TftpDone {
-                file: file.clone(),
-                bytes: *bytes,
-                retransmits: *retransmits,
-                duration_ms: *duration_ms,
-            },
-            BootEventKind::TftpFailed {
-                file,
-                bytes,
-                reason,
-            } => EventKindView::TftpFailed {
-                file: file.clone(),
-                bytes: *bytes,
-                reason: reason.to_string(),
-            },
-            BootEventKind::HttpResponse {
-                path,
-                status,
-                bytes,
-            } => EventKindView::HttpResponse {
-                path: path.clone(),
-                status: *status,
-                bytes: *bytes,
-            },
-            BootEventKind::NodeStep { step, detail } => {
-                let detail = detail.clone();
-                match step {
-                    NodeStep::RootManifest => EventKindView::RootManifest { detail },
-                    NodeStep::RootChunks => EventKindView::RootChunks { detail },
-                    NodeStep::RootMounted => EventKindView::RootMounted { detail },
-                    NodeStep::SwitchRoot => EventKindView::SwitchRoot { detail },
-                    NodeStep::RootFailed => EventKindView::RootFailed { detail },
-                }
-            }
-            BootEventKind::Refused { by, reason } => EventKindView::Refused {
-                by: by.as_str().to_owned(),
-                reason: reason.to_string(),
-            },
-        };
-        Self {
-            at_unix_ms: e.at_unix_ms,
-            mac: e.mac.map(MacAddr),
-            client: e.client,
-            kind,
-        }
-    }
-}
-
-/// How a session stands, judged from its events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionOutcome {
-    /// The newest event is a failure: a DHCP Nak, a failed TFTP transfer, an HTTP error.
-    Failed,
-    /// A TFTP transfer started and has not ended.
-    Transferring,
-    /// Nothing has gone wrong so far (the appliance cannot see the OS come up).
-    Ok,
-}
-
-/// One stage's share of a boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageSpan {
-    /// `dhcp`, `tftp` or `http`.
-    pub stage: String,
-    pub first_unix_ms: u64,
-    pub last_unix_ms: u64,
-    pub events: usize,
-    /// Bytes delivered (TFTP transfers done or failed, HTTP bodies).
-    pub bytes: u64,
-    pub failures: usize,
-    pub retransmits: u64,
-}
-
-/// Time between the end of one stage and the start of the next (0 if they overlap).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageGap {
-    pub from: String,
-    pub to: String,
-    pub gap_ms: u64,
-}
-
-/// A line of `GET /api/v1/sessions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionSummary {
-    pub mac: MacAddr,
-    /// The address the last DHCP reply handed out.
-    pub ip: Option<Ipv4Addr>,
-    /// 1 for the first boot seen, then one more each time the machine starts over with DHCP
-    /// (the DHCP of a loader the boot just downloaded, such as iPXE, is part of the same boot).
-    pub boot: u32,
-    pub first_unix_ms: u64,
-    pub last_unix_ms: u64,
-    pub duration_ms: u64,
-    pub events: usize,
-    /// Events of this boot dropped to stay within the per-session limit.
-    pub dropped_events: u64,
-    pub stages: Vec<StageSpan>,
-    pub outcome: SessionOutcome,
-    /// The newest event, described for a person.
-    pub last_event: String,
-}
-
-/// An event in a timeline, with the time since the previous one and since the boot began.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    #[serde(flatten)]
-    pub event: EventView,
-    pub since_prev_ms: u64,
-    pub since_start_ms: u64,
-}
-
-/// `GET /api/v1/sessions/{mac}`: where the seconds of a boot went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionTimeline {
-    #[serde(flatten)]
-    pub summary: SessionSummary,
-    pub gaps: Vec<StageGap>,
-    /// The longest wait between two consecutive events, and the event it preceded.
-    pub longest_wait: Option<TimelineEntry>,
-    pub timeline: Vec<TimelineEntry>,
-}
-
-fn delivered_bytes(kind: &BootEventKind) -> u64 {
-    match kind {
-        BootEventKind::TftpDone { bytes, .. }
-        | BootEventKind::TftpFailed { bytes, .. }
-        | BootEventKind::HttpResponse { bytes, .. } => *bytes,
-        BootEventKind::DhcpReply { .. }
-        | BootEventKind::TftpStarted { .. }
-        | BootEventKind::NodeStep { .. }
-        | BootEventKind::Refused { .. } => 0,
-    }
-}
-
-/// Stage spans in the order the stages began.
-fn stage_spans(session: &Session) -> Vec<StageSpan> {
-    let mut spans: Vec<(BootStage, StageSpan)> = Vec::new();
-    for e in &session.events {
-        let stage = e.kind.stage();
-        let i = match spans.iter().position(|(s, _)| *s == stage) {
-            Some(i) => i,
-            None => {
-                spans.push((
-                    stage,
-                    StageSpan {
-                        stage: stage.as_str().to_owned(),
-                        first_unix_ms: e.at_unix_ms,
-                        last_unix_ms: e.at_unix_ms,
-                        events: 0,
-                        bytes: 0,
-                        failures: 0,
-                        retransmits: 0,
-                    },
-                ));
-                spans.len() - 1
-            }
-        };
-        let span = &mut spans[i].1;
-        span.last_unix_ms = span.last_unix_ms.max(e.at_unix_ms);
-        span.events += 1;
-        span.bytes += delivered_bytes(&e.kind);
-        span.failures += usize::from(e.kind.is_failure());
-        if let BootEventKind::TftpDone { retransmits, .. } = e.kind {
-            span.retransmits += u64::from(retransmits);
-        }
-    }
-    spans.into_iter().map(|(_, s)| s).collect()
-}
-
-fn outcome(session: &Session) -> SessionOutcome {
-    let Some(last) = session.events.back() else {
-        return SessionOutcome::Ok;
-    };
-    if last.kind.is_failure() {
-        return SessionOutcome::Failed;
-    }
-    // A transfer is open if its start is newer than every end for the same file from the same
-    // client port (TFTP's transfer identifier, RFC 1350 §4).
-    let mut open: Vec<(&str, SocketAddr)> = Vec::new();
-    for e in &session.events {
-        match &e.kind {
-            BootEventKind::TftpStarted { file, .. } => open.push((file, e.client)),
-            BootEventKind::TftpDone { file, .. } | BootEventKind::TftpFailed { file, .. } => {
-                if let Some(i) = open.iter().position(|(f, c)| f == file && *c == e.client) {
-                    open.remove(i);
-                }
-            }
-            BootEventKind::DhcpReply { .. }
-            | BootEventKind::HttpResponse { .. }
-            | BootEventKind::NodeStep { .. }
-            | BootEventKind::Refused { .. } => {}
-        }
-    }
-    if open.is_empty() {
-        SessionOutcome::Ok
-    } else {
-        SessionOutcome::Transferring
-    }
-}
-
-fn summarize(mac: MacAddr, s: &Session) -> SessionSummary {
-    SessionSummary {
-        mac,
-        ip: s.ip,
-        boot: s.boot,
-        first_unix_ms: s.first_unix_ms,
-        last_unix_ms: s.last_unix_ms,
-        duration_ms: s.last_unix_ms - s.first_unix_ms,
-        events: s.events.len(),
-        dropped_events: s.dropped_events,
-        stages: stage_spans(s),
-        outcome: outcome(s),
-        last_event: s
-            .events
-            .back()
-            .map(|e| {
-                let v = EventView::from(&**e);
-                format!("{} {}", v.kind.name(), v.kind.describe())
-            })
-            .unwrap_or_default(),
-    }
-}
-
-fn timeline(mac: MacAddr, s: &Session) -> SessionTimeline {
-    let summary = summarize(mac, s);
-    let gaps = summary
-        .stages
-        .windows(2)
-        .map(|w| StageGap {
-            from: w[0].stage.clone(),
-            to: w[1].stage.clone(),
-            gap_ms: w[1].first_unix_ms.saturating_sub(w[0].last_unix_ms),
-        })
-        .collect();
-    let mut prev = s.first_unix_ms;
-    let timeline: Vec<TimelineEntry> = s
-        .events
-        .iter()
-        .map(|e| {
-            let entry = TimelineEntry {
-                event: EventView::from(&**e),
-                since_prev_ms: e.at_unix_ms - prev,
-                since_start_ms: e.at_unix_ms - s.first_unix_ms,
-            };
-            prev = e.at_unix_ms;
-            entry
-        })
-        .collect();
-    let longest_wait = timeline
-        .iter()
-        .skip(1)
-        .filter(|e| e.since_prev_ms > 0)
-        .max_by_key(|e| e.since_prev_ms)
-        .cloned();
-    SessionTimeline {
-        summary,
-        gaps,
-        longest_wait,
-        timeline,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use stampede_proto::events::NodeStep;
+
     use super::*;
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];

@@ -2,38 +2,40 @@
 //!
 //! Every route is declared once, in [`router`], with the least role it needs; the same table
 //! feeds authorization and the OpenAPI completeness test. Handlers that touch the disk run on
-//! tokio's blocking pool (a redb commit fsyncs).
+//! tokio's blocking pool (a redb commit fsyncs). What a failed request answers, and the
+//! extractors that answer the same way, are in `error`; the Server-Sent Events of
+//! `/api/v1/events` in `events`.
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use axum::{Extension, Json, Router};
-use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use stampede_proto::events::BootEvent;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
+use crate::api_types::{ImportRequest, IssuedToken, NewToken, OUTCOME_HEADER, PutOutcome, listed};
 use crate::auth::{Caller, Role};
-use crate::imports::{ImportJob, ImportRequest};
 use crate::model::{
     BootProfile, EntrySource, FleetEntry, ImageSpec, LabelSelector, MacAddr, Machine, MachineSpec,
     ProfileSpec,
 };
-use crate::sessions::{BootSessions, EventView, SessionTimeline};
-use crate::state::{ControlError, ControlState, PutOutcome};
-use crate::timestamp::with_rfc3339;
+use crate::sessions::SessionTimeline;
+use crate::state::{ControlError, ControlState};
+use crate::timestamp::timed_value;
 use crate::tls::ApiTls;
 
-/// Header that tells whether a PUT created, updated or left a resource unchanged.
-pub const OUTCOME_HEADER: &str = "stampede-outcome";
+mod error;
+mod events;
+
+pub use error::ApiError;
+use error::{Body, PathArg, QueryArg, parse_mac};
+use events::Stopping;
 
 /// Where the API listens, as written in the appliance's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,10 +152,6 @@ where
         .map_err(ServeError::Serve)
 }
 
-/// Tells long-lived responses (`/api/v1/events`) that the server is shutting down.
-#[derive(Debug, Clone)]
-struct Stopping(watch::Receiver<bool>);
-
 /// One served route: what OpenAPI must describe and who may call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
@@ -258,7 +256,7 @@ pub fn router(state: ControlState) -> (Router, Vec<RouteSpec>) {
     .add(M::GET, "/api/v1/leases", Some(Read), list_leases)
     .add(M::GET, "/api/v1/sessions", Some(Read), list_sessions)
     .add(M::GET, "/api/v1/sessions/{mac}", Some(Read), get_session)
-    .add(M::GET, "/api/v1/events", Some(Read), boot_events)
+    .add(M::GET, "/api/v1/events", Some(Read), events::boot_events)
     .add(M::GET, "/api/v1/audit", Some(Read), list_audit)
     .add(M::GET, "/api/v1/audit/verify", Some(Read), verify_audit)
     .add(M::GET, "/api/v1/backup", Some(Admin), backup)
@@ -278,150 +276,6 @@ pub fn router(state: ControlState) -> (Router, Vec<RouteSpec>) {
         ))
         .with_state(state);
     (router, routes.specs)
-}
-
-/// Errors as the API returns them: a status and `{"error": "..."}`.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("missing or unknown bearer token")]
-    Unauthenticated,
-    #[error("this needs the {need} role; the token has {have}")]
-    Forbidden { need: Role, have: Role },
-    #[error("{0}")]
-    BadRequest(String),
-    #[error(transparent)]
-    Control(#[from] ControlError),
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// A request axum's extractors refused (no JSON content type, bad JSON, a bad path or
-    /// query); their status, our error body.
-    #[error("{message}")]
-    Rejected { status: StatusCode, message: String },
-}
-
-/// axum's `Json`, `Path` and `Query` extractors with their rejections answered like every other
-/// error (`{"error": ...}` as JSON) instead of axum's plain-text bodies.
-struct Body<T>(T);
-struct PathArg<T>(T);
-struct QueryArg<T>(T);
-
-fn rejected(r: impl IntoResponse + std::fmt::Display) -> ApiError {
-    let message = r.to_string();
-    ApiError::Rejected {
-        status: r.into_response().status(),
-        message,
-    }
-}
-
-impl<S, T> axum::extract::FromRequest<S> for Body<T>
-where
-    S: Send + Sync,
-    Json<T>: axum::extract::FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| Self(v))
-            .map_err(rejected)
-    }
-}
-
-impl<S, T> axum::extract::FromRequestParts<S> for PathArg<T>
-where
-    S: Send + Sync,
-    Path<T>:
-        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::PathRejection>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(v)| Self(v))
-            .map_err(rejected)
-    }
-}
-
-impl<S, T> axum::extract::FromRequestParts<S> for QueryArg<T>
-where
-    S: Send + Sync,
-    Query<T>:
-        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::QueryRejection>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| Self(v))
-            .map_err(rejected)
-    }
-}
-
-/// Body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Control(e) => match e {
-                ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
-                ControlError::Exists { .. }
-                | ControlError::InUse { .. }
-                | ControlError::FileDefined { .. } => StatusCode::CONFLICT,
-                ControlError::UnknownProfile { .. }
-                | ControlError::UnknownRoot { .. }
-                | ControlError::Invalid(_)
-                | ControlError::Unservable(_)
-                | ControlError::WeakToken { .. }
-                | ControlError::ImageFile { .. }
-                | ControlError::ImportSource { .. }
-                | ControlError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ControlError::NoImageStore | ControlError::NoRootBuilder => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                ControlError::TooManyImports(_) => StatusCode::TOO_MANY_REQUESTS,
-                ControlError::Random(_)
-                | ControlError::Store(_)
-                | ControlError::Backup(_)
-                | ControlError::ImportThread(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Rejected { status, .. } => *status,
-        };
-        if status.is_server_error() {
-            tracing::error!(error = %self, "API request failed");
-        }
-        let mut response = (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            // RFC 6750 §3: a 401 names the scheme the client should use.
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"stampede\""),
-            );
-        }
-        response
-    }
 }
 
 #[derive(Clone)]
@@ -495,21 +349,11 @@ fn with_outcome<T: Serialize>(outcome: PutOutcome, body: T) -> Response {
     } else {
         StatusCode::OK
     };
-    let value = match outcome {
-        PutOutcome::Created => "created",
-        PutOutcome::Updated => "updated",
-        PutOutcome::Unchanged => "unchanged",
-    };
     let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()
-        .insert(OUTCOME_HEADER, HeaderValue::from_static(value));
+        .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
     response
-}
-
-fn parse_mac(s: &str) -> Result<MacAddr, ApiError> {
-    s.parse()
-        .map_err(|e: crate::model::ValidationError| ApiError::BadRequest(e.to_string()))
 }
 
 /// `/api/v1/health`.
@@ -548,23 +392,6 @@ async fn health(State(state): State<ControlState>) -> Json<Health> {
         reload_error,
         quarantined,
     })
-}
-
-/// A listed entry with `"source": "api"|"file"`, and `"quarantined": "<why>"` when the
-/// appliance leaves it out of the boot plan.
-pub(crate) fn listed<T: Serialize>(
-    item: &T,
-    why: Option<&str>,
-    source: EntrySource,
-) -> serde_json::Value {
-    let mut value = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
-    if let Some(fields) = value.as_object_mut() {
-        fields.insert("source".into(), source.as_str().into());
-        if let Some(why) = why {
-            fields.insert("quarantined".into(), why.into());
-        }
-    }
-    value
 }
 
 async fn openapi() -> Json<serde_json::Value> {
@@ -825,11 +652,6 @@ async fn delete_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `body` as JSON with an RFC 3339 twin next to each millisecond time field.
-fn timed_value(body: &impl Serialize) -> serde_json::Value {
-    with_rfc3339(serde_json::to_value(body).unwrap_or(serde_json::Value::Null))
-}
-
 /// A response of [`timed_value`].
 fn timed(body: &impl Serialize) -> Response {
     Json(timed_value(body)).into_response()
@@ -855,116 +677,6 @@ async fn get_session(
         })
     })?;
     Ok(timed(&timeline))
-}
-
-/// Query of `GET /api/v1/events`.
-#[derive(Debug, Clone, Deserialize)]
-struct EventsQuery {
-    /// Only this machine's events.
-    mac: Option<String>,
-}
-
-/// What the event stream waits on between events.
-struct EventFeed {
-    live: broadcast::Receiver<Arc<BootEvent>>,
-    /// Image import progress; `None` when the stream is one machine's.
-    imports: Option<broadcast::Receiver<Arc<ImportJob>>>,
-    sessions: Arc<BootSessions>,
-    mac: Option<MacAddr>,
-    stop: Option<watch::Receiver<bool>>,
-}
-
-impl EventFeed {
-    /// The next SSE event, or `None` when the server stops.
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            let stopped = async {
-                match &mut self.stop {
-                    Some(stop) => drop(stop.wait_for(|stopping| *stopping).await),
-                    None => std::future::pending().await,
-                }
-            };
-            let import = async {
-                match &mut self.imports {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let received = tokio::select! {
-                r = self.live.recv() => r,
-                r = import => match r {
-                    Ok(job) => {
-                        return Some(sse_json(
-                            Event::default().event("image_import"),
-                            &timed_value(&*job),
-                        ));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        return Some(sse_json(
-                            Event::default().event("lagged"),
-                            &serde_json::json!({ "missed": missed }),
-                        ));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        self.imports = None;
-                        continue;
-                    }
-                },
-                () = stopped => return None,
-            };
-            match received {
-                Ok(event) => {
-                    if self.mac.is_some_and(|m| event.mac != Some(m.0)) {
-                        continue;
-                    }
-                    let view = EventView::from(&*event);
-                    let data = serde_json::to_value(&view).map(with_rfc3339);
-                    return Some(sse_json(
-                        Event::default().event(view.kind.name()),
-                        &data.unwrap_or_default(),
-                    ));
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    // The data plane never waits for a reader; tell this one what it lost.
-                    self.sessions.note_missed(missed);
-                    return Some(sse_json(
-                        Event::default().event("lagged"),
-                        &serde_json::json!({ "missed": missed }),
-                    ));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-}
-
-fn sse_json(event: Event, data: &impl Serialize) -> Event {
-    // Serializing these plain structs cannot fail; an empty data line beats ending the stream.
-    let json = serde_json::to_string(data).unwrap_or_default();
-    event.data(json)
-}
-
-/// `GET /api/v1/events`: every boot event from now on, as Server-Sent Events.
-async fn boot_events(
-    State(state): State<ControlState>,
-    stopping: Option<Extension<Stopping>>,
-    QueryArg(q): QueryArg<EventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
-    let mac = q.mac.as_deref().map(parse_mac).transpose()?;
-    let sessions = state.sessions().clone();
-    let feed = EventFeed {
-        live: sessions.subscribe(),
-        imports: mac.is_none().then(|| state.imports().subscribe()),
-        sessions,
-        mac,
-        stop: stopping.map(|Extension(Stopping(rx))| rx),
-    };
-    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        let event = feed.next().await?;
-        Some((Ok(event), feed))
-    });
-    // Comments every 15 s keep proxies and NAT from closing an idle stream.
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// Query of `GET /api/v1/audit`.
@@ -997,25 +709,6 @@ async fn verify_audit(State(state): State<ControlState>) -> Result<Response, Api
 
 async fn list_tokens(State(state): State<ControlState>) -> Result<Response, ApiError> {
     Ok(timed(&blocking(move || state.tokens()).await?))
-}
-
-/// Body of `POST /api/v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    pub name: String,
-    pub role: Role,
-    /// Seconds until the token stops authenticating; none: it lasts until revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_in_s: Option<u64>,
-}
-
-/// Answer to `POST /api/v1/tokens`: the only time the token is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IssuedToken {
-    pub name: String,
-    pub role: Role,
-    pub token: String,
 }
 
 /// `GET /api/v1/backup`: the state file as of one read transaction, itself a redb state file
