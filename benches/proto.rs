@@ -79,6 +79,7 @@ fn dhcp_as_served(c: &mut Criterion) {
             Ipv4Addr::new(198, 18, 3, 250),
         )),
         link: Some((ip, 22)),
+        iface: Some("eth0".into()),
         ..QuickBoot::default()
     })
     .expect("quick config");
@@ -110,7 +111,7 @@ fn dhcp_as_served(c: &mut Criterion) {
             else {
                 panic!("the reply is reported")
             };
-            let boot_file = stampede_proto::text::peer_text(boot_file.as_bytes());
+            let boot_file = stampede_proto::text::peer_text(&boot_file);
             (transmit, mac, yiaddr, boot_file)
         })
     });

@@ -6,7 +6,8 @@ use anyhow::{Context as _, bail};
 use stampede_dataplane::{
     boot::BootPlan,
     config::{
-        AfXdpChoice, ApplianceConfig, DhcpMode, MacPolicy, QuickBoot, network_of, parse_range, wire,
+        AfXdpChoice, ApplianceConfig, DhcpMode, GRUB_NAME, MacPolicy, QuickBoot, SHIM_NAME,
+        network_of, parse_range, wire,
     },
     engine::{self, Engine, EngineConfig, Ports, UdpStats},
     http_server::{HttpServer, HttpServerConfig, HttpStats},
@@ -955,10 +956,11 @@ impl std::fmt::Debug for FleetValidation {
 
 impl stampede_control::validation::FleetValidator for FleetValidation {
     fn validate(&self, fleet: &stampede_control::FleetSnapshot) -> Result<(), String> {
-        self.source
+        let config = self
+            .source
             .load(Some((fleet, &self.iface)))
-            .map(drop)
-            .map_err(|err| error_chain(err.as_ref()))
+            .map_err(|err| error_chain(err.as_ref()))?;
+        secure_boot_chain_on_disk(&config)
     }
 
     fn file_fleet(&self) -> stampede_control::model::FileFleet {
@@ -973,6 +975,37 @@ impl stampede_control::validation::FleetValidator for FleetValidation {
             Source::Quick(..) => stampede_control::model::FileFleet::default(),
         }
     }
+}
+
+/// A `secure_boot` profile hands out the signed shim and GRUB by name, and a plan whose boot
+/// files cannot be opened is not applied: a control-API write that would need them while they
+/// are not on disk is refused, naming the file and the package that installs it (found when an
+/// API profile with `"secure_boot": "shim"` was stored, then every reload failed on a machine
+/// without Debian's shim-signed).
+fn secure_boot_chain_on_disk(config: &ApplianceConfig) -> Result<(), String> {
+    let Some(profile) = config.profiles.iter().find(|p| p.secure_boot.is_some()) else {
+        return Ok(());
+    };
+    for (name, package, key) in [
+        (SHIM_NAME, "shim-signed", "boot.shim"),
+        (GRUB_NAME, "grub-efi-amd64-signed", "boot.grub"),
+    ] {
+        let Some(path) = stampede_proto::bootpath::BootPath::parse(name.as_bytes())
+            .ok()
+            .and_then(|served| config.boot.files.get(&served))
+        else {
+            continue;
+        };
+        if !path.is_file() {
+            return Err(format!(
+                "profile {:?} has secure_boot = \"shim\", which serves {name} from {}: no such \
+                 file (install Debian's {package}, or set {key})",
+                profile.name,
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Pushes the configuration's drop policy (rate limits, known-only) and MAC lists (denied

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use stampede_control::{
     BootProfile, FleetSnapshot, Machine, MachineSpec, ProfileSpec,
-    model::{Arch, BootPolicy, BootTarget, FileFleet, FleetEntry},
+    model::{Arch, BootPolicy, BootTarget, FileFleet, FleetEntry, SecureBootChain},
 };
 use stampede_dataplane::config::wire;
 
@@ -59,7 +59,7 @@ pub fn merge(config: &mut wire::Config, fleet: &FleetSnapshot) {
             initrds: spec.default.initrds.clone(),
             cmdline: spec.default.cmdline.clone(),
             arch,
-            secure_boot: None,
+            secure_boot: spec.secure_boot.map(|chain| chain.as_str().to_owned()),
         });
     }
     for (mac, machine) in &fleet.machines {
@@ -126,6 +126,10 @@ pub fn file_entries(config: &wire::Config) -> FileFleet {
                 },
                 ipxe_template: None,
                 variants,
+                secure_boot: p
+                    .secure_boot
+                    .as_deref()
+                    .and_then(SecureBootChain::from_name),
             };
             let profile = BootProfile::try_from(spec).ok()?;
             Some((p.name.clone(), profile))

@@ -59,6 +59,7 @@ fn profile(name: &str, kernel: &str, initrds: &[&str], cmdline: &str) -> BootPro
         },
         ipxe_template: None,
         variants: Default::default(),
+        secure_boot: None,
     })
     .expect("the model alone accepts it, as earlier versions did")
 }
@@ -180,6 +181,65 @@ fn writes_the_appliance_cannot_serve_are_refused_and_stored_ones_quarantined() {
         good["kernel"], "vmlinuz",
         "the stored profile is unchanged: {good}"
     );
+
+    // Secure Boot is a profile setting through the API as in the file (issue 20). "shim" needs
+    // Debian's signed shim and GRUB on the appliance: with them the profile is stored and the
+    // shim served by name; without them the request is refused, naming the package (a stored
+    // profile whose files the reload cannot open would stop every later change).
+    let chain_installed = [
+        "/usr/lib/shim/shimx64.efi.signed",
+        "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+    ]
+    .iter()
+    .all(|f| std::path::Path::new(f).is_file());
+    let (status, answer) = api(
+        &lab.server,
+        "POST",
+        "/api/v1/profiles",
+        Some(r#"{"name":"sb","kernel":"vmlinuz","initrds":["initrd.img"],"secure_boot":"shim"}"#),
+    );
+    if chain_installed {
+        assert_eq!(status, 201, "{answer}");
+        let (_, sb) = api(&lab.server, "GET", "/api/v1/profiles/sb", None);
+        assert_eq!(sb["secure_boot"], "shim", "{sb}");
+        let shim = format!("tftp://{}/shimx64.efi", lab.server_ip());
+        let served = stampede_lab::wait_for(Duration::from_secs(5), || {
+            let out = lab
+                .server
+                .run(
+                    "curl",
+                    &["-s", "-o", "/dev/null", "--max-time", "2", &shim],
+                    Duration::from_secs(5),
+                )
+                .ok()?;
+            out.status.success().then_some(())
+        });
+        assert!(
+            served.is_some(),
+            "the API's secure_boot profile reached the appliance: {shim}"
+        );
+    } else {
+        assert_eq!(status, 422, "{answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("shim-signed") && error.contains("\"sb\""),
+            "the refusal names the profile and the package: {error}"
+        );
+        let (status, _) = api(&lab.server, "GET", "/api/v1/profiles/sb", None);
+        assert_eq!(status, 404, "nothing stored");
+    }
+    let (status, answer) = api(
+        &lab.server,
+        "POST",
+        "/api/v1/profiles",
+        Some(r#"{"name":"sb2","kernel":"vmlinuz","secure_boot":"tpm"}"#),
+    );
+    assert!(
+        (400..500).contains(&status) && answer.to_string().contains("tpm"),
+        "an unknown chain is refused, named: {status} {answer}"
+    );
+    let (status, _) = api(&lab.server, "GET", "/api/v1/profiles/sb2", None);
+    assert_eq!(status, 404, "nothing stored");
 
     // ctl's help shows --label key=value; that form is served.
     let help = ctl_out(&lab.server, &["machines", "add", "--help"]);

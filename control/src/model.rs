@@ -277,6 +277,35 @@ pub struct ProfileSpec {
     /// Per-architecture overrides of the default boot target.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variants: BTreeMap<Arch, BootTarget>,
+    /// The signed chain x86-64 UEFI PXE machines of this profile boot when their firmware
+    /// enforces Secure Boot (firmware does not say so in DHCP, so the profile decides), as the
+    /// configuration file's `secure_boot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<SecureBootChain>,
+}
+
+/// A Secure Boot chain a profile can hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureBootChain {
+    /// The distribution's Microsoft-signed shim, its signed GRUB netboot image and the
+    /// profile's signed kernel.
+    Shim,
+}
+
+impl SecureBootChain {
+    pub const ALL: [Self; 1] = [Self::Shim];
+
+    /// The name the API and the configuration file use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Shim => "shim",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
 }
 
 /// A validated boot profile.
@@ -759,6 +788,7 @@ mod tests {
             root: None,
             default: target("vmlinuz"),
             ipxe_template: None,
+            secure_boot: None,
             variants: [(Arch::EfiArm64, target("Image"))].into(),
         })
         .expect("valid profile");
@@ -775,6 +805,7 @@ mod tests {
                 cmdline: "quiet\nshell".into(),
             },
             ipxe_template: None,
+            secure_boot: None,
             variants: BTreeMap::new(),
         };
         assert!(
@@ -794,6 +825,7 @@ mod tests {
                 cmdline: "console=ttyS0".into(),
             },
             ipxe_template: None,
+            secure_boot: None,
             variants: BTreeMap::new(),
         };
         let p = BootProfile::try_from(spec(Some("debian:12"), "", vec![])).expect("root only");
@@ -857,5 +889,28 @@ mod tests {
                 "{bad:?} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn secure_boot_is_shim_or_refused_by_name() {
+        let spec: ProfileSpec =
+            serde_json::from_str(r#"{"name":"p","kernel":"k","secure_boot":"shim"}"#)
+                .expect("shim");
+        assert_eq!(spec.secure_boot, Some(SecureBootChain::Shim));
+        let err =
+            serde_json::from_str::<ProfileSpec>(r#"{"name":"p","kernel":"k","secure_boot":"tpm"}"#)
+                .expect_err("tpm is no chain");
+        assert!(err.to_string().contains("tpm"), "{err}");
+        let back = serde_json::to_value(&spec).expect("JSON");
+        assert_eq!(back["secure_boot"], "shim");
+        let plain: ProfileSpec =
+            serde_json::from_str(r#"{"name":"p","kernel":"k"}"#).expect("none");
+        assert!(
+            serde_json::to_value(&plain)
+                .expect("JSON")
+                .get("secure_boot")
+                .is_none(),
+            "absent stays absent"
+        );
     }
 }

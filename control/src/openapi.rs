@@ -299,6 +299,8 @@ fn schemas() -> Value {
                 "initrds": { "type": "array", "items": { "type": "string" } },
                 "cmdline": { "type": "string" },
                 "ipxe_template": { "type": "string" },
+                "secure_boot": { "type": "string", "enum": ["shim"],
+                                 "description": "x86-64 UEFI PXE machines boot the distribution's signed chain (shim, GRUB, a signed kernel)" },
                 "variants": { "type": "object", "description": "Keyed by Arch",
                               "additionalProperties": schema_ref("BootTarget") },
                 "quarantined": { "type": "string", "readOnly": true,

@@ -25,6 +25,7 @@ fn state_with_history() -> (tempfile::TempDir, ControlState) {
         },
         ipxe_template: None,
         variants: Default::default(),
+        secure_boot: None,
     })
     .expect("valid profile");
     state.put_profile(&actor, profile, true).expect("profile");

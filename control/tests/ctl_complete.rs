@@ -74,6 +74,7 @@ fn add_profile(name: &str) -> CtlCommand {
         initrds: vec!["initrd.img".into()],
         cmdline: String::new(),
         ipxe_template: None,
+        secure_boot: None,
     })
 }
 
@@ -150,6 +151,52 @@ async fn ctl_gets_and_deletes_single_machines_and_profiles() {
     assert!(s.state.profiles().is_empty(), "stored state changed");
     let err = ctl(&s, &op, false, get()).await.expect_err("gone");
     assert_eq!(status_of(&err), Some(StatusCode::NOT_FOUND), "{err}");
+}
+
+#[tokio::test]
+async fn ctl_adds_a_secure_boot_profile() {
+    let s = start().await;
+    let op = s.token("operator", Role::Operator).await;
+    let CtlCommand::Profiles(ProfilesCommand::Add {
+        name,
+        root,
+        kernel,
+        initrds,
+        cmdline,
+        ipxe_template,
+        ..
+    }) = add_profile("signed")
+    else {
+        unreachable!("add_profile adds a profile")
+    };
+    let add = CtlCommand::Profiles(ProfilesCommand::Add {
+        name,
+        root,
+        kernel,
+        initrds,
+        cmdline,
+        ipxe_template,
+        secure_boot: Some("shim".into()),
+    });
+    ctl_ok(&s, &op, false, add).await;
+    let profile: Value = serde_json::from_str(
+        &ctl_ok(
+            &s,
+            &op,
+            true,
+            CtlCommand::Profiles(ProfilesCommand::Get {
+                name: "signed".into(),
+            }),
+        )
+        .await,
+    )
+    .expect("JSON");
+    assert_eq!(profile["secure_boot"], "shim", "{profile}");
+    let stored = s.state.profiles();
+    assert_eq!(
+        stored[0].spec().secure_boot,
+        Some(stampede_control::model::SecureBootChain::Shim)
+    );
 }
 
 #[tokio::test]
@@ -560,6 +607,7 @@ impl stampede_control::validation::FleetValidator for ConfigFile {
             },
             ipxe_template: None,
             variants: Default::default(),
+            secure_boot: None,
         })
         .expect("profile");
         let node = stampede_control::Machine::try_from(stampede_control::MachineSpec {

@@ -226,6 +226,10 @@ pub enum ProfilesCommand {
         /// File holding an iPXE script template.
         #[arg(long)]
         ipxe_template: Option<PathBuf>,
+        /// x86-64 UEFI machines with Secure Boot get the distribution's signed chain (shim,
+        /// GRUB, the profile's signed kernel) instead of iPXE.
+        #[arg(long, value_name = "CHAIN", value_parser = ["shim"])]
+        secure_boot: Option<String>,
     },
 }
 

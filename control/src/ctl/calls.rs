@@ -19,7 +19,9 @@ use super::print::{
 };
 use crate::api_types::{ImportJob, ImportRequest, ImportState, NewToken, PutOutcome};
 use crate::client::{Client, ClientError};
-use crate::model::{BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec};
+use crate::model::{
+    BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, SecureBootChain,
+};
 use crate::sessions::EventView;
 
 /// `--token` or STAMPEDE_TOKEN (clap reads both into `flag`), else the server's
@@ -186,6 +188,7 @@ pub(super) async fn run_with(
             initrds,
             cmdline,
             ipxe_template,
+            secure_boot,
         }) => {
             let ipxe_template = match ipxe_template {
                 Some(path) => Some(
@@ -204,6 +207,7 @@ pub(super) async fn run_with(
                 },
                 ipxe_template,
                 variants: BTreeMap::new(),
+                secure_boot: secure_boot.as_deref().and_then(SecureBootChain::from_name),
             };
             BootProfile::try_from(spec.clone())?;
             let outcome = client.put_profile(&spec).await?;

@@ -420,6 +420,7 @@ mod tests {
                 },
                 ipxe_template: None,
                 variants: Default::default(),
+                secure_boot: None,
             })
             .expect("valid profile")
         };

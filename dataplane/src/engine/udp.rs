@@ -589,7 +589,6 @@ impl WorkerState {
             } else {
                 dhcp_socket
             };
-            let Some(socket) = socket else { continue };
             // The reply the server just wrote, as it reports it (no parse of the bytes).
             while let Some(event) = server.poll_event() {
                 if let dhcp::ServerEvent::Replied {
@@ -599,17 +598,18 @@ impl WorkerState {
                     boot_file,
                 } = event
                 {
-                    let reply = DhcpReply {
+                    let report = DhcpReply {
                         message,
                         mac,
                         yiaddr,
                         boot_file: &boot_file,
                         destination,
                     };
-                    let line = self.reply_lines.spend(now);
-                    reply.report(&self.events, line);
+                    let at_info = self.reply_lines.spend(now);
+                    report.report(&self.events, at_info);
                 }
             }
+            let Some(socket) = socket else { continue };
             self.stats.dhcp_replies += 1;
             self.deferred.push((
                 socket,
@@ -1118,7 +1118,7 @@ struct DhcpReply<'a> {
     message: dhcp::MessageType,
     mac: Option<[u8; 6]>,
     yiaddr: Ipv4Addr,
-    boot_file: &'a str,
+    boot_file: &'a [u8],
     destination: Ipv4Addr,
 }
 
@@ -1126,7 +1126,7 @@ impl DhcpReply<'_> {
     /// Files the boot event, and logs the reply: at INFO when `at_info` (the second's budget
     /// allows it), else at DEBUG. Nothing is formatted for a level that is off.
     fn report(&self, events: &Events, at_info: bool) {
-        let boot_file = stampede_proto::text::peer_text(self.boot_file.as_bytes());
+        let boot_file = stampede_proto::text::peer_text(self.boot_file);
         let info = at_info && tracing::enabled!(target: "stampede::boot", tracing::Level::INFO);
         if info || tracing::enabled!(target: "stampede::boot", tracing::Level::DEBUG) {
             let mac = self.mac.map(|m| stampede_proto::ipxe::format_mac(&m));

@@ -312,9 +312,8 @@ pub enum ServerEvent {
         /// The client's hardware address, when it is Ethernet.
         mac: Option<[u8; 6]>,
         yiaddr: Ipv4Addr,
-        /// Option 67, else the `file` field; empty when the reply names none. As the client
-        /// sent nothing of it, it needs no escaping beyond what the operator configured.
-        boot_file: Box<str>,
+        /// Option 67, else the `file` field, as sent; empty when the reply names none.
+        boot_file: Vec<u8>,
     },
     /// A request that parsed got no reply.
     Dropped {
@@ -482,14 +481,12 @@ impl DhcpServer {
             match q.reply.emit_bytes(buf) {
                 Ok(len) => {
                     self.stats.transmitted += 1;
-                    let reply = &q.reply;
-                    let boot_file = reply
-                        .options
-                        .bootfile
-                        .as_deref()
-                        .or((!reply.file.is_empty()).then_some(reply.file.as_slice()))
-                        .map(|f| String::from_utf8_lossy(f).into())
-                        .unwrap_or_default();
+                    // The reply is spent: its boot file moves into the event, no copy.
+                    let mut reply = q.reply;
+                    let boot_file = match reply.options.bootfile.take() {
+                        Some(file) => file,
+                        None => std::mem::take(&mut reply.file),
+                    };
                     self.note(ServerEvent::Replied {
                         message: reply.options.message_type.unwrap_or(MessageType::Ack),
                         mac: reply.mac(),
