@@ -16,6 +16,8 @@
 //! - Two more aria2c peers at once, given the same torrent without its web seed (same `info`,
 //!   so the same swarm): the tracker is their only source of peers (the torrent is private: no
 //!   DHT, no peer exchange, no local discovery), so every byte they end with came from peers.
+//! - libtorrent takes the hybrid as served (tracker + web seed) and gets the image byte-exact,
+//!   every piece checked against the torrent's hashes.
 //! - The tracker refuses an info hash that is none of its roots, with a bencoded
 //!   `failure reason`, and gives no peers to a host on the link that holds no lease from the
 //!   appliance (authoritative DHCP: the peers are machines that got their address from it).
@@ -59,6 +61,31 @@ own = ct.generate()
 root = own[b"info"][b"file tree"][os.path.basename(data).encode()][b""][b"pieces root"]
 print("own_root", root.hex())
 print("own_layer", own.get(b"piece layers", {}).get(root, b"").hex())
+"#;
+
+/// libtorrent downloading a torrent into a directory, listening on the peer's address only: it
+/// prints its alerts and `seeding` once it
+/// has every piece verified, or exits non-zero after 90 s.
+const LIBTORRENT_DOWNLOAD: &str = r#"
+import sys, time, libtorrent as lt
+torrent, save, address = sys.argv[1], sys.argv[2], sys.argv[3]
+cat = lt.alert.category_t
+ses = lt.session({
+    "listen_interfaces": address + ":6891",
+    "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+    "alert_mask": cat.error_notification | cat.status_notification | cat.tracker_notification,
+})
+h = ses.add_torrent({"ti": lt.torrent_info(torrent), "save_path": save})
+deadline = time.time() + 90
+while time.time() < deadline:
+    for a in ses.pop_alerts():
+        print(a.what(), a.message(), flush=True)
+    s = h.status()
+    if s.is_seeding:
+        print("seeding", s.total_payload_download, flush=True)
+        sys.exit(0)
+    time.sleep(0.2)
+sys.exit("timed out: %s" % h.status().state)
 "#;
 
 /// What `stampede boot --root` printed about its root: its id.
@@ -414,6 +441,42 @@ fn aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other() {
     for (process, d) in &mut others {
         wait_complete(process, &d.join(&name), d, &image_bytes);
     }
+    // A v2 client takes the hybrid as served: libtorrent announces it (v1 and v2 hashes, both
+    // tracked: a reply, no tracker error) and fetches it from the web seed, every piece checked
+    // against its hashes.
+    let v2_dir = work.join("libtorrent");
+    fs::create_dir_all(&v2_dir).unwrap();
+    let v2_script = work.join("download.py");
+    fs::write(&v2_script, LIBTORRENT_DOWNLOAD).unwrap();
+    let v2 = peers[2]
+        .0
+        .run(
+            PYTHON,
+            &[
+                v2_script.to_str().unwrap(),
+                torrent_path.to_str().unwrap(),
+                v2_dir.to_str().unwrap(),
+                &peer_ips[2],
+            ],
+            DOWNLOAD_TIMEOUT,
+        )
+        .expect("python3");
+    assert!(
+        v2.status.success()
+            && v2.stdout.contains("seeding")
+            && v2.stdout.contains("v1 received peers")
+            && v2.stdout.contains("v2 received peers")
+            && !v2.stdout.contains("tracker_error"),
+        "libtorrent with the hybrid:\n{}{}",
+        v2.stdout,
+        v2.stderr
+    );
+    assert!(
+        fs::read(v2_dir.join(&name)).is_ok_and(|got| got == image_bytes),
+        "libtorrent's image differs from roots/{id}/image:\n{}",
+        v2.stdout
+    );
+
     // The seed's own log names the peers it uploaded to.
     let seed_log = aria2_log(&first_dir);
     for peer_ip in &peer_ips[1..] {
