@@ -725,6 +725,10 @@ fn run(
         stampede_control::GroupCommitConfig::default(),
     )
     .context("opening the lease store")?;
+    // The swarm's tracker gives peers only to holders of a bound lease (issue 17); the store
+    // belongs to the DHCP worker, so the tracker reads a view the store keeps in step.
+    let bound_leases = stampede_dataplane::swarm::BoundLeases::of(leases.leases());
+    let leases = stampede_dataplane::swarm::LeaseMirror::new(leases, bound_leases.clone());
     let engine_config = EngineConfig {
         iface: Some(iface.clone()),
         workers,
@@ -741,6 +745,20 @@ fn run(
     .context("starting the engine")?;
     let http_listen = std::net::SocketAddr::new(plan.server_ip().into(), config.server.http_port);
     let current = engine.current_plan();
+    // Each root's swarm (issue 17): its torrent and the tracker, answered by the HTTP workers
+    // before the boot plan's scripts.
+    // With authoritative DHCP only machines holding a lease from this appliance get peers; in
+    // proxy mode the appliance hands out no leases, and every client is admitted.
+    let mut swarm = stampede_dataplane::swarm::SwarmRoute::new(
+        Some(Arc::new(current.clone())),
+        config.boot.roots_dir.clone(),
+        format!("http://{http_listen}"),
+        stampede_proto::tracker::TrackerConfig::default(),
+    );
+    if matches!(config.dhcp.mode, DhcpMode::Authoritative) {
+        swarm = swarm.with_admission(bound_leases.admission());
+    }
+    let swarm = Arc::new(swarm);
     let http = HttpServer::bind(
         http_listen,
         HttpServerConfig {
@@ -751,7 +769,7 @@ fn run(
             ..HttpServerConfig::default()
         },
         Arc::new(current.clone()),
-        Some(Arc::new(current)),
+        Some(swarm),
     )
     .with_context(|| format!("starting the HTTP server on {http_listen}"))?;
     let _router_advertisements = if config.server.router_advertisements {

@@ -539,6 +539,7 @@ mod tests {
                 chunks: vec![],
                 init: "/sbin/init".into(),
                 kernel_release: None,
+                swarm: None,
             },
             initrd_bytes: 0,
         };

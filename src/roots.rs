@@ -14,6 +14,11 @@
 //!                                     agents fetch runs of chunks from it with one Range
 //!                                     request each (each chunk still checked against the
 //!                                     manifest), falling back to /chunks/<sha256>
+//! <cache>/serve/roots/<id>/torrent    the root's hybrid v1/v2 torrent without its endpoints;
+//!                                     served with the tracker and the web seed added at
+//!                                     /roots/<id>/image.torrent, and without its v2 keys for
+//!                                     v1-only clients at /roots/<id>/image.v1.torrent (see
+//!                                     `stampede_dataplane::swarm`)
 //! <cache>/serve/chunks/<sha256>       chunks of every root, shared, served at /chunks/<sha256>
 //! <cache>/tmp/                        flattening spool and images being written
 //! ```
@@ -31,6 +36,11 @@ use stampede_rootfs::manifest::{
     CHUNK_SIZE, Chunk, ManifestSigningKey, RootFormat, RootManifest, Sha256Digest, SignedManifest,
     VERSION,
 };
+use stampede_rootfs::torrent;
+
+/// The root's torrent as built, without `announce` and `url-list` (the HTTP workers add the
+/// appliance's address when they serve it): `roots/<id>/torrent`.
+pub const TORRENT_FILE: &str = stampede_dataplane::swarm::STORED_TORRENT;
 
 /// The node agent (`node/`), built for x86_64-unknown-linux-musl by build.rs.
 pub const NODE_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stampede-node"));
@@ -411,7 +421,8 @@ pub fn build(
         .with_context(|| format!("writing the root file system of {source}"))?;
     drop(tree);
     drop(spool);
-    let chunks = cut_chunks(image_file.as_file_mut(), &cache.serve().join("chunks"))?;
+    let (chunks, pieces) = cut_chunks(image_file.as_file_mut(), &cache.serve().join("chunks"))?;
+    let (torrent, swarm) = torrent::torrent(&torrent::file_name(&image_digest), &pieces);
     let manifest = RootManifest {
         version: VERSION,
         name: name.clone(),
@@ -422,6 +433,7 @@ pub fn build(
         chunks,
         init,
         kernel_release: Some(release.clone()),
+        swarm: Some(swarm),
     };
     manifest
         .check_layout()
@@ -441,6 +453,7 @@ pub fn build(
         &staging.join("manifest"),
         &SignedManifest::sign(&manifest, key).to_bytes(),
     )?;
+    write_file(&staging.join(TORRENT_FILE), &torrent.to_bytes())?;
     image_file.as_file().sync_all()?;
     image_file
         .persist(staging.join("image"))
@@ -501,9 +514,10 @@ fn reuse(
             .all(|k| c.join(k.sha256.to_hex()).is_file())
     });
     // Roots built before the whole image was kept are built again (the image is what node
-    // agents fetch runs of chunks from).
+    // agents fetch runs of chunks from), and so are roots built before they had a torrent.
     let image_whole = fs::metadata(dir.join("image")).is_ok_and(|m| m.len() == manifest.size);
-    if !all_chunks || !image_whole || manifest.check_layout().is_err() {
+    let has_torrent = manifest.swarm.is_some() && dir.join(TORRENT_FILE).is_file();
+    if !all_chunks || !image_whole || !has_torrent || manifest.check_layout().is_err() {
         return Ok(None);
     }
     write_file(
@@ -586,11 +600,16 @@ pub fn bzimage_release(kernel: &[u8]) -> Option<String> {
     (!release.is_empty()).then(|| release.to_owned())
 }
 
-/// Reads the image file in [`CHUNK_SIZE`] steps, storing each chunk once under its digest.
-fn cut_chunks(image: &mut fs::File, chunk_dir: &Path) -> anyhow::Result<Vec<Chunk>> {
+/// Reads the image file in [`CHUNK_SIZE`] steps, storing each chunk once under its digest;
+/// each chunk is a piece of the root's torrent, hashed for it on the way.
+fn cut_chunks(
+    image: &mut fs::File,
+    chunk_dir: &Path,
+) -> anyhow::Result<(Vec<Chunk>, torrent::PieceHashes)> {
     use std::io::Seek as _;
     image.seek(io::SeekFrom::Start(0))?;
     let mut chunks = Vec::new();
+    let mut pieces = torrent::PieceHashes::new(CHUNK_SIZE);
     let mut buf = vec![0u8; CHUNK_SIZE as usize];
     loop {
         let mut filled = 0;
@@ -613,11 +632,12 @@ fn cut_chunks(image: &mut fs::File, chunk_dir: &Path) -> anyhow::Result<Vec<Chun
             sha256,
             size: filled as u64,
         });
+        pieces.push(bytes);
         if filled < buf.len() {
             break;
         }
     }
-    Ok(chunks)
+    Ok((chunks, pieces))
 }
 
 /// Writes a file whole (temporary name, fsync, rename): a reader never sees half of it.

@@ -195,12 +195,13 @@ impl HttpStats {
     }
 }
 
-/// A [`Route`] shared by every connection of every worker.
-struct SharedRoute(Arc<dyn Route + Send + Sync>);
+/// A [`Route`] shared by every connection of every worker, asked on behalf of one
+/// connection's client ([`Route::route_from`]).
+struct SharedRoute(Arc<dyn Route + Send + Sync>, SocketAddr);
 
 impl Route for SharedRoute {
     fn route(&self, path: &BootPath, query: Option<&str>) -> Option<Result<BootFile, OpenError>> {
-        self.0.route(path, query)
+        self.0.route_from(self.1, path, query)
     }
 }
 
@@ -537,7 +538,7 @@ impl WorkerState {
                 self.stats.accepted += 1;
                 let mut http = HttpConnection::new(now, self.catalog.clone(), self.config.http);
                 if let Some(route) = &self.route {
-                    http = http.with_route(SharedRoute(route.clone()));
+                    http = http.with_route(SharedRoute(route.clone(), peer));
                 }
                 self.sessions.insert(
                     conn,

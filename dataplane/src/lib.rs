@@ -6,6 +6,8 @@
 //! - [`boot`]: the boot plan: the protocol cores configured from the appliance config.
 //! - [`http_server`]: the HTTP boot server, the sans-IO HTTP core over io_uring, one ring per
 //!   worker thread.
+//! - [`swarm`]: each root's BitTorrent swarm as the HTTP workers see it: the tracker and the
+//!   roots' torrents.
 //! - [`store`]: boot files from a served directory and a content-addressed store, read once and
 //!   shared by every transfer.
 //! - [`sys`]: the only place with `unsafe`: io_uring rings and their buffers, AF_XDP sockets and
@@ -17,6 +19,7 @@ pub mod config;
 pub mod engine;
 pub mod http_server;
 pub mod store;
+pub mod swarm;
 // The syscall layer: io_uring submission and the memory the kernel writes into cannot be expressed
 // in safe Rust. Every unsafe block inside carries a `// SAFETY:` comment
 // (`clippy::undocumented_unsafe_blocks`); everything outside `sys` stays unsafe-free (the crate

@@ -6,6 +6,9 @@
 //!   SHA-256 before it uses it. This module is all the node agent takes from the crate.
 pub mod manifest;
 
+/// A root image as a hybrid BitTorrent v1/v2 torrent whose pieces are the manifest's chunks.
+pub mod torrent;
+
 /// The node initramfs: the node agent, the manifest key and the modules a root needs.
 #[cfg(feature = "build")]
 pub mod initramfs;

@@ -145,6 +145,11 @@ pub struct RootManifest {
     /// The kernel release whose modules the image holds (`6.1.0-28-amd64`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_release: Option<String>,
+    /// The root's torrent (its pieces are the chunks): info hashes and v2 `pieces root`, so
+    /// that a node trusts a torrent or a piece layer because this signed manifest names them.
+    /// Absent in manifests written before roots had torrents; those still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<crate::torrent::SwarmInfo>,
 }
 
 impl RootManifest {
@@ -157,6 +162,10 @@ impl RootManifest {
         init: &str,
         kernel_release: Option<String>,
     ) -> Self {
+        let (_, swarm) = crate::torrent::torrent(
+            &crate::torrent::file_name(image_digest),
+            &crate::torrent::PieceHashes::of_image(image, CHUNK_SIZE),
+        );
         let chunks = image
             .chunks(CHUNK_SIZE as usize)
             .map(|bytes| Chunk {
@@ -174,6 +183,7 @@ impl RootManifest {
             chunks,
             init: init.to_owned(),
             kernel_release,
+            swarm: (!image.is_empty()).then_some(swarm),
         }
     }
 
@@ -215,6 +225,9 @@ impl RootManifest {
                 "chunks add up to {total} bytes, the image is {}",
                 self.size
             )));
+        }
+        if let Some(swarm) = &self.swarm {
+            swarm.check()?;
         }
         if !self.init.starts_with('/') {
             return Err(ManifestError::Layout(format!(
@@ -397,6 +410,16 @@ mod tests {
             signed.verify(&key(1).verifying_key()),
             Err(ManifestError::Layout(_))
         ));
+    }
+
+    #[test]
+    fn a_manifest_from_before_torrents_still_verifies() {
+        let mut m = manifest(3000);
+        assert!(m.swarm.is_some(), "new manifests name their torrent");
+        m.swarm = None;
+        let signed = SignedManifest::sign(&m, &key(1));
+        assert!(!signed.manifest.contains("swarm"), "{}", signed.manifest);
+        assert_eq!(signed.verify(&key(1).verifying_key()), Ok(m));
     }
 
     #[test]

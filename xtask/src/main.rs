@@ -171,6 +171,8 @@ const FUZZ_BUDGETS: &[(&str, u64)] = &[
     ("http_request", 900),
     ("tftp_packet", 600),
     ("udp4_frame", 600),
+    ("tracker_announce", 600),
+    ("bencode", 300),
 ];
 
 /// The long-run budget of a target not (yet) in [`FUZZ_BUDGETS`].

@@ -129,6 +129,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "debootstrap",
         "a real Debian root (minbase) for the demo and the root benchmark",
     ),
+    (
+        "aria2",
+        "aria2c, a real BitTorrent client (v1) fetching roots from the appliance's swarm",
+    ),
+    (
+        "python3-libtorrent",
+        "libtorrent (a BitTorrent v2 implementation) checks the roots' v2 hashes and piece layers",
+    ),
 ];
 
 /// schemathesis checks the OpenAPI document against the real server's answers

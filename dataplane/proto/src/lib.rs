@@ -6,6 +6,7 @@
 //! serve real machines in the appliance and drive simulated machines in the benchmark harness.
 #![forbid(unsafe_code)]
 
+pub mod bencode;
 pub mod bootpath;
 pub mod dhcp;
 pub mod events;
@@ -16,3 +17,4 @@ pub mod ipxe;
 pub mod ndp;
 pub mod text;
 pub mod tftp;
+pub mod tracker;

@@ -57,6 +57,7 @@ pub fn content_type_for(path: &str) -> &'static str {
         "json" => "application/json",
         "iso" => "application/x-iso9660-image",
         "html" | "htm" => "text/html; charset=utf-8",
+        "torrent" => "application/x-bittorrent",
         _ => "application/octet-stream",
     }
 }

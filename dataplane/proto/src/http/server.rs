@@ -43,6 +43,19 @@ impl Default for ServerConfig {
 /// to render `boot.ipxe?mac=..` per machine.
 pub trait Route {
     fn route(&self, path: &BootPath, query: Option<&str>) -> Option<Result<BootFile, OpenError>>;
+
+    /// [`Route::route`] for a request from `client`, for routes that answer by who asks (the
+    /// swarm tracker lists a peer at the address its announce came from). An engine that knows
+    /// the client calls this; the default ignores the address.
+    fn route_from(
+        &self,
+        client: std::net::SocketAddr,
+        path: &BootPath,
+        query: Option<&str>,
+    ) -> Option<Result<BootFile, OpenError>> {
+        let _ = client;
+        self.route(path, query)
+    }
 }
 
 impl<F> Route for F

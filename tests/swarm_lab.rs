@@ -1,0 +1,490 @@
+//! A root's swarm with real BitTorrent clients (issue 17, the appliance's side): `stampede boot
+//! --root` builds the small image's root and its hybrid torrent; Debian's aria2c downloads it
+//! from the appliance's tracker and web seed, then other aria2c peers download it from that one.
+//!
+//! Each peer is a namespace of its own on one switch with the appliance (a machine of the
+//! rack). What is proved:
+//! - The served hybrid torrent is the signed manifest's: its v1 and v2 info hashes and `pieces
+//!   root` are the ones the manifest signs; libtorrent 2.0 (python3-libtorrent, a v2
+//!   implementation) reads the same hashes from it, and hashing the downloaded bytes itself gets
+//!   the same `pieces root` and piece layer.
+//! - Debian 12's v1 clients cannot take the hybrid (transmission 3.00 refuses it, aria2c 1.36
+//!   computes a wrong info hash: see `stampede_rootfs::torrent::v1_only`), so the appliance also
+//!   serves the torrent without its v2 keys (`image.v1.torrent`, hash signed in the manifest too);
+//!   aria2c --show-files computes that hash, and aria2c with that torrent as served (tracker + web
+//!   seed) gets the image byte-exact.
+//! - Two more aria2c peers at once, given the same torrent without its web seed (same `info`,
+//!   so the same swarm): the tracker is their only source of peers (the torrent is private: no
+//!   DHT, no peer exchange, no local discovery), so every byte they end with came from peers.
+//! - libtorrent takes the hybrid as served (tracker + web seed) and gets the image byte-exact,
+//!   every piece checked against the torrent's hashes.
+//! - The tracker refuses an info hash that is none of its roots, with a bencoded
+//!   `failure reason`, and gives no peers to a host on the link that holds no lease from the
+//!   appliance (authoritative DHCP: the peers are machines that got their address from it).
+mod support;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use stampede_lab::{Lan, Netns, Process, require, root_image, wait_for};
+use stampede_proto::bencode::Value;
+use stampede_rootfs::manifest::SignedManifest;
+use support::appliance::{STAMPEDE, bound, udhcpc_script};
+
+/// The root is built before `ready` (pull, flatten, erofs, initramfs) by the debug binary.
+const READY_TIMEOUT: Duration = Duration::from_secs(240);
+/// One aria2c download of the small root over veth.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+const PYTHON: &str = "/usr/bin/python3";
+
+const PROGRAMS: &[&str] = &[
+    "ip", "busybox", "umoci", "depmod", "apt-get", "dpkg-deb", "aria2c", "curl", PYTHON,
+];
+
+/// What libtorrent says about a torrent, and what it computes itself from the downloaded file.
+const LIBTORRENT_CHECK: &str = r#"
+import sys, os, libtorrent as lt
+torrent, data = sys.argv[1], sys.argv[2]
+ti = lt.torrent_info(torrent)
+print("v1", ti.info_hashes().v1)
+print("v2", ti.info_hashes().v2)
+print("root", ti.files().root(0))
+fs = lt.file_storage()
+fs.add_file(os.path.basename(data), os.path.getsize(data))
+ct = lt.create_torrent(fs, 1 << 20)
+lt.set_piece_hashes(ct, os.path.dirname(data))
+own = ct.generate()
+root = own[b"info"][b"file tree"][os.path.basename(data).encode()][b""][b"pieces root"]
+print("own_root", root.hex())
+print("own_layer", own.get(b"piece layers", {}).get(root, b"").hex())
+"#;
+
+/// libtorrent downloading a torrent into a directory, listening on the peer's address only: it
+/// prints its alerts and `seeding` once it
+/// has every piece verified, or exits non-zero after 90 s.
+const LIBTORRENT_DOWNLOAD: &str = r#"
+import sys, time, libtorrent as lt
+torrent, save, address = sys.argv[1], sys.argv[2], sys.argv[3]
+cat = lt.alert.category_t
+ses = lt.session({
+    "listen_interfaces": address + ":6891",
+    "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+    "alert_mask": cat.error_notification | cat.status_notification | cat.tracker_notification,
+})
+h = ses.add_torrent({"ti": lt.torrent_info(torrent), "save_path": save})
+deadline = time.time() + 90
+while time.time() < deadline:
+    for a in ses.pop_alerts():
+        print(a.what(), a.message(), flush=True)
+    s = h.status()
+    if s.is_seeding:
+        print("seeding", s.total_payload_download, flush=True)
+        sys.exit(0)
+    time.sleep(0.2)
+sys.exit("timed out: %s" % h.status().state)
+"#;
+
+/// What `stampede boot --root` printed about its root: its id.
+fn root_id(stdout: &str) -> Option<String> {
+    let line = stdout.lines().find(|l| l.starts_with("root "))?;
+    line.split_whitespace().nth(1).map(str::to_owned)
+}
+
+fn curl(ns: &Netns, url: &str, out: &Path) {
+    let got = ns
+        .run(
+            "curl",
+            &["-sS", "-f", "-o", out.to_str().unwrap(), url],
+            Duration::from_secs(30),
+        )
+        .expect("curl runs");
+    assert!(got.status.success(), "curl {url}: {}", got.stderr);
+}
+
+/// aria2c in `ns` downloading `torrent` into `dir`, seeding for `seed_minutes` after.
+fn aria2c(ns: &Netns, torrent: &Path, dir: &Path, port: u16, seed_minutes: &str) -> Process {
+    fs::create_dir_all(dir).unwrap();
+    let mut command = ns.command("aria2c");
+    command
+        .arg(format!("--dir={}", dir.display()))
+        .arg(format!("--listen-port={port}"))
+        .arg(format!("--seed-time={seed_minutes}"))
+        .args([
+            // Seed for the time given whatever the share ratio (its default, 1.0, would stop a
+            // seed as soon as it uploaded one image's worth).
+            "--seed-ratio=0.0",
+            "--disable-ipv6=true",
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--file-allocation=none",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+            "--bt-stop-timeout=90",
+            "--log-level=info",
+        ])
+        .arg(format!("--log={}", dir.join("aria2.log").display()))
+        .arg(torrent)
+        .stdout(Stdio::from(
+            fs::File::create(dir.join("aria2.out")).unwrap(),
+        ))
+        .stderr(Stdio::from(
+            fs::File::create(dir.join("aria2.err")).unwrap(),
+        ));
+    Process::spawn(command).expect("aria2c starts")
+}
+
+fn aria2_log(dir: &Path) -> String {
+    ["aria2.out", "aria2.err", "aria2.log"]
+        .iter()
+        .map(|f| fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until aria2c's file holds exactly `expected` (pieces arrive out of order, so nothing
+/// short of the whole content says it is done); fails if aria2c exits without it.
+fn wait_complete(peer: &mut Process, file: &Path, dir: &Path, expected: &[u8]) {
+    let deadline = std::time::Instant::now() + DOWNLOAD_TIMEOUT;
+    loop {
+        if fs::read(file).is_ok_and(|got| got == expected) {
+            return;
+        }
+        if let Some(status) = peer.try_status() {
+            panic!(
+                "aria2c exited ({status}) without {}:\n{}",
+                file.display(),
+                aria2_log(dir)
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "aria2c did not get {} byte-exact in time:\n{}",
+            file.display(),
+            aria2_log(dir)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn bytes_of<'a>(value: &'a Value, key: &str) -> &'a [u8] {
+    value
+        .get(key)
+        .and_then(Value::as_bytes)
+        .unwrap_or_else(|| panic!("no {key} in {value:?}"))
+}
+
+#[test]
+fn aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other() {
+    if !require(
+        "aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other",
+        PROGRAMS,
+    ) {
+        return;
+    }
+    let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));
+    let lan = Lan::new().expect("lan");
+    let (server, server_if) = lan.host("srv", Some(1)).expect("server host");
+    let peers: Vec<(Netns, String)> = (0..3u8)
+        .map(|i| lan.host(&format!("peer{i}"), None).expect("peer host"))
+        .collect();
+    // On the link, with an address, but no lease from the appliance.
+    let (stranger, _) = lan.host("stranger", Some(200)).expect("stranger host");
+    // STAMPEDE_KEEP_LAB=1 keeps the appliance's state and the peers' files and logs.
+    let dir = tempfile::Builder::new()
+        .prefix("stampede-swarm-")
+        .disable_cleanup(std::env::var_os("STAMPEDE_KEEP_LAB").is_some())
+        .tempdir()
+        .expect("tempdir");
+    let dhcp_range = format!("{}-{}", lan.subnet.host(100), lan.subnet.host(150));
+    let stdout = dir.path().join("stampede.out");
+    let stderr = dir.path().join("stampede.log");
+    let mut command = server.command(STAMPEDE);
+    command
+        .args(["boot", "--iface", &server_if, "--root", &image.source()])
+        .args(["--dhcp-range", &dhcp_range])
+        .args(["--api", "off", "--router-advertisements", "off"])
+        .args(["--xdp-mode", "off", "--stats-interval", "60", "--state"])
+        .arg(dir.path().join("state.redb"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(fs::File::create(&stdout).expect("stdout file")))
+        .stderr(Stdio::from(fs::File::create(&stderr).expect("stderr file")));
+    let mut appliance = Process::spawn(command).expect("stampede starts");
+    let log = || {
+        format!(
+            "{}{}",
+            fs::read_to_string(&stdout).unwrap_or_default(),
+            fs::read_to_string(&stderr).unwrap_or_default()
+        )
+    };
+    let ready = wait_for(READY_TIMEOUT, || {
+        if appliance.try_status().is_some() {
+            return Some(false);
+        }
+        let out = fs::read_to_string(&stdout).ok()?;
+        out.lines().any(|l| l.starts_with("ready ")).then_some(true)
+    });
+    assert_eq!(ready, Some(true), "stampede did not come up:\n{}", log());
+    let id = root_id(&log()).unwrap_or_else(|| panic!("no root line:\n{}", log()));
+    let served = dir.path().join("roots/serve/roots").join(&id);
+    let image_bytes = fs::read(served.join("image")).expect("the root's image");
+    let base = format!("http://{}:8080", lan.subnet.host(1));
+    // Every peer is a machine with a lease from the appliance (authoritative DHCP).
+    let script = udhcpc_script(dir.path());
+    let peer_ips: Vec<String> = peers
+        .iter()
+        .map(|(ns, iface)| {
+            let out = ns
+                .run(
+                    "busybox",
+                    &[
+                        "udhcpc",
+                        "-i",
+                        iface,
+                        "-f",
+                        "-q",
+                        "-n",
+                        "-t",
+                        "4",
+                        "-T",
+                        "1",
+                        "-s",
+                        script.to_str().unwrap(),
+                    ],
+                    Duration::from_secs(20),
+                )
+                .expect("udhcpc runs");
+            bound(&format!("{}{}", out.stdout, out.stderr))["ip"].clone()
+        })
+        .collect();
+
+    // The torrent as served, and the signed manifest it must agree with.
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let torrent_path = work.join("root.torrent");
+    curl(
+        &peers[0].0,
+        &format!("{base}/roots/{id}/image.torrent"),
+        &torrent_path,
+    );
+    let torrent = Value::decode(&fs::read(&torrent_path).unwrap()).expect("canonical bencode");
+    let key = fs::read_to_string(dir.path().join("manifest.key")).expect("the appliance's key");
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(key.trim(), &mut seed).expect("a hex key");
+    let key = stampede_rootfs::manifest::ManifestSigningKey::from_bytes(&seed);
+    let manifest_path = work.join("manifest");
+    curl(
+        &peers[0].0,
+        &format!("{base}/roots/{id}/manifest"),
+        &manifest_path,
+    );
+    let manifest = SignedManifest::from_bytes(&fs::read(&manifest_path).unwrap())
+        .and_then(|m| m.verify(&key.verifying_key()))
+        .expect("the signed manifest verifies");
+    let swarm = manifest
+        .swarm
+        .clone()
+        .expect("the manifest names its torrent");
+    let (v1, v2) = stampede_rootfs::torrent::announced_hashes(&torrent).expect("info");
+    assert_eq!(hex::encode(v1), swarm.info_hash_v1);
+    assert_eq!(v2, swarm.info_hash_v2.0[..20]);
+    let info = torrent.get("info").expect("info");
+    assert_eq!(info.get("private").and_then(Value::as_int), Some(1));
+    assert_eq!(
+        info.get("piece length").and_then(Value::as_int),
+        Some(manifest.chunk_size as i64)
+    );
+    assert_eq!(
+        info.get("length").and_then(Value::as_int),
+        Some(manifest.size as i64)
+    );
+    assert_eq!(
+        bytes_of(&torrent, "announce"),
+        format!("{base}/stampede/swarm/announce").as_bytes()
+    );
+    assert_eq!(
+        torrent.get("url-list"),
+        Some(&Value::List(vec![Value::text(&format!(
+            "{base}/roots/{id}/image"
+        ))]))
+    );
+    let name = String::from_utf8(bytes_of(info, "name").to_vec()).unwrap();
+
+    // The v1-only torrent for Debian 12's clients (which cannot take the hybrid: see
+    // `stampede_rootfs::torrent::v1_only`): same pieces, and aria2c computes the info hash the
+    // manifest signs for it.
+    let v1_path = work.join("root.v1.torrent");
+    curl(
+        &peers[0].0,
+        &format!("{base}/roots/{id}/image.v1.torrent"),
+        &v1_path,
+    );
+    let v1_torrent = Value::decode(&fs::read(&v1_path).unwrap()).expect("canonical bencode");
+    let v1_info = v1_torrent.get("info").expect("info");
+    assert!(v1_info.get("file tree").is_none(), "{v1_info:?}");
+    assert_eq!(v1_info.get("pieces"), info.get("pieces"));
+    assert_eq!(v1_torrent.get("url-list"), torrent.get("url-list"));
+    let shown = peers[0]
+        .0
+        .run(
+            "aria2c",
+            &["--show-files", v1_path.to_str().unwrap()],
+            Duration::from_secs(30),
+        )
+        .expect("aria2c --show-files");
+    assert!(
+        shown
+            .stdout
+            .contains(&format!("Info Hash: {}", swarm.v1_only_info_hash)),
+        "aria2c --show-files ({}):\n{}{}",
+        shown.status,
+        shown.stdout,
+        shown.stderr
+    );
+
+    // (c) An info hash that is none of this appliance's roots is refused.
+    let unknown = work.join("unknown");
+    let fake: String = (0..20).map(|i| format!("%{:02x}", 0xa0 + i)).collect();
+    curl(
+        &peers[0].0,
+        &format!(
+            "{base}/stampede/swarm/announce?info_hash={fake}&peer_id=-XX0001-abcdefghijkl&port=6881&left=1"
+        ),
+        &unknown,
+    );
+    let refused = Value::decode(&fs::read(&unknown).unwrap()).expect("bencode");
+    assert!(
+        String::from_utf8_lossy(bytes_of(&refused, "failure reason")).contains("unknown info_hash")
+            && refused.get("peers").is_none(),
+        "{refused:?}"
+    );
+    // A host on the link without a lease from the appliance gets no peers for a real root.
+    let ours: String = v1.iter().map(|b| format!("%{b:02x}")).collect();
+    let no_lease = work.join("no-lease");
+    curl(
+        &stranger,
+        &format!(
+            "{base}/stampede/swarm/announce?info_hash={ours}&peer_id=-XX0001-abcdefghijkl&port=6881&left=1"
+        ),
+        &no_lease,
+    );
+    let refused = Value::decode(&fs::read(&no_lease).unwrap()).expect("bencode");
+    assert!(
+        String::from_utf8_lossy(bytes_of(&refused, "failure reason")).contains("no lease")
+            && refused.get("peers").is_none(),
+        "{refused:?}"
+    );
+
+    // (a) The first machine: tracker + web seed (nobody else has the root yet).
+    let first_dir = work.join("peer0");
+    let mut first = aria2c(&peers[0].0, &v1_path, &first_dir, 6881, "10");
+    wait_complete(&mut first, &first_dir.join(&name), &first_dir, &image_bytes);
+
+    // libtorrent (v2) reads the served torrent with the manifest's hashes, and hashes the
+    // downloaded bytes to the same pieces root and piece layer.
+    let script = work.join("check.py");
+    fs::write(&script, LIBTORRENT_CHECK).unwrap();
+    let checked = peers[0]
+        .0
+        .run(
+            PYTHON,
+            &[
+                script.to_str().unwrap(),
+                torrent_path.to_str().unwrap(),
+                first_dir.join(&name).to_str().unwrap(),
+            ],
+            Duration::from_secs(60),
+        )
+        .expect("python3");
+    assert!(checked.status.success(), "{}", checked.stderr);
+    let said = |key: &str| -> String {
+        checked
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in {}", checked.stdout))
+            .to_owned()
+    };
+    assert_eq!(said("v1"), swarm.info_hash_v1);
+    assert_eq!(said("v2"), swarm.info_hash_v2.to_hex());
+    assert_eq!(said("root"), swarm.pieces_root.to_hex());
+    assert_eq!(said("own_root"), swarm.pieces_root.to_hex());
+    let layer = match torrent.get("piece layers") {
+        Some(Value::Dict(layers)) => layers
+            .get(&swarm.pieces_root.0[..])
+            .and_then(Value::as_bytes)
+            .map(hex::encode)
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    assert_eq!(said("own_layer"), layer, "the piece layer");
+
+    // (b) Two more machines at once, with the same torrent but no web seed: only peers.
+    let mut peers_only = v1_torrent.clone();
+    if let Value::Dict(map) = &mut peers_only {
+        map.remove(&b"url-list"[..]);
+    }
+    let peers_only_path = work.join("peers-only.torrent");
+    fs::write(&peers_only_path, peers_only.to_bytes()).unwrap();
+    let mut others: Vec<(Process, PathBuf)> = (1..3)
+        .map(|i| {
+            let d = work.join(format!("peer{i}"));
+            let p = aria2c(&peers[i].0, &peers_only_path, &d, 6881, "0");
+            (p, d)
+        })
+        .collect();
+    for (process, d) in &mut others {
+        wait_complete(process, &d.join(&name), d, &image_bytes);
+    }
+    // A v2 client takes the hybrid as served: libtorrent announces it (v1 and v2 hashes, both
+    // tracked: a reply, no tracker error) and fetches it from the web seed, every piece checked
+    // against its hashes.
+    let v2_dir = work.join("libtorrent");
+    fs::create_dir_all(&v2_dir).unwrap();
+    let v2_script = work.join("download.py");
+    fs::write(&v2_script, LIBTORRENT_DOWNLOAD).unwrap();
+    let v2 = peers[2]
+        .0
+        .run(
+            PYTHON,
+            &[
+                v2_script.to_str().unwrap(),
+                torrent_path.to_str().unwrap(),
+                v2_dir.to_str().unwrap(),
+                &peer_ips[2],
+            ],
+            DOWNLOAD_TIMEOUT,
+        )
+        .expect("python3");
+    assert!(
+        v2.status.success()
+            && v2.stdout.contains("seeding")
+            && v2.stdout.contains("v1 received peers")
+            && v2.stdout.contains("v2 received peers")
+            && !v2.stdout.contains("tracker_error"),
+        "libtorrent with the hybrid:\n{}{}",
+        v2.stdout,
+        v2.stderr
+    );
+    assert!(
+        fs::read(v2_dir.join(&name)).is_ok_and(|got| got == image_bytes),
+        "libtorrent's image differs from roots/{id}/image:\n{}",
+        v2.stdout
+    );
+
+    // The seed's own log names the peers it uploaded to.
+    let seed_log = aria2_log(&first_dir);
+    for peer_ip in &peer_ips[1..] {
+        assert!(
+            seed_log.contains(peer_ip.as_str()),
+            "peer 0 never talked to {peer_ip}:\n{seed_log}"
+        );
+    }
+    drop(first);
+    drop(appliance);
+}
