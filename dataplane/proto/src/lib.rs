@@ -13,6 +13,9 @@ pub mod files;
 pub mod frame;
 pub mod http;
 pub mod ipxe;
+pub mod mac;
 pub mod ndp;
 pub mod text;
 pub mod tftp;
+
+pub use mac::{MacAddr, MacParseError};

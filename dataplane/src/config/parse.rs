@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use stampede_proto::MacAddr;
 use stampede_proto::bootpath::BootPath;
 use stampede_proto::ipxe::Arch;
 
@@ -47,18 +48,9 @@ pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), Problem> {
 
 /// `52:54:00:12:34:56` or `52-54-00-12-34-56`, any case.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], Problem> {
-    let bad = || Problem::BadMac(text.to_owned());
-    let sep = if text.contains('-') { '-' } else { ':' };
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(sep);
-    for b in &mut mac {
-        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-        *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
+    text.parse::<MacAddr>()
+        .map(MacAddr::octets)
+        .map_err(|_| Problem::BadMac(text.to_owned()))
 }
 
 /// `8-4-4-4-12` hex or 32 hex digits, bytes in text order.

@@ -7,6 +7,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use stampede_proto::MacAddr;
 use stampede_proto::bootpath::BootPath;
 use stampede_proto::dhcp::{Loaders, Pool};
 use stampede_proto::ipxe::{self, BootFiles, Template};
@@ -654,7 +655,7 @@ fn machines(
         {
             return Err(duplicate(
                 key("mac"),
-                &ipxe::format_mac(&mac),
+                &MacAddr(mac),
                 format!("machines[{first}]"),
             ));
         }
@@ -738,11 +739,7 @@ fn xdp_filter(w: &wire::Xdp) -> Result<XdpFilterSettings, ConfigError> {
         let key = format!("xdp.deny[{i}]");
         let mac = parse_mac(text).map_err(|e| ConfigError::invalid(key.clone(), e))?;
         if let Some(first) = seen.insert(mac, i) {
-            return Err(duplicate(
-                key,
-                &ipxe::format_mac(&mac),
-                format!("xdp.deny[{first}]"),
-            ));
+            return Err(duplicate(key, &MacAddr(mac), format!("xdp.deny[{first}]")));
         }
         deny.push(mac);
     }
