@@ -139,15 +139,11 @@ impl Clock {
     }
 }
 
-fn format_mac(mac: [u8; 6]) -> String {
-    crate::model::MacAddr(mac).to_string()
-}
-
 fn record_of(lease: &Lease, clock: Clock) -> LeaseRecord {
     LeaseRecord {
         ip: lease.ip,
         client: hex::encode(&lease.client.0),
-        mac: format_mac(lease.mac),
+        mac: crate::model::MacAddr(lease.mac).to_string(),
         state: match lease.state {
             LeaseState::Offered => LeaseRecordState::Offered,
             LeaseState::Bound => LeaseRecordState::Bound,

@@ -12,8 +12,8 @@ use stampede_proto::dhcp::ClientArch;
 /// Why a resource was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("invalid MAC address {0:?}: expected six hex octets separated by ':' or '-'")]
-    Mac(String),
+    #[error(transparent)]
+    Mac(#[from] stampede_proto::MacParseError),
     #[error("invalid UUID {0:?}: expected 32 hex digits, optionally in 8-4-4-4-12 groups")]
     Uuid(String),
     #[error(
@@ -41,56 +41,9 @@ pub enum ValidationError {
     SshKey(usize),
 }
 
-/// An Ethernet address, written `aa:bb:cc:dd:ee:ff` (lower case) on the wire and in keys.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacAddr({self})")
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = ValidationError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ValidationError::Mac(s.to_owned());
-        let mut octets = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for octet in &mut octets {
-            let part = parts.next().ok_or_else(err)?;
-            if part.len() != 2 {
-                return Err(err());
-            }
-            *octet = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(Self(octets))
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// An Ethernet address, written `aa:bb:cc:dd:ee:ff` (lower case) on the wire and in keys: the
+/// workspace's one MAC type, from proto.
+pub use stampede_proto::MacAddr;
 
 /// Firmware family a profile variant is chosen by. HTTP-boot flavours of an architecture boot the
 /// same kernel, so they map to the same `Arch`.

@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use stampede_proto::MacAddr;
 use stampede_proto::bootpath::BootPath;
 use stampede_proto::dhcp::{self, BootConfig, BootProfile as DhcpProfile, DhcpServer};
 use stampede_proto::files::{BootFile, FileCatalog, OpenError};
@@ -56,9 +57,7 @@ use stampede_proto::http::{self, HttpConnection, Route};
 use stampede_proto::ipxe::{self, Arch, MachineFacts, RenderError, ServerUrl, ValidProfile};
 use stampede_proto::tftp::{self, TftpServer};
 
-use crate::config::{
-    ApplianceConfig, DhcpMode, GRUB_NAME, SHIM_NAME, parse_arch, parse_mac, parse_uuid,
-};
+use crate::config::{ApplianceConfig, DhcpMode, GRUB_NAME, SHIM_NAME, parse_arch, parse_uuid};
 
 /// A file source shared by every worker and connection.
 pub type SharedCatalog = Arc<dyn FileCatalog + Send + Sync>;
@@ -760,7 +759,7 @@ impl ScriptRoute {
         profile
             .render(&facts, &book.server)
             .map_err(|error| ScriptRefusal::RenderFailed {
-                machine: ipxe::format_mac(&req.mac),
+                machine: MacAddr(req.mac).to_string(),
                 profile: profile_index
                     .and_then(|i| book.profile_names.get(i))
                     .cloned()
@@ -778,11 +777,11 @@ impl ScriptRoute {
         let url = BootPath::parse(path.as_bytes())
             .map(|p| self.book.server.url(&p))
             .unwrap_or_default();
-        let mac = ipxe::format_mac(&req.mac).replace(':', "-");
+        let mac = MacAddr(req.mac).dashed();
         format!(
             "#!ipxe\n# stampede: {} architecture probe\n\
              chain {url}?mac={mac}&platform=${{platform}}&buildarch=${{buildarch}}&ip=${{ip}}\n",
-            ipxe::format_mac(&req.mac)
+            MacAddr(req.mac)
         )
     }
 
@@ -851,14 +850,14 @@ impl ScriptRoute {
                  sleep 10\nreboot\n"
             ))));
         }
-        let mac = parse_mac(rest.strip_prefix("-01-")?).ok()?;
+        let mac = MacAddr::from_bootif(rest.strip_prefix('-')?)?.octets();
         let machine = book.by_mac.get(&mac).map(|i| &book.machines[*i]);
         let profile_index = match machine {
             Some(m) if !m.allow => {
                 return Some(Ok(BootFile::new(format!(
                     "# stampede: {}\necho 'stampede: this machine is not allowed to boot'\n\
                      sleep 10\nhalt\n",
-                    ipxe::format_mac(&mac)
+                    MacAddr(mac)
                 ))));
             }
             Some(m) => m.profile.or(book.default_profile),
@@ -880,13 +879,10 @@ impl ScriptRoute {
             .get(profile_index)
             .map_or("", String::as_str);
         Some(
-            grub_render(files, &facts, book.tftp_server, &ipxe::format_mac(&mac))
+            grub_render(files, &facts, book.tftp_server, &MacAddr(mac).to_string())
                 .map(BootFile::new)
                 .map_err(|error| {
-                    let e = format!(
-                        "machine {} (profile {name:?}): {error}",
-                        ipxe::format_mac(&mac)
-                    );
+                    let e = format!("machine {} (profile {name:?}): {error}", MacAddr(mac));
                     tracing::warn!(error = %e, "no GRUB configuration");
                     OpenError::Unreadable(e)
                 }),
@@ -960,7 +956,14 @@ fn parse_query(query: &str) -> Result<ScriptRequest, ScriptRefusal> {
             .and_then(|v| String::from_utf8(v).ok())
             .ok_or(ScriptRefusal::BadQuery)?;
         match key {
-            "mac" => mac = Some(parse_mac(&value).map_err(|_| ScriptRefusal::BadQuery)?),
+            "mac" => {
+                mac = Some(
+                    value
+                        .parse::<MacAddr>()
+                        .map_err(|_| ScriptRefusal::BadQuery)?
+                        .0,
+                )
+            }
             "arch" => arch = Some(parse_arch(&value).ok_or(ScriptRefusal::UnsupportedArch)?),
             "platform" => platform = Some(value),
             "buildarch" => buildarch = Some(value),

@@ -84,7 +84,7 @@ impl RefusalRing {
                         }
                         tracing::info!(
                             target: "stampede::boot",
-                            mac = %stampede_proto::ipxe::format_mac(&mac),
+                            mac = %stampede_proto::MacAddr(mac),
                             reason,
                             "dhcp refused by the XDP program"
                         );

@@ -11,48 +11,12 @@
 //! Words are separated by spaces; a value may be double-quoted as the kernel allows
 //! (`Documentation/admin-guide/kernel-parameters.rst`). Unknown words are the kernel's business
 //! and ignored here.
-use std::fmt;
 
 use crate::http::{HttpUrl, UrlError};
 
-/// A MAC address, printed `52:54:00:12:34:56` as Linux does in `/sys/class/net/*/address`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// Parses six hex octets separated by `:` or `-` (either case).
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut out = [0u8; 6];
-        let mut parts = text.trim().split([':', '-']);
-        for byte in &mut out {
-            let part = parts.next()?;
-            if part.len() != 2 {
-                return None;
-            }
-            *byte = u8::from_str_radix(part, 16).ok()?;
-        }
-        parts.next().is_none().then_some(Self(out))
-    }
-
-    /// pxelinux's `BOOTIF=01-aa-bb-cc-dd-ee-ff`: ARP hardware type 1 (Ethernet), then the MAC.
-    pub fn from_bootif(text: &str) -> Option<Self> {
-        let rest = text.strip_prefix("01-")?;
-        Self::parse(rest)
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+/// A MAC address, printed `52:54:00:12:34:56` as Linux does in `/sys/class/net/*/address`; read
+/// from `BOOTIF=` by [`MacAddr::from_bootif`].
+pub use stampede_proto::MacAddr;
 
 /// What the command line tells the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,12 +192,12 @@ mod tests {
 
     #[test]
     fn macs_parse_in_both_notations() {
-        let m = MacAddr::parse("52-54-00-AA-bb-0c").expect("dashes");
-        assert_eq!(m, MacAddr::parse("52:54:00:aa:bb:0c").expect("colons"));
+        let m: MacAddr = "52-54-00-AA-bb-0c".parse().expect("dashes");
+        assert_eq!(m, "52:54:00:aa:bb:0c".parse().expect("colons"));
         assert_eq!(m.to_string(), "52:54:00:aa:bb:0c");
-        assert!(MacAddr::parse("52:54:00:aa:bb").is_none());
-        assert!(MacAddr::parse("52:54:00:aa:bb:0c:01").is_none());
-        assert!(MacAddr::parse("52:54:00:aa:bb:0").is_none());
+        assert!("52:54:00:aa:bb".parse::<MacAddr>().is_err());
+        assert!("52:54:00:aa:bb:0c:01".parse::<MacAddr>().is_err());
+        assert!("52:54:00:aa:bb:0".parse::<MacAddr>().is_err());
         assert!(
             MacAddr::from_bootif("06-52-54-00-aa-bb-0c").is_none(),
             "not Ethernet"

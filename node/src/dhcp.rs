@@ -46,7 +46,7 @@ pub fn ethernet_nics(sys_class_net: &Path) -> Vec<Nic> {
             if kind != ARPHRD_ETHER {
                 return None;
             }
-            let mac = MacAddr::parse(&read("address")?)?;
+            let mac: MacAddr = read("address")?.trim().parse().ok()?;
             // Loopback is type 772, but a zero MAC is never a real NIC either.
             if mac.0 == [0; 6] {
                 return None;
@@ -294,12 +294,12 @@ mod tests {
         let names: Vec<&str> = nics.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["eth0", "eth1"]);
         assert_eq!(nics[1].index, 3);
-        let boot = MacAddr::parse("52:54:00:00:00:02");
+        let boot = "52:54:00:00:00:02".parse().ok();
         let chosen = choose(nics.clone(), boot);
         assert_eq!(chosen.len(), 1);
         assert_eq!(chosen[0].name, "eth1");
         assert_eq!(choose(nics.clone(), None).len(), 2);
-        assert!(choose(nics, MacAddr::parse("52:54:00:00:00:09")).is_empty());
+        assert!(choose(nics, "52:54:00:00:00:09".parse().ok()).is_empty());
         assert_eq!(carrier(dir.path(), "eth0"), Some(true));
         assert_eq!(carrier(dir.path(), "eth9"), None);
     }

@@ -287,7 +287,7 @@ impl Sim {
         Self {
             record: MachineRecord {
                 index: machine.index,
-                mac: stampede_proto::ipxe::format_mac(&machine.mac),
+                mac: stampede_proto::MacAddr(machine.mac).to_string(),
                 arch: if machine.bios { "bios" } else { "efi64" },
                 started_ms: ms(machine.start - ctx.epoch),
                 stages: Vec::new(),
@@ -671,7 +671,7 @@ impl Sim {
         let bios = self.machine.bios;
         Some(match name {
             "ip" | "net0/ip" => ip.to_string(),
-            "mac" | "net0/mac" => stampede_proto::ipxe::format_mac(&self.machine.mac),
+            "mac" | "net0/mac" => stampede_proto::MacAddr(self.machine.mac).to_string(),
             "platform" => (if bios { "pcbios" } else { "efi" }).to_owned(),
             "buildarch" => (if bios { "i386" } else { "x86_64" }).to_owned(),
             "uuid" => stampede_proto::ipxe::format_uuid(&self.uuid),

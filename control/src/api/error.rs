@@ -150,5 +150,5 @@ impl IntoResponse for ApiError {
 
 pub(super) fn parse_mac(s: &str) -> Result<MacAddr, ApiError> {
     s.parse()
-        .map_err(|e: crate::model::ValidationError| ApiError::BadRequest(e.to_string()))
+        .map_err(|e: stampede_proto::MacParseError| ApiError::BadRequest(e.to_string()))
 }

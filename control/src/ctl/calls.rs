@@ -54,7 +54,8 @@ pub(super) async fn run_with(
             print_listed(out, args.json, MACHINE_HEADER, &machines, machine_row)
         }
         CtlCommand::Machines(MachinesCommand::Get { mac }) => {
-            let mac: crate::model::MacAddr = mac.parse()?;
+            let mac: crate::model::MacAddr =
+                mac.parse().map_err(crate::model::ValidationError::Mac)?;
             // From the list, which also says where the machine is declared and whether it
             // serves; a machine of the configuration file has no API resource of its own.
             let machine = client

@@ -39,6 +39,7 @@
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::MacAddr;
 use crate::bootpath::{BootPath, PathRejection};
 
 /// Client architecture (from DHCP option 93 / iPXE's `${platform}`/`${buildarch}`).
@@ -262,8 +263,8 @@ impl Template {
 fn fact_value(fact: Fact, facts: &MachineFacts) -> Result<String, RenderError> {
     let missing = RenderError::MissingFact(fact.name());
     Ok(match fact {
-        Fact::Mac => format_mac(&facts.mac),
-        Fact::BootIf => format!("01-{}", format_mac(&facts.mac).replace(':', "-")),
+        Fact::Mac => MacAddr(facts.mac).to_string(),
+        Fact::BootIf => MacAddr(facts.mac).bootif().to_string(),
         Fact::Uuid => format_uuid(&facts.uuid.ok_or(missing)?),
         Fact::Ip => facts.ip.ok_or(missing)?.to_string(),
         Fact::Arch => facts.arch.as_str().to_owned(),
@@ -280,18 +281,6 @@ fn fact_value(fact: Fact, facts: &MachineFacts) -> Result<String, RenderError> {
             h.to_owned()
         }
     })
-}
-
-/// `52:54:00:12:34:56`, as iPXE's `${mac}` prints it.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    let mut s = String::with_capacity(17);
-    for (i, b) in mac.iter().enumerate() {
-        if i > 0 {
-            s.push(':');
-        }
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// `8-4-4-4-12` lowercase hex, bytes in the order given (as iPXE's `${uuid}`).
@@ -429,7 +418,7 @@ impl ValidProfile {
         let _ = writeln!(
             script,
             "# stampede: {} {}",
-            format_mac(&facts.mac),
+            MacAddr(facts.mac),
             facts.arch.as_str()
         );
         // A download cut (the appliance restarting mid-storm) fails the `kernel`/`initrd`

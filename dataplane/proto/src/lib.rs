@@ -14,7 +14,10 @@ pub mod files;
 pub mod frame;
 pub mod http;
 pub mod ipxe;
+pub mod mac;
 pub mod ndp;
 pub mod text;
 pub mod tftp;
 pub mod tracker;
+
+pub use mac::{MacAddr, MacParseError};

@@ -742,7 +742,7 @@ impl WorkerState {
         }
         tracing::info!(
             target: "stampede::boot",
-            mac = %stampede_proto::ipxe::format_mac(&mac),
+            mac = %stampede_proto::MacAddr(mac),
             reason,
             "dhcp refused"
         );
@@ -1129,7 +1129,7 @@ impl DhcpReply<'_> {
         let boot_file = stampede_proto::text::peer_text(self.boot_file);
         let info = at_info && tracing::enabled!(target: "stampede::boot", tracing::Level::INFO);
         if info || tracing::enabled!(target: "stampede::boot", tracing::Level::DEBUG) {
-            let mac = self.mac.map(|m| stampede_proto::ipxe::format_mac(&m));
+            let mac = self.mac.map(|m| stampede_proto::MacAddr(m).to_string());
             let mac = mac.as_deref().unwrap_or("?");
             // Not `message`: tracing's own field of that name is the line's text.
             let kind = self.message.as_str();

@@ -233,13 +233,6 @@ pub enum NoBoot {
     UnsupportedArch(Option<ClientArch>),
 }
 
-fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join("-")
-}
-
 /// Decides what `client` boots. Pure: same inputs, same answer.
 ///
 /// iPXE is checked first because iPXE also calls itself `PXEClient` in option 60.
@@ -261,7 +254,7 @@ pub fn decide(client: &BootClient, config: &BootConfig) -> Result<BootDecision, 
                 "{}/{}?mac={}",
                 config.http_base,
                 profile.ipxe_script,
-                mac_text(&client.mac)
+                crate::MacAddr(client.mac).dashed()
             ),
         });
     }

@@ -1368,7 +1368,7 @@ mod tests {
     ) {
         let what = format!("{}: {:?}", client.name, reply.options.message_type);
         let mac = reply.mac().expect("ethernet");
-        let mac_text = mac.map(|b| format!("{b:02x}")).join("-");
+        let mac_text = crate::MacAddr(mac).dashed();
         let want_file = if client.ipxe {
             format!("http://{server_ip}:8080/boot.ipxe?mac={mac_text}")
         } else {
