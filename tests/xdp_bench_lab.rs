@@ -1,7 +1,7 @@
 //! Benchmarks of the XDP classifier, run by hand (ignored tests, not timed assertions):
 //!
 //! ```text
-//! cargo test --release -p stampede --test xdp_bench -- --ignored --nocapture --test-threads 1
+//! cargo test --release -p stampede --test xdp_bench_lab -- --ignored --nocapture --test-threads 1
 //! ```
 //!
 //! - `per_packet_cost`: the program's mean cost per frame, as the kernel measures it with
