@@ -55,7 +55,7 @@ fn boot_udp(dport: u16, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn steering_redirects_admitted_boot_frames_to_the_queue_socket() {
-    if !require("afxdp_steering", &[]) {
+    if !require!(&[]) {
         return;
     }
     let mut xdp = XdpClassifier::load(XdpConfig::default()).expect("load the classifier");
@@ -355,17 +355,17 @@ fn real_clients_are_served_through_afxdp(test: &str, xdp_mode: &str) {
 
 #[test]
 fn real_clients_are_served_through_afxdp_in_native_mode() {
-    real_clients_are_served_through_afxdp("afxdp_native", "native");
+    real_clients_are_served_through_afxdp(stampede_lab::test_name!(), "native");
 }
 
 #[test]
 fn real_clients_are_served_through_afxdp_in_generic_mode() {
-    real_clients_are_served_through_afxdp("afxdp_generic", "generic");
+    real_clients_are_served_through_afxdp(stampede_lab::test_name!(), "generic");
 }
 
 #[test]
 fn auto_falls_back_to_io_uring_sockets_and_says_why() {
-    if !require("afxdp_auto_fallback", &["tftp", "ss"]) {
+    if !require!(&["tftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -418,7 +418,7 @@ fn auto_falls_back_to_io_uring_sockets_and_says_why() {
 
 #[test]
 fn on_refuses_to_start_without_the_afxdp_path() {
-    if !require("afxdp_on_refuses", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -525,7 +525,7 @@ fn timed_downloads(xdp_mode: &str, afxdp: &str, payload: &Payload, runs: usize) 
 #[test]
 #[ignore = "a benchmark; run by hand"]
 fn bench_tftp_download_afxdp_against_io_uring() {
-    if !require("afxdp_bench", &["atftp", "ss", "ethtool"]) {
+    if !require!(&["atftp", "ss", "ethtool"]) {
         return;
     }
     let payload = Payload::new(32 << 20, 1 << 10);

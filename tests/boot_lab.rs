@@ -43,7 +43,7 @@ fn udhcpc(
 
 #[test]
 fn authoritative_dhcp_gives_addresses_and_the_right_boot_file_per_client_type() {
-    if !require("authoritative_dhcp", &["busybox", "dhclient", "ss"]) {
+    if !require!(&["busybox", "dhclient", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -168,7 +168,7 @@ fn perfdhcp_exchange(output: &str, name: &str) -> (u64, u64) {
 /// server): every relayed DORA completes, answered to the relay from the relay subnet's pool.
 #[test]
 fn relayed_dora_from_perfdhcp_completes_without_drops() {
-    if !require("relayed_dora_perfdhcp", &["perfdhcp", "ss"]) {
+    if !require!(&["perfdhcp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -262,10 +262,7 @@ fn dhcp_replies_in_pcap(path: &std::path::Path) -> Vec<(Ipv4Addr, stampede_proto
 
 #[test]
 fn proxy_dhcp_beside_dnsmasq_adds_the_boot_file_and_no_address() {
-    if !require(
-        "proxy_dhcp_beside_dnsmasq",
-        &["busybox", "dnsmasq", "tcpdump", "ss"],
-    ) {
+    if !require!(&["busybox", "dnsmasq", "tcpdump", "ss"]) {
         return;
     }
     let lan = Lan::new().expect("lan");
@@ -407,7 +404,7 @@ fn proxy_dhcp_beside_dnsmasq_adds_the_boot_file_and_no_address() {
 
 #[test]
 fn tftp_clients_download_byte_exact_with_and_without_options() {
-    if !require("tftp_clients", &["tftp", "atftp", "curl", "ss"]) {
+    if !require!(&["tftp", "atftp", "curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -512,7 +509,7 @@ fn tftp_clients_download_byte_exact_with_and_without_options() {
 
 #[test]
 fn a_hundred_tftp_clients_at_once() {
-    if !require("a_hundred_tftp_clients", &["tftp", "atftp", "ss"]) {
+    if !require!(&["tftp", "atftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -566,7 +563,7 @@ fn a_hundred_tftp_clients_at_once() {
 
 #[test]
 fn hostile_tftp_names_are_refused_and_counted() {
-    if !require("hostile_tftp_names", &["tftp", "ss"]) {
+    if !require!(&["tftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -684,7 +681,7 @@ fn barrage(seed: u64) -> Vec<Vec<u8>> {
 
 #[test]
 fn malformed_packet_barrage_is_counted_and_the_next_client_still_boots() {
-    if !require("malformed_barrage", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -756,7 +753,7 @@ fn malformed_packet_barrage_is_counted_and_the_next_client_still_boots() {
 
 #[test]
 fn the_control_api_is_served_and_stampede_ctl_drives_it() {
-    if !require("control_api", &["curl", "tftp", "ss"]) {
+    if !require!(&["curl", "tftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -836,7 +833,7 @@ fn the_control_api_is_served_and_stampede_ctl_drives_it() {
 
 #[test]
 fn http_serves_scripts_kernels_and_ranges_to_curl() {
-    if !require("http_curl", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -994,7 +991,7 @@ fn write_config(path: &std::path::Path, iface: &str, payload: &Payload, marker: 
 
 #[test]
 fn sighup_reloads_the_config_without_dropping_transfers() {
-    if !require("sighup_reload", &["curl", "tftp", "ss"]) {
+    if !require!(&["curl", "tftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -1102,7 +1099,7 @@ fn sighup_reloads_the_config_without_dropping_transfers() {
 
 #[test]
 fn leases_survive_a_restart() {
-    if !require("leases_survive_a_restart", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -1164,7 +1161,7 @@ fn write_fleet(path: &std::path::Path, profile_of_machine: &str) {
 
 #[test]
 fn a_profile_change_through_the_api_changes_what_the_machine_boots() {
-    if !require("profile_change_through_api", &["busybox", "curl", "ss"]) {
+    if !require!(&["busybox", "curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -1333,7 +1330,7 @@ fn icmpv6_exchange(
 
 #[test]
 fn router_solicitations_get_an_empty_ra_unless_another_router_speaks() {
-    if !require("router_advertisements", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -1448,10 +1445,7 @@ fn router_solicitations_get_an_empty_ra_unless_another_router_speaks() {
 /// and warns when even the hard limit is below `http.max_connections`.
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_one() {
-    if !require(
-        "the_open_file_limit_is_raised_to_the_hard_one",
-        &["prlimit"],
-    ) {
+    if !require!(&["prlimit"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -63,7 +63,7 @@ fn curl(ns: &Netns, args: &[&str]) -> stampede_lab::Output {
 
 #[test]
 fn the_api_serves_https_with_a_configured_certificate() {
-    if !require("api_tls", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -195,7 +195,7 @@ fn refuses_to_start(ns: &Netns, payload: &Payload, extra: &[&str], want: &str) {
 
 #[test]
 fn bad_certificate_files_stop_the_start_with_a_clear_error() {
-    if !require("api_tls_bad_files", &[]) {
+    if !require!(&[]) {
         return;
     }
     let ns = Netns::new("tlsbad").expect("namespace");
@@ -307,7 +307,7 @@ fn audit_actions(ns: &Netns, action: &str, target: &str) -> usize {
 
 #[test]
 fn a_large_image_imports_in_the_background_with_progress() {
-    if !require("image_import", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -444,7 +444,7 @@ fn a_large_image_imports_in_the_background_with_progress() {
 
 #[test]
 fn bad_imports_fail_clearly_and_store_nothing() {
-    if !require("image_import_errors", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -603,7 +603,7 @@ const SCHEMATHESIS: &str = "/opt/stampede-tools/venv/bin/schemathesis";
 
 #[test]
 fn the_openapi_document_matches_what_the_server_answers() {
-    if !require("openapi_schemathesis", &[SCHEMATHESIS, "curl", "ss"]) {
+    if !require!(&[SCHEMATHESIS, "curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -682,7 +682,7 @@ fn the_openapi_document_matches_what_the_server_answers() {
 
 #[test]
 fn ctl_sessions_shows_boots_and_one_machines_timeline() {
-    if !require("ctl_sessions", &["busybox", "curl", "ss"]) {
+    if !require!(&["busybox", "curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -812,7 +812,7 @@ fn ctl_sessions_shows_boots_and_one_machines_timeline() {
 
 #[test]
 fn an_image_imports_from_a_url() {
-    if !require("image_import_url", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -862,7 +862,7 @@ fn an_image_imports_from_a_url() {
 
 #[test]
 fn running_imports_show_partial_progress_and_are_bounded() {
-    if !require("image_import_bounded", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     use std::io::{Read as _, Write as _};
@@ -950,7 +950,7 @@ fn running_imports_show_partial_progress_and_are_bounded() {
 
 #[test]
 fn serve_takes_the_api_certificate_from_its_config_file() {
-    if !require("api_tls_config", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

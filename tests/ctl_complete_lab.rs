@@ -57,7 +57,7 @@ fn cell(table: &str, key: &str, column: &str) -> String {
 
 #[test]
 fn file_entries_are_listed_and_api_machines_may_boot_file_profiles() {
-    if !require("ctl_complete", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

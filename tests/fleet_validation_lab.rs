@@ -81,7 +81,7 @@ fn machine(mac: &str, profile: &str, labels: &[(&str, &str)]) -> Machine {
 
 #[test]
 fn writes_the_appliance_cannot_serve_are_refused_and_stored_ones_quarantined() {
-    if !require("fleet_validation", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -308,7 +308,7 @@ fn health_and_failures(ns: &Netns) -> (serde_json::Value, String) {
 
 #[test]
 fn a_refused_reload_shows_in_health_and_metrics() {
-    if !require("fleet_validation", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -88,7 +88,7 @@ fn learn_transfer_ports(attacker: &Netns, server: SocketAddrV4, transfers: usize
 
 #[test]
 fn spoofed_tftp_requests_draw_little_towards_the_victim() {
-    if !require("spoofed_tftp_requests", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lan = Lan::new().expect("lan");
@@ -181,7 +181,7 @@ fn spoofed_tftp_requests_draw_little_towards_the_victim() {
 /// about once in 65,536; ports the host reserves are never taken.
 #[test]
 fn transfer_ports_are_drawn_from_all_unprivileged_ports_but_reserved_ones() {
-    if !require("transfer_ports_drawn_widely", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lan = Lan::new().expect("lan");
@@ -225,7 +225,7 @@ fn transfer_ports_are_drawn_from_all_unprivileged_ports_but_reserved_ones() {
 /// ("failed printing to stdout: Broken pipe"). It must go on serving and stop cleanly.
 #[test]
 fn a_closed_stdout_does_not_stop_the_appliance() {
-    if !require("a_closed_stdout", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
     let lab = stampede_lab::TwoHosts::new().expect("lab");
@@ -299,7 +299,7 @@ fn a_closed_stdout_does_not_stop_the_appliance() {
 /// appliance's log. Peer-supplied text is escaped (and bounded) wherever it is reported.
 #[test]
 fn tftp_file_names_cannot_forge_log_lines() {
-    if !require("tftp_file_names_cannot_forge_log_lines", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = stampede_lab::TwoHosts::new().expect("lab");
@@ -358,7 +358,7 @@ fn tftp_file_names_cannot_forge_log_lines() {
 /// line and on `/metrics`.
 #[test]
 fn oversized_datagrams_are_counted_with_a_reason() {
-    if !require("oversized_datagrams", &["ss", "curl"]) {
+    if !require!(&["ss", "curl"]) {
         return;
     }
     let lab = stampede_lab::TwoHosts::new().expect("lab");
@@ -420,7 +420,7 @@ fn oversized_datagrams_are_counted_with_a_reason() {
 /// Issue 19: machines whose chaddr is all zeros or all ones got offers. Refused and counted.
 #[test]
 fn zero_and_broadcast_client_macs_get_no_offer() {
-    if !require("zero_and_broadcast_client_macs", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = stampede_lab::TwoHosts::new().expect("lab");
@@ -473,7 +473,7 @@ fn zero_and_broadcast_client_macs_get_no_offer() {
 /// ended, gets no TFTP answer (an ERROR 5 would go to whatever address the sender forged).
 #[test]
 fn acks_from_strangers_and_to_old_ports_are_not_answered() {
-    if !require("acks_from_strangers", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = stampede_lab::TwoHosts::new().expect("lab");

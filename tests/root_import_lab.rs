@@ -192,7 +192,7 @@ fn skopeo_digest(source: &str) -> String {
 
 #[test]
 fn a_root_imported_through_ctl_boots_from_an_api_profile() {
-    if !require("root_import", PROGRAMS) {
+    if !require!(PROGRAMS) {
         return;
     }
     let appliance = Appliance::start();
@@ -607,7 +607,7 @@ fn truncate_in_largest_member(archive: &Path) {
 
 #[test]
 fn broken_images_are_refused_by_ctl_with_their_cause_and_nothing_is_stored() {
-    if !require("root_import_refused", PROGRAMS) {
+    if !require!(PROGRAMS) {
         return;
     }
     let appliance = Appliance::start();
@@ -838,7 +838,7 @@ fn script_for(ns: &Netns, base: &str, mac: &str, scratch: &Path) -> String {
 
 #[test]
 fn a_file_profile_names_a_root_at_start_and_reload() {
-    if !require("root_import_file_profile", PROGRAMS) {
+    if !require!(PROGRAMS) {
         return;
     }
     let appliance = Appliance::start();

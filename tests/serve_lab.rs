@@ -52,10 +52,7 @@ fn start_serve(lab: &TwoHosts, extra: &[&str]) -> Process {
 
 #[test]
 fn udhcpc_discovers_are_counted_and_sigterm_detaches() {
-    if !stampede_lab::require(
-        "udhcpc_discovers_are_counted_and_sigterm_detaches",
-        &["busybox"],
-    ) {
+    if !stampede_lab::require!(&["busybox"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -144,7 +141,7 @@ fn udhcpc_discovers_are_counted_and_sigterm_detaches() {
 
 #[test]
 fn sigint_detaches_too() {
-    if !stampede_lab::require("sigint_detaches_too", &[]) {
+    if !stampede_lab::require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -160,7 +157,7 @@ fn sigint_detaches_too() {
 
 #[test]
 fn unknown_interface_is_a_clear_error() {
-    if !stampede_lab::require("unknown_interface_is_a_clear_error", &[]) {
+    if !stampede_lab::require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -104,7 +104,7 @@ fn give_to_nobody(dir: &Path) {
 
 #[test]
 fn without_capabilities_the_start_is_refused_naming_them_before_any_token() {
-    if !require("service_no_caps", &["setpriv"]) {
+    if !require!(&["setpriv"]) {
         return;
     }
     let ns = Netns::new("nocaps").expect("namespace");
@@ -143,7 +143,7 @@ fn without_capabilities_the_start_is_refused_naming_them_before_any_token() {
 
 #[test]
 fn a_machine_boots_from_the_appliance_running_under_the_units_capabilities() {
-    if !require("service_unit_caps", &["setpriv", "busybox", "curl", "ss"]) {
+    if !require!(&["setpriv", "busybox", "curl", "ss"]) {
         return;
     }
     let caps = unit_capabilities();

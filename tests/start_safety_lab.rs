@@ -35,7 +35,7 @@ fn boot_refused(ns: &Netns, iface: &str, extra: &[&str], payload: &Payload) -> O
 
 #[test]
 fn a_second_appliance_on_the_same_interface_is_refused_naming_the_first() {
-    if !require("start_safety_second_appliance", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -70,7 +70,7 @@ fn a_second_appliance_on_the_same_interface_is_refused_naming_the_first() {
 
 #[test]
 fn another_dhcp_server_on_the_link_is_named_at_an_authoritative_start() {
-    if !require("start_safety_other_dhcp_server", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -114,7 +114,7 @@ fn another_dhcp_server_on_the_link_is_named_at_an_authoritative_start() {
 
 #[test]
 fn a_dhcp_range_of_another_network_is_refused_naming_both() {
-    if !require("start_safety_dhcp_range_off_link", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -180,7 +180,7 @@ fn health(ns: &Netns) -> serde_json::Value {
 
 #[test]
 fn a_missing_kernel_or_initrd_is_refused_at_start_and_on_reload_naming_profile_and_path() {
-    if !require("start_safety_missing_boot_files", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -250,7 +250,7 @@ fn a_missing_kernel_or_initrd_is_refused_at_start_and_on_reload_naming_profile_a
 
 #[test]
 fn a_busy_api_port_refuses_the_start_naming_the_address() {
-    if !require("start_safety_api_port_busy", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -281,7 +281,7 @@ fn a_busy_api_port_refuses_the_start_naming_the_address() {
 
 #[test]
 fn a_hostname_in_the_quick_mode_command_line_is_refused() {
-    if !require("start_safety_quick_hostname", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -63,7 +63,7 @@ fn sessions_json(ns: &Netns) -> serde_json::Value {
 
 #[test]
 fn refusals_are_recorded_sessions_survive_a_restart_and_a_backup_restores() {
-    if !require("state_restart_lab", &["busybox", "curl", "ss", "ip"]) {
+    if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -217,7 +217,7 @@ fn refusals_are_recorded_sessions_survive_a_restart_and_a_backup_restores() {
 /// sample still puts the refusal in the machine's session.
 #[test]
 fn a_machine_the_xdp_program_refuses_is_on_record() {
-    if !require("state_restart_lab_xdp", &["busybox", "curl", "ss", "ip"]) {
+    if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -268,7 +268,7 @@ fn a_machine_the_xdp_program_refuses_is_on_record() {
 /// session says so, with the reason.
 #[test]
 fn an_unknown_machine_refused_by_proxy_dhcp_is_on_record() {
-    if !require("state_restart_lab_proxy", &["busybox", "curl", "ss", "ip"]) {
+    if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

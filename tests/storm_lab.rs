@@ -27,7 +27,7 @@ fn local_routes(lab: &TwoHosts) -> String {
 
 #[test]
 fn storm_boots_every_simulated_machine_and_catches_a_corrupt_file() {
-    if !require("storm_boots_every_simulated_machine", &["ip", "ss"]) {
+    if !require!(&["ip", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -78,7 +78,7 @@ fn dashboard_metrics(dashboard: &serde_json::Value) -> BTreeSet<String> {
 
 #[test]
 fn stage_histograms_pools_and_the_dashboard_match_a_running_appliance() {
-    if !require("telemetry", &["busybox", "curl", "tftp", "ss"]) {
+    if !require!(&["busybox", "curl", "tftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -238,7 +238,7 @@ fn stage_histograms_pools_and_the_dashboard_match_a_running_appliance() {
 
 #[test]
 fn json_logs_name_the_dhcp_message_and_stats_lines_carry_a_time() {
-    if !require("json_logs", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -172,7 +172,7 @@ const STORM_NAMES: [&str; 2] = ["at once", "stalled 2 s"];
 
 #[test]
 fn hundreds_of_atftp_clients_all_complete_even_when_late() {
-    if !require("tftp_storm_atftp", &["atftp", "ss"]) {
+    if !require!(&["atftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -68,7 +68,7 @@ type Case<'a> = (&'static str, &'a XdpClassifier, Vec<u8>, u32, Option<u32>);
 #[test]
 #[ignore = "benchmark: run by hand with --release --ignored --nocapture"]
 fn per_packet_cost() {
-    if !require("xdp_per_packet_cost", &[]) {
+    if !require!(&[]) {
         return;
     }
     let dhcp = |mac, tag, options: &[u8]| {
@@ -308,7 +308,7 @@ fn flood_once(
 #[test]
 #[ignore = "benchmark: run by hand with --release --ignored --nocapture"]
 fn flood_drop_rate() {
-    if !require("xdp_flood_drop_rate", &[]) {
+    if !require!(&[]) {
         return;
     }
     const PACKETS: u64 = 3_000_000;

@@ -177,7 +177,7 @@ fn refused_at_nic(lab: &TwoHosts, script: &Path, reason: &str, why: &str) {
 
 #[test]
 fn xdp_policy_follows_the_control_api_and_sighup_while_attached() {
-    if !require("xdp_policy_live", &["busybox", "curl", "ss"]) {
+    if !require!(&["busybox", "curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -297,7 +297,7 @@ fn boot_during_flood(lab: &TwoHosts, payload: &Payload, script: &Path) {
 
 #[test]
 fn a_discover_flood_dies_in_xdp_while_real_clients_boot() {
-    if !require("xdp_flood", &["busybox", "curl", "ss", "tftp"]) {
+    if !require!(&["busybox", "curl", "ss", "tftp"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -105,6 +105,33 @@ pub fn require(test: &str, programs: &[&str]) -> bool {
     false
 }
 
+/// The name of the function the macro is used in (a test's own name; closures inside it are
+/// seen through), so a [`require!`] label cannot drift from the test it gates.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        $crate::function_of(::std::any::type_name_of_val(&here))
+    }};
+}
+
+/// [`require()`] labelled with the calling test's name ([`test_name!`]).
+#[macro_export]
+macro_rules! require {
+    ($programs:expr $(,)?) => {
+        $crate::require($crate::test_name!(), $programs)
+    };
+}
+
+/// The last path segment of `path` (`crate::module::function::here`) naming a function: the
+/// `here` marker [`test_name!`] defines and any `{{closure}}` segments are skipped.
+#[doc(hidden)]
+pub fn function_of(path: &'static str) -> &'static str {
+    path.rsplit("::")
+        .find(|segment| *segment != "here" && *segment != "{{closure}}")
+        .unwrap_or(path)
+}
+
 /// Finds `program` on PATH (or as an absolute path).
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
     if program.contains('/') {
@@ -665,7 +692,7 @@ mod tests {
 
     #[test]
     fn two_hosts_talk_and_clean_up() {
-        if !require("two_hosts_talk_and_clean_up", &["ping"]) {
+        if !require!(&["ping"]) {
             return;
         }
         let names;
@@ -697,7 +724,7 @@ mod tests {
 
     #[test]
     fn namespaces_are_removed_when_a_test_panics() {
-        if !require("namespaces_are_removed_when_a_test_panics", &[]) {
+        if !require!(&[]) {
             return;
         }
         let name = std::panic::catch_unwind(|| {
@@ -718,7 +745,7 @@ mod tests {
 
     #[test]
     fn stale_namespaces_of_dead_processes_are_removed() {
-        if !require("stale_namespaces_of_dead_processes_are_removed", &[]) {
+        if !require!(&[]) {
             return;
         }
         // PIDs never reach u32::MAX - 1 (pid_max is at most 2^22), so this one is dead.
@@ -728,6 +755,13 @@ mod tests {
         assert!(removed.contains(&stale), "{stale} not removed: {removed:?}");
         let list = ip(&["netns", "list"]).expect("netns list");
         assert!(!list.contains(&stale));
+    }
+
+    #[test]
+    fn a_test_is_named_by_its_function() {
+        assert_eq!(test_name!(), "a_test_is_named_by_its_function");
+        let from_a_closure = || test_name!();
+        assert_eq!(from_a_closure(), "a_test_is_named_by_its_function");
     }
 
     #[test]
