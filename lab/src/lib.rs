@@ -28,6 +28,7 @@ pub mod flood;
 pub mod guest;
 pub mod peers;
 pub mod qemu;
+pub mod rng;
 pub mod root_image;
 
 /// Prefix of every namespace the lab creates: `stampede-<pid>-<seq>-<tag>`.
@@ -653,18 +654,11 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// Bytes of a xorshift stream: incompressible, reproducible, different per seed. The payload of
+/// Bytes of a [`rng::TestRng`] stream: incompressible, reproducible, different per seed. The payload of
 /// the lab's boot files (tests, the demo's peers, the benchmark).
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut rng = rng::TestRng::new(seed | 1);
+    (0..len).map(|_| (rng.next_u64() >> 24) as u8).collect()
 }
 
 #[cfg(test)]
