@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
+use support::appliance::{
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, start_boot, stop,
+};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM files.
 struct Pki {
@@ -310,10 +312,11 @@ fn a_large_image_imports_in_the_background_with_progress() {
     if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     let store = payload.dir.path().join("images");
 
     // 96 MiB of incompressible bytes: long enough for progress to show in a debug build.
@@ -447,10 +450,11 @@ fn bad_imports_fail_clearly_and_store_nothing() {
     if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     let store = payload.dir.path().join("images");
     let ns = &lab.server;
 
@@ -606,10 +610,11 @@ fn the_openapi_document_matches_what_the_server_answers() {
     if !require!(&[SCHEMATHESIS, "curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     // Something for the reads to find beside what schemathesis creates itself.
     let _ = api(
         &lab.server,
@@ -685,16 +690,14 @@ fn ctl_sessions_shows_boots_and_one_machines_timeline() {
     if !require!(&["busybox", "curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(64 << 10, 64 << 10);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range],
-        &payload,
-    );
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(64 << 10, 64 << 10)
+        .dhcp_range(100, 150)
+        .api()
+        .start();
     let script = support::appliance::udhcpc_script(payload.dir.path());
     let link = lab
         .client
@@ -712,31 +715,13 @@ fn ctl_sessions_shows_boots_and_one_machines_timeline() {
         .to_owned();
 
     // A real DHCP exchange as iPXE, then the script iPXE would fetch, over real HTTP.
-    let out = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "4",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().unwrap(),
-                "-V",
-                "PXEClient:Arch:00000:UNDI:002001",
-                "-x",
-                "0x4d:69505845",
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc");
+    let out = support::appliance::udhcpc(
+        &lab.client,
+        &lab.client_if,
+        4,
+        &script,
+        support::appliance::UDHCPC_IPXE,
+    );
     let lease = support::appliance::bound(&out.stdout);
     let script_url = lease["boot_file"].clone();
     let fetched = curl(&lab.client, &["-sf", &script_url]);
@@ -815,10 +800,11 @@ fn an_image_imports_from_a_url() {
     if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(8 << 20, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(8 << 20, 4096).api().start();
     let ns = &lab.server;
     let store = payload.dir.path().join("images");
     // The appliance's own HTTP boot server is a real HTTP server on the lab network.
@@ -866,10 +852,11 @@ fn running_imports_show_partial_progress_and_are_bounded() {
         return;
     }
     use std::io::{Read as _, Write as _};
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     let ns = &lab.server;
     let store = payload.dir.path().join("images");
 

@@ -258,27 +258,7 @@ fn a_closed_stdout_does_not_stop_the_appliance() {
         process.try_status()
     );
     let script = udhcpc_script(payload.dir.path());
-    let out = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "4",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().expect("utf-8"),
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc runs");
+    let out = udhcpc(&lab.client, &lab.client_if, 4, &script, &[]);
     let lease = bound(&out.stdout);
     assert!(lease.contains_key("ip"), "{lease:?}");
     process
@@ -302,12 +282,11 @@ fn tftp_file_names_cannot_forge_log_lines() {
     if !require!(&["ss"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(4096, 4096);
-    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(4096, 4096).client_address().start();
     let server = SocketAddrV4::new(lab.server_ip(), 69);
     let names: Vec<String> = vec![
         "vmlinuz\n2026-01-01T00:00:00Z  INFO stampede::boot: FORGED tftp transfer done".into(),
@@ -361,12 +340,11 @@ fn oversized_datagrams_are_counted_with_a_reason() {
     if !require!(&["ss", "curl"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(4096, 4096);
-    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(4096, 4096).client_address().start();
     let server = lab.server_ip();
     lab.client
         .in_namespace(move || {
@@ -423,18 +401,14 @@ fn zero_and_broadcast_client_macs_get_no_offer() {
     if !require!(&["ss"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(4096, 4096);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let appliance = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(4096, 4096)
+        .client_address()
+        .dhcp_range(100, 150)
+        .start();
     let server = lab.server_ip();
     let answers = lab
         .client
@@ -476,12 +450,11 @@ fn acks_from_strangers_and_to_old_ports_are_not_answered() {
     if !require!(&["ss"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(64 << 10, 4096);
-    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(64 << 10, 4096).client_address().start();
     let server = SocketAddrV4::new(lab.server_ip(), 69);
     let (stranger_got, old_port_got) = lab
         .client

@@ -17,7 +17,8 @@ use sha2::{Digest as _, Sha256};
 use stampede_lab::{Netns, Output, Process, TwoHosts, require, root_image};
 use stampede_rootfs::manifest::{ManifestSigningKey, SignedManifest};
 use support::appliance::{
-    ADMIN_TOKEN, API, Payload, STAMPEDE, bound, start_boot, stop, udhcpc_script, wait_for_api,
+    ADMIN_TOKEN, API, Payload, STAMPEDE, UDHCPC_IPXE, bound, start_boot, stop, udhcpc,
+    udhcpc_script, wait_for_api,
 };
 
 /// The small image (umoci, Debian's kernel package) and the lab's clients.
@@ -28,14 +29,6 @@ const PROGRAMS: &[&str] = &[
 /// Pull, flatten, erofs, chunks and the node initramfs of the small image, in a debug build on
 /// shared cores.
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Option 60 of a BIOS PXE ROM and option 77 "iPXE": the client iPXE is once it runs.
-const UDHCPC_IPXE: &[&str] = &[
-    "-V",
-    "PXEClient:Arch:00000:UNDI:002001",
-    "-x",
-    "0x4d:69505845",
-];
 
 fn ctl_raw(ns: &Netns, args: &[&str], timeout: Duration) -> Output {
     let mut command = ns.command(STAMPEDE);
@@ -310,27 +303,14 @@ fn a_root_imported_through_ctl_boots_from_an_api_profile() {
     ctl(ns, &["machines", "add", &mac, "--profile", "diskless"]);
     // The API's change reaches the data plane as a reload.
     let script_path = udhcpc_script(&scratch);
-    let mut args = vec![
-        "udhcpc",
-        "-i",
+    let dhcp = udhcpc(
+        &appliance.lab.client,
         &appliance.lab.client_if,
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "4",
-        "-T",
-        "1",
-        "-s",
-        script_path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(UDHCPC_IPXE);
-    let dhcp = appliance
-        .lab
-        .client
-        .run("busybox", &args, Duration::from_secs(20))
-        .expect("udhcpc runs");
-    let lease = bound(&format!("{}{}", dhcp.stdout, dhcp.stderr));
+        4,
+        &script_path,
+        UDHCPC_IPXE,
+    );
+    let lease = bound(&dhcp.combined());
     let server = appliance.lab.server_ip();
     let base = format!("http://{server}:8080");
     assert!(

@@ -241,15 +241,14 @@ fn json_logs_name_the_dhcp_message_and_stats_lines_carry_a_time() {
     if !require!(&["busybox", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(149));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range, "--log-format", "json"],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096)
+        .dhcp_range(100, 149)
+        .args(&["--log-format", "json"])
+        .start();
     let script = udhcpc_script(payload.dir.path());
     let out = lab
         .client

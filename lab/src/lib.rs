@@ -477,6 +477,11 @@ pub struct Output {
 }
 
 impl Output {
+    /// stdout, then stderr.
+    pub fn combined(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
     /// `Ok(self)` when the command exited 0, otherwise the failure with its stderr.
     pub fn ok(self) -> Result<Self> {
         if self.status.success() {

@@ -10,7 +10,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use sha2::{Digest as _, Sha256};
-use stampede_lab::{Netns, Output, Process, wait_for};
+use stampede_lab::{Netns, Output, Process, TwoHosts, wait_for};
 
 pub const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
 
@@ -129,6 +129,129 @@ pub fn stop(process: Process) -> (Output, HashMap<String, u64>) {
         .map(|(k, v)| (k.to_owned(), v.parse().expect("a count")))
         .collect();
     (out, stats)
+}
+
+/// A two-host lab whose server side runs `stampede boot` on `payload`: what most lab tests start
+/// from. Made by [`LabBoot::start`].
+#[derive(Debug)]
+pub struct ApplianceLab {
+    pub lab: TwoHosts,
+    pub payload: Payload,
+    /// `stampede boot`, its TFTP port bound (and its API answering, when asked for).
+    pub server: Process,
+}
+
+/// How to start an [`ApplianceLab`]: the payload's sizes, the appliance's arguments, and what
+/// the lab needs before the appliance starts.
+#[derive(Debug)]
+#[must_use = "nothing starts before `start`"]
+pub struct LabBoot {
+    kernel_len: usize,
+    initrd_len: usize,
+    client_address: bool,
+    dhcp_range: Option<(u8, u8)>,
+    xdp_mode: String,
+    args: Vec<String>,
+    api: bool,
+}
+
+impl LabBoot {
+    /// `stampede boot` (XDP off) serving a kernel and an initrd of these sizes.
+    pub fn new(kernel_len: usize, initrd_len: usize) -> Self {
+        Self {
+            kernel_len,
+            initrd_len,
+            client_address: false,
+            dhcp_range: None,
+            xdp_mode: "off".to_owned(),
+            args: Vec::new(),
+            api: false,
+        }
+    }
+
+    /// The client has host address 2 of the lab's subnet before the appliance starts (a machine
+    /// that talks TFTP or HTTP without a DHCP exchange first).
+    pub fn client_address(mut self) -> Self {
+        self.client_address = true;
+        self
+    }
+
+    /// `--dhcp-range` from host `first` to host `last` of the lab's subnet: authoritative DHCP.
+    pub fn dhcp_range(mut self, first: u8, last: u8) -> Self {
+        self.dhcp_range = Some((first, last));
+        self
+    }
+
+    /// The XDP classifier in `mode` (auto, native, generic or off).
+    pub fn xdp_mode(mut self, mode: &str) -> Self {
+        self.xdp_mode = mode.to_owned();
+        self
+    }
+
+    /// More arguments for `stampede boot`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Waits for the control API to answer too ([`wait_for_api`]).
+    pub fn api(mut self) -> Self {
+        self.api = true;
+        self
+    }
+
+    pub fn start(self) -> ApplianceLab {
+        let lab = TwoHosts::new().expect("lab");
+        if self.client_address {
+            lab.client
+                .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+                .expect("client address");
+        }
+        let payload = Payload::new(self.kernel_len, self.initrd_len);
+        let mut args = Vec::new();
+        if let Some((first, last)) = self.dhcp_range {
+            let range = format!("{}-{}", lab.subnet.host(first), lab.subnet.host(last));
+            args.extend(["--dhcp-range".to_owned(), range]);
+        }
+        args.extend(self.args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = start_boot_xdp(&lab.server, &lab.server_if, &self.xdp_mode, &args, &payload);
+        if self.api {
+            wait_for_api(&lab.server);
+        }
+        ApplianceLab {
+            lab,
+            payload,
+            server,
+        }
+    }
+}
+
+/// Options of busybox udhcpc that make it present itself as a PXE ROM of a BIOS machine (PXE
+/// 2.1 §2.2.1: option 60).
+pub const UDHCPC_BIOS: &[&str] = &["-V", "PXEClient:Arch:00000:UNDI:002001"];
+/// ... of a UEFI machine: option 93, client system architecture 7 (RFC 4578 §2.1).
+pub const UDHCPC_UEFI: &[&str] = &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"];
+/// ... of iPXE on a BIOS machine: option 77 (user class) "iPXE", as iPXE sends it.
+pub const UDHCPC_IPXE: &[&str] = &[
+    "-V",
+    "PXEClient:Arch:00000:UNDI:002001",
+    "-x",
+    "0x4d:69505845",
+];
+
+/// busybox udhcpc on `iface` in `ns`, in the foreground, once (`-f -q -n`): `tries` DISCOVERs a
+/// second apart, `script` run on its events (a [`udhcpc_script`], or `/bin/true`), and `extra`
+/// options after it (the client class: [`UDHCPC_BIOS`], ...). What it printed.
+pub fn udhcpc(ns: &Netns, iface: &str, tries: u32, script: &Path, extra: &[&str]) -> Output {
+    let tries = tries.to_string();
+    let mut args = vec![
+        "udhcpc", "-i", iface, "-f", "-q", "-n", "-t", &tries, "-T", "1", "-s",
+    ];
+    args.push(script.to_str().expect("utf-8 path"));
+    args.extend_from_slice(extra);
+    ns.run("busybox", &args, Duration::from_secs(20))
+        .expect("udhcpc runs")
 }
 
 /// A udhcpc script that prints what it was given and configures the address.
