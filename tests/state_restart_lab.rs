@@ -51,13 +51,18 @@ fn refusals_are_recorded_sessions_survive_a_restart_and_a_backup_restores() {
     if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(64 << 10, 64 << 10);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(64 << 10, 64 << 10)
+        .dhcp_range(100, 150)
+        .api()
+        .start();
     let state = payload.dir.path().join("state.redb");
+    // The same arguments for the restarts.
     let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
     let extra = ["--dhcp-range", range.as_str()];
-    let server = start_boot(&lab.server, &lab.server_if, &extra, &payload);
-    wait_for_api(&lab.server);
     let script = support::appliance::udhcpc_script(payload.dir.path());
 
     // A machine boots.

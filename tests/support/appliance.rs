@@ -250,7 +250,7 @@ pub fn udhcpc(ns: &Netns, iface: &str, tries: u32, script: &Path, extra: &[&str]
     ];
     args.push(script.to_str().expect("utf-8 path"));
     args.extend_from_slice(extra);
-    ns.run("busybox", &args, Duration::from_secs(20))
+    ns.run("busybox", &args, Duration::from_secs(30))
         .expect("udhcpc runs")
 }
 
