@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{
-    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, start_boot, stop,
-};
+use support::appliance::{ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, stop};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM files.
 struct Pki {
@@ -68,18 +66,18 @@ fn the_api_serves_https_with_a_configured_certificate() {
     if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
     let payload = Payload::new(4096, 4096);
     let pki = make_pki(payload.dir.path());
     let cert = pki.cert.to_str().unwrap();
     let key = pki.key.to_str().unwrap();
     let ca = pki.ca.to_str().unwrap();
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--api-cert", cert, "--api-key", key],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server,
+    } = LabBoot::with_payload(payload)
+        .args(&["--api-cert", cert, "--api-key", key])
+        .start();
     let https = "https://127.0.0.1:7070";
     let up = stampede_lab::wait_for(Duration::from_secs(10), || {
         let out = lab

@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use stampede_lab::{Netns, Output, Process, TwoHosts, require, root_image};
 use stampede_rootfs::manifest::{ManifestSigningKey, SignedManifest};
 use support::appliance::{
-    ADMIN_TOKEN, API, Payload, STAMPEDE, UDHCPC_IPXE, bound, start_boot, stop, udhcpc,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, UDHCPC_IPXE, bound, stop, udhcpc,
     udhcpc_script, wait_for_api,
 };
 
@@ -99,7 +99,6 @@ struct Appliance {
 impl Appliance {
     fn start() -> Self {
         let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));
-        let lab = TwoHosts::new().expect("lab");
         let payload = Payload::new(4096, 4096);
         let archive = payload.dir.path().join("small.oci.tar");
         run(
@@ -111,14 +110,14 @@ impl Appliance {
                 &format!("oci-archive:{}", archive.display()),
             ],
         );
-        let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-        let server = start_boot(
-            &lab.server,
-            &lab.server_if,
-            &["--dhcp-range", &range],
-            &payload,
-        );
-        wait_for_api(&lab.server);
+        let ApplianceLab {
+            lab,
+            payload,
+            server,
+        } = LabBoot::with_payload(payload)
+            .dhcp_range(100, 150)
+            .api()
+            .start();
         Self {
             server,
             lab,

@@ -146,6 +146,7 @@ pub struct ApplianceLab {
 #[derive(Debug)]
 #[must_use = "nothing starts before `start`"]
 pub struct LabBoot {
+    payload: Option<Payload>,
     kernel_len: usize,
     initrd_len: usize,
     client_address: bool,
@@ -159,6 +160,7 @@ impl LabBoot {
     /// `stampede boot` (XDP off) serving a kernel and an initrd of these sizes.
     pub fn new(kernel_len: usize, initrd_len: usize) -> Self {
         Self {
+            payload: None,
             kernel_len,
             initrd_len,
             client_address: false,
@@ -166,6 +168,15 @@ impl LabBoot {
             xdp_mode: "off".to_owned(),
             args: Vec::new(),
             api: false,
+        }
+    }
+
+    /// `stampede boot` serving `payload`, which the test prepared (files or a state file beside
+    /// the kernel, read at start).
+    pub fn with_payload(payload: Payload) -> Self {
+        Self {
+            payload: Some(payload),
+            ..Self::new(0, 0)
         }
     }
 
@@ -207,7 +218,9 @@ impl LabBoot {
                 .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
                 .expect("client address");
         }
-        let payload = Payload::new(self.kernel_len, self.initrd_len);
+        let payload = self
+            .payload
+            .unwrap_or_else(|| Payload::new(self.kernel_len, self.initrd_len));
         let mut args = Vec::new();
         if let Some((first, last)) = self.dhcp_range {
             let range = format!("{}-{}", lab.subnet.host(first), lab.subnet.host(last));
