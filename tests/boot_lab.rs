@@ -944,24 +944,9 @@ fn sighup_reloads_the_config_without_dropping_transfers() {
     let config = dir.join("stampede.toml");
     write_config(&config, &lab.server_if, &payload, "first");
 
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state")
-        .arg(dir.join("state.redb"))
-        .args(["--api", "off", "--stats-interval", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let server = Process::spawn(command).expect("serve");
-    let up = wait_for(Duration::from_secs(20), || {
-        let out = lab
-            .server
-            .run("ss", &["-ulnH"], Duration::from_secs(5))
-            .ok()?;
-        out.stdout.contains(":69 ").then_some(())
-    });
-    assert!(up.is_some(), "serve --config did not come up");
+    let mut command = serve_command(&lab.server, &config, dir);
+    command.args(["--api", "off"]);
+    let server = spawn_appliance(command, "serve --config", || tftp_bound(&lab.server));
 
     let script_url = format!(
         "http://{}:8080/boot.ipxe?mac=52-54-00-00-00-01&platform=pcbios&buildarch=i386&ip=",

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, stop};
+use support::appliance::{
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, stop,
+};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM files.
 struct Pki {
@@ -956,16 +958,7 @@ fn serve_takes_the_api_certificate_from_its_config_file() {
         std::fs::write(path, text).expect("write config");
     };
     let serve = |config: &Path| {
-        let mut command = lab.server.command(STAMPEDE);
-        command
-            .args(["serve", "--config"])
-            .arg(config)
-            .arg("--state")
-            .arg(dir.join("state.redb"))
-            .args(["--stats-interval", "60"])
-            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        let command = serve_command(&lab.server, config, dir);
         stampede_lab::Process::spawn(command).expect("serve")
     };
 

@@ -9,7 +9,7 @@ use stampede_control::model::{BootPolicy, BootTarget, MacAddr, ProfileSpec};
 use stampede_control::{BootProfile, Caller, ControlState, Machine, Metrics, Role};
 use stampede_lab::{Netns, TwoHosts, require};
 use support::appliance::{
-    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, stop, wait_for_api,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, stop, wait_for_api,
 };
 
 /// One request with the admin token; status and JSON body (Null when none).
@@ -330,16 +330,7 @@ fn a_refused_reload_shows_in_health_and_metrics() {
         std::fs::write(&config, text).expect("write config");
     };
     write("vmlinuz");
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state")
-        .arg(dir.join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let command = serve_command(&lab.server, &config, dir);
     let server = stampede_lab::Process::spawn(command).expect("serve");
     wait_for_api(&lab.server);
     let (health, failures) = health_and_failures(&lab.server);

@@ -17,8 +17,8 @@ use sha2::{Digest as _, Sha256};
 use stampede_lab::{Netns, Output, Process, TwoHosts, require, root_image};
 use stampede_rootfs::manifest::{ManifestSigningKey, SignedManifest};
 use support::appliance::{
-    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, UDHCPC_IPXE, bound, stop, udhcpc,
-    udhcpc_script, wait_for_api,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, UDHCPC_IPXE, bound, serve_command,
+    stop, udhcpc, udhcpc_script, wait_for_api,
 };
 
 /// The small image (umoci, Debian's kernel package) and the lab's clients.
@@ -847,16 +847,7 @@ fn a_file_profile_names_a_root_at_start_and_reload() {
         fs::write(&config, text).expect("write config");
     };
     let serve = || {
-        let mut command = lab.server.command(STAMPEDE);
-        command
-            .args(["serve", "--config"])
-            .arg(&config)
-            .arg("--state")
-            .arg(dir.join("state.redb"))
-            .args(["--stats-interval", "60"])
-            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        let command = serve_command(&lab.server, &config, dir);
         Process::spawn(command).expect("serve")
     };
 

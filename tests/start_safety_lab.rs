@@ -7,7 +7,10 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use nix::sys::signal::Signal;
 use stampede_lab::{Netns, Output, Process, TwoHosts, require, run_with_timeout, wait_for};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
+use support::appliance::{
+    ADMIN_TOKEN, API, Payload, STAMPEDE, serve_command, spawn_appliance, start_boot, stop,
+    tftp_bound, wait_for_api,
+};
 
 /// `stampede boot --iface IFACE EXTRA.. KERNEL INITRD` in `ns` with its own state, expected to
 /// stop by itself; what it printed.
@@ -140,32 +143,8 @@ fn a_dhcp_range_of_another_network_is_refused_naming_both() {
 
 /// `stampede serve --config CONFIG` in `ns`, its API on [`API`], up once TFTP is bound.
 fn start_serve(ns: &Netns, config: &Path, payload: &Payload) -> Process {
-    let mut command = ns.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--state")
-        .arg(payload.dir.path().join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut process = Process::spawn(command).expect("start stampede serve");
-    let bound = wait_for(Duration::from_secs(20), || {
-        if process.try_status().is_some() {
-            return Some(false);
-        }
-        let out = ns.run("ss", &["-ulnH"], Duration::from_secs(5)).ok()?;
-        out.stdout.contains(":69 ").then_some(true)
-    });
-    if bound != Some(true) {
-        let out = process.wait_output(Duration::from_secs(5)).ok();
-        panic!(
-            "stampede serve did not come up: {:?}",
-            out.map(|o| format!("{}\n{}", o.stdout, o.stderr))
-        );
-    }
-    process
+    let command = serve_command(ns, config, payload.dir.path());
+    spawn_appliance(command, "stampede serve", || tftp_bound(ns))
 }
 
 /// `/api/v1/health` of the appliance in `ns`.

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
 use support::appliance::{
-    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, start_boot, stop, wait_for_api,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, start_boot, stop,
+    wait_for_api,
 };
 
 const DENIED: &str = "52:54:00:18:00:02";
@@ -277,16 +278,7 @@ fn an_unknown_machine_refused_by_proxy_dhcp_is_on_record() {
         ),
     )
     .expect("write config");
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state")
-        .arg(dir.join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let command = serve_command(&lab.server, &config, dir);
     let server = stampede_lab::Process::spawn(command).expect("serve");
     wait_for_api(&lab.server);
     let script = support::appliance::udhcpc_script(dir);

@@ -4,7 +4,7 @@
 //! are still served.
 mod support;
 
-use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use nix::sys::signal::Signal;
 use stampede_lab::{
@@ -39,35 +39,8 @@ fn write_config(path: &Path, lab: &TwoHosts, payload: &Payload, xdp: &str, machi
 
 /// Starts `stampede serve --config` in `ns` with the control API on, and waits for the API.
 fn start_serve(ns: &Netns, config: &Path, payload: &Payload) -> Process {
-    let mut command = ns.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--state")
-        .arg(payload.dir.path().join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut process = Process::spawn(command).expect("start stampede serve");
-    let up = wait_for(Duration::from_secs(20), || {
-        if process.try_status().is_some() {
-            return Some(false);
-        }
-        let url = format!("{API}/api/v1/health");
-        let out = ns
-            .run("curl", &["-sf", &url], Duration::from_secs(5))
-            .ok()?;
-        out.status.success().then_some(true)
-    });
-    if up != Some(true) {
-        let out = process.wait_output(Duration::from_secs(5)).ok();
-        panic!(
-            "stampede serve did not come up: {:?}",
-            out.map(|o| format!("{}\n{}", o.stdout, o.stderr))
-        );
-    }
-    process
+    let command = serve_command(ns, config, payload.dir.path());
+    spawn_appliance(command, "stampede serve", || api_answers(ns))
 }
 
 /// All samples of `/metrics` as `name{labels}` → value.

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -86,22 +86,56 @@ pub fn start_boot_xdp(
         .arg(&payload.initrd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut process = Process::spawn(command).expect("start stampede boot");
-    let bound = wait_for(Duration::from_secs(20), || {
+    spawn_appliance(command, "stampede boot", || tftp_bound(ns))
+}
+
+/// `stampede serve --config CONFIG --state DIR/state.redb` in `ns` with the tests' admin token,
+/// its output piped; not started, so a test can add arguments or expect the start to fail.
+pub fn serve_command(ns: &Netns, config: &Path, dir: &Path) -> Command {
+    let mut command = ns.command(STAMPEDE);
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--state")
+        .arg(dir.join("state.redb"))
+        .args(["--stats-interval", "60"])
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts the appliance `command` and waits up to 20 s for `ready`; when it exits first or is
+/// not ready in time, panics with what `what` printed.
+pub fn spawn_appliance(command: Command, what: &str, mut ready: impl FnMut() -> bool) -> Process {
+    let mut process = Process::spawn(command).unwrap_or_else(|err| panic!("start {what}: {err}"));
+    let up = wait_for(Duration::from_secs(20), || {
         if process.try_status().is_some() {
             return Some(false);
         }
-        let out = ns.run("ss", &["-ulnH"], Duration::from_secs(5)).ok()?;
-        out.stdout.contains(":69 ").then_some(true)
+        ready().then_some(true)
     });
-    if bound != Some(true) {
+    if up != Some(true) {
         let out = process.wait_output(Duration::from_secs(5)).ok();
         panic!(
-            "stampede boot did not come up: {:?}",
+            "{what} did not come up: {:?}",
             out.map(|o| format!("{}\n{}", o.stdout, o.stderr))
         );
     }
     process
+}
+
+/// The appliance in `ns` has bound its TFTP port (UDP 69).
+pub fn tftp_bound(ns: &Netns) -> bool {
+    ns.run("ss", &["-ulnH"], Duration::from_secs(5))
+        .is_ok_and(|out| out.stdout.contains(":69 "))
+}
+
+/// The appliance in `ns` answers `/api/v1/health` on [`API`].
+pub fn api_answers(ns: &Netns) -> bool {
+    let url = format!("{API}/api/v1/health");
+    ns.run("curl", &["-sf", &url], Duration::from_secs(5))
+        .is_ok_and(|out| out.status.success())
 }
 
 /// Stops the appliance (SIGTERM) and returns its output and the `final stats` counters.
@@ -302,13 +336,7 @@ pub const API: &str = "http://127.0.0.1:7070";
 
 /// Waits until the appliance in `ns` answers `/api/v1/health`.
 pub fn wait_for_api(ns: &Netns) {
-    let up = wait_for(Duration::from_secs(10), || {
-        let url = format!("{API}/api/v1/health");
-        let out = ns
-            .run("curl", &["-sf", &url], Duration::from_secs(5))
-            .ok()?;
-        out.status.success().then_some(())
-    });
+    let up = wait_for(Duration::from_secs(10), || api_answers(ns).then_some(()));
     assert!(up.is_some(), "the control API did not answer on {API}");
 }
 
