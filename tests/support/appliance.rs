@@ -105,8 +105,8 @@ pub fn serve_command(ns: &Netns, config: &Path, dir: &Path) -> Command {
     command
 }
 
-/// Starts the appliance `command` and waits up to 20 s for `ready`; when it exits first or is
-/// not ready in time, panics with what `what` printed.
+/// Starts the appliance `command` (named `what` in messages) and waits up to 20 s for `ready`;
+/// when it exits first or is not ready in time, panics with what it printed.
 pub fn spawn_appliance(command: Command, what: &str, mut ready: impl FnMut() -> bool) -> Process {
     let mut process = Process::spawn(command).unwrap_or_else(|err| panic!("start {what}: {err}"));
     let up = wait_for(Duration::from_secs(20), || {
@@ -245,6 +245,8 @@ impl LabBoot {
         self
     }
 
+    /// Creates the lab (and the client's address), then the payload, then starts the appliance
+    /// and waits until it is up.
     pub fn start(self) -> ApplianceLab {
         let lab = TwoHosts::new().expect("lab");
         if self.client_address {
