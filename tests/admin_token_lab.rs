@@ -8,7 +8,7 @@ use support::appliance::{Payload, STAMPEDE};
 
 #[test]
 fn a_weak_admin_token_stops_the_start_with_a_clear_error() {
-    if !require("admin_token", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -43,7 +43,7 @@ fn a_weak_admin_token_stops_the_start_with_a_clear_error() {
 fn a_generated_admin_token_is_written_to_a_private_file_not_to_stdout() {
     use std::os::unix::fs::PermissionsExt as _;
 
-    if !require("admin_token_file", &["ss", "curl"]) {
+    if !require!(&["ss", "curl"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -15,8 +15,6 @@ use stampede_ebpf_common::{AfXdpSteering, XdpConfig, steer};
 use stampede_lab::{TwoHosts, require};
 use support::{appliance::*, frames::*};
 
-const UDHCPC_BIOS: &[&str] = &["-V", "PXEClient:Arch:00000:UNDI:002001"];
-
 fn steered(xdp: &XdpClassifier) -> [u64; steer::COUNT as usize] {
     let counters = xdp.steer_counters().expect("steering counters");
     [
@@ -55,7 +53,7 @@ fn boot_udp(dport: u16, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn steering_redirects_admitted_boot_frames_to_the_queue_socket() {
-    if !require("afxdp_steering", &[]) {
+    if !require!(&[]) {
         return;
     }
     let mut xdp = XdpClassifier::load(XdpConfig::default()).expect("load the classifier");
@@ -183,43 +181,20 @@ fn real_clients_are_served_through_afxdp(test: &str, xdp_mode: &str) {
     if !require(test, &["busybox", "tftp", "atftp", "ss", "ethtool"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(1 << 20, 256 << 10);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let server = start_boot_xdp(
-        &lab.server,
-        &lab.server_if,
-        xdp_mode,
-        &["--dhcp-range", &range, "--afxdp", "on"],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(1 << 20, 256 << 10)
+        .dhcp_range(100, 150)
+        .xdp_mode(xdp_mode)
+        .args(&["--afxdp", "on"])
+        .start();
 
     // DHCP: a full DORA with busybox udhcpc; its script puts the address on the interface.
     let script = udhcpc_script(payload.dir.path());
-    let args = [
-        "udhcpc",
-        "-i",
-        &lab.client_if,
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "4",
-        "-T",
-        "1",
-        "-s",
-        script.to_str().expect("utf-8 path"),
-    ];
-    let args: Vec<&str> = args
-        .iter()
-        .copied()
-        .chain(UDHCPC_BIOS.iter().copied())
-        .collect();
-    let out = lab
-        .client
-        .run("busybox", &args, Duration::from_secs(20))
-        .expect("udhcpc runs");
-    let lease = bound(&format!("{}{}", out.stdout, out.stderr));
+    let out = udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_BIOS);
+    let lease = bound(&out.combined());
     assert_eq!(lease["serverid"], lab.server_ip().to_string());
 
     // A datagram from the client's kernel while veth checksum offload is still on: its UDP
@@ -355,32 +330,29 @@ fn real_clients_are_served_through_afxdp(test: &str, xdp_mode: &str) {
 
 #[test]
 fn real_clients_are_served_through_afxdp_in_native_mode() {
-    real_clients_are_served_through_afxdp("afxdp_native", "native");
+    real_clients_are_served_through_afxdp(stampede_lab::test_name!(), "native");
 }
 
 #[test]
 fn real_clients_are_served_through_afxdp_in_generic_mode() {
-    real_clients_are_served_through_afxdp("afxdp_generic", "generic");
+    real_clients_are_served_through_afxdp(stampede_lab::test_name!(), "generic");
 }
 
 #[test]
 fn auto_falls_back_to_io_uring_sockets_and_says_why() {
-    if !require("afxdp_auto_fallback", &["tftp", "ss"]) {
+    if !require!(&["tftp", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(64 << 10, 1 << 10);
     // No classifier, so nothing can steer frames to AF_XDP sockets.
-    let server = start_boot_xdp(
-        &lab.server,
-        &lab.server_if,
-        "off",
-        &["--afxdp", "auto"],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(64 << 10, 1 << 10)
+        .client_address()
+        .xdp_mode("off")
+        .args(&["--afxdp", "auto"])
+        .start();
     let got = payload.dir.path().join("vmlinuz");
     let out = lab
         .client
@@ -418,7 +390,7 @@ fn auto_falls_back_to_io_uring_sockets_and_says_why() {
 
 #[test]
 fn on_refuses_to_start_without_the_afxdp_path() {
-    if !require("afxdp_on_refuses", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -525,7 +497,7 @@ fn timed_downloads(xdp_mode: &str, afxdp: &str, payload: &Payload, runs: usize) 
 #[test]
 #[ignore = "a benchmark; run by hand"]
 fn bench_tftp_download_afxdp_against_io_uring() {
-    if !require("afxdp_bench", &["atftp", "ss", "ethtool"]) {
+    if !require!(&["atftp", "ss", "ethtool"]) {
         return;
     }
     let payload = Payload::new(32 << 20, 1 << 10);

@@ -13,52 +13,20 @@ use nix::sys::signal::Signal;
 use stampede_lab::{Lan, Process, TwoHosts, require, wait_for};
 use support::appliance::*;
 
-const UDHCPC_BIOS: &[&str] = &["-V", "PXEClient:Arch:00000:UNDI:002001"];
-const UDHCPC_UEFI: &[&str] = &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"];
-/// Option 77 (user class) "iPXE", as iPXE sends it.
-const UDHCPC_IPXE: &[&str] = &[
-    "-V",
-    "PXEClient:Arch:00000:UNDI:002001",
-    "-x",
-    "0x4d:69505845",
-];
-
-fn udhcpc(
-    ns: &stampede_lab::Netns,
-    iface: &str,
-    script: &std::path::Path,
-    extra: &[&str],
-) -> String {
-    let mut args = vec![
-        "udhcpc", "-i", iface, "-f", "-q", "-n", "-t", "4", "-T", "1", "-s",
-    ];
-    let script = script.to_str().expect("utf-8 path");
-    args.push(script);
-    args.extend_from_slice(extra);
-    let out = ns
-        .run("busybox", &args, Duration::from_secs(20))
-        .expect("udhcpc runs");
-    format!("{}{}", out.stdout, out.stderr)
-}
-
 #[test]
 fn authoritative_dhcp_gives_addresses_and_the_right_boot_file_per_client_type() {
-    if !require("authoritative_dhcp", &["busybox", "dhclient", "ss"]) {
+    if !require!(&["busybox", "dhclient", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(1 << 20, 1 << 20);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(1 << 20, 1 << 20).dhcp_range(100, 150).start();
     let script = udhcpc_script(payload.dir.path());
     let server_ip = lab.server_ip().to_string();
 
-    let bios = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_BIOS));
+    let bios = bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_BIOS).combined());
     assert_eq!(bios["boot_file"], "undionly.kpxe", "{bios:?}");
     assert_eq!(bios["siaddr"], server_ip, "next-server");
     let ip: Ipv4Addr = bios["ip"].parse().expect("an address");
@@ -70,14 +38,14 @@ fn authoritative_dhcp_gives_addresses_and_the_right_boot_file_per_client_type() 
         .ip(&["addr", "flush", "dev", &lab.client_if])
         .expect("flush");
 
-    let uefi = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_UEFI));
+    let uefi = bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_UEFI).combined());
     assert_eq!(uefi["boot_file"], "snponly.efi", "{uefi:?}");
     assert_eq!(uefi["ip"], bios["ip"], "the same machine keeps its address");
     lab.client
         .ip(&["addr", "flush", "dev", &lab.client_if])
         .expect("flush");
 
-    let ipxe = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_IPXE));
+    let ipxe = bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_IPXE).combined());
     let want = format!("http://{server_ip}:8080/boot.ipxe?mac=");
     assert!(
         ipxe["boot_file"].starts_with(&want),
@@ -168,18 +136,14 @@ fn perfdhcp_exchange(output: &str, name: &str) -> (u64, u64) {
 /// server): every relayed DORA completes, answered to the relay from the relay subnet's pool.
 #[test]
 fn relayed_dora_from_perfdhcp_completes_without_drops() {
-    if !require("relayed_dora_perfdhcp", &["perfdhcp", "ss"]) {
+    if !require!(&["perfdhcp", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(1 << 16, 1 << 16);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(200));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server,
+    } = LabBoot::new(1 << 16, 1 << 16).dhcp_range(100, 200).start();
     // The relay's address, in the pool's subnet but outside its range.
     lab.client
         .ip(&["addr", "add", &lab.subnet.cidr(250), "dev", &lab.client_if])
@@ -262,10 +226,7 @@ fn dhcp_replies_in_pcap(path: &std::path::Path) -> Vec<(Ipv4Addr, stampede_proto
 
 #[test]
 fn proxy_dhcp_beside_dnsmasq_adds_the_boot_file_and_no_address() {
-    if !require(
-        "proxy_dhcp_beside_dnsmasq",
-        &["busybox", "dnsmasq", "tcpdump", "ss"],
-    ) {
+    if !require!(&["busybox", "dnsmasq", "tcpdump", "ss"]) {
         return;
     }
     let lan = Lan::new().expect("lan");
@@ -297,7 +258,7 @@ fn proxy_dhcp_beside_dnsmasq_adds_the_boot_file_and_no_address() {
     // A machine that is not a PXE client gets its address from the LAN's server, and the
     // boot server stays out of its way.
     let script = udhcpc_script(payload.dir.path());
-    let lease = bound(&udhcpc(&client_ns, &client_if, &script, &[]));
+    let lease = bound(&udhcpc(&client_ns, &client_if, 4, &script, &[]).combined());
     assert_eq!(
         lease["serverid"],
         lan.subnet.host(2).to_string(),
@@ -331,27 +292,12 @@ fn proxy_dhcp_beside_dnsmasq_adds_the_boot_file_and_no_address() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let pxe = ["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"];
-    let _ = client_ns.run(
-        "busybox",
-        &[
-            "udhcpc",
-            "-i",
-            &client_if,
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "2",
-            "-T",
-            "1",
-            "-s",
-            "/bin/true",
-        ]
-        .iter()
-        .chain(pxe.iter())
-        .copied()
-        .collect::<Vec<_>>(),
-        Duration::from_secs(20),
+    udhcpc(
+        &client_ns,
+        &client_if,
+        2,
+        std::path::Path::new("/bin/true"),
+        &pxe,
     );
     std::thread::sleep(Duration::from_millis(300));
     capture.signal(Signal::SIGINT).expect("stop tcpdump");
@@ -407,15 +353,14 @@ fn proxy_dhcp_beside_dnsmasq_adds_the_boot_file_and_no_address() {
 
 #[test]
 fn tftp_clients_download_byte_exact_with_and_without_options() {
-    if !require("tftp_clients", &["tftp", "atftp", "curl", "ss"]) {
+    if !require!(&["tftp", "atftp", "curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(3 << 20, 5 << 20);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(3 << 20, 5 << 20).client_address().start();
     let ip = lab.server_ip().to_string();
     let dir = payload.dir.path();
     let want_kernel = sha256_file(&payload.kernel);
@@ -512,15 +457,14 @@ fn tftp_clients_download_byte_exact_with_and_without_options() {
 
 #[test]
 fn a_hundred_tftp_clients_at_once() {
-    if !require("a_hundred_tftp_clients", &["tftp", "atftp", "ss"]) {
+    if !require!(&["tftp", "atftp", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(256 << 10, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(256 << 10, 4096).client_address().start();
     let ip = lab.server_ip().to_string();
     let dir = payload.dir.path().to_path_buf();
     let want = sha256_file(&payload.kernel);
@@ -566,15 +510,14 @@ fn a_hundred_tftp_clients_at_once() {
 
 #[test]
 fn hostile_tftp_names_are_refused_and_counted() {
-    if !require("hostile_tftp_names", &["tftp", "ss"]) {
+    if !require!(&["tftp", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).client_address().start();
     let ip = lab.server_ip().to_string();
     for (i, name) in [
         "../../../../etc/passwd",
@@ -684,18 +627,14 @@ fn barrage(seed: u64) -> Vec<Vec<u8>> {
 
 #[test]
 fn malformed_packet_barrage_is_counted_and_the_next_client_still_boots() {
-    if !require("malformed_barrage", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).dhcp_range(100, 150).start();
     // The sender is this test itself, inside the client namespace, with an address of its own.
     lab.client
         .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
@@ -730,7 +669,7 @@ fn malformed_packet_barrage_is_counted_and_the_next_client_still_boots() {
         .expect("flush");
 
     let script = udhcpc_script(payload.dir.path());
-    let lease = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_UEFI));
+    let lease = bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_UEFI).combined());
     assert_eq!(
         lease["boot_file"], "snponly.efi",
         "the next machine still boots: {lease:?}"
@@ -756,12 +695,14 @@ fn malformed_packet_barrage_is_counted_and_the_next_client_still_boots() {
 
 #[test]
 fn the_control_api_is_served_and_stampede_ctl_drives_it() {
-    if !require("control_api", &["curl", "tftp", "ss"]) {
+    if !require!(&["curl", "tftp", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).start();
     let api = API;
     wait_for_api(&lab.server);
 
@@ -836,20 +777,17 @@ fn the_control_api_is_served_and_stampede_ctl_drives_it() {
 
 #[test]
 fn http_serves_scripts_kernels_and_ranges_to_curl() {
-    if !require("http_curl", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(3 << 20, 1 << 20);
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--cmdline", "console=ttyS0 stampede.marker={mac}"],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(3 << 20, 1 << 20)
+        .client_address()
+        .args(&["--cmdline", "console=ttyS0 stampede.marker={mac}"])
+        .start();
     let base = format!("http://{}:8080", lab.server_ip());
     let dir = payload.dir.path();
     let t = Duration::from_secs(30);
@@ -994,7 +932,7 @@ fn write_config(path: &std::path::Path, iface: &str, payload: &Payload, marker: 
 
 #[test]
 fn sighup_reloads_the_config_without_dropping_transfers() {
-    if !require("sighup_reload", &["curl", "tftp", "ss"]) {
+    if !require!(&["curl", "tftp", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -1006,24 +944,9 @@ fn sighup_reloads_the_config_without_dropping_transfers() {
     let config = dir.join("stampede.toml");
     write_config(&config, &lab.server_if, &payload, "first");
 
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state")
-        .arg(dir.join("state.redb"))
-        .args(["--api", "off", "--stats-interval", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let server = Process::spawn(command).expect("serve");
-    let up = wait_for(Duration::from_secs(20), || {
-        let out = lab
-            .server
-            .run("ss", &["-ulnH"], Duration::from_secs(5))
-            .ok()?;
-        out.stdout.contains(":69 ").then_some(())
-    });
-    assert!(up.is_some(), "serve --config did not come up");
+    let mut command = serve_command(&lab.server, &config, dir);
+    command.args(["--api", "off"]);
+    let server = spawn_appliance(command, "serve --config", || tftp_bound(&lab.server));
 
     let script_url = format!(
         "http://{}:8080/boot.ipxe?mac=52-54-00-00-00-01&platform=pcbios&buildarch=i386&ip=",
@@ -1102,7 +1025,7 @@ fn sighup_reloads_the_config_without_dropping_transfers() {
 
 #[test]
 fn leases_survive_a_restart() {
-    if !require("leases_survive_a_restart", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -1125,7 +1048,9 @@ fn leases_survive_a_restart() {
         &["--dhcp-range", &range],
         &payload,
     );
-    let first = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_BIOS))["ip"].clone();
+    let first =
+        bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_BIOS).combined())["ip"]
+            .clone();
     stop(server);
 
     // Same state file, new process: the lease is still there.
@@ -1136,10 +1061,14 @@ fn leases_survive_a_restart() {
         &payload,
     );
     set_mac("52:54:00:00:00:0b");
-    let other = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_BIOS))["ip"].clone();
+    let other =
+        bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_BIOS).combined())["ip"]
+            .clone();
     assert_ne!(other, first, "a restart handed {first} to a second machine");
     set_mac("52:54:00:00:00:0a");
-    let again = bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_BIOS))["ip"].clone();
+    let again =
+        bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_BIOS).combined())["ip"]
+            .clone();
     assert_eq!(
         again, first,
         "the first machine keeps its address across the restart"
@@ -1164,23 +1093,17 @@ fn write_fleet(path: &std::path::Path, profile_of_machine: &str) {
 
 #[test]
 fn a_profile_change_through_the_api_changes_what_the_machine_boots() {
-    if !require("profile_change_through_api", &["busybox", "curl", "ss"]) {
+    if !require!(&["busybox", "curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &[
-            "--dhcp-range",
-            &range,
-            "--cmdline",
-            "console=ttyS0 stampede.marker=quick",
-        ],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096)
+        .dhcp_range(100, 150)
+        .args(&["--cmdline", "console=ttyS0 stampede.marker=quick"])
+        .start();
     let api = API;
     wait_for_api(&lab.server);
     let apply = |fleet: &std::path::Path| {
@@ -1206,7 +1129,7 @@ fn a_profile_change_through_the_api_changes_what_the_machine_boots() {
             .ip(&["addr", "flush", "dev", &lab.client_if])
             .expect("flush");
         let url =
-            bound(&udhcpc(&lab.client, &lab.client_if, &script, UDHCPC_IPXE))["boot_file"].clone();
+            bound(&udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_IPXE).combined())["boot_file"].clone();
         let fetch = |url: &str| {
             let out = lab
                 .client
@@ -1333,7 +1256,7 @@ fn icmpv6_exchange(
 
 #[test]
 fn router_solicitations_get_an_empty_ra_unless_another_router_speaks() {
-    if !require("router_advertisements", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -1448,10 +1371,7 @@ fn router_solicitations_get_an_empty_ra_unless_another_router_speaks() {
 /// and warns when even the hard limit is below `http.max_connections`.
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_one() {
-    if !require(
-        "the_open_file_limit_is_raised_to_the_hard_one",
-        &["prlimit"],
-    ) {
+    if !require!(&["prlimit"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -436,7 +436,7 @@ fn assert_no_tftp(booted: &Booted, what: &str) {
 
 #[test]
 fn seabios_ipxe_rom_boots_over_http_from_stampede_boot() {
-    let test = "seabios_ipxe_rom_boots_over_http_from_stampede_boot";
+    let test = stampede_lab::test_name!();
     if !gate(test, Firmware::Bios) {
         return;
     }
@@ -451,7 +451,7 @@ fn seabios_ipxe_rom_boots_over_http_from_stampede_boot() {
 /// `imgfree`, `sleep 5`) and the machine boots on the next attempt, from the script it has.
 #[test]
 fn seabios_ipxe_rom_retries_a_failed_download_then_boots() {
-    let test = "seabios_ipxe_rom_retries_a_failed_download_then_boots";
+    let test = stampede_lab::test_name!();
     if !gate(test, Firmware::Bios) {
         return;
     }
@@ -535,7 +535,7 @@ fn seabios_ipxe_rom_retries_a_failed_download_then_boots() {
 
 #[test]
 fn seabios_rom_chainloads_undionly_once_then_boots_over_http() {
-    let test = "seabios_rom_chainloads_undionly_once_then_boots_over_http";
+    let test = stampede_lab::test_name!();
     if !gate(test, Firmware::Bios) {
         return;
     }
@@ -551,7 +551,7 @@ fn seabios_rom_chainloads_undionly_once_then_boots_over_http() {
 
 #[test]
 fn ovmf_uefi_pxe_boots_snponly_over_tftp_then_http_from_stampede_boot() {
-    let test = "ovmf_uefi_pxe_boots_snponly_over_tftp_then_http_from_stampede_boot";
+    let test = stampede_lab::test_name!();
     if !gate(test, Firmware::UefiPxe) {
         return;
     }
@@ -568,7 +568,7 @@ fn ovmf_uefi_pxe_boots_snponly_over_tftp_then_http_from_stampede_boot() {
 
 #[test]
 fn ovmf_uefi_http_boot_boots_over_http_only_from_stampede_boot() {
-    let test = "ovmf_uefi_http_boot_boots_over_http_only_from_stampede_boot";
+    let test = stampede_lab::test_name!();
     if !gate(test, Firmware::UefiHttp) {
         return;
     }
@@ -582,7 +582,7 @@ fn ovmf_uefi_http_boot_boots_over_http_only_from_stampede_boot() {
 /// boot file).
 #[test]
 fn seabios_ipxe_rom_boots_from_stampede_proxy_beside_the_lans_dhcp() {
-    let test = "seabios_ipxe_rom_boots_from_stampede_proxy_beside_the_lans_dhcp";
+    let test = stampede_lab::test_name!();
     if !gate(test, Firmware::Bios) || !require(test, &["dnsmasq"]) {
         return;
     }
@@ -600,7 +600,7 @@ fn seabios_ipxe_rom_boots_from_stampede_proxy_beside_the_lans_dhcp() {
 /// TFTP without asking the boot server port 4011 first; then iPXE as above.
 #[test]
 fn ovmf_uefi_pxe_boots_from_stampede_proxy_beside_the_lans_dhcp() {
-    let test = "ovmf_uefi_pxe_boots_from_stampede_proxy_beside_the_lans_dhcp";
+    let test = stampede_lab::test_name!();
     if !gate(test, Firmware::UefiPxe) || !require(test, &["dnsmasq"]) {
         return;
     }
@@ -620,10 +620,7 @@ fn ovmf_uefi_pxe_boots_from_stampede_proxy_beside_the_lans_dhcp() {
 
 #[test]
 fn seabios_boots_its_per_mac_profile_from_serve_config() {
-    if !gate(
-        "seabios_boots_its_per_mac_profile_from_serve_config",
-        Firmware::Bios,
-    ) {
+    if !gate(stampede_lab::test_name!(), Firmware::Bios) {
         return;
     }
     profile_boot(Firmware::Bios);
@@ -631,10 +628,7 @@ fn seabios_boots_its_per_mac_profile_from_serve_config() {
 
 #[test]
 fn ovmf_uefi_pxe_boots_its_per_mac_profile_from_serve_config() {
-    if !gate(
-        "ovmf_uefi_pxe_boots_its_per_mac_profile_from_serve_config",
-        Firmware::UefiPxe,
-    ) {
+    if !gate(stampede_lab::test_name!(), Firmware::UefiPxe) {
         return;
     }
     profile_boot(Firmware::UefiPxe);
@@ -856,7 +850,9 @@ fn dnsmasq_boot_time(payload: &Payload, firmware: Firmware, round: usize) -> Boo
 #[test]
 #[ignore = "benchmark: boots 6 machines per round one after the other (~2.5 min)"]
 fn boot_time_stampede_and_dnsmasq() {
-    if !gate("boot_time", Firmware::UefiPxe) || !gate("boot_time", Firmware::Bios) {
+    if !gate(stampede_lab::test_name!(), Firmware::UefiPxe)
+        || !gate(stampede_lab::test_name!(), Firmware::Bios)
+    {
         return;
     }
     let rounds: usize = std::env::var("BOOT_TIME_ROUNDS")

@@ -88,7 +88,7 @@ fn learn_transfer_ports(attacker: &Netns, server: SocketAddrV4, transfers: usize
 
 #[test]
 fn spoofed_tftp_requests_draw_little_towards_the_victim() {
-    if !require("spoofed_tftp_requests", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lan = Lan::new().expect("lan");
@@ -181,7 +181,7 @@ fn spoofed_tftp_requests_draw_little_towards_the_victim() {
 /// about once in 65,536; ports the host reserves are never taken.
 #[test]
 fn transfer_ports_are_drawn_from_all_unprivileged_ports_but_reserved_ones() {
-    if !require("transfer_ports_drawn_widely", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lan = Lan::new().expect("lan");
@@ -225,7 +225,7 @@ fn transfer_ports_are_drawn_from_all_unprivileged_ports_but_reserved_ones() {
 /// ("failed printing to stdout: Broken pipe"). It must go on serving and stop cleanly.
 #[test]
 fn a_closed_stdout_does_not_stop_the_appliance() {
-    if !require("a_closed_stdout", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
     let lab = stampede_lab::TwoHosts::new().expect("lab");
@@ -258,27 +258,7 @@ fn a_closed_stdout_does_not_stop_the_appliance() {
         process.try_status()
     );
     let script = udhcpc_script(payload.dir.path());
-    let out = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "4",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().expect("utf-8"),
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc runs");
+    let out = udhcpc(&lab.client, &lab.client_if, 4, &script, &[]);
     let lease = bound(&out.stdout);
     assert!(lease.contains_key("ip"), "{lease:?}");
     process
@@ -299,15 +279,14 @@ fn a_closed_stdout_does_not_stop_the_appliance() {
 /// appliance's log. Peer-supplied text is escaped (and bounded) wherever it is reported.
 #[test]
 fn tftp_file_names_cannot_forge_log_lines() {
-    if !require("tftp_file_names_cannot_forge_log_lines", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(4096, 4096);
-    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(4096, 4096).client_address().start();
     let server = SocketAddrV4::new(lab.server_ip(), 69);
     let names: Vec<String> = vec![
         "vmlinuz\n2026-01-01T00:00:00Z  INFO stampede::boot: FORGED tftp transfer done".into(),
@@ -358,15 +337,14 @@ fn tftp_file_names_cannot_forge_log_lines() {
 /// line and on `/metrics`.
 #[test]
 fn oversized_datagrams_are_counted_with_a_reason() {
-    if !require("oversized_datagrams", &["ss", "curl"]) {
+    if !require!(&["ss", "curl"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(4096, 4096);
-    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(4096, 4096).client_address().start();
     let server = lab.server_ip();
     lab.client
         .in_namespace(move || {
@@ -420,21 +398,17 @@ fn oversized_datagrams_are_counted_with_a_reason() {
 /// Issue 19: machines whose chaddr is all zeros or all ones got offers. Refused and counted.
 #[test]
 fn zero_and_broadcast_client_macs_get_no_offer() {
-    if !require("zero_and_broadcast_client_macs", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(4096, 4096);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let appliance = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(4096, 4096)
+        .client_address()
+        .dhcp_range(100, 150)
+        .start();
     let server = lab.server_ip();
     let answers = lab
         .client
@@ -473,15 +447,14 @@ fn zero_and_broadcast_client_macs_get_no_offer() {
 /// ended, gets no TFTP answer (an ERROR 5 would go to whatever address the sender forged).
 #[test]
 fn acks_from_strangers_and_to_old_ports_are_not_answered() {
-    if !require("acks_from_strangers", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
-    let lab = stampede_lab::TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("addr");
-    let payload = Payload::new(64 << 10, 4096);
-    let appliance = start_boot(&lab.server, &lab.server_if, &[], &payload);
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server: appliance,
+    } = LabBoot::new(64 << 10, 4096).client_address().start();
     let server = SocketAddrV4::new(lab.server_ip(), 69);
     let (stranger_got, old_port_got) = lab
         .client

@@ -111,19 +111,16 @@ fn machine_lock() -> nix::fcntl::Flock<std::fs::File> {
 
 #[test]
 fn the_debian_package_installs_a_working_service_and_purges_clean() {
-    if !require(
-        "debian_package",
-        &[
-            "dpkg",
-            "dpkg-deb",
-            "dpkg-query",
-            "strip",
-            "objdump",
-            "gzip",
-            "adduser",
-            "deluser",
-        ],
-    ) {
+    if !require!(&[
+        "dpkg",
+        "dpkg-deb",
+        "dpkg-query",
+        "strip",
+        "objdump",
+        "gzip",
+        "adduser",
+        "deluser",
+    ]) {
         return;
     }
     let lock = machine_lock();

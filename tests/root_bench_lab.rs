@@ -44,10 +44,7 @@ fn local_routes(lab: &TwoHosts) -> String {
 
 #[test]
 fn root_bench_verifies_every_machines_root() {
-    if !require(
-        "root_bench_verifies_every_machines_root",
-        &["ip", "umoci", "depmod", "apt-get", "dpkg-deb"],
-    ) {
+    if !require!(&["ip", "umoci", "depmod", "apt-get", "dpkg-deb"]) {
         return;
     }
     let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));

@@ -17,7 +17,8 @@ use sha2::{Digest as _, Sha256};
 use stampede_lab::{Netns, Output, Process, TwoHosts, require, root_image};
 use stampede_rootfs::manifest::{ManifestSigningKey, SignedManifest};
 use support::appliance::{
-    ADMIN_TOKEN, API, Payload, STAMPEDE, bound, start_boot, stop, udhcpc_script, wait_for_api,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, UDHCPC_IPXE, bound, serve_command,
+    stop, udhcpc, udhcpc_script, wait_for_api,
 };
 
 /// The small image (umoci, Debian's kernel package) and the lab's clients.
@@ -28,14 +29,6 @@ const PROGRAMS: &[&str] = &[
 /// Pull, flatten, erofs, chunks and the node initramfs of the small image, in a debug build on
 /// shared cores.
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Option 60 of a BIOS PXE ROM and option 77 "iPXE": the client iPXE is once it runs.
-const UDHCPC_IPXE: &[&str] = &[
-    "-V",
-    "PXEClient:Arch:00000:UNDI:002001",
-    "-x",
-    "0x4d:69505845",
-];
 
 fn ctl_raw(ns: &Netns, args: &[&str], timeout: Duration) -> Output {
     let mut command = ns.command(STAMPEDE);
@@ -106,7 +99,6 @@ struct Appliance {
 impl Appliance {
     fn start() -> Self {
         let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));
-        let lab = TwoHosts::new().expect("lab");
         let payload = Payload::new(4096, 4096);
         let archive = payload.dir.path().join("small.oci.tar");
         run(
@@ -118,14 +110,14 @@ impl Appliance {
                 &format!("oci-archive:{}", archive.display()),
             ],
         );
-        let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-        let server = start_boot(
-            &lab.server,
-            &lab.server_if,
-            &["--dhcp-range", &range],
-            &payload,
-        );
-        wait_for_api(&lab.server);
+        let ApplianceLab {
+            lab,
+            payload,
+            server,
+        } = LabBoot::with_payload(payload)
+            .dhcp_range(100, 150)
+            .api()
+            .start();
         Self {
             server,
             lab,
@@ -192,7 +184,7 @@ fn skopeo_digest(source: &str) -> String {
 
 #[test]
 fn a_root_imported_through_ctl_boots_from_an_api_profile() {
-    if !require("root_import", PROGRAMS) {
+    if !require!(PROGRAMS) {
         return;
     }
     let appliance = Appliance::start();
@@ -310,27 +302,14 @@ fn a_root_imported_through_ctl_boots_from_an_api_profile() {
     ctl(ns, &["machines", "add", &mac, "--profile", "diskless"]);
     // The API's change reaches the data plane as a reload.
     let script_path = udhcpc_script(&scratch);
-    let mut args = vec![
-        "udhcpc",
-        "-i",
+    let dhcp = udhcpc(
+        &appliance.lab.client,
         &appliance.lab.client_if,
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "4",
-        "-T",
-        "1",
-        "-s",
-        script_path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(UDHCPC_IPXE);
-    let dhcp = appliance
-        .lab
-        .client
-        .run("busybox", &args, Duration::from_secs(20))
-        .expect("udhcpc runs");
-    let lease = bound(&format!("{}{}", dhcp.stdout, dhcp.stderr));
+        4,
+        &script_path,
+        UDHCPC_IPXE,
+    );
+    let lease = bound(&dhcp.combined());
     let server = appliance.lab.server_ip();
     let base = format!("http://{server}:8080");
     assert!(
@@ -607,7 +586,7 @@ fn truncate_in_largest_member(archive: &Path) {
 
 #[test]
 fn broken_images_are_refused_by_ctl_with_their_cause_and_nothing_is_stored() {
-    if !require("root_import_refused", PROGRAMS) {
+    if !require!(PROGRAMS) {
         return;
     }
     let appliance = Appliance::start();
@@ -838,7 +817,7 @@ fn script_for(ns: &Netns, base: &str, mac: &str, scratch: &Path) -> String {
 
 #[test]
 fn a_file_profile_names_a_root_at_start_and_reload() {
-    if !require("root_import_file_profile", PROGRAMS) {
+    if !require!(PROGRAMS) {
         return;
     }
     let appliance = Appliance::start();
@@ -868,16 +847,7 @@ fn a_file_profile_names_a_root_at_start_and_reload() {
         fs::write(&config, text).expect("write config");
     };
     let serve = || {
-        let mut command = lab.server.command(STAMPEDE);
-        command
-            .args(["serve", "--config"])
-            .arg(&config)
-            .arg("--state")
-            .arg(dir.join("state.redb"))
-            .args(["--stats-interval", "60"])
-            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        let command = serve_command(&lab.server, &config, dir);
         Process::spawn(command).expect("serve")
     };
 

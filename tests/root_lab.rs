@@ -188,7 +188,7 @@ fn assert_session_has_root_steps(lab: &BootLab, mac: &str, what: &str) {
 /// finds nothing of what it wrote.
 #[test]
 fn seabios_and_ovmf_boot_diskless_into_one_oci_image_and_a_reboot_is_fresh() {
-    let test = "seabios_and_ovmf_boot_diskless_into_one_oci_image_and_a_reboot_is_fresh";
+    let test = stampede_lab::test_name!();
     if !require(test, PROGRAMS) {
         return;
     }
@@ -248,7 +248,7 @@ fn seabios_and_ovmf_boot_diskless_into_one_oci_image_and_a_reboot_is_fresh() {
 /// boots.
 #[test]
 fn a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used() {
-    let test = "a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used";
+    let test = stampede_lab::test_name!();
     if !require(test, PROGRAMS) {
         return;
     }
@@ -376,7 +376,7 @@ fn refused(args: &[&str]) -> String {
 /// release. A missing image and an unknown transport are refused by name too.
 #[test]
 fn a_root_that_cannot_boot_is_refused_before_serving() {
-    let test = "a_root_that_cannot_boot_is_refused_before_serving";
+    let test = stampede_lab::test_name!();
     if !require(test, PROGRAMS) {
         return;
     }
@@ -422,7 +422,7 @@ fn a_root_that_cannot_boot_is_refused_before_serving() {
 /// `switch_root`, and brought the system up.
 #[test]
 fn a_debian_root_with_systemd_boots_diskless_to_multi_user() {
-    let test = "a_debian_root_with_systemd_boots_diskless_to_multi_user";
+    let test = stampede_lab::test_name!();
     let mut programs = PROGRAMS.to_vec();
     programs.push("debootstrap");
     if !require(test, &programs) {
@@ -499,7 +499,7 @@ fn a_debian_root_with_systemd_boots_diskless_to_multi_user() {
 #[test]
 #[ignore = "benchmark: boots 2 machines per round one after the other (~1 min per round)"]
 fn diskless_boot_time_against_kernel_and_initrd() {
-    if !require("diskless_boot_time", PROGRAMS) {
+    if !require!(PROGRAMS) {
         return;
     }
     let rounds: usize = std::env::var("BOOT_TIME_ROUNDS")

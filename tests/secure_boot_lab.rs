@@ -102,7 +102,7 @@ fn chain_boot(
 
 #[test]
 fn ovmf_secure_boot_boots_the_signed_chain_from_stampede() {
-    let test = "ovmf_secure_boot_boots_the_signed_chain_from_stampede";
+    let test = stampede_lab::test_name!();
     if !gate(test) {
         return;
     }
@@ -137,7 +137,7 @@ fn ovmf_secure_boot_boots_the_signed_chain_from_stampede() {
 /// nothing of it runs.
 #[test]
 fn ovmf_secure_boot_refuses_a_changed_kernel() {
-    let test = "ovmf_secure_boot_refuses_a_changed_kernel";
+    let test = stampede_lab::test_name!();
     if !gate(test) {
         return;
     }

@@ -1,5 +1,7 @@
 //! `stampede serve` attached to a veth in a namespace lab, with real DHCP clients on the other
 //! end: what busybox udhcpc sends is what the XDP counters show, and stopping detaches.
+mod support;
+
 use std::{process::Command, process::Stdio, time::Duration};
 
 use nix::sys::signal::Signal;
@@ -52,10 +54,7 @@ fn start_serve(lab: &TwoHosts, extra: &[&str]) -> Process {
 
 #[test]
 fn udhcpc_discovers_are_counted_and_sigterm_detaches() {
-    if !stampede_lab::require(
-        "udhcpc_discovers_are_counted_and_sigterm_detaches",
-        &["busybox"],
-    ) {
+    if !stampede_lab::require!(&["busybox"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -70,27 +69,13 @@ fn udhcpc_discovers_are_counted_and_sigterm_detaches() {
         .server
         .link_stat(&lab.server_if, "rx_packets")
         .expect("rx stat");
-    let udhcpc = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "3",
-                "-T",
-                "1",
-                "-s",
-                "/bin/true",
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc runs");
+    let udhcpc = support::appliance::udhcpc(
+        &lab.client,
+        &lab.client_if,
+        3,
+        std::path::Path::new("/bin/true"),
+        &[],
+    );
     let sent = lab
         .client
         .link_stat(&lab.client_if, "tx_packets")
@@ -144,7 +129,7 @@ fn udhcpc_discovers_are_counted_and_sigterm_detaches() {
 
 #[test]
 fn sigint_detaches_too() {
-    if !stampede_lab::require("sigint_detaches_too", &[]) {
+    if !stampede_lab::require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -160,7 +145,7 @@ fn sigint_detaches_too() {
 
 #[test]
 fn unknown_interface_is_a_clear_error() {
-    if !stampede_lab::require("unknown_interface_is_a_clear_error", &[]) {
+    if !stampede_lab::require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

@@ -104,7 +104,7 @@ fn give_to_nobody(dir: &Path) {
 
 #[test]
 fn without_capabilities_the_start_is_refused_naming_them_before_any_token() {
-    if !require("service_no_caps", &["setpriv"]) {
+    if !require!(&["setpriv"]) {
         return;
     }
     let ns = Netns::new("nocaps").expect("namespace");
@@ -143,7 +143,7 @@ fn without_capabilities_the_start_is_refused_naming_them_before_any_token() {
 
 #[test]
 fn a_machine_boots_from_the_appliance_running_under_the_units_capabilities() {
-    if !require("service_unit_caps", &["setpriv", "busybox", "curl", "ss"]) {
+    if !require!(&["setpriv", "busybox", "curl", "ss"]) {
         return;
     }
     let caps = unit_capabilities();
@@ -217,32 +217,8 @@ fn a_machine_boots_from_the_appliance_running_under_the_units_capabilities() {
     // The machine: a lease and its boot file as iPXE asks for them, then the script and the
     // kernel over HTTP, and iPXE's loader over TFTP (port 69) as a PXE ROM fetches it.
     let script = udhcpc_script(payload.dir.path());
-    let out = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "4",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().expect("utf-8"),
-                "-V",
-                "PXEClient:Arch:00000:UNDI:002001",
-                "-x",
-                "0x4d:69505845",
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc runs");
-    let lease = bound(&format!("{}{}", out.stdout, out.stderr));
+    let out = udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_IPXE);
+    let lease = bound(&out.combined());
     let base = format!("http://{}:8080", lab.server_ip());
     assert!(
         lease["boot_file"].starts_with(&format!("{base}/boot.ipxe?mac=")),

@@ -7,7 +7,10 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use nix::sys::signal::Signal;
 use stampede_lab::{Netns, Output, Process, TwoHosts, require, run_with_timeout, wait_for};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
+use support::appliance::{
+    ADMIN_TOKEN, API, Payload, STAMPEDE, serve_command, spawn_appliance, start_boot, stop,
+    tftp_bound, wait_for_api,
+};
 
 /// `stampede boot --iface IFACE EXTRA.. KERNEL INITRD` in `ns` with its own state, expected to
 /// stop by itself; what it printed.
@@ -35,7 +38,7 @@ fn boot_refused(ns: &Netns, iface: &str, extra: &[&str], payload: &Payload) -> O
 
 #[test]
 fn a_second_appliance_on_the_same_interface_is_refused_naming_the_first() {
-    if !require("start_safety_second_appliance", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -70,7 +73,7 @@ fn a_second_appliance_on_the_same_interface_is_refused_naming_the_first() {
 
 #[test]
 fn another_dhcp_server_on_the_link_is_named_at_an_authoritative_start() {
-    if !require("start_safety_other_dhcp_server", &["ss"]) {
+    if !require!(&["ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -114,7 +117,7 @@ fn another_dhcp_server_on_the_link_is_named_at_an_authoritative_start() {
 
 #[test]
 fn a_dhcp_range_of_another_network_is_refused_naming_both() {
-    if !require("start_safety_dhcp_range_off_link", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -140,32 +143,8 @@ fn a_dhcp_range_of_another_network_is_refused_naming_both() {
 
 /// `stampede serve --config CONFIG` in `ns`, its API on [`API`], up once TFTP is bound.
 fn start_serve(ns: &Netns, config: &Path, payload: &Payload) -> Process {
-    let mut command = ns.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--state")
-        .arg(payload.dir.path().join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut process = Process::spawn(command).expect("start stampede serve");
-    let bound = wait_for(Duration::from_secs(20), || {
-        if process.try_status().is_some() {
-            return Some(false);
-        }
-        let out = ns.run("ss", &["-ulnH"], Duration::from_secs(5)).ok()?;
-        out.stdout.contains(":69 ").then_some(true)
-    });
-    if bound != Some(true) {
-        let out = process.wait_output(Duration::from_secs(5)).ok();
-        panic!(
-            "stampede serve did not come up: {:?}",
-            out.map(|o| format!("{}\n{}", o.stdout, o.stderr))
-        );
-    }
-    process
+    let command = serve_command(ns, config, payload.dir.path());
+    spawn_appliance(command, "stampede serve", || tftp_bound(ns))
 }
 
 /// `/api/v1/health` of the appliance in `ns`.
@@ -180,7 +159,7 @@ fn health(ns: &Netns) -> serde_json::Value {
 
 #[test]
 fn a_missing_kernel_or_initrd_is_refused_at_start_and_on_reload_naming_profile_and_path() {
-    if !require("start_safety_missing_boot_files", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -250,7 +229,7 @@ fn a_missing_kernel_or_initrd_is_refused_at_start_and_on_reload_naming_profile_a
 
 #[test]
 fn a_busy_api_port_refuses_the_start_naming_the_address() {
-    if !require("start_safety_api_port_busy", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -281,7 +260,7 @@ fn a_busy_api_port_refuses_the_start_naming_the_address() {
 
 #[test]
 fn a_hostname_in_the_quick_mode_command_line_is_refused() {
-    if !require("start_safety_quick_hostname", &[]) {
+    if !require!(&[]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

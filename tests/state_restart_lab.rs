@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
 use support::appliance::{
-    ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, start_boot_xdp, stop, wait_for_api,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, start_boot, stop,
+    wait_for_api,
 };
 
 const DENIED: &str = "52:54:00:18:00:02";
@@ -21,29 +22,14 @@ fn ctl(ns: &Netns, args: &[&str]) -> String {
 }
 
 /// udhcpc as a PXE ROM on the client's link; its output.
-fn udhcpc(lab: &TwoHosts, script: &std::path::Path, tries: &str) -> stampede_lab::Output {
-    lab.client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                tries,
-                "-T",
-                "1",
-                "-s",
-                script.to_str().expect("utf-8 path"),
-                "-V",
-                "PXEClient:Arch:00000:UNDI:002001",
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc")
+fn udhcpc(lab: &TwoHosts, script: &std::path::Path, tries: u32) -> stampede_lab::Output {
+    support::appliance::udhcpc(
+        &lab.client,
+        &lab.client_if,
+        tries,
+        script,
+        support::appliance::UDHCPC_BIOS,
+    )
 }
 
 /// (address, MAC) of every lease.
@@ -63,20 +49,25 @@ fn sessions_json(ns: &Netns) -> serde_json::Value {
 
 #[test]
 fn refusals_are_recorded_sessions_survive_a_restart_and_a_backup_restores() {
-    if !require("state_restart_lab", &["busybox", "curl", "ss", "ip"]) {
+    if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(64 << 10, 64 << 10);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(64 << 10, 64 << 10)
+        .dhcp_range(100, 150)
+        .api()
+        .start();
     let state = payload.dir.path().join("state.redb");
+    // The same arguments for the restarts.
     let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
     let extra = ["--dhcp-range", range.as_str()];
-    let server = start_boot(&lab.server, &lab.server_if, &extra, &payload);
-    wait_for_api(&lab.server);
     let script = support::appliance::udhcpc_script(payload.dir.path());
 
     // A machine boots.
-    let lease = support::appliance::bound(&udhcpc(&lab, &script, "4").stdout);
+    let lease = support::appliance::bound(&udhcpc(&lab, &script, 4).stdout);
     let link = lab
         .client
         .run(
@@ -112,7 +103,7 @@ fn refusals_are_recorded_sessions_survive_a_restart_and_a_backup_restores() {
             Duration::from_secs(5),
         )
         .expect("set the client's MAC");
-    let refused = udhcpc(&lab, &script, "2");
+    let refused = udhcpc(&lab, &script, 2);
     assert!(
         !refused.stdout.contains("BOUND"),
         "a denied machine gets no lease:\n{}",
@@ -217,20 +208,18 @@ fn refusals_are_recorded_sessions_survive_a_restart_and_a_backup_restores() {
 /// sample still puts the refusal in the machine's session.
 #[test]
 fn a_machine_the_xdp_program_refuses_is_on_record() {
-    if !require("state_restart_lab_xdp", &["busybox", "curl", "ss", "ip"]) {
+    if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(64 << 10, 64 << 10);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let server = start_boot_xdp(
-        &lab.server,
-        &lab.server_if,
-        "generic",
-        &["--dhcp-range", &range],
-        &payload,
-    );
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(64 << 10, 64 << 10)
+        .dhcp_range(100, 150)
+        .xdp_mode("generic")
+        .api()
+        .start();
     let script = support::appliance::udhcpc_script(payload.dir.path());
     ctl(&lab.server, &["machines", "add", DENIED, "--deny"]);
     lab.client
@@ -243,7 +232,7 @@ fn a_machine_the_xdp_program_refuses_is_on_record() {
     // The deny list reaches the program with the reload the change starts; until then user
     // space refuses the machine itself.
     let timeline = stampede_lab::wait_for(Duration::from_secs(30), || {
-        let refused = udhcpc(&lab, &script, "1");
+        let refused = udhcpc(&lab, &script, 1);
         assert!(!refused.stdout.contains("BOUND"), "{}", refused.stdout);
         std::thread::sleep(Duration::from_millis(500));
         // The list, not the timeline: no session at all is not an error yet.
@@ -268,7 +257,7 @@ fn a_machine_the_xdp_program_refuses_is_on_record() {
 /// session says so, with the reason.
 #[test]
 fn an_unknown_machine_refused_by_proxy_dhcp_is_on_record() {
-    if !require("state_restart_lab_proxy", &["busybox", "curl", "ss", "ip"]) {
+    if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -289,21 +278,12 @@ fn an_unknown_machine_refused_by_proxy_dhcp_is_on_record() {
         ),
     )
     .expect("write config");
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state")
-        .arg(dir.join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let command = serve_command(&lab.server, &config, dir);
     let server = stampede_lab::Process::spawn(command).expect("serve");
     wait_for_api(&lab.server);
     let script = support::appliance::udhcpc_script(dir);
     let unknown = stampede_lab::wait_for(Duration::from_secs(20), || {
-        udhcpc(&lab, &script, "1");
+        udhcpc(&lab, &script, 1);
         let listed = sessions_json(&lab.server).to_string();
         listed
             .contains("by dhcp: unknown_machine")

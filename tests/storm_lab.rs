@@ -27,12 +27,11 @@ fn local_routes(lab: &TwoHosts) -> String {
 
 #[test]
 fn storm_boots_every_simulated_machine_and_catches_a_corrupt_file() {
-    if !require("storm_boots_every_simulated_machine", &["ip", "ss"]) {
+    if !require!(&["ip", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
     let payload = Payload::new(2 << 20, 1 << 20);
-    let dir = payload.dir.path();
+    let dir = payload.dir.path().to_path_buf();
     let ipxe = dir.join("ipxe");
     let verify = dir.join("verify");
     std::fs::create_dir_all(&ipxe).unwrap();
@@ -48,22 +47,21 @@ fn storm_boots_every_simulated_machine_and_catches_a_corrupt_file() {
     std::fs::copy(&payload.kernel, verify.join("vmlinuz")).unwrap();
     std::fs::copy(&payload.initrd, verify.join("initrd.img")).unwrap();
 
-    let range = format!("{}-{}", lab.subnet.host(20), lab.subnet.host(250));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &[
-            "--dhcp-range",
-            &range,
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server,
+    } = LabBoot::with_payload(payload)
+        .dhcp_range(20, 250)
+        .args(&[
             "--ipxe-dir",
             ipxe.to_str().unwrap(),
             "--api",
             "off",
             "--router-advertisements",
             "off",
-        ],
-        &payload,
-    );
+        ])
+        .start();
     let pid = server.id().expect("server pid").to_string();
     let routes_before = local_routes(&lab);
     let json = dir.join("storm.json");

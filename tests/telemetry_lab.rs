@@ -6,7 +6,7 @@ mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use stampede_lab::{Netns, TwoHosts, require, wait_for};
+use stampede_lab::{Netns, require, wait_for};
 use support::appliance::*;
 
 const DASHBOARD: &str = concat!(
@@ -78,49 +78,25 @@ fn dashboard_metrics(dashboard: &serde_json::Value) -> BTreeSet<String> {
 
 #[test]
 fn stage_histograms_pools_and_the_dashboard_match_a_running_appliance() {
-    if !require("telemetry", &["busybox", "curl", "tftp", "ss"]) {
+    if !require!(&["busybox", "curl", "tftp", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(256 << 10, 64 << 10);
-    let (first, last) = (lab.subnet.host(100), lab.subnet.host(149));
-    let range = format!("{first}-{last}");
     // XDP in generic mode, so the classifier's counters are exported too.
-    let server = start_boot_xdp(
-        &lab.server,
-        &lab.server_if,
-        "generic",
-        &["--dhcp-range", &range],
-        &payload,
-    );
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(256 << 10, 64 << 10)
+        .dhcp_range(100, 149)
+        .xdp_mode("generic")
+        .api()
+        .start();
+    let (first, last) = (lab.subnet.host(100), lab.subnet.host(149));
 
     // One machine: DHCP (Discover, Offer, Request, Ack), then its kernel by TFTP and HTTP.
     let script = udhcpc_script(payload.dir.path());
-    let out = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "4",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().expect("utf-8 path"),
-                "-V",
-                "PXEClient:Arch:00000:UNDI:002001",
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc runs");
-    let lease = bound(&format!("{}{}", out.stdout, out.stderr));
+    let out = udhcpc(&lab.client, &lab.client_if, 4, &script, UDHCPC_BIOS);
+    let lease = bound(&out.combined());
     let got = payload.dir.path().join("got-vmlinuz");
     let tftp = lab
         .client
@@ -238,41 +214,20 @@ fn stage_histograms_pools_and_the_dashboard_match_a_running_appliance() {
 
 #[test]
 fn json_logs_name_the_dhcp_message_and_stats_lines_carry_a_time() {
-    if !require("json_logs", &["busybox", "ss"]) {
+    if !require!(&["busybox", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(149));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range, "--log-format", "json"],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096)
+        .dhcp_range(100, 149)
+        .args(&["--log-format", "json"])
+        .start();
     let script = udhcpc_script(payload.dir.path());
-    let out = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "4",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().expect("utf-8 path"),
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc runs");
-    bound(&format!("{}{}", out.stdout, out.stderr));
+    let out = udhcpc(&lab.client, &lab.client_if, 4, &script, &[]);
+    bound(&out.combined());
     let (out, _) = stop(server);
 
     // Every log line is one JSON object; the DHCP reply's kind is its own field, not tracing's

@@ -172,22 +172,19 @@ const STORM_NAMES: [&str; 2] = ["at once", "stalled 2 s"];
 
 #[test]
 fn hundreds_of_atftp_clients_all_complete_even_when_late() {
-    if !require("tftp_storm_atftp", &["atftp", "ss"]) {
+    if !require!(&["atftp", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    lab.client
-        .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
-        .expect("client address");
-    let payload = Payload::new(FILE_LEN, 4096);
+    let ApplianceLab {
+        lab,
+        payload,
+        server: appliance,
+    } = LabBoot::new(FILE_LEN, 4096)
+        .client_address()
+        .args(&["--api", "off", "--router-advertisements", "off"])
+        .start();
     let logs = payload.dir.path().join("atftp");
     std::fs::create_dir_all(&logs).expect("log dir");
-    let appliance = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--api", "off", "--router-advertisements", "off"],
-        &payload,
-    );
     let results = storms(&lab, &appliance, "stampede", &logs);
     let (out, stats) = stop(appliance);
     let counters: HashMap<&str, u64> = [

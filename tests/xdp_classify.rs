@@ -54,7 +54,7 @@ fn ip_udp(dport: u16) -> Vec<u8> {
 
 #[test]
 fn every_class_is_counted_exactly() {
-    let Some(xdp) = classifier("every_class_is_counted_exactly", 8080) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), 8080) else {
         return;
     };
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
@@ -235,7 +235,7 @@ fn every_class_is_counted_exactly() {
 
 #[test]
 fn http_port_comes_from_the_config_map() {
-    let Some(xdp) = classifier("http_port_comes_from_the_config_map", 9090) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), 9090) else {
         return;
     };
     let syn = |port| {
@@ -256,7 +256,7 @@ fn http_port_comes_from_the_config_map() {
 
 #[test]
 fn counters_accumulate_over_repeated_runs() {
-    let Some(mut xdp) = classifier("counters_accumulate_over_repeated_runs", 8080) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), 8080) else {
         return;
     };
     // 1000 DISCOVERs from one MAC are a flood the default per-MAC bucket stops; this test is

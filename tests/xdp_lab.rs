@@ -4,7 +4,7 @@
 //! are still served.
 mod support;
 
-use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use nix::sys::signal::Signal;
 use stampede_lab::{
@@ -15,8 +15,6 @@ use stampede_lab::{
 use support::appliance::*;
 
 const MAC_A: &str = "52:54:00:66:00:01";
-const UDHCPC_BIOS: &[&str] = &["-V", "PXEClient:Arch:00000:UNDI:002001"];
-
 /// A configuration file: authoritative DHCP on `iface`, one profile, the given `[xdp]` keys and
 /// extra `[[machines]]`.
 fn write_config(path: &Path, lab: &TwoHosts, payload: &Payload, xdp: &str, machines: &str) {
@@ -41,35 +39,8 @@ fn write_config(path: &Path, lab: &TwoHosts, payload: &Payload, xdp: &str, machi
 
 /// Starts `stampede serve --config` in `ns` with the control API on, and waits for the API.
 fn start_serve(ns: &Netns, config: &Path, payload: &Payload) -> Process {
-    let mut command = ns.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--state")
-        .arg(payload.dir.path().join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut process = Process::spawn(command).expect("start stampede serve");
-    let up = wait_for(Duration::from_secs(20), || {
-        if process.try_status().is_some() {
-            return Some(false);
-        }
-        let url = format!("{API}/api/v1/health");
-        let out = ns
-            .run("curl", &["-sf", &url], Duration::from_secs(5))
-            .ok()?;
-        out.status.success().then_some(true)
-    });
-    if up != Some(true) {
-        let out = process.wait_output(Duration::from_secs(5)).ok();
-        panic!(
-            "stampede serve did not come up: {:?}",
-            out.map(|o| format!("{}\n{}", o.stdout, o.stderr))
-        );
-    }
-    process
+    let command = serve_command(ns, config, payload.dir.path());
+    spawn_appliance(command, "stampede serve", || api_answers(ns))
 }
 
 /// All samples of `/metrics` as `name{labels}` → value.
@@ -118,29 +89,11 @@ fn metrics_after(ns: &Netns, reason: &str, above: u64) -> HashMap<String, u64> {
 }
 
 /// One udhcpc run from the client; `Some(ip)` when it got a lease. `tries` DISCOVERs, 1 s apart.
-fn udhcpc(lab: &TwoHosts, script: &Path, tries: &str) -> Option<String> {
+fn udhcpc(lab: &TwoHosts, script: &Path, tries: u32) -> Option<String> {
     lab.client
         .ip(&["addr", "flush", "dev", &lab.client_if])
         .expect("flush");
-    let mut args = vec![
-        "udhcpc",
-        "-i",
-        &lab.client_if,
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        tries,
-        "-T",
-        "1",
-        "-s",
-        script.to_str().expect("utf-8"),
-    ];
-    args.extend_from_slice(UDHCPC_BIOS);
-    let out = lab
-        .client
-        .run("busybox", &args, Duration::from_secs(30))
-        .expect("udhcpc runs");
+    let out = support::appliance::udhcpc(&lab.client, &lab.client_if, tries, script, UDHCPC_BIOS);
     out.stdout
         .lines()
         .find_map(|l| l.strip_prefix("BOUND "))
@@ -150,7 +103,7 @@ fn udhcpc(lab: &TwoHosts, script: &Path, tries: &str) -> Option<String> {
 /// The client is served within a few attempts (a policy change lands within one event-loop turn
 /// of the appliance, so the first attempt may still see the old lists).
 fn served(lab: &TwoHosts, script: &Path, why: &str) -> String {
-    wait_for(Duration::from_secs(20), || udhcpc(lab, script, "3"))
+    wait_for(Duration::from_secs(20), || udhcpc(lab, script, 3))
         .unwrap_or_else(|| panic!("{why}: udhcpc got no lease"))
 }
 
@@ -158,13 +111,13 @@ fn served(lab: &TwoHosts, script: &Path, why: &str) -> String {
 /// under `reason` while the engine receives no DHCP at all.
 fn refused_at_nic(lab: &TwoHosts, script: &Path, reason: &str, why: &str) {
     let refused = wait_for(Duration::from_secs(20), || {
-        udhcpc(lab, script, "2").is_none().then_some(())
+        udhcpc(lab, script, 2).is_none().then_some(())
     });
     assert!(refused.is_some(), "{why}: udhcpc is still served");
     // The counters reach /metrics once a second: let the last attempt's land first.
     std::thread::sleep(Duration::from_millis(1200));
     let before = metrics(&lab.server);
-    if let Some(bound) = udhcpc(lab, script, "2") {
+    if let Some(bound) = udhcpc(lab, script, 2) {
         panic!("{why}: udhcpc was served: {bound}");
     }
     let after = metrics_after(&lab.server, reason, dropped(&before, reason));
@@ -177,7 +130,7 @@ fn refused_at_nic(lab: &TwoHosts, script: &Path, reason: &str, why: &str) {
 
 #[test]
 fn xdp_policy_follows_the_control_api_and_sighup_while_attached() {
-    if !require("xdp_policy_live", &["busybox", "curl", "ss"]) {
+    if !require!(&["busybox", "curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -297,7 +250,7 @@ fn boot_during_flood(lab: &TwoHosts, payload: &Payload, script: &Path) {
 
 #[test]
 fn a_discover_flood_dies_in_xdp_while_real_clients_boot() {
-    if !require("xdp_flood", &["busybox", "curl", "ss", "tftp"]) {
+    if !require!(&["busybox", "curl", "ss", "tftp"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");

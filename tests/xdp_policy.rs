@@ -100,7 +100,7 @@ fn dhcp_udp(dport: u16, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn malformed_boot_frames_are_dropped_malformed_non_boot_frames_pass() {
-    let Some(xdp) = classifier("malformed_boot_frames", XdpPolicy::permissive()) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), XdpPolicy::permissive()) else {
         return;
     };
     let good = discover_frame(MAC_A, None, 67);
@@ -227,7 +227,7 @@ fn malformed_boot_frames_are_dropped_malformed_non_boot_frames_pass() {
 
 #[test]
 fn dhcp_bucket_passes_the_burst_then_drops_per_mac() {
-    let Some(xdp) = classifier("dhcp_bucket_per_mac", no_refill(4, 1)) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), no_refill(4, 1)) else {
         return;
     };
     let from_a = discover_frame(MAC_A, None, 67);
@@ -329,7 +329,7 @@ fn dhcp_bucket_passes_the_burst_then_drops_per_mac() {
 
 #[test]
 fn routed_dhcp_is_keyed_by_chaddr_not_by_the_router() {
-    let Some(mut xdp) = classifier("routed_dhcp_keyed_by_chaddr", no_refill(2, 1)) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), no_refill(2, 1)) else {
         return;
     };
     // From the router's MAC: relayed DISCOVERs (giaddr set) to 67, and unicasts to ProxyDHCP.
@@ -382,7 +382,7 @@ fn dhcp_bucket_refills_over_time() {
         dhcp_burst: BURST,
         ..XdpPolicy::permissive()
     };
-    let Some(xdp) = classifier("dhcp_bucket_refills_over_time", policy) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), policy) else {
         return;
     };
     let frame = discover_frame(MAC_A, None, 67);
@@ -412,7 +412,7 @@ fn dhcp_bucket_refills_over_time() {
 
 #[test]
 fn deny_list_is_updated_live() {
-    let Some(mut xdp) = classifier("deny_list_is_updated_live", XdpPolicy::permissive()) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), XdpPolicy::permissive()) else {
         return;
     };
     let from_a = discover_frame(MAC_A, None, 67);
@@ -458,7 +458,7 @@ fn deny_list_is_updated_live() {
 
 #[test]
 fn known_only_mode_passes_allowed_macs_only() {
-    let Some(mut xdp) = classifier("known_only_mode", XdpPolicy::permissive()) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), XdpPolicy::permissive()) else {
         return;
     };
     let from_a = discover_frame(MAC_A, None, 67);
@@ -515,7 +515,7 @@ fn known_only_mode_passes_allowed_macs_only() {
 
 #[test]
 fn tftp_read_requests_beyond_admission_are_dropped() {
-    let Some(xdp) = classifier("tftp_admission", no_refill(16, 3)) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), no_refill(16, 3)) else {
         return;
     };
     let rrq = |mac, file| {
@@ -585,7 +585,7 @@ fn tftp_read_requests_beyond_admission_are_dropped() {
 
 #[test]
 fn default_policy_lets_clients_boot_and_stops_a_flood() {
-    let Some(xdp) = classifier("default_policy", XdpPolicy::permissive()) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), XdpPolicy::permissive()) else {
         return;
     };
     // A client's whole exchange, repeated: well inside the default burst.
@@ -627,7 +627,7 @@ fn default_policy_lets_clients_boot_and_stops_a_flood() {
 
 #[test]
 fn a_zero_burst_is_refused() {
-    let Some(mut xdp) = classifier("a_zero_burst_is_refused", XdpPolicy::permissive()) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), XdpPolicy::permissive()) else {
         return;
     };
     let err = xdp
@@ -656,7 +656,7 @@ fn mac_lists_are_synced_to_exactly_what_is_wanted() {
         known_only: 1,
         ..XdpPolicy::permissive()
     };
-    let Some(mut xdp) = classifier("mac_list_sync", known_only) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), known_only) else {
         return;
     };
     // Something put there by hand beforehand: a sync reads the kernel's maps, not a memory.
@@ -751,7 +751,7 @@ fn tftp_admission_refills_over_time() {
         tftp_burst: BURST,
         ..XdpPolicy::permissive()
     };
-    let Some(xdp) = classifier("tftp_admission_refills", policy) else {
+    let Some(xdp) = classifier(stampede_lab::test_name!(), policy) else {
         return;
     };
     let rrq = ethernet_from(
@@ -804,7 +804,7 @@ fn policy_reads_past_ip_options_and_tags_and_never_parses_fragments() {
         known_only: 1,
         ..no_refill(2, 1)
     };
-    let Some(mut xdp) = classifier("policy_past_options", known_only) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), known_only) else {
         return;
     };
     xdp.allow_mac(MAC_A).expect("allow A");
@@ -892,7 +892,7 @@ fn policy_reads_past_ip_options_and_tags_and_never_parses_fragments() {
 /// none.
 #[test]
 fn refusals_by_mac_policy_are_sampled_to_user_space() {
-    let Some(mut xdp) = classifier("xdp_refusals", no_refill(1, 1)) else {
+    let Some(mut xdp) = classifier(stampede_lab::test_name!(), no_refill(1, 1)) else {
         return;
     };
     let mut ring = xdp

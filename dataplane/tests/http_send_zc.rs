@@ -187,7 +187,7 @@ fn sendmsg_vs_sendmsg_zc() {
         }
     };
     assert!(caps.sendmsg_zc, "this kernel lacks IORING_OP_SENDMSG_ZC");
-    if !stampede_lab::require("sendmsg_vs_sendmsg_zc", &["ip"]) {
+    if !stampede_lab::require!(&["ip"]) {
         return;
     }
     let runs: usize = std::env::var("ZC_RUNS")

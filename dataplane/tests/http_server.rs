@@ -35,14 +35,11 @@ fn uring_available() -> bool {
 
 /// Deterministic, non-repeating-looking content so a misplaced chunk cannot pass.
 fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).max(1);
+    let mut rng = stampede_lab::rng::TestRng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        // xorshift64, eight bytes per step (debug builds are slow per byte).
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        // Eight bytes per step: debug builds are slow per byte.
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(len);
     out

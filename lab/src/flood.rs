@@ -23,7 +23,7 @@ use nix::{
     },
 };
 
-use crate::{LabError, Netns, Result};
+use crate::{LabError, Netns, Result, rng::TestRng};
 
 /// Ethernet (14) + IPv4 (20) + UDP (8) + BOOTP (300: the 236-byte fixed header and 64 bytes of
 /// options, the classic minimum BOOTP size of RFC 951).
@@ -87,27 +87,6 @@ impl FloodReport {
     /// Frames sent per second over the whole flood.
     pub fn packets_per_sec(&self) -> f64 {
         self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// A xorshift64 stream: reproducible, and good enough to make MACs distinct.
-#[derive(Debug)]
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A unicast, locally administered MAC (IEEE 802: bit 0 of the first octet clear, bit 1 set).
-    fn mac(&mut self) -> [u8; 6] {
-        let b = self.next().to_be_bytes();
-        [(b[0] & 0xFC) | 0x02, b[1], b[2], b[3], b[4], b[5]]
     }
 }
 
@@ -197,7 +176,7 @@ pub fn run(config: &FloodConfig) -> Result<FloodReport> {
     .map_err(sys_error("socket(AF_PACKET)".into()))?;
     bind(fd.as_raw_fd(), &link).map_err(sys_error(format!("bind to {}", config.iface)))?;
 
-    let mut rng = Xorshift(config.seed | 1);
+    let mut rng = TestRng::new(config.seed | 1);
     let template = discover_frame([0x02, 0, 0, 0, 0, 0], 0);
     let mut frames = vec![template; batch];
     let mut headers = MultiHeaders::<LinkAddr>::preallocate(batch, None);
@@ -221,7 +200,7 @@ pub fn run(config: &FloodConfig) -> Result<FloodReport> {
                 rng.mac()
             };
             hot_in_batch.push(hot);
-            set_source(frame, mac, rng.next() as u32);
+            set_source(frame, mac, rng.next_u64() as u32);
         }
         let slices: Vec<[IoSlice<'_>; 1]> = frames[..n].iter().map(|f| [IoSlice::new(f)]).collect();
         let result = sendmmsg(
@@ -283,7 +262,7 @@ mod tests {
 
     #[test]
     fn random_macs_are_unicast_locally_administered_and_distinct() {
-        let mut rng = Xorshift(7);
+        let mut rng = TestRng::new(7);
         let macs: std::collections::BTreeSet<_> = (0..10_000).map(|_| rng.mac()).collect();
         assert_eq!(macs.len(), 10_000);
         assert!(macs.iter().all(|m| m[0] & 0x03 == 0x02));

@@ -28,6 +28,7 @@ pub mod flood;
 pub mod guest;
 pub mod peers;
 pub mod qemu;
+pub mod rng;
 pub mod root_image;
 
 /// Prefix of every namespace the lab creates: `stampede-<pid>-<seq>-<tag>`.
@@ -103,6 +104,33 @@ pub fn require(test: &str, programs: &[&str]) -> bool {
     }
     eprintln!("SKIP {test}: {reason}");
     false
+}
+
+/// The name of the function the macro is used in (a test's own name; closures inside it are
+/// seen through), so a [`require!`] label cannot drift from the test it gates.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        $crate::function_of(::std::any::type_name_of_val(&here))
+    }};
+}
+
+/// [`require()`] labelled with the calling test's name ([`test_name!`]).
+#[macro_export]
+macro_rules! require {
+    ($programs:expr $(,)?) => {
+        $crate::require($crate::test_name!(), $programs)
+    };
+}
+
+/// The last path segment of `path` (`crate::module::function::here`) naming a function: the
+/// `here` marker [`test_name!`] defines and any `{{closure}}` segments are skipped.
+#[doc(hidden)]
+pub fn function_of(path: &'static str) -> &'static str {
+    path.rsplit("::")
+        .find(|segment| *segment != "here" && *segment != "{{closure}}")
+        .unwrap_or(path)
 }
 
 /// Finds `program` on PATH (or as an absolute path).
@@ -449,6 +477,11 @@ pub struct Output {
 }
 
 impl Output {
+    /// stdout, then stderr.
+    pub fn combined(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
     /// `Ok(self)` when the command exited 0, otherwise the failure with its stderr.
     pub fn ok(self) -> Result<Self> {
         if self.status.success() {
@@ -626,18 +659,11 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// Bytes of a xorshift stream: incompressible, reproducible, different per seed. The payload of
+/// Bytes of a [`rng::TestRng`] stream: incompressible, reproducible, different per seed. The payload of
 /// the lab's boot files (tests, the demo's peers, the benchmark).
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut rng = rng::TestRng::new(seed | 1);
+    (0..len).map(|_| (rng.next_u64() >> 24) as u8).collect()
 }
 
 #[cfg(test)]
@@ -665,7 +691,7 @@ mod tests {
 
     #[test]
     fn two_hosts_talk_and_clean_up() {
-        if !require("two_hosts_talk_and_clean_up", &["ping"]) {
+        if !require!(&["ping"]) {
             return;
         }
         let names;
@@ -697,7 +723,7 @@ mod tests {
 
     #[test]
     fn namespaces_are_removed_when_a_test_panics() {
-        if !require("namespaces_are_removed_when_a_test_panics", &[]) {
+        if !require!(&[]) {
             return;
         }
         let name = std::panic::catch_unwind(|| {
@@ -718,7 +744,7 @@ mod tests {
 
     #[test]
     fn stale_namespaces_of_dead_processes_are_removed() {
-        if !require("stale_namespaces_of_dead_processes_are_removed", &[]) {
+        if !require!(&[]) {
             return;
         }
         // PIDs never reach u32::MAX - 1 (pid_max is at most 2^22), so this one is dead.
@@ -728,6 +754,13 @@ mod tests {
         assert!(removed.contains(&stale), "{stale} not removed: {removed:?}");
         let list = ip(&["netns", "list"]).expect("netns list");
         assert!(!list.contains(&stale));
+    }
+
+    #[test]
+    fn a_test_is_named_by_its_function() {
+        assert_eq!(test_name!(), "a_test_is_named_by_its_function");
+        let from_a_closure = || test_name!();
+        assert_eq!(from_a_closure(), "a_test_is_named_by_its_function");
     }
 
     #[test]

@@ -4,13 +4,13 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use nix::sys::signal::Signal;
 use sha2::{Digest as _, Sha256};
-use stampede_lab::{Netns, Output, Process, wait_for};
+use stampede_lab::{Netns, Output, Process, TwoHosts, wait_for};
 
 pub const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
 
@@ -86,22 +86,56 @@ pub fn start_boot_xdp(
         .arg(&payload.initrd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut process = Process::spawn(command).expect("start stampede boot");
-    let bound = wait_for(Duration::from_secs(20), || {
+    spawn_appliance(command, "stampede boot", || tftp_bound(ns))
+}
+
+/// `stampede serve --config CONFIG --state DIR/state.redb` in `ns` with the tests' admin token,
+/// its output piped; not started, so a test can add arguments or expect the start to fail.
+pub fn serve_command(ns: &Netns, config: &Path, dir: &Path) -> Command {
+    let mut command = ns.command(STAMPEDE);
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--state")
+        .arg(dir.join("state.redb"))
+        .args(["--stats-interval", "60"])
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts the appliance `command` (named `what` in messages) and waits up to 20 s for `ready`;
+/// when it exits first or is not ready in time, panics with what it printed.
+pub fn spawn_appliance(command: Command, what: &str, mut ready: impl FnMut() -> bool) -> Process {
+    let mut process = Process::spawn(command).unwrap_or_else(|err| panic!("start {what}: {err}"));
+    let up = wait_for(Duration::from_secs(20), || {
         if process.try_status().is_some() {
             return Some(false);
         }
-        let out = ns.run("ss", &["-ulnH"], Duration::from_secs(5)).ok()?;
-        out.stdout.contains(":69 ").then_some(true)
+        ready().then_some(true)
     });
-    if bound != Some(true) {
+    if up != Some(true) {
         let out = process.wait_output(Duration::from_secs(5)).ok();
         panic!(
-            "stampede boot did not come up: {:?}",
+            "{what} did not come up: {:?}",
             out.map(|o| format!("{}\n{}", o.stdout, o.stderr))
         );
     }
     process
+}
+
+/// The appliance in `ns` has bound its TFTP port (UDP 69).
+pub fn tftp_bound(ns: &Netns) -> bool {
+    ns.run("ss", &["-ulnH"], Duration::from_secs(5))
+        .is_ok_and(|out| out.stdout.contains(":69 "))
+}
+
+/// The appliance in `ns` answers `/api/v1/health` on [`API`].
+pub fn api_answers(ns: &Netns) -> bool {
+    let url = format!("{API}/api/v1/health");
+    ns.run("curl", &["-sf", &url], Duration::from_secs(5))
+        .is_ok_and(|out| out.status.success())
 }
 
 /// Stops the appliance (SIGTERM) and returns its output and the `final stats` counters.
@@ -129,6 +163,144 @@ pub fn stop(process: Process) -> (Output, HashMap<String, u64>) {
         .map(|(k, v)| (k.to_owned(), v.parse().expect("a count")))
         .collect();
     (out, stats)
+}
+
+/// A two-host lab whose server side runs `stampede boot` on `payload`: what most lab tests start
+/// from. Made by [`LabBoot::start`].
+#[derive(Debug)]
+pub struct ApplianceLab {
+    pub lab: TwoHosts,
+    pub payload: Payload,
+    /// `stampede boot`, its TFTP port bound (and its API answering, when asked for).
+    pub server: Process,
+}
+
+/// How to start an [`ApplianceLab`]: the payload's sizes, the appliance's arguments, and what
+/// the lab needs before the appliance starts.
+#[derive(Debug)]
+#[must_use = "nothing starts before `start`"]
+pub struct LabBoot {
+    payload: Option<Payload>,
+    kernel_len: usize,
+    initrd_len: usize,
+    client_address: bool,
+    dhcp_range: Option<(u8, u8)>,
+    xdp_mode: String,
+    args: Vec<String>,
+    api: bool,
+}
+
+impl LabBoot {
+    /// `stampede boot` (XDP off) serving a kernel and an initrd of these sizes.
+    pub fn new(kernel_len: usize, initrd_len: usize) -> Self {
+        Self {
+            payload: None,
+            kernel_len,
+            initrd_len,
+            client_address: false,
+            dhcp_range: None,
+            xdp_mode: "off".to_owned(),
+            args: Vec::new(),
+            api: false,
+        }
+    }
+
+    /// `stampede boot` serving `payload`, which the test prepared (files or a state file beside
+    /// the kernel, read at start).
+    pub fn with_payload(payload: Payload) -> Self {
+        Self {
+            payload: Some(payload),
+            ..Self::new(0, 0)
+        }
+    }
+
+    /// The client has host address 2 of the lab's subnet before the appliance starts (a machine
+    /// that talks TFTP or HTTP without a DHCP exchange first).
+    pub fn client_address(mut self) -> Self {
+        self.client_address = true;
+        self
+    }
+
+    /// `--dhcp-range` from host `first` to host `last` of the lab's subnet: authoritative DHCP.
+    pub fn dhcp_range(mut self, first: u8, last: u8) -> Self {
+        self.dhcp_range = Some((first, last));
+        self
+    }
+
+    /// The XDP classifier in `mode` (auto, native, generic or off).
+    pub fn xdp_mode(mut self, mode: &str) -> Self {
+        self.xdp_mode = mode.to_owned();
+        self
+    }
+
+    /// More arguments for `stampede boot`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Waits for the control API to answer too ([`wait_for_api`]).
+    pub fn api(mut self) -> Self {
+        self.api = true;
+        self
+    }
+
+    /// Creates the lab (and the client's address), then the payload, then starts the appliance
+    /// and waits until it is up.
+    pub fn start(self) -> ApplianceLab {
+        let lab = TwoHosts::new().expect("lab");
+        if self.client_address {
+            lab.client
+                .ip(&["addr", "add", &lab.subnet.cidr(2), "dev", &lab.client_if])
+                .expect("client address");
+        }
+        let payload = self
+            .payload
+            .unwrap_or_else(|| Payload::new(self.kernel_len, self.initrd_len));
+        let mut args = Vec::new();
+        if let Some((first, last)) = self.dhcp_range {
+            let range = format!("{}-{}", lab.subnet.host(first), lab.subnet.host(last));
+            args.extend(["--dhcp-range".to_owned(), range]);
+        }
+        args.extend(self.args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = start_boot_xdp(&lab.server, &lab.server_if, &self.xdp_mode, &args, &payload);
+        if self.api {
+            wait_for_api(&lab.server);
+        }
+        ApplianceLab {
+            lab,
+            payload,
+            server,
+        }
+    }
+}
+
+/// Options of busybox udhcpc that make it present itself as a PXE ROM of a BIOS machine (PXE
+/// 2.1 §2.2.1: option 60).
+pub const UDHCPC_BIOS: &[&str] = &["-V", "PXEClient:Arch:00000:UNDI:002001"];
+/// ... of a UEFI machine: option 93, client system architecture 7 (RFC 4578 §2.1).
+pub const UDHCPC_UEFI: &[&str] = &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"];
+/// ... of iPXE on a BIOS machine: option 77 (user class) "iPXE", as iPXE sends it.
+pub const UDHCPC_IPXE: &[&str] = &[
+    "-V",
+    "PXEClient:Arch:00000:UNDI:002001",
+    "-x",
+    "0x4d:69505845",
+];
+
+/// busybox udhcpc on `iface` in `ns`, in the foreground, once (`-f -q -n`): `tries` DISCOVERs a
+/// second apart, `script` run on its events (a [`udhcpc_script`], or `/bin/true`), and `extra`
+/// options after it (the client class: [`UDHCPC_BIOS`], ...). What it printed.
+pub fn udhcpc(ns: &Netns, iface: &str, tries: u32, script: &Path, extra: &[&str]) -> Output {
+    let tries = tries.to_string();
+    let mut args = vec![
+        "udhcpc", "-i", iface, "-f", "-q", "-n", "-t", &tries, "-T", "1", "-s",
+    ];
+    args.push(script.to_str().expect("utf-8 path"));
+    args.extend_from_slice(extra);
+    ns.run("busybox", &args, Duration::from_secs(30))
+        .expect("udhcpc runs")
 }
 
 /// A udhcpc script that prints what it was given and configures the address.
@@ -166,13 +338,7 @@ pub const API: &str = "http://127.0.0.1:7070";
 
 /// Waits until the appliance in `ns` answers `/api/v1/health`.
 pub fn wait_for_api(ns: &Netns) {
-    let up = wait_for(Duration::from_secs(10), || {
-        let url = format!("{API}/api/v1/health");
-        let out = ns
-            .run("curl", &["-sf", &url], Duration::from_secs(5))
-            .ok()?;
-        out.status.success().then_some(())
-    });
+    let up = wait_for(Duration::from_secs(10), || api_answers(ns).then_some(()));
     assert!(up.is_some(), "the control API did not answer on {API}");
 }
 

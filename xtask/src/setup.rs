@@ -140,10 +140,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// schemathesis checks the OpenAPI document against the real server's answers
-/// (tests/control_api.rs). 4.32.5 runs on Debian 12's Python 3.11.
+/// (tests/control_api_lab.rs). 4.32.5 runs on Debian 12's Python 3.11.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Its virtualenv, outside the repository so every worktree and CI clone shares one install.
-/// tests/control_api.rs looks for `bin/schemathesis` here.
+/// tests/control_api_lab.rs looks for `bin/schemathesis` here.
 const TOOLS_VENV: &str = "/opt/stampede-tools/venv";
 
 /// cargo-fuzz release used for the fuzz targets in `fuzz/` (builds with stable 1.95).

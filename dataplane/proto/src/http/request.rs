@@ -1015,32 +1015,14 @@ pub(crate) mod tests {
         }
     }
 
-    /// xorshift64*: deterministic, seeded, no dependency.
-    pub(crate) struct Rng(u64);
+    pub(crate) use stampede_lab::rng::TestRng;
 
-    impl Rng {
-        pub(crate) fn new(seed: u64) -> Self {
-            Self(seed.max(1))
-        }
-
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        pub(crate) fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
-    pub(crate) fn mutate(rng: &mut Rng, buf: &mut Vec<u8>) {
+    pub(crate) fn mutate(rng: &mut TestRng, buf: &mut Vec<u8>) {
         const INTERESTING: &[u8] = b"\r\n :/?%.-=,\"\0\t\\*#\x7f\xff";
         for _ in 0..1 + rng.below(4) {
             let at = rng.below(buf.len() + 1);
             match rng.below(5) {
-                0 if at < buf.len() => buf[at] = rng.next() as u8,
+                0 if at < buf.len() => buf[at] = rng.next_u64() as u8,
                 1 if at < buf.len() => buf[at] = INTERESTING[rng.below(INTERESTING.len())],
                 2 => buf.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
                 3 if at < buf.len() => {
@@ -1054,7 +1036,7 @@ pub(crate) mod tests {
     #[test]
     fn mutated_fixtures_never_panic_and_round_trip() {
         let fixtures: Vec<Vec<u8>> = FIXTURES.iter().map(|n| fixture(n)).collect();
-        let mut rng = Rng::new(0x005e_ed0f_b007);
+        let mut rng = TestRng::new(0x005e_ed0f_b007);
         let limits = Limits::default();
         let mut complete_count = 0;
         for _ in 0..20_000 {

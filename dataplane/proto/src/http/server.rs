@@ -1218,7 +1218,7 @@ mod tests {
 
     #[test]
     fn random_bytes_in_random_chunks_never_panic() {
-        use crate::http::request::tests::{FIXTURES, Rng, mutate};
+        use crate::http::request::tests::{FIXTURES, TestRng, mutate};
         let fixtures: Vec<Vec<u8>> = FIXTURES
             .iter()
             .map(|n| {
@@ -1226,7 +1226,7 @@ mod tests {
                     .expect("fixture")
             })
             .collect();
-        let mut rng = Rng::new(77);
+        let mut rng = TestRng::new(77);
         let t0 = Instant::now();
         for round in 0..3000 {
             let mut c = conn(t0);

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use stampede_lab::rng::TestRng;
 
 use super::*;
 use crate::bootpath::PathRejection;
@@ -25,21 +26,6 @@ fn secs(s: u64) -> Duration {
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -86,7 +72,7 @@ struct Sim {
     client: TftpClient,
     refusal: Option<Refusal>,
     faults: Faults,
-    rng: Rng,
+    rng: TestRng,
     held: Option<(SocketAddr, SocketAddr, Vec<u8>)>,
     server_packets: u64,
     transfer_drops: Vec<TransferDrop>,
@@ -102,7 +88,7 @@ impl Sim {
             client: TftpClient::new(now, addr(LISTEN), file, client),
             refusal: None,
             faults: CLEAN,
-            rng: Rng(0x7F7B_1350_2347_7440),
+            rng: TestRng::new(0x7F7B_1350_2347_7440),
             held: None,
             server_packets: 0,
             transfer_drops: Vec::new(),
@@ -285,7 +271,7 @@ fn lossy_duplicating_reordering_network_still_delivers() {
                     client,
                 );
                 sim.faults = faults;
-                sim.rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                sim.rng = TestRng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let outcome = sim.run();
                 let label = format!("windowsize {windowsize} blksize {blksize} seed {seed}");
                 assert_eq!(outcome.result, Ok(()), "{label}");
@@ -972,7 +958,7 @@ fn per_transfer_state_is_small() {
 #[test]
 fn random_datagrams_never_panic_any_core() {
     let t0 = Instant::now();
-    let mut rng = Rng(0xF022_1350);
+    let mut rng = TestRng::new(0xF022_1350);
     let server = TftpServer::new(ServerConfig::default(), catalog(&[("f", &pattern(5000))]));
     let mut transfer = accept(t0, 5000, b"windowsize\x008\x00tsize\x000\x00", NO_IDLE);
     let mut client = TftpClient::new(t0, addr(LISTEN), "f", ClientConfig::edk2());
@@ -988,12 +974,12 @@ fn random_datagrams_never_panic_any_core() {
     let mut now = t0;
     for i in 0..50_000u64 {
         let mut bytes = seeds[(i % 6) as usize].to_vec();
-        for _ in 0..rng.next() % 3 {
-            let at = (rng.next() as usize) % (bytes.len() + 1);
-            match rng.next() % 3 {
-                0 if at < bytes.len() => bytes[at] = rng.next() as u8,
+        for _ in 0..rng.next_u64() % 3 {
+            let at = (rng.next_u64() as usize) % (bytes.len() + 1);
+            match rng.next_u64() % 3 {
+                0 if at < bytes.len() => bytes[at] = rng.next_u64() as u8,
                 1 => bytes.truncate(at),
-                _ => bytes.insert(at, rng.next() as u8),
+                _ => bytes.insert(at, rng.next_u64() as u8),
             }
         }
         let from = if rng.percent(90) {
@@ -1001,7 +987,7 @@ fn random_datagrams_never_panic_any_core() {
         } else {
             addr(STRANGER)
         };
-        now += Duration::from_millis(rng.next() % 700);
+        now += Duration::from_millis(rng.next_u64() % 700);
         let _ = server.handle_request(now, from, &bytes, &mut buf);
         let _ = transfer.handle_datagram(now, from, &bytes);
         let server_from = if rng.percent(90) {

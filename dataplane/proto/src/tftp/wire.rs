@@ -491,6 +491,8 @@ pub fn emit_data_header(buf: &mut [u8], block: u16) {
 
 #[cfg(test)]
 mod tests {
+    use stampede_lab::rng::TestRng;
+
     use super::*;
 
     const TFTP_HPA_RRQ: &[u8] = include_bytes!("../../fixtures/tftp/tftp-hpa-rrq-netascii.bin");
@@ -666,25 +668,9 @@ mod tests {
         );
     }
 
-    /// xorshift64*: a seeded PRNG so the randomized test is reproducible.
-    pub(crate) struct Rng(pub u64);
-
-    impl Rng {
-        pub fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        pub fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     #[test]
     fn parse_never_panics_and_round_trips_on_mutated_fixtures() {
-        let mut rng = Rng(0x5EED_7F7F_0042_1350);
+        let mut rng = TestRng::new(0x5EED_7F7F_0042_1350);
         let mut parsed = 0usize;
         for round in 0..40_000 {
             let base = FIXTURES[round % FIXTURES.len()];
@@ -693,7 +679,7 @@ mod tests {
                 match rng.below(5) {
                     0 if !bytes.is_empty() => {
                         let i = rng.below(bytes.len());
-                        bytes[i] = rng.next() as u8;
+                        bytes[i] = rng.next_u64() as u8;
                     }
                     1 if !bytes.is_empty() => {
                         let i = rng.below(bytes.len());
@@ -702,7 +688,7 @@ mod tests {
                     2 => bytes.truncate(rng.below(bytes.len() + 1)),
                     3 => {
                         let i = rng.below(bytes.len() + 1);
-                        bytes.insert(i, rng.next() as u8);
+                        bytes.insert(i, rng.next_u64() as u8);
                     }
                     _ => {
                         if bytes.len() >= 2 {

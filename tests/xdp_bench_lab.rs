@@ -1,7 +1,7 @@
 //! Benchmarks of the XDP classifier, run by hand (ignored tests, not timed assertions):
 //!
 //! ```text
-//! cargo test --release -p stampede --test xdp_bench -- --ignored --nocapture --test-threads 1
+//! cargo test --release -p stampede --test xdp_bench_lab -- --ignored --nocapture --test-threads 1
 //! ```
 //!
 //! - `per_packet_cost`: the program's mean cost per frame, as the kernel measures it with
@@ -68,7 +68,7 @@ type Case<'a> = (&'static str, &'a XdpClassifier, Vec<u8>, u32, Option<u32>);
 #[test]
 #[ignore = "benchmark: run by hand with --release --ignored --nocapture"]
 fn per_packet_cost() {
-    if !require("xdp_per_packet_cost", &[]) {
+    if !require!(&[]) {
         return;
     }
     let dhcp = |mac, tag, options: &[u8]| {
@@ -308,7 +308,7 @@ fn flood_once(
 #[test]
 #[ignore = "benchmark: run by hand with --release --ignored --nocapture"]
 fn flood_drop_rate() {
-    if !require("xdp_flood_drop_rate", &[]) {
+    if !require!(&[]) {
         return;
     }
     const PACKETS: u64 = 3_000_000;

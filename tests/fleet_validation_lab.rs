@@ -8,7 +8,9 @@ use std::time::Duration;
 use stampede_control::model::{BootPolicy, BootTarget, MacAddr, ProfileSpec};
 use stampede_control::{BootProfile, Caller, ControlState, Machine, Metrics, Role};
 use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
+use support::appliance::{
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, stop, wait_for_api,
+};
 
 /// One request with the admin token; status and JSON body (Null when none).
 fn api(ns: &Netns, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
@@ -82,10 +84,9 @@ fn machine(mac: &str, profile: &str, labels: &[(&str, &str)]) -> Machine {
 
 #[test]
 fn writes_the_appliance_cannot_serve_are_refused_and_stored_ones_quarantined() {
-    if !require("fleet_validation", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
     let payload = Payload::new(4096, 4096);
     // What an earlier version stored through its API: a profile reading /etc/shadow, a machine
     // booting it, and servable entries next to them.
@@ -109,8 +110,11 @@ fn writes_the_appliance_cannot_serve_are_refused_and_stored_ones_quarantined() {
             state.put_machine(&admin, m, true).expect("stored");
         }
     }
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server,
+    } = LabBoot::with_payload(payload).api().start();
 
     let (status, health) = api(&lab.server, "GET", "/api/v1/health", None);
     assert_eq!(status, 200, "{health}");
@@ -368,7 +372,7 @@ fn health_and_failures(ns: &Netns) -> (serde_json::Value, String) {
 
 #[test]
 fn a_refused_reload_shows_in_health_and_metrics() {
-    if !require("fleet_validation", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -386,16 +390,7 @@ fn a_refused_reload_shows_in_health_and_metrics() {
         std::fs::write(&config, text).expect("write config");
     };
     write("vmlinuz");
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state")
-        .arg(dir.join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let command = serve_command(&lab.server, &config, dir);
     let server = stampede_lab::Process::spawn(command).expect("serve");
     wait_for_api(&lab.server);
     let (health, failures) = health_and_failures(&lab.server);

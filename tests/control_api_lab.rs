@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, start_boot, stop, wait_for_api};
+use support::appliance::{
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, stop,
+};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM files.
 struct Pki {
@@ -63,21 +65,21 @@ fn curl(ns: &Netns, args: &[&str]) -> stampede_lab::Output {
 
 #[test]
 fn the_api_serves_https_with_a_configured_certificate() {
-    if !require("api_tls", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
     let payload = Payload::new(4096, 4096);
     let pki = make_pki(payload.dir.path());
     let cert = pki.cert.to_str().unwrap();
     let key = pki.key.to_str().unwrap();
     let ca = pki.ca.to_str().unwrap();
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--api-cert", cert, "--api-key", key],
-        &payload,
-    );
+    let ApplianceLab {
+        lab,
+        payload: _payload,
+        server,
+    } = LabBoot::with_payload(payload)
+        .args(&["--api-cert", cert, "--api-key", key])
+        .start();
     let https = "https://127.0.0.1:7070";
     let up = stampede_lab::wait_for(Duration::from_secs(10), || {
         let out = lab
@@ -195,7 +197,7 @@ fn refuses_to_start(ns: &Netns, payload: &Payload, extra: &[&str], want: &str) {
 
 #[test]
 fn bad_certificate_files_stop_the_start_with_a_clear_error() {
-    if !require("api_tls_bad_files", &[]) {
+    if !require!(&[]) {
         return;
     }
     let ns = Netns::new("tlsbad").expect("namespace");
@@ -307,13 +309,14 @@ fn audit_actions(ns: &Netns, action: &str, target: &str) -> usize {
 
 #[test]
 fn a_large_image_imports_in_the_background_with_progress() {
-    if !require("image_import", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     let store = payload.dir.path().join("images");
 
     // 96 MiB of incompressible bytes: long enough for progress to show in a debug build.
@@ -444,13 +447,14 @@ fn a_large_image_imports_in_the_background_with_progress() {
 
 #[test]
 fn bad_imports_fail_clearly_and_store_nothing() {
-    if !require("image_import_errors", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     let store = payload.dir.path().join("images");
     let ns = &lab.server;
 
@@ -603,13 +607,14 @@ const SCHEMATHESIS: &str = "/opt/stampede-tools/venv/bin/schemathesis";
 
 #[test]
 fn the_openapi_document_matches_what_the_server_answers() {
-    if !require("openapi_schemathesis", &[SCHEMATHESIS, "curl", "ss"]) {
+    if !require!(&[SCHEMATHESIS, "curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     // Something for the reads to find beside what schemathesis creates itself.
     let _ = api(
         &lab.server,
@@ -682,19 +687,17 @@ fn the_openapi_document_matches_what_the_server_answers() {
 
 #[test]
 fn ctl_sessions_shows_boots_and_one_machines_timeline() {
-    if !require("ctl_sessions", &["busybox", "curl", "ss"]) {
+    if !require!(&["busybox", "curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(64 << 10, 64 << 10);
-    let range = format!("{}-{}", lab.subnet.host(100), lab.subnet.host(150));
-    let server = start_boot(
-        &lab.server,
-        &lab.server_if,
-        &["--dhcp-range", &range],
-        &payload,
-    );
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(64 << 10, 64 << 10)
+        .dhcp_range(100, 150)
+        .api()
+        .start();
     let script = support::appliance::udhcpc_script(payload.dir.path());
     let link = lab
         .client
@@ -712,31 +715,13 @@ fn ctl_sessions_shows_boots_and_one_machines_timeline() {
         .to_owned();
 
     // A real DHCP exchange as iPXE, then the script iPXE would fetch, over real HTTP.
-    let out = lab
-        .client
-        .run(
-            "busybox",
-            &[
-                "udhcpc",
-                "-i",
-                &lab.client_if,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "4",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().unwrap(),
-                "-V",
-                "PXEClient:Arch:00000:UNDI:002001",
-                "-x",
-                "0x4d:69505845",
-            ],
-            Duration::from_secs(20),
-        )
-        .expect("udhcpc");
+    let out = support::appliance::udhcpc(
+        &lab.client,
+        &lab.client_if,
+        4,
+        &script,
+        support::appliance::UDHCPC_IPXE,
+    );
     let lease = support::appliance::bound(&out.stdout);
     let script_url = lease["boot_file"].clone();
     let fetched = curl(&lab.client, &["-sf", &script_url]);
@@ -812,13 +797,14 @@ fn ctl_sessions_shows_boots_and_one_machines_timeline() {
 
 #[test]
 fn an_image_imports_from_a_url() {
-    if !require("image_import_url", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(8 << 20, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(8 << 20, 4096).api().start();
     let ns = &lab.server;
     let store = payload.dir.path().join("images");
     // The appliance's own HTTP boot server is a real HTTP server on the lab network.
@@ -862,14 +848,15 @@ fn an_image_imports_from_a_url() {
 
 #[test]
 fn running_imports_show_partial_progress_and_are_bounded() {
-    if !require("image_import_bounded", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     use std::io::{Read as _, Write as _};
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let server = start_boot(&lab.server, &lab.server_if, &[], &payload);
-    wait_for_api(&lab.server);
+    let ApplianceLab {
+        lab,
+        payload,
+        server,
+    } = LabBoot::new(4096, 4096).api().start();
     let ns = &lab.server;
     let store = payload.dir.path().join("images");
 
@@ -950,7 +937,7 @@ fn running_imports_show_partial_progress_and_are_bounded() {
 
 #[test]
 fn serve_takes_the_api_certificate_from_its_config_file() {
-    if !require("api_tls_config", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -971,16 +958,7 @@ fn serve_takes_the_api_certificate_from_its_config_file() {
         std::fs::write(path, text).expect("write config");
     };
     let serve = |config: &Path| {
-        let mut command = lab.server.command(STAMPEDE);
-        command
-            .args(["serve", "--config"])
-            .arg(config)
-            .arg("--state")
-            .arg(dir.join("state.redb"))
-            .args(["--stats-interval", "60"])
-            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        let command = serve_command(&lab.server, config, dir);
         stampede_lab::Process::spawn(command).expect("serve")
     };
 

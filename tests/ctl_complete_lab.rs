@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, wait_for_api};
+use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, serve_command, wait_for_api};
 
 /// `stampede ctl ARGS` in `ns` with no token on the command line and `env` set.
 fn ctl_env(ns: &Netns, env: &[(&str, &str)], args: &[&str]) -> stampede_lab::Output {
@@ -57,7 +57,7 @@ fn cell(table: &str, key: &str, column: &str) -> String {
 
 #[test]
 fn file_entries_are_listed_and_api_machines_may_boot_file_profiles() {
-    if !require("ctl_complete", &["curl", "ss"]) {
+    if !require!(&["curl", "ss"]) {
         return;
     }
     let lab = TwoHosts::new().expect("lab");
@@ -78,16 +78,7 @@ fn file_entries_are_listed_and_api_machines_may_boot_file_profiles() {
         ),
     )
     .expect("write config");
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state")
-        .arg(dir.join("state.redb"))
-        .args(["--stats-interval", "60"])
-        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let command = serve_command(&lab.server, &config, dir);
     let server = stampede_lab::Process::spawn(command).expect("serve");
     wait_for_api(&lab.server);
 
