@@ -33,7 +33,7 @@ use std::{
 use stampede_lab::{Lan, Netns, Process, require, root_image, wait_for};
 use stampede_proto::bencode::Value;
 use stampede_rootfs::manifest::SignedManifest;
-use support::appliance::{STAMPEDE, bound, udhcpc_script};
+use support::appliance::{STAMPEDE, bound, udhcpc, udhcpc_script};
 
 /// The root is built before `ready` (pull, flatten, erofs, initramfs) by the debug binary.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
@@ -181,10 +181,7 @@ fn bytes_of<'a>(value: &'a Value, key: &str) -> &'a [u8] {
 
 #[test]
 fn aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other() {
-    if !require(
-        "aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other",
-        PROGRAMS,
-    ) {
+    if !require!(PROGRAMS) {
         return;
     }
     let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));
@@ -239,26 +236,7 @@ fn aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other() {
     let peer_ips: Vec<String> = peers
         .iter()
         .map(|(ns, iface)| {
-            let out = ns
-                .run(
-                    "busybox",
-                    &[
-                        "udhcpc",
-                        "-i",
-                        iface,
-                        "-f",
-                        "-q",
-                        "-n",
-                        "-t",
-                        "4",
-                        "-T",
-                        "1",
-                        "-s",
-                        script.to_str().unwrap(),
-                    ],
-                    Duration::from_secs(20),
-                )
-                .expect("udhcpc runs");
+            let out = udhcpc(ns, iface, 4, &script, &[]);
             bound(&format!("{}{}", out.stdout, out.stderr))["ip"].clone()
         })
         .collect();
