@@ -59,6 +59,11 @@ use stampede_proto::tftp::{self, TftpServer};
 
 use crate::config::{ApplianceConfig, DhcpMode, GRUB_NAME, SHIM_NAME, parse_arch, parse_uuid};
 
+mod catalog;
+
+pub use catalog::BootCatalog;
+use catalog::Namespace;
+
 /// A file source shared by every worker and connection.
 pub type SharedCatalog = Arc<dyn FileCatalog + Send + Sync>;
 
@@ -422,61 +427,6 @@ pub struct MissingFile {
 
 /// Why a machine's DHCP got no answer by its identity (the server's [`dhcp::Admission`]).
 pub use stampede_proto::dhcp::Refusal as DhcpRefusal;
-
-// ---------------------------------------------------------------------------------------------
-// Catalogs
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Namespace {
-    /// Loader names, else the boot root at its own paths.
-    Tftp,
-    /// Loader names, and the boot root under [`FILES_PREFIX`].
-    Http,
-}
-
-/// The files one protocol serves: the configured loader names from the iPXE directory, and the
-/// boot root (at its own paths for TFTP, under `/files/` for HTTP).
-#[derive(Clone)]
-pub struct BootCatalog {
-    namespace: Namespace,
-    loaders: Arc<HashSet<BootPath>>,
-    ipxe: SharedCatalog,
-    root: SharedCatalog,
-    /// Renders the GRUB configurations of Secure Boot machines.
-    scripts: ScriptRoute,
-}
-
-impl fmt::Debug for BootCatalog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BootCatalog")
-            .field("namespace", &self.namespace)
-            .field("loaders", &self.loaders)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FileCatalog for BootCatalog {
-    fn open(&self, path: &BootPath) -> Result<BootFile, OpenError> {
-        if self.loaders.contains(path) {
-            return self.ipxe.open(path);
-        }
-        if let Some(grub) = self.scripts.grub_config(path) {
-            return grub;
-        }
-        match self.namespace {
-            Namespace::Tftp => self.root.open(path),
-            Namespace::Http if is_root_path(path) => self.root.open(path),
-            Namespace::Http => {
-                let rest = path
-                    .as_str()
-                    .strip_prefix(FILES_PREFIX)
-                    .ok_or(OpenError::NotFound)?;
-                let inner = BootPath::parse(rest.as_bytes()).map_err(|_| OpenError::NotFound)?;
-                self.root.open(&inner)
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Scripts

@@ -16,15 +16,21 @@ use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use stampede_proto::{
     dhcp::{self, DhcpServer, LeaseStore, MemoryLeaseStore},
-    events::{BootEvent, BootEventKind, Events, LogBudget, RefusalSampler, RefusedBy},
+    events::{BootEvent, BootEventKind, Events, LogBudget, RefusalSampler},
     tftp::{self, TftpServer, TftpTransfer},
 };
 
 use super::{EngineConfig, EngineError};
+
+mod report;
+mod transfer_port;
+
 use crate::{
     boot::{BootCatalog, BootPlan},
     sys::uring::{Outbox, Received, UdpWorker, UdpWorkerConfig},
 };
+use report::{DhcpReply, refuses_machine, unix_ms};
+use transfer_port::{reserved_ports, transfer_socket};
 
 /// Longest wait in one turn of a worker's loop: how soon it notices a stop or reload request
 /// and publishes its counters when nothing else wakes it.
@@ -180,8 +186,8 @@ pub(super) enum Role {
 #[derive(Debug, Clone)]
 pub(super) enum TransferPorts {
     /// io_uring: a socket per transfer, bound to a port drawn at random from all unprivileged
-    /// ports (1024-65535, [`TRANSFER_PORT_FIRST`]) on the address the request was sent to and
-    /// registered with the ring while the transfer runs. Not the kernel's ephemeral range:
+    /// ports (1024-65535, [`TRANSFER_PORT_FIRST`](transfer_port::TRANSFER_PORT_FIRST)) on the
+    /// address the request was sent to and registered with the ring while the transfer runs. Not the kernel's ephemeral range:
     /// that is 28,232 ports by default, and an attacker's guess should hit one transfer in about
     /// 65,536. Ports the host reserves (`net.ipv4.ip_local_reserved_ports`) are skipped.
     Sockets {
@@ -728,35 +734,6 @@ impl WorkerState {
         self.send_dhcp_replies(now);
     }
 
-    /// A log line and a boot event for a machine whose DHCP got no answer, sampled per MAC and
-    /// reason: without them an operator sees only a counter move (issue 18).
-    fn report_refusal(
-        &mut self,
-        now: Instant,
-        mac: [u8; 6],
-        source: SocketAddrV4,
-        reason: &'static str,
-    ) {
-        if !self.refusals.sample(now, mac, reason) {
-            return;
-        }
-        tracing::info!(
-            target: "stampede::boot",
-            mac = %stampede_proto::MacAddr(mac),
-            reason,
-            "dhcp refused"
-        );
-        self.events.record(BootEvent {
-            at_unix_ms: unix_ms(),
-            mac: Some(mac),
-            client: SocketAddr::V4(source),
-            kind: BootEventKind::Refused {
-                by: RefusedBy::Dhcp,
-                reason: reason.into(),
-            },
-        });
-    }
-
     fn handle_tftp_request(&mut self, now: Instant, datagram: Received<'_>, outbox: &mut Outbox) {
         self.stats.tftp_requests += 1;
         // The listening core keeps no state: a retransmitted RRQ of a running transfer must not
@@ -997,196 +974,10 @@ impl WorkerState {
     }
 }
 
-/// The lowest port a transfer draws from on the io_uring path: every unprivileged port.
-pub(super) const TRANSFER_PORT_FIRST: u16 = 1024;
-
-/// How many random ports a new transfer tries before it lets the kernel pick one (a port in
-/// use by another socket is refused by `bind`, since no socket here sets `SO_REUSEADDR`).
-const TRANSFER_PORT_TRIES: usize = 16;
-
-/// A transfer's socket, bound to the boot interface and to `local` at a port drawn with `draw`
-/// from [`TRANSFER_PORT_FIRST`]-65535, skipping `reserved` ranges and ports in use. Without
-/// `SO_REUSEADDR`, so no other socket can share the port. After [`TRANSFER_PORT_TRIES`] ports
-/// in use (a host nearly out of ports), the kernel's own random ephemeral port. Returns the
-/// port.
-fn transfer_socket(
-    local: Ipv4Addr,
-    iface: Option<&str>,
-    reserved: &[(u16, u16)],
-    draw: &mut dyn FnMut() -> u64,
-) -> std::io::Result<(UdpSocket, u16)> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    if let Some(iface) = iface {
-        socket.bind_device(Some(iface.as_bytes()))?;
-    }
-    let span = u64::from(u16::MAX - TRANSFER_PORT_FIRST) + 1;
-    let mut bound = false;
-    for _ in 0..TRANSFER_PORT_TRIES {
-        let port = TRANSFER_PORT_FIRST + (draw() % span) as u16;
-        if reserved
-            .iter()
-            .any(|&(first, last)| (first..=last).contains(&port))
-        {
-            continue;
-        }
-        match socket.bind(&SocketAddrV4::new(local, port).into()) {
-            Ok(()) => {
-                bound = true;
-                break;
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(err) => return Err(err),
-        }
-    }
-    if !bound {
-        socket.bind(&SocketAddrV4::new(local, 0).into())?;
-    }
-    let socket: UdpSocket = socket.into();
-    let port = socket.local_addr()?.port();
-    Ok((socket, port))
-}
-
-/// The host's reserved ports (`net.ipv4.ip_local_reserved_ports`: "8080,9000-9100"), which
-/// transfers never take; none when the file is missing or unreadable.
-fn reserved_ports() -> Vec<(u16, u16)> {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
-        .map(|text| parse_port_ranges(&text))
-        .unwrap_or_default()
-}
-
-/// Parses a kernel port list ("8080,9000-9100"); entries that do not parse are ignored.
-fn parse_port_ranges(text: &str) -> Vec<(u16, u16)> {
-    text.trim()
-        .split(',')
-        .filter_map(|entry| {
-            let entry = entry.trim();
-            let (first, last) = entry.split_once('-').unwrap_or((entry, entry));
-            Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 /// The file name of a read request, for the log and the boot events: escaped and bounded, since
 /// the client chose it ([`stampede_proto::text::peer_text`]; the core did the real parsing).
 fn request_file_name(datagram: &[u8]) -> String {
     let name = datagram.get(2..).unwrap_or_default();
     let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
     stampede_proto::text::peer_text(&name[..end])
-}
-
-/// Server drops that refuse a machine for a reason an operator can act on (its MAC, a missing
-/// pool, a lease the server has no record of, a full queue or store). Traffic that is simply not
-/// ours (another server's, a non-boot client in proxy mode) is left to the counters: reporting it
-/// would fill the session table with every host on the LAN.
-fn refuses_machine(reason: dhcp::DropReason) -> bool {
-    use dhcp::DropReason as R;
-    match reason {
-        R::InvalidClientMac
-        | R::UnsupportedArch
-        | R::NoPool
-        | R::PoolExhausted
-        | R::UnknownClient
-        | R::BadRequest
-        | R::LeaseStoreFailed
-        | R::QueueFull
-        | R::Refused(_) => true,
-        R::Malformed
-        | R::NotARequest
-        | R::NoMessageType
-        | R::UnknownMessageType
-        | R::UnexpectedMessageType
-        | R::UnsupportedHardware
-        | R::NotBootClient
-        | R::NotForProxy
-        | R::WrongServerId
-        | R::NotClientsLease
-        | R::BufferTooSmall => false,
-    }
-}
-
-/// Milliseconds since the Unix epoch, for events (wall-clock: operators read these).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// One log line and one boot event per DHCP reply: which machine, what it was told. Parses our
-/// own reply, which costs less than a microsecond and keeps the core free of logging.
-/// A DHCP reply as the server reported it, with where the engine sent it.
-struct DhcpReply<'a> {
-    message: dhcp::MessageType,
-    mac: Option<[u8; 6]>,
-    yiaddr: Ipv4Addr,
-    boot_file: &'a [u8],
-    destination: Ipv4Addr,
-}
-
-impl DhcpReply<'_> {
-    /// Files the boot event, and logs the reply: at INFO when `at_info` (the second's budget
-    /// allows it), else at DEBUG. Nothing is formatted for a level that is off.
-    fn report(&self, events: &Events, at_info: bool) {
-        let boot_file = stampede_proto::text::peer_text(self.boot_file);
-        let info = at_info && tracing::enabled!(target: "stampede::boot", tracing::Level::INFO);
-        if info || tracing::enabled!(target: "stampede::boot", tracing::Level::DEBUG) {
-            let mac = self.mac.map(|m| stampede_proto::MacAddr(m).to_string());
-            let mac = mac.as_deref().unwrap_or("?");
-            // Not `message`: tracing's own field of that name is the line's text.
-            let kind = self.message.as_str();
-            if info {
-                tracing::info!(target: "stampede::boot", mac, dhcp_message = kind, yiaddr = %self.yiaddr, to = %self.destination, boot_file = %boot_file, "dhcp reply");
-            } else {
-                tracing::debug!(target: "stampede::boot", mac, dhcp_message = kind, yiaddr = %self.yiaddr, to = %self.destination, boot_file = %boot_file, "dhcp reply");
-            }
-        }
-        events.record(BootEvent {
-            at_unix_ms: unix_ms(),
-            mac: self.mac,
-            client: SocketAddr::new(self.destination.into(), dhcp::CLIENT_PORT),
-            kind: BootEventKind::DhcpReply {
-                message: self.message,
-                yiaddr: self.yiaddr,
-                boot_file,
-            },
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_kernels_reserved_port_list_parses() {
-        assert_eq!(
-            parse_port_ranges("8080,9000-9100, 70000,x-3,\n"),
-            vec![(8080, 8080), (9000, 9100)]
-        );
-        assert!(parse_port_ranges("\n").is_empty());
-    }
-
-    #[test]
-    fn a_transfer_skips_reserved_and_busy_ports() {
-        let busy = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("busy socket");
-        let busy_port = busy.local_addr().expect("address").port();
-        let offset = |port: u16| u64::from(port - TRANSFER_PORT_FIRST);
-        // Draws: a reserved port, the busy one, then a free one (found by binding and closing).
-        let free = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .expect("probe")
-            .local_addr()
-            .expect("address")
-            .port();
-        let mut draws = vec![offset(5000), offset(busy_port), offset(free)].into_iter();
-        let mut draw = || draws.next().expect("no more than three draws");
-        let (_socket, port) =
-            transfer_socket(Ipv4Addr::LOCALHOST, None, &[(4000, 6000)], &mut draw)
-                .expect("a transfer socket");
-        assert_eq!(port, free);
-        // With every draw refused, the kernel's pick.
-        let mut draw = || offset(5000);
-        let (_socket, port) =
-            transfer_socket(Ipv4Addr::LOCALHOST, None, &[(4000, 6000)], &mut draw)
-                .expect("a transfer socket");
-        assert!(!(4000..=6000).contains(&port), "{port}");
-    }
 }
