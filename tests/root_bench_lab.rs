@@ -6,15 +6,12 @@
 //! (docs/benchmarks/root.md).
 mod support;
 
-use std::{fs, process::Stdio, time::Duration};
+use std::{fs, time::Duration};
 
-use stampede_lab::{Process, TwoHosts, require, root_image, wait_for};
-use support::appliance::STAMPEDE;
+use stampede_lab::{TwoHosts, require, root_image};
+use support::appliance::{RootAppliance, STAMPEDE};
 
 const CLIENTS: usize = 5;
-/// The root is built before `ready` (pull, flatten, erofs, initramfs) by the debug binary.
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
-
 /// What `stampede boot --root` printed about its root: id, chunks, bytes.
 fn root_line(stdout: &str) -> Option<(String, u64, u64)> {
     let line = stdout.lines().find(|l| l.starts_with("root "))?;
@@ -53,33 +50,14 @@ fn root_bench_verifies_every_machines_root() {
         .prefix("stampede-root-bench-")
         .tempdir()
         .expect("tempdir");
-    let stdout = dir.path().join("stampede.out");
-    let stderr = dir.path().join("stampede.log");
-    let mut command = lab.server.command(STAMPEDE);
-    command
-        .args(["boot", "--iface", &lab.server_if, "--root", &image.source()])
-        .args(["--api", "off", "--router-advertisements", "off"])
-        .args(["--xdp-mode", "off", "--stats-interval", "60", "--state"])
-        .arg(dir.path().join("state.redb"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(fs::File::create(&stdout).expect("stdout file")))
-        .stderr(Stdio::from(fs::File::create(&stderr).expect("stderr file")));
-    let mut server = Process::spawn(command).expect("stampede starts");
-    let log = || {
-        format!(
-            "{}{}",
-            fs::read_to_string(&stdout).unwrap_or_default(),
-            fs::read_to_string(&stderr).unwrap_or_default()
-        )
-    };
-    let ready = wait_for(READY_TIMEOUT, || {
-        if server.try_status().is_some() {
-            return Some(false);
-        }
-        let out = fs::read_to_string(&stdout).ok()?;
-        out.lines().any(|l| l.starts_with("ready ")).then_some(true)
-    });
-    assert_eq!(ready, Some(true), "stampede did not come up:\n{}", log());
+    let appliance = RootAppliance::start(
+        &lab.server,
+        &lab.server_if,
+        &image.source(),
+        dir.path(),
+        &[],
+    );
+    let log = appliance.logger();
     let (id, chunks, bytes) =
         root_line(&log()).unwrap_or_else(|| panic!("no root line:\n{}", log()));
     assert!(
@@ -87,7 +65,7 @@ fn root_bench_verifies_every_machines_root() {
         "{id}: {chunks} chunks, {bytes} bytes"
     );
 
-    let pid = server.id().expect("server pid").to_string();
+    let pid = appliance.process.id().expect("server pid").to_string();
     let sources = format!("{}/{}", lab.subnet.host(100), lab.subnet.prefix_len());
     let server_url = format!("http://{}:8080", lab.server_ip());
     let manifest = format!("/roots/{id}/manifest");
@@ -243,10 +221,12 @@ fn root_bench_verifies_every_machines_root() {
     );
     assert_eq!(local_routes(&lab), routes_before);
 
-    server
+    appliance
+        .process
         .signal(nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");
-    let out = server
+    let out = appliance
+        .process
         .wait_output(Duration::from_secs(15))
         .expect("stampede exits");
     assert!(out.status.success(), "stampede failed:\n{}", log());

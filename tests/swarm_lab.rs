@@ -30,13 +30,11 @@ use std::{
     time::Duration,
 };
 
-use stampede_lab::{Lan, Netns, Process, require, root_image, wait_for};
+use stampede_lab::{Lan, Netns, Process, require, root_image};
 use stampede_proto::bencode::Value;
 use stampede_rootfs::manifest::SignedManifest;
-use support::appliance::{STAMPEDE, bound, udhcpc, udhcpc_script};
+use support::appliance::{RootAppliance, bound, udhcpc, udhcpc_script};
 
-/// The root is built before `ready` (pull, flatten, erofs, initramfs) by the debug binary.
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// One aria2c download of the small root over veth.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const PYTHON: &str = "/usr/bin/python3";
@@ -199,34 +197,14 @@ fn aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other() {
         .tempdir()
         .expect("tempdir");
     let dhcp_range = format!("{}-{}", lan.subnet.host(100), lan.subnet.host(150));
-    let stdout = dir.path().join("stampede.out");
-    let stderr = dir.path().join("stampede.log");
-    let mut command = server.command(STAMPEDE);
-    command
-        .args(["boot", "--iface", &server_if, "--root", &image.source()])
-        .args(["--dhcp-range", &dhcp_range])
-        .args(["--api", "off", "--router-advertisements", "off"])
-        .args(["--xdp-mode", "off", "--stats-interval", "60", "--state"])
-        .arg(dir.path().join("state.redb"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(fs::File::create(&stdout).expect("stdout file")))
-        .stderr(Stdio::from(fs::File::create(&stderr).expect("stderr file")));
-    let mut appliance = Process::spawn(command).expect("stampede starts");
-    let log = || {
-        format!(
-            "{}{}",
-            fs::read_to_string(&stdout).unwrap_or_default(),
-            fs::read_to_string(&stderr).unwrap_or_default()
-        )
-    };
-    let ready = wait_for(READY_TIMEOUT, || {
-        if appliance.try_status().is_some() {
-            return Some(false);
-        }
-        let out = fs::read_to_string(&stdout).ok()?;
-        out.lines().any(|l| l.starts_with("ready ")).then_some(true)
-    });
-    assert_eq!(ready, Some(true), "stampede did not come up:\n{}", log());
+    let appliance = RootAppliance::start(
+        &server,
+        &server_if,
+        &image.source(),
+        dir.path(),
+        &["--dhcp-range", &dhcp_range],
+    );
+    let log = appliance.logger();
     let id = root_id(&log()).unwrap_or_else(|| panic!("no root line:\n{}", log()));
     let served = dir.path().join("roots/serve/roots").join(&id);
     let image_bytes = fs::read(served.join("image")).expect("the root's image");

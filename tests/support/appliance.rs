@@ -357,3 +357,73 @@ pub fn ctl(ns: &Netns, args: &[&std::ffi::OsStr]) -> String {
     );
     out.stdout
 }
+
+/// `stampede boot --root SOURCE` in `ns` (API, router advertisements and XDP off, state in
+/// `dir`), its output in files under `dir`: a root's build prints much and may take minutes
+/// on busy cores. [`start`](Self::start) returns once it printed `ready`.
+pub struct RootAppliance {
+    pub process: Process,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl RootAppliance {
+    /// A root's build can take minutes on shared cores under TCG load.
+    const READY_TIMEOUT: Duration = Duration::from_secs(240);
+
+    pub fn start(ns: &Netns, iface: &str, source: &str, dir: &Path, extra: &[&str]) -> Self {
+        let stdout = dir.join("stampede.out");
+        let stderr = dir.join("stampede.log");
+        let mut command = ns.command(STAMPEDE);
+        command
+            .args(["boot", "--iface", iface, "--root", source])
+            .args(extra)
+            .args(["--api", "off", "--router-advertisements", "off"])
+            .args(["--xdp-mode", "off", "--stats-interval", "60", "--state"])
+            .arg(dir.join("state.redb"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(
+                std::fs::File::create(&stdout).expect("stdout file"),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(&stderr).expect("stderr file"),
+            ));
+        let mut process = Process::spawn(command).expect("stampede starts");
+        let ready = wait_for(Self::READY_TIMEOUT, || {
+            if process.try_status().is_some() {
+                return Some(false);
+            }
+            let out = std::fs::read_to_string(&stdout).ok()?;
+            out.lines().any(|l| l.starts_with("ready ")).then_some(true)
+        });
+        let appliance = Self {
+            process,
+            stdout,
+            stderr,
+        };
+        assert_eq!(
+            ready,
+            Some(true),
+            "stampede did not come up:\n{}",
+            appliance.log()
+        );
+        appliance
+    }
+
+    /// Everything it printed so far, stdout then stderr.
+    pub fn log(&self) -> String {
+        (self.logger())()
+    }
+
+    /// [`log`](Self::log) that outlives `self` (the process may be waited for, consuming it).
+    pub fn logger(&self) -> impl Fn() -> String + use<> {
+        let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
+        move || {
+            format!(
+                "{}{}",
+                std::fs::read_to_string(&stdout).unwrap_or_default(),
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        }
+    }
+}
