@@ -11,10 +11,10 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use stampede_ebpf_common::{
-    AFXDP_MAP, ALLOW_MACS_CAPACITY, ALLOW_MACS_MAP, AfXdpSteering, CLASS_COUNTERS_MAP,
-    CLASSIFIER_PROGRAM, CONFIG_MAP, ClassCounter, DENY_MACS_CAPACITY, DENY_MACS_MAP,
-    DROP_COUNTERS_MAP, MacKey, REFUSALS_MAP, STEER_COUNTERS_MAP, XSKS_MAP, XdpConfig, XdpPolicy,
-    class, drop_reason, steer,
+    AFXDP_MAP, AFXDP_PORTS_MAP, ALLOW_MACS_CAPACITY, ALLOW_MACS_MAP, AfXdpSteering,
+    CLASS_COUNTERS_MAP, CLASSIFIER_PROGRAM, CONFIG_MAP, ClassCounter, DENY_MACS_CAPACITY,
+    DENY_MACS_MAP, DROP_COUNTERS_MAP, MacKey, REFUSALS_MAP, STEER_COUNTERS_MAP, XSKS_MAP,
+    XdpConfig, XdpPolicy, class, drop_reason, steer,
 };
 
 /// The eBPF object file built from `ebpf/xdp`.
@@ -339,6 +339,55 @@ pub struct XdpClassifier {
     link: Option<(XdpLinkId, Attachment)>,
     /// What was last written to the `CONFIG` map.
     config: XdpConfig,
+    /// The AF_XDP path's transfer port map, once taken out of `ebpf` ([`Self::afxdp_ports`]).
+    afxdp_ports: Option<AfXdpPorts>,
+}
+
+/// The AF_XDP path's live TFTP transfer ports ([`AFXDP_PORTS_MAP`]): frames to a marked port
+/// are steered to the path (while steering is on), frames to any other port beyond the
+/// services' stay with the kernel. Cloned handles share one map; the worker marks a port when a
+/// transfer takes it and clears it when the transfer ends (a system call each, per transfer,
+/// never per packet).
+#[derive(Clone)]
+pub struct AfXdpPorts {
+    map: std::sync::Arc<std::sync::Mutex<Array<MapData, u8>>>,
+}
+
+impl fmt::Debug for AfXdpPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AfXdpPorts(..)")
+    }
+}
+
+impl AfXdpPorts {
+    fn set(&self, port: u16, live: u8) -> Result<(), XdpError> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set(u32::from(port), live, 0)
+            .map_err(map_error(AFXDP_PORTS_MAP))
+    }
+
+    /// Steers frames to UDP `port` to the AF_XDP path from the next frame on.
+    pub fn open(&self, port: u16) -> Result<(), XdpError> {
+        self.set(port, 1)
+    }
+
+    /// Leaves frames to UDP `port` to the kernel from the next frame on.
+    pub fn close(&self, port: u16) -> Result<(), XdpError> {
+        self.set(port, 0)
+    }
+
+    /// Whether frames to `port` are steered (read back from the kernel's map).
+    pub fn is_open(&self, port: u16) -> Result<bool, XdpError> {
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&u32::from(port), 0)
+            .map(|live| live != 0)
+            .map_err(map_error(AFXDP_PORTS_MAP))
+    }
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> XdpError {
@@ -371,6 +420,7 @@ impl XdpClassifier {
             ebpf,
             link: None,
             config,
+            afxdp_ports: None,
         };
         this.write_config(config)?;
         let program = this.program_mut()?;
@@ -663,8 +713,26 @@ impl XdpClassifier {
         Ok(())
     }
 
-    /// Turns steering to AF_XDP sockets on or off and sets the AF_XDP path's transfer ports;
-    /// the next frame sees it.
+    /// The AF_XDP path's transfer port map (a shared handle; taken out of the object on the
+    /// first call).
+    pub fn afxdp_ports(&mut self) -> Result<AfXdpPorts, XdpError> {
+        if let Some(ports) = &self.afxdp_ports {
+            return Ok(ports.clone());
+        }
+        let map = self
+            .ebpf
+            .take_map(AFXDP_PORTS_MAP)
+            .ok_or(XdpError::Missing(AFXDP_PORTS_MAP))?;
+        let array = Array::try_from(map).map_err(map_error(AFXDP_PORTS_MAP))?;
+        let ports = AfXdpPorts {
+            map: std::sync::Arc::new(std::sync::Mutex::new(array)),
+        };
+        self.afxdp_ports = Some(ports.clone());
+        Ok(ports)
+    }
+
+    /// Turns steering to AF_XDP sockets on or off and sets the server address whose ARP
+    /// requests the path answers; the next frame sees it.
     pub fn set_afxdp_steering(&mut self, steering: AfXdpSteering) -> Result<(), XdpError> {
         let map = self
             .ebpf

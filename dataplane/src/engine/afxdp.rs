@@ -32,7 +32,7 @@ use stampede_proto::{
 use super::{
     AfXdpSockets, EngineConfig, EngineError,
     udp::{
-        HELD_ACK_POLL, RANGE_PORT_SOCKET, Role, TICK, TransferPorts, UdpWorkerSet, WorkerShared,
+        HELD_ACK_POLL, Role, STEERED_PORT_SOCKET, TICK, TransferPorts, UdpWorkerSet, WorkerShared,
         WorkerState, bump,
     },
 };
@@ -84,11 +84,9 @@ pub(super) struct AfXdpWorker {
     link: Link,
     /// UDP port of each of `state.roles`, in the same order.
     role_ports: Vec<u16>,
-    /// The transfer ports, first and last.
-    transfer_ports: (u16, u16),
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
-    /// Kernel sockets holding the service and transfer ports, so nothing else on the host
-    /// takes them; they see no frame while steering works.
+    /// Kernel sockets holding the service ports, so nothing else on the host takes them; they
+    /// see no frame while steering works (the worker state holds the transfers' ports alike).
     _reservations: Vec<UdpSocket>,
 }
 
@@ -106,6 +104,7 @@ pub(super) fn start(
         link,
         ports,
         transfer_ports,
+        iface,
         reservations,
     } = bound;
     let mut roles = Vec::new();
@@ -122,11 +121,12 @@ pub(super) fn start(
         Box::new(MemoryLeaseStore::new())
     };
     let max_transfers = config.max_transfers_per_worker.max(1) * config.workers.max(1);
-    let range = TransferPorts::Range {
-        first: transfer_ports.0,
-        last: transfer_ports.1,
+    let steered = TransferPorts::Steered {
+        iface: Some(iface),
+        reserved: Arc::new(super::udp::reserved_ports()),
+        map: transfer_ports,
     };
-    let mut state = WorkerState::new(0, &current, roles, range, max_transfers, leases)?;
+    let mut state = WorkerState::new(0, &current, roles, steered, max_transfers, leases)?;
     state.events = config.events.clone();
     let shared = Arc::new(WorkerShared::default());
     let set = UdpWorkerSet::new(vec![Arc::clone(&shared)]);
@@ -136,7 +136,6 @@ pub(super) fn start(
         sockets,
         link,
         role_ports,
-        transfer_ports,
         neighbours: HashMap::new(),
         _reservations: reservations,
     };
@@ -188,7 +187,6 @@ impl AfXdpWorker {
                 sockets,
                 link,
                 role_ports,
-                transfer_ports,
                 neighbours,
                 ..
             } = self;
@@ -197,10 +195,7 @@ impl AfXdpWorker {
                     if is_arp(frame) {
                         on_arp(state, link, neighbours, frame, &mut arp_replies);
                     } else {
-                        let ports = Ports {
-                            roles: role_ports,
-                            transfers: *transfer_ports,
-                        };
+                        let ports = Ports { roles: role_ports };
                         on_frame(state, link, &ports, neighbours, frame, &mut pending);
                     }
                 });
@@ -225,10 +220,7 @@ impl AfXdpWorker {
                         tx,
                         state,
                         link,
-                        &Ports {
-                            roles: role_ports,
-                            transfers: *transfer_ports,
-                        },
+                        &Ports { roles: role_ports },
                         neighbours,
                         role,
                         destination,
@@ -260,24 +252,25 @@ impl AfXdpWorker {
     }
 }
 
-/// The path's UDP ports: the services' (by role index) and the transfers' range.
+/// The path's service ports, by role index (transfers' ports are the worker state's).
 struct Ports<'a> {
     roles: &'a [u16],
-    transfers: (u16, u16),
 }
 
 impl Ports<'_> {
-    /// The worker's socket index for a destination port.
-    fn socket_of(&self, port: u16) -> Option<usize> {
-        if (self.transfers.0..=self.transfers.1).contains(&port) {
-            return Some(RANGE_PORT_SOCKET + usize::from(port));
+    /// The worker's socket index for a destination port: a service's, or a running transfer's.
+    fn socket_of(&self, state: &WorkerState, port: u16) -> Option<usize> {
+        if let Some(role) = self.roles.iter().position(|p| *p == port) {
+            return Some(role);
         }
-        self.roles.iter().position(|p| *p == port)
+        state
+            .holds_port(port)
+            .then(|| STEERED_PORT_SOCKET + usize::from(port))
     }
 
     /// The source port of a socket index.
     fn port_of(&self, socket: usize) -> Option<u16> {
-        match socket.checked_sub(RANGE_PORT_SOCKET) {
+        match socket.checked_sub(STEERED_PORT_SOCKET) {
             Some(port) => u16::try_from(port).ok(),
             None => self.roles.get(socket).copied(),
         }
@@ -306,7 +299,7 @@ fn on_frame(
         bump(&mut state.stats.afxdp_dropped, "not_for_this_host");
         return;
     }
-    let Some(role) = ports.socket_of(parsed.dst_port) else {
+    let Some(role) = ports.socket_of(state, parsed.dst_port) else {
         bump(&mut state.stats.afxdp_dropped, "no_service_on_port");
         return;
     };

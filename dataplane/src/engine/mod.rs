@@ -12,8 +12,9 @@
 //! 52-byte request into 141 KB towards the victim (issue 19). On io_uring each transfer has a
 //! socket of its own on a port drawn at random from 1024-65535 (not the kernel's smaller
 //! ephemeral range), registered with the worker's ring
-//! while it runs and closed after; on the AF_XDP path a transfer takes a random port of the
-//! range the XDP program steers (`AFXDP_TRANSFER_PORTS`).
+//! while it runs and closed after; on the AF_XDP path a transfer draws its port the same way,
+//! holds it with a kernel socket that sees no frame, and marks it in the XDP program's port map
+//! (`AFXDP_PORTS`) while it runs, so the program steers that port's frames to the path.
 pub mod afxdp;
 pub mod ra;
 pub mod udp;
@@ -186,14 +187,17 @@ impl Drop for Engine {
 
 /// The AF_XDP path's sockets, bound and steered to, before any worker runs: one AF_XDP socket
 /// per RX queue, registered in the classifier's XSKMAP, and kernel UDP sockets holding the
-/// service ports and the transfer port so no other program on the host takes them.
+/// service ports so no other program on the host takes them (each transfer holds its own port
+/// the same way while it runs).
 #[derive(Debug)]
 pub struct AfXdpSockets {
     pub(crate) sockets: Vec<crate::sys::afxdp::XskSocket>,
     pub(crate) link: afxdp::Link,
     pub(crate) ports: Ports,
-    /// The TFTP transfer ports steered to the path, first and last.
-    pub(crate) transfer_ports: (u16, u16),
+    /// The XDP program's map of transfer ports steered to the path.
+    pub(crate) transfer_ports: crate::xdp::AfXdpPorts,
+    /// The boot interface, which transfers' port-holding sockets are bound to.
+    pub(crate) iface: String,
     pub(crate) reservations: Vec<std::net::UdpSocket>,
 }
 
@@ -233,12 +237,10 @@ impl AfXdpSockets {
         ] {
             reservations.push(udp::udp_socket(port, Some(iface), false, what)?);
         }
-        let (first, last) = afxdp_transfer_ports();
+        let transfer_ports = classifier.afxdp_ports().map_err(EngineError::Steering)?;
         classifier
             .set_afxdp_steering(stampede_ebpf_common::AfXdpSteering {
                 enabled: 1,
-                transfer_port_first: first,
-                transfer_port_last: last,
                 server_ip: ip.octets(),
             })
             .map_err(EngineError::Steering)?;
@@ -246,14 +248,14 @@ impl AfXdpSockets {
             %iface,
             queues,
             zero_copy = sockets.iter().all(|s| s.zero_copy()),
-            transfer_ports = %format_args!("{first}-{last}"),
             "AF_XDP path bound; boot frames are steered to it"
         );
         Ok(Self {
             sockets,
             link: afxdp::Link { mac, ip, prefix },
             ports,
-            transfer_ports: (first, last),
+            transfer_ports,
+            iface: iface.to_owned(),
             reservations,
         })
     }
@@ -265,27 +267,6 @@ impl AfXdpSockets {
 
     pub fn queues(&self) -> usize {
         self.sockets.len()
-    }
-}
-
-/// The AF_XDP path's TFTP transfer ports: the ports above the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`, by default 32768-60999), which no socket gets without
-/// asking for one by number, so steering them away from the kernel takes nobody's traffic.
-/// Each transfer takes one at random: an off-path guess hits with a chance of one in 4,535 with
-/// the default range. When the ephemeral range reaches past 64511, the 1,024 ports below it.
-pub fn afxdp_transfer_ports() -> (u16, u16) {
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut bounds = text.split_whitespace().map(|n| n.parse::<u16>().ok());
-            Some((bounds.next()??, bounds.next()??))
-        })
-        .unwrap_or((32_768, 60_999));
-    if ephemeral.1 <= 64_511 {
-        (ephemeral.1 + 1, u16::MAX)
-    } else {
-        let first = ephemeral.0.saturating_sub(1024).max(1024);
-        (first, first + 1023)
     }
 }
 

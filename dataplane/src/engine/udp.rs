@@ -30,7 +30,8 @@ use crate::{
     sys::uring::{Outbox, Received, UdpWorker, UdpWorkerConfig},
 };
 use report::{DhcpReply, refuses_machine, unix_ms};
-use transfer_port::{reserved_ports, transfer_socket};
+pub(super) use transfer_port::reserved_ports;
+use transfer_port::transfer_socket;
 
 /// Longest wait in one turn of a worker's loop: how soon it notices a stop or reload request
 /// and publishes its counters when nothing else wakes it.
@@ -194,13 +195,18 @@ pub(super) enum TransferPorts {
         iface: Option<String>,
         reserved: Arc<Vec<(u16, u16)>>,
     },
-    /// AF_XDP: a random port of the range the XDP program steers to the path. The worker sees
-    /// such a port as socket [`RANGE_PORT_SOCKET`] + port.
-    Range { first: u16, last: u16 },
+    /// AF_XDP: a port drawn the same way, held by a kernel socket bound to it (which sees no
+    /// frame: the XDP program takes them first) and marked in the program's port map while the
+    /// transfer runs. The worker sees such a port as socket [`STEERED_PORT_SOCKET`] + port.
+    Steered {
+        iface: Option<String>,
+        reserved: Arc<Vec<(u16, u16)>>,
+        map: crate::xdp::AfXdpPorts,
+    },
 }
 
-/// Socket index standing for port `p` of a [`TransferPorts::Range`]: `RANGE_PORT_SOCKET + p`.
-pub(super) const RANGE_PORT_SOCKET: usize = 1 << 20;
+/// Socket index standing for port `p` of a [`TransferPorts::Steered`]: `STEERED_PORT_SOCKET + p`.
+pub(super) const STEERED_PORT_SOCKET: usize = 1 << 20;
 
 /// A transfer: the server port it runs from (its TID) and the client's address and port.
 type TransferKey = (u16, SocketAddr);
@@ -362,12 +368,14 @@ pub(super) struct WorkerState {
     peers: HashMap<SocketAddr, u16>,
     /// Ring socket index of each running transfer's port (io_uring path).
     socket_ports: HashMap<usize, u16>,
+    /// The sockets holding running transfers' steered ports (AF_XDP path), by port.
+    held_ports: HashMap<u16, UdpSocket>,
     ports: TransferPorts,
     /// Transfers whose socket the loop must register with the ring before they send.
     opening: Vec<TransferKey>,
     /// Sockets of finished transfers, closed by the loop after the turn's sends.
     pub(super) closing: Vec<usize>,
-    /// Keys for the range ports' random choice (SipHash with keys from the OS's randomness).
+    /// Keys for the transfer ports' random choice (SipHash with keys from the OS's randomness).
     random: std::hash::RandomState,
     random_counter: u64,
     /// Transfers' retransmission and dally deadlines, earliest first. A transfer's deadline
@@ -415,6 +423,7 @@ impl WorkerState {
             transfers: HashMap::new(),
             peers: HashMap::new(),
             socket_ports: HashMap::new(),
+            held_ports: HashMap::new(),
             ports,
             opening: Vec::new(),
             closing: Vec::new(),
@@ -433,13 +442,13 @@ impl WorkerState {
 
     /// The transfer port a datagram arrived at, from the socket it arrived on.
     fn transfer_port_of(&self, socket: usize) -> Option<u16> {
-        match socket.checked_sub(RANGE_PORT_SOCKET) {
+        match socket.checked_sub(STEERED_PORT_SOCKET) {
             Some(port) => u16::try_from(port).ok(),
             None => self.socket_ports.get(&socket).copied(),
         }
     }
 
-    /// An unpredictable number (for range ports).
+    /// An unpredictable number (for transfer ports).
     fn random(&mut self) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         self.random_counter += 1;
@@ -843,11 +852,49 @@ impl WorkerState {
                     }
                 }
             }
-            TransferPorts::Range { first, last } => {
-                let span = u64::from(last - first) + 1;
-                let port = first + (self.random() % span) as u16;
-                Some((port, Some(RANGE_PORT_SOCKET + usize::from(port)), None))
+            TransferPorts::Steered {
+                iface,
+                reserved,
+                map,
+            } => {
+                let local = request_to
+                    .filter(|ip| !ip.is_broadcast() && !ip.is_multicast())
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let mut draw = || self.random();
+                let (socket, port) =
+                    match transfer_socket(local, iface.as_deref(), &reserved, &mut draw) {
+                        Ok(bound) => bound,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "no port for a TFTP transfer");
+                            return None;
+                        }
+                    };
+                if let Err(err) = map.open(port) {
+                    tracing::warn!(error = %err, port, "a TFTP transfer port could not be steered");
+                    return None;
+                }
+                self.held_ports.insert(port, socket);
+                Some((port, Some(STEERED_PORT_SOCKET + usize::from(port)), None))
             }
+        }
+    }
+
+    /// Whether `port` is a running transfer's steered port (AF_XDP path).
+    pub(super) fn holds_port(&self, port: u16) -> bool {
+        self.held_ports.contains_key(&port)
+    }
+
+    /// Gives a finished transfer's port back: the ring closes its socket (io_uring), or the
+    /// program stops steering it and its holding socket closes (AF_XDP).
+    fn release_port(&mut self, socket: usize, port: u16) {
+        if self.socket_ports.remove(&socket).is_some() {
+            self.closing.push(socket);
+        }
+        if self.held_ports.remove(&port).is_some()
+            && let TransferPorts::Steered { map, .. } = &self.ports
+            && let Err(err) = map.close(port)
+        {
+            tracing::warn!(error = %err, port, "a finished TFTP transfer's port is still steered");
         }
     }
 
@@ -920,9 +967,7 @@ impl WorkerState {
             return;
         };
         self.peers.remove(&peer);
-        if self.socket_ports.remove(&socket).is_some() {
-            self.closing.push(socket);
-        }
+        self.release_port(socket, key.0);
         self.stats.tftp_bytes += outcome.file_bytes;
         self.stats.tftp_retransmits += outcome.retransmits;
         match outcome.result {

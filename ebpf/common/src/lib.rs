@@ -127,6 +127,13 @@ pub const XSKS_CAPACITY: u32 = 64;
 /// A map of its own rather than fields of [`XdpConfig`]: the drop policy and the steering are
 /// written by different parts of the loader, and [`XdpConfig`]'s layout stays as it is.
 pub const AFXDP_MAP: &str = "AFXDP";
+/// Name of the array, indexed by UDP port, marking the AF_XDP path's live TFTP transfer ports
+/// (non-zero: steered). User space marks a port when a transfer takes it and clears it when the
+/// transfer ends, so each transfer has a port drawn from all unprivileged ports (RFC 1350's
+/// random TID, issue 19) rather than from a fixed range an attacker could guess within.
+pub const AFXDP_PORTS_MAP: &str = "AFXDP_PORTS";
+/// Capacity of [`AFXDP_PORTS_MAP`]: one entry per UDP port.
+pub const AFXDP_PORTS_CAPACITY: u32 = 65_536;
 /// Name of the per-CPU array of [`ClassCounter`] for steering outcomes, indexed by [`steer`].
 pub const STEER_COUNTERS_MAP: &str = "STEER_COUNTERS";
 
@@ -144,18 +151,14 @@ pub mod steer {
     pub const NAMES: [&str; COUNT as usize] = ["redirected", "no_socket"];
 }
 
-/// Whether admitted boot frames go to AF_XDP sockets, which UDP ports besides 67, 4011 and 69
-/// are the AF_XDP path's (its TFTP transfer ports), and which address's ARP requests it answers. Written by user space into [`AFXDP_MAP`]
-/// index 0; all zero (the initial value) means off.
+/// Whether admitted boot frames go to AF_XDP sockets, and which address's ARP requests the
+/// AF_XDP path answers. Written by user space into [`AFXDP_MAP`] index 0; all zero (the initial
+/// value) means off. The path's TFTP transfer ports are in [`AFXDP_PORTS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AfXdpSteering {
     /// Non-zero: redirect admitted boot frames to [`XSKS_MAP`].
     pub enabled: u32,
-    /// First and last UDP port (inclusive, host byte order) of the AF_XDP path's TFTP transfer
-    /// ports; `first > last` means none.
-    pub transfer_port_first: u16,
-    pub transfer_port_last: u16,
     /// The server's IPv4 address, in network order: ARP requests for it are steered too, so
     /// the AF_XDP path answers them. All zero: ARP stays with the kernel.
     pub server_ip: [u8; 4],
@@ -288,7 +291,7 @@ const _: () = assert!(core::mem::size_of::<XdpPolicy>() == 20);
 const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
-const _: () = assert!(core::mem::size_of::<AfXdpSteering>() == 12);
+const _: () = assert!(core::mem::size_of::<AfXdpSteering>() == 8);
 const _: () = assert!(core::mem::size_of::<Refusal>() == 8);
 
 #[cfg(feature = "user")]

@@ -33,9 +33,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use stampede_ebpf_common::{
-    ALLOW_MACS_CAPACITY, AfXdpSteering, ClassCounter, DENY_MACS_CAPACITY, DHCP_BUCKETS_CAPACITY,
-    MacKey, REFUSAL_SAMPLE_INTERVAL_NS, REFUSAL_SAMPLES_CAPACITY, REFUSALS_RING_BYTES, Refusal,
-    TokenBucket, XSKS_CAPACITY, XdpConfig, class, drop_reason, steer,
+    AFXDP_PORTS_CAPACITY, ALLOW_MACS_CAPACITY, AfXdpSteering, ClassCounter, DENY_MACS_CAPACITY,
+    DHCP_BUCKETS_CAPACITY, MacKey, REFUSAL_SAMPLE_INTERVAL_NS, REFUSAL_SAMPLES_CAPACITY,
+    REFUSALS_RING_BYTES, Refusal, TokenBucket, XSKS_CAPACITY, XdpConfig, class, drop_reason, steer,
 };
 
 #[map(name = "CLASS_COUNTERS")]
@@ -61,6 +61,11 @@ static TFTP_ADMISSION: Array<TokenBucket> = Array::with_max_entries(1, 0);
 
 #[map(name = "AFXDP")]
 static AFXDP: Array<AfXdpSteering> = Array::with_max_entries(1, 0);
+
+/// The AF_XDP path's live TFTP transfer ports, indexed by port: non-zero while a transfer of
+/// the path runs from it. An array, so the lookup is one bounds-checked index, no hashing.
+#[map(name = "AFXDP_PORTS")]
+static AFXDP_PORTS: Array<u8> = Array::with_max_entries(AFXDP_PORTS_CAPACITY, 0);
 
 /// AF_XDP sockets by RX queue. A socket only receives frames of the queue it is bound to, so the
 /// index is the frame's `rx_queue_index`.
@@ -198,9 +203,10 @@ fn afxdp_enabled() -> bool {
 /// Whether `port` is one of the AF_XDP path's TFTP transfer ports (only while the path is on).
 #[inline(always)]
 fn is_afxdp_transfer_port(port: u16) -> bool {
-    AFXDP.get(0).is_some_and(|s| {
-        s.enabled != 0 && s.transfer_port_first <= port && port <= s.transfer_port_last
-    })
+    afxdp_enabled()
+        && AFXDP_PORTS
+            .get(u32::from(port))
+            .is_some_and(|live| *live != 0)
 }
 
 /// Returns the bytes `[offset, offset + N)` of the frame, or `None` when they are not all there.

@@ -55,7 +55,7 @@ pub(super) fn transfer_socket(
 
 /// The host's reserved ports (`net.ipv4.ip_local_reserved_ports`: "8080,9000-9100"), which
 /// transfers never take; none when the file is missing or unreadable.
-pub(super) fn reserved_ports() -> Vec<(u16, u16)> {
+pub(in crate::engine) fn reserved_ports() -> Vec<(u16, u16)> {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
         .map(|text| parse_port_ranges(&text))
         .unwrap_or_default()
