@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let root_dir = program_dir.to_str().context("program path is UTF-8")?;
     aya_build::build_ebpf(
         [aya_build::Package {
-            name: "stampede-ebpf",
+            name: "stampede-xdp",
             root_dir,
             ..Default::default()
         }],

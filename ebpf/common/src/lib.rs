@@ -116,7 +116,7 @@ pub const ALLOW_MACS_CAPACITY: u32 = 65_536;
 /// Name of the one-entry array holding the [`XdpConfig`].
 pub const CONFIG_MAP: &str = "CONFIG";
 /// Name of the XDP program that classifies boot traffic.
-pub const CLASSIFIER_PROGRAM: &str = "stampede_classify";
+pub const CLASSIFIER_PROGRAM: &str = "stampede_xdp";
 
 /// Name of the XSKMAP of AF_XDP sockets, indexed by RX queue (one socket per queue).
 pub const XSKS_MAP: &str = "XSKS";

@@ -124,7 +124,7 @@ const TFTP_OPCODE_RRQ: u16 = 1;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[xdp]
-pub fn stampede_classify(ctx: XdpContext) -> u32 {
+pub fn stampede_xdp(ctx: XdpContext) -> u32 {
     let verdict = match try_classify(&ctx) {
         Ok(verdict) => verdict,
         Err(Malformed) => Verdict::pass(class::MALFORMED),
