@@ -9,8 +9,8 @@ use stampede_dataplane::{
         AfXdpChoice, ApplianceConfig, DhcpMode, GRUB_NAME, MacPolicy, QuickBoot, SHIM_NAME,
         network_of, parse_range, wire,
     },
+    engine::http::{HttpServer, HttpServerConfig, HttpStats},
     engine::{self, Engine, EngineConfig, Ports, UdpStats},
-    http_server::{HttpServer, HttpServerConfig, HttpStats},
     sys::afxdp::{XskBind, XskConfig},
     xdp::{AttachMode, XdpClassifier, error_chain},
 };

@@ -4,7 +4,7 @@
 use stampede_control::Metrics;
 use stampede_dataplane::{
     engine::UdpStats,
-    http_server::{HttpStats, RESPONSE_SECONDS_BOUNDS},
+    engine::http::{HttpStats, RESPONSE_SECONDS_BOUNDS},
     xdp::{ClassCounters, DropCounters},
 };
 use stampede_ebpf_common::{class, drop_reason};

@@ -4,8 +4,8 @@
 //!   runs it on crafted frames with `BPF_PROG_TEST_RUN`.
 //! - [`config`]: the appliance's TOML configuration, validated into domain types; quick mode.
 //! - [`boot`]: the boot plan: the protocol cores configured from the appliance config.
-//! - [`http_server`]: the HTTP boot server, the sans-IO HTTP core over io_uring, one ring per
-//!   worker thread.
+//! - [`engine`]: the worker threads driving the protocol cores: UDP (DHCP, TFTP) on io_uring or
+//!   AF_XDP, and the HTTP boot server ([`engine::http`]), one ring per worker thread.
 //! - [`swarm`]: each root's BitTorrent swarm as the HTTP workers see it: the tracker and the
 //!   roots' torrents.
 //! - [`store`]: boot files from a served directory and a content-addressed store, read once and
@@ -17,7 +17,6 @@
 pub mod boot;
 pub mod config;
 pub mod engine;
-pub mod http_server;
 pub mod store;
 pub mod swarm;
 // The syscall layer: io_uring submission and the memory the kernel writes into cannot be expressed

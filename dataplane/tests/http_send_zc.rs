@@ -24,7 +24,7 @@ use std::{
 };
 
 use stampede_dataplane::{
-    http_server::{HttpServer, HttpServerConfig},
+    engine::http::{HttpServer, HttpServerConfig},
     sys::{uring, uring_tcp::TcpWorkerConfig},
 };
 use stampede_lab::TwoHosts;

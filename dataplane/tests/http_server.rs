@@ -11,7 +11,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 use stampede_dataplane::{
-    http_server::{HttpServer, HttpServerConfig, HttpStats},
+    engine::http::{HttpServer, HttpServerConfig, HttpStats},
     store::BootRoot,
     sys::uring,
 };

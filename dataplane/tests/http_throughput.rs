@@ -17,7 +17,7 @@ use std::{
 };
 
 use stampede_dataplane::{
-    http_server::{HttpServer, HttpServerConfig},
+    engine::http::{HttpServer, HttpServerConfig},
     sys::uring,
 };
 use stampede_proto::files::{BootFile, MemoryCatalog};

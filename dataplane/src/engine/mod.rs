@@ -1,4 +1,5 @@
-//! The engine: worker threads that drive the sans-IO protocol cores with io_uring.
+//! The engine: worker threads that drive the sans-IO protocol cores with io_uring (or AF_XDP):
+//! the UDP workers (DHCP, TFTP; [`udp`], [`afxdp`]) and the HTTP boot server's ([`http`]).
 //!
 //! Thread-per-core: each UDP worker owns one ring ([`crate::sys::uring::UdpWorker`]) and the
 //! sockets it serves, and shares nothing mutable with the others on the hot path. Worker 0 also
@@ -16,6 +17,7 @@
 //! holds it with a kernel socket that sees no frame, and marks it in the XDP program's port map
 //! (`AFXDP_PORTS`) while it runs, so the program steers that port's frames to the path.
 pub mod afxdp;
+pub mod http;
 pub mod ra;
 pub mod udp;
 
