@@ -322,6 +322,29 @@ fn diskless_root(
 /// The boot plan of `config` on `iface`. A kernel or initrd that a profile of the file or the
 /// command line names and that cannot be opened refuses the plan (at start, or the reload);
 /// the control API's profiles (`fleet`) may name files imported later, and are only warned of.
+/// Whether the file `path` is served from exists as a regular file (inside its directory, links
+/// followed, as the server resolves it), without reading it; the reason otherwise.
+fn servable_on_disk(
+    config: &ApplianceConfig,
+    path: &stampede_proto::bootpath::BootPath,
+) -> Result<(), String> {
+    let Some((file, dir)) = disk_location(config, path) else {
+        return Err("no boot.root to serve it from".into());
+    };
+    let shown = file.display();
+    let canonical = std::fs::canonicalize(&file).map_err(|e| format!("{shown}: {e}"))?;
+    if let Some(dir) = dir
+        && !std::fs::canonicalize(&dir).is_ok_and(|dir| canonical.starts_with(dir))
+    {
+        return Err(format!("{shown}: leads outside {}", dir.display()));
+    }
+    match std::fs::metadata(&canonical) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!("{shown}: not a regular file")),
+        Err(e) => Err(format!("{shown}: {e}")),
+    }
+}
+
 fn plan_for(
     config: &ApplianceConfig,
     iface: &str,
@@ -393,6 +416,18 @@ fn unservable_files(
 /// Where `path` (as a profile or loader names it) is looked for on disk: `boot.files`, else
 /// under `boot.root` (loaders: under `boot.ipxe_dir`), for messages.
 fn on_disk(config: &ApplianceConfig, path: &stampede_proto::bootpath::BootPath) -> String {
+    disk_location(config, path).map_or_else(
+        || "no boot.root".into(),
+        |(file, _)| file.display().to_string(),
+    )
+}
+
+/// The file `path` (as a profile or loader names it) is served from, with the directory it must
+/// stay inside (none for a file `boot.files` names itself); `None` without a `boot.root`.
+fn disk_location(
+    config: &ApplianceConfig,
+    path: &stampede_proto::bootpath::BootPath,
+) -> Option<(PathBuf, Option<PathBuf>)> {
     let loader = [
         &config.boot.loaders.bios,
         &config.boot.loaders.efi_ia32,
@@ -403,14 +438,15 @@ fn on_disk(config: &ApplianceConfig, path: &stampede_proto::bootpath::BootPath) 
     .into_iter()
     .flatten()
     .any(|l| l.as_str() == path.to_string());
-    let file = if loader {
-        Some(config.boot.ipxe_dir.join(path.to_string()))
+    if loader {
+        let dir = config.boot.ipxe_dir.clone();
+        Some((dir.join(path.to_string()), Some(dir)))
     } else if let Some(file) = config.boot.files.get(path) {
-        Some(file.clone())
+        Some((file.clone(), None))
     } else {
-        config.boot.root.as_ref().map(|r| r.join(path.to_string()))
-    };
-    file.map_or_else(|| "no boot.root".into(), |f| f.display().to_string())
+        let dir = config.boot.root.clone()?;
+        Some((dir.join(path.to_string()), Some(dir)))
+    }
 }
 
 fn run(

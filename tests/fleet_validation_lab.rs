@@ -430,3 +430,94 @@ fn a_refused_reload_shows_in_health_and_metrics() {
         .expect("serve exits");
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+/// Issue 18: a control-API profile whose kernel or initrd is not on disk was stored ("created")
+/// and handed to machines, which then failed to download it. With a `boot.root` (where quick
+/// mode has none, and refuses any name it does not serve already), a write naming a file
+/// the root does not hold is refused, naming the profile and the file, and nothing is stored;
+/// through ctl as through the API. A write that leaves a profile's files alone is not held up.
+#[test]
+fn profiles_naming_files_not_on_disk_are_refused_at_write() {
+    if !require!(&["curl", "ss"]) {
+        return;
+    }
+    let lab = TwoHosts::new().expect("lab");
+    let payload = Payload::new(4096, 4096);
+    let dir = payload.dir.path();
+    let config = dir.join("stampede.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ninterfaces = [\"{}\"]\n[boot]\nroot = \"{}\"\n\
+             [[profiles]]\nname = \"file\"\nkernel = \"vmlinuz\"\n[xdp]\nmode = \"off\"\n",
+            lab.server_if,
+            dir.display(),
+        ),
+    )
+    .expect("write config");
+    // A link out of the boot root is not a file the appliance serves either.
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("escape")).expect("symlink");
+    std::fs::create_dir(dir.join("subdir")).expect("a directory");
+    let server = support::appliance::spawn_appliance(
+        serve_command(&lab.server, &config, dir),
+        "serve",
+        || support::appliance::api_answers(&lab.server),
+    );
+
+    let (status, answer) = api(
+        &lab.server,
+        "POST",
+        "/api/v1/profiles",
+        Some(r#"{"name":"good","kernel":"vmlinuz","initrds":["initrd.img"]}"#),
+    );
+    assert_eq!(status, 201, "files in the boot root: {answer}");
+    for (body, missing) in [
+        (r#"{"name":"typo","kernel":"vmlinux"}"#, "vmlinux"),
+        (
+            r#"{"name":"typo","kernel":"vmlinuz","initrds":["initrd.img","extra.cpio"]}"#,
+            "extra.cpio",
+        ),
+        (r#"{"name":"typo","kernel":"escape"}"#, "escape"),
+        (r#"{"name":"typo","kernel":"subdir"}"#, "subdir"),
+    ] {
+        let (status, answer) = api(&lab.server, "POST", "/api/v1/profiles", Some(body));
+        assert_eq!(status, 422, "{body} is refused: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("\"typo\"") && error.contains(missing),
+            "{body}: the reason names the profile and {missing}: {error}"
+        );
+        let (status, _) = api(&lab.server, "GET", "/api/v1/profiles/typo", None);
+        assert_eq!(status, 404, "{body} was not stored");
+    }
+    let (status, answer) = api(
+        &lab.server,
+        "PUT",
+        "/api/v1/profiles/good",
+        Some(r#"{"name":"good","kernel":"vmlinuz","initrds":["gone.img"]}"#),
+    );
+    assert_eq!(status, 422, "an update is checked too: {answer}");
+    let added = ctl_out(
+        &lab.server,
+        &["profiles", "add", "typo", "--kernel", "vmlinux"],
+    );
+    assert!(
+        !added.status.success() && added.stderr.contains("vmlinux"),
+        "ctl says why: {}{}",
+        added.stdout,
+        added.stderr
+    );
+
+    // A stored profile whose file goes away later does not block writes that do not touch it
+    // (the reload warns of it): a machine for it is still added.
+    std::fs::remove_file(&payload.initrd).expect("remove the initrd");
+    let added = ctl_out(
+        &lab.server,
+        &["machines", "add", "52:54:00:70:00:01", "--profile", "good"],
+    );
+    assert!(added.status.success(), "{}{}", added.stdout, added.stderr);
+    let (_, good) = api(&lab.server, "GET", "/api/v1/profiles/good", None);
+    assert_eq!(good["initrds"][0], "initrd.img", "unchanged: {good}");
+    let (out, _) = stop(server);
+    assert!(out.status.success());
+}

@@ -12,6 +12,15 @@ pub trait FleetValidator: Send + Sync + std::fmt::Debug + 'static {
     /// validation's reason, naming the key.
     fn validate(&self, fleet: &FleetSnapshot) -> Result<(), String>;
 
+    /// `Ok` when an API write may turn `current` into `next`: [`FleetValidator::validate`] of
+    /// `next`, and whatever holds only for what the write itself brings (the appliance checks
+    /// that the files a written profile boots are on disk; one that disappears later from a
+    /// stored profile is reported by the reload, not a reason to refuse unrelated writes).
+    fn validate_write(&self, current: &FleetSnapshot, next: &FleetSnapshot) -> Result<(), String> {
+        let _ = current;
+        self.validate(next)
+    }
+
     /// The machines and profiles the configuration declares itself (its file, as on disk now,
     /// like [`FleetValidator::validate`]'s): listed beside the API's, and profiles API machines
     /// may name. None by default (a configuration made from the command line).

@@ -177,6 +177,54 @@ impl stampede_control::validation::FleetValidator for FleetValidation {
         secure_boot_chain_on_disk(&config)
     }
 
+    /// Also refuses a written profile (new, or changed) whose kernel or initrds are not on
+    /// disk: stored, it would be handed to machines that then fail to download it, while the
+    /// write said "created" (issue 18). A stored profile whose file goes missing later is the
+    /// reload's to report ([`unservable_files`] warns of it), so it blocks no other write.
+    fn validate_write(
+        &self,
+        current: &stampede_control::FleetSnapshot,
+        next: &stampede_control::FleetSnapshot,
+    ) -> Result<(), String> {
+        self.validate(next)?;
+        let written: Vec<&String> = next
+            .profiles
+            .iter()
+            .filter(|(name, profile)| current.profiles.get(*name) != Some(*profile))
+            .map(|(name, _)| name)
+            .collect();
+        if written.is_empty() {
+            return Ok(());
+        }
+        let config = self
+            .source
+            .load(Some((next, &self.iface)))
+            .map_err(|err| error_chain(err.as_ref()))?;
+        for profile in config
+            .profiles
+            .iter()
+            .filter(|p| written.contains(&&p.name))
+        {
+            let files = std::iter::once(&profile.boot.default)
+                .chain(profile.boot.variants.iter().map(|(_, f)| f));
+            for f in files {
+                for raw in std::iter::once(&f.kernel).chain(&f.initrds) {
+                    let Ok(path) = stampede_proto::bootpath::BootPath::parse(raw.as_bytes()) else {
+                        continue;
+                    };
+                    if let Err(why) = servable_on_disk(&config, &path) {
+                        return Err(format!(
+                            "profile {:?} boots {path}, which cannot be served ({why}): put the \
+                             file in place before writing the profile",
+                            profile.name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn file_fleet(&self) -> stampede_control::model::FileFleet {
         match &*self.source {
             // A file that no longer parses lists nothing; the next reload says why.

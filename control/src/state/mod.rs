@@ -279,7 +279,7 @@ impl ControlState {
             || next.roots != current.roots
             || next.quarantine != current.quarantine;
         if changed && let Some(validator) = self.inner.validator.get() {
-            if let Err(reason) = validator.validate(&next) {
+            if let Err(reason) = validator.validate_write(&current, &next) {
                 let _ = txn.abort();
                 return Err(ControlError::Unservable(reason));
             }
