@@ -27,6 +27,7 @@ use stampede_dataplane::sys::uring_client::{ClientRing, ClientRingConfig};
 use stampede_proto::tftp::{ClientConfig as TftpConfig, OptionSet};
 
 mod net;
+mod plot;
 mod report;
 mod root;
 mod storm;
@@ -41,6 +42,20 @@ pub enum BenchCommand {
     /// Diskless roots: N simulated machines fetch and verify a signed manifest and its chunks
     /// (or one whole image) from the server at once.
     Root(root::RootArgs),
+    /// Draws storms of one run on the same axes (machines booted over time, latency per
+    /// stage) from their JSON reports (`bench storm --json`).
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlotArgs {
+    /// The SVG to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Storm reports, each `REPORT.json` or `LABEL=REPORT.json` (LABEL replaces the report's own;
+    /// the last `=` separates them).
+    #[arg(required = true)]
+    pub reports: Vec<String>,
 }
 
 /// The TFTP options a simulated ROM asks for.
@@ -157,6 +172,26 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        BenchCommand::Plot(args) => {
+            let mut series = Vec::new();
+            for spec in &args.reports {
+                let (label, path) = match spec.rsplit_once('=') {
+                    Some((label, path)) if !Path::new(spec).exists() => (Some(label), path),
+                    _ => (None, spec.as_str()),
+                };
+                let text = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+                let report: serde_json::Value = serde_json::from_slice(&text)
+                    .with_context(|| format!("{path} is not a JSON report"))?;
+                let mut one = plot::StormSeries::from_json(&report)
+                    .with_context(|| format!("{path} is not a storm report"))?;
+                if let Some(label) = label {
+                    one.label = label.to_owned();
+                }
+                series.push(one);
+            }
+            std::fs::write(&args.out, plot::storm_svg(&series)?)
+                .with_context(|| format!("writing {}", args.out.display()))
         }
         BenchCommand::Root(args) => {
             let summary = root::root(&args)?;
@@ -375,7 +410,7 @@ pub fn storm(args: &StormArgs) -> anyhow::Result<Summary> {
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, summary.svg())
+        std::fs::write(path, plot::storm_svg(&[plot::StormSeries::of(&summary)])?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(summary)

@@ -341,6 +341,8 @@ struct Result_ {
     bench_cpu: f64,
     failures: String,
     command: String,
+    /// The storm's JSON report.
+    json: PathBuf,
 }
 
 #[allow(clippy::too_many_arguments, reason = "one call site per bench kind")]
@@ -410,6 +412,7 @@ fn run_storm(
         bench_cpu: report["client_cpu_s"].as_f64().unwrap_or(0.0),
         failures,
         command,
+        json,
     })
 }
 
@@ -778,6 +781,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             );
         }
     }
+    plots(&mut md, &binary, &out, &results);
     let _ = writeln!(md, "\nCommands (in the client namespace):\n");
     for r in &results {
         let _ = writeln!(md, "    {}", r.command);
@@ -786,6 +790,34 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         perfdhcp::summary(&mut md, &dora);
     }
     finish(&out, &md)
+}
+
+/// One plot per machine count with every server of that count on the same axes
+/// (`stampede bench plot`), embedded in the summary.
+fn plots(md: &mut String, binary: &Path, out: &Path, results: &[Result_]) {
+    let mut counts: Vec<usize> = results.iter().map(|r| r.clients).collect();
+    counts.dedup();
+    for clients in counts {
+        let svg = out.join(format!("storm-{clients}.svg"));
+        let mut plot = Command::new(binary);
+        plot.args(["bench", "plot", "--out"]).arg(&svg);
+        for r in results.iter().filter(|r| r.clients == clients) {
+            plot.arg(format!("{}={}", r.server, r.json.display()));
+        }
+        match plot.output() {
+            Ok(done) if done.status.success() => {
+                let _ = writeln!(
+                    md,
+                    "\n![{clients} machines: booted over time, latency per stage](storm-{clients}.svg)"
+                );
+            }
+            Ok(done) => eprintln!(
+                "xtask: no plot for {clients} machines: {}",
+                String::from_utf8_lossy(&done.stderr).trim()
+            ),
+            Err(err) => eprintln!("xtask: no plot for {clients} machines: {err}"),
+        }
+    }
 }
 
 /// Writes the summary beside the run's reports and prints it.
