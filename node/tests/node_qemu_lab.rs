@@ -560,7 +560,7 @@ fn start(tag: &str, signing_seed: [u8; 32], corrupt: bool, serve_image: bool) ->
     let bootif = format!("01-{}", mac.replace(':', "-"));
     let cmdline = format!(
         "console=ttyS0 panic=-1 stampede.manifest=http://{server_ip}:{port}/roots/{ROOT_ID}/manifest \
-         BOOTIF={bootif} stampede.marker={tag} stampede.debug"
+         BOOTIF={bootif} stampede.marker={tag} stampede.debug stampede.swarm=off"
     );
     let spec = MachineSpec {
         firmware: Firmware::Bios,

@@ -268,6 +268,7 @@ pub struct PeerSwarm {
     events: VecDeque<SwarmEvent>,
     stats: SwarmStats,
     started: Instant,
+    grace_over: bool,
 }
 
 impl PeerSwarm {
@@ -300,6 +301,7 @@ impl PeerSwarm {
             events: VecDeque::new(),
             stats: SwarmStats::default(),
             started: now,
+            grace_over: false,
         }
     }
 
@@ -883,11 +885,17 @@ impl PeerSwarm {
         }
     }
 
+    /// Lets the web seed start before [`SwarmConfig::web_seed_grace`] ends: the tracker
+    /// listed no peer to wait for.
+    pub fn end_web_seed_grace(&mut self) {
+        self.grace_over = true;
+    }
+
     /// A piece for the web seed to fetch: one no unchoking peer has, once
     /// [`SwarmConfig::web_seed_grace`] has passed, or one whose peers stalled. The web seed
     /// owns it until [`Self::handle_web_piece`] or [`Self::release_web_piece`].
     pub fn claim_web_piece(&mut self, now: Instant) -> Option<u32> {
-        if now.duration_since(self.started) < self.config.web_seed_grace {
+        if !self.grace_over && now.duration_since(self.started) < self.config.web_seed_grace {
             return None;
         }
         let offered = |i: usize| {
