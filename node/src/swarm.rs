@@ -448,7 +448,7 @@ fn connection(shared: &Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, out
                 }
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
-                    shared.lock().handle_closed(key);
+                    shared.lock().handle_closed(Instant::now(), key);
                     connected(false);
                     return;
                 }
@@ -469,7 +469,7 @@ fn connection(shared: &Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, out
             Err(_) => break,
         }
     }
-    shared.lock().handle_closed(key);
+    shared.lock().handle_closed(Instant::now(), key);
     connected(false);
 }
 

@@ -377,7 +377,7 @@ impl PeerSwarm {
             peer.last_heard = now;
             let (taken, frame) = match peer.decoder.push(input) {
                 Ok(found) => found,
-                Err(_) => return self.close(key, DropReason::Protocol),
+                Err(_) => return self.close(now, key, DropReason::Protocol),
             };
             input = &input[taken..];
             match frame {
@@ -387,13 +387,13 @@ impl PeerSwarm {
                     peer.decoder.consume();
                     let handshake = match handshake {
                         Ok(h) => h,
-                        Err(_) => return self.close(key, DropReason::Protocol),
+                        Err(_) => return self.close(now, key, DropReason::Protocol),
                     };
                     if handshake.info_hash != self.info_hash {
-                        return self.close(key, DropReason::WrongTorrent);
+                        return self.close(now, key, DropReason::WrongTorrent);
                     }
                     if handshake.peer_id == self.peer_id {
-                        return self.close(key, DropReason::SelfConnection);
+                        return self.close(now, key, DropReason::SelfConnection);
                     }
                     let Some(mut peer) = self.peers.remove(&key) else {
                         return;
@@ -415,7 +415,7 @@ impl PeerSwarm {
                                 return;
                             }
                         }
-                        Err(_) => return self.close(key, DropReason::Protocol),
+                        Err(_) => return self.close(now, key, DropReason::Protocol),
                     }
                 }
             }
@@ -454,7 +454,7 @@ impl PeerSwarm {
             }
             Message::Have(piece) => {
                 let Some(slot) = peer.has.get_mut(piece as usize) else {
-                    self.close(key, DropReason::BadBitfield);
+                    self.close(now, key, DropReason::BadBitfield);
                     return false;
                 };
                 if !*slot {
@@ -465,7 +465,7 @@ impl PeerSwarm {
             }
             Message::Bitfield(bits) => {
                 if bits.len() != n.div_ceil(8) || spare_bits_set(bits, n) {
-                    self.close(key, DropReason::BadBitfield);
+                    self.close(now, key, DropReason::BadBitfield);
                     return false;
                 }
                 for (i, slot) in peer.has.iter_mut().enumerate() {
@@ -607,7 +607,7 @@ impl PeerSwarm {
                             addr,
                             piece,
                         });
-                        self.close(key, DropReason::Banned);
+                        self.close(now, key, DropReason::Banned);
                     }
                 }
             }
@@ -810,14 +810,14 @@ impl PeerSwarm {
     }
 
     /// Forgets `key` and tells the driver to close it.
-    fn close(&mut self, key: PeerKey, reason: DropReason) {
+    fn close(&mut self, now: Instant, key: PeerKey, reason: DropReason) {
         self.stats.count(reason);
-        self.forget(key);
+        self.forget(now, key);
         self.events
             .push_back(SwarmEvent::Close { peer: key, reason });
     }
 
-    fn forget(&mut self, key: PeerKey) {
+    fn forget(&mut self, now: Instant, key: PeerKey) {
         let Some(peer) = self.peers.remove(&key) else {
             return;
         };
@@ -833,16 +833,15 @@ impl PeerSwarm {
         self.interested_queue.retain(|k| *k != key);
         if was_slot {
             // Its upload slot goes to the next interested peer.
-            let now = peer.last_heard;
             self.rechoke(now);
         }
     }
 
     /// The driver saw `key`'s connection end (EOF, reset, write error).
-    pub fn handle_closed(&mut self, key: PeerKey) {
+    pub fn handle_closed(&mut self, now: Instant, key: PeerKey) {
         if self.peers.contains_key(&key) {
             self.stats.count(DropReason::Closed);
-            self.forget(key);
+            self.forget(now, key);
         }
     }
 
@@ -942,11 +941,11 @@ impl PeerSwarm {
             if !peer.handshake_seen
                 && now.duration_since(peer.connected_at) >= self.config.handshake_timeout
             {
-                self.close(key, DropReason::HandshakeTimeout);
+                self.close(now, key, DropReason::HandshakeTimeout);
                 continue;
             }
             if now.duration_since(peer.last_heard) >= self.config.idle_timeout {
-                self.close(key, DropReason::Idle);
+                self.close(now, key, DropReason::Idle);
                 continue;
             }
             let timeout = self.config.request_timeout;
