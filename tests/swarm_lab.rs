@@ -24,6 +24,9 @@
 //!   web seed off, byte-exact and verified against the signed manifest; another agent then
 //!   gets it from the first over the hybrid torrent's swarm, again with no byte from the
 //!   appliance.
+//! - A hostile peer (this test, through the same peer-wire core, flipping a byte of every
+//!   block it uploads) announces itself as a seed: the agent catches its first piece, bans it
+//!   (`banned [its address]`), and gets the root from the web seed, byte-exact.
 //! - The tracker refuses an info hash that is none of its roots, with a bencoded
 //!   `failure reason`, and gives no peers to a host on the link that holds no lease from the
 //!   appliance (authoritative DHCP: the peers are machines that got their address from it).
@@ -655,5 +658,174 @@ fn node_agents_fetch_a_root_from_an_aria2c_seed_and_from_each_other() {
     );
     drop(a);
     drop(aria);
+    drop(appliance);
+}
+
+/// A seed that corrupts every block it uploads: the peer-wire core as a seed, one connection
+/// accepted on `listener`, until `stop`.
+fn hostile_seed(
+    listener: std::net::TcpListener,
+    manifest: stampede_rootfs::manifest::RootManifest,
+    info_hash: [u8; 20],
+    image: Vec<u8>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::{io::Read as _, io::Write as _, sync::atomic::Ordering, time::Instant};
+
+    use stampede_proto::peerwire::{PeerKey, PeerSwarm, PieceSpec, SwarmConfig};
+    std::thread::spawn(move || {
+        let pieces: Vec<PieceSpec> = manifest
+            .chunks
+            .iter()
+            .map(|c| PieceSpec {
+                len: c.size as u32,
+                sha256: c.sha256.0,
+            })
+            .collect();
+        let all = vec![true; pieces.len()];
+        let mut swarm = PeerSwarm::new(
+            Instant::now(),
+            SwarmConfig::default(),
+            info_hash,
+            *b"-XX0001-hostilepeer1",
+            pieces,
+            all,
+        );
+        listener.set_nonblocking(true).unwrap();
+        let mut sent = 0u64;
+        let mut key = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut stream, addr)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            key += 1;
+            let key = PeerKey(key);
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            swarm.add_peer(Instant::now(), key, addr.ip(), false);
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::SeqCst) {
+                while let Some(block) = swarm.poll_upload(key) {
+                    let at = manifest.offset(block.piece as usize) as usize + block.begin as usize;
+                    let mut data = image[at..at + block.len as usize].to_vec();
+                    data[0] ^= 0x5a;
+                    swarm.send_block(Instant::now(), key, block, &data);
+                    sent += 1;
+                }
+                let mut out = Vec::new();
+                swarm.poll_transmit(key, &mut out);
+                if stream.write_all(&out).is_err() {
+                    break;
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => swarm.handle_input(Instant::now(), key, &buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            swarm.handle_closed(Instant::now(), key);
+        }
+        sent
+    })
+}
+
+#[test]
+fn a_hostile_peer_sending_corrupt_pieces_is_banned_and_the_root_still_verified() {
+    if !require!(PROGRAMS) {
+        return;
+    }
+    let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));
+    let lan = Lan::new().expect("lan");
+    let (server, server_if) = lan.host("srv", Some(1)).expect("server host");
+    let (hostile, hostile_if) = lan.host("hostile", None).expect("hostile host");
+    let (machine, machine_if) = lan.host("machine", None).expect("machine host");
+    let dir = tempfile::Builder::new()
+        .prefix("stampede-swarm-hostile-")
+        .disable_cleanup(std::env::var_os("STAMPEDE_KEEP_LAB").is_some())
+        .tempdir()
+        .expect("tempdir");
+    let dhcp_range = format!("{}-{}", lan.subnet.host(100), lan.subnet.host(150));
+    let appliance = RootAppliance::start(
+        &server,
+        &server_if,
+        &image.source(),
+        dir.path(),
+        &["--dhcp-range", &dhcp_range],
+    );
+    let log = appliance.logger();
+    let id = root_id(&log()).unwrap_or_else(|| panic!("no root line:\n{}", log()));
+    let served = dir.path().join("roots/serve/roots").join(&id);
+    let image_bytes = fs::read(served.join("image")).expect("the root's image");
+    let base = format!("http://{}:8080", lan.subnet.host(1));
+    let manifest_url = format!("{base}/roots/{id}/manifest");
+    // Both hold leases: the hostile peer is a machine of the fleet gone bad.
+    let script = udhcpc_script(dir.path());
+    let hostile_ip = {
+        let out = udhcpc(&hostile, &hostile_if, 4, &script, &[]);
+        bound(&format!("{}{}", out.stdout, out.stderr))["ip"].clone()
+    };
+    udhcpc(&machine, &machine_if, 4, &script, &[]);
+    let key = fs::read_to_string(dir.path().join("manifest.key")).expect("the appliance's key");
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(key.trim(), &mut seed).expect("a hex key");
+    let signing = stampede_rootfs::manifest::ManifestSigningKey::from_bytes(&seed);
+    let key_hex = hex::encode(signing.verifying_key().to_bytes());
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let manifest_path = work.join("manifest");
+    curl(&machine, &manifest_url, &manifest_path);
+    let manifest = SignedManifest::from_bytes(&fs::read(&manifest_path).unwrap())
+        .and_then(|m| m.verify(&signing.verifying_key()))
+        .expect("the signed manifest verifies");
+    let mut info_hash = [0u8; 20];
+    hex::decode_to_slice(
+        &manifest.swarm.as_ref().expect("swarm").info_hash_v1,
+        &mut info_hash,
+    )
+    .expect("hex");
+
+    // The hostile peer listens in its namespace and announces itself as a seed.
+    let listener = hostile
+        .in_namespace(|| std::net::TcpListener::bind("0.0.0.0:6881"))
+        .expect("setns")
+        .expect("bind 6881");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seeder = hostile_seed(
+        listener,
+        manifest.clone(),
+        info_hash,
+        image_bytes.clone(),
+        stop.clone(),
+    );
+    let hash_param: String = info_hash.iter().map(|b| format!("%{b:02x}")).collect();
+    curl(
+        &hostile,
+        &format!(
+            "{base}/stampede/swarm/announce?info_hash={hash_param}&peer_id=-XX0001-hostilepeer1&port=6881&left=0&event=started"
+        ),
+        &work.join("hostile-announce"),
+    );
+
+    let agent_dir = work.join("agent");
+    let mut agent = swarm_fetch(&machine, &agent_dir, &manifest_url, &key_hex, &[]);
+    let done = wait_swarm_done(&mut agent, &agent_dir);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let corrupt_blocks = seeder.join().expect("the hostile peer");
+    assert!(corrupt_blocks > 0, "the hostile peer was never asked");
+    assert!(
+        done.contains(&format!("banned [{hostile_ip}]"))
+            && agent_log(&agent_dir).contains(&format!("banned {hostile_ip}: piece ")),
+        "{done}\n{}",
+        agent_log(&agent_dir)
+    );
+    assert!(
+        fs::read(agent_dir.join("image")).is_ok_and(|got| got == image_bytes),
+        "the agent's image differs from roots/{id}/image"
+    );
+    drop(agent);
     drop(appliance);
 }

@@ -44,6 +44,10 @@ use crate::http::{HttpConnection, HttpUrl, encode_query_value};
 pub const DEFAULT_PORT: u16 = 6881;
 /// Web seed connections: two, as the plain HTTP path uses (a rack's machines open two each).
 pub const WEB_SEED_WORKERS: usize = 2;
+/// Pieces fetched from the web seed in one `Range` request: 16 MiB, as the plain HTTP path's
+/// runs (the appliance serves a few long ranges for less CPU than many short ones, and a
+/// machine's boot session is not flooded with one event per MiB).
+pub const WEB_SEED_RUN: usize = 16;
 /// How often the tracker thread ticks the core's timers.
 const TICK: Duration = Duration::from_millis(100);
 /// A peer that does not accept a connection in this long is skipped until the next announce.
@@ -271,6 +275,15 @@ impl SwarmNode {
                 bail!("{missing} pieces still missing after {timeout:?}");
             }
         }
+        drop(done);
+        // The pieces are in the RAM disk's page cache; erofs reads file data with its own
+        // bios, straight from brd's pages, so they must be written back before the mount
+        // (as the HTTP path's flush does).
+        self.shared
+            .store
+            .file
+            .sync_all()
+            .context("flushing the root image")?;
         Ok(self.report())
     }
 
@@ -612,36 +625,68 @@ pub fn parse_announce_reply(body: &[u8]) -> Result<(Vec<SocketAddrV4>, Duration)
     Ok((peers, interval))
 }
 
-/// A web seed worker: fetches the pieces the core gives it by `Range` on the image.
+/// A web seed worker: fetches the pieces the core gives it by `Range` on the image, runs of
+/// consecutive ones ([`WEB_SEED_RUN`]) in one request, as the plain HTTP path does.
 fn web_seed(shared: &Arc<Shared>) {
     let Some(image) = shared.plan.web_seed.clone() else {
         return;
     };
     let mut conn = HttpConnection::new(&image, HTTP_TIMEOUT);
     while !shared.stopping() && !shared.is_complete() {
-        let claimed = shared.lock().claim_web_piece(Instant::now());
-        let Some(piece) = claimed else {
+        let mut run: Vec<u32> = Vec::new();
+        {
+            let mut swarm = shared.lock();
+            while run.len() < WEB_SEED_RUN {
+                let Some(piece) = swarm.claim_web_piece(Instant::now()) else {
+                    break;
+                };
+                if run.last().is_some_and(|last| piece != last + 1) {
+                    swarm.release_web_piece(piece);
+                    break;
+                }
+                run.push(piece);
+            }
+        }
+        let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
             thread::sleep(TICK);
             continue;
         };
-        let offset = u64::from(piece) * shared.store.piece_len;
-        let len = shared.store.piece_len.min(shared.size - offset);
+        let piece_len = shared.store.piece_len;
+        let offset = u64::from(first) * piece_len;
+        let end = (u64::from(last) + 1)
+            .saturating_mul(piece_len)
+            .min(shared.size);
+        let len = end - offset;
         let fetched = conn
-            .get_range(&image, offset, offset + len - 1, len as usize)
+            .get_range(&image, offset, end - 1, len as usize)
             .map_err(|e| e.to_string())
             .and_then(|r| match (r.status, r.content_range) {
-                (206, Some((first, last, _))) if first == offset && last == offset + len - 1 => {
-                    Ok(r.body)
-                }
+                (206, Some((a, b, _))) if a == offset && b == end - 1 => Ok(r.body),
                 (200, _) if offset == 0 && len == shared.size => Ok(r.body),
                 (status, range) => Err(format!("HTTP {status} {range:?}")),
+            })
+            .and_then(|body| {
+                if body.len() as u64 == len {
+                    Ok(body)
+                } else {
+                    Err(format!("{} bytes, not {len}", body.len()))
+                }
             });
         let mut swarm = shared.lock();
         match fetched {
-            Ok(body) => swarm.handle_web_piece(Instant::now(), piece, body),
+            Ok(body) => {
+                for (piece, bytes) in run.iter().zip(body.chunks(piece_len as usize)) {
+                    swarm.handle_web_piece(Instant::now(), *piece, bytes.to_vec());
+                }
+            }
             Err(reason) => {
-                swarm.release_web_piece(piece);
-                (shared.note)(SwarmNote::WebSeedFailed { piece, reason });
+                for piece in &run {
+                    swarm.release_web_piece(*piece);
+                }
+                (shared.note)(SwarmNote::WebSeedFailed {
+                    piece: first,
+                    reason,
+                });
                 drop(swarm);
                 thread::sleep(Duration::from_secs(1));
                 continue;
