@@ -288,10 +288,9 @@ impl FrameDecoder {
             if n == 0 {
                 return Ok((taken, Frame::Partial));
             }
-            if self.buf.capacity() == 0 {
-                self.buf
-                    .reserve_exact(need.min(4 + self.limit).max(HANDSHAKE_LEN));
-            }
+            // Exactly what this frame still needs, never a doubling: the buffer stays within
+            // one frame (`need` is at most 4 + limit, or the handshake's 68).
+            self.buf.reserve_exact(need - self.buf.len());
             self.buf.extend_from_slice(&input[taken..taken + n]);
             taken += n;
         }
@@ -431,5 +430,27 @@ mod tests {
             Err(WireError::TooLong { .. })
         ));
         assert!(decoder.buf.capacity() <= 4 + MAX_FRAME);
+
+        // A whole block fed a byte at a time grows the buffer to the frame, not past it.
+        let mut decoder = FrameDecoder::new(MAX_FRAME);
+        assert_eq!(decoder.push(&hs), Ok((68, Frame::Handshake)));
+        decoder.consume();
+        let mut block = Vec::new();
+        Message::Piece {
+            piece: 0,
+            begin: 0,
+            data: &[1; BLOCK_LEN as usize],
+        }
+        .emit(&mut block);
+        for (i, byte) in block.iter().enumerate() {
+            let (_, frame) = decoder.push(std::slice::from_ref(byte)).expect("valid");
+            assert_eq!(frame == Frame::Message, i == block.len() - 1);
+        }
+        assert_eq!(decoder.frame().len(), MAX_FRAME);
+        assert!(
+            decoder.buf.capacity() <= 4 + MAX_FRAME,
+            "{}",
+            decoder.buf.capacity()
+        );
     }
 }
