@@ -675,8 +675,11 @@ fn web_seed(shared: &Arc<Shared>) {
         let mut swarm = shared.lock();
         match fetched {
             Ok(body) => {
+                // Each piece written before the next is copied out: a run costs its body and
+                // one piece, as the HTTP path's runs do.
                 for (piece, bytes) in run.iter().zip(body.chunks(piece_len as usize)) {
                     swarm.handle_web_piece(Instant::now(), *piece, bytes.to_vec());
+                    shared.drain_events(&mut swarm);
                 }
             }
             Err(reason) => {
