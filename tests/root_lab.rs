@@ -214,6 +214,16 @@ fn seabios_and_ovmf_boot_diskless_into_one_oci_image_and_a_reboot_is_fresh() {
         let mut uefi = lab.start_machine(uefi_spec).expect("qemu starts");
         assert_diskless_boot(&mut bios, &appliance, &marker, "seabios");
         assert_diskless_boot(&mut uefi, &appliance, &marker, "ovmf");
+        // The root has a torrent: both joined its swarm (each other and the appliance's web
+        // seed), every piece checked against the signed manifest.
+        for (machine, what) in [(&bios, "seabios"), (&uefi, "ovmf")] {
+            let console = machine.console();
+            let fetched = console
+                .lines()
+                .find(|l| l.contains("root fetched by the swarm: "))
+                .unwrap_or_else(|| panic!("{what}: not fetched by the swarm:\n{console}"));
+            eprintln!("{what}: {fetched}");
+        }
     }
     assert_session_has_root_steps(&lab, &bios_mac, "seabios");
     assert_session_has_root_steps(&lab, &uefi_mac, "ovmf");
@@ -332,12 +342,16 @@ fn a_chunk_corrupted_in_the_store_is_caught_on_the_machine_and_never_used() {
     set_image_byte(good[100]);
     assert_diskless_boot(&mut machine, &appliance, &marker, "after the fix");
     let console = machine.console();
+    // The root has a torrent, so the agent joins its swarm first; alone in it, it gets every
+    // piece from the appliance's web seed, by Range on the image as the plain HTTP path does.
     let assembled = console
         .lines()
-        .find(|l| l.contains("root assembled:"))
+        .find(|l| l.contains("root assembled:") || l.contains("root fetched by the swarm:"))
         .unwrap_or_default();
     assert!(
-        assembled.contains(" by range in ") && !assembled.contains(": 0 by range"),
+        (assembled.contains(" by range in ") && !assembled.contains(": 0 by range"))
+            || (assembled.contains("root fetched by the swarm:")
+                && !assembled.contains(" 0 from the appliance")),
         "the chunks came by range from the image: {assembled:?}"
     );
     eprintln!(

@@ -18,6 +18,15 @@
 //!   DHT, no peer exchange, no local discovery), so every byte they end with came from peers.
 //! - libtorrent takes the hybrid as served (tracker + web seed) and gets the image byte-exact,
 //!   every piece checked against the torrent's hashes.
+//! - Stampede's node agents join the swarm (`node_agents_fetch_a_root_from_an_aria2c_seed_and_
+//!   from_each_other`): the agent's swarm fetch, run on the host (`stampede-node swarm-fetch`,
+//!   not as PID 1), gets the root from an aria2c seed through the appliance's tracker with the
+//!   web seed off, byte-exact and verified against the signed manifest; another agent then
+//!   gets it from the first over the hybrid torrent's swarm, again with no byte from the
+//!   appliance.
+//! - A hostile peer (this test, through the same peer-wire core, flipping a byte of every
+//!   block it uploads) announces itself as a seed: the agent catches its first piece, bans it
+//!   (`banned [its address]`), and gets the root from the web seed, byte-exact.
 //! - The tracker refuses an info hash that is none of its roots, with a bencoded
 //!   `failure reason`, and gives no peers to a host on the link that holds no lease from the
 //!   appliance (authoritative DHCP: the peers are machines that got their address from it).
@@ -442,5 +451,381 @@ fn aria2c_peers_fetch_a_root_from_the_tracker_the_web_seed_and_each_other() {
         );
     }
     drop(first);
+    drop(appliance);
+}
+
+/// The node agent as built for the node initramfs (static musl), run here as a host program:
+/// `STAMPEDE_NODE_AGENT` when the build took a prebuilt one, else where `build.rs` builds it
+/// (`<target>/node-agent/x86_64-unknown-linux-musl/node-agent/stampede-node`).
+fn node_agent() -> PathBuf {
+    if let Some(prebuilt) = std::env::var_os("STAMPEDE_NODE_AGENT") {
+        return PathBuf::from(prebuilt);
+    }
+    let exe = Path::new(support::appliance::STAMPEDE);
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the stampede binary is in <target>/<profile>/");
+    let agent = target.join("node-agent/x86_64-unknown-linux-musl/node-agent/stampede-node");
+    assert!(agent.exists(), "no node agent at {}", agent.display());
+    agent
+}
+
+/// `stampede-node swarm-fetch` in `ns`, its output in `dir/agent.out`.
+fn swarm_fetch(
+    ns: &Netns,
+    dir: &Path,
+    manifest_url: &str,
+    key_hex: &str,
+    extra: &[&str],
+) -> Process {
+    fs::create_dir_all(dir).unwrap();
+    let mut command = ns.command(node_agent().to_str().unwrap());
+    command
+        .args(["swarm-fetch", "--manifest", manifest_url, "--key", key_hex])
+        .arg("--out")
+        .arg(dir.join("image"))
+        .args(extra)
+        .stdout(Stdio::from(
+            fs::File::create(dir.join("agent.out")).unwrap(),
+        ))
+        .stderr(Stdio::from(
+            fs::File::create(dir.join("agent.err")).unwrap(),
+        ));
+    Process::spawn(command).expect("the node agent starts")
+}
+
+fn agent_log(dir: &Path) -> String {
+    ["agent.out", "agent.err"]
+        .iter()
+        .map(|f| fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits for the agent's `swarm done:` line; fails if it exits first or takes too long.
+fn wait_swarm_done(agent: &mut Process, dir: &Path) -> String {
+    let done = stampede_lab::wait_for(DOWNLOAD_TIMEOUT, || {
+        if let Some(line) = agent_log(dir)
+            .lines()
+            .find(|l| l.starts_with("swarm done:"))
+        {
+            return Some(Ok(line.to_owned()));
+        }
+        agent.try_status().map(Err)
+    });
+    match done {
+        Some(Ok(line)) => line,
+        Some(Err(status)) => panic!("the agent exited ({status}):\n{}", agent_log(dir)),
+        None => panic!("the agent did not finish in time:\n{}", agent_log(dir)),
+    }
+}
+
+#[test]
+fn node_agents_fetch_a_root_from_an_aria2c_seed_and_from_each_other() {
+    if !require!(PROGRAMS) {
+        return;
+    }
+    let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));
+    let lan = Lan::new().expect("lan");
+    let (server, server_if) = lan.host("srv", Some(1)).expect("server host");
+    let peers: Vec<(Netns, String)> = (0..3u8)
+        .map(|i| lan.host(&format!("agent{i}"), None).expect("peer host"))
+        .collect();
+    let dir = tempfile::Builder::new()
+        .prefix("stampede-swarm-agents-")
+        .disable_cleanup(std::env::var_os("STAMPEDE_KEEP_LAB").is_some())
+        .tempdir()
+        .expect("tempdir");
+    let dhcp_range = format!("{}-{}", lan.subnet.host(100), lan.subnet.host(150));
+    let appliance = RootAppliance::start(
+        &server,
+        &server_if,
+        &image.source(),
+        dir.path(),
+        &["--dhcp-range", &dhcp_range],
+    );
+    let log = appliance.logger();
+    let id = root_id(&log()).unwrap_or_else(|| panic!("no root line:\n{}", log()));
+    let served = dir.path().join("roots/serve/roots").join(&id);
+    let image_bytes = fs::read(served.join("image")).expect("the root's image");
+    let base = format!("http://{}:8080", lan.subnet.host(1));
+    let manifest_url = format!("{base}/roots/{id}/manifest");
+    let script = udhcpc_script(dir.path());
+    let peer_ips: Vec<String> = peers
+        .iter()
+        .map(|(ns, iface)| {
+            let out = udhcpc(ns, iface, 4, &script, &[]);
+            bound(&format!("{}{}", out.stdout, out.stderr))["ip"].clone()
+        })
+        .collect();
+    let key = fs::read_to_string(dir.path().join("manifest.key")).expect("the appliance's key");
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(key.trim(), &mut seed).expect("a hex key");
+    let key_hex = hex::encode(
+        stampede_rootfs::manifest::ManifestSigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+
+    // A real client seeds the v1-only twin (the swarm Debian 12's aria2c can join), having
+    // fetched it from the tracker and the web seed.
+    let v1_path = work.join("root.v1.torrent");
+    curl(
+        &peers[0].0,
+        &format!("{base}/roots/{id}/image.v1.torrent"),
+        &v1_path,
+    );
+    let seed_dir = work.join("aria2c");
+    let mut aria = aria2c(&peers[0].0, &v1_path, &seed_dir, 6881, "10");
+    let name = {
+        let torrent = Value::decode(&fs::read(&v1_path).unwrap()).expect("bencode");
+        String::from_utf8(bytes_of(torrent.get("info").expect("info"), "name").to_vec()).unwrap()
+    };
+    wait_complete(&mut aria, &seed_dir.join(&name), &seed_dir, &image_bytes);
+
+    // (1) The agent's swarm fetch, web seed off, joins that swarm: every byte from aria2c.
+    let first_dir = work.join("agent1-v1");
+    let mut first = swarm_fetch(
+        &peers[1].0,
+        &first_dir,
+        &manifest_url,
+        &key_hex,
+        &["--v1-only", "--peers-only", "--port", "6881"],
+    );
+    let done = wait_swarm_done(&mut first, &first_dir);
+    let size = image_bytes.len();
+    assert!(
+        done.contains(&format!(": {size} from peers"))
+            && done.contains(" 0 from the appliance (0 pieces)")
+            && done.contains("banned []"),
+        "{done}\n{}",
+        agent_log(&first_dir)
+    );
+    assert!(
+        fs::read(first_dir.join("image")).is_ok_and(|got| got == image_bytes),
+        "the agent's image differs from roots/{id}/image"
+    );
+    let out = first
+        .wait_output(Duration::from_secs(30))
+        .expect("the agent exits");
+    assert!(out.status.success(), "{}", agent_log(&first_dir));
+    assert!(
+        aria2_log(&seed_dir).contains(peer_ips[1].as_str()),
+        "aria2c never talked to the agent at {}:\n{}",
+        peer_ips[1],
+        aria2_log(&seed_dir)
+    );
+
+    // (2) Two agents on the hybrid torrent's swarm (the one node agents use): the first
+    // with the appliance as web seed (nobody else has the root: all of it from there), then
+    // seeding; the second with the web seed off, so all of it from the first agent.
+    let a_dir = work.join("agent1");
+    let mut a = swarm_fetch(
+        &peers[1].0,
+        &a_dir,
+        &manifest_url,
+        &key_hex,
+        &["--port", "6882", "--seed-secs", "60"],
+    );
+    let done = wait_swarm_done(&mut a, &a_dir);
+    assert!(
+        done.contains(&format!(" {size} from the appliance")),
+        "{done}\n{}",
+        agent_log(&a_dir)
+    );
+    let b_dir = work.join("agent2");
+    let mut b = swarm_fetch(
+        &peers[2].0,
+        &b_dir,
+        &manifest_url,
+        &key_hex,
+        &["--peers-only", "--port", "6882"],
+    );
+    let done = wait_swarm_done(&mut b, &b_dir);
+    assert!(
+        done.contains(&format!(": {size} from peers"))
+            && done.contains(" 0 from the appliance (0 pieces)"),
+        "{done}\n{}\n--- the seeding agent ---\n{}",
+        agent_log(&b_dir),
+        agent_log(&a_dir)
+    );
+    assert!(
+        fs::read(b_dir.join("image")).is_ok_and(|got| got == image_bytes),
+        "the second agent's image differs from roots/{id}/image"
+    );
+    drop(a);
+    drop(aria);
+    drop(appliance);
+}
+
+/// A seed that corrupts every block it uploads: the peer-wire core as a seed, one connection
+/// accepted on `listener`, until `stop`.
+fn hostile_seed(
+    listener: std::net::TcpListener,
+    manifest: stampede_rootfs::manifest::RootManifest,
+    info_hash: [u8; 20],
+    image: Vec<u8>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::{io::Read as _, io::Write as _, sync::atomic::Ordering, time::Instant};
+
+    use stampede_proto::peerwire::{PeerKey, PeerSwarm, PieceSpec, SwarmConfig};
+    std::thread::spawn(move || {
+        let pieces: Vec<PieceSpec> = manifest
+            .chunks
+            .iter()
+            .map(|c| PieceSpec {
+                len: c.size as u32,
+                sha256: c.sha256.0,
+            })
+            .collect();
+        let all = vec![true; pieces.len()];
+        let mut swarm = PeerSwarm::new(
+            Instant::now(),
+            SwarmConfig::default(),
+            info_hash,
+            *b"-XX0001-hostilepeer1",
+            pieces,
+            all,
+        );
+        listener.set_nonblocking(true).unwrap();
+        let mut sent = 0u64;
+        let mut key = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut stream, addr)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            key += 1;
+            let key = PeerKey(key);
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            swarm.add_peer(Instant::now(), key, addr.ip(), false);
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::SeqCst) {
+                while let Some(block) = swarm.poll_upload(key) {
+                    let at = manifest.offset(block.piece as usize) as usize + block.begin as usize;
+                    let mut data = image[at..at + block.len as usize].to_vec();
+                    data[0] ^= 0x5a;
+                    swarm.send_block(Instant::now(), key, block, &data);
+                    sent += 1;
+                }
+                let mut out = Vec::new();
+                swarm.poll_transmit(key, &mut out);
+                if stream.write_all(&out).is_err() {
+                    break;
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => swarm.handle_input(Instant::now(), key, &buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            swarm.handle_closed(Instant::now(), key);
+        }
+        sent
+    })
+}
+
+#[test]
+fn a_hostile_peer_sending_corrupt_pieces_is_banned_and_the_root_still_verified() {
+    if !require!(PROGRAMS) {
+        return;
+    }
+    let image = root_image::small_image().unwrap_or_else(|e| panic!("small image: {e}"));
+    let lan = Lan::new().expect("lan");
+    let (server, server_if) = lan.host("srv", Some(1)).expect("server host");
+    let (hostile, hostile_if) = lan.host("hostile", None).expect("hostile host");
+    let (machine, machine_if) = lan.host("machine", None).expect("machine host");
+    let dir = tempfile::Builder::new()
+        .prefix("stampede-swarm-hostile-")
+        .disable_cleanup(std::env::var_os("STAMPEDE_KEEP_LAB").is_some())
+        .tempdir()
+        .expect("tempdir");
+    let dhcp_range = format!("{}-{}", lan.subnet.host(100), lan.subnet.host(150));
+    let appliance = RootAppliance::start(
+        &server,
+        &server_if,
+        &image.source(),
+        dir.path(),
+        &["--dhcp-range", &dhcp_range],
+    );
+    let log = appliance.logger();
+    let id = root_id(&log()).unwrap_or_else(|| panic!("no root line:\n{}", log()));
+    let served = dir.path().join("roots/serve/roots").join(&id);
+    let image_bytes = fs::read(served.join("image")).expect("the root's image");
+    let base = format!("http://{}:8080", lan.subnet.host(1));
+    let manifest_url = format!("{base}/roots/{id}/manifest");
+    // Both hold leases: the hostile peer is a machine of the fleet gone bad.
+    let script = udhcpc_script(dir.path());
+    let hostile_ip = {
+        let out = udhcpc(&hostile, &hostile_if, 4, &script, &[]);
+        bound(&format!("{}{}", out.stdout, out.stderr))["ip"].clone()
+    };
+    udhcpc(&machine, &machine_if, 4, &script, &[]);
+    let key = fs::read_to_string(dir.path().join("manifest.key")).expect("the appliance's key");
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(key.trim(), &mut seed).expect("a hex key");
+    let signing = stampede_rootfs::manifest::ManifestSigningKey::from_bytes(&seed);
+    let key_hex = hex::encode(signing.verifying_key().to_bytes());
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let manifest_path = work.join("manifest");
+    curl(&machine, &manifest_url, &manifest_path);
+    let manifest = SignedManifest::from_bytes(&fs::read(&manifest_path).unwrap())
+        .and_then(|m| m.verify(&signing.verifying_key()))
+        .expect("the signed manifest verifies");
+    let mut info_hash = [0u8; 20];
+    hex::decode_to_slice(
+        &manifest.swarm.as_ref().expect("swarm").info_hash_v1,
+        &mut info_hash,
+    )
+    .expect("hex");
+
+    // The hostile peer listens in its namespace and announces itself as a seed.
+    let listener = hostile
+        .in_namespace(|| std::net::TcpListener::bind("0.0.0.0:6881"))
+        .expect("setns")
+        .expect("bind 6881");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seeder = hostile_seed(
+        listener,
+        manifest.clone(),
+        info_hash,
+        image_bytes.clone(),
+        stop.clone(),
+    );
+    let hash_param: String = info_hash.iter().map(|b| format!("%{b:02x}")).collect();
+    curl(
+        &hostile,
+        &format!(
+            "{base}/stampede/swarm/announce?info_hash={hash_param}&peer_id=-XX0001-hostilepeer1&port=6881&left=0&event=started"
+        ),
+        &work.join("hostile-announce"),
+    );
+
+    let agent_dir = work.join("agent");
+    let mut agent = swarm_fetch(&machine, &agent_dir, &manifest_url, &key_hex, &[]);
+    let done = wait_swarm_done(&mut agent, &agent_dir);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let corrupt_blocks = seeder.join().expect("the hostile peer");
+    assert!(corrupt_blocks > 0, "the hostile peer was never asked");
+    assert!(
+        done.contains(&format!("banned [{hostile_ip}]"))
+            && agent_log(&agent_dir).contains(&format!("banned {hostile_ip}: piece ")),
+        "{done}\n{}",
+        agent_log(&agent_dir)
+    );
+    assert!(
+        fs::read(agent_dir.join("image")).is_ok_and(|got| got == image_bytes),
+        "the agent's image differs from roots/{id}/image"
+    );
+    drop(agent);
     drop(appliance);
 }

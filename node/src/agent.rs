@@ -415,24 +415,43 @@ fn boot_root(booted: &Booted) -> Result<Infallible> {
     let available = memory::mem_available(&meminfo).context("no MemAvailable in /proc/meminfo")?;
     memory::check(manifest.size, available)?;
     let disk = ram_disk(booted.modules.ram_disk.as_ref(), manifest.size)?;
-    let report = assemble_root(booted, &manifest, disk)?;
-    say!(
-        "root assembled: {} chunks, {} bytes in {} ms: {} by range in {} requests, {} by chunk URL ({} refetched, {} corrupt)",
-        report.chunks,
-        report.bytes,
-        report.elapsed.as_millis(),
-        report.by_run,
-        report.runs,
-        report.by_chunk,
-        report.retries,
-        report.corrupt
-    );
-    booted.reporter.report(&NodeEvent::RootChunks {
-        bytes: report.bytes,
-        ms: report.elapsed.as_millis() as u64,
-        by_range: report.by_run,
-        by_chunk: report.by_chunk,
-    });
+    // The swarm, when the root has one, runs until just before switch_root: the machines
+    // still booting fetch from this one while it mounts and writes its files.
+    let swarm = if booted.params.swarm && manifest.swarm.is_some() {
+        fetch_by_swarm(booted, &manifest, &disk)
+    } else {
+        None
+    };
+    if let Some((_, report)) = &swarm {
+        let banned: Vec<String> = report.banned.iter().map(ToString::to_string).collect();
+        say!(
+            "root fetched by the swarm: {} bytes in {} ms: {} from peers ({} pieces), {} from the appliance ({} pieces), {} uploaded{}",
+            manifest.size,
+            report.elapsed.as_millis(),
+            report.bytes_from_peers,
+            report.pieces_from_peers,
+            report.bytes_from_appliance,
+            report.pieces_from_appliance,
+            report.bytes_uploaded,
+            if banned.is_empty() {
+                String::new()
+            } else {
+                format!(", banned {}", banned.join(" "))
+            }
+        );
+        booted.reporter.report(&NodeEvent::RootChunks {
+            bytes: manifest.size,
+            ms: report.elapsed.as_millis() as u64,
+            by_range: 0,
+            by_chunk: 0,
+            from_peers: report.bytes_from_peers,
+            from_appliance: report.bytes_from_appliance,
+            uploaded: report.bytes_uploaded,
+            banned: banned.join(" "),
+        });
+    } else {
+        http_root(booted, &manifest, disk)?;
+    }
     root::mount_root(manifest.format.fstype())?;
     say!(
         "root mounted at {} (read-only image, writes in RAM)",
@@ -452,8 +471,110 @@ fn boot_root(booted: &Booted) -> Result<Infallible> {
     for (path, err) in booted.ipv6.resume() {
         say!("giving IPv6 back: {}: {err}", path.display());
     }
+    // Seeding after switch_root is left for a later slice (docs/swarm.md): leave the swarm
+    // (a `stopped` announce) before the initramfs goes.
+    drop(swarm);
     say!("switching to the root: exec {init}");
     switch_root(&init)
+}
+
+/// How long the swarm may take before the agent gives up on it and fetches the root over
+/// plain HTTP: at least 2 min, or the root at 8 MiB/s.
+fn swarm_deadline(size: u64) -> Duration {
+    Duration::from_secs((size / (8 << 20)).max(120))
+}
+
+/// Joins the root's swarm and waits for every piece. `None` (said why) when the swarm
+/// cannot be joined or does not finish in time: the caller fetches the root over HTTP.
+fn fetch_by_swarm(
+    booted: &Booted,
+    manifest: &RootManifest,
+    disk: &fs::File,
+) -> Option<(crate::swarm::SwarmNode, crate::swarm::SwarmReport)> {
+    use crate::swarm::{SwarmNode, SwarmNote, SwarmPlan, peer_id};
+    let mac = booted.lease.nic.mac.0;
+    let mut seed = [0u8; 8];
+    seed[..6].copy_from_slice(&mac);
+    let seed = u64::from_le_bytes(seed)
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let plan = match SwarmPlan::for_manifest(
+        manifest,
+        &booted.params.server,
+        image_url(&booted.params.manifest),
+        false,
+        peer_id(seed),
+    ) {
+        Ok(plan) => plan,
+        Err(err) => {
+            say!("swarm: {err:#}; fetching over HTTP");
+            return None;
+        }
+    };
+    let file = match disk.try_clone() {
+        Ok(file) => file,
+        Err(err) => {
+            say!("swarm: {err}; fetching over HTTP");
+            return None;
+        }
+    };
+    say!(
+        "joining the root's swarm (tracker {}, peer port {})",
+        plan.announce,
+        plan.port
+    );
+    let note = |n: SwarmNote| match n {
+        SwarmNote::Announced { peers } => debug!("swarm: {peers} peers listed"),
+        SwarmNote::AnnounceFailed { reason } => say!("swarm: announce failed: {reason}"),
+        SwarmNote::PeerBanned { addr, piece } => {
+            say!("swarm: banned {addr}: piece {piece} failed its SHA-256")
+        }
+        SwarmNote::WebSeedFailed { piece, reason } => {
+            say!("swarm: piece {piece} from the appliance: {reason}")
+        }
+    };
+    let node = match SwarmNode::start(manifest, plan, file, Box::new(note)) {
+        Ok(node) => node,
+        Err(err) => {
+            say!("swarm: {err:#}; fetching over HTTP");
+            return None;
+        }
+    };
+    match node.wait_complete(swarm_deadline(manifest.size)) {
+        Ok(report) => Some((node, report)),
+        Err(err) => {
+            say!("swarm: {err:#}; fetching over HTTP");
+            None
+        }
+    }
+}
+
+/// The root over plain HTTP: runs of chunks by `Range`, single chunks as the fallback.
+fn http_root(booted: &Booted, manifest: &RootManifest, disk: fs::File) -> Result<()> {
+    let report = assemble_root(booted, manifest, disk)?;
+    say!(
+        "root assembled: {} chunks, {} bytes in {} ms: {} by range in {} requests, {} by chunk URL ({} refetched, {} corrupt)",
+        report.chunks,
+        report.bytes,
+        report.elapsed.as_millis(),
+        report.by_run,
+        report.runs,
+        report.by_chunk,
+        report.retries,
+        report.corrupt
+    );
+    booted.reporter.report(&NodeEvent::RootChunks {
+        bytes: report.bytes,
+        ms: report.elapsed.as_millis() as u64,
+        by_range: report.by_run,
+        by_chunk: report.by_chunk,
+        from_peers: 0,
+        from_appliance: report.bytes,
+        uploaded: 0,
+        banned: String::new(),
+    });
+    Ok(())
 }
 
 fn fetch_manifest(booted: &Booted) -> Result<RootManifest> {
@@ -539,7 +660,7 @@ impl ChunkSource for HttpChunks {
 }
 
 /// The whole image's URL: the manifest's, its last word `manifest` replaced by `image`.
-fn image_url(manifest: &HttpUrl) -> Option<HttpUrl> {
+pub fn image_url(manifest: &HttpUrl) -> Option<HttpUrl> {
     let dir = manifest.target.strip_suffix("manifest")?;
     dir.ends_with('/').then(|| HttpUrl {
         target: format!("{dir}image"),

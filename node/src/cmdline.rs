@@ -6,6 +6,7 @@
 //! BOOTIF=01-52-54-00-12-34-56                 (pxelinux's boot NIC; absent: every Ethernet NIC)
 //! stampede.init=/sbin/init                     (overrides the manifest's init)
 //! stampede.debug                               (more console output)
+//! stampede.swarm=off                           (plain HTTP only, even if the root has a torrent)
 //! ```
 //!
 //! Words are separated by spaces; a value may be double-quoted as the kernel allows
@@ -27,6 +28,9 @@ pub struct BootParams {
     pub boot_mac: Option<MacAddr>,
     pub init: Option<String>,
     pub debug: bool,
+    /// Fetch the root from the machines booting with this one when its manifest names a
+    /// torrent (the default); `stampede.swarm=off` keeps to plain HTTP from the appliance.
+    pub swarm: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +84,7 @@ impl BootParams {
         let mut boot_mac = None;
         let mut init = None;
         let mut debug = false;
+        let mut swarm = true;
         // Later words win, as the kernel's own parameters do.
         for word in words(cmdline) {
             let (key, value) = match word.split_once('=') {
@@ -105,6 +110,8 @@ impl BootParams {
                     init = Some(v.to_owned());
                 }
                 ("stampede.debug", None | Some("1" | "yes" | "true")) => debug = true,
+                ("stampede.swarm", Some("off" | "0" | "no" | "false")) => swarm = false,
+                ("stampede.swarm", None | Some("on" | "1" | "yes" | "true")) => swarm = true,
                 _ => {}
             }
         }
@@ -116,6 +123,7 @@ impl BootParams {
             boot_mac,
             init,
             debug,
+            swarm,
         })
     }
 }
@@ -154,6 +162,10 @@ mod tests {
         assert_eq!(p.boot_mac, None);
         assert_eq!(p.init, None);
         assert!(!p.debug);
+        assert!(p.swarm, "the swarm is on unless turned off");
+        let off =
+            BootParams::parse("stampede.manifest=http://h/m stampede.swarm=off").expect("off");
+        assert!(!off.swarm);
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub enum NodeEvent {
         /// Chunks that came in a run's `Range` answer, and those fetched from their own URL.
         by_range: usize,
         by_chunk: usize,
+        /// Bytes from the root's swarm (other machines) and from the appliance; bytes this
+        /// machine uploaded to the swarm meanwhile.
+        from_peers: u64,
+        from_appliance: u64,
+        uploaded: u64,
+        /// Swarm peers banned for a piece that failed its SHA-256, space-separated.
+        banned: String,
     },
     RootMounted,
     SwitchRoot {
@@ -62,11 +69,19 @@ impl NodeEvent {
                 ms,
                 by_range,
                 by_chunk,
+                from_peers,
+                from_appliance,
+                uploaded,
+                banned,
             } => vec![
                 ("bytes", bytes.to_string()),
                 ("ms", ms.to_string()),
                 ("by_range", by_range.to_string()),
                 ("by_chunk", by_chunk.to_string()),
+                ("from_peers", from_peers.to_string()),
+                ("from_appliance", from_appliance.to_string()),
+                ("uploaded", uploaded.to_string()),
+                ("banned", banned.clone()),
             ],
             Self::RootMounted => vec![],
             Self::SwitchRoot { init } => vec![("init", init.clone())],

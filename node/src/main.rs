@@ -24,10 +24,17 @@ mod memory;
 mod modules;
 mod netconf;
 mod root;
+mod swarm;
+mod swarm_tool;
 
 use std::{panic, time::Duration};
 
 fn main() {
+    // A host-run mode for the lab (never as PID 1): the swarm fetch beside real clients.
+    let args: Vec<String> = std::env::args().collect();
+    if std::process::id() != 1 && args.get(1).is_some_and(|a| a == "swarm-fetch") {
+        std::process::exit(swarm_tool::main(&args[2..]));
+    }
     panic::set_hook(Box::new(|info| say!("internal error: {info}")));
     let mut restarts = 0u32;
     loop {

@@ -560,7 +560,7 @@ fn start(tag: &str, signing_seed: [u8; 32], corrupt: bool, serve_image: bool) ->
     let bootif = format!("01-{}", mac.replace(':', "-"));
     let cmdline = format!(
         "console=ttyS0 panic=-1 stampede.manifest=http://{server_ip}:{port}/roots/{ROOT_ID}/manifest \
-         BOOTIF={bootif} stampede.marker={tag} stampede.debug"
+         BOOTIF={bootif} stampede.marker={tag} stampede.debug stampede.swarm=off"
     );
     let spec = MachineSpec {
         firmware: Firmware::Bios,
@@ -812,7 +812,11 @@ fn boots_and_refetches_the_corrupt_chunk(test: &str, tag: &str, serve_image: boo
     );
     assert!(events[0].contains("&chunks=4&"), "{events:#?}");
     assert!(
-        events[1].ends_with(&format!("&by_range={by_range}&by_chunk={by_chunk}")),
+        // The plain HTTP path (the swarm is off): every byte from the appliance.
+        events[1].contains(&format!(
+            "&by_range={by_range}&by_chunk={by_chunk}&from_peers=0&from_appliance={}&uploaded=0",
+            artifacts().image.len()
+        )),
         "{events:#?}"
     );
     assert!(events[3].ends_with("&init=%2Fsbin%2Finit"), "{events:#?}");

@@ -169,6 +169,7 @@ const FUZZ_BUDGETS: &[(&str, u64)] = &[
     ("http_server", 1200),
     ("tftp_transfer", 1200),
     ("http_request", 900),
+    ("peerwire", 900),
     ("tftp_packet", 600),
     ("udp4_frame", 600),
     ("tracker_announce", 600),

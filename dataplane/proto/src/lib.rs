@@ -16,6 +16,7 @@ pub mod http;
 pub mod ipxe;
 pub mod mac;
 pub mod ndp;
+pub mod peerwire;
 pub mod text;
 pub mod tftp;
 pub mod tracker;
