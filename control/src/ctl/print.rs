@@ -333,32 +333,23 @@ pub(super) fn print_one<T: Serialize>(
     print_table(out, header, vec![row(item)])
 }
 
-/// Left-aligned columns two spaces apart, like `kubectl get`.
+/// Left-aligned columns two spaces apart, like `kubectl get`: no borders, no wrapping, each
+/// line without trailing blanks, so scripts may split rows on whitespace.
 fn print_table(
     out: &mut impl Write,
     header: &[&str],
     rows: Vec<Vec<String>>,
 ) -> Result<(), CtlError> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_header(header)
+        .add_rows(rows);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        s.trim_end().to_owned()
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for row in &rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    for line in table.lines() {
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }
@@ -532,4 +523,32 @@ pub(super) fn print_apply_report(
         &["KIND", "CREATED", "UPDATED", "UNCHANGED", "DELETED"],
         rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_columns_two_spaces_apart_without_trailing_blanks() {
+        let mut out = Vec::new();
+        print_table(
+            &mut out,
+            &["IP", "MAC", "STATE"],
+            vec![
+                vec!["10.0.0.100".into(), String::new(), "bound".into()],
+                vec!["10.0.0.7".into(), "52:54:00:00:00:01".into(), "".into()],
+            ],
+        )
+        .expect("writes to memory");
+        assert_eq!(
+            String::from_utf8(out).expect("UTF-8"),
+            "IP          MAC                STATE\n\
+             10.0.0.100                     bound\n\
+             10.0.0.7    52:54:00:00:00:01\n"
+        );
+        let mut out = Vec::new();
+        print_table(&mut out, &["NAME", "ROLE"], vec![]).expect("writes to memory");
+        assert_eq!(out, b"NAME  ROLE\n");
+    }
 }
