@@ -158,7 +158,8 @@ pub(super) fn progress_bar(job: &ImportJob) -> String {
     )
 }
 
-/// A duration for a person: `38ms`, `12.345s`.
+/// A duration for a person: `38ms`, `12.345s`. Not humantime's `12s 345ms`: that has a space,
+/// and scripts split these tables' rows on whitespace.
 fn seconds(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
