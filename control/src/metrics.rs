@@ -339,32 +339,22 @@ impl Metrics {
             }
             return Ok(family.clone());
         }
+        let registry = &mut inner.registry;
         let family = match kind {
-            MetricKind::Counter => {
-                // The encoder appends `_total` to a counter's name, as the format asks.
-                let Some(stem) = name.strip_suffix("_total") else {
-                    return Err(MetricsError::CounterSuffix(name.to_owned()));
-                };
-                let family = Family::default();
-                inner
-                    .registry
-                    .register(stem, help, Declared(family.clone()));
-                FamilyHandle::Counter(family)
-            }
+            // The encoder appends `_total` to a counter's name, as the format asks.
+            MetricKind::Counter => match name.strip_suffix("_total") {
+                Some(stem) => {
+                    FamilyHandle::Counter(register(registry, stem, help, Family::default()))
+                }
+                None => return Err(MetricsError::CounterSuffix(name.to_owned())),
+            },
             MetricKind::Gauge => {
-                let family = Family::default();
-                inner
-                    .registry
-                    .register(name, help, Declared(family.clone()));
-                FamilyHandle::Gauge(family)
+                FamilyHandle::Gauge(register(registry, name, help, Family::default()))
             }
             MetricKind::Histogram => {
                 let bounds = HistogramBounds::default();
                 let family = Family::new_with_constructor(bounds.clone());
-                inner
-                    .registry
-                    .register(name, help, Declared(family.clone()));
-                FamilyHandle::Histogram(family, bounds)
+                FamilyHandle::Histogram(register(registry, name, help, family), bounds)
             }
         };
         inner.families.insert(name.to_owned(), family.clone());
@@ -379,6 +369,21 @@ impl Metrics {
         let _ = prometheus_text::encode(&mut out, &inner.registry);
         out
     }
+}
+
+/// `family` registered for exposition; the handle returned makes its series.
+fn register<M, C>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    family: Family<Labels, M, C>,
+) -> Family<Labels, M, C>
+where
+    Family<Labels, M, C>: Clone,
+    Declared<M, C>: prometheus_client::registry::Metric,
+{
+    registry.register(name, help, Declared(family.clone()));
+    family
 }
 
 fn mismatch(name: &str, family: &FamilyHandle, requested: MetricKind) -> MetricsError {
