@@ -14,8 +14,9 @@ use super::error::CtlError;
 use super::print::{
     MACHINE_HEADER, PROFILE_HEADER, describe_backup, import_line, import_progress, machine_row,
     print_apply_report, print_audit, print_images, print_imports, print_json, print_leases,
-    print_listed, print_one, print_outcome, print_plan, print_sessions, print_timed_json,
-    print_timeline, print_tokens, profile_row, progress_bar, state_word, watch_line,
+    print_listed, print_one, print_outcome, print_plan, print_removed, print_sessions,
+    print_timed_json, print_timed_or, print_timeline, print_tokens, profile_row, progress_bar,
+    state_word, watch_line,
 };
 use crate::api_types::{ImportJob, ImportRequest, ImportState, NewToken, PutOutcome};
 use crate::client::{Client, ClientError};
@@ -23,6 +24,17 @@ use crate::model::{
     BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, SecureBootChain,
 };
 use crate::sessions::EventView;
+
+/// The 404 `GET /api/v1/COLLECTION/KEY` answers, for an entry `ctl` looked for in the list
+/// (which also says where an entry is declared and whether it serves).
+fn not_listed(collection: &str, kind: &str, key: &str) -> ClientError {
+    ClientError::Api {
+        method: "GET",
+        path: format!("/api/v1/{collection}/{key}"),
+        status: StatusCode::NOT_FOUND,
+        message: format!("{kind} {key} not found"),
+    }
+}
 
 /// `--token` or STAMPEDE_TOKEN (clap reads both into `flag`), else the server's
 /// STAMPEDE_ADMIN_TOKEN: an operator who exported the one the appliance started with needs no
@@ -63,12 +75,7 @@ pub(super) async fn run_with(
                 .await?
                 .into_iter()
                 .find(|l| l.item.mac == mac)
-                .ok_or_else(|| ClientError::Api {
-                    method: "GET",
-                    path: format!("/api/v1/machines/{mac}"),
-                    status: StatusCode::NOT_FOUND,
-                    message: format!("machine {mac} not found"),
-                })?;
+                .ok_or_else(|| not_listed("machines", "machine", &mac.to_string()))?;
             print_one(out, args.json, MACHINE_HEADER, &machine, machine_row)
         }
         CtlCommand::Machines(MachinesCommand::Add {
@@ -102,11 +109,7 @@ pub(super) async fn run_with(
         }
         CtlCommand::Machines(MachinesCommand::Rm { mac }) => {
             client.delete_machine(&mac).await?;
-            if args.json {
-                return print_json(out, &serde_json::json!({ "deleted": mac }));
-            }
-            writeln!(out, "machine {mac} removed")?;
-            Ok(())
+            print_removed(out, args.json, "machine", &mac)
         }
         CtlCommand::Profiles(ProfilesCommand::List) => {
             let profiles = client.profiles_listed().await?;
@@ -118,35 +121,20 @@ pub(super) async fn run_with(
                 .await?
                 .into_iter()
                 .find(|l| l.item.name() == name)
-                .ok_or_else(|| ClientError::Api {
-                    method: "GET",
-                    path: format!("/api/v1/profiles/{name}"),
-                    status: StatusCode::NOT_FOUND,
-                    message: format!("profile {name} not found"),
-                })?;
+                .ok_or_else(|| not_listed("profiles", "profile", &name))?;
             print_one(out, args.json, PROFILE_HEADER, &profile, profile_row)
         }
         CtlCommand::Profiles(ProfilesCommand::Rm { name }) => {
             client.delete_profile(&name).await?;
-            if args.json {
-                return print_json(out, &serde_json::json!({ "deleted": name }));
-            }
-            writeln!(out, "profile {name} removed")?;
-            Ok(())
+            print_removed(out, args.json, "profile", &name)
         }
         CtlCommand::Leases(LeasesCommand::List) => {
             let leases = client.leases().await?;
-            if args.json {
-                return print_timed_json(out, &leases);
-            }
-            print_leases(out, &leases)
+            print_timed_or(out, args.json, leases.as_slice(), print_leases)
         }
         CtlCommand::Tokens(TokensCommand::List) => {
             let tokens = client.tokens().await?;
-            if args.json {
-                return print_timed_json(out, &tokens);
-            }
-            print_tokens(out, &tokens)
+            print_timed_or(out, args.json, tokens.as_slice(), print_tokens)
         }
         CtlCommand::Tokens(TokensCommand::Create {
             name,
@@ -177,10 +165,7 @@ pub(super) async fn run_with(
         }
         CtlCommand::Audit(AuditCommand::List { after, limit }) => {
             let entries = client.audit_entries(after, limit).await?;
-            if args.json {
-                return print_timed_json(out, &entries);
-            }
-            print_audit(out, &entries)
+            print_timed_or(out, args.json, entries.as_slice(), print_audit)
         }
         CtlCommand::Profiles(ProfilesCommand::Add {
             name,
@@ -217,25 +202,15 @@ pub(super) async fn run_with(
         CtlCommand::Watch(watch_args) => watch(&client, watch_args, args.json, out).await,
         CtlCommand::Images(ImagesCommand::List) => {
             let images = client.images().await?;
-            if args.json {
-                return print_timed_json(out, &images);
-            }
-            print_images(out, &images)
+            print_timed_or(out, args.json, images.as_slice(), print_images)
         }
         CtlCommand::Images(ImagesCommand::Imports) => {
             let jobs = client.imports().await?;
-            if args.json {
-                return print_timed_json(out, &jobs);
-            }
-            print_imports(out, &jobs)
+            print_timed_or(out, args.json, jobs.as_slice(), print_imports)
         }
         CtlCommand::Images(ImagesCommand::Rm { name }) => {
             client.delete_image(&name).await?;
-            if args.json {
-                return print_json(out, &serde_json::json!({ "deleted": name }));
-            }
-            writeln!(out, "image {name} removed")?;
-            Ok(())
+            print_removed(out, args.json, "image", &name)
         }
         CtlCommand::Images(ImagesCommand::Import {
             args: positional,
@@ -296,17 +271,11 @@ pub(super) async fn run_with(
         CtlCommand::Restore { state, file } => restore_offline(&state, &file, args.json, out),
         CtlCommand::Sessions { mac: None } => {
             let sessions = client.sessions().await?;
-            if args.json {
-                return print_timed_json(out, &sessions);
-            }
-            print_sessions(out, &sessions)
+            print_timed_or(out, args.json, sessions.as_slice(), print_sessions)
         }
         CtlCommand::Sessions { mac: Some(mac) } => {
             let timeline = client.session(&mac).await?;
-            if args.json {
-                return print_timed_json(out, &timeline);
-            }
-            print_timeline(out, &timeline)
+            print_timed_or(out, args.json, &timeline, print_timeline)
         }
         CtlCommand::Audit(AuditCommand::Verify) => {
             let report = client.verify_audit().await?;

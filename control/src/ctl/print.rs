@@ -277,9 +277,9 @@ pub(super) fn print_timeline(out: &mut impl Write, t: &SessionTimeline) -> Resul
 }
 
 /// [`print_json`] with the RFC 3339 twin of each millisecond time field, as the API answers.
-pub(super) fn print_timed_json(
+pub(super) fn print_timed_json<T: Serialize + ?Sized>(
     out: &mut impl Write,
-    value: &impl Serialize,
+    value: &T,
 ) -> Result<(), CtlError> {
     let value = serde_json::to_value(value).map_err(std::io::Error::from)?;
     print_json(out, &crate::timestamp::with_rfc3339(value))
@@ -288,6 +288,33 @@ pub(super) fn print_timed_json(
 pub(super) fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), CtlError> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
+    Ok(())
+}
+
+/// `value` as the API's JSON with its RFC 3339 twins for scripts, or as `table` shows it.
+pub(super) fn print_timed_or<W: Write, T: Serialize + ?Sized>(
+    out: &mut W,
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&mut W, &T) -> Result<(), CtlError>,
+) -> Result<(), CtlError> {
+    if json {
+        return print_timed_json(out, value);
+    }
+    table(out, value)
+}
+
+/// `{"deleted": KEY}` for scripts, `KIND KEY removed` for people.
+pub(super) fn print_removed(
+    out: &mut impl Write,
+    json: bool,
+    kind: &str,
+    key: &str,
+) -> Result<(), CtlError> {
+    if json {
+        return print_json(out, &serde_json::json!({ "deleted": key }));
+    }
+    writeln!(out, "{kind} {key} removed")?;
     Ok(())
 }
 
