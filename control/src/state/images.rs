@@ -15,7 +15,7 @@ use crate::imports::{
     RootBuilder,
 };
 use crate::model::{Image, ImageKind, ImageSpec, RootImage, validate_name, validate_root_name};
-use crate::store::{self, DbContext, IMAGES, ROOTS, decode, encode, read_all};
+use crate::store::{self, DbContext, IMAGES, ROOTS, decode, encode, read_all, write_entry};
 
 /// A SHA-256 digest as bytes.
 type Sha256Bytes = [u8; 32];
@@ -423,21 +423,20 @@ impl ControlState {
                     });
                 }
             }
-            let outcome = if old.is_some() {
-                PutOutcome::Updated
-            } else {
-                PutOutcome::Created
-            };
+            let outcome = PutOutcome::of_write(old.is_some());
             let detail = serde_json::json!({
                 "image": root.image, "root_id": root.root_id, "source": root.source,
                 "kernel_release": root.kernel_release, "chunks": root.chunks,
                 "bytes": root.bytes, "job": job,
                 "replaced": old.map(|o| o.image.clone()),
             });
-            txn.open_table(ROOTS)
-                .db("opening roots")?
-                .insert(root.name.as_str(), encode(root).as_slice())
-                .db("writing a root")?;
+            write_entry(
+                txn,
+                ROOTS,
+                ("opening roots", "writing a root"),
+                &root.name,
+                root,
+            )?;
             audit::append(txn, &actor.name, "image.root", &root.name, detail)?;
             snap.roots.insert(root.name.clone(), root.clone());
             Ok(outcome)
