@@ -23,7 +23,6 @@ use crate::client::{Client, ClientError};
 use crate::model::{
     BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, SecureBootChain,
 };
-use crate::sessions::EventView;
 
 /// The 404 `GET /api/v1/COLLECTION/KEY` answers, for an entry `ctl` looked for in the list
 /// (which also says where an entry is declared and whether it serves).
@@ -405,6 +404,28 @@ async fn follow_import(
     }
 }
 
+/// One event of `watch` (`data`, the API's JSON of a `T`): as a JSON line with its RFC 3339
+/// twins, or as `line` shows it to a person; flushed, so a pipe sees it at once.
+fn print_watched<T: serde::de::DeserializeOwned + serde::Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    data: &str,
+    line: fn(&T) -> String,
+) -> Result<(), CtlError> {
+    let value: T =
+        serde_json::from_str(data).map_err(|e| CtlError::BadEvent(format!("{e}: {data}")))?;
+    if json {
+        let value = serde_json::to_value(&value).map_err(std::io::Error::from)?;
+        let value = crate::timestamp::with_rfc3339(value);
+        serde_json::to_writer(&mut *out, &value).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", line(&value))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 async fn watch(
     client: &Client,
     args: WatchArgs,
@@ -441,31 +462,10 @@ async fn watch(
             continue;
         }
         if message.event == "image_import" {
-            let job: ImportJob = serde_json::from_str(&message.data)
-                .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
-            if json {
-                let job = serde_json::to_value(&job).map_err(std::io::Error::from)?;
-                let job = crate::timestamp::with_rfc3339(job);
-                serde_json::to_writer(&mut *out, &job).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{}", import_line(&job))?;
-            }
-            out.flush()?;
-            seen += 1;
-            continue;
-        }
-        let event: EventView = serde_json::from_str(&message.data)
-            .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
-        if json {
-            let event = serde_json::to_value(&event).map_err(std::io::Error::from)?;
-            let event = crate::timestamp::with_rfc3339(event);
-            serde_json::to_writer(&mut *out, &event).map_err(std::io::Error::from)?;
-            writeln!(out)?;
+            print_watched(out, json, &message.data, import_line)?;
         } else {
-            writeln!(out, "{}", watch_line(&event))?;
+            print_watched(out, json, &message.data, watch_line)?;
         }
-        out.flush()?;
         seen += 1;
     }
     match (args.count, args.timeout) {
