@@ -35,6 +35,15 @@ impl PutOutcome {
         }
     }
 
+    /// What a write that changes the stored entry did: `Updated` when one was there before.
+    pub fn of_write(existed: bool) -> Self {
+        if existed {
+            Self::Updated
+        } else {
+            Self::Created
+        }
+    }
+
     /// From the [`OUTCOME_HEADER`] of a successful PUT. An appliance that does not send it (or
     /// sends a word this one does not know) stored the resource: `Updated`.
     pub fn from_header(value: Option<&str>) -> Self {

@@ -1,11 +1,19 @@
-//! A small metrics registry rendered in the Prometheus text exposition format (version 0.0.4).
+//! The metrics registry behind `/metrics`: prometheus-client's [`Registry`] and [`Family`], its
+//! Prometheus text exposition (version 0.0.4), and our own series types.
 //!
-//! The data plane takes a [`Counter`], [`Gauge`] or [`Histogram`] handle once (registry lock) and
-//! then updates it with atomic operations, so a worker core never waits on the registry.
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+//! The series types ([`Counter`], [`Gauge`], [`Histogram`]) are plain atomics rather than
+//! prometheus-client's own: the data plane publishes totals its workers keep (`set`), which the
+//! crate's counter and histogram do not offer, and its histogram takes a lock per observation.
+//! A caller takes a handle once (registry lock) and then updates it with atomic operations, so a
+//! worker core never waits on the registry.
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -14,38 +22,14 @@ pub enum MetricKind {
     Histogram,
 }
 
-impl MetricKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Counter => "counter",
-            Self::Gauge => "gauge",
-            Self::Histogram => "histogram",
-        }
-    }
-}
-
 /// Label pairs, sorted by name so one series has one key whatever order the caller used.
 type Labels = Vec<(String, String)>;
-
-#[derive(Debug)]
-struct Family {
-    kind: MetricKind,
-    help: String,
-    series: BTreeMap<Labels, Series>,
-}
-
-#[derive(Debug, Clone)]
-enum Series {
-    /// A counter's total, or a gauge's `f64` bits.
-    Scalar(Arc<AtomicU64>),
-    Histogram(Arc<Buckets>),
-}
 
 /// A histogram's state: a count per bucket (not cumulative; the last is `+Inf`) and the sum.
 #[derive(Debug)]
 struct Buckets {
     /// Upper bounds, ascending, finite.
-    bounds: Vec<f64>,
+    bounds: Arc<[f64]>,
     counts: Vec<AtomicU64>,
     /// `f64` bits.
     sum: AtomicU64,
@@ -57,6 +41,14 @@ struct Buckets {
 pub struct Histogram(Arc<Buckets>);
 
 impl Histogram {
+    fn with_bounds(bounds: Arc<[f64]>) -> Self {
+        Self(Arc::new(Buckets {
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            bounds,
+            sum: AtomicU64::new(0f64.to_bits()),
+        }))
+    }
+
     pub fn observe(&self, v: f64) {
         let b = &self.0;
         let at = b.bounds.partition_point(|bound| *bound < v);
@@ -92,8 +84,42 @@ impl Histogram {
     }
 }
 
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The finite buckets, not cumulative (the encoder adds them up); `+Inf` is the count.
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .bounds
+            .iter()
+            .zip(&self.0.counts)
+            .map(|(bound, n)| (*bound, n.load(Ordering::Relaxed)))
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(self.sum(), self.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A histogram family's bucket bounds, fixed by its first series (or by the first
+/// [`Metrics::histogram`] after a [`Metrics::declare`]); every series of a family shares them, as
+/// `histogram_quantile` over the family needs.
+#[derive(Debug, Clone, Default)]
+struct HistogramBounds(Arc<OnceLock<Arc<[f64]>>>);
+
+impl MetricConstructor<Histogram> for HistogramBounds {
+    fn new_metric(&self) -> Histogram {
+        Histogram::with_bounds(self.0.get().cloned().unwrap_or_else(|| Arc::from([])))
+    }
+}
+
 /// A monotonically increasing count.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Counter(Arc<AtomicU64>);
 
 impl Counter {
@@ -116,8 +142,22 @@ impl Counter {
     }
 }
 
+impl TypedMetric for Counter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Counter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// A value that goes up and down; stored as `f64` bits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Gauge(Arc<AtomicU64>);
 
 impl Gauge {
@@ -130,10 +170,72 @@ impl Gauge {
     }
 }
 
+impl TypedMetric for Gauge {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for Gauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Whole values (counts, sizes, `build_info`'s 1) are written as integers, as the other
+        // Prometheus clients write them and as dashboards and tests read them; the rest as floats.
+        const EXACT: f64 = (1u64 << 53) as f64;
+        let v = self.get();
+        if v.fract() == 0.0 && v.abs() < EXACT {
+            encoder.encode_gauge(&(v as i64))
+        } else {
+            encoder.encode_gauge(&v)
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A family in the registry. prometheus-client leaves a family with no series out of the
+/// exposition; ours keep their HELP and TYPE from the start, so a dashboard's query for a reason
+/// not seen yet finds the metric ([`Metrics::declare`]).
+#[derive(Debug)]
+struct Declared<M, C = fn() -> M>(Family<Labels, M, C>);
+
+impl<M, C> EncodeMetric for Declared<M, C>
+where
+    M: EncodeMetric + TypedMetric,
+    C: MetricConstructor<M>,
+{
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// A registered family, by kind: the handle that makes its series.
+#[derive(Debug, Clone)]
+enum FamilyHandle {
+    Counter(Family<Labels, Counter>),
+    Gauge(Family<Labels, Gauge>),
+    Histogram(Family<Labels, Histogram, HistogramBounds>, HistogramBounds),
+}
+
+impl FamilyHandle {
+    fn kind(&self) -> MetricKind {
+        match self {
+            Self::Counter(_) => MetricKind::Counter,
+            Self::Gauge(_) => MetricKind::Gauge,
+            Self::Histogram(..) => MetricKind::Histogram,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetricsError {
     #[error("metric name {0:?} is not [a-zA-Z_:][a-zA-Z0-9_:]*")]
     Name(String),
+    #[error("counter name {0:?} does not end in _total")]
+    CounterSuffix(String),
     #[error("label name {0:?} is not [a-zA-Z_][a-zA-Z0-9_]*")]
     LabelName(String),
     #[error("histogram {0} needs ascending finite bucket bounds")]
@@ -146,10 +248,17 @@ pub enum MetricsError {
     },
 }
 
+#[derive(Debug, Default)]
+struct Inner {
+    registry: Registry,
+    /// Each registered family by its full name, to find it again (the registry only encodes).
+    families: HashMap<String, FamilyHandle>,
+}
+
 /// The registry. Cloning shares it.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
-    families: Arc<Mutex<BTreeMap<String, Family>>>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl Metrics {
@@ -157,18 +266,18 @@ impl Metrics {
         Self::default()
     }
 
-    /// The counter `name{labels}`, created at zero on first use.
+    /// The counter `name{labels}`, created at zero on first use. `name` ends in `_total`.
     pub fn counter(
         &self,
         name: &str,
         help: &str,
         labels: &[(&str, &str)],
     ) -> Result<Counter, MetricsError> {
-        self.series(name, help, labels, MetricKind::Counter, &[])
-            .map(|s| match s {
-                Series::Scalar(v) => Counter(v),
-                Series::Histogram(_) => unreachable!("kind checked"),
-            })
+        let key = label_key(labels, MetricKind::Counter)?;
+        match self.family(name, help, MetricKind::Counter)? {
+            FamilyHandle::Counter(f) => Ok(f.get_or_create_owned(&key)),
+            other => Err(mismatch(name, &other, MetricKind::Counter)),
+        }
     }
 
     /// The gauge `name{labels}`, created at zero on first use.
@@ -178,15 +287,15 @@ impl Metrics {
         help: &str,
         labels: &[(&str, &str)],
     ) -> Result<Gauge, MetricsError> {
-        self.series(name, help, labels, MetricKind::Gauge, &[])
-            .map(|s| match s {
-                Series::Scalar(v) => Gauge(v),
-                Series::Histogram(_) => unreachable!("kind checked"),
-            })
+        let key = label_key(labels, MetricKind::Gauge)?;
+        match self.family(name, help, MetricKind::Gauge)? {
+            FamilyHandle::Gauge(f) => Ok(f.get_or_create_owned(&key)),
+            other => Err(mismatch(name, &other, MetricKind::Gauge)),
+        }
     }
 
     /// The histogram `name{labels}` with upper bounds `buckets` (ascending; `+Inf` is added),
-    /// created empty on first use. A series that exists keeps the buckets it was made with.
+    /// created empty on first use. A family keeps the buckets its first series was made with.
     pub fn histogram(
         &self,
         name: &str,
@@ -197,176 +306,112 @@ impl Metrics {
         if buckets.iter().any(|b| !b.is_finite()) || !buckets.is_sorted_by(|a, b| a < b) {
             return Err(MetricsError::Buckets(name.to_owned()));
         }
-        self.series(name, help, labels, MetricKind::Histogram, buckets)
-            .map(|s| match s {
-                Series::Histogram(h) => Histogram(h),
-                Series::Scalar(_) => unreachable!("kind checked"),
-            })
+        let key = label_key(labels, MetricKind::Histogram)?;
+        match self.family(name, help, MetricKind::Histogram)? {
+            FamilyHandle::Histogram(f, bounds) => {
+                bounds.0.get_or_init(|| Arc::from(buckets));
+                Ok(f.get_or_create_owned(&key))
+            }
+            other => Err(mismatch(name, &other, MetricKind::Histogram)),
+        }
     }
 
     /// Makes the family `name` exist (its HELP and TYPE rendered) before any series of it does,
     /// so a dashboard's query for reasons not seen yet finds the metric.
     pub fn declare(&self, name: &str, help: &str, kind: MetricKind) -> Result<(), MetricsError> {
-        if !valid_name(name, true) {
-            return Err(MetricsError::Name(name.to_owned()));
-        }
-        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        let family = families.entry(name.to_owned()).or_insert_with(|| Family {
-            kind,
-            help: help.to_owned(),
-            series: BTreeMap::new(),
-        });
-        if family.kind != kind {
-            return Err(MetricsError::KindMismatch {
-                name: name.to_owned(),
-                registered: family.kind,
-                requested: kind,
-            });
-        }
-        Ok(())
+        self.family(name, help, kind).map(drop)
     }
 
-    fn series(
+    /// The family `name`, registered on first use; an error if it exists as another kind.
+    fn family(
         &self,
         name: &str,
         help: &str,
-        labels: &[(&str, &str)],
         kind: MetricKind,
-        buckets: &[f64],
-    ) -> Result<Series, MetricsError> {
+    ) -> Result<FamilyHandle, MetricsError> {
         if !valid_name(name, true) {
             return Err(MetricsError::Name(name.to_owned()));
         }
-        let mut key: Labels = Vec::with_capacity(labels.len());
-        for (k, v) in labels {
-            let reserved = kind == MetricKind::Histogram && *k == "le";
-            if !valid_name(k, false) || k.starts_with("__") || reserved {
-                return Err(MetricsError::LabelName((*k).to_owned()));
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(family) = inner.families.get(name) {
+            if family.kind() != kind {
+                return Err(mismatch(name, family, kind));
             }
-            key.push(((*k).to_owned(), (*v).to_owned()));
+            return Ok(family.clone());
         }
-        key.sort();
-        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        let family = families.entry(name.to_owned()).or_insert_with(|| Family {
-            kind,
-            help: help.to_owned(),
-            series: BTreeMap::new(),
-        });
-        if family.kind != kind {
-            return Err(MetricsError::KindMismatch {
-                name: name.to_owned(),
-                registered: family.kind,
-                requested: kind,
-            });
-        }
-        let series = family.series.entry(key).or_insert_with(|| match kind {
-            MetricKind::Histogram => Series::Histogram(Arc::new(Buckets {
-                bounds: buckets.to_vec(),
-                counts: (0..=buckets.len()).map(|_| AtomicU64::new(0)).collect(),
-                sum: AtomicU64::new(0f64.to_bits()),
-            })),
-            MetricKind::Counter | MetricKind::Gauge => Series::Scalar(Arc::default()),
-        });
-        Ok(series.clone())
+        let registry = &mut inner.registry;
+        let family = match kind {
+            // The encoder appends `_total` to a counter's name, as the format asks.
+            MetricKind::Counter => match name.strip_suffix("_total") {
+                Some(stem) => {
+                    FamilyHandle::Counter(register(registry, stem, help, Family::default()))
+                }
+                None => return Err(MetricsError::CounterSuffix(name.to_owned())),
+            },
+            MetricKind::Gauge => {
+                FamilyHandle::Gauge(register(registry, name, help, Family::default()))
+            }
+            MetricKind::Histogram => {
+                let bounds = HistogramBounds::default();
+                let family = Family::new_with_constructor(bounds.clone());
+                FamilyHandle::Histogram(register(registry, name, help, family), bounds)
+            }
+        };
+        inner.families.insert(name.to_owned(), family.clone());
+        Ok(family)
     }
 
-    /// Every series in the Prometheus text format.
+    /// Every series in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
-        let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
-        for (name, family) in families.iter() {
-            let _ = writeln!(out, "# HELP {name} {}", escape(&family.help, false));
-            let _ = writeln!(out, "# TYPE {name} {}", family.kind.as_str());
-            for (labels, series) in &family.series {
-                match series {
-                    Series::Scalar(value) => {
-                        write_series(&mut out, name, labels, None);
-                        let bits = value.load(Ordering::Relaxed);
-                        let _ = match family.kind {
-                            MetricKind::Gauge => {
-                                writeln!(out, " {}", format_float(f64::from_bits(bits)))
-                            }
-                            MetricKind::Counter | MetricKind::Histogram => {
-                                writeln!(out, " {bits}")
-                            }
-                        };
-                    }
-                    Series::Histogram(h) => {
-                        let bucket = format!("{name}_bucket");
-                        let mut cumulative = 0;
-                        for (i, count) in h.counts.iter().enumerate() {
-                            cumulative += count.load(Ordering::Relaxed);
-                            let le = h.bounds.get(i).map_or("+Inf".into(), |b| format_float(*b));
-                            write_series(&mut out, &bucket, labels, Some(&le));
-                            let _ = writeln!(out, " {cumulative}");
-                        }
-                        let sum = f64::from_bits(h.sum.load(Ordering::Relaxed));
-                        write_series(&mut out, &format!("{name}_sum"), labels, None);
-                        let _ = writeln!(out, " {}", format_float(sum));
-                        write_series(&mut out, &format!("{name}_count"), labels, None);
-                        let _ = writeln!(out, " {cumulative}");
-                    }
-                }
-            }
-        }
+        // Writing to a `String` cannot fail, and our series encode infallibly.
+        let _ = prometheus_text::encode(&mut out, &inner.registry);
         out
     }
 }
 
-/// `name{labels,le="..."}` without the value.
-fn write_series(out: &mut String, name: &str, labels: &Labels, le: Option<&str>) {
-    out.push_str(name);
-    if labels.is_empty() && le.is_none() {
-        return;
-    }
-    out.push('{');
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{k}=\"{}\"", escape(v, true));
-    }
-    if let Some(le) = le {
-        if !labels.is_empty() {
-            out.push(',');
-        }
-        let _ = write!(out, "le=\"{le}\"");
-    }
-    out.push('}');
+/// `family` registered for exposition; the handle returned makes its series.
+fn register<M, C>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    family: Family<Labels, M, C>,
+) -> Family<Labels, M, C>
+where
+    Family<Labels, M, C>: Clone,
+    Declared<M, C>: prometheus_client::registry::Metric,
+{
+    registry.register(name, help, Declared(family.clone()));
+    family
 }
 
-fn format_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else {
-        v.to_string()
+fn mismatch(name: &str, family: &FamilyHandle, requested: MetricKind) -> MetricsError {
+    MetricsError::KindMismatch {
+        name: name.to_owned(),
+        registered: family.kind(),
+        requested,
     }
+}
+
+/// `labels` checked and sorted into a series key.
+fn label_key(labels: &[(&str, &str)], kind: MetricKind) -> Result<Labels, MetricsError> {
+    let mut key: Labels = Vec::with_capacity(labels.len());
+    for (k, v) in labels {
+        let reserved = kind == MetricKind::Histogram && *k == "le";
+        if !valid_name(k, false) || k.starts_with("__") || reserved {
+            return Err(MetricsError::LabelName((*k).to_owned()));
+        }
+        key.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    key.sort();
+    Ok(key)
 }
 
 fn valid_name(name: &str, colon: bool) -> bool {
     let ok_first = |c: char| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':');
     let mut chars = name.chars();
     chars.next().is_some_and(ok_first) && chars.all(|c| ok_first(c) || c.is_ascii_digit())
-}
-
-/// HELP text escapes `\` and newline; label values also escape `"`.
-fn escape(s: &str, quote: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '"' if quote => out.push_str("\\\""),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -395,7 +440,7 @@ mod tests {
         m.gauge("stampede_leases", "Bound leases", &[])
             .expect("valid gauge")
             .set(12.5);
-        m.counter("odd", "x", &[("v", "a\"b\\c\nd")])
+        m.counter("odd_total", "x", &[("v", "a\"b\\c\nd")])
             .expect("valid")
             .inc();
         let text = m.render();
@@ -408,12 +453,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stampede_leases 12.5\n"), "{text}");
-        assert!(text.contains(r#"odd{v="a\"b\\c\nd"} 1"#), "{text}");
+        assert!(text.contains(r#"odd_total{v="a\"b\\c\nd"} 1"#), "{text}");
         assert!(matches!(
             m.gauge("stampede_dhcp_drops_total", "", &[]),
             Err(MetricsError::KindMismatch { .. })
         ));
         assert!(m.counter("1bad", "", &[]).is_err());
+        assert_eq!(
+            m.counter("stampede_unsuffixed", "", &[]).err(),
+            Some(MetricsError::CounterSuffix("stampede_unsuffixed".into()))
+        );
         m.declare(
             "stampede_refused_total",
             "Refused, by reason",

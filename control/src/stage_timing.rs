@@ -282,7 +282,7 @@ mod tests {
             "stampede_tftp_transfer_duration_seconds_bucket{le=\"0.05\"} 0\n",
             "stampede_boot_duration_seconds_bucket{outcome=\"ok\",le=\"2.5\"} 0\n",
             "stampede_boot_duration_seconds_bucket{outcome=\"ok\",le=\"5\"} 1\n",
-            "stampede_boot_duration_seconds_sum{outcome=\"ok\"} 3\n",
+            "stampede_boot_duration_seconds_sum{outcome=\"ok\"} 3.0\n",
             "stampede_boot_duration_seconds_count{outcome=\"failed\"} 0\n",
         ] {
             assert!(text.contains(line), "{line} in {text}");
@@ -333,7 +333,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("stampede_boot_duration_seconds_sum{outcome=\"ok\"} 12\n"),
+            text.contains("stampede_boot_duration_seconds_sum{outcome=\"ok\"} 12.0\n"),
             "{text}"
         );
     }

@@ -60,6 +60,22 @@ impl<T, E: Into<redb::Error>> DbContext<T> for Result<T, E> {
     }
 }
 
+/// Writes `value` under `key` in `table`; `context` names the two steps for errors
+/// (`("opening machines", "writing a machine")`).
+pub(crate) fn write_entry<T: Serialize>(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    context: (&'static str, &'static str),
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    txn.open_table(table)
+        .db(context.0)?
+        .insert(key, encode(value).as_slice())
+        .db(context.1)?;
+    Ok(())
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs (string keys, no maps with non-string keys) cannot fail.
     serde_json::to_vec(value).expect("records serialize to JSON")

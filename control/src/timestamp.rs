@@ -3,6 +3,9 @@
 //! The API keeps its Unix-millisecond fields (`*_ms`, what programs compute with) and adds an
 //! RFC 3339 twin next to each ([`with_rfc3339`]); `ctl` shows only the RFC 3339 form.
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 
 /// `body` as JSON with an RFC 3339 twin next to each millisecond time field.
 pub fn timed_value(body: &impl serde::Serialize) -> Value {
@@ -11,43 +14,28 @@ pub fn timed_value(body: &impl serde::Serialize) -> Value {
 
 /// `2026-12-07T18:40:00Z`: whole seconds, for times a person compares with a clock.
 pub fn rfc3339(unix_ms: u64) -> String {
-    let (date, secs) = civil(unix_ms);
-    format!(
-        "{date}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
+    format_utc(
+        unix_ms,
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z"),
     )
 }
 
 /// `2026-12-07T18:40:00.123Z`: with milliseconds, for boot events a few ms apart.
 pub fn rfc3339_ms(unix_ms: u64) -> String {
-    let (date, secs) = civil(unix_ms);
-    format!(
-        "{date}T{:02}:{:02}:{:02}.{:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        unix_ms % 1000
+    format_utc(
+        unix_ms,
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"),
     )
 }
 
-/// The date (`YYYY-MM-DD`) and the second of the day of a Unix time in milliseconds.
-fn civil(unix_ms: u64) -> (String, u64) {
-    let days = unix_ms / 86_400_000;
-    let secs = unix_ms / 1000 % 86_400;
-    // Howard Hinnant's `civil_from_days` (proleptic Gregorian), for days since 1970-01-01;
-    // unsigned because Unix milliseconds here are never before 1970.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (format!("{year:04}-{month:02}-{day:02}"), secs)
+/// `unix_ms` in UTC as `format` says. A time past the year 9999, which RFC 3339 cannot write
+/// (and no clock or lease here reaches), is shown as its milliseconds rather than hidden.
+fn format_utc(unix_ms: u64, format: &[BorrowedFormatItem<'_>]) -> String {
+    i128::from(unix_ms)
+        .checked_mul(1_000_000)
+        .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .and_then(|at| at.format(format).ok())
+        .unwrap_or_else(|| format!("{unix_ms}ms after the Unix epoch"))
 }
 
 /// Millisecond time fields of the API's answers and the name of their RFC 3339 twin.
@@ -106,6 +94,11 @@ mod tests {
         assert_eq!(rfc3339_ms(951_827_696_789), "2000-02-29T12:34:56.789Z");
         assert_eq!(rfc3339(1_796_669_999_000), "2026-12-07T18:59:59Z");
         assert_eq!(rfc3339(4_107_542_400_000), "2100-03-01T00:00:00Z");
+        assert_eq!(rfc3339_ms(1_000), "1970-01-01T00:00:01.000Z");
+        assert_eq!(
+            rfc3339(u64::MAX),
+            "18446744073709551615ms after the Unix epoch"
+        );
     }
 
     #[test]

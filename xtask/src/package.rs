@@ -300,21 +300,18 @@ fn disk_usage_kib(root: &Path) -> anyhow::Result<u64> {
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let shown = format!("{command:?}");
-    let out = command
-        .output()
-        .with_context(|| format!("starting {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    succeed(command).map(drop)
 }
 
+/// `command`'s standard output, as text.
 fn capture(command: &mut Command) -> anyhow::Result<String> {
+    let (shown, stdout) = succeed(command)?;
+    String::from_utf8(stdout).with_context(|| format!("{shown}: output is not UTF-8"))
+}
+
+/// Runs `command`: how it reads and its standard output, or its standard error in the error
+/// when it fails.
+fn succeed(command: &mut Command) -> anyhow::Result<(String, Vec<u8>)> {
     let shown = format!("{command:?}");
     let out = command
         .output()
@@ -326,5 +323,5 @@ fn capture(command: &mut Command) -> anyhow::Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    String::from_utf8(out.stdout).with_context(|| format!("{shown}: output is not UTF-8"))
+    Ok((shown, out.stdout))
 }

@@ -104,13 +104,31 @@ impl Client {
         })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    /// `method path` with `body`, its answer read as JSON.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        self.send(reqwest::Method::GET, path, None::<&()>)
+        self.send(method, path, body)
             .await?
             .json()
             .await
             .map_err(|source| ClientError::Http { url, source })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(reqwest::Method::GET, path, None::<&()>).await
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T, ClientError> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     async fn put<T: Serialize + ?Sized>(
@@ -316,15 +334,7 @@ impl Client {
 
     /// Starts an import; the job comes back running.
     pub async fn start_import(&self, req: &ImportRequest) -> Result<ImportJob, ClientError> {
-        let path = "/api/v1/images/imports";
-        self.send(reqwest::Method::POST, path, Some(req))
-            .await?
-            .json()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: format!("{}{path}", self.base),
-                source,
-            })
+        self.post("/api/v1/images/imports", req).await
     }
 
     pub async fn verify_audit(&self) -> Result<AuditReport, ClientError> {
@@ -350,15 +360,7 @@ impl Client {
 
     /// Issues a token; the answer is the only time it is shown.
     pub async fn create_token(&self, req: &NewToken) -> Result<IssuedToken, ClientError> {
-        let path = "/api/v1/tokens";
-        self.send(reqwest::Method::POST, path, Some(req))
-            .await?
-            .json()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: format!("{}{path}", self.base),
-                source,
-            })
+        self.post("/api/v1/tokens", req).await
     }
 
     pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {

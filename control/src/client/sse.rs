@@ -1,7 +1,13 @@
-//! `/api/v1/events` read as Server-Sent Events.
+//! `/api/v1/events` read as Server-Sent Events, parsed by the sse-stream crate (WHATWG HTML
+//! §9.2.6 field parsing and line endings) over the response's chunks.
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt as _, stream};
+use sse_stream::{Sse, SseByteStream};
+
 use super::error::ClientError;
 
-/// One message of a Server-Sent Events stream (WHATWG HTML §9.2.6), as far as the API uses it.
+/// One message of a Server-Sent Events stream, as far as the API uses it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseMessage {
     /// `event:`; `message` when absent.
@@ -10,115 +16,116 @@ pub struct SseMessage {
     pub data: String,
 }
 
+impl SseMessage {
+    /// The message of a block with data; `None` for a keep-alive comment, or a block that
+    /// carries only an id or a retry delay.
+    fn from_block(block: Sse) -> Option<Self> {
+        let data = block.data.filter(|d| !d.is_empty())?;
+        Some(Self {
+            event: block.event.unwrap_or_else(|| "message".to_owned()),
+            data,
+        })
+    }
+}
+
+type Messages = Pin<Box<dyn Stream<Item = Result<Sse, sse_stream::Error>> + Send>>;
+
 /// A response body read as Server-Sent Events.
-#[derive(Debug)]
 pub struct EventStream {
     url: String,
-    response: reqwest::Response,
-    buf: Vec<u8>,
+    messages: Messages,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EventStream {
     /// Reads `response` (from `url`, for errors) from its start.
     pub(super) fn new(url: String, response: reqwest::Response) -> Self {
+        // The body's chunks as a stream, without reqwest's `stream` feature.
+        let chunks = stream::try_unfold(response, |mut response| async move {
+            Ok::<_, reqwest::Error>(response.chunk().await?.map(|bytes| (bytes, response)))
+        });
+        Self::from_chunks(url, chunks)
+    }
+
+    fn from_chunks<S>(url: String, chunks: S) -> Self
+    where
+        S: Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + 'static,
+    {
         Self {
             url,
-            response,
-            buf: Vec::new(),
+            messages: Box::pin(SseByteStream::new(chunks)),
         }
     }
 
     /// The next message with data, or `None` when the server ends the stream. Keep-alive
     /// comments are skipped.
     pub async fn next(&mut self) -> Result<Option<SseMessage>, ClientError> {
-        loop {
-            if let Some(message) = take_sse_message(&mut self.buf) {
-                if message.data.is_empty() {
-                    continue;
-                }
+        while let Some(block) = self.messages.next().await {
+            let block = block.map_err(|e| match e {
+                sse_stream::Error::Body(body) => match body.downcast::<reqwest::Error>() {
+                    Ok(source) => ClientError::Http {
+                        url: self.url.clone(),
+                        source: *source,
+                    },
+                    Err(other) => ClientError::BadAnswer {
+                        path: self.url.clone(),
+                        problem: other.to_string(),
+                    },
+                },
+                other => ClientError::BadAnswer {
+                    path: self.url.clone(),
+                    problem: format!("not a Server-Sent Events stream: {other}"),
+                },
+            })?;
+            if let Some(message) = SseMessage::from_block(block) {
                 return Ok(Some(message));
             }
-            let chunk = self
-                .response
-                .chunk()
-                .await
-                .map_err(|source| ClientError::Http {
-                    url: self.url.clone(),
-                    source,
-                })?;
-            match chunk {
-                Some(bytes) => self.buf.extend_from_slice(&bytes),
-                None => return Ok(None),
-            }
         }
+        Ok(None)
     }
-}
-
-/// Removes the first complete message (ended by a blank line) from `buf`.
-fn take_sse_message(buf: &mut Vec<u8>) -> Option<SseMessage> {
-    // Lines end in \n, \r\n or \r; axum sends \n, so normalize CRs before looking for a blank line.
-    if buf.contains(&b'\r') {
-        let text = String::from_utf8_lossy(buf)
-            .replace("\r\n", "\n")
-            .replace('\r', "\n");
-        *buf = text.into_bytes();
-    }
-    let end = buf.windows(2).position(|w| w == b"\n\n")?;
-    let block: Vec<u8> = buf.drain(..end + 2).collect();
-    let text = String::from_utf8_lossy(&block);
-    let mut message = SseMessage {
-        event: "message".to_owned(),
-        data: String::new(),
-    };
-    let mut data: Vec<&str> = Vec::new();
-    for line in text.lines() {
-        if line.is_empty() || line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => message.event = value.to_owned(),
-            "data" => data.push(value),
-            _ => {}
-        }
-    }
-    message.data = data.join("\n");
-    Some(message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn messages_end_at_a_blank_line_whatever_the_line_ends() {
-        let mut buf = b"event: lagged\r\ndata: 3\r\n\r\n: keep-alive\n\ndata: a\ndata:b\n".to_vec();
+    #[tokio::test]
+    async fn messages_end_at_a_blank_line_whatever_the_line_ends_and_may_span_chunks() {
+        let chunks: Vec<Result<bytes::Bytes, reqwest::Error>> = [
+            &b"event: lagged\r\ndata: 3\r\n\r\n: keep-alive\n\ndata: a\nda"[..],
+            b"ta:b\n",
+            b"\n",
+            b"id: 7\n\n",
+            b"data: unended",
+        ]
+        .into_iter()
+        .map(|c| Ok(bytes::Bytes::from_static(c)))
+        .collect();
+        let mut events = EventStream::from_chunks("test".into(), stream::iter(chunks));
+        let mut next = async || events.next().await.expect("parses");
         assert_eq!(
-            take_sse_message(&mut buf),
+            next().await,
             Some(SseMessage {
                 event: "lagged".into(),
                 data: "3".into()
             })
         );
-        // A comment alone is a message without data (EventStream::next skips it).
+        // The keep-alive comment is skipped; data lines join with a newline.
         assert_eq!(
-            take_sse_message(&mut buf),
-            Some(SseMessage {
-                event: "message".into(),
-                data: String::new()
-            })
-        );
-        // Not yet ended: stays in the buffer until the blank line arrives.
-        assert_eq!(take_sse_message(&mut buf), None);
-        buf.extend_from_slice(b"\n");
-        assert_eq!(
-            take_sse_message(&mut buf),
+            next().await,
             Some(SseMessage {
                 event: "message".into(),
                 data: "a\nb".into()
             })
         );
-        assert!(buf.is_empty());
+        // A block without data is skipped, and one the stream ends inside is dropped.
+        assert_eq!(next().await, None);
     }
 }

@@ -263,8 +263,9 @@ pub enum TokensCommand {
         name: String,
         #[arg(long, value_enum)]
         role: Role,
-        /// Seconds until it stops authenticating; without it, it lasts until revoked.
-        #[arg(long, value_name = "SECONDS")]
+        /// How long until it stops authenticating: seconds (`86400`) or a duration (`24h`,
+        /// `90d`, `1h 30m`); without it, it lasts until revoked.
+        #[arg(long, value_name = "DURATION", value_parser = parse_expiry)]
         expires_in: Option<u64>,
     },
     /// Revoke a token by name.
@@ -278,8 +279,35 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
     })
 }
 
+/// Whole seconds, from a bare number of seconds (as the flag always took) or a humantime
+/// duration; a fraction of a second rounds up, so a short expiry never becomes none.
+fn parse_expiry(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is neither seconds nor a duration like 24h or 90d: {e}"))?;
+    Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("label {s:?} is not key=value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_seconds_or_a_duration() {
+        assert_eq!(parse_expiry("86400"), Ok(86_400));
+        assert_eq!(parse_expiry("24h"), Ok(86_400));
+        assert_eq!(parse_expiry("1h 30m"), Ok(5_400));
+        assert_eq!(parse_expiry("90d"), Ok(90 * 86_400));
+        assert_eq!(parse_expiry("1500ms"), Ok(2));
+        assert!(parse_expiry("soon").is_err());
+        assert!(parse_expiry("-5").is_err());
+    }
 }

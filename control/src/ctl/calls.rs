@@ -14,15 +14,26 @@ use super::error::CtlError;
 use super::print::{
     MACHINE_HEADER, PROFILE_HEADER, describe_backup, import_line, import_progress, machine_row,
     print_apply_report, print_audit, print_images, print_imports, print_json, print_leases,
-    print_listed, print_one, print_outcome, print_plan, print_sessions, print_timed_json,
-    print_timeline, print_tokens, profile_row, progress_bar, state_word, watch_line,
+    print_listed, print_one, print_outcome, print_plan, print_removed, print_sessions,
+    print_timed_json, print_timed_or, print_timeline, print_tokens, profile_row, progress_bar,
+    state_word, watch_line,
 };
 use crate::api_types::{ImportJob, ImportRequest, ImportState, NewToken, PutOutcome};
 use crate::client::{Client, ClientError};
 use crate::model::{
     BootPolicy, BootProfile, BootTarget, Machine, MachineSpec, ProfileSpec, SecureBootChain,
 };
-use crate::sessions::EventView;
+
+/// The 404 `GET /api/v1/COLLECTION/KEY` answers, for an entry `ctl` looked for in the list
+/// (which also says where an entry is declared and whether it serves).
+fn not_listed(collection: &str, kind: &str, key: &str) -> ClientError {
+    ClientError::Api {
+        method: "GET",
+        path: format!("/api/v1/{collection}/{key}"),
+        status: StatusCode::NOT_FOUND,
+        message: format!("{kind} {key} not found"),
+    }
+}
 
 /// `--token` or STAMPEDE_TOKEN (clap reads both into `flag`), else the server's
 /// STAMPEDE_ADMIN_TOKEN: an operator who exported the one the appliance started with needs no
@@ -63,12 +74,7 @@ pub(super) async fn run_with(
                 .await?
                 .into_iter()
                 .find(|l| l.item.mac == mac)
-                .ok_or_else(|| ClientError::Api {
-                    method: "GET",
-                    path: format!("/api/v1/machines/{mac}"),
-                    status: StatusCode::NOT_FOUND,
-                    message: format!("machine {mac} not found"),
-                })?;
+                .ok_or_else(|| not_listed("machines", "machine", &mac.to_string()))?;
             print_one(out, args.json, MACHINE_HEADER, &machine, machine_row)
         }
         CtlCommand::Machines(MachinesCommand::Add {
@@ -102,11 +108,7 @@ pub(super) async fn run_with(
         }
         CtlCommand::Machines(MachinesCommand::Rm { mac }) => {
             client.delete_machine(&mac).await?;
-            if args.json {
-                return print_json(out, &serde_json::json!({ "deleted": mac }));
-            }
-            writeln!(out, "machine {mac} removed")?;
-            Ok(())
+            print_removed(out, args.json, "machine", &mac)
         }
         CtlCommand::Profiles(ProfilesCommand::List) => {
             let profiles = client.profiles_listed().await?;
@@ -118,35 +120,20 @@ pub(super) async fn run_with(
                 .await?
                 .into_iter()
                 .find(|l| l.item.name() == name)
-                .ok_or_else(|| ClientError::Api {
-                    method: "GET",
-                    path: format!("/api/v1/profiles/{name}"),
-                    status: StatusCode::NOT_FOUND,
-                    message: format!("profile {name} not found"),
-                })?;
+                .ok_or_else(|| not_listed("profiles", "profile", &name))?;
             print_one(out, args.json, PROFILE_HEADER, &profile, profile_row)
         }
         CtlCommand::Profiles(ProfilesCommand::Rm { name }) => {
             client.delete_profile(&name).await?;
-            if args.json {
-                return print_json(out, &serde_json::json!({ "deleted": name }));
-            }
-            writeln!(out, "profile {name} removed")?;
-            Ok(())
+            print_removed(out, args.json, "profile", &name)
         }
         CtlCommand::Leases(LeasesCommand::List) => {
             let leases = client.leases().await?;
-            if args.json {
-                return print_timed_json(out, &leases);
-            }
-            print_leases(out, &leases)
+            print_timed_or(out, args.json, leases.as_slice(), print_leases)
         }
         CtlCommand::Tokens(TokensCommand::List) => {
             let tokens = client.tokens().await?;
-            if args.json {
-                return print_timed_json(out, &tokens);
-            }
-            print_tokens(out, &tokens)
+            print_timed_or(out, args.json, tokens.as_slice(), print_tokens)
         }
         CtlCommand::Tokens(TokensCommand::Create {
             name,
@@ -177,10 +164,7 @@ pub(super) async fn run_with(
         }
         CtlCommand::Audit(AuditCommand::List { after, limit }) => {
             let entries = client.audit_entries(after, limit).await?;
-            if args.json {
-                return print_timed_json(out, &entries);
-            }
-            print_audit(out, &entries)
+            print_timed_or(out, args.json, entries.as_slice(), print_audit)
         }
         CtlCommand::Profiles(ProfilesCommand::Add {
             name,
@@ -217,25 +201,15 @@ pub(super) async fn run_with(
         CtlCommand::Watch(watch_args) => watch(&client, watch_args, args.json, out).await,
         CtlCommand::Images(ImagesCommand::List) => {
             let images = client.images().await?;
-            if args.json {
-                return print_timed_json(out, &images);
-            }
-            print_images(out, &images)
+            print_timed_or(out, args.json, images.as_slice(), print_images)
         }
         CtlCommand::Images(ImagesCommand::Imports) => {
             let jobs = client.imports().await?;
-            if args.json {
-                return print_timed_json(out, &jobs);
-            }
-            print_imports(out, &jobs)
+            print_timed_or(out, args.json, jobs.as_slice(), print_imports)
         }
         CtlCommand::Images(ImagesCommand::Rm { name }) => {
             client.delete_image(&name).await?;
-            if args.json {
-                return print_json(out, &serde_json::json!({ "deleted": name }));
-            }
-            writeln!(out, "image {name} removed")?;
-            Ok(())
+            print_removed(out, args.json, "image", &name)
         }
         CtlCommand::Images(ImagesCommand::Import {
             args: positional,
@@ -296,17 +270,11 @@ pub(super) async fn run_with(
         CtlCommand::Restore { state, file } => restore_offline(&state, &file, args.json, out),
         CtlCommand::Sessions { mac: None } => {
             let sessions = client.sessions().await?;
-            if args.json {
-                return print_timed_json(out, &sessions);
-            }
-            print_sessions(out, &sessions)
+            print_timed_or(out, args.json, sessions.as_slice(), print_sessions)
         }
         CtlCommand::Sessions { mac: Some(mac) } => {
             let timeline = client.session(&mac).await?;
-            if args.json {
-                return print_timed_json(out, &timeline);
-            }
-            print_timeline(out, &timeline)
+            print_timed_or(out, args.json, &timeline, print_timeline)
         }
         CtlCommand::Audit(AuditCommand::Verify) => {
             let report = client.verify_audit().await?;
@@ -436,6 +404,28 @@ async fn follow_import(
     }
 }
 
+/// One event of `watch` (`data`, the API's JSON of a `T`): as a JSON line with its RFC 3339
+/// twins, or as `line` shows it to a person; flushed, so a pipe sees it at once.
+fn print_watched<T: serde::de::DeserializeOwned + serde::Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    data: &str,
+    line: fn(&T) -> String,
+) -> Result<(), CtlError> {
+    let value: T =
+        serde_json::from_str(data).map_err(|e| CtlError::BadEvent(format!("{e}: {data}")))?;
+    if json {
+        let value = serde_json::to_value(&value).map_err(std::io::Error::from)?;
+        let value = crate::timestamp::with_rfc3339(value);
+        serde_json::to_writer(&mut *out, &value).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", line(&value))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 async fn watch(
     client: &Client,
     args: WatchArgs,
@@ -472,31 +462,10 @@ async fn watch(
             continue;
         }
         if message.event == "image_import" {
-            let job: ImportJob = serde_json::from_str(&message.data)
-                .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
-            if json {
-                let job = serde_json::to_value(&job).map_err(std::io::Error::from)?;
-                let job = crate::timestamp::with_rfc3339(job);
-                serde_json::to_writer(&mut *out, &job).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{}", import_line(&job))?;
-            }
-            out.flush()?;
-            seen += 1;
-            continue;
-        }
-        let event: EventView = serde_json::from_str(&message.data)
-            .map_err(|e| CtlError::BadEvent(format!("{e}: {}", message.data)))?;
-        if json {
-            let event = serde_json::to_value(&event).map_err(std::io::Error::from)?;
-            let event = crate::timestamp::with_rfc3339(event);
-            serde_json::to_writer(&mut *out, &event).map_err(std::io::Error::from)?;
-            writeln!(out)?;
+            print_watched(out, json, &message.data, import_line)?;
         } else {
-            writeln!(out, "{}", watch_line(&event))?;
+            print_watched(out, json, &message.data, watch_line)?;
         }
-        out.flush()?;
         seen += 1;
     }
     match (args.count, args.timeout) {

@@ -158,7 +158,8 @@ pub(super) fn progress_bar(job: &ImportJob) -> String {
     )
 }
 
-/// A duration for a person: `38ms`, `12.345s`.
+/// A duration for a person: `38ms`, `12.345s`. Not humantime's `12s 345ms`: that has a space,
+/// and scripts split these tables' rows on whitespace.
 fn seconds(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
@@ -276,9 +277,9 @@ pub(super) fn print_timeline(out: &mut impl Write, t: &SessionTimeline) -> Resul
 }
 
 /// [`print_json`] with the RFC 3339 twin of each millisecond time field, as the API answers.
-pub(super) fn print_timed_json(
+pub(super) fn print_timed_json<T: Serialize + ?Sized>(
     out: &mut impl Write,
-    value: &impl Serialize,
+    value: &T,
 ) -> Result<(), CtlError> {
     let value = serde_json::to_value(value).map_err(std::io::Error::from)?;
     print_json(out, &crate::timestamp::with_rfc3339(value))
@@ -287,6 +288,33 @@ pub(super) fn print_timed_json(
 pub(super) fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), CtlError> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
+    Ok(())
+}
+
+/// `value` as the API's JSON with its RFC 3339 twins for scripts, or as `table` shows it.
+pub(super) fn print_timed_or<W: Write, T: Serialize + ?Sized>(
+    out: &mut W,
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&mut W, &T) -> Result<(), CtlError>,
+) -> Result<(), CtlError> {
+    if json {
+        return print_timed_json(out, value);
+    }
+    table(out, value)
+}
+
+/// `{"deleted": KEY}` for scripts, `KIND KEY removed` for people.
+pub(super) fn print_removed(
+    out: &mut impl Write,
+    json: bool,
+    kind: &str,
+    key: &str,
+) -> Result<(), CtlError> {
+    if json {
+        return print_json(out, &serde_json::json!({ "deleted": key }));
+    }
+    writeln!(out, "{kind} {key} removed")?;
     Ok(())
 }
 
@@ -333,32 +361,23 @@ pub(super) fn print_one<T: Serialize>(
     print_table(out, header, vec![row(item)])
 }
 
-/// Left-aligned columns two spaces apart, like `kubectl get`.
+/// Left-aligned columns two spaces apart, like `kubectl get`: no borders, no wrapping, each
+/// line without trailing blanks, so scripts may split rows on whitespace.
 fn print_table(
     out: &mut impl Write,
     header: &[&str],
     rows: Vec<Vec<String>>,
 ) -> Result<(), CtlError> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_header(header)
+        .add_rows(rows);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        s.trim_end().to_owned()
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for row in &rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    for line in table.lines() {
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }
@@ -532,4 +551,32 @@ pub(super) fn print_apply_report(
         &["KIND", "CREATED", "UPDATED", "UNCHANGED", "DELETED"],
         rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_columns_two_spaces_apart_without_trailing_blanks() {
+        let mut out = Vec::new();
+        print_table(
+            &mut out,
+            &["IP", "MAC", "STATE"],
+            vec![
+                vec!["10.0.0.100".into(), String::new(), "bound".into()],
+                vec!["10.0.0.7".into(), "52:54:00:00:00:01".into(), "".into()],
+            ],
+        )
+        .expect("writes to memory");
+        assert_eq!(
+            String::from_utf8(out).expect("UTF-8"),
+            "IP          MAC                STATE\n\
+             10.0.0.100                     bound\n\
+             10.0.0.7    52:54:00:00:00:01\n"
+        );
+        let mut out = Vec::new();
+        print_table(&mut out, &["NAME", "ROLE"], vec![]).expect("writes to memory");
+        assert_eq!(out, b"NAME  ROLE\n");
+    }
 }

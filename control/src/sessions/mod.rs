@@ -443,6 +443,19 @@ mod tests {
         }
     }
 
+    /// A 200 for `path` to [`IP`], 100 bytes.
+    fn http_ok(at: u64, path: &str) -> BootEvent {
+        from_ip(
+            at,
+            IP,
+            BootEventKind::HttpResponse {
+                path: path.into(),
+                status: 200,
+                bytes: 100,
+            },
+        )
+    }
+
     fn from_ip(at: u64, ip: Ipv4Addr, kind: BootEventKind) -> BootEvent {
         BootEvent {
             at_unix_ms: at,
@@ -609,17 +622,6 @@ mod tests {
             },
             ..dhcp(at, MAC, message, IP)
         };
-        let http = |at: u64, path: &str| {
-            from_ip(
-                at,
-                IP,
-                BootEventKind::HttpResponse {
-                    path: path.into(),
-                    status: 200,
-                    bytes: 100,
-                },
-            )
-        };
         let script = "http://198.18.0.1:8080/boot.ipxe?mac=52-54-00-00-00-01";
         s.record(reply(4_000, MessageType::Offer, "snponly.efi"));
         s.record(reply(7_800, MessageType::Ack, "snponly.efi"));
@@ -637,8 +639,8 @@ mod tests {
         s.record(from_ip(7_840, IP, done("snponly.efi", 173_792)));
         s.record(reply(9_840, MessageType::Offer, script));
         s.record(reply(9_860, MessageType::Ack, script));
-        s.record(http(9_900, "/boot.ipxe?mac=52-54-00-00-00-01"));
-        s.record(http(10_300, "/files/initrd.gz"));
+        s.record(http_ok(9_900, "/boot.ipxe?mac=52-54-00-00-00-01"));
+        s.record(http_ok(10_300, "/files/initrd.gz"));
         let t = s.timeline(MacAddr(MAC)).expect("session");
         assert_eq!(t.summary.boot, 1);
         assert_eq!(t.summary.first_unix_ms, 4_000);
@@ -661,7 +663,7 @@ mod tests {
             MessageType::Offer,
             "http://198.18.0.1:8080/snponly.efi",
         ));
-        s.record(http(1_100, "/snponly.efi"));
+        s.record(http_ok(1_100, "/snponly.efi"));
         s.record(reply(3_000, MessageType::Offer, script));
         let t = s.timeline(MacAddr(MAC)).expect("session");
         assert_eq!((t.summary.boot, t.summary.events), (1, 3));
@@ -673,17 +675,6 @@ mod tests {
     #[test]
     fn a_diskless_node_s_own_dhcp_and_steps_continue_its_boot() {
         let s = sessions(8, 64);
-        let http = |at: u64, path: &str| {
-            from_ip(
-                at,
-                IP,
-                BootEventKind::HttpResponse {
-                    path: path.into(),
-                    status: 200,
-                    bytes: 100,
-                },
-            )
-        };
         let step = |at: u64, step: NodeStep, detail: &str| {
             from_ip(
                 at,
@@ -695,8 +686,8 @@ mod tests {
             )
         };
         s.record(dhcp(1_000, MAC, MessageType::Offer, IP));
-        s.record(http(2_000, "/files/vmlinuz"));
-        s.record(http(3_000, "/files/node-initrd.img"));
+        s.record(http_ok(2_000, "/files/vmlinuz"));
+        s.record(http_ok(3_000, "/files/node-initrd.img"));
         let agent_offer = BootEvent {
             kind: BootEventKind::DhcpReply {
                 message: MessageType::Offer,

@@ -7,7 +7,7 @@ use crate::api_types::PutOutcome;
 use crate::audit;
 use crate::auth::Caller;
 use crate::model::{BootProfile, FileFleet, FleetEntry, FleetSnapshot, MacAddr, Machine};
-use crate::store::{DbContext, MACHINES, PROFILES, encode};
+use crate::store::{DbContext, MACHINES, PROFILES, write_entry};
 use crate::validation::{FleetValidator, find_unservable};
 
 impl ControlState {
@@ -56,15 +56,14 @@ impl ControlState {
                     profile: profile.clone(),
                 });
             }
-            let outcome = if old.is_some() {
-                PutOutcome::Updated
-            } else {
-                PutOutcome::Created
-            };
-            txn.open_table(MACHINES)
-                .db("opening machines")?
-                .insert(key.as_str(), encode(&machine).as_slice())
-                .db("writing a machine")?;
+            let outcome = PutOutcome::of_write(old.is_some());
+            write_entry(
+                txn,
+                MACHINES,
+                ("opening machines", "writing a machine"),
+                &key,
+                &machine,
+            )?;
             audit::append(txn, &actor.name, "machine.put", &key, json(&machine))?;
             snap.machines.insert(machine.mac, machine.clone());
             Ok(outcome)
@@ -141,15 +140,14 @@ impl ControlState {
                     root: root.to_owned(),
                 });
             }
-            let outcome = if old.is_some() {
-                PutOutcome::Updated
-            } else {
-                PutOutcome::Created
-            };
-            txn.open_table(PROFILES)
-                .db("opening profiles")?
-                .insert(key.as_str(), encode(&profile).as_slice())
-                .db("writing a profile")?;
+            let outcome = PutOutcome::of_write(old.is_some());
+            write_entry(
+                txn,
+                PROFILES,
+                ("opening profiles", "writing a profile"),
+                &key,
+                &profile,
+            )?;
             audit::append(txn, &actor.name, "profile.put", &key, json(&profile))?;
             snap.profiles.insert(key, profile.clone());
             Ok(outcome)

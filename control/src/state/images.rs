@@ -11,10 +11,11 @@ use crate::api_types::{ImportJob, ImportRequest, PutOutcome};
 use crate::audit;
 use crate::auth::Caller;
 use crate::imports::{
-    ImageStore, ImageStoreError, ImportJobs, RootBuildProgress, RootBuildRequest, RootBuilder,
+    ImageStore, ImageStoreError, ImportJobs, JobHandle, RootBuildProgress, RootBuildRequest,
+    RootBuilder,
 };
 use crate::model::{Image, ImageKind, ImageSpec, RootImage, validate_name, validate_root_name};
-use crate::store::{self, DbContext, IMAGES, ROOTS, decode, encode, read_all};
+use crate::store::{self, DbContext, IMAGES, ROOTS, decode, encode, read_all, write_entry};
 
 /// A SHA-256 digest as bytes.
 type Sha256Bytes = [u8; 32];
@@ -226,44 +227,17 @@ impl ControlState {
                 }
                 (Box::new(file), Some(meta.len()))
             };
-        let handle = self
-            .inner
-            .imports
-            .start(&req, &name, ImageKind::File, total, store::now_ms())
-            .ok_or(ControlError::TooManyImports(
-                crate::imports::MAX_RUNNING_IMPORTS,
-            ))?;
-        let handle = Arc::new(handle);
-        let job = handle.snapshot();
         let state = self.clone();
         let actor = actor.clone();
-        let worker = Arc::clone(&handle);
-        let spawned = std::thread::Builder::new()
-            .name(format!("image-import-{}", job.id))
-            .spawn(move || {
-                let handle = worker;
-                let result = state.run_import(
-                    &actor,
-                    &req,
-                    &name,
-                    &handle,
-                    reader,
-                    store.as_ref(),
-                    expected,
-                );
-                if let Err(e) = &result {
-                    tracing::warn!(job = handle.id(), source = %req.source, error = %e, "image import failed");
-                }
-                handle.finish(result.map_err(|e| e.to_string()), store::now_ms());
-            });
-        if let Err(e) = spawned {
-            handle.finish(
-                Err(format!("cannot start the import thread: {e}")),
-                store::now_ms(),
-            );
-            return Err(ControlError::ImportThread(e));
-        }
-        Ok(job)
+        self.spawn_import(
+            req,
+            name,
+            ImageKind::File,
+            total,
+            move |handle, req, name| {
+                state.run_import(&actor, req, name, handle, reader, store.as_ref(), expected)
+            },
+        )
     }
 
     /// A root import: the source's syntax and the name are checked now (4xx), the pull and
@@ -302,22 +276,14 @@ impl ControlState {
                 Some((user.to_owned(), password.to_owned()))
             }
         };
-        let handle = self
-            .inner
-            .imports
-            .start(&req, &name, ImageKind::Root, None, store::now_ms())
-            .ok_or(ControlError::TooManyImports(
-                crate::imports::MAX_RUNNING_IMPORTS,
-            ))?;
-        let handle = Arc::new(handle);
-        let job = handle.snapshot();
         let state = self.clone();
         let actor = actor.clone();
-        let worker = Arc::clone(&handle);
-        let spawned = std::thread::Builder::new()
-            .name(format!("root-import-{}", job.id))
-            .spawn(move || {
-                let handle = worker;
+        self.spawn_import(
+            req,
+            name,
+            ImageKind::Root,
+            None,
+            move |handle, req, name| {
                 let request = RootBuildRequest {
                     source: &req.source,
                     credentials,
@@ -328,7 +294,7 @@ impl ControlState {
                     RootBuildProgress::Pulling { done, total } => handle.pulled(done, total),
                     RootBuildProgress::Building => handle.stage("building"),
                 };
-                let result = builder
+                builder
                     .build(&request, &progress)
                     .map_err(|e| ControlError::ImportSource {
                         source_path: req.source.clone(),
@@ -336,7 +302,7 @@ impl ControlState {
                     })
                     .and_then(|built| {
                         let root = RootImage {
-                            name: name.clone(),
+                            name: name.to_owned(),
                             image: built.image,
                             root_id: built.root_id,
                             source: req.source.clone(),
@@ -353,11 +319,49 @@ impl ControlState {
                         let id = root.root_id.clone();
                         handle.finish_root(root);
                         Ok((id, outcome))
-                    });
+                    })
+            },
+        )
+    }
+
+    /// Registers an import job and runs `work` on a thread of its own (`image-import-ID`,
+    /// `root-import-ID`); the job ends with `work`'s result, or at once when no thread starts.
+    fn spawn_import(
+        &self,
+        req: ImportRequest,
+        name: String,
+        kind: ImageKind,
+        total: Option<u64>,
+        work: impl FnOnce(
+            &JobHandle,
+            &ImportRequest,
+            &str,
+        ) -> Result<(String, PutOutcome), ControlError>
+        + Send
+        + 'static,
+    ) -> Result<ImportJob, ControlError> {
+        let handle = self
+            .inner
+            .imports
+            .start(&req, &name, kind, total, store::now_ms())
+            .ok_or(ControlError::TooManyImports(
+                crate::imports::MAX_RUNNING_IMPORTS,
+            ))?;
+        let handle = Arc::new(handle);
+        let job = handle.snapshot();
+        let what = match kind {
+            ImageKind::File => "image",
+            ImageKind::Root => "root",
+        };
+        let worker = Arc::clone(&handle);
+        let spawned = std::thread::Builder::new()
+            .name(format!("{what}-import-{}", job.id))
+            .spawn(move || {
+                let result = work(&worker, &req, &name);
                 if let Err(e) = &result {
-                    tracing::warn!(job = handle.id(), source = %req.source, error = %e, "root import failed");
+                    tracing::warn!(job = worker.id(), source = %req.source, error = %e, "{what} import failed");
                 }
-                handle.finish(result.map_err(|e| e.to_string()), store::now_ms());
+                worker.finish(result.map_err(|e| e.to_string()), store::now_ms());
             });
         if let Err(e) = spawned {
             handle.finish(
@@ -419,21 +423,20 @@ impl ControlState {
                     });
                 }
             }
-            let outcome = if old.is_some() {
-                PutOutcome::Updated
-            } else {
-                PutOutcome::Created
-            };
+            let outcome = PutOutcome::of_write(old.is_some());
             let detail = serde_json::json!({
                 "image": root.image, "root_id": root.root_id, "source": root.source,
                 "kernel_release": root.kernel_release, "chunks": root.chunks,
                 "bytes": root.bytes, "job": job,
                 "replaced": old.map(|o| o.image.clone()),
             });
-            txn.open_table(ROOTS)
-                .db("opening roots")?
-                .insert(root.name.as_str(), encode(root).as_slice())
-                .db("writing a root")?;
+            write_entry(
+                txn,
+                ROOTS,
+                ("opening roots", "writing a root"),
+                &root.name,
+                root,
+            )?;
             audit::append(txn, &actor.name, "image.root", &root.name, detail)?;
             snap.roots.insert(root.name.clone(), root.clone());
             Ok(outcome)
@@ -449,7 +452,7 @@ impl ControlState {
         actor: &Caller,
         req: &ImportRequest,
         name: &str,
-        handle: &crate::imports::JobHandle,
+        handle: &JobHandle,
         source: Box<dyn std::io::Read + Send>,
         store: &dyn ImageStore,
         expected: Option<[u8; 32]>,

@@ -6,7 +6,7 @@ use crate::api_types::TokenInfo;
 use crate::audit;
 use crate::auth::{self, Caller, Role, TokenRecord};
 use crate::model::validate_name;
-use crate::store::{self, DbContext, TOKENS, decode, encode, read_all};
+use crate::store::{self, DbContext, TOKENS, decode, encode, read_all, write_entry};
 
 impl ControlState {
     /// The caller a bearer token belongs to, if any.
@@ -154,10 +154,14 @@ impl ControlState {
             revoked: false,
         };
         self.mutate(|txn, _| {
-            txn.open_table(TOKENS)
-                .db("opening tokens")?
-                .insert(auth::hash_token(token).as_str(), encode(&record).as_slice())
-                .db("writing a token")?;
+            let key = auth::hash_token(token);
+            write_entry(
+                txn,
+                TOKENS,
+                ("opening tokens", "writing a token"),
+                &key,
+                &record,
+            )?;
             let detail = serde_json::json!({ "name": name, "role": role });
             audit::append(txn, &actor.name, "token.create", name, detail)?;
             Ok(())
