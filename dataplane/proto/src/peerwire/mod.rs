@@ -6,6 +6,7 @@
 //! before use, bad peers banned, a web seed for the pieces no peer supplies. No sockets and no
 //! clock: the node agent drives it over blocking TCP, the tests over in-memory pipes.
 pub mod swarm;
+pub mod vocabulary;
 pub mod wire;
 
 pub use swarm::{
