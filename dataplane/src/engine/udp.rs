@@ -31,7 +31,6 @@ use crate::{
 };
 use report::{DhcpReply, refuses_machine, unix_ms};
 pub(super) use transfer_port::reserved_ports;
-use transfer_port::transfer_socket;
 
 /// Longest wait in one turn of a worker's loop: how soon it notices a stop or reload request
 /// and publishes its counters when nothing else wakes it.
@@ -827,74 +826,6 @@ impl WorkerState {
                 outbox.send_to(reply.dst, Bytes::copy_from_slice(&self.buf[..reply.len]));
             }
             tftp::Request::Dropped(reason) => bump(&mut self.stats.tftp_dropped, reason.as_str()),
-        }
-    }
-
-    /// A new transfer's port: `(port, socket index, socket for the ring to take)`, or `None`
-    /// when no socket could be made (counted by the caller).
-    fn transfer_port(
-        &mut self,
-        request_to: Option<Ipv4Addr>,
-    ) -> Option<(u16, Option<usize>, Option<UdpSocket>)> {
-        match self.ports.clone() {
-            TransferPorts::Sockets { iface, reserved } => {
-                // The address the client sent its request to, so the answer comes from it; a
-                // broadcast request is answered from any address of the interface.
-                let local = request_to
-                    .filter(|ip| !ip.is_broadcast() && !ip.is_multicast())
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
-                let mut draw = || self.random();
-                match transfer_socket(local, iface.as_deref(), &reserved, &mut draw) {
-                    Ok((socket, port)) => Some((port, None, Some(socket))),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "no socket for a TFTP transfer");
-                        None
-                    }
-                }
-            }
-            TransferPorts::Steered {
-                iface,
-                reserved,
-                map,
-            } => {
-                let local = request_to
-                    .filter(|ip| !ip.is_broadcast() && !ip.is_multicast())
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
-                let mut draw = || self.random();
-                let (socket, port) =
-                    match transfer_socket(local, iface.as_deref(), &reserved, &mut draw) {
-                        Ok(bound) => bound,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "no port for a TFTP transfer");
-                            return None;
-                        }
-                    };
-                if let Err(err) = map.open(port) {
-                    tracing::warn!(error = %err, port, "a TFTP transfer port could not be steered");
-                    return None;
-                }
-                self.held_ports.insert(port, socket);
-                Some((port, Some(STEERED_PORT_SOCKET + usize::from(port)), None))
-            }
-        }
-    }
-
-    /// Whether `port` is a running transfer's steered port (AF_XDP path).
-    pub(super) fn holds_port(&self, port: u16) -> bool {
-        self.held_ports.contains_key(&port)
-    }
-
-    /// Gives a finished transfer's port back: the ring closes its socket (io_uring), or the
-    /// program stops steering it and its holding socket closes (AF_XDP).
-    fn release_port(&mut self, socket: usize, port: u16) {
-        if self.socket_ports.remove(&socket).is_some() {
-            self.closing.push(socket);
-        }
-        if self.held_ports.remove(&port).is_some()
-            && let TransferPorts::Steered { map, .. } = &self.ports
-            && let Err(err) = map.close(port)
-        {
-            tracing::warn!(error = %err, port, "a finished TFTP transfer's port is still steered");
         }
     }
 
