@@ -23,6 +23,12 @@
 //! <cache>/tmp/                        flattening spool and images being written
 //! ```
 //!
+//! Every file under `serve/` is written whole under a temporary name (`*.part`, or in `tmp/`)
+//! and renamed into place, and never written again: a changed root is a new directory renamed
+//! over the old, a chunk's name is its digest. The HTTP workers rely on it: they serve these
+//! files as they are on disk (mapped, and `sendfile` from the file itself, no copy), see
+//! `stampede_dataplane::store::BootRoot::in_place`. Nothing else may write into `serve/`.
+//!
 //! `<id>` is the hex of the image manifest's digest. A root is built once per image digest,
 //! kernel and node agent: `serve/roots/<id>/stamp` records what it was built from, and a start
 //! with the same inputs reuses it (the manifest is signed again, in case the key changed).

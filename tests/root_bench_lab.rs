@@ -188,10 +188,43 @@ fn root_bench_verifies_every_machines_root() {
         assert_eq!(m["requests"].as_u64(), Some(1 + chunks.div_ceil(4)), "{m}");
     }
 
-    // A bench that trusts another key refuses every manifest and fetches no chunk.
+    // A run that fails (here the image is gone: 404) is fetched chunk by chunk, as the node
+    // agent does, and every root is still verified, the retries counted.
+    let image_file = dir.path().join(format!("roots/serve/roots/{id}/image"));
+    fs::rename(&image_file, image_file.with_extension("gone")).expect("hiding the image");
+    let mut args = common.to_vec();
+    args.extend([
+        "--run",
+        "4",
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "--json",
+        runs_json.to_str().unwrap(),
+    ]);
+    let out = bench(&lab, &args);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(&runs_json).unwrap()).expect("JSON report");
+    assert_eq!(report["verified"], CLIENTS, "{report}");
+    let runs = chunks.div_ceil(4);
+    assert_eq!(report["runs_failed"].as_u64(), Some(runs * CLIENTS as u64));
+    assert_eq!(report["root_restarts"], 0);
+    for m in report["machines"].as_array().unwrap() {
+        assert_eq!(m["chunks"].as_u64(), Some(chunks), "{m}");
+        // The manifest, every run (404), then every chunk on its own.
+        assert_eq!(m["requests"].as_u64(), Some(1 + runs + chunks), "{m}");
+        assert_eq!(m["runs_failed"].as_u64(), Some(runs), "{m}");
+        let reason = m["last_retry_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("404"), "{m}");
+    }
+
+    // A bench that trusts another key refuses every manifest and fetches no chunk; like the
+    // agent, each machine tries its root step again after a backoff until the deadline.
     let other_key = dir.path().join("other.key");
     fs::write(&other_key, format!("{}\n", "5a".repeat(32))).unwrap();
     let mut args = common.to_vec();
+    let deadline = args.iter().position(|a| *a == "--deadline").unwrap() + 1;
+    args[deadline] = "5";
     args.extend([
         "--key-file",
         other_key.to_str().unwrap(),
@@ -212,13 +245,12 @@ fn root_bench_verifies_every_machines_root() {
         .as_str()
         .unwrap();
     assert!(reason.contains("signature"), "{reason}");
-    assert!(
-        report["machines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["chunks"] == 0 && m["requests"] == 1)
-    );
+    for m in report["machines"].as_array().unwrap() {
+        // Tried at 0 s and again after about 2 s (the agent's first backoff), never a chunk.
+        assert_eq!(m["chunks"], 0, "{m}");
+        assert!(m["requests"].as_u64().unwrap() >= 2, "{m}");
+        assert_eq!(m["requests"], m["root_restarts"], "{m}");
+    }
     assert_eq!(local_routes(&lab), routes_before);
 
     appliance

@@ -5,7 +5,8 @@
 //! same kernel share one buffer, and a transfer never touches the file system after it starts.
 //! The buffer is a sealed memfd ([`crate::sys::memfile`]) mapped into memory, so HTTP can
 //! `sendfile` the same pages instead of copying them into every socket, and no write to the
-//! served directory can reach a file already loaded.
+//! served directory can reach a file already loaded. A directory whose files are never written
+//! in place (the root cache) is served as it is on disk instead ([`BootRoot::in_place`]).
 //! Lookups happen when a transfer starts, not per packet, so a lock around each cache is fine.
 use std::{
     collections::HashMap,
@@ -104,6 +105,8 @@ struct CachedFile {
 pub struct BootRoot {
     inner: Arc<BootRootInner>,
     max_file_size: Option<u64>,
+    /// Files are mapped where they are instead of copied ([`BootRoot::in_place`]).
+    in_place: bool,
 }
 
 #[derive(Debug)]
@@ -134,7 +137,21 @@ impl BootRoot {
                 loads: AtomicU64::new(0),
             }),
             max_file_size: None,
+            in_place: false,
         })
+    }
+
+    /// Serves files as they are on disk ([`memfile::map_in_place`]): mapped, not copied, and
+    /// sent with `sendfile` from the file itself, so a root image costs its page cache once and
+    /// the kernel reads it through the file system's (large) folios.
+    ///
+    /// Only for a directory whose files are never written in place: the root cache, where
+    /// every file is written under a temporary name and renamed into place, and a changed root
+    /// or chunk gets a new name (see `src/roots.rs`). A served directory an operator copies
+    /// files into (the boot root) keeps the default, a sealed copy that no write can reach.
+    pub fn in_place(mut self) -> Self {
+        self.in_place = true;
+        self
     }
 
     /// Refuses (as [`OpenError::Unreadable`]) files larger than `bytes`, so a stray disk image
@@ -219,14 +236,24 @@ impl BootRoot {
                 )));
             }
             self.inner.loads.fetch_add(1, Ordering::Relaxed);
-            let data = read_all(&file, identity.size).map_err(|e| open_error(&e))?;
+            let (data, shared) = if self.in_place {
+                let own = file.try_clone().map_err(|e| open_error(&e))?;
+                memfile::map_in_place(own).map_err(|e| open_error(&e))?
+            } else {
+                let data = read_all(&file, identity.size).map_err(|e| open_error(&e))?;
+                (Bytes::from(data), None)
+            };
+            let etag = Some(hex::encode(Sha256::digest(&data)));
             meta = file.metadata().map_err(|e| open_error(&e))?;
             if FileIdentity::of(&meta) != identity || data.len() as u64 != identity.size {
                 // Written to while we read it: try again rather than cache a torn mix.
                 continue;
             }
-            let etag = Some(hex::encode(Sha256::digest(&data)));
-            let (data, file) = share(canonical, data);
+            let (data, file) = match shared {
+                Some(file) => (data, Some(file)),
+                None if self.in_place => (data, None),
+                None => share(canonical, data),
+            };
             let file = BootFile {
                 etag,
                 modified_unix: mtime_unix(&meta),
@@ -254,8 +281,15 @@ impl BootRoot {
     }
 }
 
+/// What the root cache names a file while it writes it, before the rename (`write_file` in
+/// `src/roots.rs`): never served in place, where its bytes may still change.
+const BEING_WRITTEN: &str = ".part";
+
 impl FileCatalog for BootRoot {
     fn open(&self, path: &BootPath) -> Result<BootFile, OpenError> {
+        if self.in_place && path.as_str().ends_with(BEING_WRITTEN) {
+            return Err(OpenError::NotFound);
+        }
         let canonical = self.resolve(path)?;
         self.load(&canonical)
     }
@@ -285,13 +319,13 @@ fn mtime_unix(meta: &fs::Metadata) -> Option<u64> {
 
 /// Moves a loaded file into a sealed memfd (see the module doc), or keeps it on the heap, without
 /// `sendfile`, if the kernel refuses (no memfd, out of memory for a second copy while sealing).
-fn share(path: &Path, data: Vec<u8>) -> (Bytes, Option<SealedFile>) {
+fn share(path: &Path, data: Bytes) -> (Bytes, Option<SealedFile>) {
     let name = path.file_name().map(|n| n.to_string_lossy());
     match memfile::seal(name.as_deref().unwrap_or("boot-file"), &data) {
         Ok(shared) => shared,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "no sealed memfd for this file; serving it from the heap (HTTP copies it)");
-            (Bytes::from(data), None)
+            (data, None)
         }
     }
 }
@@ -512,7 +546,7 @@ impl ContentStore {
             return Ok(loaded.clone());
         }
         self.inner.loads.fetch_add(1, Ordering::Relaxed);
-        let loaded = share(&self.object_path(digest), self.read_checked(digest)?);
+        let loaded = share(&self.object_path(digest), self.read_checked(digest)?.into());
         let mut cache = self.inner.cache.write().unwrap_or_else(|p| p.into_inner());
         // Another thread may have loaded it meanwhile: keep theirs so every caller shares one
         // buffer.
@@ -739,6 +773,45 @@ mod tests {
         assert_eq!(a.data.as_ptr(), b.data.as_ptr(), "one shared buffer");
         assert_eq!(root.loads(), 1, "the second open is served from memory");
         assert_eq!(root.cached_files(), 1);
+    }
+
+    #[test]
+    fn in_place_files_are_sent_from_the_file_on_disk_and_renames_reload() {
+        use std::os::fd::AsFd as _;
+        let dir = temp_dir();
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i ^ (i >> 5)) as u8).collect();
+        write(dir.path(), "image", &image);
+        let root = BootRoot::new(dir.path()).expect("boot root").in_place();
+        let v1 = root.open(&path("image")).expect("open");
+        assert_eq!(&v1.data[..], &image[..]);
+        assert_eq!(v1.etag, Some(hex::encode(Sha256::digest(&image))));
+        // What HTTP sends from is the file on disk (its inode), not a memfd copy.
+        let sent = nix::sys::stat::fstat(v1.file.as_ref().expect("a file to send").as_fd())
+            .expect("fstat");
+        let on_disk = fs::metadata(dir.path().join("image")).expect("stat");
+        assert_eq!((sent.st_dev, sent.st_ino), (on_disk.dev(), on_disk.ino()));
+        assert_eq!(
+            root.open(&path("image")).expect("again").data.as_ptr(),
+            v1.data.as_ptr()
+        );
+        assert_eq!(root.loads(), 1);
+
+        // A new version renamed into place (how the root cache writes): a new inode, reloaded,
+        // while a transfer of the old one keeps its bytes.
+        write(dir.path(), "image.new", b"the next root");
+        fs::rename(dir.path().join("image.new"), dir.path().join("image")).unwrap();
+        let v2 = root.open(&path("image")).expect("open v2");
+        assert_eq!(&v2.data[..], b"the next root");
+        assert_eq!(&v1.data[..], &image[..]);
+        assert_eq!(root.loads(), 2);
+
+        write(dir.path(), "empty", b"");
+        let empty = root.open(&path("empty")).expect("open empty");
+        assert!(empty.data.is_empty() && empty.file.is_none());
+
+        // A chunk still being written under its temporary name is not served.
+        write(dir.path(), "0123.part", b"half a chunk");
+        assert_eq!(root.open(&path("0123.part")), Err(OpenError::NotFound));
     }
 
     #[test]

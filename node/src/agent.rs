@@ -52,6 +52,8 @@ const CARRIER_WAIT: Duration = Duration::from_secs(5);
 /// GB serving a root as 128 chunk requests over 6 connections as it did streaming one file),
 /// short enough that a run that fails costs little to fetch again chunk by chunk, and that the
 /// two runs in flight (held whole while their chunks are checked) fit the memory margin.
+/// Runs of 64 (the image in two halves) were measured no cheaper for the appliance and no
+/// faster (docs/benchmarks/root.md, 2026-12-08).
 const RUN_CHUNKS: usize = 16;
 /// Connections fetching runs: one streams while the other's next request is on its way, and a
 /// rack of machines opens two connections each to the appliance, not six.

@@ -3,6 +3,10 @@
 //! with the appliance's key before a field of it is read, then every chunk over K kept-alive
 //! connections (the agent's chunk workers), each chunk's length and SHA-256 checked as its bytes
 //! arrive. Time to root runs from a machine's first request to its last verified chunk.
+//! A request that fails or stalls (10 s without a byte) is retried as the agent retries it
+//! ([`NodeRetry`]): a run chunk by chunk, a chunk after a delay, and past a chunk's attempts
+//! (or for the manifest) the whole root step after a backoff; only the deadline fails a
+//! machine, and every retry is counted in the report.
 //!
 //! `--whole-file` plays the other way to ship a root (Warewulf's): one GET of the whole image
 //! per machine, its SHA-256 checked. Either way the server is any HTTP server (Stampede, or
@@ -52,6 +56,61 @@ const NODE_RUN_WORKERS: usize = 2;
 
 /// Chunks per request of the node agent (`RUN_CHUNKS` in node/src/agent.rs).
 const NODE_RUN_CHUNKS: usize = 16;
+
+/// How a simulated machine rides out a stalled or failed request: the node agent's policy,
+/// so the bench counts what machines would do, not a failure the agent would have retried.
+/// (The agent is built for another target and its constants are not importable here.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeRetry {
+    /// Longest wait between bytes of a response before it fails (`FETCH_TIMEOUT`, 10 s).
+    fetch_timeout: Duration,
+    /// Fetches of one chunk before the root step fails (`ChunkRetry::attempts`, 5).
+    chunk_attempts: u32,
+    /// Wait after a chunk's first failure, doubling up to `chunk_max_delay`
+    /// (`ChunkRetry`: 0.5 s to 4 s).
+    chunk_first_delay: Duration,
+    chunk_max_delay: Duration,
+    /// Wait before the whole root step again (manifest, then every chunk) after it failed,
+    /// doubling up to `step_max_delay`, minus up to a quarter of jitter (`StepBackoff`: 2 s
+    /// to 60 s).
+    step_first_delay: Duration,
+    step_max_delay: Duration,
+}
+
+impl NodeRetry {
+    const AGENT: Self = Self {
+        fetch_timeout: Duration::from_secs(10),
+        chunk_attempts: 5,
+        chunk_first_delay: Duration::from_millis(500),
+        chunk_max_delay: Duration::from_secs(4),
+        step_first_delay: Duration::from_secs(2),
+        step_max_delay: Duration::from_secs(60),
+    };
+
+    /// Wait before a chunk's next fetch after `failures` failed ones (at least 1).
+    fn chunk_delay(&self, failures: u32) -> Duration {
+        doubled(self.chunk_first_delay, failures.saturating_sub(1)).min(self.chunk_max_delay)
+    }
+
+    /// Wait before the root step's next attempt after `failures` failed ones (at least 1),
+    /// jittered from `rng` as the agent jitters from its MAC.
+    fn step_delay(&self, failures: u32, rng: &mut u64) -> Duration {
+        let base =
+            doubled(self.step_first_delay, failures.saturating_sub(1)).min(self.step_max_delay);
+        let quarter = base.as_millis() as u64 / 4;
+        let jitter = match quarter {
+            0 => 0,
+            q => stampede_proto::dhcp::splitmix64(rng) % (q + 1),
+        };
+        base.saturating_sub(Duration::from_millis(jitter))
+    }
+}
+
+fn doubled(first: Duration, times: u32) -> Duration {
+    first
+        .checked_mul(1u32.checked_shl(times).unwrap_or(u32::MAX))
+        .unwrap_or(Duration::MAX)
+}
 
 #[derive(Debug, clap::Args)]
 pub struct RootArgs {
@@ -145,6 +204,7 @@ struct Ctx {
     parallel: usize,
     /// Chunks per request (`--run`).
     run: usize,
+    retry: NodeRetry,
     progress: Progress,
 }
 
@@ -156,6 +216,12 @@ struct Progress {
     /// Requests sent again on a new connection because their kept-alive one closed before the
     /// response began (RFC 9112 §9.3.1), as the node agent and iPXE do.
     http_retries: AtomicU64,
+    /// Runs whose request failed or stalled, their chunks then fetched one by one.
+    runs_failed: AtomicU64,
+    /// Chunks fetched again on their own after a failed or stalled fetch of them.
+    chunk_retries: AtomicU64,
+    /// Root steps started again (manifest and every chunk) after a failure, after a backoff.
+    root_restarts: AtomicU64,
 }
 
 /// Where a machine is.
@@ -208,6 +274,13 @@ pub struct RootRecord {
     /// Body bytes received (manifest included).
     pub bytes: u64,
     pub requests: u64,
+    /// Runs that failed and were fetched chunk by chunk, chunks fetched again on their own,
+    /// root steps started again: the node agent's retries (see [`NodeRetry`]).
+    pub runs_failed: u32,
+    pub chunk_retries: u32,
+    pub root_restarts: u32,
+    /// Why the last retried request failed, if any did.
+    pub last_retry_reason: Option<String>,
     pub failure: Option<RootFailure>,
 }
 
@@ -219,6 +292,21 @@ struct Conn {
     connected: bool,
     /// The chunk in flight on it (the first of its run, see [`RootSim::run_len`]).
     chunk: Option<usize>,
+    /// The request is for that one chunk by its digest (a run's chunk fetched again, or
+    /// `--run 1`), its `attempt`th fetch.
+    single: bool,
+    attempt: u32,
+}
+
+/// A connection slot: one of the agent's fetch workers.
+#[derive(Debug, Default)]
+struct Slot {
+    conn: Option<Conn>,
+    /// Chunks of a failed run, still to fetch one by one, with the fetches already spent on
+    /// each: the agent's worker fetches them before it claims another run.
+    pending: std::collections::VecDeque<(usize, u32)>,
+    /// When the slot's next fetch goes out (a chunk retry waiting its delay).
+    retry_at: Option<Instant>,
 }
 
 type Step = Result<(), String>;
@@ -237,7 +325,12 @@ struct RootSim {
     pos: usize,
     ip: Ipv4Addr,
     phase: RootPhase,
-    conns: Vec<Option<Conn>>,
+    slots: Vec<Slot>,
+    /// When the root step starts again after a failure (see [`NodeRetry`]).
+    restart_at: Option<Instant>,
+    /// Root steps failed so far, for the backoff; and the jitter's state.
+    step_failures: u32,
+    rng: u64,
     /// From the verified manifest.
     chunks: Vec<Chunk>,
     next_chunk: usize,
@@ -260,7 +353,10 @@ impl RootSim {
             pos,
             ip,
             phase: RootPhase::Off,
-            conns: (0..slots).map(|_| None).collect(),
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            restart_at: None,
+            step_failures: 0,
+            rng: (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             chunks: Vec::new(),
             next_chunk: 0,
             started: ctx.epoch,
@@ -274,6 +370,10 @@ impl RootSim {
                 chunks: 0,
                 bytes: 0,
                 requests: 0,
+                runs_failed: 0,
+                chunk_retries: 0,
+                root_restarts: 0,
+                last_retry_reason: None,
                 failure: None,
             },
         }
@@ -305,8 +405,20 @@ impl RootSim {
             if sim.phase == RootPhase::Off {
                 return sim.power_on(env, now);
             }
-            for conn in sim.conns.iter_mut().flatten() {
-                conn.client.handle_timeout(now);
+            if sim.restart_at.is_some_and(|t| t <= now) {
+                sim.restart_at = None;
+                return sim.start_step(env, now);
+            }
+            for slot in 0..sim.slots.len() {
+                if sim.slots[slot].retry_at.is_some_and(|t| t <= now) {
+                    sim.slots[slot].retry_at = None;
+                    sim.next_chunk(env, now, slot)?;
+                }
+            }
+            for slot in &mut sim.slots {
+                if let Some(conn) = &mut slot.conn {
+                    conn.client.handle_timeout(now);
+                }
             }
             Ok(())
         });
@@ -314,7 +426,23 @@ impl RootSim {
 
     fn on_event(&mut self, env: &mut Env<'_>, now: Instant, slot: usize, event: Event<'_>) {
         self.guard(env, now, |sim, env| {
-            let Some(conn) = sim.conns.get_mut(slot).and_then(Option::as_mut) else {
+            match sim.take_event(env, now, slot, event) {
+                Ok(()) => Ok(()),
+                Err(reason) => sim.fetch_failed(env, now, slot, reason),
+            }
+        });
+    }
+
+    /// Hands a socket's event to the slot's HTTP client; an error is the fetch's failure.
+    fn take_event(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        slot: usize,
+        event: Event<'_>,
+    ) -> Step {
+        {
+            let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
                 return Ok(());
             };
             if event.socket() != conn.socket {
@@ -348,17 +476,81 @@ impl RootSim {
                 Event::Datagram { .. } => {}
             }
             Ok(())
-        });
+        }
     }
 
     fn power_on(&mut self, env: &mut Env<'_>, now: Instant) -> Step {
         self.started = now;
         self.record.started_ms = ms(now - env.ctx.epoch);
+        self.start_step(env, now)
+    }
+
+    /// The root step from its start: the manifest (or the whole file), then every chunk.
+    fn start_step(&mut self, env: &mut Env<'_>, now: Instant) -> Step {
         self.phase = match env.ctx.source {
             Source::Chunks { .. } => RootPhase::Manifest,
             Source::WholeFile { .. } => RootPhase::WholeFile,
         };
         self.fetch(env, now, 0)
+    }
+
+    /// A fetch on `slot` failed or stalled for `reason`: what the node agent does next. A
+    /// run's chunks are fetched one by one; a chunk is fetched again after a delay, up to its
+    /// attempts; past those, or when the manifest (or the whole file) failed, the root step
+    /// starts again after a backoff, from nothing. Only the deadline ends a machine's tries.
+    fn fetch_failed(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        slot: usize,
+        reason: String,
+    ) -> Step {
+        let retry = env.ctx.retry;
+        let what = self.what(slot);
+        self.record.last_retry_reason = Some(format!("{what}: {reason}"));
+        let p = &env.ctx.progress;
+        let (chunk, single, attempt) = match self.slots[slot].conn.as_ref() {
+            Some(c) => (c.chunk, c.single || env.ctx.run <= 1, c.attempt),
+            None => (None, false, 0),
+        };
+        // A failed connection is not used again (the agent's connection drops it too).
+        self.close(env, slot);
+        match (self.phase, chunk) {
+            (RootPhase::Chunks, Some(first)) if !single => {
+                p.runs_failed.fetch_add(1, Ordering::Relaxed);
+                self.record.runs_failed += 1;
+                let end = first + self.run_len(env.ctx, first);
+                self.slots[slot]
+                    .pending
+                    .extend((first..end).map(|i| (i, 0)));
+                self.next_chunk(env, now, slot)
+            }
+            (RootPhase::Chunks, Some(i)) if attempt < retry.chunk_attempts => {
+                p.chunk_retries.fetch_add(1, Ordering::Relaxed);
+                self.record.chunk_retries += 1;
+                // Fetched again (its `attempt + 1`th time) by this slot when the delay is over.
+                self.slots[slot].pending.push_front((i, attempt));
+                self.slots[slot].retry_at = Some(now + retry.chunk_delay(attempt));
+                Ok(())
+            }
+            _ => {
+                // The manifest, the whole file, or a chunk out of attempts: the agent's root
+                // step fails, and starts again after its backoff.
+                p.root_restarts.fetch_add(1, Ordering::Relaxed);
+                self.record.root_restarts += 1;
+                self.step_failures += 1;
+                for s in 0..self.slots.len() {
+                    self.close(env, s);
+                    self.slots[s] = Slot::default();
+                }
+                self.chunks.clear();
+                self.next_chunk = 0;
+                self.record.chunks = 0;
+                let wait = retry.step_delay(self.step_failures, &mut self.rng);
+                self.restart_at = Some(now + wait);
+                Ok(())
+            }
+        }
     }
 
     /// The request slot `slot` makes next, by phase.
@@ -367,8 +559,11 @@ impl RootSim {
             (Source::Chunks { manifest, .. }, RootPhase::Manifest) => {
                 Ok(FetchRequest::get(manifest).keeping_body(MAX_MANIFEST_BYTES))
             }
-            (Source::Chunks { manifest, .. }, RootPhase::Chunks) if ctx.run > 1 => {
-                let i = self.conns[slot]
+            (Source::Chunks { manifest, .. }, RootPhase::Chunks)
+                if ctx.run > 1 && !self.slots[slot].conn.as_ref().is_some_and(|c| c.single) =>
+            {
+                let i = self.slots[slot]
+                    .conn
                     .as_ref()
                     .and_then(|c| c.chunk)
                     .ok_or("no chunk assigned")?;
@@ -381,7 +576,8 @@ impl RootSim {
                     .expecting_pieces(run.iter().map(|c| (c.size, c.sha256.0)).collect()))
             }
             (Source::Chunks { chunks_path, .. }, RootPhase::Chunks) => {
-                let i = self.conns[slot]
+                let i = self.slots[slot]
+                    .conn
                     .as_ref()
                     .and_then(|c| c.chunk)
                     .ok_or("no chunk assigned")?;
@@ -407,7 +603,12 @@ impl RootSim {
     }
 
     /// Opens a new connection in slot `slot` (closing the one there), for `chunk`.
-    fn connect(&mut self, env: &mut Env<'_>, slot: usize, chunk: Option<usize>) -> Step {
+    fn connect(
+        &mut self,
+        env: &mut Env<'_>,
+        slot: usize,
+        (chunk, single, attempt): (Option<usize>, bool, u32),
+    ) -> Step {
         self.close(env, slot);
         let server = env.ctx.server;
         let socket = tcp_socket(self.ip).map_err(|e| format!("binding TCP to {}: {e}", self.ip))?;
@@ -420,33 +621,59 @@ impl RootSim {
             env.owners.resize(i + 1, (usize::MAX, 0));
         }
         env.owners[i] = (self.pos, slot);
-        self.conns[slot] = Some(Conn {
+        self.slots[slot].conn = Some(Conn {
             socket,
-            client: HttpClient::new(&env.ctx.authority),
+            client: HttpClient::new(&env.ctx.authority).with_timeout(env.ctx.retry.fetch_timeout),
             connected: false,
             chunk,
+            single,
+            attempt,
         });
         Ok(())
     }
 
+    /// Puts chunk (or run) `first` on slot `slot`, on its connection or a new one.
+    fn assign(
+        &mut self,
+        env: &mut Env<'_>,
+        slot: usize,
+        first: usize,
+        single: bool,
+        attempt: u32,
+    ) -> Step {
+        match &mut self.slots[slot].conn {
+            Some(conn) => {
+                conn.chunk = Some(first);
+                conn.single = single;
+                conn.attempt = attempt;
+                Ok(())
+            }
+            None => self.connect(env, slot, (Some(first), single, attempt)),
+        }
+    }
+
     /// Sends slot `slot`'s next request, on its kept-alive connection or a new one.
     fn fetch(&mut self, env: &mut Env<'_>, now: Instant, slot: usize) -> Step {
-        let reusable = self.conns[slot]
+        let reusable = self.slots[slot]
+            .conn
             .as_ref()
             .is_some_and(|c| c.client.is_reusable());
         if !reusable {
-            let chunk = self.conns[slot].as_ref().and_then(|c| c.chunk);
-            self.connect(env, slot, chunk)?;
+            let work = self.slots[slot]
+                .conn
+                .as_ref()
+                .map_or((None, false, 1), |c| (c.chunk, c.single, c.attempt));
+            self.connect(env, slot, work)?;
         }
         let req = self.request(env.ctx, slot)?;
-        let conn = self.conns[slot].as_mut().expect("connected above");
+        let conn = self.slots[slot].conn.as_mut().expect("connected above");
         conn.client.fetch(now, req);
         self.record.requests += 1;
         Ok(())
     }
 
     fn close(&mut self, env: &mut Env<'_>, slot: usize) {
-        if let Some(conn) = self.conns[slot].take() {
+        if let Some(conn) = self.slots[slot].conn.take() {
             let _ = env.io.close(conn.socket);
         }
     }
@@ -458,17 +685,20 @@ impl RootSim {
 
     /// Gives slot `slot` the next chunk (or run) nobody has fetched, or closes it when none
     /// is left.
+    /// A failed run's chunks on this slot come first, one by one, as the agent's worker
+    /// fetches them before it claims another run.
     fn next_chunk(&mut self, env: &mut Env<'_>, now: Instant, slot: usize) -> Step {
+        if let Some((i, tried)) = self.slots[slot].pending.pop_front() {
+            self.assign(env, slot, i, true, tried + 1)?;
+            return self.fetch(env, now, slot);
+        }
         if self.next_chunk == self.chunks.len() {
             self.close(env, slot);
             return Ok(());
         }
         let i = self.next_chunk;
         self.next_chunk += self.run_len(env.ctx, i);
-        match &mut self.conns[slot] {
-            Some(conn) => conn.chunk = Some(i),
-            None => self.connect(env, slot, Some(i))?,
-        }
+        self.assign(env, slot, i, env.ctx.run <= 1, 1)?;
         self.fetch(env, now, slot)
     }
 
@@ -476,8 +706,8 @@ impl RootSim {
     fn pump(&mut self, env: &mut Env<'_>, now: Instant) -> Step {
         loop {
             let mut progressed = false;
-            for slot in 0..self.conns.len() {
-                let Some(conn) = self.conns[slot].as_mut() else {
+            for slot in 0..self.slots.len() {
+                let Some(conn) = self.slots[slot].conn.as_mut() else {
                     continue;
                 };
                 if conn.connected {
@@ -503,10 +733,16 @@ impl RootSim {
             }
         }
         self.wake = self
-            .conns
+            .slots
             .iter()
+            .flat_map(|s| {
+                [
+                    s.conn.as_ref().and_then(|c| c.client.poll_timeout()),
+                    s.retry_at,
+                ]
+            })
+            .chain([self.restart_at])
             .flatten()
-            .filter_map(|c| c.client.poll_timeout())
             .min();
         Ok(())
     }
@@ -514,9 +750,16 @@ impl RootSim {
     /// What slot `slot` was fetching, for messages.
     fn what(&self, slot: usize) -> String {
         match self.phase {
-            RootPhase::Chunks => match self.conns[slot].as_ref().and_then(|c| c.chunk) {
-                Some(i) => format!("chunk {i} ({})", self.chunks[i].sha256),
-                None => "a chunk".to_owned(),
+            RootPhase::Chunks => match self.slots[slot].conn.as_ref() {
+                Some(Conn {
+                    chunk: Some(i),
+                    single: false,
+                    ..
+                }) => format!("run from chunk {i}"),
+                Some(Conn { chunk: Some(i), .. }) => {
+                    format!("chunk {i} ({})", self.chunks[*i].sha256)
+                }
+                _ => "a chunk".to_owned(),
             },
             phase => phase.name().to_owned(),
         }
@@ -539,9 +782,9 @@ impl RootSim {
                     .fetch_add(1, Ordering::Relaxed);
                 return self.fetch(env, now, slot);
             }
-            Err(e) => return Err(format!("{}: {e}", self.what(slot))),
+            Err(e) => return self.fetch_failed(env, now, slot, e.to_string()),
             Ok(r) if !(200..300).contains(&r.status) => {
-                return Err(format!("{}: HTTP status {}", self.what(slot), r.status));
+                return self.fetch_failed(env, now, slot, format!("HTTP status {}", r.status));
             }
             Ok(r) => r,
         };
@@ -553,24 +796,32 @@ impl RootSim {
                 };
                 let body = result.body.unwrap_or_default();
                 // Verified before any field is read, as the node agent does.
-                let manifest = SignedManifest::from_bytes(&body)
-                    .and_then(|signed| signed.verify(key))
-                    .map_err(|e| format!("manifest: {e}"))?;
+                let manifest =
+                    match SignedManifest::from_bytes(&body).and_then(|signed| signed.verify(key)) {
+                        Ok(m) => m,
+                        Err(e) => return self.fetch_failed(env, now, slot, e.to_string()),
+                    };
                 self.record.manifest_ms = Some(ms(now - self.started));
                 self.chunks = manifest.chunks;
                 self.phase = RootPhase::Chunks;
                 if self.chunks.is_empty() {
                     return Err("manifest: no chunks".into());
                 }
-                for s in 0..self.conns.len() {
+                for s in 0..self.slots.len() {
                     self.next_chunk(env, now, s)?;
                 }
                 Ok(())
             }
             RootPhase::Chunks => {
-                let first = self.conns[slot].as_ref().and_then(|c| c.chunk);
-                self.record.chunks += first.map_or(1, |i| self.run_len(env.ctx, i));
-                if let Some(conn) = &mut self.conns[slot] {
+                let (first, single) = match self.slots[slot].conn.as_ref() {
+                    Some(c) => (c.chunk, c.single),
+                    None => (None, true),
+                };
+                self.record.chunks += match first {
+                    Some(i) if !single => self.run_len(env.ctx, i),
+                    _ => 1,
+                };
+                if let Some(conn) = &mut self.slots[slot].conn {
                     conn.chunk = None;
                 }
                 if self.record.chunks == self.chunks.len() {
@@ -589,7 +840,7 @@ impl RootSim {
 
     /// Ends the run: a verified root (`None`) or a failure where it stands.
     fn finish(&mut self, env: &mut Env<'_>, now: Instant, failure: Option<String>) {
-        for slot in 0..self.conns.len() {
+        for slot in 0..self.slots.len() {
             self.close(env, slot);
         }
         let phase = std::mem::replace(&mut self.phase, RootPhase::Finished);
@@ -609,7 +860,11 @@ impl RootSim {
 
     fn expire(&mut self, env: &mut Env<'_>, now: Instant) {
         if !self.is_finished() {
-            self.finish(env, now, Some("deadline passed".to_owned()));
+            let reason = match &self.record.last_retry_reason {
+                Some(last) => format!("deadline passed; the last failure retried: {last}"),
+                None => "deadline passed".to_owned(),
+            };
+            self.finish(env, now, Some(reason));
         }
     }
 }
@@ -774,6 +1029,7 @@ pub fn root(args: &RootArgs) -> anyhow::Result<RootSummary> {
         source,
         parallel,
         run: args.run,
+        retry: NodeRetry::AGENT,
         progress: Progress::default(),
     };
     let mut shares: Vec<Vec<(usize, Ipv4Addr)>> = (0..threads).map(|_| Vec::new()).collect();
@@ -840,6 +1096,9 @@ pub fn root(args: &RootArgs) -> anyhow::Result<RootSummary> {
         summary.host_softirq_s = Some(after.1 - before.1);
     }
     summary.http_retries = ctx.progress.http_retries.load(Ordering::Relaxed);
+    summary.runs_failed = ctx.progress.runs_failed.load(Ordering::Relaxed);
+    summary.chunk_retries = ctx.progress.chunk_retries.load(Ordering::Relaxed);
+    summary.root_restarts = ctx.progress.root_restarts.load(Ordering::Relaxed);
     print!("{}", summary.table());
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&summary)?;
@@ -877,6 +1136,24 @@ fn run_share(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_as_the_node_agent_waits() {
+        let r = NodeRetry::AGENT;
+        // ChunkRetry::default(): 0.5 s, 1 s, 2 s, 4 s, then 4 s.
+        let chunk: Vec<_> = (1..=5).map(|n| r.chunk_delay(n)).collect();
+        assert_eq!(
+            chunk,
+            [500, 1000, 2000, 4000, 4000].map(Duration::from_millis)
+        );
+        // StepBackoff: 2 s doubling to 60 s, less up to a quarter of jitter.
+        let mut rng = 7;
+        for (failures, base) in [(1, 2), (2, 4), (5, 32), (6, 60), (40, 60)] {
+            let base = Duration::from_secs(base);
+            let d = r.step_delay(failures, &mut rng);
+            assert!(d <= base && d >= base - base / 4, "{failures}: {d:?}");
+        }
+    }
 
     #[test]
     fn machine_addresses_stay_on_the_link_and_off_the_server() {

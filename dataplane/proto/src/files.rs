@@ -49,7 +49,9 @@ impl BootFile {
 }
 
 /// A shared descriptor of an immutable file (the store makes them as sealed memfds: no write,
-/// grow or shrink is possible, see `memfd_create(2)` and `F_ADD_SEALS` in `fcntl(2)`).
+/// grow or shrink is possible, see `memfd_create(2)` and `F_ADD_SEALS` in `fcntl(2)`; or, for
+/// the root cache, whose files are renamed into place and never written again, opens the file
+/// on disk itself read-only).
 ///
 /// Whoever builds one promises the file's bytes equal the [`BootFile::data`] it travels with,
 /// for as long as the descriptor lives. Equality is identity (the same descriptor).

@@ -337,7 +337,9 @@ pub fn catalogs(
     config: &crate::config::ApplianceConfig,
 ) -> Result<(crate::boot::SharedCatalog, crate::boot::SharedCatalog), crate::store::StoreError> {
     let root = match &config.boot.root {
-        Some(dir) => Some(crate::store::BootRoot::new(dir)?),
+        // Content-addressed and renamed into place, never rewritten: served from the files
+        // themselves (page cache, no copy), see `BootRoot::in_place`.
+        Some(dir) => Some(crate::store::BootRoot::new(dir)?.in_place()),
         None => None,
     };
     let mut files = std::collections::HashMap::new();
@@ -362,7 +364,9 @@ pub fn catalogs(
     }
     let ipxe = crate::store::BootRoot::new(&config.boot.ipxe_dir)?;
     let roots = match &config.boot.roots_dir {
-        Some(dir) => Some(crate::store::BootRoot::new(dir)?),
+        // Content-addressed and renamed into place, never rewritten: served from the files
+        // themselves (page cache, no copy), see `BootRoot::in_place`.
+        Some(dir) => Some(crate::store::BootRoot::new(dir)?.in_place()),
         None => None,
     };
     Ok((Arc::new(FileMap { files, root, roots }), Arc::new(ipxe)))

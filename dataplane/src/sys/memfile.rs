@@ -11,6 +11,13 @@
 //!
 //! The seals are what make both safe: nobody, not even this process, can change or truncate
 //! the file while the mapping or a socket refers to its pages.
+//!
+//! [`map_in_place`] is the other way, for files that never change by construction (the root
+//! cache's content-addressed files, written once and renamed into place): no copy at all, the
+//! file on disk is mapped and sent as it is. `sendfile` then reads the file system's page cache
+//! (`filemap_splice_read`, ext4's large folios) instead of looking up a memfd's shmem pages one
+//! by one (`shmem_file_splice_read`, a third of the appliance's CPU serving roots: see
+//! docs/benchmarks/root.md), and a root costs its page cache, not a second copy in memory.
 use std::{
     io::{self, Write as _},
     num::NonZeroUsize,
@@ -61,26 +68,53 @@ pub fn seal(name: &str, data: &[u8]) -> io::Result<(Bytes, Option<SealedFile>)> 
     Ok((Bytes::from_owner(mapping), Some(SealedFile::new(fd))))
 }
 
-/// A read-only shared mapping of a sealed memfd. The mapping keeps the file's pages alive by
+/// Maps `file`, opened read-only, as it is on disk: no copy, no seal. Returns the mapping as
+/// [`Bytes`] and the descriptor to `sendfile` from. Empty files get no mapping.
+///
+/// The caller promises what a seal would enforce: nobody writes to or truncates the file while
+/// the returned values live. The root cache keeps that promise by construction: every file in
+/// it is written under a temporary name and renamed into place, never written again (a changed
+/// root is a new directory, a changed chunk a new name), and removed only by unlinking, which
+/// leaves an open file's pages alone. A file truncated anyway would make a read of the mapping
+/// past its new end raise `SIGBUS`, and `sendfile` past it fail the connection (`EIO`).
+pub fn map_in_place(file: std::fs::File) -> io::Result<(Bytes, Option<SealedFile>)> {
+    let size = file.metadata()?.len();
+    let len = usize::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
+    let Some(len) = NonZeroUsize::new(len) else {
+        return Ok((Bytes::new(), None));
+    };
+    let fd = OwnedFd::from(file);
+    let mapping = SealedMapping(Mapping::read_only(fd.as_fd(), len.get())?);
+    Ok((Bytes::from_owner(mapping), Some(SealedFile::new(fd))))
+}
+
+/// A read-only shared mapping of a sealed memfd, or of a file that never changes (see
+/// [`map_in_place`]). The mapping keeps the file's pages alive by
 /// itself; the descriptor may be closed before it.
 struct SealedMapping(Mapping);
 
-// SAFETY: the mapping is read-only and its contents never change (sealed), so sharing it across
-// threads is like sharing an immutable `[u8]`. (`Mapping` is already `Send`.)
+// SAFETY: the mapping is read-only and its contents never change (sealed, or unchanging by the
+// promise of `map_in_place`'s caller), so sharing it across threads is like sharing an immutable
+// `[u8]`. (`Mapping` is already `Send`.)
 unsafe impl Sync for SealedMapping {}
 
 impl AsRef<[u8]> for SealedMapping {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: a live PROT_READ mapping of the whole sealed file (see `seal`), unmapped only
-        // when `self` drops, after every borrow ended (Bytes drops its owner after the last
-        // slice is gone); its contents are sealed against change and truncation.
+        // SAFETY: a live PROT_READ mapping of the whole file (see `seal` and `map_in_place`),
+        // unmapped only when `self` drops, after every borrow ended (Bytes drops its owner after
+        // the last slice is gone); its contents are sealed against change and truncation, or,
+        // mapped in place, never changed or truncated by the promise of `map_in_place`'s caller.
         unsafe { std::slice::from_raw_parts(self.0.ptr().as_ptr(), self.0.len()) }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::{fd::AsFd as _, unix::fs::FileExt as _};
+    use std::os::{
+        fd::AsFd as _,
+        unix::fs::{FileExt as _, MetadataExt as _},
+    };
 
     use super::*;
 
@@ -107,6 +141,29 @@ mod tests {
         let tail = bytes.slice(299_990..);
         drop((bytes, file, dup));
         assert_eq!(&tail[..], &data[299_990..]);
+    }
+
+    #[test]
+    fn a_file_mapped_in_place_is_served_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (bytes, file) = map_in_place(std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(&bytes[..], &data[..]);
+        let file = file.expect("a non-empty file has a descriptor");
+        // The descriptor is the file on disk itself (same inode), not a copy of it.
+        let on_disk = std::fs::metadata(&path).unwrap();
+        let served = nix::sys::stat::fstat(file.as_fd()).unwrap();
+        assert_eq!(served.st_ino, on_disk.ino());
+        // Unlinking the name (what garbage collection does) leaves the mapping whole.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(&bytes.slice(150_000..)[..], &data[150_000..]);
+
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        let (empty, none) =
+            map_in_place(std::fs::File::open(dir.path().join("empty")).unwrap()).unwrap();
+        assert!(empty.is_empty() && none.is_none());
     }
 
     #[test]

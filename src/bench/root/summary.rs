@@ -29,6 +29,11 @@ pub struct RootSummary {
     pub bytes: u64,
     pub requests: u64,
     pub http_retries: u64,
+    /// The node agent's retries (see `NodeRetry`): runs that failed or stalled and were
+    /// fetched chunk by chunk, chunks fetched again on their own, root steps started again.
+    pub runs_failed: u64,
+    pub chunk_retries: u64,
+    pub root_restarts: u64,
     /// `bytes` over the time to the last root (or the elapsed time if some failed).
     pub throughput_mib_s: f64,
     /// CPU the simulated machines used (this process).
@@ -108,6 +113,9 @@ impl RootSummary {
             bytes,
             requests: machines.iter().map(|m| m.requests).sum(),
             http_retries: 0,
+            runs_failed: 0,
+            chunk_retries: 0,
+            root_restarts: 0,
             throughput_mib_s: bytes as f64 / span / (1024.0 * 1024.0),
             client_cpu_s,
             host_busy_cpu_s: None,
@@ -174,6 +182,13 @@ impl RootSummary {
                 t,
                 "requests retried on a new connection (kept-alive one closed unanswered): {}",
                 self.http_retries
+            );
+        }
+        if self.runs_failed + self.chunk_retries + self.root_restarts > 0 {
+            let _ = writeln!(
+                t,
+                "the node agent's retries: {} runs failed (fetched chunk by chunk), {} chunks fetched again, {} root steps started again",
+                self.runs_failed, self.chunk_retries, self.root_restarts
             );
         }
         if let Some(s) = &self.server {

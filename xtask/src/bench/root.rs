@@ -342,6 +342,8 @@ struct RootResult {
     cpu_per_gb: Option<f64>,
     bench_cpu: f64,
     retries: u64,
+    /// The node agent's retries the bench played: runs failed / chunks again / root steps again.
+    agent_retries: [u64; 3],
     host_busy: Option<f64>,
     failures: String,
     command: String,
@@ -440,6 +442,8 @@ fn run_bench(
         cpu_per_gb: report["server_cpu_s_per_gb"].as_f64(),
         bench_cpu: report["client_cpu_s"].as_f64().unwrap_or(0.0),
         retries: report["http_retries"].as_u64().unwrap_or(0),
+        agent_retries: ["runs_failed", "chunk_retries", "root_restarts"]
+            .map(|k| report[k].as_u64().unwrap_or(0)),
         host_busy: report["host_busy_cpu_s"].as_f64(),
         failures,
         command,
@@ -617,16 +621,16 @@ fn summary(
     );
     let _ = writeln!(
         md,
-        "| server | machines | roots verified | time to last root (s) | p50 (ms) | p99 (ms) | max (ms) | GiB served | server CPU (s) | server CPU per GB (s) | bench CPU (s) | host CPU busy (s) | retries | failures |"
+        "| server | machines | roots verified | time to last root (s) | p50 (ms) | p99 (ms) | max (ms) | GiB served | server CPU (s) | server CPU per GB (s) | bench CPU (s) | host CPU busy (s) | retries | agent retries (runs / chunks / roots) | failures |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {:.1} | {} | {} | {} / {} / {} | {} |",
             r.server,
             r.clients,
             r.verified,
@@ -641,6 +645,9 @@ fn summary(
             r.bench_cpu,
             opt(r.host_busy, 1.0, 1),
             r.retries,
+            r.agent_retries[0],
+            r.agent_retries[1],
+            r.agent_retries[2],
             if r.failures.is_empty() {
                 "-"
             } else {
