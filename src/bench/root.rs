@@ -42,75 +42,17 @@ use super::{
     storm::{split_http_url, tcp_socket},
 };
 
+mod drive;
+mod retry;
 mod setup;
 mod summary;
 mod usage;
 
+use drive::{drive, show_progress};
+use retry::{NODE_RUN_CHUNKS, NODE_RUN_WORKERS, NodeRetry};
 use setup::{machine_addresses, mask, parse_sources, source};
 pub use summary::RootSummary;
 use usage::{host_cpu, tree_usage};
-
-/// The node agent's run workers (`RUN_WORKERS` in node/src/agent.rs), each with a kept-alive
-/// connection of its own: what one real machine keeps in flight.
-const NODE_RUN_WORKERS: usize = 2;
-
-/// Chunks per request of the node agent (`RUN_CHUNKS` in node/src/agent.rs).
-const NODE_RUN_CHUNKS: usize = 16;
-
-/// How a simulated machine rides out a stalled or failed request: the node agent's policy,
-/// so the bench counts what machines would do, not a failure the agent would have retried.
-/// (The agent is built for another target and its constants are not importable here.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct NodeRetry {
-    /// Longest wait between bytes of a response before it fails (`FETCH_TIMEOUT`, 10 s).
-    fetch_timeout: Duration,
-    /// Fetches of one chunk before the root step fails (`ChunkRetry::attempts`, 5).
-    chunk_attempts: u32,
-    /// Wait after a chunk's first failure, doubling up to `chunk_max_delay`
-    /// (`ChunkRetry`: 0.5 s to 4 s).
-    chunk_first_delay: Duration,
-    chunk_max_delay: Duration,
-    /// Wait before the whole root step again (manifest, then every chunk) after it failed,
-    /// doubling up to `step_max_delay`, minus up to a quarter of jitter (`StepBackoff`: 2 s
-    /// to 60 s).
-    step_first_delay: Duration,
-    step_max_delay: Duration,
-}
-
-impl NodeRetry {
-    const AGENT: Self = Self {
-        fetch_timeout: Duration::from_secs(10),
-        chunk_attempts: 5,
-        chunk_first_delay: Duration::from_millis(500),
-        chunk_max_delay: Duration::from_secs(4),
-        step_first_delay: Duration::from_secs(2),
-        step_max_delay: Duration::from_secs(60),
-    };
-
-    /// Wait before a chunk's next fetch after `failures` failed ones (at least 1).
-    fn chunk_delay(&self, failures: u32) -> Duration {
-        doubled(self.chunk_first_delay, failures.saturating_sub(1)).min(self.chunk_max_delay)
-    }
-
-    /// Wait before the root step's next attempt after `failures` failed ones (at least 1),
-    /// jittered from `rng` as the agent jitters from its MAC.
-    fn step_delay(&self, failures: u32, rng: &mut u64) -> Duration {
-        let base =
-            doubled(self.step_first_delay, failures.saturating_sub(1)).min(self.step_max_delay);
-        let quarter = base.as_millis() as u64 / 4;
-        let jitter = match quarter {
-            0 => 0,
-            q => stampede_proto::dhcp::splitmix64(rng) % (q + 1),
-        };
-        base.saturating_sub(Duration::from_millis(jitter))
-    }
-}
-
-fn doubled(first: Duration, times: u32) -> Duration {
-    first
-        .checked_mul(1u32.checked_shl(times).unwrap_or(u32::MAX))
-        .unwrap_or(Duration::MAX)
-}
 
 #[derive(Debug, clap::Args)]
 pub struct RootArgs {
@@ -865,119 +807,6 @@ impl RootSim {
                 None => "deadline passed".to_owned(),
             };
             self.finish(env, now, Some(reason));
-        }
-    }
-}
-
-/// Runs `machines` (index, address) on one ring until all have finished or the deadline
-/// passed. Events go to the machine and connection slot owning the socket; timers come from one
-/// heap.
-fn drive(
-    ctx: &Ctx,
-    ring: &mut ClientRing,
-    machines: Vec<(usize, Ipv4Addr)>,
-) -> anyhow::Result<Vec<RootRecord>> {
-    let mut sims: Vec<RootSim> = machines
-        .into_iter()
-        .enumerate()
-        .map(|(pos, (index, ip))| RootSim::new(ctx, index, pos, ip))
-        .collect();
-    let mut owners: Vec<(usize, usize)> = Vec::new();
-    // (when, machine); an entry is live while it equals the machine's `wake`.
-    let mut timers = BinaryHeap::new();
-    let mut queued: Vec<Option<Instant>> = sims.iter().map(|s| s.wake).collect();
-    for (i, s) in sims.iter().enumerate() {
-        if let Some(w) = s.wake {
-            timers.push(Reverse((w, i)));
-        }
-    }
-    let mut counted = vec![false; sims.len()];
-    let mut remaining = sims.len();
-    let mut touched = Vec::new();
-    while remaining > 0 {
-        let now = Instant::now();
-        if now >= ctx.deadline {
-            let mut env = Env {
-                ctx,
-                io: ring.sockets(),
-                owners: &mut owners,
-            };
-            for sim in &mut sims {
-                sim.expire(&mut env, now);
-            }
-            break;
-        }
-        let next = timers
-            .peek()
-            .map_or(ctx.deadline, |Reverse((t, _))| *t)
-            .min(ctx.deadline);
-        ring.run_once(Some(next), |event, io| {
-            let now = Instant::now();
-            let Some(&(i, slot)) = owners.get(event.socket().index()) else {
-                return;
-            };
-            if i >= sims.len() {
-                return;
-            }
-            let mut env = Env {
-                ctx,
-                io,
-                owners: &mut owners,
-            };
-            sims[i].on_event(&mut env, now, slot, event);
-            touched.push(i);
-        })
-        .context("driving the machines' sockets")?;
-        let now = Instant::now();
-        while let Some(&Reverse((t, i))) = timers.peek() {
-            if t > now {
-                break;
-            }
-            timers.pop();
-            if queued[i] == Some(t) {
-                queued[i] = None;
-            }
-            if sims[i].wake == Some(t) {
-                let mut env = Env {
-                    ctx,
-                    io: ring.sockets(),
-                    owners: &mut owners,
-                };
-                sims[i].on_timer(&mut env, now);
-                touched.push(i);
-            }
-        }
-        for i in touched.drain(..) {
-            if sims[i].is_finished() {
-                if !counted[i] {
-                    counted[i] = true;
-                    remaining -= 1;
-                }
-            } else if let Some(w) = sims[i].wake
-                && queued[i] != Some(w)
-            {
-                queued[i] = Some(w);
-                timers.push(Reverse((w, i)));
-            }
-        }
-    }
-    Ok(sims.into_iter().map(|s| s.record).collect())
-}
-
-/// A line every 5 s on stderr until `stop`.
-fn show_progress(p: &Progress, stop: &AtomicBool, epoch: Instant, total: usize) {
-    let mut ticks = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        ticks += 1;
-        if ticks.is_multiple_of(25) {
-            eprintln!(
-                "bench root: {:.0} s: {}/{total} roots verified, {} failed, {:.0} MiB",
-                epoch.elapsed().as_secs_f64(),
-                p.verified.load(Ordering::Relaxed),
-                p.failed.load(Ordering::Relaxed),
-                p.bytes.load(Ordering::Relaxed) as f64 / 1048576.0
-            );
         }
     }
 }
