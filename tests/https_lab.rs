@@ -80,6 +80,23 @@ fn curl_fetches_boot_files_over_https_trusting_the_appliance_ca_and_refuses_anot
     let dir = lab.payload.dir.path();
     let ca = dir.join("ca").join("ca.pem");
     assert!(ca.exists(), "no appliance CA at {}", ca.display());
+    // `stampede ctl ca show` prints it, offline, from the state directory.
+    let shown = stampede_lab::run_with_timeout(
+        {
+            let mut c = std::process::Command::new(support::appliance::STAMPEDE);
+            c.args(["ctl", "ca", "show", "--state"])
+                .arg(dir.join("state.redb"));
+            c
+        },
+        Duration::from_secs(10),
+    )
+    .expect("ctl runs");
+    assert!(shown.status.success(), "{}", shown.stderr);
+    assert_eq!(
+        shown.stdout,
+        std::fs::read_to_string(&ca).expect("CA"),
+        "ctl ca show prints the stored CA"
+    );
     let ip = lab.lab.server_ip();
     let base = format!("https://{ip}:{HTTPS_PORT}");
     let ca_arg = ca.to_str().expect("utf-8 path");
