@@ -189,7 +189,7 @@ fn curl_fetches_boot_files_over_https_trusting_the_appliance_ca_and_refuses_anot
 
 #[test]
 fn the_appliance_ca_survives_a_restart_and_operator_certificates_replace_it() {
-    if !require!(&["curl", "ss"]) {
+    if !require!(&["curl", "ss", "busybox"]) {
         return;
     }
     let lab = LabBoot::new(1 << 16, 1 << 16)
@@ -209,10 +209,13 @@ fn the_appliance_ca_survives_a_restart_and_operator_certificates_replace_it() {
     // The same state directory: the same CA, so firmware handed it once keeps working.
     let ip = hosts.server_ip();
     let (operator_ca, cert, key) = other_ca(payload.dir.path(), ip);
+    let range = format!("{}-{}", hosts.subnet.host(100), hosts.subnet.host(110));
     let server = support::appliance::start_boot(
         &hosts.server,
         &hosts.server_if,
         &[
+            "--dhcp-range",
+            &range,
             "--https-port",
             HTTPS_PORT,
             "--tls-cert",
@@ -244,11 +247,28 @@ fn the_appliance_ca_survives_a_restart_and_operator_certificates_replace_it() {
     };
     let out = fetch(&operator_ca);
     assert!(out.status.success(), "{}", out.stderr);
-    // --https-boot-urls: the script chains to the HTTPS port.
+    // iPXE stays on HTTP even with --https-boot-urls (Debian's iPXE has no HTTPS).
     assert!(
-        out.stdout.contains(&format!("chain {base}/")),
+        out.stdout.contains(&format!("chain http://{ip}:8080/")),
         "{}",
         out.stdout
+    );
+    // --https-boot-urls: a UEFI HTTP Boot client (option 60 HTTPClient, arch 16) is told to
+    // fetch its loader by https.
+    let script = support::appliance::udhcpc_script(again.payload.dir.path());
+    let dhcp = support::appliance::udhcpc(
+        &again.lab.client,
+        &again.lab.client_if,
+        3,
+        &script,
+        &["-V", "HTTPClient:Arch:00016:UNDI:003001", "-x", "0x5d:0010"],
+    );
+    let bound = support::appliance::bound(&dhcp.stdout);
+    assert_eq!(
+        bound.get("boot_file").map(String::as_str),
+        Some(format!("{base}/snponly.efi").as_str()),
+        "{}",
+        dhcp.stdout
     );
     let out = fetch(&ca);
     assert_eq!(

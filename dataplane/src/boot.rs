@@ -188,20 +188,19 @@ impl BootPlan {
         root: SharedCatalog,
         ipxe: SharedCatalog,
     ) -> Result<Self, PlanError> {
-        // `http.https_boot_urls`: DHCP boot-file URLs (UEFI HTTP Boot) and the scripts' file
-        // URLs name the HTTPS port; plain HTTP keeps serving the same paths.
-        let (http_base, server_url) = match &config.http.https {
-            Some(https) if https.boot_urls => (
-                format!("https://{server_ip}:{}", https.port),
-                ServerUrl::https(IpAddr::V4(server_ip), https.port),
-            ),
-            _ => (
-                format!("http://{server_ip}:{}", config.server.http_port),
-                ServerUrl::new(IpAddr::V4(server_ip), config.server.http_port),
-            ),
-        };
+        let http_base = format!("http://{server_ip}:{}", config.server.http_port);
+        let server_url = ServerUrl::new(IpAddr::V4(server_ip), config.server.http_port);
 
         let mut boot = BootConfig::new(server_ip, http_base.clone());
+        // `http.https_boot_urls`: UEFI HTTP Boot firmware gets its loader by `https://`; iPXE
+        // and its scripts stay on HTTP (Debian's iPXE has no HTTPS, and iPXE trusts only CAs
+        // built into it).
+        boot.http_boot_base = config
+            .http
+            .https
+            .as_ref()
+            .filter(|https| https.boot_urls)
+            .map(|https| format!("https://{server_ip}:{}", https.port));
         boot.loaders = config.boot.loaders.clone();
         boot.ipxe_chainload = config.boot.ipxe_chainload;
         boot.default_profile = DhcpProfile {
@@ -377,8 +376,7 @@ impl BootPlan {
         self.server_ip
     }
 
-    /// `http://<server_ip>:<http_port>` (`https://<server_ip>:<https_port>` with
-    /// `http.https_boot_urls`), no trailing slash (as [`BootConfig::http_base`]).
+    /// `http://<server_ip>:<http_port>`, no trailing slash (as [`BootConfig::http_base`]).
     pub fn http_base(&self) -> &str {
         &self.http_base
     }

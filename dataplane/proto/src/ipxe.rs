@@ -310,14 +310,6 @@ impl ServerUrl {
         Self { base }
     }
 
-    /// [`Self::new`] for an HTTPS server.
-    pub fn https(ip: IpAddr, port: u16) -> Self {
-        let Self { base } = Self::new(ip, port);
-        Self {
-            base: base.replacen("http://", "https://", 1),
-        }
-    }
-
     /// Absolute URL of a boot file; the path is percent-encoded (RFC 3986 §2.1) except
     /// unreserved characters and `/`.
     pub fn url(&self, path: &BootPath) -> String {
