@@ -286,7 +286,14 @@ impl TlsConnection {
             return Ending::Handshake;
         };
         if let Err(e) = self.handshake(&mut tls, tcp) {
-            tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
+            // On the boot timeline: a machine that does not trust the certificate (or speaks
+            // no suite in common) stops here, and the operator must see why.
+            tracing::info!(
+                target: "stampede::boot",
+                client = %self.peer,
+                error = %e,
+                "https handshake failed"
+            );
             return Ending::Handshake;
         }
         if tcp
