@@ -554,7 +554,12 @@ fn run(
             state_dir,
             plan.server_ip(),
             engine::https::HttpsServerConfig {
-                max_connections: config.http.max_connections,
+                // A thread per TLS connection: the plain server's limit (16,384 by default)
+                // would be that many threads, so HTTPS keeps its own smaller default.
+                max_connections: config
+                    .http
+                    .max_connections
+                    .min(engine::https::HttpsServerConfig::default().max_connections),
                 http: config.http.server,
                 events,
                 ..Default::default()
@@ -621,10 +626,13 @@ fn run(
         loop {
             tokio::select! {
                 _ = ticker.tick() => say!(
-                    "stats at={} {} {}",
+                    "stats at={} {} {}{}",
                     stampede_control::timestamp::rfc3339(unix_ms_now()),
                     format_stats(&engine.udp_stats()),
-                    format_http_stats(&http.stats())
+                    format_http_stats(&http.stats()),
+                    https.as_ref().map_or(String::new(), |s| {
+                        format!(" {}", https::format_https_stats(&s.stats()))
+                    })
                 ),
                 _ = metrics_tick.tick() => {
                     let xdp = classifier.as_ref().and_then(|c| {
