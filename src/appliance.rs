@@ -25,6 +25,7 @@ use crate::{
 mod classifier;
 mod control;
 mod host;
+pub(crate) mod https;
 mod stats;
 
 use classifier::{afxdp_sockets, apply_xdp_policy, attach_classifier};
@@ -225,6 +226,10 @@ pub fn boot(args: BootArgs) -> anyhow::Result<()> {
         secure_boot,
         shim: Some(args.shim.clone()),
         grub: Some(args.grub.clone()),
+        https_port: args.https_port,
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        https_boot_urls: args.https_boot_urls,
         // An authoritative range is checked against the interface's network, and takes its
         // prefix.
         link: match dhcp_range {
@@ -572,13 +577,34 @@ fn run(
             workers,
             max_connections_per_worker: config.http.max_connections.div_ceil(workers),
             http: config.http.server,
-            events,
+            events: events.clone(),
             ..HttpServerConfig::default()
         },
         Arc::new(current.clone()),
-        Some(swarm),
+        Some(swarm.clone()),
     )
     .with_context(|| format!("starting the HTTP server on {http_listen}"))?;
+    let https = match &config.http.https {
+        Some(settings) => Some(https::start(
+            settings,
+            state_dir,
+            plan.server_ip(),
+            engine::https::HttpsServerConfig {
+                // A thread per TLS connection: the plain server's limit (16,384 by default)
+                // would be that many threads, so HTTPS keeps its own smaller default.
+                max_connections: config
+                    .http
+                    .max_connections
+                    .min(engine::https::HttpsServerConfig::default().max_connections),
+                http: config.http.server,
+                events,
+                ..Default::default()
+            },
+            Arc::new(current.clone()),
+            Some(swarm),
+        )?),
+        None => None,
+    };
     let _router_advertisements = if config.server.router_advertisements {
         match engine::ra::RaResponder::start(&iface, Default::default()) {
             Ok(responder) => Some(responder),
@@ -610,9 +636,13 @@ fn run(
         )
     };
     say!(
-        "ready iface={iface} address={} dhcp={dhcp} tftp=69 http={} workers={workers}",
+        "ready iface={iface} address={} dhcp={dhcp} tftp=69 http={}{} workers={workers}",
         plan.server_ip(),
-        config.server.http_port
+        config.server.http_port,
+        https.as_ref().map_or(String::new(), |s| format!(
+            " https={}",
+            s.local_addr().port()
+        ))
     );
 
     runtime.block_on(async {
@@ -632,10 +662,13 @@ fn run(
         loop {
             tokio::select! {
                 _ = ticker.tick() => say!(
-                    "stats at={} {} {}",
+                    "stats at={} {} {}{}",
                     stampede_control::timestamp::rfc3339(unix_ms_now()),
                     format_stats(&engine.udp_stats()),
-                    format_http_stats(&http.stats())
+                    format_http_stats(&http.stats()),
+                    https.as_ref().map_or(String::new(), |s| {
+                        format!(" {}", https::format_https_stats(&s.stats()))
+                    })
                 ),
                 _ = metrics_tick.tick() => {
                     let xdp = classifier.as_ref().and_then(|c| {
@@ -694,6 +727,10 @@ fn run(
     })?;
     // In-flight downloads get a few seconds to finish; new connections are refused meanwhile.
     let http_stats = http.stop(std::time::Instant::now() + HTTP_STOP_GRACE);
+    if let Some(https) = https {
+        let stats = https.stop(std::time::Instant::now() + HTTP_STOP_GRACE);
+        say!("final https_stats {}", https::format_https_stats(&stats));
+    }
     let stats = engine.stop();
     session_saver.stop();
     if let Some(classifier) = classifier.as_mut() {

@@ -63,7 +63,7 @@ enum Command {
     /// attach the XDP boot-traffic classifier and report what it sees.
     Serve(ServeArgs),
     /// Quick mode: boot every machine on the network into KERNEL and INITRDs, no config file.
-    Boot(BootArgs),
+    Boot(Box<BootArgs>),
     /// Drive a running appliance through its control API.
     Ctl(stampede_control::ctl::CtlArgs),
     /// Measure a boot server (Stampede or a peer) under the load of a deployment.
@@ -158,6 +158,20 @@ struct BootArgs {
     /// HTTP port for iPXE scripts, kernels and initrds.
     #[arg(long)]
     http_port: Option<u16>,
+    /// Also serve the same files over HTTPS on this port, with a certificate the appliance CA
+    /// (`<state dir>/ca/ca.pem`) issues for the boot address, unless --tls-cert is given.
+    #[arg(long, value_name = "PORT")]
+    https_port: Option<u16>,
+    /// With --https-port: the operator's certificate chain (PEM) instead of the appliance CA's.
+    #[arg(long, requires_all = ["https_port", "tls_key"], value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// With --tls-cert: its private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// With --https-port: DHCP boot-file URLs (UEFI HTTP Boot) and iPXE scripts name files by
+    /// `https://` (the client must trust the certificate; plain HTTP keeps serving).
+    #[arg(long, requires = "https_port")]
+    https_boot_urls: bool,
     /// Chainload: an iPXE running from a NIC's option ROM gets undionly.kpxe by TFTP, and
     /// that iPXE gets the script (`boot.ipxe_chainload` in a config file).
     #[arg(long)]
@@ -278,7 +292,7 @@ fn main() -> ExitCode {
         Command::Serve(args) if args.check => appliance::check_config(args),
         Command::Serve(args) if args.config.is_some() => appliance::serve_config(args),
         Command::Serve(args) => serve(args),
-        Command::Boot(args) => appliance::boot(args),
+        Command::Boot(args) => appliance::boot(*args),
         Command::Ctl(args) => ctl(args),
         Command::Bench(command) => bench::run(command),
         Command::Completions { shell } => manual::completions(shell),

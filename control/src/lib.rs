@@ -26,6 +26,7 @@ pub mod api_types;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod ca;
 pub mod client;
 pub mod ctl;
 pub mod imports;

@@ -192,6 +192,15 @@ impl BootPlan {
         let server_url = ServerUrl::new(IpAddr::V4(server_ip), config.server.http_port);
 
         let mut boot = BootConfig::new(server_ip, http_base.clone());
+        // `http.https_boot_urls`: UEFI HTTP Boot firmware gets its loader by `https://`; iPXE
+        // and its scripts stay on HTTP (Debian's iPXE has no HTTPS, and iPXE trusts only CAs
+        // built into it).
+        boot.http_boot_base = config
+            .http
+            .https
+            .as_ref()
+            .filter(|https| https.boot_urls)
+            .map(|https| format!("https://{server_ip}:{}", https.port));
         boot.loaders = config.boot.loaders.clone();
         boot.ipxe_chainload = config.boot.ipxe_chainload;
         boot.default_profile = DhcpProfile {

@@ -24,6 +24,7 @@ use std::{
 
 pub mod console;
 pub mod debian_root;
+pub mod edk2;
 pub mod flood;
 pub mod guest;
 pub mod peers;

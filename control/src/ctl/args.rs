@@ -36,6 +36,16 @@ pub struct CtlArgs {
 }
 
 #[derive(Debug, Clone, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM) to hand to firmware and clients (`curl --cacert`).
+    Show {
+        /// The appliance's state file (as `serve --state`); the CA is in `ca/` beside it.
+        #[arg(long, default_value = "/var/lib/stampede/stampede.redb")]
+        state: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
 pub enum CtlCommand {
     /// Machines known to the appliance.
     #[command(subcommand)]
@@ -84,6 +94,10 @@ pub enum CtlCommand {
         /// Where to write the copy (replaced if it exists, once the copy is whole and checked).
         file: PathBuf,
     },
+    /// The appliance CA that signs the HTTPS boot certificate (`http.https_port`): `ca show`
+    /// prints it (PEM), read from the state directory, offline and without a token.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Put a backup in place as the state file, offline: refused while an appliance holds the
     /// state file. The replaced file is kept as STATE.before-restore. Needs no token.
     Restore {

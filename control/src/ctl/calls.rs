@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 
 use super::apply::FleetFile;
 use super::args::{
-    AuditCommand, CtlArgs, CtlCommand, ImagesCommand, LeasesCommand, MachinesCommand,
+    AuditCommand, CaCommand, CtlArgs, CtlCommand, ImagesCommand, LeasesCommand, MachinesCommand,
     ProfilesCommand, TokensCommand, WatchArgs,
 };
 use super::error::CtlError;
@@ -52,6 +52,9 @@ pub(super) async fn run_with(
     if let CtlCommand::Restore { state, file } = &args.command {
         // Offline, and so without a token.
         return restore_offline(state, file, args.json, out);
+    }
+    if let CtlCommand::Ca(CaCommand::Show { state }) = &args.command {
+        return ca_show(state, out);
     }
     let token = token_or(
         args.token.clone(),
@@ -268,6 +271,7 @@ pub(super) async fn run_with(
             Ok(())
         }
         CtlCommand::Restore { state, file } => restore_offline(&state, &file, args.json, out),
+        CtlCommand::Ca(CaCommand::Show { state }) => ca_show(&state, out),
         CtlCommand::Sessions { mac: None } => {
             let sessions = client.sessions().await?;
             print_timed_or(out, args.json, sessions.as_slice(), print_sessions)
@@ -480,6 +484,21 @@ async fn watch(
 
 /// `ctl restore`: the backup replaces the state file, not through the API (see
 /// [`crate::backup`] for why).
+/// `ctl ca show`: the CA certificate from `<state dir>/ca/ca.pem`, as stored.
+fn ca_show(state: &std::path::Path, out: &mut impl Write) -> Result<(), CtlError> {
+    let dir = state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let path = dir.join("ca").join(crate::ca::CA_CERT);
+    let pem = std::fs::read_to_string(&path).map_err(|source| CtlError::ReadFile {
+        path: path.clone(),
+        source,
+    })?;
+    out.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
 fn restore_offline(
     state: &std::path::Path,
     file: &std::path::Path,

@@ -15,7 +15,7 @@ mod print;
 
 pub use apply::{ApplyAction, ApplyCounts, ApplyReport, EntryKind, FleetFile, PlannedChange};
 pub use args::{
-    AuditCommand, CtlArgs, CtlCommand, ImagesCommand, LeasesCommand, MachinesCommand,
+    AuditCommand, CaCommand, CtlArgs, CtlCommand, ImagesCommand, LeasesCommand, MachinesCommand,
     ProfilesCommand, TOKEN_ENV, TokensCommand, WatchArgs,
 };
 pub use error::CtlError;

@@ -56,6 +56,8 @@ pub enum Problem {
     OutOfRange { value: u64, min: u64, max: u64 },
     #[error("a certificate needs its key and a key its certificate: set both or neither")]
     TlsPairIncomplete,
+    #[error("only means something with {0} set")]
+    Requires(&'static str),
     #[error("{0:?} is not a socket address like 127.0.0.1:7070")]
     BadSocketAddr(String),
     #[error("authoritative DHCP needs server.interfaces to name the boot network")]

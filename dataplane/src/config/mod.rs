@@ -56,6 +56,6 @@ pub use parse::{
 pub use quick::{QUICK_PROFILE, QuickBoot};
 pub use settings::{
     AfXdpChoice, ApiTlsFiles, ApplianceConfig, BootSettings, DhcpMode, DhcpSettings, GRUB_NAME,
-    HttpSettings, MacPolicy, Machine, Profile, Reservation, SHIM_NAME, SecureBoot, ServerSettings,
-    TftpSettings, XdpFilterSettings, XdpMacLists, network_of,
+    HttpSettings, HttpsSettings, MacPolicy, Machine, Profile, Reservation, SHIM_NAME, SecureBoot,
+    ServerSettings, TftpSettings, TlsIdentity, XdpFilterSettings, XdpMacLists, network_of,
 };

@@ -40,6 +40,13 @@ pub struct QuickBoot {
     /// `--shim`, `--grub`: `None` is [`defaults::SHIM`], [`defaults::GRUB`].
     pub shim: Option<PathBuf>,
     pub grub: Option<PathBuf>,
+    /// `--https-port`: HTTPS boot beside HTTP (`http.https_port`).
+    pub https_port: Option<u16>,
+    /// `--tls-cert`, `--tls-key`: the operator's certificate instead of the appliance CA's.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `--https-boot-urls`: hand out `https://` boot URLs (`http.https_boot_urls`).
+    pub https_boot_urls: bool,
 }
 
 /// Whether the command-line template `cmdline` fills in `{hostname}` (not the literal
@@ -145,6 +152,13 @@ impl ApplianceConfig {
                 ..wire::Server::default()
             },
             dhcp,
+            http: wire::Http {
+                https_port: q.https_port,
+                tls_cert: q.tls_cert,
+                tls_key: q.tls_key,
+                https_boot_urls: q.https_boot_urls,
+                ..wire::Http::default()
+            },
             boot: wire::Boot {
                 files,
                 ipxe_dir: q.ipxe_dir,

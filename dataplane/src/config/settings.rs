@@ -320,11 +320,31 @@ pub struct TftpSettings {
 }
 
 /// `[http]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     pub server: http::ServerConfig,
     /// Connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// HTTPS boot beside plain HTTP; `None`: plain HTTP only (the default).
+    pub https: Option<HttpsSettings>,
+}
+
+/// `http.https_port`, `http.tls_cert`, `http.tls_key`, `http.https_boot_urls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsSettings {
+    pub port: u16,
+    pub identity: TlsIdentity,
+    /// iPXE scripts name kernels and initrds by `https://` URLs.
+    pub boot_urls: bool,
+}
+
+/// Whose certificate HTTPS boot presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsIdentity {
+    /// Issued at each start by the appliance CA (`<state dir>/ca/`) for the boot address.
+    ApplianceCa,
+    /// The operator's PEM certificate chain and key, read when the server starts.
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 impl ApplianceConfig {

@@ -95,6 +95,35 @@ fn api_tls_files_are_read_as_a_pair() {
 }
 
 #[test]
+fn https_boot_is_off_by_default_and_uses_the_appliance_ca_unless_given_files() {
+    assert_eq!(parse(MINIMAL).http.https, None, "plain HTTP only");
+    let c = parse(&format!("[http]\nhttps_port = 8443\n{MINIMAL}"));
+    assert_eq!(
+        c.http.https,
+        Some(HttpsSettings {
+            port: 8443,
+            identity: TlsIdentity::ApplianceCa,
+            boot_urls: false,
+        })
+    );
+    let c = parse(&format!(
+        "[http]\nhttps_port = 8443\ntls_cert = \"/etc/stampede/boot.pem\"\n\
+         tls_key = \"/etc/stampede/boot.key\"\nhttps_boot_urls = true\n{MINIMAL}"
+    ));
+    assert_eq!(
+        c.http.https,
+        Some(HttpsSettings {
+            port: 8443,
+            identity: TlsIdentity::Files {
+                cert: PathBuf::from("/etc/stampede/boot.pem"),
+                key: PathBuf::from("/etc/stampede/boot.key"),
+            },
+            boot_urls: true,
+        })
+    );
+}
+
+#[test]
 fn minimal_file_gets_documented_defaults() {
     let c = parse(MINIMAL);
     assert_eq!(c.server.http_port, 8080);
@@ -222,6 +251,10 @@ fn each_invalid_value_names_its_key() {
             ("[server]\napi = \"localhost\"".into(), "server.api", "not a socket address"),
             ("[server]\napi_tls_cert = \"/etc/stampede/api.pem\"".into(), "server.api_tls_key", "set both or neither"),
             ("[server]\napi_tls_key = \"/etc/stampede/api.key\"".into(), "server.api_tls_cert", "set both or neither"),
+            ("[http]\ntls_cert = \"/etc/stampede/boot.pem\"".into(), "http.tls_cert", "only means something with http.https_port set"),
+            ("[http]\nhttps_boot_urls = true".into(), "http.https_boot_urls", "only means something with http.https_port set"),
+            ("[http]\nhttps_port = 0".into(), "http.https_port", "out of range"),
+            ("[http]\nhttps_port = 8443\ntls_cert = \"/etc/stampede/boot.pem\"".into(), "http.tls_key", "set both or neither"),
             (
                 "[[profiles]]\nname = \"x\"\nkernel = \"k\"\ncmdline = \"ip={macc}\"".into(),
                 "profiles[1].cmdline",

@@ -23,8 +23,8 @@ use super::parse::{
 };
 use super::settings::{
     AfXdpChoice, ApiTlsFiles, ApplianceConfig, BootSettings, DhcpMode, DhcpSettings, GRUB_NAME,
-    HttpSettings, MacPolicy, Machine, Profile, Reservation, SHIM_NAME, SecureBoot, ServerSettings,
-    TftpSettings, XdpFilterSettings,
+    HttpSettings, HttpsSettings, MacPolicy, Machine, Profile, Reservation, SHIM_NAME, SecureBoot,
+    ServerSettings, TftpSettings, TlsIdentity, XdpFilterSettings,
 };
 use super::wire;
 
@@ -898,7 +898,48 @@ fn http_settings(w: &wire::Http) -> Result<HttpSettings, ConfigError> {
             1024,
         )? as usize,
     };
+    let https = match (w.https_port, &w.tls_cert, &w.tls_key) {
+        (None, None, None) if !w.https_boot_urls => None,
+        (None, ..) => {
+            let key = if w.https_boot_urls {
+                "http.https_boot_urls"
+            } else if w.tls_cert.is_some() {
+                "http.tls_cert"
+            } else {
+                "http.tls_key"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                Problem::Requires("http.https_port"),
+            ));
+        }
+        (Some(0), ..) => return Err(out_of_range("http.https_port", 0, 1, 65535)),
+        (Some(port), cert, key) => Some(HttpsSettings {
+            port,
+            boot_urls: w.https_boot_urls,
+            identity: match (cert, key) {
+                (None, None) => TlsIdentity::ApplianceCa,
+                (Some(cert), Some(key)) => TlsIdentity::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                (Some(_), None) => {
+                    return Err(ConfigError::invalid(
+                        "http.tls_key",
+                        Problem::TlsPairIncomplete,
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        "http.tls_cert",
+                        Problem::TlsPairIncomplete,
+                    ));
+                }
+            },
+        }),
+    };
     Ok(HttpSettings {
+        https,
         server,
         max_connections: number(
             "http.max_connections",

@@ -238,6 +238,15 @@ pub struct Http {
     pub max_request_line: Option<u64>,
     pub max_head: Option<u64>,
     pub max_headers: Option<u64>,
+    /// HTTPS boot on this port beside plain HTTP; unset: no HTTPS.
+    pub https_port: Option<u16>,
+    /// The operator's certificate chain and key (PEM) for HTTPS boot; unset: the appliance
+    /// CA issues one.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `true`: iPXE scripts load kernels and initrds by `https://` (needs `https_port`).
+    #[serde(default)]
+    pub https_boot_urls: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -151,7 +151,7 @@ pub struct HttpStats {
 }
 
 impl HttpStats {
-    fn add(&mut self, other: &Self) {
+    pub(crate) fn add(&mut self, other: &Self) {
         self.accepted += other.accepted;
         self.closed += other.closed;
         self.refused += other.refused;
@@ -182,7 +182,7 @@ impl HttpStats {
     }
 
     /// Counts one response that took `took` to send.
-    fn observe_response(&mut self, took: Duration) {
+    pub(crate) fn observe_response(&mut self, took: Duration) {
         let secs = took.as_secs_f64();
         let at = RESPONSE_SECONDS_BOUNDS.partition_point(|bound| *bound < secs);
         self.response_seconds[at] += 1;
@@ -197,7 +197,10 @@ impl HttpStats {
 
 /// A [`Route`] shared by every connection of every worker, asked on behalf of one
 /// connection's client ([`Route::route_from`]).
-struct SharedRoute(Arc<dyn Route + Send + Sync>, SocketAddr);
+pub(crate) struct SharedRoute(
+    pub(crate) Arc<dyn Route + Send + Sync>,
+    pub(crate) SocketAddr,
+);
 
 impl Route for SharedRoute {
     fn route(&self, path: &BootPath, query: Option<&str>) -> Option<Result<BootFile, OpenError>> {
@@ -205,7 +208,7 @@ impl Route for SharedRoute {
     }
 }
 
-type Catalog = Arc<dyn FileCatalog + Send + Sync>;
+pub(crate) type Catalog = Arc<dyn FileCatalog + Send + Sync>;
 
 /// A running server: worker threads serving one address. Dropping it stops the workers at once
 /// (in-flight responses are cut); [`stop`](Self::stop) lets them finish.
@@ -625,43 +628,12 @@ impl WorkerState {
             let Some(transmit) = session.http.poll_output(now, &mut head) else {
                 break;
             };
-            let class = usize::from(transmit.status.0 / 100).min(5);
-            self.stats.responses_by_class[class] += 1;
-            if let Some(rejection) = transmit.rejection {
-                *self.stats.rejections.entry(rejection.as_str()).or_default() += 1;
-            }
-            // One line per request: with the DHCP and TFTP lines it is the machine's boot
-            // timeline (`stampede::boot`).
-            // The client chose the target: escaped and bounded for the log and the event.
-            let path = stampede_proto::text::peer_text(transmit.target.as_bytes());
-            tracing::info!(
-                target: "stampede::boot",
-                client = %session.peer,
-                path = %path,
-                status = transmit.status.0,
-                bytes = transmit.body.len,
-                "http response"
+            report_response(
+                &mut self.stats,
+                &self.config.events,
+                session.peer,
+                &transmit,
             );
-            self.config
-                .events
-                .record(stampede_proto::events::BootEvent {
-                    at_unix_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                    mac: None,
-                    client: session.peer,
-                    kind: match crate::boot::node_report(&transmit.target) {
-                        // A diskless node's agent reporting a step: filed as that step.
-                        Some((step, detail)) if transmit.status.0 == 200 => {
-                            stampede_proto::events::BootEventKind::NodeStep { step, detail }
-                        }
-                        _ => stampede_proto::events::BootEventKind::HttpResponse {
-                            path,
-                            status: transmit.status.0,
-                            bytes: transmit.body.len,
-                        },
-                    },
-                });
             session.sending += 1;
             session.queued_at.push_back(now);
             self.actions.push(Action::Send(conn, head, transmit.body));
@@ -726,6 +698,50 @@ impl WorkerState {
             self.pump(conn, now);
         }
     }
+}
+
+/// Counts one response and files it: one log line per request (with the DHCP and TFTP lines it
+/// is the machine's boot timeline, `stampede::boot`) and one boot event. Shared by the plain
+/// and the TLS server, so a machine's timeline reads the same over either.
+pub(crate) fn report_response(
+    stats: &mut HttpStats,
+    events: &stampede_proto::events::Events,
+    peer: SocketAddr,
+    transmit: &stampede_proto::http::server::Transmit,
+) {
+    let class = usize::from(transmit.status.0 / 100).min(5);
+    stats.responses_by_class[class] += 1;
+    if let Some(rejection) = transmit.rejection {
+        *stats.rejections.entry(rejection.as_str()).or_default() += 1;
+    }
+    // The client chose the target: escaped and bounded for the log and the event.
+    let path = stampede_proto::text::peer_text(transmit.target.as_bytes());
+    tracing::info!(
+        target: "stampede::boot",
+        client = %peer,
+        path = %path,
+        status = transmit.status.0,
+        bytes = transmit.body.len,
+        "http response"
+    );
+    events.record(stampede_proto::events::BootEvent {
+        at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        mac: None,
+        client: peer,
+        kind: match crate::boot::node_report(&transmit.target) {
+            // A diskless node's agent reporting a step: filed as that step.
+            Some((step, detail)) if transmit.status.0 == 200 => {
+                stampede_proto::events::BootEventKind::NodeStep { step, detail }
+            }
+            _ => stampede_proto::events::BootEventKind::HttpResponse {
+                path,
+                status: transmit.status.0,
+                bytes: transmit.body.len,
+            },
+        },
+    });
 }
 
 /// The sealed file and range to `sendfile` a body from, if it has a file and is long enough

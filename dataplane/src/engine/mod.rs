@@ -18,6 +18,7 @@
 //! (`AFXDP_PORTS`) while it runs, so the program steers that port's frames to the path.
 pub mod afxdp;
 pub mod http;
+pub mod https;
 pub mod ra;
 pub mod udp;
 

@@ -154,6 +154,10 @@ pub struct BootConfig {
     pub tftp_server: Ipv4Addr,
     /// Base URL of the HTTP server without a trailing slash, e.g. `http://198.18.0.1:8080`.
     pub http_base: String,
+    /// Base URL UEFI HTTP Boot clients get their loader from, when not [`Self::http_base`]:
+    /// the HTTPS server's (`https://198.18.0.1:8443`). iPXE keeps `http_base`: its builds
+    /// trust only the CAs compiled into them.
+    pub http_boot_base: Option<String>,
     pub loaders: Loaders,
     pub default_profile: BootProfile,
     pub profiles_by_mac: HashMap<[u8; 6], BootProfile>,
@@ -169,6 +173,7 @@ impl BootConfig {
         Self {
             tftp_server,
             http_base: http_base.into(),
+            http_boot_base: None,
             loaders: Loaders::default(),
             default_profile: BootProfile {
                 name: "default".into(),
@@ -282,7 +287,14 @@ pub fn decide(client: &BootClient, config: &BootConfig) -> Result<BootDecision, 
         .ok_or(NoBoot::UnsupportedArch(client.arch))?;
     if http {
         return Ok(BootDecision::HttpBoot {
-            url: format!("{}/{}", config.http_base, loader),
+            url: format!(
+                "{}/{}",
+                config
+                    .http_boot_base
+                    .as_deref()
+                    .unwrap_or(&config.http_base),
+                loader
+            ),
         });
     }
     Ok(BootDecision::Chainload {
