@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use stampede_lab::{Netns, TwoHosts, require};
-use support::appliance::{ADMIN_TOKEN, API, Payload, STAMPEDE, serve_command, wait_for_api};
+use stampede_lab::{Netns, require};
+use support::appliance::{ADMIN_TOKEN, API, STAMPEDE, ServeLab};
 
 /// `stampede ctl ARGS` in `ns` with no token on the command line and `env` set.
 fn ctl_env(ns: &Netns, env: &[(&str, &str)], args: &[&str]) -> stampede_lab::Output {
@@ -60,27 +60,15 @@ fn file_entries_are_listed_and_api_machines_may_boot_file_profiles() {
     if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let dir = payload.dir.path();
-    let config = dir.join("stampede.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ninterfaces = [\"{}\"]\n\
-             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\" }}\n\
-             [[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\n\
-             [[machines]]\nmac = \"52:54:00:60:00:01\"\nhostname = \"file01\"\n\
-             profile = \"live\"\nlabels = [\"rack=r1\"]\n\
-             [xdp]\nmode = \"off\"\n",
-            lab.server_if,
-            payload.kernel.display(),
-        ),
-    )
-    .expect("write config");
-    let command = serve_command(&lab.server, &config, dir);
-    let server = stampede_lab::Process::spawn(command).expect("serve");
-    wait_for_api(&lab.server);
+    let fixture = ServeLab::new();
+    let lab = &fixture.lab;
+    fixture.write(
+        "[boot]\nfiles = { \"vmlinuz\" = \"{kernel}\" }\n\
+         [[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\n\
+         [[machines]]\nmac = \"52:54:00:60:00:01\"\nhostname = \"file01\"\n\
+         profile = \"live\"\nlabels = [\"rack=r1\"]",
+    );
+    let server = fixture.serve();
 
     // An API machine boots the file's profile (was 422: "names profile "live", which does not
     // exist").

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use stampede_control::model::{BootPolicy, BootTarget, MacAddr, ProfileSpec};
 use stampede_control::{BootProfile, Caller, ControlState, Machine, Metrics, Role};
-use stampede_lab::{Netns, TwoHosts, require};
+use stampede_lab::{Netns, require};
 use support::appliance::{
-    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, stop, wait_for_api,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, ServeLab, stop,
 };
 
 /// One request with the admin token; status and JSON body (Null when none).
@@ -375,24 +375,16 @@ fn a_refused_reload_shows_in_health_and_metrics() {
     if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let dir = payload.dir.path();
-    let config = dir.join("stampede.toml");
+    let fixture = ServeLab::new();
+    let lab = &fixture.lab;
     let write = |kernel: &str| {
-        let text = format!(
-            "[server]\ninterfaces = [\"{}\"]\n\
-             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\" }}\ndefault_profile = \"lab\"\n\
-             [[profiles]]\nname = \"lab\"\nkernel = \"{kernel}\"\n[xdp]\nmode = \"off\"\n",
-            lab.server_if,
-            payload.kernel.display(),
-        );
-        std::fs::write(&config, text).expect("write config");
+        fixture.write(&format!(
+            "[boot]\nfiles = {{ \"vmlinuz\" = \"{{kernel}}\" }}\ndefault_profile = \"lab\"\n\
+             [[profiles]]\nname = \"lab\"\nkernel = \"{kernel}\""
+        ));
     };
     write("vmlinuz");
-    let command = serve_command(&lab.server, &config, dir);
-    let server = stampede_lab::Process::spawn(command).expect("serve");
-    wait_for_api(&lab.server);
+    let server = fixture.serve();
     let (health, failures) = health_and_failures(&lab.server);
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(failures, "stampede_reload_failures_total 0");
@@ -441,28 +433,16 @@ fn profiles_naming_files_not_on_disk_are_refused_at_write() {
     if !require!(&["curl", "ss"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let dir = payload.dir.path();
-    let config = dir.join("stampede.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ninterfaces = [\"{}\"]\n[boot]\nroot = \"{}\"\n\
-             [[profiles]]\nname = \"file\"\nkernel = \"vmlinuz\"\n[xdp]\nmode = \"off\"\n",
-            lab.server_if,
-            dir.display(),
-        ),
-    )
-    .expect("write config");
+    let fixture = ServeLab::new();
+    let (lab, dir) = (&fixture.lab, fixture.payload.dir.path());
+    fixture.write(&format!(
+        "[boot]\nroot = \"{}\"\n[[profiles]]\nname = \"file\"\nkernel = \"vmlinuz\"",
+        dir.display()
+    ));
     // A link out of the boot root is not a file the appliance serves either.
     std::os::unix::fs::symlink("/etc/hostname", dir.join("escape")).expect("symlink");
     std::fs::create_dir(dir.join("subdir")).expect("a directory");
-    let server = support::appliance::spawn_appliance(
-        serve_command(&lab.server, &config, dir),
-        "serve",
-        || support::appliance::api_answers(&lab.server),
-    );
+    let server = fixture.serve();
 
     let (status, answer) = api(
         &lab.server,
@@ -510,7 +490,7 @@ fn profiles_naming_files_not_on_disk_are_refused_at_write() {
 
     // A stored profile whose file goes away later does not block writes that do not touch it
     // (the reload warns of it): a machine for it is still added.
-    std::fs::remove_file(&payload.initrd).expect("remove the initrd");
+    std::fs::remove_file(&fixture.payload.initrd).expect("remove the initrd");
     let added = ctl_out(
         &lab.server,
         &["machines", "add", "52:54:00:70:00:01", "--profile", "good"],

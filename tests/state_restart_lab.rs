@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use stampede_lab::{Netns, TwoHosts, require};
 use support::appliance::{
-    ADMIN_TOKEN, API, ApplianceLab, LabBoot, Payload, STAMPEDE, serve_command, start_boot, stop,
-    wait_for_api,
+    ADMIN_TOKEN, API, ApplianceLab, LabBoot, STAMPEDE, ServeLab, start_boot, stop, wait_for_api,
 };
 
 const DENIED: &str = "52:54:00:18:00:02";
@@ -260,30 +259,18 @@ fn an_unknown_machine_refused_by_proxy_dhcp_is_on_record() {
     if !require!(&["busybox", "curl", "ss", "ip"]) {
         return;
     }
-    let lab = TwoHosts::new().expect("lab");
-    let payload = Payload::new(4096, 4096);
-    let dir = payload.dir.path();
-    let config = dir.join("stampede.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ninterfaces = [\"{}\"]\n\
-             [dhcp]\nmode = \"proxy\"\n\
-             [boot]\nfiles = {{ \"vmlinuz\" = \"{}\" }}\n\
-             [[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\n\
-             [[machines]]\nmac = \"52:54:00:60:00:01\"\nprofile = \"live\"\n\
-             [xdp]\nmode = \"off\"\n",
-            lab.server_if,
-            payload.kernel.display(),
-        ),
-    )
-    .expect("write config");
-    let command = serve_command(&lab.server, &config, dir);
-    let server = stampede_lab::Process::spawn(command).expect("serve");
-    wait_for_api(&lab.server);
+    let fixture = ServeLab::new();
+    let (lab, dir) = (&fixture.lab, fixture.payload.dir.path());
+    fixture.write(
+        "[dhcp]\nmode = \"proxy\"\n\
+         [boot]\nfiles = { \"vmlinuz\" = \"{kernel}\" }\n\
+         [[profiles]]\nname = \"live\"\nkernel = \"vmlinuz\"\n\
+         [[machines]]\nmac = \"52:54:00:60:00:01\"\nprofile = \"live\"",
+    );
+    let server = fixture.serve();
     let script = support::appliance::udhcpc_script(dir);
     let unknown = stampede_lab::wait_for(Duration::from_secs(20), || {
-        udhcpc(&lab, &script, 1);
+        udhcpc(lab, &script, 1);
         let listed = sessions_json(&lab.server).to_string();
         listed
             .contains("by dhcp: unknown_machine")

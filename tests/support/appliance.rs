@@ -165,6 +165,50 @@ pub fn stop(process: Process) -> (Output, HashMap<String, u64>) {
     (out, stats)
 }
 
+/// A two-host lab and a payload for `stampede serve --config`: the test writes the file
+/// ([`ServeLab::write`]), then starts the appliance on it ([`ServeLab::serve`]).
+#[derive(Debug)]
+pub struct ServeLab {
+    pub lab: TwoHosts,
+    pub payload: Payload,
+    /// `stampede.toml` in the payload's directory.
+    pub config: PathBuf,
+}
+
+impl ServeLab {
+    pub fn new() -> Self {
+        let lab = TwoHosts::new().expect("lab");
+        let payload = Payload::new(4096, 4096);
+        let config = payload.dir.path().join("stampede.toml");
+        Self {
+            lab,
+            payload,
+            config,
+        }
+    }
+
+    /// Writes the configuration: the lab's server interface under `[server]`, then `body`
+    /// (TOML sections), then `[xdp] mode = "off"`. `{kernel}` in `body` stands for the
+    /// payload's kernel file.
+    pub fn write(&self, body: &str) {
+        let text = format!(
+            "[server]\ninterfaces = [\"{}\"]\n{}\n[xdp]\nmode = \"off\"\n",
+            self.lab.server_if,
+            body.replace("{kernel}", &self.payload.kernel.display().to_string()),
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// `stampede serve --config` on the file, its state beside it; returns once the control
+    /// API answers.
+    pub fn serve(&self) -> Process {
+        let command = serve_command(&self.lab.server, &self.config, self.payload.dir.path());
+        let server = Process::spawn(command).expect("serve");
+        wait_for_api(&self.lab.server);
+        server
+    }
+}
+
 /// A two-host lab whose server side runs `stampede boot` on `payload`: what most lab tests start
 /// from. Made by [`LabBoot::start`].
 #[derive(Debug)]
