@@ -1,6 +1,6 @@
-//! Storm plots people can read (issue 18): every server of one run on the same axes, machines
-//! booted over time as step curves with a legend, and stage latencies side by side, with ticks,
-//! grid and units. Drawn by plotters' SVG backend without its font stack: SVG text is laid out by
+//! Bench plots people can read (issue 18): every server of one run on the same axes, machines
+//! booted (storm) or roots verified (root) over time as step curves with a legend, and stage
+//! latencies side by side, with ticks, grid and units. Drawn by plotters' SVG backend without its font stack: SVG text is laid out by
 //! plotters' estimate and rendered by the viewer, so no font files are needed to build or run.
 use anyhow::{Context as _, bail};
 use plotters::{
@@ -9,15 +9,20 @@ use plotters::{
     style::full_palette::{BLUE_700, GREEN_700, GREY_600, ORANGE_700, PURPLE_700, RED_700},
 };
 
-use super::report::{Percentiles, Summary};
+use super::{
+    report::{Percentiles, Summary},
+    root::RootSummary,
+};
 
-/// One server's storm, as the plots need it.
+/// One server's storm (or root fetch), as the plots need it.
 #[derive(Debug, Clone)]
 pub struct StormSeries {
     /// The server (the bench's `--label`).
     pub label: String,
     pub clients: usize,
-    /// When each booted machine finished, seconds since the storm started, ascending.
+    /// What a machine's finish is: "booted" (storm) or "verified its root" (root).
+    pub finish: &'static str,
+    /// When each machine finished, seconds since the bench started, ascending.
     pub booted_at_s: Vec<f64>,
     /// Latency percentiles per stage, in stage order; `boot` (power-on to last byte) last.
     pub stages: Vec<(String, Percentiles)>,
@@ -42,12 +47,36 @@ impl StormSeries {
         Self {
             label: summary.label.clone(),
             clients: summary.clients,
+            finish: "booted",
             booted_at_s,
             stages,
         }
     }
 
-    /// From a storm's JSON report (`stampede bench storm --json`).
+    pub fn of_root(summary: &RootSummary) -> Self {
+        let mut booted_at_s: Vec<f64> = summary
+            .machines
+            .iter()
+            .filter_map(|m| m.root_ms.map(|r| (m.started_ms + r) / 1e3))
+            .collect();
+        booted_at_s.sort_by(f64::total_cmp);
+        let stages = [
+            ("manifest", &summary.manifest),
+            ("root", &summary.time_to_root),
+        ]
+        .into_iter()
+        .filter_map(|(name, p)| Some((name.to_owned(), p.clone()?)))
+        .collect();
+        Self {
+            label: format!("{} ({})", summary.label, summary.mode),
+            clients: summary.clients,
+            finish: "verified its root",
+            booted_at_s,
+            stages,
+        }
+    }
+
+    /// From a storm's or a root bench's JSON report (`stampede bench storm|root --json`).
     pub fn from_json(report: &serde_json::Value) -> anyhow::Result<Self> {
         let label = report["label"]
             .as_str()
@@ -56,11 +85,14 @@ impl StormSeries {
         let clients = report["clients"]
             .as_u64()
             .context("the report has no clients")? as usize;
+        // A root bench's machines finish at `root_ms`, a storm's at `boot_ms`.
+        let root = report.get("time_to_root").is_some();
+        let finish_key = if root { "root_ms" } else { "boot_ms" };
         let mut booted_at_s: Vec<f64> = report["machines"]
             .as_array()
             .context("the report has no machines")?
             .iter()
-            .filter_map(|m| Some((m["started_ms"].as_f64()? + m["boot_ms"].as_f64()?) / 1e3))
+            .filter_map(|m| Some((m["started_ms"].as_f64()? + m[finish_key].as_f64()?) / 1e3))
             .collect();
         booted_at_s.sort_by(f64::total_cmp);
         let percentiles = |p: &serde_json::Value| -> Option<Percentiles> {
@@ -86,9 +118,15 @@ impl StormSeries {
         if let Some(boot) = percentiles(&report["boot"]) {
             stages.push(("boot".into(), boot));
         }
+        for (name, key) in [("manifest", "manifest"), ("root", "time_to_root")] {
+            if let Some(p) = percentiles(&report[key]) {
+                stages.push((name.into(), p));
+            }
+        }
         Ok(Self {
             label,
             clients,
+            finish: if root { "verified its root" } else { "booted" },
             booted_at_s,
             stages,
         })
@@ -136,9 +174,10 @@ fn booted_over_time(
         .fold(0.0_f64, f64::max)
         .max(0.001)
         * 1.05;
+    let finish = series[0].finish;
     let mut chart = ChartBuilder::on(area)
         .caption(
-            format!("machines booted over time ({clients} machines)"),
+            format!("machines that {finish}, over time ({clients} machines)"),
             ("sans-serif", 18),
         )
         .margin(12)
@@ -149,7 +188,7 @@ fn booted_over_time(
     chart
         .configure_mesh()
         .x_desc("seconds since power-on")
-        .y_desc("machines booted")
+        .y_desc(format!("machines that {finish}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .light_line_style(WHITE.mix(0.0))
         .bold_line_style(BLACK.mix(0.12))
@@ -164,7 +203,7 @@ fn booted_over_time(
             points.push((*t, (n + 1) as f64));
         }
         points.push((t_max, s.booted_at_s.len() as f64));
-        let label = format!("{} ({}/{} booted)", s.label, s.booted_at_s.len(), s.clients);
+        let label = format!("{} ({}/{})", s.label, s.booted_at_s.len(), s.clients);
         chart
             .draw_series(LineSeries::new(points, c.stroke_width(2)))
             .map_err(plot_error)?
@@ -284,6 +323,7 @@ mod tests {
         StormSeries {
             label: label.into(),
             clients: 4,
+            finish: "booted",
             booted_at_s: booted.to_vec(),
             stages: vec![("dhcp".into(), p.clone()), ("boot".into(), p)],
         }
@@ -298,11 +338,11 @@ mod tests {
         .unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
         for text in [
-            "stampede (4/4 booted)",
-            "dnsmasq+nginx (2/4 booted)",
+            "stampede (4/4)",
+            "dnsmasq+nginx (2/4)",
             "dhcp",
             "boot",
-            "machines booted",
+            "machines that booted",
         ] {
             assert!(svg.contains(text), "{text} in the plot");
         }
@@ -320,5 +360,18 @@ mod tests {
         assert_eq!(s.booted_at_s, vec![1.0]);
         assert_eq!(s.stages.len(), 1);
         assert!(StormSeries::from_json(&serde_json::json!({})).is_err());
+
+        let root = serde_json::json!({
+            "label": "nginx", "clients": 1,
+            "machines": [{"started_ms": 0.0, "root_ms": 2000.0}],
+            "manifest": null,
+            "time_to_root": {"count": 1, "p50_ms": 2000.0, "p95_ms": 2000.0, "p99_ms": 2000.0, "max_ms": 2000.0},
+        });
+        let s = StormSeries::from_json(&root).unwrap();
+        assert_eq!(
+            (s.booted_at_s.clone(), s.finish),
+            (vec![2.0], "verified its root")
+        );
+        assert_eq!(s.stages[0].0, "root");
     }
 }

@@ -241,52 +241,6 @@ impl Summary {
     }
 }
 
-pub(super) fn xml(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// Axes with end labels; `xmax == 0` draws no x scale.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one drawing helper, called three times"
-)]
-pub(super) fn axes(
-    s: &mut String,
-    x: f64,
-    y: f64,
-    w: f64,
-    h: f64,
-    xmax: f64,
-    xu: &str,
-    ymax: f64,
-    yu: &str,
-) {
-    let _ = writeln!(
-        s,
-        "<path d=\"M{x},{y} L{x},{b} L{r},{b}\" fill=\"none\" stroke=\"black\"/>",
-        b = y + h,
-        r = x + w
-    );
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{ymax:.0} {yu}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>",
-        x - 4.0,
-        y + 4.0,
-        x - 4.0,
-        y + h
-    );
-    if xmax > 0.0 {
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{xmax:.2} {xu}</text>",
-            x + w,
-            y + h + 16.0
-        );
-    }
-}
-
 /// CPU seconds (user + system) of `pid`, with the children it has waited for (a server that
 /// forks per request), and its RSS now and at peak, from `/proc`. Children of a process that
 /// ignores SIGCHLD are reaped by the kernel and never counted (tftpd-hpa's).

@@ -934,8 +934,11 @@ pub fn root(args: &RootArgs) -> anyhow::Result<RootSummary> {
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, summary.svg())
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            path,
+            super::plot::storm_svg(&[super::plot::StormSeries::of_root(&summary)])?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(summary)
 }

@@ -213,39 +213,4 @@ impl RootSummary {
         }
         t
     }
-
-    /// Roots verified over time, as SVG.
-    pub fn svg(&self) -> String {
-        let (x0, y0, w, h) = (60.0, 40.0, 560.0, 270.0);
-        let mut done: Vec<f64> = self
-            .machines
-            .iter()
-            .filter_map(|m| m.root_ms.map(|r| (m.started_ms + r) / 1e3))
-            .collect();
-        done.sort_by(f64::total_cmp);
-        let tmax = done.last().copied().unwrap_or(1.0).max(1e-3);
-        let n = self.clients.max(1) as f64;
-        let mut s = String::from(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"680\" height=\"360\" \
-             font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-        );
-        let _ = writeln!(
-            s,
-            "<text x=\"{x0}\" y=\"24\" font-size=\"14\">{} ({}): roots verified over time</text>",
-            report::xml(&self.label),
-            self.mode
-        );
-        report::axes(&mut s, x0, y0, w, h, tmax, "s", n, "machines");
-        let mut path = format!("M{x0},{}", y0 + h);
-        for (i, t) in done.iter().enumerate() {
-            let x = x0 + t / tmax * w;
-            let y = y0 + h - (i + 1) as f64 / n * h;
-            let _ = write!(path, " L{x:.1},{y:.1}");
-        }
-        let _ = writeln!(
-            s,
-            "<path d=\"{path}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n</svg>"
-        );
-        s
-    }
 }

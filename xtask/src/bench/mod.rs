@@ -781,7 +781,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             );
         }
     }
-    plots(&mut md, &binary, &out, &results);
+    let rows: Vec<(usize, &str, &Path)> = results
+        .iter()
+        .map(|r| (r.clients, r.server.as_str(), r.json.as_path()))
+        .collect();
+    plots(&mut md, &binary, &out, "storm", &rows);
     let _ = writeln!(md, "\nCommands (in the client namespace):\n");
     for r in &results {
         let _ = writeln!(md, "    {}", r.command);
@@ -792,23 +796,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     finish(&out, &md)
 }
 
-/// One plot per machine count with every server of that count on the same axes
-/// (`stampede bench plot`), embedded in the summary.
-fn plots(md: &mut String, binary: &Path, out: &Path, results: &[Result_]) {
-    let mut counts: Vec<usize> = results.iter().map(|r| r.clients).collect();
+/// One plot per machine count with every row of that count on the same axes (`stampede bench
+/// plot`), embedded in the summary as `PREFIX-N.svg`; rows are (machines, label, JSON report).
+pub(super) fn plots(
+    md: &mut String,
+    binary: &Path,
+    out: &Path,
+    prefix: &str,
+    rows: &[(usize, &str, &Path)],
+) {
+    let mut counts: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    counts.sort_unstable();
     counts.dedup();
     for clients in counts {
-        let svg = out.join(format!("storm-{clients}.svg"));
+        let name = format!("{prefix}-{clients}.svg");
         let mut plot = Command::new(binary);
-        plot.args(["bench", "plot", "--out"]).arg(&svg);
-        for r in results.iter().filter(|r| r.clients == clients) {
-            plot.arg(format!("{}={}", r.server, r.json.display()));
+        plot.args(["bench", "plot", "--out"]).arg(out.join(&name));
+        for (_, label, json) in rows.iter().filter(|r| r.0 == clients) {
+            plot.arg(format!("{label}={}", json.display()));
         }
         match plot.output() {
             Ok(done) if done.status.success() => {
                 let _ = writeln!(
                     md,
-                    "\n![{clients} machines: booted over time, latency per stage](storm-{clients}.svg)"
+                    "\n![{clients} machines, every server of the run]({name})"
                 );
             }
             Ok(done) => eprintln!(

@@ -347,6 +347,8 @@ struct RootResult {
     host_busy: Option<f64>,
     failures: String,
     command: String,
+    /// The run's JSON report.
+    json: PathBuf,
 }
 
 /// The runs of a server that serves Stampede's manifest, chunks and image at `base`: one per
@@ -447,6 +449,7 @@ fn run_bench(
         host_busy: report["host_busy_cpu_s"].as_f64(),
         failures,
         command,
+        json,
     })
 }
 
@@ -560,7 +563,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     drop(server);
 
-    let md = summary(&options, &date, ceiling_bps, &root, &results);
+    let mut md = summary(&options, &date, ceiling_bps, &root, &results);
+    let rows: Vec<(usize, &str, &Path)> = results
+        .iter()
+        .map(|r| (r.clients, r.server.as_str(), r.json.as_path()))
+        .collect();
+    super::plots(&mut md, &binary, &out, "root", &rows);
     fs::write(out.join("summary.md"), &md)?;
     println!("\n{md}");
     println!("reports: {}", out.display());
