@@ -683,6 +683,9 @@ fn run(
                         &http.stats(),
                         xdp.as_ref(),
                     );
+                    if let Some(https) = &https {
+                        crate::metrics::publish_https(control_state.metrics(), &https.stats());
+                    }
                     crate::metrics::publish_process(control_state.metrics());
                     let plan = current_plan.get();
                     if let Some(stampede_proto::dhcp::server::ServerMode::Authoritative { pools }) =

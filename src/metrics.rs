@@ -5,6 +5,7 @@ use stampede_control::Metrics;
 use stampede_dataplane::{
     engine::UdpStats,
     engine::http::{HttpStats, RESPONSE_SECONDS_BOUNDS},
+    engine::https::HttpsStats,
     xdp::{ClassCounters, DropCounters},
 };
 use stampede_ebpf_common::{class, drop_reason};
@@ -30,6 +31,43 @@ fn by_reason(
     }
     for (reason, n) in map {
         counter(metrics, name, help, &[("reason", reason)], *n);
+    }
+}
+
+/// The HTTPS server's counters (`http.https_port`), when it runs: beside the plain server's,
+/// under names of their own, and the handshakes that failed (a client that does not trust the
+/// certificate: hand it the appliance CA).
+pub fn publish_https(metrics: &Metrics, https: &HttpsStats) {
+    let c = |name, help, total| counter(metrics, name, help, &[], total);
+    c(
+        "stampede_https_connections_accepted_total",
+        "HTTPS connections accepted",
+        https.http.accepted,
+    );
+    c(
+        "stampede_https_connections_refused_total",
+        "HTTPS connections refused at the limit",
+        https.http.refused,
+    );
+    c(
+        "stampede_https_handshake_failures_total",
+        "HTTPS connections whose TLS handshake failed or timed out",
+        https.handshake_failures,
+    );
+    c(
+        "stampede_https_bytes_total",
+        "HTTPS response bytes sent (before encryption)",
+        https.http.bytes_sent,
+    );
+    for (class, n) in https.http.responses_by_class.iter().enumerate().skip(1) {
+        let label = format!("{class}xx");
+        counter(
+            metrics,
+            "stampede_https_responses_total",
+            "HTTPS responses, by status class",
+            &[("class", &label)],
+            *n,
+        );
     }
 }
 

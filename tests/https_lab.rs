@@ -74,6 +74,7 @@ fn curl_fetches_boot_files_over_https_trusting_the_appliance_ca_and_refuses_anot
     }
     let lab = LabBoot::new(3 << 20, 1 << 20)
         .client_address()
+        .api()
         .args(&["--https-port", HTTPS_PORT])
         .start();
     wait_https(&lab);
@@ -176,6 +177,32 @@ fn curl_fetches_boot_files_over_https_trusting_the_appliance_ca_and_refuses_anot
         ],
     );
     assert_eq!(out.stdout, "200", "{}", out.stderr);
+
+    // The same counters in /metrics, published once a second.
+    let metrics = wait_for(Duration::from_secs(5), || {
+        let out = lab
+            .lab
+            .server
+            .run(
+                "curl",
+                &[
+                    "-sf",
+                    "-H",
+                    &format!("Authorization: Bearer {}", support::appliance::ADMIN_TOKEN),
+                    &format!("{}/metrics", support::appliance::API),
+                ],
+                Duration::from_secs(5),
+            )
+            .ok()?;
+        out.stdout
+            .contains("stampede_https_handshake_failures_total 1")
+            .then_some(out.stdout)
+    });
+    let metrics = metrics.expect("/metrics counts the failed HTTPS handshake");
+    assert!(
+        metrics.contains("stampede_https_responses_total{class=\"2xx\"} 4"),
+        "{metrics}"
+    );
 
     let (out, _) = stop(lab.server);
     let line = out
